@@ -1,0 +1,29 @@
+"""Every bound and tuning knob of raftstore in one place.
+
+Names put the unit and the qualifier last (`frame_bytes_max`, `proposal_timeout_s`) so related
+limits line up. Anything that queues, loops, retries or frames has its bound here.
+"""
+
+# --- Raft commands -------------------------------------------------------------------------
+command_bytes_max = 512 * 1024          # a replicated command larger than this is refused
+command_id_bytes = 16                   # random id that makes a retried proposal apply once
+proposal_timeout_s = 10.0               # a proposal with no outcome by then fails as ambiguous
+proposals_in_flight_max = 10_000        # per group; beyond it a proposal is refused at once
+
+# --- pysyncobj configuration we always run with ---------------------------------------------
+# Entries smaller than the batch size never travel as pickled 'transmission' chunks, which our
+# layer refuses: a command is at most command_bytes_max, so this keeps every entry inline.
+append_entries_batch_bytes = 2 * 1024 * 1024
+append_entries_period_s = 0.05
+raft_min_timeout_s = 1.0
+raft_max_timeout_s = 2.0
+log_compaction_entries_min = 5000
+log_compaction_time_min_s = 300
+
+# --- Journal ---------------------------------------------------------------------------------
+journal_record_bytes_max = command_bytes_max + 4096
+journal_rewrite_bytes_min = 8 * 1024 * 1024   # rewrite the file when it holds this much garbage
+snapshot_chunk_rows = 1000
+
+# --- HLC -------------------------------------------------------------------------------------
+max_clock_offset_ns = 500_000_000

@@ -1,0 +1,726 @@
+"""The node's MVCC store: every replica's versioned key/value data, in one SQLite file.
+
+Why it exists: Raft gives each range an ordered log of committed commands; something has to
+turn that log into data that can be read at a timestamp. This module is that something for
+all ranges on a node. It keeps every version of a key, `(key, timestamp) -> value or
+tombstone`, so a read at `ts` sees the newest version at or below `ts` (snapshot reads,
+follower reads below the closed timestamp, AS OF SYSTEM TIME), and it drops versions nobody
+can see any more (`gc`).
+
+The invariant it keeps: a range's applied Raft index is written in the same SQLite
+transaction as the data that command produced. After a crash the file holds either both or
+neither, so replaying the log from the stored applied index applies every command exactly
+once (`apply` refuses any index at or below it). Snapshots (`import_span`) replace the data
+of a span together with the applied index and term for the same reason.
+
+This is an edge module (it owns SQLite and a lock); it knows nothing of HLC objects, Raft or
+SQL. A timestamp is a plain tuple `(wall_ns, logical)`, ordered as tuples are; keys and
+values are `bytes`. Every public method is thread-safe: one internal lock serialises all use
+of the single connection (callers are the Raft tick thread and request threads).
+
+Errors: `StoreError` (an operating error naming the file) for a closed store, a file that is
+not ours, a schema from another build, or any SQLite failure (I/O, corruption, full disk);
+`TypeError` / `ValueError` for malformed arguments, which are the caller's bug or, for
+snapshot rows, bad input from the network that the caller should log and drop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+__all__ = [
+    "MVCCStore",
+    "SpanExport",
+    "StoreError",
+    "Timestamp",
+    "VersionRow",
+    "SCHEMA_VERSION",
+]
+
+Timestamp = tuple[int, int]
+"""(wall_ns, logical); compared as a tuple."""
+
+VersionRow = tuple[bytes, int, int, "bytes | None"]
+"""One stored version as export/import moves it: (key, wall, logical, value or None)."""
+
+# Bounds and format constants. (They belong in the shared constants module once it exists.)
+SCHEMA_VERSION = 1
+"""PRAGMA user_version of the file format this build reads and writes."""
+APPLICATION_ID = 0x52534D56  # "RSMV": marks a SQLite file as a raftstore MVCC store.
+BUSY_TIMEOUT_MS = 5_000
+"""How long a statement waits on another connection's lock (a snapshot export, a second
+process opening the file) before SQLite gives up with 'database is locked'."""
+SCAN_SKIP_ROWS_MAX = 4
+"""A scan streams versions in key order and skips the older versions of each key in Python;
+after this many skipped rows for one key it re-seeks the index past that key instead. See
+`MVCCStore.scan` for the measurements behind the value."""
+TIMESTAMP_PART_MAX = 2**63 - 1  # SQLite INTEGER is a signed 64-bit integer.
+
+_SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+_SCHEMA = (
+    # Clustered on (key, newest first): a read at ts is one index seek, a scan walks keys in
+    # order. NULL value = tombstone.
+    """CREATE TABLE versions (
+        key BLOB NOT NULL,
+        wall INTEGER NOT NULL,
+        logical INTEGER NOT NULL,
+        value BLOB,
+        PRIMARY KEY (key, wall DESC, logical DESC)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE range_state (
+        range_id INTEGER PRIMARY KEY,
+        applied_index INTEGER NOT NULL,
+        applied_term INTEGER NOT NULL DEFAULT 0
+    )""",
+    # A rowid table: results may be large, and the second index serves forget_command_results.
+    """CREATE TABLE command_results (
+        range_id INTEGER NOT NULL,
+        command_id BLOB NOT NULL,
+        raft_index INTEGER NOT NULL,
+        result BLOB,
+        PRIMARY KEY (range_id, command_id)
+    )""",
+    "CREATE INDEX command_results_by_index ON command_results (range_id, raft_index)",
+)
+
+# The visibility rule, in one place: a version is visible to a read at ts when its timestamp
+# is at or below ts. Every read and gc query is built from this text.
+_VISIBLE = "({t}.wall, {t}.logical) <= (:wall, :logical)"
+
+
+def _span(t: str, bounded: bool, *, after: bool = False) -> str:
+    """SQL for `key in [:start, :end)` (or `(:start, :end)` with after=True); end None is
+    written as a missing upper bound, not `OR :end IS NULL`, so SQLite keeps the index range."""
+    low = f"{t}.key > :start" if after else f"{t}.key >= :start"
+    return f"{low} AND {t}.key < :end" if bounded else low
+
+
+_GET_SQL = (
+    "SELECT v.value, v.wall, v.logical FROM versions AS v"
+    f" WHERE v.key = :key AND {_VISIBLE.format(t='v')}"
+    " ORDER BY v.wall DESC, v.logical DESC LIMIT 1"
+)
+_LATEST_SQL = (
+    "SELECT wall, logical FROM versions WHERE key = ? ORDER BY wall DESC, logical DESC LIMIT 1"
+)
+_INSERT_VERSION_SQL = (
+    "INSERT OR REPLACE INTO versions (key, wall, logical, value) VALUES (?, ?, ?, ?)"
+)
+_APPLIED_SQL = "SELECT applied_index, applied_term FROM range_state WHERE range_id = ?"
+
+
+def _scan_sql(bounded: bool, after: bool) -> str:
+    return (
+        "SELECT v.key, v.value, v.wall, v.logical FROM versions AS v"
+        f" WHERE {_span('v', bounded, after=after)} AND {_VISIBLE.format(t='v')}"
+        " ORDER BY v.key, v.wall DESC, v.logical DESC"
+    )
+
+
+_SCAN_SQL = {(b, a): _scan_sql(b, a) for b in (False, True) for a in (False, True)}
+
+
+def _gc_sql(bounded: bool) -> str:
+    # Delete a version at or below before_ts if it is a tombstone, or if a newer version at
+    # or below before_ts shadows it. What remains at or below before_ts is, per key, at most
+    # the newest version and only if it is live: every read at ts >= before_ts sees the same.
+    return (
+        "DELETE FROM versions AS v"
+        f" WHERE {_span('v', bounded)} AND {_VISIBLE.format(t='v')}"
+        " AND (v.value IS NULL OR EXISTS ("
+        "   SELECT 1 FROM versions AS n"
+        f"   WHERE n.key = v.key AND {_VISIBLE.format(t='n')}"
+        "     AND (n.wall, n.logical) > (v.wall, v.logical)))"
+    )
+
+
+_GC_SQL = {b: _gc_sql(b) for b in (False, True)}
+
+
+def _export_sql(bounded: bool) -> str:
+    return (
+        "SELECT v.key, v.wall, v.logical, v.value FROM versions AS v"
+        f" WHERE {_span('v', bounded)} ORDER BY v.key, v.wall DESC, v.logical DESC"
+    )
+
+
+_EXPORT_SQL = {b: _export_sql(b) for b in (False, True)}
+
+
+def _span_delete_sql(bounded: bool) -> str:
+    return f"DELETE FROM versions AS v WHERE {_span('v', bounded)}"
+
+
+_SPAN_DELETE_SQL = {b: _span_delete_sql(b) for b in (False, True)}
+
+
+def _span_bytes_sql(bounded: bool) -> str:
+    return (
+        "SELECT coalesce(sum(length(v.key) + coalesce(length(v.value), 0)), 0)"
+        f" FROM versions AS v WHERE {_span('v', bounded)}"
+    )
+
+
+_SPAN_BYTES_SQL = {b: _span_bytes_sql(b) for b in (False, True)}
+
+
+class StoreError(Exception):
+    """The MVCC store cannot do what was asked: it is closed, the file is not a raftstore
+    store or has another schema version, or SQLite failed (I/O error, corruption, disk full).
+    The message names the file."""
+
+
+# --- argument checks (cheap; they keep a str key or a float timestamp out of the file,
+# where SQLite would store it with a different type and sort it somewhere else) ---
+
+
+def _check_int(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not 0 <= value <= TIMESTAMP_PART_MAX:
+        raise ValueError(f"{name} must be in [0, 2**63), got {value}")
+    return value
+
+
+def _check_ts(ts: Any, name: str = "ts") -> Timestamp:
+    try:
+        wall, logical = ts
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a (wall_ns, logical) pair, got {ts!r}") from None
+    return _check_int(f"{name}.wall", wall), _check_int(f"{name}.logical", logical)
+
+
+def _check_key(name: str, key: Any) -> bytes:
+    if type(key) is not bytes:
+        raise TypeError(f"{name} must be bytes, got {type(key).__name__}")
+    return key
+
+
+def _check_value(name: str, value: Any) -> bytes | None:
+    if value is not None and type(value) is not bytes:
+        raise TypeError(f"{name} must be bytes or None, got {type(value).__name__}")
+    return value
+
+
+def _check_span(start: Any, end: Any) -> None:
+    _check_key("start", start)
+    if end is not None:
+        _check_key("end", end)
+
+
+def _checked_writes(
+    writes: Iterable[tuple[bytes, Timestamp, bytes | None]],
+) -> Iterator[tuple[bytes, int, int, bytes | None]]:
+    for i, write in enumerate(writes):
+        key, ts, value = write
+        wall, logical = _check_ts(ts, f"writes[{i}].ts")
+        key = _check_key(f"writes[{i}].key", key)
+        yield key, wall, logical, _check_value(f"writes[{i}].value", value)
+
+
+class MVCCStore:
+    """All ranges' versions and applied state for one node, in one SQLite file (WAL mode).
+
+    Ownership: returned lists and tuples belong to the caller. Durability: a method that
+    writes has committed (and, with synchronous FULL, fsynced the WAL) before it returns.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL") -> None:
+        """Open the store at `path`, creating the file and schema if it does not exist.
+
+        synchronous: SQLite's PRAGMA synchronous (OFF, NORMAL, FULL, EXTRA). FULL fsyncs the
+        WAL at every commit, so an applied index that was returned is on disk.
+        Raises StoreError naming the path if the file cannot be opened, is not a SQLite
+        database, belongs to another application, or has another schema version.
+        """
+        mode = str(synchronous).upper()
+        if mode not in _SYNCHRONOUS_MODES:
+            raise ValueError(
+                f"synchronous must be one of {_SYNCHRONOUS_MODES}, got {synchronous!r}"
+            )
+        self._path = os.fspath(path)
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open MVCC store {self._path}: {e}") from e
+        try:
+            self._prepare(conn, mode)
+        except sqlite3.Error as e:
+            conn.close()
+            raise StoreError(f"cannot open MVCC store {self._path}: {e}") from e
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _prepare(self, conn: sqlite3.Connection, synchronous: str) -> None:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        (journal_mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        if str(journal_mode).lower() != "wal":
+            raise StoreError(
+                f"MVCC store {self._path}: SQLite refused WAL mode (got {journal_mode!r});"
+                " the store needs a file on a local file system"
+            )
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        # IMMEDIATE: two processes opening a new file at once must not both create the schema.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            (app_id,) = conn.execute("PRAGMA application_id").fetchone()
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if app_id == 0 and version == 0:
+                (tables,) = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                if tables:
+                    raise StoreError(
+                        f"{self._path} is a SQLite database but not a raftstore MVCC store;"
+                        " give the node its own data file"
+                    )
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif app_id != APPLICATION_ID:
+                raise StoreError(
+                    f"{self._path} is a SQLite database of another application"
+                    f" (application_id {app_id:#x}), not a raftstore MVCC store"
+                )
+            elif version != SCHEMA_VERSION:
+                raise StoreError(
+                    f"MVCC store {self._path} has schema version {version}, but this build"
+                    f" reads version {SCHEMA_VERSION}; run a matching raftstore build"
+                    " (or migrate the file)"
+                )
+            conn.execute("COMMIT")
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    # --- plumbing ---
+
+    @contextlib.contextmanager
+    def _transaction(self, begin: str | None) -> Iterator[sqlite3.Connection]:
+        """Hold the lock; run the body in a transaction (`begin` None: no transaction, for a
+        single statement). Commit on success, roll back on any exception, and turn SQLite
+        errors into StoreError naming the file."""
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise StoreError(f"MVCC store {self._path} is closed")
+            try:
+                if begin is None:
+                    yield conn
+                    return
+                conn.execute(begin)
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                finally:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+            except sqlite3.Error as e:
+                raise StoreError(f"MVCC store {self._path}: {type(e).__name__}: {e}") from e
+
+    def close(self) -> None:
+        """Close the file. Idempotent; every later call except close raises StoreError."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except sqlite3.Error as e:
+                raise StoreError(f"MVCC store {self._path}: close failed: {e}") from e
+
+    def __enter__(self) -> MVCCStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- applying committed commands ---
+
+    def apply(
+        self,
+        range_id: int,
+        raft_index: int,
+        writes: Iterable[tuple[bytes, Timestamp, bytes | None]],
+        *,
+        command_id: bytes | None = None,
+        result: bytes | None = None,
+        raft_term: int | None = None,
+    ) -> bool:
+        """Apply the command at `raft_index` of range `range_id`, exactly once.
+
+        In one SQLite transaction: if `raft_index` <= the range's applied index, change
+        nothing and return False (a replay after a crash). Otherwise write every
+        `(key, ts, value)` (value None = tombstone; a second write of the same (key, ts)
+        replaces the first), record `command_id -> result` if `command_id` is given, set the
+        applied index to `raft_index` (and the applied term to `raft_term` if given), commit,
+        and return True. If anything fails, nothing is written (TypeError/ValueError for a
+        malformed write, StoreError for SQLite).
+        """
+        _check_int("range_id", range_id)
+        _check_int("raft_index", raft_index)
+        if command_id is None and result is not None:
+            raise ValueError("a result needs a command_id to be stored under")
+        if command_id is not None:
+            _check_key("command_id", command_id)
+            _check_value("result", result)
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            if raft_index <= self._applied(conn, range_id)[0]:
+                return False
+            conn.executemany(_INSERT_VERSION_SQL, _checked_writes(writes))
+            if command_id is not None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO command_results"
+                    " (range_id, command_id, raft_index, result) VALUES (?, ?, ?, ?)",
+                    (range_id, command_id, raft_index, result),
+                )
+            self._set_applied(conn, range_id, raft_index, raft_term)
+            return True
+
+    def mark_applied(self, range_id: int, raft_index: int, *, raft_term: int | None = None) -> bool:
+        """Advance the applied index past a command that wrote nothing (rejected, no-op).
+        Same rule as `apply`: False and no change if `raft_index` <= the applied index."""
+        _check_int("range_id", range_id)
+        _check_int("raft_index", raft_index)
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            if raft_index <= self._applied(conn, range_id)[0]:
+                return False
+            self._set_applied(conn, range_id, raft_index, raft_term)
+            return True
+
+    @staticmethod
+    def _applied(conn: sqlite3.Connection, range_id: int) -> tuple[int, int]:
+        row = conn.execute(_APPLIED_SQL, (range_id,)).fetchone()
+        return (0, 0) if row is None else (row[0], row[1])
+
+    @staticmethod
+    def _set_applied(
+        conn: sqlite3.Connection, range_id: int, raft_index: int, raft_term: int | None
+    ) -> None:
+        if raft_term is None:
+            conn.execute(
+                "INSERT INTO range_state (range_id, applied_index) VALUES (?, ?)"
+                " ON CONFLICT (range_id) DO UPDATE SET applied_index = excluded.applied_index",
+                (range_id, raft_index),
+            )
+        else:
+            _check_int("raft_term", raft_term)
+            conn.execute(
+                "INSERT OR REPLACE INTO range_state (range_id, applied_index, applied_term)"
+                " VALUES (?, ?, ?)",
+                (range_id, raft_index, raft_term),
+            )
+
+    def applied_index(self, range_id: int) -> int:
+        """The last Raft index applied to this range; 0 if the range is unknown here."""
+        return self.applied_state(range_id)[0]
+
+    def applied_state(self, range_id: int) -> tuple[int, int]:
+        """(applied_index, applied_term) of the range; (0, 0) if unknown. The term is the one
+        last passed to apply/mark_applied(raft_term=...) or import_span."""
+        _check_int("range_id", range_id)
+        with self._transaction(None) as conn:
+            return self._applied(conn, range_id)
+
+    def command_result(self, range_id: int, command_id: bytes) -> tuple[int, bytes | None] | None:
+        """(raft_index, result) stored by `apply(..., command_id=...)`, or None if unknown
+        (never applied here, or forgotten)."""
+        _check_int("range_id", range_id)
+        _check_key("command_id", command_id)
+        with self._transaction(None) as conn:
+            row = conn.execute(
+                "SELECT raft_index, result FROM command_results"
+                " WHERE range_id = ? AND command_id = ?",
+                (range_id, command_id),
+            ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def forget_command_results(self, range_id: int, below_raft_index: int) -> int:
+        """Drop the range's command results with raft_index < below_raft_index; returns how
+        many. Bounds the dedup table: a retry older than that is answered 'unknown'."""
+        _check_int("range_id", range_id)
+        _check_int("below_raft_index", below_raft_index)
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            cursor = conn.execute(
+                "DELETE FROM command_results WHERE range_id = ? AND raft_index < ?",
+                (range_id, below_raft_index),
+            )
+            return cursor.rowcount
+
+    def delete_range_state(self, range_id: int) -> None:
+        """Forget a range that left this node: its applied index/term and command results.
+        Its versions are not touched (the store does not know the span): delete them with
+        `import_span` of an empty snapshot or leave them for the new owner of the span."""
+        _check_int("range_id", range_id)
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            conn.execute("DELETE FROM range_state WHERE range_id = ?", (range_id,))
+            conn.execute("DELETE FROM command_results WHERE range_id = ?", (range_id,))
+
+    # --- reads ---
+
+    def get(self, key: bytes, ts: Timestamp) -> tuple[bytes | None, Timestamp] | None:
+        """The newest version of `key` at or below `ts`, as (value, version_ts) where value
+        None is a tombstone; None if the key has no version at or below `ts`. (After `gc`, a
+        collected tombstone reads as None, which means the same: no live value.)"""
+        _check_key("key", key)
+        wall, logical = _check_ts(ts)
+        with self._transaction(None) as conn:
+            row = conn.execute(_GET_SQL, {"key": key, "wall": wall, "logical": logical}).fetchone()
+        return None if row is None else (row[0], (row[1], row[2]))
+
+    def get_value(self, key: bytes, ts: Timestamp) -> bytes | None:
+        """The live value of `key` at `ts`; None for a tombstone or no version."""
+        found = self.get(key, ts)
+        return None if found is None else found[0]
+
+    def latest_version_ts(self, key: bytes) -> Timestamp | None:
+        """Timestamp of the newest version of `key` at any time (tombstones included), or
+        None. For write-write conflict checks: a write must be above it. gc can remove a
+        tombstone at or below its before_ts, so this can move back to an older version (or
+        None) but never below a gc threshold that writes already respect."""
+        _check_key("key", key)
+        with self._transaction(None) as conn:
+            row = conn.execute(_LATEST_SQL, (key,)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def scan(
+        self, start: bytes, end: bytes | None, ts: Timestamp, limit: int
+    ) -> list[tuple[bytes, bytes, Timestamp]]:
+        """Live rows of `[start, end)` (end None: to the end of the keyspace) at `ts`:
+        (key, value, version_ts) of each key's newest version at or below `ts`, tombstones
+        skipped, ascending by key, at most `limit` rows. One read transaction, so the rows
+        are one consistent snapshot.
+
+        How, measured on the 2-core machine (SQLite 3.40, 1000-row scans, keys with 1 / 10 /
+        200 versions each, read at the newest timestamp):
+        - one query streaming the visible versions in index order, Python keeping the first
+          of each key: ~1 µs per visible version, 1.0 / 9.5 / 80 ms;
+        - a query per distinct key (`key > last ... LIMIT 1`): ~4.5 µs per key whatever the
+          history, 4.3 / 4.4 / 2.4 ms;
+        - one query with a correlated NOT EXISTS (newer visible version): per version in C,
+          1.5 / 9.6 / 61 ms; a lag() window: 4.4 / 22 / 190 ms; a recursive-CTE skip scan is
+          materialised in full before LIMIT applies (30 ms for LIMIT 10 over 20k keys).
+        Chosen: stream, and when one key hides more than SCAN_SKIP_ROWS_MAX older versions,
+        re-seek the index past it: 1.0 / 9.9 / 6.8 ms. Cost per key is bounded (about 10 µs)
+        and the common case (few versions per key, kept so by gc) is 4x the per-key query.
+        Memory is bounded by `limit`, never by the size of the range.
+        """
+        _check_span(start, end)
+        wall, logical = _check_ts(ts)
+        if not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be a non-negative int, got {limit!r}")
+        rows: list[tuple[bytes, bytes, Timestamp]] = []
+        if limit == 0:
+            return rows
+        skip_rows_max = SCAN_SKIP_ROWS_MAX
+        bounded = end is not None
+        params = {"start": start, "end": end, "wall": wall, "logical": logical}
+        with self._transaction("BEGIN") as conn:
+            sql = _SCAN_SQL[bounded, False]
+            last_key: bytes | None = None
+            while True:
+                cursor = conn.execute(sql, params)
+                reseek = False
+                skipped = 0
+                try:
+                    for key, value, v_wall, v_logical in cursor:
+                        if key == last_key:
+                            # An older version of a key already decided: hidden.
+                            skipped += 1
+                            if skipped > skip_rows_max:
+                                reseek = True
+                                break
+                            continue
+                        last_key, skipped = key, 0
+                        if value is not None:
+                            rows.append((key, value, (v_wall, v_logical)))
+                            if len(rows) >= limit:
+                                break
+                finally:
+                    cursor.close()
+                if not reseek:
+                    return rows
+                sql = _SCAN_SQL[bounded, True]
+                params["start"] = last_key
+
+    def approximate_span_bytes(self, start: bytes, end: bytes | None) -> int:
+        """Sum of len(key) + len(value) over all versions in `[start, end)` (tombstones count
+        their key). Exact for the stored versions, 'approximate' as a size of the range on
+        disk. Reads every version of the span: O(rows), for split decisions, not hot paths."""
+        _check_span(start, end)
+        with self._transaction(None) as conn:
+            (total,) = conn.execute(
+                _SPAN_BYTES_SQL[end is not None], {"start": start, "end": end}
+            ).fetchone()
+        return total
+
+    # --- garbage collection ---
+
+    def gc(self, range_start: bytes, range_end: bytes | None, before_ts: Timestamp) -> int:
+        """Remove the versions in `[range_start, range_end)` that no read at or above
+        `before_ts` can see: per key, every version older than the newest one at or below
+        `before_ts`, and that one too if it is a tombstone. Versions above `before_ts` stay.
+        Every `get_value`/`scan` at ts >= before_ts returns what it returned before (`get`
+        may say None instead of a tombstone). Reads below `before_ts` are no longer
+        meaningful; the caller must not serve them nor write at or below `before_ts`.
+        One transaction; returns the number of versions removed."""
+        _check_span(range_start, range_end)
+        wall, logical = _check_ts(before_ts, "before_ts")
+        params = {"start": range_start, "end": range_end, "wall": wall, "logical": logical}
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            return conn.execute(_GC_SQL[range_end is not None], params).rowcount
+
+    # --- snapshots for a lagging replica ---
+
+    def export_span(
+        self, start: bytes, end: bytes | None, chunk_rows: int, *, range_id: int | None = None
+    ) -> SpanExport:
+        """All versions (tombstones included) of `[start, end)` as an iterator of lists of at
+        most `chunk_rows` rows `(key, wall, logical, value)`, ascending by key then newest
+        first.
+
+        Consistent: the export reads one SQLite snapshot taken when this method returns, on
+        a connection of its own, so applies keep going while the chunks are sent. If
+        `range_id` is given, the returned object's `applied_index` / `applied_term` are that
+        range's state in the same snapshot (what `import_span` needs on the other side).
+        Caveat: while the export is open SQLite cannot checkpoint the WAL past its snapshot,
+        so the WAL grows; iterate it to the end or close it (it is a context manager).
+        """
+        _check_span(start, end)
+        if not isinstance(chunk_rows, int) or chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
+        if range_id is not None:
+            _check_int("range_id", range_id)
+        with self._lock:
+            if self._conn is None:
+                raise StoreError(f"MVCC store {self._path} is closed")
+        return SpanExport(self._path, start, end, chunk_rows, range_id)
+
+    def import_span(
+        self,
+        range_id: int,
+        start: bytes,
+        end: bytes | None,
+        chunks: Iterable[Iterable[VersionRow]],
+        applied_index: int,
+        applied_term: int,
+    ) -> None:
+        """Replace everything this node holds in `[start, end)` with a snapshot, in one
+        transaction: delete the span's versions, insert every row of `chunks`, set the
+        range's applied index and term, and drop its command results above `applied_index`
+        (they would claim commands the new data does not contain). On any error nothing
+        changes: ValueError/TypeError for a row outside the span or malformed (bad input
+        from a peer), StoreError for SQLite, or whatever the chunk iterator raises.
+
+        The lock is held while `chunks` is consumed, so every other call on this store waits:
+        feed it from memory or a local file, not from a slow socket.
+        """
+        _check_int("range_id", range_id)
+        _check_span(start, end)
+        _check_int("applied_index", applied_index)
+        _check_int("applied_term", applied_term)
+
+        def rows_in_span(chunk: Iterable[VersionRow]) -> Iterator[VersionRow]:
+            for row in chunk:
+                key, wall, logical, value = row
+                _check_key("snapshot key", key)
+                if key < start or (end is not None and key >= end):
+                    raise ValueError(
+                        f"snapshot row key {key!r} is outside the span [{start!r}, {end!r})"
+                    )
+                wall = _check_int("snapshot wall", wall)
+                logical = _check_int("snapshot logical", logical)
+                yield key, wall, logical, _check_value("snapshot value", value)
+
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            conn.execute(_SPAN_DELETE_SQL[end is not None], {"start": start, "end": end})
+            for chunk in chunks:
+                conn.executemany(_INSERT_VERSION_SQL, rows_in_span(chunk))
+            conn.execute(
+                "INSERT OR REPLACE INTO range_state (range_id, applied_index, applied_term)"
+                " VALUES (?, ?, ?)",
+                (range_id, applied_index, applied_term),
+            )
+            conn.execute(
+                "DELETE FROM command_results WHERE range_id = ? AND raft_index > ?",
+                (range_id, applied_index),
+            )
+
+
+class SpanExport:
+    """Iterator of chunks over one read snapshot of a span; see `MVCCStore.export_span`.
+
+    Owns a private SQLite connection, closed when the iterator is exhausted or `close()`d.
+    One consumer at a time (not for sharing between threads).
+    """
+
+    def __init__(
+        self, path: str, start: bytes, end: bytes | None, chunk_rows: int, range_id: int | None
+    ) -> None:
+        self._path = path
+        self._chunk_rows = chunk_rows
+        self.applied_index: int | None = None
+        self.applied_term: int | None = None
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as e:
+            raise StoreError(f"MVCC store {path}: cannot open export connection: {e}") from e
+        self._conn: sqlite3.Connection | None = conn
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("BEGIN")
+            # The first read pins the WAL snapshot; the cursor below reads the same one.
+            state = conn.execute(_APPLIED_SQL, (range_id or 0,)).fetchone()
+            if range_id is not None:
+                self.applied_index, self.applied_term = (0, 0) if state is None else state
+            self._cursor: sqlite3.Cursor | None = conn.execute(
+                _EXPORT_SQL[end is not None], {"start": start, "end": end}
+            )
+        except sqlite3.Error as e:
+            self._conn = None
+            conn.close()
+            raise StoreError(f"MVCC store {path}: export failed: {e}") from e
+        except BaseException:
+            self._conn = None
+            conn.close()
+            raise
+
+    def __iter__(self) -> SpanExport:
+        return self
+
+    def __next__(self) -> list[VersionRow]:
+        if self._cursor is None:
+            raise StopIteration
+        try:
+            rows = self._cursor.fetchmany(self._chunk_rows)
+        except sqlite3.Error as e:
+            self.close()
+            raise StoreError(f"MVCC store {self._path}: export failed: {e}") from e
+        if not rows:
+            self.close()
+            raise StopIteration
+        return rows
+
+    def close(self) -> None:
+        """End the read snapshot and close the connection. Idempotent."""
+        conn, self._conn, self._cursor = self._conn, None, None
+        if conn is not None:
+            conn.close()  # Closing ends the read transaction.
+
+    def __enter__(self) -> SpanExport:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,450 @@
+"""RaftGroup: pysyncobj's SyncObj made safe enough to hold acknowledged writes.
+
+pysyncobj 0.3.17 loses acknowledged writes (PYSYNCOBJ.md item 1), never fsyncs (item 2),
+destroys state when a journal has no dump file (item 3), wedges when apply raises (item 5) and
+lets proposals vanish without an answer (item 8). This subclass keeps pysyncobj's election and
+replication machinery and fixes each of those, by overriding a handful of private methods that
+SyncObj calls through `self`:
+
+Raft's log-matching rules (the four rules of item 1):
+  1. a success reply never moves the leader's nextIndex backwards;
+  2. a follower truncates only at the first entry whose term differs from the message's;
+  3. its acknowledgement is the last index the message proved (prevLogIdx + len(entries));
+  4. it advances its commit index to at most that proved index.
+Durability: the journal (journal.DurableJournal, installed through pysyncobj.syncobj.createJournal)
+is synced before any message leaves this group and at the start of every tick, before the leader
+counts itself in a quorum: no reply, vote or self-count is ever ahead of the disk.
+Snapshots: always configured beside the journal, written by our serializer (never by fork); the
+state machine supplies the data, so a snapshot is the range's own state.
+Apply: commands are msgpack payloads with ids (commands.py); applying never raises -- a bad
+command is recorded as failed and the replica goes on; a repeated id returns its first result.
+Proposals: every proposal gets exactly one answer (COMMITTED, NOT_COMMITTED or AMBIGUOUS) by its
+timeout at the latest.
+
+Everything here depends on pysyncobj's private names, so the version is pinned exactly and the
+names are checked when this module is imported.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import struct
+import threading
+from typing import Any, Callable, Protocol
+
+import msgpack
+import pysyncobj
+import pysyncobj.syncobj as _so
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.node import Node
+
+from raftstore import constants
+from raftstore.raft.commands import Command, CommandError, Outcome, decode_command, encode_command
+from raftstore.raft.journal import DurableJournal, LogFile, fsync_dir
+
+logger = logging.getLogger(__name__)
+
+PYSYNCOBJ_VERSION = "0.3.17"
+
+_OVERRIDDEN = (
+    "_SyncObj__onMessageReceived",
+    "_SyncObj__deleteEntriesFrom",
+    "_SyncObj__deleteEntriesTo",
+    "_SyncObj__loadDumpFile",
+    "_SyncObj__sendNextNodeIdx",
+    "_onTick",
+)
+_INSTANCE_ATTRS = (
+    "_SyncObj__raftLog", "_SyncObj__raftNextIndex", "_SyncObj__raftMatchIndex",
+    "_SyncObj__raftLastApplied", "_SyncObj__raftCommitIndex", "_SyncObj__transport",
+    "_SyncObj__raftCurrentTerm",
+)
+
+
+def _check_pysyncobj() -> None:
+    from pysyncobj.version import VERSION
+    if VERSION != PYSYNCOBJ_VERSION:
+        raise ImportError("raftstore needs pysyncobj==%s exactly (found %s): RaftGroup overrides its "
+                          "private methods" % (PYSYNCOBJ_VERSION, VERSION))
+    missing = [n for n in _OVERRIDDEN if not callable(getattr(SyncObj, n, None))]
+    if missing or not callable(getattr(_so, "createJournal", None)):
+        raise ImportError("pysyncobj lacks private names RaftGroup overrides: %s" % (missing or ["createJournal"]))
+
+
+_check_pysyncobj()
+
+# pysyncobj calls createJournal(journalFile) once per SyncObj, with only the file name. The patch
+# is process-wide, so the name is a key into this registry, filled just before SyncObj.__init__.
+_journal_registry: dict[str, DurableJournal] = {}
+_journal_registry_lock = threading.Lock()
+_original_create_journal = _so.createJournal
+
+
+def _create_journal(journalFile=None):
+    with _journal_registry_lock:
+        journal = _journal_registry.pop(journalFile, None) if journalFile else None
+    if journal is None:
+        return _original_create_journal(journalFile)
+    return journal
+
+
+_so.createJournal = _create_journal
+
+
+class StateMachine(Protocol):
+    """What a RaftGroup applies committed commands to.
+
+    Contract: `apply` and `record_failed` are called on the tick thread, once per index in
+    increasing order; each must make its effect, the new applied index and the command's
+    outcome (`(True, value)` or `(False, error)`, kept under the command id for `result_of`)
+    durable together (one SQLite transaction), so replay after a crash applies each index at
+    most once and a retried command id gets its first outcome. `record_failed` with command
+    None only advances the applied index.
+    `apply` raises CommandError for a command it rejects (deterministically, on every replica);
+    any other exception is treated the same way but logged as a bug.
+    """
+
+    def applied_index(self) -> int: ...
+    def apply(self, index: int, command: Command) -> Any: ...
+    def record_failed(self, index: int, command: Command | None, error: str) -> None: ...
+    def result_of(self, command_id: bytes) -> tuple[bool, Any]: ...
+    def write_snapshot(self, f, index: int) -> None: ...
+    def read_snapshot(self, f, index: int) -> None: ...
+
+
+ProposalCallback = Callable[[Outcome, Any], None]
+
+# pysyncobj failure reasons that prove the command was never appended (or was replaced).
+_SURELY_NOT = {FAIL_REASON.QUEUE_FULL, FAIL_REASON.MISSING_LEADER, FAIL_REASON.DISCARDED,
+               FAIL_REASON.NOT_LEADER, FAIL_REASON.REQUEST_DENIED}
+
+_SNAPSHOT_MAGIC = b"RSS1"
+_LEN = struct.Struct("<I")
+
+
+class _SyncingTransport:
+    """Wraps the group's transport: the journal is synced before any message leaves."""
+
+    def __init__(self, inner, journal: DurableJournal, before_send: Callable[[], None] | None):
+        self._inner = inner
+        self._journal = journal
+        self._before_send = before_send
+
+    def send(self, node, message):
+        if self._journal.dirty:
+            if self._before_send is not None:
+                self._before_send()
+            self._journal.sync()
+        return self._inner.send(node, message)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+class RaftGroup(SyncObj):
+    """One Raft group (one range's replicas), durable and with the log-matching fix.
+
+    `journal_file` is where the log lives (RealLogFile, or the simulator's disk); `dump_path`
+    is a real path for the snapshot (written by our serializer through the state machine).
+    """
+
+    def __init__(self, self_id: str, peer_ids: list[str], *, journal_file: LogFile, dump_path: str,
+                 state_machine: StateMachine, transport_class=None, transport=None,
+                 conf: dict | None = None, name: str = "") -> None:
+        self.name = name or self_id
+        self._sm = state_machine
+        self._journal = DurableJournal(journal_file)
+        self._dump_path = dump_path
+        self._pending: dict[int, tuple[ProposalCallback, bytes]] = {}
+        self._deadlines: list[tuple[float, int]] = []
+        self._proposal_ids = itertools.count(1)
+        self._pending_lock = threading.Lock()
+        self._snapshot_ack: int | None = None
+        self.apply_failures = 0
+        opts = dict(
+            autoTick=False,
+            appendEntriesUseBatch=True,
+            appendEntriesPeriod=constants.append_entries_period_s,
+            raftMinTimeout=constants.raft_min_timeout_s,
+            raftMaxTimeout=constants.raft_max_timeout_s,
+            appendEntriesBatchSizeBytes=constants.append_entries_batch_bytes,
+            logCompactionMinEntries=constants.log_compaction_entries_min,
+            logCompactionMinTime=constants.log_compaction_time_min_s,
+            commandsQueueSize=constants.proposals_in_flight_max,
+        )
+        opts.update(conf or {})
+        # Fixed: these keep the invariants above, whatever the caller asked for.
+        opts.update(journalFile=journal_file.name, fullDumpFile=dump_path, useFork=False,
+                    serializer=self._write_snapshot, deserializer=self._read_snapshot,
+                    dynamicMembershipChange=False, password=None)
+        assert opts["appendEntriesBatchSizeBytes"] > constants.command_bytes_max + 1024
+        with _journal_registry_lock:
+            _journal_registry[journal_file.name] = self._journal
+        kwargs = {}
+        if transport is not None:
+            kwargs["transport"] = transport
+        elif transport_class is not None:
+            kwargs["transportClass"] = transport_class
+        super().__init__(Node(self_id), [Node(p) for p in peer_ids], SyncObjConf(**opts), **kwargs)
+        for attr in _INSTANCE_ATTRS:
+            assert hasattr(self, attr), "pysyncobj internals changed: %s" % attr
+        assert self._SyncObj__raftLog is self._journal
+        self._SyncObj__transport = _SyncingTransport(self._SyncObj__transport, self._journal,
+                                                     getattr(self._SyncObj__transport, "before_journal_sync", None))
+        # The state machine remembers what it applied (durably); resume after it.
+        applied = self._sm.applied_index()
+        if applied > self._SyncObj__raftLastApplied:
+            self._SyncObj__raftLastApplied = applied
+            self._SyncObj__raftCommitIndex = max(self._SyncObj__raftCommitIndex, applied)
+
+    # --- introspection for the node and the simulator ------------------------------------
+    @property
+    def journal(self) -> DurableJournal:
+        return self._journal
+
+    def is_leader(self) -> bool:
+        return self._isLeader()
+
+    def leader_id(self) -> str | None:
+        leader = self._getLeader()
+        return leader.id if leader is not None else None
+
+    def last_log_index(self) -> int:
+        return self._journal[-1][1]
+
+    def match_index(self) -> dict[str, int]:
+        return {n.id: v for n, v in self._SyncObj__raftMatchIndex.items()}
+
+    # --- proposals -----------------------------------------------------------------------
+    @replicated
+    def _apply_payload(self, payload):
+        return self._apply(payload)
+
+    def propose(self, op: str, args: Any, callback: ProposalCallback, *, command_id: bytes | None = None,
+                timeout_s: float = constants.proposal_timeout_s, now: float | None = None) -> bytes:
+        """Propose a command; `callback(outcome, result)` is called exactly once, on the tick
+        thread, by `timeout_s` at the latest (then AMBIGUOUS). Returns the command id; propose
+        again with the same id to retry an ambiguous command: it applies at most once.
+        Raises ValueError for a command too large to replicate (nothing is proposed)."""
+        payload = encode_command(op, args, command_id)
+        cid = decode_command(payload).id
+        token = next(self._proposal_ids)
+        deadline = (now if now is not None else _so.monotonicTime()) + timeout_s
+        with self._pending_lock:
+            self._pending[token] = (callback, cid)
+            heapq.heappush(self._deadlines, (deadline, token))
+        self._apply_payload(payload, callback=lambda res, err, token=token: self._on_result(token, res, err))
+        return cid
+
+    def _finish(self, token: int, outcome: Outcome, result: Any) -> None:
+        with self._pending_lock:
+            entry = self._pending.pop(token, None)
+        if entry is None:
+            return  # already answered (timed out, then pysyncobj answered late)
+        try:
+            entry[0](outcome, result)
+        except Exception:
+            logger.exception("%s: proposal callback raised", self.name)
+
+    def _on_result(self, token: int, res: Any, err: int) -> None:
+        if err == FAIL_REASON.SUCCESS:
+            ok, value = res if isinstance(res, (tuple, list)) and len(res) == 2 else (False, "bad apply result")
+            self._finish(token, Outcome.COMMITTED if ok else Outcome.REJECTED, value)
+        elif err in _SURELY_NOT:
+            self._finish(token, Outcome.NOT_COMMITTED, "pysyncobj: %s" % _fail_name(err))
+        else:
+            self._finish(token, Outcome.AMBIGUOUS, "pysyncobj: %s" % _fail_name(err))
+
+    def _expire_proposals(self) -> None:
+        now = _so.monotonicTime()
+        expired = []
+        with self._pending_lock:
+            while self._deadlines and self._deadlines[0][0] <= now:
+                _, token = heapq.heappop(self._deadlines)
+                if token in self._pending:
+                    expired.append(token)
+        for token in expired:
+            self._finish(token, Outcome.AMBIGUOUS, "proposal timed out; it may still commit")
+
+    # --- apply: never raises ---------------------------------------------------------------
+    def _apply(self, payload) -> tuple[bool, Any]:
+        index = self._SyncObj__raftLastApplied + 1
+        replay = index <= self._sm.applied_index()  # pysyncobj restarted below our state (snapshot load)
+        command = None
+        try:
+            command = decode_command(payload)
+            found, result = self._sm.result_of(command.id)
+            if found or replay:  # a retried proposal or a replay: the first outcome, apply nothing
+                if not replay:
+                    self._sm.record_failed(index, None, "duplicate of an applied command")
+                return result if found else (False, "index %d replayed without a recorded outcome" % index)
+            return (True, self._sm.apply(index, command))
+        except CommandError as exc:
+            error = str(exc)
+        except Exception as exc:  # a bug in the state machine: keep the replica alive, say so loudly
+            logger.exception("%s: apply of index %d raised", self.name, index)
+            error = "internal error applying command: %s" % exc
+        self.apply_failures += 1
+        try:
+            self._sm.record_failed(index, command, error)
+        except Exception:
+            logger.exception("%s: recording failed command %d raised", self.name, index)
+        return (False, error)
+
+    # --- tick: sync before the leader counts itself ----------------------------------------
+    def _onTick(self, timeToWait=0.0):
+        self._journal.sync()
+        self._expire_proposals()
+        return SyncObj._onTick(self, timeToWait)
+
+    # --- the four log-matching rules ---------------------------------------------------------
+    def _SyncObj__onMessageReceived(self, node, message):
+        try:
+            mtype = message.get("type") if isinstance(message, dict) else None
+            if mtype == "append_entries":
+                if "transmission" in message:
+                    # Pickled chunks: our entries are always smaller than the batch size, so a
+                    # peer sending these is not one of ours. Never unpickle them.
+                    logger.warning("%s: dropping pickled transmission from %s", self.name, node)
+                    return
+                if message.get("term", -1) >= self._SyncObj__raftCurrentTerm:
+                    if "prevLogIdx" in message:
+                        message = self._prepare_append(message)
+                    elif "commit_index" in message:
+                        # A snapshot chunk proves nothing about our log: pysyncobj would commit
+                        # our own unproved tail up to the leader's commit index (rule 4).
+                        message = dict(message, commit_index=min(message["commit_index"], self._SyncObj__raftCommitIndex))
+            elif mtype == "next_node_idx" and self._isLeader():
+                before = self._SyncObj__raftNextIndex.get(node)
+                SyncObj._SyncObj__onMessageReceived(self, node, message)
+                after = self._SyncObj__raftNextIndex.get(node)
+                if message.get("success") and before is not None and after is not None and after < before:
+                    self._SyncObj__raftNextIndex[node] = before  # rule 1
+                return
+            SyncObj._SyncObj__onMessageReceived(self, node, message)
+        except Exception:
+            logger.exception("%s: dropping message %r from %s", self.name, message.get("type") if isinstance(message, dict) else type(message), node)
+
+    def _prepare_append(self, message: dict) -> dict:
+        """Rewrite an append so pysyncobj's handler keeps rules 2-4.
+
+        Entries we already hold with the same term are dropped from the message (so nothing we
+        acknowledged is deleted); at the first conflict we truncate ourselves; the commit index
+        is capped at the last index the message proves.
+        """
+        log = self._journal
+        prev, prev_term = message["prevLogIdx"], message["prevLogTerm"]
+        entries = message.get("entries", [])
+        first, last = log[0][1], log[-1][1]
+        if prev is None or prev < first or prev > last or log[prev - first][2] != prev_term:
+            return message  # pysyncobj answers with a failure; it deletes nothing on that path
+        k = 0
+        while k < len(entries):
+            idx, term = entries[k][1], entries[k][2]
+            if idx > last:
+                break
+            if log[idx - first][2] != term:  # rule 2: truncate only at the first conflict
+                if idx <= self._SyncObj__raftLastApplied:
+                    logger.critical("%s: leader conflicts with applied entry %d; refusing to truncate", self.name, idx)
+                    return {"type": "ignored"}
+                SyncObj._SyncObj__deleteEntriesFrom(self, idx)
+                break
+            k += 1
+        proved = prev + len(entries)
+        new = dict(message)
+        if k:
+            new["prevLogIdx"], new["prevLogTerm"] = entries[k - 1][1], entries[k - 1][2]
+            new["entries"] = entries[k:]
+        new["commit_index"] = min(message["commit_index"], proved)  # rule 4
+        # rule 3: pysyncobj acknowledges the last new entry, or prevLogIdx: both equal `proved`.
+        return new
+
+    def _SyncObj__deleteEntriesFrom(self, fromIDx):
+        # pysyncobj's append handler deletes everything after prevLogIdx whenever we hold more
+        # than the message; _prepare_append has already truncated where Raft says to.
+        return None
+
+    def _SyncObj__deleteEntriesTo(self, toIDx):
+        fsync_dir(os.path.dirname(os.path.abspath(self._dump_path)))  # the dump's rename is durable first
+        return SyncObj._SyncObj__deleteEntriesTo(self, toIDx)
+
+    def _SyncObj__sendNextNodeIdx(self, node, reset=False, nextNodeIdx=None, success=False):
+        # After a snapshot install pysyncobj acknowledges the end of our log; only the
+        # snapshot's last index is proved by that message (rule 3).
+        if success and nextNodeIdx is None and self._snapshot_ack is not None:
+            nextNodeIdx, self._snapshot_ack = self._snapshot_ack, None
+        return SyncObj._SyncObj__sendNextNodeIdx(self, node, reset, nextNodeIdx, success)
+
+    def _SyncObj__loadDumpFile(self, clearJournal):
+        if clearJournal:
+            return self._install_snapshot()
+        if not clearJournal:
+            # Restart: if we crashed after writing a dump but before compacting the journal,
+            # pysyncobj would see journal[0] != dump and clear the whole journal, acknowledged
+            # entries after the dump included. Compact up to the dump first.
+            try:
+                e1, e0 = _read_snapshot_header(self._dump_path)[:2]
+                first = self._journal[0][1]
+                pos = e0[1] - first
+                if 0 < pos < len(self._journal) and self._journal[pos][2] == e0[2]:
+                    self._journal.deleteEntriesTo(pos)
+                    self._journal.sync()
+            except Exception:
+                logger.exception("%s: reading dump header %s", self.name, self._dump_path)
+        return SyncObj._SyncObj__loadDumpFile(self, clearJournal)
+
+    def _install_snapshot(self):
+        """A leader sent us its snapshot. Raft (section 7): if our log holds the snapshot's last
+        entry, keep the entries after it -- we may have acknowledged them; if we are already past
+        the snapshot, ignore it; only otherwise replace the log."""
+        e1, e0, _ = _read_snapshot_header(self._dump_path)
+        self._snapshot_ack = e1[1] + 1
+        log = self._journal
+        first, last = log[0][1], log[-1][1]
+        if first >= e1[1]:
+            return None  # we compacted past it: our state already includes it
+        if e1[1] <= last and log[e1[1] - first][2] == e1[2]:
+            if e0[1] > first:
+                log.deleteEntriesTo(e0[1] - first)
+            return SyncObj._SyncObj__loadDumpFile(self, False)
+        return SyncObj._SyncObj__loadDumpFile(self, True)
+
+    # --- snapshots: our serializer, never fork -----------------------------------------------
+    def _write_snapshot(self, path: str, data) -> None:
+        e1, e0, cluster = data
+        header = msgpack.packb([list(e1), list(e0), sorted(n.id for n in cluster)], use_bin_type=True)
+        with open(path, "wb") as f:
+            f.write(_SNAPSHOT_MAGIC + _LEN.pack(len(header)) + header)
+            self._sm.write_snapshot(f, e1[1])
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _read_snapshot(self, path: str):
+        e1, e0, cluster = _read_snapshot_header(path)
+        if self._sm.applied_index() < e1[1]:
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())  # a received snapshot was written without fsync
+                f.seek(len(_SNAPSHOT_MAGIC))
+                (hlen,) = _LEN.unpack(f.read(_LEN.size))
+                f.seek(hlen, os.SEEK_CUR)
+                self._sm.read_snapshot(f, e1[1])
+        return (e1, e0, cluster)
+
+
+def _read_snapshot_header(path: str):
+    with open(path, "rb") as f:
+        if f.read(len(_SNAPSHOT_MAGIC)) != _SNAPSHOT_MAGIC:
+            raise ValueError("%s is not a raftstore snapshot" % path)
+        (hlen,) = _LEN.unpack(f.read(_LEN.size))
+        e1, e0, cluster = msgpack.unpackb(f.read(hlen), raw=False)
+    return (bytes(e1[0]), int(e1[1]), int(e1[2])), (bytes(e0[0]), int(e0[1]), int(e0[2])), list(cluster)
+
+
+def _fail_name(err: int) -> str:
+    for name in dir(FAIL_REASON):
+        if not name.startswith("_") and getattr(FAIL_REASON, name) == err:
+            return name
+    return str(err)

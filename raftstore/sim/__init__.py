@@ -1,0 +1,1 @@
+"""Deterministic simulation of raftstore's Raft layer (see world.py)."""

@@ -1,0 +1,115 @@
+"""RaftGroup's contracts, on real pysyncobj groups inside the simulator (no faults)."""
+
+import importlib
+
+import pytest
+from pysyncobj import SyncObj
+
+from raftstore.raft import group as group_mod
+from raftstore.raft.commands import Outcome, encode_command
+from raftstore.sim.world import SimConfig, World, patched_pysyncobj
+
+
+@pytest.fixture
+def world(tmp_path):
+    w = World(SimConfig(seed=3, proposals=0, crashes=False, partitions=False), str(tmp_path))
+    with patched_pysyncobj(w.clock, w.rng):
+        w.start()
+        w.run_until(w.clock.t + 3.0)
+        assert w.leader() is not None
+        yield w
+
+
+def _propose(w, nid, op, args, **kw):
+    got = []
+    w.nodes[nid].propose(op, args, lambda outcome, result: got.append((outcome, result)), **kw)
+    w.run_until(w.clock.t + 2.0)
+    assert len(got) == 1, got
+    return got[0]
+
+
+def test_a_command_commits_and_applies_on_every_replica(world):
+    outcome, index = _propose(world, world.leader(), "put", {"k": "a"})
+    assert outcome is Outcome.COMMITTED
+    world.run_until(world.clock.t + 1.0)
+    assert all(sm.log.get(index) for sm in world.sms.values())
+
+
+def test_a_proposal_through_a_follower_is_forwarded(world):
+    follower = next(n for n in world.ids if n != world.leader())
+    outcome, _ = _propose(world, follower, "put", {"k": "b"})
+    assert outcome is Outcome.COMMITTED
+
+
+def test_a_retried_command_id_applies_once_and_returns_the_first_result(world):
+    leader = world.leader()
+    cid = b"\x01" * 16
+    first = _propose(world, leader, "put", {"k": "c"}, command_id=cid)
+    second = _propose(world, leader, "put", {"k": "c"}, command_id=cid)
+    assert first == second and first[0] is Outcome.COMMITTED
+    world.run_until(world.clock.t + 1.0)
+    for sm in world.sms.values():
+        assert list(sm.log.values()).count(cid) == 1
+
+
+def test_a_bad_command_is_recorded_as_failed_and_the_replica_keeps_going(world):
+    leader = world.leader()
+    node = world.nodes[leader]
+    got = []
+    node._apply_payload(b"\xc1 not msgpack", callback=lambda res, err: got.append((res, err)))
+    world.run_until(world.clock.t + 2.0)
+    assert got and got[0][0][0] is False and "msgpack" in got[0][0][1]
+    assert all(world.nodes[n].apply_failures == 1 for n in world.ids)
+    outcome, _ = _propose(world, leader, "put", {"k": "after"})
+    assert outcome is Outcome.COMMITTED
+
+
+def test_an_exception_inside_apply_is_recorded_not_raised(world, monkeypatch):
+    leader = world.leader()
+    monkeypatch.setattr(world, "fail", lambda text: None)  # the simulator treats a failed apply as a bug
+    for sm in world.sms.values():
+        monkeypatch.setattr(sm, "apply", lambda index, command: 1 / 0)
+    outcome, error = _propose(world, leader, "put", {"k": "boom"})
+    assert outcome is Outcome.REJECTED and "division by zero" in error
+    monkeypatch.undo()
+    assert _propose(world, leader, "put", {"k": "fine"})[0] is Outcome.COMMITTED
+
+
+def test_a_proposal_without_a_quorum_times_out_as_ambiguous(world):
+    leader = world.leader()
+    for n in world.ids:
+        if n != leader:
+            world.partition(leader, n)
+    got = []
+    world.nodes[leader].propose("put", {"k": "x"}, lambda o, r: got.append((o, r)), timeout_s=1.0)
+    world.run_until(world.clock.t + 0.9)
+    assert got == []
+    world.run_until(world.clock.t + 0.5)
+    assert len(got) == 1 and got[0][0] is Outcome.AMBIGUOUS
+
+
+def test_a_command_larger_than_the_bound_is_refused_before_proposing(world):
+    with pytest.raises(ValueError, match="command_bytes_max"):
+        world.nodes[world.leader()].propose("put", {"v": b"x" * (600 * 1024)}, lambda o, r: None)
+
+
+def test_pickled_transmissions_from_peers_are_dropped_not_unpickled(world):
+    leader = world.leader()
+    follower = next(n for n in world.ids if n != leader)
+    node = world.nodes[follower]
+    before = node.last_log_index()
+    node._SyncObj__onMessageReceived(node._SyncObj__transport._inner.peers[leader], {
+        "type": "append_entries", "transmission": "finish", "data": b"cos\nsystem\n(S'touch /tmp/x'\ntR.",
+        "term": node.raftCurrentTerm, "commit_index": 0, "prevLogIdx": before, "prevLogTerm": 0})
+    assert node.last_log_index() == before
+
+
+def test_the_module_refuses_a_pysyncobj_without_the_private_names_it_overrides(monkeypatch):
+    monkeypatch.delattr(SyncObj, "_SyncObj__sendNextNodeIdx")
+    with pytest.raises(ImportError, match="_SyncObj__sendNextNodeIdx"):
+        group_mod._check_pysyncobj()
+
+
+def test_encode_command_rejects_a_bad_id():
+    with pytest.raises(ValueError):
+        encode_command("put", {}, b"short")
