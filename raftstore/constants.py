@@ -27,3 +27,22 @@ snapshot_chunk_rows = 1000
 
 # --- HLC -------------------------------------------------------------------------------------
 max_clock_offset_ns = 500_000_000
+
+# --- Ranges and reads --------------------------------------------------------------------------
+scan_rows_max = 10_000
+
+# --- Peer transport ------------------------------------------------------------------------------
+peer_frame_bytes_max = 8 * 1024 * 1024       # > append_entries_batch_bytes plus framing
+peer_handshake_timeout_s = 5.0
+peer_send_buffer_bytes_max = 64 * 1024 * 1024  # a peer this far behind is disconnected
+peer_redial_interval_s = 0.5
+peer_connect_timeout_s = 3.0
+tick_interval_s = 0.01
+
+# --- Client protocol (raftstore.wire, raftstore.kv) ---------------------------------------------
+client_frame_bytes_max = 4 * 1024 * 1024    # one request or response frame's msgpack body
+client_timeout_s_default = 15.0             # kv.Client: overall bound on one call, retries included
+client_attempt_timeout_s_max = 5.0          # kv.Client: socket timeout of a single attempt
+client_backoff_s_min = 0.05                 # kv.Client: first retry delay (before jitter)
+client_backoff_s_max = 1.0                  # kv.Client: the delay doubles up to this cap
+drain_timeout_s = 15.0

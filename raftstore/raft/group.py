@@ -55,6 +55,7 @@ _OVERRIDDEN = (
     "_SyncObj__deleteEntriesTo",
     "_SyncObj__loadDumpFile",
     "_SyncObj__sendNextNodeIdx",
+    "_SyncObj__tryLogCompaction",
     "_onTick",
 )
 _INSTANCE_ATTRS = (
@@ -126,17 +127,19 @@ _LEN = struct.Struct("<I")
 
 
 class _SyncingTransport:
-    """Wraps the group's transport: the journal is synced before any message leaves."""
+    """Wraps the group's transport: the journal is synced before any message leaves.
 
-    def __init__(self, inner, journal: DurableJournal, before_send: Callable[[], None] | None):
+    A transport whose class sets `flushes_after_sync = True` promises to hold every frame until
+    its owner has synced all journals (group commit); it is not synced here, send by send.
+    """
+
+    def __init__(self, inner, journal: DurableJournal):
         self._inner = inner
         self._journal = journal
-        self._before_send = before_send
+        self._sync_here = not getattr(inner, "flushes_after_sync", False)
 
     def send(self, node, message):
-        if self._journal.dirty:
-            if self._before_send is not None:
-                self._before_send()
+        if self._sync_here and self._journal.dirty:
             self._journal.sync()
         return self._inner.send(node, message)
 
@@ -192,8 +195,7 @@ class RaftGroup(SyncObj):
         for attr in _INSTANCE_ATTRS:
             assert hasattr(self, attr), "pysyncobj internals changed: %s" % attr
         assert self._SyncObj__raftLog is self._journal
-        self._SyncObj__transport = _SyncingTransport(self._SyncObj__transport, self._journal,
-                                                     getattr(self._SyncObj__transport, "before_journal_sync", None))
+        self._SyncObj__transport = _SyncingTransport(self._SyncObj__transport, self._journal)
         # The state machine remembers what it applied (durably); resume after it.
         applied = self._sm.applied_index()
         if applied > self._SyncObj__raftLastApplied:
@@ -366,6 +368,13 @@ class RaftGroup(SyncObj):
         # pysyncobj's append handler deletes everything after prevLogIdx whenever we hold more
         # than the message; _prepare_append has already truncated where Raft says to.
         return None
+
+    def _SyncObj__tryLogCompaction(self):
+        SyncObj._SyncObj__tryLogCompaction(self)
+        # Our serializer runs synchronously, but pysyncobj collects its result only at the next
+        # tick; until then __sendAppendEntries finds no snapshot to send and spins for a whole
+        # appendEntriesPeriod sending empty snapshot frames. Collect it now.
+        SyncObj._SyncObj__tryLogCompaction(self)
 
     def _SyncObj__deleteEntriesTo(self, toIDx):
         fsync_dir(os.path.dirname(os.path.abspath(self._dump_path)))  # the dump's rename is durable first

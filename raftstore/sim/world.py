@@ -243,6 +243,7 @@ class World:
         self.outcomes: dict[str, int] = {}
         self.steps = 0
         self.violation: str | None = None
+        self.sends_this_step = 0
 
     # --- bookkeeping -----------------------------------------------------------------------
     def log(self, text: str) -> None:
@@ -341,6 +342,9 @@ class World:
             self._join(a, b)
 
     def send(self, src: str, dst: str, payload: bytes) -> bool:
+        self.sends_this_step += 1
+        if self.sends_this_step > 5000:   # simulated time stands still within a step
+            self.fail("message-storm: %s sent over 5000 messages while handling one event" % src)
         if not self.link_up(src, dst):
             return False
         base = ONE_WAY_S[frozenset((REGIONS[src], REGIONS[dst]))]
@@ -500,6 +504,7 @@ class World:
         while self.queue and self.queue[0][0] <= t_end:
             t, _, kind, data = heapq.heappop(self.queue)
             self.clock.t = max(self.clock.t, t)
+            self.sends_this_step = 0
             if kind == "tick":
                 nid, inc = data
                 if self.alive(nid) and inc == self.incarnation[nid]:

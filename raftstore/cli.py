@@ -1,0 +1,105 @@
+"""The `raftstore` command: `start` a node, talk to one with `kv`.
+
+Bad input gets one line naming what is wrong and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from raftstore.peer import parse_addr
+
+
+def _addr(text: str) -> str:
+    try:
+        parse_addr(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _addr_list(text: str) -> list[str]:
+    return [_addr(part.strip()) for part in text.split(",") if part.strip()]
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError("%r is not a positive integer" % text)
+    return int(text)
+
+
+def _region(text: str) -> str:
+    if not text or not all(c.isalnum() or c in "-_." for c in text):
+        raise argparse.ArgumentTypeError("%r is not a region name (letters, digits, - _ .)" % text)
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the full usage is one `--help` away)."""
+
+    def error(self, message: str):
+        self.exit(2, "%s: error: %s (see %s --help)\n" % (self.prog, message, self.prog))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="raftstore", description="A multi-region, strongly consistent store.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    start = sub.add_parser("start", help="run a node (one per region)")
+    start.add_argument("--node-id", type=_positive_int, required=True, help="this node's id (unique, never reused)")
+    start.add_argument("--region", type=_region, required=True, help="this node's region, e.g. us-east1")
+    start.add_argument("--peer-addr", type=_addr, required=True, metavar="HOST:PORT", help="address for other nodes")
+    start.add_argument("--sql-addr", type=_addr, required=True, metavar="HOST:PORT", help="address for clients")
+    start.add_argument("--join", type=_addr_list, required=True, metavar="HOST:PORT[,...]",
+                       help="peer addresses of the nodes that form the cluster on first start")
+    start.add_argument("--data-dir", required=True, metavar="DIR")
+    auth = start.add_mutually_exclusive_group()
+    auth.add_argument("--cluster-secret-file", metavar="FILE", help="file holding the shared cluster secret")
+    auth.add_argument("--insecure", action="store_true", help="run without peer authentication (testing only)")
+    start.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    start.set_defaults(func=run_start)
+
+    from raftstore.cli_kv import add_kv_parser
+    add_kv_parser(sub)
+    return parser
+
+
+def _read_secret(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            secret = f.read().strip()
+    except OSError as exc:
+        raise SystemExit("raftstore start: error: cannot read --cluster-secret-file %s: %s" % (path, exc.strerror or exc))
+    if len(secret) < 16:
+        raise SystemExit("raftstore start: error: --cluster-secret-file %s holds %d bytes; use at least 16" % (path, len(secret)))
+    return secret
+
+
+def run_start(args: argparse.Namespace) -> int:
+    from raftstore.node import NodeConfig, StartupError, run_node
+
+    if args.cluster_secret_file is None and not args.insecure:
+        raise SystemExit("raftstore start: error: no --cluster-secret-file given; peers must authenticate "
+                         "(pass --insecure to run without, for local testing only)")
+    secret = b"" if args.insecure else _read_secret(args.cluster_secret_file)
+    logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
+                        format="%(asctime)s n" + str(args.node_id) + " %(levelname)s %(name)s: %(message)s")
+    cfg = NodeConfig(node_id=args.node_id, region=args.region, peer_addr=args.peer_addr, sql_addr=args.sql_addr,
+                     join=args.join, data_dir=os.path.abspath(args.data_dir), secret=secret)
+    try:
+        return run_node(cfg)
+    except StartupError as exc:
+        raise SystemExit("raftstore start: error: %s" % exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

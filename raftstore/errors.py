@@ -1,0 +1,148 @@
+"""Operating errors of the client protocol: what went wrong, whether a write may have landed,
+and what to do about it.
+
+Why a module of its own: the same few outcomes (no leader, maybe committed, bad request, too
+large, node draining) are produced by the server, carried on the wire as
+``{"code", "message", "ambiguous"}``, and re-raised by the client, so the code table lives in
+one place that both sides import. The distinction that matters most to a caller is
+`ambiguous`: False means the write surely did not commit and may be retried freely (even as a
+new write); True means it may or may not have committed, and only a retry with the same
+command id (which `raftstore.kv.Client` does itself) or a read can tell.
+
+Programmer errors (wrong argument types, using a closed client) are not here: they are
+TypeError / ValueError / RuntimeError at the call site.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RaftstoreError(Exception):
+    """Base of every operating error a raftstore client can see.
+
+    `code` is the wire error code (``unavailable``, ``ambiguous``, ...); `ambiguous` is True when
+    a write may or may not have committed. `str(err)` is one line: what happened, then what to do.
+    """
+
+    code: str = "internal"
+    ambiguous: bool = False
+    hint: str = "this is a bug or an unexpected server state; see the node's log"
+
+    def __init__(self, message: str, *, code: str | None = None, ambiguous: bool | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if ambiguous is not None:
+            self.ambiguous = ambiguous
+
+    def to_wire(self) -> dict[str, Any]:
+        """The ``error`` map of a response: ``{"code", "message", "ambiguous"}`` (a new dict)."""
+        return {"code": self.code, "message": self.message, "ambiguous": bool(self.ambiguous)}
+
+
+class UnavailableError(RaftstoreError):
+    """No leader right now, or the node cannot reach a quorum. The write surely did not commit."""
+
+    code = "unavailable"
+    hint = "the write did not commit; retry later or against another node"
+
+
+class DrainingError(UnavailableError):
+    """The node is shutting down and refused the request. The write surely did not commit."""
+
+    code = "draining"
+    hint = "the node is shutting down and the write did not commit; retry against another node"
+
+
+class AmbiguousCommitError(RaftstoreError):
+    """The write may or may not have committed (a leader change or a broken connection hid the
+    outcome). Read the key to find out; a retry with a *new* write may apply twice."""
+
+    code = "ambiguous"
+    ambiguous = True
+    hint = "the write may have committed; read the key to find out before writing again"
+
+
+class BadRequestError(RaftstoreError):
+    """The request is malformed (wrong fields or types, unknown op). Retrying cannot help."""
+
+    code = "bad_request"
+    hint = "the request was rejected and not applied; fix the request (client/server mismatch?)"
+
+
+class TooLargeError(RaftstoreError):
+    """A key, value, request or result exceeds a limit. Retrying cannot help."""
+
+    code = "too_large"
+    hint = "nothing was applied; use smaller keys or values, or a smaller scan limit"
+
+
+class InternalError(RaftstoreError):
+    """The server failed in a way it did not expect."""
+
+    code = "internal"
+
+
+class ConnectionFailedError(UnavailableError):
+    """Could not reach any of the given addresses (or every connection broke before an answer)
+    within the client's timeout. Raised for reads and for writes that surely never reached a
+    server; a write that may have reached one raises AmbiguousCommitError instead."""
+
+    code = "connection_failed"
+    hint = "check that the nodes are running and that the addresses match their --sql-addr"
+
+
+class ProtocolError(RaftstoreError):
+    """The server's answer does not follow the client protocol (client/server version mismatch
+    or a bug). For a write whose answer said ok it is raised with ``ambiguous=True``."""
+
+    code = "protocol"
+    hint = "the client and server disagree on the protocol; check that their versions match"
+
+
+_BY_CODE: dict[str, type[RaftstoreError]] = {
+    cls.code: cls
+    for cls in (
+        UnavailableError,
+        DrainingError,
+        AmbiguousCommitError,
+        BadRequestError,
+        TooLargeError,
+        InternalError,
+    )
+}
+
+# Codes after which the request surely did not apply and another node may serve it.
+RETRY_ELSEWHERE_CODES = frozenset({"unavailable", "draining"})
+
+
+def error_from_wire(obj: Any) -> RaftstoreError:
+    """Turn the ``error`` map of a response into a typed error (returned, not raised).
+
+    Known codes map to their class, an unknown code to a plain `RaftstoreError` carrying that
+    code. The input is untrusted: a map that is not ``{"code": str, "message": str,
+    "ambiguous": bool}`` gives a `ProtocolError`. ``ambiguous`` from the wire is kept (an
+    ``internal`` error may be ambiguous); the ``ambiguous`` code is always ambiguous.
+    """
+    if not isinstance(obj, dict):
+        return ProtocolError(
+            f"malformed error in response: expected a map, got {type(obj).__name__}"
+        )
+    code, message, ambiguous = obj.get("code"), obj.get("message"), obj.get("ambiguous")
+    if not isinstance(code, str) or not isinstance(message, str) or not isinstance(ambiguous, bool):
+        return ProtocolError(
+            "malformed error in response: expected {code: str, message: str, ambiguous: bool}, "
+            f"got code={type(code).__name__}, message={type(message).__name__}, "
+            f"ambiguous={type(ambiguous).__name__}"
+        )
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        return RaftstoreError(
+            f"server error {code!r}: {message}", code=code, ambiguous=ambiguous
+        )
+    text = f"{code}: {message} ({cls.hint})"
+    return cls(text, ambiguous=ambiguous or cls.ambiguous)

@@ -1,0 +1,484 @@
+"""Blocking key-value client for the protocol in `raftstore.wire`.
+
+Why: a caller wants "put this key" to either succeed once or tell it plainly that it did not,
+or that nobody can know. Nodes come and go (leader changes, restarts, draining), so the client
+retries on its own within one deadline and keeps the promise that matters:
+
+* Each write carries a random 16-byte command id chosen once and kept across retries; the
+  servers remember applied ids, so a write applies at most once however often it is resent.
+* ``unavailable``, ``draining`` and connection failures move to the next address after a bounded,
+  jittered exponential backoff; ``ambiguous`` resends the same request (same command id) to the
+  next address, whose answer settles the outcome.
+* A write is reported as surely-not-applied only if no attempt could have applied it. Once any
+  attempt was answered ``ambiguous``, or its connection broke (or timed out) after the whole
+  request was handed to the kernel, running out of time raises AmbiguousCommitError.
+* ``bad_request``, ``too_large`` and other non-retryable errors raise at once.
+
+This is an edge module (sockets, clock); `backoff_delay_s` is the pure part of the policy.
+One connection is open at a time; a `Client` serialises its calls with a lock.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import socket
+import threading
+import time
+from typing import Any, Callable, Iterable, NoReturn
+
+from hlc import Timestamp
+from raftstore import constants, wire
+from raftstore.errors import (
+    RETRY_ELSEWHERE_CODES,
+    AmbiguousCommitError,
+    ConnectionFailedError,
+    ProtocolError,
+    RaftstoreError,
+    TooLargeError,
+    error_from_wire,
+)
+
+__all__ = ["Client", "backoff_delay_s", "parse_address", "parse_addresses"]
+
+Address = tuple[str, int]
+
+
+# --- addresses --------------------------------------------------------------------------------
+
+
+def parse_address(text: str) -> Address:
+    """``"host:port"`` (or ``"[v6addr]:port"``) -> ``(host, port)``.
+
+    Raises TypeError for a non-str, ValueError naming the problem for a malformed address or a
+    port outside 1-65535.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"address must be a str 'host:port', got {type(text).__name__}")
+    example = "expected HOST:PORT, e.g. 127.0.0.1:26257"
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"bad address {text!r}: {example}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or any(ch.isspace() for ch in host) or ("[" in host or "]" in host):
+        raise ValueError(f"bad address {text!r}: malformed host; {example}")
+    if not port_text.isascii() or not port_text.isdigit():
+        raise ValueError(f"bad address {text!r}: port must be a number in 1-65535")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"bad address {text!r}: port {port} is outside 1-65535")
+    return host, port
+
+
+def parse_addresses(addresses: str | Iterable[str]) -> list[Address]:
+    """A str (one address, or several separated by commas) or an iterable of address strs ->
+    list of ``(host, port)``. Raises TypeError / ValueError (see `parse_address`), ValueError if
+    there is none."""
+    if isinstance(addresses, str):
+        items = addresses.split(",")
+    elif isinstance(addresses, (bytes, bytearray)) or not hasattr(addresses, "__iter__"):
+        raise TypeError(
+            "addresses must be a 'host:port' str or a list of them, got "
+            f"{type(addresses).__name__}"
+        )
+    else:
+        items = list(addresses)
+    parsed = [parse_address(item.strip() if isinstance(item, str) else item) for item in items]
+    if not parsed:
+        raise ValueError("addresses is empty: give at least one 'host:port'")
+    return parsed
+
+
+def _format_address(address: Address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# --- retry policy (pure) ------------------------------------------------------------------------
+
+
+def backoff_delay_s(failures: int, rng: random.Random) -> float:
+    """Delay before the retry that follows `failures` consecutive failed attempts (>= 1).
+
+    Exponential from client_backoff_s_min, doubling up to client_backoff_s_max, with "equal
+    jitter": uniformly in [d/2, d] so clients that failed together do not retry together.
+    """
+    assert failures >= 1, failures
+    exponent = min(failures - 1, 32)
+    delay = min(constants.client_backoff_s_max, constants.client_backoff_s_min * 2**exponent)
+    return rng.uniform(delay / 2, delay)
+
+
+# --- argument checks ----------------------------------------------------------------------------
+
+
+def _bytes_arg(method: str, name: str, value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    hint = "; encode text first, e.g. 'abc'.encode()" if isinstance(value, str) else ""
+    raise TypeError(f"{method}: {name} must be bytes, got {type(value).__name__}{hint}")
+
+
+def _optional_bytes_arg(method: str, name: str, value: Any) -> bytes | None:
+    return None if value is None else _bytes_arg(method, name, value)
+
+
+def _new_command_id() -> bytes:
+    return os.urandom(constants.command_id_bytes)
+
+
+# --- result checks (the server is trusted to follow the protocol, but checked anyway) -----------
+
+
+def _ts_of(op: str, result: Any) -> Timestamp:
+    if not isinstance(result, dict) or "ts" not in result:
+        raise ValueError(f"{op} result must be a map with 'ts', got {type(result).__name__}")
+    return Timestamp.from_wire(result["ts"])
+
+
+def _check_put(result: Any) -> Timestamp:
+    return _ts_of("put", result)
+
+
+def _check_delete(result: Any) -> Timestamp:
+    return _ts_of("delete", result)
+
+
+def _check_get(result: Any) -> bytes | None:
+    _ts_of("get", result)
+    if "value" not in result:
+        raise ValueError("get result has no 'value'")
+    value = result["value"]
+    if value is not None and not isinstance(value, bytes):
+        raise ValueError(f"get result value must be bytes or nil, got {type(value).__name__}")
+    return value
+
+
+def _check_cas(result: Any) -> bool:
+    _ts_of("cas", result)
+    swapped = result.get("swapped")
+    if not isinstance(swapped, bool):
+        raise ValueError(f"cas result swapped must be a bool, got {type(swapped).__name__}")
+    return swapped
+
+
+def _check_scan(result: Any, limit: int) -> list[tuple[bytes, bytes]]:
+    _ts_of("scan", result)
+    rows = result.get("rows")
+    if not isinstance(rows, list):
+        raise ValueError(f"scan result rows must be an array, got {type(rows).__name__}")
+    if len(rows) > limit:
+        raise ValueError(f"scan returned {len(rows)} rows, more than the limit {limit}")
+    out = []
+    for row in rows:
+        if (
+            not isinstance(row, list)
+            or len(row) != 2
+            or not isinstance(row[0], bytes)
+            or not isinstance(row[1], bytes)
+        ):
+            raise ValueError("scan result rows must be [key: bytes, value: bytes] pairs")
+        out.append((row[0], row[1]))
+    return out
+
+
+def _check_status(result: Any) -> dict:
+    if not isinstance(result, dict):
+        raise ValueError(f"status result must be a map, got {type(result).__name__}")
+    return result
+
+
+class _DeadlineSocket:
+    """Gives every recv/sendall on `sock` only the time left until `deadline` (monotonic), so an
+    attempt that receives a frame in many small pieces still ends on time."""
+
+    def __init__(self, sock: socket.socket, deadline: float):
+        self._sock = sock
+        self._deadline = deadline
+
+    def _arm(self) -> None:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("attempt timed out")
+        self._sock.settimeout(remaining)
+
+    def recv(self, bufsize: int) -> bytes:
+        self._arm()
+        return self._sock.recv(bufsize)
+
+    def sendall(self, data: bytes) -> None:
+        self._arm()
+        self._sock.sendall(data)
+
+
+class _AttemptFailed(Exception):
+    """One attempt did not produce an answer; `error` is what to report if it was the last."""
+
+    def __init__(self, error: RaftstoreError, *, maybe_applied: bool):
+        super().__init__(str(error))
+        self.error = error
+        self.maybe_applied = maybe_applied
+
+
+class Client:
+    """Blocking client for one or more nodes' client ports.
+
+    ``Client(["host:port", ...], timeout_s=15.0)``; a single str may hold one address or several
+    separated by commas. Addresses are tried in the order given, starting with the first, one
+    connection at a time; a connection that answered is reused by the next call.
+
+    Every method is bounded by `timeout_s` in total, retries included, and raises a subclass of
+    `raftstore.errors.RaftstoreError` on an operating error: ConnectionFailedError (nothing
+    reachable), UnavailableError / DrainingError (no node could serve in time; writes surely did
+    not apply), AmbiguousCommitError (a write may have applied), BadRequestError,
+    TooLargeError, ProtocolError. Wrong argument types raise TypeError, out-of-range arguments
+    ValueError, use after `close()` RuntimeError.
+    """
+
+    def __init__(
+        self,
+        addresses: str | Iterable[str],
+        *,
+        timeout_s: float = constants.client_timeout_s_default,
+    ):
+        self._addresses = parse_addresses(addresses)
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)):
+            raise TypeError(
+                f"timeout_s must be a number of seconds, got {type(timeout_s).__name__}"
+            )
+        if not (math.isfinite(timeout_s) and timeout_s > 0):
+            raise ValueError(
+                f"timeout_s must be a positive finite number of seconds, got {timeout_s}"
+            )
+        self.timeout_s = float(timeout_s)
+        self._index = 0
+        self._sock: socket.socket | None = None
+        self._decoder: wire.FrameDecoder | None = None
+        self._next_request_id = 1
+        self._rng = random.Random()  # backoff jitter only; command ids come from os.urandom
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def addresses(self) -> list[str]:
+        return [_format_address(address) for address in self._addresses]
+
+    def __repr__(self) -> str:
+        return f"Client({self.addresses!r}, timeout_s={self.timeout_s})"
+
+    # --- operations -------------------------------------------------------------------------
+
+    def put(self, key: bytes, value: bytes) -> Timestamp:
+        """Set `key` to `value`; return the commit timestamp."""
+        args = {
+            "key": _bytes_arg("put", "key", key),
+            "value": _bytes_arg("put", "value", value),
+            "command_id": _new_command_id(),
+        }
+        return self._call("put", args, _check_put)
+
+    def get(self, key: bytes) -> bytes | None:
+        """The value of `key`, or None if it has none."""
+        return self._call("get", {"key": _bytes_arg("get", "key", key)}, _check_get)
+
+    def delete(self, key: bytes) -> Timestamp:
+        """Delete `key` (deleting an absent key succeeds); return the commit timestamp."""
+        args = {"key": _bytes_arg("delete", "key", key), "command_id": _new_command_id()}
+        return self._call("delete", args, _check_delete)
+
+    def cas(self, key: bytes, expected: bytes | None, new: bytes) -> bool:
+        """Set `key` to `new` if its value is `expected` (None: if it is absent). True if it
+        swapped. An ambiguous outcome raises AmbiguousCommitError, never returns False."""
+        args = {
+            "key": _bytes_arg("cas", "key", key),
+            "expected": _optional_bytes_arg("cas", "expected", expected),
+            "new": _bytes_arg("cas", "new", new),
+            "command_id": _new_command_id(),
+        }
+        return self._call("cas", args, _check_cas)
+
+    def scan(
+        self, start: bytes, end: bytes | None = None, limit: int = 1000
+    ) -> list[tuple[bytes, bytes]]:
+        """Up to `limit` (1..scan_rows_max) ``(key, value)`` pairs with start <= key < end in key
+        order; `end` None means to the end of the keyspace. A full page means there may be
+        more: scan again from ``last_key + b"\\x00"``."""
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError(f"scan: limit must be an int, got {type(limit).__name__}")
+        if not 1 <= limit <= constants.scan_rows_max:
+            raise ValueError(f"scan: limit must be in [1, {constants.scan_rows_max}], got {limit}")
+        args = {
+            "start": _bytes_arg("scan", "start", start),
+            "end": _optional_bytes_arg("scan", "end", end),
+            "limit": limit,
+        }
+        return self._call("scan", args, lambda result: _check_scan(result, limit))
+
+    def status(self) -> dict:
+        """The serving node's status map (node id, region, leader, ...; contents not checked)."""
+        return self._call("status", {}, _check_status)
+
+    def close(self) -> None:
+        """Close the connection. Idempotent; later calls raise RuntimeError."""
+        with self._lock:
+            self._closed = True
+            self._drop_connection()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # --- retry loop -------------------------------------------------------------------------
+
+    def _call(self, op: str, args: dict[str, Any], check: Callable[[Any], Any]) -> Any:
+        write = op in wire.WRITE_OPS
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{op} on a closed raftstore Client")
+            request_id = self._next_request_id
+            self._next_request_id += 1
+            try:
+                frame = wire.encode_frame({"id": request_id, "op": op, "args": args})
+            except wire.FrameError as exc:
+                raise TooLargeError(f"{op}: {exc} ({TooLargeError.hint})") from None
+
+            deadline = time.monotonic() + self.timeout_s
+            last: _AttemptFailed | None = None
+            maybe_applied = False
+            failures = 0
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                attempt_deadline = time.monotonic() + min(
+                    remaining, constants.client_attempt_timeout_s_max
+                )
+                try:
+                    result = self._attempt(op, request_id, frame, attempt_deadline)
+                except _AttemptFailed as failed:
+                    last = failed
+                    maybe_applied = maybe_applied or (write and failed.maybe_applied)
+                    failures += 1
+                    self._drop_connection()
+                    self._index = (self._index + 1) % len(self._addresses)
+                    pause = min(backoff_delay_s(failures, self._rng), deadline - time.monotonic())
+                    if pause > 0:
+                        time.sleep(pause)
+                    continue
+                except RaftstoreError as exc:
+                    # A definite, non-retryable answer (bad_request, too_large, internal, ...).
+                    if write and (maybe_applied or exc.ambiguous):
+                        raise self._ambiguous(op, str(exc)) from exc
+                    raise
+                try:
+                    return check(result)
+                except ValueError as exc:
+                    raise ProtocolError(
+                        f"{op} succeeded but the server's result is malformed: {exc} "
+                        f"({ProtocolError.hint})",
+                        ambiguous=write,
+                    ) from None
+            self._give_up(op, write, maybe_applied, last)
+
+    def _give_up(
+        self, op: str, write: bool, maybe_applied: bool, last: _AttemptFailed | None
+    ) -> NoReturn:
+        waited = f"after {self.timeout_s:g} s"
+        if write and maybe_applied:
+            detail = f"; last error: {last.error.message}" if last is not None else ""
+            raise self._ambiguous(op, f"no definite answer {waited}{detail}")
+        if last is None:  # the deadline passed before the first attempt could start
+            raise ConnectionFailedError(
+                f"{op}: no attempt could be made {waited} to {', '.join(self.addresses)} "
+                f"({ConnectionFailedError.hint})"
+            )
+        error = last.error
+        if isinstance(error, ConnectionFailedError):
+            error = ConnectionFailedError(
+                f"{op}: could not get an answer from any of {', '.join(self.addresses)} "
+                f"{waited}; last error: {error.message} ({ConnectionFailedError.hint})"
+            )
+        raise error
+
+    @staticmethod
+    def _ambiguous(op: str, detail: str) -> AmbiguousCommitError:
+        return AmbiguousCommitError(
+            f"{op} may or may not have committed: {detail} ({AmbiguousCommitError.hint})"
+        )
+
+    def _attempt(self, op: str, request_id: int, frame: bytes, deadline: float) -> Any:
+        """Send `frame` once and return the result of an ok answer.
+
+        Raises _AttemptFailed when the next address should be tried, RaftstoreError for a
+        definite answer that retrying cannot change.
+        """
+        address = _format_address(self._addresses[self._index])
+        if self._sock is None:
+            try:
+                self._connect(deadline)
+            except OSError as exc:
+                error = ConnectionFailedError(f"cannot connect to {address}: {_describe(exc)}")
+                raise _AttemptFailed(error, maybe_applied=False) from None
+        assert self._sock is not None and self._decoder is not None
+        timed = _DeadlineSocket(self._sock, deadline)
+        sent = False
+        try:
+            timed.sendall(frame)
+            # Every byte is with the kernel now: the server may read, apply and crash before
+            # answering, so from here a failure leaves a write ambiguous.
+            sent = True
+            response = wire.read_frame(timed, self._decoder)
+            response_id, ok, body = wire.validate_response(response)
+            if response_id != request_id:
+                raise wire.BadResponse(
+                    f"response id {response_id} does not match request id {request_id}"
+                )
+            if not ok:
+                error = error_from_wire(body)
+                if isinstance(error, ProtocolError):
+                    raise wire.BadResponse(error.message)
+        except (OSError, wire.FrameError, wire.BadResponse) as exc:
+            when = "after sending the request" if sent else "while sending the request"
+            raise _AttemptFailed(
+                ConnectionFailedError(
+                    f"connection to {address} failed {when}: {_describe(exc)}"
+                ),
+                maybe_applied=sent,
+            ) from None
+        if ok:
+            return body
+        if error.code in RETRY_ELSEWHERE_CODES or error.code == "ambiguous":
+            raise _AttemptFailed(error, maybe_applied=error.ambiguous)
+        raise error
+
+    def _connect(self, deadline: float) -> None:
+        host, port = self._addresses[self._index]
+        timeout = max(deadline - time.monotonic(), 0.001)
+        sock = socket.create_connection((host, port), timeout=timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # not TCP (tests may hand us something else); latency only
+        self._sock = sock
+        self._decoder = wire.FrameDecoder(constants.client_frame_bytes_max)
+
+    def _drop_connection(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+        self._sock = None
+        self._decoder = None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError
+        return "timed out"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,466 @@
+"""A raftstore node: one process per region, hosting its replicas behind two ports.
+
+Threads: the *node loop* owns the peer port and every Raft group (pysyncobj's callbacks, apply
+and journal I/O all happen there); the main thread runs asyncio for the client port. A client
+request becomes a proposal (`RaftGroup.propose` is thread-safe); its answer comes back on the
+node loop and is handed to asyncio with `call_soon_threadsafe`.
+
+Each loop iteration: read peer frames and dispatch them to groups, tick the groups, sync every
+dirty journal, then release queued frames (peer.PeerNetwork.flush): no acknowledgement leaves
+before what it acknowledges is on disk, and all groups share one round of syncs.
+
+Data directory: `node.json` (identity and cluster members, written once the cluster forms),
+`hlc.ceiling`, `store.sqlite` (MVCC data and applied indexes), `raft/` (journals and
+snapshots) and `LOCK` (held while the node runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pysyncobj.transport import Transport
+
+from hlc import HLC, FileCeilingStore, SystemClock
+from raftstore import constants
+from raftstore.mvcc import MVCCStore
+from raftstore.peer import RAFT, PeerNetwork, parse_addr
+from raftstore.raft.commands import Outcome, new_command_id
+from raftstore.raft.group import RaftGroup
+from raftstore.raft.journal import RealLogFile, fsync_dir
+from raftstore.replica import RangeReplica
+from raftstore.wire import FrameDecoder, FrameError, BadRequest, encode_frame, validate_request
+
+logger = logging.getLogger(__name__)
+
+RANGE_ID = 1  # one range until splits arrive
+
+
+class StartupError(Exception):
+    """The node cannot start; the message is the one line the user sees."""
+
+
+@dataclass
+class NodeConfig:
+    node_id: int
+    region: str
+    peer_addr: str
+    sql_addr: str
+    join: list[str]
+    data_dir: str
+    secret: bytes
+    raft_conf: dict | None = None
+
+
+class GroupTransport(Transport):
+    """A group's pysyncobj transport: frames tagged with the group id on the node's links."""
+
+    flushes_after_sync = True
+
+    def __init__(self, node: "Node", group_id: int, syncObj, selfNode, otherNodes):
+        super().__init__(syncObj, selfNode, otherNodes)
+        self.node, self.group_id = node, group_id
+        self.peers = {int(n.id): n for n in otherNodes}
+
+    def send(self, node, message):
+        return self.node.net.send(int(node.id), [RAFT, self.group_id, message])
+
+
+def _write_json_durably(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+class Node:
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self.node_id = cfg.node_id
+        self.groups: dict[int, RaftGroup] = {}
+        self.transports: dict[int, GroupTransport] = {}
+        self.members: dict[int, dict] | None = None   # node id -> {"addr", "region"}
+        self.active: set[int] = set()                 # members seen running with their data
+        self.fatal: str | None = None
+        self.join_hellos: dict[str, dict] = {}
+        self._stop = threading.Event()
+        self._loop_thread: threading.Thread | None = None
+        self._open_resources()
+
+    # --- start-up: every check that can fail, before anything runs --------------------------
+    def _open_resources(self) -> None:
+        cfg = self.cfg
+        try:
+            os.makedirs(os.path.join(cfg.data_dir, "raft"), exist_ok=True)
+            self._lock = open(os.path.join(cfg.data_dir, "LOCK"), "a+")
+        except OSError as exc:
+            raise StartupError("data dir %s is not usable: %s" % (cfg.data_dir, exc.strerror or exc)) from None
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise StartupError("data dir %s is in use by another raftstore process" % cfg.data_dir) from None
+        self.peer_sock = self._bind(cfg.peer_addr, "--peer-addr")
+        self.sql_sock = self._bind(cfg.sql_addr, "--sql-addr")
+        meta_path = os.path.join(cfg.data_dir, "node.json")
+        if os.path.exists(meta_path):
+            try:
+                with open(meta_path) as f:
+                    meta = json.load(f)
+                members = {int(k): v for k, v in meta["members"].items()}
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise StartupError("%s is unreadable: %s" % (meta_path, exc)) from None
+            if meta.get("node_id") != cfg.node_id:
+                raise StartupError("data dir %s belongs to node %s, not --node-id %d"
+                                   % (cfg.data_dir, meta.get("node_id"), cfg.node_id))
+            self.members = members
+            self.active = set(meta.get("active", []))
+        elif os.listdir(os.path.join(cfg.data_dir, "raft")):
+            raise StartupError("data dir %s has Raft data but no node.json; refusing to guess" % cfg.data_dir)
+        self.meta_path = meta_path
+        try:
+            self.store = MVCCStore(os.path.join(cfg.data_dir, "store.sqlite"))
+            self.hlc = HLC(SystemClock(), ceiling_store=FileCeilingStore(os.path.join(cfg.data_dir, "hlc.ceiling")))
+        except Exception as exc:
+            raise StartupError("data dir %s: %s" % (cfg.data_dir, exc)) from None
+        self.net = PeerNetwork(listen_sock=self.peer_sock, secret=self.cfg.secret, hello=self._hello,
+                               on_hello=self._on_hello, on_raft=self._on_raft, on_peer_up=self._on_peer_up,
+                               on_peer_down=self._on_peer_down, on_reject=self._on_reject, node_id=cfg.node_id)
+
+    @staticmethod
+    def _bind(addr: str, flag: str) -> socket.socket:
+        try:
+            host, port = parse_addr(addr)
+        except ValueError as exc:
+            raise StartupError("%s: %s" % (flag, exc)) from None
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            sock.listen(128)
+        except OSError as exc:
+            sock.close()
+            raise StartupError("%s %s: cannot listen: %s" % (flag, addr, exc.strerror or exc)) from None
+        return sock
+
+    # --- membership ------------------------------------------------------------------------------
+    def _hello(self) -> dict:
+        return {"node_id": self.node_id, "region": self.cfg.region, "addr": self.cfg.peer_addr,
+                "fresh": self.members is None,
+                "members": {str(k): v for k, v in self.members.items()} if self.members else None,
+                "active": sorted(self.active | ({self.node_id} if self.members else set()))}
+
+    def _on_hello(self, hello: dict) -> str | None:
+        pid = hello["node_id"]
+        if pid == self.node_id:
+            return "node id %d is already used by the node at %s" % (pid, self.cfg.peer_addr)
+        if self.members is not None:
+            if pid not in self.members:
+                return "node %d is not a member of this cluster (members: %s)" % (pid, sorted(self.members))
+            if hello.get("fresh") and pid in self.active:
+                return ("node %d's data directory was wiped: it cannot rejoin under its old id "
+                        "(its acknowledged writes are gone); start it with a new --node-id" % pid)
+            if not hello.get("fresh") and pid not in self.active:
+                self._mark_active(pid)
+            return None
+        # Still forming: remember who answered; adopt an already-formed cluster's members.
+        members = hello.get("members")
+        if isinstance(members, dict):
+            if str(self.node_id) not in members:
+                self.fatal = "the cluster at %s was formed without node %d" % (hello["addr"], self.node_id)
+                return "not a member"
+            if self.node_id in set(hello.get("active") or []):
+                self.fatal = ("node %d's data directory was wiped: it cannot rejoin under its old id; "
+                              "start it with a new --node-id" % self.node_id)
+                return "wiped"
+            self._form({int(k): v for k, v in members.items()})
+            return None
+        self.join_hellos[hello["addr"]] = hello
+        self._maybe_form()
+        return None
+
+    def _maybe_form(self) -> None:
+        wanted = [a for a in self.cfg.join if a != self.cfg.peer_addr]
+        if self.members is None and all(a in self.join_hellos for a in wanted):
+            members = {self.node_id: {"addr": self.cfg.peer_addr, "region": self.cfg.region}}
+            for a in wanted:
+                h = self.join_hellos[a]
+                members[h["node_id"]] = {"addr": h["addr"], "region": h["region"]}
+            self._form(members)
+
+    def _form(self, members: dict[int, dict]) -> None:
+        self.members = members
+        self._persist_meta()
+        logger.info("cluster formed: %s", {k: v["region"] for k, v in sorted(members.items())})
+        self._start_groups()
+
+    def _mark_active(self, pid: int) -> None:
+        self.active.add(pid)
+        self._persist_meta()
+
+    def _persist_meta(self) -> None:
+        _write_json_durably(self.meta_path, {"node_id": self.node_id, "region": self.cfg.region,
+                                             "members": {str(k): v for k, v in self.members.items()},
+                                             "active": sorted(self.active)})
+
+    def _on_reject(self, reason: str) -> None:
+        if "wiped" in reason or "not a member" in reason or "already used" in reason:
+            self.fatal = reason
+
+    # --- groups ----------------------------------------------------------------------------------
+    def _start_groups(self) -> None:
+        me = str(self.node_id)
+        peers = [str(i) for i in sorted(self.members) if i != self.node_id]
+        raft_dir = os.path.join(self.cfg.data_dir, "raft")
+        gid = RANGE_ID
+        conf = dict(appendEntriesUseBatch=False)
+        conf.update(self.cfg.raft_conf or {})
+        group = RaftGroup(me, peers, journal_file=RealLogFile(os.path.join(raft_dir, "range-%d.journal" % gid)),
+                          dump_path=os.path.join(raft_dir, "range-%d.snapshot" % gid),
+                          state_machine=RangeReplica(self.store, gid), conf=conf, name="r%d" % gid,
+                          transport_class=lambda so, s, o: GroupTransport(self, gid, so, s, o))
+        transport = group._SyncObj__transport._inner
+        self.groups[gid], self.transports[gid] = group, transport
+        for pid in self.net.peers:
+            if pid in transport.peers:
+                transport._onNodeConnected(transport.peers[pid])
+
+    def _on_raft(self, peer_id: int, group_id: int, message: dict) -> None:
+        transport = self.transports.get(group_id)
+        if transport is None or peer_id not in transport.peers:
+            return
+        if peer_id not in self.active:
+            self._mark_active(peer_id)
+        transport._onMessageReceived(transport.peers[peer_id], message)
+
+    def _on_peer_up(self, peer_id: int) -> None:
+        for t in self.transports.values():
+            if peer_id in t.peers:
+                t._onNodeConnected(t.peers[peer_id])
+
+    def _on_peer_down(self, peer_id: int) -> None:
+        for t in self.transports.values():
+            if peer_id in t.peers:
+                t._onNodeDisconnected(t.peers[peer_id])
+
+    # --- the node loop ---------------------------------------------------------------------------
+    def start_loop(self) -> None:
+        self._loop_thread = threading.Thread(target=self._loop, name="node-loop", daemon=True)
+        self._loop_thread.start()
+
+    def _loop(self) -> None:
+        if self.members is not None:
+            self._start_groups()
+        next_tick = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self.net.poll(max(0.0, next_tick - time.monotonic()))
+                for group in list(self.groups.values()):
+                    try:
+                        group.doTick(0.0)
+                    except Exception:
+                        logger.exception("tick of %s failed", group.name)
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + constants.tick_interval_s
+                    self._dial()
+                for group in self.groups.values():
+                    group.journal.sync()
+                self.net.flush()
+            except Exception:
+                logger.exception("node loop iteration failed")
+                time.sleep(constants.tick_interval_s)
+        for group in self.groups.values():
+            group.journal.sync()
+
+    def _dial(self) -> None:
+        if self.members is None:
+            known = {c.hello["addr"] for c in self.net.peers.values() if c.hello}
+            for addr in self.cfg.join:
+                if addr != self.cfg.peer_addr and addr not in known:
+                    self.net.dial(addr)
+            return
+        for pid, info in self.members.items():
+            if pid > self.node_id and pid not in self.net.peers:
+                self.net.dial(info["addr"])
+
+    def stop_loop(self) -> None:
+        self._stop.set()
+        self.net.wake()
+        if self._loop_thread is not None:
+            self._loop_thread.join(timeout=10)
+
+    def close(self) -> None:
+        self.stop_loop()
+        for group in self.groups.values():
+            group.journal._destroy()
+        self.net.close()
+        self.store.close()
+        self.sql_sock.close()
+        self._lock.close()
+
+    # --- proposals from the client side ------------------------------------------------------------
+    def group_for(self, key: bytes) -> RaftGroup | None:
+        return self.groups.get(RANGE_ID)
+
+    def propose(self, op: str, args: dict, command_id: bytes | None, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+        fut = loop.create_future()
+        group = self.group_for(args.get("key", b""))
+        if group is None:
+            fut.set_result((Outcome.NOT_COMMITTED, "the cluster has not formed yet"))
+            return fut
+
+        def done(outcome, result):
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result((outcome, result)))
+
+        args = dict(args, ts=self.hlc.now().to_wire())
+        group.propose(op, args, done, command_id=command_id)
+        self.net.wake()
+        return fut
+
+    def status(self) -> dict:
+        group = self.groups.get(RANGE_ID)
+        return {"node_id": self.node_id, "region": self.cfg.region, "formed": self.members is not None,
+                "members": {str(k): v for k, v in (self.members or {}).items()},
+                "connected": sorted(self.net.peers),
+                "leader": int(group.leader_id()) if group is not None and group.leader_id() else None,
+                "is_leader": bool(group and group.is_leader()),
+                "applied_index": group.raftLastApplied if group else 0,
+                "commit_index": group.raftCommitIndex if group else 0}
+
+
+class ClientServer:
+    """The client port: msgpack request/response frames (raftstore.wire), pipelined."""
+
+    WRITE_OPS = {"put", "delete", "cas"}
+    READ_OPS = {"get", "scan"}
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.inflight = 0
+        self.draining = False
+        self.server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, sock=self.node.sql_sock)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = FrameDecoder(constants.client_frame_bytes_max)
+        tasks: set[asyncio.Task] = set()
+        try:
+            while True:
+                data = await reader.read(256 * 1024)
+                if not data:
+                    break
+                try:
+                    requests = decoder.feed(data)
+                except FrameError as exc:
+                    logger.warning("client %s sent a bad frame (%s); closing", writer.get_extra_info("peername"), exc)
+                    break
+                for req in requests:
+                    task = asyncio.create_task(self._answer(req, writer))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            writer.close()
+
+    async def _answer(self, req: Any, writer: asyncio.StreamWriter) -> None:
+        rid = req.get("id") if isinstance(req, dict) and isinstance(req.get("id"), int) else 0
+        self.inflight += 1
+        try:
+            response = await self._handle(req)
+        except Exception as exc:
+            logger.exception("request failed")
+            response = _error("internal", "internal error: %s" % exc)
+        finally:
+            self.inflight -= 1
+        response["id"] = rid
+        try:
+            writer.write(encode_frame(response))
+            await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+
+    async def _handle(self, req: Any) -> dict:
+        try:
+            _, op, args = validate_request(req)
+        except BadRequest as exc:
+            return _error("bad_request", str(exc))
+        if self.draining:
+            return _error("draining", "node %d is shutting down; retry on another node" % self.node.node_id)
+        if op == "status":
+            return {"ok": True, "result": self.node.status()}
+        if op not in self.WRITE_OPS | self.READ_OPS:
+            return _error("bad_request", "unknown op %r" % op)
+        loop = asyncio.get_running_loop()
+        command_id = args.pop("command_id", None) if op in self.WRITE_OPS else new_command_id()
+        try:
+            outcome, result = await self.node.propose(op, args, command_id, loop)
+        except ValueError as exc:
+            return _error("too_large", str(exc))
+        if outcome is Outcome.COMMITTED:
+            return {"ok": True, "result": result}
+        if outcome is Outcome.REJECTED:
+            return _error("bad_request", str(result))
+        if outcome is Outcome.NOT_COMMITTED:
+            return _error("unavailable", "no leader reachable for this range right now (%s); it did not commit" % result)
+        return _error("ambiguous", "the outcome is unknown (%s); the write may have committed" % result, ambiguous=True)
+
+    async def drain(self, timeout_s: float) -> None:
+        self.draining = True
+        if self.server is not None:
+            self.server.close()
+        deadline = time.monotonic() + timeout_s
+        while self.inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+
+def _error(code: str, message: str, ambiguous: bool = False) -> dict:
+    return {"ok": False, "error": {"code": code, "message": message, "ambiguous": ambiguous}}
+
+
+def run_node(cfg: NodeConfig) -> int:
+    """Run a node until SIGTERM/SIGINT; returns the process exit code."""
+    node = Node(cfg)
+    node.start_loop()
+    server = ClientServer(node)
+
+    async def main() -> int:
+        await server.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        logger.info("node %d (%s) serving: peers on %s, clients on %s", cfg.node_id, cfg.region, cfg.peer_addr, cfg.sql_addr)
+        while not stop.is_set():
+            if node.fatal:
+                return 1
+            try:
+                await asyncio.wait_for(stop.wait(), 0.2)
+            except asyncio.TimeoutError:
+                pass
+        await server.drain(constants.drain_timeout_s)
+        return 0
+
+    try:
+        code = asyncio.run(main())
+    finally:
+        node.close()
+    if node.fatal:
+        raise StartupError(node.fatal)
+    return code

@@ -1,0 +1,395 @@
+"""One peer port per node: every Raft group of the node over one connection per node pair.
+
+pysyncobj's own TCP transport unpickles whatever reaches its port (remote code execution) and
+opens a socket per group per peer. This module replaces it with:
+
+* a challenge-response handshake on the cluster secret before anything else is read: fixed-size
+  byte strings compared with `hmac.compare_digest`, nothing decoded, so a stranger (no secret)
+  gets nothing parsed beyond 36 bytes and is dropped;
+* then length-prefixed msgpack frames, bounded in size (`peer_frame_bytes_max`), each a list
+  `[kind, ...]`: HELLO (who I am), RAFT (a group's message, tagged with the group id), REJECT
+  (why I refuse you). Unknown, malformed or oversized frames are logged and the connection is
+  dropped; the node keeps serving. Nothing is ever unpickled here;
+* group commit: frames queued by groups are released to the sockets only by `flush()`, which the
+  node loop calls after syncing every dirty journal, so no reply leaves before the write it
+  acknowledges is on disk, and one loop iteration's replies share their syncs.
+
+Everything runs on the node loop's thread (no locks): `poll()` reads and dispatches, `send()`
+queues, `flush()` releases.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import hmac
+import logging
+import os
+import selectors
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import msgpack
+
+from raftstore import constants
+from raftstore.wire import FrameDecoder, FrameError
+
+logger = logging.getLogger(__name__)
+
+MAGIC = b"RSP1"
+_NONCE = 32
+_MAC = 32
+HELLO, RAFT, REJECT = 0, 1, 2
+
+
+def _mac(secret: bytes, role: bytes, nonce_d: bytes, nonce_a: bytes) -> bytes:
+    return hmac.new(secret, role + nonce_d + nonce_a, hashlib.sha256).digest()
+
+
+def encode_peer_frame(obj) -> bytes:
+    body = msgpack.packb(obj, use_bin_type=True)
+    if len(body) > constants.peer_frame_bytes_max:
+        raise ValueError("peer frame of %d bytes exceeds peer_frame_bytes_max" % len(body))
+    return len(body).to_bytes(4, "little") + body
+
+
+def parse_addr(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("%r is not HOST:PORT" % text)
+    return host, int(port)
+
+
+@dataclass(eq=False)
+class _Conn:
+    sock: socket.socket
+    addr: str                   # the address we dialed, or the remote address
+    dialed: bool
+    state: str                  # connecting, hs_accept (dialer waits), hs_dial, hs_mac (acceptor waits), open
+    deadline: float
+    rbuf: bytearray = field(default_factory=bytearray)
+    wbuf: bytearray = field(default_factory=bytearray)
+    outq: list = field(default_factory=list)
+    outq_bytes: int = 0
+    nonce_d: bytes = b""
+    nonce_a: bytes = b""
+    decoder: FrameDecoder | None = None
+    peer_id: int | None = None
+    hello: dict | None = None
+
+
+class PeerNetwork:
+    """Authenticated, multiplexed links to the other nodes.
+
+    Callbacks (all on the loop thread): `on_hello(conn_peer_hello) -> reject reason | None`,
+    `on_raft(peer_id, group_id, message)`, `on_peer_up(peer_id)`, `on_peer_down(peer_id)`,
+    `on_reject(reason)` when a peer refuses us.
+    """
+
+    def __init__(self, *, listen_sock: socket.socket, secret: bytes, hello: Callable[[], dict],
+                 on_hello: Callable[[dict], str | None], on_raft: Callable[[int, int, dict], None],
+                 on_peer_up: Callable[[int], None], on_peer_down: Callable[[int], None],
+                 on_reject: Callable[[str], None], node_id: int) -> None:
+        self.node_id = node_id
+        self.secret = secret
+        self._hello = hello
+        self.on_hello, self.on_raft = on_hello, on_raft
+        self.on_peer_up, self.on_peer_down, self.on_reject = on_peer_up, on_peer_down, on_reject
+        self.sel = selectors.DefaultSelector()
+        self.listen_sock = listen_sock
+        listen_sock.setblocking(False)
+        self.sel.register(listen_sock, selectors.EVENT_READ, None)
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
+        self.conns: set[_Conn] = set()
+        self.peers: dict[int, _Conn] = {}        # open, hello'ed, deduplicated
+        self.dialing: dict[str, _Conn] = {}      # by address
+        self.last_dial: dict[str, float] = {}
+        self.dropped_frames = 0
+        self.rejected_handshakes = 0
+
+    # --- wake-up from other threads ---------------------------------------------------------
+    def wake(self) -> None:
+        try:
+            self.wake_w.send(b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    # --- dialing ---------------------------------------------------------------------------
+    def dial(self, addr: str) -> None:
+        """Connect to addr unless a connection to it is already being made (rate-limited)."""
+        now = time.monotonic()
+        if addr in self.dialing or now - self.last_dial.get(addr, 0.0) < constants.peer_redial_interval_s:
+            return
+        self.last_dial[addr] = now
+        try:
+            host, port = parse_addr(addr)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            err = sock.connect_ex((host, port))
+        except OSError as exc:
+            logger.debug("dial %s: %s", addr, exc)
+            return
+        if err not in (0, errno.EINPROGRESS):
+            sock.close()
+            return
+        conn = _Conn(sock, addr, True, "connecting", now + constants.peer_connect_timeout_s)
+        self.conns.add(conn)
+        self.dialing[addr] = conn
+        self.sel.register(sock, selectors.EVENT_WRITE, conn)
+
+    # --- sending ---------------------------------------------------------------------------
+    def send(self, peer_id: int, frame: list) -> bool:
+        """Queue a frame; it leaves at the next flush(). False if the peer is not connected."""
+        conn = self.peers.get(peer_id)
+        if conn is None:
+            return False
+        data = encode_peer_frame(frame)
+        conn.outq.append(data)
+        conn.outq_bytes += len(data)
+        if conn.outq_bytes + len(conn.wbuf) > constants.peer_send_buffer_bytes_max:
+            self._drop(conn, "send buffer over %d bytes (peer too slow)" % constants.peer_send_buffer_bytes_max)
+            return False
+        return True
+
+    def flush(self) -> None:
+        """Release queued frames to the sockets. Call only after syncing the journals."""
+        for conn in list(self.peers.values()):
+            if conn.outq:
+                conn.wbuf += b"".join(conn.outq)
+                conn.outq.clear()
+                conn.outq_bytes = 0
+            if conn.wbuf:
+                self._write(conn)
+
+    # --- the loop's read side -----------------------------------------------------------------
+    def poll(self, timeout: float) -> None:
+        for key, mask in self.sel.select(timeout):
+            if key.data is None:
+                self._accept()
+            elif key.data == "wake":
+                try:
+                    while self.wake_r.recv(4096):
+                        pass
+                except (BlockingIOError, OSError):
+                    pass
+            else:
+                conn = key.data
+                if conn not in self.conns:
+                    continue
+                if mask & selectors.EVENT_WRITE:
+                    if conn.state == "connecting":
+                        self._connected(conn)
+                    elif conn.wbuf:
+                        self._write(conn)
+                if mask & selectors.EVENT_READ and conn in self.conns:
+                    self._read(conn)
+        now = time.monotonic()
+        for conn in list(self.conns):
+            if conn.state != "open" and now > conn.deadline:
+                self._drop(conn, "handshake timed out" if conn.state != "connecting" else "connect timed out",
+                           quiet=conn.state == "connecting")
+
+    def _accept(self) -> None:
+        try:
+            sock, raddr = self.listen_sock.accept()
+        except (BlockingIOError, OSError):
+            return
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = _Conn(sock, "%s:%d" % raddr[:2], False, "hs_dial", time.monotonic() + constants.peer_handshake_timeout_s)
+        self.conns.add(conn)
+        self.sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _connected(self, conn: _Conn) -> None:
+        err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._drop(conn, os.strerror(err), quiet=True)
+            return
+        conn.state = "hs_accept"
+        conn.deadline = time.monotonic() + constants.peer_handshake_timeout_s
+        conn.nonce_d = os.urandom(_NONCE)
+        conn.wbuf += MAGIC + conn.nonce_d
+        self._interest(conn)
+        self._write(conn)
+
+    def _read(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(256 * 1024)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._drop(conn, str(exc), quiet=True)
+            return
+        if not data:
+            self._drop(conn, "closed by peer", quiet=True)
+            return
+        if conn.state == "open":
+            self._frames(conn, data)
+            return
+        conn.rbuf += data
+        self._handshake(conn)
+
+    def _handshake(self, conn: _Conn) -> None:
+        if conn.state == "hs_dial":          # acceptor: expect MAGIC + nonce_d
+            need = len(MAGIC) + _NONCE
+            if len(conn.rbuf) < need:
+                return
+            if conn.rbuf[:len(MAGIC)] != MAGIC:
+                self.rejected_handshakes += 1
+                self._drop(conn, "not a raftstore peer (bad handshake magic)")
+                return
+            conn.nonce_d = bytes(conn.rbuf[len(MAGIC):need])
+            del conn.rbuf[:need]
+            conn.nonce_a = os.urandom(_NONCE)
+            conn.wbuf += MAGIC + conn.nonce_a + _mac(self.secret, b"A", conn.nonce_d, conn.nonce_a)
+            conn.state = "hs_mac"
+            self._write(conn)
+            self._handshake(conn)
+        elif conn.state == "hs_mac":         # acceptor: expect the dialer's proof
+            if len(conn.rbuf) < _MAC:
+                return
+            proof = bytes(conn.rbuf[:_MAC])
+            del conn.rbuf[:_MAC]
+            if not hmac.compare_digest(proof, _mac(self.secret, b"D", conn.nonce_d, conn.nonce_a)):
+                self.rejected_handshakes += 1
+                self._drop(conn, "peer failed the cluster-secret challenge")
+                return
+            self._open(conn)
+        elif conn.state == "hs_accept":      # dialer: expect MAGIC + nonce_a + acceptor's proof
+            need = len(MAGIC) + _NONCE + _MAC
+            if len(conn.rbuf) < need:
+                return
+            if conn.rbuf[:len(MAGIC)] != MAGIC:
+                self._drop(conn, "not a raftstore peer (bad handshake magic)")
+                return
+            conn.nonce_a = bytes(conn.rbuf[len(MAGIC):len(MAGIC) + _NONCE])
+            proof = bytes(conn.rbuf[len(MAGIC) + _NONCE:need])
+            del conn.rbuf[:need]
+            if not hmac.compare_digest(proof, _mac(self.secret, b"A", conn.nonce_d, conn.nonce_a)):
+                self._drop(conn, "peer at %s does not hold our cluster secret" % conn.addr)
+                return
+            conn.wbuf += _mac(self.secret, b"D", conn.nonce_d, conn.nonce_a)
+            self._open(conn)
+
+    def _open(self, conn: _Conn) -> None:
+        conn.state = "open"
+        conn.decoder = FrameDecoder(constants.peer_frame_bytes_max)
+        conn.wbuf += encode_peer_frame([HELLO, self._hello()])
+        self._write(conn)
+        if conn.rbuf:
+            rest = bytes(conn.rbuf)
+            conn.rbuf.clear()
+            self._frames(conn, rest)
+
+    def _frames(self, conn: _Conn, data: bytes) -> None:
+        try:
+            frames = conn.decoder.feed(data)
+        except FrameError as exc:
+            self._drop(conn, "bad frame: %s" % exc)
+            return
+        for frame in frames:
+            if conn not in self.conns:
+                return
+            if not isinstance(frame, list) or not frame or not isinstance(frame[0], int):
+                self._drop(conn, "frame is not [kind, ...]")
+                return
+            kind = frame[0]
+            if conn.peer_id is None and kind != HELLO and kind != REJECT:
+                self._drop(conn, "frame before HELLO")
+                return
+            if kind == RAFT:
+                if len(frame) != 3 or not isinstance(frame[1], int) or not isinstance(frame[2], dict):
+                    self._drop(conn, "malformed RAFT frame")
+                    return
+                try:
+                    self.on_raft(conn.peer_id, frame[1], frame[2])
+                except Exception:
+                    logger.exception("handling a raft frame from node %s", conn.peer_id)
+            elif kind == HELLO:
+                self._on_hello(conn, frame)
+            elif kind == REJECT:
+                reason = frame[1] if len(frame) > 1 and isinstance(frame[1], str) else "no reason given"
+                self._drop(conn, "peer refused us: %s" % reason)
+                self.on_reject(reason)
+            else:
+                self._drop(conn, "unknown frame kind %r" % (kind,))
+                return
+
+    def _on_hello(self, conn: _Conn, frame: list) -> None:
+        hello = frame[1] if len(frame) == 2 else None
+        if (not isinstance(hello, dict) or not isinstance(hello.get("node_id"), int)
+                or not isinstance(hello.get("region"), str) or not isinstance(hello.get("addr"), str)):
+            self._drop(conn, "malformed HELLO")
+            return
+        if conn.peer_id is not None:
+            self._drop(conn, "second HELLO")
+            return
+        reason = self.on_hello(hello)
+        if reason is not None:
+            conn.wbuf += encode_peer_frame([REJECT, reason])
+            self._write(conn)
+            self._drop(conn, "refused node %s: %s" % (hello["node_id"], reason))
+            return
+        peer_id = hello["node_id"]
+        conn.peer_id, conn.hello = peer_id, hello
+        if conn.dialed:
+            self.dialing.pop(conn.addr, None)
+        existing = self.peers.get(peer_id)
+        if existing is not None:
+            # One connection per pair: keep the one dialed by the lower node id.
+            keep_new = conn.dialed == (self.node_id < peer_id)
+            loser = existing if keep_new else conn
+            self._drop(loser, "duplicate connection", quiet=True)
+            if not keep_new:
+                return
+        self.peers[peer_id] = conn
+        self.on_peer_up(peer_id)
+
+    # --- writing and dropping --------------------------------------------------------------------
+    def _write(self, conn: _Conn) -> None:
+        try:
+            n = conn.sock.send(conn.wbuf)
+            del conn.wbuf[:n]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            self._drop(conn, str(exc), quiet=True)
+            return
+        self._interest(conn)
+
+    def _interest(self, conn: _Conn) -> None:
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.wbuf or conn.state == "connecting" else 0)
+        try:
+            self.sel.modify(conn.sock, events, conn)
+        except (KeyError, ValueError):
+            pass
+
+    def _drop(self, conn: _Conn, why: str, quiet: bool = False) -> None:
+        if conn not in self.conns:
+            return
+        self.conns.discard(conn)
+        if conn.dialed and self.dialing.get(conn.addr) is conn:
+            del self.dialing[conn.addr]
+        (logger.debug if quiet else logger.warning)("peer connection %s (node %s) dropped: %s", conn.addr, conn.peer_id, why)
+        try:
+            self.sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+        if conn.peer_id is not None and self.peers.get(conn.peer_id) is conn:
+            del self.peers[conn.peer_id]
+            self.on_peer_down(conn.peer_id)
+
+    def close(self) -> None:
+        for conn in list(self.conns):
+            self._drop(conn, "shutting down", quiet=True)
+        self.sel.close()
+        self.listen_sock.close()
+        self.wake_r.close()
+        self.wake_w.close()

@@ -1,0 +1,339 @@
+"""Framing and schema of the client protocol (the port a node serves as ``--sql-addr``).
+
+Why: server and client must agree byte for byte, and everything a server reads comes from an
+untrusted network, so the one definition of a frame and of a well-formed request lives here
+and both sides import it.
+
+A frame is ``u32 little-endian body length | msgpack body``. Bodies are at most
+``constants.client_frame_bytes_max`` bytes; a longer length prefix is refused as soon as the four
+header bytes arrive, before any of the body is buffered. Bodies decode with ``raw=False``
+(msgpack str -> str, bin -> bytes), ``strict_map_key=True`` (map keys are str or bytes) and a
+bounded buffer; msgpack ext types are refused (the timestamp ext, which msgpack decodes itself,
+is let through and then fails schema validation like any other unexpected type). Never pickle.
+
+Request:  ``{"id": int, "op": str, "args": map}``
+Response: ``{"id": int, "ok": true, "result": any}`` or
+          ``{"id": int, "ok": false, "error": {"code": str, "message": str, "ambiguous": bool}}``
+
+Requests on one connection may be pipelined; responses carry the request id and may come back
+in any order. The args of each op are in `REQUEST_ARGS`; keys and values are bytes, and every
+write carries a 16-byte ``command_id`` that the client keeps across retries so a retried write
+applies at most once.
+
+Any decode error (`FrameError`) leaves the stream unsynchronised: the reader must drop the
+connection. A well-framed request that fails `validate_request` is answered with a
+``bad_request`` error instead.
+
+No sockets are opened here: `read_frame`/`write_frame` take an already connected, blocking
+socket-like object (``recv``/``sendall``) and are used by the client only.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from typing import Any, Protocol
+
+import msgpack
+
+from raftstore import constants
+from raftstore.errors import BadRequestError, RaftstoreError
+
+HEADER = struct.Struct("<I")
+HEADER_BYTES = HEADER.size
+REQUEST_ID_MAX = 2**64 - 1      # any non-negative msgpack integer
+_RECV_CHUNK_BYTES = 64 * 1024
+
+# --- request schema ---------------------------------------------------------------------------
+# Field kinds: "bytes", "bytes?" (bytes or None), "command_id" (exactly command_id_bytes bytes),
+# "limit" (int in [1, scan_rows_max]).
+REQUEST_ARGS: dict[str, dict[str, str]] = {
+    "put": {"key": "bytes", "value": "bytes", "command_id": "command_id"},
+    "get": {"key": "bytes"},
+    "delete": {"key": "bytes", "command_id": "command_id"},
+    "cas": {"key": "bytes", "expected": "bytes?", "new": "bytes", "command_id": "command_id"},
+    "scan": {"start": "bytes", "end": "bytes?", "limit": "limit"},
+    "status": {},
+}
+WRITE_OPS = frozenset({"put", "delete", "cas"})
+
+
+class FrameError(Exception):
+    """The byte stream is not a valid frame sequence (oversized length, malformed msgpack, an
+    object too large to send). Whoever reads it must drop the connection."""
+
+
+class BadRequest(BadRequestError):
+    """A well-framed request that does not match the schema. `request_id` is the request's id
+    when that much was readable (answer it with ``bad_request``), else None (nobody to answer:
+    drop the connection)."""
+
+    def __init__(self, message: str, request_id: int | None = None):
+        super().__init__(message)
+        self.request_id = request_id
+
+
+class BadResponse(Exception):
+    """A well-framed response that does not match the response envelope. The client treats the
+    connection as broken."""
+
+
+class SocketLike(Protocol):
+    def recv(self, bufsize: int, /) -> bytes: ...
+
+    def sendall(self, data: bytes, /) -> Any: ...
+
+
+# --- frames -----------------------------------------------------------------------------------
+
+
+def encode_frame(obj: Any, max_bytes: int = constants.client_frame_bytes_max) -> bytes:
+    """One frame holding `obj` (msgpack, ``use_bin_type=True``; tuples become arrays).
+
+    Raises FrameError if the body would exceed `max_bytes`, TypeError if `obj` holds something
+    msgpack cannot encode.
+    """
+    body = msgpack.packb(obj, use_bin_type=True)
+    if len(body) > max_bytes:
+        raise FrameError(
+            f"frame body of {len(body)} bytes exceeds the limit of {max_bytes} bytes "
+            "(client_frame_bytes_max)"
+        )
+    return HEADER.pack(len(body)) + body
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack ext type {code} is not part of the protocol")
+
+
+class FrameDecoder:
+    """Incremental decoder: feed received bytes, get back every complete object.
+
+    Holds at most one partial frame (at most ``HEADER_BYTES + max_bytes`` bytes beyond what one
+    `feed` brought). After a FrameError the decoder is poisoned: every later `feed` raises again.
+    """
+
+    def __init__(self, max_bytes: int = constants.client_frame_bytes_max):
+        assert max_bytes > 0, max_bytes
+        self.max_bytes = max_bytes
+        self._buffer = bytearray()
+        self._error: str | None = None
+        # Objects decoded but not yet handed out by `read_frame` (feed itself never uses it).
+        self._ready: deque[Any] = deque()
+
+    @property
+    def buffered_bytes(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[Any]:
+        """Append `data`; return the objects of every frame it completed, in order.
+
+        Raises FrameError naming the problem (the caller drops the connection).
+        """
+        if self._error is not None:
+            raise FrameError(f"decoder already failed: {self._error}")
+        self._buffer += data
+        out: list[Any] = []
+        pos = 0
+        try:
+            while len(self._buffer) - pos >= HEADER_BYTES:
+                (length,) = HEADER.unpack_from(self._buffer, pos)
+                if length > self.max_bytes:
+                    self._fail(
+                        f"frame length prefix {length} exceeds the limit of {self.max_bytes} bytes"
+                    )
+                if length == 0:
+                    self._fail("empty frame (length prefix 0); a body is at least one msgpack byte")
+                end = pos + HEADER_BYTES + length
+                if len(self._buffer) < end:
+                    break
+                body = bytes(self._buffer[pos + HEADER_BYTES : end])
+                pos = end
+                out.append(self._decode_body(body))
+        finally:
+            del self._buffer[:pos]
+        return out
+
+    def _fail(self, message: str) -> None:
+        self._error = message
+        self._buffer.clear()
+        raise FrameError(message)
+
+    def _decode_body(self, body: bytes) -> Any:
+        unpacker = msgpack.Unpacker(
+            raw=False,
+            strict_map_key=True,
+            max_buffer_size=self.max_bytes,
+            ext_hook=_refuse_ext,
+        )
+        try:
+            unpacker.feed(body)
+            obj = unpacker.unpack()
+        except msgpack.OutOfData:
+            self._fail(f"malformed msgpack: frame body of {len(body)} bytes ends inside an object")
+        except Exception as exc:  # msgpack raises many unrelated types on garbage
+            self._fail(
+                f"malformed msgpack in frame body of {len(body)} bytes: "
+                f"{type(exc).__name__}: {exc}"
+            )
+        trailing = len(body) - unpacker.tell()
+        if trailing:
+            self._fail(
+                f"malformed frame: {trailing} bytes left over after the msgpack object "
+                f"(frame body of {len(body)} bytes)"
+            )
+        return obj
+
+
+def read_frame(sock: SocketLike, decoder: FrameDecoder) -> Any:
+    """Block until one object arrives on `sock` and return it (extra complete objects stay
+    queued in `decoder` for the next call).
+
+    Raises ConnectionError if the peer closes the connection, FrameError on a bad frame, and
+    whatever `sock.recv` raises (e.g. TimeoutError).
+    """
+    while not decoder._ready:
+        data = sock.recv(_RECV_CHUNK_BYTES)
+        if not data:
+            if decoder.buffered_bytes:
+                raise ConnectionError(
+                    f"connection closed in the middle of a frame ({decoder.buffered_bytes} bytes "
+                    "buffered)"
+                )
+            raise ConnectionError("connection closed by the peer")
+        decoder._ready.extend(decoder.feed(data))
+    return decoder._ready.popleft()
+
+
+def write_frame(
+    sock: SocketLike, obj: Any, max_bytes: int = constants.client_frame_bytes_max
+) -> None:
+    """Encode `obj` as one frame and send all of it. Raises FrameError if it is too large (nothing
+    is sent), and whatever `sock.sendall` raises."""
+    sock.sendall(encode_frame(obj, max_bytes))
+
+
+# --- requests and responses ---------------------------------------------------------------------
+
+
+def _type_name(value: Any) -> str:
+    return "nil" if value is None else type(value).__name__
+
+
+def _is_plain_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_field(op: str, name: str, kind: str, value: Any, request_id: int) -> None:
+    where = f"{op}: args.{name}"
+    if kind == "bytes":
+        if not isinstance(value, bytes):
+            raise BadRequest(
+                f"{where} must be bytes (msgpack bin), got {_type_name(value)}", request_id
+            )
+    elif kind == "bytes?":
+        if value is not None and not isinstance(value, bytes):
+            raise BadRequest(
+                f"{where} must be bytes (msgpack bin) or nil, got {_type_name(value)}", request_id
+            )
+    elif kind == "command_id":
+        if not isinstance(value, bytes) or len(value) != constants.command_id_bytes:
+            got = f"{len(value)} bytes" if isinstance(value, bytes) else _type_name(value)
+            raise BadRequest(
+                f"{where} must be exactly {constants.command_id_bytes} bytes, got {got}", request_id
+            )
+    elif kind == "limit":
+        if not _is_plain_int(value) or not 1 <= value <= constants.scan_rows_max:
+            got = repr(value) if _is_plain_int(value) else _type_name(value)
+            raise BadRequest(
+                f"{where} must be an int in [1, {constants.scan_rows_max}], got {got}", request_id
+            )
+    else:  # pragma: no cover - REQUEST_ARGS is fixed above
+        raise AssertionError(kind)
+
+
+def _field_list(names: Any) -> str:
+    # Names come from the network: keep the message short whatever they are.
+    shown = sorted(repr(name) if len(name) <= 40 else repr(name[:40]) + "..." for name in names)
+    more = f" and {len(shown) - 5} more" if len(shown) > 5 else ""
+    return ", ".join(shown[:5]) + more
+
+
+def validate_request(obj: Any) -> tuple[int, str, dict[str, Any]]:
+    """Check a decoded request against the schema; return ``(id, op, args)`` (args is the
+    request's own dict, not a copy).
+
+    Raises BadRequest with a message naming the first problem found, and with `request_id` set
+    once the id itself was valid. Never asserts: `obj` comes from the network.
+    """
+    if not isinstance(obj, dict):
+        raise BadRequest(f"request must be a map {{id, op, args}}, got {_type_name(obj)}")
+    request_id = obj.get("id")
+    if not _is_plain_int(request_id) or not 0 <= request_id <= REQUEST_ID_MAX:
+        shown = repr(request_id) if _is_plain_int(request_id) else _type_name(request_id)
+        if "id" not in obj:
+            shown = "nothing"
+        raise BadRequest(f"request id must be a non-negative int, got {shown}")
+    missing = {"id", "op", "args"} - obj.keys()
+    if missing:
+        raise BadRequest(f"request is missing field(s) {_field_list(missing)}", request_id)
+    extra = obj.keys() - {"id", "op", "args"}
+    if extra:
+        raise BadRequest(
+            f"request has unknown field(s) {_field_list(extra)}; expected id, op, args", request_id
+        )
+    op = obj["op"]
+    if not isinstance(op, str):
+        raise BadRequest(f"request op must be a str, got {_type_name(op)}", request_id)
+    schema = REQUEST_ARGS.get(op)
+    if schema is None:
+        shown = op if len(op) <= 40 else op[:40] + "..."
+        raise BadRequest(
+            f"unknown op {shown!r}; expected one of {', '.join(sorted(REQUEST_ARGS))}", request_id
+        )
+    args = obj["args"]
+    if not isinstance(args, dict):
+        raise BadRequest(f"{op}: args must be a map, got {_type_name(args)}", request_id)
+    missing = schema.keys() - args.keys()
+    if missing:
+        raise BadRequest(f"{op}: args is missing {_field_list(missing)}", request_id)
+    extra = args.keys() - schema.keys()
+    if extra:
+        expected = ", ".join(schema) or "no fields"
+        raise BadRequest(
+            f"{op}: args has unknown field(s) {_field_list(extra)}; expected {expected}",
+            request_id,
+        )
+    for name, kind in schema.items():
+        _check_field(op, name, kind, args[name], request_id)
+    return request_id, op, args
+
+
+def response_ok(request_id: int, result: Any) -> dict[str, Any]:
+    """The response map for a request that succeeded."""
+    return {"id": request_id, "ok": True, "result": result}
+
+
+def response_error(request_id: int, error: RaftstoreError) -> dict[str, Any]:
+    """The response map for a request that failed with `error` (a RaftstoreError)."""
+    return {"id": request_id, "ok": False, "error": error.to_wire()}
+
+
+def validate_response(obj: Any) -> tuple[int, bool, Any]:
+    """Check a decoded response envelope; return ``(id, ok, result_or_error_map)``.
+
+    Only the envelope is checked (the error map goes through `errors.error_from_wire`, the
+    result through the caller's per-op check). Unknown extra fields are ignored so a newer
+    server can add some. Raises BadResponse.
+    """
+    if not isinstance(obj, dict):
+        raise BadResponse(f"response must be a map, got {_type_name(obj)}")
+    request_id, ok = obj.get("id"), obj.get("ok")
+    if not _is_plain_int(request_id):
+        raise BadResponse(f"response id must be an int, got {_type_name(request_id)}")
+    if not isinstance(ok, bool):
+        raise BadResponse(f"response ok must be a bool, got {_type_name(ok)}")
+    field = "result" if ok else "error"
+    if field not in obj:
+        raise BadResponse(f"response with ok={str(ok).lower()} has no {field!r} field")
+    return request_id, ok, obj[field]

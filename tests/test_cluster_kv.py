@@ -1,0 +1,142 @@
+"""Three `raftstore start` processes on loopback: no acknowledged write is lost to kill -9."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from cluster import Cluster
+from raftstore.errors import AmbiguousCommitError, RaftstoreError
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(str(tmp_path))
+    try:
+        c.start_all()
+        yield c
+    finally:
+        c.cleanup()
+
+
+def _all_raw_keys(cluster, node):
+    """Every raw key, read through `node` page by page."""
+    out, start = {}, b""
+    with cluster.client(node, timeout_s=30.0) as c:
+        while True:
+            page = c.scan(start, None, 5000)
+            out.update(page)
+            if len(page) < 5000:
+                return out
+            start = page[-1][0] + b"\x00"
+
+
+class Writers:
+    """Concurrent writers, each through a different node first; records what was acknowledged."""
+
+    def __init__(self, cluster, count: int = 4):
+        self.cluster = cluster
+        self.acked: dict[bytes, bytes] = {}
+        self.ack_times: list[float] = []
+        self.ambiguous: set[bytes] = set()
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        n = len(cluster.nodes)
+        self.threads = [threading.Thread(target=self._run, args=(w, [cluster.nodes[(w + k) % n] for k in range(n)]))
+                        for w in range(count)]
+
+    def _run(self, w, order):
+        client = self.cluster.client(*order, timeout_s=10.0)
+        i = 0
+        while not self.stop.is_set():
+            key, value = b"w%d-%06d" % (w, i), b"value-%d-%d" % (w, i)
+            try:
+                client.put(key, value)
+                with self.lock:
+                    self.acked[key] = value
+                    self.ack_times.append(time.monotonic())
+            except AmbiguousCommitError:
+                self.ambiguous.add(key)
+            except RaftstoreError as exc:
+                self.errors.append(str(exc))
+            i += 1
+        client.close()
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+
+@pytest.mark.slow
+def test_acknowledged_writes_survive_kill9_of_the_leader_and_of_every_node(cluster):
+    leader = cluster.wait_leader()
+    with Writers(cluster) as writers:
+        time.sleep(2.0)
+        before = len(writers.acked)
+        assert before > 0, writers.errors[:5]
+        killed_at = time.monotonic()
+        cluster.kill9(leader)
+        # Liveness deadline: writes resume within 5 s of the kill (waited for with a margin).
+        deadline = killed_at + 5.0 + 3.0
+        while time.monotonic() < deadline and not [t for t in writers.ack_times if t > killed_at + 0.05]:
+            time.sleep(0.05)
+        resumed = [t for t in writers.ack_times if t > killed_at + 0.05]
+        assert resumed, "no write acknowledged within 8 s of killing the leader"
+        resume_s = min(resumed) - killed_at
+        assert resume_s <= 5.0, "writes resumed %.2f s after the kill" % resume_s
+        time.sleep(2.0)
+    acked = dict(writers.acked)
+    assert len(acked) > before
+    cluster.start(leader)
+    cluster.wait_leader()
+
+    def every_node_has_every_acked_key():
+        for node in cluster.nodes:
+            stored = _all_raw_keys(cluster, node)
+            missing = [k for k, v in acked.items() if stored.get(k) != v]
+            assert not missing, "node %d lacks %d acknowledged keys, e.g. %r" % (node.node_id, len(missing), missing[:3])
+
+    every_node_has_every_acked_key()
+
+    for node in cluster.nodes:
+        cluster.kill9(node)
+    cluster.start_all()
+    cluster.wait_leader()
+    every_node_has_every_acked_key()
+
+
+def test_a_follower_forwards_and_every_op_works_through_any_node(cluster):
+    cluster.wait_leader()
+    for node in cluster.nodes:
+        with cluster.client(node) as c:
+            key = b"via-%d" % node.node_id
+            ts = c.put(key, b"v1")
+            assert ts.wall_ns > 0
+            assert c.get(key) == b"v1"
+            assert c.cas(key, b"v1", b"v2") is True
+            assert c.cas(key, b"nope", b"v3") is False
+            assert c.get(key) == b"v2"
+            later = c.delete(key)
+            assert later > ts and c.get(key) is None
+            assert c.cas(key, None, b"again") is True
+    with cluster.client(cluster.nodes[2]) as c:
+        assert c.scan(b"via-", b"via.", 10) == [(b"via-%d" % n.node_id, b"again") for n in cluster.nodes]
+
+
+def test_sigterm_drains_and_exits_cleanly(cluster):
+    cluster.wait_leader()
+    node = cluster.nodes[1]
+    with cluster.client(node) as c:
+        c.put(b"before-term", b"x")
+    assert cluster.stop(node) == 0, cluster.log_tail(node)
+    with cluster.client(cluster.nodes[0]) as c:
+        assert c.get(b"before-term") == b"x"

@@ -1,0 +1,600 @@
+"""kv.Client's retry promises and the ``raftstore kv`` CLI, against fake servers.
+
+Each fake server is a thread on 127.0.0.1 (port 0) that decodes frames with raftstore.wire,
+validates requests with `wire.validate_request` and answers through a scripted handler, so
+these tests also pin the client to exactly the request schema the real server checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import socket
+import threading
+import time
+from typing import Any, Callable
+
+import pytest
+
+from hlc import Timestamp
+from raftstore import cli_kv, constants, errors, kv, wire
+
+CLOSE = object()    # handler result: close the connection without answering
+SILENT = object()   # handler result: never answer (the client must time out)
+
+TS = [1_700_000_000_000_000_002, 3]
+
+
+def ok(result: Any) -> dict:
+    return {"ok": True, "result": result}
+
+
+def err(code: str, message: str = "scripted", ambiguous: bool = False) -> dict:
+    return {"ok": False, "error": {"code": code, "message": message, "ambiguous": ambiguous}}
+
+
+class FakeServer:
+    """Serves the client protocol on 127.0.0.1 with a scripted `handler(op, args) -> reply`.
+
+    `reply` is a response without its id (see ok/err), CLOSE, SILENT, or raw bytes to send as is.
+    Every valid request is recorded in `requests` as (op, args); `connections` counts accepts.
+    """
+
+    def __init__(self, handler: Callable[[str, dict], Any]):
+        self.handler = handler
+        self.requests: list[tuple[str, dict]] = []
+        self.connections = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.address = "127.0.0.1:%d" % self._listener.getsockname()[1]
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._conns: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._accepter = threading.Thread(target=self._accept_loop, daemon=True)
+        self._accepter.start()
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(None)
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            with self._lock:
+                self.connections += 1
+                self._conns.append(conn)
+                self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        decoder = wire.FrameDecoder()
+        try:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                for obj in decoder.feed(data):
+                    request_id, op, args = wire.validate_request(obj)
+                    with self._lock:
+                        self.requests.append((op, args))
+                    reply = self.handler(op, args)
+                    if reply is CLOSE:
+                        return
+                    if reply is SILENT:
+                        continue
+                    if isinstance(reply, bytes):
+                        conn.sendall(reply)
+                    else:
+                        conn.sendall(wire.encode_frame({"id": request_id, **reply}))
+        except OSError:
+            return
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._listener.close()
+        self._accepter.join(timeout=5)
+        with self._lock:
+            conns, threads = list(self._conns), list(self._threads)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+        for thread in threads:
+            thread.join(timeout=5)
+
+    def drop_connections(self) -> None:
+        """Close every open connection from the server side (as an idle timeout or restart would)."""
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def command_ids(self) -> list[bytes]:
+        return [args["command_id"] for _, args in self.requests if "command_id" in args]
+
+
+@pytest.fixture
+def serve(request):
+    """serve(handler) -> a running FakeServer, stopped at teardown."""
+
+    def start(handler: Callable[[str, dict], Any]) -> FakeServer:
+        server = FakeServer(handler)
+        request.addfinalizer(server.stop)
+        return server
+
+    return start
+
+
+@pytest.fixture
+def dead_address():
+    """An address nothing listens on (connections are refused)."""
+    probe = socket.create_server(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    return f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+def client_for(request):
+    """client_for(addresses, **kw) -> a kv.Client closed at teardown."""
+
+    def make(addresses, **kw) -> kv.Client:
+        client = kv.Client(addresses, **kw)
+        request.addfinalizer(client.close)
+        return client
+
+    return make
+
+
+class MemoryStore:
+    """A correct single-node server: the happy path for every op, with command-id dedup."""
+
+    def __init__(self):
+        self.data: dict[bytes, bytes] = {}
+        self.applied: dict[bytes, dict] = {}
+
+    def __call__(self, op: str, args: dict) -> dict:
+        if "command_id" in args and args["command_id"] in self.applied:
+            return ok(self.applied[args["command_id"]])
+        key = args.get("key")
+        if op == "put":
+            self.data[key] = args["value"]
+            result = {"ts": TS}
+        elif op == "delete":
+            self.data.pop(key, None)
+            result = {"ts": TS}
+        elif op == "cas":
+            swapped = self.data.get(key) == args["expected"]
+            if swapped:
+                self.data[key] = args["new"]
+            result = {"swapped": swapped, "ts": TS}
+        elif op == "get":
+            return ok({"value": self.data.get(key), "ts": TS})
+        elif op == "scan":
+            rows = [
+                [k, v]
+                for k, v in sorted(self.data.items())
+                if k >= args["start"] and (args["end"] is None or k < args["end"])
+            ]
+            return ok({"rows": rows[: args["limit"]], "ts": TS})
+        elif op == "status":
+            return ok({"node_id": "n1", "region": "eu", "leader": True})
+        else:
+            raise AssertionError(op)
+        self.applied[args["command_id"]] = result
+        return ok(result)
+
+
+# --- happy path -------------------------------------------------------------------------------
+
+
+def test_every_op_round_trips_against_a_correct_server(serve, client_for):
+    store = MemoryStore()
+    server = serve(store)
+    with client_for([server.address]) as client:
+        assert client.put(b"a", b"1") == Timestamp(*TS)
+        assert client.put(b"b", b"\x00\xff") == Timestamp.from_wire(TS)
+        assert client.get(b"a") == b"1"
+        assert client.get(b"missing") is None
+        assert client.cas(b"a", b"1", b"2") is True
+        assert client.cas(b"a", b"1", b"3") is False
+        assert client.cas(b"c", None, b"new") is True
+        assert client.scan(b"a") == [(b"a", b"2"), (b"b", b"\x00\xff"), (b"c", b"new")]
+        assert client.scan(b"a", b"c", limit=1) == [(b"a", b"2")]
+        assert client.delete(b"a") == Timestamp(*TS)
+        assert client.get(b"a") is None
+        assert client.status() == {"node_id": "n1", "region": "eu", "leader": True}
+    assert server.connections == 1  # the one connection is reused across calls
+    assert ("scan", {"start": b"a", "end": b"c", "limit": 1}) in server.requests
+    op, args = server.requests[6]
+    assert (op, args["key"], args["expected"], args["new"]) == ("cas", b"c", None, b"new")
+
+
+def test_each_write_gets_its_own_random_16_byte_command_id(serve, client_for):
+    server = serve(MemoryStore())
+    client = client_for(server.address)
+    client.put(b"k", b"v")
+    client.put(b"k", b"v")
+    client.delete(b"k")
+    client.cas(b"k", None, b"v")
+    ids = server.command_ids()
+    assert len(ids) == 4 and len(set(ids)) == 4
+    assert all(len(cid) == constants.command_id_bytes for cid in ids)
+    assert all("command_id" not in args for op, args in server.requests if op == "get")
+
+
+# --- retries ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", ["unavailable", "draining"])
+def test_unavailable_or_draining_moves_to_the_next_address(serve, client_for, code):
+    refusing = serve(lambda op, args: err(code, "no leader"))
+    store = MemoryStore()
+    working = serve(store)
+    client = client_for([refusing.address, working.address], timeout_s=5)
+    assert client.put(b"k", b"v") == Timestamp(*TS)
+    assert store.data == {b"k": b"v"}
+    assert len(refusing.requests) == 1 and len(working.requests) == 1
+    assert refusing.command_ids() == working.command_ids()
+
+
+def test_ambiguous_is_retried_with_the_same_command_id(serve, client_for):
+    uncertain = serve(lambda op, args: err("ambiguous", "leader lost", ambiguous=True))
+    store = MemoryStore()
+    working = serve(store)
+    client = client_for([uncertain.address, working.address], timeout_s=5)
+    assert client.cas(b"k", None, b"v") is True
+    assert uncertain.command_ids() == working.command_ids()
+    assert len(working.command_ids()) == 1
+
+
+def test_a_retried_write_that_already_applied_returns_the_first_outcome(serve, client_for):
+    """The server applied the cas but the answer was lost; the retry (same id) is deduplicated."""
+    store = MemoryStore()
+    lost_answers = []
+
+    def apply_then_drop_first_answer(op, args):
+        reply = store(op, args)
+        if not lost_answers:
+            lost_answers.append(reply)
+            return CLOSE
+        return reply
+
+    server = serve(apply_then_drop_first_answer)
+    client = client_for(server.address, timeout_s=5)
+    assert client.cas(b"k", None, b"v") is True  # not False, although the key now exists
+    ids = server.command_ids()
+    assert len(ids) == 2 and ids[0] == ids[1]
+
+
+def test_connection_broken_after_send_forever_is_an_ambiguous_commit(serve, client_for):
+    server = serve(lambda op, args: CLOSE)
+    client = client_for(server.address, timeout_s=0.5)
+    started = time.monotonic()
+    with pytest.raises(errors.AmbiguousCommitError, match="may or may not have committed") as caught:
+        client.put(b"k", b"v")
+    assert time.monotonic() - started < 2.0
+    assert caught.value.ambiguous is True
+    ids = server.command_ids()
+    assert len(ids) >= 2 and len(set(ids)) == 1  # retried, always with the same id
+
+
+def test_silent_server_makes_a_write_ambiguous_within_the_deadline(serve, client_for):
+    server = serve(lambda op, args: SILENT)
+    client = client_for(server.address, timeout_s=0.4)
+    started = time.monotonic()
+    with pytest.raises(errors.AmbiguousCommitError):
+        client.delete(b"k")
+    assert time.monotonic() - started < 1.5
+
+
+def test_silent_server_makes_a_read_fail_plainly_within_the_deadline(serve, client_for):
+    server = serve(lambda op, args: SILENT)
+    client = client_for(server.address, timeout_s=0.4)
+    started = time.monotonic()
+    with pytest.raises(errors.ConnectionFailedError, match="timed out") as caught:
+        client.get(b"k")
+    assert time.monotonic() - started < 1.5
+    assert caught.value.ambiguous is False
+
+
+def test_unavailable_until_the_deadline_raises_unavailable_not_ambiguous(serve, client_for):
+    server = serve(lambda op, args: err("unavailable", "no quorum in region eu"))
+    client = client_for(server.address, timeout_s=0.5)
+    started = time.monotonic()
+    with pytest.raises(errors.UnavailableError, match="no quorum in region eu") as caught:
+        client.put(b"k", b"v")
+    elapsed = time.monotonic() - started
+    assert 0.4 < elapsed < 1.5
+    assert not isinstance(caught.value, errors.AmbiguousCommitError)
+    assert caught.value.ambiguous is False
+    assert len(server.requests) >= 3  # retried with backoff, not once
+
+
+def test_one_ambiguous_attempt_keeps_the_write_ambiguous_until_the_deadline(serve, client_for):
+    answers = iter([err("ambiguous", "lost leadership", ambiguous=True)])
+    server = serve(lambda op, args: next(answers, err("unavailable", "no leader")))
+    client = client_for(server.address, timeout_s=0.5)
+    with pytest.raises(errors.AmbiguousCommitError, match="no leader"):
+        client.put(b"k", b"v")
+
+
+def test_nothing_listening_raises_connection_failed_naming_the_addresses(dead_address, client_for):
+    other = "127.0.0.1:1"
+    client = client_for([dead_address, other], timeout_s=0.3)
+    started = time.monotonic()
+    with pytest.raises(errors.ConnectionFailedError) as caught:
+        client.put(b"k", b"v")  # never sent: surely not applied, so not ambiguous
+    assert time.monotonic() - started < 1.5
+    message = str(caught.value)
+    assert dead_address in message and other in message
+    assert "check that the nodes are running" in message
+    assert caught.value.ambiguous is False
+
+
+@pytest.mark.parametrize(
+    "code, cls",
+    [("bad_request", errors.BadRequestError), ("too_large", errors.TooLargeError)],
+)
+def test_bad_request_and_too_large_raise_at_once_without_retry(serve, client_for, code, cls):
+    server = serve(lambda op, args: err(code, "key too long"))
+    spare = serve(MemoryStore())
+    client = client_for([server.address, spare.address], timeout_s=10)
+    started = time.monotonic()
+    with pytest.raises(cls, match="key too long"):
+        client.put(b"k", b"v")
+    assert time.monotonic() - started < 1.0
+    assert len(server.requests) == 1 and spare.requests == []
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_transparently(serve, client_for):
+    store = MemoryStore()
+    server = serve(store)
+    client = client_for(server.address, timeout_s=5)
+    client.put(b"k", b"1")
+    server.drop_connections()
+    assert client.put(b"k", b"2") == Timestamp(*TS)
+    assert store.data == {b"k": b"2"}
+    assert server.connections == 2
+
+
+def test_reads_are_retried_after_a_broken_connection(serve, client_for):
+    store = MemoryStore()
+    store.data[b"k"] = b"v"
+    calls = []
+
+    def flaky(op, args):
+        calls.append(op)
+        return CLOSE if len(calls) == 1 else store(op, args)
+
+    server = serve(flaky)
+    client = client_for(server.address, timeout_s=5)
+    assert client.get(b"k") == b"v"
+    assert server.connections == 2
+
+
+def test_garbage_from_the_server_is_a_broken_connection_not_a_crash(serve, client_for):
+    server = serve(lambda op, args: b"\xff\xff\xff\xff garbage")
+    client = client_for(server.address, timeout_s=0.3)
+    with pytest.raises(errors.ConnectionFailedError, match="length prefix"):
+        client.get(b"k")
+    with pytest.raises(errors.AmbiguousCommitError):
+        client.put(b"k", b"v")
+
+
+def test_a_malformed_result_in_an_ok_answer_is_a_protocol_error(serve, client_for):
+    server = serve(lambda op, args: ok({"ts": "yesterday"}))
+    client = client_for(server.address, timeout_s=5)
+    with pytest.raises(errors.ProtocolError, match="malformed") as caught:
+        client.put(b"k", b"v")
+    assert caught.value.ambiguous is True  # it said ok: it may well have committed
+    with pytest.raises(errors.ProtocolError) as caught:
+        client.get(b"k")
+    assert caught.value.ambiguous is False
+
+
+def test_a_request_over_the_frame_limit_is_too_large_before_sending(serve, client_for):
+    server = serve(MemoryStore())
+    client = client_for(server.address)
+    with pytest.raises(errors.TooLargeError, match="exceeds the limit"):
+        client.put(b"k", b"v" * constants.client_frame_bytes_max)
+    assert server.requests == []
+
+
+def test_backoff_grows_from_50ms_to_a_1s_cap_with_jitter():
+    rng = random.Random(1)
+    for failures in range(1, 40):
+        cap = min(
+            constants.client_backoff_s_max, constants.client_backoff_s_min * 2 ** (failures - 1)
+        )
+        assert cap / 2 <= kv.backoff_delay_s(failures, rng) <= cap
+    assert constants.client_backoff_s_min == 0.05 and constants.client_backoff_s_max == 1.0
+    samples = {kv.backoff_delay_s(3, rng) for _ in range(20)}
+    assert len(samples) > 1  # jittered
+
+
+# --- arguments --------------------------------------------------------------------------------
+
+
+def test_arguments_are_type_checked_with_clear_messages(client_for):
+    client = client_for("127.0.0.1:1")
+    with pytest.raises(TypeError, match=r"put: key must be bytes, got str; encode text first"):
+        client.put("k", b"v")
+    with pytest.raises(TypeError, match="put: value must be bytes, got int"):
+        client.put(b"k", 1)
+    with pytest.raises(TypeError, match="cas: expected must be bytes, got str"):
+        client.cas(b"k", "old", b"new")
+    with pytest.raises(TypeError, match="scan: limit must be an int, got bool"):
+        client.scan(b"", limit=True)
+    with pytest.raises(ValueError, match="scan: limit must be in"):
+        client.scan(b"", limit=0)
+    with pytest.raises(TypeError, match="scan: end must be bytes"):
+        client.scan(b"", "z")
+
+
+@pytest.mark.parametrize(
+    "addresses, exc, message",
+    [
+        (123, TypeError, "addresses must be"),
+        ([], ValueError, "addresses is empty"),
+        ("localhost", ValueError, "expected HOST:PORT"),
+        ("localhost:0", ValueError, "port 0 is outside 1-65535"),
+        ("localhost:65536", ValueError, "outside 1-65535"),
+        ("localhost:http", ValueError, "port must be a number"),
+        (":80", ValueError, "expected HOST:PORT"),
+        (["a:1", 2], TypeError, "address must be a str"),
+    ],
+)
+def test_bad_addresses_are_refused_when_the_client_is_made(addresses, exc, message):
+    with pytest.raises(exc, match=message):
+        kv.Client(addresses)
+
+
+def test_addresses_accept_a_single_string_a_comma_list_and_ipv6():
+    assert kv.Client("h:1").addresses == ["h:1"]
+    assert kv.Client("a:1, b:2").addresses == ["a:1", "b:2"]
+    assert kv.Client(["[::1]:7000"]).addresses == ["[::1]:7000"]
+    with pytest.raises(ValueError, match="positive"):
+        kv.Client("h:1", timeout_s=0)
+
+
+def test_a_closed_client_refuses_calls(serve):
+    server = serve(MemoryStore())
+    with kv.Client(server.address) as client:
+        client.put(b"k", b"v")
+    with pytest.raises(RuntimeError, match="closed"):
+        client.get(b"k")
+    client.close()  # idempotent
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raftstore")
+    cli_kv.add_kv_parser(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def run_cli(argv: list[str]) -> int:
+    args = make_parser().parse_args(argv)
+    return args.func(args)
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("localhost", "expected HOST:PORT"),
+        ("localhost:0", "outside 1-65535"),
+        ("localhost:99999", "outside 1-65535"),
+        ("h:1,h", "expected HOST:PORT"),
+        ("h:x", "port must be a number"),
+    ],
+)
+def test_cli_rejects_a_bad_url_with_an_argparse_error(capsys, url, message):
+    with pytest.raises(SystemExit) as caught:
+        make_parser().parse_args(["kv", "get", "--url", url, "k"])
+    assert caught.value.code == 2
+    stderr = capsys.readouterr().err
+    assert "--url" in stderr and message in stderr
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["kv", "get", "k"], "the following arguments are required: --url"),
+        (["kv", "cas", "--url", "h:1", "k", "e", "n", "--absent"], "--absent means KEY must have no value"),
+        (["kv", "cas", "--url", "h:1", "k", "n"], "cas needs KEY EXPECTED NEW"),
+        (["kv", "get", "--url", "h:1", "--hex", "zz"], "not valid hex"),
+        (["kv", "scan", "--url", "h:1", "a", "--limit", "0"], "--limit must be an integer"),
+        (["kv"], "required"),
+    ],
+)
+def test_cli_usage_errors_exit_2_before_touching_the_network(capsys, argv, message):
+    with pytest.raises(SystemExit) as caught:
+        run_cli(argv)
+    assert caught.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_prints_each_result_in_its_documented_form(serve, capsys):
+    store = MemoryStore()
+    url = serve(store).address
+
+    assert run_cli(["kv", "put", "--url", url, "a", "1"]) == 0
+    assert capsys.readouterr().out == f"{Timestamp(*TS)}\n"
+    assert capsys.readouterr().out == ""
+    assert str(Timestamp(*TS)) == "1700000000.000000002,3"
+
+    assert run_cli(["kv", "get", "--url", url, "a"]) == 0
+    assert capsys.readouterr().out == "1\n"
+    assert run_cli(["kv", "get", "--url", url, "nope"]) == 1
+    assert capsys.readouterr().out == "(not found)\n"
+
+    assert run_cli(["kv", "cas", "--url", url, "a", "1", "2"]) == 0
+    assert capsys.readouterr().out == "swapped\n"
+    assert run_cli(["kv", "cas", "--url", url, "a", "1", "3"]) == 1
+    assert capsys.readouterr().out == "not swapped\n"
+    assert run_cli(["kv", "cas", "--url", url, "--absent", "b", "x"]) == 0
+    assert capsys.readouterr().out == "swapped\n"
+    assert store.data[b"b"] == b"x"
+
+    assert run_cli(["kv", "put", "--url", url, "--hex", "00ff", "c3a9"]) == 0
+    capsys.readouterr()
+    assert store.data[b"\x00\xff"] == "é".encode()
+    assert run_cli(["kv", "get", "--url", url, "--hex", "00ff"]) == 0
+    assert capsys.readouterr().out == "c3a9\n"
+
+    assert run_cli(["kv", "scan", "--url", url, "a"]) == 0
+    assert capsys.readouterr().out == "a\t2\nb\tx\n"
+    assert run_cli(["kv", "scan", "--url", url, "a", "b", "--limit", "5"]) == 0
+    assert capsys.readouterr().out == "a\t2\n"
+    assert run_cli(["kv", "scan", "--url", url, "--hex", "", "--limit", "1"]) == 0
+    assert capsys.readouterr().out == "00ff\tc3a9\n"
+
+    assert run_cli(["kv", "delete", "--url", url, "a"]) == 0
+    assert capsys.readouterr().out == f"{Timestamp(*TS)}\n"
+    assert b"a" not in store.data
+
+
+def test_cli_prints_undecodable_bytes_as_escapes(serve, capsys):
+    store = MemoryStore()
+    store.data[b"k"] = b"\xff\x00ok"
+    url = serve(store).address
+    assert run_cli(["kv", "get", "--url", url, "k"]) == 0
+    assert capsys.readouterr().out == "\\xff\x00ok\n"
+
+
+def test_cli_turns_operating_errors_into_one_line_and_exit_2(serve, capsys):
+    url = serve(lambda op, args: err("bad_request", "key is reserved\nsecond line")).address
+    assert run_cli(["kv", "put", "--url", url, "k", "v"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: bad_request: key is reserved second line")
+
+
+def test_cli_says_an_ambiguous_write_may_have_committed(serve, capsys):
+    url = serve(lambda op, args: err("ambiguous", "leader changed", ambiguous=True)).address
+    assert run_cli(["kv", "put", "--url", url, "--timeout", "0.3", "k", "v"]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1
+    assert stderr.startswith("error: put may or may not have committed")
+
+
+def test_cli_reports_unreachable_nodes(dead_address, capsys):
+    assert run_cli(["kv", "get", "--url", dead_address, "--timeout", "0.2", "k"]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("error: get: could not get an answer from any of " + dead_address)
