@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 
+from raftstore import constants
 from raftstore.peer import parse_addr
 
 
@@ -59,11 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     auth = start.add_mutually_exclusive_group()
     auth.add_argument("--cluster-secret-file", metavar="FILE", help="file holding the shared cluster secret")
     auth.add_argument("--insecure", action="store_true", help="run without peer authentication (testing only)")
+    start.add_argument("--range-max-bytes", type=_positive_int, default=constants.range_bytes_max, metavar="BYTES",
+                       help="split a range when it grows past this size (default %(default)s)")
+    start.add_argument("--log-compaction-entries", type=_positive_int, default=constants.log_compaction_entries_min,
+                       metavar="N", help="compact a range's Raft log after N entries (default %(default)s)")
     start.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     start.set_defaults(func=run_start)
 
     from raftstore.cli_kv import add_kv_parser
+    from raftstore.cli_status import add_status_parser
     add_kv_parser(sub)
+    add_status_parser(sub)
     return parser
 
 
@@ -88,7 +95,9 @@ def run_start(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
                         format="%(asctime)s n" + str(args.node_id) + " %(levelname)s %(name)s: %(message)s")
     cfg = NodeConfig(node_id=args.node_id, region=args.region, peer_addr=args.peer_addr, sql_addr=args.sql_addr,
-                     join=args.join, data_dir=os.path.abspath(args.data_dir), secret=secret)
+                     join=args.join, data_dir=os.path.abspath(args.data_dir), secret=secret,
+                     range_bytes_max=args.range_max_bytes,
+                     raft_conf={"logCompactionMinEntries": args.log_compaction_entries})
     try:
         return run_node(cfg)
     except StartupError as exc:

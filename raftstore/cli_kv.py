@@ -9,6 +9,8 @@ Output contract (scripts rely on it):
 * get: the value, exit 0; ``(not found)``, exit 1.
 * cas: ``swapped`` exit 0, ``not swapped`` exit 1.
 * scan: one ``key<TAB>value`` line per row, exit 0.
+* split: ``split at KEY`` or, if a range already started at KEY, ``already a range boundary``;
+  exit 0 either way (a retried split that did apply also answers the latter).
 * any operating error: one line ``error: ...`` on stderr, exit 2 (an ambiguous write says it may
   have committed). Usage errors are argparse's: usage and ``error: ...`` on stderr, exit 2.
 
@@ -65,8 +67,8 @@ def _limit_type(text: str) -> int:
 
 
 def add_kv_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``kv`` command (with put/get/delete/cas/scan) to `subparsers`; every leaf sets
-    ``func=run_kv``. Returns the ``kv`` parser."""
+    """Add the ``kv`` command (with put/get/delete/cas/scan/split) to `subparsers`; every leaf
+    sets ``func=run_kv``. Returns the ``kv`` parser."""
     kv = subparsers.add_parser(
         "kv",
         help="read and write keys through a node's client port",
@@ -131,6 +133,9 @@ def add_kv_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="N",
         help="at most N rows (default %(default)s)",
     )
+
+    split = leaf("split", "split the range holding KEY so that a new range starts at KEY")
+    split.add_argument("key", metavar="KEY")
     return kv
 
 
@@ -215,5 +220,12 @@ def _run(args: argparse.Namespace) -> int:
         if op == "scan":
             for row_key, row_value in client.scan(start, end, limit=args.limit):
                 print(f"{_show(args, row_key)}\t{_show(args, row_value)}")
+            return 0
+        if op == "split":
+            result = client.split(key)
+            if result.get("already") is True:
+                print("already a range boundary")
+            else:
+                print(f"split at {_show(args, key)}")
             return 0
     raise AssertionError(f"unknown kv command {op!r}")  # argparse only yields the ones above

@@ -46,3 +46,8 @@ client_attempt_timeout_s_max = 5.0          # kv.Client: socket timeout of a sin
 client_backoff_s_min = 0.05                 # kv.Client: first retry delay (before jitter)
 client_backoff_s_max = 1.0                  # kv.Client: the delay doubles up to this cap
 drain_timeout_s = 15.0
+
+# --- Ranges --------------------------------------------------------------------------------------
+range_bytes_max = 8 * 1024 * 1024      # a range larger than this splits (flag --range-max-bytes)
+range_cache_entries_max = 10_000
+route_retries_max = 20                 # stale-descriptor retries of one request

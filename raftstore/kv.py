@@ -13,6 +13,8 @@ retries on its own within one deadline and keeps the promise that matters:
   attempt was answered ``ambiguous``, or its connection broke (or timed out) after the whole
   request was handed to the kernel, running out of time raises AmbiguousCommitError.
 * ``bad_request``, ``too_large`` and other non-retryable errors raise at once.
+* ``split`` is a write without a command id: it is idempotent by nature (a range that already
+  starts at the key answers ``already``), so it follows the write policy above unchanged.
 
 This is an edge module (sockets, clock); `backoff_delay_s` is the pure part of the policy.
 One connection is open at a time; a `Client` serialises its calls with a lock.
@@ -43,6 +45,10 @@ from raftstore.errors import (
 __all__ = ["Client", "backoff_delay_s", "parse_address", "parse_addresses"]
 
 Address = tuple[str, int]
+
+# Ops that change state: a failure after sending may have applied them (see `Client._call`).
+# `split` carries no command id, so the wire module does not list it among its writes.
+_WRITE_OPS = wire.WRITE_OPS | {"split"}
 
 
 # --- addresses --------------------------------------------------------------------------------
@@ -186,6 +192,12 @@ def _check_scan(result: Any, limit: int) -> list[tuple[bytes, bytes]]:
     return out
 
 
+def _check_split(result: Any) -> dict:
+    if not isinstance(result, dict):
+        raise ValueError(f"split result must be a map, got {type(result).__name__}")
+    return result
+
+
 def _check_status(result: Any) -> dict:
     if not isinstance(result, dict):
         raise ValueError(f"status result must be a map, got {type(result).__name__}")
@@ -318,6 +330,18 @@ class Client:
         }
         return self._call("scan", args, lambda result: _check_scan(result, limit))
 
+    def split(self, key: bytes) -> dict:
+        """Split the range holding `key` (a raw user key, as given to `put`) so that a range
+        starts exactly at `key`; return the server's result map (contents not checked beyond
+        being a map). ``result.get("already")`` is True when a range already started at `key`,
+        which is also the answer to a retry of a split that did apply, so callers cannot tell
+        "I split it" from "it was split" and need not.
+
+        Errors as for `put`: UnavailableError surely did not split, AmbiguousCommitError may
+        have; splitting again at the same key is safe either way.
+        """
+        return self._call("split", {"key": _bytes_arg("split", "key", key)}, _check_split)
+
     def status(self) -> dict:
         """The serving node's status map (node id, region, leader, ...; contents not checked)."""
         return self._call("status", {}, _check_status)
@@ -337,7 +361,7 @@ class Client:
     # --- retry loop -------------------------------------------------------------------------
 
     def _call(self, op: str, args: dict[str, Any], check: Callable[[Any], Any]) -> Any:
-        write = op in wire.WRITE_OPS
+        write = op in _WRITE_OPS
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"{op} on a closed raftstore Client")
@@ -408,9 +432,10 @@ class Client:
 
     @staticmethod
     def _ambiguous(op: str, detail: str) -> AmbiguousCommitError:
-        return AmbiguousCommitError(
-            f"{op} may or may not have committed: {detail} ({AmbiguousCommitError.hint})"
-        )
+        hint = AmbiguousCommitError.hint
+        if op == "split":  # reading a key cannot tell; repeating the split can, harmlessly
+            hint = "the split may have happened; splitting again at the same key is safe"
+        return AmbiguousCommitError(f"{op} may or may not have committed: {detail} ({hint})")
 
     def _attempt(self, op: str, request_id: int, frame: bytes, deadline: float) -> Any:
         """Send `frame` once and return the result of an ok answer.

@@ -389,6 +389,12 @@ class MVCCStore:
             self._set_applied(conn, range_id, raft_index, raft_term)
             return True
 
+    def write_local(self, writes: Iterable[tuple[bytes, Timestamp, bytes | None]]) -> None:
+        """Write versions outside any Raft index, in one transaction (bootstrap of node-local
+        keys such as a replica's first descriptor)."""
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            conn.executemany(_INSERT_VERSION_SQL, _checked_writes(writes))
+
     def mark_applied(self, range_id: int, raft_index: int, *, raft_term: int | None = None) -> bool:
         """Advance the applied index past a command that wrote nothing (rejected, no-op).
         Same rule as `apply`: False and no change if `raft_index` <= the applied index."""
@@ -616,9 +622,12 @@ class MVCCStore:
         chunks: Iterable[Iterable[VersionRow]],
         applied_index: int,
         applied_term: int,
+        *,
+        extra_writes: Iterable[tuple[bytes, Timestamp, bytes | None]] = (),
     ) -> None:
         """Replace everything this node holds in `[start, end)` with a snapshot, in one
-        transaction: delete the span's versions, insert every row of `chunks`, set the
+        transaction: delete the span's versions, insert every row of `chunks` (and
+        `extra_writes`, keys outside the span such as the range's own descriptor), set the
         range's applied index and term, and drop its command results above `applied_index`
         (they would claim commands the new data does not contain). On any error nothing
         changes: ValueError/TypeError for a row outside the span or malformed (bad input
@@ -648,6 +657,7 @@ class MVCCStore:
             conn.execute(_SPAN_DELETE_SQL[end is not None], {"start": start, "end": end})
             for chunk in chunks:
                 conn.executemany(_INSERT_VERSION_SQL, rows_in_span(chunk))
+            conn.executemany(_INSERT_VERSION_SQL, _checked_writes(extra_writes))
             conn.execute(
                 "INSERT OR REPLACE INTO range_state (range_id, applied_index, applied_term)"
                 " VALUES (?, ?, ?)",

@@ -17,6 +17,7 @@ snapshots) and `LOCK` (held while the node runs).
 from __future__ import annotations
 
 import asyncio
+import collections
 import fcntl
 import json
 import logging
@@ -35,15 +36,13 @@ from raftstore import constants
 from raftstore.mvcc import MVCCStore
 from raftstore.peer import RAFT, PeerNetwork, parse_addr
 from raftstore.raft.commands import Outcome, new_command_id
-from raftstore.raft.group import RaftGroup
 from raftstore.raft.journal import RealLogFile, fsync_dir
-from raftstore.replica import RangeReplica
+from raftstore.ranges import MISMATCH, pretty_key
+from raftstore.replica import RAW_END, RAW_PREFIX
+from raftstore.store import Store, StoreConfig
 from raftstore.wire import FrameDecoder, FrameError, BadRequest, encode_frame, validate_request
 
 logger = logging.getLogger(__name__)
-
-RANGE_ID = 1  # one range until splits arrive
-
 
 class StartupError(Exception):
     """The node cannot start; the message is the one line the user sees."""
@@ -59,6 +58,7 @@ class NodeConfig:
     data_dir: str
     secret: bytes
     raft_conf: dict | None = None
+    range_bytes_max: int = constants.range_bytes_max
 
 
 class GroupTransport(Transport):
@@ -70,6 +70,18 @@ class GroupTransport(Transport):
         super().__init__(syncObj, selfNode, otherNodes)
         self.node, self.group_id = node, group_id
         self.peers = {int(n.id): n for n in otherNodes}
+        node.transports[group_id] = self
+        syncObj.addOnTickCallback(self._first_tick)
+        self._started = False
+
+    def _first_tick(self):
+        # SyncObj installs its callbacks after constructing the transport: announce the peers
+        # that are already connected on the group's first tick.
+        if not self._started:
+            self._started = True
+            for pid in self.node.net.peers:
+                if pid in self.peers:
+                    self._onNodeConnected(self.peers[pid])
 
     def send(self, node, message):
         return self.node.net.send(int(node.id), [RAFT, self.group_id, message])
@@ -89,8 +101,9 @@ class Node:
     def __init__(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
         self.node_id = cfg.node_id
-        self.groups: dict[int, RaftGroup] = {}
+        self.store: Store | None = None
         self.transports: dict[int, GroupTransport] = {}
+        self._calls: collections.deque = collections.deque()
         self.members: dict[int, dict] | None = None   # node id -> {"addr", "region"}
         self.active: set[int] = set()                 # members seen running with their data
         self.fatal: str | None = None
@@ -130,7 +143,7 @@ class Node:
             raise StartupError("data dir %s has Raft data but no node.json; refusing to guess" % cfg.data_dir)
         self.meta_path = meta_path
         try:
-            self.store = MVCCStore(os.path.join(cfg.data_dir, "store.sqlite"))
+            self.mvcc = MVCCStore(os.path.join(cfg.data_dir, "store.sqlite"))
             self.hlc = HLC(SystemClock(), ceiling_store=FileCeilingStore(os.path.join(cfg.data_dir, "hlc.ceiling")))
         except Exception as exc:
             raise StartupError("data dir %s: %s" % (cfg.data_dir, exc)) from None
@@ -218,26 +231,23 @@ class Node:
         if "wiped" in reason or "not a member" in reason or "already used" in reason:
             self.fatal = reason
 
-    # --- groups ----------------------------------------------------------------------------------
+    # --- ranges ----------------------------------------------------------------------------------
     def _start_groups(self) -> None:
-        me = str(self.node_id)
-        peers = [str(i) for i in sorted(self.members) if i != self.node_id]
-        raft_dir = os.path.join(self.cfg.data_dir, "raft")
-        gid = RANGE_ID
         conf = dict(appendEntriesUseBatch=False)
         conf.update(self.cfg.raft_conf or {})
-        group = RaftGroup(me, peers, journal_file=RealLogFile(os.path.join(raft_dir, "range-%d.journal" % gid)),
-                          dump_path=os.path.join(raft_dir, "range-%d.snapshot" % gid),
-                          state_machine=RangeReplica(self.store, gid), conf=conf, name="r%d" % gid,
-                          transport_class=lambda so, s, o: GroupTransport(self, gid, so, s, o))
-        transport = group._SyncObj__transport._inner
-        self.groups[gid], self.transports[gid] = group, transport
-        for pid in self.net.peers:
-            if pid in transport.peers:
-                transport._onNodeConnected(transport.peers[pid])
+        self.store = Store(StoreConfig(node_id=self.node_id, replicas=sorted(self.members),
+                                       raft_dir=os.path.join(self.cfg.data_dir, "raft"),
+                                       range_bytes_max=self.cfg.range_bytes_max, raft_conf=conf),
+                           self.mvcc, open_journal=RealLogFile,
+                           transport_class=lambda gid: (lambda so, s, o: GroupTransport(self, gid, so, s, o)),
+                           now_ts=lambda: self.hlc.now().to_wire())
+        self.store.start()
 
     def _on_raft(self, peer_id: int, group_id: int, message: dict) -> None:
         transport = self.transports.get(group_id)
+        if transport is None and self.store is not None:
+            self.store.on_unknown_group(group_id)
+            transport = self.transports.get(group_id)
         if transport is None or peer_id not in transport.peers:
             return
         if peer_id not in self.active:
@@ -266,23 +276,26 @@ class Node:
         while not self._stop.is_set():
             try:
                 self.net.poll(max(0.0, next_tick - time.monotonic()))
-                for group in list(self.groups.values()):
+                while self._calls:
+                    fn = self._calls.popleft()
                     try:
-                        group.doTick(0.0)
+                        fn()
                     except Exception:
-                        logger.exception("tick of %s failed", group.name)
+                        logger.exception("call on the node loop failed")
+                if self.store is not None:
+                    self.store.tick()
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + constants.tick_interval_s
                     self._dial()
-                for group in self.groups.values():
-                    group.journal.sync()
+                if self.store is not None:
+                    self.store.sync()
                 self.net.flush()
             except Exception:
                 logger.exception("node loop iteration failed")
                 time.sleep(constants.tick_interval_s)
-        for group in self.groups.values():
-            group.journal.sync()
+        if self.store is not None:
+            self.store.sync()
 
     def _dial(self) -> None:
         if self.members is None:
@@ -303,41 +316,89 @@ class Node:
 
     def close(self) -> None:
         self.stop_loop()
-        for group in self.groups.values():
-            group.journal._destroy()
+        if self.store is not None:
+            self.store.close()
         self.net.close()
-        self.store.close()
+        self.mvcc.close()
         self.sql_sock.close()
         self._lock.close()
 
-    # --- proposals from the client side ------------------------------------------------------------
-    def group_for(self, key: bytes) -> RaftGroup | None:
-        return self.groups.get(RANGE_ID)
+    # --- requests from the client side (asyncio thread) ----------------------------------------------
+    def call_in_loop(self, fn) -> None:
+        """Run fn on the node loop (everything that touches the Store runs there)."""
+        self._calls.append(fn)
+        self.net.wake()
 
-    def propose(self, op: str, args: dict, command_id: bytes | None, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+    def _proposal(self, loop: asyncio.AbstractEventLoop, submit) -> asyncio.Future:
         fut = loop.create_future()
-        group = self.group_for(args.get("key", b""))
-        if group is None:
-            fut.set_result((Outcome.NOT_COMMITTED, "the cluster has not formed yet"))
-            return fut
 
         def done(outcome, result):
             loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result((outcome, result)))
 
-        args = dict(args, ts=self.hlc.now().to_wire())
-        group.propose(op, args, done, command_id=command_id)
-        self.net.wake()
+        def run():
+            if self.store is None:
+                done(Outcome.NOT_COMMITTED, "the cluster has not formed yet")
+                return
+            try:
+                submit(self.store, done)
+            except ValueError as exc:
+                loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(exc))
+        self.call_in_loop(run)
         return fut
 
-    def status(self) -> dict:
-        group = self.groups.get(RANGE_ID)
+    async def propose_key(self, op: str, key: bytes, args: dict, command_id: bytes | None) -> tuple:
+        """Propose op on the range holding key; on a stale descriptor refresh and retry."""
+        loop = asyncio.get_running_loop()
+        for attempt in range(constants.route_retries_max):
+            routed: dict = {}
+
+            def submit(store: Store, done, routed=routed):
+                desc = store.descriptor_for(key)
+                if desc is None:
+                    done(Outcome.NOT_COMMITTED, "no range here holds key %s" % pretty_key(key))
+                    return
+                routed["range_id"] = desc.range_id
+                store.propose(desc.range_id, op, args, done, command_id=command_id)
+            outcome, result = await self._proposal(loop, submit)
+            if outcome is Outcome.REJECTED and isinstance(result, str) and result.startswith(MISMATCH):
+                rid = routed.get("range_id")
+                self.call_in_loop(lambda: rid is not None and self.store.refresh(rid))
+                await asyncio.sleep(min(0.01 * (attempt + 1), 0.2))
+                continue
+            return outcome, result
+        return Outcome.NOT_COMMITTED, "the range holding this key kept changing; retry"
+
+    async def split(self, key: bytes) -> tuple:
+        loop = asyncio.get_running_loop()
+
+        def submit(store: Store, done):
+            desc = store.descriptor_for(key)
+            if desc is None:
+                done(Outcome.NOT_COMMITTED, "no range here holds key %s" % pretty_key(key))
+            elif desc.start == key:
+                done(Outcome.COMMITTED, {"already": True, "range_id": desc.range_id})
+            else:
+                store.split_range(desc.range_id, key, done)
+        return await self._proposal(loop, submit)
+
+    async def status(self) -> dict:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def run():
+            info = self._status()
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(info))
+        self.call_in_loop(run)
+        return await fut
+
+    def _status(self) -> dict:
+        ranges = self.store.status() if self.store is not None else []
+        data = next((r for r in ranges if r["range_id"] == 2), None)
         return {"node_id": self.node_id, "region": self.cfg.region, "formed": self.members is not None,
                 "members": {str(k): v for k, v in (self.members or {}).items()},
-                "connected": sorted(self.net.peers),
-                "leader": int(group.leader_id()) if group is not None and group.leader_id() else None,
-                "is_leader": bool(group and group.is_leader()),
-                "applied_index": group.raftLastApplied if group else 0,
-                "commit_index": group.raftCommitIndex if group else 0}
+                "connected": sorted(self.net.peers), "ranges": ranges,
+                "leader": data["leader"] if data else None,
+                "is_leader": bool(data and data["leader"] == self.node_id)}
 
 
 class ClientServer:
@@ -404,15 +465,41 @@ class ClientServer:
         if self.draining:
             return _error("draining", "node %d is shutting down; retry on another node" % self.node.node_id)
         if op == "status":
-            return {"ok": True, "result": self.node.status()}
+            return {"ok": True, "result": await self.node.status()}
+        if op == "split":
+            outcome, result = await self.node.split(RAW_PREFIX + args["key"])
+            return self._reply(outcome, result)
+        if op == "scan":
+            return await self._scan(args)
         if op not in self.WRITE_OPS | self.READ_OPS:
             return _error("bad_request", "unknown op %r" % op)
-        loop = asyncio.get_running_loop()
         command_id = args.pop("command_id", None) if op in self.WRITE_OPS else new_command_id()
+        key = RAW_PREFIX + args["key"]
         try:
-            outcome, result = await self.node.propose(op, args, command_id, loop)
+            outcome, result = await self.node.propose_key(op, key, dict(args, key=key), command_id)
         except ValueError as exc:
             return _error("too_large", str(exc))
+        return self._reply(outcome, result)
+
+    async def _scan(self, args: dict) -> dict:
+        """A scan crosses ranges: one read per range, in key order, until the limit."""
+        start = RAW_PREFIX + args["start"]
+        end = RAW_PREFIX + args["end"] if args.get("end") is not None else RAW_END
+        limit, rows, ts = args["limit"], [], [0, 0]
+        while start < end and len(rows) < limit:
+            outcome, result = await self.node.propose_key(
+                "scan", start, {"start": start, "end": end, "limit": limit - len(rows)}, new_command_id())
+            if outcome is not Outcome.COMMITTED:
+                return self._reply(outcome, result)
+            rows.extend([k[len(RAW_PREFIX):], v] for k, v in result["rows"])
+            ts = max(ts, result["ts"])
+            if result["span_end"] is None:
+                break
+            start = result["span_end"]
+        return {"ok": True, "result": {"rows": rows, "ts": ts}}
+
+    @staticmethod
+    def _reply(outcome: Outcome, result: Any) -> dict:
         if outcome is Outcome.COMMITTED:
             return {"ok": True, "result": result}
         if outcome is Outcome.REJECTED:

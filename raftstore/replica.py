@@ -1,11 +1,18 @@
 """A range's replica: the state machine a RaftGroup applies committed commands to.
 
 Every replica applies the same commands in the same order and must reach the same state, so
-everything here is a function of the command and the MVCC data: no clock, no randomness. The
-commit timestamp of a write is `max(proposed ts, newest version of the key + 1 logical)`, so
-writes to a key get increasing timestamps in log order even when proposers' clocks disagree.
-Reads go through the log too (linearizable: a read applies after every write committed before
-it); followers compute the same answer, which is what a forwarded read returns.
+everything here is a function of the command, the MVCC data and the replica's descriptor: no
+clock, no randomness. The commit timestamp of a write is `max(proposed ts, newest version of the
+key + 1 logical)`, so writes to a key get increasing timestamps in log order even when
+proposers' clocks disagree. Reads go through the log too (linearizable: a read applies after
+every write committed before it); followers compute the same answer, which is what a forwarded
+read returns.
+
+A command for a key outside the replica's current span is rejected with RangeKeyMismatch (the
+same verdict on every replica, since the span changes only by a split in the same log): the
+router refreshes its view and retries on the right range. A split is a command in the parent's
+log; applying it narrows the parent's descriptor and writes the new range's descriptor in the
+same SQLite transaction, then tells the Store, which starts the new range's group.
 
 Each apply is one SQLite transaction holding the data, the applied index and the command's
 outcome under its id (MVCCStore.apply), so replay applies each index once and a retried command
@@ -15,18 +22,24 @@ id gets its first answer.
 from __future__ import annotations
 
 import struct
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 import msgpack
 
 from raftstore import constants
 from raftstore.mvcc import TIMESTAMP_PART_MAX, MVCCStore
 from raftstore.raft.commands import Command, CommandError
+from raftstore.ranges import (META_COUNTER_KEY, META_DESC_PREFIX, META_RANGE_ID, MISMATCH, RangeDescriptor,
+                              local_desc_key, meta_desc_key, FIRST_DATA_RANGE_ID)
 
-RAW_PREFIX = b"k"          # raw key-value keyspace (raftstore.kv); SQL rows will live under b"t"
+RAW_PREFIX = b"k"          # raw key-value keyspace (raftstore.kv); SQL rows live under b"t"
 RAW_END = b"l"             # first key after the raw keyspace
 LATEST = (TIMESTAMP_PART_MAX, TIMESTAMP_PART_MAX)
 _LEN = struct.Struct("<I")
+
+
+class SnapshotRefused(Exception):
+    """This node cannot take the snapshot now (it would overlap a range it still holds)."""
 
 
 def _bytes(args: dict, name: str, *, optional: bool = False) -> bytes | None:
@@ -40,61 +53,54 @@ def _bytes(args: dict, name: str, *, optional: bool = False) -> bytes | None:
 
 def _ts(args: dict) -> tuple[int, int]:
     ts = args.get("ts")
-    if (not isinstance(ts, (list, tuple)) or len(ts) != 2 or not all(isinstance(x, int) and 0 <= x <= TIMESTAMP_PART_MAX for x in ts)):
+    if (not isinstance(ts, (list, tuple)) or len(ts) != 2
+            or not all(isinstance(x, int) and 0 <= x <= TIMESTAMP_PART_MAX for x in ts)):
         raise CommandError("argument 'ts' must be [wall_ns, logical]")
     return (ts[0], ts[1])
 
 
-class RangeReplica:
-    """StateMachine (raftstore.raft.group) of one range `[start, end)` over the node's MVCCStore."""
+def desc_ts(desc: RangeDescriptor) -> tuple[int, int]:
+    """Versions of a descriptor are ordered by generation, whatever order they are written in."""
+    return (desc.generation, 0)
 
-    def __init__(self, store: MVCCStore, range_id: int, start: bytes = b"", end: bytes | None = None) -> None:
-        self.store, self.range_id, self.start, self.end = store, range_id, start, end
+
+def read_local_descriptor(store: MVCCStore, range_id: int) -> RangeDescriptor | None:
+    raw = store.get_value(local_desc_key(range_id), LATEST)
+    return RangeDescriptor.decode(raw) if raw is not None else None
+
+
+class RangeReplica:
+    """StateMachine (raftstore.raft.group) of one range over the node's shared MVCCStore.
+
+    `desc` is None for an uninitialized replica (created to receive a snapshot): it applies
+    nothing until one arrives. `on_split(left, right)` is called after a split applied here;
+    `can_install(desc)` decides whether a snapshot of `desc` may replace local data now.
+    """
+
+    def __init__(self, store: MVCCStore, range_id: int, *,
+                 on_split: Callable[[RangeDescriptor, RangeDescriptor], None] | None = None,
+                 can_install: Callable[[RangeDescriptor], bool] | None = None,
+                 on_write: Callable[[int, int], None] | None = None) -> None:
+        self.store, self.range_id = store, range_id
+        self.desc = read_local_descriptor(store, range_id)
+        self.on_split = on_split
+        self.can_install = can_install
+        self.on_write = on_write
 
     # --- StateMachine ------------------------------------------------------------------------
     def applied_index(self) -> int:
         return self.store.applied_index(self.range_id)
 
     def apply(self, index: int, command: Command) -> Any:
+        if self.desc is None:
+            raise CommandError("%s: replica of r%d is not initialized" % (MISMATCH, self.range_id))
         args = command.args
         if not isinstance(args, dict):
             raise CommandError("command args must be a map")
-        op = command.op
-        if op in ("put", "delete", "cas"):
-            key = RAW_PREFIX + _bytes(args, "key")
-            ts = self._write_ts(key, _ts(args))
-            if op == "cas":
-                current = self.store.get_value(key, LATEST)
-                if current != _bytes(args, "expected", optional=True):
-                    result = {"swapped": False, "ts": list(ts)}
-                    self._finish(index, command, [], result)
-                    return result
-                value = _bytes(args, "new")
-                result = {"swapped": True, "ts": list(ts)}
-            else:
-                value = _bytes(args, "value") if op == "put" else None
-                result = {"ts": list(ts)}
-            self._finish(index, command, [(key, ts, value)], result)
-            return result
-        if op == "get":
-            key = RAW_PREFIX + _bytes(args, "key")
-            found = self.store.get(key, LATEST)
-            self.store.mark_applied(self.range_id, index)
-            if found is None:
-                return {"value": None, "ts": [0, 0]}
-            return {"value": found[0], "ts": list(found[1])}
-        if op == "scan":
-            start = RAW_PREFIX + _bytes(args, "start")
-            end_arg = _bytes(args, "end", optional=True)
-            end = RAW_PREFIX + end_arg if end_arg is not None else RAW_END
-            limit = args.get("limit")
-            if not isinstance(limit, int) or not 0 < limit <= constants.scan_rows_max:
-                raise CommandError("argument 'limit' must be an integer in 1..%d" % constants.scan_rows_max)
-            rows = self.store.scan(start, end, LATEST, limit)
-            self.store.mark_applied(self.range_id, index)
-            return {"rows": [[k[len(RAW_PREFIX):], v] for k, v, _ in rows],
-                    "ts": list(max((ts for _, _, ts in rows), default=(0, 0)))}
-        raise CommandError("unknown command op %r" % op)
+        handler = getattr(self, "_op_" + command.op, None) if command.op.isidentifier() else None
+        if handler is None:
+            raise CommandError("unknown command op %r" % command.op)
+        return handler(index, command, args)
 
     def record_failed(self, index: int, command: Command | None, error: str) -> None:
         if command is None:
@@ -110,20 +116,141 @@ class RangeReplica:
         return (True, tuple(msgpack.unpackb(found[1], raw=False)))
 
     def write_snapshot(self, f: BinaryIO, index: int) -> None:
-        with self.store.export_span(self.start, self.end, constants.snapshot_chunk_rows, range_id=self.range_id) as export:
+        assert self.desc is not None, "an uninitialized replica has no snapshot to give"
+        body = self.desc.encode()
+        f.write(_LEN.pack(len(body)) + body)
+        with self.store.export_span(self.desc.start, self.desc.end, constants.snapshot_chunk_rows) as export:
             for chunk in export:
                 body = msgpack.packb(chunk, use_bin_type=True)
                 f.write(_LEN.pack(len(body)) + body)
         f.write(_LEN.pack(0))
 
     def read_snapshot(self, f: BinaryIO, index: int) -> None:
+        (n,) = _LEN.unpack(f.read(_LEN.size))
+        desc = RangeDescriptor.decode(f.read(n))
+        if desc.range_id != self.range_id:
+            raise SnapshotRefused("snapshot of r%d sent to r%d" % (desc.range_id, self.range_id))
+        if self.can_install is not None and not self.can_install(desc):
+            raise SnapshotRefused("snapshot of %s overlaps a range this node still holds" % desc)
+
         def chunks():
             while True:
-                (n,) = _LEN.unpack(f.read(_LEN.size))
-                if n == 0:
+                (m,) = _LEN.unpack(f.read(_LEN.size))
+                if m == 0:
                     return
-                yield [tuple(row) for row in msgpack.unpackb(f.read(n), raw=False)]
-        self.store.import_span(self.range_id, self.start, self.end, chunks(), index, 0)
+                yield [tuple(row) for row in msgpack.unpackb(f.read(m), raw=False)]
+
+        self.store.import_span(self.range_id, desc.start, desc.end, chunks(), index, 0,
+                               extra_writes=[(local_desc_key(self.range_id), desc_ts(desc), desc.encode())])
+        self.desc = desc
+
+    # --- data operations -----------------------------------------------------------------------
+    def _check_key(self, key: bytes) -> bytes:
+        if not self.desc.contains(key):
+            raise CommandError("%s: key %r is outside %s" % (MISMATCH, key, self.desc))
+        return key
+
+    def _op_put(self, index, command, args):
+        return self._write(index, command, args, _bytes(args, "value"))
+
+    def _op_delete(self, index, command, args):
+        return self._write(index, command, args, None)
+
+    def _op_cas(self, index, command, args):
+        key = self._check_key(_bytes(args, "key"))
+        if self.store.get_value(key, LATEST) != _bytes(args, "expected", optional=True):
+            ts = self._write_ts(key, _ts(args))
+            result = {"swapped": False, "ts": list(ts)}
+            self._finish(index, command, [], result)
+            return result
+        result = self._write(index, command, args, _bytes(args, "new"))
+        result["swapped"] = True
+        return result
+
+    def _write(self, index, command, args, value):
+        key = self._check_key(_bytes(args, "key"))
+        ts = self._write_ts(key, _ts(args))
+        result = {"ts": list(ts)}
+        self._finish(index, command, [(key, ts, value)], result)
+        if self.on_write is not None:
+            self.on_write(self.range_id, len(key) + (len(value) if value else 0))
+        return dict(result)
+
+    def _op_get(self, index, command, args):
+        key = self._check_key(_bytes(args, "key"))
+        found = self.store.get(key, LATEST)
+        self.store.mark_applied(self.range_id, index)
+        if found is None:
+            return {"value": None, "ts": [0, 0]}
+        return {"value": found[0], "ts": list(found[1])}
+
+    def _op_scan(self, index, command, args):
+        """Rows of `[start, end) ∩ span`; `span_end` tells the router where to continue."""
+        start, end = _bytes(args, "start"), _bytes(args, "end", optional=True)
+        limit = args.get("limit")
+        if not isinstance(limit, int) or not 0 < limit <= constants.scan_rows_max:
+            raise CommandError("argument 'limit' must be an integer in 1..%d" % constants.scan_rows_max)
+        if not self.desc.contains(start):
+            raise CommandError("%s: scan start %r is outside %s" % (MISMATCH, start, self.desc))
+        stop = self.desc.end if end is None or (self.desc.end is not None and self.desc.end < end) else end
+        rows = self.store.scan(start, stop, LATEST, limit)
+        self.store.mark_applied(self.range_id, index)
+        return {"rows": [[k, v] for k, v, _ in rows], "span_end": self.desc.end,
+                "ts": list(max((ts for _, _, ts in rows), default=(0, 0)))}
+
+    # --- splits --------------------------------------------------------------------------------
+    def _op_split(self, index, command, args):
+        key = _bytes(args, "split_key")
+        new_id = args.get("new_range_id")
+        if self.range_id == META_RANGE_ID:
+            raise CommandError("the meta range does not split")
+        if args.get("generation") != self.desc.generation:
+            raise CommandError("%s: split of %s expected generation %r, found %d"
+                               % (MISMATCH, self.desc, args.get("generation"), self.desc.generation))
+        if not isinstance(new_id, int) or new_id <= FIRST_DATA_RANGE_ID:
+            raise CommandError("argument 'new_range_id' must be an unused range id")
+        if not self.desc.contains(key) or key == self.desc.start:
+            raise CommandError("split key %r is not strictly inside %s" % (key, self.desc))
+        left = RangeDescriptor(self.range_id, self.desc.start, key, self.desc.generation + 1, self.desc.replicas)
+        right = RangeDescriptor(new_id, key, self.desc.end, 0, self.desc.replicas)
+        writes = [(local_desc_key(left.range_id), desc_ts(left), left.encode())]
+        existing = read_local_descriptor(self.store, new_id)
+        if existing is None:
+            writes.append((local_desc_key(right.range_id), desc_ts(right), right.encode()))
+        result = {"left": left.to_wire(), "right": right.to_wire()}
+        self._finish(index, command, writes, result)
+        self.desc = left
+        if self.on_split is not None:
+            self.on_split(left, right)
+        return result
+
+    # --- meta range ----------------------------------------------------------------------------
+    def _op_alloc_range_id(self, index, command, args):
+        if self.range_id != META_RANGE_ID:
+            raise CommandError("range ids are allocated by the meta range")
+        raw = self.store.get_value(META_COUNTER_KEY, LATEST)
+        next_id = int.from_bytes(raw, "big") if raw else FIRST_DATA_RANGE_ID + 1
+        ts = self._write_ts(META_COUNTER_KEY, _ts(args))
+        result = {"range_id": next_id}
+        self._finish(index, command, [(META_COUNTER_KEY, ts, (next_id + 1).to_bytes(8, "big"))], result)
+        return result
+
+    def _op_meta_put(self, index, command, args):
+        """Record a range descriptor in meta unless meta already has a newer generation."""
+        if self.range_id != META_RANGE_ID:
+            raise CommandError("descriptors are kept by the meta range")
+        try:
+            desc = RangeDescriptor.from_wire(args.get("desc"))
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        key = meta_desc_key(desc.range_id)
+        current = self.store.get_value(key, LATEST)
+        if current is not None and RangeDescriptor.decode(current).generation >= desc.generation:
+            self._finish(index, command, [], {"updated": False})
+            return {"updated": False}
+        ts = self._write_ts(key, _ts(args))
+        self._finish(index, command, [(key, ts, desc.encode())], {"updated": True})
+        return {"updated": True}
 
     # --- helpers ---------------------------------------------------------------------------------
     def _write_ts(self, key: bytes, proposed: tuple[int, int]) -> tuple[int, int]:
@@ -135,3 +262,16 @@ class RangeReplica:
     def _finish(self, index: int, command: Command, writes: list, result: dict) -> None:
         self.store.apply(self.range_id, index, writes, command_id=command.id,
                          result=msgpack.packb([True, result], use_bin_type=True))
+
+
+def meta_descriptors(store: MVCCStore) -> list[RangeDescriptor]:
+    """Descriptors recorded in this node's copy of the meta range (possibly behind)."""
+    rows = store.scan(META_DESC_PREFIX, META_DESC_PREFIX + b"\xff", LATEST, constants.scan_rows_max)
+    return [RangeDescriptor.decode(v) for _, v, _ in rows]
+
+
+def local_descriptors(store: MVCCStore) -> list[RangeDescriptor]:
+    """Descriptors of the replicas this node holds (as of what it applied)."""
+    from raftstore.ranges import LOCAL_DESC_PREFIX
+    rows = store.scan(LOCAL_DESC_PREFIX, LOCAL_DESC_PREFIX + b"\xff", LATEST, constants.scan_rows_max)
+    return [RangeDescriptor.decode(v) for _, v, _ in rows]

@@ -54,6 +54,7 @@ REQUEST_ARGS: dict[str, dict[str, str]] = {
     "cas": {"key": "bytes", "expected": "bytes?", "new": "bytes", "command_id": "command_id"},
     "scan": {"start": "bytes", "end": "bytes?", "limit": "limit"},
     "status": {},
+    "split": {"key": "bytes"},
 }
 WRITE_OPS = frozenset({"put", "delete", "cas"})
 

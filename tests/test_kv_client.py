@@ -163,6 +163,7 @@ class MemoryStore:
     def __init__(self):
         self.data: dict[bytes, bytes] = {}
         self.applied: dict[bytes, dict] = {}
+        self.boundaries: list[bytes] = [b""]  # start keys of the ranges (split: no command id)
 
     def __call__(self, op: str, args: dict) -> dict:
         if "command_id" in args and args["command_id"] in self.applied:
@@ -190,6 +191,12 @@ class MemoryStore:
             return ok({"rows": rows[: args["limit"]], "ts": TS})
         elif op == "status":
             return ok({"node_id": "n1", "region": "eu", "leader": True})
+        elif op == "split":
+            if key in self.boundaries:
+                return ok({"already": True, "range_id": self.boundaries.index(key) + 1})
+            self.boundaries.append(key)
+            self.boundaries.sort()
+            return ok({"left": [b"", key], "right": [key, None]})
         else:
             raise AssertionError(op)
         self.applied[args["command_id"]] = result
@@ -232,6 +239,16 @@ def test_each_write_gets_its_own_random_16_byte_command_id(serve, client_for):
     assert len(ids) == 4 and len(set(ids)) == 4
     assert all(len(cid) == constants.command_id_bytes for cid in ids)
     assert all("command_id" not in args for op, args in server.requests if op == "get")
+
+
+def test_split_sends_only_the_key_and_returns_the_result_map(serve, client_for):
+    store = MemoryStore()
+    server = serve(store)
+    client = client_for(server.address)
+    assert client.split(b"m") == {"left": [b"", b"m"], "right": [b"m", None]}
+    assert client.split(bytearray(b"m")) == {"already": True, "range_id": 2}
+    assert store.boundaries == [b"", b"m"]
+    assert server.requests == [("split", {"key": b"m"}), ("split", {"key": b"m"})]
 
 
 # --- retries ------------------------------------------------------------------------------------
@@ -412,6 +429,52 @@ def test_a_request_over_the_frame_limit_is_too_large_before_sending(serve, clien
     assert server.requests == []
 
 
+@pytest.mark.parametrize("code", ["unavailable", "draining"])
+def test_split_moves_to_the_next_address_like_a_write(serve, client_for, code):
+    refusing = serve(lambda op, args: err(code, "no leader"))
+    store = MemoryStore()
+    working = serve(store)
+    client = client_for([refusing.address, working.address], timeout_s=5)
+    assert "left" in client.split(b"m")
+    assert refusing.requests == working.requests == [("split", {"key": b"m"})]
+
+
+def test_an_ambiguous_split_is_retried_and_settled_by_the_next_answer(serve, client_for):
+    store = MemoryStore()
+    store.boundaries.append(b"m")  # the first attempt did split before its answer was lost
+    uncertain = serve(lambda op, args: err("ambiguous", "leader lost", ambiguous=True))
+    working = serve(store)
+    client = client_for([uncertain.address, working.address], timeout_s=5)
+    assert client.split(b"m") == {"already": True, "range_id": 2}
+
+
+def test_a_split_whose_connection_breaks_after_sending_is_ambiguous(serve, client_for):
+    server = serve(lambda op, args: CLOSE)
+    client = client_for(server.address, timeout_s=0.4)
+    started = time.monotonic()
+    with pytest.raises(errors.AmbiguousCommitError, match="splitting again at the same key"):
+        client.split(b"m")
+    assert time.monotonic() - started < 1.5
+    assert len(server.requests) >= 2
+    assert all(request == ("split", {"key": b"m"}) for request in server.requests)
+
+
+def test_a_split_refused_until_the_deadline_is_unavailable_not_ambiguous(serve, client_for):
+    server = serve(lambda op, args: err("unavailable", "no leader for range 2"))
+    client = client_for(server.address, timeout_s=0.3)
+    with pytest.raises(errors.UnavailableError, match="no leader for range 2") as caught:
+        client.split(b"m")
+    assert caught.value.ambiguous is False
+
+
+def test_a_split_answered_ok_with_a_non_map_is_an_ambiguous_protocol_error(serve, client_for):
+    server = serve(lambda op, args: ok([1, 2]))
+    client = client_for(server.address, timeout_s=5)
+    with pytest.raises(errors.ProtocolError, match="split result must be a map") as caught:
+        client.split(b"m")
+    assert caught.value.ambiguous is True
+
+
 def test_backoff_grows_from_50ms_to_a_1s_cap_with_jitter():
     rng = random.Random(1)
     for failures in range(1, 40):
@@ -441,6 +504,10 @@ def test_arguments_are_type_checked_with_clear_messages(client_for):
         client.scan(b"", limit=0)
     with pytest.raises(TypeError, match="scan: end must be bytes"):
         client.scan(b"", "z")
+    with pytest.raises(TypeError, match=r"split: key must be bytes, got str; encode text first"):
+        client.split("m")
+    with pytest.raises(TypeError, match="split: key must be bytes, got NoneType"):
+        client.split(None)
 
 
 @pytest.mark.parametrize(
@@ -566,6 +633,26 @@ def test_cli_prints_each_result_in_its_documented_form(serve, capsys):
     assert run_cli(["kv", "delete", "--url", url, "a"]) == 0
     assert capsys.readouterr().out == f"{Timestamp(*TS)}\n"
     assert b"a" not in store.data
+
+
+def test_cli_split_says_whether_it_made_a_new_boundary(serve, capsys):
+    store = MemoryStore()
+    server = serve(store)
+    assert run_cli(["kv", "split", "--url", server.address, "m"]) == 0
+    assert capsys.readouterr().out == "split at m\n"
+    assert run_cli(["kv", "split", "--url", server.address, "m"]) == 0
+    assert capsys.readouterr().out == "already a range boundary\n"
+    assert run_cli(["kv", "split", "--url", server.address, "--hex", "00ff"]) == 0
+    assert capsys.readouterr().out == "split at 00ff\n"
+    assert store.boundaries == [b"", b"\x00\xff", b"m"]
+
+
+def test_cli_split_errors_are_one_line_and_exit_2(serve, capsys):
+    url = serve(lambda op, args: err("ambiguous", "leader changed", ambiguous=True)).address
+    assert run_cli(["kv", "split", "--url", url, "--timeout", "0.3", "m"]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1
+    assert stderr.startswith("error: split may or may not have committed")
 
 
 def test_cli_prints_undecodable_bytes_as_escapes(serve, capsys):

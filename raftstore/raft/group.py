@@ -166,6 +166,7 @@ class RaftGroup(SyncObj):
         self._proposal_ids = itertools.count(1)
         self._pending_lock = threading.Lock()
         self._snapshot_ack: int | None = None
+        self._snapshot_refused: str | None = None
         self.apply_failures = 0
         opts = dict(
             autoTick=False,
@@ -383,7 +384,12 @@ class RaftGroup(SyncObj):
     def _SyncObj__sendNextNodeIdx(self, node, reset=False, nextNodeIdx=None, success=False):
         # After a snapshot install pysyncobj acknowledges the end of our log; only the
         # snapshot's last index is proved by that message (rule 3).
-        if success and nextNodeIdx is None and self._snapshot_ack is not None:
+        if success and nextNodeIdx is None and self._snapshot_refused is not None:
+            # pysyncobj acknowledges a snapshot it failed to load; say it failed instead, and
+            # the leader sends it again later.
+            logger.info("%s: snapshot not installed: %s", self.name, self._snapshot_refused)
+            success, reset, self._snapshot_refused, self._snapshot_ack = False, True, None, None
+        elif success and nextNodeIdx is None and self._snapshot_ack is not None:
             nextNodeIdx, self._snapshot_ack = self._snapshot_ack, None
         return SyncObj._SyncObj__sendNextNodeIdx(self, node, reset, nextNodeIdx, success)
 
@@ -411,6 +417,7 @@ class RaftGroup(SyncObj):
         the snapshot, ignore it; only otherwise replace the log."""
         e1, e0, _ = _read_snapshot_header(self._dump_path)
         self._snapshot_ack = e1[1] + 1
+        self._snapshot_refused = None
         log = self._journal
         first, last = log[0][1], log[-1][1]
         if first >= e1[1]:
@@ -432,15 +439,19 @@ class RaftGroup(SyncObj):
             os.fsync(f.fileno())
 
     def _read_snapshot(self, path: str):
-        e1, e0, cluster = _read_snapshot_header(path)
-        if self._sm.applied_index() < e1[1]:
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())  # a received snapshot was written without fsync
-                f.seek(len(_SNAPSHOT_MAGIC))
-                (hlen,) = _LEN.unpack(f.read(_LEN.size))
-                f.seek(hlen, os.SEEK_CUR)
-                self._sm.read_snapshot(f, e1[1])
-        return (e1, e0, cluster)
+        try:
+            e1, e0, cluster = _read_snapshot_header(path)
+            if self._sm.applied_index() < e1[1]:
+                with open(path, "rb") as f:
+                    os.fsync(f.fileno())  # a received snapshot was written without fsync
+                    f.seek(len(_SNAPSHOT_MAGIC))
+                    (hlen,) = _LEN.unpack(f.read(_LEN.size))
+                    f.seek(hlen, os.SEEK_CUR)
+                    self._sm.read_snapshot(f, e1[1])
+            return (e1, e0, cluster)
+        except Exception as exc:  # pysyncobj swallows this; remember it so the ack says "failed"
+            self._snapshot_refused = str(exc) or type(exc).__name__
+            raise
 
 
 def _read_snapshot_header(path: str):

@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-crashes", action="store_true")
     p.add_argument("--no-partitions", action="store_true")
     p.add_argument("--proposals", type=int, default=300)
+    p.add_argument("--splits", action="store_true",
+                   help="simulate whole stores with automatic splits and a crash at a step of a split")
     p.add_argument("--keep-going", action="store_true", help="count violations instead of stopping at the first")
     p.add_argument("-v", "--verbose", action="store_true", help="print each seed's summary")
     args = p.parse_args(argv)
@@ -39,6 +41,18 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     failed = []
     for seed in seeds:
+        if args.splits:
+            from raftstore.sim.split_world import SplitSimConfig, run_split_seed
+            try:
+                summary = run_split_seed(SplitSimConfig(seed=seed))
+                if args.verbose or args.seed is not None:
+                    print(json.dumps(summary), flush=True)
+            except Violation as exc:
+                print("FAIL %s" % exc, flush=True)
+                failed.append(seed)
+                if not args.keep_going:
+                    break
+            continue
         cfg = SimConfig(seed=seed, target=args.target, fsync_works=not args.fsync_off,
                         write_through=args.write_through, crashes=not args.no_crashes,
                         partitions=not args.no_partitions, proposals=args.proposals)
@@ -52,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.keep_going:
                 break
     ran = len(seeds) if args.keep_going or not failed else list(seeds).index(failed[0]) + 1
-    print("%d seeds, %d violations (%s), %.1f s wall" % (ran, len(failed), args.target, time.monotonic() - started))
+    what = "splits" if args.splits else args.target
+    print("%d seeds, %d violations (%s), %.1f s wall" % (ran, len(failed), what, time.monotonic() - started))
     return 1 if failed else 0
 
 

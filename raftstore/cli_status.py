@@ -1,0 +1,335 @@
+"""``raftstore status``: one node's view of the cluster, as a nodes table and a ranges table.
+
+Why a module of its own: the main CLI owns process management; this one asks one node for its
+``status`` (through `raftstore.kv.Client`) and renders it, so it can be tested against a fake
+server. Turning the status map into table rows (`status_rows`, `render_span`, `render_size`,
+...) is pure; only `run_status` opens a connection and prints.
+
+What the tables can and cannot say, since they are one node's view:
+
+* nodes: every member. ``up`` means the node that answered, or a peer it has a link to right
+  now; ``down`` means it has no link to that member, which is not proof that the process is
+  dead (a partition looks the same).
+* ranges: only the ranges the answering node holds a replica of, each with the leader that
+  node believes in (stale for up to an election).
+
+Output contract: the two tables, exit 0; with ``--json`` the status map as JSON instead (bytes
+as strings with backslash escapes, see `escape_bytes`), exit 0. Any operating error, a bad
+``--url`` or a status map this CLI cannot read: one line ``error: ...`` on stderr, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from raftstore import constants
+from raftstore.cli_kv import _timeout_type
+from raftstore.errors import RaftstoreError
+from raftstore.kv import Client
+from raftstore.ranges import DATA_START, META_START
+
+# Raw user keys live under this prefix (raftstore.replica.RAW_PREFIX; not imported from there to
+# keep this CLI off the storage stack, and pinned equal by tests/test_cli_status.py).
+RAW_PREFIX = b"k"
+key_display_chars_max = 40    # a range boundary longer than this is cut and ends in "..."
+
+
+# --- rendering (pure) -------------------------------------------------------------------------
+
+
+def escape_bytes(data: bytes) -> str:
+    """`data` as readable text that says exactly which bytes it holds: valid UTF-8 that is
+    printable stays as is, a backslash becomes ``\\\\``, any other byte ``\\xNN`` and other
+    unprintable characters ``\\uNNNN``."""
+    out = []
+    for ch in data.decode("utf-8", "surrogateescape"):
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # a byte that is not part of valid UTF-8
+            out.append("\\x%02x" % (code - 0xDC00))
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch.isprintable():
+            out.append(ch)
+        elif code < 0x100:
+            out.append("\\x%02x" % code)
+        elif code < 0x10000:
+            out.append("\\u%04x" % code)
+        else:
+            out.append("\\U%08x" % code)
+    return "".join(out)
+
+
+def _shorten(text: str) -> str:
+    if len(text) <= key_display_chars_max:
+        return text
+    return text[: key_display_chars_max - 3] + "..."
+
+
+def render_key(key: bytes | None, *, is_end: bool) -> str:
+    """One range boundary: ``-inf`` for the start of data, ``+inf`` for an end of None, a user
+    key without its raw prefix (``""`` for the empty user key), any other key as ``b'...'``."""
+    if key is None:
+        return "+inf" if is_end else "?"
+    if key == DATA_START:
+        return "-inf"
+    if key.startswith(RAW_PREFIX):
+        user_key = key[len(RAW_PREFIX) :]
+        return _shorten(escape_bytes(user_key)) if user_key else '""'
+    return "b'" + _shorten(escape_bytes(key)) + "'"
+
+
+def render_span(start: bytes | None, end: bytes | None) -> str:
+    """A range's span ``[start, end)`` (see `render_key`); the meta range is ``meta`` and a
+    replica that does not know its descriptor yet is ``?``."""
+    if start is None:
+        return "?"
+    if start == META_START:
+        return "meta"
+    return f"[{render_key(start, is_end=False)}, {render_key(end, is_end=True)})"
+
+
+def render_size(size_bytes: int | None) -> str:
+    """Bytes in binary units with one decimal (``512 B``, ``1.5 KiB``, ``8.0 MiB``); None is
+    ``-`` (size not measured yet)."""
+    if size_bytes is None:
+        return "-"
+    if size_bytes < 1024:
+        return f"{size_bytes} B"
+    value = float(size_bytes)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    node_id: int
+    region: str
+    address: str
+    up: bool
+    answered: bool      # the node that answered this status
+
+
+@dataclass(frozen=True)
+class RangeRow:
+    range_id: int
+    span: str
+    replicas: str       # "1 us-east1, 2 europe-west1"
+    leader: str         # "n1 (us-east1)" or "none"
+    size: str
+    applied_index: str
+
+
+class StatusFormatError(ValueError):
+    """The status map does not have the shape this CLI reads (an older or newer server)."""
+
+
+def _expect(ok: bool, what: str) -> None:
+    if not ok:
+        raise StatusFormatError(f"the node's status is not in a form this CLI reads: {what}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _node_id(value: Any, what: str) -> int:
+    # Member ids are map keys, hence strs on the wire; everywhere else they are ints.
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    _expect(_is_int(value), f"{what} must be a node id, got {value!r}")
+    return value
+
+
+def status_rows(status: Any) -> tuple[list[NodeRow], list[RangeRow]]:
+    """The nodes table (by node id) and the ranges table (in key order) for a status map.
+
+    The map comes from the network: anything it lacks or holds in an unexpected type raises
+    StatusFormatError naming it, never an assert or a KeyError.
+    """
+    _expect(isinstance(status, dict), f"expected a map, got {type(status).__name__}")
+    self_id = _node_id(status.get("node_id"), "node_id")
+    self_region = status.get("region")
+    _expect(isinstance(self_region, str), "region must be a str")
+    members = status.get("members") or {}
+    _expect(isinstance(members, dict), "members must be a map")
+    connected = status.get("connected") or []
+    _expect(isinstance(connected, list), "connected must be a list")
+    up = {self_id} | {_node_id(peer, "connected") for peer in connected}
+
+    regions: dict[int, str] = {}
+    addresses: dict[int, str] = {}
+    for key, info in members.items():
+        member = _node_id(key, "a members key")
+        _expect(isinstance(info, dict), f"members[{key!r}] must be a map")
+        region, address = info.get("region"), info.get("addr")
+        _expect(isinstance(region, str), f"members[{key!r}].region must be a str")
+        _expect(isinstance(address, str), f"members[{key!r}].addr must be a str")
+        regions[member], addresses[member] = region, address
+    regions.setdefault(self_id, self_region)  # not formed yet: members is empty
+
+    nodes = [
+        NodeRow(
+            node_id=node,
+            region=regions[node],
+            address=addresses.get(node, "?"),
+            up=node in up,
+            answered=node == self_id,
+        )
+        for node in sorted(regions)
+    ]
+
+    raw_ranges = status.get("ranges") or []
+    _expect(isinstance(raw_ranges, list), "ranges must be a list")
+    keyed = []
+    for item in raw_ranges:
+        _expect(isinstance(item, dict), "each range must be a map")
+        range_id = item.get("range_id")
+        _expect(_is_int(range_id), f"range_id must be an int, got {range_id!r}")
+        where = f"range {range_id}"
+        start, end = item.get("start"), item.get("end")
+        _expect(start is None or isinstance(start, bytes), f"{where}: start must be bytes")
+        _expect(end is None or isinstance(end, bytes), f"{where}: end must be bytes or nil")
+        replicas = item.get("replicas") or []
+        _expect(isinstance(replicas, list), f"{where}: replicas must be a list")
+        replicas = [_node_id(r, f"{where}: a replica") for r in replicas]
+        leader = item.get("leader")
+        leader = None if leader is None else _node_id(leader, f"{where}: leader")
+        size = item.get("bytes")
+        _expect(size is None or (_is_int(size) and size >= 0), f"{where}: bytes must be >= 0")
+        applied = item.get("applied_index")
+        _expect(applied is None or _is_int(applied), f"{where}: applied_index must be an int")
+        row = RangeRow(
+            range_id=range_id,
+            span=render_span(start, end),
+            replicas=", ".join(f"{r} {regions.get(r, '?')}" for r in sorted(replicas)) or "-",
+            leader="none" if leader is None else f"n{leader} ({regions.get(leader, '?')})",
+            size=render_size(size),
+            applied_index="-" if applied is None else str(applied),
+        )
+        keyed.append(((start is None, start or b"", range_id), row))
+    ranges = [row for _, row in sorted(keyed, key=lambda pair: pair[0])]
+    return nodes, ranges
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return escape_bytes(value)
+    if isinstance(value, dict):
+        return {
+            escape_bytes(k) if isinstance(k, bytes) else k: _jsonable(v) for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def status_json(status: Any) -> str:
+    """The status map as indented JSON; bytes (values and map keys) become `escape_bytes`
+    strings, so ``b"\\x01"`` prints as ``"\\\\x01"``."""
+    return json.dumps(_jsonable(status), indent=2, ensure_ascii=False)
+
+
+# --- command (edge: network and terminal) -------------------------------------------------------
+
+
+def add_status_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``status`` command to `subparsers` (``func=run_status``); returns its parser.
+
+    ``--url`` is checked by `run_status`, not argparse, so a bad one is a single line whatever
+    parser class the caller uses.
+    """
+    parser = subparsers.add_parser(
+        "status",
+        help="show the nodes and ranges as one node sees them",
+        description="Ask one node (the first of --url that answers) for its view of the "
+        "cluster: members up or down, and the ranges it holds with their leaders.",
+    )
+    parser.add_argument(
+        "--url",
+        required=True,
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="client addresses (--sql-addr) of one or more nodes, tried in order",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the raw status map as JSON instead"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_timeout_type,
+        default=constants.client_timeout_s_default,
+        metavar="SECONDS",
+        help="give up after this long, retries included (default %(default)s)",
+    )
+    parser.set_defaults(func=run_status)
+    return parser
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Fetch and print the status (see module doc); returns the exit code."""
+    try:
+        client = Client(args.url, timeout_s=args.timeout)
+    except (TypeError, ValueError) as exc:
+        print(f"error: --url: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    try:
+        with client:
+            status = client.status()
+        if args.json:
+            print(status_json(status))
+            return 0
+        nodes, ranges = status_rows(status)
+    except (RaftstoreError, StatusFormatError) as exc:
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    _print_tables(status, nodes, ranges)
+    return 0
+
+
+def _print_tables(status: dict, nodes: list[NodeRow], ranges: list[RangeRow]) -> None:
+    # Imported here: rich is slow to import and only this path needs it.
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console.width = 200  # piped output: do not wrap rows at 80 columns
+    answered = next(node for node in nodes if node.answered)
+    formed = "" if status.get("formed", True) else "; cluster not formed yet"
+    node_table = Table(title=f"nodes (as seen by n{answered.node_id}{formed})")
+    for column in ("node", "region", "peer address", "state"):
+        node_table.add_column(column)
+    for node in nodes:
+        state = Text("up", style="green") if node.up else Text("down", style="bold red")
+        if node.answered:
+            state.append(" (answered)", style="dim")
+        # Text(...) everywhere: keys and names must never be read as rich markup.
+        node_table.add_row(Text(f"n{node.node_id}"), Text(node.region), Text(node.address), state)
+    console.print(node_table)
+
+    range_table = Table(title=f"ranges (held by n{answered.node_id})")
+    for column in ("range", "span", "replicas", "leader", "size", "applied"):
+        justify = "right" if column in ("range", "size", "applied") else "left"
+        range_table.add_column(column, justify=justify)
+    for row in ranges:
+        leader = Text(row.leader, style="bold red" if row.leader == "none" else "")
+        range_table.add_row(
+            Text(str(row.range_id)),
+            Text(row.span),
+            Text(row.replicas),
+            leader,
+            Text(row.size),
+            Text(row.applied_index),
+        )
+    console.print(range_table)

@@ -1,0 +1,146 @@
+"""Ranges: descriptors, the layout of the keyspace, and the bounded range cache. Pure.
+
+The keyspace is cut into ranges `[start, end)`, each one Raft group. Layout:
+    b"\\x00..."   node-local keys (a replica's own descriptor); inside no range, never replicated
+                  as range data and never part of a snapshot
+    b"\\x01..."   range 1, the meta range: descriptors of every range and the range-id counter
+    b"\\x02..."   and above: data ranges (range 2 at bootstrap); raw key-value pairs under b"k",
+                  SQL rows under b"t"
+A descriptor's `generation` grows with every split of that range, so a stale copy is always
+recognisable. Routing picks the range whose span holds the key; a replica rejects a command for
+a key outside its current span (RangeKeyMismatch) and the router refreshes and retries.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import msgpack
+
+META_RANGE_ID = 1
+FIRST_DATA_RANGE_ID = 2
+META_START, META_END = b"\x01", b"\x02"
+DATA_START = b"\x02"
+LOCAL_DESC_PREFIX = b"\x00rd"
+META_DESC_PREFIX = b"\x01d"
+META_COUNTER_KEY = b"\x01n"
+MISMATCH = "RangeKeyMismatch"
+
+
+@dataclass(frozen=True)
+class RangeDescriptor:
+    range_id: int
+    start: bytes
+    end: bytes | None          # None: to the end of the keyspace
+    generation: int = 0
+    replicas: tuple[int, ...] = field(default=())
+
+    def contains(self, key: bytes) -> bool:
+        return self.start <= key and (self.end is None or key < self.end)
+
+    def overlaps(self, start: bytes, end: bytes | None) -> bool:
+        return (end is None or self.start < end) and (self.end is None or start < self.end)
+
+    def to_wire(self) -> list:
+        return [self.range_id, self.start, self.end, self.generation, list(self.replicas)]
+
+    @classmethod
+    def from_wire(cls, obj) -> "RangeDescriptor":
+        if not isinstance(obj, (list, tuple)) or len(obj) != 5:
+            raise ValueError("malformed range descriptor %r" % (obj,))
+        rid, start, end, gen, replicas = obj
+        if not isinstance(rid, int) or not isinstance(start, bytes) or not (end is None or isinstance(end, bytes)):
+            raise ValueError("malformed range descriptor %r" % (obj,))
+        return cls(rid, start, end, int(gen), tuple(int(r) for r in replicas))
+
+    def encode(self) -> bytes:
+        return msgpack.packb(self.to_wire(), use_bin_type=True)
+
+    @classmethod
+    def decode(cls, data: bytes) -> "RangeDescriptor":
+        return cls.from_wire(msgpack.unpackb(data, raw=False))
+
+    def __str__(self) -> str:
+        return "r%d[%s, %s)" % (self.range_id, pretty_key(self.start), "∞" if self.end is None else pretty_key(self.end))
+
+
+def bootstrap_descriptors(replicas: list[int]) -> list[RangeDescriptor]:
+    reps = tuple(sorted(replicas))
+    return [RangeDescriptor(META_RANGE_ID, META_START, META_END, 0, reps),
+            RangeDescriptor(FIRST_DATA_RANGE_ID, DATA_START, None, 0, reps)]
+
+
+def local_desc_key(range_id: int) -> bytes:
+    return LOCAL_DESC_PREFIX + range_id.to_bytes(8, "big")
+
+
+def meta_desc_key(range_id: int) -> bytes:
+    return META_DESC_PREFIX + range_id.to_bytes(8, "big")
+
+
+def pretty_key(key: bytes) -> str:
+    if key == b"":
+        return "-∞"
+    text = "".join(chr(b) if 32 <= b < 127 and b != 92 else "\\x%02x" % b for b in key[:24])
+    return text + ("…" if len(key) > 24 else "")
+
+
+def split_key_for(keys: list[bytes]) -> bytes | None:
+    """The middle key of a range's (sorted) keys: the right half starts there. None if fewer than 2."""
+    if len(keys) < 2:
+        return None
+    return keys[len(keys) // 2]
+
+
+class RangeCache:
+    """Descriptors by start key, bounded (least recently used dropped first).
+
+    `lookup(key)` returns the cached descriptor whose span holds key, or None (the caller then
+    loads it and `insert`s). `insert` drops every cached descriptor the new one overlaps (older
+    views of the same span), so the cache never holds two ranges for one key.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._starts: list[bytes] = []
+        self._by_start: dict[bytes, RangeDescriptor] = {}
+        self._lru: OrderedDict[int, bytes] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def lookup(self, key: bytes) -> RangeDescriptor | None:
+        i = bisect.bisect_right(self._starts, key) - 1
+        if i < 0:
+            return None
+        desc = self._by_start[self._starts[i]]
+        if not desc.contains(key):
+            return None
+        self._lru.move_to_end(desc.range_id)
+        return desc
+
+    def insert(self, desc: RangeDescriptor) -> None:
+        for old in [d for d in self._by_start.values() if d.overlaps(desc.start, desc.end) or d.range_id == desc.range_id]:
+            if old.range_id == desc.range_id and old.generation > desc.generation:
+                return  # never replace a newer view with an older one
+            self._remove(old)
+        bisect.insort(self._starts, desc.start)
+        self._by_start[desc.start] = desc
+        self._lru[desc.range_id] = desc.start
+        while len(self._starts) > self.capacity:
+            oldest = next(iter(self._lru))
+            self._remove(self._by_start[self._lru[oldest]])
+
+    def invalidate(self, range_id: int) -> None:
+        start = self._lru.get(range_id)
+        if start is not None:
+            self._remove(self._by_start[start])
+
+    def _remove(self, desc: RangeDescriptor) -> None:
+        i = bisect.bisect_left(self._starts, desc.start)
+        if i < len(self._starts) and self._starts[i] == desc.start:
+            del self._starts[i]
+        self._by_start.pop(desc.start, None)
+        self._lru.pop(desc.range_id, None)

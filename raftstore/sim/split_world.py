@@ -1,0 +1,292 @@
+"""Deterministic simulation of whole Stores (many ranges per node) with crashes inside splits.
+
+Three nodes each run the real Store (store.py) -- real RaftGroups, real RangeReplicas over a
+real SQLite MVCC file -- on the simulated clock, network and journal disk of world.py. Ranges
+split automatically under a write load (the size threshold is tiny), and one node is crashed
+at a chosen step of a split (a *crash point* the Store passes through: after the range id is
+allocated, after the split applied, at each step of initializing the new range, after its group
+started), then restarted from what it had on disk. SQLite commits survive a crash (a process
+death, not a power cut, for the state machine); Raft journals lose what was not fsynced.
+
+At the end, with every node up and settled, it checks the split invariants:
+  * no acknowledged write is lost: every node holds every acknowledged key with its value;
+  * no key is doubled or served by two ranges: each node's descriptors tile the data keyspace
+    with no gap and no overlap, and all nodes agree on them;
+  * all replicas hold the same data.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+import msgpack
+from pysyncobj.transport import Transport
+
+from raftstore.mvcc import MVCCStore
+from raftstore.raft.commands import Outcome
+from raftstore.ranges import DATA_START, MISMATCH
+from raftstore.replica import LATEST, RAW_END, RAW_PREFIX, local_descriptors
+from raftstore.sim.disk import SimDisk
+from raftstore.sim.world import Violation, _Clock, patched_pysyncobj
+from raftstore.store import Store, StoreConfig
+
+logger = logging.getLogger(__name__)
+
+CRASH_POINTS = ("split:allocated", "split:applied", "split:init-begin", "split:init-applied",
+                "split:init-dump", "split:init-journal", "split:started")
+
+
+class SimCrash(BaseException):
+    """Raised at a crash point: escapes every `except Exception` on its way out, as a process
+    death would."""
+
+
+@dataclass
+class SplitSimConfig:
+    seed: int
+    writes: int = 240
+    value_bytes: int = 300
+    range_bytes_max: int = 12_000
+    crash_point: str | None = None     # None: chosen from the seed
+    crash_hit: int | None = None       # crash on the n-th time a node passes the point
+    tick_s: float = 0.01
+    settle_s: float = 12.0
+
+    def replay_command(self) -> str:
+        return "PYTHONHASHSEED=0 python -m raftstore.sim --splits --seed %d" % self.seed
+
+
+class _GroupTransport(Transport):
+    def __init__(self, world: "SplitWorld", nid: int, gid: int, syncObj, selfNode, otherNodes):
+        super().__init__(syncObj, selfNode, otherNodes)
+        self.world, self.nid, self.gid = world, nid, gid
+        self.peers = {int(n.id): n for n in otherNodes}
+        world.transports[(nid, gid)] = self
+        self.started = False
+        syncObj.addOnTickCallback(self._first_tick)
+
+    def _first_tick(self):
+        if not self.started:
+            self.started = True
+            for pid in sorted(self.peers):
+                if self.world.alive(pid):
+                    self._onNodeConnected(self.peers[pid])
+
+    def send(self, node, message):
+        return self.world.send(self.nid, int(node.id), self.gid, message)
+
+
+class SplitWorld:
+    def __init__(self, cfg: SplitSimConfig, workdir: str) -> None:
+        self.cfg = cfg
+        self.workdir = workdir
+        self.rng = random.Random(cfg.seed)
+        self.clock = _Clock()
+        self.ids = [1, 2, 3]
+        self.disks = {i: SimDisk() for i in self.ids}
+        self.stores: dict[int, Store] = {}
+        self.mvccs: dict[int, MVCCStore] = {}
+        self.transports: dict[tuple[int, int], _GroupTransport] = {}
+        self.incarnation = {i: 0 for i in self.ids}
+        self.queue: list = []
+        self.seq = itertools.count()
+        self.events: list[str] = []
+        self.acked: dict[bytes, bytes] = {}
+        self.crash_point = cfg.crash_point or CRASH_POINTS[cfg.seed % len(CRASH_POINTS)]
+        self.crash_hit = cfg.crash_hit or 1 + self.rng.randrange(3)
+        self.crash_node = self.ids[self.rng.randrange(3)]
+        self.hits = 0
+        self.crashed_at: str | None = None
+        self.splits_seen = 0
+
+    # --- nodes --------------------------------------------------------------------------------
+    def alive(self, nid: int) -> bool:
+        return nid in self.stores
+
+    def log(self, text: str) -> None:
+        self.events.append("%.4f %s" % (self.clock.t, text))
+
+    def start_node(self, nid: int) -> None:
+        ndir = os.path.join(self.workdir, "n%d" % nid)
+        os.makedirs(os.path.join(ndir, "raft"), exist_ok=True)
+        mvcc = MVCCStore(os.path.join(ndir, "store.sqlite"), synchronous="OFF")
+        disk = self.disks[nid]
+        store = Store(StoreConfig(node_id=nid, replicas=self.ids, raft_dir=os.path.join(ndir, "raft"),
+                                  range_bytes_max=self.cfg.range_bytes_max, maintain_interval_s=0.2,
+                                  raft_conf=dict(appendEntriesUseBatch=False, appendEntriesPeriod=0.05,
+                                                 raftMinTimeout=0.4, raftMaxTimeout=0.8, logCompactionMinEntries=60)),
+                      mvcc, open_journal=lambda path, disk=disk: disk.open(path),
+                      transport_class=lambda gid, nid=nid: (lambda so, s, o: _GroupTransport(self, nid, gid, so, s, o)),
+                      clock=self.clock, now_ts=lambda: [int(self.clock.t * 1e9), 0],
+                      crash_point=lambda point, nid=nid: self._crash_point(nid, point))
+        self.mvccs[nid] = mvcc
+        self.stores[nid] = store
+        self.incarnation[nid] += 1
+        try:
+            store.start()
+        except SimCrash:
+            self._crashed(nid)
+            return
+        self.push(self.clock.t + self.cfg.tick_s * self.rng.random(), "tick", (nid, self.incarnation[nid]))
+        for pid in self.ids:
+            if pid != nid and self.alive(pid):
+                for (n, gid), t in list(self.transports.items()):
+                    if n == pid and t.started and nid in t.peers:
+                        t._onNodeConnected(t.peers[nid])
+
+    def _crash_point(self, nid: int, point: str) -> None:
+        if point == "split:applied" and nid == self.ids[0]:
+            self.splits_seen += 1
+        if self.crashed_at is None and nid == self.crash_node and point == self.crash_point:
+            self.hits += 1
+            if self.hits == self.crash_hit:
+                self.crashed_at = "%s (hit %d) on n%d at t=%.3f" % (point, self.hits, nid, self.clock.t)
+                raise SimCrash(point)
+
+    def _crashed(self, nid: int) -> None:
+        self.log("crash n%d at %s" % (nid, self.crash_point))
+        store = self.stores.pop(nid, None)
+        for key in [k for k in self.transports if k[0] == nid]:
+            del self.transports[key]
+        self.incarnation[nid] += 1
+        for (n, gid), t in list(self.transports.items()):
+            if t.started and nid in t.peers:
+                t._onNodeDisconnected(t.peers[nid])
+        self.mvccs.pop(nid).close()
+        self.disks[nid].crash(self.rng)
+        self.push(self.clock.t + self.rng.uniform(0.3, 2.0), "call", lambda: self.restart(nid))
+
+    def restart(self, nid: int) -> None:
+        if not self.alive(nid):
+            self.log("restart n%d" % nid)
+            self.start_node(nid)
+
+    # --- network --------------------------------------------------------------------------------
+    def push(self, t: float, kind: str, data) -> None:
+        heapq.heappush(self.queue, (t, next(self.seq), kind, data))
+
+    def send(self, src: int, dst: int, gid: int, message: dict) -> bool:
+        if not self.alive(dst):
+            return False
+        payload = msgpack.packb(message, use_bin_type=True)
+        self.push(self.clock.t + 0.002 + 0.003 * self.rng.random(), "msg", (src, dst, gid, self.incarnation[dst], payload))
+        return True
+
+    def _deliver(self, src: int, dst: int, gid: int, inc: int, payload: bytes) -> None:
+        if not self.alive(dst) or not self.alive(src) or inc != self.incarnation[dst]:
+            return
+        t = self.transports.get((dst, gid))
+        if t is None:
+            self.stores[dst].on_unknown_group(gid)
+            t = self.transports.get((dst, gid))
+            if t is None:
+                return
+        t._onMessageReceived(t.peers[src], msgpack.unpackb(payload, raw=False))
+
+    # --- clients ----------------------------------------------------------------------------------
+    def write(self, i: int, attempt: int = 0) -> None:
+        live = [n for n in self.ids if self.alive(n)]
+        if not live or attempt > 60:
+            return
+        nid = live[self.rng.randrange(len(live))]
+        store = self.stores[nid]
+        key = RAW_PREFIX + b"%05d" % i
+        value = b"%d:" % i + bytes(self.rng.getrandbits(8) for _ in range(8)) * (self.cfg.value_bytes // 8)
+        desc = store.descriptor_for(key)
+
+        def done(outcome, result, key=key, value=value, rid=desc.range_id if desc else None):
+            if outcome is Outcome.COMMITTED:
+                self.acked[key] = value
+            elif self.alive(nid) and rid is not None and outcome is Outcome.REJECTED and str(result).startswith(MISMATCH):
+                self.stores[nid].refresh(rid)
+            if outcome is not Outcome.COMMITTED:
+                self.push(self.clock.t + 0.05 * (attempt + 1), "call", lambda: self.write(i, attempt + 1))
+        if desc is None:
+            self.push(self.clock.t + 0.1, "call", lambda: self.write(i, attempt + 1))
+            return
+        store.propose(desc.range_id, "put", {"key": key, "value": value}, done,
+                      command_id=(i.to_bytes(8, "big") + b"\x00" * 8))
+
+    # --- main loop and checks ---------------------------------------------------------------------
+    def run(self) -> dict:
+        with patched_pysyncobj(self.clock, self.rng):
+            for nid in self.ids:
+                self.start_node(nid)
+            start = self.clock.t + 2.0
+            for i in range(self.cfg.writes):
+                self.push(start + i * 0.02, "call", lambda i=i: self.write(i))
+            t_end = start + self.cfg.writes * 0.02 + self.cfg.settle_s
+            self.push(t_end - self.cfg.settle_s / 2, "call", self._restart_all)
+            while self.queue and self.queue[0][0] <= t_end:
+                t, _, kind, data = heapq.heappop(self.queue)
+                self.clock.t = max(self.clock.t, t)
+                nid = data[0] if kind == "tick" else data[1] if kind == "msg" else None
+                try:
+                    if kind == "tick":
+                        n, inc = data
+                        if self.alive(n) and inc == self.incarnation[n]:
+                            self.stores[n].tick()
+                            self.stores[n].sync()
+                            self.push(self.clock.t + self.cfg.tick_s, "tick", data)
+                    elif kind == "msg":
+                        self._deliver(*data)
+                        if self.alive(data[1]):
+                            self.stores[data[1]].sync()
+                    else:
+                        data()
+                except SimCrash:
+                    self._crashed(nid if nid is not None else self.crash_node)
+            self.check()
+            summary = dict(seed=self.cfg.seed, crash=self.crashed_at or "point never reached (%s)" % self.crash_point,
+                           acked=len(self.acked), splits=self.splits_seen,
+                           ranges=len(local_descriptors(self.mvccs[self.ids[0]])))
+            for nid in list(self.stores):
+                self.stores[nid].close()
+                self.mvccs[nid].close()
+        return summary
+
+    def _restart_all(self) -> None:
+        for nid in self.ids:
+            self.restart(nid)
+
+    def fail(self, text: str) -> None:
+        raise Violation("seed %d (crash %s): %s\n  replay: %s" % (self.cfg.seed, self.crashed_at, text, self.cfg.replay_command()))
+
+    def check(self) -> None:
+        tilings = {}
+        for nid in self.ids:
+            if not self.alive(nid):
+                self.fail("n%d is not running at the end" % nid)
+            descs = sorted((d for d in local_descriptors(self.mvccs[nid]) if d.start >= DATA_START), key=lambda d: d.start)
+            if not descs or descs[0].start != DATA_START or descs[-1].end is not None:
+                self.fail("n%d's ranges do not cover the data keyspace: %s" % (nid, [str(d) for d in descs]))
+            for a, b in zip(descs, descs[1:]):
+                if a.end != b.start:
+                    self.fail("n%d: %s and %s %s" % (nid, a, b, "overlap" if a.end is None or a.end > b.start else "leave a gap"))
+            tilings[nid] = [(d.range_id, d.start, d.end) for d in descs]
+        if len({tuple(t) for t in tilings.values()}) != 1:
+            self.fail("nodes disagree on the ranges: %s" % {n: [r for r, _, _ in t] for n, t in tilings.items()})
+        data = {}
+        for nid in self.ids:
+            rows = self.mvccs[nid].scan(RAW_PREFIX, RAW_END, LATEST, 100_000)
+            data[nid] = {k: v for k, v, _ in rows}
+            lost = [k for k, v in self.acked.items() if data[nid].get(k) != v]
+            if lost:
+                self.fail("n%d lost %d acknowledged writes, e.g. %r" % (nid, len(lost), lost[:3]))
+        if data[1] != data[2] or data[2] != data[3]:
+            self.fail("replicas hold different data: %s" % [len(d) for d in data.values()])
+
+
+def run_split_seed(cfg: SplitSimConfig) -> dict:
+    workdir = tempfile.mkdtemp(prefix="raftstore-splitsim-")
+    try:
+        return SplitWorld(cfg, workdir).run()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

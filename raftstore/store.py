@@ -1,0 +1,286 @@
+"""Store: the ranges a node hosts, each a RaftGroup over the node's one MVCCStore.
+
+No sockets and no threads here: the node (node.py) or the simulator (sim/) owns those and
+injects how journals are opened and how a group's messages travel. Everything runs on one
+thread, the node loop.
+
+Range lifecycle:
+  * bootstrap: on a fresh cluster every node writes the descriptors of range 1 (meta) and
+    range 2 (all data) locally; both start as ordinary empty Raft groups;
+  * split: the leader of a big range allocates a range id from meta, then proposes `split` in
+    its own log. The split's apply on each replica is the commit point (replica.py); after it,
+    the Store *initializes* the right half: applied index INIT_INDEX, a snapshot (dump) of its
+    span, and a journal seeded with two no-op entries at INIT_INDEX-1 and INIT_INDEX, then
+    starts its group. Initialization is idempotent and repeated at start-up for every local
+    descriptor, so a crash at any point either leaves the split unapplied (the parent still
+    serves the whole span) or finishes it on restart. The seeded log means a replica that never
+    applied the split (an uninitialized one, log at index 1) can only catch up by snapshot;
+  * meta: the leader of each range makes sure meta holds its descriptor's generation;
+  * uninitialized replicas: frames for a group this node does not know create its replica only
+    if this node's copy of meta knows the range and its span overlaps no local range; the
+    replica then waits for a snapshot (RangeReplica refuses commands until one arrives).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import msgpack
+
+from raftstore import constants
+from raftstore.mvcc import MVCCStore
+from raftstore.raft.commands import Outcome, new_command_id
+from raftstore.raft.group import RaftGroup, _SNAPSHOT_MAGIC, _LEN
+from raftstore.raft.journal import DurableJournal, LogFile, encode_record, MAGIC as JOURNAL_MAGIC
+from raftstore.ranges import (FIRST_DATA_RANGE_ID, META_RANGE_ID, MISMATCH, RangeCache, RangeDescriptor,
+                              bootstrap_descriptors, local_desc_key, split_key_for)
+from raftstore.replica import (LATEST, RangeReplica, desc_ts, local_descriptors, meta_descriptors,
+                               read_local_descriptor)
+
+logger = logging.getLogger(__name__)
+
+INIT_INDEX = 10      # a split-created range starts its log here (see module docstring)
+INIT_TERM = 5
+_NO_OP = b"\x01"     # pysyncobj's _COMMAND_TYPE.NO_OP
+
+
+def _no_crash(point: str) -> None:
+    return None
+
+
+@dataclass
+class StoreConfig:
+    node_id: int
+    replicas: list[int]                    # node ids that host every range
+    raft_dir: str                          # journals and snapshots
+    range_bytes_max: int = constants.range_bytes_max
+    raft_conf: dict | None = None
+    maintain_interval_s: float = 0.5
+
+
+class Store:
+    def __init__(self, cfg: StoreConfig, mvcc: MVCCStore, *, open_journal: Callable[[str], LogFile],
+                 transport_class: Callable[[int], Any], clock: Callable[[], float] = time.monotonic,
+                 now_ts: Callable[[], list] | None = None, crash_point: Callable[[str], None] = _no_crash) -> None:
+        self.cfg = cfg
+        self.mvcc = mvcc
+        self.open_journal = open_journal
+        self.transport_class = transport_class
+        self.clock = clock
+        self.now_ts = now_ts or (lambda: [time.time_ns(), 0])
+        self.crash_point = crash_point
+        self.groups: dict[int, RaftGroup] = {}
+        self.replicas: dict[int, RangeReplica] = {}
+        self.cache = RangeCache(constants.range_cache_entries_max)
+        self.written_bytes: dict[int, int] = {}
+        self.sizes: dict[int, int] = {}
+        self.splitting: set[int] = set()
+        self.meta_synced: dict[int, int] = {}
+        self.next_maintain = 0.0
+
+    # --- start-up ----------------------------------------------------------------------------
+    def start(self) -> None:
+        descs = local_descriptors(self.mvcc)
+        if not descs:
+            descs = bootstrap_descriptors(self.cfg.replicas)
+            self.mvcc.write_local([(local_desc_key(d.range_id), desc_ts(d), d.encode()) for d in descs])
+        for d in sorted(descs, key=lambda d: d.range_id):
+            self._init_range(d)
+            self._start_group(d.range_id)
+
+    def _paths(self, range_id: int) -> tuple[str, str]:
+        return (os.path.join(self.cfg.raft_dir, "range-%d.journal" % range_id),
+                os.path.join(self.cfg.raft_dir, "range-%d.snapshot" % range_id))
+
+    def _init_range(self, desc: RangeDescriptor) -> None:
+        """Make a split-created range ready to start; idempotent, crash-safe at every step."""
+        if desc.range_id <= FIRST_DATA_RANGE_ID:
+            return
+        journal_path, dump_path = self._paths(desc.range_id)
+        if self.mvcc.applied_index(desc.range_id) < INIT_INDEX:
+            self.crash_point("split:init-begin")
+            self.mvcc.mark_applied(desc.range_id, INIT_INDEX, raft_term=INIT_TERM)
+            self.crash_point("split:init-applied")
+        jfile = self.open_journal(journal_path)
+        if len(jfile.read()) <= len(JOURNAL_MAGIC):
+            self._write_init_dump(desc, dump_path)
+            self.crash_point("split:init-dump")
+            e0, e1 = (_NO_OP, INIT_INDEX - 1, INIT_TERM), (_NO_OP, INIT_INDEX, INIT_TERM)
+            jfile.replace(JOURNAL_MAGIC + encode_record([4, INIT_TERM, None])
+                          + encode_record([0, e0[1], e0[2], e0[0]]) + encode_record([0, e1[1], e1[2], e1[0]]))
+            self.crash_point("split:init-journal")
+        jfile.close()
+
+    def _write_init_dump(self, desc: RangeDescriptor, path: str) -> None:
+        replica = RangeReplica(self.mvcc, desc.range_id)
+        replica.desc = desc
+        e1, e0 = [_NO_OP, INIT_INDEX, INIT_TERM], [_NO_OP, INIT_INDEX - 1, INIT_TERM]
+        header = msgpack.packb([e1, e0, sorted(str(r) for r in desc.replicas)], use_bin_type=True)
+        tmp = path + ".init.tmp"
+        with open(tmp, "wb") as f:
+            f.write(_SNAPSHOT_MAGIC + _LEN.pack(len(header)) + header)
+            replica.write_snapshot(f, INIT_INDEX)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        from raftstore.raft.journal import fsync_dir
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+    def _start_group(self, range_id: int, *, uninitialized: bool = False) -> RaftGroup:
+        journal_path, dump_path = self._paths(range_id)
+        replica = RangeReplica(self.mvcc, range_id, on_split=self._on_split, can_install=self._can_install,
+                               on_write=self._on_write)
+        me = str(self.cfg.node_id)
+        peers = [str(r) for r in self.cfg.replicas if r != self.cfg.node_id]
+        conf = dict(self.cfg.raft_conf or {})
+        group = RaftGroup(me, peers, journal_file=self.open_journal(journal_path), dump_path=dump_path,
+                          state_machine=replica, conf=conf, name="r%d" % range_id,
+                          transport_class=self.transport_class(range_id))
+        self.groups[range_id], self.replicas[range_id] = group, replica
+        if replica.desc is not None:
+            self.cache.insert(replica.desc)
+        return group
+
+    # --- callbacks from replicas (on the loop thread, inside a group's apply) ----------------------
+    def _on_split(self, left: RangeDescriptor, right: RangeDescriptor) -> None:
+        self.crash_point("split:applied")
+        self.cache.insert(left)
+        self.splitting.discard(left.range_id)
+        if right.range_id in self.groups:
+            return
+        desc = read_local_descriptor(self.mvcc, right.range_id) or right
+        self._init_range(desc)
+        self._start_group(desc.range_id)
+        self.crash_point("split:started")
+
+    def _can_install(self, desc: RangeDescriptor) -> bool:
+        for rid, rep in self.replicas.items():
+            if rid != desc.range_id and rep.desc is not None and rep.desc.overlaps(desc.start, desc.end):
+                return False
+        return True
+
+    def _on_write(self, range_id: int, nbytes: int) -> None:
+        self.written_bytes[range_id] = self.written_bytes.get(range_id, 0) + nbytes
+
+    def on_unknown_group(self, range_id: int) -> RaftGroup | None:
+        """A peer talks about a range we do not host: create an uninitialized replica if meta
+        says it exists and it overlaps nothing we hold (it will be filled by a snapshot)."""
+        if range_id in self.groups:
+            return self.groups[range_id]
+        known = {d.range_id: d for d in meta_descriptors(self.mvcc)}
+        desc = known.get(range_id)
+        if desc is None or not self._can_install(desc):
+            return None
+        logger.info("creating an uninitialized replica of %s to receive a snapshot", desc)
+        return self._start_group(range_id, uninitialized=True)
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def tick(self) -> None:
+        for group in list(self.groups.values()):
+            try:
+                group.doTick(0.0)
+            except Exception:
+                logger.exception("tick of %s failed", group.name)
+        now = self.clock()
+        if now >= self.next_maintain:
+            self.next_maintain = now + self.cfg.maintain_interval_s
+            self.maintain()
+
+    def sync(self) -> None:
+        for group in self.groups.values():
+            group.journal.sync()
+
+    def maintain(self) -> None:
+        """Leader chores: keep meta up to date, split ranges that grew too big."""
+        meta = self.groups.get(META_RANGE_ID)
+        for rid, group in list(self.groups.items()):
+            rep = self.replicas[rid]
+            if rep.desc is None or not group.is_leader():
+                continue
+            if self.meta_synced.get(rid, -1) < rep.desc.generation and meta is not None:
+                desc = rep.desc
+                self.propose(META_RANGE_ID, "meta_put", {"desc": desc.to_wire()},
+                             lambda o, r, rid=rid, gen=desc.generation: o is Outcome.COMMITTED and self._meta_done(rid, gen))
+            if rid != META_RANGE_ID and self.written_bytes.get(rid, 0) > 0 and rid not in self.splitting:
+                self.written_bytes[rid] = 0
+                size = self.mvcc.approximate_span_bytes(rep.desc.start, rep.desc.end)
+                self.sizes[rid] = size
+                if size > self.cfg.range_bytes_max:
+                    self.split_range(rid)
+
+    def _meta_done(self, rid: int, gen: int) -> None:
+        self.meta_synced[rid] = max(self.meta_synced.get(rid, -1), gen)
+
+    def split_range(self, rid: int, split_key: bytes | None = None,
+                    callback: Callable[[Outcome, Any], None] | None = None) -> None:
+        """Split range rid at split_key (or its middle key): allocate an id, then propose."""
+        rep = self.replicas.get(rid)
+        done = callback or (lambda o, r: None)
+        if rep is None or rep.desc is None:
+            done(Outcome.NOT_COMMITTED, "range r%d is not hosted here" % rid)
+            return
+        desc = rep.desc
+        if split_key is None:
+            keys = [k for k, _, _ in self.mvcc.scan(desc.start, desc.end, LATEST, constants.scan_rows_max)]
+            split_key = split_key_for(keys)
+            if split_key is None:
+                done(Outcome.NOT_COMMITTED, "range too small to split")
+                return
+        self.splitting.add(rid)
+
+        def allocated(outcome, result):
+            if outcome is not Outcome.COMMITTED:
+                self.splitting.discard(rid)
+                done(outcome, result)
+                return
+            self.crash_point("split:allocated")
+
+            def split_done(o, r):
+                self.splitting.discard(rid)
+                done(o, r)
+            self.propose(rid, "split", {"split_key": split_key, "new_range_id": result["range_id"],
+                                        "generation": desc.generation}, split_done)
+        self.propose(META_RANGE_ID, "alloc_range_id", {}, allocated)
+
+    # --- routing and proposals ----------------------------------------------------------------------
+    def descriptor_for(self, key: bytes) -> RangeDescriptor | None:
+        desc = self.cache.lookup(key)
+        if desc is None:
+            for rep in self.replicas.values():
+                if rep.desc is not None and rep.desc.contains(key):
+                    self.cache.insert(rep.desc)
+                    return rep.desc
+        return desc
+
+    def refresh(self, range_id: int) -> None:
+        self.cache.invalidate(range_id)
+        rep = self.replicas.get(range_id)
+        if rep is not None and rep.desc is not None:
+            self.cache.insert(rep.desc)
+
+    def propose(self, range_id: int, op: str, args: dict, callback: Callable[[Outcome, Any], None],
+                command_id: bytes | None = None) -> None:
+        group = self.groups.get(range_id)
+        if group is None:
+            callback(Outcome.NOT_COMMITTED, "%s: range r%d is not hosted here" % (MISMATCH, range_id))
+            return
+        group.propose(op, dict(args, ts=self.now_ts()), callback, command_id=command_id)
+
+    def status(self) -> list[dict]:
+        out = []
+        for rid in sorted(self.groups):
+            group, rep = self.groups[rid], self.replicas[rid]
+            d = rep.desc
+            out.append({"range_id": rid, "start": d.start if d else None, "end": d.end if d else None,
+                        "generation": d.generation if d else None, "replicas": list(d.replicas) if d else [],
+                        "leader": int(group.leader_id()) if group.leader_id() else None,
+                        "applied_index": group.raftLastApplied, "bytes": self.sizes.get(rid)})
+        return out
+
+    def close(self) -> None:
+        for group in self.groups.values():
+            group.journal._destroy()
