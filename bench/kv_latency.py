@@ -62,6 +62,8 @@ profile_rate_hz = 100              # py-spy samples per second
 profile_clients_default = "1,64"
 profile_top_functions = 15
 profile_top_modules = 8
+profile_top_wall = 8               # functions per thread kept in the wall-clock view
+profile_top_wall_shown = 5         # ... and shown in the Markdown
 fsync_probe_count = 50
 fsync_probe_bytes = 4096
 other_cores_noted_min = 0.25       # CPU used by other programs during a step that earns a note
@@ -192,6 +194,32 @@ def summarise_speedscope(doc: dict, duration_s: float, top_n: int = profile_top_
     }
 
 
+def summarise_wall_by_thread(doc: dict, top_n: int = profile_top_wall) -> list[dict[str, Any]]:
+    """Per thread, where its wall-clock time goes, from a py-spy `--idle` speedscope document.
+
+    With --idle every thread is sampled at every tick, running or waiting, so the share of a
+    thread's samples whose innermost frame is a function is the share of its wall-clock time spent
+    there (waiting in select or fsync included). Threads are named as in `summarise_speedscope`.
+    """
+    frames = doc["shared"]["frames"]
+    out = []
+    for prof in doc.get("profiles", []):
+        entries: collections.Counter = collections.Counter()
+        leaves: collections.Counter = collections.Counter()
+        total = 0.0
+        for stack, weight in zip(prof.get("samples", []), prof.get("weights", [])):
+            if not stack:
+                continue
+            entries[_thread_entry(frames, stack)] += 1
+            leaves[_frame_label(frames[stack[-1]])] += weight
+            total += weight
+        if not total:
+            continue
+        out.append({"thread": entries.most_common(1)[0][0], "sampled_s": total,
+                    "top": [{"function": f, "pct": 100.0 * w / total} for f, w in leaves.most_common(top_n)]})
+    return out
+
+
 def _fmt_ms(value: float | None) -> str:
     if value is None:
         return "-"
@@ -250,16 +278,21 @@ def markdown_report(report: dict) -> str:
     if any((r.get("cpu_cores") or {}).get("leader") is not None for r in report["results"]):
         lines += [
             "",
-            "CPU used during each measured window, in cores (of %s):" % report["machine"].get("cpu_usable", "?"),
+            "CPU used during each measured window, in cores (of %s), from /proc. Load generator: this script "
+            "and its worker processes. Other programs: every other process on the machine. Kernel + "
+            "unattributed: kernel threads (journal, writeback), interrupts (loopback networking) and "
+            "processes that exited during the window." % report["machine"].get("cpu_usable", "?"),
             "",
-            "| clients | leader | followers (sum) | load generator | anything else | leader changed |",
-            "|--:|--:|--:|--:|--:|:--|",
+            "| clients | leader | followers (sum) | load generator | other programs | kernel + unattributed "
+            "| leader changed |",
+            "|--:|--:|--:|--:|--:|--:|:--|",
         ]
         for r in report["results"]:
             cpu = r.get("cpu_cores") or {}
-            lines.append("| %d | %s | %s | %s | %s | %s |" % (
+            lines.append("| %d | %s | %s | %s | %s | %s | %s |" % (
                 r["clients"], _fmt_cores(cpu.get("leader")), _fmt_cores(cpu.get("followers")),
-                _fmt_cores(cpu.get("load")), _fmt_cores(cpu.get("other")),
+                _fmt_cores(cpu.get("load")), _fmt_cores(cpu.get("other_programs")),
+                _fmt_cores(_sum_known(cpu.get("kernel_threads"), cpu.get("unattributed"))),
                 "yes" if r.get("leader_changed") else "no"))
 
     if report.get("profiles"):
@@ -287,9 +320,20 @@ def markdown_report(report: dict) -> str:
             lines += ["", "| self % | total % | function |", "|--:|--:|:--|"]
             for f in s["top_self"]:
                 lines.append("| %.1f | %.1f | `%s` |" % (f["self_pct"], f["total_pct"], f["function"]))
+            if p.get("wall_by_thread"):
+                lines += ["", "Wall-clock time of each leader thread, waiting included (py-spy `--idle`, innermost "
+                          "frame; file `%s`):" % os.path.basename(p["wall_speedscope_path"]), ""]
+                for t in p["wall_by_thread"]:
+                    lines.append("- `%s`: %s" % (t["thread"], ", ".join(
+                        "`%s` %.0f%%" % (f["function"], f["pct"]) for f in t["top"][:profile_top_wall_shown])))
     if report.get("notes"):
         lines += [""] + ["Note: " + n for n in report["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _sum_known(*values: float | None) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
 
 
 def _fmt_cores(value: float | None) -> str:
@@ -384,24 +428,91 @@ def machine_info(data_dir: str) -> dict[str, Any]:
     }
 
 
-def proc_cpu_s(pid: int | None) -> float | None:
-    """User + system CPU seconds used so far by process `pid` (all threads), None if unknown."""
-    if pid is None:
-        return None
-    text = _read("/proc/%d/stat" % pid)
-    if not text:
-        return None
-    fields = text.rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+_PF_KTHREAD = 0x00200000  # /proc/<pid>/stat flags bit of a kernel thread
 
 
-def machine_busy_s() -> float | None:
-    """CPU seconds all cores have spent busy (not idle, not iowait) since boot, None if unknown."""
-    line = _read("/proc/stat").partition("\n")[0].split()
-    if len(line) < 9 or line[0] != "cpu":
+class CpuSnapshot:
+    """CPU accounting of the whole machine at one moment, from /proc (Linux; empty elsewhere).
+
+    `procs` maps pid -> (ppid, start_s, cpu_s, kernel_thread): start_s is seconds after boot, cpu_s
+    user + system seconds of all its threads so far. `busy_s` is what all cores spent not idle.
+    """
+
+    at_s: float
+    busy_s: float | None
+    procs: dict[int, tuple[int, float, float, bool]]
+
+    @classmethod
+    def of(cls, at_s: float, busy_s: float | None, procs: dict[int, tuple[int, float, float, bool]]) -> CpuSnapshot:
+        """A snapshot from given numbers (for tests and replays)."""
+        snap = cls.__new__(cls)
+        snap.at_s, snap.busy_s, snap.procs = at_s, busy_s, procs
+        return snap
+
+    def __init__(self) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
+        uptime = _read("/proc/uptime").split()
+        self.at_s = float(uptime[0]) if uptime else 0.0
+        line = _read("/proc/stat").partition("\n")[0].split()
+        self.busy_s: float | None = None
+        if len(line) >= 9 and line[0] == "cpu":
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in line[1:9])
+            self.busy_s = (user + nice + system + irq + softirq + steal) / tick
+        self.procs: dict[int, tuple[int, float, float, bool]] = {}
+        try:
+            pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+        except OSError:
+            pids = []
+        for pid in pids:
+            text = _read("/proc/%d/stat" % pid)
+            if not text:
+                continue  # exited meanwhile
+            f = text.rpartition(")")[2].split()
+            self.procs[pid] = (int(f[1]), int(f[19]) / tick, (int(f[11]) + int(f[12])) / tick,
+                               bool(int(f[6]) & _PF_KTHREAD))
+
+
+def cpu_by_role(before: CpuSnapshot, after: CpuSnapshot, roles: dict[int, str]) -> dict[str, float | None]:
+    """Cores used between two snapshots, by role.
+
+    `roles` names our processes (e.g. leader, followers, load); their descendants share the role.
+    Every other process is "other_programs" (a kernel thread: "kernel_threads"); what no live
+    process accounts for (interrupts, processes that exited in between) is "unattributed". A
+    process that started in between counts from zero. Pure: takes the snapshots as arguments.
+    """
+    wall = after.at_s - before.at_s
+    out: dict[str, float | None] = {role: 0.0 for role in set(roles.values())}
+    out.update(other_programs=0.0, kernel_threads=0.0)
+    if wall <= 0 or not after.procs:
+        return {k: None for k in out} | {"machine": None, "unattributed": None}
+
+    def role_of(pid: int) -> str | None:
+        seen = set()
+        while pid and pid not in seen:
+            if pid in roles:
+                return roles[pid]
+            seen.add(pid)
+            pid = after.procs.get(pid, before.procs.get(pid, (0,)))[0]
         return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in line[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+    for pid, (_ppid, start_s, cpu_s, kernel) in after.procs.items():
+        old = before.procs.get(pid)
+        if old is not None and old[1] == start_s:
+            used = cpu_s - old[2]
+        elif start_s >= before.at_s - 0.01:
+            used = cpu_s
+        else:
+            continue  # missed by the first snapshot (raced it); cannot tell
+        role = role_of(pid)
+        key = role if role is not None else ("kernel_threads" if kernel else "other_programs")
+        out[key] += used / wall
+    machine = None
+    if before.busy_s is not None and after.busy_s is not None:
+        machine = (after.busy_s - before.busy_s) / wall
+    out["machine"] = machine
+    counted = sum(v for v in out.values() if v is not None) - (machine or 0.0)
+    out["unattributed"] = max(0.0, machine - counted) if machine is not None else None
+    return out
 
 
 # --- edge: load workers (run in child processes) ---------------------------------------------------
@@ -466,12 +577,9 @@ def _load_worker(client_ids: list[int], addresses: list[str], value_bytes: int, 
                    for cid, c, out in zip(client_ids, clients, outs)]
         for t in threads:
             t.start()
-        time.sleep(max(0.0, window["start"] - time.perf_counter()))
-        cpu0 = os.times()
-        time.sleep(max(0.0, window["end"] - time.perf_counter()))
-        cpu1 = os.times()
+        join_by = window["end"] + client_timeout_s + 5  # an op in flight at the end may take that long
         for t in threads:
-            t.join(client_timeout_s + 5)
+            t.join(max(0.0, join_by - time.perf_counter()))
         samples: list[float] = []
         errors: collections.Counter = collections.Counter()
         examples: dict[str, str] = {}
@@ -485,9 +593,8 @@ def _load_worker(client_ids: list[int], addresses: list[str], value_bytes: int, 
         stuck = sum(t.is_alive() for t in threads)
         if stuck:
             errors["ClientStuck"] += stuck
-        cpu_s = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
         conn.send(("result", {"samples": samples, "errors": dict(errors), "error_examples": examples,
-                              "warmup_ops": warmup_ops, "cpu_s": cpu_s}))
+                              "warmup_ops": warmup_ops}))
     except (BrokenPipeError, EOFError):
         pass  # the parent is gone
     finally:
@@ -552,7 +659,7 @@ def run_step(target: Target, clients: int, *, seconds: float, warmup_s: float, v
     ctx = multiprocessing.get_context("spawn")
     go = ctx.Event()
     workers: list[tuple[Any, Any]] = []
-    pyspy: subprocess.Popen | None = None
+    pyspy: list = []
     profile: dict[str, Any] | None = None
     try:
         for ids in groups:
@@ -573,19 +680,16 @@ def run_step(target: Target, clients: int, *, seconds: float, warmup_s: float, v
         go.set()
         t_go = time.perf_counter()
         time.sleep(max(0.0, t_go + warmup_s - time.perf_counter()))
-        cpu0 = {pid: proc_cpu_s(pid) for pid in [leader_pid, *follower_pids] if pid is not None}
-        busy0 = machine_busy_s()
+        cpu0 = CpuSnapshot()
         if profile_path is not None:
             pyspy, profile = _start_profile(leader_pid, seconds, profile_path)
         time.sleep(max(0.0, t_go + warmup_s + seconds - time.perf_counter()))
-        cpu1 = {pid: proc_cpu_s(pid) for pid in cpu0}
-        busy1 = machine_busy_s()
+        cpu1 = CpuSnapshot()
 
         samples: list[float] = []
         errors: collections.Counter = collections.Counter()
         examples: dict[str, str] = {}
         warmup_ops = 0
-        load_cpu_s = 0.0
         deadline = time.monotonic() + client_timeout_s + result_wait_s_slack
         for p, recv in workers:
             if not recv.poll(max(0.0, deadline - time.monotonic())):
@@ -599,16 +703,16 @@ def run_step(target: Target, clients: int, *, seconds: float, warmup_s: float, v
             for kind, text in payload["error_examples"].items():
                 examples.setdefault(kind, text)
             warmup_ops += payload["warmup_ops"]
-            load_cpu_s += payload["cpu_s"]
 
-        if pyspy is not None:
+        if pyspy:
             profile = _finish_profile(pyspy, profile, seconds)
-            pyspy = None
+            pyspy = []
         end_leader = target.leader()[0]
     finally:
-        if pyspy is not None and pyspy.poll() is None:
-            pyspy.kill()
-            pyspy.wait(10)
+        for _kind, _path, proc in pyspy:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
         for p, recv in workers:
             recv.close()
             if p.is_alive():
@@ -622,64 +726,68 @@ def run_step(target: Target, clients: int, *, seconds: float, warmup_s: float, v
     summary.update(clients=clients, load_procs=nprocs, seconds=seconds, warmup_s=warmup_s,
                    warmup_ops=warmup_ops, errors=dict(errors), error_examples=examples, leader=leader_id,
                    leader_changed=end_leader != leader_id)
-    if cpu0:
-        def used(pid: int) -> float | None:
-            a, b = cpu0.get(pid), cpu1.get(pid)
-            return None if a is None or b is None else (b - a) / seconds
-        followers = [used(pid) for pid in follower_pids]
-        summary["cpu_cores"] = {
-            "leader": used(leader_pid) if leader_pid is not None else None,
-            "followers": sum(f for f in followers if f is not None) if followers else None,
-            "load": load_cpu_s / seconds,
-        }
-    else:
-        summary["cpu_cores"] = {"leader": None, "followers": None, "load": load_cpu_s / seconds}
-    cpu = summary["cpu_cores"]
-    cpu["machine"] = (busy1 - busy0) / seconds if busy0 is not None and busy1 is not None else None
-    ours = [v for v in (cpu["leader"], cpu["followers"], cpu["load"]) if v is not None]
-    # Everything else the machine did meanwhile (other programs, the kernel, this script itself);
-    # roughly zero on a quiet machine. Clock-tick accounting makes it a little noisy.
-    # With --url the cluster's own CPU is unknown and lands here too.
-    cpu["other"] = max(0.0, cpu["machine"] - sum(ours)) if cpu["machine"] is not None else None
+    # Load = this script and its descendants (workers; py-spy in profiled steps). With --url the
+    # cluster's processes are not ours: they count as other programs (if on this machine at all).
+    roles = {os.getpid(): "load"}
+    if leader_pid is not None:
+        roles[leader_pid] = "leader"
+    roles.update({pid: "followers" for pid in follower_pids})
+    summary["cpu_cores"] = cpu_by_role(cpu0, cpu1, roles)
+    if leader_pid is None:
+        summary["cpu_cores"].update(leader=None, followers=None)
     if profile is not None:
         summary["profile"] = profile
     return summary
 
 
-def _start_profile(leader_pid: int | None, seconds: float, path: str) -> tuple[subprocess.Popen | None, dict]:
-    info: dict[str, Any] = {"available": False, "rate_hz": profile_rate_hz, "speedscope_path": path}
+def _start_profile(leader_pid: int | None, seconds: float, path: str) -> tuple[list, dict]:
+    """Start two py-spy recordings of the leader for `seconds`: on-CPU samples into `path` and
+    all-threads wall-clock samples (--idle) beside it. Returns (processes, profile info)."""
+    wall_path = path.replace(".speedscope.json", "-wall.speedscope.json")
+    info: dict[str, Any] = {"available": False, "rate_hz": profile_rate_hz, "speedscope_path": path,
+                            "wall_speedscope_path": wall_path}
     tool = _pyspy_path()
     if tool is None:
         info["reason"] = "py-spy is not installed (pip install py-spy into the venv)"
-        return None, info
+        return [], info
     if leader_pid is None:
         info["reason"] = "the leader's PID is unknown (--url targets a cluster this run did not start)"
-        return None, info
-    cmd = [tool, "record", "--pid", str(leader_pid), "--duration", str(max(1, int(round(seconds)))),
-           "--rate", str(profile_rate_hz), "--function", "--nonblocking", "--format", "speedscope",
-           "--output", path]
-    info["command"] = " ".join(cmd)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return proc, info
+        return [], info
+    # --nonblocking: read the leader's memory without pausing it, so the sampler barely slows it.
+    base = [tool, "record", "--pid", str(leader_pid), "--duration", str(_profile_duration_s(seconds)),
+            "--rate", str(profile_rate_hz), "--function", "--nonblocking", "--format", "speedscope"]
+    procs = []
+    for kind, extra, out in (("cpu", [], path), ("wall", ["--idle"], wall_path)):
+        cmd = base + extra + ["--output", out]
+        info["command_" + kind] = " ".join(cmd)
+        procs.append((kind, out, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                  text=True)))
+    return procs, info
 
 
-def _finish_profile(proc: subprocess.Popen, info: dict, seconds: float) -> dict:
-    try:
-        output, _ = proc.communicate(timeout=seconds + 30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        output, _ = proc.communicate(timeout=10)
-    path = info["speedscope_path"]
-    if proc.returncode != 0 or not os.path.exists(path):
-        tail = " ".join((output or "").strip().splitlines()[-3:])
-        hint = " (py-spy needs ptrace: run as root or with CAP_SYS_PTRACE / kernel.yama.ptrace_scope=0)" \
-            if "ermission" in (output or "") else ""
-        info["reason"] = "py-spy could not record the leader: exit %s: %s%s" % (proc.returncode, tail, hint)
-        return info
-    with open(path) as f:
-        doc = json.load(f)
+def _profile_duration_s(seconds: float) -> int:
+    return max(1, int(round(seconds)))
+
+
+def _finish_profile(procs: list, info: dict, seconds: float) -> dict:
+    docs = {}
+    for kind, path, proc in procs:
+        try:
+            output, _ = proc.communicate(timeout=seconds + 30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate(timeout=10)
+        if proc.returncode != 0 or not os.path.exists(path):
+            tail = " ".join((output or "").strip().splitlines()[-3:])
+            hint = (" (py-spy needs ptrace rights: run as root, or with CAP_SYS_PTRACE, or set "
+                    "kernel.yama.ptrace_scope=0)" if "ermission" in (output or "") else "")
+            info["reason"] = "py-spy could not record the leader: exit %s: %s%s" % (proc.returncode, tail, hint)
+            return info
+        with open(path) as f:
+            docs[kind] = json.load(f)
     info["available"] = True
-    info["summary"] = summarise_speedscope(doc, float(max(1, int(round(seconds)))))
+    info["summary"] = summarise_speedscope(docs["cpu"], float(_profile_duration_s(seconds)))
+    info["wall_by_thread"] = summarise_wall_by_thread(docs["wall"])
     return info
 
 
@@ -854,11 +962,11 @@ def _run_all(args, target: Target, console, machine: dict, description: str, bas
                                    if kind in r["errors"] else
                                    "%d clients: %s during warm-up, first: %s" % (r["clients"], kind, text))
     busy_other = [r["clients"] for r in report["results"]
-                  if (r["cpu_cores"].get("other") or 0) > other_cores_noted_min]
+                  if (r["cpu_cores"].get("other_programs") or 0) > other_cores_noted_min]
     if busy_other and args.url is None:
         report["notes"].append(
-            "other programs kept the machine busy during the step(s) with %s clients (see 'anything else' "
-            "in the CPU table); those numbers are pessimistic." % ", ".join(map(str, busy_other)))
+            "other programs on this machine used CPU during the step(s) with %s clients (see the CPU "
+            "table); those numbers are pessimistic." % ", ".join(map(str, busy_other)))
     if any(r.get("leader_changed") for r in report["results"]):
         report["notes"].append("the leader changed during at least one step; its numbers include the election.")
     return report
@@ -869,14 +977,14 @@ def _print_tables(console, report: dict) -> None:
 
     table = Table(title="raftstore loopback single-key writes (%g s per step)" % report["config"]["seconds"])
     for col in ("clients", "ops", "ops/s", "p50 ms", "p99 ms", "mean ms", "leader cores", "load cores",
-                "other cores", "errors"):
+                "other progs cores", "errors"):
         table.add_column(col, justify="left" if col == "errors" else "right")
     for r in report["results"]:
         lat = r["latency_ms"] or {}
         cpu = r.get("cpu_cores") or {}
         table.add_row(str(r["clients"]), str(r["ops"]), "%.0f" % r["throughput_ops_s"], _fmt_ms(lat.get("p50")),
                       _fmt_ms(lat.get("p99")), _fmt_ms(lat.get("mean")), _fmt_cores(cpu.get("leader")),
-                      _fmt_cores(cpu.get("load")), _fmt_cores(cpu.get("other")), _fmt_errors(r["errors"]))
+                      _fmt_cores(cpu.get("load")), _fmt_cores(cpu.get("other_programs")), _fmt_errors(r["errors"]))
     console.print(table)
     console.print("machine: " + machine_line(report["machine"]))
     for p in report["profiles"]:

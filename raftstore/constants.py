@@ -51,3 +51,9 @@ drain_timeout_s = 15.0
 range_bytes_max = 8 * 1024 * 1024      # a range larger than this splits (flag --range-max-bytes)
 range_cache_entries_max = 10_000
 route_retries_max = 20                 # stale-descriptor retries of one request
+
+# --- Idle ranges (quiescence) ----------------------------------------------------------------------
+group_active_s = 2.0            # a group with traffic this recent ticks every loop iteration
+idle_tick_interval_s = 0.5      # an idle group ticks this often
+idle_heartbeat_interval_s = 3.0 # an idle leader's own heartbeats (pysyncobj appendEntriesPeriod)
+node_heartbeat_interval_s = 0.25  # one frame per peer keeps every idle group's followers patient

@@ -34,7 +34,7 @@ from pysyncobj.transport import Transport
 from hlc import HLC, FileCeilingStore, SystemClock
 from raftstore import constants
 from raftstore.mvcc import MVCCStore
-from raftstore.peer import RAFT, PeerNetwork, parse_addr
+from raftstore.peer import HEARTBEAT, RAFT, PeerNetwork, parse_addr
 from raftstore.raft.commands import Outcome, new_command_id
 from raftstore.raft.journal import RealLogFile, fsync_dir
 from raftstore.ranges import MISMATCH, pretty_key
@@ -43,6 +43,9 @@ from raftstore.store import Store, StoreConfig
 from raftstore.wire import FrameDecoder, FrameError, BadRequest, encode_frame, validate_request
 
 logger = logging.getLogger(__name__)
+
+_WAKING_MESSAGES = frozenset({"apply_command", "apply_command_response", "request_vote", "response_vote", "timeout_now"})
+
 
 class StartupError(Exception):
     """The node cannot start; the message is the one line the user sees."""
@@ -149,7 +152,8 @@ class Node:
             raise StartupError("data dir %s: %s" % (cfg.data_dir, exc)) from None
         self.net = PeerNetwork(listen_sock=self.peer_sock, secret=self.cfg.secret, hello=self._hello,
                                on_hello=self._on_hello, on_raft=self._on_raft, on_peer_up=self._on_peer_up,
-                               on_peer_down=self._on_peer_down, on_reject=self._on_reject, node_id=cfg.node_id)
+                               on_peer_down=self._on_peer_down, on_reject=self._on_reject, node_id=cfg.node_id,
+                               on_heartbeat=self._on_heartbeat)
 
     @staticmethod
     def _bind(addr: str, flag: str) -> socket.socket:
@@ -252,7 +256,13 @@ class Node:
             return
         if peer_id not in self.active:
             self._mark_active(peer_id)
+        if message.get("entries") or message.get("type") in _WAKING_MESSAGES:
+            self.store.touch(group_id)   # heartbeats and their acks leave an idle group idle
         transport._onMessageReceived(transport.peers[peer_id], message)
+
+    def _on_heartbeat(self, peer_id: int) -> None:
+        if self.store is not None:
+            self.store.on_node_heartbeat(peer_id)
 
     def _on_peer_up(self, peer_id: int) -> None:
         for t in self.transports.values():
@@ -272,7 +282,7 @@ class Node:
     def _loop(self) -> None:
         if self.members is not None:
             self._start_groups()
-        next_tick = time.monotonic()
+        next_tick = next_heartbeat = time.monotonic()
         while not self._stop.is_set():
             try:
                 self.net.poll(max(0.0, next_tick - time.monotonic()))
@@ -288,6 +298,10 @@ class Node:
                 if now >= next_tick:
                     next_tick = now + constants.tick_interval_s
                     self._dial()
+                if now >= next_heartbeat:
+                    next_heartbeat = now + constants.node_heartbeat_interval_s
+                    for pid in list(self.net.peers):
+                        self.net.send(pid, [HEARTBEAT])
                 if self.store is not None:
                     self.store.sync()
                 self.net.flush()

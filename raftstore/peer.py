@@ -8,7 +8,7 @@ opens a socket per group per peer. This module replaces it with:
   gets nothing parsed beyond 36 bytes and is dropped;
 * then length-prefixed msgpack frames, bounded in size (`peer_frame_bytes_max`), each a list
   `[kind, ...]`: HELLO (who I am), RAFT (a group's message, tagged with the group id), REJECT
-  (why I refuse you). Unknown, malformed or oversized frames are logged and the connection is
+  (why I refuse you), HEARTBEAT (I am alive: followers of every group I lead wait for me). Unknown, malformed or oversized frames are logged and the connection is
   dropped; the node keeps serving. Nothing is ever unpickled here;
 * group commit: frames queued by groups are released to the sockets only by `flush()`, which the
   node loop calls after syncing every dirty journal, so no reply leaves before the write it
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 MAGIC = b"RSP1"
 _NONCE = 32
 _MAC = 32
-HELLO, RAFT, REJECT = 0, 1, 2
+HELLO, RAFT, REJECT, HEARTBEAT = 0, 1, 2, 3
 
 
 def _mac(secret: bytes, role: bytes, nonce_d: bytes, nonce_a: bytes) -> bytes:
@@ -91,12 +91,14 @@ class PeerNetwork:
     def __init__(self, *, listen_sock: socket.socket, secret: bytes, hello: Callable[[], dict],
                  on_hello: Callable[[dict], str | None], on_raft: Callable[[int, int, dict], None],
                  on_peer_up: Callable[[int], None], on_peer_down: Callable[[int], None],
-                 on_reject: Callable[[str], None], node_id: int) -> None:
+                 on_reject: Callable[[str], None], node_id: int,
+                 on_heartbeat: Callable[[int], None] = lambda peer_id: None) -> None:
         self.node_id = node_id
         self.secret = secret
         self._hello = hello
         self.on_hello, self.on_raft = on_hello, on_raft
         self.on_peer_up, self.on_peer_down, self.on_reject = on_peer_up, on_peer_down, on_reject
+        self.on_heartbeat = on_heartbeat
         self.sel = selectors.DefaultSelector()
         self.listen_sock = listen_sock
         listen_sock.setblocking(False)
@@ -313,6 +315,8 @@ class PeerNetwork:
                     logger.exception("handling a raft frame from node %s", conn.peer_id)
             elif kind == HELLO:
                 self._on_hello(conn, frame)
+            elif kind == HEARTBEAT:
+                self.on_heartbeat(conn.peer_id)
             elif kind == REJECT:
                 reason = frame[1] if len(frame) > 1 and isinstance(frame[1], str) else "no reason given"
                 self._drop(conn, "peer refused us: %s" % reason)

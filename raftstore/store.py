@@ -60,6 +60,7 @@ class StoreConfig:
     range_bytes_max: int = constants.range_bytes_max
     raft_conf: dict | None = None
     maintain_interval_s: float = 0.5
+    quiesce: bool = True                   # idle groups tick rarely; the node heartbeats for them
 
 
 class Store:
@@ -81,6 +82,8 @@ class Store:
         self.splitting: set[int] = set()
         self.meta_synced: dict[int, int] = {}
         self.next_maintain = 0.0
+        self.active_until: dict[int, float] = {}
+        self.next_idle_tick: dict[int, float] = {}
 
     # --- start-up ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -141,6 +144,7 @@ class Store:
                           state_machine=replica, conf=conf, name="r%d" % range_id,
                           transport_class=self.transport_class(range_id))
         self.groups[range_id], self.replicas[range_id] = group, replica
+        self.touch(range_id)
         if replica.desc is not None:
             self.cache.insert(replica.desc)
         return group
@@ -179,16 +183,38 @@ class Store:
         return self._start_group(range_id, uninitialized=True)
 
     # --- the loop ---------------------------------------------------------------------------------
+    def touch(self, range_id: int) -> None:
+        """The group has traffic: tick it every iteration for a while."""
+        self.active_until[range_id] = self.clock() + constants.group_active_s
+
     def tick(self) -> None:
-        for group in list(self.groups.values()):
+        """Tick busy groups; idle ones only every idle_tick_interval_s, with slow heartbeats.
+
+        Followers of an idle group do not time out because the leader's node sends one
+        heartbeat frame per peer for all its groups (on_node_heartbeat)."""
+        now = self.clock()
+        active_period = (self.cfg.raft_conf or {}).get("appendEntriesPeriod", constants.append_entries_period_s)
+        for rid, group in list(self.groups.items()):
+            busy = not self.cfg.quiesce or self.active_until.get(rid, 0.0) > now or group.leader_id() is None
+            if not busy:
+                if now < self.next_idle_tick.get(rid, 0.0):
+                    continue
+                self.next_idle_tick[rid] = now + constants.idle_tick_interval_s
+            group._SyncObj__conf.appendEntriesPeriod = active_period if busy else constants.idle_heartbeat_interval_s
             try:
                 group.doTick(0.0)
             except Exception:
                 logger.exception("tick of %s failed", group.name)
-        now = self.clock()
         if now >= self.next_maintain:
             self.next_maintain = now + self.cfg.maintain_interval_s
             self.maintain()
+
+    def on_node_heartbeat(self, peer_id: int) -> None:
+        """Node peer_id is alive: followers of groups it leads need not start elections."""
+        leader = str(peer_id)
+        for group in self.groups.values():
+            if group.leader_id() == leader and not group.is_leader():
+                group.postpone_election()
 
     def sync(self) -> None:
         for group in self.groups.values():
@@ -268,6 +294,7 @@ class Store:
         if group is None:
             callback(Outcome.NOT_COMMITTED, "%s: range r%d is not hosted here" % (MISMATCH, range_id))
             return
+        self.touch(range_id)
         group.propose(op, dict(args, ts=self.now_ts()), callback, command_id=command_id)
 
     def status(self) -> list[dict]:
@@ -278,7 +305,8 @@ class Store:
             out.append({"range_id": rid, "start": d.start if d else None, "end": d.end if d else None,
                         "generation": d.generation if d else None, "replicas": list(d.replicas) if d else [],
                         "leader": int(group.leader_id()) if group.leader_id() else None,
-                        "applied_index": group.raftLastApplied, "bytes": self.sizes.get(rid)})
+                        "applied_index": group.raftLastApplied, "bytes": self.sizes.get(rid),
+                        "snapshots_installed": group.snapshots_installed})
         return out
 
     def close(self) -> None:

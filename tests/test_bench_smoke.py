@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from bench.kv_latency import markdown_report, percentile, summarise_latencies, summarise_speedscope
+from bench.kv_latency import CpuSnapshot, cpu_by_role, percentile, summarise_latencies, summarise_speedscope
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,6 +53,23 @@ def test_profile_self_time_goes_to_the_innermost_frame_and_total_time_to_every_f
     assert top["Node._loop (raftstore/node.py:262)"]["total_pct"] == pytest.approx(100.0)
     assert summary["samples"] == 4
     assert summary["threads"] == [{"thread": "Node._loop", "pct": pytest.approx(100.0)}]
+
+
+def test_cpu_is_charged_to_the_role_of_the_nearest_named_ancestor_and_the_rest_to_other_programs():
+    # pid: (ppid, start_s, cpu_s, kernel_thread)
+    before = CpuSnapshot.of(100.0, 50.0, {10: (1, 5.0, 1.0, False), 11: (10, 6.0, 0.0, False),
+                                          20: (1, 7.0, 2.0, False), 30: (1, 1.0, 3.0, False),
+                                          40: (2, 1.0, 0.0, True)})
+    after = CpuSnapshot.of(102.0, 56.0, {10: (1, 5.0, 1.5, False), 11: (10, 6.0, 1.0, False),
+                                         20: (1, 7.0, 3.0, False), 30: (1, 1.0, 4.0, False),
+                                         40: (2, 1.0, 0.2, True), 12: (10, 101.0, 0.5, False)})
+    cores = cpu_by_role(before, after, {10: "load", 20: "leader"})
+    assert cores["load"] == pytest.approx((0.5 + 1.0 + 0.5) / 2)  # itself, a child, a child born in between
+    assert cores["leader"] == pytest.approx(0.5)
+    assert cores["other_programs"] == pytest.approx(0.5)
+    assert cores["kernel_threads"] == pytest.approx(0.1)
+    assert cores["machine"] == pytest.approx(3.0)
+    assert cores["unattributed"] == pytest.approx(3.0 - 1.0 - 0.5 - 0.5 - 0.1)
 
 
 def _process_cmdlines() -> list[str]:

@@ -56,12 +56,13 @@ _OVERRIDDEN = (
     "_SyncObj__loadDumpFile",
     "_SyncObj__sendNextNodeIdx",
     "_SyncObj__tryLogCompaction",
+    "_SyncObj__generateRaftTimeout",
     "_onTick",
 )
 _INSTANCE_ATTRS = (
     "_SyncObj__raftLog", "_SyncObj__raftNextIndex", "_SyncObj__raftMatchIndex",
     "_SyncObj__raftLastApplied", "_SyncObj__raftCommitIndex", "_SyncObj__transport",
-    "_SyncObj__raftCurrentTerm",
+    "_SyncObj__raftCurrentTerm", "_SyncObj__raftElectionDeadline", "_SyncObj__conf",
 )
 
 
@@ -168,6 +169,7 @@ class RaftGroup(SyncObj):
         self._snapshot_ack: int | None = None
         self._snapshot_refused: str | None = None
         self.apply_failures = 0
+        self.snapshots_installed = 0
         opts = dict(
             autoTick=False,
             appendEntriesUseBatch=True,
@@ -217,6 +219,12 @@ class RaftGroup(SyncObj):
 
     def last_log_index(self) -> int:
         return self._journal[-1][1]
+
+    def postpone_election(self) -> None:
+        """The leader is known to be alive (its node said so): restart our election timer."""
+        deadline = _so.monotonicTime() + self._SyncObj__generateRaftTimeout()
+        if deadline > self._SyncObj__raftElectionDeadline:
+            self._SyncObj__raftElectionDeadline = deadline
 
     def match_index(self) -> dict[str, int]:
         return {n.id: v for n, v in self._SyncObj__raftMatchIndex.items()}
@@ -425,8 +433,13 @@ class RaftGroup(SyncObj):
         if e1[1] <= last and log[e1[1] - first][2] == e1[2]:
             if e0[1] > first:
                 log.deleteEntriesTo(e0[1] - first)
-            return SyncObj._SyncObj__loadDumpFile(self, False)
-        return SyncObj._SyncObj__loadDumpFile(self, True)
+            result = SyncObj._SyncObj__loadDumpFile(self, False)
+        else:
+            result = SyncObj._SyncObj__loadDumpFile(self, True)
+        if self._snapshot_refused is None:
+            self.snapshots_installed += 1
+            logger.info("%s: installed a snapshot at index %d", self.name, e1[1])
+        return result
 
     # --- snapshots: our serializer, never fork -----------------------------------------------
     def _write_snapshot(self, path: str, data) -> None:

@@ -119,7 +119,7 @@ class SplitWorld:
         mvcc = MVCCStore(os.path.join(ndir, "store.sqlite"), synchronous="OFF")
         disk = self.disks[nid]
         store = Store(StoreConfig(node_id=nid, replicas=self.ids, raft_dir=os.path.join(ndir, "raft"),
-                                  range_bytes_max=self.cfg.range_bytes_max, maintain_interval_s=0.2,
+                                  range_bytes_max=self.cfg.range_bytes_max, maintain_interval_s=0.2, quiesce=False,
                                   raft_conf=dict(appendEntriesUseBatch=False, appendEntriesPeriod=0.05,
                                                  raftMinTimeout=0.4, raftMaxTimeout=0.8, logCompactionMinEntries=60)),
                       mvcc, open_journal=lambda path, disk=disk: disk.open(path),
