@@ -17,9 +17,16 @@ What a number means:
   client's own retries included. Throughput is counted operations / window length.
 * Clients are threads spread over up to `load_procs_max` worker processes, so the GIL of one
   load-generator process does not cap the load. They still share the machine's cores with the
-  three nodes; the CPU each side used during the window is recorded to show who was saturated.
-* The profile is taken in an extra, separate step per profiled client count (py-spy attached to
-  the leader), so the sampler never perturbs the reported latencies.
+  three nodes, so the CPU used during the window is recorded from /proc by role (leader,
+  followers, load generator, other programs, kernel) to show what was saturated and whether
+  something else on the machine interfered.
+* The profile is taken in an extra, separate step per profiled client count, so the sampler never
+  perturbs the reported latencies: two py-spy recordings of the leader, one of on-CPU samples
+  (where it burns CPU) and one with --idle (where each thread's wall-clock time goes, waiting
+  included), both kept as speedscope files and summarised in the Markdown.
+
+Output in --out: kv_latency-<UTC time>.json (config, machine, per-step summary, profile
+summaries), kv_latency-<UTC time>.md and latest.md (the same Markdown), and the speedscope files.
 
 Invariant: every process started here (nodes, load workers, py-spy) is stopped on every exit
 path: normal end, error, Ctrl-C, SIGTERM.
@@ -66,6 +73,7 @@ profile_top_wall = 8               # functions per thread kept in the wall-clock
 profile_top_wall_shown = 5         # ... and shown in the Markdown
 fsync_probe_count = 50
 fsync_probe_bytes = 4096
+machine_saturated_fraction = 0.9   # of the usable cores busy during a step: the CPU was the limit
 other_cores_noted_min = 0.25       # CPU used by other programs during a step that earns a note
 error_example_chars_max = 300      # first message of each error type, kept in the report
 
@@ -284,16 +292,16 @@ def markdown_report(report: dict) -> str:
             "processes that exited during the window." % report["machine"].get("cpu_usable", "?"),
             "",
             "| clients | leader | followers (sum) | load generator | other programs | kernel + unattributed "
-            "| leader changed |",
-            "|--:|--:|--:|--:|--:|--:|:--|",
+            "| whole machine | leader changed |",
+            "|--:|--:|--:|--:|--:|--:|--:|:--|",
         ]
         for r in report["results"]:
             cpu = r.get("cpu_cores") or {}
-            lines.append("| %d | %s | %s | %s | %s | %s | %s |" % (
+            lines.append("| %d | %s | %s | %s | %s | %s | %s | %s |" % (
                 r["clients"], _fmt_cores(cpu.get("leader")), _fmt_cores(cpu.get("followers")),
                 _fmt_cores(cpu.get("load")), _fmt_cores(cpu.get("other_programs")),
                 _fmt_cores(_sum_known(cpu.get("kernel_threads"), cpu.get("unattributed"))),
-                "yes" if r.get("leader_changed") else "no"))
+                _fmt_cores(cpu.get("machine")), "yes" if r.get("leader_changed") else "no"))
 
     if report.get("profiles"):
         lines += ["", "#### Where the leader's time goes (py-spy)", "",
@@ -953,9 +961,13 @@ def _run_all(args, target: Target, console, machine: dict, description: str, bas
             console.print("  [yellow]%s[/]" % prof.get("reason"))
     usable = machine.get("cpu_usable") or 0
     if args.url is None and usable and usable < 3 + 1:
+        report["notes"].append("the 3 nodes and the load generator share this machine's %d cores." % usable)
+    saturated = [r["clients"] for r in report["results"]
+                 if usable and (r["cpu_cores"].get("machine") or 0) >= machine_saturated_fraction * usable]
+    if saturated:
         report["notes"].append(
-            "this machine has %d usable cores for 3 nodes plus the load generator, so the steps with "
-            "many clients measure a CPU-bound machine; the CPU table shows who was busy." % usable)
+            "all cores were nearly always busy during the step(s) with %s clients, so those numbers are "
+            "bounded by this machine's CPU." % ", ".join(map(str, saturated)))
     for r in report["results"]:
         for kind, text in sorted(r["error_examples"].items()):
             report["notes"].append("%d clients: %d x %s, first: %s" % (r["clients"], r["errors"][kind], kind, text)

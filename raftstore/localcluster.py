@@ -86,6 +86,7 @@ class Cluster:
     size: int = 3
     secure: bool = True
     nodes: list[NodeProc] = field(default_factory=list)
+    extra_args: list[str] = field(default_factory=list)   # appended to every `raftstore start`
 
     def __post_init__(self) -> None:
         assert 1 <= self.size <= len(REGIONS), self.size
@@ -119,7 +120,7 @@ class Cluster:
         auth = ["--cluster-secret-file", self.secret_path] if self.secure else ["--insecure"]
         return [sys.executable, "-m", "raftstore.cli", "start", "--node-id", str(n.node_id), "--region", n.region,
                 "--peer-addr", n.peer_addr, "--sql-addr", n.sql_addr, "--join", self.join,
-                "--data-dir", n.data_dir] + auth
+                "--data-dir", n.data_dir] + auth + list(self.extra_args)
 
     def start(self, n: NodeProc) -> None:
         """Start `n` (which must not be running) in its own session, appending to its log."""
