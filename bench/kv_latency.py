@@ -892,6 +892,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             target = Target(urls=args.url)
             machine["disk"]["note"] += "; --url run: the probe measured this machine's temp dir, not the cluster's"
+            machine["disk"]["fs_type"] += ", this machine's temp dir: the cluster's disk is unknown"
             description = "running cluster at %s" % ",".join(args.url)
             report = _run_all(args, target, console, machine, description, base, run_tag, profile_clients)
     except BenchError as exc:

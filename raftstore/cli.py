@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="split a range when it grows past this size (default %(default)s)")
     start.add_argument("--log-compaction-entries", type=_positive_int, default=constants.log_compaction_entries_min,
                        metavar="N", help="compact a range's Raft log after N entries (default %(default)s)")
+    start.add_argument("--latency-matrix", metavar="NAME|FILE",
+                       help="emulate WAN delays between regions on peer links (global3, global5, symmetric60, "
+                            "or a TOML file); client links are not delayed")
     start.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     start.set_defaults(func=run_start)
 
@@ -94,10 +97,18 @@ def run_start(args: argparse.Namespace) -> int:
     secret = b"" if args.insecure else _read_secret(args.cluster_secret_file)
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
                         format="%(asctime)s n" + str(args.node_id) + " %(levelname)s %(name)s: %(message)s")
+    latency = None
+    if args.latency_matrix:
+        from raftstore.wan import MatrixError, load_matrix
+        try:
+            latency = load_matrix(args.latency_matrix)
+            latency.rtt_ms(args.region, args.region)
+        except MatrixError as exc:
+            raise SystemExit("raftstore start: error: --latency-matrix: %s" % exc)
     cfg = NodeConfig(node_id=args.node_id, region=args.region, peer_addr=args.peer_addr, sql_addr=args.sql_addr,
                      join=args.join, data_dir=os.path.abspath(args.data_dir), secret=secret,
                      range_bytes_max=args.range_max_bytes,
-                     raft_conf={"logCompactionMinEntries": args.log_compaction_entries})
+                     raft_conf={"logCompactionMinEntries": args.log_compaction_entries}, latency=latency)
     try:
         return run_node(cfg)
     except StartupError as exc:

@@ -53,7 +53,8 @@ range_cache_entries_max = 10_000
 route_retries_max = 20                 # stale-descriptor retries of one request
 
 # --- Idle ranges (quiescence) ----------------------------------------------------------------------
-group_active_s = 2.0            # a group with traffic this recent ticks every loop iteration
-idle_tick_interval_s = 0.5      # an idle group ticks this often
-idle_heartbeat_interval_s = 3.0 # an idle leader's own heartbeats (pysyncobj appendEntriesPeriod)
+group_active_s = 2.0            # a group with traffic this recent keeps fast timers
+active_tick_interval_s = 0.02   # periodic tick of a busy group (events tick it at once)
+idle_tick_interval_s = 1.0      # an idle group ticks this often
+idle_heartbeat_interval_s = 5.0 # an idle leader's own heartbeats (pysyncobj appendEntriesPeriod)
 node_heartbeat_interval_s = 0.25  # one frame per peer keeps every idle group's followers patient

@@ -40,6 +40,7 @@ from raftstore.raft.journal import RealLogFile, fsync_dir
 from raftstore.ranges import MISMATCH, pretty_key
 from raftstore.replica import RAW_END, RAW_PREFIX
 from raftstore.store import Store, StoreConfig
+from raftstore.wan import LatencyMatrix
 from raftstore.wire import FrameDecoder, FrameError, BadRequest, encode_frame, validate_request
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class NodeConfig:
     secret: bytes
     raft_conf: dict | None = None
     range_bytes_max: int = constants.range_bytes_max
+    latency: "LatencyMatrix | None" = None     # WAN emulation between regions (raftstore.wan)
 
 
 class GroupTransport(Transport):
@@ -153,7 +155,7 @@ class Node:
         self.net = PeerNetwork(listen_sock=self.peer_sock, secret=self.cfg.secret, hello=self._hello,
                                on_hello=self._on_hello, on_raft=self._on_raft, on_peer_up=self._on_peer_up,
                                on_peer_down=self._on_peer_down, on_reject=self._on_reject, node_id=cfg.node_id,
-                               on_heartbeat=self._on_heartbeat)
+                               on_heartbeat=self._on_heartbeat, delay_s=self._delay_s)
 
     @staticmethod
     def _bind(addr: str, flag: str) -> socket.socket:
@@ -258,7 +260,14 @@ class Node:
             self._mark_active(peer_id)
         if message.get("entries") or message.get("type") in _WAKING_MESSAGES:
             self.store.touch(group_id)   # heartbeats and their acks leave an idle group idle
+        else:
+            self.store.mark(group_id)
         transport._onMessageReceived(transport.peers[peer_id], message)
+
+    def _delay_s(self, peer_id: int) -> float:
+        if self.cfg.latency is None or not self.members or peer_id not in self.members:
+            return 0.0
+        return self.cfg.latency.one_way_s(self.cfg.region, self.members[peer_id]["region"])
 
     def _on_heartbeat(self, peer_id: int) -> None:
         if self.store is not None:
@@ -285,7 +294,11 @@ class Node:
         next_tick = next_heartbeat = time.monotonic()
         while not self._stop.is_set():
             try:
-                self.net.poll(max(0.0, next_tick - time.monotonic()))
+                wake_at = next_tick
+                release = self.net.next_release()
+                if release is not None and release < wake_at:
+                    wake_at = release
+                self.net.poll(max(0.0, wake_at - time.monotonic()))
                 while self._calls:
                     fn = self._calls.popleft()
                     try:

@@ -71,7 +71,7 @@ class _Conn:
     deadline: float
     rbuf: bytearray = field(default_factory=bytearray)
     wbuf: bytearray = field(default_factory=bytearray)
-    outq: list = field(default_factory=list)
+    outq: list = field(default_factory=list)    # (release time, frame bytes): not yet written
     outq_bytes: int = 0
     nonce_d: bytes = b""
     nonce_a: bytes = b""
@@ -92,13 +92,15 @@ class PeerNetwork:
                  on_hello: Callable[[dict], str | None], on_raft: Callable[[int, int, dict], None],
                  on_peer_up: Callable[[int], None], on_peer_down: Callable[[int], None],
                  on_reject: Callable[[str], None], node_id: int,
-                 on_heartbeat: Callable[[int], None] = lambda peer_id: None) -> None:
+                 on_heartbeat: Callable[[int], None] = lambda peer_id: None,
+                 delay_s: Callable[[int], float] = lambda peer_id: 0.0) -> None:
         self.node_id = node_id
         self.secret = secret
         self._hello = hello
         self.on_hello, self.on_raft = on_hello, on_raft
         self.on_peer_up, self.on_peer_down, self.on_reject = on_peer_up, on_peer_down, on_reject
         self.on_heartbeat = on_heartbeat
+        self.delay_s = delay_s          # WAN emulation: one-way delay to each peer (raftstore.wan)
         self.sel = selectors.DefaultSelector()
         self.listen_sock = listen_sock
         listen_sock.setblocking(False)
@@ -152,7 +154,8 @@ class PeerNetwork:
         if conn is None:
             return False
         data = encode_peer_frame(frame)
-        conn.outq.append(data)
+        delay = self.delay_s(peer_id)
+        conn.outq.append((time.monotonic() + delay if delay > 0 else 0.0, data))
         conn.outq_bytes += len(data)
         if conn.outq_bytes + len(conn.wbuf) > constants.peer_send_buffer_bytes_max:
             self._drop(conn, "send buffer over %d bytes (peer too slow)" % constants.peer_send_buffer_bytes_max)
@@ -161,13 +164,24 @@ class PeerNetwork:
 
     def flush(self) -> None:
         """Release queued frames to the sockets. Call only after syncing the journals."""
+        now = time.monotonic()
         for conn in list(self.peers.values()):
             if conn.outq:
-                conn.wbuf += b"".join(conn.outq)
-                conn.outq.clear()
-                conn.outq_bytes = 0
+                n = 0
+                while n < len(conn.outq) and conn.outq[n][0] <= now:   # FIFO: delays are per peer
+                    n += 1
+                if n:
+                    released = [data for _, data in conn.outq[:n]]
+                    del conn.outq[:n]
+                    conn.wbuf += b"".join(released)
+                    conn.outq_bytes -= sum(len(d) for d in released)
             if conn.wbuf:
                 self._write(conn)
+
+    def next_release(self) -> float | None:
+        """When the earliest delayed frame is due (monotonic time), or None."""
+        due = [conn.outq[0][0] for conn in self.peers.values() if conn.outq]
+        return min(due) if due else None
 
     # --- the loop's read side -----------------------------------------------------------------
     def poll(self, timeout: float) -> None:

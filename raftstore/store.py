@@ -23,6 +23,7 @@ Range lifecycle:
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import time
@@ -82,8 +83,11 @@ class Store:
         self.splitting: set[int] = set()
         self.meta_synced: dict[int, int] = {}
         self.next_maintain = 0.0
-        self.active_until: dict[int, float] = {}
-        self.next_idle_tick: dict[int, float] = {}
+        self.active_until: dict[int, float] = {}      # busy until then: tick every active_tick_interval_s
+        self.timers: list[tuple[float, int]] = []      # (next periodic tick, range id), lazily deleted
+        self.timer_at: dict[int, float] = {}
+        self.tick_soon: set[int] = set()               # groups with a proposal or message to handle
+        self.dirty: set[int] = set()                   # groups whose journal may need a sync
 
     # --- start-up ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -158,7 +162,10 @@ class Store:
             return
         desc = read_local_descriptor(self.mvcc, right.range_id) or right
         self._init_range(desc)
-        self._start_group(desc.range_id)
+        group = self._start_group(desc.range_id)
+        parent = self.groups.get(left.range_id)
+        if parent is not None and parent.is_leader():
+            group.campaign()  # the parent's leader leads the new range too, without waiting a timeout
         self.crash_point("split:started")
 
     def _can_install(self, desc: RangeDescriptor) -> bool:
@@ -184,23 +191,48 @@ class Store:
 
     # --- the loop ---------------------------------------------------------------------------------
     def touch(self, range_id: int) -> None:
-        """The group has traffic: tick it every iteration for a while."""
+        """The group has traffic: tick it now and keep its timers fast for a while."""
         self.active_until[range_id] = self.clock() + constants.group_active_s
+        self.tick_soon.add(range_id)
+        self.dirty.add(range_id)
+
+    def mark(self, range_id: int) -> None:
+        """A message was delivered to the group: tick it now (a leader counts acks in its tick)."""
+        self.tick_soon.add(range_id)
+        self.dirty.add(range_id)
+
+    def _schedule(self, rid: int, at: float) -> None:
+        self.timer_at[rid] = at
+        heapq.heappush(self.timers, (at, rid))
 
     def tick(self) -> None:
-        """Tick busy groups; idle ones only every idle_tick_interval_s, with slow heartbeats.
-
-        Followers of an idle group do not time out because the leader's node sends one
-        heartbeat frame per peer for all its groups (on_node_heartbeat)."""
+        """Tick the groups that have something to do: a proposal or message this iteration, or
+        a periodic tick for their timers -- every active_tick_interval_s while busy, every
+        idle_tick_interval_s (with slow heartbeats) while idle. Followers of an idle group do
+        not time out because the leader's node sends one heartbeat frame per peer for all its
+        groups (on_node_heartbeat). An iteration costs what the busy groups cost, not what all
+        the groups cost."""
         now = self.clock()
         active_period = (self.cfg.raft_conf or {}).get("appendEntriesPeriod", constants.append_entries_period_s)
-        for rid, group in list(self.groups.items()):
-            busy = not self.cfg.quiesce or self.active_until.get(rid, 0.0) > now or group.leader_id() is None
-            if not busy:
-                if now < self.next_idle_tick.get(rid, 0.0):
-                    continue
-                self.next_idle_tick[rid] = now + constants.idle_tick_interval_s
+        if not self.cfg.quiesce:
+            due = set(self.groups)
+        else:
+            due, self.tick_soon = self.tick_soon, set()
+            while self.timers and self.timers[0][0] <= now:
+                at, rid = heapq.heappop(self.timers)
+                if self.timer_at.get(rid) == at:
+                    due.add(rid)
+        for rid in sorted(due):
+            group = self.groups.get(rid)
+            if group is None:
+                continue
+            busy = self.active_until.get(rid, 0.0) > now
+            if not busy and group.leader_id() is None:   # no leader: elect one promptly
+                self.active_until[rid] = now + constants.group_active_s
+                busy = True
+            self._schedule(rid, now + (constants.active_tick_interval_s if busy else constants.idle_tick_interval_s))
             group._SyncObj__conf.appendEntriesPeriod = active_period if busy else constants.idle_heartbeat_interval_s
+            self.dirty.add(rid)
             try:
                 group.doTick(0.0)
             except Exception:
@@ -217,8 +249,12 @@ class Store:
                 group.postpone_election()
 
     def sync(self) -> None:
-        for group in self.groups.values():
-            group.journal.sync()
+        """Sync every journal written since the last call (one fsync per written journal)."""
+        for rid in self.dirty:
+            group = self.groups.get(rid)
+            if group is not None:
+                group.journal.sync()
+        self.dirty.clear()
 
     def maintain(self) -> None:
         """Leader chores: keep meta up to date, split ranges that grew too big."""

@@ -220,6 +220,10 @@ class RaftGroup(SyncObj):
     def last_log_index(self) -> int:
         return self._journal[-1][1]
 
+    def campaign(self) -> None:
+        """Start an election at the next tick instead of after a timeout."""
+        self._SyncObj__raftElectionDeadline = 0
+
     def postpone_election(self) -> None:
         """The leader is known to be alive (its node said so): restart our election timer."""
         deadline = _so.monotonicTime() + self._SyncObj__generateRaftTimeout()

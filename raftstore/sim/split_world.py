@@ -101,7 +101,7 @@ class SplitWorld:
         self.acked: dict[bytes, bytes] = {}
         self.crash_point = cfg.crash_point or CRASH_POINTS[cfg.seed % len(CRASH_POINTS)]
         self.crash_hit = cfg.crash_hit or 1 + self.rng.randrange(3)
-        self.crash_node = self.ids[self.rng.randrange(3)]
+        self.crash_node = self.ids[0]   # set to the node that crashes
         self.hits = 0
         self.crashed_at: str | None = None
         self.splits_seen = 0
@@ -144,9 +144,10 @@ class SplitWorld:
     def _crash_point(self, nid: int, point: str) -> None:
         if point == "split:applied" and nid == self.ids[0]:
             self.splits_seen += 1
-        if self.crashed_at is None and nid == self.crash_node and point == self.crash_point:
+        if self.crashed_at is None and point == self.crash_point:   # whichever node gets there
             self.hits += 1
             if self.hits == self.crash_hit:
+                self.crash_node = nid
                 self.crashed_at = "%s (hit %d) on n%d at t=%.3f" % (point, self.hits, nid, self.clock.t)
                 raise SimCrash(point)
 
@@ -188,6 +189,7 @@ class SplitWorld:
             t = self.transports.get((dst, gid))
             if t is None:
                 return
+        self.stores[dst].mark(gid)
         t._onMessageReceived(t.peers[src], msgpack.unpackb(payload, raw=False))
 
     # --- clients ----------------------------------------------------------------------------------
