@@ -70,10 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     start.set_defaults(func=run_start)
 
+    from raftstore.cli_demo import add_demo_parser
     from raftstore.cli_kv import add_kv_parser
     from raftstore.cli_status import add_status_parser
     add_kv_parser(sub)
     add_status_parser(sub)
+    add_demo_parser(sub)
+    try:
+        from raftstore.cli_sql import add_sql_parser
+    except ImportError:  # the SQL shell is optional while it is being built
+        pass
+    else:
+        add_sql_parser(sub)
     return parser
 
 
@@ -109,8 +117,9 @@ def run_start(args: argparse.Namespace) -> int:
                      join=args.join, data_dir=os.path.abspath(args.data_dir), secret=secret,
                      range_bytes_max=args.range_max_bytes,
                      raft_conf={"logCompactionMinEntries": args.log_compaction_entries}, latency=latency)
+    from sql.gateway import handle_sql
     try:
-        return run_node(cfg)
+        return run_node(cfg, sql_handler=handle_sql)
     except StartupError as exc:
         raise SystemExit("raftstore start: error: %s" % exc)
 

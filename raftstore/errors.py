@@ -96,6 +96,59 @@ class ConnectionFailedError(UnavailableError):
     hint = "check that the nodes are running and that the addresses match their --sql-addr"
 
 
+class SqlError(RaftstoreError):
+    """A SQL statement was refused or failed while running: bad syntax, an unknown table, a
+    constraint violation, a division by zero. Whether anything was written is `ambiguous`
+    (normally False: constraints are checked before writing).
+
+    `sql_code` names the kind of failure (one of `SQL_CODES`; a newer server may send others),
+    `position` is the 0-based character offset into the statement text of the construct at
+    fault, or None. `str(err)` is the server's message as is, with no hint appended: the
+    message itself says what to fix.
+    """
+
+    code = "sql_error"
+    hint = "the statement was rejected; fix it and run it again"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sql_code: str,
+        position: int | None = None,
+        ambiguous: bool = False,
+    ):
+        super().__init__(message, ambiguous=ambiguous)
+        self.sql_code = sql_code
+        self.position = position
+
+    def to_wire(self) -> dict[str, Any]:
+        """``{"code": "sql_error", "message", "ambiguous", "sql_code", "position"}``."""
+        wire = super().to_wire()
+        wire["sql_code"] = self.sql_code
+        wire["position"] = self.position
+        return wire
+
+
+# The sql_code values of SqlError, by what the client makes of them (raftstore.sqlclient maps
+# them onto the PEP 249 exception classes).
+SQL_CODES = frozenset(
+    {
+        "syntax",
+        "unsupported",
+        "undefined_table",
+        "undefined_column",
+        "duplicate_table",
+        "unique_violation",
+        "not_null_violation",
+        "datatype_mismatch",
+        "division_by_zero",
+        "invalid_parameter",
+        "feature_not_supported",
+    }
+)
+
+
 class ProtocolError(RaftstoreError):
     """The server's answer does not follow the client protocol (client/server version mismatch
     or a bug). For a write whose answer said ok it is raised with ``ambiguous=True``."""
@@ -124,7 +177,8 @@ def error_from_wire(obj: Any) -> RaftstoreError:
     """Turn the ``error`` map of a response into a typed error (returned, not raised).
 
     Known codes map to their class, an unknown code to a plain `RaftstoreError` carrying that
-    code. The input is untrusted: a map that is not ``{"code": str, "message": str,
+    code; ``sql_error`` also needs ``sql_code: str`` and ``position: int >= 0 | nil`` (see
+    `SqlError`). The input is untrusted: a map that is not ``{"code": str, "message": str,
     "ambiguous": bool}`` gives a `ProtocolError`. ``ambiguous`` from the wire is kept (an
     ``internal`` error may be ambiguous); the ``ambiguous`` code is always ambiguous.
     """
@@ -139,6 +193,8 @@ def error_from_wire(obj: Any) -> RaftstoreError:
             f"got code={type(code).__name__}, message={type(message).__name__}, "
             f"ambiguous={type(ambiguous).__name__}"
         )
+    if code == SqlError.code:
+        return _sql_error_from_wire(obj, message, ambiguous)
     cls = _BY_CODE.get(code)
     if cls is None:
         return RaftstoreError(
@@ -146,3 +202,20 @@ def error_from_wire(obj: Any) -> RaftstoreError:
         )
     text = f"{code}: {message} ({cls.hint})"
     return cls(text, ambiguous=ambiguous or cls.ambiguous)
+
+
+def _sql_error_from_wire(obj: dict, message: str, ambiguous: bool) -> RaftstoreError:
+    sql_code, position = obj.get("sql_code"), obj.get("position")
+    if not isinstance(sql_code, str):
+        return ProtocolError(
+            f"malformed sql_error in response: sql_code must be a str, got {type(sql_code).__name__}"
+        )
+    position_ok = position is None or (
+        isinstance(position, int) and not isinstance(position, bool) and position >= 0
+    )
+    if not position_ok:
+        shown = repr(position) if isinstance(position, int) else type(position).__name__
+        return ProtocolError(
+            f"malformed sql_error in response: position must be an int >= 0 or nil, got {shown}"
+        )
+    return SqlError(message, sql_code=sql_code, position=position, ambiguous=ambiguous)

@@ -15,6 +15,13 @@ retries on its own within one deadline and keeps the promise that matters:
 * ``bad_request``, ``too_large`` and other non-retryable errors raise at once.
 * ``split`` is a write without a command id: it is idempotent by nature (a range that already
   starts at the key answers ``already``), so it follows the write policy above unchanged.
+* A write that the servers cannot deduplicate (a SQL statement: `Client.request` with
+  ``resend=False``) is never sent twice: once an attempt may have reached a server, the first
+  failure raises AmbiguousCommitError at once. Before such a request goes out on a connection
+  that sat idle, the client checks that the server has not closed it meanwhile, so a node
+  restart between two statements does not make the next one ambiguous.
+* A call interrupted mid-exchange (KeyboardInterrupt) drops its connection, so the next call
+  never reads the interrupted call's late answer.
 
 This is an edge module (sockets, clock); `backoff_delay_s` is the pure part of the policy.
 One connection is open at a time; a `Client` serialises its calls with a lock.
@@ -243,7 +250,8 @@ class Client:
     separated by commas. Addresses are tried in the order given, starting with the first, one
     connection at a time; a connection that answered is reused by the next call.
 
-    Every method is bounded by `timeout_s` in total, retries included, and raises a subclass of
+    Every method is bounded by `timeout_s` in total, retries included (one attempt by
+    `attempt_timeout_s_max`), and raises a subclass of
     `raftstore.errors.RaftstoreError` on an operating error: ConnectionFailedError (nothing
     reachable), UnavailableError / DrainingError (no node could serve in time; writes surely did
     not apply), AmbiguousCommitError (a write may have applied), BadRequestError,
@@ -256,17 +264,12 @@ class Client:
         addresses: str | Iterable[str],
         *,
         timeout_s: float = constants.client_timeout_s_default,
+        attempt_timeout_s_max: float = constants.client_attempt_timeout_s_max,
     ):
         self._addresses = parse_addresses(addresses)
-        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)):
-            raise TypeError(
-                f"timeout_s must be a number of seconds, got {type(timeout_s).__name__}"
-            )
-        if not (math.isfinite(timeout_s) and timeout_s > 0):
-            raise ValueError(
-                f"timeout_s must be a positive finite number of seconds, got {timeout_s}"
-            )
-        self.timeout_s = float(timeout_s)
+        self.timeout_s = _seconds_arg("timeout_s", timeout_s)
+        # One attempt waits at most this long before the next address is tried.
+        self.attempt_timeout_s_max = _seconds_arg("attempt_timeout_s_max", attempt_timeout_s_max)
         self._index = 0
         self._sock: socket.socket | None = None
         self._decoder: wire.FrameDecoder | None = None
@@ -361,7 +364,26 @@ class Client:
     # --- retry loop -------------------------------------------------------------------------
 
     def _call(self, op: str, args: dict[str, Any], check: Callable[[Any], Any]) -> Any:
-        write = op in _WRITE_OPS
+        return self.request(op, args, check, write=op in _WRITE_OPS)
+
+    def request(
+        self,
+        op: str,
+        args: dict[str, Any],
+        check: Callable[[Any], Any],
+        *,
+        write: bool,
+        resend: bool = True,
+    ) -> Any:
+        """Send one request of any op in `wire.REQUEST_ARGS` with the retry policy of the module
+        docstring; return ``check(result)`` of the ok answer (`check` raises ValueError for a
+        malformed result, which becomes ProtocolError, ambiguous for a write).
+
+        `write`: the request may change state, so a failure after it may have reached a server
+        leaves it ambiguous rather than failed. `resend`: such a write may be sent again (the
+        server deduplicates it, e.g. by command id); with ``resend=False`` the first failure
+        after a send raises AmbiguousCommitError at once. Errors as for `put`.
+        """
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"{op} on a closed raftstore Client")
@@ -380,16 +402,18 @@ class Client:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                attempt_deadline = time.monotonic() + min(
-                    remaining, constants.client_attempt_timeout_s_max
-                )
+                attempt_deadline = time.monotonic() + min(remaining, self.attempt_timeout_s_max)
                 try:
-                    result = self._attempt(op, request_id, frame, attempt_deadline)
+                    result = self._attempt(
+                        op, request_id, frame, attempt_deadline, check_idle=write and not resend
+                    )
                 except _AttemptFailed as failed:
                     last = failed
                     maybe_applied = maybe_applied or (write and failed.maybe_applied)
                     failures += 1
                     self._drop_connection()
+                    if maybe_applied and not resend:
+                        raise self._ambiguous(op, failed.error.message) from None
                     self._index = (self._index + 1) % len(self._addresses)
                     pause = min(backoff_delay_s(failures, self._rng), deadline - time.monotonic())
                     if pause > 0:
@@ -399,6 +423,11 @@ class Client:
                     # A definite, non-retryable answer (bad_request, too_large, internal, ...).
                     if write and (maybe_applied or exc.ambiguous):
                         raise self._ambiguous(op, str(exc)) from exc
+                    raise
+                except BaseException:
+                    # Interrupted mid-exchange (KeyboardInterrupt): the stream may hold the rest
+                    # of this answer, which the next call must not read as its own.
+                    self._drop_connection()
                     raise
                 try:
                     return check(result)
@@ -435,15 +464,28 @@ class Client:
         hint = AmbiguousCommitError.hint
         if op == "split":  # reading a key cannot tell; repeating the split can, harmlessly
             hint = "the split may have happened; splitting again at the same key is safe"
+        if op == "sql":
+            hint = (
+                "the statement may have committed; check with a SELECT before running it again"
+            )
+            return AmbiguousCommitError(
+                f"the statement may or may not have committed: {detail} ({hint})"
+            )
         return AmbiguousCommitError(f"{op} may or may not have committed: {detail} ({hint})")
 
-    def _attempt(self, op: str, request_id: int, frame: bytes, deadline: float) -> Any:
+    def _attempt(
+        self, op: str, request_id: int, frame: bytes, deadline: float, *, check_idle: bool = False
+    ) -> Any:
         """Send `frame` once and return the result of an ok answer.
 
+        `check_idle`: first make sure a reused connection was not closed by the server while it
+        sat idle (and open a new one if it was), for requests that must not be sent twice.
         Raises _AttemptFailed when the next address should be tried, RaftstoreError for a
         definite answer that retrying cannot change.
         """
         address = _format_address(self._addresses[self._index])
+        if check_idle and self._sock is not None and _closed_while_idle(self._sock):
+            self._drop_connection()
         if self._sock is None:
             try:
                 self._connect(deadline)
@@ -501,6 +543,34 @@ class Client:
                 pass
         self._sock = None
         self._decoder = None
+
+
+def _seconds_arg(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number of seconds, got {value}")
+    return float(value)
+
+
+def _closed_while_idle(sock: socket.socket) -> bool:
+    """True if the idle connection `sock` cannot carry a new request: the server closed it (EOF
+    or reset), or it holds bytes nobody asked for. Does not block.
+
+    Between calls nothing should be in flight, so a non-blocking peek that finds no data means
+    the connection is still open as far as this end can tell.
+    """
+    try:
+        sock.setblocking(False)
+        try:
+            sock.recv(1, socket.MSG_PEEK)
+        finally:
+            sock.setblocking(True)
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _describe(exc: BaseException) -> str:

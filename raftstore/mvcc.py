@@ -245,7 +245,8 @@ class MVCCStore:
                 f"synchronous must be one of {_SYNCHRONOUS_MODES}, got {synchronous!r}"
             )
         self._path = os.fspath(path)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._in_batch = False
         self._conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
@@ -321,6 +322,18 @@ class MVCCStore:
                 if begin is None:
                     yield conn
                     return
+                if self._in_batch:
+                    # Inside batch(): each call is a savepoint, atomic on its own, and the
+                    # batch commits them all together.
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        yield conn
+                    except BaseException:
+                        conn.execute("ROLLBACK TO op")
+                        raise
+                    finally:
+                        conn.execute("RELEASE op")
+                    return
                 conn.execute(begin)
                 try:
                     yield conn
@@ -330,6 +343,44 @@ class MVCCStore:
                         conn.execute("ROLLBACK")
             except sqlite3.Error as e:
                 raise StoreError(f"MVCC store {self._path}: {type(e).__name__}: {e}") from e
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group many writes (applies of one tick) into one transaction, one commit, one fsync.
+
+        Every write method keeps its own atomicity inside (a savepoint each); reads on this
+        store see the batch's writes. Other threads wait until the batch ends. Committing
+        early is always allowed (`flush_batch`): a batch only saves syncs, it promises nothing.
+        Nested batches join the outer one."""
+        with self._lock:
+            if self._in_batch:
+                yield
+                return
+            conn = self._conn
+            if conn is None:
+                raise StoreError(f"MVCC store {self._path} is closed")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                self._in_batch = True
+                try:
+                    yield
+                    conn.execute("COMMIT")
+                finally:
+                    self._in_batch = False
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+            except sqlite3.Error as e:
+                raise StoreError(f"MVCC store {self._path}: {type(e).__name__}: {e}") from e
+
+    def flush_batch(self) -> None:
+        """Commit what the current batch wrote so far (so other connections see it)."""
+        with self._lock:
+            if self._in_batch and self._conn is not None:
+                try:
+                    self._conn.execute("COMMIT")
+                    self._conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as e:
+                    raise StoreError(f"MVCC store {self._path}: {type(e).__name__}: {e}") from e
 
     def close(self) -> None:
         """Close the file. Idempotent; every later call except close raises StoreError."""
@@ -612,6 +663,7 @@ class MVCCStore:
         with self._lock:
             if self._conn is None:
                 raise StoreError(f"MVCC store {self._path} is closed")
+            self.flush_batch()   # the export reads on its own connection: it must see the batch
         return SpanExport(self._path, start, end, chunk_rows, range_id)
 
     def import_span(

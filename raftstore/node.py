@@ -395,6 +395,23 @@ class Node:
             return outcome, result
         return Outcome.NOT_COMMITTED, "the range holding this key kept changing; retry"
 
+    async def scan_keys(self, start: bytes, end: bytes | None, limit: int) -> tuple:
+        """A scan crosses ranges: one linearizable read per range, in key order, until the limit.
+        Returns (Outcome, {"rows": [[key, value]], "ts": [wall, logical]})."""
+        rows: list = []
+        ts = [0, 0]
+        while (end is None or start < end) and len(rows) < limit:
+            outcome, result = await self.propose_key(
+                "scan", start, {"start": start, "end": end, "limit": limit - len(rows)}, new_command_id())
+            if outcome is not Outcome.COMMITTED:
+                return outcome, result
+            rows.extend(result["rows"])
+            ts = max(ts, result["ts"])
+            if result["span_end"] is None:
+                break
+            start = result["span_end"]
+        return Outcome.COMMITTED, {"rows": rows, "ts": ts}
+
     async def split(self, key: bytes) -> tuple:
         loop = asyncio.get_running_loop()
 
@@ -434,8 +451,9 @@ class ClientServer:
     WRITE_OPS = {"put", "delete", "cas"}
     READ_OPS = {"get", "scan"}
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, sql_handler=None) -> None:
         self.node = node
+        self.sql_handler = sql_handler     # async (node, args) -> response dict; wired by the CLI
         self.inflight = 0
         self.draining = False
         self.server: asyncio.base_events.Server | None = None
@@ -493,6 +511,10 @@ class ClientServer:
             return _error("draining", "node %d is shutting down; retry on another node" % self.node.node_id)
         if op == "status":
             return {"ok": True, "result": await self.node.status()}
+        if op == "sql":
+            if self.sql_handler is None:
+                return _error("bad_request", "this node does not serve SQL")
+            return await self.sql_handler(self.node, args)
         if op == "split":
             outcome, result = await self.node.split(RAW_PREFIX + args["key"])
             return self._reply(outcome, result)
@@ -509,21 +531,13 @@ class ClientServer:
         return self._reply(outcome, result)
 
     async def _scan(self, args: dict) -> dict:
-        """A scan crosses ranges: one read per range, in key order, until the limit."""
         start = RAW_PREFIX + args["start"]
         end = RAW_PREFIX + args["end"] if args.get("end") is not None else RAW_END
-        limit, rows, ts = args["limit"], [], [0, 0]
-        while start < end and len(rows) < limit:
-            outcome, result = await self.node.propose_key(
-                "scan", start, {"start": start, "end": end, "limit": limit - len(rows)}, new_command_id())
-            if outcome is not Outcome.COMMITTED:
-                return self._reply(outcome, result)
-            rows.extend([k[len(RAW_PREFIX):], v] for k, v in result["rows"])
-            ts = max(ts, result["ts"])
-            if result["span_end"] is None:
-                break
-            start = result["span_end"]
-        return {"ok": True, "result": {"rows": rows, "ts": ts}}
+        outcome, result = await self.node.scan_keys(start, end, args["limit"])
+        if outcome is not Outcome.COMMITTED:
+            return self._reply(outcome, result)
+        rows = [[k[len(RAW_PREFIX):], v] for k, v in result["rows"]]
+        return {"ok": True, "result": {"rows": rows, "ts": result["ts"]}}
 
     @staticmethod
     def _reply(outcome: Outcome, result: Any) -> dict:
@@ -548,11 +562,12 @@ def _error(code: str, message: str, ambiguous: bool = False) -> dict:
     return {"ok": False, "error": {"code": code, "message": message, "ambiguous": ambiguous}}
 
 
-def run_node(cfg: NodeConfig) -> int:
-    """Run a node until SIGTERM/SIGINT; returns the process exit code."""
+def run_node(cfg: NodeConfig, sql_handler=None) -> int:
+    """Run a node until SIGTERM/SIGINT; returns the process exit code. `sql_handler` serves the
+    `sql` op (the CLI passes the SQL gateway; the store itself knows no SQL)."""
     node = Node(cfg)
     node.start_loop()
-    server = ClientServer(node)
+    server = ClientServer(node, sql_handler)
 
     async def main() -> int:
         await server.start()

@@ -88,6 +88,10 @@ class RangeReplica:
         self.on_write = on_write
 
     # --- StateMachine ------------------------------------------------------------------------
+    def batch(self):
+        """One SQLite transaction around a tick's applies (see RaftGroup)."""
+        return self.store.batch()
+
     def applied_index(self) -> int:
         return self.store.applied_index(self.range_id)
 

@@ -15,6 +15,24 @@ Request:  ``{"id": int, "op": str, "args": map}``
 Response: ``{"id": int, "ok": true, "result": any}`` or
           ``{"id": int, "ok": false, "error": {"code": str, "message": str, "ambiguous": bool}}``
 
+The ``sql`` op runs one SQL statement: ``args = {"sql": str, "params": [value, ...]}`` with
+``params`` optional (absent: no parameters). A parameter is nil, bool, int, float, str, bytes,
+or ``["ts", "YYYY-MM-DD HH:MM:SS[.ffffff]"]`` for a TIMESTAMP (see `parse_sql_timestamp`); it
+is bound as a value by the server, never spliced into the text. Its answer:
+
+    result: {"columns": [str], "types": [str], "rows": [[value, ...]], "rowcount": int,
+             "status": str, "ts": [wall_ns, logical]}
+    error:  {"code": "sql_error", "message": str, "ambiguous": bool,
+             "sql_code": str, "position": int | nil}   (or any other error code)
+
+Row values are nil, bool, int, float, str or bytes; a TIMESTAMP column carries the text form
+above. ``types`` holds the SQL type name of each column (``INT``, ``TEXT``, ``TIMESTAMP``...),
+``status`` the command tag (``INSERT 3``, ``CREATE TABLE``, ``SELECT 2``), ``ts`` the commit
+timestamp of a write or the read timestamp of a read. ``position`` is the 0-based character
+offset into ``sql`` of the construct at fault; ``sql_code`` is one of `errors.SQL_CODES`. The
+``sql`` op carries no command id: a client must not resend a statement that may have reached
+a server unless the statement only reads.
+
 Requests on one connection may be pipelined; responses carry the request id and may come back
 in any order. The args of each op are in `REQUEST_ARGS`; keys and values are bytes, and every
 write carries a 16-byte ``command_id`` that the client keeps across retries so a retried write
@@ -30,6 +48,8 @@ socket-like object (``recv``/``sendall``) and are used by the client only.
 
 from __future__ import annotations
 
+import datetime
+import re
 import struct
 from collections import deque
 from typing import Any, Protocol
@@ -44,9 +64,16 @@ HEADER_BYTES = HEADER.size
 REQUEST_ID_MAX = 2**64 - 1      # any non-negative msgpack integer
 _RECV_CHUNK_BYTES = 64 * 1024
 
+# The sql op's bounds. PostgreSQL's Bind message counts parameters in 16 bits; a statement's
+# text is bounded well below the frame so that the parameters have room beside it.
+# (They belong with the other limits in `constants`; kept here while that module is busy.)
+sql_text_bytes_max = 1024 * 1024        # UTF-8 bytes of one statement's text
+sql_params_count_max = 65_535           # parameters of one statement
+
 # --- request schema ---------------------------------------------------------------------------
 # Field kinds: "bytes", "bytes?" (bytes or None), "command_id" (exactly command_id_bytes bytes),
-# "limit" (int in [1, scan_rows_max]).
+# "limit" (int in [1, scan_rows_max]), "sql_text" (str of at most sql_text_bytes_max UTF-8
+# bytes), "sql_params" (array of at most sql_params_count_max parameters, see module doc).
 REQUEST_ARGS: dict[str, dict[str, str]] = {
     "put": {"key": "bytes", "value": "bytes", "command_id": "command_id"},
     "get": {"key": "bytes"},
@@ -55,7 +82,10 @@ REQUEST_ARGS: dict[str, dict[str, str]] = {
     "scan": {"start": "bytes", "end": "bytes?", "limit": "limit"},
     "status": {},
     "split": {"key": "bytes"},
+    "sql": {"sql": "sql_text", "params": "sql_params"},
 }
+# Fields of REQUEST_ARGS that a request may leave out (every other one is required).
+OPTIONAL_ARGS: dict[str, frozenset[str]] = {"sql": frozenset({"params"})}
 WRITE_OPS = frozenset({"put", "delete", "cas"})
 
 
@@ -249,8 +279,90 @@ def _check_field(op: str, name: str, kind: str, value: Any, request_id: int) -> 
             raise BadRequest(
                 f"{where} must be an int in [1, {constants.scan_rows_max}], got {got}", request_id
             )
+    elif kind == "sql_text":
+        if not isinstance(value, str):
+            raise BadRequest(f"{where} must be a str, got {_type_name(value)}", request_id)
+        # A str of n code points is at most 4n UTF-8 bytes: encode only when it could matter.
+        if len(value) * 4 > sql_text_bytes_max:
+            try:
+                size = len(value.encode("utf-8"))
+            except UnicodeEncodeError:  # msgpack cannot decode to a lone surrogate; be safe
+                raise BadRequest(f"{where} is not valid UTF-8 text", request_id) from None
+            if size > sql_text_bytes_max:
+                raise BadRequest(
+                    f"{where} is {size} bytes, more than the limit of {sql_text_bytes_max} "
+                    "bytes (sql_text_bytes_max)",
+                    request_id,
+                )
+    elif kind == "sql_params":
+        if not isinstance(value, list):
+            raise BadRequest(f"{where} must be an array, got {_type_name(value)}", request_id)
+        if len(value) > sql_params_count_max:
+            raise BadRequest(
+                f"{where} holds {len(value)} parameters, more than the limit of "
+                f"{sql_params_count_max} (sql_params_count_max)",
+                request_id,
+            )
+        for index, param in enumerate(value):
+            problem = sql_param_problem(param)
+            if problem is not None:
+                raise BadRequest(f"{where}[{index}] {problem}", request_id)
     else:  # pragma: no cover - REQUEST_ARGS is fixed above
         raise AssertionError(kind)
+
+
+_SQL_SCALAR_TYPES = (type(None), bool, int, float, str, bytes)
+_SQL_TIMESTAMP_RE = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2}) ([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,6}))?"
+)
+_SQL_PARAM_KINDS = 'nil, bool, int, float, str, bytes or ["ts", "YYYY-MM-DD HH:MM:SS[.ffffff]"]'
+
+
+def sql_param_problem(param: Any) -> str | None:
+    """None if `param` is a well-formed sql parameter (module doc), else what is wrong with it
+    (a phrase like ``must be ..., got dict``). Never raises: `param` comes from the network."""
+    if isinstance(param, _SQL_SCALAR_TYPES):
+        return None
+    if isinstance(param, list) and len(param) == 2 and param[0] == "ts":
+        text = param[1]
+        if not isinstance(text, str):
+            return f"is a timestamp whose text must be a str, got {_type_name(text)}"
+        try:
+            parse_sql_timestamp(text)
+        except ValueError as exc:
+            return f"is a malformed timestamp: {exc}"
+        return None
+    return f"must be {_SQL_PARAM_KINDS}, got {_type_name(param)}"
+
+
+def parse_sql_timestamp(text: str) -> datetime.datetime:
+    """``"YYYY-MM-DD HH:MM:SS[.ffffff]"`` (1 to 6 fraction digits) -> a naive datetime.
+
+    The one text form of a TIMESTAMP on the wire, in parameters and in results. Raises
+    ValueError naming the problem for any other form or an impossible date or time.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"expected 'YYYY-MM-DD HH:MM:SS[.ffffff]', got {_type_name(text)}")
+    match = _SQL_TIMESTAMP_RE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"expected 'YYYY-MM-DD HH:MM:SS[.ffffff]', got {text[:40]!r}")
+    *fields, fraction = match.groups()
+    try:
+        return datetime.datetime(
+            *(int(field) for field in fields),
+            microsecond=int(fraction.ljust(6, "0")) if fraction else 0,
+        )
+    except ValueError:
+        raise ValueError(f"{text!r} is not a real date and time") from None
+
+
+def format_sql_timestamp(value: datetime.datetime) -> str:
+    """A naive datetime -> its wire text (microseconds shown only when not zero); the inverse
+    of `parse_sql_timestamp`. Asserts the datetime is naive: converting time zones is the
+    caller's decision."""
+    assert value.tzinfo is None, value
+    spec = "microseconds" if value.microsecond else "seconds"
+    return value.isoformat(sep=" ", timespec=spec)
 
 
 def _field_list(names: Any) -> str:
@@ -295,7 +407,7 @@ def validate_request(obj: Any) -> tuple[int, str, dict[str, Any]]:
     args = obj["args"]
     if not isinstance(args, dict):
         raise BadRequest(f"{op}: args must be a map, got {_type_name(args)}", request_id)
-    missing = schema.keys() - args.keys()
+    missing = schema.keys() - args.keys() - OPTIONAL_ARGS.get(op, frozenset())
     if missing:
         raise BadRequest(f"{op}: args is missing {_field_list(missing)}", request_id)
     extra = args.keys() - schema.keys()
@@ -306,7 +418,8 @@ def validate_request(obj: Any) -> tuple[int, str, dict[str, Any]]:
             request_id,
         )
     for name, kind in schema.items():
-        _check_field(op, name, kind, args[name], request_id)
+        if name in args:
+            _check_field(op, name, kind, args[name], request_id)
     return request_id, op, args
 
 

@@ -57,6 +57,7 @@ _OVERRIDDEN = (
     "_SyncObj__sendNextNodeIdx",
     "_SyncObj__tryLogCompaction",
     "_SyncObj__generateRaftTimeout",
+    "_SyncObj__applyLogEntries",
     "_onTick",
 )
 _INSTANCE_ATTRS = (
@@ -308,6 +309,16 @@ class RaftGroup(SyncObj):
         except Exception:
             logger.exception("%s: recording failed command %d raised", self.name, index)
         return (False, error)
+
+    def _SyncObj__applyLogEntries(self):
+        # One state-machine transaction for everything this tick applies (one SQLite commit
+        # instead of one per command). Answers to proposers may leave before that commit: the
+        # entries are committed in the Raft log, which replays them after a crash.
+        batch = getattr(self._sm, "batch", None)
+        if batch is None:
+            return SyncObj._SyncObj__applyLogEntries(self)
+        with batch():
+            return SyncObj._SyncObj__applyLogEntries(self)
 
     # --- tick: sync before the leader counts itself ----------------------------------------
     def _onTick(self, timeToWait=0.0):
