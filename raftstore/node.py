@@ -31,7 +31,7 @@ from typing import Any
 
 from pysyncobj.transport import Transport
 
-from hlc import HLC, FileCeilingStore, SystemClock
+from hlc import HLC, ClockOffsetError, FileCeilingStore, SystemClock, Timestamp
 from raftstore import constants
 from raftstore.mvcc import MVCCStore
 from raftstore.peer import HEARTBEAT, RAFT, PeerNetwork, parse_addr
@@ -112,6 +112,7 @@ class Node:
         self.members: dict[int, dict] | None = None   # node id -> {"addr", "region"}
         self.active: set[int] = set()                 # members seen running with their data
         self.fatal: str | None = None
+        self.clock_offset_errors = 0
         self.join_hellos: dict[str, dict] = {}
         self._stop = threading.Event()
         self._loop_thread: threading.Thread | None = None
@@ -269,7 +270,16 @@ class Node:
             return 0.0
         return self.cfg.latency.one_way_s(self.cfg.region, self.members[peer_id]["region"])
 
-    def _on_heartbeat(self, peer_id: int) -> None:
+    def _on_heartbeat(self, peer_id: int, stamp) -> None:
+        if stamp is not None:
+            try:
+                self.hlc.update(Timestamp.from_wire(stamp))
+            except ValueError:
+                logger.warning("node %d sent a malformed clock reading %r", peer_id, stamp)
+            except ClockOffsetError as exc:
+                # Refuse its clock; a node far from a majority should stop serving (not yet).
+                self.clock_offset_errors += 1
+                logger.error("node %d: %s", peer_id, exc)
         if self.store is not None:
             self.store.on_node_heartbeat(peer_id)
 
@@ -313,8 +323,9 @@ class Node:
                     self._dial()
                 if now >= next_heartbeat:
                     next_heartbeat = now + constants.node_heartbeat_interval_s
+                    stamp = self.hlc.now().to_wire()
                     for pid in list(self.net.peers):
-                        self.net.send(pid, [HEARTBEAT])
+                        self.net.send(pid, [HEARTBEAT, stamp])
                 if self.store is not None:
                     self.store.sync()
                 self.net.flush()

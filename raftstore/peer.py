@@ -8,7 +8,8 @@ opens a socket per group per peer. This module replaces it with:
   gets nothing parsed beyond 36 bytes and is dropped;
 * then length-prefixed msgpack frames, bounded in size (`peer_frame_bytes_max`), each a list
   `[kind, ...]`: HELLO (who I am), RAFT (a group's message, tagged with the group id), REJECT
-  (why I refuse you), HEARTBEAT (I am alive: followers of every group I lead wait for me). Unknown, malformed or oversized frames are logged and the connection is
+  (why I refuse you), HEARTBEAT (I am alive, and my HLC reads this: followers of every group I
+  lead wait for me, and the receiver's clock moves past mine). Unknown, malformed or oversized frames are logged and the connection is
   dropped; the node keeps serving. Nothing is ever unpickled here;
 * group commit: frames queued by groups are released to the sockets only by `flush()`, which the
   node loop calls after syncing every dirty journal, so no reply leaves before the write it
@@ -92,7 +93,7 @@ class PeerNetwork:
                  on_hello: Callable[[dict], str | None], on_raft: Callable[[int, int, dict], None],
                  on_peer_up: Callable[[int], None], on_peer_down: Callable[[int], None],
                  on_reject: Callable[[str], None], node_id: int,
-                 on_heartbeat: Callable[[int], None] = lambda peer_id: None,
+                 on_heartbeat: Callable[[int, object], None] = lambda peer_id, ts: None,
                  delay_s: Callable[[int], float] = lambda peer_id: 0.0) -> None:
         self.node_id = node_id
         self.secret = secret
@@ -330,7 +331,7 @@ class PeerNetwork:
             elif kind == HELLO:
                 self._on_hello(conn, frame)
             elif kind == HEARTBEAT:
-                self.on_heartbeat(conn.peer_id)
+                self.on_heartbeat(conn.peer_id, frame[1] if len(frame) > 1 else None)
             elif kind == REJECT:
                 reason = frame[1] if len(frame) > 1 and isinstance(frame[1], str) else "no reason given"
                 self._drop(conn, "peer refused us: %s" % reason)

@@ -350,8 +350,12 @@ def _encode_params(params: Any) -> list[Any]:
 
 def _encode_param(index: int, value: Any) -> Any:
     where = f"parameter ${index + 1}"
-    if value is None or isinstance(value, (bool, float, bytes)):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, bytes):
+        return bytes(value)
     if isinstance(value, int):
         if not _INT_MIN <= value <= _INT_MAX:
             raise DataError(f"{where} = {value} does not fit in 64 bits")
@@ -393,7 +397,7 @@ def _check_sql_result(result: Any) -> _Result:
     become tuples, TIMESTAMP texts datetimes. Raises ValueError naming what is malformed."""
     if not isinstance(result, dict):
         raise ValueError(f"sql result must be a map, got {type(result).__name__}")
-    ts = kv._ts_of("sql", result)
+    ts = HLCTimestamp.from_wire(result.get("ts"))
     columns, types, rows = result.get("columns"), result.get("types"), result.get("rows")
     rowcount, status = result.get("rowcount"), result.get("status")
     if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
