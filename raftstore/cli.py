@@ -76,12 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_kv_parser(sub)
     add_status_parser(sub)
     add_demo_parser(sub)
-    try:
-        from raftstore.cli_sql import add_sql_parser
-    except ImportError:  # the SQL shell is optional while it is being built
-        pass
-    else:
-        add_sql_parser(sub)
+    from raftstore.cli_sql import add_sql_parser
+    add_sql_parser(sub)
     return parser
 
 

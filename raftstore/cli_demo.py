@@ -9,6 +9,7 @@ runs statements and exits. Every node process stops when the demo ends, also on 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -60,7 +61,7 @@ def _wait_for_sql(conn, timeout_s: float = 60.0) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     import raftstore
-    from raftstore.cli_sql import run_repl, run_statements
+    from raftstore.cli_sql import HISTORY_PATH_DEFAULT, run_repl, run_statements
     from raftstore.localcluster import Cluster
     from raftstore.wan import MatrixError, load_matrix
 
@@ -70,6 +71,11 @@ def run_demo(args: argparse.Namespace) -> int:
             load_matrix(matrix_name)
         except MatrixError as exc:
             raise SystemExit("raftstore demo: error: %s" % exc)
+    if args.data_dir:
+        if os.path.exists(args.data_dir) and (not os.path.isdir(args.data_dir) or os.listdir(args.data_dir)):
+            raise SystemExit("raftstore demo: error: --data-dir %s must be a new or empty directory "
+                             "(a demo cluster picks fresh ports each time)" % args.data_dir)
+        os.makedirs(args.data_dir, exist_ok=True)
     root = args.data_dir or tempfile.mkdtemp(prefix="raftstore-demo-")
     interactive = not args.execute
     log = sys.stderr if interactive else None
@@ -83,6 +89,8 @@ def run_demo(args: argparse.Namespace) -> int:
             cur = conn.cursor()
             for stmt in SAMPLE_SQL:
                 cur.execute(stmt)
+            if interactive and not sys.stdin.isatty():   # statements piped in: run them and exit
+                return run_statements(conn, [sys.stdin.read()], sys.stdout)
             if log:
                 print("raftstore demo: %d regions, one node each%s" % (
                     args.nodes, "" if matrix_name is None else ", WAN latency emulated (%s)" % matrix_name), file=log)
@@ -90,7 +98,7 @@ def run_demo(args: argparse.Namespace) -> int:
                     print("  n%d %-22s sql %s" % (n.node_id, n.region, n.sql_addr), file=log)
                 print("sample tables: %s. Connected to n%d (%s). \\q to quit." % (
                     ", ".join(SAMPLE_TABLES), first.node_id, first.region), file=log)
-                return run_repl(conn, history_path=None)
+                return run_repl(conn, history_path=HISTORY_PATH_DEFAULT)
             return run_statements(conn, list(args.execute), sys.stdout)
     except KeyboardInterrupt:
         return 130

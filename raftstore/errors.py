@@ -208,7 +208,8 @@ def _sql_error_from_wire(obj: dict, message: str, ambiguous: bool) -> RaftstoreE
     sql_code, position = obj.get("sql_code"), obj.get("position")
     if not isinstance(sql_code, str):
         return ProtocolError(
-            f"malformed sql_error in response: sql_code must be a str, got {type(sql_code).__name__}"
+            "malformed sql_error in response: sql_code must be a str, got "
+            f"{type(sql_code).__name__}"
         )
     position_ok = position is None or (
         isinstance(position, int) and not isinstance(position, bool) and position >= 0

@@ -212,8 +212,13 @@ def _error_from(exc: RaftstoreError) -> Error:
         cls = InternalError
     else:
         cls = DatabaseError
+    message = str(exc)
+    if exc.ambiguous and not isinstance(exc, AmbiguousCommitError):
+        message += (
+            "; the statement may have committed (check with a SELECT before running it again)"
+        )
     return cls(
-        str(exc),
+        message,
         sql_code=sql_code,
         position=position,
         ambiguous=bool(exc.ambiguous),

@@ -12,7 +12,7 @@ import asyncio
 import datetime
 from typing import Any
 
-from raftstore.errors import AmbiguousCommitError, RaftstoreError, UnavailableError
+from raftstore.errors import AmbiguousCommitError, RaftstoreError, SqlError, UnavailableError
 from raftstore.raft.commands import Outcome, new_command_id
 
 _TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
@@ -97,8 +97,9 @@ def _param(value: Any) -> Any:
 
 
 def _sql_error(exc) -> dict:
-    return {"ok": False, "error": {"code": "sql_error", "message": str(exc), "ambiguous": False,
-                                   "sql_code": getattr(exc, "code", "syntax"), "position": getattr(exc, "position", None)}}
+    message = getattr(exc, "message", None) or str(exc)   # the caret shows the position; no "(line, col)"
+    return {"ok": False, "error": SqlError(message, sql_code=getattr(exc, "code", "syntax"),
+                                           position=getattr(exc, "position", None)).to_wire()}
 
 
 async def handle_sql(node, args: dict) -> dict:
@@ -111,7 +112,7 @@ async def handle_sql(node, args: dict) -> dict:
     try:
         params = [_param(p) for p in (args.get("params") or [])]
     except ValueError as exc:
-        return _sql_error(SQLError("bad timestamp parameter: %s" % exc, code="invalid_parameter"))
+        return _sql_error(SQLError("invalid_parameter", "bad timestamp parameter: %s" % exc))
 
     def run():
         return Session(kv).execute(args["sql"], params)

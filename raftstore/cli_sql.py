@@ -1,0 +1,698 @@
+"""``raftstore sql``: a SQL shell on a node's client port, interactive or scripted.
+
+Why a module of its own: the main CLI owns process management; this one reads statements,
+runs them through `raftstore.sqlclient` and prints results, so it can be tested against a
+fake server, and `raftstore demo` can reuse `run_repl` and `run_statements`.
+
+Modes (``raftstore sql --url HOST:PORT[,HOST:PORT...]``):
+
+* ``-e SQL`` (repeatable): run the statements and exit. Otherwise, if stdin is not a
+  terminal: run every statement read from it and exit. Both stop at the first error, print
+  ``ERROR: ...`` on stderr and exit 1; exit 0 when everything ran. A statement at the very end
+  may omit its ``;``.
+* Otherwise an interactive shell (prompt_toolkit): a statement runs once a ``;`` outside
+  quotes and comments ends the input, so it may span lines (continuation prompt ``->``);
+  history persists in ``~/.raftstore_sql_history`` (``--history FILE``); Tab completes
+  keywords and table names (refreshed after DDL); ``\\timing`` prints how long each statement
+  took; ``\\q``, ``quit``, ``exit`` or Ctrl-D leave; Ctrl-C cancels the current input (or the
+  running statement); an error is printed and the shell goes on.
+
+Output: a result with columns is an aligned table in psql's layout (numbers right-aligned,
+NULL shown as ``NULL``, control characters escaped so that every row stays one line) and a
+``(N rows)`` footer; a statement without columns prints the server's status (``INSERT 3``,
+``CREATE TABLE``). An error prints ``ERROR: message`` and, when the server gave a position,
+the offending line with a caret under it. A malformed ``--url`` is a one-line usage error,
+exit 2.
+
+The statement splitter and the formatting are pure functions, tested without a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import re
+import sys
+import time
+from typing import Any, Iterable, Iterator, TextIO
+
+from raftstore import constants, sqlclient
+from raftstore.kv import parse_address
+
+HISTORY_PATH_DEFAULT = "~/.raftstore_sql_history"
+PROMPT = "raftstore> "
+CONTINUATION = "-> "
+
+_TABLE_CELL_CHARS_MAX = 1000      # longer cell texts are cut, so one value cannot flood a screen
+_ERROR_LINE_CHARS_MAX = 100       # the error's source line is shown in a window of this size
+
+_OK, _ERROR, _QUIT = "ok", "error", "quit"
+
+# --- splitting input into statements (pure) --------------------------------------------------
+
+_DOLLAR_TAG_RE = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
+
+
+def _is_ident_char(ch: str) -> bool:
+    return ch.isalnum() or ch in "_$"
+
+
+def _end_of_quoted(text: str, start: int, quote: str, backslash_escapes: bool) -> int:
+    """Index just past the quote closing the one at `start` (doubled quotes stay inside), or -1
+    if the text ends first."""
+    pos, end = start + 1, len(text)
+    while pos < end:
+        ch = text[pos]
+        if backslash_escapes and ch == "\\":
+            pos += 2
+        elif ch == quote:
+            if pos + 1 < end and text[pos + 1] == quote:
+                pos += 2
+            else:
+                return pos + 1
+        else:
+            pos += 1
+    return -1
+
+
+def _end_of_block_comment(text: str, start: int) -> int:
+    """Index just past the ``*/`` closing the ``/*`` at `start` (they nest), or -1."""
+    depth, pos, end = 1, start + 2, len(text)
+    while pos < end:
+        if text.startswith("/*", pos):
+            depth, pos = depth + 1, pos + 2
+        elif text.startswith("*/", pos):
+            depth, pos = depth - 1, pos + 2
+            if depth == 0:
+                return pos
+        else:
+            pos += 1
+    return -1
+
+
+class ScannedInput:
+    """Input text cut into complete items and an unfinished rest.
+
+    `items`: complete statements (text without the ending ``;``, leading comments kept) and
+    meta commands (a line starting with ``\\`` where a statement could start), in order.
+    `rest`: the text after the last complete item. `rest_has_code`: the rest holds more than
+    whitespace and comments. `open_token`: the text ends inside a string, quoted identifier,
+    dollar-quoted string or block comment.
+    """
+
+    def __init__(self, text: str):
+        self.items: list[str] = []
+        self.rest = ""
+        self.rest_has_code = False
+        self.open_token = False
+        self._scan(text)
+
+    @property
+    def complete(self) -> bool:
+        """True if nothing is pending: no unterminated statement, quote or comment."""
+        return not self.rest_has_code and not self.open_token
+
+    def _scan(self, text: str) -> None:
+        start, pos, end = 0, 0, len(text)
+        has_code = False
+        while pos < end:
+            ch = text[pos]
+            if ch == ";":
+                if has_code:
+                    self.items.append(text[start:pos].strip())
+                start, pos, has_code = pos + 1, pos + 1, False
+            elif ch.isspace():
+                pos += 1
+            elif text.startswith("--", pos):
+                newline = text.find("\n", pos)
+                pos = end if newline < 0 else newline + 1
+            elif text.startswith("/*", pos):
+                pos = _end_of_block_comment(text, pos)
+                if pos < 0:
+                    self._finish(text[start:], has_code, open_token=True)
+                    return
+            elif ch == "\\" and not has_code:
+                newline = text.find("\n", pos)
+                line_end = end if newline < 0 else newline
+                self.items.append(text[pos:line_end].strip())
+                start = pos = line_end
+            else:
+                has_code = True
+                closing = self._skip_token(text, pos)
+                if closing < 0:
+                    self._finish(text[start:], has_code, open_token=True)
+                    return
+                pos = closing
+        self._finish(text[start:], has_code, open_token=False)
+
+    @staticmethod
+    def _skip_token(text: str, pos: int) -> int:
+        """Index past the quoted token at `pos` (or past the one character there); -1 if the
+        quoted token does not end."""
+        ch = text[pos]
+        if ch == "'":
+            # E'...' strings take backslash escapes; the E must start a token of its own.
+            escapes = (
+                pos >= 1
+                and text[pos - 1] in "eE"
+                and (pos < 2 or not _is_ident_char(text[pos - 2]))
+            )
+            return _end_of_quoted(text, pos, "'", escapes)
+        if ch == '"':
+            return _end_of_quoted(text, pos, '"', False)
+        if ch == "$" and (pos == 0 or not _is_ident_char(text[pos - 1])):
+            match = _DOLLAR_TAG_RE.match(text, pos)
+            if match is not None:  # $tag$ ... $tag$ (a $1 parameter never matches)
+                closing = text.find(match.group(), match.end())
+                return -1 if closing < 0 else closing + len(match.group())
+        return pos + 1
+
+    def _finish(self, rest: str, has_code: bool, *, open_token: bool) -> None:
+        self.rest = rest.strip()
+        self.rest_has_code = has_code
+        self.open_token = open_token
+
+
+def split_statements(text: str) -> list[str]:
+    """Every statement and meta command in `text`, in order (see `ScannedInput`); an
+    unterminated statement at the end counts as the last one, so ``-e "SELECT 1"`` runs."""
+    scanned = ScannedInput(text)
+    items = list(scanned.items)
+    if scanned.rest_has_code or (scanned.open_token and scanned.rest):
+        items.append(scanned.rest)
+    return items
+
+
+def _is_quit(text: str) -> bool:
+    return text.strip().rstrip(";").strip().lower() in ("quit", "exit")
+
+
+# --- formatting results (pure) ---------------------------------------------------------------
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_controls(text: str) -> str:
+    return _CONTROL_RE.sub(
+        lambda match: _CONTROL_ESCAPES.get(match.group(), f"\\x{ord(match.group()):02x}"), text
+    )
+
+
+def format_value(value: Any) -> str:
+    """One result value as shown in a table: NULL, true/false, numbers as PostgreSQL prints them
+    (``1`` for 1.0, ``NaN``, ``Infinity``), bytes as ``\\x`` hex, timestamps as
+    ``YYYY-MM-DD HH:MM:SS[.ffffff]``, text with control characters escaped."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        text = repr(value)
+        return text[:-2] if text.endswith(".0") else text
+    if isinstance(value, bytes):
+        return "\\x" + value.hex()
+    if isinstance(value, datetime.datetime):
+        return value.isoformat(sep=" ")
+    text = _escape_controls(str(value))
+    if len(text) > _TABLE_CELL_CHARS_MAX:
+        text = text[:_TABLE_CELL_CHARS_MAX] + "..."
+    return text
+
+
+def _width(text: str) -> int:
+    from prompt_toolkit.utils import get_cwidth  # wide (CJK) characters take two columns
+
+    return get_cwidth(text)
+
+
+def _pad(text: str, width: int, align: str) -> str:
+    gap = width - _width(text)
+    if align == "right":
+        return " " * gap + text
+    if align == "center":
+        left = gap // 2
+        return " " * left + text + " " * (gap - left)
+    return text + " " * gap
+
+
+def format_table(columns: list[str], types: list[str], rows: Iterable[Iterable[Any]]) -> list[str]:
+    """The lines of an aligned table in psql's layout (header, rule, one line per row; no
+    footer). Columns of numeric type are right-aligned, others left-aligned."""
+    headers = [_escape_controls(name) for name in columns]
+    cells = [[format_value(value) for value in row] for row in rows]
+    widths = [_width(header) for header in headers]
+    for row in cells:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], _width(cell))
+    aligns = [
+        "right" if sqlclient.NUMBER == type_name and type_name.upper() != "BOOL" else "left"
+        for type_name in types
+    ]
+    lines = [
+        "|".join(f" {_pad(h, w, 'center')} " for h, w in zip(headers, widths)).rstrip(),
+        "+".join("-" * (w + 2) for w in widths),
+    ]
+    for row in cells:
+        line = "|".join(f" {_pad(c, w, a)} " for c, w, a in zip(row, widths, aligns))
+        lines.append(line.rstrip())
+    return lines
+
+
+def format_rows_footer(count: int) -> str:
+    return "(1 row)" if count == 1 else f"({count} rows)"
+
+
+def format_error(error: BaseException, sql: str | None = None) -> list[str]:
+    """``ERROR: message``, then (if `error` has a position inside `sql`) psql's ``LINE n:`` with
+    the statement's line and a caret under the position."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    lines = [f"ERROR: {message}"]
+    position = getattr(error, "position", None)
+    if sql is None or not isinstance(position, int) or not 0 <= position <= len(sql):
+        return lines
+    line_start = sql.rfind("\n", 0, position) + 1
+    line_end = sql.find("\n", position)
+    line = sql[line_start : len(sql) if line_end < 0 else line_end]
+    column = position - line_start
+    shown, column = _window(line.replace("\t", " "), column)
+    prefix = f"LINE {sql.count(chr(10), 0, position) + 1}: "
+    lines.append(prefix + _escape_controls(shown))
+    lines.append(" " * (_width(prefix) + _width(_escape_controls(shown[:column]))) + "^")
+    return lines
+
+
+def _window(line: str, column: int) -> tuple[str, int]:
+    """A part of `line` of at most _ERROR_LINE_CHARS_MAX characters around `column`, with
+    ``...`` where it was cut; returns it and the column within it."""
+    if len(line) <= _ERROR_LINE_CHARS_MAX:
+        return line, column
+    half = _ERROR_LINE_CHARS_MAX // 2
+    start = max(0, min(column - half, len(line) - _ERROR_LINE_CHARS_MAX))
+    shown = line[start : start + _ERROR_LINE_CHARS_MAX]
+    if start > 0:
+        shown, column = "..." + shown, column - start + 3
+    if start + _ERROR_LINE_CHARS_MAX < len(line):
+        shown += "..."
+    return shown, column
+
+
+# --- running statements ----------------------------------------------------------------------
+
+_DDL_KEYWORDS = frozenset({"CREATE", "DROP", "ALTER", "RENAME", "TRUNCATE"})
+
+HELP_TEXT = """\
+Statements end with ";" and may span several lines.
+  \\q, quit, exit, Ctrl-D   leave the shell
+  \\timing [on|off]         print how long each statement took (toggles without argument)
+  \\dt                      list tables (SHOW TABLES)
+  \\?                       this help
+  Ctrl-C                   cancel the current input, or the running statement
+  Tab                      complete SQL keywords and table names
+Every statement commits on its own. Parameters ($1, %s) are for the Python client."""
+
+
+class _Shell:
+    """Runs statements and meta commands on one connection and prints what they give."""
+
+    def __init__(
+        self, connection: sqlclient.Connection, out: TextIO, err: TextIO, *, interactive: bool
+    ):
+        self.connection = connection
+        self.cursor = connection.cursor()
+        self.out = out
+        self.err = err
+        self.interactive = interactive  # keep table names for completion
+        self.timing = False
+        self.tables: list[str] = []
+
+    def write(self, lines: Iterable[str], *, to_err: bool = False) -> None:
+        stream = self.err if to_err else self.out
+        for line in lines:
+            stream.write(line + "\n")
+        stream.flush()
+
+    def run_item(self, item: str) -> str:
+        """Run one statement or meta command; returns _OK, _ERROR or _QUIT."""
+        if item.startswith("\\"):
+            return self.run_meta(item)
+        if _is_quit(item):
+            return _QUIT
+        return self.run_sql(item)
+
+    def run_sql(self, sql: str) -> str:
+        started = time.perf_counter()
+        ddl = self.interactive and bool(set(sqlclient.leading_keywords(sql, 1)) & _DDL_KEYWORDS)
+        try:
+            self.cursor.execute(sql)
+        except sqlclient.Error as exc:
+            self.out.flush()
+            self.write(format_error(exc, sql), to_err=True)
+            if ddl:
+                self.refresh_tables()
+            return _ERROR
+        except KeyboardInterrupt:
+            # The connection dropped its half-read answer; say what that means for a write.
+            note = "" if sqlclient.statement_is_read(sql) else "; the statement may have committed"
+            self.write([f"ERROR: canceled{note}"], to_err=True)
+            return _ERROR
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        self.print_result()
+        if self.timing:
+            self.write([f"Time: {elapsed_ms:.3f} ms"])
+        if ddl:
+            self.refresh_tables()
+        return _OK
+
+    def print_result(self) -> None:
+        cursor = self.cursor
+        if cursor.description is not None:
+            rows = cursor.fetchall()
+            columns = [column.name for column in cursor.description]
+            types = [column.type_code for column in cursor.description]
+            self.write(format_table(columns, types, rows) + [format_rows_footer(len(rows)), ""])
+        elif cursor.statusmessage:
+            self.write([cursor.statusmessage])
+
+    def run_meta(self, item: str) -> str:
+        command, _, argument = item.partition(" ")
+        argument = argument.strip().lower()
+        if command == "\\q":
+            return _QUIT
+        if command in ("\\?", "\\h", "\\help"):
+            self.write([HELP_TEXT])
+            return _OK
+        if command == "\\timing" and argument in ("", "on", "off"):
+            self.timing = (not self.timing) if not argument else argument == "on"
+            self.write([f"Timing is {'on' if self.timing else 'off'}."])
+            return _OK
+        if command == "\\dt" and not argument:
+            return self.run_sql("SHOW TABLES")
+        self.write([f"ERROR: unknown command {item!r}; type \\? for help"], to_err=True)
+        return _ERROR
+
+    def refresh_tables(self) -> None:
+        """Reload the table names for completion; on failure keep the old list (a connection
+        error would show up on the next statement anyway)."""
+        try:
+            self.tables = fetch_table_names(self.connection)
+        except sqlclient.Error:
+            pass
+
+
+def fetch_table_names(connection: sqlclient.Connection) -> list[str]:
+    """Table names from ``SHOW TABLES`` (its ``table_name`` or ``name`` column, else the first).
+    Raises sqlclient.Error."""
+    cursor = connection.cursor()
+    try:
+        cursor.execute("SHOW TABLES")
+        if cursor.description is None:
+            return []
+        names = [column.name.lower() for column in cursor.description]
+        index = next((names.index(n) for n in ("table_name", "name") if n in names), 0)
+        return sorted({row[index] for row in cursor.fetchall() if isinstance(row[index], str)})
+    finally:
+        cursor.close()
+
+
+def run_statements(
+    connection: sqlclient.Connection,
+    statements: list[str],
+    out: TextIO,
+    *,
+    err: TextIO | None = None,
+    timing: bool = False,
+) -> int:
+    """Run every statement (each str may hold several, split as the shell splits them; meta
+    commands such as ``\\timing`` work too) in order, printing results to `out` and errors to
+    `err` (default stderr). Stops at the first error: returns 1, else 0."""
+    shell = _Shell(connection, out, sys.stderr if err is None else err, interactive=False)
+    shell.timing = timing
+    for text in statements:
+        for item in split_statements(text):
+            status = shell.run_item(item)
+            if status == _ERROR:
+                return 1
+            if status == _QUIT:
+                return 0
+    return 0
+
+
+# --- the interactive shell -------------------------------------------------------------------
+
+SQL_KEYWORDS = (
+    "ALL AND AS ASC AVG BETWEEN BIGINT BOOL BY BYTES CASE CAST CONFLICT COUNT CREATE CROSS "
+    "DEFAULT DELETE DESC DISTINCT DO DROP ELSE END EXISTS EXPLAIN FALSE FIRST FLOAT FROM GROUP "
+    "HAVING IF IN INNER INSERT INT INTO IS JOIN KEY LAST LIKE LIMIT MAX MIN NOT NOTHING NULL "
+    "NULLS OF OFFSET ON OR ORDER PRIMARY RANGES REGIONS SELECT SET SHOW SUM SYSTEM TABLE "
+    "TABLES TEXT THEN TIME TIMESTAMP TRUE UPDATE UPSERT VALUES WHEN WHERE"
+).split()
+_TABLE_CONTEXT_KEYWORDS = frozenset({"FROM", "JOIN", "INTO", "UPDATE", "TABLE", "EXISTS"})
+_WORD_BEFORE_CURSOR_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)?$")
+_PREVIOUS_WORD_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*$")
+
+
+def completions_for(text_before_cursor: str, tables: list[str]) -> list[str]:
+    """Words that complete the one being typed: table names first (only they after FROM, JOIN,
+    INTO, UPDATE, TABLE), then keywords, in the case the user is typing in. Pure."""
+    match = _WORD_BEFORE_CURSOR_RE.search(text_before_cursor)
+    word = (match.group(1) or "") if match else ""
+    before = text_before_cursor[: len(text_before_cursor) - len(word)]
+    previous = _PREVIOUS_WORD_RE.search(before)
+    table_context = previous is not None and previous.group(1).upper() in _TABLE_CONTEXT_KEYWORDS
+    prefix = word.lower()
+    found = [name for name in tables if name.lower().startswith(prefix)]
+    if table_context or not word:
+        return found if table_context else []
+    lower = word.islower()
+    for keyword in SQL_KEYWORDS:
+        if keyword.lower().startswith(prefix) and keyword.lower() != prefix:
+            found.append(keyword.lower() if lower else keyword)
+    return found
+
+
+def _make_completer(shell: _Shell) -> Any:
+    from prompt_toolkit.completion import Completer, Completion
+
+    class SqlCompleter(Completer):
+        def get_completions(self, document: Any, complete_event: Any) -> Iterator[Completion]:
+            before = document.text_before_cursor
+            match = _WORD_BEFORE_CURSOR_RE.search(before)
+            word = (match.group(1) or "") if match else ""
+            for candidate in completions_for(before, shell.tables):
+                yield Completion(candidate, start_position=-len(word))
+
+    return SqlCompleter()
+
+
+def _make_key_bindings() -> Any:
+    from prompt_toolkit.key_binding import KeyBindings
+
+    bindings = KeyBindings()
+
+    @bindings.add("enter")
+    def _enter(event: Any) -> None:
+        buffer = event.current_buffer
+        state = buffer.complete_state
+        if state is not None and state.current_completion is not None:
+            buffer.complete_state = None  # Enter picks the completion; keep editing
+            return
+        if ScannedInput(buffer.text).complete or _is_quit(buffer.text):
+            buffer.validate_and_handle()
+        else:
+            buffer.newline(copy_margin=False)
+
+    return bindings
+
+
+def _open_history(path: str, shell: _Shell) -> Any:
+    from prompt_toolkit.history import FileHistory, InMemoryHistory
+
+    path = os.path.expanduser(path)
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        shell.write(
+            [f"WARNING: history will not be saved: cannot write {path}: {exc.strerror or exc}"],
+            to_err=True,
+        )
+        return InMemoryHistory()
+    return FileHistory(path)
+
+
+def run_repl(
+    connection: sqlclient.Connection,
+    *,
+    history_path: str = HISTORY_PATH_DEFAULT,
+    input: Any = None,
+    output: Any = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """The interactive shell (module doc) until the user leaves; returns the exit code: 0, or
+    1 if no node answers the first request (``SHOW TABLES``, for completion).
+
+    `input` / `output`: prompt_toolkit Input and Output (default: the terminal); `out` /
+    `err`: where results and errors go (default: stdout, stderr).
+    """
+    from prompt_toolkit import PromptSession
+
+    shell = _Shell(
+        connection,
+        sys.stdout if out is None else out,
+        sys.stderr if err is None else err,
+        interactive=True,
+    )
+    try:
+        shell.tables = fetch_table_names(connection)
+    except sqlclient.OperationalError as exc:
+        shell.write(format_error(exc), to_err=True)
+        return 1
+    except sqlclient.Error:
+        pass  # a server without SHOW TABLES: complete keywords only
+    session: PromptSession[str] = PromptSession(
+        multiline=True,
+        prompt_continuation=lambda width, line_number, is_soft_wrap: (
+            " " * max(width - len(CONTINUATION), 0) + CONTINUATION
+        ),
+        history=_open_history(history_path, shell),
+        completer=_make_completer(shell),
+        complete_while_typing=False,
+        key_bindings=_make_key_bindings(),
+        input=input,
+        output=output,
+    )
+    shell.write(
+        [
+            f"raftstore sql: connected to {', '.join(connection.addresses)}. "
+            "Type \\? for help, \\q to quit."
+        ]
+    )
+    while True:
+        try:
+            text = session.prompt(PROMPT)
+        except KeyboardInterrupt:
+            continue  # Ctrl-C drops the input being typed
+        except EOFError:
+            return 0
+        for item in split_statements(text):
+            status = shell.run_item(item)
+            if status == _QUIT:
+                return 0
+            if status == _ERROR:
+                break  # the rest of this input depended on what failed
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def _url_type(text: str) -> list[str]:
+    """argparse type for ``--url HOST:PORT[,HOST:PORT...]``."""
+    items = [item.strip() for item in text.split(",")]
+    for item in items:
+        try:
+            parse_address(item)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(
+                f"{exc}; --url takes HOST:PORT[,HOST:PORT...], e.g. 127.0.0.1:26257"
+            ) from None
+    return items
+
+
+def _timeout_type(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"--timeout must be a positive number of seconds, got {text!r}"
+        )
+    return value
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url",
+        required=True,
+        type=_url_type,
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="client addresses (--sql-addr) of one or more nodes, tried in order",
+    )
+    parser.add_argument(
+        "-e",
+        "--execute",
+        action="append",
+        metavar="SQL",
+        help="run these statements and exit (repeatable; exit 1 on the first error)",
+    )
+    parser.add_argument(
+        "--history",
+        metavar="FILE",
+        default=HISTORY_PATH_DEFAULT,
+        help="the shell's history file (default %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_timeout_type,
+        default=constants.client_timeout_s_default,
+        metavar="SECONDS",
+        help="give up on a statement after this long, retries included (default %(default)s)",
+    )
+
+
+def add_sql_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``sql`` command to `subparsers` (sets ``func=run_sql``); returns its parser."""
+    parser = subparsers.add_parser(
+        "sql",
+        help="run SQL: an interactive shell, or -e / piped statements",
+        description="Run SQL against a node's client port (--sql-addr): an interactive shell, "
+        "or the statements given with -e or on stdin.",
+    )
+    _add_arguments(parser)
+    parser.set_defaults(func=run_sql)
+    return parser
+
+
+def run_sql(args: argparse.Namespace) -> int:
+    """Run the parsed ``sql`` command (module doc); returns the exit code."""
+    try:
+        connection = sqlclient.connect(args.url, timeout_s=args.timeout)
+    except sqlclient.Error as exc:
+        print(f"raftstore sql: error: {exc}", file=sys.stderr)
+        return 2
+    with connection:
+        try:
+            if args.execute:
+                return run_statements(connection, args.execute, sys.stdout)
+            if not sys.stdin.isatty():
+                return run_statements(connection, [sys.stdin.read()], sys.stdout)
+            return run_repl(connection, history_path=args.history)
+        except KeyboardInterrupt:
+            print("ERROR: interrupted", file=sys.stderr)
+            return 130
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line (the full usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m raftstore.cli_sql ...``: the ``sql`` command on its own."""
+    parser = _OneLineParser(prog="raftstore sql", description="Run SQL against a raftstore node.")
+    _add_arguments(parser)
+    return run_sql(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,678 @@
+"""The SQL dialect: PostgreSQL as sqlglot reads it, plus the CockroachDB statements we serve.
+
+Why a dialect of our own: users type CockroachDB SQL (``UPSERT``, ``SHOW RANGES``,
+``AS OF SYSTEM TIME``), and sqlglot's PostgreSQL parser either rejects those or returns them as
+an opaque ``exp.Command``. This module extends the parser just enough to produce real syntax
+trees for them, then checks every tree against a whitelist, so that anything the engine does
+not implement is rejected *here*, with the construct named and its position, rather than
+half-run later.
+
+What it adds to sqlglot's PostgreSQL dialect:
+
+* ``UPSERT INTO ...``                       -> `Upsert` wrapping an ``exp.Insert``
+* ``SHOW TABLES | SHOW REGIONS``             -> `ShowTables`, `ShowRegions`
+* ``SHOW RANGES [FROM TABLE t]``             -> `ShowRanges`
+* ``EXPLAIN <statement>``                    -> `Explain`
+* ``... FROM <from list> AS OF SYSTEM TIME e`` -> the SELECT's ``as_of`` argument. Accepted
+  after the whole FROM list, as CockroachDB writes it (after aliases and joins too).
+* Parameters: ``$1, $2, ...`` and ``%s`` (DB-API "format" style, numbered left to right; ``%%``
+  is a literal ``%``) both become ``exp.Parameter`` with a 1-based number. A statement uses
+  one style only.
+
+The parser hooks override private sqlglot methods (``_parse_statement``,
+``_parse_table_alias``, ``raise_error``), which is why sqlglot is pinned exactly
+(pyproject.toml); tests/test_sql_parse.py pins the behaviour.
+
+Pure: no I/O. Parsing is cached per statement text (`parse`), so the cost (~150 us) is paid
+once per distinct text; parameters are values bound later, never spliced into the text.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from dataclasses import dataclass
+
+from sqlglot import exp
+from sqlglot.dialects.postgres import Postgres
+from sqlglot.errors import ErrorLevel, ParseError, TokenError
+from sqlglot.parsers.postgres import PostgresParser
+from sqlglot.tokens import Token, TokenType
+
+from sql.constants import PARAMS_MAX, PARSE_CACHE_ENTRIES_MAX
+from sql.errors import SQLError
+
+# sqlglot logs a warning for every statement it falls back to exp.Command for; we reject those
+# ourselves with a precise error, so the warning is noise on the gateway's log.
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
+
+_AS_OF = ("AS", "OF", "SYSTEM", "TIME")
+_STATEMENT_START_TOKENS = frozenset({TokenType.SELECT, TokenType.WITH, TokenType.L_PAREN,
+                                     TokenType.VALUES})
+
+
+# --- syntax tree nodes of our extensions --------------------------------------------------------
+
+
+class ShowTables(exp.Expression):
+    arg_types = {}
+
+
+class ShowRegions(exp.Expression):
+    arg_types = {}
+
+
+class ShowRanges(exp.Expression):
+    """``SHOW RANGES`` (``this`` is None) or ``SHOW RANGES FROM TABLE t`` (``this``: exp.Table)."""
+
+    arg_types = {"this": False}
+
+
+class Explain(exp.Expression):
+    arg_types = {"this": True}
+
+
+class Upsert(exp.Expression):
+    """``UPSERT INTO ...``: ``this`` is the exp.Insert it would be without the word UPSERT."""
+
+    arg_types = {"this": True}
+
+
+# --- the dialect --------------------------------------------------------------------------------
+
+
+class RaftstoreParser(PostgresParser):
+    # AS OF SYSTEM TIME after the FROM list (after an alias or a join): a query modifier keyed
+    # on the AS token. QUERY_MODIFIER_TOKENS stays as it was, so AS still ends a SELECT list.
+    QUERY_MODIFIER_PARSERS = {
+        **PostgresParser.QUERY_MODIFIER_PARSERS,
+        TokenType.ALIAS: lambda self: ("as_of", self._parse_as_of_system_time()),
+    }
+    QUERY_MODIFIER_TOKENS = PostgresParser.QUERY_MODIFIER_TOKENS
+
+    def _parse_as_of_system_time(self) -> exp.Expr | None:
+        if not self._match_text_seq(*_AS_OF):
+            return None
+        start = self._prev
+        value = self._parse_bitwise()
+        if value is None:
+            self.raise_error("Expected an expression after AS OF SYSTEM TIME")
+        assert value is not None
+        value.meta.setdefault("start", start.start)
+        return value
+
+    def _parse_table_alias(self, alias_tokens=None):  # noqa: ANN001 - sqlglot's signature
+        # `FROM t AS OF SYSTEM TIME x`: AS here starts the time clause, not an alias.
+        if self._is_as_of_ahead():
+            return None
+        return super()._parse_table_alias(alias_tokens=alias_tokens)
+
+    def _is_as_of_ahead(self) -> bool:
+        index = self._index
+        words = []
+        for offset in range(len(_AS_OF)):
+            if index + offset >= len(self._tokens):
+                return False
+            words.append(self._tokens[index + offset].text.upper())
+        return tuple(words) == _AS_OF
+
+    def _parse_statement(self) -> exp.Expr | None:
+        if not self._curr:
+            return None
+        first = self._curr
+        word = first.text.upper() if first.token_type in (TokenType.VAR, TokenType.SHOW) else ""
+        if word == "EXPLAIN":
+            self._advance()
+            if self._curr and self._curr.text.upper() in ("ANALYZE", "ANALYSE", "VERBOSE", "("):
+                raise _unsupported_at(f"EXPLAIN {self._curr.text.upper()}", self._curr.start)
+            inner = self._parse_statement()
+            if inner is None:
+                self.raise_error("Expected a statement after EXPLAIN")
+            stmt: exp.Expr | None = self.expression(Explain(this=inner))
+        elif word == "UPSERT":
+            self._advance()
+            if not (self._curr and self._curr.token_type == TokenType.INTO):
+                self.raise_error("Expected INTO after UPSERT")
+            insert = self._parse_insert()
+            stmt = self.expression(Upsert(this=insert))
+        elif word == "SHOW":
+            self._advance()
+            stmt = self._parse_show_statement(first)
+        elif (
+            first.token_type not in self.STATEMENT_PARSERS
+            and first.token_type not in self.dialect.tokenizer_class.COMMANDS
+            and first.token_type not in _STATEMENT_START_TOKENS
+        ):
+            self.raise_error(
+                "Expected a statement (SELECT, INSERT, UPSERT, UPDATE, DELETE, CREATE TABLE, "
+                "DROP TABLE, SHOW, EXPLAIN)",
+                first,
+            )
+            stmt = None
+        else:
+            stmt = super()._parse_statement()
+        if stmt is not None:
+            stmt.meta["stmt_start"] = first.start
+            last = self._tokens[self._index - 1] if self._index > 0 else first
+            stmt.meta["stmt_end"] = last.end
+        return stmt
+
+    def _parse_show_statement(self, show: Token) -> exp.Expr:
+        if self._match_text_seq("TABLES"):
+            return self.expression(ShowTables())
+        if self._match_text_seq("REGIONS"):
+            return self.expression(ShowRegions())
+        if self._match_text_seq("RANGES"):
+            table = None
+            if self._match_text_seq("FROM"):
+                if not self._match_text_seq("TABLE"):
+                    what = self._curr.text.upper() if self._curr else "nothing"
+                    raise _unsupported_at(
+                        f"SHOW RANGES FROM {what}",
+                        self._curr.start if self._curr else show.start,
+                        "only SHOW RANGES and SHOW RANGES FROM TABLE <name> are supported",
+                    )
+                table = self._parse_table_parts()
+            return self.expression(ShowRanges(this=table))
+        what = self._curr.text if self._curr else ""
+        raise _unsupported_at(
+            f"SHOW {what}".strip(),
+            self._curr.start if self._curr else show.start,
+            "supported: SHOW TABLES, SHOW RANGES [FROM TABLE t], SHOW REGIONS",
+        )
+
+    def _warn_unsupported(self) -> None:
+        return None  # commands are rejected with a precise SQLError instead
+
+    def raise_error(self, message: str, token: Token | None = None) -> None:  # type: ignore[override]
+        token = token or self._curr or self._prev or Token.string("")
+        try:
+            super().raise_error(message, token)
+        except ParseError as error:
+            for detail in error.errors:
+                detail["start_offset"] = token.start
+            raise
+
+
+class RaftstoreTokenizer(Postgres.Tokenizer):
+    KEYWORDS = {k: v for k, v in Postgres.Tokenizer.KEYWORDS.items() if k != "EXPLAIN"}
+    COMMANDS = Postgres.Tokenizer.COMMANDS - {TokenType.SHOW}
+
+
+class Raftstore(Postgres):
+    Tokenizer = RaftstoreTokenizer
+    Parser = RaftstoreParser
+
+
+DIALECT = Raftstore()
+
+
+# --- statements ---------------------------------------------------------------------------------
+
+KIND_BY_NODE = {
+    exp.Select: "select",
+    exp.Insert: "insert",
+    Upsert: "upsert",
+    exp.Update: "update",
+    exp.Delete: "delete",
+    exp.Create: "create_table",
+    exp.Drop: "drop_table",
+    ShowTables: "show_tables",
+    ShowRanges: "show_ranges",
+    ShowRegions: "show_regions",
+    Explain: "explain",
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Statement:
+    """One parsed, whitelisted statement. Shared through the parse cache: never mutate `ast`.
+
+    `kind` is one of KIND_BY_NODE's values; `param_count` the highest parameter number used;
+    `text` the whole text that was parsed (positions in errors refer to it).
+    """
+
+    kind: str
+    ast: exp.Expr
+    text: str
+    param_count: int
+
+    @property
+    def as_of(self) -> exp.Expr | None:
+        node = self.ast.this if isinstance(self.ast, Explain) else self.ast
+        return node.args.get("as_of") if isinstance(node, exp.Select) else None
+
+
+def parse(sql: str) -> list[Statement]:
+    """Parse `sql` into statements (empty ones between semicolons dropped).
+
+    Raises SQLError: code "syntax" for text that is not SQL, "unsupported" /
+    "feature_not_supported" for SQL this engine does not run, each with a position. The
+    result is cached per text (never mutate it).
+    """
+    if not isinstance(sql, str):
+        raise SQLError("syntax", f"SQL must be text (str), got {type(sql).__name__}")
+    return list(_parse_cached(sql))
+
+
+@functools.lru_cache(maxsize=PARSE_CACHE_ENTRIES_MAX)
+def _parse_cached(sql: str) -> tuple[Statement, ...]:
+    try:
+        return _parse_uncached(sql)
+    except SQLError as error:
+        raise error.with_sql(sql) from None
+
+
+def _parse_uncached(sql: str) -> tuple[Statement, ...]:
+    tokens, param_count = _tokenize(sql)
+    parser = RaftstoreParser(dialect=DIALECT, error_level=ErrorLevel.IMMEDIATE)
+    try:
+        trees = parser.parse(tokens, sql)
+    except ParseError as error:
+        raise _syntax_error(sql, error) from None
+    except RecursionError:
+        raise SQLError("syntax", "statement is nested too deeply to parse") from None
+    statements = []
+    for tree in trees:
+        if tree is None or isinstance(tree, exp.Semicolon):
+            continue
+        _check_supported(tree, sql, tokens)
+        node = tree.this if isinstance(tree, Explain) else tree
+        statements.append(Statement(KIND_BY_NODE[type(tree)], tree, sql, param_count))
+        assert node is not None
+    return tuple(statements)
+
+
+def _syntax_error(sql: str, error: ParseError) -> SQLError:
+    detail = error.errors[0] if error.errors else {}
+    position = detail.get("start_offset")
+    description = detail.get("description") or str(error)
+    description = re.sub(r"<Token token_type: [^,]+, text: ([^,]*), .*?>", r"'\1'", description)
+    highlight = detail.get("highlight")
+    near = f" at or near {highlight!r}" if highlight else " at end of input"
+    return SQLError("syntax", f"syntax error{near}: {description}", position, sql)
+
+
+# --- tokens and parameters ----------------------------------------------------------------------
+
+
+def _tokenize(sql: str) -> tuple[list[Token], int]:
+    """Tokens for the parser with %s placeholders rewritten to numbered $n parameters; also
+    the highest parameter number."""
+    tokenizer = DIALECT.tokenizer_class(dialect=DIALECT)
+    try:
+        raw = tokenizer.tokenize(sql)
+    except TokenError as error:
+        position = _token_error_position(error, tokenizer)
+        raise SQLError(
+            "syntax", "syntax error: unterminated string, identifier or comment", position, sql
+        ) from None
+    tokens: list[Token] = []
+    dollar = False
+    percent = 0
+    highest = 0
+    i = 0
+    n = len(raw)
+    while i < n:
+        token = raw[i]
+        nxt = raw[i + 1] if i + 1 < n else None
+        if (
+            token.token_type == TokenType.MOD
+            and nxt is not None
+            and nxt.start == token.end + 1
+            and nxt.token_type == TokenType.VAR
+            and nxt.text == "s"
+        ):
+            percent += 1
+            highest = max(highest, percent)
+            tokens.append(_token(TokenType.PARAMETER, "$", token, token.start, token.start))
+            tokens.append(_token(TokenType.NUMBER, str(percent), nxt, nxt.start, nxt.end))
+            i += 2
+            continue
+        if (
+            token.token_type == TokenType.MOD
+            and nxt is not None
+            and nxt.token_type == TokenType.MOD
+            and nxt.start == token.end + 1
+        ):
+            tokens.append(_token(TokenType.MOD, "%", token, token.start, nxt.end))
+            i += 2
+            continue
+        if token.token_type == TokenType.PARAMETER:
+            if nxt is None or nxt.token_type != TokenType.NUMBER or nxt.start != token.end + 1:
+                raise SQLError(
+                    "syntax", "syntax error: expected a parameter number after '$' (e.g. $1)",
+                    token.start, sql,
+                )
+            try:
+                number = int(nxt.text)
+            except ValueError:
+                number = 0
+            if not 1 <= number <= PARAMS_MAX:
+                raise SQLError(
+                    "invalid_parameter",
+                    f"parameter ${nxt.text} is out of range; parameters are numbered $1 to "
+                    f"${PARAMS_MAX}",
+                    token.start, sql,
+                )
+            dollar = True
+            highest = max(highest, number)
+        if token.token_type == TokenType.PLACEHOLDER:
+            raise SQLError(
+                "syntax",
+                f"syntax error at or near {token.text!r}: use $1, $2, ... or %s for parameters",
+                token.start, sql,
+            )
+        tokens.append(token)
+        i += 1
+    if dollar and percent:
+        raise SQLError(
+            "syntax",
+            "a statement mixes $n and %s parameters; use one style",
+            _first_percent(raw),
+            sql,
+        )
+    return tokens, highest
+
+
+def _first_percent(raw: list[Token]) -> int | None:
+    for token in raw:
+        if token.token_type == TokenType.MOD:
+            return token.start
+    return None
+
+
+def _token(kind: TokenType, text: str, like: Token, start: int, end: int) -> Token:
+    return Token(kind, text, like.line, like.col, start, end, like.comments)
+
+
+def _token_error_position(error: TokenError, tokenizer: object) -> int | None:
+    cause = str(error.__cause__ or "")
+    match = re.search(r"from \d+:(\d+)", cause)
+    if match:
+        return int(match.group(1))
+    core = getattr(tokenizer, "_core", None)
+    start = getattr(core, "_start", None)
+    return start if isinstance(start, int) else None
+
+
+# --- the whitelist ------------------------------------------------------------------------------
+
+# Statement and clause nodes: the arguments each may carry (others must be empty / False).
+_ALLOWED_ARGS: dict[type, frozenset[str]] = {
+    exp.Select: frozenset(
+        {"expressions", "from_", "joins", "where", "group", "having", "order", "limit",
+         "offset", "distinct", "as_of", "kind"}
+    ),
+    exp.Insert: frozenset({"this", "expression", "conflict"}),
+    exp.Update: frozenset({"this", "expressions", "where"}),
+    exp.Delete: frozenset({"this", "where"}),
+    exp.Create: frozenset({"this", "kind", "exists"}),
+    exp.Drop: frozenset({"this", "tables", "kind", "exists"}),
+    exp.From: frozenset({"this"}),
+    exp.Join: frozenset({"this", "on", "kind"}),
+    exp.Table: frozenset({"this", "alias"}),
+    exp.TableAlias: frozenset({"this"}),
+    exp.Group: frozenset({"expressions"}),
+    exp.Distinct: frozenset({"expressions"}),
+    exp.OnConflict: frozenset({"expressions", "action", "conflict_keys", "where"}),
+    exp.In: frozenset({"this", "expressions"}),
+    exp.Limit: frozenset({"expression"}),
+    exp.Offset: frozenset({"expression"}),
+    exp.Schema: frozenset({"this", "expressions"}),
+    exp.ColumnDef: frozenset({"this", "kind", "constraints"}),
+    exp.Order: frozenset({"expressions"}),
+    exp.Ordered: frozenset({"this", "desc", "nulls_first"}),
+    exp.Values: frozenset({"expressions"}),
+    exp.Column: frozenset({"this", "table"}),
+    exp.DataType: frozenset({"this", "nested", "kind", "expressions"}),
+}
+
+_ALLOWED_NODES: frozenset[type] = frozenset(
+    {
+        *_ALLOWED_ARGS,
+        ShowTables, ShowRanges, ShowRegions, Explain, Upsert,
+        exp.Where, exp.Having, exp.Identifier, exp.Star, exp.Alias, exp.Tuple, exp.Var,
+        exp.Literal, exp.Boolean, exp.Null, exp.Parameter, exp.Paren,
+        exp.Neg, exp.Not, exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod, exp.DPipe,
+        exp.EQ, exp.NEQ, exp.LT, exp.LTE, exp.GT, exp.GTE, exp.Is, exp.NullSafeEQ,
+        exp.NullSafeNEQ, exp.And, exp.Or, exp.Between, exp.Like, exp.ILike, exp.Escape,
+        exp.Case, exp.If, exp.Coalesce, exp.Nullif, exp.Lower, exp.Upper, exp.Length, exp.Abs,
+        exp.Cast, exp.Count, exp.Sum, exp.Min, exp.Max, exp.Avg, exp.CurrentTimestamp,
+        exp.Anonymous, exp.ColumnConstraint, exp.PrimaryKeyColumnConstraint,
+        exp.NotNullColumnConstraint, exp.DefaultColumnConstraint, exp.PrimaryKey,
+        exp.IndexParameters, exp.DataTypeParam, exp.Ordered, exp.HexString, exp.ByteString,
+    }
+)
+
+ANONYMOUS_FUNCTIONS = frozenset({"now", "unique_rowid"})
+
+# (construct name, keyword to point at, error code)
+_CONSTRUCT_NAMES: dict[type, tuple[str, str | None, str]] = {
+    exp.Window: ("window functions (OVER ...)", "OVER", "unsupported"),
+    exp.With: ("WITH (common table expressions)", "WITH", "unsupported"),
+    exp.CTE: ("WITH (common table expressions)", "WITH", "unsupported"),
+    exp.Union: ("UNION", "UNION", "unsupported"),
+    exp.Intersect: ("INTERSECT", "INTERSECT", "unsupported"),
+    exp.Except: ("EXCEPT", "EXCEPT", "unsupported"),
+    exp.Subquery: ("subqueries", "SELECT", "unsupported"),
+    exp.Exists: ("EXISTS (subquery)", "EXISTS", "unsupported"),
+    exp.Returning: ("RETURNING", "RETURNING", "unsupported"),
+    exp.Lock: ("FOR UPDATE / FOR SHARE locking", "FOR", "unsupported"),
+    exp.Lateral: ("LATERAL", "LATERAL", "unsupported"),
+    exp.Transaction: ("transactions (BEGIN)", None, "feature_not_supported"),
+    exp.Commit: ("transactions (COMMIT)", None, "feature_not_supported"),
+    exp.Rollback: ("transactions (ROLLBACK)", None, "feature_not_supported"),
+    exp.Alter: ("ALTER", "ALTER", "unsupported"),
+    exp.TruncateTable: ("TRUNCATE", "TRUNCATE", "unsupported"),
+    exp.Set: ("SET", "SET", "unsupported"),
+    exp.Merge: ("MERGE", "MERGE", "unsupported"),
+    exp.Describe: ("DESCRIBE", None, "unsupported"),
+    exp.Grant: ("GRANT", "GRANT", "unsupported"),
+    exp.Use: ("USE", "USE", "unsupported"),
+}
+
+_ARG_NAMES: dict[str, tuple[str, str | None]] = {
+    "with_": ("WITH (common table expressions)", "WITH"),
+    "windows": ("WINDOW clause", "WINDOW"),
+    "returning": ("RETURNING", "RETURNING"),
+    "locks": ("FOR UPDATE / FOR SHARE locking", "FOR"),
+    "qualify": ("QUALIFY", "QUALIFY"),
+    "laterals": ("LATERAL", "LATERAL"),
+    "using": ("USING", "USING"),
+    "from_": ("FROM in UPDATE/DELETE", "FROM"),
+    "side": ("outer joins (LEFT/RIGHT/FULL JOIN); use an inner JOIN", "JOIN"),
+    "method": ("NATURAL / special joins", "JOIN"),
+    "replace": ("CREATE OR REPLACE", "REPLACE"),
+    "properties": ("table properties / options", None),
+    "overwrite": ("INSERT OVERWRITE", None),
+    "alternative": ("INSERT OR ...", "OR"),
+    "columns": ("column aliases on a table alias", None),
+    "only": ("ONLY", "ONLY"),
+    "cascade": ("CASCADE", "CASCADE"),
+    "temporary": ("TEMPORARY tables", None),
+    "unique": ("UNIQUE indexes", "UNIQUE"),
+    "query": ("subqueries", "SELECT"),
+    "db": ("schema-qualified names (use the bare table name)", None),
+    "catalog": ("database-qualified names (use the bare table name)", None),
+    "on": ("DISTINCT ON", "ON"),
+    "sample": ("TABLESAMPLE", "TABLESAMPLE"),
+    "version": ("time travel clause (use AS OF SYSTEM TIME after the FROM list)", None),
+    "limit": ("LIMIT in this position", "LIMIT"),
+}
+
+
+def _check_supported(tree: exp.Expr, sql: str, tokens: list[Token]) -> None:
+    """Raise SQLError for the first node (in text order, roughly) outside the whitelist."""
+    stmt_start = tree.meta.get("stmt_start", 0)
+    root = tree
+    if isinstance(tree, Explain):
+        inner = tree.this
+        if isinstance(inner, (Explain, ShowTables, ShowRanges, ShowRegions)):
+            name = "EXPLAIN of EXPLAIN" if isinstance(inner, Explain) else "EXPLAIN of SHOW"
+            raise _unsupported_at(name, stmt_start, None, sql)
+        root = inner
+    if isinstance(root, Upsert):
+        insert = root.this
+        if insert.args.get("conflict") is not None:
+            raise _unsupported_at(
+                "UPSERT ... ON CONFLICT", _keyword_position(tokens, "ON", stmt_start), 
+                "UPSERT always resolves conflicts on the primary key; use INSERT ... ON "
+                "CONFLICT for anything else", sql,
+            )
+    if type(root) not in KIND_BY_NODE:
+        name, keyword, code = _construct(root)
+        position = _keyword_position(tokens, keyword, stmt_start) if keyword else stmt_start
+        raise SQLError(code, f"not supported: {name}", position, sql)
+    if isinstance(root, exp.Create) and root.args.get("kind") != "TABLE":
+        kind = root.args.get("kind") or "this object"
+        raise _unsupported_at(f"CREATE {kind}", stmt_start, "only CREATE TABLE is supported", sql)
+    if isinstance(root, exp.Drop) and root.args.get("kind") != "TABLE":
+        kind = root.args.get("kind") or "this object"
+        raise _unsupported_at(f"DROP {kind}", stmt_start, "only DROP TABLE is supported", sql)
+    if isinstance(root, exp.Insert):
+        _check_insert_source(root, sql, tokens, stmt_start)
+    if isinstance(root, Upsert):
+        _check_insert_source(root.this, sql, tokens, stmt_start)
+
+    for node in _walk_checked(tree):
+        kind = type(node)
+        if kind not in _ALLOWED_NODES:
+            name, keyword, code = _construct(node)
+            position = _position(node, tokens, keyword, stmt_start)
+            raise SQLError(code, f"not supported: {name}", position, sql)
+        allowed = _ALLOWED_ARGS.get(kind)
+        if allowed is not None:
+            for key, value in node.args.items():
+                if key in allowed or value is None or value is False or value == []:
+                    continue
+                if kind is exp.Join and key == "kind" or kind is exp.Select and key == "kind":
+                    continue
+                name, keyword = _ARG_NAMES.get(key, (f"{key.rstrip('_').upper()}", None))
+                if isinstance(value, str) and value.strip():
+                    keyword = value.split()[0].upper()  # e.g. LEFT for a join side
+                child = value if isinstance(value, exp.Expr) else node
+                position = _position(child, tokens, keyword, stmt_start)
+                raise SQLError("unsupported", f"not supported: {name}", position, sql)
+        if kind is exp.Join:
+            join_kind = (node.args.get("kind") or "").upper()
+            if join_kind not in ("", "INNER", "CROSS"):
+                position = _position(node, tokens, "JOIN", stmt_start)
+                raise SQLError(
+                    "unsupported", f"not supported: {join_kind} JOIN; use an inner JOIN",
+                    position, sql,
+                )
+        if kind is exp.Select and node.args.get("kind"):
+            raise _unsupported_at(f"SELECT {node.args['kind']}", stmt_start, None, sql)
+        if kind is exp.Anonymous and str(node.this).lower() not in ANONYMOUS_FUNCTIONS:
+            position = _position(node, tokens, None, stmt_start)
+            raise SQLError(
+                "unsupported", f"not supported: function {str(node.this).lower()}()",
+                position, sql,
+            )
+
+
+def _walk_checked(tree: exp.Expr):
+    """Pre-order walk that skips the AS OF SYSTEM TIME expression (it is never evaluated
+    here: follower reads will interpret it)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        children = []
+        for key, value in node.args.items():
+            if key == "as_of":
+                continue
+            if isinstance(value, exp.Expr):
+                children.append(value)
+            elif isinstance(value, list):
+                children.extend(v for v in value if isinstance(v, exp.Expr))
+        stack.extend(reversed(children))
+
+
+def _check_insert_source(
+    insert: exp.Insert, sql: str, tokens: list[Token], stmt_start: int
+) -> None:
+    source = insert.expression
+    if not isinstance(source, (exp.Values, exp.Select)):
+        name = "INSERT ... DEFAULT VALUES" if source is None else "this INSERT source"
+        raise _unsupported_at(name, stmt_start, "use INSERT ... VALUES or INSERT ... SELECT", sql)
+
+
+def _construct(node: exp.Expr) -> tuple[str, str | None, str]:
+    for kind in type(node).__mro__:
+        if kind in _CONSTRUCT_NAMES:
+            return _CONSTRUCT_NAMES[kind]
+    if isinstance(node, exp.Command):
+        word = str(node.this).upper()
+        return (word, word.split()[0] if word else None, "unsupported")
+    if isinstance(node, exp.Func):
+        return (f"function {node.sql_name().lower()}()", None, "unsupported")
+    if isinstance(node, exp.Create):
+        return (f"CREATE {node.args.get('kind') or ''}".strip(), None, "unsupported")
+    name = re.sub(r"(?<!^)(?=[A-Z])", " ", type(node).__name__).upper()
+    return (name, None, "unsupported")
+
+
+def _position(node: exp.Expr, tokens: list[Token], keyword: str | None, floor: int) -> int:
+    """Best offset of `node` in the text: its (or a descendant's) token start, or the first
+    `keyword` token at or after that; else the statement start."""
+    starts = [n.meta["start"] for n in node.walk() if n._meta and "start" in n._meta]
+    node_start = min(starts) if starts else None
+    if keyword:
+        found = _keyword_position(tokens, keyword, floor, before=node_start)
+        if found is not None:
+            return found
+    return node_start if node_start is not None else floor
+
+
+def _keyword_position(
+    tokens: list[Token], keyword: str | None, floor: int, before: int | None = None
+) -> int:
+    """Offset of the last `keyword` token in [floor, before] (first one if `before` is None)."""
+    if keyword is None:
+        return floor
+    best = None
+    for token in tokens:
+        if token.start < floor:
+            continue
+        if before is not None and token.start > before:
+            break
+        if token.text.upper() == keyword:
+            best = token.start
+            if before is None:
+                break
+    if best is None and before is not None:
+        return _keyword_position(tokens, keyword, floor)
+    return best if best is not None else floor
+
+
+def _unsupported_at(
+    name: str, position: int | None, hint: str | None = None, sql: str | None = None
+) -> SQLError:
+    message = f"not supported: {name}"
+    if hint:
+        message += f"; {hint}"
+    return SQLError("unsupported", message, position, sql)
+
+
+def identifier_name(node: exp.Expr | str | None) -> str:
+    """The SQL name an identifier denotes: unquoted names fold to lower case (PostgreSQL)."""
+    if node is None:
+        return ""
+    if isinstance(node, str):
+        return node.lower()
+    if isinstance(node, exp.Identifier):
+        return node.this if node.args.get("quoted") else node.this.lower()
+    if isinstance(node, (exp.Column, exp.Table, exp.TableAlias)):
+        return identifier_name(node.args.get("this"))
+    return str(node.name).lower()
+
+
+def node_position(node: exp.Expr | None) -> int | None:
+    """The smallest source offset recorded in `node`'s subtree, or None."""
+    if node is None:
+        return None
+    starts = [n.meta["start"] for n in node.walk() if n._meta and "start" in n._meta]
+    return min(starts) if starts else None

@@ -1,0 +1,724 @@
+"""Running statements: a `Session` turns SQL text into KV calls and a `Result`.
+
+Why here and not in the node: the session is the only stateful piece of the SQL layer (its
+plan cache, its clock and random source), and it talks to the store only through the small
+blocking KV interface (get / scan / put / delete / cas / ranges_for / regions), so the same
+code runs on a gateway node, in a test against sql/memkv.py, or in a differential harness.
+
+Flow per `execute`: parse (cached per text) -> look up the plan cached for this text and check
+that every table it uses still has the same stored schema bytes (one catalog get per table;
+a schema change on any node is seen by the next statement on every node) -> bind parameters
+-> run the plan's range operations -> evaluate on top -> Result.
+
+Writes and their limits (until the transactions issue): a statement is not atomic across
+keys. What we guarantee instead: every row of a statement is computed and checked (types,
+NOT NULL, duplicate keys, existing keys for INSERT) before the first write; a plain INSERT
+writes each row with ``cas(key, None, row)``, so two concurrent INSERTs of one key cannot both
+succeed; UPDATE / ON CONFLICT / UPSERT rewrite each row with ``cas(old, new)`` and re-read and
+re-apply on a lost race. If a concurrent writer makes a later write of the same statement fail,
+the rows it already inserted are deleted again (best effort) and the error is raised.
+
+Errors: SQLError for the statement's own faults; raftstore errors from the KV propagate
+unchanged (not wrapped), so "unavailable" stays distinguishable from bad SQL.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import random
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from sql import types as T
+from sql.catalog import (
+    TableSchema,
+    catalog_key,
+    create_table,
+    decode_schema,
+    delete_rows,
+    list_tables,
+    read_table,
+    table_span,
+)
+from sql.constants import (
+    DELETE_BATCH_ROWS,
+    PLAN_CACHE_ENTRIES_MAX,
+    ROW_CAS_RETRY_COUNT_MAX,
+    ROWID_BITS,
+    ROWID_RETRY_COUNT_MAX,
+    SCAN_PAGE_ROWS_MAX,
+    SCAN_PAGE_ROWS_MIN,
+)
+from sql.dialect import Statement, identifier_name, node_position, parse
+from sql.errors import SQLError
+from sql.expr import UNBOUND, EvalContext, accumulate, aggregate_result, new_accumulator
+from sql.plan import (
+    AccessPath,
+    CreateTablePlan,
+    DeletePlan,
+    DropTablePlan,
+    ExplainPlan,
+    InsertPlan,
+    SelectPlan,
+    check_row,
+    UpdatePlan,
+    plan_statement,
+    tables_named,
+)
+from sql.explain import explain_ops, pretty_key
+from sql.rowcodec import decode_row, encode_row, key_for_row
+
+__all__ = ["Result", "Session"]
+
+
+@dataclass
+class Result:
+    """The outcome of one statement.
+
+    `columns`/`types` name and type the result columns (upper-case SQL type names);
+    `rows` holds plain Python values (int, float, str, bool, bytes, None, datetime); the
+    caller owns them. `rowcount` is the rows returned (queries) or affected (DML), -1 for DDL.
+    `status` is the command tag: "SELECT 2", "INSERT 3", "CREATE TABLE", ...
+    """
+
+    columns: list[str] = field(default_factory=list)
+    types: list[str] = field(default_factory=list)
+    rows: list[list] = field(default_factory=list)
+    rowcount: int = -1
+    status: str = ""
+
+
+@dataclass
+class _CacheEntry:
+    names: list[str]
+    schema_bytes: dict[str, bytes | None]
+    plan: object
+
+
+def _wall_clock() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
+
+
+class Session:
+    """A SQL session over a KV (see the module docstring for the KV contract).
+
+    `clock` returns the statement time as a naive UTC datetime (now(), DEFAULT now()); `rng`
+    draws hidden rowids. Both default to the real thing; tests pass fakes. Not thread-safe:
+    one session per connection.
+    """
+
+    def __init__(
+        self,
+        kv,
+        *,
+        clock: Callable[[], _dt.datetime] | None = None,
+        rng: random.Random | None = None,
+        plan_cache_entries: int = PLAN_CACHE_ENTRIES_MAX,
+    ):
+        self.kv = kv
+        self._clock = clock or _wall_clock
+        self._rng = rng or random.SystemRandom()
+        self._cache: OrderedDict[str, _CacheEntry] = OrderedDict()
+        self._cache_entries_max = plan_cache_entries
+
+    # --- public ---------------------------------------------------------------------------------
+
+    def execute(self, sql: str, params: Sequence[object] | None = None) -> Result:
+        """Run one statement (a trailing ``;`` is fine). Raises SQLError; KV errors pass
+        through unchanged."""
+        statements = parse(sql)
+        if not statements:
+            raise SQLError("syntax", "empty statement: there is no SQL to run")
+        if len(statements) > 1:
+            raise SQLError(
+                "unsupported",
+                f"not supported: {len(statements)} statements in one call; send one "
+                "statement per execute()",
+                statements[1].ast.meta.get("stmt_start"), sql,
+            )
+        statement = statements[0]
+        if statement.as_of is not None:
+            raise SQLError(
+                "feature_not_supported",
+                "AS OF SYSTEM TIME parses, but follower reads come later; run the query "
+                "without it for a strongly consistent read",
+                node_position(statement.as_of), sql,
+            )
+        bound = self._bind(statement, params)
+        ctx = EvalContext(bound, self._clock(), self._new_rowid)
+        kind = statement.kind
+        if kind == "show_tables":
+            return self._show_tables()
+        if kind == "show_regions":
+            return self._show_regions()
+        if kind == "show_ranges":
+            return self._show_ranges(statement)
+        plan = self._plan(statement)
+        try:
+            return self._run(plan, ctx, statement)
+        except SQLError as error:
+            raise error.with_sql(sql) from None
+
+    # --- parameters and plans -----------------------------------------------------------------
+
+    def _bind(self, statement: Statement, params: Sequence[object] | None) -> list[object]:
+        if params is None:
+            params = ()
+        if isinstance(params, (str, bytes)) or not isinstance(params, Sequence):
+            raise SQLError(
+                "invalid_parameter",
+                f"parameters must be a list or tuple, got {type(params).__name__}",
+            )
+        wanted = statement.param_count
+        if len(params) != wanted:
+            if statement.kind == "explain" and not params:
+                return [UNBOUND] * wanted
+            raise SQLError(
+                "invalid_parameter",
+                f"the statement uses {wanted} parameter(s) but {len(params)} were given",
+            )
+        return [T.normalize_param(value) for value in params]
+
+    def _plan(self, statement: Statement):
+        entry = self._cache.get(statement.text)
+        names = entry.names if entry is not None else tables_named(statement)
+        current = {name: self.kv.get(catalog_key(name)) for name in names}
+        if entry is not None and entry.schema_bytes == current:
+            self._cache.move_to_end(statement.text)
+            return entry.plan
+        schemas = {name: (decode_schema(raw) if raw is not None else None)
+                   for name, raw in current.items()}
+        plan = plan_statement(statement, schemas)
+        self._cache[statement.text] = _CacheEntry(names, current, plan)
+        self._cache.move_to_end(statement.text)
+        while len(self._cache) > self._cache_entries_max:
+            self._cache.popitem(last=False)
+        return plan
+
+    def _new_rowid(self) -> int:
+        return self._rng.getrandbits(ROWID_BITS)
+
+    def _run(self, plan, ctx: EvalContext, statement: Statement) -> Result:
+        if isinstance(plan, SelectPlan):
+            return self._select(plan, ctx)
+        if isinstance(plan, InsertPlan):
+            return self._insert(plan, ctx)
+        if isinstance(plan, UpdatePlan):
+            return self._update(plan, ctx)
+        if isinstance(plan, DeletePlan):
+            return self._delete(plan, ctx)
+        if isinstance(plan, CreateTablePlan):
+            create_table(self.kv, plan.name, plan.columns, plan.pk, plan.if_not_exists)
+            self._cache.clear()
+            return Result(status="CREATE TABLE", rowcount=-1)
+        if isinstance(plan, DropTablePlan):
+            return self._drop(plan)
+        if isinstance(plan, ExplainPlan):
+            return self._explain(plan, ctx, statement)
+        raise AssertionError(plan)
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def _fetch(self, access: AccessPath, ctx: EvalContext, first_page: int | None = None
+               ) -> Iterator[tuple[bytes, bytes]]:
+        """(key, raw row) pairs of an access path, in key order, fetched lazily."""
+        schema = access.schema
+        if access.kind == "full scan":
+            ranges: list[tuple[bytes, bytes | None]] = [table_span(schema.id)]
+        else:
+            ranges = access.key_ranges(ctx)
+        page = max(SCAN_PAGE_ROWS_MIN, min(first_page or SCAN_PAGE_ROWS_MAX, SCAN_PAGE_ROWS_MAX))
+        for start, end in ranges:
+            if end is None:
+                raw = self.kv.get(start)
+                if raw is not None:
+                    yield start, raw
+                continue
+            while True:
+                batch = self.kv.scan(start, end, page)
+                yield from batch
+                if len(batch) < page:
+                    break
+                start = batch[-1][0] + b"\x00"
+                page = min(page * 2, SCAN_PAGE_ROWS_MAX)
+
+    def _source_rows(self, access: AccessPath, ctx: EvalContext, first_page=None) -> Iterator[list]:
+        schema = access.schema
+        for _, raw in self._fetch(access, ctx, first_page):
+            yield decode_row(schema, raw)
+
+    def _select(self, plan: SelectPlan, ctx: EvalContext) -> Result:
+        limit = _limit_value(plan.limit, ctx, "LIMIT")
+        offset = _limit_value(plan.offset, ctx, "OFFSET") or 0
+        if plan.sources:
+            first_page = None
+            if plan.streamable and limit is not None:
+                first_page = offset + limit
+            rows: Iterator[list] = self._source_rows(plan.sources[0].access, ctx, first_page)
+        else:
+            rows = iter([[]])
+        if plan.where is not None:
+            where = plan.where.fn
+            rows = (row for row in rows if where(row, ctx) is True)
+        for step in plan.joins:
+            rows = self._join(rows, plan, step, ctx)
+
+        if plan.grouping is not None:
+            rows = iter(_group(plan, rows, ctx))
+            if plan.having is not None:
+                having = plan.having.fn
+                rows = (row for row in rows if having(row, ctx) is True)
+
+        outputs = [c.fn for c in plan.outputs]
+        if plan.streamable:
+            results = []
+            wanted = None if limit is None else offset + limit
+            if wanted != 0:
+                for row in rows:
+                    results.append([fn(row, ctx) for fn in outputs])
+                    if wanted is not None and len(results) >= wanted:
+                        break
+            results = results[offset:]
+        else:
+            pairs = []
+            input_keys = [k for k in plan.order if not k.on_output]
+            for row in rows:
+                out = [fn(row, ctx) for fn in outputs]
+                extra = [k.fn(row, ctx) for k in input_keys]
+                pairs.append((out, extra))
+            if plan.distinct:
+                seen = set()
+                unique = []
+                for out, extra in pairs:
+                    marker = tuple((type(v), v) for v in out)
+                    if marker not in seen:
+                        seen.add(marker)
+                        unique.append((out, extra))
+                pairs = unique
+            if plan.order and not plan.ordered_by_key:
+                _sort(pairs, plan.order, ctx)
+            end = None if limit is None else offset + limit
+            results = [out for out, _ in pairs[offset:end]]
+        types = _result_types(plan.outputs, results)
+        return Result(list(plan.columns), types, results, len(results), f"SELECT {len(results)}")
+
+    def _join(self, left_rows: Iterator[list], plan: SelectPlan, step, ctx) -> Iterator[list]:
+        source = plan.sources[step.source]
+        pad = [None] * source.offset
+        right = []
+        for row in self._source_rows(source.access, ctx):
+            padded = pad + row
+            if all(f.fn(padded, ctx) is True for f in source.filters):
+                right.append(row)
+        filters = [f.fn for f in step.filters]
+        if step.left_keys:
+            table: dict[tuple, list[list]] = {}
+            for row in right:
+                padded = pad + row
+                key = tuple(k.fn(padded, ctx) for k in step.right_keys)
+                if any(v is None for v in key):
+                    continue
+                table.setdefault(key, []).append(row)
+            for left in left_rows:
+                key = tuple(k.fn(left, ctx) for k in step.left_keys)
+                if any(v is None for v in key):
+                    continue
+                for row in table.get(key, ()):
+                    joined = left + row
+                    if all(f(joined, ctx) is True for f in filters):
+                        yield joined
+        else:
+            for left in left_rows:
+                for row in right:
+                    joined = left + row
+                    if all(f(joined, ctx) is True for f in filters):
+                        yield joined
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def _insert(self, plan: InsertPlan, ctx: EvalContext) -> Result:
+        schema = plan.schema
+        rows, generated = self._insert_rows(plan, ctx)
+        keyed = [(key_for_row(schema, row), row, gen) for row, gen in zip(rows, generated)]
+        verb = "UPSERT" if plan.mode == "upsert" else "INSERT"
+        seen: set[bytes] = set()
+        unique = []
+        for key, row, gen in keyed:
+            if key in seen:
+                if plan.mode == "do_nothing":
+                    continue
+                if plan.mode == "insert":
+                    raise _duplicate_key(schema, row)
+                raise SQLError(
+                    "unique_violation",
+                    f"{'UPSERT' if plan.mode == 'upsert' else 'ON CONFLICT DO UPDATE'} cannot "
+                    f"affect row {_pk_text(schema, row)} a second time in one statement; "
+                    "remove the duplicate",
+                )
+            seen.add(key)
+            unique.append((key, row, gen))
+        if plan.mode == "insert":
+            count = self._insert_new(schema, unique)
+        elif plan.mode == "do_nothing":
+            count = 0
+            for key, row, _ in unique:
+                if self.kv.cas(key, None, encode_row(schema, row)):
+                    count += 1
+        else:
+            count = self._upsert(plan, unique, ctx)
+        return Result(rowcount=count, status=f"{verb} {count}")
+
+    def _insert_rows(self, plan: InsertPlan, ctx: EvalContext) -> tuple[list[list], list[bool]]:
+        schema = plan.schema
+        if plan.select is None:
+            return plan.complete_rows(plan.provided_values(ctx), ctx)
+        provided_rows = []
+        for values in self._select(plan.select, ctx).rows:
+            provided_rows.append([
+                (index, T.coerce_implicit(value, schema.columns[index].type,
+                                          f'value for column "{schema.columns[index].name}"'))
+                for index, value in zip(plan.targets, values)
+            ])
+        return plan.complete_rows(provided_rows, ctx)
+
+    def _insert_new(self, schema: TableSchema, rows: list[tuple[bytes, list, bool]]) -> int:
+        if len(rows) > 1:
+            for key, row, generated in rows:
+                if not generated and self.kv.get(key) is not None:
+                    raise _duplicate_key(schema, row)
+        written: list[bytes] = []
+        for key, row, generated in rows:
+            attempts = ROWID_RETRY_COUNT_MAX if generated else 1
+            for _ in range(attempts):
+                if self.kv.cas(key, None, encode_row(schema, row)):
+                    written.append(key)
+                    break
+                if generated:
+                    row[schema.pk_indexes[0]] = self._new_rowid()
+                    key = key_for_row(schema, row)
+            else:
+                for done in written:  # best effort: take back what this statement wrote
+                    self.kv.delete(done)
+                raise _duplicate_key(schema, row)
+        return len(written)
+
+    def _upsert(self, plan: InsertPlan, rows: list[tuple[bytes, list, bool]], ctx) -> int:
+        schema = plan.schema
+        if plan.replaces_row:
+            for key, row, _ in rows:  # every column given: the new row replaces the old
+                self.kv.put(key, encode_row(schema, row))
+            return len(rows)
+        # Phase 1: read and compute every row, so a failing SET changes nothing.
+        pending = []
+        for key, row, _ in rows:
+            old_raw = self.kv.get(key)
+            pending.append((key, row, old_raw, self._merged(plan, row, old_raw, ctx)))
+        count = 0
+        for key, row, old_raw, new_row in pending:
+            for _ in range(ROW_CAS_RETRY_COUNT_MAX):
+                if new_row is None:  # DO UPDATE ... WHERE said no
+                    break
+                new_raw = encode_row(schema, new_row)
+                if old_raw == new_raw or self.kv.cas(key, old_raw, new_raw):
+                    count += 1
+                    break
+                old_raw = self.kv.get(key)
+                new_row = self._merged(plan, row, old_raw, ctx)
+            else:
+                raise _contention(schema, row)
+        return count
+
+    def _merged(self, plan: InsertPlan, row: list, old_raw: bytes | None, ctx) -> list | None:
+        """The row to write for an ON CONFLICT / UPSERT candidate: `row` if absent, else the
+        existing row with the update applied (None if DO UPDATE ... WHERE is not true)."""
+        if old_raw is None:
+            return row
+        schema = plan.schema
+        existing = decode_row(schema, old_raw)
+        env = existing + row
+        if plan.update_where is not None and plan.update_where.fn(env, ctx) is not True:
+            return None
+        new_row = list(existing)
+        for index, compiled in plan.updates:
+            new_row[index] = compiled.fn(env, ctx)
+        check_row(schema, new_row)
+        return new_row
+
+    def _update(self, plan: UpdatePlan, ctx: EvalContext) -> Result:
+        schema = plan.schema
+        where = plan.where.fn if plan.where is not None else None
+        changes = []  # (old key, old raw, new row, new key)
+        for key, raw in list(self._fetch(plan.access, ctx)):
+            row = decode_row(schema, raw)
+            if where is not None and where(row, ctx) is not True:
+                continue
+            new_row = self._apply_sets(plan, row, ctx)
+            changes.append((key, raw, new_row, key_for_row(schema, new_row)))
+        moved = [c for c in changes if c[3] != c[0]]
+        if moved:
+            old_keys = {c[0] for c in changes}
+            new_keys: set[bytes] = set()
+            for _, _, new_row, new_key in changes:
+                if new_key in new_keys:
+                    raise _duplicate_key(schema, new_row)
+                new_keys.add(new_key)
+            for _, _, new_row, new_key in moved:
+                if new_key not in old_keys and self.kv.get(new_key) is not None:
+                    raise _duplicate_key(schema, new_row)
+        count = 0
+        for key, raw, new_row, new_key in changes:
+            if new_key != key:
+                continue
+            for _ in range(ROW_CAS_RETRY_COUNT_MAX):
+                new_raw = encode_row(schema, new_row)
+                if raw == new_raw or self.kv.cas(key, raw, new_raw):
+                    count += 1
+                    break
+                raw = self.kv.get(key)
+                if raw is None:
+                    break  # deleted concurrently: nothing to update
+                row = decode_row(schema, raw)
+                if where is not None and where(row, ctx) is not True:
+                    break
+                new_row = self._apply_sets(plan, row, ctx)
+                if key_for_row(schema, new_row) != key:
+                    raise _contention(schema, row)
+            else:
+                raise _contention(schema, new_row)
+        for key, raw, _, _ in moved:
+            self.kv.delete(key)
+        for _, _, new_row, new_key in moved:
+            if not self.kv.cas(new_key, None, encode_row(schema, new_row)):
+                raise _duplicate_key(schema, new_row)
+            count += 1
+        return Result(rowcount=count, status=f"UPDATE {count}")
+
+    def _apply_sets(self, plan: UpdatePlan, row: list, ctx) -> list:
+        new_row = list(row)
+        for index, compiled in plan.sets:
+            new_row[index] = compiled.fn(row, ctx)
+        check_row(plan.schema, new_row)
+        return new_row
+
+    def _delete(self, plan: DeletePlan, ctx: EvalContext) -> Result:
+        schema = plan.schema
+        where = plan.where.fn if plan.where is not None else None
+        doomed = []
+        for key, raw in list(self._fetch(plan.access, ctx)):
+            if where is not None and where(decode_row(schema, raw), ctx) is not True:
+                continue
+            doomed.append(key)
+        for key in doomed:
+            self.kv.delete(key)
+        return Result(rowcount=len(doomed), status=f"DELETE {len(doomed)}")
+
+    def _drop(self, plan: DropTablePlan) -> Result:
+        schemas = []
+        for name in plan.names:
+            schema = read_table(self.kv, name)
+            if schema is None:
+                if plan.if_exists:
+                    continue
+                raise SQLError(
+                    "undefined_table",
+                    f'table "{name}" does not exist; SHOW TABLES lists the tables (or use DROP '
+                    "TABLE IF EXISTS)",
+                )
+            schemas.append(schema)
+        for schema in schemas:
+            # Catalog entry first: from here on no statement can reach the rows.
+            self.kv.delete(catalog_key(schema.name))
+            delete_rows(self.kv, schema.id, DELETE_BATCH_ROWS)
+        self._cache.clear()
+        return Result(status="DROP TABLE", rowcount=-1)
+
+    # --- SHOW and EXPLAIN ------------------------------------------------------------------------
+
+    def _show_tables(self) -> Result:
+        rows = []
+        for schema in list_tables(self.kv):
+            hidden = schema.hidden
+            columns = ", ".join(
+                f"{c.name} {c.type}{' NOT NULL' if c.not_null else ''}"
+                + (f" DEFAULT {c.default_sql}" if c.default_sql else "")
+                for c in schema.columns if c.name not in hidden
+            )
+            rows.append([schema.name, schema.id, ", ".join(schema.pk), columns])
+        return Result(
+            ["table_name", "table_id", "primary_key", "columns"], ["TEXT", "INT", "TEXT", "TEXT"],
+            rows, len(rows), f"SHOW {len(rows)}",
+        )
+
+    def _show_regions(self) -> Result:
+        rows = [[r["region"], r["node_id"], bool(r["up"])] for r in self.kv.regions()]
+        return Result(["region", "node_id", "up"], ["TEXT", "INT", "BOOL"], rows, len(rows),
+                      f"SHOW {len(rows)}")
+
+    def _show_ranges(self, statement: Statement) -> Result:
+        table = statement.ast.this
+        names = self._table_names()
+        if table is None:
+            ranges = self.kv.ranges_for(b"", None)
+        else:
+            name = identifier_name(table)
+            schema = read_table(self.kv, name)
+            if schema is None:
+                raise SQLError(
+                    "undefined_table", f'relation "{name}" does not exist',
+                    node_position(table), statement.text,
+                )
+            start, end = table_span(schema.id)
+            ranges = self.kv.ranges_for(start, end)
+        rows = []
+        for info in ranges:
+            leader = info.get("leader")
+            replicas = info.get("replicas") or []
+            rows.append([
+                info["range_id"],
+                pretty_key(info["start"], names, empty="/Min"),
+                pretty_key(info["end"], names, empty="/Max"),
+                None if leader is None else leader["node_id"],
+                None if leader is None else leader["region"],
+                ", ".join(f"n{r['node_id']}" for r in replicas),
+                ", ".join(f"n{r['node_id']}={r['region']}" for r in replicas),
+            ])
+        return Result(
+            ["range_id", "start_key", "end_key", "lease_holder", "lease_holder_region",
+             "replicas", "replica_regions"],
+            ["INT", "TEXT", "TEXT", "INT", "TEXT", "TEXT", "TEXT"], rows, len(rows),
+            f"SHOW {len(rows)}",
+        )
+
+    def _table_names(self) -> dict[int, str]:
+        return {schema.id: schema.name for schema in list_tables(self.kv)}
+
+    def _explain(self, plan: ExplainPlan, ctx: EvalContext, statement: Statement) -> Result:
+        inner = plan.inner
+        schemas: dict[str, TableSchema | None] = dict(plan.tables)
+        if isinstance(inner, DropTablePlan):
+            schemas = {name: read_table(self.kv, name) for name in inner.names}
+        rows = []
+        for step, op in enumerate(explain_ops(inner, ctx, schemas), start=1):
+            if op.start is None:
+                rows.append([step, op.kind, op.table, op.span, None, None, None, op.detail])
+                continue
+            end = op.end if op.end is not None else op.start + b"\x00"
+            for info in self.kv.ranges_for(op.start, end):
+                leader = info.get("leader")
+                served = ("no leader" if leader is None
+                          else f"n{leader['node_id']} ({leader['region']})")
+                replicas = ", ".join(
+                    f"n{r['node_id']} ({r['region']})" for r in info.get("replicas") or []
+                )
+                rows.append([step, op.kind, op.table, op.span, info["range_id"], served,
+                             replicas, op.detail])
+        return Result(
+            ["step", "operation", "table", "span", "range_id", "served_by", "replicas", "detail"],
+            ["INT", "TEXT", "TEXT", "TEXT", "INT", "TEXT", "TEXT", "TEXT"],
+            rows, len(rows), "EXPLAIN",
+        )
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _limit_value(compiled, ctx: EvalContext, what: str) -> int | None:
+    if compiled is None:
+        return None
+    value = compiled.fn((), ctx)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise SQLError("invalid_parameter", f"{what} must be an INT, got {T.value_type(value)}")
+    if value < 0:
+        raise SQLError("invalid_parameter", f"{what} must not be negative (got {value})")
+    return value
+
+
+def _group(plan: SelectPlan, rows: Iterator[list], ctx: EvalContext) -> list[list]:
+    grouping = plan.grouping
+    assert grouping is not None
+    key_fns = [k.fn for k in grouping.key_compiled]
+    specs = grouping.aggs
+    groups: dict[tuple, list] = {}
+    for row in rows:
+        key = tuple(fn(row, ctx) for fn in key_fns)
+        marker = tuple((type(v), v) for v in key)
+        entry = groups.get(marker)
+        if entry is None:
+            entry = groups[marker] = [key, [new_accumulator(s) for s in specs]]
+        for spec, state in zip(specs, entry[1]):
+            accumulate(spec, state, row, ctx)
+    if not groups and not grouping.keys:
+        groups[()] = [(), [new_accumulator(s) for s in specs]]
+    return [
+        list(key) + [aggregate_result(spec, state) for spec, state in zip(specs, states)]
+        for key, states in groups.values()
+    ]
+
+
+def _sort(pairs: list[tuple[list, list]], order, ctx) -> None:
+    """Sort (output, input-keys) pairs by ORDER BY, NULL placement as given per key."""
+    input_index = 0
+    positions = []
+    for key in order:
+        if key.on_output:
+            positions.append((key, None))
+        else:
+            positions.append((key, input_index))
+            input_index += 1
+    for key, index in reversed(positions):
+        null_rank = 0 if key.nulls_first != key.desc else 1
+        value_rank = 1 - null_rank
+
+        if index is None:
+            def extract(pair, fn=key.fn):
+                return fn(pair[0], ctx)
+        else:
+            def extract(pair, i=index):
+                return pair[1][i]
+
+        def sort_key(pair, extract=extract, null_rank=null_rank, value_rank=value_rank):
+            value = extract(pair)
+            return (null_rank,) if value is None else (value_rank, value)
+
+        try:
+            pairs.sort(key=sort_key, reverse=key.desc)
+        except TypeError:
+            raise SQLError("datatype_mismatch", "ORDER BY values of different types cannot be "
+                           "compared; cast them to one type") from None
+
+
+def _result_types(outputs, rows: list[list]) -> list[str]:
+    types = []
+    for i, compiled in enumerate(outputs):
+        kind = compiled.type
+        if kind == T.PARAM:
+            kind = next((T.value_type(r[i]) for r in rows if r[i] is not None), T.TEXT)
+        if kind in (T.UNKNOWN, T.NULL, T.PARAM):
+            kind = T.TEXT
+        types.append(kind)
+    return types
+
+
+def _pk_text(schema: TableSchema, row: list) -> str:
+    values = ", ".join(T.format_text(row[i], "") for i in schema.pk_indexes)
+    return f"({', '.join(schema.pk)})=({values})"
+
+
+def _duplicate_key(schema: TableSchema, row: list) -> SQLError:
+    return SQLError(
+        "unique_violation",
+        f'duplicate key value violates the primary key of "{schema.name}": '
+        f"{_pk_text(schema, row)} already exists; nothing was written (use UPSERT or INSERT ... "
+        "ON CONFLICT to overwrite)",
+    )
+
+
+def _contention(schema: TableSchema, row: list) -> SQLError:
+    return SQLError(
+        "feature_not_supported",
+        f"row {_pk_text(schema, row)} of {schema.name} kept changing under concurrent writes "
+        f"({ROW_CAS_RETRY_COUNT_MAX} attempts); retry the statement",
+    )

@@ -1,0 +1,1192 @@
+"""Scalar and aggregate expressions: type-checked at plan time, compiled to Python closures.
+
+Why compile: a plan is cached per statement text and run many times, so each expression is
+turned once into a closure ``fn(row, ctx) -> value`` (``row`` a sequence of column values,
+``ctx`` an `EvalContext` carrying the bound parameters and the statement's clock reading) plus
+a static SQL type. Type errors (``INT = TEXT``, ``SUM(text)``) are found while planning, with the
+position of the offending node, before any row is read or written.
+
+Semantics follow PostgreSQL unless sql/DIFFERENCES.md says otherwise:
+
+* Three-valued logic: comparisons with NULL are NULL; ``NULL AND FALSE`` is FALSE, ``NULL OR
+  TRUE`` is TRUE; WHERE keeps a row only when its condition is TRUE.
+* INT arithmetic is 64-bit and checked; ``/`` on two INTs truncates toward zero, ``%`` takes
+  the dividend's sign; division (also FLOAT) by zero is a division_by_zero error.
+* Quoted literals and parameters take the type their context needs (sql/types.py).
+* ``||`` on TEXT converts a non-text side to text; LIKE is case-sensitive, ILIKE not, ``\\`` is
+  the default escape.
+
+Pure: no I/O. The clock and random source reach expressions only through `EvalContext`.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from sqlglot import exp
+
+from sql import types as T
+from sql.dialect import identifier_name, node_position
+from sql.errors import SQLError
+
+Row = Sequence[object]
+
+
+class EvalContext:
+    """What an expression may read besides its row: parameters, the statement time, rowids.
+
+    `now` is fixed for the whole statement (PostgreSQL's now() is fixed per transaction; here a
+    statement is its own transaction). `new_rowid` returns a fresh random 63-bit int.
+    """
+
+    __slots__ = ("params", "now", "new_rowid")
+
+    def __init__(self, params: Sequence[object], now, new_rowid: Callable[[], int]):
+        self.params = params
+        self.now = now
+        self.new_rowid = new_rowid
+
+
+Fn = Callable[[Row, EvalContext], object]
+
+
+class _Unbound:
+    """A parameter value EXPLAIN stands in for when it was given none."""
+
+    def __repr__(self) -> str:
+        return "<unbound parameter>"
+
+
+UNBOUND = _Unbound()
+
+
+@dataclass
+class Compiled:
+    """A compiled expression. `const`: reads no row (only parameters / literals / the clock);
+    `literal`: its value is known now and held in `value`."""
+
+    fn: Fn
+    type: str
+    const: bool
+    name: str = "?column?"
+    literal: bool = False
+    value: object = None
+    param: int | None = None  # 1-based number when the expression is a bare parameter
+
+
+def _literal(value: object, kind: str, name: str = "?column?") -> Compiled:
+    return Compiled(lambda row, ctx: value, kind, True, name, True, value)
+
+
+# --- scopes -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Source:
+    """One named row source of a scope: a table (or ``excluded``) laid out at `offset`."""
+
+    alias: str
+    columns: list[tuple[str, str]]  # (name, type) in row order
+    offset: int
+    hidden: frozenset[str] = frozenset()
+    table: str | None = None  # the table name, when it differs from the alias
+
+
+@dataclass
+class Scope:
+    sources: list[Source] = field(default_factory=list)
+
+    @property
+    def width(self) -> int:
+        return sum(len(s.columns) for s in self.sources)
+
+    def add(self, alias: str, columns: list[tuple[str, str]], hidden=frozenset(), table=None):
+        for source in self.sources:
+            if source.alias == alias:
+                raise SQLError(
+                    "syntax",
+                    f'table name "{alias}" specified more than once; give one of them an alias',
+                )
+        source = Source(alias, columns, self.width, frozenset(hidden), table)
+        self.sources.append(source)
+        return source
+
+    def resolve(self, column: exp.Column) -> tuple[int, str, str, int]:
+        """(row index, type, name, source number) of a column reference."""
+        name = identifier_name(column.args.get("this"))
+        qualifier = column.args.get("table")
+        position = node_position(column)
+        if column.args.get("db") or column.args.get("catalog"):
+            raise SQLError(
+                "unsupported", "not supported: schema-qualified column names", position
+            )
+        if qualifier is not None:
+            alias = identifier_name(qualifier)
+            for number, source in enumerate(self.sources):
+                if source.alias == alias:
+                    for i, (column_name, kind) in enumerate(source.columns):
+                        if column_name == name:
+                            return source.offset + i, kind, name, number
+                    raise SQLError(
+                        "undefined_column",
+                        f'column {alias}.{name} does not exist; {alias} has columns '
+                        f"{_column_list(source)}",
+                        position,
+                    )
+            known = ", ".join(s.alias for s in self.sources) or "none"
+            hint = ""
+            if any(s.table == alias for s in self.sources):
+                hint = " (the table has an alias here: use the alias)"
+            raise SQLError(
+                "undefined_table",
+                f'missing FROM-clause entry for table "{alias}"{hint}; tables in scope: {known}',
+                position,
+            )
+        found = []
+        for number, source in enumerate(self.sources):
+            for i, (column_name, kind) in enumerate(source.columns):
+                if column_name == name:
+                    found.append((source.offset + i, kind, name, number))
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            if not self.sources:
+                raise SQLError(
+                    "undefined_column",
+                    f'column "{name}" does not exist (there is no FROM clause here)', position,
+                )
+            columns = "; ".join(f"{s.alias}: {_column_list(s)}" for s in self.sources)
+            raise SQLError(
+                "undefined_column", f'column "{name}" does not exist; columns are {columns}',
+                position,
+            )
+        raise SQLError(
+            "undefined_column",
+            f'column reference "{name}" is ambiguous; qualify it (e.g. '
+            f"{self.sources[found[0][3]].alias}.{name})",
+            position,
+        )
+
+
+def _column_list(source: Source) -> str:
+    return ", ".join(n for n, _ in source.columns if n not in source.hidden) or "(none)"
+
+
+# --- aggregates ---------------------------------------------------------------------------------
+
+AGGREGATES = (exp.Count, exp.Sum, exp.Min, exp.Max, exp.Avg)
+
+
+@dataclass
+class AggSpec:
+    kind: str  # count_star, count, sum, min, max, avg
+    arg: Compiled | None
+    distinct: bool
+    node: exp.Expr
+
+
+@dataclass
+class Grouping:
+    """Post-aggregation compile state: rows there are ``(*group_keys, *aggregate_results)``."""
+
+    keys: list[exp.Expr]
+    key_columns: list[int | None]  # resolved row index when a key is a plain column
+    key_compiled: list[Compiled]
+    aggs: list[AggSpec] = field(default_factory=list)
+
+
+def new_accumulator(spec: AggSpec) -> list:
+    """Mutable state of one aggregate in one group: [count, value, distinct-set-or-None]."""
+    return [0, None, set() if spec.distinct else None]
+
+
+def accumulate(spec: AggSpec, state: list, row: Row, ctx: EvalContext) -> None:
+    if spec.kind == "count_star":
+        state[0] += 1
+        return
+    assert spec.arg is not None
+    value = spec.arg.fn(row, ctx)
+    if value is None:
+        return
+    seen = state[2]
+    if seen is not None:
+        marker = (type(value), value)
+        if marker in seen:
+            return
+        seen.add(marker)
+    state[0] += 1
+    current = state[1]
+    if spec.kind in ("sum", "avg"):
+        state[1] = value if current is None else current + value
+    elif spec.kind == "min":
+        if current is None or value < current:  # type: ignore[operator]
+            state[1] = value
+    elif spec.kind == "max":
+        if current is None or value > current:  # type: ignore[operator]
+            state[1] = value
+
+
+def aggregate_result(spec: AggSpec, state: list) -> object:
+    if spec.kind in ("count", "count_star"):
+        return state[0]
+    if spec.kind == "avg":
+        return None if state[0] == 0 else state[1] / state[0]
+    return state[1]
+
+
+# --- the compiler -------------------------------------------------------------------------------
+
+
+def _mismatch(message: str, node: exp.Expr | None) -> SQLError:
+    return SQLError("datatype_mismatch", message, node_position(node))
+
+
+class Compiler:
+    """Compiles sqlglot expressions against a `Scope`.
+
+    With `grouping` set, compiles post-aggregation expressions (select list, HAVING, ORDER BY
+    of a grouped query): group keys and aggregates become slots of the grouped row, and a bare
+    column that is not a group key is an error.
+    """
+
+    def __init__(self, scope: Scope, grouping: Grouping | None = None, clause: str = ""):
+        self.scope = scope
+        self.grouping = grouping
+        self.clause = clause  # for messages: "WHERE", "UPDATE SET", ...
+        self._in_aggregate = False
+
+    # entry points
+
+    def compile(self, node: exp.Expr) -> Compiled:
+        if self.grouping is not None and not self._in_aggregate:
+            slot = self._group_slot(node)
+            if slot is not None:
+                return slot
+        method = _DISPATCH.get(type(node))
+        if method is None:
+            raise SQLError(
+                "unsupported", f"not supported: {type(node).__name__} expressions",
+                node_position(node),
+            )
+        return method(self, node)
+
+    def compile_condition(self, node: exp.Expr, clause: str) -> Compiled:
+        compiled = self.compile(node)
+        if compiled.type == T.UNKNOWN and compiled.literal:
+            compiled = self.coerce(compiled, T.BOOL, node)
+        if compiled.type == T.PARAM:
+            compiled = self.coerce(compiled, T.BOOL, node)
+        if compiled.type not in (T.BOOL, T.NULL):
+            raise _mismatch(
+                f"argument of {clause} must be type BOOL, not type {compiled.type}", node
+            )
+        return compiled
+
+    def coerce(
+        self, c: Compiled, to_type: str, node: exp.Expr | None, what: str = "",
+        comparing: bool = False,
+    ) -> Compiled:
+        """`c` as `to_type` under implicit rules (see sql/types.py), or datatype_mismatch.
+
+        `comparing`: `c` is compared with a `to_type` value rather than stored as one, so a
+        parameter holding the other numeric type is taken as it is (``int_col = $1`` with
+        $1 = 2.5 compares numerically, as a FLOAT literal would)."""
+        if c.type == to_type or to_type in T.UNTYPED:
+            return c
+        if comparing and c.type == T.PARAM and to_type in T.NUMERIC_TYPES:
+            fn = c.fn
+            label = f"parameter ${c.param}"
+
+            def numeric(row, ctx, fn=fn, to_type=to_type, label=label):
+                value = fn(row, ctx)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    return value
+                return T.coerce_implicit(value, to_type, label)
+
+            return Compiled(numeric, to_type, c.const, c.name, param=c.param)
+        if c.type == T.NULL:
+            return _literal(None, to_type, c.name)
+        if c.type == T.UNKNOWN and c.literal:
+            try:
+                value = T.parse_text(c.value, to_type)  # type: ignore[arg-type]
+            except SQLError as error:
+                raise SQLError(error.code, error.message, node_position(node)) from None
+            return _literal(value, to_type, c.name)
+        if c.type in (T.UNKNOWN, T.PARAM):
+            fn = c.fn
+            label = what or (f"parameter ${c.param}" if c.param else "value")
+
+            def coerced(row, ctx, fn=fn, to_type=to_type, label=label):
+                return T.coerce_implicit(fn(row, ctx), to_type, label)
+
+            return Compiled(coerced, to_type, c.const, c.name, param=c.param)
+        if c.type == T.INT and to_type == T.FLOAT:
+            fn = c.fn
+
+            def widened(row, ctx, fn=fn):
+                value = fn(row, ctx)
+                return None if value is None else float(value)
+
+            if c.literal:
+                return _literal(None if c.value is None else float(c.value), T.FLOAT, c.name)  # type: ignore[arg-type]
+            return Compiled(widened, T.FLOAT, c.const, c.name)
+        raise _mismatch(
+            f"{what or 'expression'} is of type {c.type} but {to_type} is expected; "
+            f"cast it explicitly, e.g. CAST(... AS {to_type})",
+            node,
+        )
+
+    # grouping
+
+    def _group_slot(self, node: exp.Expr) -> Compiled | None:
+        grouping = self.grouping
+        assert grouping is not None
+        for i, key in enumerate(grouping.keys):
+            if node == key:
+                return self._slot(i, grouping.key_compiled[i], node)
+        if isinstance(node, exp.Column) and not isinstance(node.this, exp.Star):
+            index = self.scope.resolve(node)[0]
+            for i, key_index in enumerate(grouping.key_columns):
+                if key_index == index:
+                    return self._slot(i, grouping.key_compiled[i], node)
+            name = identifier_name(node)
+            raise SQLError(
+                "syntax",
+                f'column "{name}" must appear in the GROUP BY clause or be used in an '
+                "aggregate function",
+                node_position(node),
+            )
+        return None
+
+    def _slot(self, i: int, like: Compiled, node: exp.Expr) -> Compiled:
+        name = _output_name(node, like.name)
+        return Compiled(lambda row, ctx, i=i: row[i], like.type, False, name)
+
+    # leaves
+
+    def _column(self, node: exp.Column) -> Compiled:
+        if isinstance(node.this, exp.Star):
+            raise SQLError(
+                "syntax", f"{identifier_name(node.args.get('table'))}.* is only allowed in a "
+                "select list", node_position(node),
+            )
+        index, kind, name, _ = self.scope.resolve(node)
+        return Compiled(lambda row, ctx, i=index: row[i], kind, False, name)
+
+    def _literal(self, node: exp.Literal) -> Compiled:
+        text = node.this
+        if node.is_string:
+            return _literal(text, T.UNKNOWN)
+        if re.fullmatch(r"[0-9]+", text):
+            value = int(text)
+            if value > (1 << 63) - 1:
+                return _literal(float(value), T.FLOAT)
+            return _literal(value, T.INT)
+        try:
+            return _literal(float(text), T.FLOAT)
+        except ValueError:
+            raise SQLError("syntax", f"invalid number {text!r}", node_position(node)) from None
+
+    def _hex_string(self, node: exp.HexString) -> Compiled:
+        # x'00ff' is a BYTES literal, as in CockroachDB (PostgreSQL reads it as a bit string).
+        try:
+            return _literal(bytes.fromhex(node.this), T.BYTES)
+        except ValueError:
+            raise SQLError("syntax", f"invalid hexadecimal literal x'{node.this}'",
+                           node_position(node)) from None
+
+    def _escape_string(self, node: exp.ByteString) -> Compiled:
+        return _literal(node.this, T.UNKNOWN)  # E'...': escapes already resolved
+
+    def _boolean(self, node: exp.Boolean) -> Compiled:
+        return _literal(bool(node.this), T.BOOL, "bool")
+
+    def _null(self, node: exp.Null) -> Compiled:
+        return _literal(None, T.NULL)
+
+    def _parameter(self, node: exp.Parameter) -> Compiled:
+        number = int(node.this.this if isinstance(node.this, exp.Literal) else node.name)
+        index = number - 1
+        return Compiled(lambda row, ctx, i=index: ctx.params[i], T.PARAM, True, param=number)
+
+    def _paren(self, node: exp.Paren) -> Compiled:
+        inner = self.compile(node.this)
+        return Compiled(inner.fn, inner.type, inner.const, inner.name, inner.literal, inner.value,
+                        inner.param)
+
+    def _var(self, node: exp.Var) -> Compiled:
+        if node.name.upper() == "DEFAULT":
+            raise SQLError(
+                "syntax", "DEFAULT is only allowed as a whole value in INSERT ... VALUES",
+                node_position(node),
+            )
+        raise SQLError("syntax", f"unexpected word {node.name!r}", node_position(node))
+
+    # operators
+
+    def _unify(self, a: Compiled, b: Compiled, na: exp.Expr, nb: exp.Expr) -> tuple[Compiled, Compiled]:
+        """Coerce an untyped side to the typed side's type; then check they compare."""
+        if a.type in T.UNTYPED and b.type not in T.UNTYPED:
+            a = self.coerce(a, b.type, na, comparing=True)
+        elif b.type in T.UNTYPED and a.type not in T.UNTYPED:
+            b = self.coerce(b, a.type, nb, comparing=True)
+        if not T.comparable(a.type, b.type):
+            raise _mismatch(
+                f"cannot compare {a.type} with {b.type}; cast one side, e.g. CAST(... AS "
+                f"{a.type})",
+                nb,
+            )
+        return a, b
+
+    def _comparison(self, node: exp.Expr) -> Compiled:
+        a = self.compile(node.this)
+        b = self.compile(node.expression)
+        a, b = self._unify(a, b, node.this, node.expression)
+        op = _COMPARATORS[type(node)]
+        fa, fb = a.fn, b.fn
+
+        def compare(row, ctx):
+            x = fa(row, ctx)
+            if x is None:
+                return None
+            y = fb(row, ctx)
+            if y is None:
+                return None
+            return _compare(op, x, y)
+
+        return Compiled(compare, T.BOOL, a.const and b.const)
+
+    def _null_safe(self, node: exp.Expr) -> Compiled:
+        a = self.compile(node.this)
+        b = self.compile(node.expression)
+        a, b = self._unify(a, b, node.this, node.expression)
+        want_equal = isinstance(node, exp.NullSafeEQ)
+        fa, fb = a.fn, b.fn
+
+        def distinct(row, ctx):
+            x = fa(row, ctx)
+            y = fb(row, ctx)
+            if x is None or y is None:
+                same = x is None and y is None
+            else:
+                same = _compare(operator.eq, x, y)
+            return same if want_equal else not same
+
+        return Compiled(distinct, T.BOOL, a.const and b.const)
+
+    def _and(self, node: exp.Expr) -> Compiled:
+        a = self.compile_condition(node.this, "AND")
+        b = self.compile_condition(node.expression, "AND")
+        fa, fb = a.fn, b.fn
+
+        def conj(row, ctx):
+            x = fa(row, ctx)
+            if x is False:
+                return False
+            y = fb(row, ctx)
+            if y is False:
+                return False
+            if x is None or y is None:
+                return None
+            return True
+
+        return Compiled(conj, T.BOOL, a.const and b.const)
+
+    def _or(self, node: exp.Expr) -> Compiled:
+        a = self.compile_condition(node.this, "OR")
+        b = self.compile_condition(node.expression, "OR")
+        fa, fb = a.fn, b.fn
+
+        def disj(row, ctx):
+            x = fa(row, ctx)
+            if x is True:
+                return True
+            y = fb(row, ctx)
+            if y is True:
+                return True
+            if x is None or y is None:
+                return None
+            return False
+
+        return Compiled(disj, T.BOOL, a.const and b.const)
+
+    def _not(self, node: exp.Not) -> Compiled:
+        a = self.compile_condition(node.this, "NOT")
+        return _negated(a)
+
+    def _is(self, node: exp.Is) -> Compiled:
+        a = self.compile(node.this)
+        target = node.expression
+        fa = a.fn
+        if isinstance(target, exp.Null):
+            result = Compiled(lambda row, ctx: fa(row, ctx) is None, T.BOOL, a.const)
+        elif isinstance(target, exp.Boolean):
+            a = self.coerce(a, T.BOOL, node.this) if a.type in T.UNTYPED else a
+            if a.type != T.BOOL:
+                raise _mismatch(f"IS TRUE/FALSE needs a BOOL, not {a.type}", node.this)
+            want = bool(target.this)
+            fa = a.fn
+            result = Compiled(lambda row, ctx: fa(row, ctx) is want, T.BOOL, a.const)
+        else:
+            raise SQLError("unsupported", "not supported: IS with this operand", node_position(node))
+        if node.args.get("negate"):
+            fr = result.fn
+            return Compiled(lambda row, ctx: not fr(row, ctx), T.BOOL, result.const)
+        return result
+
+    def _in(self, node: exp.In) -> Compiled:
+        a = self.compile(node.this)
+        compiled = [(self.compile(n), n) for n in node.expressions]
+        if a.type in T.UNTYPED:
+            typed = next((c for c, _ in compiled if c.type not in T.UNTYPED), None)
+            if typed is not None:
+                a = self.coerce(a, typed.type, node.this)
+        items = [self._unify(a, c, node.this, n)[1] for c, n in compiled]
+        fa = a.fn
+        fns = [it.fn for it in items]
+        literal_values = None
+        if all(it.literal for it in items):
+            literal_values = [it.value for it in items]
+
+        def member(row, ctx):
+            x = fa(row, ctx)
+            if x is None:
+                return None
+            saw_null = False
+            values = literal_values if literal_values is not None else (f(row, ctx) for f in fns)
+            for y in values:
+                if y is None:
+                    saw_null = True
+                elif _compare(operator.eq, x, y):
+                    return True
+            return None if saw_null else False
+
+        result = Compiled(member, T.BOOL, a.const and all(it.const for it in items))
+        return _negated(result) if node.args.get("negate") else result
+
+    def _between(self, node: exp.Between) -> Compiled:
+        if node.args.get("symmetric"):
+            raise SQLError("unsupported", "not supported: BETWEEN SYMMETRIC", node_position(node))
+        a = self.compile(node.this)
+        low = self.compile(node.args["low"])
+        high = self.compile(node.args["high"])
+        a1, low = self._unify(a, low, node.this, node.args["low"])
+        a2, high = self._unify(a1, high, node.this, node.args["high"])
+        a = a2
+        fa, fl, fh = a.fn, low.fn, high.fn
+
+        def between(row, ctx):
+            x = fa(row, ctx)
+            lo = fl(row, ctx)
+            hi = fh(row, ctx)
+            first = None if x is None or lo is None else _compare(operator.ge, x, lo)
+            if first is False:
+                return False
+            second = None if x is None or hi is None else _compare(operator.le, x, hi)
+            if second is False:
+                return False
+            if first is None or second is None:
+                return None
+            return True
+
+        result = Compiled(between, T.BOOL, a.const and low.const and high.const)
+        return _negated(result) if node.args.get("negate") else result
+
+    def _like(self, node: exp.Expr, escape: exp.Expr | None = None) -> Compiled:
+        a = self.coerce_text(self.compile(node.this), node.this, "LIKE")
+        pattern = self.coerce_text(self.compile(node.expression), node.expression, "LIKE")
+        escape_char = "\\"
+        if escape is not None:
+            esc = self.compile(escape)
+            if not (esc.literal and isinstance(esc.value, str) and len(esc.value) <= 1):
+                raise SQLError(
+                    "unsupported", "ESCAPE must be a literal of at most one character",
+                    node_position(escape),
+                )
+            escape_char = esc.value  # type: ignore[assignment]
+        flags = re.IGNORECASE if isinstance(node, exp.ILike) else 0
+        fa, fp = a.fn, pattern.fn
+        if pattern.literal and pattern.value is not None:
+            compiled = _like_regex(pattern.value, escape_char, flags)  # type: ignore[arg-type]
+
+            def like(row, ctx):
+                x = fa(row, ctx)
+                return None if x is None else compiled.fullmatch(x) is not None
+        else:
+
+            def like(row, ctx):
+                x = fa(row, ctx)
+                p = fp(row, ctx)
+                if x is None or p is None:
+                    return None
+                return _like_regex(p, escape_char, flags).fullmatch(x) is not None
+
+        result = Compiled(like, T.BOOL, a.const and pattern.const)
+        return _negated(result) if node.args.get("negate") else result
+
+    def _escape(self, node: exp.Escape) -> Compiled:
+        inner = node.this
+        if not isinstance(inner, (exp.Like, exp.ILike)):
+            raise SQLError("unsupported", "not supported: ESCAPE here", node_position(node))
+        return self._like(inner, node.expression)
+
+    def coerce_text(self, c: Compiled, node: exp.Expr, what: str) -> Compiled:
+        if c.type in T.UNTYPED:
+            return self.coerce(c, T.TEXT, node)
+        if c.type != T.TEXT:
+            raise _mismatch(f"{what} needs TEXT, not {c.type}", node)
+        return c
+
+    def _arithmetic(self, node: exp.Expr) -> Compiled:
+        a = self.compile(node.this)
+        b = self.compile(node.expression)
+        symbol = _ARITH_SYMBOLS[type(node)]
+        for side, side_node in ((a, node.this), (b, node.expression)):
+            if side.type not in T.NUMERIC_TYPES and side.type not in T.UNTYPED:
+                raise _mismatch(
+                    f"operator does not exist: {a.type} {symbol} {b.type} (arithmetic needs "
+                    "INT or FLOAT)",
+                    side_node,
+                )
+        if a.type in T.UNTYPED and b.type in T.NUMERIC_TYPES:
+            a = self.coerce(a, b.type, node.this)
+        elif b.type in T.UNTYPED and a.type in T.NUMERIC_TYPES:
+            b = self.coerce(b, a.type, node.expression)
+        if a.type == T.UNKNOWN and a.literal:
+            a = self.coerce(a, T.FLOAT if "." in str(a.value) else T.INT, node.this)
+        if b.type == T.UNKNOWN and b.literal:
+            b = self.coerce(b, T.FLOAT if "." in str(b.value) else T.INT, node.expression)
+        if T.FLOAT in (a.type, b.type):
+            kind = T.FLOAT
+        elif a.type == T.INT and b.type == T.INT:
+            kind = T.INT
+        elif T.PARAM in (a.type, b.type) or T.UNKNOWN in (a.type, b.type):
+            kind = T.PARAM
+        elif a.type == T.NULL and b.type == T.NULL:
+            kind = T.INT
+        else:
+            kind = a.type if a.type != T.NULL else b.type
+        op = _ARITH_FUNCS[type(node)]
+        fa, fb = a.fn, b.fn
+
+        def arith(row, ctx):
+            x = fa(row, ctx)
+            if x is None:
+                return None
+            y = fb(row, ctx)
+            if y is None:
+                return None
+            return op(x, y)
+
+        result = Compiled(arith, kind, a.const and b.const)
+        if result.const and a.literal and b.literal:
+            return self._fold(result, node)
+        return result
+
+    def _fold(self, c: Compiled, node: exp.Expr) -> Compiled:
+        try:
+            value = c.fn((), _NO_CONTEXT)
+        except SQLError as error:
+            raise SQLError(error.code, error.message, node_position(node)) from None
+        return _literal(value, c.type, c.name)
+
+    def _numeric_operand(self, a: Compiled, node: exp.Expr, what: str) -> Compiled:
+        """An operand of a numeric function: a quoted literal is read as a number; a
+        parameter stays runtime-typed; anything else must be INT or FLOAT."""
+        if a.type == T.UNKNOWN:
+            return self.coerce(a, T.FLOAT if "." in str(a.value) else T.INT, node)
+        if a.type not in T.NUMERIC_TYPES and a.type not in T.UNTYPED:
+            raise _mismatch(f"{what} needs INT or FLOAT, not {a.type}", node)
+        return a
+
+    def _neg(self, node: exp.Neg) -> Compiled:
+        a = self._numeric_operand(self.compile(node.this), node.this, "unary minus")
+        fa = a.fn
+
+        def neg(row, ctx):
+            x = fa(row, ctx)
+            if x is None:
+                return None
+            if isinstance(x, bool) or not isinstance(x, (int, float)):
+                raise SQLError("datatype_mismatch", f"cannot negate a {T.value_type(x)} value")
+            return _int_checked(-x) if isinstance(x, int) else -x
+
+        result = Compiled(neg, a.type if a.type != T.NULL else T.INT, a.const)
+        if a.literal:
+            return self._fold(result, node)
+        return result
+
+    def _dpipe(self, node: exp.DPipe) -> Compiled:
+        a = self.compile(node.this)
+        b = self.compile(node.expression)
+        if a.type == T.BYTES and b.type in (T.BYTES, T.NULL):
+            kind = T.BYTES
+        elif b.type == T.BYTES and a.type in (T.BYTES, T.NULL):
+            kind = T.BYTES
+        else:
+            kind = T.TEXT
+        if kind == T.BYTES:
+            fa, fb = a.fn, b.fn
+        else:
+            fa = _as_text(a)
+            fb = _as_text(b)
+
+        def concat(row, ctx):
+            x = fa(row, ctx)
+            if x is None:
+                return None
+            y = fb(row, ctx)
+            if y is None:
+                return None
+            return x + y
+
+        return Compiled(concat, kind, a.const and b.const)
+
+    # conditionals and functions
+
+    def _common_type(self, parts: list[tuple[Compiled, exp.Expr]], what: str) -> list[Compiled]:
+        typed = [c.type for c, _ in parts if c.type not in T.UNTYPED]
+        if not typed:
+            target = T.TEXT if any(c.type == T.UNKNOWN for c, _ in parts) else None
+            if target is None:
+                return [c for c, _ in parts]
+        elif all(t in T.NUMERIC_TYPES for t in typed) and T.FLOAT in typed:
+            target = T.FLOAT
+        else:
+            target = typed[0]
+            for (c, n) in parts:
+                if c.type not in T.UNTYPED and c.type != target:
+                    raise _mismatch(
+                        f"{what} types {target} and {c.type} cannot be matched", n
+                    )
+        return [self.coerce(c, target, n) for c, n in parts]
+
+    def _case(self, node: exp.Case) -> Compiled:
+        subject = node.args.get("this")
+        conditions = []
+        results = []
+        for branch in node.args.get("ifs") or []:
+            if subject is not None:
+                s = self.compile(subject)
+                w = self.compile(branch.this)
+                s, w = self._unify(s, w, subject, branch.this)
+                fs, fw = s.fn, w.fn
+
+                def when(row, ctx, fs=fs, fw=fw):
+                    x = fs(row, ctx)
+                    y = fw(row, ctx)
+                    return None if x is None or y is None else _compare(operator.eq, x, y)
+
+                conditions.append(when)
+            else:
+                conditions.append(self.compile_condition(branch.this, "CASE WHEN").fn)
+            results.append((self.compile(branch.args["true"]), branch.args["true"]))
+        default = node.args.get("default")
+        if default is not None:
+            results.append((self.compile(default), default))
+        unified = self._common_type(results, "CASE")
+        values = [c.fn for c in unified[: len(conditions)]]
+        default_fn = unified[-1].fn if default is not None else (lambda row, ctx: None)
+        kind = next((c.type for c in unified if c.type != T.NULL), T.NULL)
+        pairs = list(zip(conditions, values))
+
+        def case(row, ctx):
+            for cond, value in pairs:
+                if cond(row, ctx) is True:
+                    return value(row, ctx)
+            return default_fn(row, ctx)
+
+        return Compiled(case, kind if kind != T.UNKNOWN else T.TEXT,
+                        all(c.const for c in unified), "case")
+
+    def _coalesce(self, node: exp.Coalesce) -> Compiled:
+        parts = [node.this, *(node.expressions or [])]
+        unified = self._common_type([(self.compile(p), p) for p in parts], "COALESCE")
+        fns = [c.fn for c in unified]
+        kind = next((c.type for c in unified if c.type != T.NULL), T.NULL)
+
+        def coalesce(row, ctx):
+            for fn in fns:
+                value = fn(row, ctx)
+                if value is not None:
+                    return value
+            return None
+
+        return Compiled(coalesce, kind, all(c.const for c in unified), "coalesce")
+
+    def _nullif(self, node: exp.Nullif) -> Compiled:
+        a = self.compile(node.this)
+        b = self.compile(node.expression)
+        a, b = self._unify(a, b, node.this, node.expression)
+        fa, fb = a.fn, b.fn
+
+        def nullif(row, ctx):
+            x = fa(row, ctx)
+            y = fb(row, ctx)
+            if x is not None and y is not None and _compare(operator.eq, x, y):
+                return None
+            return x
+
+        return Compiled(nullif, a.type, a.const and b.const, "nullif")
+
+    def _text_function(self, node: exp.Expr) -> Compiled:
+        a = self.coerce_text(self.compile(node.this), node.this, type(node).__name__.upper())
+        convert = str.lower if isinstance(node, exp.Lower) else str.upper
+        fa = a.fn
+
+        def text_function(row, ctx):
+            x = fa(row, ctx)
+            return None if x is None else convert(x)
+
+        return Compiled(text_function, T.TEXT, a.const, type(node).__name__.lower())
+
+    def _length(self, node: exp.Length) -> Compiled:
+        a = self.compile(node.this)
+        if a.type in T.UNTYPED:
+            a = self.coerce(a, T.TEXT, node.this)
+        if a.type not in (T.TEXT, T.BYTES):
+            raise _mismatch(f"LENGTH needs TEXT or BYTES, not {a.type}", node.this)
+        fa = a.fn
+        return Compiled(
+            lambda row, ctx: None if (x := fa(row, ctx)) is None else len(x), T.INT, a.const,
+            "length",
+        )
+
+    def _abs(self, node: exp.Abs) -> Compiled:
+        a = self._numeric_operand(self.compile(node.this), node.this, "ABS")
+        fa = a.fn
+
+        def absolute(row, ctx):
+            x = fa(row, ctx)
+            if x is None:
+                return None
+            if isinstance(x, bool) or not isinstance(x, (int, float)):
+                raise SQLError("datatype_mismatch", f"ABS needs a number, not {T.value_type(x)}")
+            return _int_checked(abs(x)) if isinstance(x, int) else abs(x)
+
+        return Compiled(absolute, a.type if a.type != T.NULL else T.INT, a.const, "abs")
+
+    def _cast(self, node: exp.Cast) -> Compiled:
+        to_type = column_type(node.args["to"])
+        a = self.compile(node.this)
+        if not T.castable(a.type, to_type):
+            raise _mismatch(f"cannot cast {a.type} to {to_type}", node)
+        fa = a.fn
+
+        def cast(row, ctx):
+            return T.cast_value(fa(row, ctx), to_type)
+
+        name = a.name if isinstance(node.this, exp.Column) else to_type.lower()
+        result = Compiled(cast, to_type, a.const, name)
+        if a.literal:
+            return self._fold(result, node)
+        return result
+
+    def _current_timestamp(self, node: exp.Expr) -> Compiled:
+        return Compiled(lambda row, ctx: ctx.now, T.TIMESTAMP, True, "now")
+
+    def _anonymous(self, node: exp.Anonymous) -> Compiled:
+        name = str(node.this).lower()
+        if node.expressions:
+            raise SQLError("syntax", f"{name}() takes no arguments", node_position(node))
+        if name == "now":
+            return self._current_timestamp(node)
+        if name == "unique_rowid":
+            return Compiled(lambda row, ctx: ctx.new_rowid(), T.INT, True, "unique_rowid")
+        raise SQLError("unsupported", f"not supported: function {name}()", node_position(node))
+
+    def _aggregate(self, node: exp.Expr) -> Compiled:
+        name = type(node).__name__.lower()
+        if self._in_aggregate:
+            raise SQLError(
+                "syntax", "aggregate function calls cannot be nested", node_position(node)
+            )
+        if self.grouping is None:
+            where = f" in {self.clause}" if self.clause else " here"
+            raise SQLError(
+                "syntax", f"aggregate functions are not allowed{where}", node_position(node)
+            )
+        arg_node = node.this
+        distinct = False
+        if isinstance(arg_node, exp.Distinct):
+            if len(arg_node.expressions) != 1:
+                raise SQLError(
+                    "unsupported", f"{name.upper()}(DISTINCT ...) takes one argument",
+                    node_position(node),
+                )
+            distinct = True
+            arg_node = arg_node.expressions[0]
+        if isinstance(node, exp.Count) and (arg_node is None or isinstance(arg_node, exp.Star)):
+            spec = AggSpec("count_star", None, False, node)
+            kind = T.INT
+        else:
+            inner = Compiler(self.scope, None, f"{name.upper()}()")
+            inner._in_aggregate = True
+            arg = inner.compile(arg_node)
+            if arg.type == T.UNKNOWN:
+                arg = self.coerce(arg, T.TEXT, arg_node)
+            if isinstance(node, exp.Count):
+                kind = T.INT
+            elif isinstance(node, (exp.Sum, exp.Avg)):
+                if arg.type not in T.NUMERIC_TYPES and arg.type not in (T.PARAM, T.NULL):
+                    raise _mismatch(f"{name.upper()} needs INT or FLOAT, not {arg.type}", arg_node)
+                kind = T.FLOAT if isinstance(node, exp.Avg) else arg.type
+            else:
+                kind = arg.type
+            spec = AggSpec(name, arg, distinct, node)
+        grouping = self.grouping
+        assert grouping is not None
+        for i, existing in enumerate(grouping.aggs):
+            if existing.node == node:
+                slot = len(grouping.keys) + i
+                break
+        else:
+            grouping.aggs.append(spec)
+            slot = len(grouping.keys) + len(grouping.aggs) - 1
+        return Compiled(lambda row, ctx, i=slot: row[i], kind if kind != T.NULL else T.INT,
+                        False, name)
+
+
+def _negated(c: Compiled) -> Compiled:
+    fa = c.fn
+
+    def negate(row, ctx):
+        x = fa(row, ctx)
+        return None if x is None else not x
+
+    return Compiled(negate, T.BOOL, c.const)
+
+
+def _as_text(c: Compiled) -> Fn:
+    fn = c.fn
+    if c.type in (T.TEXT, T.UNKNOWN, T.NULL):
+        return fn
+
+    def to_text(row, ctx):
+        value = fn(row, ctx)
+        return None if value is None else T.format_text(value, T.value_type(value))
+
+    return to_text
+
+
+def _compare(op, x, y) -> bool:
+    if isinstance(x, bool) != isinstance(y, bool):
+        raise SQLError(
+            "datatype_mismatch",
+            f"cannot compare {T.value_type(x)} with {T.value_type(y)}; cast one side",
+        )
+    try:
+        return op(x, y)
+    except TypeError:
+        raise SQLError(
+            "datatype_mismatch",
+            f"cannot compare {T.value_type(x)} with {T.value_type(y)}; cast one side",
+        ) from None
+
+
+def _int_checked(value: int) -> int:
+    if -(1 << 63) <= value <= (1 << 63) - 1:
+        return value
+    raise SQLError("datatype_mismatch", "INT out of range (64-bit overflow); use FLOAT")
+
+
+def _numbers(x, y, symbol: str) -> None:
+    for v in (x, y):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise SQLError(
+                "datatype_mismatch",
+                f"operator does not exist: {T.value_type(x)} {symbol} {T.value_type(y)}",
+            )
+
+
+def _add(x, y):
+    _numbers(x, y, "+")
+    r = x + y
+    return _int_checked(r) if isinstance(r, int) else r
+
+
+def _sub(x, y):
+    _numbers(x, y, "-")
+    r = x - y
+    return _int_checked(r) if isinstance(r, int) else r
+
+
+def _mul(x, y):
+    _numbers(x, y, "*")
+    r = x * y
+    return _int_checked(r) if isinstance(r, int) else r
+
+
+def _div(x, y):
+    _numbers(x, y, "/")
+    if y == 0:
+        raise SQLError("division_by_zero", "division by zero")
+    if isinstance(x, int) and isinstance(y, int):
+        q = abs(x) // abs(y)
+        return _int_checked(q if (x >= 0) == (y > 0) else -q)
+    return x / y
+
+
+def _mod(x, y):
+    _numbers(x, y, "%")
+    if y == 0:
+        raise SQLError("division_by_zero", "division by zero")
+    if isinstance(x, int) and isinstance(y, int):
+        r = abs(x) % abs(y)
+        return r if x >= 0 else -r
+    return math.fmod(x, y)
+
+
+_ARITH_FUNCS = {exp.Add: _add, exp.Sub: _sub, exp.Mul: _mul, exp.Div: _div, exp.Mod: _mod}
+_ARITH_SYMBOLS = {exp.Add: "+", exp.Sub: "-", exp.Mul: "*", exp.Div: "/", exp.Mod: "%"}
+_COMPARATORS = {
+    exp.EQ: operator.eq,
+    exp.NEQ: operator.ne,
+    exp.LT: operator.lt,
+    exp.LTE: operator.le,
+    exp.GT: operator.gt,
+    exp.GTE: operator.ge,
+}
+
+
+@lru_cache(maxsize=256)
+def _like_regex(pattern: str, escape: str, flags: int) -> re.Pattern:
+    out = []
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if escape and ch == escape:
+            i += 1
+            if i >= len(pattern):
+                raise SQLError(
+                    "syntax", "LIKE pattern must not end with the escape character"
+                )
+            out.append(re.escape(pattern[i]))
+        elif ch == "%":
+            out.append(".*")
+        elif ch == "_":
+            out.append(".")
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return re.compile("".join(out), flags | re.DOTALL)
+
+
+_NO_CONTEXT = EvalContext((), None, lambda: 0)
+
+_DISPATCH: dict[type, Callable[[Compiler, exp.Expr], Compiled]] = {
+    exp.Column: Compiler._column,
+    exp.Literal: Compiler._literal,
+    exp.Boolean: Compiler._boolean,
+    exp.HexString: Compiler._hex_string,
+    exp.ByteString: Compiler._escape_string,
+    exp.Null: Compiler._null,
+    exp.Parameter: Compiler._parameter,
+    exp.Paren: Compiler._paren,
+    exp.Var: Compiler._var,
+    exp.EQ: Compiler._comparison,
+    exp.NEQ: Compiler._comparison,
+    exp.LT: Compiler._comparison,
+    exp.LTE: Compiler._comparison,
+    exp.GT: Compiler._comparison,
+    exp.GTE: Compiler._comparison,
+    exp.NullSafeEQ: Compiler._null_safe,
+    exp.NullSafeNEQ: Compiler._null_safe,
+    exp.And: Compiler._and,
+    exp.Or: Compiler._or,
+    exp.Not: Compiler._not,
+    exp.Is: Compiler._is,
+    exp.In: Compiler._in,
+    exp.Between: Compiler._between,
+    exp.Like: Compiler._like,
+    exp.ILike: Compiler._like,
+    exp.Escape: Compiler._escape,
+    exp.Add: Compiler._arithmetic,
+    exp.Sub: Compiler._arithmetic,
+    exp.Mul: Compiler._arithmetic,
+    exp.Div: Compiler._arithmetic,
+    exp.Mod: Compiler._arithmetic,
+    exp.Neg: Compiler._neg,
+    exp.DPipe: Compiler._dpipe,
+    exp.Case: Compiler._case,
+    exp.Coalesce: Compiler._coalesce,
+    exp.Nullif: Compiler._nullif,
+    exp.Lower: Compiler._text_function,
+    exp.Upper: Compiler._text_function,
+    exp.Length: Compiler._length,
+    exp.Abs: Compiler._abs,
+    exp.Cast: Compiler._cast,
+    exp.CurrentTimestamp: Compiler._current_timestamp,
+    exp.Anonymous: Compiler._anonymous,
+    exp.Count: Compiler._aggregate,
+    exp.Sum: Compiler._aggregate,
+    exp.Min: Compiler._aggregate,
+    exp.Max: Compiler._aggregate,
+    exp.Avg: Compiler._aggregate,
+}
+
+
+# --- names and types of the syntax --------------------------------------------------------------
+
+_TYPE_NAMES = {
+    "INT": T.INT,
+    "BIGINT": T.INT,
+    "FLOAT": T.FLOAT,
+    "DOUBLE": T.FLOAT,
+    "TEXT": T.TEXT,
+    "VARCHAR": T.TEXT,
+    "BOOLEAN": T.BOOL,
+    "VARBINARY": T.BYTES,
+    "TIMESTAMP": T.TIMESTAMP,
+}
+
+
+def column_type(datatype: exp.Expr) -> str:
+    """Our type for a type name in CREATE TABLE or CAST; unsupported names are errors."""
+    assert isinstance(datatype, exp.DataType), datatype
+    kind = datatype.this.name if hasattr(datatype.this, "name") else str(datatype.this)
+    kind = kind.upper()
+    if kind == "USERDEFINED":
+        custom = str(datatype.args.get("kind") or "").upper()
+        if custom in ("BYTES",):
+            return T.BYTES
+        if custom in ("STRING",):
+            return T.TEXT
+        kind = custom or kind
+    elif datatype.expressions:
+        raise SQLError(
+            "unsupported",
+            f"not supported: type parameters ({datatype.sql(dialect='postgres')}); use "
+            f"{_TYPE_NAMES.get(kind, kind)} without a length or precision",
+            node_position(datatype),
+        )
+    if kind in _TYPE_NAMES:
+        return _TYPE_NAMES[kind]
+    raise SQLError(
+        "unsupported",
+        f"not supported: type {datatype.sql(dialect='postgres')}; supported types are INT, "
+        "BIGINT, FLOAT, TEXT (VARCHAR, STRING), BOOL, BYTES (BYTEA), TIMESTAMP",
+        node_position(datatype),
+    )
+
+
+def _output_name(node: exp.Expr, fallback: str) -> str:
+    if isinstance(node, exp.Column):
+        return identifier_name(node)
+    return fallback
+
+
+def output_name(node: exp.Expr, compiled: Compiled) -> str:
+    """The result column name PostgreSQL would give an unaliased select item."""
+    if isinstance(node, exp.Alias):
+        return identifier_name(node.args.get("alias"))
+    if isinstance(node, exp.Column):
+        return identifier_name(node)
+    if isinstance(node, exp.Paren):
+        return output_name(node.this, compiled)
+    return compiled.name

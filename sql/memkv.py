@@ -1,0 +1,157 @@
+"""An in-memory KV with the node's blocking interface, for unit tests and the differential
+harness.
+
+Why: the SQL layer must be testable in milliseconds and without a cluster, against the same
+contract the node implements - ``get / scan / put / delete / cas / ranges_for / regions`` -
+so the planner's range operations can be counted and the results compared with SQLite.
+
+It keeps keys in a sorted list beside a dict (bisect for scans) and fakes a range layout: the
+keyspace is cut at `split_keys` (default ``b"t"``: the meta range [b"", b"t") and one range
+for all table rows), each range replicated on the three demo regions, with range i led by
+node ((i - 1) % 3) + 1, so EXPLAIN and SHOW RANGES have something to show.
+
+Contract notes (as the node's): spans are ``[start, end)``, ``end`` None = to the end of the
+keyspace; scan returns ascending pairs, at most `limit` (1..10000); returned bytes are
+immutable and owned by the caller. Pure apart from its own memory; not thread-safe.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+
+SCAN_LIMIT_MAX = 10_000
+
+DEFAULT_REGIONS = (
+    {"node_id": 1, "region": "us-east1"},
+    {"node_id": 2, "region": "us-west1"},
+    {"node_id": 3, "region": "europe-west1"},
+)
+
+
+class MemKV:
+    """A sorted in-memory map with fake ranges. Counts calls per method in `calls`."""
+
+    def __init__(
+        self,
+        split_keys: Iterable[bytes] = (b"t",),
+        nodes: Iterable[dict] = DEFAULT_REGIONS,
+    ):
+        self._keys: list[bytes] = []
+        self._data: dict[bytes, bytes] = {}
+        self._splits = sorted(set(split_keys))
+        assert all(isinstance(k, bytes) and k for k in self._splits)
+        self._nodes = [dict(n) for n in nodes]
+        self._down: set[int] = set()
+        self.calls: dict[str, int] = {}
+
+    # --- the KV interface ------------------------------------------------------------------------
+
+    def get(self, key: bytes) -> bytes | None:
+        self._count("get")
+        _check_key(key)
+        return self._data.get(key)
+
+    def scan(self, start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
+        self._count("scan")
+        _check_key(start, allow_empty=True)
+        if end is not None:
+            _check_key(end)
+        if not isinstance(limit, int) or not 1 <= limit <= SCAN_LIMIT_MAX:
+            raise ValueError(f"scan limit must be 1..{SCAN_LIMIT_MAX}, got {limit!r}")
+        lo = bisect.bisect_left(self._keys, start)
+        hi = len(self._keys) if end is None else bisect.bisect_left(self._keys, end)
+        hi = min(hi, lo + limit)
+        return [(k, self._data[k]) for k in self._keys[lo:hi]]
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._count("put")
+        _check_key(key)
+        _check_value(value)
+        self._store(key, value)
+
+    def delete(self, key: bytes) -> None:
+        self._count("delete")
+        _check_key(key)
+        if key in self._data:
+            del self._data[key]
+            self._keys.pop(bisect.bisect_left(self._keys, key))
+
+    def cas(self, key: bytes, expected: bytes | None, new: bytes) -> bool:
+        self._count("cas")
+        _check_key(key)
+        _check_value(new)
+        if expected is not None:
+            _check_value(expected)
+        if self._data.get(key) != expected:
+            return False
+        self._store(key, new)
+        return True
+
+    def ranges_for(self, start: bytes, end: bytes | None) -> list[dict]:
+        self._count("ranges_for")
+        bounds = [b""] + self._splits
+        out = []
+        for i, range_start in enumerate(bounds):
+            range_end = bounds[i + 1] if i + 1 < len(bounds) else None
+            if end is not None and end <= range_start:
+                continue
+            if range_end is not None and range_end <= start:
+                continue
+            range_id = i + 1
+            replicas = [
+                {"node_id": n["node_id"], "region": n["region"]} for n in self._nodes
+                if n["node_id"] not in self._down
+            ]
+            leader_node = self._nodes[(range_id - 1) % len(self._nodes)]
+            leader = None
+            if leader_node["node_id"] not in self._down:
+                leader = {"node_id": leader_node["node_id"], "region": leader_node["region"]}
+            out.append({
+                "range_id": range_id,
+                "start": range_start,
+                "end": range_end,
+                "replicas": replicas,
+                "leader": leader,
+            })
+        return out
+
+    def regions(self) -> list[dict]:
+        self._count("regions")
+        return [
+            {"region": n["region"], "node_id": n["node_id"], "up": n["node_id"] not in self._down}
+            for n in self._nodes
+        ]
+
+    # --- test helpers ----------------------------------------------------------------------------
+
+    def mark_down(self, node_id: int) -> None:
+        """Show node `node_id` as down in regions() and without replicas in ranges_for()."""
+        self._down.add(node_id)
+
+    def items(self) -> list[tuple[bytes, bytes]]:
+        """Every pair, ascending (a copy)."""
+        return [(k, self._data[k]) for k in self._keys]
+
+    def reset_calls(self) -> None:
+        self.calls.clear()
+
+    def _store(self, key: bytes, value: bytes) -> None:
+        if key not in self._data:
+            bisect.insort(self._keys, key)
+        self._data[key] = value
+
+    def _count(self, method: str) -> None:
+        self.calls[method] = self.calls.get(method, 0) + 1
+
+
+def _check_key(key: object, allow_empty: bool = False) -> None:
+    if not isinstance(key, bytes):
+        raise TypeError(f"keys are bytes, got {type(key).__name__}")
+    if not key and not allow_empty:
+        raise ValueError("keys must not be empty")
+
+
+def _check_value(value: object) -> None:
+    if not isinstance(value, bytes):
+        raise TypeError(f"values are bytes, got {type(value).__name__}")

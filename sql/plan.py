@@ -1,0 +1,1283 @@
+"""Planning: a checked statement plus the schemas it names become range operations and the
+evaluation to run on top of them.
+
+Why a separate stage: the expensive, error-prone decisions - which columns a name means, what
+type each expression has, which key span a WHERE clause allows - are made once per statement
+text and schema, and cached (sql/execute.py). A plan holds no values: parameters, the clock
+and rowids are read from the `EvalContext` each time the plan runs.
+
+Access paths (per table, from the conjuncts of WHERE / ON that mention only that table and
+constants; `Column op constant` with op in = < <= > >=, BETWEEN, IN):
+
+* equality on every primary-key column             -> point get(s) (IN lists multiply out)
+* equality on a leading pk prefix and/or a range on
+  the next pk column                               -> span scan(s) over exactly that span
+* anything else                                    -> a scan of the whole table span
+
+The whole WHERE is always evaluated again on the rows an access path returns, so an access
+path only has to return a superset: bounds of another numeric type are widened to the
+column's type rather than trusted (an INT key compared with 2.5, a FLOAT key with a huge int).
+
+Pure: no I/O. `plan_statement` takes the schemas as arguments.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlglot import exp
+
+from sql import types as T
+from sql.catalog import ROWID_COLUMN, ROWID_DEFAULT_SQL, ColumnSchema, TableSchema
+from sql.constants import IDENTIFIER_LENGTH_MAX, KEY_POINTS_MAX, STATEMENT_ROWS_MAX
+from sql.dialect import (
+    DIALECT,
+    Explain,
+    Statement,
+    Upsert,
+    identifier_name,
+    node_position,
+    parse,
+)
+from sql.errors import SQLError
+from sql.expr import (
+    AGGREGATES,
+    Compiled,
+    Compiler,
+    EvalContext,
+    Grouping,
+    Scope,
+    column_type,
+    output_name,
+)
+from sql.rowcodec import key_for_stored_prefix
+
+# --- access paths -------------------------------------------------------------------------------
+
+_FLIP = {exp.LT: exp.GT, exp.LTE: exp.GTE, exp.GT: exp.LT, exp.GTE: exp.LTE, exp.EQ: exp.EQ}
+_OPS = {exp.LT: "<", exp.LTE: "<=", exp.GT: ">", exp.GTE: ">=", exp.EQ: "="}
+
+
+@dataclass
+class Bound:
+    value: Compiled
+    inclusive: bool
+    text: str
+
+
+@dataclass
+class AccessPath:
+    """How to fetch one table's candidate rows. `eq[i]` lists the alternatives for pk column i
+    (one value, or an IN list); `lower`/`upper` bound pk column len(eq)."""
+
+    schema: TableSchema
+    eq: list[list[Compiled]] = field(default_factory=list)
+    eq_text: list[str] = field(default_factory=list)
+    lower: list[Bound] = field(default_factory=list)
+    upper: list[Bound] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        if len(self.eq) == len(self.schema.pk):
+            return "point get"
+        if self.eq or self.lower or self.upper:
+            return "span scan"
+        return "full scan"
+
+    def describe(self) -> str:
+        """The logical key span, e.g. ``/orders/7/(line > 3)`` or ``/users/*``."""
+        parts = [f"/{self.schema.name}"]
+        parts.extend(f"/{text}" for text in self.eq_text)
+        if self.lower or self.upper:
+            column = self.schema.pk[len(self.eq)]
+            conditions = [b.text for b in self.lower + self.upper]
+            parts.append(f"/({' AND '.join(conditions) or column})")
+        elif len(self.eq) < len(self.schema.pk):
+            parts.append("/*")
+        return "".join(parts)
+
+    def key_ranges(self, ctx: EvalContext) -> list[tuple[bytes, bytes | None]]:
+        """The key ranges to read, in key order: ``(key, None)`` for a point get,
+        ``(start, end)`` for a span ``[start, end)``. Empty when nothing can match."""
+        schema = self.schema
+        types = [schema.columns[i].type for i in schema.pk_indexes]
+        choices = []
+        for i, alternatives in enumerate(self.eq):
+            values = set()
+            for compiled in alternatives:
+                value = _key_value(compiled.fn((), ctx), types[i])
+                if value is not _NO_MATCH:
+                    values.add(value)
+            if not values:
+                return []
+            choices.append(sorted(values, key=_sortable))
+        prefixes = list(itertools.product(*choices))
+        if len(self.eq) == len(schema.pk):
+            keys = sorted(key_for_stored_prefix(schema.id, p) for p in prefixes)
+            return [(k, None) for k in keys]
+        ranges = []
+        column_type_ = types[len(self.eq)] if len(self.eq) < len(types) else None
+        lower = upper = None
+        for bound in self.lower:
+            value = _key_bound(bound.value.fn((), ctx), column_type_, bound.inclusive, "lower")
+            if value is _NO_MATCH:
+                return []
+            if value is not None and (lower is None or _tighter(value, lower, "lower")):
+                lower = value
+        for bound in self.upper:
+            value = _key_bound(bound.value.fn((), ctx), column_type_, bound.inclusive, "upper")
+            if value is _NO_MATCH:
+                return []
+            if value is not None and (upper is None or _tighter(value, upper, "upper")):
+                upper = value
+        for prefix in sorted(prefixes, key=lambda p: key_for_stored_prefix(schema.id, p)):
+            base = key_for_stored_prefix(schema.id, prefix)
+            start = base
+            end = _prefix_end(base)
+            if lower is not None:
+                key = key_for_stored_prefix(schema.id, (*prefix, lower[0]))
+                start = key if lower[1] else _prefix_end(key)
+            if upper is not None:
+                key = key_for_stored_prefix(schema.id, (*prefix, upper[0]))
+                end = _prefix_end(key) if upper[1] else key
+            if start < end:
+                ranges.append((start, end))
+        return ranges
+
+
+def _prefix_end(key: bytes) -> bytes:
+    from raftstore.keys import prefix_end
+
+    end = prefix_end(key)
+    assert end is not None
+    return end
+
+
+class _NoMatch:
+    def __repr__(self) -> str:
+        return "NO_MATCH"
+
+
+_NO_MATCH = _NoMatch()
+
+
+def _sortable(value: object) -> tuple:
+    return (type(value).__name__, value)
+
+
+def _tighter(candidate: tuple, current: tuple, side: str) -> bool:
+    value, inclusive = candidate
+    old, old_inclusive = current
+    if value == old:
+        return old_inclusive and not inclusive
+    return value > old if side == "lower" else value < old
+
+
+def _key_value(value: object, column_type_: str) -> object:
+    """A pk equality constant as the stored key element of the column's type, or _NO_MATCH
+    when no row can equal it (NULL, a non-integral number for an INT key, NaN, ...)."""
+    if value is None:
+        return _NO_MATCH
+    if column_type_ == T.INT:
+        if isinstance(value, float):
+            return int(value) if math.isfinite(value) and value.is_integer() else _NO_MATCH
+        return value
+    if column_type_ == T.FLOAT:
+        if isinstance(value, int) and not isinstance(value, bool):
+            as_float = float(value) if abs(value) < 1 << 1000 else math.inf
+            return as_float if as_float == value else _NO_MATCH
+        if isinstance(value, float) and value != value:
+            return _NO_MATCH
+        return value
+    return T.to_storage(value, column_type_)
+
+
+def _key_bound(value: object, column_type_: str | None, inclusive: bool, side: str):
+    """A range bound as (stored value, inclusive), None for "no bound", or _NO_MATCH.
+    Values of the other numeric type are widened so the span stays a superset."""
+    if value is None:
+        return _NO_MATCH  # x < NULL is never true
+    if column_type_ == T.INT and isinstance(value, float):
+        if value != value:
+            return None
+        if math.isinf(value):
+            if (value > 0) == (side == "lower"):
+                return _NO_MATCH
+            return None
+        if value.is_integer():
+            return (int(value), inclusive)
+        return (math.ceil(value), True) if side == "lower" else (math.floor(value), True)
+    if column_type_ == T.FLOAT and isinstance(value, int) and not isinstance(value, bool):
+        as_float = float(value) if abs(value) < 1 << 1000 else math.copysign(math.inf, value)
+        if as_float == value:
+            return (as_float, inclusive)
+        if side == "lower":
+            return (as_float if as_float < value else math.nextafter(as_float, -math.inf), True)
+        return (as_float if as_float > value else math.nextafter(as_float, math.inf), True)
+    if column_type_ == T.FLOAT and isinstance(value, float) and value != value:
+        return None
+    return (T.to_storage(value, column_type_ or T.TEXT), inclusive)
+
+
+def conjuncts(node: exp.Expr | None) -> list[exp.Expr]:
+    """The AND-ed parts of a condition (parentheses looked through)."""
+    if node is None:
+        return []
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if isinstance(node, exp.And):
+        return conjuncts(node.this) + conjuncts(node.expression)
+    return [node]
+
+
+def _has_column(node: exp.Expr) -> bool:
+    return any(isinstance(n, (exp.Column, *AGGREGATES)) for n in node.walk())
+
+
+def plan_access(
+    schema: TableSchema, source_number: int, parts: list[exp.Expr], scope: Scope
+) -> AccessPath:
+    """The narrowest access path the conjuncts `parts` allow for `schema` (source
+    `source_number` of `scope`)."""
+    compiler = Compiler(scope, clause="WHERE")
+    pk = list(schema.pk)
+    eq: dict[str, list[tuple[list[Compiled], str]]] = {name: [] for name in pk}
+    lower: dict[str, list[Bound]] = {name: [] for name in pk}
+    upper: dict[str, list[Bound]] = {name: [] for name in pk}
+
+    def pk_column(node: exp.Expr) -> str | None:
+        if not isinstance(node, exp.Column) or isinstance(node.this, exp.Star):
+            return None
+        _, _, name, number = scope.resolve(node)
+        return name if number == source_number and name in eq else None
+
+    def constant(node: exp.Expr, column: str) -> Compiled | None:
+        if _has_column(node):
+            return None
+        compiled = compiler.compile(node)
+        kind = schema.column(column).type  # type: ignore[union-attr]
+        if compiled.type in T.UNTYPED:
+            compiled = compiler.coerce(compiled, kind, node, comparing=True)
+        return compiled
+
+    for part in parts:
+        if isinstance(part, tuple(_OPS)):
+            for column_node, value_node, op in (
+                (part.this, part.expression, type(part)),
+                (part.expression, part.this, _FLIP[type(part)]),
+            ):
+                column = pk_column(column_node)
+                if column is None:
+                    continue
+                value = constant(value_node, column)
+                if value is None:
+                    continue
+                text = f"{column} {_OPS[op]} {value_node.sql(dialect=DIALECT)}"
+                if op is exp.EQ:
+                    eq[column].append(([value], value_node.sql(dialect=DIALECT)))
+                elif op in (exp.GT, exp.GTE):
+                    lower[column].append(Bound(value, op is exp.GTE, text))
+                else:
+                    upper[column].append(Bound(value, op is exp.LTE, text))
+                break
+        elif isinstance(part, exp.Between) and not part.args.get("negate"):
+            column = pk_column(part.this)
+            if column is None:
+                continue
+            low = constant(part.args["low"], column)
+            high = constant(part.args["high"], column)
+            if low is None or high is None:
+                continue
+            lower[column].append(Bound(low, True, f"{column} >= {part.args['low'].sql(dialect=DIALECT)}"))
+            upper[column].append(Bound(high, True, f"{column} <= {part.args['high'].sql(dialect=DIALECT)}"))
+        elif isinstance(part, exp.In) and not part.args.get("negate"):
+            column = pk_column(part.this)
+            if column is None:
+                continue
+            values = [constant(n, column) for n in part.expressions]
+            if any(v is None for v in values) or not values:
+                continue
+            text = "{" + ", ".join(n.sql(dialect=DIALECT) for n in part.expressions) + "}"
+            eq[column].append((values, text))  # type: ignore[arg-type]
+
+    access = AccessPath(schema)
+    points = 1
+    for name in pk:
+        if not eq[name]:
+            break
+        # Several equalities on one column: any one of them narrows enough (the filter
+        # checks the rest); prefer the one with the fewest alternatives.
+        values, text = min(eq[name], key=lambda item: len(item[0]))
+        if points * len(values) > KEY_POINTS_MAX:
+            break
+        points *= len(values)
+        access.eq.append(values)
+        access.eq_text.append(text)
+    if len(access.eq) < len(pk):
+        name = pk[len(access.eq)]
+        access.lower = lower[name]
+        access.upper = upper[name]
+    return access
+
+
+# --- plans --------------------------------------------------------------------------------------
+
+
+@dataclass
+class SourcePlan:
+    schema: TableSchema
+    alias: str
+    access: AccessPath
+    offset: int
+    width: int
+    filters: list[Compiled]  # conjuncts on this source alone (and constants), for pre-filtering
+
+
+@dataclass
+class JoinStep:
+    """Join source k onto the rows built so far: hash on `left_keys`/`right_keys` when there
+    are equality conjuncts across, otherwise a nested loop; then `filters`."""
+
+    source: int
+    left_keys: list[Compiled]
+    right_keys: list[Compiled]
+    filters: list[Compiled]
+    describe: str
+
+
+@dataclass
+class SortKey:
+    fn: Callable
+    desc: bool
+    nulls_first: bool
+    on_output: bool  # fn reads the output row (else the input / grouped row)
+
+
+@dataclass
+class SelectPlan:
+    sources: list[SourcePlan]
+    joins: list[JoinStep]
+    where: Compiled | None  # single source: the whole WHERE; joins: see filters per step
+    grouping: Grouping | None
+    having: Compiled | None
+    outputs: list[Compiled]
+    columns: list[str]
+    distinct: bool
+    order: list[SortKey]
+    limit: Compiled | None
+    offset: Compiled | None
+    ordered_by_key: bool  # the first source's key order already satisfies ORDER BY
+    tables: dict[str, TableSchema]
+    notes: list[str] = field(default_factory=list)  # evaluation steps, for EXPLAIN
+
+    @property
+    def streamable(self) -> bool:
+        """Rows can flow from the scan lazily and stop at LIMIT."""
+        return (
+            len(self.sources) == 1
+            and self.grouping is None
+            and not self.distinct
+            and (not self.order or self.ordered_by_key)
+        )
+
+
+@dataclass
+class InsertPlan:
+    schema: TableSchema
+    mode: str  # insert | upsert | do_nothing | do_update
+    targets: list[int]  # column index per provided value
+    rows: list[list[Compiled | None]]  # None = DEFAULT
+    select: SelectPlan | None
+    defaults: list[Compiled | None]  # per column
+    updates: list[tuple[int, Compiled]]  # DO UPDATE SET / UPSERT: over (existing + excluded)
+    update_where: Compiled | None
+    tables: dict[str, TableSchema]
+    replaces_row: bool  # UPSERT giving every column: a blind put, no read needed
+
+    def provided_values(self, ctx: EvalContext) -> list[list[tuple[int, object]]]:
+        """(column index, value) pairs of each VALUES row (DEFAULT items left out)."""
+        rows = []
+        for compiled_row in self.rows:
+            rows.append([
+                (index, compiled.fn((), ctx))
+                for index, compiled in zip(self.targets, compiled_row)
+                if compiled is not None
+            ])
+        return rows
+
+    def complete_rows(
+        self, provided_rows: list[list[tuple[int, object]]], ctx: EvalContext,
+        check: bool = True,
+    ) -> tuple[list[list], list[bool]]:
+        """Full rows (defaults filled in; `check_row`ed when `check`); and per row whether its
+        key came from unique_rowid() (so a collision may retry with a fresh one)."""
+        schema = self.schema
+        width = len(schema.columns)
+        rows = []
+        generated = []
+        pk_hidden = bool(schema.hidden)
+        for provided in provided_rows:
+            row: list[object] = [None] * width
+            given = set()
+            for index, value in provided:
+                row[index] = value
+                given.add(index)
+            for index in range(width):
+                default = self.defaults[index]
+                if index not in given and default is not None:
+                    row[index] = default.fn((), ctx)
+            if check:
+                check_row(schema, row)
+            rows.append(row)
+            generated.append(pk_hidden and schema.pk_indexes[0] not in given)
+        return rows, generated
+
+
+@dataclass
+class UpdatePlan:
+    schema: TableSchema
+    access: AccessPath
+    where: Compiled | None
+    sets: list[tuple[int, Compiled]]
+    tables: dict[str, TableSchema]
+    where_text: str = ""
+
+
+@dataclass
+class DeletePlan:
+    schema: TableSchema
+    access: AccessPath
+    where: Compiled | None
+    tables: dict[str, TableSchema]
+    where_text: str = ""
+
+
+@dataclass
+class CreateTablePlan:
+    name: str
+    columns: tuple[ColumnSchema, ...]
+    pk: tuple[str, ...]
+    if_not_exists: bool
+    tables: dict[str, TableSchema] = field(default_factory=dict)
+
+
+@dataclass
+class DropTablePlan:
+    names: list[str]
+    if_exists: bool
+    tables: dict[str, TableSchema] = field(default_factory=dict)
+
+
+@dataclass
+class ExplainPlan:
+    inner: object
+    tables: dict[str, TableSchema]
+
+
+# --- entry points -------------------------------------------------------------------------------
+
+
+def tables_named(statement: Statement) -> list[str]:
+    """The table names a statement's plan depends on (to load and re-check their schemas)."""
+    node = statement.ast.this if isinstance(statement.ast, (Explain,)) else statement.ast
+    if isinstance(node, Upsert):
+        node = node.this
+    if isinstance(node, (exp.Create, exp.Drop)):
+        return []
+    names = []
+    for table in node.find_all(exp.Table):
+        name = identifier_name(table)
+        if name and name not in names:
+            names.append(name)
+    return names
+
+
+def plan_statement(statement: Statement, tables: dict[str, TableSchema | None]):
+    """The plan of a SELECT / INSERT / UPSERT / UPDATE / DELETE / CREATE / DROP / EXPLAIN.
+
+    `tables` maps every name of `tables_named(statement)` to its schema (None: no such
+    table). Raises SQLError for statements that name unknown tables or columns, mistype
+    expressions, or break constraints checkable before running."""
+    node = statement.ast
+    try:
+        if isinstance(node, Explain):
+            return ExplainPlan(_plan_node(node.this, tables), _known(tables))
+        return _plan_node(node, tables)
+    except SQLError as error:
+        raise error.with_sql(statement.text) from None
+
+
+def _known(tables: dict[str, TableSchema | None]) -> dict[str, TableSchema]:
+    return {name: schema for name, schema in tables.items() if schema is not None}
+
+
+def _plan_node(node: exp.Expr, tables: dict[str, TableSchema | None]):
+    if isinstance(node, exp.Select):
+        return plan_select(node, tables)
+    if isinstance(node, Upsert):
+        return plan_insert(node.this, tables, upsert=True)
+    if isinstance(node, exp.Insert):
+        return plan_insert(node, tables, upsert=False)
+    if isinstance(node, exp.Update):
+        return plan_update(node, tables)
+    if isinstance(node, exp.Delete):
+        return plan_delete(node, tables)
+    if isinstance(node, exp.Create):
+        return plan_create_table(node)
+    if isinstance(node, exp.Drop):
+        return DropTablePlan(
+            [_table_name(t) for t in node.args.get("tables") or []], bool(node.args.get("exists"))
+        )
+    raise SQLError("unsupported", f"not supported: EXPLAIN of {type(node).__name__.upper()}")
+
+
+def _table_name(table: exp.Expr) -> str:
+    name = identifier_name(table)
+    if len(name) > IDENTIFIER_LENGTH_MAX:
+        raise SQLError(
+            "syntax", f"table name is longer than {IDENTIFIER_LENGTH_MAX} characters",
+            node_position(table),
+        )
+    return name
+
+
+def _schema(tables: dict[str, TableSchema | None], table: exp.Expr) -> TableSchema:
+    name = _table_name(table)
+    schema = tables.get(name)
+    if schema is None:
+        raise SQLError(
+            "undefined_table",
+            f'relation "{name}" does not exist; SHOW TABLES lists the tables, CREATE TABLE '
+            "makes one",
+            node_position(table),
+        )
+    return schema
+
+
+def _add_source(scope: Scope, schema: TableSchema, table: exp.Expr):
+    alias_node = table.args.get("alias")
+    alias = identifier_name(alias_node) if alias_node is not None else schema.name
+    columns = [(c.name, c.type) for c in schema.columns]
+    return scope.add(alias, columns, schema.hidden, schema.name if alias != schema.name else None)
+
+
+# --- SELECT -------------------------------------------------------------------------------------
+
+
+def plan_select(node: exp.Select, tables: dict[str, TableSchema | None]) -> SelectPlan:
+    scope = Scope()
+    schemas: list[tuple[TableSchema, exp.Expr]] = []
+    from_ = node.args.get("from_")
+    join_conditions: list[exp.Expr] = []
+    if from_ is not None:
+        items = [from_.this] + [j.this for j in node.args.get("joins") or []]
+        for join in node.args.get("joins") or []:
+            if join.args.get("on") is not None:
+                join_conditions.append(join.args["on"])
+        for item in items:
+            if not isinstance(item, exp.Table):
+                raise SQLError(
+                    "unsupported", "not supported: this FROM item (only tables)",
+                    node_position(item),
+                )
+            schema = _schema(tables, item)
+            schemas.append((schema, item))
+            _add_source(scope, schema, item)
+
+    compiler = Compiler(scope, clause="WHERE")
+    where_node = node.args.get("where")
+    where_parts = conjuncts(where_node.this) if where_node is not None else []
+    for condition in join_conditions:
+        where_parts.extend(conjuncts(condition))
+    compiled_parts = []
+    for part in where_parts:
+        clause = "WHERE" if where_node is not None and part in conjuncts(where_node.this) else "JOIN ON"
+        compiled_parts.append((part, compiler.compile_condition(part, clause), _sources_of(part, scope)))
+
+    sources: list[SourcePlan] = []
+    for number, (schema, item) in enumerate(schemas):
+        own = [part for part, _, used in compiled_parts if used <= {number}]
+        access = plan_access(schema, number, own, scope)
+        source = scope.sources[number]
+        sources.append(
+            SourcePlan(
+                schema, source.alias, access, source.offset, len(source.columns),
+                [c for part, c, used in compiled_parts if used <= {number} and used],
+            )
+        )
+
+    joins: list[JoinStep] = []
+    where: Compiled | None = None
+    if len(sources) <= 1:
+        where = _conjunction([c for _, c, _ in compiled_parts])
+    else:
+        applied: set[int] = set()
+        first_filters = [c for i, (_, c, used) in enumerate(compiled_parts) if used <= {0}]
+        applied.update(i for i, (_, _, used) in enumerate(compiled_parts) if used <= {0})
+        where = _conjunction(first_filters)
+        for k in range(1, len(sources)):
+            left_keys, right_keys, texts = [], [], []
+            for i, (part, c, used) in enumerate(compiled_parts):
+                if k in used and used - {k} and max(used - {k}) < k and isinstance(part, exp.EQ):
+                    left_side, right_side = part.this, part.expression
+                    l_used, r_used = _sources_of(left_side, scope), _sources_of(right_side, scope)
+                    if r_used == {k} and l_used and max(l_used) < k:
+                        pass
+                    elif l_used == {k} and r_used and max(r_used) < k:
+                        left_side, right_side = right_side, left_side
+                    else:
+                        continue
+                    lc = compiler.compile(left_side)
+                    rc = compiler.compile(right_side)
+                    lc, rc = compiler._unify(lc, rc, left_side, right_side)
+                    left_keys.append(lc)
+                    right_keys.append(rc)
+                    texts.append(part.sql(dialect=DIALECT))
+            filters = []
+            for i, (_, c, used) in enumerate(compiled_parts):
+                if i not in applied and (max(used) if used else 0) <= k:
+                    filters.append(c)
+                    applied.add(i)
+            describe = (
+                f"hash join on {' AND '.join(texts)}" if texts else "nested loop (cross) join"
+            )
+            joins.append(JoinStep(k, left_keys, right_keys, filters, describe))
+
+    # select list, grouping, having, order
+    select_items = node.expressions
+    group_node = node.args.get("group")
+    having_node = node.args.get("having")
+    has_aggregates = any(
+        isinstance(n, AGGREGATES) for item in select_items for n in item.walk()
+    ) or (having_node is not None)
+    order_node = node.args.get("order")
+    if order_node is not None and not has_aggregates:
+        has_aggregates = any(
+            isinstance(n, AGGREGATES) for o in order_node.expressions for n in o.walk()
+        )
+    grouping = None
+    if group_node is not None or has_aggregates:
+        keys = []
+        for key in (group_node.expressions if group_node is not None else []):
+            keys.append(_resolve_group_key(key, select_items, scope))
+        key_columns = []
+        key_compiled = []
+        group_compiler = Compiler(scope, clause="GROUP BY")
+        for key in keys:
+            compiled = group_compiler.compile(key)
+            key_compiled.append(compiled)
+            if isinstance(key, exp.Column):
+                key_columns.append(scope.resolve(key)[0])
+            else:
+                key_columns.append(None)
+        grouping = Grouping(keys, key_columns, key_compiled)
+
+    out_compiler = Compiler(scope, grouping, clause="the select list")
+    outputs: list[Compiled] = []
+    columns: list[str] = []
+    output_nodes: list[exp.Expr] = []
+    for item in select_items:
+        for expanded, name in _expand_star(item, scope):
+            compiled = out_compiler.compile(expanded)
+            outputs.append(compiled)
+            columns.append(name if name is not None else output_name(expanded, compiled))
+            output_nodes.append(expanded)
+
+    having = None
+    if having_node is not None:
+        having = Compiler(scope, grouping, clause="HAVING").compile_condition(having_node.this, "HAVING")
+
+    distinct = node.args.get("distinct") is not None
+    order: list[SortKey] = []
+    ordered_by_key = False
+    if order_node is not None:
+        order_compiler = Compiler(scope, grouping, clause="ORDER BY")
+        key_names = []
+        for ordered in order_node.expressions:
+            target = ordered.this
+            desc = bool(ordered.args.get("desc"))
+            nulls_first = bool(ordered.args.get("nulls_first"))
+            index = _output_reference(target, columns, output_nodes, scope)
+            if index is not None:
+                order.append(SortKey(lambda row, ctx, i=index: row[i], desc, nulls_first, True))
+                ref = output_nodes[index]
+            else:
+                if distinct:
+                    raise SQLError(
+                        "syntax",
+                        "for SELECT DISTINCT, ORDER BY expressions must appear in the select list",
+                        node_position(target),
+                    )
+                compiled = order_compiler.compile(target)
+                order.append(SortKey(compiled.fn, desc, nulls_first, False))
+                ref = target
+            key_names.append((ref, desc))
+        ordered_by_key = _matches_key_order(key_names, sources, scope)
+
+    limit = _limit_expr(node.args.get("limit"), "LIMIT")
+    offset = _limit_expr(node.args.get("offset"), "OFFSET")
+    notes = []
+    if where_parts:
+        notes.append("filter: " + " AND ".join(p.sql(dialect=DIALECT) for p in where_parts))
+    if grouping is not None:
+        keys = ", ".join(k.sql(dialect=DIALECT) for k in grouping.keys)
+        notes.append(f"group by {keys}" if keys else "aggregate all rows")
+    if having_node is not None:
+        notes.append("having: " + having_node.this.sql(dialect=DIALECT))
+    if distinct:
+        notes.append("distinct")
+    if order_node is not None:
+        how = "already in key order" if ordered_by_key else "sort"
+        notes.append(f"{how}: " + ", ".join(o.sql(dialect=DIALECT) for o in order_node.expressions))
+    if node.args.get("offset") is not None:
+        notes.append("offset: " + node.args["offset"].args["expression"].sql(dialect=DIALECT))
+    if node.args.get("limit") is not None and limit is not None:
+        notes.append("limit: " + node.args["limit"].args["expression"].sql(dialect=DIALECT))
+    return SelectPlan(
+        sources, joins, where, grouping, having, outputs, columns, distinct, order, limit,
+        offset, ordered_by_key, {s.schema.name: s.schema for s in sources}, notes,
+    )
+
+
+def _scope_for_select(node: exp.Select, tables) -> Scope:
+    scope = Scope()
+    from_ = node.args.get("from_")
+    if from_ is not None:
+        for item in [from_.this] + [j.this for j in node.args.get("joins") or []]:
+            if isinstance(item, exp.Table):
+                _add_source(scope, _schema(tables, item), item)
+    return scope
+
+
+def _sources_of(node: exp.Expr, scope: Scope) -> set[int]:
+    used = set()
+    for column in node.find_all(exp.Column):
+        if isinstance(column.this, exp.Star):
+            continue
+        used.add(scope.resolve(column)[3])
+    return used
+
+
+def _conjunction(parts: list[Compiled]) -> Compiled | None:
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    fns = [p.fn for p in parts]
+
+    def all_true(row, ctx):
+        result = True
+        for fn in fns:
+            value = fn(row, ctx)
+            if value is False:
+                return False
+            if value is None:
+                result = None
+        return result
+
+    return Compiled(all_true, T.BOOL, all(p.const for p in parts))
+
+
+def _expand_star(item: exp.Expr, scope: Scope):
+    """(expression, forced name or None) pairs for one select item, `*` and `t.*` expanded."""
+    if isinstance(item, exp.Star) or (
+        isinstance(item, exp.Column) and isinstance(item.this, exp.Star)
+    ):
+        qualifier = item.args.get("table") if isinstance(item, exp.Column) else None
+        wanted = identifier_name(qualifier) if qualifier is not None else None
+        if not scope.sources:
+            raise SQLError("syntax", "SELECT * with no tables specified is not valid",
+                           node_position(item))
+        found = False
+        for source in scope.sources:
+            if wanted is not None and source.alias != wanted:
+                continue
+            found = True
+            for name, _ in source.columns:
+                if name in source.hidden:
+                    continue
+                column = exp.Column(
+                    this=exp.Identifier(this=name, quoted=True),
+                    table=exp.Identifier(this=source.alias, quoted=True),
+                )
+                yield column, name
+        if not found:
+            raise SQLError(
+                "undefined_table", f'missing FROM-clause entry for table "{wanted}"',
+                node_position(item),
+            )
+        return
+    if isinstance(item, exp.Alias):
+        yield item.this, identifier_name(item.args.get("alias"))
+        return
+    yield item, None
+
+
+def _resolve_group_key(key: exp.Expr, select_items: list[exp.Expr], scope: Scope) -> exp.Expr:
+    """GROUP BY 2 / GROUP BY alias -> the select expression (PostgreSQL rules: an input
+    column name wins over an output alias)."""
+    if isinstance(key, exp.Literal) and not key.is_string:
+        position = int(key.this)
+        if not 1 <= position <= len(select_items):
+            raise SQLError(
+                "syntax", f"GROUP BY position {position} is not in select list",
+                node_position(key),
+            )
+        item = select_items[position - 1]
+        return item.this if isinstance(item, exp.Alias) else item
+    if isinstance(key, exp.Column) and key.args.get("table") is None:
+        name = identifier_name(key)
+        if not any(name == c for s in scope.sources for c, _ in s.columns):
+            for item in select_items:
+                if isinstance(item, exp.Alias) and identifier_name(item.args.get("alias")) == name:
+                    return item.this
+    return key
+
+
+def _output_reference(
+    target: exp.Expr, columns: list[str], nodes: list[exp.Expr], scope: Scope
+) -> int | None:
+    """ORDER BY 2 / ORDER BY output_name / ORDER BY <a select expression> -> output index."""
+    if isinstance(target, exp.Literal) and not target.is_string:
+        position = int(target.this)
+        if not 1 <= position <= len(columns):
+            raise SQLError(
+                "syntax", f"ORDER BY position {position} is not in select list",
+                node_position(target),
+            )
+        return position - 1
+    if isinstance(target, exp.Column) and target.args.get("table") is None:
+        name = identifier_name(target)
+        matches = [i for i, c in enumerate(columns) if c == name]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            first = nodes[matches[0]]
+            if all(nodes[i] == first for i in matches):
+                return matches[0]
+            raise SQLError(
+                "undefined_column", f'ORDER BY "{name}" is ambiguous', node_position(target)
+            )
+    for i, node in enumerate(nodes):
+        if node == target:
+            return i
+    return None
+
+
+def _matches_key_order(keys: list[tuple[exp.Expr, bool]], sources: list[SourcePlan],
+                       scope: Scope) -> bool:
+    if len(sources) != 1:
+        return False
+    pk = sources[0].schema.pk
+    if len(keys) > len(pk):
+        return False
+    for (node, desc), column in zip(keys, pk):
+        if desc or not isinstance(node, exp.Column) or isinstance(node.this, exp.Star):
+            return False
+        if scope.resolve(node)[2] != column:
+            return False
+    return True
+
+
+def _limit_expr(node: exp.Expr | None, what: str) -> Compiled | None:
+    if node is None:
+        return None
+    value = node.args.get("expression")
+    if value is None or (isinstance(value, exp.Var) and value.name.upper() == "ALL"):
+        return None
+    compiler = Compiler(Scope(), clause=what)
+    compiled = compiler.compile(value)
+    if compiled.type in T.UNTYPED:
+        compiled = compiler.coerce(compiled, T.INT, value, what)
+    if compiled.type != T.INT:
+        raise SQLError(
+            "datatype_mismatch", f"argument of {what} must be type INT, not {compiled.type}",
+            node_position(value),
+        )
+    return compiled
+
+
+# --- INSERT / UPSERT ----------------------------------------------------------------------------
+
+
+def plan_insert(node: exp.Insert, tables: dict[str, TableSchema | None], upsert: bool) -> InsertPlan:
+    target = node.this
+    column_nodes = None
+    if isinstance(target, exp.Schema):
+        column_nodes = target.expressions
+        target = target.this
+    schema = _schema(tables, target)
+    alias_node = target.args.get("alias")
+    alias = identifier_name(alias_node) if alias_node is not None else schema.name
+    if column_nodes is None:
+        targets = list(schema.visible_indexes)
+    else:
+        targets = []
+        for column_node in column_nodes:
+            name = identifier_name(column_node)
+            index = schema.index.get(name)
+            if index is None:
+                raise SQLError(
+                    "undefined_column",
+                    f'column "{name}" of relation "{schema.name}" does not exist',
+                    node_position(column_node),
+                )
+            if index in targets:
+                raise SQLError(
+                    "syntax", f'column "{name}" specified more than once',
+                    node_position(column_node),
+                )
+            targets.append(index)
+
+    defaults = compile_defaults(schema)
+    rows: list[list[Compiled | None]] = []
+    select_plan = None
+    source = node.expression
+    empty = Compiler(Scope(), clause="VALUES")
+    if column_nodes is None:
+        # No column list: the values fill the first visible columns in order (PostgreSQL);
+        # the rest take their defaults.
+        if isinstance(source, exp.Values) and source.expressions:
+            first = source.expressions[0]
+            width = len(first.expressions) if isinstance(first, exp.Tuple) else 1
+        elif isinstance(source, exp.Select):
+            width = sum(len(list(_expand_star(i, _scope_for_select(source, tables))))
+                        for i in source.expressions)
+        else:
+            width = len(targets)
+        if width > len(targets):
+            raise SQLError(
+                "syntax",
+                f"INSERT has more expressions than target columns ({width} values for "
+                f"{len(targets)} columns)",
+                node_position(source),
+            )
+        targets = targets[:width]
+    if isinstance(source, exp.Values):
+        tuples = source.expressions
+        if len(tuples) > STATEMENT_ROWS_MAX:
+            raise SQLError(
+                "invalid_parameter",
+                f"INSERT carries {len(tuples)} rows; the limit is {STATEMENT_ROWS_MAX} per "
+                "statement - split it",
+            )
+        for row_node in tuples:
+            values = row_node.expressions if isinstance(row_node, exp.Tuple) else [row_node]
+            if len(values) != len(targets):
+                if column_nodes is None:
+                    raise SQLError("syntax", "VALUES lists must all be the same length",
+                                   node_position(row_node))
+                more = "more" if len(values) > len(targets) else "fewer"
+                raise SQLError(
+                    "syntax",
+                    f"INSERT has {more} expressions than target columns "
+                    f"({len(values)} values for {len(targets)} columns)",
+                    node_position(row_node),
+                )
+            compiled_row: list[Compiled | None] = []
+            for value_node, index in zip(values, targets):
+                if isinstance(value_node, exp.Var) and value_node.name.upper() == "DEFAULT":
+                    compiled_row.append(None)
+                    continue
+                column = schema.columns[index]
+                compiled = empty.compile(value_node)
+                compiled_row.append(
+                    assign(empty, compiled, column, value_node)
+                )
+            rows.append(compiled_row)
+    else:
+        assert isinstance(source, exp.Select)
+        select_plan = plan_select(source, tables)
+        if len(select_plan.outputs) != len(targets):
+            raise SQLError(
+                "syntax",
+                f"INSERT has {len(select_plan.outputs)} select columns for {len(targets)} "
+                "target columns",
+                node_position(source),
+            )
+        for compiled, index in zip(select_plan.outputs, targets):
+            column = schema.columns[index]
+            if not T.assignable(compiled.type, column.type):
+                raise SQLError(
+                    "datatype_mismatch",
+                    f'column "{column.name}" is of type {column.type} but the SELECT gives '
+                    f"{compiled.type}",
+                    node_position(source),
+                )
+
+    mode = "upsert" if upsert else "insert"
+    updates: list[tuple[int, Compiled]] = []
+    update_where = None
+    if upsert:
+        pk = set(schema.pk_indexes)
+        updates = [(i, None) for i in (targets if column_nodes is not None else range(len(schema.columns))) if i not in pk]  # type: ignore[misc]
+    conflict = node.args.get("conflict")
+    if conflict is not None:
+        keys = conflict.args.get("conflict_keys")
+        if conflict.args.get("constraint") is not None:
+            raise SQLError("unsupported", "not supported: ON CONFLICT ON CONSTRAINT",
+                           node_position(conflict))
+        if keys:
+            names = [identifier_name(k.this if isinstance(k, exp.Ordered) else k) for k in keys]
+            if sorted(names) != sorted(schema.pk):
+                raise SQLError(
+                    "unsupported",
+                    f"there is no unique constraint matching ON CONFLICT ({', '.join(names)}); "
+                    f"the only one is the primary key ({', '.join(schema.pk)})",
+                    node_position(conflict),
+                )
+        action = str(conflict.args.get("action") or "").upper()
+        if action == "DO NOTHING":
+            mode = "do_nothing"
+        elif action == "DO UPDATE":
+            if not keys:
+                raise SQLError(
+                    "syntax", "ON CONFLICT DO UPDATE requires a conflict target, e.g. "
+                    f"ON CONFLICT ({', '.join(schema.pk)})",
+                    node_position(conflict),
+                )
+            mode = "do_update"
+            scope = Scope()
+            scope.add(alias, [(c.name, c.type) for c in schema.columns], schema.hidden)
+            scope.add("excluded", [(c.name, c.type) for c in schema.columns], schema.hidden)
+            compiler = Compiler(scope, clause="ON CONFLICT DO UPDATE")
+            updates = _compile_sets(conflict.expressions, schema, compiler, allow_pk=False)
+            where = conflict.args.get("where")
+            if where is not None:
+                update_where = compiler.compile_condition(where.this, "WHERE")
+        else:
+            raise SQLError("unsupported", f"not supported: ON CONFLICT {action}",
+                           node_position(conflict))
+    if mode == "upsert":
+        # UPSERT = INSERT ... ON CONFLICT (pk) DO UPDATE SET c = excluded.c for every column
+        # the statement names (all columns when it names none), as CockroachDB defines it.
+        width = len(schema.columns)
+        updates = [
+            (i, Compiled(lambda row, ctx, j=width + i: row[j], schema.columns[i].type, False))
+            for i, _ in updates
+        ]
+    replaces_row = mode == "upsert" and (
+        column_nodes is None or set(targets) == set(range(len(schema.columns)))
+    )
+    return InsertPlan(schema, mode, targets, rows, select_plan, defaults, updates,
+                      update_where, {**(select_plan.tables if select_plan else {}),
+                                     schema.name: schema}, replaces_row)
+
+
+def check_row(schema: TableSchema, row: list) -> None:
+    """NOT NULL, INT range and type of every value of a row about to be written."""
+    for column, value in zip(schema.columns, row):
+        if value is None:
+            if column.not_null:
+                raise SQLError(
+                    "not_null_violation",
+                    f'null value in column "{column.name}" of relation "{schema.name}" violates '
+                    "not-null constraint; give it a value",
+                )
+            continue
+        if column.type == T.INT and isinstance(value, int) and not isinstance(value, bool):
+            T.check_int_range(value, f'value for column "{column.name}"')
+        elif T.value_type(value) != column.type:
+            raise SQLError(
+                "datatype_mismatch",
+                f'column "{column.name}" is of type {column.type} but the value is of type '
+                f"{T.value_type(value)}",
+            )
+
+
+def assign(compiler: Compiler, compiled: Compiled, column: ColumnSchema, node: exp.Expr) -> Compiled:
+    """`compiled` made storable in `column` (static check now, runtime coercion if untyped)."""
+    if not T.assignable(compiled.type, column.type):
+        raise SQLError(
+            "datatype_mismatch",
+            f'column "{column.name}" is of type {column.type} but the expression is of type '
+            f"{compiled.type}; cast it, e.g. CAST(... AS {column.type})",
+            node_position(node),
+        )
+    return compiler.coerce(compiled, column.type, node, f'value for column "{column.name}"')
+
+
+def compile_defaults(schema: TableSchema) -> list[Compiled | None]:
+    compiler = Compiler(Scope(), clause="DEFAULT")
+    defaults: list[Compiled | None] = []
+    for column in schema.columns:
+        if column.default_sql is None:
+            defaults.append(None)
+            continue
+        (statement,) = parse(f"SELECT {column.default_sql}")
+        expression = statement.ast.expressions[0]
+        defaults.append(assign(compiler, compiler.compile(expression), column, expression))
+    return defaults
+
+
+def _compile_sets(
+    assignments: list[exp.Expr], schema: TableSchema, compiler: Compiler, allow_pk: bool
+) -> list[tuple[int, Compiled]]:
+    sets: list[tuple[int, Compiled]] = []
+    seen: set[int] = set()
+    for assignment in assignments:
+        if not isinstance(assignment, exp.EQ) or not isinstance(assignment.this, exp.Column):
+            raise SQLError("syntax", "SET needs column = expression", node_position(assignment))
+        target = assignment.this
+        name = identifier_name(target)
+        index = schema.index.get(name)
+        if index is None:
+            raise SQLError(
+                "undefined_column", f'column "{name}" of relation "{schema.name}" does not exist',
+                node_position(target),
+            )
+        if index in seen:
+            raise SQLError(
+                "syntax", f'multiple assignments to the same column "{name}"',
+                node_position(target),
+            )
+        if not allow_pk and index in schema.pk_indexes:
+            raise SQLError(
+                "feature_not_supported",
+                f'ON CONFLICT DO UPDATE cannot change primary key column "{name}"; use '
+                "UPDATE for that",
+                node_position(target),
+            )
+        seen.add(index)
+        value_node = assignment.expression
+        if isinstance(value_node, exp.Var) and value_node.name.upper() == "DEFAULT":
+            raise SQLError("unsupported", "not supported: SET col = DEFAULT",
+                           node_position(value_node))
+        compiled = compiler.compile(value_node)
+        sets.append((index, assign(compiler, compiled, schema.columns[index], value_node)))
+    return sets
+
+
+# --- UPDATE / DELETE ----------------------------------------------------------------------------
+
+
+def _single_table(node: exp.Expr, tables) -> tuple[TableSchema, Scope, exp.Expr]:
+    table = node.this
+    schema = _schema(tables, table)
+    scope = Scope()
+    _add_source(scope, schema, table)
+    return schema, scope, table
+
+
+def plan_update(node: exp.Update, tables) -> UpdatePlan:
+    schema, scope, _ = _single_table(node, tables)
+    compiler = Compiler(scope, clause="UPDATE")
+    sets = _compile_sets(node.expressions, schema, compiler, allow_pk=True)
+    where_node = node.args.get("where")
+    where = None
+    parts: list[exp.Expr] = []
+    if where_node is not None:
+        where = Compiler(scope, clause="WHERE").compile_condition(where_node.this, "WHERE")
+        parts = conjuncts(where_node.this)
+    return UpdatePlan(schema, plan_access(schema, 0, parts, scope), where, sets,
+                      {schema.name: schema}, _where_text(where_node))
+
+
+def plan_delete(node: exp.Delete, tables) -> DeletePlan:
+    schema, scope, _ = _single_table(node, tables)
+    where_node = node.args.get("where")
+    where = None
+    parts: list[exp.Expr] = []
+    if where_node is not None:
+        where = Compiler(scope, clause="WHERE").compile_condition(where_node.this, "WHERE")
+        parts = conjuncts(where_node.this)
+    return DeletePlan(schema, plan_access(schema, 0, parts, scope), where, {schema.name: schema},
+                      _where_text(where_node))
+
+
+def _where_text(where_node: exp.Expr | None) -> str:
+    return "" if where_node is None else "filter: " + where_node.this.sql(dialect=DIALECT)
+
+
+# --- CREATE TABLE -------------------------------------------------------------------------------
+
+
+def plan_create_table(node: exp.Create) -> CreateTablePlan:
+    schema_node = node.this
+    if not isinstance(schema_node, exp.Schema):
+        raise SQLError("unsupported", "not supported: CREATE TABLE without a column list "
+                       "(or CREATE TABLE AS)", node_position(node))
+    name = _table_name(schema_node.this)
+    columns: list[ColumnSchema] = []
+    pk: list[str] | None = None
+    for element in schema_node.expressions:
+        if isinstance(element, exp.PrimaryKey):
+            if pk is not None:
+                raise SQLError("syntax", f'multiple primary keys for table "{name}" are not allowed',
+                               node_position(element))
+            pk = [identifier_name(e.this if isinstance(e, exp.Ordered) else e)
+                  for e in element.expressions]
+            continue
+        if not isinstance(element, exp.ColumnDef):
+            raise SQLError("unsupported", f"not supported: table element {element.sql(dialect=DIALECT)}",
+                           node_position(element))
+        column_name = identifier_name(element.this)
+        if len(column_name) > IDENTIFIER_LENGTH_MAX:
+            raise SQLError("syntax", f"column name is longer than {IDENTIFIER_LENGTH_MAX} characters",
+                           node_position(element))
+        if element.args.get("kind") is None:
+            raise SQLError("syntax", f'column "{column_name}" needs a type', node_position(element))
+        kind = column_type(element.args["kind"])
+        not_null = False
+        default_sql = None
+        for constraint in element.args.get("constraints") or []:
+            inner = constraint.args.get("kind")
+            if isinstance(inner, exp.PrimaryKeyColumnConstraint):
+                if pk is not None:
+                    raise SQLError("syntax", f'multiple primary keys for table "{name}" are not allowed',
+                                   node_position(element))
+                pk = [column_name]
+            elif isinstance(inner, exp.NotNullColumnConstraint):
+                if inner.args.get("allow_null"):
+                    continue  # an explicit NULL
+                not_null = True
+            elif isinstance(inner, exp.DefaultColumnConstraint):
+                default_sql = _check_default(inner.this, column_name, kind)
+            else:
+                raise SQLError(
+                    "unsupported", f"not supported: column constraint {constraint.sql(dialect=DIALECT)}",
+                    node_position(element),
+                )
+        if any(c.name == column_name for c in columns):
+            raise SQLError("syntax", f'column "{column_name}" specified more than once',
+                           node_position(element))
+        columns.append(ColumnSchema(column_name, kind, not_null, default_sql))
+    if not columns:
+        raise SQLError("syntax", "a table needs at least one column", node_position(node))
+    if pk is None:
+        if any(c.name == ROWID_COLUMN for c in columns):
+            raise SQLError(
+                "unsupported",
+                f'a table without PRIMARY KEY gets a hidden "{ROWID_COLUMN}" key column; '
+                f'rename your "{ROWID_COLUMN}" column or declare a primary key',
+                node_position(node),
+            )
+        columns.append(ColumnSchema(ROWID_COLUMN, T.INT, True, ROWID_DEFAULT_SQL))
+        pk = [ROWID_COLUMN]
+    names = [c.name for c in columns]
+    for key in pk:
+        if key not in names:
+            raise SQLError("undefined_column", f'column "{key}" named in key does not exist',
+                           node_position(node))
+    if len(set(pk)) != len(pk):
+        raise SQLError("syntax", "a column appears twice in the primary key", node_position(node))
+    columns = [
+        ColumnSchema(c.name, c.type, True, c.default_sql) if c.name in pk else c for c in columns
+    ]
+    return CreateTablePlan(name, tuple(columns), tuple(pk), bool(node.args.get("exists")))
+
+
+def _check_default(node: exp.Expr, column: str, kind: str) -> str:
+    if _has_column(node) or any(isinstance(n, exp.Parameter) for n in node.walk()):
+        raise SQLError(
+            "syntax",
+            f'DEFAULT of column "{column}" must be a constant or an expression of constants '
+            "and functions such as now() (no columns, parameters or aggregates)",
+            node_position(node),
+        )
+    compiler = Compiler(Scope(), clause="DEFAULT")
+    assign(compiler, compiler.compile(node), ColumnSchema(column, kind, False, None), node)
+    return node.sql(dialect=DIALECT)
