@@ -33,6 +33,14 @@ def _all_raw_keys(cluster, node):
             start = page[-1][0] + b"\x00"
 
 
+def assert_every_node_has(cluster, acked: dict[bytes, bytes]) -> None:
+    """Every acknowledged key, with its value, read through every node."""
+    for node in cluster.nodes:
+        stored = _all_raw_keys(cluster, node)
+        missing = [k for k, v in acked.items() if stored.get(k) != v]
+        assert not missing, "n%d lacks %d acknowledged keys, e.g. %r" % (node.node_id, len(missing), missing[:3])
+
+
 class Writers:
     """Concurrent writers, each through a different node first; records what was acknowledged."""
 
@@ -99,19 +107,13 @@ def test_acknowledged_writes_survive_kill9_of_the_leader_and_of_every_node(clust
     cluster.start(leader)
     cluster.wait_leader()
 
-    def every_node_has_every_acked_key():
-        for node in cluster.nodes:
-            stored = _all_raw_keys(cluster, node)
-            missing = [k for k, v in acked.items() if stored.get(k) != v]
-            assert not missing, "node %d lacks %d acknowledged keys, e.g. %r" % (node.node_id, len(missing), missing[:3])
-
-    every_node_has_every_acked_key()
+    assert_every_node_has(cluster, acked)
 
     for node in cluster.nodes:
         cluster.kill9(node)
     cluster.start_all()
     cluster.wait_leader()
-    every_node_has_every_acked_key()
+    assert_every_node_has(cluster, acked)
 
 
 def test_a_follower_forwards_and_every_op_works_through_any_node(cluster):

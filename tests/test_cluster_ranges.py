@@ -8,7 +8,7 @@ import time
 import pytest
 
 from cluster import Cluster
-from test_cluster_kv import Writers, _all_raw_keys
+from test_cluster_kv import Writers, _all_raw_keys, assert_every_node_has
 
 
 def _ranges(cluster, node):
@@ -47,19 +47,12 @@ def test_ten_thousand_keys_split_into_ranges_and_survive_kill9(tmp_path):
         cluster.wait_leader()
         live = _ranges(cluster, cluster.nodes[0])
         assert len(live) >= 8, "only %d data ranges after 10000 keys" % len(live)
-
-        def every_node_has_every_acked_key():
-            for node in cluster.nodes:
-                stored = _all_raw_keys(cluster, node)
-                missing = [k for k, v in acked.items() if stored.get(k) != v]
-                assert not missing, "n%d lacks %d acknowledged keys, e.g. %r" % (node.node_id, len(missing), missing[:3])
-
-        every_node_has_every_acked_key()
+        assert_every_node_has(cluster, acked)
         for node in cluster.nodes:
             cluster.kill9(node)
         cluster.start_all()
         cluster.wait_leader()
-        every_node_has_every_acked_key()
+        assert_every_node_has(cluster, acked)
 
 
 @pytest.mark.slow

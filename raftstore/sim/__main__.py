@@ -43,21 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:
         if args.splits:
             from raftstore.sim.split_world import SplitSimConfig, run_split_seed
-            try:
-                summary = run_split_seed(SplitSimConfig(seed=seed))
-                if args.verbose or args.seed is not None:
-                    print(json.dumps(summary), flush=True)
-            except Violation as exc:
-                print("FAIL %s" % exc, flush=True)
-                failed.append(seed)
-                if not args.keep_going:
-                    break
-            continue
-        cfg = SimConfig(seed=seed, target=args.target, fsync_works=not args.fsync_off,
-                        write_through=args.write_through, crashes=not args.no_crashes,
-                        partitions=not args.no_partitions, proposals=args.proposals)
+            run = lambda seed=seed: run_split_seed(SplitSimConfig(seed=seed))  # noqa: E731
+        else:
+            cfg = SimConfig(seed=seed, target=args.target, fsync_works=not args.fsync_off,
+                            write_through=args.write_through, crashes=not args.no_crashes,
+                            partitions=not args.no_partitions, proposals=args.proposals)
+            run = lambda cfg=cfg: run_seed(cfg)  # noqa: E731
         try:
-            summary = run_seed(cfg)
+            summary = run()
             if args.verbose or args.seed is not None:
                 print(json.dumps(summary), flush=True)
         except Violation as exc:
