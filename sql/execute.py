@@ -52,6 +52,7 @@ from sql.constants import (
 )
 from sql.dialect import Statement, identifier_name, node_position, parse
 from sql.errors import SQLError
+from sql.explain import explain_ops, pretty_key
 from sql.expr import UNBOUND, EvalContext, accumulate, aggregate_result, new_accumulator
 from sql.plan import (
     AccessPath,
@@ -66,7 +67,6 @@ from sql.plan import (
     plan_statement,
     tables_named,
 )
-from sql.explain import explain_ops, pretty_key
 from sql.rowcodec import decode_row, encode_row, key_for_row
 
 __all__ = ["Result", "Session"]
@@ -339,12 +339,22 @@ class Session:
 
     def _insert(self, plan: InsertPlan, ctx: EvalContext) -> Result:
         schema = plan.schema
-        rows, generated = self._insert_rows(plan, ctx)
-        keyed = [(key_for_row(schema, row), row, gen) for row, gen in zip(rows, generated)]
         verb = "UPSERT" if plan.mode == "upsert" else "INSERT"
+        # Rows are computed and checked one by one, in statement order, so the error reported
+        # is the one PostgreSQL would report first - and all before the first write.
+        if plan.select is not None:
+            provided_rows = self._select_provided(plan, ctx)
+            count = len(provided_rows)
+        else:
+            provided_rows = None
+            count = len(plan.rows)
+        check_existing = plan.mode == "insert" and count > 1
         seen: set[bytes] = set()
-        unique = []
-        for key, row, gen in keyed:
+        unique: list[tuple[bytes, list, bool]] = []
+        for i in range(count):
+            provided = provided_rows[i] if provided_rows is not None else plan.provided_row(i, ctx)
+            row, generated = plan.complete_row(provided, ctx)
+            key = key_for_row(schema, row)
             if key in seen:
                 if plan.mode == "do_nothing":
                     continue
@@ -357,36 +367,35 @@ class Session:
                     "remove the duplicate",
                 )
             seen.add(key)
-            unique.append((key, row, gen))
+            if check_existing and not generated and self.kv.get(key) is not None:
+                raise _duplicate_key(schema, row)
+            unique.append((key, row, generated))
         if plan.mode == "insert":
-            count = self._insert_new(schema, unique)
+            written = self._insert_new(schema, unique)
         elif plan.mode == "do_nothing":
-            count = 0
+            written = 0
             for key, row, _ in unique:
                 if self.kv.cas(key, None, encode_row(schema, row)):
-                    count += 1
+                    written += 1
         else:
-            count = self._upsert(plan, unique, ctx)
-        return Result(rowcount=count, status=f"{verb} {count}")
+            written = self._upsert(plan, unique, ctx)
+        return Result(rowcount=written, status=f"{verb} {written}")
 
-    def _insert_rows(self, plan: InsertPlan, ctx: EvalContext) -> tuple[list[list], list[bool]]:
+    def _select_provided(
+        self, plan: InsertPlan, ctx: EvalContext
+    ) -> list[list[tuple[int, object]]]:
         schema = plan.schema
-        if plan.select is None:
-            return plan.complete_rows(plan.provided_values(ctx), ctx)
-        provided_rows = []
-        for values in self._select(plan.select, ctx).rows:
-            provided_rows.append([
+        assert plan.select is not None
+        return [
+            [
                 (index, T.coerce_implicit(value, schema.columns[index].type,
                                           f'value for column "{schema.columns[index].name}"'))
                 for index, value in zip(plan.targets, values)
-            ])
-        return plan.complete_rows(provided_rows, ctx)
+            ]
+            for values in self._select(plan.select, ctx).rows
+        ]
 
     def _insert_new(self, schema: TableSchema, rows: list[tuple[bytes, list, bool]]) -> int:
-        if len(rows) > 1:
-            for key, row, generated in rows:
-                if not generated and self.kv.get(key) is not None:
-                    raise _duplicate_key(schema, row)
         written: list[bytes] = []
         for key, row, generated in rows:
             attempts = ROWID_RETRY_COUNT_MAX if generated else 1

@@ -155,7 +155,8 @@ def _insert_ops(plan: InsertPlan, ctx: EvalContext) -> list[Op]:
     if plan.select is not None:
         ops.extend(_select_ops(plan.select, ctx))
         start, end = table_span(schema.id)
-        ops.append(Op("put", name, f"/{name}/*", start, end, detail + "; keys come from the SELECT"))
+        ops.append(Op("put", name, f"/{name}/*", start, end,
+                      detail + "; keys come from the SELECT"))
         return ops
     if _unbound(ctx):
         start, end = table_span(schema.id)

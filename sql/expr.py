@@ -222,12 +222,19 @@ def accumulate(spec: AggSpec, state: list, row: Row, ctx: EvalContext) -> None:
     state[0] += 1
     current = state[1]
     if spec.kind in ("sum", "avg"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SQLError(
+                "datatype_mismatch",
+                f"{spec.kind.upper()} needs INT or FLOAT values, got {T.value_type(value)}",
+            )
         state[1] = value if current is None else current + value
+    elif current is None:
+        state[1] = value
     elif spec.kind == "min":
-        if current is None or value < current:  # type: ignore[operator]
+        if _compare(operator.lt, value, current):
             state[1] = value
     elif spec.kind == "max":
-        if current is None or value > current:  # type: ignore[operator]
+        if _compare(operator.gt, value, current):
             state[1] = value
 
 
@@ -333,7 +340,8 @@ class Compiler:
                 return None if value is None else float(value)
 
             if c.literal:
-                return _literal(None if c.value is None else float(c.value), T.FLOAT, c.name)  # type: ignore[arg-type]
+                value = None if c.value is None else float(c.value)  # type: ignore[arg-type]
+                return _literal(value, T.FLOAT, c.name)
             return Compiled(widened, T.FLOAT, c.const, c.name)
         raise _mismatch(
             f"{what or 'expression'} is of type {c.type} but {to_type} is expected; "
@@ -429,7 +437,9 @@ class Compiler:
 
     # operators
 
-    def _unify(self, a: Compiled, b: Compiled, na: exp.Expr, nb: exp.Expr) -> tuple[Compiled, Compiled]:
+    def _unify(
+        self, a: Compiled, b: Compiled, na: exp.Expr, nb: exp.Expr
+    ) -> tuple[Compiled, Compiled]:
         """Coerce an untyped side to the typed side's type; then check they compare."""
         if a.type in T.UNTYPED and b.type not in T.UNTYPED:
             a = self.coerce(a, b.type, na, comparing=True)
@@ -533,7 +543,9 @@ class Compiler:
             fa = a.fn
             result = Compiled(lambda row, ctx: fa(row, ctx) is want, T.BOOL, a.const)
         else:
-            raise SQLError("unsupported", "not supported: IS with this operand", node_position(node))
+            raise SQLError(
+                "unsupported", "not supported: IS with this operand", node_position(node)
+            )
         if node.args.get("negate"):
             fr = result.fn
             return Compiled(lambda row, ctx: not fr(row, ctx), T.BOOL, result.const)
@@ -545,7 +557,7 @@ class Compiler:
         if a.type in T.UNTYPED:
             typed = next((c for c, _ in compiled if c.type not in T.UNTYPED), None)
             if typed is not None:
-                a = self.coerce(a, typed.type, node.this)
+                a = self.coerce(a, typed.type, node.this, comparing=True)
         items = [self._unify(a, c, node.this, n)[1] for c, n in compiled]
         fa = a.fn
         fns = [it.fn for it in items]
@@ -653,10 +665,11 @@ class Compiler:
                     "INT or FLOAT)",
                     side_node,
                 )
+        param_side = a.type == T.PARAM or b.type == T.PARAM
         if a.type in T.UNTYPED and b.type in T.NUMERIC_TYPES:
-            a = self.coerce(a, b.type, node.this)
+            a = self.coerce(a, b.type, node.this, comparing=True)
         elif b.type in T.UNTYPED and a.type in T.NUMERIC_TYPES:
-            b = self.coerce(b, a.type, node.expression)
+            b = self.coerce(b, a.type, node.expression, comparing=True)
         if a.type == T.UNKNOWN and a.literal:
             a = self.coerce(a, T.FLOAT if "." in str(a.value) else T.INT, node.this)
         if b.type == T.UNKNOWN and b.literal:
@@ -664,7 +677,8 @@ class Compiler:
         if T.FLOAT in (a.type, b.type):
             kind = T.FLOAT
         elif a.type == T.INT and b.type == T.INT:
-            kind = T.INT
+            # A parameter next to an INT may still hold a FLOAT: typed when it runs.
+            kind = T.PARAM if param_side else T.INT
         elif T.PARAM in (a.type, b.type) or T.UNKNOWN in (a.type, b.type):
             kind = T.PARAM
         elif a.type == T.NULL and b.type == T.NULL:
@@ -749,12 +763,16 @@ class Compiler:
 
     # conditionals and functions
 
-    def _common_type(self, parts: list[tuple[Compiled, exp.Expr]], what: str) -> list[Compiled]:
+    def _common_type(
+        self, parts: list[tuple[Compiled, exp.Expr]], what: str
+    ) -> tuple[list[Compiled], str | None]:
+        """The parts coerced to one result type, and that type (None: all NULL)."""
         typed = [c.type for c, _ in parts if c.type not in T.UNTYPED]
         if not typed:
             target = T.TEXT if any(c.type == T.UNKNOWN for c, _ in parts) else None
             if target is None:
-                return [c for c, _ in parts]
+                untyped = T.PARAM if any(c.type == T.PARAM for c, _ in parts) else None
+                return [c for c, _ in parts], untyped
         elif all(t in T.NUMERIC_TYPES for t in typed) and T.FLOAT in typed:
             target = T.FLOAT
         else:
@@ -764,7 +782,15 @@ class Compiler:
                     raise _mismatch(
                         f"{what} types {target} and {c.type} cannot be matched", n
                     )
-        return [self.coerce(c, target, n) for c, n in parts]
+        if target == T.INT and any(c.type == T.PARAM for c, _ in parts):
+            # A parameter beside INT branches may hold a FLOAT (typed by its value, as a
+            # driver-typed parameter is in PostgreSQL): leave the result typed at run time.
+            return [
+                self.coerce(c, target, n, comparing=True) if c.type == T.PARAM
+                else c if c.type == T.INT else self.coerce(c, target, n)
+                for c, n in parts
+            ], T.PARAM
+        return [self.coerce(c, target, n) for c, n in parts], target
 
     def _case(self, node: exp.Case) -> Compiled:
         subject = node.args.get("this")
@@ -789,10 +815,10 @@ class Compiler:
         default = node.args.get("default")
         if default is not None:
             results.append((self.compile(default), default))
-        unified = self._common_type(results, "CASE")
+        unified, target = self._common_type(results, "CASE")
         values = [c.fn for c in unified[: len(conditions)]]
         default_fn = unified[-1].fn if default is not None else (lambda row, ctx: None)
-        kind = next((c.type for c in unified if c.type != T.NULL), T.NULL)
+        kind = target or T.NULL
         pairs = list(zip(conditions, values))
 
         def case(row, ctx):
@@ -806,9 +832,9 @@ class Compiler:
 
     def _coalesce(self, node: exp.Coalesce) -> Compiled:
         parts = [node.this, *(node.expressions or [])]
-        unified = self._common_type([(self.compile(p), p) for p in parts], "COALESCE")
+        unified, target = self._common_type([(self.compile(p), p) for p in parts], "COALESCE")
         fns = [c.fn for c in unified]
-        kind = next((c.type for c in unified if c.type != T.NULL), T.NULL)
+        kind = target or T.NULL
 
         def coalesce(row, ctx):
             for fn in fns:

@@ -291,8 +291,10 @@ def plan_access(
             high = constant(part.args["high"], column)
             if low is None or high is None:
                 continue
-            lower[column].append(Bound(low, True, f"{column} >= {part.args['low'].sql(dialect=DIALECT)}"))
-            upper[column].append(Bound(high, True, f"{column} <= {part.args['high'].sql(dialect=DIALECT)}"))
+            low_text = part.args["low"].sql(dialect=DIALECT)
+            high_text = part.args["high"].sql(dialect=DIALECT)
+            lower[column].append(Bound(low, True, f"{column} >= {low_text}"))
+            upper[column].append(Bound(high, True, f"{column} <= {high_text}"))
         elif isinstance(part, exp.In) and not part.args.get("negate"):
             column = pk_column(part.this)
             if column is None:
@@ -399,41 +401,37 @@ class InsertPlan:
 
     def provided_values(self, ctx: EvalContext) -> list[list[tuple[int, object]]]:
         """(column index, value) pairs of each VALUES row (DEFAULT items left out)."""
-        rows = []
-        for compiled_row in self.rows:
-            rows.append([
-                (index, compiled.fn((), ctx))
-                for index, compiled in zip(self.targets, compiled_row)
-                if compiled is not None
-            ])
-        return rows
+        return [self.provided_row(i, ctx) for i in range(len(self.rows))]
+
+    def provided_row(self, i: int, ctx: EvalContext) -> list[tuple[int, object]]:
+        return [
+            (index, compiled.fn((), ctx))
+            for index, compiled in zip(self.targets, self.rows[i])
+            if compiled is not None
+        ]
+
+    def complete_row(
+        self, provided: list[tuple[int, object]], ctx: EvalContext
+    ) -> tuple[list, bool]:
+        """The full, checked row (defaults filled in), and whether its key came from
+        unique_rowid() (so a collision may retry with a fresh one)."""
+        schema = self.schema
+        row: list[object] = [None] * len(schema.columns)
+        given = set()
+        for index, value in provided:
+            row[index] = value
+            given.add(index)
+        for index, default in enumerate(self.defaults):
+            if index not in given and default is not None:
+                row[index] = default.fn((), ctx)
+        check_row(schema, row)
+        return row, bool(schema.hidden) and schema.pk_indexes[0] not in given
 
     def complete_rows(
-        self, provided_rows: list[list[tuple[int, object]]], ctx: EvalContext,
-        check: bool = True,
+        self, provided_rows: list[list[tuple[int, object]]], ctx: EvalContext
     ) -> tuple[list[list], list[bool]]:
-        """Full rows (defaults filled in; `check_row`ed when `check`); and per row whether its
-        key came from unique_rowid() (so a collision may retry with a fresh one)."""
-        schema = self.schema
-        width = len(schema.columns)
-        rows = []
-        generated = []
-        pk_hidden = bool(schema.hidden)
-        for provided in provided_rows:
-            row: list[object] = [None] * width
-            given = set()
-            for index, value in provided:
-                row[index] = value
-                given.add(index)
-            for index in range(width):
-                default = self.defaults[index]
-                if index not in given and default is not None:
-                    row[index] = default.fn((), ctx)
-            if check:
-                check_row(schema, row)
-            rows.append(row)
-            generated.append(pk_hidden and schema.pk_indexes[0] not in given)
-        return rows, generated
+        pairs = [self.complete_row(provided, ctx) for provided in provided_rows]
+        return [row for row, _ in pairs], [gen for _, gen in pairs]
 
 
 @dataclass
@@ -593,13 +591,17 @@ def plan_select(node: exp.Select, tables: dict[str, TableSchema | None]) -> Sele
     for condition in join_conditions:
         where_parts.extend(conjuncts(condition))
     compiled_parts = []
-    for part in where_parts:
-        clause = "WHERE" if where_node is not None and part in conjuncts(where_node.this) else "JOIN ON"
-        compiled_parts.append((part, compiler.compile_condition(part, clause), _sources_of(part, scope)))
+    where_count = len(where_parts) - sum(len(conjuncts(c)) for c in join_conditions)
+    for i, part in enumerate(where_parts):
+        clause = "WHERE" if i < where_count else "JOIN ON"
+        compiled = compiler.compile_condition(part, clause)
+        compiled_parts.append((part, compiled, _sources_of(part, scope)))
 
     sources: list[SourcePlan] = []
+    derived = _implied_conjuncts([p for p, _, _ in compiled_parts], scope)
     for number, (schema, item) in enumerate(schemas):
         own = [part for part, _, used in compiled_parts if used <= {number}]
+        own += [part for part, used in derived if used == {number}]
         access = plan_access(schema, number, own, scope)
         source = scope.sources[number]
         sources.append(
@@ -688,7 +690,8 @@ def plan_select(node: exp.Select, tables: dict[str, TableSchema | None]) -> Sele
 
     having = None
     if having_node is not None:
-        having = Compiler(scope, grouping, clause="HAVING").compile_condition(having_node.this, "HAVING")
+        having_compiler = Compiler(scope, grouping, clause="HAVING")
+        having = having_compiler.compile_condition(having_node.this, "HAVING")
 
     distinct = node.args.get("distinct") is not None
     order: list[SortKey] = []
@@ -740,6 +743,55 @@ def plan_select(node: exp.Select, tables: dict[str, TableSchema | None]) -> Sele
         sources, joins, where, grouping, having, outputs, columns, distinct, order, limit,
         offset, ordered_by_key, {s.schema.name: s.schema for s in sources}, notes,
     )
+
+
+def _implied_conjuncts(parts: list[exp.Expr], scope: Scope) -> list[tuple[exp.Expr, set[int]]]:
+    """Key predicates implied through join equalities, for access paths only: from
+    ``o.cust = c.id AND c.id = 3`` follows ``o.cust = 3``, so orders is read by span, not
+    scanned. (The derived predicates are never evaluated: the originals still are.)"""
+    def column_id(node: exp.Expr):
+        if isinstance(node, exp.Column) and not isinstance(node.this, exp.Star):
+            index, _, _, number = scope.resolve(node)
+            return index, number
+        return None
+
+    links: dict[tuple, list[exp.Column]] = {}
+    for part in parts:
+        if isinstance(part, exp.EQ):
+            left, right = column_id(part.this), column_id(part.expression)
+            if left and right and left[1] != right[1]:
+                links.setdefault(left, []).append(part.expression)
+                links.setdefault(right, []).append(part.this)
+    if not links:
+        return []
+    out = []
+    for part in parts:
+        subject = _key_subject(part)
+        if subject is None or _has_column_besides(part, subject):
+            continue
+        for other in links.get(column_id(subject) or (), []):
+            copy = part.copy()
+            target = _key_subject(copy)
+            assert target is not None
+            target.replace(other.copy())
+            out.append((copy, {column_id(other)[1]}))  # type: ignore[index]
+    return out
+
+
+def _key_subject(part: exp.Expr) -> exp.Column | None:
+    """The column a key-shaped predicate constrains (`col op const`, BETWEEN, IN), if any."""
+    if isinstance(part, tuple(_OPS)):
+        for side in (part.this, part.expression):
+            if isinstance(side, exp.Column):
+                return side
+        return None
+    if isinstance(part, (exp.Between, exp.In)) and not part.args.get("negate"):
+        return part.this if isinstance(part.this, exp.Column) else None
+    return None
+
+
+def _has_column_besides(part: exp.Expr, subject: exp.Column) -> bool:
+    return any(c is not subject for c in part.find_all(exp.Column))
 
 
 def _scope_for_select(node: exp.Select, tables) -> Scope:
@@ -903,7 +955,9 @@ def _limit_expr(node: exp.Expr | None, what: str) -> Compiled | None:
 # --- INSERT / UPSERT ----------------------------------------------------------------------------
 
 
-def plan_insert(node: exp.Insert, tables: dict[str, TableSchema | None], upsert: bool) -> InsertPlan:
+def plan_insert(
+    node: exp.Insert, tables: dict[str, TableSchema | None], upsert: bool
+) -> InsertPlan:
     target = node.this
     column_nodes = None
     if isinstance(target, exp.Schema):
@@ -1011,9 +1065,6 @@ def plan_insert(node: exp.Insert, tables: dict[str, TableSchema | None], upsert:
     mode = "upsert" if upsert else "insert"
     updates: list[tuple[int, Compiled]] = []
     update_where = None
-    if upsert:
-        pk = set(schema.pk_indexes)
-        updates = [(i, None) for i in (targets if column_nodes is not None else range(len(schema.columns))) if i not in pk]  # type: ignore[misc]
     conflict = node.args.get("conflict")
     if conflict is not None:
         keys = conflict.args.get("conflict_keys")
@@ -1054,10 +1105,12 @@ def plan_insert(node: exp.Insert, tables: dict[str, TableSchema | None], upsert:
     if mode == "upsert":
         # UPSERT = INSERT ... ON CONFLICT (pk) DO UPDATE SET c = excluded.c for every column
         # the statement names (all columns when it names none), as CockroachDB defines it.
+        # The update reads the row (existing + excluded): excluded.c is at width + c.
         width = len(schema.columns)
+        named = targets if column_nodes is not None else range(width)
         updates = [
             (i, Compiled(lambda row, ctx, j=width + i: row[j], schema.columns[i].type, False))
-            for i, _ in updates
+            for i in named if i not in schema.pk_indexes
         ]
     replaces_row = mode == "upsert" and (
         column_nodes is None or set(targets) == set(range(len(schema.columns)))
@@ -1088,7 +1141,9 @@ def check_row(schema: TableSchema, row: list) -> None:
             )
 
 
-def assign(compiler: Compiler, compiled: Compiled, column: ColumnSchema, node: exp.Expr) -> Compiled:
+def assign(
+    compiler: Compiler, compiled: Compiled, column: ColumnSchema, node: exp.Expr
+) -> Compiled:
     """`compiled` made storable in `column` (static check now, runtime coercion if untyped)."""
     if not T.assignable(compiled.type, column.type):
         raise SQLError(
@@ -1206,18 +1261,22 @@ def plan_create_table(node: exp.Create) -> CreateTablePlan:
     for element in schema_node.expressions:
         if isinstance(element, exp.PrimaryKey):
             if pk is not None:
-                raise SQLError("syntax", f'multiple primary keys for table "{name}" are not allowed',
-                               node_position(element))
+                raise _multiple_keys(name, element)
             pk = [identifier_name(e.this if isinstance(e, exp.Ordered) else e)
                   for e in element.expressions]
             continue
         if not isinstance(element, exp.ColumnDef):
-            raise SQLError("unsupported", f"not supported: table element {element.sql(dialect=DIALECT)}",
-                           node_position(element))
+            raise SQLError(
+                "unsupported",
+                f"not supported: table element {element.sql(dialect=DIALECT)}",
+                node_position(element),
+            )
         column_name = identifier_name(element.this)
         if len(column_name) > IDENTIFIER_LENGTH_MAX:
-            raise SQLError("syntax", f"column name is longer than {IDENTIFIER_LENGTH_MAX} characters",
-                           node_position(element))
+            raise SQLError(
+                "syntax", f"column name is longer than {IDENTIFIER_LENGTH_MAX} characters",
+                node_position(element),
+            )
         if element.args.get("kind") is None:
             raise SQLError("syntax", f'column "{column_name}" needs a type', node_position(element))
         kind = column_type(element.args["kind"])
@@ -1227,8 +1286,7 @@ def plan_create_table(node: exp.Create) -> CreateTablePlan:
             inner = constraint.args.get("kind")
             if isinstance(inner, exp.PrimaryKeyColumnConstraint):
                 if pk is not None:
-                    raise SQLError("syntax", f'multiple primary keys for table "{name}" are not allowed',
-                                   node_position(element))
+                    raise _multiple_keys(name, element)
                 pk = [column_name]
             elif isinstance(inner, exp.NotNullColumnConstraint):
                 if inner.args.get("allow_null"):
@@ -1238,7 +1296,8 @@ def plan_create_table(node: exp.Create) -> CreateTablePlan:
                 default_sql = _check_default(inner.this, column_name, kind)
             else:
                 raise SQLError(
-                    "unsupported", f"not supported: column constraint {constraint.sql(dialect=DIALECT)}",
+                    "unsupported",
+                    f"not supported: column constraint {constraint.sql(dialect=DIALECT)}",
                     node_position(element),
                 )
         if any(c.name == column_name for c in columns):
@@ -1268,6 +1327,13 @@ def plan_create_table(node: exp.Create) -> CreateTablePlan:
         ColumnSchema(c.name, c.type, True, c.default_sql) if c.name in pk else c for c in columns
     ]
     return CreateTablePlan(name, tuple(columns), tuple(pk), bool(node.args.get("exists")))
+
+
+def _multiple_keys(table: str, node: exp.Expr) -> SQLError:
+    return SQLError(
+        "syntax", f'multiple primary keys for table "{table}" are not allowed',
+        node_position(node),
+    )
 
 
 def _check_default(node: exp.Expr, column: str, kind: str) -> str:

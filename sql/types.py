@@ -276,7 +276,13 @@ def cast_value(value: object, to_type: str) -> object:
         if isinstance(value, _dt.datetime):
             return value
         if isinstance(value, int) and not isinstance(value, bool):
-            return EPOCH + _dt.timedelta(seconds=value)
+            try:
+                return EPOCH + _dt.timedelta(seconds=value)
+            except OverflowError:
+                raise _mismatch(
+                    f"{value} seconds since the epoch is out of range for TIMESTAMP "
+                    "(years 1 to 9999)"
+                ) from None
     raise _mismatch(f"cannot cast {value_type(value)} to {to_type}")
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import sqlite3
 from dataclasses import dataclass, field
 
@@ -75,6 +76,7 @@ class Table:
     name: str
     columns: list[Column]
     pk: list[str]
+    seen: dict = field(default_factory=dict)  # column -> values inserted so far
 
     def col(self, name: str) -> Column:
         return next(c for c in self.columns if c.name == name)
@@ -84,10 +86,10 @@ class Table:
         return f"CREATE TABLE {self.name} ({', '.join(cols)}, PRIMARY KEY ({', '.join(self.pk)}))"
 
     def sqlite_ddl(self) -> str:
-        cols = [
-            f"{c.name} {SQLITE_TYPES[c.type]}{' NOT NULL' if c.not_null or c.name in self.pk else ''}"
-            for c in self.columns
-        ]
+        cols = []
+        for c in self.columns:
+            not_null = " NOT NULL" if c.not_null or c.name in self.pk else ""
+            cols.append(f"{c.name} {SQLITE_TYPES[c.type]}{not_null}")
         return (f"CREATE TABLE {self.name} ({', '.join(cols)}, PRIMARY KEY "
                 f"({', '.join(self.pk)})) STRICT")
 
@@ -111,17 +113,26 @@ def tables(draw, prefix: str) -> list[Table]:
     return out
 
 
-# --- statements: each has an "ours" and a "sqlite" spelling ----------------------------------------
+# --- statements: each has an "ours" and a "sqlite" spelling ---------------------------------------
 
 
 @dataclass
 class Stmt:
+    """One statement in both spellings. `params` are numbered by generation ($n / ?n);
+    with %s placeholders ours binds them in text order (`our_params`)."""
+
     ours: str
     sqlite: str
     params: list = field(default_factory=list)
     ordered: bool = False
     kind: str = "select"
     compare_count: bool = False
+
+    @property
+    def our_params(self) -> list:
+        if "%s" not in self.ours:
+            return list(self.params)
+        return [self.params[int(n) - 1] for n in re.findall(r"\?(\d+)", self.sqlite)]
 
 
 class Gen:
@@ -173,30 +184,39 @@ class Gen:
             return self.condition(cols, depth - 1)
         if kind == INT:
             op = d(st.sampled_from(["+", "-", "*", "abs", "mod", "length", "case", "coalesce"]))
+            sub = depth - 1
             if op in "+-":
-                return self._binary(op, self.expr(INT, cols, depth - 1), self.expr(INT, cols, depth - 1))
+                return self._binary(op, self.expr(INT, cols, sub), self.expr(INT, cols, sub))
             if op == "*":
-                return self._binary("*", self.expr(INT, cols, depth - 1), self.literal(INT, d(st.integers(-3, 3))))
+                factor = self.literal(INT, d(st.integers(-3, 3)))
+                return self._binary("*", self.expr(INT, cols, sub), factor)
             if op == "abs":
-                return self._call("abs", self.expr(INT, cols, depth - 1))
+                return self._call("abs", self.expr(INT, cols, sub))
             if op == "mod":
-                return self._binary("%", self.expr(INT, cols, depth - 1), self.literal(INT, d(st.integers(1, 5)), False))
+                divisor = self.literal(INT, d(st.integers(1, 5)), False)
+                return self._binary("%", self.expr(INT, cols, sub), divisor)
             if op == "length":
-                return self._call("length", self.expr(TEXT, cols, depth - 1))
+                return self._call("length", self.expr(TEXT, cols, sub))
         if kind == FLOAT:
-            op = d(st.sampled_from(["+", "-", "abs", "case", "coalesce"]))
+            op = d(st.sampled_from(["+", "-", "abs", "case", "coalesce", "cast"]))
+            if op == "cast":
+                a = self.expr(INT, cols, depth - 1)
+                return f"CAST({a[0]} AS FLOAT)", f"CAST({a[1]} AS REAL)"
             if op in "+-":
-                right_kind = d(st.sampled_from([FLOAT, INT]))
-                return self._binary(op, self.expr(FLOAT, cols, depth - 1), self.expr(right_kind, cols, depth - 1))
+                right = self.expr(d(st.sampled_from([FLOAT, INT])), cols, depth - 1)
+                return self._binary(op, self.expr(FLOAT, cols, depth - 1), right)
             if op == "abs":
                 return self._call("abs", self.expr(FLOAT, cols, depth - 1))
         if kind == TEXT:
-            op = d(st.sampled_from(["lower", "upper", "||", "case", "coalesce"]))
+            op = d(st.sampled_from(["lower", "upper", "||", "case", "coalesce", "cast"]))
+            if op == "cast":
+                a = self.expr(INT, cols, depth - 1)
+                return f"CAST({a[0]} AS TEXT)", f"CAST({a[1]} AS TEXT)"
             if op in ("lower", "upper"):
                 return self._call(op, self.expr(TEXT, cols, depth - 1))
             if op == "||":
-                right_kind = d(st.sampled_from([TEXT, TEXT, INT]))
-                return self._binary("||", self.expr(TEXT, cols, depth - 1), self.expr(right_kind, cols, depth - 1))
+                right = self.expr(d(st.sampled_from([TEXT, TEXT, INT])), cols, depth - 1)
+                return self._binary("||", self.expr(TEXT, cols, depth - 1), right)
         if op == "case":
             cond = self.condition(cols, depth - 1)
             a = self.expr(kind, cols, depth - 1)
@@ -236,12 +256,62 @@ class Gen:
         if choice == 6 and kind == TEXT:
             pattern = d(st.text(alphabet="ab_%A", max_size=3))
             negate = " NOT" if d(st.booleans()) else ""
-            return (f"({left[0]}{negate} LIKE '{pattern}')", f"({left[1]}{negate} LIKE '{pattern}')")
+            return (f"({left[0]}{negate} LIKE '{pattern}')",
+                    f"({left[1]}{negate} LIKE '{pattern}')")
         if kind == BOOL and choice == 7:
             return left
+        if choice == 8:
+            right = self.expr(d(st.sampled_from(family)), cols, depth - 1)
+            if d(st.booleans()):
+                return (f"({left[0]} IS DISTINCT FROM {right[0]})", f"({left[1]} IS NOT {right[1]})")
+            return (f"({left[0]} IS NOT DISTINCT FROM {right[0]})", f"({left[1]} IS {right[1]})")
+        if choice == 9 and kind != BOOL:
+            right = self.expr(kind, cols, depth - 1)
+            other = self.expr(kind, cols, depth - 1)
+            return (f"(nullif({left[0]}, {right[0]}) = {other[0]})",
+                    f"(nullif({left[1]}, {right[1]}) = {other[1]})")
         op = d(st.sampled_from(["=", "<>", "<", "<=", ">", ">="]))
         right = self.expr(d(st.sampled_from(family)), cols, depth - 1)
         return f"({left[0]} {op} {right[0]})", f"({left[1]} {op} {right[1]})"
+
+    def key_value(self, table: Table, column: str):
+        seen = table.seen.get(column)
+        if seen and self.draw(st.integers(0, 3)) > 0:
+            return self.draw(st.sampled_from(seen))
+        return self.value(table.col(column).type, null_ok=False)
+
+    def key_predicate(self, table: Table, qualifier: str) -> tuple[str, str]:
+        """Conditions on the primary key the planner turns into point gets / span scans."""
+        d = self.draw
+        parts = []
+        for i, name in enumerate(table.pk):
+            column = qualifier + name
+            kind = table.col(name).type
+            shape = d(st.sampled_from(["=", "=", "in", "range", "between", "stop"]))
+            if shape == "stop" and i > 0:
+                break
+            if shape in ("=", "stop"):
+                value = self.literal(kind, self.key_value(table, name))
+                parts.append((f"{column} = {value[0]}", f"{column} = {value[1]}"))
+                continue
+            if shape == "in":
+                items = [self.literal(kind, self.key_value(table, name))
+                         for _ in range(d(st.integers(1, 3)))]
+                parts.append((f"{column} IN ({', '.join(x[0] for x in items)})",
+                              f"{column} IN ({', '.join(x[1] for x in items)})"))
+                continue
+            if shape == "between":
+                low = self.literal(kind, self.key_value(table, name))
+                high = self.literal(kind, self.key_value(table, name))
+                parts.append((f"{column} BETWEEN {low[0]} AND {high[0]}",
+                              f"{column} BETWEEN {low[1]} AND {high[1]}"))
+                break
+            for _ in range(d(st.integers(1, 2))):
+                op = d(st.sampled_from(["<", "<=", ">", ">="]))
+                value = self.literal(kind, self.key_value(table, name))
+                parts.append((f"{column} {op} {value[0]}", f"{column} {op} {value[1]}"))
+            break
+        return " AND ".join(p[0] for p in parts), " AND ".join(p[1] for p in parts)
 
     @staticmethod
     def _binary(op: str, a: tuple[str, str], b: tuple[str, str]) -> tuple[str, str]:
@@ -283,6 +353,8 @@ def gen_insert(draw, table: Table) -> Stmt:
                 value = g.value(c.type, null_ok=False)
             if c.name in table.pk:
                 key.append((type(value), value))
+            if value is not None:
+                table.seen.setdefault(c.name, []).append(value)
             values.append(g.literal(c.type, value) if value is not None else ("NULL", "NULL"))
         rows.append(values)
         keys.append(tuple(key))
@@ -333,11 +405,14 @@ def gen_update(draw, table: Table) -> Stmt:
         candidates = [c for c in table.columns if c.name not in table.pk] or table.columns[:0]
         if not candidates:
             return gen_delete(draw, table)
-        chosen = draw(st.lists(st.sampled_from(candidates), min_size=1, max_size=2, unique_by=lambda c: c.name))
+        chosen = draw(st.lists(st.sampled_from(candidates), min_size=1, max_size=2,
+                               unique_by=lambda c: c.name))
         sets = [(c.name, g.expr(c.type, cols, 1)) for c in chosen]
-    where = g.condition(cols, 2)
-    ours = f"UPDATE {table.name} SET {', '.join(f'{n} = {v[0]}' for n, v in sets)} WHERE {where[0]}"
-    sqlite = f"UPDATE {table.name} SET {', '.join(f'{n} = {v[1]}' for n, v in sets)} WHERE {where[1]}"
+    where = _where(draw, g, table, "", cols)
+    ours = (f"UPDATE {table.name} SET {', '.join(f'{n} = {v[0]}' for n, v in sets)} "
+            f"WHERE {where[0]}")
+    sqlite = (f"UPDATE {table.name} SET {', '.join(f'{n} = {v[1]}' for n, v in sets)} "
+              f"WHERE {where[1]}")
     return Stmt(ours, sqlite, g.params, kind="update", compare_count=True)
 
 
@@ -347,7 +422,7 @@ def gen_delete(draw, table: Table) -> Stmt:
     if draw(st.integers(0, 9)) == 0:
         return Stmt(f"DELETE FROM {table.name}", f"DELETE FROM {table.name}", kind="delete",
                     compare_count=True)
-    where = g.condition(cols, 2)
+    where = _where(draw, g, table, "", cols)
     return Stmt(f"DELETE FROM {table.name} WHERE {where[0]}",
                 f"DELETE FROM {table.name} WHERE {where[1]}", g.params, kind="delete",
                 compare_count=True)
@@ -383,7 +458,8 @@ def gen_select(draw, all_tables: list[Table]) -> Stmt:
             join_on = "WHERE"  # the join condition goes into WHERE below
     where = None
     if draw(st.integers(0, 9)) < 7:
-        where = g.condition(cols, 2)
+        qualifier = "" if cols[0][0].count(".") == 0 else "a."
+        where = _where(draw, g, table, qualifier, cols)
     if join_on == "WHERE":
         cond = f"({sources[0][1]}.{c1.name} = {sources[1][1]}.{c2.name})"
         where = (f"{cond} AND {where[0]}", f"{cond} AND {where[1]}") if where else (cond, cond)
@@ -433,6 +509,19 @@ def gen_select(draw, all_tables: list[Table]) -> Stmt:
         return sql + order
 
     return Stmt(render(0), render(1), g.params, ordered=ordered)
+
+
+def _where(draw, g: Gen, table: Table, qualifier: str, cols) -> tuple[str, str]:
+    """A WHERE condition: often a primary-key predicate (so the planner's point gets and
+    spans are exercised), sometimes AND-ed with an arbitrary condition."""
+    shape = draw(st.integers(0, 3))
+    if shape == 0:
+        return g.condition(cols, 2)
+    key = g.key_predicate(table, qualifier)
+    if shape == 1:
+        return key
+    other = g.condition(cols, 1)
+    return f"{key[0]} AND {other[0]}", f"{key[1]} AND {other[1]}"
 
 
 def _aggregate(draw, cols, count_only: bool = False) -> tuple[str, str]:
@@ -508,7 +597,7 @@ def run_both(ours, oracle: SqliteOracle, stmt: Stmt, trace: list[str]) -> None:
     our_rows = their_rows = None
     our_count = their_count = None
     try:
-        result = ours.execute(stmt.ours, list(stmt.params))
+        result = ours.execute(stmt.ours, stmt.our_params)
         our_rows, our_count = result.rows, result.rowcount
     except SQLError as error:
         our_error = error
@@ -517,7 +606,7 @@ def run_both(ours, oracle: SqliteOracle, stmt: Stmt, trace: list[str]) -> None:
     except sqlite3.Error as error:
         their_error = error
     trace.append(
-        f"{stmt.ours!r} params={stmt.params!r}\n    ours: {our_error or our_rows}"
+        f"{stmt.ours!r} params={stmt.our_params!r}\n    ours: {our_error or our_rows}"
         f"\n    sqlite ({stmt.sqlite!r}): {their_error or their_rows}"
     )
     context = "\n".join(trace)
@@ -538,8 +627,9 @@ def run_both(ours, oracle: SqliteOracle, stmt: Stmt, trace: list[str]) -> None:
 
 
 @settings(
-    max_examples=120,
+    max_examples=250,
     deadline=None,
+    report_multiple_bugs=False,  # shrink one failure, fast, rather than every distinct one
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                            HealthCheck.function_scoped_fixture],
 )

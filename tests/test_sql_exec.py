@@ -7,11 +7,14 @@ import datetime as dt
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from raftstore.errors import UnavailableError
 from raftstore.keys import encode_key
 from sql import MemKV, Result, Session, SQLError
 from sql.constants import ROW_KEY_PREFIX
+from sql.errors import CODES
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, 678901)
 
@@ -253,7 +256,7 @@ def test_drop_table_deletes_rows_in_batches(db, kv) -> None:
     assert sum(1 for m, _ in kv.log if m == "delete") == 2501
 
 
-# --- INSERT variants --------------------------------------------------------------------------------
+# --- INSERT variants ------------------------------------------------------------------------------
 
 
 def test_on_conflict_do_update_uses_excluded_and_existing_values(users) -> None:
@@ -272,7 +275,9 @@ def test_on_conflict_do_update_where_and_do_nothing(users) -> None:
         "INSERT INTO users (id, name) VALUES (1, 'no'), (3, 'yes') ON CONFLICT (id) "
         "DO UPDATE SET name = excluded.name WHERE users.age < 30"
     )
-    assert rows(users, "SELECT name FROM users WHERE id IN (1, 3) ORDER BY id") == [["ann"], ["yes"]]
+    assert rows(users, "SELECT name FROM users WHERE id IN (1, 3) ORDER BY id") == [
+        ["ann"], ["yes"],
+    ]
     result = users.execute(
         "INSERT INTO users (id, name) VALUES (1, 'x'), (5, 'e'), (5, 'f') ON CONFLICT DO NOTHING"
     )
@@ -314,11 +319,12 @@ def test_insert_cas_makes_a_concurrent_duplicate_fail(users, kv) -> None:
     assert rows(users, "SELECT name FROM users WHERE id = 20") == [["first"]]
 
 
-# --- UPDATE / DELETE ----------------------------------------------------------------------------------
+# --- UPDATE / DELETE ------------------------------------------------------------------------------
 
 
 def test_update_and_delete_with_where(users) -> None:
-    assert users.execute("UPDATE users SET age = age + 1, active = false WHERE age > 26").rowcount == 2
+    result = users.execute("UPDATE users SET age = age + 1, active = false WHERE age > 26")
+    assert result.rowcount == 2
     assert rows(users, "SELECT id, age, active FROM users ORDER BY id") == [
         [1, 31, False], [2, None, True], [3, 25, True], [4, 42, False],
     ]
@@ -342,13 +348,12 @@ def test_update_set_reads_old_row_values(users) -> None:
     assert rows(users, "SELECT id, age FROM users WHERE id = 101") == [[101, 1]]
 
 
-# --- queries ---------------------------------------------------------------------------------------
+# --- queries --------------------------------------------------------------------------------------
 
 
 def test_three_valued_logic(db) -> None:
-    assert rows(db, "SELECT NULL AND false, NULL AND true, NULL OR true, NULL OR false, NOT NULL") == [
-        [False, None, True, None, None]
-    ]
+    assert rows(db, "SELECT NULL AND false, NULL AND true, NULL OR true, NULL OR false, "
+                    "NOT NULL") == [[False, None, True, None, None]]
     assert rows(db, "SELECT 1 IN (2, NULL), 1 IN (1, NULL), NULL = NULL, NULL IS NULL, "
                     "1 NOT IN (2, NULL), 2 BETWEEN 1 AND NULL, 0 BETWEEN 1 AND NULL") == [
         [None, True, None, True, None, None, False]
@@ -359,9 +364,8 @@ def test_where_keeps_only_true_rows(users) -> None:
     assert rows(users, "SELECT id FROM users WHERE age > 26") == [[1], [4]]
     assert rows(users, "SELECT id FROM users WHERE NOT (age > 26)") == [[3]]
     assert rows(users, "SELECT id FROM users WHERE age IS NULL") == [[2]]
-    assert rows(users, "SELECT id FROM users WHERE age IS NOT NULL AND score IS DISTINCT FROM 1.0") == [
-        [1], [3],
-    ]
+    assert rows(users, "SELECT id FROM users WHERE age IS NOT NULL "
+                       "AND score IS DISTINCT FROM 1.0") == [[1], [3]]
 
 
 def test_expressions(db) -> None:
@@ -388,7 +392,8 @@ def test_expressions(db) -> None:
 
 
 def test_division_by_zero_is_an_error(users) -> None:
-    for sql in ["SELECT 1 / 0", "SELECT 1 % 0", "SELECT 1.5 / 0", "SELECT age / (id - id) FROM users"]:
+    for sql in ["SELECT 1 / 0", "SELECT 1 % 0", "SELECT 1.5 / 0",
+                "SELECT age / (id - id) FROM users"]:
         assert error(users, sql).code == "division_by_zero", sql
     assert rows(users, "SELECT age / (id - id) FROM users WHERE age IS NULL") == [[None]]
 
@@ -488,7 +493,9 @@ def test_inner_joins_and_comma_joins(users) -> None:
     assert rows(users, "SELECT u.name, p.name FROM users AS u INNER JOIN pets AS p "
                        "ON u.id = p.owner AND p.name > 'rex' WHERE u.age > 0") == [["ann", "tom"]]
     assert rows(users, "SELECT count(*) FROM users CROSS JOIN pets") == [[16]]
-    result = users.execute("SELECT * FROM users u JOIN pets p ON u.id = p.owner WHERE p.name = 'kit'")
+    result = users.execute(
+        "SELECT * FROM users u JOIN pets p ON u.id = p.owner WHERE p.name = 'kit'"
+    )
     assert result.columns == ["id", "name", "age", "score", "active", "owner", "name"]
     assert result.rows == [[3, "cy", 25, 9.0, True, 3, "kit"]]
     assert rows(users, "SELECT p.* FROM users u JOIN pets p ON u.id = p.owner WHERE u.id = 3") == [
@@ -503,14 +510,16 @@ def test_join_with_three_tables_and_null_keys(db) -> None:
     db.execute("INSERT INTO a VALUES (1, 10), (2, NULL), (3, 30)")
     db.execute("INSERT INTO b VALUES (10, 100), (30, NULL)")
     db.execute("INSERT INTO c VALUES (100, 'x')")
-    assert rows(db, "SELECT a.id, c.v FROM a JOIN b ON a.b = b.id JOIN c ON b.c = c.id") == [[1, "x"]]
+    assert rows(db, "SELECT a.id, c.v FROM a JOIN b ON a.b = b.id "
+                    "JOIN c ON b.c = c.id") == [[1, "x"]]
 
 
 def test_parameters_in_both_styles_are_values_not_text(users) -> None:
     hostile = "x'; DROP TABLE users; --"
     users.execute("INSERT INTO users (id, name) VALUES ($1, $2)", [50, hostile])
     users.execute("INSERT INTO users (id, name) VALUES (%s, %s)", (51, hostile))
-    assert rows(users, "SELECT id FROM users WHERE name = %s ORDER BY id", [hostile]) == [[50], [51]]
+    found = rows(users, "SELECT id FROM users WHERE name = %s ORDER BY id", [hostile])
+    assert found == [[50], [51]]
     assert rows(users, "SELECT $1::TEXT || $2", ["a", "b"]) == [["ab"]]
     assert rows(users, "SELECT count(*) FROM users WHERE age > $1", ["26"]) == [[2]]
     result = users.execute("SELECT $1, $2", [1.5, None])
@@ -641,7 +650,9 @@ def test_explain_shows_point_get_span_scan_and_full_scan(orders) -> None:
     assert ops("SELECT * FROM orders WHERE cust = $1 AND seq = $2", [4, 4]) == [
         ("point get", "/orders/4/4", 2, "n2 (us-west1)")
     ]
-    assert ops("INSERT INTO orders VALUES (99, 1, 0)") == [("put", "/orders/99/1", 2, "n2 (us-west1)")]
+    assert ops("INSERT INTO orders VALUES (99, 1, 0)") == [
+        ("put", "/orders/99/1", 2, "n2 (us-west1)")
+    ]
     assert [k for k, *_ in ops("DELETE FROM orders WHERE cust = 3")] == ["span scan", "delete"]
     assert [k for k, *_ in ops("CREATE TABLE x (a INT PRIMARY KEY)")] == ["point get", "put", "put"]
     assert {r for _, _, r, _ in ops("CREATE TABLE x (a INT PRIMARY KEY)")} == {1}
@@ -672,13 +683,234 @@ def test_show_tables_ranges_regions(users, kv) -> None:
     assert error(users, "SHOW RANGES FROM TABLE nope").code == "undefined_table"
     kv.kv.mark_down(3)
     regions = users.execute("SHOW REGIONS")
-    assert regions.rows == [["us-east1", 1, True], ["us-west1", 2, True], ["europe-west1", 3, False]]
+    assert regions.rows == [
+        ["us-east1", 1, True], ["us-west1", 2, True], ["europe-west1", 3, False],
+    ]
 
 
 def test_result_shape_for_writes_and_ddl(db) -> None:
     result = db.execute("CREATE TABLE r (id INT PRIMARY KEY)")
-    assert (result.rowcount, result.status, result.columns, result.rows) == (-1, "CREATE TABLE", [], [])
+    assert (result.rowcount, result.status) == (-1, "CREATE TABLE")
+    assert (result.columns, result.rows) == ([], [])
     assert db.execute("INSERT INTO r VALUES (1), (2), (3)").status == "INSERT 3"
     assert db.execute("UPDATE r SET id = id + 10 WHERE id > 1").status == "UPDATE 2"
     assert db.execute("DELETE FROM r WHERE id > 100").status == "DELETE 0"
     assert isinstance(db.execute("SELECT 1"), Result)
+
+
+# --- concurrency: optimistic writes ---------------------------------------------------------------
+
+
+class InterferingKV(CountingKV):
+    """Runs `interfere(kv)` once, just before the `nth` cas call reaches the store."""
+
+    def __init__(self, kv, nth: int, interfere):
+        super().__init__(kv)
+        self.cas_seen = 0
+        self.nth = nth
+        self.interfere = interfere
+
+    def cas(self, key, expected, new):
+        self.cas_seen += 1
+        if self.cas_seen == self.nth:
+            self.interfere(self.kv)
+        return super().cas(key, expected, new)
+
+
+def test_update_retries_on_a_concurrent_change_and_applies_to_the_new_value() -> None:
+    base = MemKV()
+    setup = Session(base)
+    setup.execute("CREATE TABLE c (id INT PRIMARY KEY, n INT)")
+    setup.execute("INSERT INTO c VALUES (1, 0)")
+    racer = InterferingKV(base, 1, lambda kv: Session(kv).execute("UPDATE c SET n = 10"))
+    Session(racer).execute("UPDATE c SET n = n + 1 WHERE id = 1")
+    assert Session(base).execute("SELECT n FROM c").rows == [[11]]
+
+
+def test_insert_that_loses_a_race_mid_statement_takes_back_its_rows() -> None:
+    base = MemKV()
+    setup = Session(base)
+    setup.execute("CREATE TABLE c (id INT PRIMARY KEY, who TEXT)")
+    racer = InterferingKV(
+        base, 2, lambda kv: Session(kv).execute("INSERT INTO c VALUES (2, 'racer')")
+    )
+    with pytest.raises(SQLError) as caught:
+        Session(racer).execute("INSERT INTO c VALUES (1, 'me'), (2, 'me')")
+    assert caught.value.code == "unique_violation"
+    assert Session(base).execute("SELECT * FROM c").rows == [[2, "racer"]]
+
+
+def test_on_conflict_do_update_retries_when_the_row_appears_concurrently() -> None:
+    base = MemKV()
+    Session(base).execute("CREATE TABLE c (id INT PRIMARY KEY, n INT)")
+    racer = InterferingKV(base, 1, lambda kv: Session(kv).execute("INSERT INTO c VALUES (1, 5)"))
+    Session(racer).execute(
+        "INSERT INTO c VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET n = c.n + excluded.n"
+    )
+    assert Session(base).execute("SELECT n FROM c").rows == [[6]]
+
+
+# --- more key types and names ---------------------------------------------------------------------
+
+
+def test_float_and_timestamp_keys_plan_exact_spans(db, kv) -> None:
+    db.execute("CREATE TABLE f (k FLOAT PRIMARY KEY)")
+    db.execute("INSERT INTO f VALUES (1.5), (2), (2.5), (-0.0)")
+    assert rows(db, "SELECT k FROM f WHERE k = 2") == [[2.0]]
+    assert rows(db, "SELECT k FROM f WHERE k <= 2") == [[0.0], [1.5], [2.0]]
+    assert rows(db, "SELECT k FROM f WHERE k > 2 AND k < 3") == [[2.5]]
+    db.execute("CREATE TABLE ts (t TIMESTAMP PRIMARY KEY)")
+    db.execute("INSERT INTO ts VALUES ('2026-01-01'), ('2026-02-01'), ('2026-03-01')")
+    kv.log.clear()
+    assert rows(db, "SELECT t FROM ts WHERE t >= '2026-02-01'") == [
+        [dt.datetime(2026, 2, 1)], [dt.datetime(2026, 3, 1)],
+    ]
+    ((method, (start, end, _)),) = kv.data_calls()
+    assert method == "scan" and len([k for k, _ in kv.kv.items() if start <= k < end]) == 2
+
+
+def test_int_key_compared_with_fractions_and_nulls(db) -> None:
+    db.execute("CREATE TABLE i (k INT PRIMARY KEY)")
+    db.execute("INSERT INTO i VALUES (1), (2), (3)")
+    assert rows(db, "SELECT k FROM i WHERE k = 2.0") == [[2]]
+    assert rows(db, "SELECT k FROM i WHERE k = 2.5") == []
+    assert rows(db, "SELECT k FROM i WHERE k > 1.5 AND k <= 2.9") == [[2]]
+    assert rows(db, "SELECT k FROM i WHERE k >= 2.0") == [[2], [3]]
+    assert rows(db, "SELECT k FROM i WHERE k = NULL") == []
+    assert rows(db, "SELECT k FROM i WHERE k < $1", [2.5]) == [[1], [2]]
+
+
+def test_quoted_identifiers_keep_their_case(db) -> None:
+    db.execute('CREATE TABLE "Mixed" ("Col" INT PRIMARY KEY, lower_col TEXT)')
+    db.execute('INSERT INTO "Mixed" VALUES (1, \'x\')')
+    assert rows(db, 'SELECT "Col", LOWER_COL FROM "Mixed"') == [[1, "x"]]
+    assert error(db, "SELECT Col FROM \"Mixed\"").code == "undefined_column"
+    assert error(db, "SELECT * FROM mixed").code == "undefined_table"
+
+
+def test_self_join_needs_aliases(users) -> None:
+    assert error(users, "SELECT * FROM users, users").code == "syntax"
+    assert rows(users, "SELECT a.id, b.id FROM users a JOIN users b ON a.age < b.age "
+                       "WHERE a.id = 3 ORDER BY b.id") == [[3, 1], [3, 4]]
+
+
+def test_scans_page_through_large_tables(db, kv) -> None:
+    db.execute("CREATE TABLE p (id INT PRIMARY KEY, v INT)")
+    db.execute("INSERT INTO p VALUES " + ", ".join(f"({i}, {i % 7})" for i in range(2500)))
+    kv.log.clear()
+    assert rows(db, "SELECT count(*), sum(v) FROM p") == [[2500, sum(i % 7 for i in range(2500))]]
+    scans = [a for m, a in kv.data_calls() if m == "scan"]
+    assert len(scans) == 3 and all(limit <= 1000 for _, _, limit in scans)
+
+
+def test_order_by_primary_key_streams_without_sorting(db, kv) -> None:
+    db.execute("CREATE TABLE s (id INT PRIMARY KEY, v INT)")
+    db.execute("INSERT INTO s VALUES " + ", ".join(f"({i}, {-i})" for i in range(2000)))
+    kv.log.clear()
+    assert rows(db, "SELECT id FROM s ORDER BY id LIMIT 2 OFFSET 1") == [[1], [2]]
+    scans = [a for m, a in kv.data_calls() if m == "scan"]
+    assert len(scans) == 1 and scans[0][2] < 100
+    assert rows(db, "SELECT id FROM s ORDER BY v LIMIT 2") == [[1999], [1998]]
+
+
+def test_explain_without_parameters_shows_the_table_span(orders, kv) -> None:
+    result = orders.execute("EXPLAIN SELECT * FROM orders WHERE cust = $1 AND seq = $2")
+    (row,) = [r for r in result.rows if r[4] is not None]
+    assert row[1] == "point get" and "depend on parameters" in row[7]
+    kv.kv.mark_down(2)
+    result = orders.execute("EXPLAIN SELECT * FROM orders WHERE cust = 1 AND seq = 1")
+    assert [r[5] for r in result.rows if r[4] is not None] == ["no leader"]
+
+
+def test_explain_of_joins_and_writes_lists_every_step(orders) -> None:
+    orders.execute("CREATE TABLE cust (id INT PRIMARY KEY, name TEXT)")
+    result = orders.execute(
+        "EXPLAIN SELECT c.name, count(*) FROM cust c JOIN orders o ON o.cust = c.id "
+        "WHERE c.id = 3 GROUP BY c.name ORDER BY 2 DESC LIMIT 1"
+    )
+    steps = [(r[1], r[3] or r[7]) for r in result.rows]
+    assert steps[0] == ("point get", "/cust/3")
+    assert steps[1] == ("span scan", "/orders/3/*")
+    assert ("join", "hash join on o.cust = c.id") in steps
+    assert [kind for kind, _ in steps[3:]] == ["evaluate"] * 4
+    result = orders.execute("EXPLAIN UPSERT INTO orders (cust, seq) VALUES (1, 1)")
+    assert [r[1] for r in result.rows] == ["point get", "put"]
+    result = orders.execute("EXPLAIN UPSERT INTO orders VALUES (1, 1, 2.5)")
+    assert [r[1] for r in result.rows] == ["put"] and "overwrite" in result.rows[0][7]
+    result = orders.execute("EXPLAIN DROP TABLE cust")
+    assert [(r[1], r[3]) for r in result.rows] == [("delete", "/meta/catalog/cust"),
+                                                  ("delete", "/cust/*")]
+
+
+# --- robustness: any text is a result or an SQLError, never a traceback ------------------------------
+
+_WORDS = [
+    "SELECT", "FROM", "WHERE", "INSERT", "INTO", "VALUES", "UPDATE", "SET", "DELETE", "UPSERT",
+    "CREATE", "TABLE", "DROP", "EXPLAIN", "SHOW", "RANGES", "TABLES", "GROUP", "BY", "ORDER",
+    "HAVING", "LIMIT", "OFFSET", "JOIN", "ON", "AND", "OR", "NOT", "NULL", "IS", "IN", "LIKE",
+    "BETWEEN", "CASE", "WHEN", "THEN", "ELSE", "END", "AS", "DISTINCT", "ASC", "DESC", "NULLS",
+    "FIRST", "LAST", "count(*)", "sum(a)", "min(b)", "coalesce(a, b)", "CAST(a AS TEXT)",
+    "PRIMARY KEY", "INT", "TEXT", "FLOAT", "t", "u", "a", "b", "t.a", "*", ",", "(", ")", "=",
+    "<", ">=", "+", "-", "*", "/", "%", "||", "1", "0", "2.5", "'x'", "''", "TRUE", "$1", "%s",
+    ";", "ON CONFLICT", "DO NOTHING", "DO UPDATE", "excluded.a",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_WORDS), min_size=1, max_size=14), st.lists(
+    st.one_of(st.none(), st.integers(-3, 3), st.text(max_size=2), st.floats(-2, 2)), max_size=2))
+def test_any_statement_is_a_result_or_an_sqlerror(words, params) -> None:
+    kv = MemKV()
+    db = Session(kv, clock=lambda: NOW, rng=random.Random(1))
+    db.execute("CREATE TABLE t (a INT PRIMARY KEY, b TEXT)")
+    db.execute("CREATE TABLE u (a INT, b INT, PRIMARY KEY (a, b))")
+    db.execute("INSERT INTO t VALUES (1, 'x'), (2, NULL)")
+    db.execute("INSERT INTO u VALUES (1, 1), (2, 0)")
+    try:
+        db.execute(" ".join(words), params)
+    except SQLError as e:
+        assert e.code in CODES and e.message
+
+
+_LEAVES = ["a", "b", "f", "o", "ts", "y", "t.a", "1", "-7", "0", "2.5", "'x'", "'12'", "''",
+           "TRUE", "NULL", "$1", "$2", "x'00'", "now()", "9223372036854775807"]
+_UNARY = ["NOT {}", "-{}", "({}) IS NULL", "lower({})", "upper({})", "length({})", "abs({})",
+          "CAST({} AS INT)", "CAST({} AS TEXT)", "CAST({} AS FLOAT)", "CAST({} AS BOOL)",
+          "CAST({} AS TIMESTAMP)", "CAST({} AS BYTES)", "count({})", "sum({})", "avg({})",
+          "max({})", "coalesce({}, NULL)"]
+_BINARY = ["{} + {}", "{} - {}", "{} * {}", "{} / {}", "{} % {}", "{} || {}", "{} = {}",
+           "{} < {}", "{} >= {}", "{} AND {}", "{} OR {}", "{} IN ({}, 1)", "{} LIKE {}",
+           "{} IS DISTINCT FROM {}", "coalesce({}, {})", "nullif({}, {})",
+           "CASE WHEN {} THEN {} END", "{} BETWEEN 1 AND {}"]
+
+_expressions = st.recursive(
+    st.sampled_from(_LEAVES),
+    lambda inner: st.one_of(
+        st.builds(lambda f, x: "(" + f.format(x) + ")", st.sampled_from(_UNARY), inner),
+        st.builds(lambda f, x, y: "(" + f.format(x, y) + ")", st.sampled_from(_BINARY), inner,
+                  inner),
+    ),
+    max_leaves=6,
+)
+_param_values = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),
+                          st.floats(allow_nan=True), st.text(max_size=3), st.binary(max_size=2),
+                          st.just(NOW))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_expressions, st.sampled_from(["SELECT {} FROM t", "SELECT * FROM t WHERE {}",
+                                      "SELECT a FROM t GROUP BY a HAVING {}",
+                                      "UPDATE t SET b = {} WHERE a = 1",
+                                      "SELECT {} FROM t ORDER BY 1 LIMIT 1"]),
+       st.lists(_param_values, min_size=2, max_size=2))
+def test_any_expression_is_a_result_or_an_sqlerror(expression, template, params) -> None:
+    db = Session(MemKV(), clock=lambda: NOW, rng=random.Random(1))
+    db.execute("CREATE TABLE t (a INT PRIMARY KEY, b TEXT, f FLOAT, o BOOL, ts TIMESTAMP, "
+               "y BYTES)")
+    db.execute("INSERT INTO t VALUES (1, 'x', 0.5, true, '2026-01-01', x'01'), "
+               "(2, NULL, NULL, NULL, NULL, NULL), (3, '7', -2.0, false, now(), x'')")
+    sql = template.format(expression)
+    try:
+        db.execute(sql, params if "$" in sql else None)
+    except SQLError as e:
+        assert e.code in CODES and e.message

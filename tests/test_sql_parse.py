@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlglot import exp
 
 from sql.dialect import DIALECT, parse
 from sql.errors import CODES, SQLError
@@ -77,13 +78,14 @@ def test_parse_is_cached_per_text() -> None:
 
 def test_percent_s_parameters_are_numbered_left_to_right() -> None:
     (statement,) = parse("SELECT %s, a FROM t WHERE b = %s LIMIT %s")
-    numbers = [int(p.this.this) for p in statement.ast.find_all(__import__("sqlglot").exp.Parameter)]
+    numbers = [int(p.this.this) for p in statement.ast.find_all(exp.Parameter)]
     assert sorted(numbers) == [1, 2, 3]
     assert statement.param_count == 3
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list("SELECT FROM WHERE()*,;'\"$%s1=<>ab.-+\n")), max_size=40))
+@given(st.text(alphabet=st.sampled_from(list("SELECT FROM WHERE()*,;'\"$%s1=<>ab.-+\n")),
+               max_size=40))
 def test_any_text_parses_or_fails_with_sqlerror(text: str) -> None:
     """Arbitrary input never escapes as anything but SQLError (with a valid code)."""
     try:
