@@ -263,7 +263,8 @@ class Gen:
         if choice == 8:
             right = self.expr(d(st.sampled_from(family)), cols, depth - 1)
             if d(st.booleans()):
-                return (f"({left[0]} IS DISTINCT FROM {right[0]})", f"({left[1]} IS NOT {right[1]})")
+                return (f"({left[0]} IS DISTINCT FROM {right[0]})",
+                        f"({left[1]} IS NOT {right[1]})")
             return (f"({left[0]} IS NOT DISTINCT FROM {right[0]})", f"({left[1]} IS {right[1]})")
         if choice == 9 and kind != BOOL:
             right = self.expr(kind, cols, depth - 1)

@@ -842,7 +842,7 @@ def test_explain_of_joins_and_writes_lists_every_step(orders) -> None:
                                                   ("delete", "/cust/*")]
 
 
-# --- robustness: any text is a result or an SQLError, never a traceback ------------------------------
+# --- robustness: any text is a result or an SQLError, never a traceback -----------------------
 
 _WORDS = [
     "SELECT", "FROM", "WHERE", "INSERT", "INTO", "VALUES", "UPDATE", "SET", "DELETE", "UPSERT",
@@ -901,7 +901,12 @@ _param_values = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 
 @given(_expressions, st.sampled_from(["SELECT {} FROM t", "SELECT * FROM t WHERE {}",
                                       "SELECT a FROM t GROUP BY a HAVING {}",
                                       "UPDATE t SET b = {} WHERE a = 1",
-                                      "SELECT {} FROM t ORDER BY 1 LIMIT 1"]),
+                                      "SELECT {} FROM t ORDER BY 1 LIMIT 1",
+                                      "INSERT INTO t (a, b) VALUES (9, {})",
+                                      "UPSERT INTO t (a, ts) VALUES ($1, {})",
+                                      "INSERT INTO t (a, f) VALUES (1, 1.5) ON CONFLICT (a) "
+                                      "DO UPDATE SET f = {}",
+                                      "SELECT * FROM t WHERE a > {} AND a IN (1, $2)"]),
        st.lists(_param_values, min_size=2, max_size=2))
 def test_any_expression_is_a_result_or_an_sqlerror(expression, template, params) -> None:
     db = Session(MemKV(), clock=lambda: NOW, rng=random.Random(1))
