@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -77,6 +78,11 @@ def run_demo(args: argparse.Namespace) -> int:
                              "(a demo cluster picks fresh ports each time)" % args.data_dir)
         os.makedirs(args.data_dir, exist_ok=True)
     root = args.data_dir or tempfile.mkdtemp(prefix="raftstore-demo-")
+
+    def _terminate(signum, frame):   # SIGTERM/SIGHUP: unwind so the cluster's nodes are stopped
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
     interactive = not args.execute
     log = sys.stderr if interactive else None
     extra = ["--latency-matrix", matrix_name] if matrix_name else []
