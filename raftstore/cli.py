@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(sub)
     from raftstore.cli_sql import add_sql_parser
     add_sql_parser(sub)
+    from raftstore.cli_bench import add_bench_parser
+    add_bench_parser(sub)
     return parser
 
 
