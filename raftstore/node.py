@@ -380,7 +380,7 @@ class Node:
             try:
                 submit(self.store, done)
             except ValueError as exc:
-                loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(exc))
+                loop.call_soon_threadsafe(lambda exc=exc: fut.done() or fut.set_exception(exc))
         self.call_in_loop(run)
         return fut
 

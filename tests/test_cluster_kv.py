@@ -142,3 +142,16 @@ def test_sigterm_drains_and_exits_cleanly(cluster):
     assert cluster.stop(node) == 0, cluster.log_tail(node)
     with cluster.client(cluster.nodes[0]) as c:
         assert c.get(b"before-term") == b"x"
+
+
+def test_a_write_too_large_to_replicate_is_refused_at_once_and_the_node_keeps_serving(cluster):
+    from raftstore.errors import TooLargeError
+    cluster.wait_leader()
+    with cluster.client(cluster.nodes[0], timeout_s=10.0) as c:
+        started = time.monotonic()
+        with pytest.raises(TooLargeError):
+            c.put(b"huge", b"x" * (600 * 1024))
+        assert time.monotonic() - started < 5.0
+        assert c.get(b"huge") is None
+        c.put(b"small", b"ok")
+        assert c.get(b"small") == b"ok"
