@@ -39,7 +39,7 @@ import time
 from typing import Any, Iterable, Iterator, TextIO
 
 from raftstore import constants, sqlclient
-from raftstore.kv import parse_address
+from raftstore.cli_kv import _timeout_type, _url_type
 
 HISTORY_PATH_DEFAULT = "~/.raftstore_sql_history"
 PROMPT = "raftstore> "
@@ -591,31 +591,6 @@ def run_repl(
 
 
 # --- command line ----------------------------------------------------------------------------
-
-
-def _url_type(text: str) -> list[str]:
-    """argparse type for ``--url HOST:PORT[,HOST:PORT...]``."""
-    items = [item.strip() for item in text.split(",")]
-    for item in items:
-        try:
-            parse_address(item)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(
-                f"{exc}; --url takes HOST:PORT[,HOST:PORT...], e.g. 127.0.0.1:26257"
-            ) from None
-    return items
-
-
-def _timeout_type(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(
-            f"--timeout must be a positive number of seconds, got {text!r}"
-        )
-    return value
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:

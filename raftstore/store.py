@@ -34,9 +34,9 @@ import msgpack
 
 from raftstore import constants
 from raftstore.mvcc import MVCCStore
-from raftstore.raft.commands import Outcome, new_command_id
+from raftstore.raft.commands import Outcome
 from raftstore.raft.group import RaftGroup, _SNAPSHOT_MAGIC, _LEN
-from raftstore.raft.journal import DurableJournal, LogFile, encode_record, MAGIC as JOURNAL_MAGIC
+from raftstore.raft.journal import LogFile, encode_record, MAGIC as JOURNAL_MAGIC
 from raftstore.ranges import (FIRST_DATA_RANGE_ID, META_RANGE_ID, MISMATCH, RangeCache, RangeDescriptor,
                               bootstrap_descriptors, local_desc_key, split_key_for)
 from raftstore.replica import (LATEST, RangeReplica, desc_ts, local_descriptors, meta_descriptors,
@@ -137,7 +137,7 @@ class Store:
         from raftstore.raft.journal import fsync_dir
         fsync_dir(os.path.dirname(os.path.abspath(path)))
 
-    def _start_group(self, range_id: int, *, uninitialized: bool = False) -> RaftGroup:
+    def _start_group(self, range_id: int) -> RaftGroup:
         journal_path, dump_path = self._paths(range_id)
         replica = RangeReplica(self.mvcc, range_id, on_split=self._on_split, can_install=self._can_install,
                                on_write=self._on_write)
@@ -187,7 +187,7 @@ class Store:
         if desc is None or not self._can_install(desc):
             return None
         logger.info("creating an uninitialized replica of %s to receive a snapshot", desc)
-        return self._start_group(range_id, uninitialized=True)
+        return self._start_group(range_id)  # its replica has no descriptor until a snapshot
 
     # --- the loop ---------------------------------------------------------------------------------
     def touch(self, range_id: int) -> None:

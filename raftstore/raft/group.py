@@ -36,7 +36,6 @@ import threading
 from typing import Any, Callable, Protocol
 
 import msgpack
-import pysyncobj
 import pysyncobj.syncobj as _so
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.node import Node

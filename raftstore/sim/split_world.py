@@ -153,7 +153,7 @@ class SplitWorld:
 
     def _crashed(self, nid: int) -> None:
         self.log("crash n%d at %s" % (nid, self.crash_point))
-        store = self.stores.pop(nid, None)
+        self.stores.pop(nid, None)
         for key in [k for k in self.transports if k[0] == nid]:
             del self.transports[key]
         self.incarnation[nid] += 1
