@@ -27,7 +27,10 @@ def _wait(predicate, timeout_s, what):
 
 @pytest.mark.slow
 def test_ten_thousand_keys_split_into_ranges_and_survive_kill9(tmp_path):
-    with Cluster(str(tmp_path), extra_args=["--range-max-bytes", "40000"]) as cluster:
+    # ~10,000 rows of ~23 bytes each (k + key + value) are ~230 KB. A range splits once it
+    # passes --range-max-bytes, so at rest every range holds at most that much: 20,000 bytes
+    # gives at least 11 ranges whatever the split points were (40,000 allowed as few as 6).
+    with Cluster(str(tmp_path), extra_args=["--range-max-bytes", "20000"]) as cluster:
         cluster.wait_leader()
         with Writers(cluster, count=6) as writers:
             _wait(lambda: len(writers.acked) >= 5000, 300, "5000 acknowledged writes")
