@@ -88,6 +88,11 @@ class Store:
         self.timer_at: dict[int, float] = {}
         self.tick_soon: set[int] = set()               # groups with a proposal or message to handle
         self.dirty: set[int] = set()                   # groups whose journal may need a sync
+        # Work lists, so that no chore walks every group: the leader each group last showed
+        # after a tick (and the groups each node leads), and the groups maintain() must look at.
+        self.leader_of: dict[int, str | None] = {}
+        self.led_by: dict[str, set[int]] = {}
+        self.maintain_due: set[int] = set()
 
     # --- start-up ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -149,6 +154,7 @@ class Store:
                           transport_class=self.transport_class(range_id))
         self.groups[range_id], self.replicas[range_id] = group, replica
         self.touch(range_id)
+        self.maintain_due.add(range_id)
         if replica.desc is not None:
             self.cache.insert(replica.desc)
         return group
@@ -157,6 +163,7 @@ class Store:
     def _on_split(self, left: RangeDescriptor, right: RangeDescriptor) -> None:
         self.crash_point("split:applied")
         self.cache.insert(left)
+        self.maintain_due.update((left.range_id, right.range_id))
         self.splitting.discard(left.range_id)
         if right.range_id in self.groups:
             return
@@ -176,6 +183,7 @@ class Store:
 
     def _on_write(self, range_id: int, nbytes: int) -> None:
         self.written_bytes[range_id] = self.written_bytes.get(range_id, 0) + nbytes
+        self.maintain_due.add(range_id)
 
     def on_unknown_group(self, range_id: int) -> RaftGroup | None:
         """A peer talks about a range we do not host: create an uninitialized replica if meta
@@ -237,15 +245,34 @@ class Store:
                 group.doTick(0.0)
             except Exception:
                 logger.exception("tick of %s failed", group.name)
+            self._note_leader(rid, group)
         if now >= self.next_maintain:
             self.next_maintain = now + self.cfg.maintain_interval_s
             self.maintain()
 
+    def _note_leader(self, rid: int, group: RaftGroup) -> None:
+        """Record the group's leader as of its last tick. A leader changes only while its group
+        handles a message or a timer, and both tick the group right after, so the record lags
+        by at most one loop iteration; a lagging record only postpones an election once."""
+        leader = group.leader_id()
+        before = self.leader_of.get(rid)
+        if leader == before:
+            return
+        self.leader_of[rid] = leader
+        if before is not None:
+            self.led_by.get(before, set()).discard(rid)
+        if leader is not None:
+            self.led_by.setdefault(leader, set()).add(rid)
+            if leader == str(self.cfg.node_id):
+                self.maintain_due.add(rid)   # a new leader checks its meta entry and its size
+
     def on_node_heartbeat(self, peer_id: int) -> None:
-        """Node peer_id is alive: followers of groups it leads need not start elections."""
+        """Node peer_id is alive: followers of groups it leads need not start elections.
+        Costs the number of groups that node leads, not the number of groups."""
         leader = str(peer_id)
-        for group in self.groups.values():
-            if group.leader_id() == leader and not group.is_leader():
+        for rid in list(self.led_by.get(leader, ())):
+            group = self.groups.get(rid)
+            if group is not None and group.leader_id() == leader and not group.is_leader():
                 group.postpone_election()
 
     def sync(self) -> None:
@@ -257,17 +284,24 @@ class Store:
         self.dirty.clear()
 
     def maintain(self) -> None:
-        """Leader chores: keep meta up to date, split ranges that grew too big."""
+        """Leader chores: keep meta up to date, split ranges that grew too big. Looks only at
+        the groups in maintain_due (written to, split, started, or newly led since the last
+        pass, or with a chore still pending), so its cost follows the traffic."""
         meta = self.groups.get(META_RANGE_ID)
-        for rid, group in list(self.groups.items()):
-            rep = self.replicas[rid]
-            if rep.desc is None or not group.is_leader():
-                continue
+        due, self.maintain_due = self.maintain_due, set()
+        for rid in sorted(due):
+            group, rep = self.groups.get(rid), self.replicas.get(rid)
+            if group is None or rep.desc is None or not group.is_leader():
+                continue   # comes back when it writes, splits or becomes leader (_note_leader)
             if self.meta_synced.get(rid, -1) < rep.desc.generation and meta is not None:
                 desc = rep.desc
+                self.maintain_due.add(rid)   # until _meta_done
                 self.propose(META_RANGE_ID, "meta_put", {"desc": desc.to_wire()},
                              lambda o, r, rid=rid, gen=desc.generation: o is Outcome.COMMITTED and self._meta_done(rid, gen))
-            if rid != META_RANGE_ID and self.written_bytes.get(rid, 0) > 0 and rid not in self.splitting:
+            if rid != META_RANGE_ID and self.written_bytes.get(rid, 0) > 0:
+                if rid in self.splitting:
+                    self.maintain_due.add(rid)   # look again once the split is over
+                    continue
                 self.written_bytes[rid] = 0
                 size = self.mvcc.approximate_span_bytes(rep.desc.start, rep.desc.end)
                 self.sizes[rid] = size
