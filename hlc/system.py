@@ -22,10 +22,14 @@ _CEILING_FILE_BYTES_MAX = 64
 
 
 class SystemClock:
-    """Physical time from the operating system (``time.time_ns()``, the Unix epoch)."""
+    """Physical time from the operating system (``time.time_ns()``, the Unix epoch), plus a
+    constant `skew_ns` that is 0 in production: tests set it to play a node with a bad clock."""
+
+    def __init__(self, skew_ns: int = 0) -> None:
+        self.skew_ns = skew_ns
 
     def now_ns(self) -> int:
-        return time.time_ns()
+        return time.time_ns() + self.skew_ns
 
 
 class CorruptCeilingError(Exception):

@@ -94,6 +94,19 @@ def _read_secret(path: str) -> bytes:
     return secret
 
 
+CLOCK_SKEW_ENV = "RAFTSTORE_TEST_CLOCK_SKEW_MS"   # tests only: play a node whose clock is off
+
+
+def _clock_skew_ns() -> int:
+    raw = os.environ.get(CLOCK_SKEW_ENV)
+    if raw is None:
+        return 0
+    try:
+        return int(float(raw) * 1_000_000)
+    except ValueError:
+        raise SystemExit("raftstore start: error: %s=%r is not a number of milliseconds" % (CLOCK_SKEW_ENV, raw)) from None
+
+
 def run_start(args: argparse.Namespace) -> int:
     from raftstore.node import NodeConfig, StartupError, run_node
 
@@ -114,7 +127,8 @@ def run_start(args: argparse.Namespace) -> int:
     cfg = NodeConfig(node_id=args.node_id, region=args.region, peer_addr=args.peer_addr, sql_addr=args.sql_addr,
                      join=args.join, data_dir=os.path.abspath(args.data_dir), secret=secret,
                      range_bytes_max=args.range_max_bytes,
-                     raft_conf={"logCompactionMinEntries": args.log_compaction_entries}, latency=latency)
+                     raft_conf={"logCompactionMinEntries": args.log_compaction_entries}, latency=latency,
+                     clock_skew_ns=_clock_skew_ns())
     from sql.gateway import handle_sql
     try:
         return run_node(cfg, sql_handler=handle_sql)

@@ -114,6 +114,7 @@ class NodeRow:
     address: str
     up: bool
     answered: bool      # the node that answered this status
+    clock: str = ""     # its clock offset as measured by the node that answered, or why it stopped
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,23 @@ def _node_id(value: Any, what: str) -> int:
     return value
 
 
+def _clock_cells(clock: Any, self_id: int) -> dict[int, str]:
+    """The clock column: each peer's offset from the answering node (theirs minus ours, with its
+    uncertainty), and for the answering node whether it serves. Absent from older servers."""
+    if clock is None:
+        return {}
+    _expect(isinstance(clock, dict), "clock must be a map")
+    offsets = clock.get("offsets") or {}
+    _expect(isinstance(offsets, dict), "clock.offsets must be a map")
+    cells = {self_id: "ok" if clock.get("serving", True) else "NOT SERVING: %s" % clock.get("reason")}
+    for key, m in offsets.items():
+        _expect(isinstance(m, dict) and isinstance(m.get("offset_ms"), (int, float))
+                and isinstance(m.get("uncertainty_ms"), (int, float)), f"clock.offsets[{key!r}] must be a measurement")
+        cells[_node_id(key, "a clock.offsets key")] = "%+.1f ms ± %.1f%s" % (
+            m["offset_ms"], m["uncertainty_ms"], " (beyond max offset)" if m.get("far") else "")
+    return cells
+
+
 def status_rows(status: Any) -> tuple[list[NodeRow], list[RangeRow]]:
     """The nodes table (by node id) and the ranges table (in key order) for a status map.
 
@@ -173,6 +191,7 @@ def status_rows(status: Any) -> tuple[list[NodeRow], list[RangeRow]]:
         _expect(isinstance(address, str), f"members[{key!r}].addr must be a str")
         regions[member], addresses[member] = region, address
     regions.setdefault(self_id, self_region)  # not formed yet: members is empty
+    clocks = _clock_cells(status.get("clock"), self_id)
 
     nodes = [
         NodeRow(
@@ -181,6 +200,7 @@ def status_rows(status: Any) -> tuple[list[NodeRow], list[RangeRow]]:
             address=addresses.get(node, "?"),
             up=node in up,
             answered=node == self_id,
+            clock=clocks.get(node, ""),
         )
         for node in sorted(regions)
     ]
@@ -308,14 +328,15 @@ def _print_tables(status: dict, nodes: list[NodeRow], ranges: list[RangeRow]) ->
     answered = next(node for node in nodes if node.answered)
     formed = "" if status.get("formed", True) else "; cluster not formed yet"
     node_table = Table(title=f"nodes (as seen by n{answered.node_id}{formed})")
-    for column in ("node", "region", "peer address", "state"):
+    for column in ("node", "region", "peer address", "state", "clock"):
         node_table.add_column(column)
     for node in nodes:
         state = Text("up", style="green") if node.up else Text("down", style="bold red")
         if node.answered:
             state.append(" (answered)", style="dim")
         # Text(...) everywhere: keys and names must never be read as rich markup.
-        node_table.add_row(Text(f"n{node.node_id}"), Text(node.region), Text(node.address), state)
+        clock = Text(node.clock, style="bold red" if "NOT SERVING" in node.clock or "beyond" in node.clock else "")
+        node_table.add_row(Text(f"n{node.node_id}"), Text(node.region), Text(node.address), state, clock)
     console.print(node_table)
 
     range_table = Table(title=f"ranges (held by n{answered.node_id})")

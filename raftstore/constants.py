@@ -58,3 +58,4 @@ active_tick_interval_s = 0.02   # periodic tick of a busy group (events tick it 
 idle_tick_interval_s = 1.0      # an idle group ticks this often
 idle_heartbeat_interval_s = 5.0 # an idle leader's own heartbeats (pysyncobj appendEntriesPeriod)
 node_heartbeat_interval_s = 0.25  # one frame per peer keeps every idle group's followers patient
+clock_log_interval_s = 10.0           # log a peer's rejected clock at most this often

@@ -87,6 +87,7 @@ class Cluster:
     secure: bool = True
     nodes: list[NodeProc] = field(default_factory=list)
     extra_args: list[str] = field(default_factory=list)   # appended to every `raftstore start`
+    node_env: dict[int, dict[str, str]] = field(default_factory=dict)   # node id -> extra environment
 
     def __post_init__(self) -> None:
         assert 1 <= self.size <= len(REGIONS), self.size
@@ -126,7 +127,9 @@ class Cluster:
         """Start `n` (which must not be running) in its own session, appending to its log."""
         assert n.proc is None or n.proc.poll() is not None
         with open(n.log_path, "a") as log:
-            n.proc = subprocess.Popen(self.args(n), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            env = dict(os.environ, **self.node_env[n.node_id]) if n.node_id in self.node_env else None
+            n.proc = subprocess.Popen(self.args(n), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                      env=env)
 
     def start_all(self) -> None:
         for n in self.nodes:

@@ -31,8 +31,9 @@ from typing import Any
 
 from pysyncobj.transport import Transport
 
-from hlc import HLC, ClockOffsetError, FileCeilingStore, SystemClock, Timestamp
+from hlc import HLC, MAX_OFFSET_NS_DEFAULT, ClockOffsetError, FileCeilingStore, SystemClock, Timestamp
 from raftstore import constants
+from raftstore.clockcheck import OffsetMonitor, probe_is_valid
 from raftstore.mvcc import MVCCStore
 from raftstore.peer import HEARTBEAT, RAFT, PeerNetwork, parse_addr
 from raftstore.raft.commands import Outcome, new_command_id
@@ -64,6 +65,7 @@ class NodeConfig:
     raft_conf: dict | None = None
     range_bytes_max: int = constants.range_bytes_max
     latency: "LatencyMatrix | None" = None     # WAN emulation between regions (raftstore.wan)
+    clock_skew_ns: int = 0                     # added to the system clock: for clock-offset tests only
 
 
 class GroupTransport(Transport):
@@ -113,6 +115,9 @@ class Node:
         self.active: set[int] = set()                 # members seen running with their data
         self.fatal: str | None = None
         self.clock_offset_errors = 0
+        self.offsets = OffsetMonitor(MAX_OFFSET_NS_DEFAULT)
+        self.clock_unfit: str | None = None       # why this node stopped serving (clock), or None
+        self._offset_logged: dict[int, float] = {}
         self.join_hellos: dict[str, dict] = {}
         self._stop = threading.Event()
         self._loop_thread: threading.Thread | None = None
@@ -150,7 +155,8 @@ class Node:
         self.meta_path = meta_path
         try:
             self.mvcc = MVCCStore(os.path.join(cfg.data_dir, "store.sqlite"))
-            self.hlc = HLC(SystemClock(), ceiling_store=FileCeilingStore(os.path.join(cfg.data_dir, "hlc.ceiling")))
+            self.phys = SystemClock(skew_ns=cfg.clock_skew_ns)
+            self.hlc = HLC(self.phys, ceiling_store=FileCeilingStore(os.path.join(cfg.data_dir, "hlc.ceiling")))
         except Exception as exc:
             raise StartupError("data dir %s: %s" % (cfg.data_dir, exc)) from None
         self.net = PeerNetwork(listen_sock=self.peer_sock, secret=self.cfg.secret, hello=self._hello,
@@ -270,16 +276,25 @@ class Node:
             return 0.0
         return self.cfg.latency.one_way_s(self.cfg.region, self.members[peer_id]["region"])
 
-    def _on_heartbeat(self, peer_id: int, stamp) -> None:
+    def _on_heartbeat(self, peer_id: int, stamp, probe=None) -> None:
+        if probe is not None:
+            if probe_is_valid(probe):
+                self.offsets.on_probe(peer_id, probe, self.phys.now_ns(), time.monotonic())
+                self._check_clock()
+            else:
+                logger.warning("node %d sent a malformed clock probe %r", peer_id, probe)
         if stamp is not None:
             try:
                 self.hlc.update(Timestamp.from_wire(stamp))
             except ValueError:
                 logger.warning("node %d sent a malformed clock reading %r", peer_id, stamp)
             except ClockOffsetError as exc:
-                # Refuse its clock; a node far from a majority should stop serving (not yet).
+                # Refuse its clock; whether it is us who is off, the offset monitor decides.
                 self.clock_offset_errors += 1
-                logger.error("node %d: %s", peer_id, exc)
+                last = self._offset_logged.get(peer_id, -1e9)
+                if time.monotonic() - last >= constants.clock_log_interval_s:   # every heartbeat would flood the log
+                    self._offset_logged[peer_id] = time.monotonic()
+                    logger.error("node %d: %s (%d such heartbeats so far)", peer_id, exc, self.clock_offset_errors)
         if self.store is not None:
             self.store.on_node_heartbeat(peer_id)
 
@@ -325,7 +340,8 @@ class Node:
                     next_heartbeat = now + constants.node_heartbeat_interval_s
                     stamp = self.hlc.now().to_wire()
                     for pid in list(self.net.peers):
-                        self.net.send(pid, [HEARTBEAT, stamp])
+                        self.net.send(pid, [HEARTBEAT, stamp, self.offsets.probe_for(pid, self.phys.now_ns())])
+                    self._check_clock()
                 if self.store is not None:
                     self.store.sync()
                 self.net.flush()
@@ -334,6 +350,15 @@ class Node:
                 time.sleep(constants.tick_interval_s)
         if self.store is not None:
             self.store.sync()
+
+    def _check_clock(self) -> None:
+        unfit = self.offsets.unfit_reason(time.monotonic())
+        if unfit != self.clock_unfit:
+            if unfit is not None:
+                logger.error("not serving clients: %s (offsets: %s)", unfit, self.offsets.status(time.monotonic()))
+            else:
+                logger.warning("clock back within bounds of a majority of peers; serving again")
+            self.clock_unfit = unfit
 
     def _dial(self) -> None:
         if self.members is None:
@@ -453,7 +478,9 @@ class Node:
                 "members": {str(k): v for k, v in (self.members or {}).items()},
                 "connected": sorted(self.net.peers), "ranges": ranges,
                 "leader": data["leader"] if data else None,
-                "is_leader": bool(data and data["leader"] == self.node_id)}
+                "is_leader": bool(data and data["leader"] == self.node_id),
+                "clock": {"serving": self.clock_unfit is None, "reason": self.clock_unfit,
+                          "offsets": self.offsets.status(time.monotonic())}}
 
 
 class ClientServer:
@@ -522,6 +549,9 @@ class ClientServer:
             return _error("draining", "node %d is shutting down; retry on another node" % self.node.node_id)
         if op == "status":
             return {"ok": True, "result": await self.node.status()}
+        if self.node.clock_unfit is not None:
+            return _error("unavailable", "node %d does not serve: %s; use another node"
+                          % (self.node.node_id, self.node.clock_unfit))
         if op == "sql":
             if self.sql_handler is None:
                 return _error("bad_request", "this node does not serve SQL")

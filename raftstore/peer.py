@@ -93,7 +93,7 @@ class PeerNetwork:
                  on_hello: Callable[[dict], str | None], on_raft: Callable[[int, int, dict], None],
                  on_peer_up: Callable[[int], None], on_peer_down: Callable[[int], None],
                  on_reject: Callable[[str], None], node_id: int,
-                 on_heartbeat: Callable[[int, object], None] = lambda peer_id, ts: None,
+                 on_heartbeat: Callable[[int, object, object], None] = lambda peer_id, ts, probe: None,
                  delay_s: Callable[[int], float] = lambda peer_id: 0.0) -> None:
         self.node_id = node_id
         self.secret = secret
@@ -331,7 +331,7 @@ class PeerNetwork:
             elif kind == HELLO:
                 self._on_hello(conn, frame)
             elif kind == HEARTBEAT:
-                self.on_heartbeat(conn.peer_id, frame[1] if len(frame) > 1 else None)
+                self.on_heartbeat(conn.peer_id, frame[1] if len(frame) > 1 else None, frame[2] if len(frame) > 2 else None)
             elif kind == REJECT:
                 reason = frame[1] if len(frame) > 1 and isinstance(frame[1], str) else "no reason given"
                 self._drop(conn, "peer refused us: %s" % reason)

@@ -123,6 +123,17 @@ def test_nodes_are_up_when_they_answered_or_are_connected_else_down():
     ]
 
 
+def test_the_clock_column_shows_offsets_and_a_node_that_stopped_serving():
+    clock = {"serving": False, "reason": "this node's clock is off",
+             "offsets": {"2": {"offset_ms": 812.5, "uncertainty_ms": 3.0, "far": True},
+                         "3": {"offset_ms": -1.25, "uncertainty_ms": 0.5, "far": False}}}
+    nodes, _ = status_rows({**STATUS, "clock": clock})
+    cells = {n.node_id: n.clock for n in nodes}
+    assert cells == {1: "NOT SERVING: this node's clock is off", 2: "+812.5 ms ± 3.0 (beyond max offset)",
+                     3: "-1.2 ms ± 0.5"}
+    assert {n.clock for n in status_rows(STATUS)[0]} == {""}     # an older server says nothing
+
+
 def test_ranges_are_in_key_order_with_replica_regions_and_leader():
     _, ranges = status_rows(STATUS)
     shown = [(r.range_id, r.span, r.replicas, r.leader, r.size, r.applied_index) for r in ranges]
@@ -151,6 +162,8 @@ def test_a_node_not_yet_formed_shows_itself_alone():
         ({**STATUS, "members": {"x": {}}}, "a members key must be a node id"),
         ({**STATUS, "ranges": [{"range_id": 9, "start": "k"}]}, "range 9: start must be bytes"),
         ({**STATUS, "ranges": [{"range_id": 9, "start": b"k", "bytes": -1}]}, "range 9: bytes"),
+        ({**STATUS, "clock": []}, "clock must be a map"),
+        ({**STATUS, "clock": {"offsets": {"2": {"offset_ms": "x"}}}}, "clock.offsets"),
     ],
 )
 def test_a_status_in_an_unexpected_shape_is_a_format_error_not_a_crash(status, complaint):

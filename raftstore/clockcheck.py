@@ -1,0 +1,109 @@
+"""Clock offset to each peer, and whether this node's clock is fit to serve (DESIGN.md, HLC).
+
+A node's HLC rejects a remote timestamp more than `max_offset` ahead, but that alone lets a node
+whose clock runs far *ahead* keep issuing timestamps nobody else would accept, and lets a node
+far behind keep serving reads at stale timestamps. So every node measures its offset to each
+peer and stops serving clients when it is too far from a majority of them.
+
+Measurement (NTP's four timestamps, on the node heartbeats that flow both ways anyway): a
+heartbeat carries the sender's physical send time `t`, and echoes the `t` of the last heartbeat
+it received from the receiver together with the sender's physical time of receiving it. For my
+heartbeat sent at T1 (my clock), received at T2 (peer's clock), and the peer's heartbeat sent at
+T3 (peer's clock) that echoes it, received at T4 (my clock):
+
+    offset = ((T2 - T1) + (T3 - T4)) / 2        (peer's clock minus mine)
+    rtt    = (T4 - T1) - (T3 - T2)              (time on the wire, both ways)
+
+and the true offset lies within offset ± rtt/2 whatever the split of the delay between the two
+directions. A peer is *far* only when that whole interval lies beyond `max_offset`, so network
+delay never makes a healthy node look far. Measurements older than `stale_s` are ignored
+(a peer that stopped talking says nothing about our clock).
+
+Decision: this node stops serving when it is far from more than half of the peers it has a
+fresh measurement for. With three nodes and one clock off, the off node is far from both others
+and stops; each of the others is far from one of two and keeps serving. With only two nodes
+talking and their clocks apart, neither can tell who is wrong and both stop (safe). Serving
+resumes by itself once the measurements are back within bounds.
+
+Everything here is pure: times come in as arguments, so tests drive it without a real clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["OffsetMonitor", "Measurement", "probe_is_valid"]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    offset_ns: int          # peer's clock minus ours
+    uncertainty_ns: int     # rtt / 2
+    at: float               # our monotonic time of the measurement
+
+    def far(self, max_offset_ns: int) -> bool:
+        return abs(self.offset_ns) - self.uncertainty_ns > max_offset_ns
+
+
+def probe_is_valid(probe: object) -> bool:
+    """A heartbeat's clock probe: {"t": int, "echo_t": int | None, "echo_rx": int | None}."""
+    if not isinstance(probe, dict) or not isinstance(probe.get("t"), int):
+        return False
+    echo_t, echo_rx = probe.get("echo_t"), probe.get("echo_rx")
+    return (echo_t is None and echo_rx is None) or (isinstance(echo_t, int) and isinstance(echo_rx, int))
+
+
+class OffsetMonitor:
+    """Per-peer clock offsets from heartbeat probes, and the serve / stop-serving decision."""
+
+    def __init__(self, max_offset_ns: int, stale_s: float = 10.0) -> None:
+        self.max_offset_ns = max_offset_ns
+        self.stale_s = stale_s
+        self.measurements: dict[int, Measurement] = {}
+        self._last_from: dict[int, tuple[int, int]] = {}   # peer -> (its send time t, our receive time)
+        self._sent: dict[int, int] = {}                    # peer -> send time of our last probe to it
+
+    def probe_for(self, peer_id: int, now_ns: int) -> dict:
+        """The probe to put in our next heartbeat to peer_id (sent at physical time now_ns)."""
+        self._sent[peer_id] = now_ns
+        echo = self._last_from.get(peer_id)
+        return {"t": now_ns, "echo_t": echo[0] if echo else None, "echo_rx": echo[1] if echo else None}
+
+    def on_probe(self, peer_id: int, probe: dict, now_ns: int, mono: float) -> Measurement | None:
+        """A heartbeat from peer_id carrying `probe` arrived at physical time now_ns (monotonic
+        `mono`). Returns the new measurement, if the probe completes one."""
+        self._last_from[peer_id] = (probe["t"], now_ns)
+        t1, t2, t3, t4 = probe["echo_t"], probe["echo_rx"], probe["t"], now_ns
+        # The echo must be of a probe we really sent it (not forged, not from before a restart).
+        if t1 is None or t1 > t4 or t1 < t4 - int(self.stale_s * 1e9) or t3 < t2:
+            return None
+        rtt = (t4 - t1) - (t3 - t2)
+        if rtt < 0:
+            return None
+        # rtt // 2 + 1: the halving rounds, so the interval is widened by the rounding error.
+        m = Measurement(offset_ns=((t2 - t1) + (t3 - t4)) // 2, uncertainty_ns=rtt // 2 + 1, at=mono)
+        self.measurements[peer_id] = m
+        return m
+
+    def fresh(self, mono: float) -> dict[int, Measurement]:
+        return {p: m for p, m in self.measurements.items() if mono - m.at <= self.stale_s}
+
+    def far_peers(self, mono: float) -> list[int]:
+        return sorted(p for p, m in self.fresh(mono).items() if m.far(self.max_offset_ns))
+
+    def unfit_reason(self, mono: float) -> str | None:
+        """Why this node must not serve now, or None if its clock is fit."""
+        fresh = self.fresh(mono)
+        far = self.far_peers(mono)
+        if not far or 2 * len(far) <= len(fresh):
+            return None
+        worst = max((fresh[p] for p in far), key=lambda m: abs(m.offset_ns))
+        return ("this node's clock is more than the maximum offset (%d ms) away from %d of the %d "
+                "peers it hears from (up to %+d ms, theirs minus ours); it stops serving until its "
+                "clock is fixed" % (self.max_offset_ns // 1_000_000, len(far), len(fresh),
+                                    worst.offset_ns // 1_000_000))
+
+    def status(self, mono: float) -> dict:
+        return {str(p): {"offset_ms": round(m.offset_ns / 1e6, 3), "uncertainty_ms": round(m.uncertainty_ns / 1e6, 3),
+                         "far": m.far(self.max_offset_ns)}
+                for p, m in sorted(self.fresh(mono).items())}

@@ -1,0 +1,134 @@
+"""Clock offsets from heartbeat probes, and the stop-serving decision (raftstore.clockcheck).
+
+The pure part runs two simulated nodes whose clocks differ by a chosen offset, with chosen
+one-way delays each way; the cluster part starts real nodes, one with its clock skewed."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from raftstore.clockcheck import OffsetMonitor, probe_is_valid
+from raftstore.errors import UnavailableError
+
+MS = 1_000_000
+MAX = 500 * MS
+
+
+def exchange(offset_ns: int, there_ns: int, back_ns: int, gap_ns: int = 100 * MS, base: int = 10**18):
+    """Node A (true time = A's clock) probes B, whose clock reads true time + offset_ns; B
+    answers gap_ns later. Returns A's monitor after B's answer arrived."""
+    a, b = OffsetMonitor(MAX), OffsetMonitor(MAX)
+    t = base
+    probe = a.probe_for(2, t)                                  # A sends at true time t
+    assert b.on_probe(1, probe, t + there_ns + offset_ns, 0.0) is None   # first contact: nothing echoed
+    reply = b.probe_for(1, t + there_ns + gap_ns + offset_ns)  # B answers gap later, in its clock
+    m = a.on_probe(2, reply, t + there_ns + gap_ns + back_ns, 1.0)
+    return a, m
+
+
+@given(offset=st.integers(-5_000 * MS, 5_000 * MS), there=st.integers(0, 400 * MS), back=st.integers(0, 400 * MS),
+       gap=st.integers(0, 300 * MS))
+@settings(max_examples=300, deadline=None)
+def test_the_true_offset_lies_within_the_measured_interval(offset, there, back, gap):
+    _, m = exchange(offset, there, back, gap)
+    assert m is not None
+    assert abs(m.offset_ns - offset) <= m.uncertainty_ns
+    assert m.uncertainty_ns == (there + back) // 2 + 1
+
+
+@given(offset=st.integers(-MAX, MAX), there=st.integers(0, 2_000 * MS), back=st.integers(0, 2_000 * MS))
+@settings(max_examples=300, deadline=None)
+def test_delay_never_makes_a_clock_within_bounds_look_far(offset, there, back):
+    _, m = exchange(offset, there, back)
+    assert not m.far(MAX)
+
+
+def test_a_clock_beyond_bounds_is_far_when_the_delay_is_small():
+    for offset in (-800 * MS, 800 * MS):
+        _, m = exchange(offset, 30 * MS, 40 * MS)
+        assert m.far(MAX)
+
+
+def _monitor_with(offsets_ms: dict[int, int], at: float = 1.0) -> OffsetMonitor:
+    mon = OffsetMonitor(MAX)
+    for peer, off in offsets_ms.items():
+        _, m = exchange(off * MS, 5 * MS, 5 * MS)
+        mon.measurements[peer] = type(m)(m.offset_ns, m.uncertainty_ns, at)
+    return mon
+
+
+def test_a_node_stops_serving_only_when_far_from_a_majority_of_its_peers():
+    assert _monitor_with({2: 900, 3: 950}).unfit_reason(1.0) is not None      # off from both: stop
+    assert _monitor_with({2: 0, 3: 950}).unfit_reason(1.0) is None            # one of two: keep serving
+    assert _monitor_with({2: -700, 3: 10, 4: -800, 5: -900}).unfit_reason(1.0) is not None   # 3 of 4
+    assert _monitor_with({2: -700, 3: 10, 4: -800, 5: 20}).unfit_reason(1.0) is None         # 2 of 4
+    assert _monitor_with({}).unfit_reason(1.0) is None
+    reason = _monitor_with({2: 900, 3: 950}).unfit_reason(1.0)
+    assert "maximum offset (500 ms)" in reason and "2 of the 2" in reason
+
+
+def test_old_measurements_are_forgotten():
+    mon = _monitor_with({2: 900, 3: 950}, at=1.0)
+    assert mon.unfit_reason(1.0 + mon.stale_s) is not None
+    assert mon.unfit_reason(1.0 + mon.stale_s + 0.1) is None
+
+
+def test_a_probe_that_echoes_nothing_we_sent_is_ignored():
+    a = OffsetMonitor(MAX)
+    now = 10**18
+    # Echo from the future, from long ago, and a reply sent before it was received.
+    assert a.on_probe(2, {"t": now, "echo_t": now + MS, "echo_rx": now}, now, 0.0) is None
+    assert a.on_probe(2, {"t": now, "echo_t": now - 3600 * 10**9, "echo_rx": now}, now, 0.0) is None
+    assert a.on_probe(2, {"t": now - MS, "echo_t": now - 2 * MS, "echo_rx": now}, now, 0.0) is None
+    assert a.measurements == {}
+    for bad in (None, [], {"t": "x"}, {"t": 1, "echo_t": 2}, {"t": 1, "echo_t": "a", "echo_rx": 3}):
+        assert not probe_is_valid(bad)
+    assert probe_is_valid({"t": 1, "echo_t": None, "echo_rx": None})
+
+
+# --- real nodes ------------------------------------------------------------------------------------
+
+def _clock(cluster, node) -> dict:
+    with cluster.client(node) as c:
+        return c.status()["clock"]
+
+
+def _wait(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting for " + what)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("skew_ms", [2000, -2000])
+def test_a_node_whose_clock_is_off_stops_serving_and_the_others_go_on(tmp_path, skew_ms):
+    from cluster import Cluster
+
+    from raftstore.cli import CLOCK_SKEW_ENV
+
+    with Cluster(str(tmp_path), node_env={3: {CLOCK_SKEW_ENV: str(skew_ms)}}) as cluster:
+        cluster.wait_leader()
+        n1, n2, n3 = cluster.nodes
+        _wait(lambda: not _clock(cluster, n3)["serving"], 30, "n3 to stop serving")
+        clock = _clock(cluster, n3)
+        assert "maximum offset" in clock["reason"]
+        for peer in ("1", "2"):
+            assert clock["offsets"][peer]["far"]
+            assert abs(clock["offsets"][peer]["offset_ms"] + skew_ms) < 200   # theirs minus ours
+        with cluster.client(n3, timeout_s=3.0) as c:
+            with pytest.raises(UnavailableError, match="clock"):
+                c.put(b"through-n3", b"x")
+        for node in (n1, n2):
+            assert _clock(cluster, node)["serving"]
+            assert not _clock(cluster, node)["offsets"]["%d" % (3 - node.node_id)]["far"]   # n1 and n2 agree
+        with cluster.client(n3, n1) as c:            # a client that knows another node moves on
+            c.put(b"k", b"v")
+        with cluster.client(n2) as c:
+            assert c.get(b"k") == b"v"
