@@ -5,7 +5,6 @@ one-way delays each way; the cluster part starts real nodes, one with its clock 
 
 from __future__ import annotations
 
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -97,26 +96,17 @@ def _clock(cluster, node) -> dict:
         return c.status()["clock"]
 
 
-def _wait(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting for " + what)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("skew_ms", [2000, -2000])
 def test_a_node_whose_clock_is_off_stops_serving_and_the_others_go_on(tmp_path, skew_ms):
-    from cluster import Cluster
+    from cluster import Cluster, wait_until
 
     from raftstore.cli import CLOCK_SKEW_ENV
 
     with Cluster(str(tmp_path), node_env={3: {CLOCK_SKEW_ENV: str(skew_ms)}}) as cluster:
         cluster.wait_leader()
         n1, n2, n3 = cluster.nodes
-        _wait(lambda: not _clock(cluster, n3)["serving"], 30, "n3 to stop serving")
+        wait_until(lambda: not _clock(cluster, n3)["serving"], 30, "n3 to stop serving")
         clock = _clock(cluster, n3)
         assert "maximum offset" in clock["reason"]
         for peer in ("1", "2"):

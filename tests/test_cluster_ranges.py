@@ -7,22 +7,13 @@ import time
 
 import pytest
 
-from cluster import Cluster
+from cluster import Cluster, wait_until
 from test_cluster_kv import Writers, _all_raw_keys, assert_every_node_has
 
 
 def _ranges(cluster, node):
     with cluster.client(node) as c:
         return [r for r in c.status()["ranges"] if r["range_id"] != 1]
-
-
-def _wait(predicate, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting for " + what)
 
 
 @pytest.mark.slow
@@ -33,18 +24,18 @@ def test_ten_thousand_keys_split_into_ranges_and_survive_kill9(tmp_path):
     with Cluster(str(tmp_path), extra_args=["--range-max-bytes", "20000"]) as cluster:
         cluster.wait_leader()
         with Writers(cluster, count=6) as writers:
-            _wait(lambda: len(writers.acked) >= 5000, 300, "5000 acknowledged writes")
+            wait_until(lambda: len(writers.acked) >= 5000, 300, "5000 acknowledged writes")
             # The leader of the busiest range: the one holding the most recent keys.
             ranges = _ranges(cluster, cluster.nodes[0])
             busy = max(ranges, key=lambda r: r["applied_index"])
             victim = cluster.node(busy["leader"])
             killed_at = time.monotonic()
             cluster.kill9(victim)
-            _wait(lambda: any(t > killed_at + 0.05 for t in list(writers.ack_times)), 5.0 + 3.0,
+            wait_until(lambda: any(t > killed_at + 0.05 for t in list(writers.ack_times)), 5.0 + 3.0,
                   "writes to resume after kill -9 of r%d's leader" % busy["range_id"])
             resumed = min(t for t in writers.ack_times if t > killed_at + 0.05) - killed_at
             assert resumed <= 5.0, "writes resumed %.2f s after the kill" % resumed
-            _wait(lambda: len(writers.acked) >= 10_000, 300, "10000 acknowledged writes")
+            wait_until(lambda: len(writers.acked) >= 10_000, 300, "10000 acknowledged writes")
         acked = dict(writers.acked)
         cluster.start(victim)
         cluster.wait_leader()
@@ -79,6 +70,6 @@ def test_a_node_that_missed_compacted_log_catches_up_by_snapshot(tmp_path):
                 return _all_raw_keys(cluster, stopped) == expected
             except Exception:
                 return False
-        _wait(caught_up, 60, "the restarted node to serve every key")
+        wait_until(caught_up, 60, "the restarted node to serve every key")
         installed = sum(r.get("snapshots_installed", 0) for r in _ranges(cluster, stopped))
         assert installed > 0, "the restarted node caught up without any snapshot"
