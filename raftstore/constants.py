@@ -7,6 +7,13 @@ limits line up. Anything that queues, loops, retries or frames has its bound her
 # --- Raft commands -------------------------------------------------------------------------
 command_bytes_max = 512 * 1024          # a replicated command larger than this is refused
 command_id_bytes = 16                   # random id that makes a retried proposal apply once
+# A range remembers the outcome of each command id for its last dedup_window_entries log
+# entries (forgotten in steps of dedup_forget_every_entries, at the same index on every
+# replica). A retry is deduplicated while its first attempt is inside the window: at 1,000
+# writes/s to one range that is over 3 minutes, far beyond a client's retry deadline (15 s by
+# default). Bounds the dedup table at about 100 bytes x 200,000 per range.
+dedup_window_entries = 200_000
+dedup_forget_every_entries = 1_000
 proposal_timeout_s = 10.0               # a proposal with no outcome by then fails as ambiguous
 proposals_in_flight_max = 10_000        # per group; beyond it a proposal is refused at once
 

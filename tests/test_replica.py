@@ -1,0 +1,43 @@
+"""RangeReplica on a real SQLite MVCC store: the outcomes it keeps for retried commands."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from raftstore import constants
+from raftstore.mvcc import MVCCStore
+from raftstore.raft.commands import Command
+from raftstore.ranges import FIRST_DATA_RANGE_ID, bootstrap_descriptors, local_desc_key
+from raftstore.replica import RangeReplica, desc_ts
+
+
+@pytest.fixture
+def replica(tmp_path):
+    store = MVCCStore(os.path.join(tmp_path, "store.sqlite"))
+    store.write_local([(local_desc_key(d.range_id), desc_ts(d), d.encode()) for d in bootstrap_descriptors([1, 2, 3])])
+    yield RangeReplica(store, FIRST_DATA_RANGE_ID)
+    store.close()
+
+
+def _cid(i: int) -> bytes:
+    return i.to_bytes(constants.command_id_bytes, "big")
+
+
+def test_outcomes_are_forgotten_only_beyond_the_window_at_the_same_indexes_everywhere(replica, monkeypatch):
+    monkeypatch.setattr(constants, "dedup_window_entries", 50)
+    monkeypatch.setattr(constants, "dedup_forget_every_entries", 10)
+    for index in range(1, 131):
+        replica.apply(index, Command(_cid(index), "put", {"key": b"k%04d" % index, "value": b"v", "ts": [index, 0]}))
+    # At index 130 everything below 130 - 50 = 80 was forgotten; 80..130 are still known.
+    known = [i for i in range(1, 131) if replica.result_of(_cid(i))[0]]
+    assert known == list(range(80, 131))
+    found, outcome = replica.result_of(_cid(100))
+    assert found and outcome[0] is True and outcome[1]["ts"] == [100, 0]
+
+
+def test_with_the_default_window_recent_outcomes_stay(replica):
+    for index in range(1, 2001):
+        replica.apply(index, Command(_cid(index), "put", {"key": b"k%04d" % index, "value": b"v", "ts": [index, 0]}))
+    assert all(replica.result_of(_cid(i))[0] for i in (1, 1000, 2000))
