@@ -516,6 +516,20 @@ class MVCCStore:
             )
             return cursor.rowcount
 
+    def copy_command_results(self, from_range_id: int, to_range_id: int) -> int:
+        """Give to_range_id the outcomes from_range_id remembers (at raft_index 0: older than
+        any entry of its own log), keeping any it already has; returns how many were copied.
+        For a split: a retry of a command applied before the split is routed by its key to
+        either half, and must find its outcome there."""
+        _check_int("from_range_id", from_range_id)
+        _check_int("to_range_id", to_range_id)
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            return conn.execute(
+                "INSERT OR IGNORE INTO command_results (range_id, command_id, raft_index, result)"
+                " SELECT ?, command_id, 0, result FROM command_results WHERE range_id = ?",
+                (to_range_id, from_range_id),
+            ).rowcount
+
     def delete_range_state(self, range_id: int) -> None:
         """Forget a range that left this node: its applied index/term and command results.
         Its versions are not touched (the store does not know the span): delete them with

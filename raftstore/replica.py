@@ -224,6 +224,8 @@ class RangeReplica:
         existing = read_local_descriptor(self.store, new_id)
         if existing is None:
             writes.append((local_desc_key(right.range_id), desc_ts(right), right.encode()))
+            # Before the split commits (a crash in between leaves rows for an id never used).
+            self.store.copy_command_results(self.range_id, new_id)
         result = {"left": left.to_wire(), "right": right.to_wire()}
         self._finish(index, command, writes, result)
         self.desc = left

@@ -41,3 +41,15 @@ def test_with_the_default_window_recent_outcomes_stay(replica):
     for index in range(1, 2001):
         replica.apply(index, Command(_cid(index), "put", {"key": b"k%04d" % index, "value": b"v", "ts": [index, 0]}))
     assert all(replica.result_of(_cid(i))[0] for i in (1, 1000, 2000))
+
+
+def test_after_a_split_both_halves_know_the_outcomes_of_earlier_commands(replica):
+    for index in range(1, 11):
+        replica.apply(index, Command(_cid(index), "put", {"key": b"k%04d" % index, "value": b"v", "ts": [index, 0]}))
+    replica.apply(11, Command(_cid(11), "split", {"split_key": b"k0005", "new_range_id": 7, "generation": 0,
+                                                  "ts": [11, 0]}))
+    right = RangeReplica(replica.store, 7)
+    assert right.desc.start == b"k0005"
+    for i in range(1, 11):            # a retry of any of them is routed to one half or the other
+        assert replica.result_of(_cid(i)) == right.result_of(_cid(i))
+        assert right.result_of(_cid(i))[1][1]["ts"] == [i, 0]
