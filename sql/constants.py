@@ -26,3 +26,11 @@ PARAMS_MAX = 65535  # as PostgreSQL's wire protocol
 INT_MIN = -(1 << 63)
 INT_MAX = (1 << 63) - 1
 ROWID_BITS = 63
+
+# Schema descriptor leases (sql/leases.py). Every node of a cluster must run with the same values.
+SCHEMA_LEASE_S = 2.0  # a cached table descriptor is used at most this long after its read was sent
+SCHEMA_LEASE_MARGIN_S = 0.25  # taken off a lease and added to DROP's wait: clock-rate skew, scheduling
+SCHEMA_LEASE_ENTRIES_MAX = 10_000  # cached descriptors per process (oldest dropped beyond this)
+DROP_MARKER_STALE_S = 10.0  # a drop marker this old (wall clock of its writer) is finished by the next DDL
+DROP_MARKER_POLL_S = 0.2  # how often a DDL that met a live drop marker re-reads the name
+DDL_STEP_COUNT_MAX = 1000  # catalog re-reads of one DDL waiting for a drop in progress on its name

@@ -6,9 +6,10 @@ blocking KV interface (get / scan / put / delete / cas / ranges_for / regions), 
 code runs on a gateway node, in a test against sql/memkv.py, or in a differential harness.
 
 Flow per `execute`: parse (cached per text) -> look up the plan cached for this text and check
-that every table it uses still has the same stored schema bytes (one catalog get per table;
-a schema change on any node is seen by the next statement on every node) -> bind parameters
--> run the plan's range operations -> evaluate on top -> Result.
+that every table it uses still has the same schema bytes, taken from the process's schema
+leases (sql/leases.py) or, on a miss, read from the catalog (one get per table, then leased
+for the lease period) -> bind parameters -> run the plan's range operations -> evaluate on
+top -> Result. DDL reads the catalog itself, never through the leases.
 
 Writes and their limits (until the transactions issue): a statement is not atomic across
 keys. What we guarantee instead: every row of a statement is computed and checked (types,
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import random
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,14 +37,13 @@ from sql.catalog import (
     TableSchema,
     catalog_key,
     create_table,
-    decode_schema,
-    delete_rows,
+    decode_entry,
+    drop_tables,
     list_tables,
     read_table,
     table_span,
 )
 from sql.constants import (
-    DELETE_BATCH_ROWS,
     PLAN_CACHE_ENTRIES_MAX,
     ROW_CAS_RETRY_COUNT_MAX,
     ROWID_BITS,
@@ -53,6 +54,7 @@ from sql.constants import (
 from sql.dialect import Statement, identifier_name, node_position, parse
 from sql.errors import SQLError
 from sql.explain import explain_ops, pretty_key
+from sql.leases import SchemaLeases
 from sql.expr import UNBOUND, EvalContext, accumulate, aggregate_result, new_accumulator
 from sql.plan import (
     AccessPath,
@@ -69,7 +71,7 @@ from sql.plan import (
 )
 from sql.rowcodec import decode_row, encode_row, key_for_row
 
-__all__ = ["Result", "Session"]
+__all__ = ["Result", "Session", "SystemTimer"]
 
 
 @dataclass
@@ -100,12 +102,26 @@ def _wall_clock() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
 
 
+class SystemTimer:
+    """The real time source of schema leases and DDL waits (sql.catalog.Timer)."""
+
+    monotonic = staticmethod(time.monotonic)
+    wall_ns = staticmethod(time.time_ns)
+    sleep = staticmethod(time.sleep)
+
+
 class Session:
     """A SQL session over a KV (see the module docstring for the KV contract).
 
     `clock` returns the statement time as a naive UTC datetime (now(), DEFAULT now()); `rng`
     draws hidden rowids. Both default to the real thing; tests pass fakes. Not thread-safe:
-    one session per connection.
+    one statement at a time per session.
+
+    `leases` is the process's schema lease cache, shared by all its sessions (thread-safe);
+    every node of a cluster must run with the same lease period, since DROP waits for the
+    leases the other nodes hold. None: no caching and no waiting (`SchemaLeases(0)`), right
+    only when no other process reaches the KV. `timer` gives leases and DDL their time
+    (monotonic, wall, sleep); default SystemTimer.
     """
 
     def __init__(
@@ -115,8 +131,12 @@ class Session:
         clock: Callable[[], _dt.datetime] | None = None,
         rng: random.Random | None = None,
         plan_cache_entries: int = PLAN_CACHE_ENTRIES_MAX,
+        leases: SchemaLeases | None = None,
+        timer=None,
     ):
         self.kv = kv
+        self._leases = leases if leases is not None else SchemaLeases(lease_s=0)
+        self._timer = timer or SystemTimer()
         self._clock = clock or _wall_clock
         self._rng = rng or random.SystemRandom()
         self._cache: OrderedDict[str, _CacheEntry] = OrderedDict()
@@ -183,18 +203,31 @@ class Session:
     def _plan(self, statement: Statement):
         entry = self._cache.get(statement.text)
         names = entry.names if entry is not None else tables_named(statement)
-        current = {name: self.kv.get(catalog_key(name)) for name in names}
+        schemas = {name: self._schema(name) for name in names}
+        current = {name: (s.raw if s is not None else None) for name, s in schemas.items()}
         if entry is not None and entry.schema_bytes == current:
             self._cache.move_to_end(statement.text)
             return entry.plan
-        schemas = {name: (decode_schema(raw) if raw is not None else None)
-                   for name, raw in current.items()}
         plan = plan_statement(statement, schemas)
         self._cache[statement.text] = _CacheEntry(names, current, plan)
         self._cache.move_to_end(statement.text)
         while len(self._cache) > self._cache_entries_max:
             self._cache.popitem(last=False)
         return plan
+
+    def _schema(self, name: str) -> TableSchema | None:
+        """The live schema of `name`: leased, or read from the catalog (and then leased).
+        Misses and tables being dropped are never cached (sql/leases.py, rule 2)."""
+        leased = self._leases.get(name, self._timer.monotonic())
+        if leased is not None:
+            return leased
+        sent_at = self._timer.monotonic()  # before the read: the lease counts from here
+        entry = decode_entry(self.kv.get(catalog_key(name)))
+        if isinstance(entry, TableSchema):
+            self._leases.put(name, entry, sent_at)
+            return entry
+        self._leases.forget(name)
+        return None
 
     def _new_rowid(self) -> int:
         return self._rng.getrandbits(ROWID_BITS)
@@ -209,7 +242,8 @@ class Session:
         if isinstance(plan, DeletePlan):
             return self._delete(plan, ctx)
         if isinstance(plan, CreateTablePlan):
-            create_table(self.kv, plan.name, plan.columns, plan.pk, plan.if_not_exists)
+            create_table(self.kv, plan.name, plan.columns, plan.pk, plan.if_not_exists,
+                         self._timer, self._leases.drop_wait_s)
             self._cache.clear()
             return Result(status="CREATE TABLE", rowcount=-1)
         if isinstance(plan, DropTablePlan):
@@ -523,23 +557,13 @@ class Session:
         return Result(rowcount=len(doomed), status=f"DELETE {len(doomed)}")
 
     def _drop(self, plan: DropTablePlan) -> Result:
-        schemas = []
-        for name in plan.names:
-            schema = read_table(self.kv, name)
-            if schema is None:
-                if plan.if_exists:
-                    continue
-                raise SQLError(
-                    "undefined_table",
-                    f'table "{name}" does not exist; SHOW TABLES lists the tables (or use DROP '
-                    "TABLE IF EXISTS)",
-                )
-            schemas.append(schema)
-        for schema in schemas:
-            # Catalog entry first: from here on no statement can reach the rows.
-            self.kv.delete(catalog_key(schema.name))
-            delete_rows(self.kv, schema.id, DELETE_BATCH_ROWS)
-        self._cache.clear()
+        # Acknowledged only once no node can still use the schemas (sql/catalog.py).
+        try:
+            drop_tables(self.kv, plan.names, plan.if_exists, self._timer, self._leases.drop_wait_s)
+        finally:
+            for name in plan.names:
+                self._leases.forget(name)
+            self._cache.clear()
         return Result(status="DROP TABLE", rowcount=-1)
 
     # --- SHOW and EXPLAIN ------------------------------------------------------------------------
