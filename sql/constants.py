@@ -42,3 +42,4 @@ DDL_STEP_COUNT_MAX = 1000  # catalog re-reads of one DDL waiting for a drop in p
 GATEWAY_THREADS = 128
 GATEWAY_SESSIONS_IDLE_MAX = 128  # idle sessions (each with its plan cache) kept for reuse
 GATEWAY_KV_CALL_TIMEOUT_S = 120.0  # one KV call of a statement (proposals time out well before)
+GATEWAY_KV_FANOUT_MAX = 64  # KV calls one statement has in flight at once (multi-row INSERT)

@@ -16,8 +16,11 @@ keys. What we guarantee instead: every row of a statement is computed and checke
 NOT NULL, duplicate keys, existing keys for INSERT) before the first write; a plain INSERT
 writes each row with ``cas(key, None, row)``, so two concurrent INSERTs of one key cannot both
 succeed; UPDATE / ON CONFLICT / UPSERT rewrite each row with ``cas(old, new)`` and re-read and
-re-apply on a lost race. If a concurrent writer makes a later write of the same statement fail,
-the rows it already inserted are deleted again (best effort) and the error is raised.
+re-apply on a lost race. If a concurrent writer makes a write of the same statement fail,
+the rows it already inserted are deleted again (best effort) and the error is raised. A
+multi-row INSERT looks up all its keys at once and then CASes all its rows at once when the KV
+offers `get_many` / `cas_many` (a node's NodeKV does: two round trips, not two per row); the
+error reported is still the first in statement order.
 
 Errors: SQLError for the statement's own faults; raftstore errors from the KV propagate
 unchanged (not wrapped), so "unavailable" stays distinguishable from bad SQL.
@@ -385,32 +388,44 @@ class Session:
         check_existing = plan.mode == "insert" and count > 1
         seen: set[bytes] = set()
         unique: list[tuple[bytes, list, bool]] = []
+        first_error: SQLError | None = None
         for i in range(count):
-            provided = provided_rows[i] if provided_rows is not None else plan.provided_row(i, ctx)
-            row, generated = plan.complete_row(provided, ctx)
-            key = key_for_row(schema, row)
-            if key in seen:
-                if plan.mode == "do_nothing":
-                    continue
-                if plan.mode == "insert":
-                    raise _duplicate_key(schema, row)
-                raise SQLError(
-                    "unique_violation",
-                    f"{'UPSERT' if plan.mode == 'upsert' else 'ON CONFLICT DO UPDATE'} cannot "
-                    f"affect row {_pk_text(schema, row)} a second time in one statement; "
-                    "remove the duplicate",
-                )
+            try:
+                provided = provided_rows[i] if provided_rows is not None else plan.provided_row(i, ctx)
+                row, generated = plan.complete_row(provided, ctx)
+                key = key_for_row(schema, row)
+                if key in seen:
+                    if plan.mode == "do_nothing":
+                        continue
+                    if plan.mode == "insert":
+                        raise _duplicate_key(schema, row)
+                    raise SQLError(
+                        "unique_violation",
+                        f"{'UPSERT' if plan.mode == 'upsert' else 'ON CONFLICT DO UPDATE'} cannot "
+                        f"affect row {_pk_text(schema, row)} a second time in one statement; "
+                        "remove the duplicate",
+                    )
+            except SQLError as error:
+                if not check_existing:
+                    raise
+                first_error = error  # reported unless an earlier row's key already exists
+                break
             seen.add(key)
-            if check_existing and not generated and self.kv.get(key) is not None:
-                raise _duplicate_key(schema, row)
             unique.append((key, row, generated))
+        if check_existing:
+            # Every row's key is looked up at once (one round trip, not one per row); the error
+            # reported is still the first in statement order, as if checked row by row.
+            given = [(key, row) for key, row, generated in unique if not generated]
+            for (key, row), raw in zip(given, self._get_many([key for key, _ in given])):
+                if raw is not None:
+                    raise _duplicate_key(schema, row)
+            if first_error is not None:
+                raise first_error
         if plan.mode == "insert":
             written = self._insert_new(schema, unique)
         elif plan.mode == "do_nothing":
-            written = 0
-            for key, row, _ in unique:
-                if self.kv.cas(key, None, encode_row(schema, row)):
-                    written += 1
+            written = sum(self._cas_many([(key, None, encode_row(schema, row))
+                                          for key, row, _ in unique]))
         else:
             written = self._upsert(plan, unique, ctx)
         return Result(rowcount=written, status=f"{verb} {written}")
@@ -430,21 +445,45 @@ class Session:
         ]
 
     def _insert_new(self, schema: TableSchema, rows: list[tuple[bytes, list, bool]]) -> int:
+        """``cas(key, absent, row)`` for every row at once; a generated rowid that collides is
+        redrawn and retried. If a given key was taken meanwhile, what this statement wrote is
+        deleted again (best effort) and the first such row, in statement order, is reported."""
         written: list[bytes] = []
-        for key, row, generated in rows:
-            attempts = ROWID_RETRY_COUNT_MAX if generated else 1
-            for _ in range(attempts):
-                if self.kv.cas(key, None, encode_row(schema, row)):
+        pending = rows
+        for attempt in range(ROWID_RETRY_COUNT_MAX):
+            swapped = self._cas_many([(key, None, encode_row(schema, row)) for key, row, _ in pending])
+            retry: list[tuple[bytes, list, bool]] = []
+            lost = None
+            for (key, row, generated), ok in zip(pending, swapped):
+                if ok:
                     written.append(key)
-                    break
-                if generated:
+                elif generated and attempt + 1 < ROWID_RETRY_COUNT_MAX:
                     row[schema.pk_indexes[0]] = self._new_rowid()
-                    key = key_for_row(schema, row)
-            else:
+                    retry.append((key_for_row(schema, row), row, True))
+                elif lost is None:
+                    lost = row
+            if lost is not None:
                 for done in written:  # best effort: take back what this statement wrote
                     self.kv.delete(done)
-                raise _duplicate_key(schema, row)
+                raise _duplicate_key(schema, lost)
+            if not retry:
+                break
+            pending = retry
         return len(written)
+
+    def _get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        """``get`` of every key; concurrently if the KV offers ``get_many`` (a node does)."""
+        many = getattr(self.kv, "get_many", None)
+        if many is None or len(keys) < 2:
+            return [self.kv.get(key) for key in keys]
+        return many(keys)
+
+    def _cas_many(self, swaps: list[tuple[bytes, bytes | None, bytes]]) -> list[bool]:
+        """``cas`` of every (key, expected, new); concurrently if the KV offers ``cas_many``."""
+        many = getattr(self.kv, "cas_many", None)
+        if many is None or len(swaps) < 2:
+            return [self.kv.cas(key, expected, new) for key, expected, new in swaps]
+        return many(swaps)
 
     def _upsert(self, plan: InsertPlan, rows: list[tuple[bytes, list, bool]], ctx) -> int:
         schema = plan.schema

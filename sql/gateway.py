@@ -24,26 +24,58 @@ from typing import Any
 
 from raftstore.errors import AmbiguousCommitError, RaftstoreError, SqlError, UnavailableError
 from raftstore.raft.commands import Outcome, new_command_id
-from sql.constants import GATEWAY_KV_CALL_TIMEOUT_S, GATEWAY_SESSIONS_IDLE_MAX, GATEWAY_THREADS
+from sql.constants import (
+    GATEWAY_KV_CALL_TIMEOUT_S,
+    GATEWAY_KV_FANOUT_MAX,
+    GATEWAY_SESSIONS_IDLE_MAX,
+    GATEWAY_THREADS,
+)
 
 _TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 
 class NodeKV:
-    """The KV interface of sql.execute over a running node (blocking; call from a worker thread)."""
+    """The KV interface of sql.execute over a running node (blocking; call from a worker thread).
+    `get_many` / `cas_many` run their calls concurrently on the node loop (multi-row INSERT)."""
 
     def __init__(self, node, loop: asyncio.AbstractEventLoop) -> None:
         self.node, self.loop = node, loop
         self.max_ts = [0, 0]   # the highest timestamp seen since the last reset (per statement)
 
-    def _run(self, coro):
+    def _run(self, coro, rounds: int = 1):
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        timeout_s = GATEWAY_KV_CALL_TIMEOUT_S * rounds
         try:
-            return future.result(timeout=GATEWAY_KV_CALL_TIMEOUT_S)
+            return future.result(timeout=timeout_s)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            raise UnavailableError("a KV call of this statement got no answer in %.0f s" % GATEWAY_KV_CALL_TIMEOUT_S
-                                   ) from None
+            raise UnavailableError("a KV call of this statement got no answer in %.0f s" % timeout_s) from None
+
+    def _propose_many(self, op: str, calls: list[tuple[bytes, dict]], write: bool) -> list:
+        """Propose every (key, args) at once from the node loop, GATEWAY_KV_FANOUT_MAX in flight;
+        results in the order given. The first failure, in that order, is raised - after every
+        call has finished, so none is still running when the statement moves on."""
+        async def all_calls():
+            slots = asyncio.Semaphore(GATEWAY_KV_FANOUT_MAX)
+
+            async def one(key, args):
+                async with slots:
+                    return await self.node.propose_key(op, key, dict(args, key=key), new_command_id())
+            return await asyncio.gather(*(one(key, args) for key, args in calls), return_exceptions=True)
+        answers = self._run(all_calls(), rounds=-(-len(calls) // GATEWAY_KV_FANOUT_MAX))
+        results = []
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+            results.append(self._check(*answer, write))
+        return results
+
+    def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        return [r["value"] for r in self._propose_many("get", [(key, {}) for key in keys], False)]
+
+    def cas_many(self, swaps: list[tuple[bytes, bytes | None, bytes]]) -> list[bool]:
+        calls = [(key, {"expected": expected, "new": new}) for key, expected, new in swaps]
+        return [bool(r["swapped"]) for r in self._propose_many("cas", calls, True)]
 
     def _check(self, outcome: Outcome, result: Any, write: bool) -> Any:
         if outcome is Outcome.COMMITTED:
