@@ -140,6 +140,7 @@ class Session:
         self.kv = kv
         self._leases = leases if leases is not None else SchemaLeases(lease_s=0)
         self._timer = timer or SystemTimer()
+        self.renewals_due: list[str] = []
         self._clock = clock or _wall_clock
         self._rng = rng or random.SystemRandom()
         self._cache: OrderedDict[str, _CacheEntry] = OrderedDict()
@@ -221,9 +222,15 @@ class Session:
     def _schema(self, name: str) -> TableSchema | None:
         """The live schema of `name`: leased, or read from the catalog (and then leased).
         Misses and tables being dropped are never cached (sql/leases.py, rule 2)."""
-        leased = self._leases.get(name, self._timer.monotonic())
+        now = self._timer.monotonic()
+        leased = self._leases.get(name, now)
         if leased is not None:
+            if self._leases.claim_renewal(name, now):
+                self.renewals_due.append(name)
             return leased
+        return self._read_schema(name)
+
+    def _read_schema(self, name: str) -> TableSchema | None:
         sent_at = self._timer.monotonic()  # before the read: the lease counts from here
         entry = decode_entry(self.kv.get(catalog_key(name)))
         if isinstance(entry, TableSchema):
@@ -231,6 +238,22 @@ class Session:
             return entry
         self._leases.forget(name)
         return None
+
+    def take_renewals(self) -> list[str]:
+        """Names whose leases this session's statements found past half their life (and
+        claimed); the caller renews them with `renew_leases`, off the statement's path."""
+        names, self.renewals_due = self.renewals_due, []
+        return names
+
+    def renew_leases(self, names: list[str]) -> None:
+        """Read the catalog for each claimed name and lease what it finds. KV errors pass
+        through; the claims are released either way."""
+        try:
+            for name in names:
+                self._read_schema(name)
+        finally:
+            for name in names:
+                self._leases.renewed(name)
 
     def _new_rowid(self) -> int:
         return self._rng.getrandbits(ROWID_BITS)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime
+import logging
 import threading
 import weakref
 from typing import Any
@@ -32,6 +33,8 @@ from sql.constants import (
 )
 
 _TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+logger = logging.getLogger(__name__)
 
 
 class NodeKV:
@@ -162,6 +165,16 @@ class Gateway:
         self.executor = concurrent.futures.ThreadPoolExecutor(GATEWAY_THREADS, thread_name_prefix="sql")
         self._idle: list = []
         self._lock = threading.Lock()
+        self._closer = loop.create_task(self._close_with_the_loop())
+
+    async def _close_with_the_loop(self) -> None:
+        """Stop the workers when the node's loop ends (asyncio.run cancels this task at exit),
+        while the loop still runs: a worker blocked on a KV call needs the loop to finish it,
+        and the interpreter waits for every worker before the process can exit."""
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.to_thread(self.executor.shutdown, True, cancel_futures=True)
 
     def _take_session(self):
         with self._lock:
@@ -174,6 +187,17 @@ class Gateway:
         with self._lock:
             if len(self._idle) < GATEWAY_SESSIONS_IDLE_MAX:
                 self._idle.append(session)
+
+    def _renew(self, names: list[str]) -> None:
+        """Renew schema leases past half their life (on a worker, after the statement that
+        found them has answered); a failure only means the next statement reads the catalog."""
+        session = self._take_session()
+        try:
+            session.renew_leases(names)
+        except Exception as exc:   # best effort: the lease simply runs out
+            logger.info("schema lease renewal of %s failed: %s", names, exc)
+        finally:
+            self._give_back(session)
 
     async def handle(self, args: dict) -> dict:
         """The `sql` op: run one statement, answer with columns, types, rows and the timestamp."""
@@ -190,7 +214,12 @@ class Gateway:
             session = self._take_session()
             try:
                 session.kv.max_ts = [0, 0]
-                return session.execute(args["sql"], params), list(session.kv.max_ts)
+                try:
+                    return session.execute(args["sql"], params), list(session.kv.max_ts)
+                finally:
+                    renewals = session.take_renewals()
+                    if renewals:
+                        self.executor.submit(self._renew, renewals)
             finally:
                 self._give_back(session)
         try:

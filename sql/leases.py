@@ -40,6 +40,11 @@ Why CREATE on node A is usable on node B at once: B caches no misses, so B's fir
 after A's CREATE returned misses its cache and reads the catalog through the meta range's log,
 which holds the committed CREATE.
 
+Renewal: a lease past half its life is still used, and the first statement to notice claims
+its renewal (one claim per name at a time); the gateway re-reads the catalog for it after that
+statement has answered (Session.renew_leases), so a busy table never makes a statement wait for
+a catalog read. A renewal is an ordinary read under rule 1.
+
 Pure: the caller passes the time (``now``, ``sent_at``: local monotonic seconds). Shared by
 every session of a process, hence the lock.
 """
@@ -69,6 +74,7 @@ class SchemaLeases:
         self.margin_s = margin_s if lease_s > 0 else 0.0
         self._entries_max = entries_max
         self._entries: OrderedDict[str, tuple[TableSchema, float]] = OrderedDict()
+        self._renewing: set[str] = set()
         self._lock = threading.Lock()
 
     @property
@@ -104,13 +110,32 @@ class SchemaLeases:
                 return
             self._entries[name] = (schema, expires_at)
             self._entries.move_to_end(name)
+            self._renewing.discard(name)
             while len(self._entries) > self._entries_max:
                 self._entries.popitem(last=False)
+
+    def claim_renewal(self, name: str, now: float) -> bool:
+        """True (once, until `renewed`) if the lease on `name` is past half its life at `now`:
+        the caller should read the catalog for it soon and `put` what it finds."""
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None or name in self._renewing:
+                return False
+            if entry[1] - now > (self.lease_s - self.margin_s) / 2:
+                return False
+            self._renewing.add(name)
+            return True
+
+    def renewed(self, name: str) -> None:
+        """The renewal claimed for `name` is over (whatever it found)."""
+        with self._lock:
+            self._renewing.discard(name)
 
     def forget(self, name: str) -> None:
         """Drop the entry for `name` (the catalog said it is gone or going)."""
         with self._lock:
             self._entries.pop(name, None)
+            self._renewing.discard(name)
 
     def __len__(self) -> int:
         with self._lock:

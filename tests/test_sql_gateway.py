@@ -11,6 +11,7 @@ import pytest
 from raftstore.raft.commands import Outcome
 from sql import MemKV
 from sql.gateway import Gateway
+from sql.leases import SchemaLeases
 
 
 class MemNode:
@@ -23,8 +24,11 @@ class MemNode:
         self.waiting = 0
         self.most_waiting = 0
         self.release = asyncio.Event()
+        self.catalog_gets = 0
 
     async def propose_key(self, op, key, args, command_id):
+        if op == "get" and key.startswith(b"\x01c"):
+            self.catalog_gets += 1
         if self.hold:
             self.waiting += 1
             self.most_waiting = max(self.most_waiting, self.waiting)
@@ -51,6 +55,11 @@ def _run(coro):
     return asyncio.run(coro)
 
 
+async def _close(gateway: Gateway) -> None:
+    """Wait for the gateway's workers off the loop (their KV calls need the loop running)."""
+    await asyncio.get_running_loop().run_in_executor(None, gateway.executor.shutdown)
+
+
 def _ok(response: dict) -> dict:
     assert response["ok"], response
     return response["result"]
@@ -71,7 +80,7 @@ def test_the_gateway_has_64_statements_in_flight_at_once() -> None:
             node.release.set()
         assert [_ok(a)["rowcount"] for a in answers] == [1] * 64
         assert node.most_waiting == 64
-        gateway.executor.shutdown()
+        await _close(gateway)
     _run(main())
 
 
@@ -87,7 +96,7 @@ def test_a_statement_runs_on_a_reused_session_whose_plan_cache_hits() -> None:
         result = _ok(await gateway.handle({"sql": sql, "params": [2]}))
         assert gateway._idle == [session] and session._cache[sql].plan is plan
         assert result["ts"] == [2, 0]
-        gateway.executor.shutdown()
+        await _close(gateway)
     _run(main())
 
 
@@ -106,7 +115,26 @@ def test_a_multi_row_insert_has_all_its_rows_in_flight_together() -> None:
         assert _ok(answer)["rowcount"] == 10
         node.hold = 0
         assert _ok(await gateway.handle({"sql": "SELECT count(*) FROM t"}))["rows"] == [[10]]
-        gateway.executor.shutdown()
+        await _close(gateway)
+    _run(main())
+
+
+def test_a_lease_past_half_its_life_is_renewed_after_the_statement_answers() -> None:
+    async def main():
+        node = MemNode()
+        gateway = Gateway(node, asyncio.get_running_loop())
+        gateway.leases = SchemaLeases(lease_s=0.4, margin_s=0.05)   # before the first session
+        _ok(await gateway.handle({"sql": "CREATE TABLE t (k INT PRIMARY KEY)"}))
+        _ok(await gateway.handle({"sql": "SELECT * FROM t"}))
+        leased = node.catalog_gets
+        await asyncio.sleep(0.2)                  # past half of the 0.35 s the lease is used
+        _ok(await gateway.handle({"sql": "SELECT * FROM t"}))     # answered from the lease...
+        for _ in range(100):                      # ...and the renewal follows in the background
+            if node.catalog_gets == leased + 1:
+                break
+            await asyncio.sleep(0.01)
+        assert node.catalog_gets == leased + 1
+        await _close(gateway)
     _run(main())
 
 
@@ -117,5 +145,5 @@ def test_bad_sql_is_an_error_answer_and_the_session_goes_back(statement) -> None
         answer = await gateway.handle({"sql": statement})
         assert not answer["ok"] and answer["error"]["message"]
         assert len(gateway._idle) == 1
-        gateway.executor.shutdown()
+        await _close(gateway)
     _run(main())

@@ -226,3 +226,41 @@ def test_a_young_marker_that_never_goes_away_is_taken_over_after_the_stale_age(w
         a.execute("DROP TABLE t")
     assert caught.value.code == "undefined_table"
     assert not isinstance(decode_entry(kv.get(catalog_key("t"))), DropMarker)
+
+
+# --- renewal ----------------------------------------------------------------------------------------
+
+
+def test_a_lease_past_half_its_life_is_claimed_for_renewal_once_and_renewal_extends_it(world) -> None:
+    kv, timer, node = world
+    a, reads = node()
+    a.execute("CREATE TABLE t (k INT PRIMARY KEY)")
+    a.execute("SELECT * FROM t")                       # leased at 100 until 101.75
+    assert a.take_renewals() == []
+    timer.now += (LEASE_S - MARGIN_S) / 2              # half the life gone: still used...
+    before = reads.catalog_gets
+    a.execute("SELECT * FROM t")
+    a.execute("SELECT * FROM t")
+    assert reads.catalog_gets == before
+    due = a.take_renewals()
+    assert due == ["t"]                                # ...and claimed once
+    a.renew_leases(due)                                # what the gateway runs after answering
+    assert reads.catalog_gets == before + 1
+    timer.now += (LEASE_S - MARGIN_S) * 0.9            # past the first lease's expiry
+    a.execute("SELECT * FROM t")
+    assert reads.catalog_gets == before + 1
+
+
+def test_a_renewal_that_finds_a_drop_marker_ends_the_lease(world) -> None:
+    kv, timer, node = world
+    a, reads = node()
+    a.execute("CREATE TABLE t (k INT PRIMARY KEY)")
+    a.execute("SELECT * FROM t")
+    timer.now += LEASE_S / 2
+    a.execute("SELECT * FROM t")
+    schema = read_table(kv, "t")
+    assert kv.cas(catalog_key("t"), schema.raw, encode_drop_marker(schema, timer.wall_ns()))
+    a.renew_leases(a.take_renewals())
+    with pytest.raises(SQLError) as caught:
+        a.execute("SELECT * FROM t")
+    assert caught.value.code == "undefined_table"
