@@ -2,8 +2,9 @@
 
 Why in the KV: the catalog must be the same on every node the moment a CREATE TABLE returns,
 so it lives where every other replicated byte lives - keys in range 1 (the meta range),
-replicated through Raft like rows. A gateway holds no schema state of its own beyond a plan
-cache that re-checks the stored bytes on every execution (sql/execute.py).
+replicated through Raft like rows. A gateway holds no schema state of its own beyond schema
+leases - copies it may use for a bounded time (sql/leases.py) - and plan caches checked against
+them (sql/execute.py).
 
 Layout (all keys sort before the first row key ``b"t..."``):
 
