@@ -57,8 +57,8 @@ from sql.constants import (
 from sql.dialect import Statement, identifier_name, node_position, parse
 from sql.errors import SQLError
 from sql.explain import explain_ops, pretty_key
-from sql.leases import SchemaLeases
 from sql.expr import UNBOUND, EvalContext, accumulate, aggregate_result, new_accumulator
+from sql.leases import SchemaLeases
 from sql.plan import (
     AccessPath,
     CreateTablePlan,

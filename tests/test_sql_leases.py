@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sql import MemKV, Session, SQLError
-from sql.catalog import FREED, catalog_key, decode_entry, DropMarker, encode_drop_marker, read_table
+from sql.catalog import FREED, DropMarker, catalog_key, decode_entry, encode_drop_marker, read_table
 from sql.constants import DROP_MARKER_STALE_S, ROW_KEY_PREFIX
 from sql.leases import SchemaLeases
 
