@@ -2,8 +2,9 @@
 
 Why in the KV: the catalog must be the same on every node the moment a CREATE TABLE returns,
 so it lives where every other replicated byte lives - keys in range 1 (the meta range),
-replicated through Raft like rows. A gateway holds no schema state of its own beyond a plan
-cache that re-checks the stored bytes on every execution (sql/execute.py).
+replicated through Raft like rows. A gateway holds no schema state of its own beyond schema
+leases - copies it may use for a bounded time (sql/leases.py) - and plan caches checked against
+them (sql/execute.py).
 
 Layout (all keys sort before the first row key ``b"t..."``):
 
@@ -13,10 +14,22 @@ Layout (all keys sort before the first row key ``b"t..."``):
 * ``b"\\x01i"`` -> the last table id handed out, 8 bytes big-endian. Ids start at 1 and are
   never reused, so rows of a dropped table can never be mistaken for a new table's rows.
 
-Invariants: a name maps to at most one schema (creation is ``cas(key, None, schema)``); ids
-are unique (allocation is a CAS loop on the counter). DROP TABLE removes the catalog entry
-first and then the rows, so a crash in between leaves unreachable rows under a retired id,
-never a table whose rows are half gone.
+Invariants: a name maps to at most one schema (creation is a CAS from "absent or freed" to
+the schema); ids are unique (allocation is a CAS loop on the counter) and never reused, so rows
+of a dropped table can never be mistaken for a new table's rows.
+
+DROP TABLE and schema leases (sql/leases.py): other nodes may use a schema they read up to
+``L`` earlier without reading it again, so a drop goes through states, each step a CAS on the
+catalog key: *schema* -> *drop marker* (the schema plus the dropper's wall time; the name
+stays reserved, every statement reading it sees "no such table") -> wait ``L + margin`` ->
+*freed* (``{"freed": true}``: the name is free; a catalog entry is never deleted, so freeing
+can be a CAS and cannot clobber a table created meanwhile) -> the rows are deleted -> the
+DROP is acknowledged. A CREATE or DROP that meets a marker waits for it to go
+(`settle_name`); one left by a crashed dropper - older than DROP_MARKER_STALE_S by its wall
+time, or still there after we waited that long - is finished by whoever meets it, after
+waiting ``L + margin`` itself (so the taker never relies on the wall clocks agreeing). A crash
+after freeing leaves unreachable rows under a retired id, never a table whose rows are half
+gone.
 
 A table without a PRIMARY KEY gets a hidden ``rowid INT`` key filled by ``unique_rowid()``:
 a random 63-bit int (CockroachDB's unique_rowid is a timestamp plus node id; a random value
@@ -29,12 +42,17 @@ KV errors (raftstore.errors) propagate unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgpack
 
 from raftstore.keys import encode_key, prefix_end
 from sql.constants import (
     CATALOG_KEY_PREFIX,
+    DELETE_BATCH_ROWS,
+    DROP_MARKER_POLL_S,
+    DROP_MARKER_STALE_S,
+    DDL_STEP_COUNT_MAX,
     ROW_KEY_PREFIX,
     SCAN_PAGE_ROWS_MAX,
     TABLE_ID_CAS_RETRY_COUNT_MAX,
@@ -123,6 +141,31 @@ def table_span(table_id: int) -> tuple[bytes, bytes]:
     return start, end
 
 
+class Timer(Protocol):
+    """Where DDL gets its time: local monotonic seconds, wall-clock ns, and a way to wait.
+    Real: sql.execute.SystemTimer; tests pass a fake whose sleep advances its clock."""
+
+    def monotonic(self) -> float: ...
+
+    def wall_ns(self) -> int: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class DropMarker:
+    """A catalog entry saying table `table_id` is being dropped since `wall_ns` (its writer's
+    wall clock). `raw` is the exact stored bytes (the CAS that frees the name expects them)."""
+
+    name: str
+    table_id: int
+    wall_ns: int
+    raw: bytes
+
+
+FREED = msgpack.packb({"freed": True}, use_bin_type=True)  # a name whose table was dropped
+
+
 def decode_schema(raw: bytes) -> TableSchema:
     """A stored schema. The bytes are our own (written by `create_table`); a malformed entry is
     a broken invariant of the store, hence the asserts."""
@@ -135,20 +178,41 @@ def decode_schema(raw: bytes) -> TableSchema:
     return TableSchema(int(data["id"]), str(data["name"]), columns, tuple(data["pk"]), raw)
 
 
+def decode_entry(raw: bytes | None) -> TableSchema | DropMarker | None:
+    """A catalog entry as stored: a live schema, a drop marker, or None (absent or freed)."""
+    if raw is None or raw == FREED:
+        return None
+    data = msgpack.unpackb(raw, raw=False)
+    assert isinstance(data, dict), data
+    if "dropping_wall_ns" in data:
+        return DropMarker(str(data["name"]), int(data["id"]), int(data["dropping_wall_ns"]), raw)
+    return decode_schema(raw)
+
+
+def encode_drop_marker(schema: TableSchema, wall_ns: int) -> bytes:
+    assert schema.raw is not None
+    data = msgpack.unpackb(schema.raw, raw=False)
+    data["dropping_wall_ns"] = wall_ns
+    return msgpack.packb(data, use_bin_type=True)
+
+
 def read_table(kv, name: str) -> TableSchema | None:
-    """The schema of table `name` as stored now, or None."""
-    raw = kv.get(catalog_key(name))
-    return None if raw is None else decode_schema(raw)
+    """The schema of table `name` as stored now, or None (also while it is being dropped)."""
+    entry = decode_entry(kv.get(catalog_key(name)))
+    return entry if isinstance(entry, TableSchema) else None
 
 
 def list_tables(kv) -> list[TableSchema]:
-    """Every table, by name (the catalog prefix scanned in pages)."""
+    """Every live table, by name (the catalog prefix scanned in pages)."""
     start = CATALOG_KEY_PREFIX
     end = prefix_end(CATALOG_KEY_PREFIX)
     tables = []
     while True:
         page = kv.scan(start, end, SCAN_PAGE_ROWS_MAX)
-        tables.extend(decode_schema(value) for _, value in page)
+        for _, value in page:
+            entry = decode_entry(value)
+            if isinstance(entry, TableSchema):
+                tables.append(entry)
         if len(page) < SCAN_PAGE_ROWS_MAX:
             return tables
         start = page[-1][0] + b"\x00"
@@ -170,21 +234,99 @@ def allocate_table_id(kv) -> int:
 
 
 def create_table(
-    kv, name: str, columns: tuple[ColumnSchema, ...], pk: tuple[str, ...], if_not_exists: bool
+    kv, name: str, columns: tuple[ColumnSchema, ...], pk: tuple[str, ...], if_not_exists: bool,
+    timer: Timer, drop_wait_s: float,
 ) -> TableSchema | None:
-    """Store a new table; None if it exists and `if_not_exists`. Raises duplicate_table."""
+    """Store a new table; None if it exists and `if_not_exists`. Raises duplicate_table. A drop
+    in progress on the name is waited for (or finished, if abandoned) first."""
     key = catalog_key(name)
-    if kv.get(key) is not None:
+    raw, schema = settle_name(kv, name, timer, drop_wait_s)
+    if schema is not None:
         if if_not_exists:
             return None
         raise _duplicate(name)
     schema = TableSchema(allocate_table_id(kv), name, columns, pk)
-    raw = schema.to_bytes()
-    if not kv.cas(key, None, raw):  # created concurrently since our get
+    new = schema.to_bytes()
+    if not kv.cas(key, raw, new):  # created (or dropped and re-created) concurrently
         if if_not_exists:
             return None
         raise _duplicate(name)
-    return decode_schema(raw)
+    return decode_schema(new)
+
+
+def settle_name(kv, name: str, timer: Timer, drop_wait_s: float
+                ) -> tuple[bytes | None, TableSchema | None]:
+    """The catalog entry of `name` once no drop is in progress on it: (stored bytes, the live
+    schema or None). A drop marker is re-read every DROP_MARKER_POLL_S until its dropper frees
+    the name; one abandoned (DROP_MARKER_STALE_S old by its wall time, or still there after we
+    waited that long ourselves) is finished here with `finish_drop`."""
+    key = catalog_key(name)
+    waiting_since = timer.monotonic()
+    for _ in range(DDL_STEP_COUNT_MAX):
+        raw = kv.get(key)
+        seen_at = timer.monotonic()
+        entry = decode_entry(raw)
+        if not isinstance(entry, DropMarker):
+            return raw, entry
+        age_s = (timer.wall_ns() - entry.wall_ns) / 1e9
+        if age_s >= DROP_MARKER_STALE_S or seen_at - waiting_since >= DROP_MARKER_STALE_S:
+            finish_drop(kv, key, entry.raw, entry.table_id, timer, seen_at + drop_wait_s)
+        else:
+            timer.sleep(DROP_MARKER_POLL_S)
+    raise SQLError(
+        "feature_not_supported",
+        f'table "{name}" kept being dropped and created by concurrent statements; retry',
+    )
+
+
+def drop_tables(kv, names: list[str], if_exists: bool, timer: Timer, drop_wait_s: float
+                ) -> list[TableSchema]:
+    """DROP TABLE: every name is checked first (undefined_table unless `if_exists`), then each
+    schema is replaced by a drop marker, then - once, for all - the leases other nodes may
+    hold on them run out (`drop_wait_s` after the last marker committed), then each name is
+    freed and its rows deleted. Returns the schemas dropped (by this statement)."""
+    found = []
+    for name in names:
+        raw, schema = settle_name(kv, name, timer, drop_wait_s)
+        if schema is None:
+            if if_exists:
+                continue
+            raise SQLError(
+                "undefined_table",
+                f'table "{name}" does not exist; SHOW TABLES lists the tables (or use DROP '
+                "TABLE IF EXISTS)",
+            )
+        found.append(schema)
+    marked = []
+    lost = []
+    for schema in found:
+        marker = encode_drop_marker(schema, timer.wall_ns())
+        if kv.cas(catalog_key(schema.name), schema.raw, marker):
+            marked.append((schema, marker))
+        else:
+            lost.append(schema.name)
+    if marked:
+        # Every marker has committed: from here no node can read these schemas any more.
+        deadline = timer.monotonic() + drop_wait_s
+        for schema, marker in marked:
+            finish_drop(kv, catalog_key(schema.name), marker, schema.id, timer, deadline)
+    if lost and not if_exists:
+        raise SQLError(
+            "undefined_table",
+            f'table "{lost[0]}" was dropped or re-created by a concurrent statement while this '
+            "DROP ran; it was left as that statement made it",
+        )
+    return [schema for schema, _ in marked]
+
+
+def finish_drop(kv, key: bytes, marker: bytes, table_id: int, timer: Timer, free_at: float) -> None:
+    """Wait until local monotonic `free_at` (when every lease on the schema has run out), free
+    the name if it still holds `marker`, and delete the rows of `table_id`."""
+    delay = free_at - timer.monotonic()
+    if delay > 0:
+        timer.sleep(delay)
+    kv.cas(key, marker, FREED)  # lost: another finisher freed it (and maybe re-created the name)
+    delete_rows(kv, table_id, DELETE_BATCH_ROWS)
 
 
 def _duplicate(name: str) -> SQLError:

@@ -26,3 +26,20 @@ PARAMS_MAX = 65535  # as PostgreSQL's wire protocol
 INT_MIN = -(1 << 63)
 INT_MAX = (1 << 63) - 1
 ROWID_BITS = 63
+
+# Schema descriptor leases (sql/leases.py). Every node of a cluster must run with the same values.
+SCHEMA_LEASE_S = 2.0  # a cached table descriptor is used at most this long after its read was sent
+SCHEMA_LEASE_MARGIN_S = 0.25  # taken off a lease and added to DROP's wait: clock-rate skew, scheduling
+SCHEMA_LEASE_ENTRIES_MAX = 10_000  # cached descriptors per process (oldest dropped beyond this)
+DROP_MARKER_STALE_S = 10.0  # a drop marker this old (wall clock of its writer) is finished by the next DDL
+DROP_MARKER_POLL_S = 0.2  # how often a DDL that met a live drop marker re-reads the name
+DDL_STEP_COUNT_MAX = 1000  # catalog re-reads of one DDL waiting for a drop in progress on its name
+
+# The SQL gateway of a node (sql/gateway.py).
+# Statements in flight per node: each holds a worker thread while it waits on one KV call at a
+# time (a WAN round trip), so the pool must be wider than the clients a node serves (64 in the
+# bench sweep) - asyncio's default pool (cores + 4) capped a node at 6 statements in flight.
+GATEWAY_THREADS = 128
+GATEWAY_SESSIONS_IDLE_MAX = 128  # idle sessions (each with its plan cache) kept for reuse
+GATEWAY_KV_CALL_TIMEOUT_S = 120.0  # one KV call of a statement (proposals time out well before)
+GATEWAY_KV_FANOUT_MAX = 64  # KV calls one statement has in flight at once (multi-row INSERT)

@@ -6,17 +6,21 @@ blocking KV interface (get / scan / put / delete / cas / ranges_for / regions), 
 code runs on a gateway node, in a test against sql/memkv.py, or in a differential harness.
 
 Flow per `execute`: parse (cached per text) -> look up the plan cached for this text and check
-that every table it uses still has the same stored schema bytes (one catalog get per table;
-a schema change on any node is seen by the next statement on every node) -> bind parameters
--> run the plan's range operations -> evaluate on top -> Result.
+that every table it uses still has the same schema bytes, taken from the process's schema
+leases (sql/leases.py) or, on a miss, read from the catalog (one get per table, then leased
+for the lease period) -> bind parameters -> run the plan's range operations -> evaluate on
+top -> Result. DDL reads the catalog itself, never through the leases.
 
 Writes and their limits (until the transactions issue): a statement is not atomic across
 keys. What we guarantee instead: every row of a statement is computed and checked (types,
 NOT NULL, duplicate keys, existing keys for INSERT) before the first write; a plain INSERT
 writes each row with ``cas(key, None, row)``, so two concurrent INSERTs of one key cannot both
 succeed; UPDATE / ON CONFLICT / UPSERT rewrite each row with ``cas(old, new)`` and re-read and
-re-apply on a lost race. If a concurrent writer makes a later write of the same statement fail,
-the rows it already inserted are deleted again (best effort) and the error is raised.
+re-apply on a lost race. If a concurrent writer makes a write of the same statement fail,
+the rows it already inserted are deleted again (best effort) and the error is raised. A
+multi-row INSERT looks up all its keys at once and then CASes all its rows at once when the KV
+offers `get_many` / `cas_many` (a node's NodeKV does: two round trips, not two per row); the
+error reported is still the first in statement order.
 
 Errors: SQLError for the statement's own faults; raftstore errors from the KV propagate
 unchanged (not wrapped), so "unavailable" stays distinguishable from bad SQL.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import random
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,14 +40,13 @@ from sql.catalog import (
     TableSchema,
     catalog_key,
     create_table,
-    decode_schema,
-    delete_rows,
+    decode_entry,
+    drop_tables,
     list_tables,
     read_table,
     table_span,
 )
 from sql.constants import (
-    DELETE_BATCH_ROWS,
     PLAN_CACHE_ENTRIES_MAX,
     ROW_CAS_RETRY_COUNT_MAX,
     ROWID_BITS,
@@ -54,6 +58,7 @@ from sql.dialect import Statement, identifier_name, node_position, parse
 from sql.errors import SQLError
 from sql.explain import explain_ops, pretty_key
 from sql.expr import UNBOUND, EvalContext, accumulate, aggregate_result, new_accumulator
+from sql.leases import SchemaLeases
 from sql.plan import (
     AccessPath,
     CreateTablePlan,
@@ -69,7 +74,7 @@ from sql.plan import (
 )
 from sql.rowcodec import decode_row, encode_row, key_for_row
 
-__all__ = ["Result", "Session"]
+__all__ = ["Result", "Session", "SystemTimer"]
 
 
 @dataclass
@@ -100,12 +105,26 @@ def _wall_clock() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
 
 
+class SystemTimer:
+    """The real time source of schema leases and DDL waits (sql.catalog.Timer)."""
+
+    monotonic = staticmethod(time.monotonic)
+    wall_ns = staticmethod(time.time_ns)
+    sleep = staticmethod(time.sleep)
+
+
 class Session:
     """A SQL session over a KV (see the module docstring for the KV contract).
 
     `clock` returns the statement time as a naive UTC datetime (now(), DEFAULT now()); `rng`
     draws hidden rowids. Both default to the real thing; tests pass fakes. Not thread-safe:
-    one session per connection.
+    one statement at a time per session.
+
+    `leases` is the process's schema lease cache, shared by all its sessions (thread-safe);
+    every node of a cluster must run with the same lease period, since DROP waits for the
+    leases the other nodes hold. None: no caching and no waiting (`SchemaLeases(0)`), right
+    only when no other process reaches the KV. `timer` gives leases and DDL their time
+    (monotonic, wall, sleep); default SystemTimer.
     """
 
     def __init__(
@@ -115,8 +134,13 @@ class Session:
         clock: Callable[[], _dt.datetime] | None = None,
         rng: random.Random | None = None,
         plan_cache_entries: int = PLAN_CACHE_ENTRIES_MAX,
+        leases: SchemaLeases | None = None,
+        timer=None,
     ):
         self.kv = kv
+        self._leases = leases if leases is not None else SchemaLeases(lease_s=0)
+        self._timer = timer or SystemTimer()
+        self.renewals_due: list[str] = []
         self._clock = clock or _wall_clock
         self._rng = rng or random.SystemRandom()
         self._cache: OrderedDict[str, _CacheEntry] = OrderedDict()
@@ -183,18 +207,53 @@ class Session:
     def _plan(self, statement: Statement):
         entry = self._cache.get(statement.text)
         names = entry.names if entry is not None else tables_named(statement)
-        current = {name: self.kv.get(catalog_key(name)) for name in names}
+        schemas = {name: self._schema(name) for name in names}
+        current = {name: (s.raw if s is not None else None) for name, s in schemas.items()}
         if entry is not None and entry.schema_bytes == current:
             self._cache.move_to_end(statement.text)
             return entry.plan
-        schemas = {name: (decode_schema(raw) if raw is not None else None)
-                   for name, raw in current.items()}
         plan = plan_statement(statement, schemas)
         self._cache[statement.text] = _CacheEntry(names, current, plan)
         self._cache.move_to_end(statement.text)
         while len(self._cache) > self._cache_entries_max:
             self._cache.popitem(last=False)
         return plan
+
+    def _schema(self, name: str) -> TableSchema | None:
+        """The live schema of `name`: leased, or read from the catalog (and then leased).
+        Misses and tables being dropped are never cached (sql/leases.py, rule 2)."""
+        now = self._timer.monotonic()
+        leased = self._leases.get(name, now)
+        if leased is not None:
+            if self._leases.claim_renewal(name, now):
+                self.renewals_due.append(name)
+            return leased
+        return self._read_schema(name)
+
+    def _read_schema(self, name: str) -> TableSchema | None:
+        sent_at = self._timer.monotonic()  # before the read: the lease counts from here
+        entry = decode_entry(self.kv.get(catalog_key(name)))
+        if isinstance(entry, TableSchema):
+            self._leases.put(name, entry, sent_at)
+            return entry
+        self._leases.forget(name)
+        return None
+
+    def take_renewals(self) -> list[str]:
+        """Names whose leases this session's statements found past half their life (and
+        claimed); the caller renews them with `renew_leases`, off the statement's path."""
+        names, self.renewals_due = self.renewals_due, []
+        return names
+
+    def renew_leases(self, names: list[str]) -> None:
+        """Read the catalog for each claimed name and lease what it finds. KV errors pass
+        through; the claims are released either way."""
+        try:
+            for name in names:
+                self._read_schema(name)
+        finally:
+            for name in names:
+                self._leases.renewed(name)
 
     def _new_rowid(self) -> int:
         return self._rng.getrandbits(ROWID_BITS)
@@ -209,7 +268,8 @@ class Session:
         if isinstance(plan, DeletePlan):
             return self._delete(plan, ctx)
         if isinstance(plan, CreateTablePlan):
-            create_table(self.kv, plan.name, plan.columns, plan.pk, plan.if_not_exists)
+            create_table(self.kv, plan.name, plan.columns, plan.pk, plan.if_not_exists,
+                         self._timer, self._leases.drop_wait_s)
             self._cache.clear()
             return Result(status="CREATE TABLE", rowcount=-1)
         if isinstance(plan, DropTablePlan):
@@ -351,32 +411,44 @@ class Session:
         check_existing = plan.mode == "insert" and count > 1
         seen: set[bytes] = set()
         unique: list[tuple[bytes, list, bool]] = []
+        first_error: SQLError | None = None
         for i in range(count):
-            provided = provided_rows[i] if provided_rows is not None else plan.provided_row(i, ctx)
-            row, generated = plan.complete_row(provided, ctx)
-            key = key_for_row(schema, row)
-            if key in seen:
-                if plan.mode == "do_nothing":
-                    continue
-                if plan.mode == "insert":
-                    raise _duplicate_key(schema, row)
-                raise SQLError(
-                    "unique_violation",
-                    f"{'UPSERT' if plan.mode == 'upsert' else 'ON CONFLICT DO UPDATE'} cannot "
-                    f"affect row {_pk_text(schema, row)} a second time in one statement; "
-                    "remove the duplicate",
-                )
+            try:
+                provided = provided_rows[i] if provided_rows is not None else plan.provided_row(i, ctx)
+                row, generated = plan.complete_row(provided, ctx)
+                key = key_for_row(schema, row)
+                if key in seen:
+                    if plan.mode == "do_nothing":
+                        continue
+                    if plan.mode == "insert":
+                        raise _duplicate_key(schema, row)
+                    raise SQLError(
+                        "unique_violation",
+                        f"{'UPSERT' if plan.mode == 'upsert' else 'ON CONFLICT DO UPDATE'} cannot "
+                        f"affect row {_pk_text(schema, row)} a second time in one statement; "
+                        "remove the duplicate",
+                    )
+            except SQLError as error:
+                if not check_existing:
+                    raise
+                first_error = error  # reported unless an earlier row's key already exists
+                break
             seen.add(key)
-            if check_existing and not generated and self.kv.get(key) is not None:
-                raise _duplicate_key(schema, row)
             unique.append((key, row, generated))
+        if check_existing:
+            # Every row's key is looked up at once (one round trip, not one per row); the error
+            # reported is still the first in statement order, as if checked row by row.
+            given = [(key, row) for key, row, generated in unique if not generated]
+            for (key, row), raw in zip(given, self._get_many([key for key, _ in given])):
+                if raw is not None:
+                    raise _duplicate_key(schema, row)
+            if first_error is not None:
+                raise first_error
         if plan.mode == "insert":
             written = self._insert_new(schema, unique)
         elif plan.mode == "do_nothing":
-            written = 0
-            for key, row, _ in unique:
-                if self.kv.cas(key, None, encode_row(schema, row)):
-                    written += 1
+            written = sum(self._cas_many([(key, None, encode_row(schema, row))
+                                          for key, row, _ in unique]))
         else:
             written = self._upsert(plan, unique, ctx)
         return Result(rowcount=written, status=f"{verb} {written}")
@@ -396,21 +468,45 @@ class Session:
         ]
 
     def _insert_new(self, schema: TableSchema, rows: list[tuple[bytes, list, bool]]) -> int:
+        """``cas(key, absent, row)`` for every row at once; a generated rowid that collides is
+        redrawn and retried. If a given key was taken meanwhile, what this statement wrote is
+        deleted again (best effort) and the first such row, in statement order, is reported."""
         written: list[bytes] = []
-        for key, row, generated in rows:
-            attempts = ROWID_RETRY_COUNT_MAX if generated else 1
-            for _ in range(attempts):
-                if self.kv.cas(key, None, encode_row(schema, row)):
+        pending = rows
+        for attempt in range(ROWID_RETRY_COUNT_MAX):
+            swapped = self._cas_many([(key, None, encode_row(schema, row)) for key, row, _ in pending])
+            retry: list[tuple[bytes, list, bool]] = []
+            lost = None
+            for (key, row, generated), ok in zip(pending, swapped):
+                if ok:
                     written.append(key)
-                    break
-                if generated:
+                elif generated and attempt + 1 < ROWID_RETRY_COUNT_MAX:
                     row[schema.pk_indexes[0]] = self._new_rowid()
-                    key = key_for_row(schema, row)
-            else:
+                    retry.append((key_for_row(schema, row), row, True))
+                elif lost is None:
+                    lost = row
+            if lost is not None:
                 for done in written:  # best effort: take back what this statement wrote
                     self.kv.delete(done)
-                raise _duplicate_key(schema, row)
+                raise _duplicate_key(schema, lost)
+            if not retry:
+                break
+            pending = retry
         return len(written)
+
+    def _get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        """``get`` of every key; concurrently if the KV offers ``get_many`` (a node does)."""
+        many = getattr(self.kv, "get_many", None)
+        if many is None or len(keys) < 2:
+            return [self.kv.get(key) for key in keys]
+        return many(keys)
+
+    def _cas_many(self, swaps: list[tuple[bytes, bytes | None, bytes]]) -> list[bool]:
+        """``cas`` of every (key, expected, new); concurrently if the KV offers ``cas_many``."""
+        many = getattr(self.kv, "cas_many", None)
+        if many is None or len(swaps) < 2:
+            return [self.kv.cas(key, expected, new) for key, expected, new in swaps]
+        return many(swaps)
 
     def _upsert(self, plan: InsertPlan, rows: list[tuple[bytes, list, bool]], ctx) -> int:
         schema = plan.schema
@@ -523,23 +619,13 @@ class Session:
         return Result(rowcount=len(doomed), status=f"DELETE {len(doomed)}")
 
     def _drop(self, plan: DropTablePlan) -> Result:
-        schemas = []
-        for name in plan.names:
-            schema = read_table(self.kv, name)
-            if schema is None:
-                if plan.if_exists:
-                    continue
-                raise SQLError(
-                    "undefined_table",
-                    f'table "{name}" does not exist; SHOW TABLES lists the tables (or use DROP '
-                    "TABLE IF EXISTS)",
-                )
-            schemas.append(schema)
-        for schema in schemas:
-            # Catalog entry first: from here on no statement can reach the rows.
-            self.kv.delete(catalog_key(schema.name))
-            delete_rows(self.kv, schema.id, DELETE_BATCH_ROWS)
-        self._cache.clear()
+        # Acknowledged only once no node can still use the schemas (sql/catalog.py).
+        try:
+            drop_tables(self.kv, plan.names, plan.if_exists, self._timer, self._leases.drop_wait_s)
+        finally:
+            for name in plan.names:
+                self._leases.forget(name)
+            self._cache.clear()
         return Result(status="DROP TABLE", rowcount=-1)
 
     # --- SHOW and EXPLAIN ------------------------------------------------------------------------

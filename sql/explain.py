@@ -74,8 +74,9 @@ def explain_ops(plan, ctx: EvalContext, schemas: dict[str, TableSchema | None]) 
         for name in plan.names:
             schema = schemas.get(name)
             key = catalog_key(name)
-            ops.append(Op("delete", None, f"/meta/catalog/{name}", key, None,
-                          "remove the schema first"))
+            ops.append(Op("put", None, f"/meta/catalog/{name}", key, None,
+                          "cas: replace the schema by a drop marker, wait out schema leases, "
+                          "then cas: free the name"))
             if schema is not None:
                 start, end = table_span(schema.id)
                 ops.append(Op("delete", name, f"/{name}/*", start, end,

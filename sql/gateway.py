@@ -4,29 +4,81 @@ A statement runs in a worker thread (the engine is plain blocking code); its ran
 go back to the node's event loop as linearizable proposals routed by key (NodeKV), so the
 engine never touches the Store or the node loop directly. Imports point one way: this module
 imports the store (raftstore), never the reverse; the CLI hands `handle_sql` to the node.
+
+Per node (one `Gateway`, made on the first statement): a dedicated pool of GATEWAY_THREADS
+workers - a statement holds its thread for every WAN round trip it waits on, so the pool's
+width is the node's statements in flight; the schema leases every session of the node shares
+(sql/leases.py); and a LIFO stack of idle Sessions, each with its own NodeKV, so a statement
+runs on a warm plan cache instead of planning again. A session serves one statement at a time:
+it is taken off the stack for the statement and put back after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime
+import logging
+import threading
+import weakref
 from typing import Any
 
 from raftstore.errors import AmbiguousCommitError, RaftstoreError, SqlError, UnavailableError
 from raftstore.raft.commands import Outcome, new_command_id
+from sql.constants import (
+    GATEWAY_KV_CALL_TIMEOUT_S,
+    GATEWAY_KV_FANOUT_MAX,
+    GATEWAY_SESSIONS_IDLE_MAX,
+    GATEWAY_THREADS,
+)
 
 _TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
+logger = logging.getLogger(__name__)
+
 
 class NodeKV:
-    """The KV interface of sql.execute over a running node (blocking; call from a worker thread)."""
+    """The KV interface of sql.execute over a running node (blocking; call from a worker thread).
+    `get_many` / `cas_many` run their calls concurrently on the node loop (multi-row INSERT)."""
 
     def __init__(self, node, loop: asyncio.AbstractEventLoop) -> None:
         self.node, self.loop = node, loop
-        self.max_ts = [0, 0]
+        self.max_ts = [0, 0]   # the highest timestamp seen since the last reset (per statement)
 
-    def _run(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+    def _run(self, coro, rounds: int = 1):
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        timeout_s = GATEWAY_KV_CALL_TIMEOUT_S * rounds
+        try:
+            return future.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise UnavailableError("a KV call of this statement got no answer in %.0f s" % timeout_s) from None
+
+    def _propose_many(self, op: str, calls: list[tuple[bytes, dict]], write: bool) -> list:
+        """Propose every (key, args) at once from the node loop, GATEWAY_KV_FANOUT_MAX in flight;
+        results in the order given. The first failure, in that order, is raised - after every
+        call has finished, so none is still running when the statement moves on."""
+        async def all_calls():
+            slots = asyncio.Semaphore(GATEWAY_KV_FANOUT_MAX)
+
+            async def one(key, args):
+                async with slots:
+                    return await self.node.propose_key(op, key, dict(args, key=key), new_command_id())
+            return await asyncio.gather(*(one(key, args) for key, args in calls), return_exceptions=True)
+        answers = self._run(all_calls(), rounds=-(-len(calls) // GATEWAY_KV_FANOUT_MAX))
+        results = []
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+            results.append(self._check(*answer, write))
+        return results
+
+    def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        return [r["value"] for r in self._propose_many("get", [(key, {}) for key in keys], False)]
+
+    def cas_many(self, swaps: list[tuple[bytes, bytes | None, bytes]]) -> list[bool]:
+        calls = [(key, {"expected": expected, "new": new}) for key, expected, new in swaps]
+        return [bool(r["swapped"]) for r in self._propose_many("cas", calls, True)]
 
     def _check(self, outcome: Outcome, result: Any, write: bool) -> Any:
         if outcome is Outcome.COMMITTED:
@@ -102,26 +154,91 @@ def _sql_error(exc) -> dict:
                                            position=getattr(exc, "position", None)).to_wire()}
 
 
+class Gateway:
+    """A node's SQL state: worker pool, schema leases, idle sessions (see the module docstring)."""
+
+    def __init__(self, node, loop: asyncio.AbstractEventLoop) -> None:
+        from sql.leases import SchemaLeases
+
+        self.node, self.loop = node, loop
+        self.leases = SchemaLeases()
+        self.executor = concurrent.futures.ThreadPoolExecutor(GATEWAY_THREADS, thread_name_prefix="sql")
+        self._idle: list = []
+        self._lock = threading.Lock()
+        self._closer = loop.create_task(self._close_with_the_loop())
+
+    async def _close_with_the_loop(self) -> None:
+        """Stop the workers when the node's loop ends (asyncio.run cancels this task at exit),
+        while the loop still runs: a worker blocked on a KV call needs the loop to finish it,
+        and the interpreter waits for every worker before the process can exit."""
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.to_thread(self.executor.shutdown, True, cancel_futures=True)
+
+    def _take_session(self):
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        from sql.execute import Session
+        return Session(NodeKV(self.node, self.loop), leases=self.leases)
+
+    def _give_back(self, session) -> None:
+        with self._lock:
+            if len(self._idle) < GATEWAY_SESSIONS_IDLE_MAX:
+                self._idle.append(session)
+
+    def _renew(self, names: list[str]) -> None:
+        """Renew schema leases past half their life (on a worker, after the statement that
+        found them has answered); a failure only means the next statement reads the catalog."""
+        session = self._take_session()
+        try:
+            session.renew_leases(names)
+        except Exception as exc:   # best effort: the lease simply runs out
+            logger.info("schema lease renewal of %s failed: %s", names, exc)
+        finally:
+            self._give_back(session)
+
+    async def handle(self, args: dict) -> dict:
+        """The `sql` op: run one statement, answer with columns, types, rows and the timestamp."""
+        from sql.errors import SQLError
+
+        try:
+            params = [_param(p) for p in (args.get("params") or [])]
+        except ValueError as exc:
+            return _sql_error(SQLError("invalid_parameter", "bad timestamp parameter: %s" % exc))
+
+        def run():
+            # The session is ours from here until it is given back, on this thread, after the
+            # statement: even if the awaiting task is cancelled, nobody else runs on it meanwhile.
+            session = self._take_session()
+            try:
+                session.kv.max_ts = [0, 0]
+                try:
+                    return session.execute(args["sql"], params), list(session.kv.max_ts)
+                finally:
+                    renewals = session.take_renewals()
+                    if renewals:
+                        self.executor.submit(self._renew, renewals)
+            finally:
+                self._give_back(session)
+        try:
+            result, ts = await self.loop.run_in_executor(self.executor, run)
+        except SQLError as exc:
+            return _sql_error(exc)
+        except RaftstoreError as exc:
+            return {"ok": False, "error": exc.to_wire()}
+        return {"ok": True, "result": {"columns": list(result.columns), "types": list(result.types),
+                                       "rows": [[_wire_value(v) for v in row] for row in result.rows],
+                                       "rowcount": result.rowcount, "status": result.status, "ts": ts}}
+
+
+_gateways: "weakref.WeakKeyDictionary[Any, Gateway]" = weakref.WeakKeyDictionary()
+
+
 async def handle_sql(node, args: dict) -> dict:
-    """The `sql` op: run one statement, answer with columns, types, rows and the timestamp."""
-    from sql.errors import SQLError
-    from sql.execute import Session
-
-    loop = asyncio.get_running_loop()
-    kv = NodeKV(node, loop)
-    try:
-        params = [_param(p) for p in (args.get("params") or [])]
-    except ValueError as exc:
-        return _sql_error(SQLError("invalid_parameter", "bad timestamp parameter: %s" % exc))
-
-    def run():
-        return Session(kv).execute(args["sql"], params)
-    try:
-        result = await asyncio.to_thread(run)
-    except SQLError as exc:
-        return _sql_error(exc)
-    except RaftstoreError as exc:
-        return {"ok": False, "error": exc.to_wire()}
-    return {"ok": True, "result": {"columns": list(result.columns), "types": list(result.types),
-                                   "rows": [[_wire_value(v) for v in row] for row in result.rows],
-                                   "rowcount": result.rowcount, "status": result.status, "ts": kv.max_ts}}
+    """The `sql` op of `node` (called on the node's asyncio loop, which owns its Gateway)."""
+    gateway = _gateways.get(node)
+    if gateway is None:
+        gateway = _gateways[node] = Gateway(node, asyncio.get_running_loop())
+    return await gateway.handle(args)

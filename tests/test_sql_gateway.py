@@ -1,0 +1,149 @@
+"""The SQL gateway of a node, over an in-process node whose KV is sql/memkv.py: statements run
+on a pool wide enough for 64 clients at once, sessions (and their plan caches) are reused, and
+a multi-row INSERT sends its rows' calls together."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from raftstore.raft.commands import Outcome
+from sql import MemKV
+from sql.gateway import Gateway
+from sql.leases import SchemaLeases
+
+
+class MemNode:
+    """The two node calls NodeKV makes, answered from a MemKV on the event loop. With `hold`
+    set, every proposal waits until `hold` proposals are waiting at once."""
+
+    def __init__(self) -> None:
+        self.kv = MemKV()
+        self.hold = 0
+        self.waiting = 0
+        self.most_waiting = 0
+        self.release = asyncio.Event()
+        self.catalog_gets = 0
+
+    async def propose_key(self, op, key, args, command_id):
+        if op == "get" and key.startswith(b"\x01c"):
+            self.catalog_gets += 1
+        if self.hold:
+            self.waiting += 1
+            self.most_waiting = max(self.most_waiting, self.waiting)
+            if self.waiting >= self.hold:
+                self.release.set()
+            await self.release.wait()
+            self.waiting -= 1
+        if op == "get":
+            return Outcome.COMMITTED, {"value": self.kv.get(key), "ts": [1, 0]}
+        if op == "cas":
+            swapped = self.kv.cas(key, args["expected"], args["new"])
+            return Outcome.COMMITTED, {"swapped": swapped, "ts": [2, 0]}
+        if op == "put":
+            self.kv.put(key, args["value"])
+        elif op == "delete":
+            self.kv.delete(key)
+        return Outcome.COMMITTED, {"ts": [2, 0]}
+
+    async def scan_keys(self, start, end, limit):
+        return Outcome.COMMITTED, {"rows": [[k, v] for k, v in self.kv.scan(start, end, limit)], "ts": [1, 0]}
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+async def _close(gateway: Gateway) -> None:
+    """Wait for the gateway's workers off the loop (their KV calls need the loop running)."""
+    await asyncio.get_running_loop().run_in_executor(None, gateway.executor.shutdown)
+
+
+def _ok(response: dict) -> dict:
+    assert response["ok"], response
+    return response["result"]
+
+
+def test_the_gateway_has_64_statements_in_flight_at_once() -> None:
+    async def main():
+        node = MemNode()
+        gateway = Gateway(node, asyncio.get_running_loop())
+        _ok(await gateway.handle({"sql": "CREATE TABLE t (k INT PRIMARY KEY)"}))
+        _ok(await gateway.handle({"sql": "SELECT * FROM t"}))     # lease the schema
+        node.hold = 64   # no proposal finishes until 64 statements are waiting on one each
+        try:
+            answers = await asyncio.wait_for(asyncio.gather(*(
+                gateway.handle({"sql": "INSERT INTO t VALUES ($1)", "params": [i]}) for i in range(64)
+            )), timeout=60)
+        finally:
+            node.release.set()
+        assert [_ok(a)["rowcount"] for a in answers] == [1] * 64
+        assert node.most_waiting == 64
+        await _close(gateway)
+    _run(main())
+
+
+def test_a_statement_runs_on_a_reused_session_whose_plan_cache_hits() -> None:
+    async def main():
+        node = MemNode()
+        gateway = Gateway(node, asyncio.get_running_loop())
+        _ok(await gateway.handle({"sql": "CREATE TABLE t (k INT PRIMARY KEY, v TEXT)"}))
+        sql = "INSERT INTO t VALUES ($1, 'x')"
+        _ok(await gateway.handle({"sql": sql, "params": [1]}))
+        (session,) = gateway._idle
+        plan = session._cache[sql].plan
+        result = _ok(await gateway.handle({"sql": sql, "params": [2]}))
+        assert gateway._idle == [session] and session._cache[sql].plan is plan
+        assert result["ts"] == [2, 0]
+        await _close(gateway)
+    _run(main())
+
+
+def test_a_multi_row_insert_has_all_its_rows_in_flight_together() -> None:
+    async def main():
+        node = MemNode()
+        gateway = Gateway(node, asyncio.get_running_loop())
+        _ok(await gateway.handle({"sql": "CREATE TABLE t (k INT PRIMARY KEY)"}))
+        _ok(await gateway.handle({"sql": "SELECT * FROM t"}))
+        node.hold = 10   # the 10 existence checks, then the 10 CASes, each wait for all 10
+        try:
+            values = ", ".join(f"({i})" for i in range(10))
+            answer = await asyncio.wait_for(gateway.handle({"sql": f"INSERT INTO t VALUES {values}"}), 60)
+        finally:
+            node.release.set()
+        assert _ok(answer)["rowcount"] == 10
+        node.hold = 0
+        assert _ok(await gateway.handle({"sql": "SELECT count(*) FROM t"}))["rows"] == [[10]]
+        await _close(gateway)
+    _run(main())
+
+
+def test_a_lease_past_half_its_life_is_renewed_after_the_statement_answers() -> None:
+    async def main():
+        node = MemNode()
+        gateway = Gateway(node, asyncio.get_running_loop())
+        gateway.leases = SchemaLeases(lease_s=0.4, margin_s=0.05)   # before the first session
+        _ok(await gateway.handle({"sql": "CREATE TABLE t (k INT PRIMARY KEY)"}))
+        _ok(await gateway.handle({"sql": "SELECT * FROM t"}))
+        leased = node.catalog_gets
+        await asyncio.sleep(0.2)                  # past half of the 0.35 s the lease is used
+        _ok(await gateway.handle({"sql": "SELECT * FROM t"}))     # answered from the lease...
+        for _ in range(100):                      # ...and the renewal follows in the background
+            if node.catalog_gets == leased + 1:
+                break
+            await asyncio.sleep(0.01)
+        assert node.catalog_gets == leased + 1
+        await _close(gateway)
+    _run(main())
+
+
+@pytest.mark.parametrize("statement", ["SELEC 1", "SELECT * FROM nowhere"])
+def test_bad_sql_is_an_error_answer_and_the_session_goes_back(statement) -> None:
+    async def main():
+        gateway = Gateway(MemNode(), asyncio.get_running_loop())
+        answer = await gateway.handle({"sql": statement})
+        assert not answer["ok"] and answer["error"]["message"]
+        assert len(gateway._idle) == 1
+        await _close(gateway)
+    _run(main())
