@@ -38,6 +38,7 @@ __all__ = [
     "SpanExport",
     "StoreError",
     "Timestamp",
+    "discard_staged",
     "VersionRow",
     "SCHEMA_VERSION",
 ]
@@ -693,22 +694,10 @@ class MVCCStore:
         _check_int("applied_index", applied_index)
         _check_int("applied_term", applied_term)
 
-        def rows_in_span(chunk: Iterable[VersionRow]) -> Iterator[VersionRow]:
-            for row in chunk:
-                key, wall, logical, value = row
-                _check_key("snapshot key", key)
-                if key < start or (end is not None and key >= end):
-                    raise ValueError(
-                        f"snapshot row key {key!r} is outside the span [{start!r}, {end!r})"
-                    )
-                wall = _check_int("snapshot wall", wall)
-                logical = _check_int("snapshot logical", logical)
-                yield key, wall, logical, _check_value("snapshot value", value)
-
         with self._transaction("BEGIN IMMEDIATE") as conn:
             conn.execute(_SPAN_DELETE_SQL[end is not None], {"start": start, "end": end})
             for chunk in chunks:
-                conn.executemany(_INSERT_VERSION_SQL, rows_in_span(chunk))
+                conn.executemany(_INSERT_VERSION_SQL, _rows_in_span(chunk, start, end))
             conn.executemany(_INSERT_VERSION_SQL, _checked_writes(extra_writes))
             conn.execute(
                 "INSERT OR REPLACE INTO range_state (range_id, applied_index, applied_term)"
@@ -719,6 +708,134 @@ class MVCCStore:
                 "DELETE FROM command_results WHERE range_id = ? AND raft_index > ?",
                 (range_id, applied_index),
             )
+
+
+    # --- snapshots installed in two steps: staged off the loop, switched in on it ---
+
+    @staticmethod
+    def stage_span(
+        staging_path: str, start: bytes, end: bytes | None, chunks: Iterable[Iterable[VersionRow]]
+    ) -> int:
+        """Write a snapshot's rows into a fresh staging SQLite file at `staging_path` (any old
+        file there is replaced); returns the number of rows. Touches nothing of the store, so
+        it may run on any thread while the store keeps applying: the slow part of installing
+        a snapshot (decoding, checking, inserting row by row). Rows are checked as
+        `import_span` checks them (ValueError/TypeError for a row outside the span or
+        malformed). The staging file is scratch: not synced, removed by `import_staged` or
+        `discard_staged`, and a crash leaves it behind harmlessly (the next staging replaces it)."""
+        _check_span(start, end)
+        discard_staged(staging_path)
+        try:
+            conn = sqlite3.connect(staging_path, isolation_level=None)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot create snapshot staging file {staging_path}: {e}") from e
+        count = 0
+        try:
+            conn.execute("PRAGMA journal_mode = OFF")
+            conn.execute("PRAGMA synchronous = OFF")
+            conn.execute(_SCHEMA[0])
+            conn.execute("BEGIN")
+            for chunk in chunks:
+                rows = list(_rows_in_span(chunk, start, end))
+                conn.executemany(_INSERT_VERSION_SQL, rows)
+                count += len(rows)
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            conn.close()
+            discard_staged(staging_path)
+            raise StoreError(f"snapshot staging file {staging_path}: {type(e).__name__}: {e}") from e
+        except BaseException:
+            conn.close()
+            discard_staged(staging_path)
+            raise
+        conn.close()
+        return count
+
+    def import_staged(
+        self,
+        range_id: int,
+        start: bytes,
+        end: bytes | None,
+        staging_path: str,
+        applied_index: int,
+        applied_term: int,
+        *,
+        extra_writes: Iterable[tuple[bytes, Timestamp, bytes | None]] = (),
+    ) -> None:
+        """`import_span` of rows staged by `stage_span`: the same single transaction (delete the
+        span, insert the rows and `extra_writes`, set the applied index and term, drop command
+        results above it), but the rows move with one set-based INSERT ... SELECT inside
+        SQLite instead of one Python call per row. A crash leaves the old state of the span or
+        the whole snapshot with its applied index, never a mix. The staging file is removed
+        after the commit. Inside a batch, the batch is committed first (ATTACH cannot run
+        inside a transaction) and a new one begun after."""
+        _check_int("range_id", range_id)
+        _check_span(start, end)
+        _check_int("applied_index", applied_index)
+        _check_int("applied_term", applied_term)
+        extra = list(_checked_writes(extra_writes))
+        if not os.path.exists(staging_path):
+            raise StoreError(f"snapshot staging file {staging_path} is missing")
+        bounded = end is not None
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise StoreError(f"MVCC store {self._path} is closed")
+            in_batch = self._in_batch
+            try:
+                if in_batch:
+                    conn.execute("COMMIT")
+                conn.execute("ATTACH DATABASE ? AS staged", (staging_path,))
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        params = {"start": start, "end": end}
+                        conn.execute(_SPAN_DELETE_SQL[bounded], params)
+                        conn.execute(
+                            "INSERT OR REPLACE INTO main.versions (key, wall, logical, value)"
+                            " SELECT v.key, v.wall, v.logical, v.value FROM staged.versions AS v"
+                            f" WHERE {_span('v', bounded)}",
+                            params,
+                        )
+                        conn.executemany(_INSERT_VERSION_SQL, extra)
+                        conn.execute(
+                            "INSERT OR REPLACE INTO range_state (range_id, applied_index, applied_term)"
+                            " VALUES (?, ?, ?)",
+                            (range_id, applied_index, applied_term),
+                        )
+                        conn.execute(
+                            "DELETE FROM command_results WHERE range_id = ? AND raft_index > ?",
+                            (range_id, applied_index),
+                        )
+                        conn.execute("COMMIT")
+                    finally:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                finally:
+                    conn.execute("DETACH DATABASE staged")
+                    if in_batch:
+                        conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise StoreError(f"MVCC store {self._path}: {type(e).__name__}: {e}") from e
+        discard_staged(staging_path)
+
+
+def discard_staged(staging_path: str) -> None:
+    """Remove a staging file of `MVCCStore.stage_span` (and SQLite's side files); idempotent."""
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staging_path + suffix)
+
+
+def _rows_in_span(chunk: Iterable[VersionRow], start: bytes, end: bytes | None) -> Iterator[VersionRow]:
+    for row in chunk:
+        key, wall, logical, value = row
+        _check_key("snapshot key", key)
+        if key < start or (end is not None and key >= end):
+            raise ValueError(f"snapshot row key {key!r} is outside the span [{start!r}, {end!r})")
+        wall = _check_int("snapshot wall", wall)
+        logical = _check_int("snapshot logical", logical)
+        yield key, wall, logical, _check_value("snapshot value", value)
 
 
 class SpanExport:

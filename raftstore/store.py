@@ -23,6 +23,7 @@ Range lifecycle:
 
 from __future__ import annotations
 
+import collections
 import heapq
 import logging
 import os
@@ -35,7 +36,7 @@ import msgpack
 from raftstore import constants
 from raftstore.mvcc import MVCCStore
 from raftstore.raft.commands import Outcome
-from raftstore.raft.group import RaftGroup, _SNAPSHOT_MAGIC, _LEN
+from raftstore.raft.group import Executor, RaftGroup, _SNAPSHOT_MAGIC, _LEN, run_inline
 from raftstore.raft.journal import LogFile, encode_record, MAGIC as JOURNAL_MAGIC
 from raftstore.ranges import (FIRST_DATA_RANGE_ID, META_RANGE_ID, MISMATCH, RangeCache, RangeDescriptor,
                               bootstrap_descriptors, local_desc_key, split_key_for)
@@ -67,7 +68,11 @@ class StoreConfig:
 class Store:
     def __init__(self, cfg: StoreConfig, mvcc: MVCCStore, *, open_journal: Callable[[str], LogFile],
                  transport_class: Callable[[int], Any], clock: Callable[[], float] = time.monotonic,
-                 now_ts: Callable[[], list] | None = None, crash_point: Callable[[str], None] = _no_crash) -> None:
+                 now_ts: Callable[[], list] | None = None, crash_point: Callable[[str], None] = _no_crash,
+                 snapshot_executor: Executor = run_inline) -> None:
+        """`snapshot_executor` runs the slow part of snapshots (writing one, staging a received
+        one): the node gives raftstore.raft.group.run_in_thread so its loop never waits for a
+        whole range; the simulator schedules them on its own clock; the default runs them inline."""
         self.cfg = cfg
         self.mvcc = mvcc
         self.open_journal = open_journal
@@ -88,6 +93,8 @@ class Store:
         self.timer_at: dict[int, float] = {}
         self.tick_soon: set[int] = set()               # groups with a proposal or message to handle
         self.dirty: set[int] = set()                   # groups whose journal may need a sync
+        self.snapshot_executor = snapshot_executor
+        self.woken: collections.deque[int] = collections.deque()   # snapshot job done (any thread)
 
     # --- start-up ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -146,7 +153,8 @@ class Store:
         conf = dict(self.cfg.raft_conf or {})
         group = RaftGroup(me, peers, journal_file=self.open_journal(journal_path), dump_path=dump_path,
                           state_machine=replica, conf=conf, name="r%d" % range_id,
-                          transport_class=self.transport_class(range_id))
+                          transport_class=self.transport_class(range_id), snapshot_executor=self.snapshot_executor,
+                          on_snapshot_job_done=lambda: self.woken.append(range_id))
         self.groups[range_id], self.replicas[range_id] = group, replica
         self.touch(range_id)
         if replica.desc is not None:
@@ -218,6 +226,8 @@ class Store:
             due = set(self.groups)
         else:
             due, self.tick_soon = self.tick_soon, set()
+            while self.woken:
+                due.add(self.woken.popleft())   # a snapshot job finished: collect it now
             while self.timers and self.timers[0][0] <= now:
                 at, rid = heapq.heappop(self.timers)
                 if self.timer_at.get(rid) == at:

@@ -125,7 +125,8 @@ class SplitWorld:
                       mvcc, open_journal=lambda path, disk=disk: disk.open(path),
                       transport_class=lambda gid, nid=nid: (lambda so, s, o: _GroupTransport(self, nid, gid, so, s, o)),
                       clock=self.clock, now_ts=lambda: [int(self.clock.t * 1e9), 0],
-                      crash_point=lambda point, nid=nid: self._crash_point(nid, point))
+                      crash_point=lambda point, nid=nid: self._crash_point(nid, point),
+                      snapshot_executor=lambda job, nid=nid: self._submit_job(nid, job))
         self.mvccs[nid] = mvcc
         self.stores[nid] = store
         self.incarnation[nid] += 1
@@ -140,6 +141,11 @@ class SplitWorld:
                 for (n, gid), t in list(self.transports.items()):
                     if n == pid and t.started and nid in t.peers:
                         t._onNodeConnected(t.peers[nid])
+
+    def _submit_job(self, nid: int, job) -> None:
+        """Snapshot work runs later on the simulated clock (as a thread would, while the loop
+        goes on), deterministically; a crash before then drops it, as it would the thread."""
+        self.push(self.clock.t + self.rng.uniform(0.005, 0.2), "job", (nid, self.incarnation[nid], job))
 
     def _crash_point(self, nid: int, point: str) -> None:
         if point == "split:applied" and nid == self.ids[0]:
@@ -237,6 +243,10 @@ class SplitWorld:
                             self.stores[n].tick()
                             self.stores[n].sync()
                             self.push(self.clock.t + self.cfg.tick_s, "tick", data)
+                    elif kind == "job":
+                        n, inc, job = data
+                        if self.alive(n) and inc == self.incarnation[n]:
+                            job()
                     elif kind == "msg":
                         self._deliver(*data)
                         if self.alive(data[1]):
