@@ -36,6 +36,7 @@ from raftstore import constants
 from raftstore.mvcc import MVCCStore
 from raftstore.peer import HEARTBEAT, RAFT, PeerNetwork, parse_addr
 from raftstore.raft.commands import Outcome, new_command_id
+from raftstore.raft.group import run_in_thread
 from raftstore.raft.journal import RealLogFile, fsync_dir
 from raftstore.ranges import MISMATCH, pretty_key
 from raftstore.replica import RAW_END, RAW_PREFIX
@@ -115,6 +116,7 @@ class Node:
         self.clock_offset_errors = 0
         self.join_hellos: dict[str, dict] = {}
         self._stop = threading.Event()
+        self.loop_busy_max_s = 0.0   # longest node-loop iteration (time not spent waiting in poll)
         self._loop_thread: threading.Thread | None = None
         self._open_resources()
 
@@ -247,7 +249,7 @@ class Node:
                                        range_bytes_max=self.cfg.range_bytes_max, raft_conf=conf),
                            self.mvcc, open_journal=RealLogFile,
                            transport_class=lambda gid: (lambda so, s, o: GroupTransport(self, gid, so, s, o)),
-                           now_ts=lambda: self.hlc.now().to_wire())
+                           now_ts=lambda: self.hlc.now().to_wire(), snapshot_executor=run_in_thread)
         self.store.start()
 
     def _on_raft(self, peer_id: int, group_id: int, message: dict) -> None:
@@ -309,6 +311,7 @@ class Node:
                 if release is not None and release < wake_at:
                     wake_at = release
                 self.net.poll(max(0.0, wake_at - time.monotonic()))
+                busy_from = time.monotonic()
                 while self._calls:
                     fn = self._calls.popleft()
                     try:
@@ -329,6 +332,9 @@ class Node:
                 if self.store is not None:
                     self.store.sync()
                 self.net.flush()
+                busy = time.monotonic() - busy_from
+                if busy > self.loop_busy_max_s:
+                    self.loop_busy_max_s = busy
             except Exception:
                 logger.exception("node loop iteration failed")
                 time.sleep(constants.tick_interval_s)
@@ -453,7 +459,8 @@ class Node:
                 "members": {str(k): v for k, v in (self.members or {}).items()},
                 "connected": sorted(self.net.peers), "ranges": ranges,
                 "leader": data["leader"] if data else None,
-                "is_leader": bool(data and data["leader"] == self.node_id)}
+                "is_leader": bool(data and data["leader"] == self.node_id),
+                "loop_busy_max_ms": round(self.loop_busy_max_s * 1000, 1)}
 
 
 class ClientServer:

@@ -352,7 +352,8 @@ class Store:
                         "generation": d.generation if d else None, "replicas": list(d.replicas) if d else [],
                         "leader": int(group.leader_id()) if group.leader_id() else None,
                         "applied_index": group.raftLastApplied, "bytes": self.sizes.get(rid),
-                        "snapshots_installed": group.snapshots_installed})
+                        "snapshots_installed": group.snapshots_installed,
+                        "snapshots_created": group.snapshots_created})
         return out
 
     def close(self) -> None:
