@@ -402,6 +402,12 @@ class RaftGroup(SyncObj):
                 after = self._SyncObj__raftNextIndex.get(node)
                 if message.get("success") and before is not None and after is not None and after < before:
                     self._SyncObj__raftNextIndex[node] = before  # rule 1
+                if message.get("snapshot_refused") and self._SyncObj__raftLastApplied - 1 > self._journal[0][1]:
+                    # The follower cannot take our dump (e.g. a split-time dump whose descriptor
+                    # still spans ranges the follower holds): make a fresh one, of what we have
+                    # applied since, rather than send the same one forever.
+                    logger.info("%s: %s refused our snapshot; making a fresh one", self.name, node)
+                    self.forceLogCompaction()
                 return
             SyncObj._SyncObj__onMessageReceived(self, node, message)
             if self._install is not None and self._install.done.is_set():
@@ -468,10 +474,18 @@ class RaftGroup(SyncObj):
             # pysyncobj acknowledges a snapshot it failed to load; say it failed instead, and
             # the leader sends it again later.
             logger.info("%s: snapshot not installed: %s", self.name, self._snapshot_refused)
-            success, reset, self._snapshot_refused, self._snapshot_ack = False, True, None, None
+            self._snapshot_refused, self._snapshot_ack = None, None
+            return self._send_refusal(node)
         elif success and nextNodeIdx is None and self._snapshot_ack is not None:
             nextNodeIdx, self._snapshot_ack = self._snapshot_ack, None
         return SyncObj._SyncObj__sendNextNodeIdx(self, node, reset, nextNodeIdx, success)
+
+    def _send_refusal(self, node):
+        """Tell the leader its snapshot was not installed (a failure, as pysyncobj sends, plus a
+        flag our leaders read: see the next_node_idx branch of _SyncObj__onMessageReceived)."""
+        return self._SyncObj__transport.send(node, {
+            "type": "next_node_idx", "next_node_idx": self._journal[-1][1] + 1, "reset": True,
+            "success": False, "snapshot_refused": True})
 
     def _SyncObj__loadDumpFile(self, clearJournal):
         if clearJournal:
@@ -636,7 +650,7 @@ class RaftGroup(SyncObj):
             with contextlib.suppress(OSError):
                 os.unlink(recv_path)
             if node is not None:
-                self._SyncObj__sendNextNodeIdx(node, success=False, reset=True)
+                self._send_refusal(node)
             return
         try:
             self._install_received(header, staged, recv_path)
