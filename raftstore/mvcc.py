@@ -30,7 +30,7 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 __all__ = [
@@ -751,6 +751,57 @@ class MVCCStore:
         conn.close()
         return count
 
+    def diff_staged(
+        self, staging_path: str, range_id: int, start: bytes, end: bytes | None,
+        sole_writer: Callable[[Callable[[bytes, bytes | None], list]], bool],
+    ) -> int | None:
+        """Off the loop (any thread; a connection of its own): compare staged rows with what
+        this store holds in the span, in one read snapshot R, and record the difference in the
+        staging file (`ins`: staged rows not held here, `gone`: held rows not staged). Returns
+        the range's applied index at R -- `import_staged(..., basis=that)` then writes only the
+        difference -- or None when the difference cannot be trusted: `sole_writer(scan)` (given
+        a scan `(start, end) -> [(key, value)]` of R) says whether only this range can write
+        into the span.
+        Why it is exact: after R the span changes only through this range's applies (seen in
+        its applied index, which import_staged compares with the basis) or another range's --
+        none held the span at R, and a range that takes it later makes the install refused."""
+        _check_span(start, end)
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("ATTACH DATABASE ? AS staged", (staging_path,))
+            conn.execute("BEGIN")
+            (basis,) = conn.execute(
+                "SELECT coalesce(max(applied_index), 0) FROM main.range_state WHERE range_id = ?", (range_id,)
+            ).fetchone()   # pins R
+
+            def scan(lo: bytes, hi: bytes | None) -> list:
+                sql = _SCAN_SQL[hi is not None, False]
+                return [(k, v) for k, v, _w, _l in conn.execute(sql, {"start": lo, "end": hi, "wall": TIMESTAMP_PART_MAX, "logical": TIMESTAMP_PART_MAX})]
+            if not sole_writer(scan):
+                return None
+            bounded = end is not None
+            params = {"start": start, "end": end}
+            conn.execute("DROP TABLE IF EXISTS staged.ins")
+            conn.execute("DROP TABLE IF EXISTS staged.gone")
+            conn.execute(
+                "CREATE TABLE staged.ins AS SELECT s.key, s.wall, s.logical, s.value FROM staged.versions AS s"
+                " WHERE NOT EXISTS (SELECT 1 FROM main.versions AS v WHERE v.key = s.key AND v.wall = s.wall"
+                " AND v.logical = s.logical AND v.value IS s.value)"
+            )
+            conn.execute(
+                "CREATE TABLE staged.gone AS SELECT v.key, v.wall, v.logical FROM main.versions AS v"
+                f" WHERE {_span('v', bounded)} AND NOT EXISTS (SELECT 1 FROM staged.versions AS s"
+                " WHERE s.key = v.key AND s.wall = v.wall AND s.logical = v.logical AND s.value IS v.value)",
+                params,
+            )
+            conn.execute("COMMIT")
+            return basis
+        except sqlite3.Error as e:
+            raise StoreError(f"snapshot staging file {staging_path}: {type(e).__name__}: {e}") from e
+        finally:
+            conn.close()
+
     def import_staged(
         self,
         range_id: int,
@@ -761,14 +812,19 @@ class MVCCStore:
         applied_term: int,
         *,
         extra_writes: Iterable[tuple[bytes, Timestamp, bytes | None]] = (),
-    ) -> None:
+        basis: int | None = None,
+    ) -> bool:
         """`import_span` of rows staged by `stage_span`: the same single transaction (delete the
         span, insert the rows and `extra_writes`, set the applied index and term, drop command
         results above it), but the rows move with one set-based INSERT ... SELECT inside
         SQLite instead of one Python call per row. A crash leaves the old state of the span or
         the whole snapshot with its applied index, never a mix. The staging file is removed
         after the commit. Inside a batch, the batch is committed first (ATTACH cannot run
-        inside a transaction) and a new one begun after."""
+        inside a transaction) and a new one begun after.
+        `basis` (from `diff_staged`): if the range's applied index is still the basis, only the
+        difference is written (a replica that was a little behind rewrites a few rows, not the
+        range); otherwise the whole span is replaced as above. Returns True if the difference
+        was used."""
         _check_int("range_id", range_id)
         _check_span(start, end)
         _check_int("applied_index", applied_index)
@@ -790,10 +846,18 @@ class MVCCStore:
                     conn.execute("BEGIN IMMEDIATE")
                     try:
                         params = {"start": start, "end": end}
-                        conn.execute(_SPAN_DELETE_SQL[bounded], params)
+                        diff = basis is not None and self._applied(conn, range_id)[0] == basis
+                        if diff:
+                            conn.execute(
+                                "DELETE FROM main.versions WHERE (key, wall, logical) IN"
+                                " (SELECT key, wall, logical FROM staged.gone)"
+                            )
+                        else:
+                            conn.execute(_SPAN_DELETE_SQL[bounded], params)
                         conn.execute(
                             "INSERT OR REPLACE INTO main.versions (key, wall, logical, value)"
-                            " SELECT v.key, v.wall, v.logical, v.value FROM staged.versions AS v"
+                            " SELECT v.key, v.wall, v.logical, v.value FROM"
+                            f" {'staged.ins' if diff else 'staged.versions'} AS v"
                             f" WHERE {_span('v', bounded)}",
                             params,
                         )
@@ -818,6 +882,7 @@ class MVCCStore:
             except sqlite3.Error as e:
                 raise StoreError(f"MVCC store {self._path}: {type(e).__name__}: {e}") from e
         discard_staged(staging_path)
+        return diff
 
 
 def discard_staged(staging_path: str) -> None:

@@ -117,6 +117,7 @@ class Node:
         self.join_hellos: dict[str, dict] = {}
         self._stop = threading.Event()
         self.loop_busy_max_s = 0.0   # longest node-loop iteration (time not spent waiting in poll)
+        self.loop_stalls: collections.deque = collections.deque(maxlen=constants.loop_stalls_kept)
         self._loop_thread: threading.Thread | None = None
         self._open_resources()
 
@@ -335,6 +336,8 @@ class Node:
                 busy = time.monotonic() - busy_from
                 if busy > self.loop_busy_max_s:
                     self.loop_busy_max_s = busy
+                if busy * 1000 >= constants.loop_stall_report_ms:
+                    self.loop_stalls.append([round(time.time(), 3), round(busy * 1000, 1)])
             except Exception:
                 logger.exception("node loop iteration failed")
                 time.sleep(constants.tick_interval_s)
@@ -460,7 +463,8 @@ class Node:
                 "connected": sorted(self.net.peers), "ranges": ranges,
                 "leader": data["leader"] if data else None,
                 "is_leader": bool(data and data["leader"] == self.node_id),
-                "loop_busy_max_ms": round(self.loop_busy_max_s * 1000, 1)}
+                "loop_busy_max_ms": round(self.loop_busy_max_s * 1000, 1),
+                "loop_stalls": list(self.loop_stalls)}
 
 
 class ClientServer:

@@ -50,6 +50,7 @@ class StagedSnapshot:
     path: str
     index: int
     rows: int
+    basis: int | None = None    # applied index the staged difference is against (mvcc.diff_staged)
 
 
 def _bytes(args: dict, name: str, *, optional: bool = False) -> bytes | None:
@@ -189,7 +190,16 @@ class RangeReplica:
         desc = self._read_desc(f)
         path = "%s.staging-r%d" % (self.store.path, self.range_id)
         rows = MVCCStore.stage_span(path, desc.start, desc.end, self._chunks(f))
-        return StagedSnapshot(desc, path, index, rows)
+
+        def sole_writer(scan) -> bool:   # no other local range's descriptor overlaps the span
+            from raftstore.ranges import LOCAL_DESC_PREFIX
+            for _, raw in scan(LOCAL_DESC_PREFIX, LOCAL_DESC_PREFIX + b"\xff"):
+                other = RangeDescriptor.decode(raw)
+                if other.range_id != self.range_id and other.overlaps(desc.start, desc.end):
+                    return False
+            return True
+        basis = self.store.diff_staged(path, self.range_id, desc.start, desc.end, sole_writer)
+        return StagedSnapshot(desc, path, index, rows, basis)
 
     def check_staged(self, staged: "StagedSnapshot") -> None:
         """On the loop, before anything changes: SnapshotRefused if this node cannot take it now."""
@@ -204,7 +214,8 @@ class RangeReplica:
             raise SnapshotRefused("staged snapshot is at index %d, not %d" % (staged.index, index))
         desc = staged.desc
         self.store.import_staged(self.range_id, desc.start, desc.end, staged.path, index, 0,
-                                 extra_writes=[(local_desc_key(self.range_id), desc_ts(desc), desc.encode())])
+                                 extra_writes=[(local_desc_key(self.range_id), desc_ts(desc), desc.encode())],
+                                 basis=staged.basis)
         self.desc = desc
 
     def discard_staged(self, staged: "StagedSnapshot") -> None:

@@ -179,3 +179,50 @@ def test_while_a_snapshot_job_is_held_on_its_thread_every_group_keeps_committing
 def test_a_node_down_during_splits_catches_up_by_staged_snapshots(seed):
     summary = run_split_seed(SplitSimConfig(seed=seed, lagging=True))
     assert summary["acked"] > 200, summary
+
+
+def _replica_pair(tmp_path, *, can_install=None):
+    src, dst = MVCCStore(tmp_path / "src.db"), MVCCStore(tmp_path / "dst.db")
+    desc = RangeDescriptor(2, b"k", b"l", 0, (1, 2, 3))
+    leader = RangeReplica(src, 2)
+    leader.desc = desc
+    return src, dst, leader, RangeReplica(dst, 2, can_install=can_install)
+
+
+def _snapshot_of(replica, index):
+    buf = io.BytesIO()
+    replica.write_snapshot(buf, index)
+    buf.seek(0)
+    return buf
+
+
+def test_a_replica_a_little_behind_switches_in_only_the_difference(tmp_path):
+    src, dst, leader, follower = _replica_pair(tmp_path)
+    with src, dst:
+        common = [(b"k%05d" % i, (1, 0), b"v%d" % i) for i in range(3000)]
+        src.apply(2, 10, common)
+        dst.apply(2, 10, common)
+        dst.apply(2, 11, [(b"k-diverged", (5, 0), b"follower only")])   # not in the snapshot: goes
+        src.apply(2, 12, [(b"k00007", (2, 0), b"newer"), (b"k-new", (2, 0), b"n")])
+        staged = follower.stage_snapshot(_snapshot_of(leader, 12), 12)
+        assert staged.basis == 11
+        follower.install_staged(staged, 12)
+        assert rows(dst, b"k", b"l") == rows(src, b"k", b"l") and dst.applied_index(2) == 12
+
+
+def test_the_difference_is_not_used_when_the_range_moved_on_or_another_range_holds_the_span(tmp_path):
+    src, dst, leader, follower = _replica_pair(tmp_path)
+    with src, dst:
+        src.apply(2, 10, [(b"k1", (1, 0), b"a"), (b"k2", (1, 0), b"b")])
+        dst.apply(2, 3, [(b"k1", (1, 0), b"a")])
+        staged = follower.stage_snapshot(_snapshot_of(leader, 10), 10)
+        assert staged.basis == 3
+        dst.apply(2, 4, [(b"k3", (1, 0), b"applied after the diff")])    # the basis is stale now
+        assert dst.import_staged(2, b"k", b"l", staged.path, 10, 0, basis=staged.basis) is False
+        assert rows(dst, b"k", b"l") == rows(src, b"k", b"l")
+        # another local range's descriptor overlaps the span: no difference is computed
+        from raftstore.ranges import local_desc_key
+        dst.write_local([(local_desc_key(7), (0, 0), RangeDescriptor(7, b"a", b"kz", 0, (1, 2, 3)).encode())])
+        staged = follower.stage_snapshot(_snapshot_of(leader, 10), 10)
+        assert staged.basis is None
+        follower.discard_staged(staged)
