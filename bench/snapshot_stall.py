@@ -12,7 +12,13 @@ so the probe's latency is what another group's clients see. Then:
     (sent in chunks, installed on n3).
 Each node reports every loop iteration of 20 ms or more (status `loop_stalls`); the bench
 reports, per phase and node, the longest iteration and the probe's worst latency. Results:
-bench/results/snapshot-stall-<label>-<time>.json|md.
+bench/results/snapshot-stall-<label>-<time>.json|md. (A node's loop also stalls for reasons of
+its own -- applying a backlog of entries in one tick after a restart, a big apply batch under
+load -- so the phases bound the snapshot's share from above.)
+
+`--micro` times, in one process on real SQLite, each loop-side step of creating and installing
+a snapshot the old way and the new, and how late a 5 ms ticker gets while the threaded parts
+run (GIL contention): bench/results/snapshot-micro-<label>-<time>.json.
 
 To measure code without `loop_stalls` (e.g. main before this change), run from a copy of that
 tree whose node.py has the same few lines of instrumentation (see the report in the results).
@@ -111,6 +117,74 @@ def load(cluster: Cluster, total_bytes: int, value_bytes: int, threads: int = 6)
     return count
 
 
+def micro(range_mib: float, value_bytes: int) -> dict:
+    """In one process, real SQLite: how long each loop-side step of a snapshot takes, the old
+    way (everything on the loop) and the new (pin on the loop, write/stage on a thread, switch on
+    the loop), plus how late a 5 ms ticker thread gets while the threaded work runs (the GIL)."""
+    from raftstore.mvcc import MVCCStore
+    from raftstore.ranges import RangeDescriptor
+    from raftstore.replica import RangeReplica
+    d = tempfile.mkdtemp(prefix="raftstore-snapmicro-")
+    out: dict = {}
+    try:
+        n = int(range_mib * (1 << 20)) // value_bytes
+        rows = [(b"k%09d" % i, (100, 0), os.urandom(value_bytes)) for i in range(n)]
+        src = MVCCStore(os.path.join(d, "src.db"))
+        for i in range(0, n, 5000):
+            src.apply(2, 1 + i // 5000, rows[i:i + 5000])
+        index = src.applied_index(2)
+        desc = RangeDescriptor(2, b"k", b"l", 0, (1, 2, 3))
+        leader = RangeReplica(src, 2)
+        leader.desc = desc
+        out["rows"] = n
+
+        def timed(fn):
+            t = time.perf_counter()
+            r = fn()
+            return r, round(1000 * (time.perf_counter() - t), 1)
+
+        def ticker_during(fn):
+            """Run fn on a thread while this thread ticks every 5 ms; worst lateness of a tick."""
+            done = threading.Event()
+            worst = 0.0
+            th = threading.Thread(target=lambda: (fn(), done.set()))
+            th.start()
+            while not done.is_set():
+                t = time.perf_counter()
+                time.sleep(0.005)
+                worst = max(worst, time.perf_counter() - t - 0.005)
+            th.join()
+            return round(1000 * worst, 1)
+
+        path = os.path.join(d, "dump")
+        with open(path, "wb") as f:
+            _, out["old_export_on_loop_ms"] = timed(lambda: leader.write_snapshot(f, index))
+        write, out["new_export_pin_on_loop_ms"] = timed(lambda: leader.snapshot_writer(index))
+        with open(path + ".2", "wb") as f:
+            out["new_export_thread_tick_late_ms"] = ticker_during(lambda: write(f))
+        for case in ("empty", "behind"):
+            for how in ("old", "new"):
+                dst = MVCCStore(os.path.join(d, "%s-%s.db" % (case, how)))
+                if case == "behind":   # held the range until a little before the snapshot
+                    for i in range(0, n - n // 50, 5000):
+                        dst.apply(2, 1 + i // 5000, rows[i:min(i + 5000, n - n // 50)])
+                rep = RangeReplica(dst, 2)
+                with open(path, "rb") as f:
+                    if how == "old":
+                        _, out["%s_install_old_on_loop_ms" % case] = timed(lambda: rep.read_snapshot(f, index + 1))
+                    else:
+                        box = {}
+                        out["%s_install_new_stage_thread_tick_late_ms" % case] = ticker_during(
+                            lambda: box.setdefault("s", rep.stage_snapshot(f, index + 1)))
+                        _, out["%s_install_new_switch_on_loop_ms" % case] = timed(
+                            lambda: rep.install_staged(box["s"], index + 1))
+                dst.close()
+        src.close()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench.snapshot_stall", description=__doc__.splitlines()[0])
     p.add_argument("--range-mib", type=float, default=8.0)
@@ -118,7 +192,15 @@ def main() -> int:
     p.add_argument("--compaction-entries", type=int, default=400)
     p.add_argument("--label", default="run")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    p.add_argument("--micro", action="store_true", help="only the in-process step timings (no cluster)")
     args = p.parse_args()
+    if args.micro:
+        res = micro(args.range_mib, int(args.value_kib * 1024))
+        print(json.dumps(res, indent=2))
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "snapshot-micro-%s-%s.json" % (args.label, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))), "w") as f:
+            json.dump(res, f, indent=2)
+        return 0
     root = tempfile.mkdtemp(prefix="raftstore-snapstall-")
     phases: dict[str, tuple[float, float]] = {}
     try:

@@ -659,6 +659,8 @@ class RaftGroup(SyncObj):
             self._snapshot_refused = "install failed"
         finally:
             self._discard_staged(staged)
+            with contextlib.suppress(OSError):
+                os.unlink(recv_path)   # still there if it was not needed (we were past it)
         if node is not None:
             self._SyncObj__sendNextNodeIdx(node, success=True)
 
