@@ -24,6 +24,7 @@ Range lifecycle:
 from __future__ import annotations
 
 import collections
+import glob
 import heapq
 import logging
 import os
@@ -34,7 +35,7 @@ from typing import Any, Callable
 import msgpack
 
 from raftstore import constants
-from raftstore.mvcc import MVCCStore
+from raftstore.mvcc import MVCCStore, discard_staged
 from raftstore.raft.commands import Outcome
 from raftstore.raft.group import Executor, RaftGroup, _SNAPSHOT_MAGIC, _LEN, run_inline
 from raftstore.raft.journal import LogFile, encode_record, MAGIC as JOURNAL_MAGIC
@@ -98,6 +99,8 @@ class Store:
 
     # --- start-up ----------------------------------------------------------------------------
     def start(self) -> None:
+        for leftover in glob.glob(glob.escape(self.mvcc.path) + ".staging-r*"):
+            discard_staged(leftover)   # a snapshot being staged when the node stopped
         descs = local_descriptors(self.mvcc)
         if not descs:
             descs = bootstrap_descriptors(self.cfg.replicas)
