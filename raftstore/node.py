@@ -311,8 +311,8 @@ class Node:
                 release = self.net.next_release()
                 if release is not None and release < wake_at:
                     wake_at = release
-                self.net.poll(max(0.0, wake_at - time.monotonic()))
                 busy_from = time.monotonic()
+                self.net.poll(max(0.0, wake_at - time.monotonic()))
                 while self._calls:
                     fn = self._calls.popleft()
                     try:
@@ -333,7 +333,7 @@ class Node:
                 if self.store is not None:
                     self.store.sync()
                 self.net.flush()
-                busy = time.monotonic() - busy_from
+                busy = time.monotonic() - busy_from - self.net.last_wait_s   # frames handled in poll count
                 if busy > self.loop_busy_max_s:
                     self.loop_busy_max_s = busy
                 if busy * 1000 >= constants.loop_stall_report_ms:
