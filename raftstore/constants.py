@@ -45,6 +45,8 @@ peer_send_buffer_bytes_max = 64 * 1024 * 1024  # a peer this far behind is disco
 peer_redial_interval_s = 0.5
 peer_connect_timeout_s = 3.0
 tick_interval_s = 0.01
+loop_stall_report_ms = 20          # node-loop iterations this long are listed in status (loop_stalls)
+loop_stalls_kept = 64              # ... the most recent ones, [unix time, ms]
 
 # --- Client protocol (raftstore.wire, raftstore.kv) ---------------------------------------------
 client_frame_bytes_max = 4 * 1024 * 1024    # one request or response frame's msgpack body

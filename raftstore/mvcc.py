@@ -30,7 +30,7 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "SpanExport",
     "StoreError",
     "Timestamp",
+    "discard_staged",
     "VersionRow",
     "SCHEMA_VERSION",
 ]
@@ -707,22 +708,10 @@ class MVCCStore:
         _check_int("applied_index", applied_index)
         _check_int("applied_term", applied_term)
 
-        def rows_in_span(chunk: Iterable[VersionRow]) -> Iterator[VersionRow]:
-            for row in chunk:
-                key, wall, logical, value = row
-                _check_key("snapshot key", key)
-                if key < start or (end is not None and key >= end):
-                    raise ValueError(
-                        f"snapshot row key {key!r} is outside the span [{start!r}, {end!r})"
-                    )
-                wall = _check_int("snapshot wall", wall)
-                logical = _check_int("snapshot logical", logical)
-                yield key, wall, logical, _check_value("snapshot value", value)
-
         with self._transaction("BEGIN IMMEDIATE") as conn:
             conn.execute(_SPAN_DELETE_SQL[end is not None], {"start": start, "end": end})
             for chunk in chunks:
-                conn.executemany(_INSERT_VERSION_SQL, rows_in_span(chunk))
+                conn.executemany(_INSERT_VERSION_SQL, _rows_in_span(chunk, start, end))
             conn.executemany(_INSERT_VERSION_SQL, _checked_writes(extra_writes))
             conn.execute(
                 "INSERT OR REPLACE INTO range_state (range_id, applied_index, applied_term)"
@@ -733,6 +722,199 @@ class MVCCStore:
                 "DELETE FROM command_results WHERE range_id = ? AND raft_index > ?",
                 (range_id, applied_index),
             )
+
+
+    # --- snapshots installed in two steps: staged off the loop, switched in on it ---
+
+    @staticmethod
+    def stage_span(
+        staging_path: str, start: bytes, end: bytes | None, chunks: Iterable[Iterable[VersionRow]]
+    ) -> int:
+        """Write a snapshot's rows into a fresh staging SQLite file at `staging_path` (any old
+        file there is replaced); returns the number of rows. Touches nothing of the store, so
+        it may run on any thread while the store keeps applying: the slow part of installing
+        a snapshot (decoding, checking, inserting row by row). Rows are checked as
+        `import_span` checks them (ValueError/TypeError for a row outside the span or
+        malformed). The staging file is scratch: not synced, removed by `import_staged` or
+        `discard_staged`, and a crash leaves it behind harmlessly (the next staging replaces it)."""
+        _check_span(start, end)
+        discard_staged(staging_path)
+        try:
+            conn = sqlite3.connect(staging_path, isolation_level=None)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot create snapshot staging file {staging_path}: {e}") from e
+        count = 0
+        try:
+            conn.execute("PRAGMA journal_mode = OFF")
+            conn.execute("PRAGMA synchronous = OFF")
+            conn.execute(_SCHEMA[0])
+            conn.execute("BEGIN")
+            for chunk in chunks:
+                rows = list(_rows_in_span(chunk, start, end))
+                conn.executemany(_INSERT_VERSION_SQL, rows)
+                count += len(rows)
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            conn.close()
+            discard_staged(staging_path)
+            raise StoreError(f"snapshot staging file {staging_path}: {type(e).__name__}: {e}") from e
+        except BaseException:
+            conn.close()
+            discard_staged(staging_path)
+            raise
+        conn.close()
+        return count
+
+    def diff_staged(
+        self, staging_path: str, range_id: int, start: bytes, end: bytes | None,
+        sole_writer: Callable[[Callable[[bytes, bytes | None], list]], bool],
+    ) -> int | None:
+        """Off the loop (any thread; a connection of its own): compare staged rows with what
+        this store holds in the span, in one read snapshot R, and record the difference in the
+        staging file (`ins`: staged rows not held here, `gone`: held rows not staged). Returns
+        the range's applied index at R -- `import_staged(..., basis=that)` then writes only the
+        difference -- or None when the difference cannot be trusted: `sole_writer(scan)` (given
+        a scan `(start, end) -> [(key, value)]` of R) says whether only this range can write
+        into the span.
+        Why it is exact: after R the span changes only through this range's applies (seen in
+        its applied index, which import_staged compares with the basis) or another range's --
+        none held the span at R, and a range that takes it later makes the install refused."""
+        _check_span(start, end)
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("ATTACH DATABASE ? AS staged", (staging_path,))
+            conn.execute("BEGIN")
+            (basis,) = conn.execute(
+                "SELECT coalesce(max(applied_index), 0) FROM main.range_state WHERE range_id = ?", (range_id,)
+            ).fetchone()   # pins R
+
+            def scan(lo: bytes, hi: bytes | None) -> list:
+                sql = _SCAN_SQL[hi is not None, False]
+                return [(k, v) for k, v, _w, _l in conn.execute(sql, {"start": lo, "end": hi, "wall": TIMESTAMP_PART_MAX, "logical": TIMESTAMP_PART_MAX})]
+            if not sole_writer(scan):
+                return None
+            bounded = end is not None
+            params = {"start": start, "end": end}
+            conn.execute("DROP TABLE IF EXISTS staged.ins")
+            conn.execute("DROP TABLE IF EXISTS staged.gone")
+            conn.execute(
+                "CREATE TABLE staged.ins AS SELECT s.key, s.wall, s.logical, s.value FROM staged.versions AS s"
+                " WHERE NOT EXISTS (SELECT 1 FROM main.versions AS v WHERE v.key = s.key AND v.wall = s.wall"
+                " AND v.logical = s.logical AND v.value IS s.value)"
+            )
+            conn.execute(
+                "CREATE TABLE staged.gone AS SELECT v.key, v.wall, v.logical FROM main.versions AS v"
+                f" WHERE {_span('v', bounded)} AND NOT EXISTS (SELECT 1 FROM staged.versions AS s"
+                " WHERE s.key = v.key AND s.wall = v.wall AND s.logical = v.logical AND s.value IS v.value)",
+                params,
+            )
+            conn.execute("COMMIT")
+            return basis
+        except sqlite3.Error as e:
+            raise StoreError(f"snapshot staging file {staging_path}: {type(e).__name__}: {e}") from e
+        finally:
+            conn.close()
+
+    def import_staged(
+        self,
+        range_id: int,
+        start: bytes,
+        end: bytes | None,
+        staging_path: str,
+        applied_index: int,
+        applied_term: int,
+        *,
+        extra_writes: Iterable[tuple[bytes, Timestamp, bytes | None]] = (),
+        basis: int | None = None,
+    ) -> bool:
+        """`import_span` of rows staged by `stage_span`: the same single transaction (delete the
+        span, insert the rows and `extra_writes`, set the applied index and term, drop command
+        results above it), but the rows move with one set-based INSERT ... SELECT inside
+        SQLite instead of one Python call per row. A crash leaves the old state of the span or
+        the whole snapshot with its applied index, never a mix. The staging file is removed
+        after the commit. Inside a batch, the batch is committed first (ATTACH cannot run
+        inside a transaction) and a new one begun after.
+        `basis` (from `diff_staged`): if the range's applied index is still the basis, only the
+        difference is written (a replica that was a little behind rewrites a few rows, not the
+        range); otherwise the whole span is replaced as above. Returns True if the difference
+        was used."""
+        _check_int("range_id", range_id)
+        _check_span(start, end)
+        _check_int("applied_index", applied_index)
+        _check_int("applied_term", applied_term)
+        extra = list(_checked_writes(extra_writes))
+        if not os.path.exists(staging_path):
+            raise StoreError(f"snapshot staging file {staging_path} is missing")
+        bounded = end is not None
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise StoreError(f"MVCC store {self._path} is closed")
+            in_batch = self._in_batch
+            try:
+                if in_batch:
+                    conn.execute("COMMIT")
+                conn.execute("ATTACH DATABASE ? AS staged", (staging_path,))
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        params = {"start": start, "end": end}
+                        diff = basis is not None and self._applied(conn, range_id)[0] == basis
+                        if diff:
+                            conn.execute(
+                                "DELETE FROM main.versions WHERE (key, wall, logical) IN"
+                                " (SELECT key, wall, logical FROM staged.gone)"
+                            )
+                        else:
+                            conn.execute(_SPAN_DELETE_SQL[bounded], params)
+                        conn.execute(
+                            "INSERT OR REPLACE INTO main.versions (key, wall, logical, value)"
+                            " SELECT v.key, v.wall, v.logical, v.value FROM"
+                            f" {'staged.ins' if diff else 'staged.versions'} AS v"
+                            f" WHERE {_span('v', bounded)}",
+                            params,
+                        )
+                        conn.executemany(_INSERT_VERSION_SQL, extra)
+                        conn.execute(
+                            "INSERT OR REPLACE INTO range_state (range_id, applied_index, applied_term)"
+                            " VALUES (?, ?, ?)",
+                            (range_id, applied_index, applied_term),
+                        )
+                        conn.execute(
+                            "DELETE FROM command_results WHERE range_id = ? AND raft_index > ?",
+                            (range_id, applied_index),
+                        )
+                        conn.execute("COMMIT")
+                    finally:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                finally:
+                    conn.execute("DETACH DATABASE staged")
+                    if in_batch:
+                        conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise StoreError(f"MVCC store {self._path}: {type(e).__name__}: {e}") from e
+        discard_staged(staging_path)
+        return diff
+
+
+def discard_staged(staging_path: str) -> None:
+    """Remove a staging file of `MVCCStore.stage_span` (and SQLite's side files); idempotent."""
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staging_path + suffix)
+
+
+def _rows_in_span(chunk: Iterable[VersionRow], start: bytes, end: bytes | None) -> Iterator[VersionRow]:
+    for row in chunk:
+        key, wall, logical, value = row
+        _check_key("snapshot key", key)
+        if key < start or (end is not None and key >= end):
+            raise ValueError(f"snapshot row key {key!r} is outside the span [{start!r}, {end!r})")
+        wall = _check_int("snapshot wall", wall)
+        logical = _check_int("snapshot logical", logical)
+        yield key, wall, logical, _check_value("snapshot value", value)
 
 
 class SpanExport:

@@ -37,6 +37,7 @@ from raftstore.clockcheck import OffsetMonitor, probe_is_valid
 from raftstore.mvcc import MVCCStore
 from raftstore.peer import HEARTBEAT, RAFT, PeerNetwork, parse_addr
 from raftstore.raft.commands import Outcome, new_command_id
+from raftstore.raft.group import run_in_thread
 from raftstore.raft.journal import RealLogFile, fsync_dir
 from raftstore.ranges import MISMATCH, pretty_key
 from raftstore.replica import RAW_END, RAW_PREFIX
@@ -120,6 +121,8 @@ class Node:
         self._offset_logged: dict[int, float] = {}
         self.join_hellos: dict[str, dict] = {}
         self._stop = threading.Event()
+        self.loop_busy_max_s = 0.0   # longest node-loop iteration (time not spent waiting in poll)
+        self.loop_stalls: collections.deque = collections.deque(maxlen=constants.loop_stalls_kept)
         self._loop_thread: threading.Thread | None = None
         self._open_resources()
 
@@ -253,7 +256,7 @@ class Node:
                                        range_bytes_max=self.cfg.range_bytes_max, raft_conf=conf),
                            self.mvcc, open_journal=RealLogFile,
                            transport_class=lambda gid: (lambda so, s, o: GroupTransport(self, gid, so, s, o)),
-                           now_ts=lambda: self.hlc.now().to_wire())
+                           now_ts=lambda: self.hlc.now().to_wire(), snapshot_executor=run_in_thread)
         self.store.start()
 
     def _on_raft(self, peer_id: int, group_id: int, message: dict) -> None:
@@ -323,6 +326,7 @@ class Node:
                 release = self.net.next_release()
                 if release is not None and release < wake_at:
                     wake_at = release
+                busy_from = time.monotonic()
                 self.net.poll(max(0.0, wake_at - time.monotonic()))
                 while self._calls:
                     fn = self._calls.popleft()
@@ -345,6 +349,11 @@ class Node:
                 if self.store is not None:
                     self.store.sync()
                 self.net.flush()
+                busy = time.monotonic() - busy_from - self.net.last_wait_s   # frames handled in poll count
+                if busy > self.loop_busy_max_s:
+                    self.loop_busy_max_s = busy
+                if busy * 1000 >= constants.loop_stall_report_ms:
+                    self.loop_stalls.append([round(time.time(), 3), round(busy * 1000, 1)])
             except Exception:
                 logger.exception("node loop iteration failed")
                 time.sleep(constants.tick_interval_s)
@@ -480,7 +489,9 @@ class Node:
                 "leader": data["leader"] if data else None,
                 "is_leader": bool(data and data["leader"] == self.node_id),
                 "clock": {"serving": self.clock_unfit is None, "reason": self.clock_unfit,
-                          "offsets": self.offsets.status(time.monotonic())}}
+                          "offsets": self.offsets.status(time.monotonic())},
+                "loop_busy_max_ms": round(self.loop_busy_max_s * 1000, 1),
+                "loop_stalls": list(self.loop_stalls)}
 
 
 class ClientServer:

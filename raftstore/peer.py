@@ -103,6 +103,7 @@ class PeerNetwork:
         self.on_heartbeat = on_heartbeat
         self.delay_s = delay_s          # WAN emulation: one-way delay to each peer (raftstore.wan)
         self.sel = selectors.DefaultSelector()
+        self.last_wait_s = 0.0   # how long the last poll waited in select (node loop idle time)
         self.listen_sock = listen_sock
         listen_sock.setblocking(False)
         self.sel.register(listen_sock, selectors.EVENT_READ, None)
@@ -186,7 +187,10 @@ class PeerNetwork:
 
     # --- the loop's read side -----------------------------------------------------------------
     def poll(self, timeout: float) -> None:
-        for key, mask in self.sel.select(timeout):
+        waited_from = time.monotonic()
+        events = self.sel.select(timeout)
+        self.last_wait_s = time.monotonic() - waited_from   # the node loop's idle time
+        for key, mask in events:
             if key.data is None:
                 self._accept()
             elif key.data == "wake":

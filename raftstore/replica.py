@@ -22,12 +22,13 @@ id gets its first answer.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable
 
 import msgpack
 
 from raftstore import constants
-from raftstore.mvcc import TIMESTAMP_PART_MAX, MVCCStore
+from raftstore.mvcc import TIMESTAMP_PART_MAX, MVCCStore, discard_staged
 from raftstore.raft.commands import Command, CommandError
 from raftstore.ranges import (META_COUNTER_KEY, META_DESC_PREFIX, META_RANGE_ID, MISMATCH, RangeDescriptor,
                               local_desc_key, meta_desc_key, FIRST_DATA_RANGE_ID)
@@ -40,6 +41,16 @@ _LEN = struct.Struct("<I")
 
 class SnapshotRefused(Exception):
     """This node cannot take the snapshot now (it would overlap a range it still holds)."""
+
+
+@dataclass
+class StagedSnapshot:
+    """A received snapshot decoded into a staging file, waiting to be switched in."""
+    desc: RangeDescriptor
+    path: str
+    index: int
+    rows: int
+    basis: int | None = None    # applied index the staged difference is against (mvcc.diff_staged)
 
 
 def _bytes(args: dict, name: str, *, optional: bool = False) -> bytes | None:
@@ -123,33 +134,95 @@ class RangeReplica:
         return (True, tuple(msgpack.unpackb(found[1], raw=False)))
 
     def write_snapshot(self, f: BinaryIO, index: int) -> None:
+        self.snapshot_writer(index)(f)
+
+    def snapshot_writer(self, index: int) -> Callable[[BinaryIO], None]:
+        """Pin the replica's state now (on the loop, with every apply up to `index` committed)
+        and return a function that writes exactly that state to a file: it reads a SQLite
+        read snapshot on a connection of its own, so it may run on another thread while the
+        loop keeps applying. Format: descriptor, then msgpack chunks of rows, then a 0 length."""
         assert self.desc is not None, "an uninitialized replica has no snapshot to give"
         body = self.desc.encode()
-        f.write(_LEN.pack(len(body)) + body)
-        with self.store.export_span(self.desc.start, self.desc.end, constants.snapshot_chunk_rows) as export:
-            for chunk in export:
-                body = msgpack.packb(chunk, use_bin_type=True)
-                f.write(_LEN.pack(len(body)) + body)
-        f.write(_LEN.pack(0))
+        export = self.store.export_span(self.desc.start, self.desc.end, constants.snapshot_chunk_rows,
+                                        range_id=self.range_id)
+        if export.applied_index > index:
+            export.close()
+            raise RuntimeError("r%d: state is at index %d, past the snapshot's index %d"
+                               % (self.range_id, export.applied_index, index))
 
-    def read_snapshot(self, f: BinaryIO, index: int) -> None:
+        def write(f: BinaryIO) -> None:
+            with export:
+                f.write(_LEN.pack(len(body)) + body)
+                for chunk in export:
+                    packed = msgpack.packb(chunk, use_bin_type=True)
+                    f.write(_LEN.pack(len(packed)) + packed)
+                f.write(_LEN.pack(0))
+        return write
+
+    def _read_desc(self, f: BinaryIO) -> RangeDescriptor:
         (n,) = _LEN.unpack(f.read(_LEN.size))
         desc = RangeDescriptor.decode(f.read(n))
         if desc.range_id != self.range_id:
             raise SnapshotRefused("snapshot of r%d sent to r%d" % (desc.range_id, self.range_id))
+        return desc
+
+    @staticmethod
+    def _chunks(f: BinaryIO):
+        while True:
+            (m,) = _LEN.unpack(f.read(_LEN.size))
+            if m == 0:
+                return
+            yield [tuple(row) for row in msgpack.unpackb(f.read(m), raw=False)]
+
+    def _check_install(self, desc: RangeDescriptor) -> None:
         if self.can_install is not None and not self.can_install(desc):
             raise SnapshotRefused("snapshot of %s overlaps a range this node still holds" % desc)
 
-        def chunks():
-            while True:
-                (m,) = _LEN.unpack(f.read(_LEN.size))
-                if m == 0:
-                    return
-                yield [tuple(row) for row in msgpack.unpackb(f.read(m), raw=False)]
-
-        self.store.import_span(self.range_id, desc.start, desc.end, chunks(), index, 0,
+    def read_snapshot(self, f: BinaryIO, index: int) -> None:
+        """Install a snapshot from a file in one step (a restart that finds a newer dump)."""
+        desc = self._read_desc(f)
+        self._check_install(desc)
+        self.store.import_span(self.range_id, desc.start, desc.end, self._chunks(f), index, 0,
                                extra_writes=[(local_desc_key(self.range_id), desc_ts(desc), desc.encode())])
         self.desc = desc
+
+    # Installing a received snapshot in two steps, so the loop never imports a whole range:
+    def stage_snapshot(self, f: BinaryIO, index: int) -> "StagedSnapshot":
+        """Off the loop (any thread): decode and check the snapshot's rows into a staging file.
+        Changes nothing the replica serves."""
+        desc = self._read_desc(f)
+        path = "%s.staging-r%d" % (self.store.path, self.range_id)
+        rows = MVCCStore.stage_span(path, desc.start, desc.end, self._chunks(f))
+
+        def sole_writer(scan) -> bool:   # no other local range's descriptor overlaps the span
+            from raftstore.ranges import LOCAL_DESC_PREFIX
+            for _, raw in scan(LOCAL_DESC_PREFIX, LOCAL_DESC_PREFIX + b"\xff"):
+                other = RangeDescriptor.decode(raw)
+                if other.range_id != self.range_id and other.overlaps(desc.start, desc.end):
+                    return False
+            return True
+        basis = self.store.diff_staged(path, self.range_id, desc.start, desc.end, sole_writer)
+        return StagedSnapshot(desc, path, index, rows, basis)
+
+    def check_staged(self, staged: "StagedSnapshot") -> None:
+        """On the loop, before anything changes: SnapshotRefused if this node cannot take it now."""
+        if staged.desc.range_id != self.range_id:
+            raise SnapshotRefused("snapshot of r%d sent to r%d" % (staged.desc.range_id, self.range_id))
+        self._check_install(staged.desc)
+
+    def install_staged(self, staged: "StagedSnapshot", index: int) -> None:
+        """On the loop: switch the range's data to the staged rows in one short transaction."""
+        self.check_staged(staged)
+        if staged.index != index:
+            raise SnapshotRefused("staged snapshot is at index %d, not %d" % (staged.index, index))
+        desc = staged.desc
+        self.store.import_staged(self.range_id, desc.start, desc.end, staged.path, index, 0,
+                                 extra_writes=[(local_desc_key(self.range_id), desc_ts(desc), desc.encode())],
+                                 basis=staged.basis)
+        self.desc = desc
+
+    def discard_staged(self, staged: "StagedSnapshot") -> None:
+        discard_staged(staged.path)
 
     # --- data operations -----------------------------------------------------------------------
     def _check_key(self, key: bytes) -> bytes:

@@ -23,6 +23,8 @@ Range lifecycle:
 
 from __future__ import annotations
 
+import collections
+import glob
 import heapq
 import logging
 import os
@@ -33,9 +35,9 @@ from typing import Any, Callable
 import msgpack
 
 from raftstore import constants
-from raftstore.mvcc import MVCCStore
+from raftstore.mvcc import MVCCStore, discard_staged
 from raftstore.raft.commands import Outcome
-from raftstore.raft.group import RaftGroup, _SNAPSHOT_MAGIC, _LEN
+from raftstore.raft.group import Executor, RaftGroup, _SNAPSHOT_MAGIC, _LEN, run_inline
 from raftstore.raft.journal import LogFile, encode_record, MAGIC as JOURNAL_MAGIC
 from raftstore.ranges import (FIRST_DATA_RANGE_ID, META_RANGE_ID, MISMATCH, RangeCache, RangeDescriptor,
                               bootstrap_descriptors, local_desc_key, split_key_for)
@@ -75,7 +77,11 @@ def _idle_period(rid: int) -> float:
 class Store:
     def __init__(self, cfg: StoreConfig, mvcc: MVCCStore, *, open_journal: Callable[[str], LogFile],
                  transport_class: Callable[[int], Any], clock: Callable[[], float] = time.monotonic,
-                 now_ts: Callable[[], list] | None = None, crash_point: Callable[[str], None] = _no_crash) -> None:
+                 now_ts: Callable[[], list] | None = None, crash_point: Callable[[str], None] = _no_crash,
+                 snapshot_executor: Executor = run_inline) -> None:
+        """`snapshot_executor` runs the slow part of snapshots (writing one, staging a received
+        one): the node gives raftstore.raft.group.run_in_thread so its loop never waits for a
+        whole range; the simulator schedules them on its own clock; the default runs them inline."""
         self.cfg = cfg
         self.mvcc = mvcc
         self.open_journal = open_journal
@@ -101,9 +107,13 @@ class Store:
         self.leader_of: dict[int, str | None] = {}
         self.led_by: dict[str, set[int]] = {}
         self.maintain_due: set[int] = set()
+        self.snapshot_executor = snapshot_executor
+        self.woken: collections.deque[int] = collections.deque()   # snapshot job done (any thread)
 
     # --- start-up ----------------------------------------------------------------------------
     def start(self) -> None:
+        for leftover in glob.glob(glob.escape(self.mvcc.path) + ".staging-r*"):
+            discard_staged(leftover)   # a snapshot being staged when the node stopped
         descs = local_descriptors(self.mvcc)
         if not descs:
             descs = bootstrap_descriptors(self.cfg.replicas)
@@ -159,7 +169,8 @@ class Store:
         conf = dict(self.cfg.raft_conf or {})
         group = RaftGroup(me, peers, journal_file=self.open_journal(journal_path), dump_path=dump_path,
                           state_machine=replica, conf=conf, name="r%d" % range_id,
-                          transport_class=self.transport_class(range_id))
+                          transport_class=self.transport_class(range_id), snapshot_executor=self.snapshot_executor,
+                          on_snapshot_job_done=lambda: self.woken.append(range_id))
         self.groups[range_id], self.replicas[range_id] = group, replica
         self.touch(range_id)
         self.maintain_due.add(range_id)
@@ -234,6 +245,8 @@ class Store:
             due = set(self.groups)
         else:
             due, self.tick_soon = self.tick_soon, set()
+            while self.woken:
+                due.add(self.woken.popleft())   # a snapshot job finished: collect it now
             while self.timers and self.timers[0][0] <= now:
                 at, rid = heapq.heappop(self.timers)
                 if self.timer_at.get(rid) == at:
@@ -384,7 +397,8 @@ class Store:
                         "generation": d.generation if d else None, "replicas": list(d.replicas) if d else [],
                         "leader": int(group.leader_id()) if group.leader_id() else None,
                         "applied_index": group.raftLastApplied, "bytes": self.sizes.get(rid),
-                        "snapshots_installed": group.snapshots_installed})
+                        "snapshots_installed": group.snapshots_installed,
+                        "snapshots_created": group.snapshots_created})
         return out
 
     def close(self) -> None:

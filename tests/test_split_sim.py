@@ -23,3 +23,11 @@ def test_split_crash_safety_over_105_seeds(sim_env):
                          capture_output=True, text=True, env=sim_env, timeout=1800)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     assert "105 seeds, 0 violations (splits)" in run.stdout
+
+
+@pytest.mark.slow
+def test_a_node_down_during_splits_and_compactions_catches_up_over_60_seeds(sim_env):
+    run = subprocess.run([sys.executable, "-m", "raftstore.sim", "--splits", "--lagging", "--seeds", "60"],
+                         capture_output=True, text=True, env=sim_env, timeout=1800)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    assert "60 seeds, 0 violations (splits, lagging)" in run.stdout

@@ -27,6 +27,7 @@ names are checked when this module is imported.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -38,7 +39,9 @@ from typing import Any, Callable, Protocol
 import msgpack
 import pysyncobj.syncobj as _so
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.config import SERIALIZER_STATE
 from pysyncobj.node import Node
+from pysyncobj.serializer import Serializer
 
 from raftstore import constants
 from raftstore.raft.commands import Command, CommandError, Outcome, decode_command, encode_command
@@ -63,6 +66,7 @@ _INSTANCE_ATTRS = (
     "_SyncObj__raftLog", "_SyncObj__raftNextIndex", "_SyncObj__raftMatchIndex",
     "_SyncObj__raftLastApplied", "_SyncObj__raftCommitIndex", "_SyncObj__transport",
     "_SyncObj__raftCurrentTerm", "_SyncObj__raftElectionDeadline", "_SyncObj__conf",
+    "_SyncObj__serializer",
 )
 
 
@@ -115,6 +119,36 @@ class StateMachine(Protocol):
     def result_of(self, command_id: bytes) -> tuple[bool, Any]: ...
     def write_snapshot(self, f, index: int) -> None: ...
     def read_snapshot(self, f, index: int) -> None: ...
+    # Optional, for snapshots that do not stall the tick thread (see _SnapshotSerializer):
+    #   snapshot_writer(index) -> write(f): on the tick thread, pins the state at `index`;
+    #     `write` may then run on another thread and writes exactly that state.
+    #   stage_snapshot(f, index) -> staged: on another thread, prepares a received snapshot
+    #     without changing anything served; check_staged(staged) raises if it cannot be taken
+    #     now; install_staged(staged, index) switches it in (short, atomic, tick thread);
+    #     discard_staged(staged) drops it.
+
+
+Executor = Callable[[Callable[[], None]], None]
+
+
+def run_inline(job: Callable[[], None]) -> None:
+    """The default executor: snapshot work runs at once, on the calling (tick) thread."""
+    job()
+
+
+def run_in_thread(job: Callable[[], None]) -> None:
+    """Snapshot work on a thread of its own, off the tick thread."""
+    threading.Thread(target=job, name="raft-snapshot", daemon=True).start()
+
+
+class _Job:
+    """One piece of snapshot work handed to the executor; `done` is set when it has finished."""
+
+    def __init__(self, index: int, node=None) -> None:
+        self.index, self.node = index, node
+        self.done = threading.Event()
+        self.error: str | None = None
+        self.result: Any = None
 
 
 ProposalCallback = Callable[[Outcome, Any], None]
@@ -157,9 +191,17 @@ class RaftGroup(SyncObj):
 
     def __init__(self, self_id: str, peer_ids: list[str], *, journal_file: LogFile, dump_path: str,
                  state_machine: StateMachine, transport_class=None, transport=None,
-                 conf: dict | None = None, name: str = "") -> None:
+                 conf: dict | None = None, name: str = "", snapshot_executor: Executor = run_inline,
+                 on_snapshot_job_done: Callable[[], None] | None = None) -> None:
         self.name = name or self_id
         self._sm = state_machine
+        self._executor = snapshot_executor
+        self._on_job_done = on_snapshot_job_done
+        self._export: _Job | None = None      # our own snapshot being written (log compaction)
+        self._install: _Job | None = None     # a received snapshot being staged
+        self._staged: Any = None              # handed to _read_snapshot during an install
+        self._receiving_from = None
+        self.snapshots_created = 0
         self._journal = DurableJournal(journal_file)
         self._dump_path = dump_path
         self._pending: dict[int, tuple[ProposalCallback, bytes]] = {}
@@ -199,6 +241,8 @@ class RaftGroup(SyncObj):
             assert hasattr(self, attr), "pysyncobj internals changed: %s" % attr
         assert self._SyncObj__raftLog is self._journal
         self._SyncObj__transport = _SyncingTransport(self._SyncObj__transport, self._journal)
+        self._SyncObj__serializer = _SnapshotSerializer(self, dump_path, self._SyncObj__conf.logCompactionBatchSize,
+                                                        self._read_snapshot)
         # The state machine remembers what it applied (durably); resume after it.
         applied = self._sm.applied_index()
         if applied > self._SyncObj__raftLastApplied:
@@ -323,6 +367,8 @@ class RaftGroup(SyncObj):
     def _onTick(self, timeToWait=0.0):
         self._journal.sync()
         self._expire_proposals()
+        if self._install is not None:
+            self._poll_install()
         return SyncObj._onTick(self, timeToWait)
 
     # --- the four log-matching rules ---------------------------------------------------------
@@ -336,7 +382,15 @@ class RaftGroup(SyncObj):
                     logger.warning("%s: dropping pickled transmission from %s", self.name, node)
                     return
                 if message.get("term", -1) >= self._SyncObj__raftCurrentTerm:
-                    if "prevLogIdx" in message:
+                    self._receiving_from = node
+                    if self._install is not None:
+                        # A received snapshot is being staged and will replace our log: until it
+                        # is installed, take only the heartbeat (leader, term, election timer);
+                        # no entries, no new snapshot chunks, no reply. The leader learns where
+                        # we are from the acknowledgement that follows the install.
+                        message = {"type": "append_entries", "term": message["term"],
+                                   "commit_index": min(message.get("commit_index", 0), self._SyncObj__raftCommitIndex)}
+                    elif "prevLogIdx" in message:
                         message = self._prepare_append(message)
                     elif "commit_index" in message:
                         # A snapshot chunk proves nothing about our log: pysyncobj would commit
@@ -348,8 +402,16 @@ class RaftGroup(SyncObj):
                 after = self._SyncObj__raftNextIndex.get(node)
                 if message.get("success") and before is not None and after is not None and after < before:
                     self._SyncObj__raftNextIndex[node] = before  # rule 1
+                if message.get("snapshot_refused") and self._SyncObj__raftLastApplied - 1 > self._journal[0][1]:
+                    # The follower cannot take our dump (e.g. a split-time dump whose descriptor
+                    # still spans ranges the follower holds): make a fresh one, of what we have
+                    # applied since, rather than send the same one forever.
+                    logger.info("%s: %s refused our snapshot; making a fresh one", self.name, node)
+                    self.forceLogCompaction()
                 return
             SyncObj._SyncObj__onMessageReceived(self, node, message)
+            if self._install is not None and self._install.done.is_set():
+                self._poll_install()  # staged at once (inline executor): install and acknowledge now
         except Exception:
             logger.exception("%s: dropping message %r from %s", self.name, message.get("type") if isinstance(message, dict) else type(message), node)
 
@@ -394,9 +456,11 @@ class RaftGroup(SyncObj):
 
     def _SyncObj__tryLogCompaction(self):
         SyncObj._SyncObj__tryLogCompaction(self)
-        # Our serializer runs synchronously, but pysyncobj collects its result only at the next
-        # tick; until then __sendAppendEntries finds no snapshot to send and spins for a whole
-        # appendEntriesPeriod sending empty snapshot frames. Collect it now.
+        # With the inline executor the dump is written by the call above, but pysyncobj collects
+        # the result only at its next check; pysyncobj's own serializer then has no snapshot to
+        # send and __sendAppendEntries spins for a whole appendEntriesPeriod sending empty
+        # snapshot frames. Collect it now. (_SnapshotSerializer also keeps serving the previous
+        # dump while a new one is being written, so a threaded export never causes that spin.)
         SyncObj._SyncObj__tryLogCompaction(self)
 
     def _SyncObj__deleteEntriesTo(self, toIDx):
@@ -410,75 +474,236 @@ class RaftGroup(SyncObj):
             # pysyncobj acknowledges a snapshot it failed to load; say it failed instead, and
             # the leader sends it again later.
             logger.info("%s: snapshot not installed: %s", self.name, self._snapshot_refused)
-            success, reset, self._snapshot_refused, self._snapshot_ack = False, True, None, None
+            self._snapshot_refused, self._snapshot_ack = None, None
+            return self._send_refusal(node)
         elif success and nextNodeIdx is None and self._snapshot_ack is not None:
             nextNodeIdx, self._snapshot_ack = self._snapshot_ack, None
         return SyncObj._SyncObj__sendNextNodeIdx(self, node, reset, nextNodeIdx, success)
 
+    def _send_refusal(self, node):
+        """Tell the leader its snapshot was not installed (a failure, as pysyncobj sends, plus a
+        flag our leaders read: see the next_node_idx branch of _SyncObj__onMessageReceived)."""
+        return self._SyncObj__transport.send(node, {
+            "type": "next_node_idx", "next_node_idx": self._journal[-1][1] + 1, "reset": True,
+            "success": False, "snapshot_refused": True})
+
     def _SyncObj__loadDumpFile(self, clearJournal):
         if clearJournal:
-            return self._install_snapshot()
-        if not clearJournal:
-            # Restart: if we crashed after writing a dump but before compacting the journal,
-            # pysyncobj would see journal[0] != dump and clear the whole journal, acknowledged
-            # entries after the dump included. Compact up to the dump first.
-            try:
-                e1, e0 = _read_snapshot_header(self._dump_path)[:2]
-                first = self._journal[0][1]
-                pos = e0[1] - first
-                if 0 < pos < len(self._journal) and self._journal[pos][2] == e0[2]:
-                    self._journal.deleteEntriesTo(pos)
-                    self._journal.sync()
-            except Exception:
-                logger.exception("%s: reading dump header %s", self.name, self._dump_path)
+            # pysyncobj loads a received snapshot this way; _SnapshotSerializer never lets it
+            # (received snapshots go through _poll_install), but keep the rules if it ever does.
+            return self._install_received(_read_snapshot_header(self._dump_path), None, None)
+        # Restart: if we crashed after writing a dump but before compacting the journal,
+        # pysyncobj would see journal[0] != dump and clear the whole journal, acknowledged
+        # entries after the dump included. Compact up to the dump first.
+        try:
+            e1, e0 = _read_snapshot_header(self._dump_path)[:2]
+            first = self._journal[0][1]
+            pos = e0[1] - first
+            if 0 < pos < len(self._journal) and self._journal[pos][2] == e0[2]:
+                self._journal.deleteEntriesTo(pos)
+                self._journal.sync()
+        except Exception:
+            logger.exception("%s: reading dump header %s", self.name, self._dump_path)
         return SyncObj._SyncObj__loadDumpFile(self, clearJournal)
 
-    def _install_snapshot(self):
-        """A leader sent us its snapshot. Raft (section 7): if our log holds the snapshot's last
-        entry, keep the entries after it -- we may have acknowledged them; if we are already past
-        the snapshot, ignore it; only otherwise replace the log."""
-        e1, e0, _ = _read_snapshot_header(self._dump_path)
+    def _install_received(self, header, staged, recv_path: str | None):
+        """A leader sent us its snapshot (`header`; its data staged in `staged`, or read from the
+        file). Raft (section 7): if our log holds the snapshot's last entry, keep the entries
+        after it -- we may have acknowledged them; if we are already past the snapshot, ignore
+        it; only otherwise replace the log. The received file becomes our dump (durably) before
+        the journal changes."""
+        e1, e0, _ = header
         self._snapshot_ack = e1[1] + 1
         self._snapshot_refused = None
         log = self._journal
         first, last = log[0][1], log[-1][1]
         if first >= e1[1]:
             return None  # we compacted past it: our state already includes it
-        if e1[1] <= last and log[e1[1] - first][2] == e1[2]:
-            if e0[1] > first:
-                log.deleteEntriesTo(e0[1] - first)
-            result = SyncObj._SyncObj__loadDumpFile(self, False)
-        else:
-            result = SyncObj._SyncObj__loadDumpFile(self, True)
+        if recv_path is not None:
+            os.replace(recv_path, self._dump_path)
+            fsync_dir(os.path.dirname(os.path.abspath(self._dump_path)))
+        self._staged = staged
+        try:
+            if e1[1] <= last and log[e1[1] - first][2] == e1[2]:
+                if e0[1] > first:
+                    log.deleteEntriesTo(e0[1] - first)
+                result = SyncObj._SyncObj__loadDumpFile(self, False)
+            else:
+                result = SyncObj._SyncObj__loadDumpFile(self, True)
+        finally:
+            self._staged = None
         if self._snapshot_refused is None:
             self.snapshots_installed += 1
             logger.info("%s: installed a snapshot at index %d", self.name, e1[1])
         return result
 
+    # --- snapshots off the tick thread -------------------------------------------------------
+    def snapshot_busy(self) -> bool:
+        """A snapshot is being written or a received one staged (for tests and status)."""
+        return self._export is not None or self._install is not None
+
+    def _job_finished(self, job: _Job) -> None:
+        job.done.set()
+        if self._on_job_done is not None:
+            try:
+                self._on_job_done()
+            except Exception:
+                logger.exception("%s: snapshot job notification raised", self.name)
+
+    def _start_export(self, header, index_id: int) -> None:
+        """pysyncobj asks for a snapshot at header's e1 (on the tick thread, every apply up to
+        it committed): pin the state now, write it with the executor."""
+        if self._export is not None or self._install is not None:
+            return  # checkSerializing says NOT_SERIALIZING; pysyncobj asks again next tick
+        e1 = header[0]
+        job = _Job(index_id)
+        self._export = job
+        try:
+            writer_of = getattr(self._sm, "snapshot_writer", None)
+            if writer_of is not None:
+                write, executor = writer_of(e1[1]), self._executor
+            else:  # a state machine that can only write its current state: write it now
+                write, executor = (lambda f: self._sm.write_snapshot(f, e1[1])), run_inline
+        except Exception as exc:
+            logger.exception("%s: pinning a snapshot at %d failed", self.name, e1[1])
+            job.error = str(exc) or type(exc).__name__
+            job.done.set()
+            return
+        executor(lambda: self._export_job(job, header, write))
+
+    def _export_job(self, job: _Job, header, write) -> None:
+        try:
+            self._write_snapshot(self._dump_path + ".tmp", header, write)
+        except Exception as exc:
+            logger.exception("%s: writing a snapshot failed", self.name)
+            job.error = str(exc) or type(exc).__name__
+        finally:
+            self._job_finished(job)
+
+    def _export_state(self):
+        """For _SnapshotSerializer.checkSerializing, on the tick thread. The finished dump
+        replaces the old one here, on the tick thread, at the moment pysyncobj compacts the log
+        to it: the dump being sent always matches the log's first entries."""
+        job = self._export
+        if job is None:
+            return SERIALIZER_STATE.NOT_SERIALIZING, None
+        if not job.done.is_set():
+            return SERIALIZER_STATE.SERIALIZING, job.index
+        self._export = None
+        if job.error is None:
+            try:
+                os.replace(self._dump_path + ".tmp", self._dump_path)
+            except OSError as exc:
+                job.error = str(exc)
+        if job.error is not None:
+            logger.warning("%s: snapshot at %d failed: %s", self.name, job.index, job.error)
+            return SERIALIZER_STATE.FAILED, job.index
+        self.snapshots_created += 1
+        return SERIALIZER_STATE.SUCCESS, job.index
+
+    def _received_snapshot(self, recv_path: str) -> None:
+        """The last chunk of a snapshot arrived (tick thread): stage it with the executor."""
+        job = _Job(0, self._receiving_from)
+        self._install = job
+        stage = getattr(self._sm, "stage_snapshot", None)
+        self._executor(lambda: self._stage_job(job, recv_path, stage)) if stage is not None \
+            else self._stage_job(job, recv_path, None)
+
+    def _stage_job(self, job: _Job, recv_path: str, stage) -> None:
+        try:
+            header = _read_snapshot_header(recv_path)
+            job.index = header[0][1]
+            staged = None
+            with open(recv_path, "rb") as f:
+                os.fsync(f.fileno())  # received without fsync; it becomes our dump
+                if stage is not None:
+                    _skip_snapshot_header(f)
+                    staged = stage(f, job.index)
+            job.result = (header, staged)
+        except Exception as exc:
+            job.error = str(exc) or type(exc).__name__
+        finally:
+            self._job_finished(job)
+
+    def _poll_install(self) -> None:
+        """On the tick thread: install a staged snapshot and acknowledge it, once our own
+        export (if any) is collected -- the two never touch the dump at the same time."""
+        job = self._install
+        if job is None or not job.done.is_set() or self._export is not None:
+            return
+        self._install = None
+        recv_path = self._SyncObj__serializer.recv_path
+        header, staged = job.result if job.result is not None else (None, None)
+        refused = job.error
+        if refused is None and self._isLeader():
+            refused = "this replica became leader while staging it"
+        check = getattr(self._sm, "check_staged", None)
+        if refused is None and staged is not None and check is not None:
+            try:
+                check(staged)
+            except Exception as exc:
+                refused = str(exc) or type(exc).__name__
+        node = self._getLeader() or job.node
+        if refused is not None:
+            logger.info("%s: snapshot not installed: %s", self.name, refused)
+            self._discard_staged(staged)
+            with contextlib.suppress(OSError):
+                os.unlink(recv_path)
+            if node is not None:
+                self._send_refusal(node)
+            return
+        try:
+            self._install_received(header, staged, recv_path)
+        except Exception:
+            logger.exception("%s: installing a snapshot failed", self.name)
+            self._snapshot_refused = "install failed"
+        finally:
+            self._discard_staged(staged)
+            with contextlib.suppress(OSError):
+                os.unlink(recv_path)   # still there if it was not needed (we were past it)
+        if node is not None:
+            self._SyncObj__sendNextNodeIdx(node, success=True)
+
+    def _discard_staged(self, staged) -> None:
+        discard = getattr(self._sm, "discard_staged", None)
+        if staged is not None and discard is not None:
+            try:
+                discard(staged)
+            except Exception:
+                logger.exception("%s: discarding a staged snapshot", self.name)
+
     # --- snapshots: our serializer, never fork -----------------------------------------------
-    def _write_snapshot(self, path: str, data) -> None:
+    def _write_snapshot(self, path: str, data, write) -> None:
         e1, e0, cluster = data
         header = msgpack.packb([list(e1), list(e0), sorted(n.id for n in cluster)], use_bin_type=True)
         with open(path, "wb") as f:
             f.write(_SNAPSHOT_MAGIC + _LEN.pack(len(header)) + header)
-            self._sm.write_snapshot(f, e1[1])
+            write(f)
             f.flush()
             os.fsync(f.fileno())
 
     def _read_snapshot(self, path: str):
         try:
             e1, e0, cluster = _read_snapshot_header(path)
+            staged, self._staged = self._staged, None
             if self._sm.applied_index() < e1[1]:
-                with open(path, "rb") as f:
-                    os.fsync(f.fileno())  # a received snapshot was written without fsync
-                    f.seek(len(_SNAPSHOT_MAGIC))
-                    (hlen,) = _LEN.unpack(f.read(_LEN.size))
-                    f.seek(hlen, os.SEEK_CUR)
-                    self._sm.read_snapshot(f, e1[1])
+                if staged is not None:
+                    self._sm.install_staged(staged, e1[1])
+                else:
+                    with open(path, "rb") as f:
+                        os.fsync(f.fileno())  # a received snapshot was written without fsync
+                        _skip_snapshot_header(f)
+                        self._sm.read_snapshot(f, e1[1])
             return (e1, e0, cluster)
         except Exception as exc:  # pysyncobj swallows this; remember it so the ack says "failed"
             self._snapshot_refused = str(exc) or type(exc).__name__
             raise
+
+
+def _skip_snapshot_header(f) -> None:
+    f.seek(len(_SNAPSHOT_MAGIC))
+    (hlen,) = _LEN.unpack(f.read(_LEN.size))
+    f.seek(hlen, os.SEEK_CUR)
 
 
 def _read_snapshot_header(path: str):
@@ -488,6 +713,77 @@ def _read_snapshot_header(path: str):
         (hlen,) = _LEN.unpack(f.read(_LEN.size))
         e1, e0, cluster = msgpack.unpackb(f.read(hlen), raw=False)
     return (bytes(e1[0]), int(e1[1]), int(e1[2])), (bytes(e0[0]), int(e0[1]), int(e0[2])), list(cluster)
+
+
+class _SnapshotSerializer(Serializer):
+    """pysyncobj's Serializer with the snapshot work moved off the tick thread (no fork, ever).
+
+    pysyncobj calls serialize() from __tryLogCompaction and, given a custom serializer, runs it
+    to the end before returning -- the whole range exported on the tick thread. Here serialize()
+    only pins the state (RaftGroup._start_export) and hands the writing to the group's executor;
+    checkSerializing() says SERIALIZING until the dump is written and synced, so pysyncobj
+    compacts the log only after that. Meanwhile getTransmissionData keeps serving the previous
+    dump, which still matches the log's first entries (pysyncobj's own would send nothing and
+    make __sendAppendEntries spin). When the new dump replaces it, transmissions in flight start
+    over from the new file, as pysyncobj's own do.
+    A received snapshot is written to a file of its own (`recv_path`, not the dump); on its last
+    chunk the group stages it with the executor and installs it later on the tick thread
+    (RaftGroup._poll_install). pysyncobj is told nothing completed, so it neither loads nor
+    acknowledges it itself.
+    """
+
+    def __init__(self, group: RaftGroup, file_name: str, batch_bytes: int, deserializer) -> None:
+        super().__init__(file_name, batch_bytes, False, None, deserializer, None)
+        self._group = group
+        self.recv_path = file_name + ".recv"
+        self._incoming = None
+        self._sending: set = set()
+
+    def serialize(self, data, id):
+        self._group._start_export(data[1:], id)
+
+    def checkSerializing(self):
+        state, index = self._group._export_state()
+        if state == SERIALIZER_STATE.SUCCESS:
+            for tid in list(self._sending):
+                self.cancelTransmisstion(tid)
+        return state, index
+
+    def getTransmissionData(self, transmissionID):
+        self._sending.add(transmissionID)
+        data = super().getTransmissionData(transmissionID)
+        if not data or data[2]:
+            self._sending.discard(transmissionID)
+        return data
+
+    def cancelTransmisstion(self, id):
+        self._sending.discard(id)
+        super().cancelTransmisstion(id)
+
+    def setTransmissionData(self, data):
+        if data is None:
+            return False
+        chunk, first, last = data
+        tmp = self.recv_path + ".tmp"
+        try:
+            if first:
+                if self._incoming is not None:
+                    self._incoming.close()
+                self._incoming = open(tmp, "wb")
+            elif self._incoming is None:
+                return False
+            self._incoming.write(chunk)
+            if last:
+                self._incoming.close()
+                self._incoming = None
+                os.replace(tmp, self.recv_path)
+                self._group._received_snapshot(self.recv_path)
+        except OSError:
+            logger.exception("%s: writing a received snapshot", self._group.name)
+            if self._incoming is not None:
+                self._incoming.close()
+            self._incoming = None
+        return False
 
 
 def _fail_name(err: int) -> str:

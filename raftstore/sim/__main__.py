@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--proposals", type=int, default=300)
     p.add_argument("--splits", action="store_true",
                    help="simulate whole stores with automatic splits and a crash at a step of a split")
+    p.add_argument("--lagging", action="store_true",
+                   help="with --splits: a node is down while the others write, split and compact, then catches up by snapshots")
     p.add_argument("--keep-going", action="store_true", help="count violations instead of stopping at the first")
     p.add_argument("-v", "--verbose", action="store_true", help="print each seed's summary")
     args = p.parse_args(argv)
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:
         if args.splits:
             from raftstore.sim.split_world import SplitSimConfig, run_split_seed
-            run = lambda seed=seed: run_split_seed(SplitSimConfig(seed=seed))  # noqa: E731
+            run = lambda seed=seed: run_split_seed(SplitSimConfig(seed=seed, lagging=args.lagging))  # noqa: E731
         else:
             cfg = SimConfig(seed=seed, target=args.target, fsync_works=not args.fsync_off,
                             write_through=args.write_through, crashes=not args.no_crashes,
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.keep_going:
                 break
     ran = len(seeds) if args.keep_going or not failed else list(seeds).index(failed[0]) + 1
-    what = "splits" if args.splits else args.target
+    what = ("splits, lagging" if args.lagging else "splits") if args.splits else args.target
     print("%d seeds, %d violations (%s), %.1f s wall" % (ran, len(failed), what, time.monotonic() - started))
     return 1 if failed else 0
 

@@ -56,11 +56,13 @@ class SplitSimConfig:
     range_bytes_max: int = 12_000
     crash_point: str | None = None     # None: chosen from the seed
     crash_hit: int | None = None       # crash on the n-th time a node passes the point
+    lagging: bool = False              # instead: one node is down while the others write, split
+                                       # and compact; it comes back and catches up by snapshots
     tick_s: float = 0.01
     settle_s: float = 12.0
 
     def replay_command(self) -> str:
-        return "PYTHONHASHSEED=0 python -m raftstore.sim --splits --seed %d" % self.seed
+        return "PYTHONHASHSEED=0 python -m raftstore.sim --splits%s --seed %d" % (" --lagging" if self.lagging else "", self.seed)
 
 
 class _GroupTransport(Transport):
@@ -99,7 +101,8 @@ class SplitWorld:
         self.seq = itertools.count()
         self.events: list[str] = []
         self.acked: dict[bytes, bytes] = {}
-        self.crash_point = cfg.crash_point or CRASH_POINTS[cfg.seed % len(CRASH_POINTS)]
+        self.values: dict[int, bytes] = {}
+        self.crash_point = "none" if cfg.lagging else cfg.crash_point or CRASH_POINTS[cfg.seed % len(CRASH_POINTS)]
         self.crash_hit = cfg.crash_hit or 1 + self.rng.randrange(3)
         self.crash_node = self.ids[0]   # set to the node that crashes
         self.hits = 0
@@ -125,7 +128,8 @@ class SplitWorld:
                       mvcc, open_journal=lambda path, disk=disk: disk.open(path),
                       transport_class=lambda gid, nid=nid: (lambda so, s, o: _GroupTransport(self, nid, gid, so, s, o)),
                       clock=self.clock, now_ts=lambda: [int(self.clock.t * 1e9), 0],
-                      crash_point=lambda point, nid=nid: self._crash_point(nid, point))
+                      crash_point=lambda point, nid=nid: self._crash_point(nid, point),
+                      snapshot_executor=lambda job, nid=nid: self._submit_job(nid, job))
         self.mvccs[nid] = mvcc
         self.stores[nid] = store
         self.incarnation[nid] += 1
@@ -141,6 +145,11 @@ class SplitWorld:
                     if n == pid and t.started and nid in t.peers:
                         t._onNodeConnected(t.peers[nid])
 
+    def _submit_job(self, nid: int, job) -> None:
+        """Snapshot work runs later on the simulated clock (as a thread would, while the loop
+        goes on), deterministically; a crash before then drops it, as it would the thread."""
+        self.push(self.clock.t + self.rng.uniform(0.005, 0.2), "job", (nid, self.incarnation[nid], job))
+
     def _crash_point(self, nid: int, point: str) -> None:
         if point == "split:applied" and nid == self.ids[0]:
             self.splits_seen += 1
@@ -151,7 +160,14 @@ class SplitWorld:
                 self.crashed_at = "%s (hit %d) on n%d at t=%.3f" % (point, self.hits, nid, self.clock.t)
                 raise SimCrash(point)
 
-    def _crashed(self, nid: int) -> None:
+    def _stop(self, nid: int) -> None:
+        """Take a node down (its disk loses what was not synced) until restart() is called."""
+        if self.alive(nid):
+            self.crash_node = nid
+            self.crashed_at = "n%d down at t=%.3f" % (nid, self.clock.t)
+            self._crashed(nid, restart=False)
+
+    def _crashed(self, nid: int, restart: bool = True) -> None:
         self.log("crash n%d at %s" % (nid, self.crash_point))
         self.stores.pop(nid, None)
         for key in [k for k in self.transports if k[0] == nid]:
@@ -162,7 +178,8 @@ class SplitWorld:
                 t._onNodeDisconnected(t.peers[nid])
         self.mvccs.pop(nid).close()
         self.disks[nid].crash(self.rng)
-        self.push(self.clock.t + self.rng.uniform(0.3, 2.0), "call", lambda: self.restart(nid))
+        if restart:
+            self.push(self.clock.t + self.rng.uniform(0.3, 2.0), "call", lambda: self.restart(nid))
 
     def restart(self, nid: int) -> None:
         if not self.alive(nid):
@@ -200,7 +217,9 @@ class SplitWorld:
         nid = live[self.rng.randrange(len(live))]
         store = self.stores[nid]
         key = RAW_PREFIX + b"%05d" % i
-        value = b"%d:" % i + bytes(self.rng.getrandbits(8) for _ in range(8)) * (self.cfg.value_bytes // 8)
+        if i not in self.values:   # a retry proposes the same command (same id, same value)
+            self.values[i] = b"%d:" % i + bytes(self.rng.getrandbits(8) for _ in range(8)) * (self.cfg.value_bytes // 8)
+        value = self.values[i]
         desc = store.descriptor_for(key)
 
         def done(outcome, result, key=key, value=value, rid=desc.range_id if desc else None):
@@ -225,6 +244,10 @@ class SplitWorld:
             for i in range(self.cfg.writes):
                 self.push(start + i * 0.02, "call", lambda i=i: self.write(i))
             t_end = start + self.cfg.writes * 0.02 + self.cfg.settle_s
+            if self.cfg.lagging:
+                lagger = self.ids[self.cfg.seed % len(self.ids)]
+                self.push(start + self.rng.uniform(0.0, 1.0), "call", lambda: self._stop(lagger))
+                self.push(start + self.cfg.writes * 0.02 + self.rng.uniform(0.0, 1.0), "call", lambda: self.restart(lagger))
             self.push(t_end - self.cfg.settle_s / 2, "call", self._restart_all)
             while self.queue and self.queue[0][0] <= t_end:
                 t, _, kind, data = heapq.heappop(self.queue)
@@ -237,6 +260,10 @@ class SplitWorld:
                             self.stores[n].tick()
                             self.stores[n].sync()
                             self.push(self.clock.t + self.cfg.tick_s, "tick", data)
+                    elif kind == "job":
+                        n, inc, job = data
+                        if self.alive(n) and inc == self.incarnation[n]:
+                            job()
                     elif kind == "msg":
                         self._deliver(*data)
                         if self.alive(data[1]):
