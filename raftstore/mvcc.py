@@ -691,6 +691,7 @@ class MVCCStore:
         applied_term: int,
         *,
         extra_writes: Iterable[tuple[bytes, Timestamp, bytes | None]] = (),
+        results: Iterable[Iterable[ResultRow]] | None = None,
     ) -> None:
         """Replace everything this node holds in `[start, end)` with a snapshot, in one
         transaction: delete the span's versions, insert every row of `chunks` (and
@@ -699,6 +700,9 @@ class MVCCStore:
         (they would claim commands the new data does not contain). On any error nothing
         changes: ValueError/TypeError for a row outside the span or malformed (bad input
         from a peer), StoreError for SQLite, or whatever the chunk iterator raises.
+        `results` (chunks of `(command_id, raft_index, result)`, the command outcomes the
+        snapshot's range remembered, see `SpanExport.results`) replace all of the range's
+        command results when given, so retries are answered as on the replica that made it.
 
         The lock is held while `chunks` is consumed, so every other call on this store waits:
         feed it from memory or a local file, not from a slow socket.
@@ -718,17 +722,23 @@ class MVCCStore:
                 " VALUES (?, ?, ?)",
                 (range_id, applied_index, applied_term),
             )
-            conn.execute(
-                "DELETE FROM command_results WHERE range_id = ? AND raft_index > ?",
-                (range_id, applied_index),
-            )
+            if results is None:
+                conn.execute(
+                    "DELETE FROM command_results WHERE range_id = ? AND raft_index > ?",
+                    (range_id, applied_index),
+                )
+            else:
+                conn.execute("DELETE FROM command_results WHERE range_id = ?", (range_id,))
+                for chunk in results:
+                    conn.executemany(_INSERT_RESULT_SQL, ((range_id,) + row for row in _checked_results(chunk)))
 
 
     # --- snapshots installed in two steps: staged off the loop, switched in on it ---
 
     @staticmethod
     def stage_span(
-        staging_path: str, start: bytes, end: bytes | None, chunks: Iterable[Iterable[VersionRow]]
+        staging_path: str, start: bytes, end: bytes | None, chunks: Iterable[Iterable[VersionRow]],
+        results: Callable[[], Iterable[Iterable[ResultRow]] | None] | None = None,
     ) -> int:
         """Write a snapshot's rows into a fresh staging SQLite file at `staging_path` (any old
         file there is replaced); returns the number of rows. Touches nothing of the store, so
@@ -736,7 +746,9 @@ class MVCCStore:
         a snapshot (decoding, checking, inserting row by row). Rows are checked as
         `import_span` checks them (ValueError/TypeError for a row outside the span or
         malformed). The staging file is scratch: not synced, removed by `import_staged` or
-        `discard_staged`, and a crash leaves it behind harmlessly (the next staging replaces it)."""
+        `discard_staged`, and a crash leaves it behind harmlessly (the next staging replaces it).
+        `results()`, called once the rows are consumed, gives the snapshot's command outcomes
+        (or None if it has none); they are staged too and replace the range's on import."""
         _check_span(start, end)
         discard_staged(staging_path)
         try:
@@ -753,6 +765,11 @@ class MVCCStore:
                 rows = list(_rows_in_span(chunk, start, end))
                 conn.executemany(_INSERT_VERSION_SQL, rows)
                 count += len(rows)
+            result_chunks = results() if results is not None else None
+            if result_chunks is not None:
+                conn.execute(_STAGED_RESULTS_SCHEMA)
+                for chunk in result_chunks:
+                    conn.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?)", list(_checked_results(chunk)))
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             conn.close()
@@ -881,10 +898,21 @@ class MVCCStore:
                             " VALUES (?, ?, ?)",
                             (range_id, applied_index, applied_term),
                         )
-                        conn.execute(
-                            "DELETE FROM command_results WHERE range_id = ? AND raft_index > ?",
-                            (range_id, applied_index),
-                        )
+                        staged_results = conn.execute(
+                            "SELECT 1 FROM staged.sqlite_master WHERE type = 'table' AND name = 'results'"
+                        ).fetchone()
+                        if staged_results is None:   # a snapshot without outcomes (older format)
+                            conn.execute(
+                                "DELETE FROM command_results WHERE range_id = ? AND raft_index > ?",
+                                (range_id, applied_index),
+                            )
+                        else:
+                            conn.execute("DELETE FROM command_results WHERE range_id = ?", (range_id,))
+                            conn.execute(
+                                "INSERT INTO command_results (range_id, command_id, raft_index, result)"
+                                " SELECT ?, command_id, raft_index, result FROM staged.results",
+                                (range_id,),
+                            )
                         conn.execute("COMMIT")
                     finally:
                         if conn.in_transaction:
@@ -904,6 +932,27 @@ def discard_staged(staging_path: str) -> None:
     for suffix in ("", "-journal", "-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(staging_path + suffix)
+
+
+ResultRow = tuple  # (command_id: bytes, raft_index: int, result: bytes | None)
+
+_INSERT_RESULT_SQL = (
+    "INSERT OR REPLACE INTO command_results (range_id, command_id, raft_index, result) VALUES (?, ?, ?, ?)"
+)
+_STAGED_RESULTS_SCHEMA = "CREATE TABLE results (command_id BLOB PRIMARY KEY, raft_index INTEGER NOT NULL, result BLOB)"
+
+
+def _checked_results(chunk: Iterable[Any]) -> Iterator[ResultRow]:
+    """Command outcomes from a snapshot (bad input from a peer raises ValueError/TypeError)."""
+    for row in chunk:
+        if not isinstance(row, (list, tuple)) or len(row) != 3:
+            raise ValueError(f"snapshot command result {row!r} is not (command_id, raft_index, result)")
+        command_id, raft_index, result = row
+        _check_key("snapshot command_id", command_id)
+        _check_int("snapshot command raft_index", raft_index)
+        if result is not None and not isinstance(result, bytes):
+            raise TypeError(f"snapshot command result must be bytes or None, got {type(result).__name__}")
+        yield command_id, raft_index, result
 
 
 def _rows_in_span(chunk: Iterable[VersionRow], start: bytes, end: bytes | None) -> Iterator[VersionRow]:
@@ -929,6 +978,7 @@ class SpanExport:
     ) -> None:
         self._path = path
         self._chunk_rows = chunk_rows
+        self._range_id = range_id
         self.applied_index: int | None = None
         self.applied_term: int | None = None
         try:
@@ -967,9 +1017,33 @@ class SpanExport:
             self.close()
             raise StoreError(f"MVCC store {self._path}: export failed: {e}") from e
         if not rows:
-            self.close()
+            self._cursor = None
+            if self._range_id is None:
+                self.close()
             raise StopIteration
         return rows
+
+    def results(self) -> Iterator[list[ResultRow]]:
+        """After the rows: the range's command outcomes `(command_id, raft_index, result)` in
+        the same read snapshot, in chunks (export_span with a range_id only); then closes."""
+        if self._range_id is None:
+            raise ValueError("export_span was not given a range_id")
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            cursor = conn.execute(
+                "SELECT command_id, raft_index, result FROM command_results WHERE range_id = ?"
+                " ORDER BY command_id", (self._range_id,))
+            while True:
+                chunk = cursor.fetchmany(self._chunk_rows)
+                if not chunk:
+                    break
+                yield chunk
+        except sqlite3.Error as e:
+            raise StoreError(f"MVCC store {self._path}: export failed: {e}") from e
+        finally:
+            self.close()
 
     def close(self) -> None:
         """End the read snapshot and close the connection. Idempotent."""

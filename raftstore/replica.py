@@ -140,7 +140,9 @@ class RangeReplica:
         """Pin the replica's state now (on the loop, with every apply up to `index` committed)
         and return a function that writes exactly that state to a file: it reads a SQLite
         read snapshot on a connection of its own, so it may run on another thread while the
-        loop keeps applying. Format: descriptor, then msgpack chunks of rows, then a 0 length."""
+        loop keeps applying. Format: descriptor, msgpack chunks of rows, a 0 length, then
+        msgpack chunks of the range's command outcomes (so a replica that installs it answers
+        retries of commands applied before the snapshot), a 0 length."""
         assert self.desc is not None, "an uninitialized replica has no snapshot to give"
         body = self.desc.encode()
         export = self.store.export_span(self.desc.start, self.desc.end, constants.snapshot_chunk_rows,
@@ -154,6 +156,10 @@ class RangeReplica:
             with export:
                 f.write(_LEN.pack(len(body)) + body)
                 for chunk in export:
+                    packed = msgpack.packb(chunk, use_bin_type=True)
+                    f.write(_LEN.pack(len(packed)) + packed)
+                f.write(_LEN.pack(0))
+                for chunk in export.results():
                     packed = msgpack.packb(chunk, use_bin_type=True)
                     f.write(_LEN.pack(len(packed)) + packed)
                 f.write(_LEN.pack(0))
@@ -174,6 +180,22 @@ class RangeReplica:
                 return
             yield [tuple(row) for row in msgpack.unpackb(f.read(m), raw=False)]
 
+    @classmethod
+    def _results(cls, f: BinaryIO):
+        """The command outcomes after the rows, or None for a snapshot written before they
+        were part of the format (it ends after the rows)."""
+        head = f.read(_LEN.size)
+        if not head:
+            return None
+        (m,) = _LEN.unpack(head)
+
+        def chunks():
+            n = m
+            while n:
+                yield [tuple(row) for row in msgpack.unpackb(f.read(n), raw=False)]
+                (n,) = _LEN.unpack(f.read(_LEN.size))
+        return chunks()
+
     def _check_install(self, desc: RangeDescriptor) -> None:
         if self.can_install is not None and not self.can_install(desc):
             raise SnapshotRefused("snapshot of %s overlaps a range this node still holds" % desc)
@@ -182,8 +204,10 @@ class RangeReplica:
         """Install a snapshot from a file in one step (a restart that finds a newer dump)."""
         desc = self._read_desc(f)
         self._check_install(desc)
-        self.store.import_span(self.range_id, desc.start, desc.end, self._chunks(f), index, 0,
-                               extra_writes=[(local_desc_key(self.range_id), desc_ts(desc), desc.encode())])
+        rows = [chunk for chunk in self._chunks(f)]   # the outcomes follow the rows in the file
+        self.store.import_span(self.range_id, desc.start, desc.end, rows, index, 0,
+                               extra_writes=[(local_desc_key(self.range_id), desc_ts(desc), desc.encode())],
+                               results=self._results(f))
         self.desc = desc
 
     # Installing a received snapshot in two steps, so the loop never imports a whole range:
@@ -192,7 +216,7 @@ class RangeReplica:
         Changes nothing the replica serves."""
         desc = self._read_desc(f)
         path = "%s.staging-r%d" % (self.store.path, self.range_id)
-        rows = MVCCStore.stage_span(path, desc.start, desc.end, self._chunks(f))
+        rows = MVCCStore.stage_span(path, desc.start, desc.end, self._chunks(f), results=lambda: self._results(f))
 
         def sole_writer(scan) -> bool:   # no other local range's descriptor overlaps the span
             from raftstore.ranges import LOCAL_DESC_PREFIX

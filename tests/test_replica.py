@@ -53,3 +53,55 @@ def test_after_a_split_both_halves_know_the_outcomes_of_earlier_commands(replica
     for i in range(1, 11):            # a retry of any of them is routed to one half or the other
         assert replica.result_of(_cid(i)) == right.result_of(_cid(i))
         assert right.result_of(_cid(i))[1][1]["ts"] == [i, 0]
+
+
+@pytest.mark.parametrize("staged", [False, True])
+def test_a_replica_installed_from_a_snapshot_answers_retries_of_earlier_commands(replica, tmp_path, staged):
+    import io
+    for index in range(1, 21):
+        replica.apply(index, Command(_cid(index), "put", {"key": b"k%04d" % index, "value": b"v", "ts": [index, 0]}))
+    f = io.BytesIO()
+    replica.write_snapshot(f, 20)
+    other = MVCCStore(os.path.join(tmp_path, "other.sqlite"))
+    try:
+        target = RangeReplica(other, FIRST_DATA_RANGE_ID)
+        # The target remembers an outcome the snapshot's range does not: it must go.
+        other.apply(FIRST_DATA_RANGE_ID, 3, [], command_id=_cid(999), result=b"\x92\xc3\x80")
+        f.seek(0)
+        if staged:
+            target.install_staged(target.stage_snapshot(f, 20), 20)
+        else:
+            target.read_snapshot(f, 20)
+        for i in range(1, 21):
+            assert target.result_of(_cid(i)) == replica.result_of(_cid(i))
+        assert not target.result_of(_cid(999))[0]
+        # A retry of command 7 on the new replica returns its first outcome and applies nothing.
+        assert target.store.get(b"k0007", (10**18, 0))[1] == (7, 0)
+    finally:
+        other.close()
+
+
+def test_a_snapshot_in_the_format_before_outcomes_still_installs(replica, tmp_path):
+    import io
+    for index in range(1, 6):
+        replica.apply(index, Command(_cid(index), "put", {"key": b"k%04d" % index, "value": b"v", "ts": [index, 0]}))
+    f = io.BytesIO()
+    replica.write_snapshot(f, 5)
+    data = f.getvalue()
+    import struct
+    (n,) = struct.unpack("<I", data[:4])
+    pos = 4 + n                                  # past the descriptor
+    while True:                                  # past the row chunks and their 0 terminator
+        (n,) = struct.unpack("<I", data[pos:pos + 4])
+        pos += 4 + n
+        if n == 0:
+            break
+    old = data[:pos]                             # the format before outcomes ended here
+    assert len(old) < len(data)
+    other = MVCCStore(os.path.join(tmp_path, "other.sqlite"))
+    try:
+        target = RangeReplica(other, FIRST_DATA_RANGE_ID)
+        target.read_snapshot(io.BytesIO(old), 5)
+        assert [k for k, _, _ in other.scan(b"k", b"l", (10**18, 0), 100)] == [b"k%04d" % i for i in range(1, 6)]
+    finally:
+        other.close()
