@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
+import contextlib
 import fcntl
 import json
 import logging
@@ -401,11 +403,16 @@ class Node:
         self._calls.append(fn)
         self.net.wake()
 
-    def _proposal(self, loop: asyncio.AbstractEventLoop, submit) -> asyncio.Future:
-        fut = loop.create_future()
+    def _proposal_future(self, submit) -> concurrent.futures.Future:
+        """Run submit(store, done) on the node loop; the future gets done's (outcome, result).
+        A thread-safe future: the node loop completes it directly, so a worker thread waiting
+        on it wakes without a detour through an asyncio loop."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
 
         def done(outcome, result):
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result((outcome, result)))
+            # A waiter may cancel the future from its own thread at any moment.
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                fut.set_result((outcome, result))
 
         def run():
             if self.store is None:
@@ -414,31 +421,69 @@ class Node:
             try:
                 submit(self.store, done)
             except ValueError as exc:
-                loop.call_soon_threadsafe(lambda exc=exc: fut.done() or fut.set_exception(exc))
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    fut.set_exception(exc)
         self.call_in_loop(run)
         return fut
+
+    def _proposal(self, loop: asyncio.AbstractEventLoop, submit) -> asyncio.Future:
+        return asyncio.wrap_future(self._proposal_future(submit), loop=loop)
+
+    @staticmethod
+    def _key_submit(op: str, key: bytes, args: dict, command_id: bytes | None, routed: dict):
+        def submit(store: Store, done):
+            desc = store.descriptor_for(key)
+            if desc is None:
+                done(Outcome.NOT_COMMITTED, "no range here holds key %s" % pretty_key(key))
+                return
+            routed["range_id"] = desc.range_id
+            store.propose(desc.range_id, op, args, done, command_id=command_id)
+        return submit
+
+    def _stale_route(self, outcome: Outcome, result: Any, routed: dict) -> bool:
+        """The range refused the key (split since we routed): refresh its descriptor."""
+        if outcome is Outcome.REJECTED and isinstance(result, str) and result.startswith(MISMATCH):
+            rid = routed.get("range_id")
+            self.call_in_loop(lambda: rid is not None and self.store.refresh(rid))
+            return True
+        return False
 
     async def propose_key(self, op: str, key: bytes, args: dict, command_id: bytes | None) -> tuple:
         """Propose op on the range holding key; on a stale descriptor refresh and retry."""
         loop = asyncio.get_running_loop()
         for attempt in range(constants.route_retries_max):
             routed: dict = {}
-
-            def submit(store: Store, done, routed=routed):
-                desc = store.descriptor_for(key)
-                if desc is None:
-                    done(Outcome.NOT_COMMITTED, "no range here holds key %s" % pretty_key(key))
-                    return
-                routed["range_id"] = desc.range_id
-                store.propose(desc.range_id, op, args, done, command_id=command_id)
-            outcome, result = await self._proposal(loop, submit)
-            if outcome is Outcome.REJECTED and isinstance(result, str) and result.startswith(MISMATCH):
-                rid = routed.get("range_id")
-                self.call_in_loop(lambda: rid is not None and self.store.refresh(rid))
+            outcome, result = await self._proposal(loop, self._key_submit(op, key, args, command_id, routed))
+            if self._stale_route(outcome, result, routed):
                 await asyncio.sleep(min(0.01 * (attempt + 1), 0.2))
                 continue
             return outcome, result
         return Outcome.NOT_COMMITTED, "the range holding this key kept changing; retry"
+
+    def propose_keys_blocking(self, calls: list[tuple[str, bytes, dict, bytes | None]], timeout_s: float) -> list:
+        """`propose_key` for a worker thread, for many keys at once: every call is handed to the
+        node loop together and answered straight to this thread; a call whose range split since
+        it was routed is retried on its own. Returns (outcome, result) per call, in order.
+        Raises concurrent.futures.TimeoutError if an answer takes longer than timeout_s (every
+        proposal is answered by the Raft layer's own timeout long before)."""
+        routes = [{} for _ in calls]
+        futures = [self._proposal_future(self._key_submit(op, key, args, cid, routed))
+                   for (op, key, args, cid), routed in zip(calls, routes)]
+        answers = []
+        for (op, key, args, cid), routed, fut in zip(calls, routes, futures):
+            outcome, result = fut.result(timeout=timeout_s)
+            attempt = 0
+            while self._stale_route(outcome, result, routed):
+                attempt += 1
+                if attempt >= constants.route_retries_max:
+                    outcome, result = Outcome.NOT_COMMITTED, "the range holding this key kept changing; retry"
+                    break
+                time.sleep(min(0.01 * attempt, 0.2))
+                routed = {}
+                outcome, result = self._proposal_future(
+                    self._key_submit(op, key, args, cid, routed)).result(timeout=timeout_s)
+            answers.append((outcome, result))
+        return answers
 
     async def scan_keys(self, start: bytes, end: bytes | None, limit: int) -> tuple:
         """A scan crosses ranges: one linearizable read per range, in key order, until the limit.

@@ -23,7 +23,7 @@ import threading
 import weakref
 from typing import Any
 
-from raftstore.errors import AmbiguousCommitError, RaftstoreError, SqlError, UnavailableError
+from raftstore.errors import AmbiguousCommitError, RaftstoreError, SqlError, TooLargeError, UnavailableError
 from raftstore.raft.commands import Outcome, new_command_id
 from sql.constants import (
     GATEWAY_KV_CALL_TIMEOUT_S,
@@ -55,23 +55,23 @@ class NodeKV:
             raise UnavailableError("a KV call of this statement got no answer in %.0f s" % timeout_s) from None
 
     def _propose_many(self, op: str, calls: list[tuple[bytes, dict]], write: bool) -> list:
-        """Propose every (key, args) at once from the node loop, GATEWAY_KV_FANOUT_MAX in flight;
-        results in the order given. The first failure, in that order, is raised - after every
-        call has finished, so none is still running when the statement moves on."""
-        async def all_calls():
-            slots = asyncio.Semaphore(GATEWAY_KV_FANOUT_MAX)
-
-            async def one(key, args):
-                async with slots:
-                    return await self.node.propose_key(op, key, dict(args, key=key), new_command_id())
-            return await asyncio.gather(*(one(key, args) for key, args in calls), return_exceptions=True)
-        answers = self._run(all_calls(), rounds=-(-len(calls) // GATEWAY_KV_FANOUT_MAX))
-        results = []
-        for answer in answers:
-            if isinstance(answer, BaseException):
-                raise answer
-            results.append(self._check(*answer, write))
-        return results
+        """Propose every (key, args) straight to the node loop, GATEWAY_KV_FANOUT_MAX at a time
+        (node.propose_keys_blocking: answered to this thread, no asyncio hop); results in the
+        order given. The first failure, in that order, is raised - after every call of its
+        window has finished, so none is still running when the statement moves on."""
+        answers: list = []
+        for i in range(0, len(calls), GATEWAY_KV_FANOUT_MAX):
+            window = [(op, key, dict(args, key=key), new_command_id())
+                      for key, args in calls[i:i + GATEWAY_KV_FANOUT_MAX]]
+            try:
+                answers.extend(self.node.propose_keys_blocking(window, GATEWAY_KV_CALL_TIMEOUT_S))
+            except concurrent.futures.TimeoutError:
+                message = "a KV call of this statement got no answer in %.0f s" % GATEWAY_KV_CALL_TIMEOUT_S
+                raise (AmbiguousCommitError(message + "; it may have committed") if write
+                       else UnavailableError(message)) from None
+            except ValueError as exc:   # a write too large to replicate: refused before proposing
+                raise TooLargeError(str(exc)) from None
+        return [self._check(outcome, result, write) for outcome, result in answers]
 
     def get_many(self, keys: list[bytes]) -> list[bytes | None]:
         return [r["value"] for r in self._propose_many("get", [(key, {}) for key in keys], False)]
@@ -90,8 +90,7 @@ class NodeKV:
         raise UnavailableError("%s" % result)
 
     def _propose(self, op: str, key: bytes, args: dict, write: bool) -> Any:
-        outcome, result = self._run(self.node.propose_key(op, key, dict(args, key=key), new_command_id()))
-        return self._check(outcome, result, write)
+        return self._propose_many(op, [(key, args)], write)[0]
 
     def get(self, key: bytes) -> bytes | None:
         return self._propose("get", key, {}, False)["value"]

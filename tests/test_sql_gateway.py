@@ -19,6 +19,7 @@ class MemNode:
     set, every proposal waits until `hold` proposals are waiting at once."""
 
     def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()   # made inside the test's event loop
         self.kv = MemKV()
         self.hold = 0
         self.waiting = 0
@@ -46,6 +47,12 @@ class MemNode:
         elif op == "delete":
             self.kv.delete(key)
         return Outcome.COMMITTED, {"ts": [2, 0]}
+
+    def propose_keys_blocking(self, calls, timeout_s):
+        """What a worker thread calls: the same answers, produced on the event loop."""
+        async def all_calls():
+            return await asyncio.gather(*(self.propose_key(op, key, args, cid) for op, key, args, cid in calls))
+        return asyncio.run_coroutine_threadsafe(all_calls(), self.loop).result(timeout_s)
 
     async def scan_keys(self, start, end, limit):
         return Outcome.COMMITTED, {"rows": [[k, v] for k, v in self.kv.scan(start, end, limit)], "ts": [1, 0]}
