@@ -154,3 +154,28 @@ def test_bad_sql_is_an_error_answer_and_the_session_goes_back(statement) -> None
         assert len(gateway._idle) == 1
         await _close(gateway)
     _run(main())
+
+
+def test_a_row_too_large_to_replicate_is_a_too_large_error_and_a_lost_answer_is_ambiguous() -> None:
+    import concurrent.futures
+
+    class Refusing(MemNode):
+        error: Exception | None = None
+
+        def propose_keys_blocking(self, calls, timeout_s):
+            if self.error is not None and calls[0][0] == "cas":
+                raise self.error
+            return super().propose_keys_blocking(calls, timeout_s)
+
+    async def main():
+        node = Refusing()
+        gateway = Gateway(node, asyncio.get_running_loop())
+        _ok(await gateway.handle({"sql": "CREATE TABLE t (k INT PRIMARY KEY, v TEXT)"}))
+        node.error = ValueError("command of 600000 bytes exceeds command_bytes_max=524288")
+        answer = await gateway.handle({"sql": "INSERT INTO t VALUES (1, 'x')"})
+        assert not answer["ok"] and answer["error"]["code"] == "too_large", answer
+        node.error = concurrent.futures.TimeoutError()
+        answer = await gateway.handle({"sql": "INSERT INTO t VALUES (1, 'x')"})
+        assert not answer["ok"] and answer["error"]["code"] == "ambiguous", answer
+        await _close(gateway)
+    _run(main())
