@@ -722,13 +722,8 @@ class MVCCStore:
                 " VALUES (?, ?, ?)",
                 (range_id, applied_index, applied_term),
             )
-            if results is None:
-                conn.execute(
-                    "DELETE FROM command_results WHERE range_id = ? AND raft_index > ?",
-                    (range_id, applied_index),
-                )
-            else:
-                conn.execute("DELETE FROM command_results WHERE range_id = ?", (range_id,))
+            _clear_command_results(conn, range_id, applied_index, all_of_them=results is not None)
+            if results is not None:
                 for chunk in results:
                     conn.executemany(_INSERT_RESULT_SQL, ((range_id,) + row for row in _checked_results(chunk)))
 
@@ -901,13 +896,8 @@ class MVCCStore:
                         staged_results = conn.execute(
                             "SELECT 1 FROM staged.sqlite_master WHERE type = 'table' AND name = 'results'"
                         ).fetchone()
-                        if staged_results is None:   # a snapshot without outcomes (older format)
-                            conn.execute(
-                                "DELETE FROM command_results WHERE range_id = ? AND raft_index > ?",
-                                (range_id, applied_index),
-                            )
-                        else:
-                            conn.execute("DELETE FROM command_results WHERE range_id = ?", (range_id,))
+                        _clear_command_results(conn, range_id, applied_index, all_of_them=staged_results is not None)
+                        if staged_results is not None:
                             conn.execute(
                                 "INSERT INTO command_results (range_id, command_id, raft_index, result)"
                                 " SELECT ?, command_id, raft_index, result FROM staged.results",
@@ -925,6 +915,16 @@ class MVCCStore:
                 raise StoreError(f"MVCC store {self._path}: {type(e).__name__}: {e}") from e
         discard_staged(staging_path)
         return diff
+
+
+def _clear_command_results(conn: sqlite3.Connection, range_id: int, applied_index: int, *, all_of_them: bool) -> None:
+    """Before a snapshot's data replaces a range's: drop all its command outcomes when the
+    snapshot brings its own, else (a snapshot without them, the older format) only those above
+    the snapshot's index -- they would claim commands the new data does not contain."""
+    if all_of_them:
+        conn.execute("DELETE FROM command_results WHERE range_id = ?", (range_id,))
+    else:
+        conn.execute("DELETE FROM command_results WHERE range_id = ? AND raft_index > ?", (range_id, applied_index))
 
 
 def discard_staged(staging_path: str) -> None:
