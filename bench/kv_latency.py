@@ -822,7 +822,8 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _url_list(text: str) -> list[str]:
+def url_list(text: str) -> list[str]:
+    """argparse type of --url: comma-separated HOST:PORT addresses, each checked."""
     try:
         parse_addresses(text)
     except (TypeError, ValueError) as exc:
@@ -843,7 +844,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bytes per value (default %d)" % value_bytes_default)
     p.add_argument("--out", default=os.path.join("bench", "results"),
                    help="folder for the JSON, Markdown and profile files (default bench/results)")
-    p.add_argument("--url", type=_url_list, default=None, metavar="HOST:PORT[,...]",
+    p.add_argument("--url", type=url_list, default=None, metavar="HOST:PORT[,...]",
                    help="client addresses of a running cluster (default: start a fresh 3-node one)")
     p.add_argument("--procs", type=int, default=load_procs_max,
                    help="most load-generator processes (default %d)" % load_procs_max)

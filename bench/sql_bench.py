@@ -61,7 +61,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from bench import bounds, loadgen, targets
-from bench.kv_latency import CpuSnapshot, cpu_by_role, machine_info, other_cores_noted_min, summarise_latencies
+from bench.kv_latency import (CpuSnapshot, cpu_by_role, machine_info, other_cores_noted_min, summarise_latencies,
+                              url_list)
 
 # --- defaults and bounds (units last) --------------------------------------------------------------
 duration_s_default = 10.0
@@ -222,17 +223,11 @@ def url_deployment(urls: list[str]) -> Deployment:
 
 
 def wait_sql(conn, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            cur = conn.cursor()
-            cur.execute("SELECT 1")
-            cur.fetchall()
-            return
-        except Exception as exc:
-            if time.monotonic() > deadline:
-                raise BenchError("the cluster did not answer SQL within %.0f s: %s" % (timeout_s, exc)) from None
-            time.sleep(0.2)
+    from raftstore.sqlclient import wait_for_sql
+    try:
+        wait_for_sql(conn, timeout_s)
+    except Exception as exc:
+        raise BenchError("the cluster did not answer SQL within %.0f s: %s" % (timeout_s, exc)) from None
 
 
 def execute_retrying(conn, sql: str, params: list | None = None, timeout_s: float = cluster_ready_s_max):
@@ -594,15 +589,6 @@ def _seconds(text: str, allow_zero: bool = False) -> float:
     return value
 
 
-def _url_list(text: str) -> list[str]:
-    from raftstore.kv import parse_addresses
-    try:
-        parse_addresses(text)
-    except (TypeError, ValueError) as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return [a.strip() for a in text.split(",") if a.strip()]
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (as in raftstore's CLI)."""
 
@@ -620,7 +606,7 @@ def build_parser(prog: str = "raftstore bench") -> argparse.ArgumentParser:
     lat.add_argument("--no-latency", action="store_true", help="no emulated WAN latency (loopback throughput)")
     p.add_argument("--nodes", type=int, choices=range(1, 6), metavar="N",
                    help="nodes, one per region (default: the matrix's region count, or 3)")
-    p.add_argument("--url", type=_url_list, metavar="HOST:PORT[,...]",
+    p.add_argument("--url", type=url_list, metavar="HOST:PORT[,...]",
                    help="client addresses of a running cluster, one per region (default: start a local one); "
                         "--matrix then only feeds the bound")
     p.add_argument("--workloads", type=_workloads, default=list(WORKLOADS), metavar="W[,...]",

@@ -14,7 +14,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
 
 SAMPLE_SQL = [
     "CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name TEXT NOT NULL, city TEXT NOT NULL)",
@@ -46,24 +45,11 @@ def add_demo_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _wait_for_sql(conn, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            cur = conn.cursor()
-            cur.execute("SELECT 1")
-            cur.fetchall()
-            return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
 def run_demo(args: argparse.Namespace) -> int:
     import raftstore
     from raftstore.cli_sql import HISTORY_PATH_DEFAULT, run_repl, run_statements
     from raftstore.localcluster import Cluster
+    from raftstore.sqlclient import wait_for_sql
     from raftstore.wan import MatrixError, load_matrix
 
     matrix_name = None if args.no_latency else (args.latency_matrix or ("global3" if args.nodes == 3 else "global5"))
@@ -91,7 +77,7 @@ def run_demo(args: argparse.Namespace) -> int:
             first = cluster.nodes[0]
             cluster.wait_leader(timeout=60)
             conn = raftstore.connect(first.sql_addr)
-            _wait_for_sql(conn)
+            wait_for_sql(conn, 60.0)
             cur = conn.cursor()
             for stmt in SAMPLE_SQL:
                 cur.execute(stmt)

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import time
 from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 from hlc import Timestamp as HLCTimestamp
@@ -102,6 +103,7 @@ __all__ = [
     "paramstyle",
     "statement_is_read",
     "threadsafety",
+    "wait_for_sql",
 ]
 
 apilevel = "2.0"
@@ -433,6 +435,22 @@ def _check_sql_result(result: Any) -> _Result:
 
 
 # --- connection and cursor ------------------------------------------------------------------
+
+
+def wait_for_sql(conn: "Connection", timeout_s: float) -> None:
+    """Run ``SELECT 1`` on conn every 0.2 s until it answers (a cluster just started may not
+    have elected its leaders yet); after timeout_s the last error is raised."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            cur = conn.cursor()
+            cur.execute("SELECT 1")
+            cur.fetchall()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def connect(
