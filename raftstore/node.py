@@ -283,9 +283,8 @@ class Node:
 
     def _on_heartbeat(self, peer_id: int, stamp, probe=None) -> None:
         if probe is not None:
-            if probe_is_valid(probe):
+            if probe_is_valid(probe):   # judged with the others at our next heartbeat (_check_clock)
                 self.offsets.on_probe(peer_id, probe, self.phys.now_ns(), time.monotonic())
-                self._check_clock()
             else:
                 logger.warning("node %d sent a malformed clock probe %r", peer_id, probe)
         if stamp is not None:
