@@ -45,14 +45,15 @@ class NodeKV:
         self.node, self.loop = node, loop
         self.max_ts = [0, 0]   # the highest timestamp seen since the last reset (per statement)
 
-    def _run(self, coro, rounds: int = 1):
+    def _run(self, coro):
+        """A read-only node call (scan, status) that lives on the asyncio loop."""
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        timeout_s = GATEWAY_KV_CALL_TIMEOUT_S * rounds
         try:
-            return future.result(timeout=timeout_s)
+            return future.result(timeout=GATEWAY_KV_CALL_TIMEOUT_S)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            raise UnavailableError("a KV call of this statement got no answer in %.0f s" % timeout_s) from None
+            raise UnavailableError("a KV call of this statement got no answer in %.0f s"
+                                   % GATEWAY_KV_CALL_TIMEOUT_S) from None
 
     def _propose_many(self, op: str, calls: list[tuple[bytes, dict]], write: bool) -> list:
         """Propose every (key, args) straight to the node loop, GATEWAY_KV_FANOUT_MAX at a time
