@@ -32,6 +32,20 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3, "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3}
+
+
+def _size(text: str) -> int:
+    """A byte count: 1048576, 512MiB, 2GiB, 10MB (decimal units), 0."""
+    digits = text.strip()
+    unit = digits.lstrip("0123456789")
+    number = digits[:len(digits) - len(unit)]
+    factor = _SIZE_UNITS.get(unit.strip().lower())
+    if not number or factor is None:
+        raise argparse.ArgumentTypeError("%r is not a size in bytes (e.g. 268435456, 256MiB, 2GiB)" % text)
+    return int(number) * factor
+
+
 def _region(text: str) -> str:
     if not text or not all(c.isalnum() or c in "-_." for c in text):
         raise argparse.ArgumentTypeError("%r is not a region name (letters, digits, - _ .)" % text)
@@ -62,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     auth.add_argument("--insecure", action="store_true", help="run without peer authentication (testing only)")
     start.add_argument("--range-max-bytes", type=_positive_int, default=constants.range_bytes_max, metavar="BYTES",
                        help="split a range when it grows past this size (default %(default)s)")
+    start.add_argument("--disk-reserve-bytes", type=_size, default=None, metavar="SIZE",
+                       help="free space kept on the data dir's disk: below it the node refuses writes with "
+                            "'disk nearly full' so what it acknowledged can still be applied (default: the larger "
+                            "of 256MiB and 2%% of the disk)")
+    start.add_argument("--disk-ballast-bytes", type=_size, default=None, metavar="SIZE",
+                       help="size of the ballast file (EMERGENCY_BALLAST in the data dir) an operator can delete "
+                            "to make room when the disk filled anyway (default: the smaller of 256MiB and 1%% of "
+                            "the disk; 0: none)")
     start.add_argument("--log-compaction-entries", type=_positive_int, default=constants.log_compaction_entries_min,
                        metavar="N", help="compact a range's Raft log after N entries (default %(default)s)")
     start.add_argument("--latency-matrix", metavar="NAME|FILE",
@@ -128,7 +150,8 @@ def run_start(args: argparse.Namespace) -> int:
                      join=args.join, data_dir=os.path.abspath(args.data_dir), secret=secret,
                      range_bytes_max=args.range_max_bytes,
                      raft_conf={"logCompactionMinEntries": args.log_compaction_entries}, latency=latency,
-                     clock_skew_ns=_clock_skew_ns())
+                     clock_skew_ns=_clock_skew_ns(), disk_reserve_bytes=args.disk_reserve_bytes,
+                     disk_ballast_bytes=args.disk_ballast_bytes)
     from sql.gateway import handle_sql
     try:
         return run_node(cfg, sql_handler=handle_sql)

@@ -30,6 +30,18 @@ log_compaction_time_min_s = 300
 # --- Journal ---------------------------------------------------------------------------------
 journal_record_bytes_max = command_bytes_max + 4096
 journal_rewrite_bytes_min = 8 * 1024 * 1024   # rewrite the file when it holds this much garbage
+# Storage errors are crash-only (raftstore.raft.failstop): the node exits with this code (EX_IOERR).
+exit_code_storage_failure = 74
+# SQLITE_BUSY / SQLITE_LOCKED at a commit of applied commands is retried this often, this far
+# apart, inside the apply; past that it is a storage error like any other.
+sqlite_busy_retries_max = 20
+sqlite_busy_retry_interval_s = 0.05
+# Free-space reserve (raftstore.diskspace): below it a node refuses proposals and new log entries.
+disk_reserve_bytes_min = 256 * 1024 * 1024      # default reserve: the larger of this ...
+disk_reserve_fraction = 0.02                     # ... and this share of the disk (flag --disk-reserve-bytes)
+disk_ballast_bytes_max = 256 * 1024 * 1024      # default ballast file: the smaller of this ...
+disk_ballast_fraction = 0.01                     # ... and this share of the disk (flag --disk-ballast-bytes)
+disk_check_interval_s = 0.05                     # the node loop reads the free space this often
 snapshot_chunk_rows = 1000
 
 # --- HLC -------------------------------------------------------------------------------------

@@ -31,6 +31,9 @@ from raftstore.kv import Client
 __all__ = ["REGIONS", "Cluster", "NodeProc", "free_ports"]
 
 REGIONS = ["us-east1", "europe-west1", "us-west1", "asia-east1", "australia-southeast1"]
+# Local clusters are scratch (demo, bench, tests): no ballast file, and a reserve that fits a
+# small free disk. Later `extra_args` override these (argparse keeps the last value).
+SCRATCH_DISK_ARGS = ("--disk-reserve-bytes", "64MiB", "--disk-ballast-bytes", "0")
 
 port_min = 20000    # [port_min, port_max): below the ephemeral range (32768+)
 port_max = 32000
@@ -121,7 +124,7 @@ class Cluster:
         auth = ["--cluster-secret-file", self.secret_path] if self.secure else ["--insecure"]
         return [sys.executable, "-m", "raftstore.cli", "start", "--node-id", str(n.node_id), "--region", n.region,
                 "--peer-addr", n.peer_addr, "--sql-addr", n.sql_addr, "--join", self.join,
-                "--data-dir", n.data_dir] + auth + list(self.extra_args)
+                "--data-dir", n.data_dir] + auth + list(SCRATCH_DISK_ARGS) + list(self.extra_args)
 
     def start(self, n: NodeProc) -> None:
         """Start `n` (which must not be running) in its own session, appending to its log."""

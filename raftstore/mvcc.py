@@ -30,8 +30,11 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+from raftstore import constants
 
 __all__ = [
     "MVCCStore",
@@ -54,6 +57,7 @@ SCHEMA_VERSION = 1
 """PRAGMA user_version of the file format this build reads and writes."""
 APPLICATION_ID = 0x52534D56  # "RSMV": marks a SQLite file as a raftstore MVCC store.
 BUSY_TIMEOUT_MS = 5_000
+_BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)   # primary result codes
 """How long a statement waits on another connection's lock (a snapshot export, a second
 process opening the file) before SQLite gives up with 'database is locked'."""
 SCAN_SKIP_ROWS_MAX = 4
@@ -338,7 +342,7 @@ class MVCCStore:
                 conn.execute(begin)
                 try:
                     yield conn
-                    conn.execute("COMMIT")
+                    _commit(conn)
                 finally:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
@@ -365,7 +369,7 @@ class MVCCStore:
                 self._in_batch = True
                 try:
                     yield
-                    conn.execute("COMMIT")
+                    _commit(conn)
                 finally:
                     self._in_batch = False
                     if conn.in_transaction:
@@ -378,7 +382,7 @@ class MVCCStore:
         with self._lock:
             if self._in_batch and self._conn is not None:
                 try:
-                    self._conn.execute("COMMIT")
+                    _commit(self._conn)
                     self._conn.execute("BEGIN IMMEDIATE")
                 except sqlite3.Error as e:
                     raise StoreError(f"MVCC store {self._path}: {type(e).__name__}: {e}") from e
@@ -410,11 +414,14 @@ class MVCCStore:
         command_id: bytes | None = None,
         result: bytes | None = None,
         raft_term: int | None = None,
+        continuous: bool = False,
     ) -> bool:
         """Apply the command at `raft_index` of range `range_id`, exactly once.
 
         In one SQLite transaction: if `raft_index` <= the range's applied index, change
-        nothing and return False (a replay after a crash). Otherwise write every
+        nothing and return False (a replay after a crash). With `continuous`, an index that
+        does not follow the applied index by exactly one raises StoreError and writes nothing
+        (a hole in what was applied: the caller must stop). Otherwise write every
         `(key, ts, value)` (value None = tombstone; a second write of the same (key, ts)
         replaces the first), record `command_id -> result` if `command_id` is given, set the
         applied index to `raft_index` (and the applied term to `raft_term` if given), commit,
@@ -429,7 +436,7 @@ class MVCCStore:
             _check_key("command_id", command_id)
             _check_value("result", result)
         with self._transaction("BEGIN IMMEDIATE") as conn:
-            if raft_index <= self._applied(conn, range_id)[0]:
+            if not self._advances(conn, range_id, raft_index, continuous):
                 return False
             conn.executemany(_INSERT_VERSION_SQL, _checked_writes(writes))
             if command_id is not None:
@@ -447,16 +454,28 @@ class MVCCStore:
         with self._transaction("BEGIN IMMEDIATE") as conn:
             conn.executemany(_INSERT_VERSION_SQL, _checked_writes(writes))
 
-    def mark_applied(self, range_id: int, raft_index: int, *, raft_term: int | None = None) -> bool:
+    def mark_applied(self, range_id: int, raft_index: int, *, raft_term: int | None = None,
+                     continuous: bool = False) -> bool:
         """Advance the applied index past a command that wrote nothing (rejected, no-op).
-        Same rule as `apply`: False and no change if `raft_index` <= the applied index."""
+        Same rules as `apply`: False and no change if `raft_index` <= the applied index; with
+        `continuous`, StoreError unless it is the applied index + 1."""
         _check_int("range_id", range_id)
         _check_int("raft_index", raft_index)
         with self._transaction("BEGIN IMMEDIATE") as conn:
-            if raft_index <= self._applied(conn, range_id)[0]:
+            if not self._advances(conn, range_id, raft_index, continuous):
                 return False
             self._set_applied(conn, range_id, raft_index, raft_term)
             return True
+
+    def _advances(self, conn: sqlite3.Connection, range_id: int, raft_index: int, continuous: bool) -> bool:
+        applied = self._applied(conn, range_id)[0]
+        if raft_index <= applied:
+            return False
+        if continuous and raft_index != applied + 1:
+            raise StoreError(f"MVCC store {self._path}: range r{range_id}: index {raft_index} does not follow"
+                             f" the applied index {applied} (entries {applied + 1}..{raft_index - 1} were never"
+                             " applied here)")
+        return True
 
     @staticmethod
     def _applied(conn: sqlite3.Connection, range_id: int) -> tuple[int, int]:
@@ -925,6 +944,20 @@ def _clear_command_results(conn: sqlite3.Connection, range_id: int, applied_inde
         conn.execute("DELETE FROM command_results WHERE range_id = ?", (range_id,))
     else:
         conn.execute("DELETE FROM command_results WHERE range_id = ? AND raft_index > ?", (range_id, applied_index))
+
+
+def _commit(conn: sqlite3.Connection) -> None:
+    """COMMIT, retried while SQLite says BUSY or LOCKED (the transaction stays open then), at
+    most sqlite_busy_retries_max times; any other error, or BUSY past the bound, raises."""
+    for attempt in range(constants.sqlite_busy_retries_max + 1):
+        try:
+            conn.execute("COMMIT")
+            return
+        except sqlite3.OperationalError as e:
+            if ((getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF) not in _BUSY_CODES \
+                    or attempt == constants.sqlite_busy_retries_max or not conn.in_transaction:
+                raise
+            time.sleep(constants.sqlite_busy_retry_interval_s)
 
 
 def discard_staged(staging_path: str) -> None:

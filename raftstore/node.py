@@ -36,9 +36,11 @@ from pysyncobj.transport import Transport
 from hlc import HLC, MAX_OFFSET_NS_DEFAULT, ClockOffsetError, FileCeilingStore, SystemClock, Timestamp
 from raftstore import constants
 from raftstore.clockcheck import OffsetMonitor, probe_is_valid
+from raftstore.diskspace import DiskGuard
 from raftstore.mvcc import MVCCStore
 from raftstore.peer import HEARTBEAT, RAFT, PeerNetwork, parse_addr
 from raftstore.raft.commands import Outcome, new_command_id
+from raftstore.raft.failstop import FailStop, exit_now
 from raftstore.raft.group import run_in_thread
 from raftstore.raft.journal import RealLogFile, fsync_dir
 from raftstore.ranges import MISMATCH, pretty_key
@@ -69,6 +71,8 @@ class NodeConfig:
     range_bytes_max: int = constants.range_bytes_max
     latency: "LatencyMatrix | None" = None     # WAN emulation between regions (raftstore.wan)
     clock_skew_ns: int = 0                     # added to the system clock: for clock-offset tests only
+    disk_reserve_bytes: int | None = None      # free-space reserve (raftstore.diskspace); None: the default
+    disk_ballast_bytes: int | None = None      # ballast file size; None: the default, 0: none
 
 
 class GroupTransport(Transport):
@@ -159,6 +163,8 @@ class Node:
             raise StartupError("data dir %s has Raft data but no node.json; refusing to guess" % cfg.data_dir)
         self.meta_path = meta_path
         try:
+            self.disk = DiskGuard(cfg.data_dir, reserve_bytes=cfg.disk_reserve_bytes, ballast_bytes=cfg.disk_ballast_bytes)
+            self.disk.ensure_ballast()
             self.mvcc = MVCCStore(os.path.join(cfg.data_dir, "store.sqlite"))
             self.phys = SystemClock(skew_ns=cfg.clock_skew_ns)
             self.hlc = HLC(self.phys, ceiling_store=FileCeilingStore(os.path.join(cfg.data_dir, "hlc.ceiling")))
@@ -259,6 +265,7 @@ class Node:
                            self.mvcc, open_journal=RealLogFile,
                            transport_class=lambda gid: (lambda so, s, o: GroupTransport(self, gid, so, s, o)),
                            now_ts=lambda: self.hlc.now().to_wire(), snapshot_executor=run_in_thread)
+        self.store.disk_low = self.disk.check()
         self.store.start()
 
     def _on_raft(self, peer_id: int, group_id: int, message: dict) -> None:
@@ -318,46 +325,60 @@ class Node:
         self._loop_thread.start()
 
     def _loop(self) -> None:
+        """The node loop. Crash-only: a storage error anywhere in it (FailStop), or any other
+        exception, ends the process at once with one log line (failstop.exit_now); a restart
+        replays from what is on disk. Nothing is retried over a disk we no longer trust."""
+        try:
+            self._run_loop()
+        except FailStop as exc:
+            exit_now(exc)
+        except BaseException as exc:   # a bug: the loop's state is unknown, so stop the same way
+            logger.exception("node loop failed")
+            exit_now("node loop: %s: %s" % (type(exc).__name__, exc))
+
+    def _run_loop(self) -> None:
         if self.members is not None:
             self._start_groups()
-        next_tick = next_heartbeat = time.monotonic()
+        next_tick = next_heartbeat = next_disk_check = time.monotonic()
         while not self._stop.is_set():
-            try:
-                wake_at = next_tick
-                release = self.net.next_release()
-                if release is not None and release < wake_at:
-                    wake_at = release
-                busy_from = time.monotonic()
-                self.net.poll(max(0.0, wake_at - time.monotonic()))
-                while self._calls:
-                    fn = self._calls.popleft()
-                    try:
-                        fn()
-                    except Exception:
-                        logger.exception("call on the node loop failed")
+            wake_at = next_tick
+            release = self.net.next_release()
+            if release is not None and release < wake_at:
+                wake_at = release
+            busy_from = time.monotonic()
+            self.net.poll(max(0.0, wake_at - time.monotonic()))
+            while self._calls:
+                fn = self._calls.popleft()
+                try:
+                    fn()
+                except Exception:
+                    logger.exception("call on the node loop failed")
+            now = time.monotonic()
+            if now >= next_disk_check:   # before the tick, so no entry is taken below the reserve
+                next_disk_check = now + constants.disk_check_interval_s
+                low = self.disk.check()
                 if self.store is not None:
-                    self.store.tick()
-                now = time.monotonic()
-                if now >= next_tick:
-                    next_tick = now + constants.tick_interval_s
-                    self._dial()
-                if now >= next_heartbeat:
-                    next_heartbeat = now + constants.node_heartbeat_interval_s
-                    stamp = self.hlc.now().to_wire()
-                    for pid in list(self.net.peers):
-                        self.net.send(pid, [HEARTBEAT, stamp, self.offsets.probe_for(pid, self.phys.now_ns())])
-                    self._check_clock()
-                if self.store is not None:
-                    self.store.sync()
-                self.net.flush()
-                busy = time.monotonic() - busy_from - self.net.last_wait_s   # frames handled in poll count
-                if busy > self.loop_busy_max_s:
-                    self.loop_busy_max_s = busy
-                if busy * 1000 >= constants.loop_stall_report_ms:
-                    self.loop_stalls.append([round(time.time(), 3), round(busy * 1000, 1)])
-            except Exception:
-                logger.exception("node loop iteration failed")
-                time.sleep(constants.tick_interval_s)
+                    self.store.disk_low = low
+            if self.store is not None:
+                self.store.tick()
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + constants.tick_interval_s
+                self._dial()
+            if now >= next_heartbeat:
+                next_heartbeat = now + constants.node_heartbeat_interval_s
+                stamp = self.hlc.now().to_wire()
+                for pid in list(self.net.peers):
+                    self.net.send(pid, [HEARTBEAT, stamp, self.offsets.probe_for(pid, self.phys.now_ns())])
+                self._check_clock()
+            if self.store is not None:
+                self.store.sync()
+            self.net.flush()
+            busy = time.monotonic() - busy_from - self.net.last_wait_s   # frames handled in poll count
+            if busy > self.loop_busy_max_s:
+                self.loop_busy_max_s = busy
+            if busy * 1000 >= constants.loop_stall_report_ms:
+                self.loop_stalls.append([round(time.time(), 3), round(busy * 1000, 1)])
         if self.store is not None:
             self.store.sync()
 
@@ -534,6 +555,7 @@ class Node:
                 "is_leader": bool(data and data["leader"] == self.node_id),
                 "clock": {"serving": self.clock_unfit is None, "reason": self.clock_unfit,
                           "offsets": self.offsets.status(time.monotonic())},
+                "disk": self.disk.status(),
                 "loop_busy_max_ms": round(self.loop_busy_max_s * 1000, 1),
                 "loop_stalls": list(self.loop_stalls)}
 
@@ -642,7 +664,7 @@ class ClientServer:
         if outcome is Outcome.REJECTED:
             return _error("bad_request", str(result))
         if outcome is Outcome.NOT_COMMITTED:
-            return _error("unavailable", "no leader reachable for this range right now (%s); it did not commit" % result)
+            return _error("unavailable", "it did not commit: %s" % result)
         return _error("ambiguous", "the outcome is unknown (%s); the write may have committed" % result, ambiguous=True)
 
     async def drain(self, timeout_s: float) -> None:

@@ -30,6 +30,8 @@ import msgpack
 from raftstore import constants
 from raftstore.mvcc import TIMESTAMP_PART_MAX, MVCCStore, discard_staged
 from raftstore.raft.commands import Command, CommandError
+from raftstore.raft.failstop import FailStop
+from raftstore.raft.group import SnapshotRefused
 from raftstore.ranges import (META_COUNTER_KEY, META_DESC_PREFIX, META_RANGE_ID, MISMATCH, RangeDescriptor,
                               local_desc_key, meta_desc_key, FIRST_DATA_RANGE_ID)
 
@@ -37,10 +39,6 @@ RAW_PREFIX = b"k"          # raw key-value keyspace (raftstore.kv); SQL rows liv
 RAW_END = b"l"             # first key after the raw keyspace
 LATEST = (TIMESTAMP_PART_MAX, TIMESTAMP_PART_MAX)
 _LEN = struct.Struct("<I")
-
-
-class SnapshotRefused(Exception):
-    """This node cannot take the snapshot now (it would overlap a range it still holds)."""
 
 
 @dataclass
@@ -122,9 +120,9 @@ class RangeReplica:
 
     def record_failed(self, index: int, command: Command | None, error: str) -> None:
         if command is None:
-            self.store.mark_applied(self.range_id, index)
+            self.store.mark_applied(self.range_id, index, continuous=True)
         else:
-            self.store.apply(self.range_id, index, [], command_id=command.id,
+            self.store.apply(self.range_id, index, [], continuous=True, command_id=command.id,
                              result=msgpack.packb([False, error], use_bin_type=True))
 
     def result_of(self, command_id: bytes) -> tuple[bool, Any]:
@@ -147,10 +145,13 @@ class RangeReplica:
         body = self.desc.encode()
         export = self.store.export_span(self.desc.start, self.desc.end, constants.snapshot_chunk_rows,
                                         range_id=self.range_id)
-        if export.applied_index > index:
+        if export.applied_index != index:
+            # The stored state must be exactly at the index the log is compacted to: a state
+            # behind it would be written as if it were there, and the hole would spread to every
+            # follower that installs it. Continuity (RaftGroup) makes this unreachable.
             export.close()
-            raise RuntimeError("r%d: state is at index %d, past the snapshot's index %d"
-                               % (self.range_id, export.applied_index, index))
+            raise FailStop("r%d: a snapshot at index %d asked for, but the stored state is at index %d"
+                           % (self.range_id, index, export.applied_index))
 
         def write(f: BinaryIO) -> None:
             with export:
@@ -283,7 +284,7 @@ class RangeReplica:
     def _op_get(self, index, command, args):
         key = self._check_key(_bytes(args, "key"))
         found = self.store.get(key, LATEST)
-        self.store.mark_applied(self.range_id, index)
+        self.store.mark_applied(self.range_id, index, continuous=True)
         if found is None:
             return {"value": None, "ts": [0, 0]}
         return {"value": found[0], "ts": list(found[1])}
@@ -298,7 +299,7 @@ class RangeReplica:
             raise CommandError("%s: scan start %r is outside %s" % (MISMATCH, start, self.desc))
         stop = self.desc.end if end is None or (self.desc.end is not None and self.desc.end < end) else end
         rows = self.store.scan(start, stop, LATEST, limit)
-        self.store.mark_applied(self.range_id, index)
+        self.store.mark_applied(self.range_id, index, continuous=True)
         return {"rows": [[k, v] for k, v, _ in rows], "span_end": self.desc.end,
                 "ts": list(max((ts for _, _, ts in rows), default=(0, 0)))}
 
@@ -366,7 +367,7 @@ class RangeReplica:
         return proposed
 
     def _finish(self, index: int, command: Command, writes: list, result: dict) -> None:
-        self.store.apply(self.range_id, index, writes, command_id=command.id,
+        self.store.apply(self.range_id, index, writes, continuous=True, command_id=command.id,
                          result=msgpack.packb([True, result], use_bin_type=True))
 
 

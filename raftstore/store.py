@@ -91,6 +91,7 @@ class Store:
         self.crash_point = crash_point
         self.groups: dict[int, RaftGroup] = {}
         self.replicas: dict[int, RangeReplica] = {}
+        self.disk_low: str | None = None   # why new entries are refused (raftstore.diskspace), set by the node
         self.cache = RangeCache(constants.range_cache_entries_max)
         self.written_bytes: dict[int, int] = {}
         self.sizes: dict[int, int] = {}
@@ -170,7 +171,8 @@ class Store:
         group = RaftGroup(me, peers, journal_file=self.open_journal(journal_path), dump_path=dump_path,
                           state_machine=replica, conf=conf, name="r%d" % range_id,
                           transport_class=self.transport_class(range_id), snapshot_executor=self.snapshot_executor,
-                          on_snapshot_job_done=lambda: self.woken.append(range_id))
+                          on_snapshot_job_done=lambda: self.woken.append(range_id),
+                          refuse_entries=lambda: self.disk_low)
         self.groups[range_id], self.replicas[range_id] = group, replica
         self.touch(range_id)
         self.maintain_due.add(range_id)
@@ -262,10 +264,7 @@ class Store:
             self._schedule(rid, now + (constants.active_tick_interval_s if busy else _idle_period(rid)))
             group._SyncObj__conf.appendEntriesPeriod = active_period if busy else constants.idle_heartbeat_interval_s
             self.dirty.add(rid)
-            try:
-                group.doTick(0.0)
-            except Exception:
-                logger.exception("tick of %s failed", group.name)
+            group.doTick(0.0)   # a FailStop or a bug ends the node (crash-only), never a log line
             self._note_leader(rid, group)
         if now >= self.next_maintain:
             self.next_maintain = now + self.cfg.maintain_interval_s

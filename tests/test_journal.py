@@ -5,6 +5,7 @@ import random
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from raftstore.raft.failstop import FailStop
 from raftstore.raft.journal import MAGIC, DurableJournal, JournalError, RealLogFile
 from raftstore.sim.disk import SimDisk
 
@@ -113,3 +114,29 @@ def test_a_foreign_file_is_refused_with_its_name(tmp_path):
     with pytest.raises(JournalError, match=str(path)):
         DurableJournal(RealLogFile(str(path)))
     assert MAGIC == b"RSJ1"
+
+
+def test_an_entry_the_file_refused_is_not_in_the_log_and_the_journal_stops():
+    disk = SimDisk()
+    j = DurableJournal(disk.open("j"))
+    j.add(b"a", 1, 1)
+    j.sync()
+    disk.append_failures = 1
+    with pytest.raises(FailStop, match="journal j: write of a entry record failed"):
+        j.add(b"b", 2, 1)
+    assert _entries(j) == [(b"a", 1, 1)]          # nothing can be acknowledged for b
+    disk.sync_failures = 1
+    j.setCurrentTerm(2, "n1")
+    with pytest.raises(FailStop, match="fsync failed"):
+        j.sync()
+
+
+def test_a_real_file_on_a_full_disk_raises_at_the_write(tmp_path):
+    # /dev/full refuses every write with ENOSPC, as a full disk does: unbuffered, the journal
+    # learns it at the append, not at some later flush.
+    f = RealLogFile(str(tmp_path / "j"))
+    f._f.close()
+    f._f = open("/dev/full", "ab", buffering=0)
+    with pytest.raises(OSError) as info:
+        f.append(b"x" * 100)
+    assert info.value.errno == 28

@@ -636,3 +636,14 @@ def test_bad_arguments_are_rejected_before_touching_the_file(store):
         store.get(b"k", (2**63, 0))
     with pytest.raises(ValueError):
         MVCCStore(store.path, synchronous="SOMETIMES")
+
+
+def test_a_continuous_apply_refuses_an_index_that_skips_one_and_writes_nothing(store):
+    assert store.apply(1, 1, [(b"a", (1, 0), b"1")], continuous=True)
+    with pytest.raises(StoreError, match="index 3 does not follow the applied index 1"):
+        store.apply(1, 3, [(b"b", (1, 0), b"2")], continuous=True)
+    with pytest.raises(StoreError, match="entries 2..3 were never applied"):
+        store.mark_applied(1, 4, continuous=True)
+    assert store.applied_index(1) == 1 and store.get(b"b", (9, 0)) is None
+    assert not store.apply(1, 1, [(b"a", (2, 0), b"again")], continuous=True)   # a replay: nothing
+    assert store.mark_applied(1, 2, continuous=True) and store.applied_index(1) == 2

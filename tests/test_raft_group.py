@@ -64,15 +64,33 @@ def test_a_bad_command_is_recorded_as_failed_and_the_replica_keeps_going(world):
     assert outcome is Outcome.COMMITTED
 
 
-def test_an_exception_inside_apply_is_recorded_not_raised(world, monkeypatch):
+def test_an_exception_inside_apply_stops_the_replica_and_a_restart_applies_the_command(world, monkeypatch):
     leader = world.leader()
-    monkeypatch.setattr(world, "fail", lambda text: None)  # the simulator treats a failed apply as a bug
-    for sm in world.sms.values():
-        monkeypatch.setattr(sm, "apply", lambda index, command: 1 / 0)
-    outcome, error = _propose(world, leader, "put", {"k": "boom"})
-    assert outcome is Outcome.REJECTED and "division by zero" in error
+    follower = next(n for n in world.ids if n != leader)
+    monkeypatch.setattr(world.sms[follower], "apply", lambda index, command: 1 / 0)
+    outcome, _ = _propose(world, leader, "put", {"k": "boom"})
+    assert outcome is Outcome.COMMITTED            # the leader and the other follower applied it
+    assert world.fail_stops >= 1                   # and again after each restart, while apply still fails
+    assert any("fail-stop %s: %s: apply of index" % (follower, follower) in e and "ZeroDivisionError" in e
+               for e in world.events)
     monkeypatch.undo()
-    assert _propose(world, leader, "put", {"k": "fine"})[0] is Outcome.COMMITTED
+    world.run_until(world.clock.t + 3.0)           # the supervisor restarts it; it replays the entry
+    assert world.alive(follower)
+    assert world.sms[follower].applied == world.sms[leader].applied
+    assert world.sms[follower].log == world.sms[leader].log
+
+
+def test_a_failed_commit_of_applies_stops_the_replica_before_it_applies_anything_more(world):
+    leader = world.leader()
+    follower = next(n for n in world.ids if n != leader)
+    before = world.sms[follower].applied
+    world.sms[follower].commit_failures = 1
+    assert _propose(world, leader, "put", {"k": "lost-here"})[0] is Outcome.COMMITTED
+    assert world.fail_stops == 1 and any("committing the applies" in e for e in world.events)
+    assert world.sms[follower].applied in (before, world.sms[leader].applied)
+    world.run_until(world.clock.t + 3.0)
+    assert _propose(world, leader, "put", {"k": "after"})[0] is Outcome.COMMITTED
+    assert world.sms[follower].log == world.sms[leader].log
 
 
 def test_a_proposal_without_a_quorum_times_out_as_ambiguous(world):

@@ -16,8 +16,15 @@ is synced before any message leaves this group and at the start of every tick, b
 counts itself in a quorum: no reply, vote or self-count is ever ahead of the disk.
 Snapshots: always configured beside the journal, written by our serializer (never by fork); the
 state machine supplies the data, so a snapshot is the range's own state.
-Apply: commands are msgpack payloads with ids (commands.py); applying never raises -- a bad
-command is recorded as failed and the replica goes on; a repeated id returns its first result.
+Apply: commands are msgpack payloads with ids (commands.py); a command the state machine rejects
+(CommandError: deterministic, the same on every replica) is recorded as failed and the replica goes
+on; a repeated id returns its first result. Anything else that goes wrong in apply or in the
+commit of a tick's applies -- a storage error, or a bug -- stops the replica (failstop.py): never
+an answer built on a state the disk may not hold.
+Continuity: every log index advances the state machine's stored applied index by exactly one,
+pysyncobj's no-op and membership entries included (they are recorded as "applied, nothing
+written"), so the stored index always equals pysyncobj's lastApplied once a tick's batch has
+committed, and a snapshot is taken exactly at it.
 Proposals: every proposal gets exactly one answer (COMMITTED, NOT_COMMITTED or AMBIGUOUS) by its
 timeout at the latest.
 
@@ -45,6 +52,7 @@ from pysyncobj.serializer import Serializer
 
 from raftstore import constants
 from raftstore.raft.commands import Command, CommandError, Outcome, decode_command, encode_command
+from raftstore.raft.failstop import FailStop
 from raftstore.raft.journal import DurableJournal, LogFile, fsync_dir
 
 logger = logging.getLogger(__name__)
@@ -60,6 +68,7 @@ _OVERRIDDEN = (
     "_SyncObj__tryLogCompaction",
     "_SyncObj__generateRaftTimeout",
     "_SyncObj__applyLogEntries",
+    "_SyncObj__doApplyCommand",
     "_onTick",
 )
 _INSTANCE_ATTRS = (
@@ -110,7 +119,11 @@ class StateMachine(Protocol):
     most once and a retried command id gets its first outcome. `record_failed` with command
     None only advances the applied index.
     `apply` raises CommandError for a command it rejects (deterministically, on every replica);
-    any other exception is treated the same way but logged as a bug.
+    any other exception stops the replica (FailStop): a storage error, or a bug.
+    `apply`, `record_failed` and `batch` must refuse an index that does not follow the stored
+    applied index by one (a replay at or below it changes nothing); the group feeds every index.
+    A snapshot install raises SnapshotRefused (or ValueError for a malformed snapshot) when it
+    cannot take the snapshot; anything else it raises stops the replica.
     """
 
     def applied_index(self) -> int: ...
@@ -153,10 +166,21 @@ class _Job:
 
 ProposalCallback = Callable[[Outcome, Any], None]
 
+
+class SnapshotRefused(Exception):
+    """The state machine cannot take this snapshot now (it would overlap a range this node still
+    holds, or it is for another range); the leader is told and sends a fresh one later."""
+
+
+# What a snapshot install may raise without stopping the replica: a refusal, or a malformed
+# snapshot. Anything else (a failed write or commit) is a storage error.
+_SNAPSHOT_REFUSALS = (SnapshotRefused, ValueError, TypeError, EOFError, struct.error, msgpack.UnpackException)
+
 # pysyncobj failure reasons that prove the command was never appended (or was replaced).
 _SURELY_NOT = {FAIL_REASON.QUEUE_FULL, FAIL_REASON.MISSING_LEADER, FAIL_REASON.DISCARDED,
                FAIL_REASON.NOT_LEADER, FAIL_REASON.REQUEST_DENIED}
 
+_REGULAR_ENTRY = b"\x00"   # pysyncobj's _COMMAND_TYPE.REGULAR; the others are its own entries
 _SNAPSHOT_MAGIC = b"RSS1"
 _LEN = struct.Struct("<I")
 
@@ -192,8 +216,15 @@ class RaftGroup(SyncObj):
     def __init__(self, self_id: str, peer_ids: list[str], *, journal_file: LogFile, dump_path: str,
                  state_machine: StateMachine, transport_class=None, transport=None,
                  conf: dict | None = None, name: str = "", snapshot_executor: Executor = run_inline,
-                 on_snapshot_job_done: Callable[[], None] | None = None) -> None:
+                 on_snapshot_job_done: Callable[[], None] | None = None,
+                 refuse_entries: Callable[[], str | None] = lambda: None) -> None:
+        """`refuse_entries()` returns why this replica must take no new log entries now (its
+        disk is nearly full: raftstore.diskspace), or None: proposals are then refused at once
+        (NOT_COMMITTED with that reason), proposals forwarded by followers are denied, and as a
+        follower it takes only the heartbeat of an append -- what it already holds stays
+        appliable, and the leader sends the entries again later."""
         self.name = name or self_id
+        self._refuse_entries = refuse_entries
         self._sm = state_machine
         self._executor = snapshot_executor
         self._on_job_done = on_snapshot_job_done
@@ -212,6 +243,7 @@ class RaftGroup(SyncObj):
         self._snapshot_refused: str | None = None
         self.apply_failures = 0
         self.snapshots_installed = 0
+        self._fail_stop: FailStop | None = None   # raised inside pysyncobj's bare `except:`; re-raised
         opts = dict(
             autoTick=False,
             appendEntriesUseBatch=True,
@@ -248,6 +280,13 @@ class RaftGroup(SyncObj):
         if applied > self._SyncObj__raftLastApplied:
             self._SyncObj__raftLastApplied = applied
             self._SyncObj__raftCommitIndex = max(self._SyncObj__raftCommitIndex, applied)
+        elif applied < self._SyncObj__raftLastApplied:
+            # pysyncobj counts its first entry (a no-op at index 1) as applied from the start;
+            # the state machine records it too (continuity). Anything else is a hole.
+            if self._SyncObj__raftLastApplied != 1:
+                raise FailStop("%s: the state machine holds index %d but the log resumes after %d"
+                               % (self.name, applied, self._SyncObj__raftLastApplied))
+            self._sm.record_failed(1, None, "pysyncobj's first entry")
 
     # --- introspection for the node and the simulator ------------------------------------
     @property
@@ -290,6 +329,10 @@ class RaftGroup(SyncObj):
         Raises ValueError for a command too large to replicate (nothing is proposed)."""
         payload = encode_command(op, args, command_id)
         cid = decode_command(payload).id
+        refused = self._refuse_entries()
+        if refused is not None:
+            callback(Outcome.NOT_COMMITTED, refused)
+            return cid
         token = next(self._proposal_ids)
         deadline = (now if now is not None else _so.monotonicTime()) + timeout_s
         with self._pending_lock:
@@ -328,40 +371,61 @@ class RaftGroup(SyncObj):
         for token in expired:
             self._finish(token, Outcome.AMBIGUOUS, "proposal timed out; it may still commit")
 
-    # --- apply: never raises ---------------------------------------------------------------
+    # --- apply: an answer for a rejected command, a stop for anything else --------------------
     def _apply(self, payload) -> tuple[bool, Any]:
         index = self._SyncObj__raftLastApplied + 1
-        replay = index <= self._sm.applied_index()  # pysyncobj restarted below our state (snapshot load)
         command = None
         try:
-            command = decode_command(payload)
-            found, result = self._sm.result_of(command.id)
-            if found or replay:  # a retried proposal or a replay: the first outcome, apply nothing
-                if not replay:
-                    self._sm.record_failed(index, None, "duplicate of an applied command")
-                return result if found else (False, "index %d replayed without a recorded outcome" % index)
-            return (True, self._sm.apply(index, command))
-        except CommandError as exc:
-            error = str(exc)
-        except Exception as exc:  # a bug in the state machine: keep the replica alive, say so loudly
-            logger.exception("%s: apply of index %d raised", self.name, index)
-            error = "internal error applying command: %s" % exc
-        self.apply_failures += 1
-        try:
+            replay = index <= self._sm.applied_index()  # pysyncobj restarted below our state (snapshot load)
+            try:
+                command = decode_command(payload)
+                found, result = self._sm.result_of(command.id)
+                if found or replay:  # a retried proposal or a replay: the first outcome, apply nothing
+                    if not replay:
+                        self._sm.record_failed(index, None, "duplicate of an applied command")
+                    return result if found else (False, "index %d replayed without a recorded outcome" % index)
+                return (True, self._sm.apply(index, command))
+            except CommandError as exc:
+                error = str(exc)
+            self.apply_failures += 1
             self._sm.record_failed(index, command, error)
-        except Exception:
-            logger.exception("%s: recording failed command %d raised", self.name, index)
-        return (False, error)
+            return (False, error)
+        except FailStop:
+            raise
+        except Exception as exc:
+            raise FailStop("%s: apply of index %d failed: %s: %s" % (self.name, index, type(exc).__name__, exc)) from exc
+
+    def _SyncObj__doApplyCommand(self, command):
+        # pysyncobj's no-op and membership entries never reach _apply; they advance the stored
+        # applied index all the same (continuity), before pysyncobj handles them.
+        if command[:1] != _REGULAR_ENTRY:
+            index = self._SyncObj__raftLastApplied + 1
+            try:
+                self._sm.record_failed(index, None, "raft entry of pysyncobj's own")
+            except FailStop:
+                raise
+            except Exception as exc:
+                raise FailStop("%s: recording raft entry %d failed: %s: %s"
+                               % (self.name, index, type(exc).__name__, exc)) from exc
+        return SyncObj._SyncObj__doApplyCommand(self, command)
 
     def _SyncObj__applyLogEntries(self):
         # One state-machine transaction for everything this tick applies (one SQLite commit
         # instead of one per command). Answers to proposers may leave before that commit: the
-        # entries are committed in the Raft log, which replays them after a crash.
+        # entries are committed in the Raft log, which replays them after a crash -- and a
+        # commit that fails stops this replica (FailStop) before it does anything else, so a
+        # later batch can never commit later indexes over the hole.
         batch = getattr(self._sm, "batch", None)
         if batch is None:
             return SyncObj._SyncObj__applyLogEntries(self)
-        with batch():
-            return SyncObj._SyncObj__applyLogEntries(self)
+        try:
+            with batch():
+                return SyncObj._SyncObj__applyLogEntries(self)
+        except FailStop:
+            raise
+        except Exception as exc:
+            raise FailStop("%s: committing the applies up to index %d failed: %s: %s"
+                           % (self.name, self._SyncObj__raftLastApplied, type(exc).__name__, exc)) from exc
 
     # --- tick: sync before the leader counts itself ----------------------------------------
     def _onTick(self, timeToWait=0.0):
@@ -383,11 +447,12 @@ class RaftGroup(SyncObj):
                     return
                 if message.get("term", -1) >= self._SyncObj__raftCurrentTerm:
                     self._receiving_from = node
-                    if self._install is not None:
-                        # A received snapshot is being staged and will replace our log: until it
-                        # is installed, take only the heartbeat (leader, term, election timer);
-                        # no entries, no new snapshot chunks, no reply. The leader learns where
-                        # we are from the acknowledgement that follows the install.
+                    if self._install is not None or (message.get("entries") and self._refuse_entries() is not None):
+                        # A received snapshot is being staged and will replace our log, or our
+                        # disk is nearly full: take only the heartbeat (leader, term, election
+                        # timer); no entries, no new snapshot chunks, no reply. The leader learns
+                        # where we are from the acknowledgement that follows the install, or from
+                        # our answer to a later append.
                         message = {"type": "append_entries", "term": message["term"],
                                    "commit_index": min(message.get("commit_index", 0), self._SyncObj__raftCommitIndex)}
                     elif "prevLogIdx" in message:
@@ -396,6 +461,12 @@ class RaftGroup(SyncObj):
                         # A snapshot chunk proves nothing about our log: pysyncobj would commit
                         # our own unproved tail up to the leader's commit index (rule 4).
                         message = dict(message, commit_index=min(message["commit_index"], self._SyncObj__raftCommitIndex))
+            elif mtype == "apply_command" and self._refuse_entries() is not None:
+                if "request_id" in message:   # a follower forwarded a proposal: surely not appended
+                    self._SyncObj__transport.send(node, {"type": "apply_command_response",
+                                                         "request_id": message["request_id"],
+                                                         "error": FAIL_REASON.REQUEST_DENIED})
+                return
             elif mtype == "next_node_idx" and self._isLeader():
                 before = self._SyncObj__raftNextIndex.get(node)
                 SyncObj._SyncObj__onMessageReceived(self, node, message)
@@ -464,7 +535,10 @@ class RaftGroup(SyncObj):
         SyncObj._SyncObj__tryLogCompaction(self)
 
     def _SyncObj__deleteEntriesTo(self, toIDx):
-        fsync_dir(os.path.dirname(os.path.abspath(self._dump_path)))  # the dump's rename is durable first
+        try:
+            fsync_dir(os.path.dirname(os.path.abspath(self._dump_path)))  # the dump's rename is durable first
+        except OSError as exc:
+            raise FailStop("%s: syncing the directory of %s failed: %s" % (self.name, self._dump_path, exc)) from exc
         return SyncObj._SyncObj__deleteEntriesTo(self, toIDx)
 
     def _SyncObj__sendNextNodeIdx(self, node, reset=False, nextNodeIdx=None, success=False):
@@ -504,7 +578,9 @@ class RaftGroup(SyncObj):
                 self._journal.sync()
         except Exception:
             logger.exception("%s: reading dump header %s", self.name, self._dump_path)
-        return SyncObj._SyncObj__loadDumpFile(self, clearJournal)
+        result = SyncObj._SyncObj__loadDumpFile(self, clearJournal)
+        self._check_fail_stop()
+        return result
 
     def _install_received(self, header, staged, recv_path: str | None):
         """A leader sent us its snapshot (`header`; its data staged in `staged`, or read from the
@@ -520,8 +596,11 @@ class RaftGroup(SyncObj):
         if first >= e1[1]:
             return None  # we compacted past it: our state already includes it
         if recv_path is not None:
-            os.replace(recv_path, self._dump_path)
-            fsync_dir(os.path.dirname(os.path.abspath(self._dump_path)))
+            try:
+                os.replace(recv_path, self._dump_path)
+                fsync_dir(os.path.dirname(os.path.abspath(self._dump_path)))
+            except OSError as exc:
+                raise FailStop("%s: keeping the received snapshot as %s failed: %s" % (self.name, self._dump_path, exc)) from exc
         self._staged = staged
         try:
             if e1[1] <= last and log[e1[1] - first][2] == e1[2]:
@@ -532,6 +611,7 @@ class RaftGroup(SyncObj):
                 result = SyncObj._SyncObj__loadDumpFile(self, True)
         finally:
             self._staged = None
+        self._check_fail_stop()
         if self._snapshot_refused is None:
             self.snapshots_installed += 1
             logger.info("%s: installed a snapshot at index %d", self.name, e1[1])
@@ -683,6 +763,8 @@ class RaftGroup(SyncObj):
             os.fsync(f.fileno())
 
     def _read_snapshot(self, path: str):
+        # pysyncobj calls this inside a bare `except:` that swallows everything: remember a
+        # refusal so the ack says "failed", and a storage error so _check_fail_stop re-raises it.
         try:
             e1, e0, cluster = _read_snapshot_header(path)
             staged, self._staged = self._staged, None
@@ -695,9 +777,21 @@ class RaftGroup(SyncObj):
                         _skip_snapshot_header(f)
                         self._sm.read_snapshot(f, e1[1])
             return (e1, e0, cluster)
-        except Exception as exc:  # pysyncobj swallows this; remember it so the ack says "failed"
+        except _SNAPSHOT_REFUSALS as exc:
             self._snapshot_refused = str(exc) or type(exc).__name__
             raise
+        except FailStop as exc:
+            self._fail_stop = exc
+            raise
+        except Exception as exc:
+            self._fail_stop = FailStop("%s: installing the snapshot %s failed: %s: %s"
+                                       % (self.name, path, type(exc).__name__, exc))
+            raise self._fail_stop from exc
+
+    def _check_fail_stop(self) -> None:
+        """Re-raise a FailStop that pysyncobj's bare `except:` swallowed."""
+        if self._fail_stop is not None:
+            raise self._fail_stop
 
 
 def _skip_snapshot_header(f) -> None:

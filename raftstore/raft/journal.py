@@ -18,6 +18,10 @@ File layout: the magic b"RSJ1", then records `u32 length | u32 crc32 | msgpack p
     [3]                       log cleared (snapshot installed)
     [4, term, voted_for]      current term and vote
 The file is rewritten (durably, by atomic replace) when compaction left enough garbage in it.
+
+Crash-only (failstop.py): a failed write, fsync or replace raises FailStop, and an operation
+changes the in-memory log only after its record was written -- an entry the file refused is
+never in the log, so nothing can be acknowledged for it.
 """
 
 from __future__ import annotations
@@ -32,12 +36,14 @@ import msgpack
 from pysyncobj.journal import Journal
 
 from raftstore import constants
+from raftstore.raft.failstop import FailStop
 
 logger = logging.getLogger(__name__)
 
 MAGIC = b"RSJ1"
 _HEADER = struct.Struct("<II")
 _ENTRY, _TRUNC_FROM, _TRUNC_TO, _CLEAR, _TERM = range(5)
+_KIND_NAMES = ("entry", "truncate-from", "truncate-to", "clear", "term")
 
 
 class JournalError(Exception):
@@ -104,7 +110,7 @@ class JournalImage:
                 record = msgpack.unpackb(body, raw=False)
                 self._apply(record)
             except (ValueError, TypeError, IndexError, msgpack.UnpackException) as exc:
-                logger.warning("journal record at offset %d unreadable (%s); treating as torn tail", offset, exc)
+                logger.warning("journal record at offset %d unreadable (%s); treating as torn tail", offset, str(exc))  # not exc: its traceback would pin `data`
                 break
             offset = start + length
         return offset
@@ -163,9 +169,13 @@ class DurableJournal(Journal):
 
     # --- durability ----------------------------------------------------------------------
     def sync(self) -> None:
-        """Make every record written so far durable (no-op when nothing is pending)."""
+        """Make every record written so far durable (no-op when nothing is pending).
+        Raises FailStop if the file cannot be synced: never retried (failstop.py)."""
         if self._dirty:
-            self._file.sync()
+            try:
+                self._file.sync()
+            except OSError as exc:
+                raise FailStop("journal %s: fsync failed: %s" % (self._file.name, exc)) from exc
             self._dirty = False
             self.sync_count += 1
 
@@ -174,8 +184,14 @@ class DurableJournal(Journal):
         return self._dirty
 
     def _write(self, payload: list) -> None:
+        """Write one record; FailStop if the file refuses it. Callers change the in-memory log
+        only after this returns."""
         record = encode_record(payload)
-        self._file.append(record)
+        try:
+            self._file.append(record)
+        except OSError as exc:
+            raise FailStop("journal %s: write of a %s record failed: %s"
+                           % (self._file.name, _KIND_NAMES[payload[0]], exc)) from exc
         self._file_bytes += len(record)
         self._dirty = True
 
@@ -183,7 +199,10 @@ class DurableJournal(Journal):
         parts = [MAGIC, encode_record([_TERM, self._term, self._voted_for])]
         parts.extend(encode_record([_ENTRY, idx, term, cmd]) for cmd, idx, term in self._entries)
         data = b"".join(parts)
-        self._file.replace(data)
+        try:
+            self._file.replace(data)
+        except OSError as exc:
+            raise FailStop("journal %s: rewrite failed: %s" % (self._file.name, exc)) from exc
         self._file_bytes = len(data)
         self._live_bytes = len(data)
         self._dirty = False
@@ -193,12 +212,12 @@ class DurableJournal(Journal):
         if self._entries:
             assert idx == self._entries[-1][1] + 1, (idx, self._entries[-1][1])
         command = bytes(command)
-        self._entries.append((command, idx, term))
         self._write([_ENTRY, idx, term, command])
+        self._entries.append((command, idx, term))
 
     def clear(self):
-        self._entries = []
         self._write([_CLEAR])
+        self._entries = []
 
     def deleteEntriesFrom(self, entryFrom):
         if entryFrom >= len(self._entries):
@@ -238,8 +257,8 @@ class DurableJournal(Journal):
     def setCurrentTerm(self, term, votedForNodeId):
         if (term, votedForNodeId) == (self._term, self._voted_for):
             return
-        self._term, self._voted_for = term, votedForNodeId
         self._write([_TERM, term, votedForNodeId])
+        self._term, self._voted_for = term, votedForNodeId
 
     def getCurrentTerm(self):
         return self._term
@@ -249,11 +268,12 @@ class DurableJournal(Journal):
 
 
 class RealLogFile:
-    """A journal file on the real disk: `sync` is fsync, `replace` is write-temp/fsync/rename/fsync-dir."""
+    """A journal file on the real disk: `sync` is fsync, `replace` is write-temp/fsync/rename/fsync-dir.
+    Unbuffered, so a write the disk refuses (ENOSPC, EIO) raises at `append`, not later."""
 
     def __init__(self, path: str) -> None:
         self.name = path
-        self._f = open(path, "ab+")
+        self._f = open(path, "ab+", buffering=0)
 
     def read(self) -> bytes:
         self._f.seek(0)
@@ -262,10 +282,11 @@ class RealLogFile:
         return data
 
     def append(self, data: bytes) -> None:
-        self._f.write(data)
+        view = memoryview(data)
+        while view:   # an unbuffered write may be short
+            view = view[self._f.write(view):]
 
     def sync(self) -> None:
-        self._f.flush()
         os.fsync(self._f.fileno())
 
     def replace(self, data: bytes) -> None:
@@ -277,7 +298,7 @@ class RealLogFile:
         self._f.close()
         os.replace(tmp, self.name)
         fsync_dir(os.path.dirname(os.path.abspath(self.name)))
-        self._f = open(self.name, "ab+")
+        self._f = open(self.name, "ab+", buffering=0)
 
     def close(self) -> None:
         self._f.close()

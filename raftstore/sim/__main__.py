@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-crashes", action="store_true")
     p.add_argument("--no-partitions", action="store_true")
     p.add_argument("--proposals", type=int, default=300)
+    p.add_argument("--storage-faults", action="store_true",
+                   help="failed journal appends and fsyncs, failed commits of applies, disks that fill")
     p.add_argument("--splits", action="store_true",
                    help="simulate whole stores with automatic splits and a crash at a step of a split")
     p.add_argument("--lagging", action="store_true",
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cfg = SimConfig(seed=seed, target=args.target, fsync_works=not args.fsync_off,
                             write_through=args.write_through, crashes=not args.no_crashes,
-                            partitions=not args.no_partitions, proposals=args.proposals)
+                            partitions=not args.no_partitions, proposals=args.proposals,
+                            storage_faults=args.storage_faults)
             run = lambda cfg=cfg: run_seed(cfg)  # noqa: E731
         try:
             summary = run()

@@ -5,7 +5,10 @@ a crash keeps the durable bytes plus, at random, a prefix of the pending ones (a
 and forgets the rest. Two knobs model broken disks: `fsync_works=False` (fsync returns without
 persisting anything -- the checker must then catch acknowledged entries that a crash takes back)
 and `write_through=True` (every append is durable at once -- a perfect disk, used to show
-pysyncobj's log-matching bug on its own).
+pysyncobj's log-matching bug on its own). Storage faults make `append` or `sync` raise OSError:
+the next `append_failures` appends, the next `sync_failures` fsyncs, and every append and fsync
+while the disk is full (`full_until`, on the simulated clock). A failed append writes nothing; a
+failed fsync leaves what was pending as unsure as before (a crash may keep or drop it).
 
 The file also keeps a JournalImage of its durable bytes, fed incrementally, so the invariant
 checker can ask what a replica holds durably without replaying the whole file at every step.
@@ -13,6 +16,7 @@ checker can ask what a replica holds durably without replaying the whole file at
 
 from __future__ import annotations
 
+import errno
 import random
 
 from raftstore.raft.journal import MAGIC, JournalImage
@@ -31,11 +35,13 @@ class SimFile:
         return bytes(self.durable) + b"".join(self.pending)
 
     def append(self, data: bytes) -> None:
+        self._disk.check("append", self.name)
         self.pending.append(bytes(data))
         if self._disk.write_through:
             self._persist()
 
     def sync(self) -> None:
+        self._disk.check("sync", self.name)
         if self._disk.fsync_works:
             self._persist()
 
@@ -77,11 +83,30 @@ class SimFile:
 class SimDisk:
     """The disk of one simulated node: named files that survive crashes as a real disk would."""
 
-    def __init__(self, *, fsync_works: bool = True, write_through: bool = False) -> None:
+    def __init__(self, *, fsync_works: bool = True, write_through: bool = False, clock=lambda: 0.0) -> None:
         self.fsync_works = fsync_works
         self.write_through = write_through
         self.files: dict[str, SimFile] = {}
         self.version = 0
+        self.clock = clock
+        self.append_failures = 0
+        self.sync_failures = 0
+        self.full_until = float("-inf")
+
+    def check(self, what: str, name: str) -> None:
+        """Raise the OSError a storage fault calls for, if any."""
+        if self.clock() < self.full_until:
+            raise OSError(errno.ENOSPC, "simulated: no space left on device", name)
+        if what == "append" and self.append_failures:
+            self.append_failures -= 1
+            raise OSError(errno.EIO, "simulated: write failed", name)
+        if what == "sync" and self.sync_failures:
+            self.sync_failures -= 1
+            raise OSError(errno.EIO, "simulated: fsync failed", name)
+
+    def clear_faults(self) -> None:
+        self.append_failures = self.sync_failures = 0
+        self.full_until = float("-inf")
 
     def open(self, name: str) -> SimFile:
         if name not in self.files:

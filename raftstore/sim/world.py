@@ -7,11 +7,18 @@ delays taken from a region matrix, partitions, and crash/restart of a node with 
 journal on a simulated disk that loses what was not fsynced. With PYTHONHASHSEED pinned, one seed
 gives one trace: a failing seed replays exactly.
 
+Storage faults (`storage_faults`): a journal append or fsync that fails, a commit of a tick's
+applies that fails (rolled back, as SQLite does), and a disk that is full for a while. A replica
+must stop at such a fault (FailStop); the simulator then crashes that node and restarts it later,
+as an operator's supervisor would.
+
 Invariants are checked at every step, and the first violation stops the run:
   * ack-durable: no replica acknowledges an entry (or answers a vote) it does not hold durably;
   * commit-majority: every entry a leader reported committed is held durably by a majority
     (in its journal, or applied to its durable state machine);
   * apply-agreement: no two replicas applied different commands at one index;
+  * apply-continuity: a replica's durable state machine advances by exactly one index at a time,
+    pysyncobj's own entries included (a build that goes on after a failed commit leaves a hole);
   * election-safety: at most one leader per term;
   * and at the end, after the faults stop and the cluster settles: every write acknowledged to
     a client is applied on every replica that applied that far.
@@ -20,6 +27,7 @@ Invariants are checked at every step, and the first violation stops the run:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import heapq
 import itertools
@@ -42,6 +50,7 @@ from pysyncobj.transport import Transport
 
 from raftstore.raft import group as _group  # installs the journal factory
 from raftstore.raft.commands import Command, Outcome
+from raftstore.raft.failstop import FailStop
 from raftstore.raft.group import RaftGroup
 from raftstore.raft.journal import DurableJournal
 from raftstore.sim.disk import SimDisk
@@ -75,6 +84,7 @@ class SimConfig:
     jitter: float = 0.2
     compaction_entries: int = 120    # small, so snapshots and compaction happen in every run
     check_at_send: bool = True       # False: only the commit and end checks (to see losses happen)
+    storage_faults: bool = False     # failed appends, fsyncs and apply commits; disks that fill
     conf: dict = field(default_factory=lambda: dict(appendEntriesPeriod=0.05, raftMinTimeout=0.5,
                                                     raftMaxTimeout=1.0))
 
@@ -90,6 +100,8 @@ class SimConfig:
             flags.append("--no-partitions")
         if self.proposals != 300:
             flags.append("--proposals %d" % self.proposals)
+        if self.storage_faults:
+            flags.append("--storage-faults")
         return "PYTHONHASHSEED=0 python -m raftstore.sim " + " ".join(flags)
 
 
@@ -147,31 +159,51 @@ class SimTransport(Transport):
 
 
 class SimStateMachine:
-    """A replica's state machine: durable at apply (as SQLite with synchronous=FULL would be)."""
+    """A replica's state machine: a tick's applies commit together (`batch`), as in SQLite with
+    synchronous=FULL; a commit that fails (a storage fault) rolls the whole batch back."""
 
     def __init__(self, world: "World", node_id: str) -> None:
         self.world, self.node_id = world, node_id
         self.applied = 0
         self.log: dict[int, bytes] = {}          # index -> command id applied there
         self.results: dict[bytes, tuple] = {}
+        self.commit_failures = 0                 # the next this many batch commits fail
 
     def applied_index(self) -> int:
         return self.applied
 
+    @contextlib.contextmanager
+    def batch(self):
+        saved = (self.applied, dict(self.log), dict(self.results))
+        try:
+            yield
+            if self.commit_failures and self.applied != saved[0]:   # an empty commit writes nothing
+                self.commit_failures -= 1
+                raise OSError(errno.ENOSPC, "simulated: database or disk is full")
+        except BaseException:
+            self.applied, self.log, self.results = saved
+            raise
+
+    def _advance(self, index: int) -> bool:
+        if index <= self.applied:
+            return False   # a replay below the stored state
+        if index != self.applied + 1:
+            self.world.fail("apply-continuity: %s applies index %d over a hole: its state machine holds %d"
+                            % (self.node_id, index, self.applied))
+        self.applied = index
+        return True
+
     def apply(self, index: int, command: Command) -> Any:
-        assert index > self.applied, (self.node_id, index, self.applied)  # no-ops leave gaps
+        assert self._advance(index), (self.node_id, index, self.applied)   # RaftGroup never replays here
         self.world.record_apply(self.node_id, index, command.id)
         self.log[index] = command.id
         self.results[command.id] = (True, index)
-        self.applied = index
         return index
 
     def record_failed(self, index: int, command: Command | None, error: str) -> None:
         if command is not None:  # every simulated command is valid: a failure is a bug
             self.world.fail("apply-failed: %s could not apply index %d: %s" % (self.node_id, index, error))
-        self.applied = index
-        if command is not None:
-            self.results[command.id] = (False, error)
+        self._advance(index)
 
     def result_of(self, command_id: bytes):
         return (command_id in self.results, self.results.get(command_id))
@@ -235,7 +267,8 @@ class World:
         self.clock = _Clock()
         self.ids = sorted(REGIONS)
         self.majority = len(self.ids) // 2 + 1
-        self.disks = {i: SimDisk(fsync_works=cfg.fsync_works, write_through=cfg.write_through) for i in self.ids}
+        self.disks = {i: SimDisk(fsync_works=cfg.fsync_works, write_through=cfg.write_through, clock=self.clock)
+                      for i in self.ids}
         self.sms = {i: SimStateMachine(self, i) for i in self.ids}
         self.nodes: dict[str, Any] = {}
         self.transports: dict[str, SimTransport] = {}
@@ -255,6 +288,7 @@ class World:
         self.acked: dict[bytes, int] = {}                   # command id -> index, acknowledged to a client
         self.outcomes: dict[str, int] = {}
         self.steps = 0
+        self.fail_stops = 0
         self.violation: str | None = None
         self.sends_this_step = 0
 
@@ -302,14 +336,14 @@ class World:
         self.push(self.clock.t + self.cfg.tick_s * self.rng.random(), "tick", (nid, self.incarnation[nid]))
 
     def alive(self, nid: str) -> bool:
-        return nid in self.nodes
+        return self.nodes.get(nid) is not None
 
     def crash(self, nid: str) -> None:
-        if not self.alive(nid):
+        if nid not in self.nodes:
             return
         self.log("crash %s" % nid)
         del self.nodes[nid]
-        del self.transports[nid]
+        self.transports.pop(nid, None)
         self.incarnation[nid] += 1
         for other in self.ids:
             if other != nid:
@@ -320,7 +354,20 @@ class World:
         if self.alive(nid):
             return
         self.log("restart %s" % nid)
-        self.start_node(nid)
+        try:
+            self.start_node(nid)
+        except FailStop as exc:
+            self.fail_stop(nid, exc)
+
+    def fail_stop(self, nid: str, exc: FailStop) -> None:
+        """The node stopped itself on a storage error: it is down (what it had not synced is
+        lost, as in a crash) until a supervisor restarts it a little later."""
+        self.fail_stops += 1
+        self.log("fail-stop %s: %s" % (nid, exc))
+        self.nodes.setdefault(nid, None)   # crash() expects a node; start_node may not have set it
+        self.transports.setdefault(nid, None)
+        self.crash(nid)
+        self.push(self.clock.t + self.rng.uniform(0.2, 1.0), "call", lambda: self.restart(nid))
 
     # --- network -----------------------------------------------------------------------------
     def link_up(self, a: str, b: str) -> bool:
@@ -489,6 +536,9 @@ class World:
         self.push(end, "call", self.end_faults)
 
     def random_fault(self) -> None:
+        if self.cfg.storage_faults and self.rng.random() < 0.4:
+            self.storage_fault()
+            return
         r = self.rng.random()
         down = [n for n in self.ids if not self.alive(n)]
         if down and r < 0.5:
@@ -509,9 +559,32 @@ class World:
                 a, b = self.rng.sample(self.ids, 2)
                 self.partition(a, b)
 
+    def storage_fault(self) -> None:
+        """One storage fault on a live node (the leader, mostly): the next appends or fsyncs of
+        its journal fail, the next commit of its applies fails, or its disk is full for a while."""
+        live = [n for n in self.ids if self.alive(n)]
+        if not live:
+            return
+        leaders = [n for n in live if self.nodes[n]._isLeader()]
+        pool = leaders if leaders and self.rng.random() < 0.7 else live
+        nid = pool[self.rng.randrange(len(pool))]
+        kind = self.rng.choice(("append", "fsync", "commit", "full"))
+        disk = self.disks[nid]
+        if kind == "append":
+            disk.append_failures = self.rng.randint(1, 3)
+        elif kind == "fsync":
+            disk.sync_failures = 1
+        elif kind == "commit":
+            self.sms[nid].commit_failures = 1
+        else:
+            disk.full_until = self.clock.t + self.rng.uniform(0.2, 2.0)
+        self.log("storage fault %s: %s" % (nid, kind))
+
     def end_faults(self) -> None:
         self.heal_all()
         for nid in self.ids:
+            self.disks[nid].clear_faults()
+            self.sms[nid].commit_failures = 0
             self.restart(nid)
 
     def start(self) -> None:
@@ -528,27 +601,38 @@ class World:
             t, _, kind, data = heapq.heappop(self.queue)
             self.clock.t = max(self.clock.t, t)
             self.sends_this_step = 0
-            if kind == "tick":
-                nid, inc = data
-                if self.alive(nid) and inc == self.incarnation[nid]:
-                    self.nodes[nid].doTick(0.0)
-                    self.push(self.clock.t + self.cfg.tick_s, "tick", data)
-            elif kind == "msg":
-                src, dst, epoch, payload = data
-                if epoch == self.link_epoch.get(frozenset((src, dst)), 0) and self.link_up(src, dst):
-                    self.transports[dst].deliver(src, payload)
-            elif kind == "job":   # snapshot work, run later as a thread would; dropped by a crash
-                nid, inc, job = data
-                if self.alive(nid) and inc == self.incarnation[nid]:
-                    self.log("snapshot job %s" % nid)
-                    job()
-            else:
-                data()
+            try:
+                self._step(kind, data)
+            except FailStop as exc:
+                if self.violation is not None:
+                    raise Violation(self.violation) from exc
+                nid = data[1] if kind == "msg" else data[0] if kind in ("tick", "job") else None
+                if nid is None:
+                    raise
+                self.fail_stop(nid, exc)
             self.steps += 1
             if self.violation is not None:
                 raise Violation(self.violation)
             self.check_step()
         self.clock.t = max(self.clock.t, t_end)
+
+    def _step(self, kind: str, data) -> None:
+        if kind == "tick":
+            nid, inc = data
+            if self.alive(nid) and inc == self.incarnation[nid]:
+                self.nodes[nid].doTick(0.0)
+                self.push(self.clock.t + self.cfg.tick_s, "tick", data)
+        elif kind == "msg":
+            src, dst, epoch, payload = data
+            if epoch == self.link_epoch.get(frozenset((src, dst)), 0) and self.link_up(src, dst):
+                self.transports[dst].deliver(src, payload)
+        elif kind == "job":   # snapshot work, run later as a thread would; dropped by a crash
+            nid, inc, job = data
+            if self.alive(nid) and inc == self.incarnation[nid]:
+                self.log("snapshot job %s" % nid)
+                job()
+        else:
+            data()
 
     def run(self) -> dict:
         with patched_pysyncobj(self.clock, self.rng):
@@ -558,6 +642,7 @@ class World:
                            + self.cfg.settle_s)
             self.check_end()
         return dict(seed=self.cfg.seed, target=self.cfg.target, steps=self.steps, acked=len(self.acked),
+                    fail_stops=self.fail_stops,
                     outcomes=dict(sorted(self.outcomes.items())), committed=len(self.committed),
                     applied=[self.sms[n].applied for n in self.ids], trace=self.trace.hexdigest()[:16])
 
