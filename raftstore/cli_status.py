@@ -338,6 +338,13 @@ def _print_tables(status: dict, nodes: list[NodeRow], ranges: list[RangeRow]) ->
         clock = Text(node.clock, style="bold red" if "NOT SERVING" in node.clock or "beyond" in node.clock else "")
         node_table.add_row(Text(f"n{node.node_id}"), Text(node.region), Text(node.address), state, clock)
     console.print(node_table)
+    disk = status.get("disk")
+    if isinstance(disk, dict) and _is_int(disk.get("free_bytes")) and _is_int(disk.get("reserve_bytes")):
+        line = Text("disk of n%d: %s free, reserve %s" % (answered.node_id, render_size(disk["free_bytes"]),
+                                                          render_size(disk["reserve_bytes"])))
+        if disk.get("low"):
+            line.append("; NOT TAKING WRITES: %s" % _one_line(str(disk["low"])), style="bold red")
+        console.print(line)
 
     range_table = Table(title=f"ranges (held by n{answered.node_id})")
     for column in ("range", "span", "replicas", "leader", "size", "applied"):

@@ -122,7 +122,7 @@ def test_an_entry_the_file_refused_is_not_in_the_log_and_the_journal_stops():
     j.add(b"a", 1, 1)
     j.sync()
     disk.append_failures = 1
-    with pytest.raises(FailStop, match="journal j: write of a entry record failed"):
+    with pytest.raises(FailStop, match="journal j: writing the entry record at index 2 failed"):
         j.add(b"b", 2, 1)
     assert _entries(j) == [(b"a", 1, 1)]          # nothing can be acknowledged for b
     disk.sync_failures = 1

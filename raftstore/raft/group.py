@@ -120,7 +120,7 @@ class StateMachine(Protocol):
     None only advances the applied index.
     `apply` raises CommandError for a command it rejects (deterministically, on every replica);
     any other exception stops the replica (FailStop): a storage error, or a bug.
-    `apply`, `record_failed` and `batch` must refuse an index that does not follow the stored
+    `apply` and `record_failed` must refuse an index that does not follow the stored
     applied index by one (a replay at or below it changes nothing); the group feeds every index.
     A snapshot install raises SnapshotRefused (or ValueError for a malformed snapshot) when it
     cannot take the snapshot; anything else it raises stops the replica.

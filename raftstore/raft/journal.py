@@ -190,8 +190,10 @@ class DurableJournal(Journal):
         try:
             self._file.append(record)
         except OSError as exc:
-            raise FailStop("journal %s: write of a %s record failed: %s"
-                           % (self._file.name, _KIND_NAMES[payload[0]], exc)) from exc
+            what = "%s record" % _KIND_NAMES[payload[0]]
+            if payload[0] in (_ENTRY, _TRUNC_FROM, _TRUNC_TO):
+                what += " at index %d" % payload[1]
+            raise FailStop("journal %s: writing the %s failed: %s" % (self._file.name, what, exc)) from exc
         self._file_bytes += len(record)
         self._dirty = True
 
