@@ -69,6 +69,7 @@ class NodeConfig:
     range_bytes_max: int = constants.range_bytes_max
     latency: "LatencyMatrix | None" = None     # WAN emulation between regions (raftstore.wan)
     clock_skew_ns: int = 0                     # added to the system clock: for clock-offset tests only
+    refuse_writes: tuple[bytes, bytes] | None = None   # tests only: [start, end) whose writes act leaderless here
 
 
 class GroupTransport(Transport):
@@ -428,9 +429,15 @@ class Node:
     def _proposal(self, loop: asyncio.AbstractEventLoop, submit) -> asyncio.Future:
         return asyncio.wrap_future(self._proposal_future(submit), loop=loop)
 
-    @staticmethod
-    def _key_submit(op: str, key: bytes, args: dict, command_id: bytes | None, routed: dict):
+    def _key_submit(self, op: str, key: bytes, args: dict, command_id: bytes | None, routed: dict):
+        refused = self.cfg.refuse_writes
+
         def submit(store: Store, done):
+            if refused is not None and refused[0] <= key < refused[1] and op not in ClientServer.READ_OPS:
+                # A test's stand-in for a range whose leader is out of reach: the answer a
+                # proposer gets then (not committed), for a chosen span and this node only.
+                done(Outcome.NOT_COMMITTED, "no leader reachable for the range of %s (test fault)" % pretty_key(key))
+                return
             desc = store.descriptor_for(key)
             if desc is None:
                 done(Outcome.NOT_COMMITTED, "no range here holds key %s" % pretty_key(key))
