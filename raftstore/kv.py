@@ -45,6 +45,7 @@ from raftstore.errors import (
     ConnectionFailedError,
     ProtocolError,
     RaftstoreError,
+    SqlError,
     TooLargeError,
     error_from_wire,
 )
@@ -112,15 +113,20 @@ def _format_address(address: Address) -> str:
 # --- retry policy (pure) ------------------------------------------------------------------------
 
 
-def backoff_delay_s(failures: int, rng: random.Random) -> float:
+def backoff_delay_s(
+    failures: int,
+    rng: random.Random,
+    min_s: float = constants.client_backoff_s_min,
+    max_s: float = constants.client_backoff_s_max,
+) -> float:
     """Delay before the retry that follows `failures` consecutive failed attempts (>= 1).
 
-    Exponential from client_backoff_s_min, doubling up to client_backoff_s_max, with "equal
-    jitter": uniformly in [d/2, d] so clients that failed together do not retry together.
+    Exponential from `min_s`, doubling up to `max_s` (by default the client's bounds), with
+    "equal jitter": uniformly in [d/2, d] so clients that failed together do not retry together.
     """
     assert failures >= 1, failures
     exponent = min(failures - 1, 32)
-    delay = min(constants.client_backoff_s_max, constants.client_backoff_s_min * 2**exponent)
+    delay = min(max_s, min_s * 2**exponent)
     return rng.uniform(delay / 2, delay)
 
 
@@ -421,6 +427,10 @@ class Client:
                     continue
                 except RaftstoreError as exc:
                     # A definite, non-retryable answer (bad_request, too_large, internal, ...).
+                    # A SQL error from the only attempt that may have applied is the server's
+                    # own account of the outcome (its `ambiguous` included): raised as it is.
+                    if isinstance(exc, SqlError) and not maybe_applied:
+                        raise
                     if write and (maybe_applied or exc.ambiguous):
                         raise self._ambiguous(op, str(exc)) from exc
                     raise
