@@ -100,8 +100,9 @@ class ConnectionFailedError(UnavailableError):
 
 class SqlError(RaftstoreError):
     """A SQL statement was refused or failed while running: bad syntax, an unknown table, a
-    constraint violation, a division by zero. Whether anything was written is `ambiguous`
-    (normally False: constraints are checked before writing).
+    constraint violation, a division by zero. `ambiguous` is True when some of the statement's
+    writes applied or may have and the message says which rows may remain (sql_code
+    ``statement_completion_unknown``, SQLSTATE 40003); otherwise nothing of it remains applied.
 
     `sql_code` names the kind of failure (one of `SQL_CODES`; a newer server may send others),
     `position` is the 0-based character offset into the statement text of the construct at

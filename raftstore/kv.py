@@ -17,7 +17,10 @@ retries on its own within one deadline and keeps the promise that matters:
   starts at the key answers ``already``), so it follows the write policy above unchanged.
 * A write that the servers cannot deduplicate (a SQL statement: `Client.request` with
   ``resend=False``) is never sent twice: once an attempt may have reached a server, the first
-  failure raises AmbiguousCommitError at once. Before such a request goes out on a connection
+  failure raises AmbiguousCommitError at once; a SQL error answered by that attempt is the
+  server's own account of what applied and is raised as it is (``ambiguous`` when it says so,
+  as SQLSTATE 40003 does). It goes to another node only after ``unavailable`` or ``draining``,
+  which the server answers only when nothing of the statement applied. Before such a request goes out on a connection
   that sat idle, the client checks that the server has not closed it meanwhile, so a node
   restart between two statements does not make the next one ambiguous.
 * A call interrupted mid-exchange (KeyboardInterrupt) drops its connection, so the next call

@@ -293,9 +293,12 @@ class RangeReplica:
                       "value": found[0] if found else None, "version": list(found[1]) if found else None}
             self._finish(index, command, [], result)
             return result
-        result = self._write(index, command, args, value)
-        result["swapped"] = True
-        return result
+        ts = self._write_ts(key, _ts(args))
+        result = {"swapped": True, "ts": list(ts)}    # recorded whole: a retried id gets the same
+        self._finish(index, command, [(key, ts, value)], result)
+        if self.on_write is not None:
+            self.on_write(self.range_id, len(key) + (len(value) if value else 0))
+        return dict(result)
 
     def _write(self, index, command, args, value):
         key = self._check_key(_bytes(args, "key"))

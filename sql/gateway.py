@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime
-import itertools
 import logging
 import random
 import threading
@@ -35,13 +34,13 @@ from raftstore import constants
 from raftstore.errors import AmbiguousCommitError, RaftstoreError, SqlError, TooLargeError, UnavailableError
 from raftstore.kv import backoff_delay_s
 from raftstore.raft.commands import Outcome, new_command_id
-from sql.kv import Version, WriteResult
 from sql.constants import (
     GATEWAY_KV_CALL_TIMEOUT_S,
     GATEWAY_KV_FANOUT_MAX,
     GATEWAY_SESSIONS_IDLE_MAX,
     GATEWAY_THREADS,
 )
+from sql.kv import Version, WriteResult
 
 _TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 _WRITE_OPS = frozenset({"put", "delete", "cas", "put_if"})
@@ -276,7 +275,9 @@ class Gateway:
         from sql.errors import SQLError
 
         kv = session.kv
-        for attempt in itertools.count(1):
+        attempt = 0
+        while True:
+            attempt += 1
             kv.begin_statement()
             try:
                 return session.execute(sql, params), list(kv.max_ts)
@@ -294,7 +295,6 @@ class Gateway:
                 raise
             time.sleep(backoff_delay_s(attempt, self._rng, constants.sql_conflict_backoff_s_min,
                                        constants.sql_conflict_backoff_s_max))
-        raise AssertionError("unreachable")
 
     async def handle(self, args: dict) -> dict:
         """The `sql` op: run one statement, answer with columns, types, rows and the timestamp."""

@@ -115,6 +115,7 @@ def _put_if(replica, index: int, key: bytes, if_version, value):
 def test_put_if_writes_only_on_the_exact_version_read_never_on_equal_bytes(replica):
     first = _put_if(replica, 1, b"k1", None, b"v")                 # absent: written
     assert first["swapped"] and first["ts"] == [1, 0]
+    assert replica.result_of(_cid(1)) == (True, (True, first))    # a retried id: the same answer
     assert not _put_if(replica, 2, b"k1", None, b"w")["swapped"]   # no longer absent
     # Another writer puts back the very same bytes: a new version, so the old one no longer matches.
     replica.apply(3, Command(_cid(3), "put", {"key": b"k1", "value": b"v", "ts": [3, 0]}))
