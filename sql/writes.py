@@ -83,9 +83,9 @@ class StatementWrites:
 
     For each key written: the row found there before the statement's first write to it, and
     the version of the statement's latest write, so the undo is one conditioned write. Blind
-    writes (an UPSERT naming every column reads nothing) and writes whose outcome is unknown
-    cannot be undone; they are reported as rows that may remain. True once anything may have
-    applied. Not thread-safe: one statement.
+    writes (an UPSERT naming every column reads nothing, so it has nothing to put back) and
+    writes whose outcome is unknown cannot be undone; they are reported as rows that may
+    remain. True once anything may have applied. Not thread-safe: one statement.
     """
 
     def __init__(self, kv, schema: TableSchema) -> None:
@@ -93,9 +93,10 @@ class StatementWrites:
         self.started = False                          # a write has been sent
         self._undo: dict[bytes, list] = {}            # key -> [raw before, version written, row]
         self._unknown: dict[bytes, RowWrite] = {}     # may have applied; no version to undo by
+        self._blind: dict[bytes, RowWrite] = {}       # applied over a row never read
 
     def __bool__(self) -> bool:
-        return bool(self._undo or self._unknown)
+        return bool(self._undo or self._unknown or self._blind)
 
     # --- writing -------------------------------------------------------------------------
 
@@ -154,7 +155,7 @@ class StatementWrites:
             if exc.ambiguous:
                 self._unknown[key] = RowWrite(key, None, None, raw, row)
             raise
-        self._unknown[key] = RowWrite(key, None, None, raw, row)
+        self._blind[key] = RowWrite(key, None, None, raw, row)
 
     def _wrote(self, item: RowWrite, version: Version) -> None:
         entry = self._undo.get(item.key)
@@ -190,7 +191,7 @@ class StatementWrites:
         """Take back what can be taken back, then the error to report for `cause` (see the
         module docstring). Call only when the statement wrote something (bool(self))."""
         assert self, "nothing to take back"
-        written = len(self._undo) + len(self._unknown)
+        written = len(self._undo) + len(self._unknown) + len(self._blind)
         keys = list(self._undo)
         results = self._write_many([(key, self._undo[key][1], self._undo[key][0]) for key in keys],
                                    stop_after_failure=False)   # each rollback stands alone
@@ -207,8 +208,9 @@ class StatementWrites:
             else:
                 kept.append(row)
                 kept_because = kept_because or _cause_text(result.error)
+        blind = [self._row(item) for item in self._blind.values()]
         what = _cause_text(cause)
-        if not changed and not kept and not unknown:
+        if not changed and not kept and not unknown and not blind:
             note = (f"the {_rows(back)} this statement had written "
                     f"{'was' if back == 1 else 'were'} rolled back (other statements could read "
                     f"{'it' if back == 1 else 'them'} meanwhile)")
@@ -229,11 +231,14 @@ class StatementWrites:
                          f"{'it' if len(kept) == 1 else 'them'} (rolling back failed: {kept_because})")
         if unknown:
             parts.append(f"{self._names(unknown)}, whose write or rollback got no definite answer")
+        if blind:
+            parts.append(f"{self._names(blind)}, written whole without reading the row before "
+                         "(UPSERT of every column), so not rolled back")
         rolled = f"; the other {back} {'was' if back == 1 else 'were'} rolled back" if back else ""
         return SQLError(
             "statement_completion_unknown",
             f"statement completion unknown: {what}; this statement is not atomic yet, and "
-            f"{len(changed) + len(kept) + len(unknown)} of the {_rows(written)} it wrote may "
+            f"{len(changed) + len(kept) + len(unknown) + len(blind)} of the {_rows(written)} it wrote may "
             "remain: " + "; ".join(parts) + rolled + ". Check these rows before running it again",
         )
 

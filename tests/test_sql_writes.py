@@ -16,7 +16,7 @@ from sql.constants import ROW_CAS_RETRY_COUNT_MAX, ROW_KEY_PREFIX
 
 class Racing:
     """The KV of the statement under test: `before[n](store)` runs just before its n-th row
-    write (1-based; rollbacks count too), `fail[n]` is raised instead of that write."""
+    write (1-based; rollbacks and blind puts count too), `fail[n]` is raised instead of it."""
 
     def __init__(self, store: MemKV):
         self.store = store
@@ -27,14 +27,21 @@ class Racing:
     def __getattr__(self, name):
         return getattr(self.store, name)
 
-    def write_if(self, key, if_version, value):
+    def _row_write(self, key) -> None:
         if key.startswith(ROW_KEY_PREFIX):
             self.row_writes += 1
             if self.row_writes in self.before:
                 self.before[self.row_writes](self.store)
             if self.row_writes in self.fail:
                 raise self.fail[self.row_writes]
+
+    def write_if(self, key, if_version, value):
+        self._row_write(key)
         return self.store.write_if(key, if_version, value)
+
+    def put(self, key, value):
+        self._row_write(key)
+        return self.store.put(key, value)
 
 
 @pytest.fixture
@@ -168,3 +175,12 @@ def test_a_failed_write_before_anything_applied_passes_through_unchanged(store):
     with pytest.raises(UnavailableError):
         Session(kv).execute("INSERT INTO t VALUES (1, 'a'), (2, 'b')")
     assert table(store) == []
+
+
+def test_rows_an_upsert_overwrote_without_reading_are_named_as_remaining(store):
+    kv = Racing(store)
+    kv.fail[3] = UnavailableError("no leader")
+    err = failing(kv, "UPSERT INTO t (id, v) VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+    assert err.code == "statement_completion_unknown"
+    assert "2 of the 2 rows it wrote may remain: (id)=(1), (id)=(2), written whole without reading" in err.message
+    assert table(store) == [[1, "a"], [2, "b"]]
