@@ -129,6 +129,22 @@ def _clock_skew_ns() -> int:
         raise SystemExit("raftstore start: error: %s=%r is not a number of milliseconds" % (CLOCK_SKEW_ENV, raw)) from None
 
 
+# Tests only: "HEXSTART-HEXEND"; this node answers its own writes to keys in [start, end) with
+# "not committed", as when it cannot reach those ranges' leader (reads and other nodes unaffected).
+REFUSE_WRITES_ENV = "RAFTSTORE_TEST_REFUSE_WRITES_SPAN"
+
+
+def _refused_writes() -> tuple[bytes, bytes] | None:
+    raw = os.environ.get(REFUSE_WRITES_ENV)
+    if raw is None:
+        return None
+    try:
+        start, end = (bytes.fromhex(part) for part in raw.split("-"))
+    except ValueError:
+        raise SystemExit("raftstore start: error: %s=%r is not HEXSTART-HEXEND" % (REFUSE_WRITES_ENV, raw)) from None
+    return start, end
+
+
 def run_start(args: argparse.Namespace) -> int:
     from raftstore.node import NodeConfig, StartupError, run_node
 
@@ -150,8 +166,8 @@ def run_start(args: argparse.Namespace) -> int:
                      join=args.join, data_dir=os.path.abspath(args.data_dir), secret=secret,
                      range_bytes_max=args.range_max_bytes,
                      raft_conf={"logCompactionMinEntries": args.log_compaction_entries}, latency=latency,
-                     clock_skew_ns=_clock_skew_ns(), disk_reserve_bytes=args.disk_reserve_bytes,
-                     disk_ballast_bytes=args.disk_ballast_bytes)
+                     clock_skew_ns=_clock_skew_ns(), refuse_writes=_refused_writes(),
+                     disk_reserve_bytes=args.disk_reserve_bytes, disk_ballast_bytes=args.disk_ballast_bytes)
     from sql.gateway import handle_sql
     try:
         return run_node(cfg, sql_handler=handle_sql)

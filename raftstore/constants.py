@@ -68,6 +68,14 @@ client_backoff_s_min = 0.05                 # kv.Client: first retry delay (befo
 client_backoff_s_max = 1.0                  # kv.Client: the delay doubles up to this cap
 drain_timeout_s = 15.0
 
+# --- SQL statements (sql/gateway.py) -------------------------------------------------------------
+# A statement that met a write conflict before any of its writes applied (SQLSTATE 40001) is run
+# again by the gateway itself, this many times at most, after a jittered backoff doubling from
+# the min to the max; then the client gets the 40001.
+sql_conflict_retries_max = 10
+sql_conflict_backoff_s_min = 0.005
+sql_conflict_backoff_s_max = 0.25
+
 # --- Ranges --------------------------------------------------------------------------------------
 range_bytes_max = 8 * 1024 * 1024      # a range larger than this splits (flag --range-max-bytes)
 range_cache_entries_max = 10_000

@@ -75,10 +75,12 @@ class BadRequestError(RaftstoreError):
 
 
 class TooLargeError(RaftstoreError):
-    """A key, value, request or result exceeds a limit. Retrying cannot help."""
+    """A key, value, request or result exceeds a limit. Retrying cannot help. The message says
+    what was applied: nothing for a key-value call; for a SQL statement, its earlier writes may
+    have been, and were rolled back (otherwise the answer is SQLSTATE 40003)."""
 
     code = "too_large"
-    hint = "nothing was applied; use smaller keys or values, or a smaller scan limit"
+    hint = "use smaller keys or values, or a smaller scan limit"
 
 
 class InternalError(RaftstoreError):
@@ -98,8 +100,9 @@ class ConnectionFailedError(UnavailableError):
 
 class SqlError(RaftstoreError):
     """A SQL statement was refused or failed while running: bad syntax, an unknown table, a
-    constraint violation, a division by zero. Whether anything was written is `ambiguous`
-    (normally False: constraints are checked before writing).
+    constraint violation, a division by zero. `ambiguous` is True when some of the statement's
+    writes applied or may have and the message says which rows may remain (sql_code
+    ``statement_completion_unknown``, SQLSTATE 40003); otherwise nothing of it remains applied.
 
     `sql_code` names the kind of failure (one of `SQL_CODES`; a newer server may send others),
     `position` is the 0-based character offset into the statement text of the construct at
@@ -130,23 +133,29 @@ class SqlError(RaftstoreError):
         return wire
 
 
-# The sql_code values of SqlError, by what the client makes of them (raftstore.sqlclient maps
-# them onto the PEP 249 exception classes).
-SQL_CODES = frozenset(
-    {
-        "syntax",
-        "unsupported",
-        "undefined_table",
-        "undefined_column",
-        "duplicate_table",
-        "unique_violation",
-        "not_null_violation",
-        "datatype_mismatch",
-        "division_by_zero",
-        "invalid_parameter",
-        "feature_not_supported",
-    }
-)
+# The sql_code values of SqlError and the SQLSTATE each stands for (PostgreSQL's code of the
+# kind; sql/DIFFERENCES.md lists the finer codes a kind covers). raftstore.sqlclient maps them
+# onto the PEP 249 exception classes.
+SQLSTATE_BY_SQL_CODE = {
+    "syntax": "42601",
+    "unsupported": "0A000",
+    "undefined_table": "42P01",
+    "undefined_column": "42703",
+    "duplicate_table": "42P07",
+    "unique_violation": "23505",
+    "not_null_violation": "23502",
+    "datatype_mismatch": "42804",
+    "division_by_zero": "22012",
+    "invalid_parameter": "08P01",
+    "feature_not_supported": "0A000",
+    # A write conflict met before any write of the statement applied: nothing of it applied,
+    # so it may run again (the gateway does so itself, a bounded number of times).
+    "serialization_failure": "40001",
+    # The statement failed after some of its writes applied (or may have): what remains is in
+    # the message; the error is `ambiguous` and the statement must not simply be sent again.
+    "statement_completion_unknown": "40003",
+}
+SQL_CODES = frozenset(SQLSTATE_BY_SQL_CODE)
 
 
 class ProtocolError(RaftstoreError):

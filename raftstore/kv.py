@@ -17,7 +17,10 @@ retries on its own within one deadline and keeps the promise that matters:
   starts at the key answers ``already``), so it follows the write policy above unchanged.
 * A write that the servers cannot deduplicate (a SQL statement: `Client.request` with
   ``resend=False``) is never sent twice: once an attempt may have reached a server, the first
-  failure raises AmbiguousCommitError at once. Before such a request goes out on a connection
+  failure raises AmbiguousCommitError at once; a SQL error answered by that attempt is the
+  server's own account of what applied and is raised as it is (``ambiguous`` when it says so,
+  as SQLSTATE 40003 does). It goes to another node only after ``unavailable`` or ``draining``,
+  which the server answers only when nothing of the statement applied. Before such a request goes out on a connection
   that sat idle, the client checks that the server has not closed it meanwhile, so a node
   restart between two statements does not make the next one ambiguous.
 * A call interrupted mid-exchange (KeyboardInterrupt) drops its connection, so the next call
@@ -45,6 +48,7 @@ from raftstore.errors import (
     ConnectionFailedError,
     ProtocolError,
     RaftstoreError,
+    SqlError,
     TooLargeError,
     error_from_wire,
 )
@@ -112,15 +116,20 @@ def _format_address(address: Address) -> str:
 # --- retry policy (pure) ------------------------------------------------------------------------
 
 
-def backoff_delay_s(failures: int, rng: random.Random) -> float:
+def backoff_delay_s(
+    failures: int,
+    rng: random.Random,
+    min_s: float = constants.client_backoff_s_min,
+    max_s: float = constants.client_backoff_s_max,
+) -> float:
     """Delay before the retry that follows `failures` consecutive failed attempts (>= 1).
 
-    Exponential from client_backoff_s_min, doubling up to client_backoff_s_max, with "equal
-    jitter": uniformly in [d/2, d] so clients that failed together do not retry together.
+    Exponential from `min_s`, doubling up to `max_s` (by default the client's bounds), with
+    "equal jitter": uniformly in [d/2, d] so clients that failed together do not retry together.
     """
     assert failures >= 1, failures
     exponent = min(failures - 1, 32)
-    delay = min(constants.client_backoff_s_max, constants.client_backoff_s_min * 2**exponent)
+    delay = min(max_s, min_s * 2**exponent)
     return rng.uniform(delay / 2, delay)
 
 
@@ -421,6 +430,10 @@ class Client:
                     continue
                 except RaftstoreError as exc:
                     # A definite, non-retryable answer (bad_request, too_large, internal, ...).
+                    # A SQL error from the only attempt that may have applied is the server's
+                    # own account of the outcome (its `ambiguous` included): raised as it is.
+                    if isinstance(exc, SqlError) and not maybe_applied:
+                        raise
                     if write and (maybe_applied or exc.ambiguous):
                         raise self._ambiguous(op, str(exc)) from exc
                     raise

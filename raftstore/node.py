@@ -73,6 +73,7 @@ class NodeConfig:
     clock_skew_ns: int = 0                     # added to the system clock: for clock-offset tests only
     disk_reserve_bytes: int | None = None      # free-space reserve (raftstore.diskspace); None: the default
     disk_ballast_bytes: int | None = None      # ballast file size; None: the default, 0: none
+    refuse_writes: tuple[bytes, bytes] | None = None   # tests only: [start, end) whose writes act leaderless here
 
 
 class GroupTransport(Transport):
@@ -449,9 +450,15 @@ class Node:
     def _proposal(self, loop: asyncio.AbstractEventLoop, submit) -> asyncio.Future:
         return asyncio.wrap_future(self._proposal_future(submit), loop=loop)
 
-    @staticmethod
-    def _key_submit(op: str, key: bytes, args: dict, command_id: bytes | None, routed: dict):
+    def _key_submit(self, op: str, key: bytes, args: dict, command_id: bytes | None, routed: dict):
+        refused = self.cfg.refuse_writes
+
         def submit(store: Store, done):
+            if refused is not None and refused[0] <= key < refused[1] and op not in ClientServer.READ_OPS:
+                # A test's stand-in for a range whose leader is out of reach: the answer a
+                # proposer gets then (not committed), for a chosen span and this node only.
+                done(Outcome.NOT_COMMITTED, "no leader reachable for the range of %s (test fault)" % pretty_key(key))
+                return
             desc = store.descriptor_for(key)
             if desc is None:
                 done(Outcome.NOT_COMMITTED, "no range here holds key %s" % pretty_key(key))
@@ -483,15 +490,27 @@ class Node:
     def propose_keys_blocking(self, calls: list[tuple[str, bytes, dict, bytes | None]], timeout_s: float) -> list:
         """`propose_key` for a worker thread, for many keys at once: every call is handed to the
         node loop together and answered straight to this thread; a call whose range split since
-        it was routed is retried on its own. Returns (outcome, result) per call, in order.
-        Raises concurrent.futures.TimeoutError if an answer takes longer than timeout_s (every
-        proposal is answered by the Raft layer's own timeout long before)."""
+        it was routed is retried on its own. Returns (outcome, result) per call, in order, after
+        waiting for every call's answer (timeout_s in all), so none is still running then.
+        Never raises: a call refused before proposing, as too large to replicate, answers
+        (NOT_COMMITTED, the ValueError); a call with no answer by the deadline answers
+        (AMBIGUOUS, why) - every proposal is answered by the Raft layer's own timeout long before."""
+        deadline = time.monotonic() + timeout_s
+
+        def settle(fut: concurrent.futures.Future) -> tuple:
+            try:
+                return fut.result(timeout=max(0.0, deadline - time.monotonic()))
+            except ValueError as exc:
+                return Outcome.NOT_COMMITTED, exc
+            except concurrent.futures.TimeoutError:
+                return Outcome.AMBIGUOUS, "no answer in %.0f s; it may still commit" % timeout_s
+
         routes = [{} for _ in calls]
         futures = [self._proposal_future(self._key_submit(op, key, args, cid, routed))
                    for (op, key, args, cid), routed in zip(calls, routes)]
         answers = []
         for (op, key, args, cid), routed, fut in zip(calls, routes, futures):
-            outcome, result = fut.result(timeout=timeout_s)
+            outcome, result = settle(fut)
             attempt = 0
             while self._stale_route(outcome, result, routed):
                 attempt += 1
@@ -500,15 +519,16 @@ class Node:
                     break
                 time.sleep(min(0.01 * attempt, 0.2))
                 routed = {}
-                outcome, result = self._proposal_future(
-                    self._key_submit(op, key, args, cid, routed)).result(timeout=timeout_s)
+                outcome, result = settle(self._proposal_future(self._key_submit(op, key, args, cid, routed)))
             answers.append((outcome, result))
         return answers
 
     async def scan_keys(self, start: bytes, end: bytes | None, limit: int) -> tuple:
         """A scan crosses ranges: one linearizable read per range, in key order, until the limit.
-        Returns (Outcome, {"rows": [[key, value]], "ts": [wall, logical]})."""
+        Returns (Outcome, {"rows": [[key, value]], "versions": [[wall, logical]] (each row's
+        commit timestamp), "ts": [wall, logical]})."""
         rows: list = []
+        versions: list = []
         ts = [0, 0]
         while (end is None or start < end) and len(rows) < limit:
             outcome, result = await self.propose_key(
@@ -516,11 +536,12 @@ class Node:
             if outcome is not Outcome.COMMITTED:
                 return outcome, result
             rows.extend(result["rows"])
+            versions.extend(result["versions"])
             ts = max(ts, result["ts"])
             if result["span_end"] is None:
                 break
             start = result["span_end"]
-        return Outcome.COMMITTED, {"rows": rows, "ts": ts}
+        return Outcome.COMMITTED, {"rows": rows, "versions": versions, "ts": ts}
 
     async def split(self, key: bytes) -> tuple:
         loop = asyncio.get_running_loop()
@@ -645,7 +666,7 @@ class ClientServer:
         try:
             outcome, result = await self.node.propose_key(op, key, dict(args, key=key), command_id)
         except ValueError as exc:
-            return _error("too_large", str(exc))
+            return _error("too_large", "%s; nothing was applied" % exc)
         return self._reply(outcome, result)
 
     async def _scan(self, args: dict) -> dict:

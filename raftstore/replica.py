@@ -60,11 +60,11 @@ def _bytes(args: dict, name: str, *, optional: bool = False) -> bytes | None:
     return value
 
 
-def _ts(args: dict) -> tuple[int, int]:
-    ts = args.get("ts")
+def _ts(args: dict, name: str = "ts") -> tuple[int, int]:
+    ts = args.get(name)
     if (not isinstance(ts, (list, tuple)) or len(ts) != 2
             or not all(isinstance(x, int) and 0 <= x <= TIMESTAMP_PART_MAX for x in ts)):
-        raise CommandError("argument 'ts' must be [wall_ns, logical]")
+        raise CommandError("argument %r must be [wall_ns, logical]" % name)
     return (ts[0], ts[1])
 
 
@@ -268,14 +268,38 @@ class RangeReplica:
             result = {"swapped": False, "ts": list(ts)}
             self._finish(index, command, [], result)
             return result
-        result = self._write(index, command, args, _bytes(args, "new"))
-        result["swapped"] = True
-        return result
+        return self._write(index, command, args, _bytes(args, "new"), swapped=True)
 
-    def _write(self, index, command, args, value):
+    def _op_put_if(self, index, command, args):
+        """Write `value` (nil: delete) only if the key's newest version is exactly `if_version`
+        ([wall, logical], a commit timestamp a write or read answered), or, with `if_version`
+        nil, only if the key has no live value. Versions are compared by commit timestamp, never
+        by value bytes: another writer that put back the same bytes made a different version.
+        Decided from the command and the MVCC data alone, so every replica decides the same.
+        Answers {"swapped": True, "ts": the new version} or {"swapped": False, "ts": [...],
+        "value": the live value or nil, "version": the newest version (a tombstone's too) or nil},
+        so a caller that lost a race has what it needs to try again without another read."""
+        key = self._check_key(_bytes(args, "key"))
+        value = _bytes(args, "value", optional=True)
+        wanted = None if args.get("if_version") is None else _ts(args, "if_version")
+        found = self.store.get(key, LATEST)
+        if wanted is None:
+            matches = found is None or found[0] is None
+        else:
+            matches = found is not None and found[1] == wanted
+        if not matches:
+            result = {"swapped": False, "ts": list(self._write_ts(key, _ts(args))),
+                      "value": found[0] if found else None, "version": list(found[1]) if found else None}
+            self._finish(index, command, [], result)
+            return result
+        return self._write(index, command, args, value, swapped=True)
+
+    def _write(self, index, command, args, value, **answer):
+        """Write the key's new version; the answer ({"ts": commit timestamp, **answer}) is
+        recorded whole, so a retried command id gets exactly the same."""
         key = self._check_key(_bytes(args, "key"))
         ts = self._write_ts(key, _ts(args))
-        result = {"ts": list(ts)}
+        result = {"ts": list(ts), **answer}
         self._finish(index, command, [(key, ts, value)], result)
         if self.on_write is not None:
             self.on_write(self.range_id, len(key) + (len(value) if value else 0))
@@ -290,7 +314,9 @@ class RangeReplica:
         return {"value": found[0], "ts": list(found[1])}
 
     def _op_scan(self, index, command, args):
-        """Rows of `[start, end) ∩ span`; `span_end` tells the router where to continue."""
+        """Rows of `[start, end) ∩ span` and, in `versions`, each row's version (commit
+        timestamp), for a conditioned write after the read; `span_end` tells the router where
+        to continue."""
         start, end = _bytes(args, "start"), _bytes(args, "end", optional=True)
         limit = args.get("limit")
         if not isinstance(limit, int) or not 0 < limit <= constants.scan_rows_max:
@@ -300,7 +326,8 @@ class RangeReplica:
         stop = self.desc.end if end is None or (self.desc.end is not None and self.desc.end < end) else end
         rows = self.store.scan(start, stop, LATEST, limit)
         self.store.mark_applied(self.range_id, index, continuous=True)
-        return {"rows": [[k, v] for k, v, _ in rows], "span_end": self.desc.end,
+        return {"rows": [[k, v] for k, v, _ in rows], "versions": [list(ts) for _, _, ts in rows],
+                "span_end": self.desc.end,
                 "ts": list(max((ts for _, _, ts in rows), default=(0, 0)))}
 
     # --- splits --------------------------------------------------------------------------------

@@ -28,19 +28,26 @@ could undo.
 Retries: the connection retries within `timeout_s` on its own, but only where that cannot
 run a statement twice. A read (a statement starting with SELECT, SHOW or EXPLAIN without
 ANALYZE) is retried on another address after any failure. Any other statement carries no
-command id the server could deduplicate, so once it may have reached a server a failure
-raises OperationalError with ``ambiguous = True``: the statement may have committed; look
-(SELECT) before running it again.
+command id the server could deduplicate, so it is sent again only after an answer that says
+nothing of it applied (``unavailable``, ``draining``); once it may have reached a server
+without such an answer, a failure raises OperationalError with ``ambiguous = True``: the
+statement may have committed; look (SELECT) before running it again. A statement that failed
+after some of its writes applied is answered SQLSTATE 40003 (statement completion unknown,
+``ambiguous``; the message says which rows may remain) and is never sent again. A write
+conflict before anything of the statement applied is 40001; the server has already run it
+again a few times, and the caller may too.
 
 Errors: every error is a subclass of `Error` and carries ``sql_code`` (the server's kind of SQL
-failure, or None), ``position`` (0-based character offset into the statement text, or None),
-``ambiguous`` and ``code`` (the wire error code, or None for errors raised on this side).
+failure, or None), ``sqlstate`` (PostgreSQL's five-character code of that kind, or None),
+``position`` (0-based character offset into the statement text, or None), ``ambiguous`` and
+``code`` (the wire error code, or None for errors raised on this side).
 
     sql_code syntax, unsupported, undefined_table, undefined_column, duplicate_table,
              invalid_parameter                        -> ProgrammingError
     sql_code unique_violation, not_null_violation     -> IntegrityError
     sql_code datatype_mismatch, division_by_zero      -> DataError
     sql_code feature_not_supported                    -> NotSupportedError
+    sql_code serialization_failure (40001), statement_completion_unknown (40003) -> OperationalError
     any ambiguous outcome; unavailable, draining, connection failures -> OperationalError
     bad_request, protocol (client and server disagree)                -> InterfaceError
     too_large                                                         -> DataError
@@ -61,6 +68,7 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 from hlc import Timestamp as HLCTimestamp
 from raftstore import constants, kv, wire
 from raftstore.errors import (
+    SQLSTATE_BY_SQL_CODE,
     AmbiguousCommitError,
     BadRequestError,
     InternalError as _ServerInternalError,
@@ -125,6 +133,7 @@ class Error(Exception):
     """Base of every error this module raises.
 
     `sql_code`: the server's kind of SQL failure (``syntax``, ``unique_violation``, ...) or None.
+    `sqlstate`: the SQLSTATE of that kind (``42601``, ``23505``, ``40001``, ``40003``, ...) or None.
     `position`: 0-based character offset into the statement text of the construct at fault, or
     None. `ambiguous`: the statement may or may not have committed. `code`: the wire error code
     (``sql_error``, ``unavailable``, ...), None for errors raised by the client itself.
@@ -142,6 +151,7 @@ class Error(Exception):
         super().__init__(message)
         self.message = message
         self.sql_code = sql_code
+        self.sqlstate = SQLSTATE_BY_SQL_CODE.get(sql_code) if sql_code is not None else None
         self.position = position
         self.ambiguous = ambiguous
         self.code = code
@@ -191,6 +201,8 @@ _CLASS_BY_SQL_CODE: dict[str, type[Error]] = {
     "datatype_mismatch": DataError,
     "division_by_zero": DataError,
     "feature_not_supported": NotSupportedError,
+    "serialization_failure": OperationalError,
+    "statement_completion_unknown": OperationalError,
 }
 
 
@@ -215,7 +227,7 @@ def _error_from(exc: RaftstoreError) -> Error:
     else:
         cls = DatabaseError
     message = str(exc)
-    if exc.ambiguous and not isinstance(exc, AmbiguousCommitError):
+    if exc.ambiguous and not isinstance(exc, AmbiguousCommitError) and sql_code != "statement_completion_unknown":
         message += (
             "; the statement may have committed (check with a SELECT before running it again)"
         )

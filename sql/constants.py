@@ -10,6 +10,7 @@ ROW_KEY_PREFIX = b"t"  # + encode_key((table_id, *pk)) -> msgpack row
 TABLE_ID_CAS_RETRY_COUNT_MAX = 100  # contention on the id counter before giving up
 ROW_CAS_RETRY_COUNT_MAX = 20  # per-row optimistic retries of UPDATE / ON CONFLICT / UPSERT
 ROWID_RETRY_COUNT_MAX = 8  # fresh random rowids tried when one collides
+ROWS_NAMED_IN_ERRORS_MAX = 10  # rows a failed statement's error names one by one ("and N more")
 
 SCAN_PAGE_ROWS_MAX = 1000  # rows per kv.scan call (the KV contract allows up to 10000)
 SCAN_PAGE_ROWS_MIN = 16

@@ -27,6 +27,8 @@ CODES = frozenset(
         "division_by_zero",
         "invalid_parameter",  # wrong number or type of bound parameters, bad LIMIT value
         "feature_not_supported",  # a feature that is planned but comes later (follower reads)
+        "serialization_failure",  # 40001: a write conflict before any write applied; may be rerun
+        "statement_completion_unknown",  # 40003: failed after some writes applied; never rerun blindly
     }
 )
 

@@ -13,16 +13,19 @@ top -> Result. DDL reads the catalog itself, never through the leases.
 
 Writes and their limits (until the transactions issue): a statement is not atomic across
 keys. What we guarantee instead: every row of a statement is computed and checked (types,
-NOT NULL, duplicate keys, existing keys for INSERT) before the first write; a plain INSERT
-writes each row with ``cas(key, None, row)``, so two concurrent INSERTs of one key cannot both
-succeed; UPDATE / ON CONFLICT / UPSERT rewrite each row with ``cas(old, new)`` and re-read and
-re-apply on a lost race. If a concurrent writer makes a write of the same statement fail,
-the rows it already inserted are deleted again (best effort) and the error is raised. A
-multi-row INSERT looks up all its keys at once and then CASes all its rows at once when the KV
-offers `get_many` / `cas_many` (a node's NodeKV does: two round trips, not two per row); the
+NOT NULL, duplicate keys, existing keys for INSERT) before the first write; every write is
+conditioned on the exact version the statement read - an insert on "no live value" - so two
+concurrent INSERTs of one key cannot both succeed and no read-then-write (UPDATE, DELETE,
+ON CONFLICT) overwrites a version it did not read: a lost race re-decides the row from its
+current version. If a write fails after others applied, what the statement wrote is taken
+back, each key only if it still holds the statement's own version, and the error says what
+remains (sql/writes.py). A multi-row statement sends its existence checks together and its
+writes together when the KV offers `get_many` / `write_if_many` (a node's NodeKV does); the
 error reported is still the first in statement order.
 
-Errors: SQLError for the statement's own faults; raftstore errors from the KV propagate
+Errors: SQLError for the statement's own faults, for a write conflict before anything was
+written (serialization_failure, 40001) and for a failure after some writes applied
+(statement_completion_unknown, 40003); other raftstore errors from the KV propagate
 unchanged (not wrapped), so "unavailable" stays distinguishable from bad SQL.
 """
 
@@ -48,7 +51,6 @@ from sql.catalog import (
 )
 from sql.constants import (
     PLAN_CACHE_ENTRIES_MAX,
-    ROW_CAS_RETRY_COUNT_MAX,
     ROWID_BITS,
     ROWID_RETRY_COUNT_MAX,
     SCAN_PAGE_ROWS_MAX,
@@ -72,7 +74,9 @@ from sql.plan import (
     plan_statement,
     tables_named,
 )
-from sql.rowcodec import decode_row, encode_row, key_for_row
+from sql.kv import Version
+from sql.rowcodec import decode_row, encode_row, key_for_row, pk_text
+from sql.writes import RowWrite, StatementWrites, duplicate_key_raced, write_conflict
 
 __all__ = ["Result", "Session", "SystemTimer"]
 
@@ -261,12 +265,8 @@ class Session:
     def _run(self, plan, ctx: EvalContext, statement: Statement) -> Result:
         if isinstance(plan, SelectPlan):
             return self._select(plan, ctx)
-        if isinstance(plan, InsertPlan):
-            return self._insert(plan, ctx)
-        if isinstance(plan, UpdatePlan):
-            return self._update(plan, ctx)
-        if isinstance(plan, DeletePlan):
-            return self._delete(plan, ctx)
+        if isinstance(plan, (InsertPlan, UpdatePlan, DeletePlan)):
+            return self._write(plan, ctx)
         if isinstance(plan, CreateTablePlan):
             create_table(self.kv, plan.name, plan.columns, plan.pk, plan.if_not_exists,
                          self._timer, self._leases.drop_wait_s)
@@ -280,9 +280,10 @@ class Session:
 
     # --- reading ---------------------------------------------------------------------------------
 
-    def _fetch(self, access: AccessPath, ctx: EvalContext, first_page: int | None = None
-               ) -> Iterator[tuple[bytes, bytes]]:
-        """(key, raw row) pairs of an access path, in key order, fetched lazily."""
+    def _fetch(self, access: AccessPath, ctx: EvalContext, first_page: int | None = None,
+               versions: bool = False) -> Iterator[tuple[bytes, bytes, Version | None]]:
+        """(key, raw row, version) of an access path, in key order, fetched lazily; the
+        version (sql/kv.py) only with `versions` (a write reads it to write on it), else None."""
         schema = access.schema
         if access.kind == "full scan":
             ranges: list[tuple[bytes, bytes | None]] = [table_span(schema.id)]
@@ -291,12 +292,20 @@ class Session:
         page = max(SCAN_PAGE_ROWS_MIN, min(first_page or SCAN_PAGE_ROWS_MAX, SCAN_PAGE_ROWS_MAX))
         for start, end in ranges:
             if end is None:
-                raw = self.kv.get(start)
-                if raw is not None:
-                    yield start, raw
+                if versions:
+                    found = self.kv.get_version(start)
+                    if found is not None:
+                        yield start, found[0], found[1]
+                else:
+                    raw = self.kv.get(start)
+                    if raw is not None:
+                        yield start, raw, None
                 continue
             while True:
-                batch = self.kv.scan(start, end, page)
+                if versions:
+                    batch = self.kv.scan_versions(start, end, page)
+                else:
+                    batch = [(key, raw, None) for key, raw in self.kv.scan(start, end, page)]
                 yield from batch
                 if len(batch) < page:
                     break
@@ -305,7 +314,7 @@ class Session:
 
     def _source_rows(self, access: AccessPath, ctx: EvalContext, first_page=None) -> Iterator[list]:
         schema = access.schema
-        for _, raw in self._fetch(access, ctx, first_page):
+        for _, raw, _ in self._fetch(access, ctx, first_page):
             yield decode_row(schema, raw)
 
     def _select(self, plan: SelectPlan, ctx: EvalContext) -> Result:
@@ -397,7 +406,25 @@ class Session:
 
     # --- writing ---------------------------------------------------------------------------------
 
-    def _insert(self, plan: InsertPlan, ctx: EvalContext) -> Result:
+    def _write(self, plan, ctx: EvalContext) -> Result:
+        """INSERT, UPDATE or DELETE, with what they write kept in a StatementWrites so a failure
+        after the first write takes exactly that back and says what remains (sql/writes.py)."""
+        writes = StatementWrites(self.kv, plan.schema)
+        try:
+            if isinstance(plan, InsertPlan):
+                return self._insert(plan, ctx, writes)
+            if isinstance(plan, UpdatePlan):
+                return self._update(plan, ctx, writes)
+            return self._delete(plan, ctx, writes)
+        except Exception as exc:
+            if writes:
+                raise writes.failure(exc) from exc
+            if writes.started and isinstance(exc, SQLError):
+                raise SQLError(exc.code, exc.message + "; nothing of this statement was written",
+                               exc.position) from None
+            raise
+
+    def _insert(self, plan: InsertPlan, ctx: EvalContext, writes: StatementWrites) -> Result:
         schema = plan.schema
         verb = "UPSERT" if plan.mode == "upsert" else "INSERT"
         # Rows are computed and checked one by one, in statement order, so the error reported
@@ -425,7 +452,7 @@ class Session:
                     raise SQLError(
                         "unique_violation",
                         f"{'UPSERT' if plan.mode == 'upsert' else 'ON CONFLICT DO UPDATE'} cannot "
-                        f"affect row {_pk_text(schema, row)} a second time in one statement; "
+                        f"affect row {pk_text(schema, row)} a second time in one statement; "
                         "remove the duplicate",
                     )
             except SQLError as error:
@@ -444,13 +471,10 @@ class Session:
                     raise _duplicate_key(schema, row)
             if first_error is not None:
                 raise first_error
-        if plan.mode == "insert":
-            written = self._insert_new(schema, unique)
-        elif plan.mode == "do_nothing":
-            written = sum(self._cas_many([(key, None, encode_row(schema, row))
-                                          for key, row, _ in unique]))
+        if plan.mode in ("insert", "do_nothing"):
+            written = self._insert_new(plan, unique, writes)
         else:
-            written = self._upsert(plan, unique, ctx)
+            written = self._upsert(plan, unique, ctx, writes)
         return Result(rowcount=written, status=f"{verb} {written}")
 
     def _select_provided(
@@ -467,32 +491,24 @@ class Session:
             for values in self._select(plan.select, ctx).rows
         ]
 
-    def _insert_new(self, schema: TableSchema, rows: list[tuple[bytes, list, bool]]) -> int:
-        """``cas(key, absent, row)`` for every row at once; a generated rowid that collides is
-        redrawn and retried. If a given key was taken meanwhile, what this statement wrote is
-        deleted again (best effort) and the first such row, in statement order, is reported."""
-        written: list[bytes] = []
-        pending = rows
-        for attempt in range(ROWID_RETRY_COUNT_MAX):
-            swapped = self._cas_many([(key, None, encode_row(schema, row)) for key, row, _ in pending])
-            retry: list[tuple[bytes, list, bool]] = []
-            lost = None
-            for (key, row, generated), ok in zip(pending, swapped):
-                if ok:
-                    written.append(key)
-                elif generated and attempt + 1 < ROWID_RETRY_COUNT_MAX:
-                    row[schema.pk_indexes[0]] = self._new_rowid()
-                    retry.append((key_for_row(schema, row), row, True))
-                elif lost is None:
-                    lost = row
-            if lost is not None:
-                for done in written:  # best effort: take back what this statement wrote
-                    self.kv.delete(done)
-                raise _duplicate_key(schema, lost)
-            if not retry:
-                break
-            pending = retry
-        return len(written)
+    def _insert_new(self, plan: InsertPlan, rows: list[tuple[bytes, list, bool]],
+                    writes: StatementWrites) -> int:
+        """Every row written at once, each only where its key has no live value. A drawn rowid
+        that is taken is drawn again; a given key taken meanwhile is skipped (DO NOTHING) or a
+        duplicate key, the first such row in statement order."""
+        schema = plan.schema
+        items = [RowWrite(key, None, None, encode_row(schema, row), row, generated)
+                 for key, row, generated in rows]
+
+        def taken(item: RowWrite, current) -> RowWrite | None:
+            if plan.mode == "do_nothing":
+                return None
+            if not item.generated:
+                raise duplicate_key_raced(schema, item.row)
+            row = list(item.row)
+            row[schema.pk_indexes[0]] = self._new_rowid()
+            return RowWrite(key_for_row(schema, row), None, None, encode_row(schema, row), row, True)
+        return writes.write(items, taken, rounds=ROWID_RETRY_COUNT_MAX)
 
     def _get_many(self, keys: list[bytes]) -> list[bytes | None]:
         """``get`` of every key; concurrently if the KV offers ``get_many`` (a node does)."""
@@ -501,44 +517,31 @@ class Session:
             return [self.kv.get(key) for key in keys]
         return many(keys)
 
-    def _cas_many(self, swaps: list[tuple[bytes, bytes | None, bytes]]) -> list[bool]:
-        """``cas`` of every (key, expected, new); concurrently if the KV offers ``cas_many``."""
-        many = getattr(self.kv, "cas_many", None)
-        if many is None or len(swaps) < 2:
-            return [self.kv.cas(key, expected, new) for key, expected, new in swaps]
-        return many(swaps)
-
-    def _upsert(self, plan: InsertPlan, rows: list[tuple[bytes, list, bool]], ctx) -> int:
+    def _upsert(self, plan: InsertPlan, rows: list[tuple[bytes, list, bool]], ctx,
+                writes: StatementWrites) -> int:
         schema = plan.schema
         if plan.replaces_row:
             for key, row, _ in rows:  # every column given: the new row replaces the old
-                self.kv.put(key, encode_row(schema, row))
+                writes.put_blind(key, encode_row(schema, row), row)
             return len(rows)
         # Phase 1: read and compute every row, so a failing SET changes nothing.
-        pending = []
+        items = []
         for key, row, _ in rows:
-            old_raw = self.kv.get(key)
-            pending.append((key, row, old_raw, self._merged(plan, row, old_raw, ctx)))
-        count = 0
-        for key, row, old_raw, new_row in pending:
-            for _ in range(ROW_CAS_RETRY_COUNT_MAX):
-                if new_row is None:  # DO UPDATE ... WHERE said no
-                    break
-                new_raw = encode_row(schema, new_row)
-                if old_raw == new_raw or self.kv.cas(key, old_raw, new_raw):
-                    count += 1
-                    break
-                old_raw = self.kv.get(key)
-                new_row = self._merged(plan, row, old_raw, ctx)
-            else:
-                raise _contention(schema, row)
-        return count
+            item = self._merged_write(plan, key, row, self.kv.get_version(key), ctx)
+            if item is not None:
+                items.append(item)
 
-    def _merged(self, plan: InsertPlan, row: list, old_raw: bytes | None, ctx) -> list | None:
-        """The row to write for an ON CONFLICT / UPSERT candidate: `row` if absent, else the
-        existing row with the update applied (None if DO UPDATE ... WHERE is not true)."""
-        if old_raw is None:
-            return row
+        def redo(item: RowWrite, current) -> RowWrite | None:
+            return self._merged_write(plan, item.key, item.row, current, ctx)
+        return writes.write(items, redo)
+
+    def _merged_write(self, plan: InsertPlan, key: bytes, row: list, found, ctx) -> RowWrite | None:
+        """The write for an ON CONFLICT / UPSERT candidate `row` over what the key holds
+        (`found`: (raw, version) or None): `row` if absent, else the existing row with the
+        update applied; None if DO UPDATE ... WHERE is not true."""
+        if found is None:
+            return RowWrite(key, None, None, encode_row(plan.schema, row), row)
+        old_raw, version = found
         schema = plan.schema
         existing = decode_row(schema, old_raw)
         env = existing + row
@@ -548,55 +551,57 @@ class Session:
         for index, compiled in plan.updates:
             new_row[index] = compiled.fn(env, ctx)
         check_row(schema, new_row)
-        return new_row
+        return RowWrite(key, version, old_raw, encode_row(schema, new_row), row)
 
-    def _update(self, plan: UpdatePlan, ctx: EvalContext) -> Result:
+    def _update(self, plan: UpdatePlan, ctx: EvalContext, writes: StatementWrites) -> Result:
         schema = plan.schema
         where = plan.where.fn if plan.where is not None else None
-        changes = []  # (old key, old raw, new row, new key)
-        for key, raw in list(self._fetch(plan.access, ctx)):
+        changes = []  # (old key, version, old raw, new row, new key)
+        for key, raw, version in list(self._fetch(plan.access, ctx, versions=True)):
             row = decode_row(schema, raw)
             if where is not None and where(row, ctx) is not True:
                 continue
             new_row = self._apply_sets(plan, row, ctx)
-            changes.append((key, raw, new_row, key_for_row(schema, new_row)))
-        moved = [c for c in changes if c[3] != c[0]]
+            changes.append((key, version, raw, new_row, key_for_row(schema, new_row)))
+        moved = [c for c in changes if c[4] != c[0]]
         if moved:
             old_keys = {c[0] for c in changes}
             new_keys: set[bytes] = set()
-            for _, _, new_row, new_key in changes:
+            for _, _, _, new_row, new_key in changes:
                 if new_key in new_keys:
                     raise _duplicate_key(schema, new_row)
                 new_keys.add(new_key)
-            for _, _, new_row, new_key in moved:
-                if new_key not in old_keys and self.kv.get(new_key) is not None:
+            fresh = [(new_key, new_row) for _, _, _, new_row, new_key in moved if new_key not in old_keys]
+            for (new_key, new_row), raw in zip(fresh, self._get_many([k for k, _ in fresh])):
+                if raw is not None:
                     raise _duplicate_key(schema, new_row)
         count = 0
-        for key, raw, new_row, new_key in changes:
-            if new_key != key:
-                continue
-            for _ in range(ROW_CAS_RETRY_COUNT_MAX):
-                new_raw = encode_row(schema, new_row)
-                if raw == new_raw or self.kv.cas(key, raw, new_raw):
-                    count += 1
-                    break
-                raw = self.kv.get(key)
-                if raw is None:
-                    break  # deleted concurrently: nothing to update
-                row = decode_row(schema, raw)
-                if where is not None and where(row, ctx) is not True:
-                    break
-                new_row = self._apply_sets(plan, row, ctx)
-                if key_for_row(schema, new_row) != key:
-                    raise _contention(schema, row)
-            else:
-                raise _contention(schema, new_row)
-        for key, raw, _, _ in moved:
-            self.kv.delete(key)
-        for _, _, new_row, new_key in moved:
-            if not self.kv.cas(new_key, None, encode_row(schema, new_row)):
-                raise _duplicate_key(schema, new_row)
-            count += 1
+        if moved:
+            # The old rows go first, each only if still the version read (a row changed since
+            # is a conflict: its new key may differ); then the new rows, each only where no
+            # row is, so a key taken meanwhile is a duplicate and the old rows are put back.
+            def changed(item: RowWrite, current) -> RowWrite | None:
+                raise write_conflict(schema, decode_row(schema, item.old_raw))
+            writes.write([RowWrite(key, version, raw, None) for key, version, raw, _, _ in moved], changed)
+
+            def taken(item: RowWrite, current) -> RowWrite | None:
+                raise duplicate_key_raced(schema, item.row)
+            count += writes.write([RowWrite(new_key, None, None, encode_row(schema, new_row), new_row)
+                                   for _, _, _, new_row, new_key in moved], taken)
+
+        def redo(item: RowWrite, current) -> RowWrite | None:
+            if current is None:
+                return None  # deleted concurrently: nothing to update
+            raw, version = current
+            row = decode_row(schema, raw)
+            if where is not None and where(row, ctx) is not True:
+                return None
+            new_row = self._apply_sets(plan, row, ctx)
+            if key_for_row(schema, new_row) != item.key:
+                raise write_conflict(schema, row)
+            return RowWrite(item.key, version, raw, encode_row(schema, new_row), new_row)
+        count += writes.write([RowWrite(key, version, raw, encode_row(schema, new_row), new_row)
+                               for key, version, raw, new_row, new_key in changes if new_key == key], redo)
         return Result(rowcount=count, status=f"UPDATE {count}")
 
     def _apply_sets(self, plan: UpdatePlan, row: list, ctx) -> list:
@@ -606,17 +611,24 @@ class Session:
         check_row(plan.schema, new_row)
         return new_row
 
-    def _delete(self, plan: DeletePlan, ctx: EvalContext) -> Result:
+    def _delete(self, plan: DeletePlan, ctx: EvalContext, writes: StatementWrites) -> Result:
         schema = plan.schema
         where = plan.where.fn if plan.where is not None else None
         doomed = []
-        for key, raw in list(self._fetch(plan.access, ctx)):
+        for key, raw, version in list(self._fetch(plan.access, ctx, versions=True)):
             if where is not None and where(decode_row(schema, raw), ctx) is not True:
                 continue
-            doomed.append(key)
-        for key in doomed:
-            self.kv.delete(key)
-        return Result(rowcount=len(doomed), status=f"DELETE {len(doomed)}")
+            doomed.append(RowWrite(key, version, raw, None))
+
+        def redo(item: RowWrite, current) -> RowWrite | None:
+            if current is None:
+                return None  # deleted concurrently
+            raw, version = current
+            if where is not None and where(decode_row(schema, raw), ctx) is not True:
+                return None  # changed concurrently and no longer matches
+            return RowWrite(item.key, version, raw, None)
+        count = writes.write(doomed, redo)
+        return Result(rowcount=count, status=f"DELETE {count}")
 
     def _drop(self, plan: DropTablePlan) -> Result:
         # Acknowledged only once no node can still use the schemas (sql/catalog.py).
@@ -797,23 +809,10 @@ def _result_types(outputs, rows: list[list]) -> list[str]:
     return types
 
 
-def _pk_text(schema: TableSchema, row: list) -> str:
-    values = ", ".join(T.format_text(row[i], "") for i in schema.pk_indexes)
-    return f"({', '.join(schema.pk)})=({values})"
-
-
 def _duplicate_key(schema: TableSchema, row: list) -> SQLError:
     return SQLError(
         "unique_violation",
         f'duplicate key value violates the primary key of "{schema.name}": '
-        f"{_pk_text(schema, row)} already exists; nothing was written (use UPSERT or INSERT ... "
+        f"{pk_text(schema, row)} already exists; nothing was written (use UPSERT or INSERT ... "
         "ON CONFLICT to overwrite)",
-    )
-
-
-def _contention(schema: TableSchema, row: list) -> SQLError:
-    return SQLError(
-        "feature_not_supported",
-        f"row {_pk_text(schema, row)} of {schema.name} kept changing under concurrent writes "
-        f"({ROW_CAS_RETRY_COUNT_MAX} attempts); retry the statement",
     )

@@ -11,6 +11,11 @@ width is the node's statements in flight; the schema leases every session of the
 (sql/leases.py); and a LIFO stack of idle Sessions, each with its own NodeKV, so a statement
 runs on a warm plan cache instead of planning again. A session serves one statement at a time:
 it is taken off the stack for the statement and put back after it.
+
+What a failed statement is answered (Gateway._execute): a write conflict before any write
+applied is run again here (bounded), and is SQLSTATE 40001 if it still fails; once any write
+of the statement applied or may have, the answer is 40003 (statement completion unknown,
+ambiguous), never 40001 or "unavailable", which clients resend.
 """
 
 from __future__ import annotations
@@ -19,11 +24,15 @@ import asyncio
 import concurrent.futures
 import datetime
 import logging
+import random
 import threading
+import time
 import weakref
 from typing import Any
 
+from raftstore import constants
 from raftstore.errors import AmbiguousCommitError, RaftstoreError, SqlError, TooLargeError, UnavailableError
+from raftstore.kv import backoff_delay_s
 from raftstore.raft.commands import Outcome, new_command_id
 from sql.constants import (
     GATEWAY_KV_CALL_TIMEOUT_S,
@@ -31,19 +40,30 @@ from sql.constants import (
     GATEWAY_SESSIONS_IDLE_MAX,
     GATEWAY_THREADS,
 )
+from sql.kv import Version, WriteResult
 
 _TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+_WRITE_OPS = frozenset({"put", "delete", "cas", "put_if"})
 
 logger = logging.getLogger(__name__)
 
 
 class NodeKV:
-    """The KV interface of sql.execute over a running node (blocking; call from a worker thread).
-    `get_many` / `cas_many` run their calls concurrently on the node loop (multi-row INSERT)."""
+    """The KV interface of sql.execute over a running node (blocking; call from a worker thread),
+    with the versioned calls of sql/kv.py. `get_many` / `write_if_many` run their calls
+    concurrently on the node loop (multi-row statements).
+
+    Per statement (`begin_statement` resets them): `max_ts`, the highest timestamp seen, and
+    `wrote`, whether any write applied or may have - after which no failure of the statement
+    may be reported as "unavailable" (it would be sent again)."""
 
     def __init__(self, node, loop: asyncio.AbstractEventLoop) -> None:
         self.node, self.loop = node, loop
-        self.max_ts = [0, 0]   # the highest timestamp seen since the last reset (per statement)
+        self.begin_statement()
+
+    def begin_statement(self) -> None:
+        self.max_ts = [0, 0]
+        self.wrote = False
 
     def _run(self, coro):
         """A read-only node call (scan, status) that lives on the asyncio loop."""
@@ -55,59 +75,93 @@ class NodeKV:
             raise UnavailableError("a KV call of this statement got no answer in %.0f s"
                                    % GATEWAY_KV_CALL_TIMEOUT_S) from None
 
-    def _propose_many(self, op: str, calls: list[tuple[bytes, dict]], write: bool) -> list:
-        """Propose every (key, args) straight to the node loop, GATEWAY_KV_FANOUT_MAX at a time
-        (node.propose_keys_blocking: answered to this thread, no asyncio hop); results in the
-        order given. The first failure, in that order, is raised - after every call of its
-        window has finished, so none is still running when the statement moves on."""
+    def _propose_many(self, op: str, calls: list[tuple[bytes, dict]], *, stop_after_failure: bool = False) -> list:
+        """(outcome, result) of every (key, args), in the order given: proposed straight to the
+        node loop GATEWAY_KV_FANOUT_MAX at a time (node.propose_keys_blocking: answered to this
+        thread, no asyncio hop), each window finished before the next is sent. With
+        `stop_after_failure`, no window is sent after one in which a call did not commit (the
+        answers are then fewer than the calls)."""
         answers: list = []
         for i in range(0, len(calls), GATEWAY_KV_FANOUT_MAX):
             window = [(op, key, dict(args, key=key), new_command_id())
                       for key, args in calls[i:i + GATEWAY_KV_FANOUT_MAX]]
-            try:
-                answers.extend(self.node.propose_keys_blocking(window, GATEWAY_KV_CALL_TIMEOUT_S))
-            except concurrent.futures.TimeoutError:
-                message = "a KV call of this statement got no answer in %.0f s" % GATEWAY_KV_CALL_TIMEOUT_S
-                raise (AmbiguousCommitError(message + "; it may have committed") if write
-                       else UnavailableError(message)) from None
-            except ValueError as exc:   # a write too large to replicate: refused before proposing
-                raise TooLargeError(str(exc)) from None
-        return [self._check(outcome, result, write) for outcome, result in answers]
+            got = self.node.propose_keys_blocking(window, GATEWAY_KV_CALL_TIMEOUT_S)
+            for outcome, result in got:
+                if outcome is Outcome.COMMITTED and isinstance(result, dict) and isinstance(result.get("ts"), list):
+                    self.max_ts = max(self.max_ts, result["ts"])
+                if op in _WRITE_OPS and (outcome is Outcome.AMBIGUOUS or (
+                        outcome is Outcome.COMMITTED and result.get("swapped", True))):
+                    self.wrote = True
+            answers.extend(got)
+            if stop_after_failure and any(outcome is not Outcome.COMMITTED for outcome, _ in got):
+                break
+        return answers
 
-    def get_many(self, keys: list[bytes]) -> list[bytes | None]:
-        return [r["value"] for r in self._propose_many("get", [(key, {}) for key in keys], False)]
-
-    def cas_many(self, swaps: list[tuple[bytes, bytes | None, bytes]]) -> list[bool]:
-        calls = [(key, {"expected": expected, "new": new}) for key, expected, new in swaps]
-        return [bool(r["swapped"]) for r in self._propose_many("cas", calls, True)]
-
-    def _check(self, outcome: Outcome, result: Any, write: bool) -> Any:
-        if outcome is Outcome.COMMITTED:
-            if isinstance(result, dict) and isinstance(result.get("ts"), list):
-                self.max_ts = max(self.max_ts, result["ts"])
-            return result
+    @staticmethod
+    def _error(outcome: Outcome, result: Any, write: bool) -> RaftstoreError:
+        """The error for a call that did not commit (see node.propose_keys_blocking)."""
+        if isinstance(result, ValueError):   # refused before proposing: nothing of it applied
+            return TooLargeError("a row of this statement is too large to replicate (%s)" % result)
         if outcome is Outcome.AMBIGUOUS and write:
-            raise AmbiguousCommitError("a write of this statement may or may not have committed (%s)" % result)
-        raise UnavailableError("%s" % result)
+            return AmbiguousCommitError("a write of this statement may or may not have committed (%s)" % result)
+        return UnavailableError("%s" % result)
 
-    def _propose(self, op: str, key: bytes, args: dict, write: bool) -> Any:
-        return self._propose_many(op, [(key, args)], write)[0]
+    def _check(self, answer: tuple, write: bool) -> Any:
+        outcome, result = answer
+        if outcome is not Outcome.COMMITTED:
+            raise self._error(outcome, result, write)
+        return result
+
+    def _propose(self, op: str, key: bytes, args: dict) -> Any:
+        return self._check(self._propose_many(op, [(key, args)])[0], op in _WRITE_OPS)
 
     def get(self, key: bytes) -> bytes | None:
-        return self._propose("get", key, {}, False)["value"]
+        return self._propose("get", key, {})["value"]
+
+    def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        return [self._check(answer, False)["value"] for answer in self._propose_many("get", [(key, {}) for key in keys])]
+
+    def get_version(self, key: bytes) -> tuple[bytes, Version] | None:
+        result = self._propose("get", key, {})
+        return None if result["value"] is None else (result["value"], tuple(result["ts"]))
 
     def scan(self, start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
-        outcome, result = self._run(self.node.scan_keys(start, end, limit))
-        return [(k, v) for k, v in self._check(outcome, result, False)["rows"]]
+        return [(k, v) for k, v, _ in self.scan_versions(start, end, limit)]
+
+    def scan_versions(self, start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, bytes, Version]]:
+        result = self._check(self._run(self.node.scan_keys(start, end, limit)), False)
+        return [(k, v, tuple(ts)) for (k, v), ts in zip(result["rows"], result["versions"])]
 
     def put(self, key: bytes, value: bytes) -> None:
-        self._propose("put", key, {"value": value}, True)
+        self._propose("put", key, {"value": value})
 
     def delete(self, key: bytes) -> None:
-        self._propose("delete", key, {}, True)
+        self._propose("delete", key, {})
 
     def cas(self, key: bytes, expected: bytes | None, new: bytes) -> bool:
-        return bool(self._propose("cas", key, {"expected": expected, "new": new}, True)["swapped"])
+        return bool(self._propose("cas", key, {"expected": expected, "new": new})["swapped"])
+
+    def write_if(self, key: bytes, if_version: Version | None, value: bytes | None) -> WriteResult:
+        return self.write_if_many([(key, if_version, value)])[0]
+
+    def write_if_many(self, writes: list[tuple[bytes, Version | None, bytes | None]], *,
+                      stop_after_failure: bool = True) -> list[WriteResult]:
+        """sql/kv.py's conditioned writes (the replicated `put_if`); never raises: a write with
+        no answer has an `error`. With `stop_after_failure`, no window is sent after one with a
+        failed write."""
+        calls = [(key, {"if_version": None if version is None else list(version), "value": value})
+                 for key, version, value in writes]
+        results = []
+        for outcome, result in self._propose_many("put_if", calls, stop_after_failure=stop_after_failure):
+            if outcome is not Outcome.COMMITTED:
+                results.append(WriteResult(False, error=self._error(outcome, result, True)))
+            elif result["swapped"]:
+                results.append(WriteResult(True, version=tuple(result["ts"])))
+            else:
+                current = None if result["value"] is None else (result["value"], tuple(result["version"]))
+                results.append(WriteResult(False, current=current))
+        not_sent = UnavailableError("not sent: an earlier write of this statement failed")
+        return results + [WriteResult(False, error=not_sent)] * (len(writes) - len(results))
 
     def _status(self) -> dict:
         return self._run(self.node.status())
@@ -150,8 +204,17 @@ def _param(value: Any) -> Any:
 
 def _sql_error(exc) -> dict:
     message = getattr(exc, "message", None) or str(exc)   # the caret shows the position; no "(line, col)"
-    return {"ok": False, "error": SqlError(message, sql_code=getattr(exc, "code", "syntax"),
-                                           position=getattr(exc, "position", None)).to_wire()}
+    code = getattr(exc, "code", "syntax")
+    return {"ok": False, "error": SqlError(message, sql_code=code, position=getattr(exc, "position", None),
+                                           ambiguous=code == "statement_completion_unknown").to_wire()}
+
+
+def _completion_unknown(exc: RaftstoreError):
+    from sql.errors import SQLError
+
+    return SQLError("statement_completion_unknown",
+                    "statement completion unknown: %s; some of this statement's writes applied, or "
+                    "may have, before it failed; check before running it again" % exc.message)
 
 
 class Gateway:
@@ -165,6 +228,7 @@ class Gateway:
         self.executor = concurrent.futures.ThreadPoolExecutor(GATEWAY_THREADS, thread_name_prefix="sql")
         self._idle: list = []
         self._lock = threading.Lock()
+        self._rng = random.Random()
         self._closer = loop.create_task(self._close_with_the_loop())
 
     async def _close_with_the_loop(self) -> None:
@@ -199,6 +263,39 @@ class Gateway:
         finally:
             self._give_back(session)
 
+    def _execute(self, session, sql: str, params: list) -> tuple:
+        """Run one statement on `session` (a worker thread); returns (Result, timestamp).
+
+        What the client may do after a failure decides what it is told. A write conflict met
+        before any write of the statement applied (40001) is run again here, at most
+        sql_conflict_retries_max times, after a growing jittered pause; the last one reaches the
+        client, which may run it again too. Once any write applied or may have (the KV saw it,
+        whatever the engine said), no failure is "unavailable" or 40001, which would invite a
+        resend that applies it twice: it is 40003, statement completion unknown."""
+        from sql.errors import SQLError
+
+        kv = session.kv
+        attempt = 0
+        while True:
+            attempt += 1
+            kv.begin_statement()
+            try:
+                return session.execute(sql, params), list(kv.max_ts)
+            except SQLError as exc:
+                if exc.code != "serialization_failure":
+                    raise
+                if kv.wrote:
+                    raise _completion_unknown(exc) from None
+                if attempt > constants.sql_conflict_retries_max:
+                    raise SQLError(exc.code, "%s; gave up after running it %d times" % (exc.message, attempt),
+                                   exc.position) from None
+            except (UnavailableError, AmbiguousCommitError) as exc:
+                if kv.wrote:
+                    raise _completion_unknown(exc) from None
+                raise
+            time.sleep(backoff_delay_s(attempt, self._rng, constants.sql_conflict_backoff_s_min,
+                                       constants.sql_conflict_backoff_s_max))
+
     async def handle(self, args: dict) -> dict:
         """The `sql` op: run one statement, answer with columns, types, rows and the timestamp."""
         from sql.errors import SQLError
@@ -213,9 +310,8 @@ class Gateway:
             # statement: even if the awaiting task is cancelled, nobody else runs on it meanwhile.
             session = self._take_session()
             try:
-                session.kv.max_ts = [0, 0]
                 try:
-                    return session.execute(args["sql"], params), list(session.kv.max_ts)
+                    return self._execute(session, args["sql"], params)
                 finally:
                     renewals = session.take_renewals()
                     if renewals:

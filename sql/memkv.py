@@ -2,8 +2,9 @@
 harness.
 
 Why: the SQL layer must be testable in milliseconds and without a cluster, against the same
-contract the node implements - ``get / scan / put / delete / cas / ranges_for / regions`` -
-so the planner's range operations can be counted and the results compared with SQLite.
+contract the node implements - ``get / scan / put / delete / cas / ranges_for / regions`` and
+the versioned calls of sql/kv.py - so the planner's range operations can be counted and the
+results compared with SQLite.
 
 It keeps keys in a sorted list beside a dict (bisect for scans) and fakes a range layout: the
 keyspace is cut at `split_keys` (default ``b"t"``: the meta range [b"", b"t") and one range
@@ -12,13 +13,17 @@ node ((i - 1) % 3) + 1, so EXPLAIN and SHOW RANGES have something to show.
 
 Contract notes (as the node's): spans are ``[start, end)``, ``end`` None = to the end of the
 keyspace; scan returns ascending pairs, at most `limit` (1..10000); returned bytes are
-immutable and owned by the caller. Pure apart from its own memory; not thread-safe.
+immutable and owned by the caller. Every write makes a new version of its key, a delete too
+(a tombstone), numbered (n, 0) from a counter, for the versioned calls of sql/kv.py. Pure
+apart from its own memory; not thread-safe.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable
+
+from sql.kv import Version, WriteResult
 
 SCAN_LIMIT_MAX = 10_000
 
@@ -39,6 +44,8 @@ class MemKV:
     ):
         self._keys: list[bytes] = []
         self._data: dict[bytes, bytes] = {}
+        self._versions: dict[bytes, Version] = {}   # newest version of every key written, tombstones too
+        self._writes = 0
         self._splits = sorted(set(split_keys))
         assert all(isinstance(k, bytes) and k for k in self._splits)
         self._nodes = [dict(n) for n in nodes]
@@ -54,6 +61,9 @@ class MemKV:
 
     def scan(self, start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
         self._count("scan")
+        return self._scan(start, end, limit)
+
+    def _scan(self, start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
         _check_key(start, allow_empty=True)
         if end is not None:
             _check_key(end)
@@ -73,9 +83,7 @@ class MemKV:
     def delete(self, key: bytes) -> None:
         self._count("delete")
         _check_key(key)
-        if key in self._data:
-            del self._data[key]
-            self._keys.pop(bisect.bisect_left(self._keys, key))
+        self._remove(key)
 
     def cas(self, key: bytes, expected: bytes | None, new: bytes) -> bool:
         self._count("cas")
@@ -87,6 +95,30 @@ class MemKV:
             return False
         self._store(key, new)
         return True
+
+    def get_version(self, key: bytes) -> tuple[bytes, Version] | None:
+        self._count("get_version")
+        _check_key(key)
+        return (self._data[key], self._versions[key]) if key in self._data else None
+
+    def scan_versions(self, start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, bytes, Version]]:
+        self._count("scan_versions")
+        return [(k, v, self._versions[k]) for k, v in self._scan(start, end, limit)]
+
+    def write_if(self, key: bytes, if_version: Version | None, value: bytes | None) -> WriteResult:
+        self._count("write_if")
+        _check_key(key)
+        if value is not None:
+            _check_value(value)
+        live = key in self._data
+        holds = not live if if_version is None else self._versions.get(key) == tuple(if_version)
+        if not holds:
+            return WriteResult(False, current=(self._data[key], self._versions[key]) if live else None)
+        if value is None:
+            self._remove(key)
+        else:
+            self._store(key, value)
+        return WriteResult(True, version=self._versions[key])
 
     def ranges_for(self, start: bytes, end: bytes | None) -> list[dict]:
         self._count("ranges_for")
@@ -140,6 +172,17 @@ class MemKV:
         if key not in self._data:
             bisect.insort(self._keys, key)
         self._data[key] = value
+        self._new_version(key)
+
+    def _remove(self, key: bytes) -> None:
+        if key in self._data:
+            del self._data[key]
+            self._keys.pop(bisect.bisect_left(self._keys, key))
+        self._new_version(key)
+
+    def _new_version(self, key: bytes) -> None:
+        self._writes += 1
+        self._versions[key] = (self._writes, 0)
 
     def _count(self, method: str) -> None:
         self.calls[method] = self.calls.get(method, 0) + 1

@@ -19,7 +19,7 @@ from raftstore.keys import encode_key
 from sql.catalog import TableSchema
 from sql.constants import ROW_KEY_PREFIX
 from sql.errors import SQLError
-from sql.types import from_storage, to_storage
+from sql.types import format_text, from_storage, to_storage
 
 
 def key_for_pk(schema: TableSchema, pk_values: Sequence[object]) -> bytes:
@@ -59,3 +59,9 @@ def decode_row(schema: TableSchema, raw: bytes) -> list:
     columns = schema.columns
     assert isinstance(values, list) and len(values) == len(columns), (schema.name, values)
     return [from_storage(value, columns[i].type) for i, value in enumerate(values)]
+
+
+def pk_text(schema: TableSchema, row: Sequence[object]) -> str:
+    """A row's primary key as error messages name it: ``(id, k)=(1, x)``."""
+    values = ", ".join(format_text(row[i], "") for i in schema.pk_indexes)
+    return f"({', '.join(schema.pk)})=({values})"

@@ -105,3 +105,40 @@ def test_a_snapshot_in_the_format_before_outcomes_still_installs(replica, tmp_pa
         assert [k for k, _, _ in other.scan(b"k", b"l", (10**18, 0), 100)] == [b"k%04d" % i for i in range(1, 6)]
     finally:
         other.close()
+
+
+def _put_if(replica, index: int, key: bytes, if_version, value):
+    return replica.apply(index, Command(_cid(index), "put_if", {
+        "key": key, "if_version": if_version, "value": value, "ts": [index, 0]}))
+
+
+def test_put_if_writes_only_on_the_exact_version_read_never_on_equal_bytes(replica):
+    first = _put_if(replica, 1, b"k1", None, b"v")                 # absent: written
+    assert first["swapped"] and first["ts"] == [1, 0]
+    assert replica.result_of(_cid(1)) == (True, (True, first))    # a retried id: the same answer
+    assert not _put_if(replica, 2, b"k1", None, b"w")["swapped"]   # no longer absent
+    # Another writer puts back the very same bytes: a new version, so the old one no longer matches.
+    replica.apply(3, Command(_cid(3), "put", {"key": b"k1", "value": b"v", "ts": [3, 0]}))
+    lost = _put_if(replica, 4, b"k1", first["ts"], None)
+    assert not lost["swapped"] and (lost["value"], lost["version"]) == (b"v", [3, 0])
+    assert replica.store.get_value(b"k1", (2**62, 0)) == b"v"
+    deleted = _put_if(replica, 5, b"k1", lost["version"], None)    # on the version it was told
+    assert deleted["swapped"] and replica.store.get_value(b"k1", (2**62, 0)) is None
+    # A tombstone's version is a version too: what a delete answered puts the row back.
+    restored = _put_if(replica, 6, b"k1", deleted["ts"], b"v")
+    assert restored["swapped"] and replica.store.get_value(b"k1", (2**62, 0)) == b"v"
+
+
+def test_a_scan_answers_each_rows_version(replica):
+    put = _put_if(replica, 1, b"k1", None, b"a")
+    _put_if(replica, 2, b"k2", None, b"b")
+    again = _put_if(replica, 3, b"k1", put["ts"], b"c")
+    scan = replica.apply(4, Command(_cid(4), "scan", {"start": b"k", "end": b"l", "limit": 10, "ts": [4, 0]}))
+    assert scan["rows"] == [[b"k1", b"c"], [b"k2", b"b"]] and scan["versions"] == [again["ts"], [2, 0]]
+
+
+def test_a_retried_cas_gets_the_whole_first_answer_swapped_included(replica):
+    replica.apply(1, Command(_cid(1), "put", {"key": b"k1", "value": b"a", "ts": [1, 0]}))
+    first = replica.apply(2, Command(_cid(2), "cas", {"key": b"k1", "expected": b"a", "new": b"b", "ts": [2, 0]}))
+    assert first["swapped"] is True
+    assert replica.result_of(_cid(2)) == (True, (True, first))

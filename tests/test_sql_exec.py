@@ -46,6 +46,18 @@ class CountingKV:
         self.log.append(("cas", key))
         return self.kv.cas(key, expected, new)
 
+    def get_version(self, key):
+        self.log.append(("get_version", key))
+        return self.kv.get_version(key)
+
+    def scan_versions(self, start, end, limit):
+        self.log.append(("scan_versions", (start, end, limit)))
+        return self.kv.scan_versions(start, end, limit)
+
+    def write_if(self, key, if_version, value):
+        self.log.append(("write_if", key))
+        return self.kv.write_if(key, if_version, value)
+
     def ranges_for(self, start, end):
         return self.kv.ranges_for(start, end)
 
@@ -610,10 +622,10 @@ def test_other_predicates_scan_the_whole_table(orders, kv) -> None:
 
 def test_update_and_delete_use_the_same_access_paths(orders, kv) -> None:
     orders.execute("UPDATE orders SET total = 0 WHERE cust = 1 AND seq = 1")
-    assert [m for m, _ in kv.data_calls()] == ["get", "cas"]
+    assert [m for m, _ in kv.data_calls()] == ["get_version", "write_if"]
     kv.log.clear()
     assert orders.execute("DELETE FROM orders WHERE cust = 2").rowcount == 10
-    assert [m for m, _ in kv.data_calls()] == ["scan"] + ["delete"] * 10
+    assert [m for m, _ in kv.data_calls()] == ["scan_versions"] + ["write_if"] * 10
 
 
 def test_plans_are_cached_per_text_and_refreshed_on_schema_change(db, kv) -> None:
@@ -702,19 +714,19 @@ def test_result_shape_for_writes_and_ddl(db) -> None:
 
 
 class InterferingKV(CountingKV):
-    """Runs `interfere(kv)` once, just before the `nth` cas call reaches the store."""
+    """Runs `interfere(kv)` once, just before the `nth` row write reaches the store."""
 
     def __init__(self, kv, nth: int, interfere):
         super().__init__(kv)
-        self.cas_seen = 0
+        self.writes_seen = 0
         self.nth = nth
         self.interfere = interfere
 
-    def cas(self, key, expected, new):
-        self.cas_seen += 1
-        if self.cas_seen == self.nth:
+    def write_if(self, key, if_version, value):
+        self.writes_seen += 1
+        if self.writes_seen == self.nth:
             self.interfere(self.kv)
-        return super().cas(key, expected, new)
+        return super().write_if(key, if_version, value)
 
 
 def test_update_retries_on_a_concurrent_change_and_applies_to_the_new_value() -> None:
@@ -925,15 +937,15 @@ def test_any_expression_is_a_result_or_an_sqlerror(expression, template, params)
 
 
 class BatchingKV(CountingKV):
-    """A KV with get_many / cas_many, as a node's NodeKV has (each batch is one log entry)."""
+    """A KV with get_many / write_if_many, as a node's NodeKV has (its calls sent together)."""
 
     def get_many(self, keys):
         self.log.append(("get_many", len(keys)))
         return [self.kv.get(key) for key in keys]
 
-    def cas_many(self, swaps):
-        self.log.append(("cas_many", len(swaps)))
-        return [self.kv.cas(key, expected, new) for key, expected, new in swaps]
+    def write_if_many(self, writes, stop_after_failure=True):
+        self.log.append(("write_if_many", len(writes)))
+        return [self.kv.write_if(key, version, value) for key, version, value in writes]
 
 
 @pytest.fixture
@@ -949,14 +961,14 @@ def batched() -> tuple[Session, BatchingKV]:
 def test_a_multi_row_insert_checks_all_keys_in_one_batch_and_writes_all_rows_in_another(batched) -> None:
     db, kv = batched
     assert db.execute("INSERT INTO m VALUES (1, 'a'), (2, 'b'), (3, 'c')").rowcount == 3
-    assert [entry for entry in kv.log if entry[0] != "get"] == [("get_many", 3), ("cas_many", 3)]
+    assert [entry for entry in kv.log if entry[0] != "get"] == [("get_many", 3), ("write_if_many", 3)]
     assert rows(db, "SELECT id FROM m") == [[1], [2], [3], [5]]
 
 
 def test_a_batched_insert_that_hits_an_existing_key_writes_nothing(batched) -> None:
     db, kv = batched
     assert error(db, "INSERT INTO m VALUES (1, 'a'), (5, 'again'), (6, 'c')").code == "unique_violation"
-    assert not [m for m, _ in kv.log if m in ("cas", "cas_many", "put")]
+    assert not [m for m, _ in kv.log if m in ("cas", "write_if", "write_if_many", "put")]
     assert rows(db, "SELECT id FROM m") == [[5]]
 
 
@@ -971,13 +983,14 @@ def test_a_batched_insert_reports_the_first_error_in_statement_order(batched) ->
 
 def test_a_batched_insert_losing_a_race_takes_back_its_rows(batched) -> None:
     db, kv = batched
-    real = kv.cas_many
+    real = kv.write_if_many
 
-    def racing(swaps):
-        kv.kv.put(swaps[1][0], b"\x91\x01")   # another writer takes the second key first
-        return real(swaps)
-    kv.cas_many = racing
+    def racing(writes, stop_after_failure=True):
+        kv.write_if_many = real
+        kv.kv.put(writes[1][0], b"\x92\x09\xa1x")   # another writer takes the second key first
+        return real(writes)
+    kv.write_if_many = racing
     assert error(db, "INSERT INTO m VALUES (8, 'a'), (9, 'b'), (10, 'c')").code == "unique_violation"
-    kv.cas_many = real
+    kv.write_if_many = real
     keys = [k for k, _ in kv.kv.items() if k.startswith(ROW_KEY_PREFIX)]
     assert len(keys) == 2   # the existing row 5 and the racer's row 9; 8 and 10 were taken back

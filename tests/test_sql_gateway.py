@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from raftstore.keys import encode_key
 from raftstore.raft.commands import Outcome
 from sql import MemKV
 from sql.gateway import Gateway
@@ -38,7 +39,15 @@ class MemNode:
             await self.release.wait()
             self.waiting -= 1
         if op == "get":
-            return Outcome.COMMITTED, {"value": self.kv.get(key), "ts": [1, 0]}
+            found = self.kv.get_version(key)
+            return Outcome.COMMITTED, {"value": found[0], "ts": list(found[1])} if found else {"value": None, "ts": [0, 0]}
+        if op == "put_if":
+            written = self.kv.write_if(key, args["if_version"], args["value"])
+            if written.swapped:
+                return Outcome.COMMITTED, {"swapped": True, "ts": list(written.version)}
+            value, version = written.current or (None, None)
+            return Outcome.COMMITTED, {"swapped": False, "ts": [2, 0], "value": value,
+                                       "version": None if version is None else list(version)}
         if op == "cas":
             swapped = self.kv.cas(key, args["expected"], args["new"])
             return Outcome.COMMITTED, {"swapped": swapped, "ts": [2, 0]}
@@ -55,7 +64,9 @@ class MemNode:
         return asyncio.run_coroutine_threadsafe(all_calls(), self.loop).result(timeout_s)
 
     async def scan_keys(self, start, end, limit):
-        return Outcome.COMMITTED, {"rows": [[k, v] for k, v in self.kv.scan(start, end, limit)], "ts": [1, 0]}
+        found = self.kv.scan_versions(start, end, limit)
+        return Outcome.COMMITTED, {"rows": [[k, v] for k, v, _ in found], "versions": [list(t) for _, _, t in found],
+                                   "ts": [1, 0]}
 
 
 def _run(coro):
@@ -102,7 +113,7 @@ def test_a_statement_runs_on_a_reused_session_whose_plan_cache_hits() -> None:
         plan = session._cache[sql].plan
         result = _ok(await gateway.handle({"sql": sql, "params": [2]}))
         assert gateway._idle == [session] and session._cache[sql].plan is plan
-        assert result["ts"] == [2, 0]
+        assert result["ts"] == list(node.kv.get_version(b"t" + encode_key((1, 2)))[1])   # the row's commit ts
         await _close(gateway)
     _run(main())
 
@@ -156,26 +167,112 @@ def test_bad_sql_is_an_error_answer_and_the_session_goes_back(statement) -> None
     _run(main())
 
 
+LOSE = "lose"   # a Refusing answer: the write lost a race (the key's current row and version)
+
+
+class Refusing(MemNode):
+    """Answers row writes (put_if) from the `answers` list, one per write, while it lasts:
+    None lets a write through to the MemKV, LOSE says another writer got there first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answers: list = []
+        self.row_writes = 0
+
+    async def propose_key(self, op, key, args, command_id):
+        if op == "put_if" and key.startswith(b"t"):
+            self.row_writes += 1
+            if self.answers:
+                answer = self.answers.pop(0)
+                if answer == LOSE:
+                    value, version = self.kv.get_version(key) or (None, None)
+                    return Outcome.COMMITTED, {"swapped": False, "ts": [2, 0], "value": value,
+                                               "version": None if version is None else list(version)}
+                if answer is not None:
+                    return answer
+        return await super().propose_key(op, key, args, command_id)
+
+
+async def _table(gateway, rows: int = 0) -> None:
+    _ok(await gateway.handle({"sql": "CREATE TABLE t (k INT PRIMARY KEY, v TEXT)"}))
+    if rows:
+        values = ", ".join(f"({i}, 'r{i}')" for i in range(rows))
+        _ok(await gateway.handle({"sql": f"INSERT INTO t VALUES {values}"}))
+
+
 def test_a_row_too_large_to_replicate_is_a_too_large_error_and_a_lost_answer_is_ambiguous() -> None:
-    import concurrent.futures
+    async def main():
+        node = Refusing()
+        gateway = Gateway(node, asyncio.get_running_loop())
+        await _table(gateway)
+        node.answers = [(Outcome.NOT_COMMITTED, ValueError("command of 600000 bytes exceeds command_bytes_max=524288"))]
+        answer = await gateway.handle({"sql": "INSERT INTO t VALUES (1, 'x')"})
+        assert not answer["ok"] and answer["error"]["code"] == "too_large", answer
+        node.answers = [(Outcome.AMBIGUOUS, "no answer in 120 s; it may still commit")]
+        answer = await gateway.handle({"sql": "INSERT INTO t VALUES (1, 'x')"})
+        error = answer["error"]
+        assert not answer["ok"] and error["sql_code"] == "statement_completion_unknown" and error["ambiguous"], answer
+        await _close(gateway)
+    _run(main())
 
-    class Refusing(MemNode):
-        error: Exception | None = None
 
-        def propose_keys_blocking(self, calls, timeout_s):
-            if self.error is not None and calls[0][0] == "cas":
-                raise self.error
-            return super().propose_keys_blocking(calls, timeout_s)
+def test_a_write_conflict_before_anything_was_written_is_run_again_by_the_gateway() -> None:
+    from sql.constants import ROW_CAS_RETRY_COUNT_MAX
 
     async def main():
         node = Refusing()
         gateway = Gateway(node, asyncio.get_running_loop())
-        _ok(await gateway.handle({"sql": "CREATE TABLE t (k INT PRIMARY KEY, v TEXT)"}))
-        node.error = ValueError("command of 600000 bytes exceeds command_bytes_max=524288")
-        answer = await gateway.handle({"sql": "INSERT INTO t VALUES (1, 'x')"})
-        assert not answer["ok"] and answer["error"]["code"] == "too_large", answer
-        node.error = concurrent.futures.TimeoutError()
-        answer = await gateway.handle({"sql": "INSERT INTO t VALUES (1, 'x')"})
-        assert not answer["ok"] and answer["error"]["code"] == "ambiguous", answer
+        await _table(gateway, rows=1)
+        node.row_writes = 0
+        node.answers = [LOSE] * ROW_CAS_RETRY_COUNT_MAX      # the first run loses every round
+        assert _ok(await gateway.handle({"sql": "UPDATE t SET v = 'mine'"}))["rowcount"] == 1
+        assert node.row_writes == ROW_CAS_RETRY_COUNT_MAX + 1
+        assert _ok(await gateway.handle({"sql": "SELECT v FROM t"}))["rows"] == [["mine"]]
+        await _close(gateway)
+    _run(main())
+
+
+def test_a_write_conflict_past_the_gateways_retries_is_40001_and_not_ambiguous() -> None:
+    from raftstore import constants
+    from sql.constants import ROW_CAS_RETRY_COUNT_MAX
+
+    async def main():
+        node = Refusing()
+        gateway = Gateway(node, asyncio.get_running_loop())
+        await _table(gateway, rows=1)
+        node.row_writes = 0
+        runs = constants.sql_conflict_retries_max + 1
+        node.answers = [LOSE] * (ROW_CAS_RETRY_COUNT_MAX * runs)
+        error = (await gateway.handle({"sql": "UPDATE t SET v = 'mine'"}))["error"]
+        assert (error["sql_code"], error["ambiguous"]) == ("serialization_failure", False), error
+        assert "gave up after running it %d times" % runs in error["message"]
+        assert node.row_writes == ROW_CAS_RETRY_COUNT_MAX * runs
+        assert _ok(await gateway.handle({"sql": "SELECT v FROM t"}))["rows"] == [["r0"]]
+        await _close(gateway)
+    _run(main())
+
+
+def test_a_write_that_fails_after_another_applied_is_40003_never_unavailable() -> None:
+    async def main():
+        node = Refusing()
+        gateway = Gateway(node, asyncio.get_running_loop())
+        await _table(gateway, rows=3)
+        node.answers = [None, (Outcome.NOT_COMMITTED, "pysyncobj: not leader")]
+        error = (await gateway.handle({"sql": "UPDATE t SET v = 'mine'"}))["error"]
+        assert (error["sql_code"], error["ambiguous"]) == ("statement_completion_unknown", True), error
+        assert "rolled back" in error["message"]
+        assert _ok(await gateway.handle({"sql": "SELECT v FROM t ORDER BY k"}))["rows"] == [["r0"], ["r1"], ["r2"]]
+        await _close(gateway)
+    _run(main())
+
+
+def test_a_write_that_fails_before_any_applied_is_unavailable_so_it_may_be_sent_again() -> None:
+    async def main():
+        node = Refusing()
+        gateway = Gateway(node, asyncio.get_running_loop())
+        await _table(gateway, rows=3)
+        node.answers = [(Outcome.NOT_COMMITTED, "pysyncobj: not leader")] * 3   # every row's write
+        error = (await gateway.handle({"sql": "UPDATE t SET v = 'mine'"}))["error"]
+        assert (error["code"], error["ambiguous"]) == ("unavailable", False), error
         await _close(gateway)
     _run(main())

@@ -639,3 +639,31 @@ def test_malformed_sql_errors_become_protocol_errors(extra):
 
 def test_the_statement_limit_fits_in_a_frame():
     assert wire.sql_text_bytes_max < constants.client_frame_bytes_max
+
+
+@pytest.mark.parametrize(
+    "sql_code, sqlstate, ambiguous",
+    [("serialization_failure", "40001", False), ("statement_completion_unknown", "40003", True)],
+)
+def test_a_conflict_or_an_unknown_completion_is_operational_with_its_sqlstate_and_not_sent_again(
+    sql_server, connect, sql_code, sqlstate, ambiguous
+):
+    # A second address and a success waiting there: a client that sent the statement again
+    # (after 40003 it could apply twice) would get it.
+    statement = "UPDATE t SET n = n + 1"
+    server = sql_server({statement: [sql_err(sql_code, "scripted outcome", ambiguous=ambiguous),
+                                     result(rowcount=2, status="UPDATE 2")]})
+    conn = connect(f"{server.address},{server.address}")
+    with pytest.raises(sqlclient.OperationalError) as caught:
+        conn.cursor().execute(statement)
+    assert len(server.requests) == 1
+    err = caught.value
+    assert (err.sql_code, err.sqlstate, err.ambiguous) == (sql_code, sqlstate, ambiguous)
+    assert str(err) == "scripted outcome"   # the server's account, as it is
+
+
+def test_every_sql_code_has_its_sqlstate():
+    for sql_code in errors.SQL_CODES:
+        error = sqlclient.DatabaseError("x", sql_code=sql_code)
+        assert re.fullmatch(r"[0-9A-Z]{5}", error.sqlstate), sql_code
+    assert sqlclient.DatabaseError("x").sqlstate is None
