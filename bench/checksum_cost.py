@@ -64,7 +64,7 @@ def measure(range_mib: int, value_bytes: int, runs: int) -> dict:
             with store.batch():
                 store.write_local([(START + b"pending-%d" % i, (1, 0), b"x")])
                 store.mark_applied(RANGE_ID, index)
-                export = store.export_span(START, None, constants.snapshot_chunk_rows, range_id=RANGE_ID)
+                export = store.export_span(START, None, constants.consistency_chunk_rows, range_id=RANGE_ID)
                 loop_ms.append((time.perf_counter() - t0) * 1000)
             stop, lateness = threading.Event(), []
             ticker = threading.Thread(target=_late_ticker, args=(stop, lateness))

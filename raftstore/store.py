@@ -212,7 +212,7 @@ class Store:
         """A consistency check applied at `index`: pin a SQLite read snapshot of the range now,
         on the loop (the state is exactly `index`: later applies are not in it), and hash it with
         the snapshot executor, off the loop. The result is posted to `checksums`."""
-        export = self.mvcc.export_span(desc.start, desc.end, constants.snapshot_chunk_rows, range_id=range_id)
+        export = self.mvcc.export_span(desc.start, desc.end, constants.consistency_chunk_rows, range_id=range_id)
         self.checksums.computing(range_id, index)
 
         def job() -> None:
