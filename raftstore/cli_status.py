@@ -11,10 +11,14 @@ What the tables can and cannot say, since they are one node's view:
   now; ``down`` means it has no link to that member, which is not proof that the process is
   dead (a partition looks the same).
 * ranges: only the ranges the answering node holds a replica of, each with the leader that
-  node believes in (stale for up to an election).
+  node believes in (stale for up to an election), and the last consistency check of the range
+  that node ran (raftstore.consistency; ``-`` if it ran none since it started).
+  ``--check-consistency`` has it run one of every range first.
 
 Output contract: the two tables, exit 0; with ``--json`` the status map as JSON instead (bytes
-as strings with backslash escapes, see `escape_bytes`), exit 0. Any operating error, a bad
+as strings with backslash escapes, see `escape_bytes`), exit 0. With ``--check-consistency``,
+exit 1 if any range's check found it inconsistent or incomplete (the ranges table says which
+and why; an inconsistent range is also named on stderr). Any operating error, a bad
 ``--url`` or a status map this CLI cannot read: one line ``error: ...`` on stderr, exit 2.
 """
 
@@ -125,6 +129,7 @@ class RangeRow:
     leader: str         # "n1 (us-east1)" or "none"
     size: str
     applied_index: str
+    last_check: str = "-"   # "consistent at 57", "INCONSISTENT at 57: n3 differs ...", ...
 
 
 class StatusFormatError(ValueError):
@@ -163,6 +168,21 @@ def _clock_cells(clock: Any, self_id: int) -> dict[int, str]:
         cells[_node_id(key, "a clock.offsets key")] = "%+.1f ms ± %.1f%s" % (
             m["offset_ms"], m["uncertainty_ms"], " (beyond max offset)" if m.get("far") else "")
     return cells
+
+
+def render_check(check: Any, where: str) -> str:
+    """The last-check cell: ``-`` for none, ``consistent at <index>``, else the status in
+    capitals (for inconsistent) or as is, the index if any, and the detail."""
+    if check is None:
+        return "-"
+    _expect(isinstance(check, dict), f"{where}: last_check must be a map")
+    status, index, detail = check.get("status"), check.get("index"), check.get("detail")
+    _expect(isinstance(status, str) and isinstance(detail, str), f"{where}: last_check needs status and detail")
+    _expect(index is None or _is_int(index), f"{where}: last_check.index must be an int")
+    at = "" if index is None else f" at {index}"
+    if status == "consistent":
+        return f"consistent{at}"
+    return f"{status.upper() if status == 'inconsistent' else status}{at}: {detail}"
 
 
 def status_rows(status: Any) -> tuple[list[NodeRow], list[RangeRow]]:
@@ -232,6 +252,7 @@ def status_rows(status: Any) -> tuple[list[NodeRow], list[RangeRow]]:
             leader="none" if leader is None else f"n{leader} ({regions.get(leader, '?')})",
             size=render_size(size),
             applied_index="-" if applied is None else str(applied),
+            last_check=render_check(item.get("last_check"), where),
         )
         keyed.append(((start is None, start or b"", range_id), row))
     ranges = [row for _, row in sorted(keyed, key=lambda pair: pair[0])]
@@ -281,6 +302,12 @@ def add_status_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the raw status map as JSON instead"
     )
     parser.add_argument(
+        "--check-consistency",
+        action="store_true",
+        help="first run a consistency check of every range (every replica's checksum at one log "
+        "index); exit 1 unless every range is consistent",
+    )
+    parser.add_argument(
         "--timeout",
         type=_timeout_type,
         default=constants.client_timeout_s_default,
@@ -302,18 +329,32 @@ def run_status(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         print(f"error: --url: {_one_line(str(exc))}", file=sys.stderr)
         return 2
+    checked: list[dict] | None = None
     try:
         with client:
+            if getattr(args, "check_consistency", False):
+                # Run on the node that answers the status below: its table shows these results.
+                checked = client.check_consistency(timeout_s=max(args.timeout, constants.consistency_call_timeout_s))
             status = client.status()
         if args.json:
             print(status_json(status))
-            return 0
+            return _check_exit(checked)
         nodes, ranges = status_rows(status)
     except (RaftstoreError, StatusFormatError) as exc:
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     _print_tables(status, nodes, ranges)
-    return 0
+    return _check_exit(checked)
+
+
+def _check_exit(checked: list[dict] | None) -> int:
+    """0 unless a check ran and some range is not consistent (each inconsistent one named)."""
+    if checked is None:
+        return 0
+    for r in checked:
+        if r["status"] == "inconsistent":
+            print(f"error: range {r['range_id']} is INCONSISTENT: {_one_line(r['detail'])}", file=sys.stderr)
+    return 0 if all(r["status"] == "consistent" for r in checked) else 1
 
 
 def _print_tables(status: dict, nodes: list[NodeRow], ranges: list[RangeRow]) -> None:
@@ -347,7 +388,7 @@ def _print_tables(status: dict, nodes: list[NodeRow], ranges: list[RangeRow]) ->
         console.print(line)
 
     range_table = Table(title=f"ranges (held by n{answered.node_id})")
-    for column in ("range", "span", "replicas", "leader", "size", "applied"):
+    for column in ("range", "span", "replicas", "leader", "size", "applied", "last check"):
         justify = "right" if column in ("range", "size", "applied") else "left"
         range_table.add_column(column, justify=justify)
     for row in ranges:
@@ -359,5 +400,6 @@ def _print_tables(status: dict, nodes: list[NodeRow], ranges: list[RangeRow]) ->
             leader,
             Text(row.size),
             Text(row.applied_index),
+            Text(row.last_check, style="bold red" if row.last_check.startswith("INCONSISTENT") else ""),
         )
     console.print(range_table)

@@ -88,3 +88,19 @@ idle_tick_interval_s = 1.0      # an idle group ticks this often
 idle_heartbeat_interval_s = 5.0 # an idle leader's own heartbeats (pysyncobj appendEntriesPeriod)
 node_heartbeat_interval_s = 0.25  # one frame per peer keeps every idle group's followers patient
 clock_log_interval_s = 10.0           # log a peer's rejected clock at most this often
+
+# --- Consistency checks (raftstore.consistency) -------------------------------------------------
+# A check's command commits, then every replica's checksum of the range at that index must reach
+# the node running the check within this long; a replica that has not applied the index by then
+# (down, partitioned, behind) is reported as not reporting and the range as incomplete.
+consistency_report_timeout_s = 5.0
+consistency_checksums_kept = 4096      # a node's own replica checksums remembered (newest kept)
+consistency_asks_max = 10_000          # peers' checksum requests waiting for an index at once
+consistency_error_chars_max = 500      # an error text carried in a checksum reply
+# Rows the hashing thread reads from SQLite per call: each fetch holds the GIL while it copies the
+# rows into Python, so a fetch of 100 rows of 8 KiB (under 1 MiB) keeps the node loop's wait for
+# the GIL short where 1000 (the snapshot chunk) would copy 8 MiB at once (bench.checksum_cost).
+consistency_chunk_rows = 100
+# A client call of check_consistency: the check's proposal (proposal_timeout_s at most) plus the
+# wait for the replicas' checksums, plus room for the answer.
+consistency_call_timeout_s = proposal_timeout_s + consistency_report_timeout_s + 5.0

@@ -214,6 +214,21 @@ def _check_split(result: Any) -> dict:
     return result
 
 
+_CHECK_STATUSES = frozenset({"consistent", "inconsistent", "incomplete"})
+
+
+def _check_consistency(result: Any) -> list[dict]:
+    ranges = result.get("ranges") if isinstance(result, dict) else None
+    if not isinstance(ranges, list):
+        raise ValueError("check_consistency result must be a map with a list of ranges")
+    for item in ranges:
+        if (not isinstance(item, dict) or not isinstance(item.get("range_id"), int)
+                or item.get("status") not in _CHECK_STATUSES or not isinstance(item.get("detail"), str)
+                or not isinstance(item.get("replicas"), list) or not isinstance(item.get("differing"), list)):
+            raise ValueError(f"check_consistency result has a malformed range entry: {item!r:.200}")
+    return ranges
+
+
 def _check_status(result: Any) -> dict:
     if not isinstance(result, dict):
         raise ValueError(f"status result must be a map, got {type(result).__name__}")
@@ -358,6 +373,26 @@ class Client:
         """The serving node's status map (node id, region, leader, ...; contents not checked)."""
         return self._call("status", {}, _check_status)
 
+    def check_consistency(
+        self, start: bytes = b"", end: bytes | None = None, *, timeout_s: float | None = None
+    ) -> list[dict]:
+        """Run a consistency check of every range overlapping ``[start, end)`` now (store keys:
+        the default is every range, meta included) and return one result map per range, in key
+        order: ``status`` is ``consistent`` (every replica reported the same checksum at
+        ``index``), ``inconsistent`` (``differing`` lists the odd replicas) or ``incomplete``
+        (some replica did not report; ``detail`` says which and why); ``replicas`` is
+        ``[[node id, checksum hex or None, error or None], ...]``. See raftstore.consistency.
+
+        One attempt waits up to `timeout_s` (default consistency_call_timeout_s: the serving node
+        bounds the check below that); a failed attempt runs a new check on the next address.
+        Errors as for `get`.
+        """
+        args = {"start": _bytes_arg("check_consistency", "start", start),
+                "end": _optional_bytes_arg("check_consistency", "end", end)}
+        limit = _seconds_arg("timeout_s", timeout_s) if timeout_s is not None else constants.consistency_call_timeout_s
+        return self.request("check_consistency", args, _check_consistency, write=False,
+                            timeout_s=limit, attempt_timeout_s=limit)
+
     def close(self) -> None:
         """Close the connection. Idempotent; later calls raise RuntimeError."""
         with self._lock:
@@ -383,6 +418,8 @@ class Client:
         *,
         write: bool,
         resend: bool = True,
+        timeout_s: float | None = None,
+        attempt_timeout_s: float | None = None,
     ) -> Any:
         """Send one request of any op in `wire.REQUEST_ARGS` with the retry policy of the module
         docstring; return ``check(result)`` of the ok answer (`check` raises ValueError for a
@@ -391,7 +428,9 @@ class Client:
         `write`: the request may change state, so a failure after it may have reached a server
         leaves it ambiguous rather than failed. `resend`: such a write may be sent again (the
         server deduplicates it, e.g. by command id); with ``resend=False`` the first failure
-        after a send raises AmbiguousCommitError at once. Errors as for `put`.
+        after a send raises AmbiguousCommitError at once. `timeout_s` / `attempt_timeout_s`
+        replace the client's bounds for this call (an op the server itself bounds above them).
+        Errors as for `put`.
         """
         with self._lock:
             if self._closed:
@@ -403,7 +442,9 @@ class Client:
             except wire.FrameError as exc:
                 raise TooLargeError(f"{op}: {exc} ({TooLargeError.hint})") from None
 
-            deadline = time.monotonic() + self.timeout_s
+            total_s = self.timeout_s if timeout_s is None else timeout_s
+            attempt_s = self.attempt_timeout_s_max if attempt_timeout_s is None else attempt_timeout_s
+            deadline = time.monotonic() + total_s
             last: _AttemptFailed | None = None
             maybe_applied = False
             failures = 0
@@ -411,7 +452,7 @@ class Client:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                attempt_deadline = time.monotonic() + min(remaining, self.attempt_timeout_s_max)
+                attempt_deadline = time.monotonic() + min(remaining, attempt_s)
                 try:
                     result = self._attempt(
                         op, request_id, frame, attempt_deadline, check_idle=write and not resend
@@ -450,12 +491,12 @@ class Client:
                         f"({ProtocolError.hint})",
                         ambiguous=write,
                     ) from None
-            self._give_up(op, write, maybe_applied, last)
+            self._give_up(op, write, maybe_applied, last, total_s)
 
     def _give_up(
-        self, op: str, write: bool, maybe_applied: bool, last: _AttemptFailed | None
+        self, op: str, write: bool, maybe_applied: bool, last: _AttemptFailed | None, total_s: float
     ) -> NoReturn:
-        waited = f"after {self.timeout_s:g} s"
+        waited = f"after {total_s:g} s"
         if write and maybe_applied:
             detail = f"; last error: {last.error.message}" if last is not None else ""
             raise self._ambiguous(op, f"no definite answer {waited}{detail}")

@@ -37,8 +37,9 @@ from hlc import HLC, MAX_OFFSET_NS_DEFAULT, ClockOffsetError, FileCeilingStore, 
 from raftstore import constants
 from raftstore.clockcheck import OffsetMonitor, probe_is_valid
 from raftstore.diskspace import DiskGuard
+from raftstore.consistency import Checksum, ChecksumRegistry, ConsistencyChecker
 from raftstore.mvcc import MVCCStore
-from raftstore.peer import HEARTBEAT, RAFT, PeerNetwork, parse_addr
+from raftstore.peer import CHECKSUM_REPLY, CHECKSUM_REQUEST, HEARTBEAT, RAFT, PeerNetwork, parse_addr
 from raftstore.raft.commands import Outcome, new_command_id
 from raftstore.raft.failstop import FailStop, exit_now
 from raftstore.raft.group import run_in_thread
@@ -131,6 +132,9 @@ class Node:
         self.loop_busy_max_s = 0.0   # longest node-loop iteration (time not spent waiting in poll)
         self.loop_stalls: collections.deque = collections.deque(maxlen=constants.loop_stalls_kept)
         self._loop_thread: threading.Thread | None = None
+        self.checksums = ChecksumRegistry()
+        self.consistency = ConsistencyChecker(cfg.node_id, self.checksums, send_request=self._send_checksum_request,
+                                              send_reply=self._send_checksum_reply, applied_index=self._applied_index)
         self._open_resources()
 
     # --- start-up: every check that can fail, before anything runs --------------------------
@@ -174,7 +178,10 @@ class Node:
         self.net = PeerNetwork(listen_sock=self.peer_sock, secret=self.cfg.secret, hello=self._hello,
                                on_hello=self._on_hello, on_raft=self._on_raft, on_peer_up=self._on_peer_up,
                                on_peer_down=self._on_peer_down, on_reject=self._on_reject, node_id=cfg.node_id,
-                               on_heartbeat=self._on_heartbeat, delay_s=self._delay_s)
+                               on_heartbeat=self._on_heartbeat, delay_s=self._delay_s,
+                               on_checksum_request=self.consistency.on_request,
+                               on_checksum_reply=lambda peer_id, range_id, index, checksum, error:
+                               self.consistency.on_reply(peer_id, range_id, index, Checksum(checksum, error)))
 
     @staticmethod
     def _bind(addr: str, flag: str) -> socket.socket:
@@ -265,7 +272,8 @@ class Node:
                                        range_bytes_max=self.cfg.range_bytes_max, raft_conf=conf),
                            self.mvcc, open_journal=RealLogFile,
                            transport_class=lambda gid: (lambda so, s, o: GroupTransport(self, gid, so, s, o)),
-                           now_ts=lambda: self.hlc.now().to_wire(), snapshot_executor=run_in_thread)
+                           now_ts=lambda: self.hlc.now().to_wire(), snapshot_executor=run_in_thread,
+                           checksums=self.checksums)
         self.store.disk_low = self.disk.check()
         self.store.start()
 
@@ -320,6 +328,36 @@ class Node:
             if peer_id in t.peers:
                 t._onNodeDisconnected(t.peers[peer_id])
 
+    # --- consistency checks (raftstore.consistency; on the node loop) ------------------------------
+    def _applied_index(self, range_id: int) -> int | None:
+        rep = self.store.replicas.get(range_id) if self.store is not None else None
+        return rep.applied_index() if rep is not None and rep.desc is not None else None
+
+    def _send_checksum_request(self, peer_id: int, range_id: int, index: int) -> bool:
+        return self.net.send(peer_id, [CHECKSUM_REQUEST, range_id, index])
+
+    def _send_checksum_reply(self, peer_id: int, range_id: int, index: int, answer: Checksum) -> bool:
+        error = answer.error[:constants.consistency_error_chars_max] if answer.error is not None else None
+        return self.net.send(peer_id, [CHECKSUM_REPLY, range_id, index, answer.checksum, error])
+
+    async def check_consistency(self, start: bytes = b"", end: bytes | None = None) -> list[dict]:
+        """Check every range overlapping `[start, end)` now (raftstore.consistency): one result
+        map per range, in key order. Bounded: each range's command answers within its proposal
+        timeout, its replicas' checksums within consistency_report_timeout_s."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def done(results: list[dict]) -> None:
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(results))
+
+        def run() -> None:
+            if self.store is None:
+                done([])
+                return
+            self.consistency.check(self.store.descriptors_overlapping(start, end), self.store.propose, done)
+        self.call_in_loop(run)
+        return await fut
+
     # --- the node loop ---------------------------------------------------------------------------
     def start_loop(self) -> None:
         self._loop_thread = threading.Thread(target=self._loop, name="node-loop", daemon=True)
@@ -362,6 +400,7 @@ class Node:
                     self.store.disk_low = low
             if self.store is not None:
                 self.store.tick()
+            self.consistency.sweep()
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + constants.tick_interval_s
@@ -568,6 +607,9 @@ class Node:
 
     def _status(self) -> dict:
         ranges = self.store.status() if self.store is not None else []
+        for r in ranges:
+            last = self.consistency.last.get(r["range_id"])
+            r["last_check"] = None if last is None else {k: last[k] for k in ("status", "index", "at", "detail")}
         data = next((r for r in ranges if r["range_id"] == 2), None)
         return {"node_id": self.node_id, "region": self.cfg.region, "formed": self.members is not None,
                 "members": {str(k): v for k, v in (self.members or {}).items()},
@@ -654,6 +696,9 @@ class ClientServer:
             if self.sql_handler is None:
                 return _error("bad_request", "this node does not serve SQL")
             return await self.sql_handler(self.node, args)
+        if op == "check_consistency":
+            results = await self.node.check_consistency(args.get("start", b""), args.get("end"))
+            return {"ok": True, "result": {"ranges": results}}
         if op == "split":
             outcome, result = await self.node.split(RAW_PREFIX + args["key"])
             return self._reply(outcome, result)

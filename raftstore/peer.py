@@ -9,7 +9,9 @@ opens a socket per group per peer. This module replaces it with:
 * then length-prefixed msgpack frames, bounded in size (`peer_frame_bytes_max`), each a list
   `[kind, ...]`: HELLO (who I am), RAFT (a group's message, tagged with the group id), REJECT
   (why I refuse you), HEARTBEAT (I am alive, and my HLC reads this: followers of every group I
-  lead wait for me, and the receiver's clock moves past mine). Unknown, malformed or oversized frames are logged and the connection is
+  lead wait for me, and the receiver's clock moves past mine), CHECKSUM_REQUEST (your checksum
+  of range r at index i, please) and CHECKSUM_REPLY (mine: the checksum, or why I have none; see
+  raftstore.consistency). Unknown, malformed or oversized frames are logged and the connection is
   dropped; the node keeps serving. Nothing is ever unpickled here;
 * group commit: frames queued by groups are released to the sockets only by `flush()`, which the
   node loop calls after syncing every dirty journal, so no reply leaves before the write it
@@ -35,6 +37,7 @@ from typing import Callable
 import msgpack
 
 from raftstore import constants
+from raftstore.consistency import CHECKSUM_BYTES
 from raftstore.wire import FrameDecoder, FrameError
 
 logger = logging.getLogger(__name__)
@@ -42,7 +45,7 @@ logger = logging.getLogger(__name__)
 MAGIC = b"RSP1"
 _NONCE = 32
 _MAC = 32
-HELLO, RAFT, REJECT, HEARTBEAT = 0, 1, 2, 3
+HELLO, RAFT, REJECT, HEARTBEAT, CHECKSUM_REQUEST, CHECKSUM_REPLY = 0, 1, 2, 3, 4, 5
 
 
 def _mac(secret: bytes, role: bytes, nonce_d: bytes, nonce_a: bytes) -> bytes:
@@ -61,6 +64,25 @@ def parse_addr(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError("%r is not HOST:PORT" % text)
     return host, int(port)
+
+
+def _checksum_frame_problem(frame: list) -> str | None:
+    """What is wrong with a CHECKSUM_REQUEST `[4, range_id, index]` or CHECKSUM_REPLY
+    `[5, range_id, index, checksum (32 bytes) | nil, error (str) | nil]`, or None."""
+    size = 3 if frame[0] == CHECKSUM_REQUEST else 5
+    if len(frame) != size:
+        return "%d fields, expected %d" % (len(frame), size)
+    if not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**63 for x in frame[1:3]):
+        return "range id and index must be non-negative integers"
+    if size == 5:
+        checksum, error = frame[3], frame[4]
+        if not (checksum is None or (isinstance(checksum, bytes) and len(checksum) == CHECKSUM_BYTES)):
+            return "checksum must be %d bytes or nil" % CHECKSUM_BYTES
+        if not (error is None or (isinstance(error, str) and len(error) <= constants.consistency_error_chars_max)):
+            return "error must be a str of at most %d characters or nil" % constants.consistency_error_chars_max
+        if (checksum is None) == (error is None):
+            return "exactly one of checksum and error must be given"
+    return None
 
 
 @dataclass(eq=False)
@@ -86,7 +108,8 @@ class PeerNetwork:
 
     Callbacks (all on the loop thread): `on_hello(conn_peer_hello) -> reject reason | None`,
     `on_raft(peer_id, group_id, message)`, `on_peer_up(peer_id)`, `on_peer_down(peer_id)`,
-    `on_reject(reason)` when a peer refuses us.
+    `on_reject(reason)` when a peer refuses us, `on_checksum_request(peer_id, range_id, index)`
+    and `on_checksum_reply(peer_id, range_id, index, checksum | None, error | None)`.
     """
 
     def __init__(self, *, listen_sock: socket.socket, secret: bytes, hello: Callable[[], dict],
@@ -94,8 +117,12 @@ class PeerNetwork:
                  on_peer_up: Callable[[int], None], on_peer_down: Callable[[int], None],
                  on_reject: Callable[[str], None], node_id: int,
                  on_heartbeat: Callable[[int, object, object], None] = lambda peer_id, ts, probe: None,
-                 delay_s: Callable[[int], float] = lambda peer_id: 0.0) -> None:
+                 delay_s: Callable[[int], float] = lambda peer_id: 0.0,
+                 on_checksum_request: Callable[[int, int, int], None] = lambda peer_id, range_id, index: None,
+                 on_checksum_reply: Callable[[int, int, int, bytes | None, str | None], None]
+                 = lambda peer_id, range_id, index, checksum, error: None) -> None:
         self.node_id = node_id
+        self.on_checksum_request, self.on_checksum_reply = on_checksum_request, on_checksum_reply
         self.secret = secret
         self._hello = hello
         self.on_hello, self.on_raft = on_hello, on_raft
@@ -334,6 +361,16 @@ class PeerNetwork:
                     logger.exception("handling a raft frame from node %s", conn.peer_id)
             elif kind == HELLO:
                 self._on_hello(conn, frame)
+            elif kind == CHECKSUM_REQUEST or kind == CHECKSUM_REPLY:
+                problem = _checksum_frame_problem(frame)
+                if problem is not None:
+                    self._drop(conn, "malformed %s frame: %s" % (
+                        "CHECKSUM_REQUEST" if kind == CHECKSUM_REQUEST else "CHECKSUM_REPLY", problem))
+                    return
+                if kind == CHECKSUM_REQUEST:
+                    self.on_checksum_request(conn.peer_id, frame[1], frame[2])
+                else:
+                    self.on_checksum_reply(conn.peer_id, frame[1], frame[2], frame[3], frame[4])
             elif kind == HEARTBEAT:
                 self.on_heartbeat(conn.peer_id, frame[1] if len(frame) > 1 else None, frame[2] if len(frame) > 2 else None)
             elif kind == REJECT:

@@ -83,18 +83,22 @@ class RangeReplica:
 
     `desc` is None for an uninitialized replica (created to receive a snapshot): it applies
     nothing until one arrives. `on_split(left, right)` is called after a split applied here;
-    `can_install(desc)` decides whether a snapshot of `desc` may replace local data now.
+    `can_install(desc)` decides whether a snapshot of `desc` may replace local data now;
+    `on_checksum(range_id, index, desc)` is called inside the apply of a consistency check, with
+    the index applied, to pin the state it must checksum (raftstore.consistency).
     """
 
     def __init__(self, store: MVCCStore, range_id: int, *,
                  on_split: Callable[[RangeDescriptor, RangeDescriptor], None] | None = None,
                  can_install: Callable[[RangeDescriptor], bool] | None = None,
-                 on_write: Callable[[int, int], None] | None = None) -> None:
+                 on_write: Callable[[int, int], None] | None = None,
+                 on_checksum: Callable[[int, int, RangeDescriptor], None] | None = None) -> None:
         self.store, self.range_id = store, range_id
         self.desc = read_local_descriptor(store, range_id)
         self.on_split = on_split
         self.can_install = can_install
         self.on_write = on_write
+        self.on_checksum = on_checksum
 
     # --- StateMachine ------------------------------------------------------------------------
     def batch(self):
@@ -329,6 +333,15 @@ class RangeReplica:
         return {"rows": [[k, v] for k, v, _ in rows], "versions": [list(ts) for _, _, ts in rows],
                 "span_end": self.desc.end,
                 "ts": list(max((ts for _, _, ts in rows), default=(0, 0)))}
+
+    # --- consistency checks (raftstore.consistency) ---------------------------------------------
+    def _op_compute_checksum(self, index, command, args):
+        """A consistency check at this index: the index is applied first (it writes nothing), then
+        `on_checksum` pins exactly this state to hash. The checksum stays on this node."""
+        self.store.mark_applied(self.range_id, index, continuous=True)
+        if self.on_checksum is not None:
+            self.on_checksum(self.range_id, index, self.desc)
+        return {"index": index}
 
     # --- splits --------------------------------------------------------------------------------
     def _op_split(self, index, command, args):

@@ -35,7 +35,8 @@ from typing import Any, Callable
 import msgpack
 
 from raftstore import constants
-from raftstore.mvcc import MVCCStore, discard_staged
+from raftstore.consistency import Checksum, ChecksumRegistry, range_checksum
+from raftstore.mvcc import MVCCStore, StoreError, discard_staged
 from raftstore.raft.commands import Outcome
 from raftstore.raft.group import Executor, RaftGroup, _SNAPSHOT_MAGIC, _LEN, run_inline
 from raftstore.raft.journal import LogFile, encode_record, MAGIC as JOURNAL_MAGIC
@@ -78,10 +79,12 @@ class Store:
     def __init__(self, cfg: StoreConfig, mvcc: MVCCStore, *, open_journal: Callable[[str], LogFile],
                  transport_class: Callable[[int], Any], clock: Callable[[], float] = time.monotonic,
                  now_ts: Callable[[], list] | None = None, crash_point: Callable[[str], None] = _no_crash,
-                 snapshot_executor: Executor = run_inline) -> None:
+                 snapshot_executor: Executor = run_inline, checksums: ChecksumRegistry | None = None) -> None:
         """`snapshot_executor` runs the slow part of snapshots (writing one, staging a received
-        one): the node gives raftstore.raft.group.run_in_thread so its loop never waits for a
-        whole range; the simulator schedules them on its own clock; the default runs them inline."""
+        one) and of consistency checks (hashing a range): the node gives
+        raftstore.raft.group.run_in_thread so its loop never waits for a whole range; the
+        simulator schedules them on its own clock; the default runs them inline. `checksums`
+        receives the replicas' checksums (the node shares it with its ConsistencyChecker)."""
         self.cfg = cfg
         self.mvcc = mvcc
         self.open_journal = open_journal
@@ -110,6 +113,7 @@ class Store:
         self.maintain_due: set[int] = set()
         self.snapshot_executor = snapshot_executor
         self.woken: collections.deque[int] = collections.deque()   # snapshot job done (any thread)
+        self.checksums = checksums if checksums is not None else ChecksumRegistry()
 
     # --- start-up ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -164,7 +168,7 @@ class Store:
     def _start_group(self, range_id: int) -> RaftGroup:
         journal_path, dump_path = self._paths(range_id)
         replica = RangeReplica(self.mvcc, range_id, on_split=self._on_split, can_install=self._can_install,
-                               on_write=self._on_write)
+                               on_write=self._on_write, on_checksum=self._on_checksum)
         me = str(self.cfg.node_id)
         peers = [str(r) for r in self.cfg.replicas if r != self.cfg.node_id]
         conf = dict(self.cfg.raft_conf or {})
@@ -206,6 +210,26 @@ class Store:
         self.written_bytes[range_id] = self.written_bytes.get(range_id, 0) + nbytes
         self.maintain_due.add(range_id)
 
+    def _on_checksum(self, range_id: int, index: int, desc: RangeDescriptor) -> None:
+        """A consistency check applied at `index`: pin a SQLite read snapshot of the range now,
+        on the loop (the state is exactly `index`: later applies are not in it), and hash it with
+        the snapshot executor, off the loop. The result is posted to `checksums`."""
+        export = self.mvcc.export_span(desc.start, desc.end, constants.consistency_chunk_rows, range_id=range_id)
+        self.checksums.computing(range_id, index)
+
+        def job() -> None:
+            try:
+                with export:
+                    if export.applied_index != index:
+                        raise StoreError("r%d: the state pinned for the check of index %d is at index %s"
+                                         % (range_id, index, export.applied_index))
+                    answer = Checksum(range_checksum(range_id, desc.start, desc.end, export.applied_index, export))
+            except Exception as exc:   # this replica's answer, so the check says incomplete, not nothing
+                logger.exception("r%d: checksum of index %d failed", range_id, index)
+                answer = Checksum(None, "n%d could not compute its checksum: %s" % (self.cfg.node_id, exc))
+            self.checksums.post(range_id, index, answer)
+        self.snapshot_executor(job)
+
     def on_unknown_group(self, range_id: int) -> RaftGroup | None:
         """A peer talks about a range we do not host: create an uninitialized replica if meta
         says it exists and it overlaps nothing we hold (it will be filled by a snapshot)."""
@@ -241,6 +265,7 @@ class Store:
         not time out because the leader's node sends one heartbeat frame per peer for all its
         groups (on_node_heartbeat). An iteration costs what the busy groups cost, not what all
         the groups cost."""
+        self.checksums.collect()
         now = self.clock()
         active_period = (self.cfg.raft_conf or {}).get("appendEntriesPeriod", constants.append_entries_period_s)
         if not self.cfg.quiesce:
@@ -371,6 +396,16 @@ class Store:
                     self.cache.insert(rep.desc)
                     return rep.desc
         return desc
+
+    def descriptors_overlapping(self, start: bytes, end: bytes | None) -> list[RangeDescriptor]:
+        """Every range this node knows of that overlaps `[start, end)`, in key order: its own
+        replicas' descriptors, and those in its copy of meta that it holds no initialized replica
+        of (for each range id the newest generation)."""
+        descs = {d.range_id: d for d in meta_descriptors(self.mvcc)}
+        for rid, rep in self.replicas.items():
+            if rep.desc is not None and (rid not in descs or rep.desc.generation >= descs[rid].generation):
+                descs[rid] = rep.desc
+        return sorted((d for d in descs.values() if d.overlaps(start, end)), key=lambda d: (d.start, d.range_id))
 
     def refresh(self, range_id: int) -> None:
         self.cache.invalidate(range_id)

@@ -33,6 +33,13 @@ offset into ``sql`` of the construct at fault; ``sql_code`` is one of `errors.SQ
 ``sql`` op carries no command id: a client must not resend a statement that may have reached
 a server unless the statement only reads.
 
+The ``check_consistency`` op checks every range overlapping ``[start, end)`` now (store keys,
+not raw user keys: the default, no start and no end, is every range of every keyspace; see
+raftstore.consistency) and answers ``{"ranges": [result, ...]}`` in key order, each result
+``{"range_id", "start", "end", "index", "status": "consistent" | "inconsistent" |
+"incomplete", "detail": str, "differing": [node id], "replicas": [[node id, checksum hex |
+nil, error | nil]], "at": unix time, "duration_ms"}``.
+
 Requests on one connection may be pipelined; responses carry the request id and may come back
 in any order. The args of each op are in `REQUEST_ARGS`; keys and values are bytes, and every
 write carries a 16-byte ``command_id`` that the client keeps across retries so a retried write
@@ -83,9 +90,11 @@ REQUEST_ARGS: dict[str, dict[str, str]] = {
     "status": {},
     "split": {"key": "bytes"},
     "sql": {"sql": "sql_text", "params": "sql_params"},
+    "check_consistency": {"start": "bytes", "end": "bytes?"},
 }
 # Fields of REQUEST_ARGS that a request may leave out (every other one is required).
-OPTIONAL_ARGS: dict[str, frozenset[str]] = {"sql": frozenset({"params"})}
+OPTIONAL_ARGS: dict[str, frozenset[str]] = {"sql": frozenset({"params"}),
+                                            "check_consistency": frozenset({"start", "end"})}
 WRITE_OPS = frozenset({"put", "delete", "cas"})
 
 

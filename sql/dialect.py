@@ -15,6 +15,10 @@ What it adds to sqlglot's PostgreSQL dialect:
 * ``EXPLAIN <statement>``                    -> `Explain`
 * ``... FROM <from list> AS OF SYSTEM TIME e`` -> the SELECT's ``as_of`` argument. Accepted
   after the whole FROM list, as CockroachDB writes it (after aliases and joins too).
+* ``SELECT ... FROM crdb_internal.check_consistency(...)`` -> sqlglot parses a table function
+  natively (an ``exp.Table`` whose ``this`` is the call and ``db`` is ``crdb_internal``); the
+  whitelist admits it as a FROM / JOIN item of a SELECT only, and `identifier_name` names it
+  ``crdb_internal.check_consistency`` so the planner finds its virtual table (sql/virtual.py).
 * Parameters: ``$1, $2, ...`` and ``%s`` (DB-API "format" style, numbered left to right; ``%%``
   is a literal ``%``) both become ``exp.Parameter`` with a 1-based number. A statement uses
   one style only.
@@ -48,6 +52,9 @@ from sql.errors import SQLError
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 _AS_OF = ("AS", "OF", "SYSTEM", "TIME")
+CRDB_INTERNAL = "crdb_internal"
+CHECK_CONSISTENCY = "crdb_internal.check_consistency"
+VIRTUAL_TABLE_NAMES = frozenset({CHECK_CONSISTENCY})   # sql/virtual.py defines each
 _STATEMENT_START_TOKENS = frozenset({TokenType.SELECT, TokenType.WITH, TokenType.L_PAREN,
                                      TokenType.VALUES})
 
@@ -544,6 +551,9 @@ def _check_supported(tree: exp.Expr, sql: str, tokens: list[Token]) -> None:
 
     for node in _walk_checked(tree):
         kind = type(node)
+        if kind is exp.Table and virtual_table_name(node) is not None:
+            _check_virtual_table(node, sql)
+            continue
         if kind not in _ALLOWED_NODES:
             name, keyword, code = _construct(node)
             position = _position(node, tokens, keyword, stmt_start)
@@ -579,11 +589,16 @@ def _check_supported(tree: exp.Expr, sql: str, tokens: list[Token]) -> None:
 
 def _walk_checked(tree: exp.Expr):
     """Pre-order walk that skips the AS OF SYSTEM TIME expression (it is never evaluated
-    here: follower reads will interpret it)."""
+    here: follower reads will interpret it). Of a virtual table's call it visits the arguments
+    and the alias, not the call and its ``crdb_internal`` qualifier."""
     stack = [tree]
     while stack:
         node = stack.pop()
         yield node
+        if isinstance(node, exp.Table) and virtual_table_name(node) is not None:
+            alias = node.args.get("alias")
+            stack.extend(reversed(list(node.this.expressions) + ([alias] if alias is not None else [])))
+            continue
         children = []
         for key, value in node.args.items():
             if key == "as_of":
@@ -593,6 +608,30 @@ def _walk_checked(tree: exp.Expr):
             elif isinstance(value, list):
                 children.extend(v for v in value if isinstance(v, exp.Expr))
         stack.extend(reversed(children))
+
+
+def virtual_table_name(table: exp.Expr) -> str | None:
+    """``crdb_internal.<function>`` for a FROM item that calls a crdb_internal table function
+    (known or not), else None."""
+    if not isinstance(table, exp.Table) or not isinstance(table.this, exp.Anonymous):
+        return None
+    db = table.args.get("db")
+    if not isinstance(db, exp.Identifier) or db.this.lower() != CRDB_INTERNAL or table.args.get("catalog"):
+        return None
+    return f"{CRDB_INTERNAL}.{str(table.this.this).lower()}"
+
+
+def _check_virtual_table(table: exp.Table, sql: str) -> None:
+    name = virtual_table_name(table)
+    position = node_position(table)
+    if name not in VIRTUAL_TABLE_NAMES:
+        raise SQLError("unsupported", f"not supported: function {name}(); supported: "
+                       + ", ".join(sorted(VIRTUAL_TABLE_NAMES)), position, sql)
+    parent = table.parent
+    if not (table.arg_key == "this" and isinstance(parent, (exp.From, exp.Join))
+            and isinstance(parent.parent, exp.Select)):
+        raise SQLError("unsupported", f"not supported: {name} here; it can only be read, as a FROM item: "
+                       f"SELECT * FROM {name}(...)", position, sql)
 
 
 def _check_insert_source(
@@ -669,6 +708,8 @@ def identifier_name(node: exp.Expr | str | None) -> str:
         return node.lower()
     if isinstance(node, exp.Identifier):
         return node.this if node.args.get("quoted") else node.this.lower()
+    if isinstance(node, exp.Table) and virtual_table_name(node) is not None:
+        return virtual_table_name(node)  # type: ignore[return-value]
     if isinstance(node, (exp.Column, exp.Table, exp.TableAlias)):
         return identifier_name(node.args.get("this"))
     return str(node.name).lower()

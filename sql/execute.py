@@ -71,12 +71,14 @@ from sql.plan import (
     SelectPlan,
     check_row,
     UpdatePlan,
+    VirtualAccess,
     plan_statement,
     tables_named,
 )
 from sql.kv import Version
 from sql.rowcodec import decode_row, encode_row, key_for_row, pk_text
 from sql.writes import RowWrite, StatementWrites, duplicate_key_raced, write_conflict
+from sql.virtual import VIRTUAL_TABLES, virtual_rows
 
 __all__ = ["Result", "Session", "SystemTimer"]
 
@@ -225,7 +227,10 @@ class Session:
 
     def _schema(self, name: str) -> TableSchema | None:
         """The live schema of `name`: leased, or read from the catalog (and then leased).
-        Misses and tables being dropped are never cached (sql/leases.py, rule 2)."""
+        Misses and tables being dropped are never cached (sql/leases.py, rule 2). A virtual
+        table's schema is fixed (sql/virtual.py)."""
+        if name in VIRTUAL_TABLES:
+            return VIRTUAL_TABLES[name].schema
         now = self._timer.monotonic()
         leased = self._leases.get(name, now)
         if leased is not None:
@@ -313,6 +318,9 @@ class Session:
                 page = min(page * 2, SCAN_PAGE_ROWS_MAX)
 
     def _source_rows(self, access: AccessPath, ctx: EvalContext, first_page=None) -> Iterator[list]:
+        if isinstance(access, VirtualAccess):
+            yield from virtual_rows(self.kv, access.schema.name, access.args, ctx, self._table_names())
+            return
         schema = access.schema
         for _, raw, _ in self._fetch(access, ctx, first_page):
             yield decode_row(schema, raw)

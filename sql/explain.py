@@ -29,6 +29,7 @@ from sql.plan import (
     InsertPlan,
     SelectPlan,
     UpdatePlan,
+    VirtualAccess,
 )
 from sql.rowcodec import key_for_row
 
@@ -92,6 +93,9 @@ def _unbound(ctx: EvalContext) -> bool:
 def _read_ops(access: AccessPath, ctx: EvalContext, note: str = "") -> list[Op]:
     schema = access.schema
     name = schema.name
+    if isinstance(access, VirtualAccess):
+        return [Op("virtual table", name, access.describe(), None, None,
+                   _join("rows computed by the cluster when the statement runs", note))]
     kind = access.kind
     table_start, table_end = table_span(schema.id)
     if kind == "full scan":

@@ -166,6 +166,11 @@ class NodeKV:
     def _status(self) -> dict:
         return self._run(self.node.status())
 
+    def check_consistency(self, start: bytes, end: bytes | None) -> list[dict]:
+        """A consistency check of every range overlapping [start, end) (raftstore.consistency):
+        one result map per range, in key order; the node bounds it well below the call timeout."""
+        return self._run(self.node.check_consistency(start, end))
+
     def ranges_for(self, start: bytes, end: bytes | None) -> list[dict]:
         status = self._status()
         members = status["members"]

@@ -2,9 +2,9 @@
 harness.
 
 Why: the SQL layer must be testable in milliseconds and without a cluster, against the same
-contract the node implements - ``get / scan / put / delete / cas / ranges_for / regions`` and
-the versioned calls of sql/kv.py - so the planner's range operations can be counted and the
-results compared with SQLite.
+contract the node implements - ``get / scan / put / delete / cas / ranges_for / regions /
+check_consistency`` and the versioned calls of sql/kv.py - so the planner's range operations can
+be counted and the results compared with SQLite.
 
 It keeps keys in a sorted list beside a dict (bisect for scans) and fakes a range layout: the
 keyspace is cut at `split_keys` (default ``b"t"``: the meta range [b"", b"t") and one range
@@ -50,6 +50,7 @@ class MemKV:
         assert all(isinstance(k, bytes) and k for k in self._splits)
         self._nodes = [dict(n) for n in nodes]
         self._down: set[int] = set()
+        self._inconsistent: dict[int, tuple[int, str]] = {}
         self.calls: dict[str, int] = {}
 
     # --- the KV interface ------------------------------------------------------------------------
@@ -148,6 +149,20 @@ class MemKV:
             })
         return out
 
+    def check_consistency(self, start: bytes, end: bytes | None) -> list[dict]:
+        """One result per fake range overlapping [start, end), in key order. There is one copy
+        of the data, so a range is consistent unless `mark_inconsistent` said otherwise."""
+        self._count("check_consistency")
+        out = []
+        for r in self.ranges_for(start, end):
+            odd = self._inconsistent.get(r["range_id"])
+            status, detail, differing = ("consistent", "one in-memory copy: nothing to compare", [])
+            if odd is not None:
+                status, detail, differing = "inconsistent", odd[1], [odd[0]]
+            out.append({"range_id": r["range_id"], "start": r["start"], "end": r["end"], "index": None,
+                        "status": status, "detail": detail, "differing": differing, "replicas": []})
+        return out
+
     def regions(self) -> list[dict]:
         self._count("regions")
         return [
@@ -160,6 +175,10 @@ class MemKV:
     def mark_down(self, node_id: int) -> None:
         """Show node `node_id` as down in regions() and without replicas in ranges_for()."""
         self._down.add(node_id)
+
+    def mark_inconsistent(self, range_id: int, node_id: int, detail: str) -> None:
+        """Make check_consistency report range `range_id` inconsistent, node_id differing."""
+        self._inconsistent[range_id] = (node_id, detail)
 
     def items(self) -> list[tuple[bytes, bytes]]:
         """Every pair, ascending (a copy)."""

@@ -13,6 +13,7 @@ constants; `Column op constant` with op in = < <= > >=, BETWEEN, IN):
 * equality on a leading pk prefix and/or a range on
   the next pk column                               -> span scan(s) over exactly that span
 * anything else                                    -> a scan of the whole table span
+* a virtual table (sql/virtual.py)                 -> its rows, computed whole by the store
 
 The whole WHERE is always evaluated again on the rows an access path returns, so an access
 path only has to return a superset: bounds of another numeric type are widened to the
@@ -54,6 +55,7 @@ from sql.expr import (
     output_name,
 )
 from sql.rowcodec import key_for_stored_prefix
+from sql.virtual import VIRTUAL_TABLES, compile_args
 
 # --- access paths -------------------------------------------------------------------------------
 
@@ -146,6 +148,21 @@ class AccessPath:
             if start < end:
                 ranges.append((start, end))
         return ranges
+
+
+@dataclass
+class VirtualAccess(AccessPath):
+    """A virtual table's rows (sql/virtual.py): computed by the store for the call's `args`,
+    all of them, whatever the WHERE (which is evaluated on them as on any table's rows)."""
+
+    args: list[Compiled] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return "virtual table"
+
+    def describe(self) -> str:
+        return f"{self.schema.name}(...)"
 
 
 def _prefix_end(key: bytes) -> bytes:
@@ -557,7 +574,9 @@ def _schema(tables: dict[str, TableSchema | None], table: exp.Expr) -> TableSche
 
 def _add_source(scope: Scope, schema: TableSchema, table: exp.Expr):
     alias_node = table.args.get("alias")
-    alias = identifier_name(alias_node) if alias_node is not None else schema.name
+    # A virtual table is called by its function name, as in CockroachDB.
+    default = schema.name.rpartition(".")[2] if schema.name in VIRTUAL_TABLES else schema.name
+    alias = identifier_name(alias_node) if alias_node is not None else default
     columns = [(c.name, c.type) for c in schema.columns]
     return scope.add(alias, columns, schema.hidden, schema.name if alias != schema.name else None)
 
@@ -602,7 +621,11 @@ def plan_select(node: exp.Select, tables: dict[str, TableSchema | None]) -> Sele
     for number, (schema, item) in enumerate(schemas):
         own = [part for part, _, used in compiled_parts if used <= {number}]
         own += [part for part, used in derived if used == {number}]
-        access = plan_access(schema, number, own, scope)
+        if schema.name in VIRTUAL_TABLES:
+            access: AccessPath = VirtualAccess(schema, args=compile_args(
+                schema.name, list(item.this.expressions), node_position(item)))
+        else:
+            access = plan_access(schema, number, own, scope)
         source = scope.sources[number]
         sources.append(
             SourcePlan(

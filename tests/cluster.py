@@ -5,10 +5,11 @@ Kept so the cluster tests can go on saying ``from cluster import Cluster``.
 
 import time
 
+from raftstore.errors import RaftstoreError
 from raftstore.localcluster import *  # noqa: F401,F403
 from raftstore.localcluster import REGIONS, Cluster, NodeProc, free_ports  # noqa: F401
 
-__all__ = ["REGIONS", "Cluster", "NodeProc", "free_ports", "wait_until"]
+__all__ = ["REGIONS", "Cluster", "NodeProc", "assert_replicas_identical", "free_ports", "wait_until"]
 
 
 def wait_until(predicate, timeout_s: float, what: str) -> None:
@@ -19,3 +20,37 @@ def wait_until(predicate, timeout_s: float, what: str) -> None:
             return
         time.sleep(0.2)
     raise AssertionError("timed out waiting for " + what)
+
+
+def assert_replicas_identical(cluster, *nodes, start: bytes = b"", end: bytes | None = None,
+                              timeout_s: float = 60.0) -> list[dict]:
+    """Assert that every replica of every range overlapping [start, end) holds the same data:
+    run consistency checks (raftstore.consistency) through `nodes` (default: the running ones)
+    until one finds every range consistent, and return its results. Fails at once naming the
+    range, the index and the replicas' checksums if a check finds a range inconsistent (replicas
+    compared at one log index never come to agree later); retries a check that is incomplete
+    (a replica still starting or catching up) until `timeout_s`, then fails saying why."""
+    nodes = nodes or tuple(n for n in cluster.nodes if n.pid is not None)
+    deadline = time.monotonic() + timeout_s
+    last = "no check ran"
+    while True:
+        try:
+            with cluster.client(*nodes) as client:
+                results = client.check_consistency(start, end)
+        except RaftstoreError as exc:
+            results, last = None, "the check failed: %s" % exc
+        if results:
+            bad = [r for r in results if r["status"] == "inconsistent"]
+            if bad:
+                raise AssertionError("replicas differ: " + "; ".join(
+                    "r%d at index %s: %s; checksums %s" % (r["range_id"], r["index"], r["detail"], r["replicas"])
+                    for r in bad))
+            if all(r["status"] == "consistent" for r in results):
+                return results
+            last = "; ".join("r%d %s: %s" % (r["range_id"], r["status"], r["detail"])
+                             for r in results if r["status"] != "consistent")
+        elif results is not None:
+            last = "the node knows no range yet"
+        if time.monotonic() >= deadline:
+            raise AssertionError("replicas not shown identical within %.0f s: %s" % (timeout_s, last))
+        time.sleep(0.5)

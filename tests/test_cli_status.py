@@ -249,3 +249,48 @@ def test_an_error_answer_or_an_unreadable_status_is_a_one_line_error(node, capsy
     assert capsys.readouterr().err.startswith(
         "error: the node's status is not in a form this CLI reads: node_id"
     )
+
+
+# --- consistency checks ---------------------------------------------------------------------------
+
+
+def _checked(status: str, detail: str) -> dict:
+    return {"range_id": 2, "start": b"\x02", "end": None, "index": 57, "status": status, "detail": detail,
+            "differing": [3] if status == "inconsistent" else [], "replicas": [], "at": 1.0, "duration_ms": 3.0}
+
+
+def _with_last_check(check: dict | None) -> dict:
+    ranges = [dict(r, last_check=check if r["range_id"] == 2 else None) for r in STATUS["ranges"]]
+    return dict(STATUS, ranges=ranges)
+
+
+def test_the_ranges_table_shows_each_ranges_last_check():
+    _, ranges = status_rows(_with_last_check({"status": "inconsistent", "index": 57, "at": 1.0,
+                                              "detail": "n3 differs from n1, n2 at index 57"}))
+    by_id = {r.range_id: r.last_check for r in ranges}
+    assert by_id[2] == "INCONSISTENT at 57: n3 differs from n1, n2 at index 57"
+    assert by_id[1] == "-"
+    _, ranges = status_rows(_with_last_check({"status": "consistent", "index": 9, "at": 1.0, "detail": "3 agree"}))
+    assert {r.range_id: r.last_check for r in ranges}[2] == "consistent at 9"
+
+
+@pytest.mark.parametrize("check, exit_code", [
+    (_checked("consistent", "3 replicas agree at index 57"), 0),
+    (_checked("incomplete", "n3 did not report within 5 s; n1, n2 agree at index 57"), 1),
+    (_checked("inconsistent", "n3 differs from n1, n2 at index 57"), 1),
+])
+def test_check_consistency_runs_a_check_then_shows_it_and_fails_unless_every_range_is_consistent(
+        node, capsys, check, exit_code):
+    def answer(op, args):
+        if op == "check_consistency":
+            return ok({"ranges": [check]})
+        return ok(_with_last_check({k: check[k] for k in ("status", "index", "at", "detail")}))
+    server = node(answer)
+    assert run_cli(["status", "--url", server.address, "--check-consistency"]) == exit_code
+    captured = capsys.readouterr()
+    assert [op for op, _ in server.requests] == ["check_consistency", "status"]
+    assert check["detail"] in captured.out or check["status"] == "consistent"
+    if check["status"] == "inconsistent":
+        assert captured.err == "error: range 2 is INCONSISTENT: n3 differs from n1, n2 at index 57\n"
+    else:
+        assert captured.err == ""
