@@ -56,6 +56,7 @@ import urllib.parse
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from raftstore import constants
 from raftstore.errors import AmbiguousCommitError, RaftstoreError, UnavailableError
 from raftstore.kv import Client
 from raftstore.localcluster import Cluster, NodeProc
@@ -83,9 +84,9 @@ disk_ballast_bytes_default = 16 * 1024 * 1024   # passed only if the build has -
 writer_timeout_s = 10.0          # one put, retries included
 leader_timeout_s = 60.0          # liveness waits: generous, the machine is shared
 serve_timeout_s = 120.0
-read_timeout_s = 120.0
+read_timeout_s = 60.0            # reading every key through one node, retries included
 stop_timeout_s = 20.0
-scan_page_rows = 5000
+scan_page_bytes = constants.client_frame_bytes_max // 2   # a scan answer must fit one client frame
 fill_chunk_bytes = 1024 * 1024
 fill_tail_bytes = 4096           # a tmpfs page: the last bytes are taken in pages
 unmount_attempts_max = 20
@@ -118,6 +119,8 @@ class MountError(HarnessError):
 
 @dataclass
 class FlapConfig:
+    """The knobs of one run; the defaults are the issue's scenario (the command's flags)."""
+
     seconds: float = seconds_default
     tmpfs_mb: int = tmpfs_mb_default
     clients: int = clients_default
@@ -140,7 +143,7 @@ def mount_tmpfs(path: str, size_mb: int) -> None:
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise MountError("cannot mount a %d MiB tmpfs on %s: %s" % (size_mb, path,
-                                                                      (proc.stderr or proc.stdout).strip()))
+                                                                      " ".join((proc.stderr or proc.stdout).split())))
 
 
 def unmount(path: str) -> None:
@@ -437,20 +440,27 @@ def storage_error_lines(log_path: str) -> tuple[int, list[str]]:
 # --- checks -----------------------------------------------------------------------------------
 
 
-def read_through(node: NodeProc) -> dict[bytes, bytes]:
+def scan_page_rows(value_bytes: int) -> int:
+    """Rows per scan page: as many as keep a page of `value_bytes` values within half a client
+    frame (a larger answer cannot be sent), at most scan_rows_max."""
+    return max(1, min(constants.scan_rows_max, scan_page_bytes // (value_bytes + 64)))
+
+
+def read_through(node: NodeProc, value_bytes: int) -> dict[bytes, bytes]:
     """Every key under KEY_PREFIX, read through `node` alone (scans go through the Raft log and
     are answered from that node's own state machine). Retries while the range has no leader;
     raises HarnessError after read_timeout_s."""
     deadline = time.monotonic() + read_timeout_s
+    page_rows = scan_page_rows(value_bytes)
     while True:
         try:
             out: dict[bytes, bytes] = {}
             start = KEY_PREFIX
-            with Client([node.sql_addr], timeout_s=30.0) as c:
+            with Client([node.sql_addr]) as c:
                 while True:
-                    page = c.scan(start, KEY_END, scan_page_rows)
+                    page = c.scan(start, KEY_END, page_rows)
                     out.update(page)
-                    if len(page) < scan_page_rows:
+                    if len(page) < page_rows:
                         return out
                     start = page[-1][0] + b"\x00"
         except RaftstoreError as exc:
@@ -468,12 +478,12 @@ def compare_acked(acked: dict[bytes, bytes], seen: dict[bytes, bytes]) -> dict[s
             "wrong_value_examples": [k.decode() for k in wrong[:examples_kept_max]]}
 
 
-def check_reads(cluster: Cluster, acked: dict[bytes, bytes]) -> dict[str, dict[str, Any]]:
+def check_reads(cluster: Cluster, acked: dict[bytes, bytes], value_bytes: int) -> dict[str, dict[str, Any]]:
     """compare_acked through every node; a node that cannot be read gets 'read_error'."""
     out = {}
     for n in cluster.nodes:
         try:
-            out["n%d" % n.node_id] = compare_acked(acked, read_through(n))
+            out["n%d" % n.node_id] = compare_acked(acked, read_through(n, value_bytes))
         except HarnessError as exc:
             out["n%d" % n.node_id] = {"read_error": str(exc)}
     return out
@@ -601,7 +611,7 @@ def run_once(cfg: FlapConfig, say: Callable[[str], None] = lambda line: None) ->
         result.update(writers.summary())
         acked = dict(writers.acked)
         say("%d acknowledged; checking reads through every node" % len(acked))
-        result["reads"] = {"space_returned": check_reads(cluster, acked)}
+        result["reads"] = {"space_returned": check_reads(cluster, acked, cfg.value_bytes)}
 
         others_down = [describe_exit(n.proc.returncode) for n in cluster.nodes if n is not leader and n.pid is None]
         result["other_nodes_down_before_kill"] = others_down
@@ -612,7 +622,7 @@ def run_once(cfg: FlapConfig, say: Callable[[str], None] = lambda line: None) ->
             result["leader_end"] = describe_exit(leader.proc.returncode) + " (the harness's kill -9)"
         cluster.start(leader)
         result["restart_serving_s"] = round(wait_serving(cluster, leader), 2)
-        result["reads"]["restarted"] = check_reads(cluster, acked)
+        result["reads"]["restarted"] = check_reads(cluster, acked, cfg.value_bytes)
 
         result["node_stops"] = {"n%d" % n.node_id: describe_exit(cluster.stop(n, stop_timeout_s))
                                 for n in cluster.nodes}
