@@ -547,7 +547,24 @@ def problems(result: dict[str, Any]) -> list[str]:
                        % (node, s["keys"], s["acked_missing"], s["lacks_from_others"]))
     if not stores:
         out.append("the stores were not read")
+    for r in result.get("consistency", []):
+        if r.get("status") != "consistent":
+            out.append("range r%s: replicas not shown identical: %s (%s)" % (r.get("range_id"), r.get("status"), r.get("detail")))
+    if "consistency" not in result:
+        out.append("the replicas' checksums were not compared")
     return out
+
+
+def check_checksums(cluster: Cluster, timeout_s: float = 60.0) -> list[dict[str, Any]]:
+    """Every range's consistency check (raftstore.consistency) once every replica reports: a
+    check that is only incomplete (a replica still catching up) is run again until timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    with cluster.client(timeout_s=30) as kv:
+        while True:
+            results = kv.check_consistency()
+            if all(r["status"] != "incomplete" for r in results) or time.monotonic() > deadline:
+                return [{"range_id": r["range_id"], "status": r["status"], "detail": r.get("detail")} for r in results]
+            time.sleep(0.5)
 
 
 # --- one run ----------------------------------------------------------------------------------
@@ -623,6 +640,7 @@ def run_once(cfg: FlapConfig, say: Callable[[str], None] = lambda line: None) ->
         cluster.start(leader)
         result["restart_serving_s"] = round(wait_serving(cluster, leader), 2)
         result["reads"]["restarted"] = check_reads(cluster, acked, cfg.value_bytes)
+        result["consistency"] = check_checksums(cluster)
 
         result["node_stops"] = {"n%d" % n.node_id: describe_exit(cluster.stop(n, stop_timeout_s))
                                 for n in cluster.nodes}
