@@ -103,6 +103,24 @@ class GroupTransport(Transport):
         return self.node.net.send(int(node.id), [RAFT, self.group_id, message])
 
 
+class _CrashOnlyCeiling:
+    """The HLC's ceiling file (hlc.FileCeilingStore), crash-only like every other storage write:
+    a save that fails stops the node (FailStop, on the node loop, which alone uses the clock).
+    No timestamp may be issued above a ceiling that is not on disk, and the loop needs them."""
+
+    def __init__(self, inner: FileCeilingStore) -> None:
+        self._inner = inner
+
+    def load(self) -> int | None:
+        return self._inner.load()
+
+    def save(self, ns: int) -> None:
+        try:
+            self._inner.save(ns)
+        except OSError as exc:
+            raise FailStop("HLC ceiling %s: saving failed: %s" % (self._inner.path, exc)) from exc
+
+
 def _write_json_durably(path: str, obj: Any) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -172,7 +190,7 @@ class Node:
             self.disk.ensure_ballast()
             self.mvcc = MVCCStore(os.path.join(cfg.data_dir, "store.sqlite"))
             self.phys = SystemClock(skew_ns=cfg.clock_skew_ns)
-            self.hlc = HLC(self.phys, ceiling_store=FileCeilingStore(os.path.join(cfg.data_dir, "hlc.ceiling")))
+            self.hlc = HLC(self.phys, ceiling_store=_CrashOnlyCeiling(FileCeilingStore(os.path.join(cfg.data_dir, "hlc.ceiling"))))
         except Exception as exc:
             raise StartupError("data dir %s: %s" % (cfg.data_dir, exc)) from None
         self.net = PeerNetwork(listen_sock=self.peer_sock, secret=self.cfg.secret, hello=self._hello,
