@@ -13,7 +13,7 @@ from raftstore import constants
 from raftstore.diskspace import BALLAST_NAME, DiskGuard, default_reserve_bytes
 from raftstore.errors import RaftstoreError
 from raftstore.raft.commands import Outcome
-from raftstore.sim.world import SimConfig, World, patched_pysyncobj
+from raftstore.sim.world import quiet_world
 
 MiB = 1024 * 1024
 
@@ -61,11 +61,7 @@ def test_the_ballast_file_is_allocated_only_with_room_above_the_reserve(tmp_path
 
 @pytest.fixture
 def world(tmp_path):
-    w = World(SimConfig(seed=4, proposals=0, crashes=False, partitions=False), str(tmp_path))
-    with patched_pysyncobj(w.clock, w.rng):
-        w.start()
-        w.run_until(w.clock.t + 3.0)
-        assert w.leader() is not None
+    with quiet_world(tmp_path, seed=4) as w:
         yield w
 
 
@@ -139,16 +135,25 @@ def _fill(path: str, leave_bytes: int) -> str:
     return filler
 
 
+def _cluster_on_tmpfs(stack: contextlib.ExitStack, root: str, extra_args: list[str]):
+    """A running 3-node cluster whose data dirs are each on a 96 MiB tmpfs of its own; returns
+    the cluster and the mount points (node order). Everything ends with `stack`."""
+    from cluster import Cluster
+
+    mounts = [stack.enter_context(_tmpfs(96)) for _ in range(3)]
+    c = Cluster(root, extra_args=extra_args)
+    for n, mount in zip(c.nodes, mounts):
+        n.data_dir = os.path.join(mount, "n%d" % n.node_id)
+    stack.enter_context(c)
+    return c, mounts
+
+
 @pytest.mark.slow
 def test_a_leader_below_the_reserve_refuses_writes_clearly_and_loses_nothing(tmp_path):
-    from cluster import Cluster, wait_until
+    from cluster import wait_until
 
     with contextlib.ExitStack() as stack:
-        mounts = [stack.enter_context(_tmpfs(96)) for _ in range(3)]
-        c = Cluster(str(tmp_path), extra_args=["--disk-reserve-bytes", "24MiB", "--disk-ballast-bytes", "4MiB"])
-        for n, mount in zip(c.nodes, mounts):
-            n.data_dir = os.path.join(mount, "n%d" % n.node_id)
-        stack.enter_context(c)
+        c, mounts = _cluster_on_tmpfs(stack, str(tmp_path), ["--disk-reserve-bytes", "24MiB", "--disk-ballast-bytes", "4MiB"])
         leader = c.wait_leader(timeout=60)
         acked = {}
         with c.client(timeout_s=30) as kv:
@@ -185,14 +190,10 @@ def test_a_node_whose_disk_fills_anyway_stops_with_one_line_and_replays_after_a_
     # No reserve: the disk really fills, and a journal write or a commit of applies fails. The
     # node must stop at once (exit 74, one line naming the range, the index and the error) and,
     # restarted with space back, replay what it had not applied -- nothing acknowledged is lost.
-    from cluster import Cluster, wait_until
+    from cluster import wait_until
 
     with contextlib.ExitStack() as stack:
-        mounts = [stack.enter_context(_tmpfs(96)) for _ in range(3)]
-        c = Cluster(str(tmp_path), extra_args=["--disk-reserve-bytes", "0", "--disk-ballast-bytes", "0"])
-        for n, mount in zip(c.nodes, mounts):
-            n.data_dir = os.path.join(mount, "n%d" % n.node_id)
-        stack.enter_context(c)
+        c, mounts = _cluster_on_tmpfs(stack, str(tmp_path), ["--disk-reserve-bytes", "0", "--disk-ballast-bytes", "0"])
         leader = c.wait_leader(timeout=60)
         victim = next(n for n in c.nodes if n is not leader)   # a follower: the cluster keeps a majority
         filler = _fill(mounts[c.nodes.index(victim)], leave_bytes=0)

@@ -7,16 +7,12 @@ from pysyncobj import SyncObj
 
 from raftstore.raft import group as group_mod
 from raftstore.raft.commands import Outcome, encode_command
-from raftstore.sim.world import SimConfig, World, patched_pysyncobj
+from raftstore.sim.world import quiet_world
 
 
 @pytest.fixture
 def world(tmp_path):
-    w = World(SimConfig(seed=3, proposals=0, crashes=False, partitions=False), str(tmp_path))
-    with patched_pysyncobj(w.clock, w.rng):
-        w.start()
-        w.run_until(w.clock.t + 3.0)
-        assert w.leader() is not None
+    with quiet_world(tmp_path, seed=3) as w:
         yield w
 
 

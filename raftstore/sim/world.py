@@ -656,6 +656,18 @@ def _term_at(journal, idx: int) -> int | None:
     return journal[pos][2]
 
 
+@contextlib.contextmanager
+def quiet_world(workdir: str, seed: int):
+    """A started world with no faults and no proposals, run until it has a leader (for tests
+    that drive the groups themselves)."""
+    w = World(SimConfig(seed=seed, proposals=0, crashes=False, partitions=False), str(workdir))
+    with patched_pysyncobj(w.clock, w.rng):
+        w.start()
+        w.run_until(w.clock.t + 3.0)
+        assert w.leader() is not None, "seed %d elected no leader in 3 s" % seed
+        yield w
+
+
 def run_seed(cfg: SimConfig) -> dict:
     """Run one seed in a scratch directory; raises Violation with a replay command on failure."""
     workdir = tempfile.mkdtemp(prefix="raftstore-sim-")
