@@ -635,6 +635,8 @@ class RaftGroup(SyncObj):
         it committed): pin the state now, write it with the executor."""
         if self._export is not None or self._install is not None:
             return  # checkSerializing says NOT_SERIALIZING; pysyncobj asks again next tick
+        if self._refuse_entries() is not None:
+            return  # below the disk reserve a dump (as large as the range) would fail; ask again later
         e1 = header[0]
         job = _Job(index_id)
         self._export = job
