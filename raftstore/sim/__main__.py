@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-partitions", action="store_true")
     p.add_argument("--proposals", type=int, default=300)
     p.add_argument("--storage-faults", action="store_true",
-                   help="failed journal appends and fsyncs, failed commits of applies, disks that fill")
+                   help="failed journal appends and fsyncs, failed commits of applies, disks that fill "
+                        "(with --splits: failed commits of applies in the real SQLite store)")
     p.add_argument("--splits", action="store_true",
                    help="simulate whole stores with automatic splits and a crash at a step of a split")
     p.add_argument("--lagging", action="store_true",
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:
         if args.splits:
             from raftstore.sim.split_world import SplitSimConfig, run_split_seed
-            run = lambda seed=seed: run_split_seed(SplitSimConfig(seed=seed, lagging=args.lagging))  # noqa: E731
+            run = lambda seed=seed: run_split_seed(SplitSimConfig(seed=seed, lagging=args.lagging,
+                                                                           storage_faults=args.storage_faults))  # noqa: E731
         else:
             cfg = SimConfig(seed=seed, target=args.target, fsync_works=not args.fsync_off,
                             write_through=args.write_through, crashes=not args.no_crashes,

@@ -17,6 +17,7 @@ At the end, with every node up and settled, it checks the split invariants:
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -29,8 +30,9 @@ from dataclasses import dataclass
 import msgpack
 from pysyncobj.transport import Transport
 
-from raftstore.mvcc import MVCCStore
+from raftstore.mvcc import MVCCStore, StoreError
 from raftstore.raft.commands import Outcome
+from raftstore.raft.failstop import FailStop
 from raftstore.ranges import DATA_START, MISMATCH
 from raftstore.replica import LATEST, RAW_END, RAW_PREFIX, local_descriptors
 from raftstore.sim.disk import SimDisk
@@ -41,6 +43,22 @@ logger = logging.getLogger(__name__)
 
 CRASH_POINTS = ("split:allocated", "split:applied", "split:init-begin", "split:init-applied",
                 "split:init-dump", "split:init-journal", "split:started")
+
+
+class _FaultyMVCCStore(MVCCStore):
+    """The real MVCC store, whose next `commit_failures` commits of a batch that wrote anything
+    fail (a storage fault: the batch is rolled back by SQLite, as on a full disk)."""
+
+    commit_failures = 0
+
+    @contextlib.contextmanager
+    def batch(self):
+        with super().batch():
+            before = self._conn.total_changes if self._conn is not None else 0
+            yield
+            if self.commit_failures and self._conn is not None and self._conn.total_changes != before:
+                self.commit_failures -= 1
+                raise StoreError(f"MVCC store {self.path}: simulated: database or disk is full")
 
 
 class SimCrash(BaseException):
@@ -58,11 +76,13 @@ class SplitSimConfig:
     crash_hit: int | None = None       # crash on the n-th time a node passes the point
     lagging: bool = False              # instead: one node is down while the others write, split
                                        # and compact; it comes back and catches up by snapshots
+    storage_faults: bool = False       # also: a commit of a node's applies fails, now and then
     tick_s: float = 0.01
     settle_s: float = 12.0
 
     def replay_command(self) -> str:
-        return "PYTHONHASHSEED=0 python -m raftstore.sim --splits%s --seed %d" % (" --lagging" if self.lagging else "", self.seed)
+        return "PYTHONHASHSEED=0 python -m raftstore.sim --splits%s%s --seed %d" % (
+            " --lagging" if self.lagging else "", " --storage-faults" if self.storage_faults else "", self.seed)
 
 
 class _GroupTransport(Transport):
@@ -108,6 +128,7 @@ class SplitWorld:
         self.hits = 0
         self.crashed_at: str | None = None
         self.splits_seen = 0
+        self.fail_stops = 0
 
     # --- nodes --------------------------------------------------------------------------------
     def alive(self, nid: int) -> bool:
@@ -119,7 +140,7 @@ class SplitWorld:
     def start_node(self, nid: int) -> None:
         ndir = os.path.join(self.workdir, "n%d" % nid)
         os.makedirs(os.path.join(ndir, "raft"), exist_ok=True)
-        mvcc = MVCCStore(os.path.join(ndir, "store.sqlite"), synchronous="OFF")
+        mvcc = _FaultyMVCCStore(os.path.join(ndir, "store.sqlite"), synchronous="OFF")
         disk = self.disks[nid]
         store = Store(StoreConfig(node_id=nid, replicas=self.ids, raft_dir=os.path.join(ndir, "raft"),
                                   range_bytes_max=self.cfg.range_bytes_max, maintain_interval_s=0.2, quiesce=False,
@@ -248,11 +269,14 @@ class SplitWorld:
                 lagger = self.ids[self.cfg.seed % len(self.ids)]
                 self.push(start + self.rng.uniform(0.0, 1.0), "call", lambda: self._stop(lagger))
                 self.push(start + self.cfg.writes * 0.02 + self.rng.uniform(0.0, 1.0), "call", lambda: self.restart(lagger))
+            if self.cfg.storage_faults:
+                for _ in range(3):
+                    self.push(start + self.rng.uniform(0.0, self.cfg.writes * 0.02), "call", self._commit_fault)
             self.push(t_end - self.cfg.settle_s / 2, "call", self._restart_all)
             while self.queue and self.queue[0][0] <= t_end:
                 t, _, kind, data = heapq.heappop(self.queue)
                 self.clock.t = max(self.clock.t, t)
-                nid = data[0] if kind == "tick" else data[1] if kind == "msg" else None
+                nid = data[0] if kind in ("tick", "job") else data[1] if kind == "msg" else None
                 try:
                     if kind == "tick":
                         n, inc = data
@@ -272,14 +296,25 @@ class SplitWorld:
                         data()
                 except SimCrash:
                     self._crashed(nid if nid is not None else self.crash_node)
+                except FailStop as exc:   # the node stopped itself on a storage error: a crash
+                    self.log("fail-stop n%s: %s" % (nid, exc))
+                    self.fail_stops += 1
+                    self._crashed(nid if nid is not None else self.crash_node)
             self.check()
             summary = dict(seed=self.cfg.seed, crash=self.crashed_at or "point never reached (%s)" % self.crash_point,
-                           acked=len(self.acked), splits=self.splits_seen,
+                           acked=len(self.acked), splits=self.splits_seen, fail_stops=self.fail_stops,
                            ranges=len(local_descriptors(self.mvccs[self.ids[0]])))
             for nid in list(self.stores):
                 self.stores[nid].close()
                 self.mvccs[nid].close()
         return summary
+
+    def _commit_fault(self) -> None:
+        live = [n for n in self.ids if self.alive(n)]
+        if live:
+            nid = live[self.rng.randrange(len(live))]
+            self.mvccs[nid].commit_failures += 1
+            self.log("storage fault n%d: the next commit of applies fails" % nid)
 
     def _restart_all(self) -> None:
         for nid in self.ids:
