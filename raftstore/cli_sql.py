@@ -14,8 +14,9 @@ Modes (``raftstore sql --url HOST:PORT[,HOST:PORT...]``):
   quotes and comments ends the input, so it may span lines (continuation prompt ``->``);
   history persists in ``~/.raftstore_sql_history`` (``--history FILE``); Tab completes
   keywords and table names (refreshed after DDL); ``\\timing`` prints how long each statement
-  took; ``\\q``, ``quit``, ``exit`` or Ctrl-D leave; Ctrl-C cancels the current input (or the
-  running statement); an error is printed and the shell goes on.
+  took; ``\\q``, ``quit``, ``exit`` or Ctrl-D leave; an error is printed and the shell goes on.
+  Ctrl-C at the prompt clears the line; Ctrl-C at any moment after Enter cancels what the Enter
+  submitted (`_CtrlC` says how, whatever state the terminal is in when the key arrives).
 
 Output: a result with columns is an aligned table in psql's layout (numbers right-aligned,
 NULL shown as ``NULL``, control characters escaped so that every row stays one line) and a
@@ -34,7 +35,10 @@ import datetime
 import math
 import os
 import re
+import select
+import signal
 import sys
+import termios
 import time
 from typing import Any, Iterable, Iterator, TextIO
 
@@ -491,7 +495,126 @@ def _make_completer(shell: _Shell) -> Any:
     return SqlCompleter()
 
 
-def _make_key_bindings() -> Any:
+class _CtrlC:
+    """Routes Ctrl-C by what the shell is doing, so that one pressed at any moment after Enter
+    cancels what the Enter submitted, and one pressed at the prompt only clears the line.
+
+    While the prompt edits a line the terminal is in raw mode: Ctrl-C is a key, and
+    prompt_toolkit's binding clears the line. After Enter a Ctrl-C can arrive in three ways:
+    as a key byte while prompt_toolkit is still in raw mode (read into its key queue, which it
+    keeps as typeahead for the next prompt, or left in the terminal's buffer); as SIGINT while
+    prompt_toolkit winds down (its own SIGINT handling, or asyncio's, would drop the statement
+    or the signal); or as SIGINT while the statement runs. So the shell handles SIGINT itself
+    for its whole life (prompt_toolkit's handler stays off, and asyncio installs none over a
+    handler that is not Python's default), whatever disposition it inherited -- a shell
+    started from a script's background job inherits SIGINT ignored, and Python then installs
+    no KeyboardInterrupt handler at all:
+
+    * ``EDITING`` (from before the prompt appears until Enter is accepted): a SIGINT can only
+      come from outside the terminal or in the instant before the prompt takes the terminal;
+      there is nothing to cancel, and it is dropped.
+    * ``SUBMITTED`` (Enter accepted, prompt_toolkit restoring the terminal): it is recorded in
+      `pending`, never raised inside prompt_toolkit.
+    * ``RUNNING`` (the shell runs what was submitted): it raises KeyboardInterrupt, which
+      interrupts the request in flight.
+
+    The shell moves from SUBMITTED to RUNNING only after it has taken the keys typed after
+    Enter (`_keys_typed_after_enter`), and checks `pending` after the move, so a Ctrl-C that
+    arrives at any instant is seen by exactly one of the three checks.
+    """
+
+    EDITING, SUBMITTED, RUNNING = "editing", "submitted", "running"
+
+    def __init__(self) -> None:
+        self.state = self.EDITING
+        self.pending = False
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> "_CtrlC":
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self._installed = True
+        except ValueError:  # not the main thread: no SIGINT can reach this shell anyway
+            pass
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.state == self.RUNNING:
+            self.state = self.EDITING  # one cancel per Enter; more Ctrl-Cs find nothing to do
+            raise KeyboardInterrupt
+        if self.state == self.SUBMITTED:
+            self.pending = True
+
+    def editing(self) -> None:
+        self.state, self.pending = self.EDITING, False
+
+    def submitted(self) -> None:
+        self.state = self.SUBMITTED
+
+    def running(self) -> None:
+        self.state = self.RUNNING
+
+
+def _keys_typed_after_enter(app_input: Any) -> list[Any]:
+    """The keys typed after the Enter that ended the last prompt and not read by the shell yet:
+    those prompt_toolkit read along with the Enter (its typeahead), then, on a terminal, those
+    still in the terminal's buffer. Takes them all from where they were; the caller hands back
+    what the next prompt should see with `store_typeahead`.
+
+    The terminal is read with canonical mode off (so a half-typed line is readable) but signals
+    on: a Ctrl-C typed meanwhile is a SIGINT, which `_CtrlC` sees.
+    """
+    from prompt_toolkit.input.typeahead import get_typeahead
+
+    keys = list(get_typeahead(app_input))
+    try:
+        fd = app_input.fileno()
+        is_terminal = os.isatty(fd)
+    except (AttributeError, NotImplementedError, OSError, ValueError):
+        is_terminal = False
+    if not is_terminal:
+        return keys
+    try:
+        cooked = termios.tcgetattr(fd)
+        readable = [*cooked[:6], list(cooked[6])]
+        readable[3] &= ~termios.ICANON
+        readable[6][termios.VMIN], readable[6][termios.VTIME] = 0, 0
+        termios.tcsetattr(fd, termios.TCSANOW, readable)
+    except termios.error:  # the terminal went away: nothing more was typed on it
+        return keys
+    try:
+        for _ in range(constants.repl_typeahead_reads_max):
+            if not select.select([fd], [], [], 0)[0]:
+                break
+            keys.extend(app_input.read_keys())
+            if app_input.closed:
+                break
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, cooked)
+    return keys
+
+
+def _ctrl_c_typed_after_enter(app_input: Any) -> bool:
+    """True if a Ctrl-C key was typed after the last Enter and not handled yet (see
+    `_keys_typed_after_enter`). The first such Ctrl-C is for the statement just submitted; the
+    keys typed before it go with it (as a terminal flushes its input on Ctrl-C), and the keys
+    after it stay typed ahead for the next prompt."""
+    from prompt_toolkit.input.typeahead import store_typeahead
+    from prompt_toolkit.keys import Keys
+
+    keys = _keys_typed_after_enter(app_input)
+    first = next((i for i, press in enumerate(keys) if press.key == Keys.ControlC), None)
+    store_typeahead(app_input, keys if first is None else keys[first + 1 :])
+    return first is not None
+
+
+def _make_key_bindings(ctrl_c: _CtrlC) -> Any:
     from prompt_toolkit.key_binding import KeyBindings
 
     bindings = KeyBindings()
@@ -504,7 +627,10 @@ def _make_key_bindings() -> Any:
             buffer.complete_state = None  # Enter picks the completion; keep editing
             return
         if ScannedInput(buffer.text).complete or _is_quit(buffer.text):
+            ctrl_c.submitted()  # from here a SIGINT is for what this Enter submits
             buffer.validate_and_handle()
+            if not event.app.is_done:
+                ctrl_c.editing()
         else:
             buffer.newline(copy_margin=False)
 
@@ -557,6 +683,7 @@ def run_repl(
         return 1
     except sqlclient.Error:
         pass  # a server without SHOW TABLES: complete keywords only
+    ctrl_c = _CtrlC()
     session: PromptSession[str] = PromptSession(
         multiline=True,
         prompt_continuation=lambda width, line_number, is_soft_wrap: (
@@ -565,7 +692,7 @@ def run_repl(
         history=_open_history(history_path, shell),
         completer=_make_completer(shell),
         complete_while_typing=False,
-        key_bindings=_make_key_bindings(),
+        key_bindings=_make_key_bindings(ctrl_c),
         input=input,
         output=output,
     )
@@ -575,19 +702,46 @@ def run_repl(
             "Type \\? for help, \\q to quit."
         ]
     )
-    while True:
-        try:
-            text = session.prompt(PROMPT)
-        except KeyboardInterrupt:
-            continue  # Ctrl-C drops the input being typed
-        except EOFError:
-            return 0
-        for item in split_statements(text):
-            status = shell.run_item(item)
-            if status == _QUIT:
+    with ctrl_c:
+        while True:
+            ctrl_c.editing()
+            try:
+                text = session.prompt(PROMPT, handle_sigint=False)
+            except KeyboardInterrupt:
+                continue  # Ctrl-C at the prompt drops the input being typed
+            except EOFError:
                 return 0
+            if _run_submitted(shell, text, ctrl_c, session.input) == _QUIT:
+                return 0
+
+
+def _run_submitted(shell: _Shell, text: str, ctrl_c: _CtrlC, app_input: Any) -> str:
+    """Run the statements and meta commands of one submitted input in order, up to the first
+    that fails; a Ctrl-C typed at any moment after the Enter cancels the rest (`_CtrlC`).
+    Returns _QUIT if one of them leaves the shell, else _OK."""
+    items = split_statements(text)
+    canceled = _ctrl_c_typed_after_enter(app_input)
+    try:
+        ctrl_c.running()
+        if canceled or ctrl_c.pending:  # pressed before anything was sent
+            ctrl_c.editing()
+            if items:  # (an empty line: as at the prompt, nothing to say)
+                read = items[0].startswith("\\") or sqlclient.statement_is_read(items[0])
+                note = "" if read else "; the statement was not sent"
+                shell.write([f"ERROR: canceled{note}"], to_err=True)
+            return _OK
+        for item in items:
+            status = shell.run_item(item)  # a Ctrl-C during a statement ends it as an error
+            if status == _QUIT:
+                return _QUIT
             if status == _ERROR:
                 break  # the rest of this input depended on what failed
+    except KeyboardInterrupt:  # between statements, or while one's result was printed
+        shell.out.flush()
+        shell.write(["ERROR: canceled"], to_err=True)
+    finally:
+        ctrl_c.editing()
+    return _OK
 
 
 # --- command line ----------------------------------------------------------------------------

@@ -67,6 +67,7 @@ client_attempt_timeout_s_max = 5.0          # kv.Client: socket timeout of a sin
 client_backoff_s_min = 0.05                 # kv.Client: first retry delay (before jitter)
 client_backoff_s_max = 1.0                  # kv.Client: the delay doubles up to this cap
 drain_timeout_s = 15.0
+repl_typeahead_reads_max = 16              # raftstore sql: reads (1 KiB each) of keys typed after Enter
 
 # --- SQL statements (sql/gateway.py) -------------------------------------------------------------
 # A statement that met a write conflict before any of its writes applied (SQLSTATE 40001) is run

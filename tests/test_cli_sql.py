@@ -372,6 +372,27 @@ def test_the_shell_leaves_on_quit_exit_and_end_of_input(sql_server, tmp_path):
     assert "SELECT 1" not in server.script.statements
 
 
+def test_a_ctrl_c_read_along_with_the_enter_cancels_the_statement_before_it_is_sent(
+    sql_server, tmp_path
+):
+    # Keys typed right after Enter reach prompt_toolkit in the same read, and it keeps them for
+    # the next prompt: the Ctrl-C among them is for the statement just submitted, not for the
+    # next prompt. Keys typed after the Ctrl-C stay for the next prompt.
+    server = sql_server(SCRIPT)
+    keys = (
+        "SELECT a, b FROM t;\r\x03"
+        "INSERT INTO t VALUES (3, 'three');\r\x03SELECT a, b FROM t;\r\\q\r"
+    )
+    code, out, errors = run_repl_with_keys(server.address, keys, tmp_path)
+    assert code == 0
+    assert errors.splitlines() == [
+        "ERROR: canceled",
+        "ERROR: canceled; the statement was not sent",
+    ]
+    assert server.script.statements == ["SHOW TABLES", "SELECT a, b FROM t"]
+    assert out.splitlines()[1:6] == T_TABLE
+
+
 def test_the_shell_refreshes_table_names_after_ddl(sql_server, tmp_path):
     server = sql_server(SCRIPT)
     run_repl_with_keys(server.address, "CREATE TABLE u (x INT PRIMARY KEY);\r\\q\r", tmp_path)

@@ -110,8 +110,11 @@ def test_a_node_whose_clock_is_off_stops_serving_and_the_others_go_on(tmp_path, 
         clock = _clock(cluster, n3)
         assert "maximum offset" in clock["reason"]
         for peer in ("1", "2"):
-            assert clock["offsets"][peer]["far"]
-            assert abs(clock["offsets"][peer]["offset_ms"] + skew_ms) < 200   # theirs minus ours
+            offset = clock["offsets"][peer]
+            assert offset["far"]
+            # The true offset (theirs minus ours: -skew_ms) lies within the measured interval,
+            # however long a busy machine made the probe's round trip (+ the 3-decimal rounding).
+            assert abs(offset["offset_ms"] + skew_ms) <= offset["uncertainty_ms"] + 0.002, offset
         with cluster.client(n3, timeout_s=3.0) as c:
             with pytest.raises(UnavailableError, match="clock"):
                 c.put(b"through-n3", b"x")

@@ -6,7 +6,6 @@ import os
 import pickle
 import socket
 import struct
-import time
 import zlib
 
 import msgpack
@@ -35,19 +34,27 @@ def cluster(tmp_path_factory):
         c.cleanup()
 
 
-def _send_and_close(addr: str, data: bytes, wait_s: float = 0.3) -> bytes:
+def _send_and_close(addr: str, data: bytes) -> bytes:
+    """Send `data`, close our sending side, and return all the node sent back until it closed
+    the connection: then it has read and judged every byte (a fixed pause would not say so on a
+    busy machine). Fails if the node keeps the connection open."""
     host, port = addr.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=5) as s:
         try:
             s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
         except OSError:
-            pass
-        time.sleep(wait_s)
-        s.settimeout(1.0)
+            pass                     # the node hung up before reading it all: judged already
+        s.settimeout(30.0)
+        reply = b""
         try:
-            return s.recv(65536)
-        except OSError:
-            return b""
+            while chunk := s.recv(65536):
+                reply += chunk
+        except ConnectionResetError:
+            pass
+        except TimeoutError:
+            pytest.fail("%s kept a connection open after %r" % (addr, data[:16]))
+        return reply
 
 
 def _still_serving(cluster, tag: bytes):
@@ -90,6 +97,10 @@ def test_random_bytes_huge_length_prefixes_and_frames_before_the_handshake_are_d
         assert c.status()["leader"] is not None
 
 
+def _frame(body: bytes) -> bytes:
+    return struct.pack("<I", len(body)) + body
+
+
 def _authenticated(addr: str, secret: bytes) -> socket.socket:
     host, port = addr.rsplit(":", 1)
     s = socket.create_connection((host, int(port)), timeout=5)
@@ -110,16 +121,17 @@ def test_an_authenticated_peer_sending_bad_frames_is_dropped_and_the_node_keeps_
     bad_frames = [b"\xff\xff\xff\x7f",                                     # oversized
                   struct.pack("<I", 3) + b"\xc1\xc1\xc1",                   # malformed msgpack
                   struct.pack("<I", 2) + msgpack.packb([77]),               # unknown kind
-                  struct.pack("<I", 7) + msgpack.packb([1, 1, {}])]         # RAFT before HELLO
+                  _frame(msgpack.packb([1, 1, {}]))]                        # RAFT before HELLO
     for i, data in enumerate(bad_frames):
         s = _authenticated(node.peer_addr, secret)
         s.sendall(data)
-        time.sleep(0.3)
-        s.settimeout(2.0)
+        s.settimeout(30.0)           # the event is the node closing the connection
         try:
             while s.recv(65536):     # the node's HELLO, then EOF when it drops us
                 pass
-        except OSError:
-            pass
+        except ConnectionResetError:
+            pass                     # dropped with our unread bytes pending: a reset
+        except TimeoutError:
+            pytest.fail("the node did not drop a peer that sent %r" % data[:16])
         s.close()
         _still_serving(cluster, b"authbad%d" % i)

@@ -39,25 +39,28 @@ SCRIPT = {
 }
 
 
-# Runs argv[1:] with the pty (its stdin) as controlling terminal, as a login shell would, so
-# that Ctrl-C typed while the shell is not reading keys reaches it as SIGINT from the tty.
-# (Done in the child itself: a preexec_fn is unsafe beside the fake server's threads.)
+# Runs argv[2:] with the pty (its stdin) as controlling terminal, as a login shell would, so
+# that Ctrl-C typed while the shell is not reading keys reaches it as SIGINT from the tty, and
+# with SIGINT's disposition set by argv[1] ("default" or "ignore"), not inherited from
+# whatever started pytest. (Done in the child itself: a preexec_fn is unsafe beside the fake
+# server's threads.)
 ADOPT_TTY = (
-    "import fcntl, os, sys, termios; os.setsid(); fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
-    "os.execv(sys.argv[1], sys.argv[1:])"
+    "import fcntl, os, signal, sys, termios; os.setsid(); fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "signal.signal(signal.SIGINT, signal.SIG_IGN if sys.argv[1] == 'ignore' else signal.SIG_DFL); "
+    "os.execv(sys.argv[2], sys.argv[2:])"
 )
 
 
 class Terminal:
     """A child process on a pty, with bounded waits for what it prints."""
 
-    def __init__(self, argv: list[str], env: dict[str, str]):
+    def __init__(self, argv: list[str], env: dict[str, str], sigint: str = "default"):
         master, slave = os.openpty()
         # A real size: prompt_toolkit lays out for the terminal it is given.
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
         self.master = master
         self.process = subprocess.Popen(
-            [sys.executable, "-c", ADOPT_TTY, *argv],
+            [sys.executable, "-c", ADOPT_TTY, sigint, *argv],
             stdin=slave,
             stdout=slave,
             stderr=slave,
@@ -126,10 +129,10 @@ class Terminal:
 
 @pytest.fixture
 def terminal(request, tmp_path):
-    """terminal(address) -> a Terminal running ``raftstore sql --url address``, killed at
-    teardown."""
+    """terminal(address, sigint="default"|"ignore") -> a Terminal running ``raftstore sql --url
+    address`` with that SIGINT disposition inherited, killed at teardown."""
 
-    def start(address: str) -> Terminal:
+    def start(address: str, sigint: str = "default") -> Terminal:
         env = {
             **os.environ,
             "TERM": "xterm-256color",
@@ -147,7 +150,7 @@ def terminal(request, tmp_path):
             "--history",
             str(tmp_path / "history"),
         ]
-        term = Terminal(argv, env)
+        term = Terminal(argv, env, sigint)
         request.addfinalizer(term.kill)
         return term
 
@@ -219,9 +222,12 @@ def test_tab_completes_table_names_and_keywords(sql_server, terminal):
     assert server.script.statements[-1] == "select a, b from t"
 
 
-def test_ctrl_c_cancels_a_running_statement_and_the_shell_goes_on(sql_server, terminal):
+# A shell started by a script's background job (``cmd &`` without job control) inherits
+# SIGINT ignored, and Python then installs no KeyboardInterrupt handler: Ctrl-C must work anyway.
+@pytest.mark.parametrize("sigint", ["default", "ignore"])
+def test_ctrl_c_cancels_a_running_statement_and_the_shell_goes_on(sql_server, terminal, sigint):
     server = sql_server(SCRIPT)
-    term = terminal(server.address)
+    term = terminal(server.address, sigint)
     term.expect(r"raftstore>")
     term.type("SELECT pg_sleep(60);\r")  # the fake node never answers this one
     deadline = time.monotonic() + WAIT_S
@@ -238,3 +244,44 @@ def test_ctrl_c_cancels_a_running_statement_and_the_shell_goes_on(sql_server, te
     term.type("quit\r")
     assert term.wait_exit() == 0
     assert server.connections == 2
+
+
+SLOW_STATEMENT = "SELECT slow_one_second()"
+SLOW_S = 1.0
+CTRL_C_DELAYS_MS = (0, 0, 1, 2, 5, 5, 10, 10, 15, 20, 20, 30, 30, 50, 100, 200)
+
+
+def answer_after_a_second(args: dict) -> dict:
+    time.sleep(SLOW_S)
+    return result(["slept"], ["INT"], [[1]])
+
+
+def test_ctrl_c_at_any_moment_after_enter_cancels_the_statement(sql_server, terminal):
+    # Pressed just after Enter, Ctrl-C reaches the shell while prompt_toolkit is still in raw
+    # mode (a key byte), or while it is leaving it (SIGINT to prompt_toolkit's handlers), or
+    # once the statement runs (SIGINT): every time it must cancel the statement, not let it run
+    # to the end, nor drop it without a word.
+    server = sql_server({**SCRIPT, SLOW_STATEMENT: answer_after_a_second})
+    term = terminal(server.address)
+    term.expect(r"raftstore>")
+    for delay_ms in CTRL_C_DELAYS_MS:
+        term.type(SLOW_STATEMENT + ";\r")
+        time.sleep(delay_ms / 1000)
+        term.type("\x03")
+        try:
+            shown = term.expect(r"ERROR: canceled\n|^ slept\n").group()
+        except AssertionError as exc:
+            raise AssertionError(
+                f"Ctrl-C {delay_ms} ms after Enter: neither 'ERROR: canceled' nor an answer "
+                f"(the statement was dropped without a word)\n{exc}"
+            ) from None
+        assert shown.startswith("ERROR"), (
+            f"Ctrl-C {delay_ms} ms after Enter did not cancel: the statement ran to the end"
+        )
+        term.expect(r"raftstore>")
+    # Nothing of the Ctrl-Cs is left over: the next statement runs and prints its answer.
+    term.type("SELECT count(*) FROM t;\r")
+    term.expect(r"^ count\n-------\n +2\n\(1 row\)\n")
+    term.expect(r"raftstore>")
+    term.type("quit\r")
+    assert term.wait_exit() == 0

@@ -11,6 +11,7 @@ from raftstore.mvcc import MVCCStore
 from raftstore.raft import group as group_mod
 from raftstore.sim.split_world import CRASH_POINTS, SplitSimConfig, run_split_seed
 from raftstore.sim.world import Violation
+from test_sim import SIM_RUN_TIMEOUT_S
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
@@ -43,24 +44,27 @@ def test_checker_catches_the_build_before_crash_only_losing_writes_after_a_faile
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SIM_RUN_TIMEOUT_S + 300)
 def test_split_crash_safety_under_failed_commits_over_40_seeds(sim_env):
     run = subprocess.run([sys.executable, "-m", "raftstore.sim", "--splits", "--storage-faults", "--seeds", "40"],
-                         capture_output=True, text=True, env=sim_env, timeout=1800)
+                         capture_output=True, text=True, env=sim_env, timeout=SIM_RUN_TIMEOUT_S)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     assert "40 seeds, 0 violations (splits)" in run.stdout
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SIM_RUN_TIMEOUT_S + 300)
 def test_split_crash_safety_over_105_seeds(sim_env):
     run = subprocess.run([sys.executable, "-m", "raftstore.sim", "--splits", "--seeds", "105"],
-                         capture_output=True, text=True, env=sim_env, timeout=1800)
+                         capture_output=True, text=True, env=sim_env, timeout=SIM_RUN_TIMEOUT_S)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     assert "105 seeds, 0 violations (splits)" in run.stdout
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SIM_RUN_TIMEOUT_S + 300)
 def test_a_node_down_during_splits_and_compactions_catches_up_over_60_seeds(sim_env):
     run = subprocess.run([sys.executable, "-m", "raftstore.sim", "--splits", "--lagging", "--seeds", "60"],
-                         capture_output=True, text=True, env=sim_env, timeout=1800)
+                         capture_output=True, text=True, env=sim_env, timeout=SIM_RUN_TIMEOUT_S)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     assert "60 seeds, 0 violations (splits, lagging)" in run.stdout

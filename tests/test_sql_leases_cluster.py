@@ -81,16 +81,19 @@ def test_a_create_racing_a_drop_of_its_name_waits_for_the_drop_and_then_succeeds
     dropper.start()
     try:
         # Whether this CREATE lands before the marker (then it is a duplicate) or meets it (then
-        # it waits for the name to be freed), it never sees half a drop.
-        for _ in range(200):
+        # it waits for the name to be freed), it never sees half a drop. Tried until the DROP
+        # has returned and one more CREATE after it failed (bounded by the dropper's own wait).
+        deadline = time.monotonic() + 60
+        while True:
+            drop_done = dropped.is_set()
             try:
                 two.execute("CREATE TABLE contested (k INT PRIMARY KEY, w TEXT)")
                 break
             except ProgrammingError as exc:
                 assert "already exists" in str(exc)
+                if drop_done or time.monotonic() > deadline:
+                    pytest.fail("CREATE still failed after the DROP returned: %s" % exc)
                 time.sleep(0.02)
-        else:
-            pytest.fail("CREATE never succeeded after the DROP")
     finally:
         dropper.join(timeout=60)
     assert dropped.is_set()
