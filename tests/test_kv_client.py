@@ -394,12 +394,15 @@ def test_unavailable_until_the_deadline_raises_unavailable_not_ambiguous(serve, 
 
 
 def test_one_ambiguous_attempt_keeps_the_write_ambiguous_until_the_deadline(serve, client_for):
-    answers = iter([err("ambiguous", "lost leadership", ambiguous=True)])
-    server = serve(lambda op, args: next(answers, err("unavailable", "no leader")))
+    answers = []  # the first answer of each run is "ambiguous", every later one "unavailable"
+    server = serve(lambda op, args: answers.pop(0) if answers else err("unavailable", "no leader"))
     client = client_for(server.address, timeout_s=0.5)
-    error = raised_with_every_attempt_answered(
-        lambda: client.put(b"k", b"v"), errors.AmbiguousCommitError
-    )
+
+    def put():
+        answers[:] = [err("ambiguous", "lost leadership", ambiguous=True)]
+        client.put(b"k", b"v")
+
+    error = raised_with_every_attempt_answered(put, errors.AmbiguousCommitError)
     assert "no leader" in str(error)
 
 

@@ -222,6 +222,15 @@ def test_tab_completes_table_names_and_keywords(sql_server, terminal):
     assert server.script.statements[-1] == "select a, b from t"
 
 
+def the_next_statement_runs_and_quit_leaves(term: Terminal) -> None:
+    """At a prompt: a statement prints its own answer, then ``quit`` leaves with exit code 0."""
+    term.type("SELECT count(*) FROM t;\r")
+    term.expect(r"^ count\n-------\n +2\n\(1 row\)\n")
+    term.expect(r"raftstore>")
+    term.type("quit\r")
+    assert term.wait_exit() == 0
+
+
 # A shell started by a script's background job (``cmd &`` without job control) inherits
 # SIGINT ignored, and Python then installs no KeyboardInterrupt handler: Ctrl-C must work anyway.
 @pytest.mark.parametrize("sigint", ["default", "ignore"])
@@ -238,11 +247,7 @@ def test_ctrl_c_cancels_a_running_statement_and_the_shell_goes_on(sql_server, te
     term.expect(r"ERROR: canceled\n")
     term.expect(r"raftstore>")
     # The interrupted exchange's connection was dropped: the next answer is this statement's.
-    term.type("SELECT count(*) FROM t;\r")
-    term.expect(r"^ count\n-------\n +2\n\(1 row\)\n")
-    term.expect(r"raftstore>")
-    term.type("quit\r")
-    assert term.wait_exit() == 0
+    the_next_statement_runs_and_quit_leaves(term)
     assert server.connections == 2
 
 
@@ -280,8 +285,4 @@ def test_ctrl_c_at_any_moment_after_enter_cancels_the_statement(sql_server, term
         )
         term.expect(r"raftstore>")
     # Nothing of the Ctrl-Cs is left over: the next statement runs and prints its answer.
-    term.type("SELECT count(*) FROM t;\r")
-    term.expect(r"^ count\n-------\n +2\n\(1 row\)\n")
-    term.expect(r"raftstore>")
-    term.type("quit\r")
-    assert term.wait_exit() == 0
+    the_next_statement_runs_and_quit_leaves(term)
