@@ -18,6 +18,14 @@ from raftstore.sim.world import SimConfig, Violation, run_seed
 SIM_RUN_TIMEOUT_S = 3600
 
 
+def assert_sim_clean(env: dict, *flags: str, summary: str) -> None:
+    """Run `python -m raftstore.sim FLAGS` as a user would and require its summary line."""
+    run = subprocess.run([sys.executable, "-m", "raftstore.sim", *flags],
+                         capture_output=True, text=True, env=env, timeout=SIM_RUN_TIMEOUT_S)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    assert summary in run.stdout, run.stdout[-4000:]
+
+
 def _violations(seeds, *, first_only: bool = False, **kw):
     found = {}
     for seed in seeds:
@@ -142,16 +150,10 @@ def test_continuity_does_not_stop_a_replica_at_elections():
 @pytest.mark.slow
 @pytest.mark.timeout(SIM_RUN_TIMEOUT_S + 300)
 def test_our_layer_keeps_every_invariant_under_storage_faults_over_200_seeds(sim_env):
-    run = subprocess.run([sys.executable, "-m", "raftstore.sim", "--seeds", "200", "--storage-faults"],
-                         capture_output=True, text=True, env=sim_env, timeout=SIM_RUN_TIMEOUT_S)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    assert "200 seeds, 0 violations (ours)" in run.stdout
+    assert_sim_clean(sim_env, "--seeds", "200", "--storage-faults", summary="200 seeds, 0 violations (ours)")
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(SIM_RUN_TIMEOUT_S + 300)
 def test_our_layer_keeps_every_invariant_over_200_seeds(sim_env):
-    run = subprocess.run([sys.executable, "-m", "raftstore.sim", "--seeds", "200"],
-                         capture_output=True, text=True, env=sim_env, timeout=SIM_RUN_TIMEOUT_S)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    assert "200 seeds, 0 violations (ours)" in run.stdout
+    assert_sim_clean(sim_env, "--seeds", "200", summary="200 seeds, 0 violations (ours)")

@@ -1,9 +1,6 @@
 """Split crash-safety in the deterministic simulator: a crash at any step of a split loses,
 doubles or double-serves no key."""
 
-import subprocess
-import sys
-
 import pytest
 from pysyncobj import SyncObj
 
@@ -11,7 +8,7 @@ from raftstore.mvcc import MVCCStore
 from raftstore.raft import group as group_mod
 from raftstore.sim.split_world import CRASH_POINTS, SplitSimConfig, run_split_seed
 from raftstore.sim.world import Violation
-from test_sim import SIM_RUN_TIMEOUT_S
+from test_sim import SIM_RUN_TIMEOUT_S, assert_sim_clean
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
@@ -46,25 +43,16 @@ def test_checker_catches_the_build_before_crash_only_losing_writes_after_a_faile
 @pytest.mark.slow
 @pytest.mark.timeout(SIM_RUN_TIMEOUT_S + 300)
 def test_split_crash_safety_under_failed_commits_over_40_seeds(sim_env):
-    run = subprocess.run([sys.executable, "-m", "raftstore.sim", "--splits", "--storage-faults", "--seeds", "40"],
-                         capture_output=True, text=True, env=sim_env, timeout=SIM_RUN_TIMEOUT_S)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    assert "40 seeds, 0 violations (splits)" in run.stdout
+    assert_sim_clean(sim_env, "--splits", "--storage-faults", "--seeds", "40", summary="40 seeds, 0 violations (splits)")
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(SIM_RUN_TIMEOUT_S + 300)
 def test_split_crash_safety_over_105_seeds(sim_env):
-    run = subprocess.run([sys.executable, "-m", "raftstore.sim", "--splits", "--seeds", "105"],
-                         capture_output=True, text=True, env=sim_env, timeout=SIM_RUN_TIMEOUT_S)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    assert "105 seeds, 0 violations (splits)" in run.stdout
+    assert_sim_clean(sim_env, "--splits", "--seeds", "105", summary="105 seeds, 0 violations (splits)")
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(SIM_RUN_TIMEOUT_S + 300)
 def test_a_node_down_during_splits_and_compactions_catches_up_over_60_seeds(sim_env):
-    run = subprocess.run([sys.executable, "-m", "raftstore.sim", "--splits", "--lagging", "--seeds", "60"],
-                         capture_output=True, text=True, env=sim_env, timeout=SIM_RUN_TIMEOUT_S)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    assert "60 seeds, 0 violations (splits, lagging)" in run.stdout
+    assert_sim_clean(sim_env, "--splits", "--lagging", "--seeds", "60", summary="60 seeds, 0 violations (splits, lagging)")
