@@ -1,6 +1,7 @@
 """RaftGroup's contracts, on real pysyncobj groups inside the simulator (no faults)."""
 
 import importlib
+import logging
 
 import pytest
 from pysyncobj import SyncObj
@@ -127,3 +128,15 @@ def test_the_module_refuses_a_pysyncobj_without_the_private_names_it_overrides(m
 def test_encode_command_rejects_a_bad_id():
     with pytest.raises(ValueError):
         encode_command("put", {}, b"short")
+
+
+def test_pysyncobjs_false_truncation_warning_is_dropped_and_its_other_lines_are_kept(caplog):
+    # pysyncobj logs this just before calling __deleteEntriesFrom, which we override to do nothing.
+    import pysyncobj.syncobj as so
+    import raftstore.raft.group  # noqa: F401  (installs the filter)
+    with caplog.at_level(logging.DEBUG, logger=so.__name__):
+        so.logger.critical("truncating already-applied log entries from index %d (last applied: %d) - state "
+                           "machine may have diverged from other cluster members", 6769, 8902)
+        so.logger.critical("some other pysyncobj line %d", 1)
+    messages = [r.getMessage() for r in caplog.records if r.name == so.__name__]
+    assert messages == ["some other pysyncobj line 1"]

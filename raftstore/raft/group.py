@@ -71,6 +71,19 @@ _OVERRIDDEN = (
     "_SyncObj__doApplyCommand",
     "_onTick",
 )
+
+
+def _drop_false_truncation_warning(record: logging.LogRecord) -> bool:
+    """pysyncobj logs "truncating already-applied log entries ... may have diverged" just before
+    its append handler calls __deleteEntriesFrom, which we override to do nothing (_prepare_append
+    truncates only at a real conflict, and never an applied entry): the line is false, and it
+    alarms whoever reads the log. Drop it."""
+    return not str(record.msg).startswith("truncating already-applied log entries")
+
+
+logging.getLogger(_so.__name__).addFilter(_drop_false_truncation_warning)
+
+
 _INSTANCE_ATTRS = (
     "_SyncObj__raftLog", "_SyncObj__raftNextIndex", "_SyncObj__raftMatchIndex",
     "_SyncObj__raftLastApplied", "_SyncObj__raftCommitIndex", "_SyncObj__transport",
