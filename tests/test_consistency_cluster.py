@@ -41,27 +41,28 @@ def test_every_range_is_consistent_after_writes_across_several_ranges(tmp_path):
             assert_replicas_identical(cluster)       # checked while the writes and splits go on
         _sql(n1, "CREATE TABLE t (id INT PRIMARY KEY, v TEXT)")
         _sql(n1, "INSERT INTO t VALUES " + ", ".join("(%d, 'row %d')" % (i, i) for i in range(300)))
-        results = assert_replicas_identical(cluster)
-        ranges = {r["range_id"] for r in _status_ranges(cluster, n1)}
-        assert {r["range_id"] for r in results} == ranges
+        # The ranges the INSERT filled go on splitting for a while (a split per maintenance round
+        # while a half is still too big): the KV check, the SQL check and every range's last check
+        # in the status must agree on one set of ranges, so they are taken again until they do.
+        # An inconsistent range fails at once (assert_replicas_identical, the assert below).
+        got: dict = {}
+
+        def checks_agree_over_stable_ranges():
+            before = {r["range_id"] for r in _status_ranges(cluster, n1)}
+            got["results"] = assert_replicas_identical(cluster)
+            got["rows"] = _sql(n1, "SELECT range_id, status, detail FROM crdb_internal.check_consistency(true, '', '')")
+            assert not [row for row in got["rows"] if row[1] == "inconsistent"], got["rows"]
+            got["last"] = {r["range_id"]: r["last_check"] for r in _status_ranges(cluster, n1)}
+            return (before == set(got["last"]) == {r["range_id"] for r in got["results"]} == {row[0] for row in got["rows"]}
+                    and all(row[1] == "consistent" for row in got["rows"]))   # not "incomplete" (a busy machine)
+        wait_until(checks_agree_over_stable_ranges, 180 + LIVENESS_MARGIN_S, "checks that agree over ranges that stopped splitting")
+        ranges = set(got["last"])
         assert len(ranges - {1}) >= 4, "only %d data ranges" % len(ranges - {1})
-        for r in results:
+        for r in got["results"]:
             checksums = {checksum for _, checksum, _ in r["replicas"]}
             assert len(r["replicas"]) == 3 and len(checksums) == 1 and None not in checksums, r
-        # The same through SQL, and the last check of every range in the status. On a busy
-        # machine a replica may not report within the check's bounded wait: a check that is only
-        # incomplete is run again (an inconsistent one fails at once below).
-        rows = []
-
-        def sql_check_complete():
-            rows[:] = _sql(n1, "SELECT range_id, status, detail FROM crdb_internal.check_consistency(true, '', '')")
-            return all(row[1] != "incomplete" for row in rows)
-        wait_until(sql_check_complete, 60 + LIVENESS_MARGIN_S, "a complete consistency check through SQL")
-        assert {row[0] for row in rows} == ranges
-        assert all(row[1] == "consistent" and "3 replicas agree" in row[2] for row in rows), rows
-        checked = {row[0] for row in rows}       # a split since then adds a range with no check yet
-        last = {r["range_id"]: r["last_check"] for r in _status_ranges(cluster, n1) if r["range_id"] in checked}
-        assert set(last) == checked and all(c is not None and c["status"] == "consistent" for c in last.values()), last
+        assert all("3 replicas agree" in row[2] for row in got["rows"]), got["rows"]
+        assert all(c is not None and c["status"] == "consistent" for c in got["last"].values()), got["last"]
 
 
 @pytest.mark.slow
