@@ -8,7 +8,7 @@ imports the store (raftstore), never the reverse; the CLI hands `handle_sql` to 
 Per node (one `Gateway`, made on the first statement): a dedicated pool of GATEWAY_THREADS
 workers - a statement holds its thread for every WAN round trip it waits on, so the pool's
 width is the node's statements in flight; the schema leases every session of the node shares
-(sql/leases.py); and a LIFO stack of idle Sessions, each with its own NodeKV, so a statement
+(sql/schema_leases.py); and a LIFO stack of idle Sessions, each with its own NodeKV, so a statement
 runs on a warm plan cache instead of planning again. A session serves one statement at a time:
 it is taken off the stack for the statement and put back after it.
 
@@ -167,7 +167,7 @@ class NodeKV:
         return self._run(self.node.status())
 
     def check_consistency(self, start: bytes, end: bytes | None) -> list[dict]:
-        """A consistency check of every range overlapping [start, end) (raftstore.consistency):
+        """A consistency check of every range overlapping [start, end) (raftstore.kvserver.consistency):
         one result map per range, in key order; the node bounds it well below the call timeout."""
         return self._run(self.node.check_consistency(start, end))
 
@@ -226,7 +226,7 @@ class Gateway:
     """A node's SQL state: worker pool, schema leases, idle sessions (see the module docstring)."""
 
     def __init__(self, node, loop: asyncio.AbstractEventLoop) -> None:
-        from sql.leases import SchemaLeases
+        from sql.schema_leases import SchemaLeases
 
         self.node, self.loop = node, loop
         self.leases = SchemaLeases()

@@ -232,7 +232,7 @@ class RaftGroup(SyncObj):
                  on_snapshot_job_done: Callable[[], None] | None = None,
                  refuse_entries: Callable[[], str | None] = lambda: None) -> None:
         """`refuse_entries()` returns why this replica must take no new log entries now (its
-        disk is nearly full: raftstore.diskspace), or None: proposals are then refused at once
+        disk is nearly full: raftstore.storage.diskspace), or None: proposals are then refused at once
         (NOT_COMMITTED with that reason), proposals forwarded by followers are denied, and as a
         follower it takes only the heartbeat of an append -- what it already holds stays
         appliable, and the leader sends the entries again later."""
