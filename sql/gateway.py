@@ -3,9 +3,10 @@
 A statement runs in a worker thread (the engine is plain blocking code); its range operations
 go back to the node's event loop as linearizable proposals routed by key (NodeKV), so the
 engine never touches the Store or the node loop directly. Imports point one way: this module
-imports the store (raftstore), never the reverse; the CLI hands `handle_sql` to the node.
+imports the store (raftstore), never the reverse; the node process's composition root
+(raftstore.server.main) makes the node's `Gateway` and hands it to the client port.
 
-Per node (one `Gateway`, made on the first statement): a dedicated pool of GATEWAY_THREADS
+Per node (one `Gateway`, made when the node starts): a dedicated pool of GATEWAY_THREADS
 workers - a statement holds its thread for every WAN round trip it waits on, so the pool's
 width is the node's statements in flight; the schema leases every session of the node shares
 (sql/schema_leases.py); and a LIFO stack of idle Sessions, each with its own NodeKV, so a statement
@@ -27,7 +28,6 @@ import logging
 import random
 import threading
 import time
-import weakref
 from typing import Any
 
 from raftstore import constants
@@ -332,14 +332,3 @@ class Gateway:
         return {"ok": True, "result": {"columns": list(result.columns), "types": list(result.types),
                                        "rows": [[_wire_value(v) for v in row] for row in result.rows],
                                        "rowcount": result.rowcount, "status": result.status, "ts": ts}}
-
-
-_gateways: "weakref.WeakKeyDictionary[Any, Gateway]" = weakref.WeakKeyDictionary()
-
-
-async def handle_sql(node, args: dict) -> dict:
-    """The `sql` op of `node` (called on the node's asyncio loop, which owns its Gateway)."""
-    gateway = _gateways.get(node)
-    if gateway is None:
-        gateway = _gateways[node] = Gateway(node, asyncio.get_running_loop())
-    return await gateway.handle(args)

@@ -287,7 +287,7 @@ class Store:
                 self.active_until[rid] = now + constants.group_active_s
                 busy = True
             self._schedule(rid, now + (constants.active_tick_interval_s if busy else _idle_period(rid)))
-            group._SyncObj__conf.appendEntriesPeriod = active_period if busy else constants.idle_heartbeat_interval_s
+            group.set_append_entries_period(active_period if busy else constants.idle_heartbeat_interval_s)
             self.dirty.add(rid)
             group.doTick(0.0)   # a FailStop or a bug ends the node (crash-only), never a log line
             self._note_leader(rid, group)

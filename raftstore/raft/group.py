@@ -326,6 +326,11 @@ class RaftGroup(SyncObj):
         if deadline > self._SyncObj__raftElectionDeadline:
             self._SyncObj__raftElectionDeadline = deadline
 
+    def set_append_entries_period(self, seconds: float) -> None:
+        """How often the leader sends appends (heartbeats): short while the range is busy, long
+        while it idles (the node's own heartbeat then keeps followers from electing)."""
+        self._SyncObj__conf.appendEntriesPeriod = seconds
+
     def match_index(self) -> dict[str, int]:
         return {n.id: v for n, v in self._SyncObj__raftMatchIndex.items()}
 

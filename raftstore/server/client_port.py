@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from raftstore import constants
 from raftstore.kvserver.replica import RAW_END, RAW_PREFIX
@@ -22,15 +22,23 @@ from raftstore.wire import BadRequest, FrameDecoder, FrameError, encode_frame, v
 logger = logging.getLogger(__name__)
 
 
+class SqlGateway(Protocol):
+    """What the client port needs of a SQL gateway (sql.gateway.Gateway): the `sql` op."""
+
+    async def handle(self, args: dict) -> dict:
+        """Run one statement (`args`: sql, params); answer with a response map."""
+        ...
+
+
 class ClientServer:
     """The client port: msgpack request/response frames (raftstore.wire), pipelined."""
 
     WRITE_OPS = {"put", "delete", "cas"}
     READ_OPS = READ_OPS
 
-    def __init__(self, node: Node, sql_handler=None) -> None:
+    def __init__(self, node: Node, sql_gateway: SqlGateway | None = None) -> None:
         self.node = node
-        self.sql_handler = sql_handler     # async (node, args) -> response dict; wired by raftstore.server.main
+        self.sql_gateway = sql_gateway     # wired by raftstore.server.main; None: the node serves no SQL
         self.inflight = 0
         self.draining = False
         self.server: asyncio.base_events.Server | None = None
@@ -92,9 +100,9 @@ class ClientServer:
             return _error("unavailable", "node %d does not serve: %s; use another node"
                           % (self.node.node_id, self.node.clock_unfit))
         if op == "sql":
-            if self.sql_handler is None:
+            if self.sql_gateway is None:
                 return _error("bad_request", "this node does not serve SQL")
-            return await self.sql_handler(self.node, args)
+            return await self.sql_gateway.handle(args)
         if op == "check_consistency":
             results = await self.node.check_consistency(args.get("start", b""), args.get("end"))
             return {"ok": True, "result": {"ranges": results}}

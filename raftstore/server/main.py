@@ -12,7 +12,7 @@ import signal
 from raftstore import constants
 from raftstore.node.loop import Node, NodeConfig, StartupError
 from raftstore.server.client_port import ClientServer
-from sql.gateway import handle_sql
+from sql.gateway import Gateway
 
 logger = logging.getLogger(__name__)
 
@@ -22,9 +22,11 @@ def run_node(cfg: NodeConfig) -> int:
     op is served by the SQL gateway (sql.gateway); the node itself knows no SQL."""
     node = Node(cfg)
     node.start_loop()
-    server = ClientServer(node, handle_sql)
+    server: ClientServer | None = None
 
     async def main() -> int:
+        nonlocal server
+        server = ClientServer(node, Gateway(node, asyncio.get_running_loop()))
         await server.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
