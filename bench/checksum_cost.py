@@ -23,8 +23,8 @@ import threading
 import time
 
 from raftstore import constants
-from raftstore.consistency import range_checksum
-from raftstore.mvcc import MVCCStore
+from raftstore.kvserver.consistency import range_checksum
+from raftstore.storage.mvcc import MVCCStore
 
 RANGE_ID = 2
 START = b"\x02"

@@ -59,9 +59,9 @@ from typing import Any, Callable
 from raftstore import constants
 from raftstore.errors import AmbiguousCommitError, RaftstoreError, UnavailableError
 from raftstore.kv import Client
+from raftstore.kvserver.ranges import META_RANGE_ID
+from raftstore.kvserver.replica import RAW_PREFIX
 from raftstore.localcluster import Cluster, NodeProc
-from raftstore.ranges import META_RANGE_ID
-from raftstore.replica import RAW_PREFIX
 
 SCHEMA_VERSION = 1
 
@@ -556,7 +556,7 @@ def problems(result: dict[str, Any]) -> list[str]:
 
 
 def check_checksums(cluster: Cluster, timeout_s: float = 60.0) -> list[dict[str, Any]]:
-    """Every range's consistency check (raftstore.consistency) once every replica reports: a
+    """Every range's consistency check (raftstore.kvserver.consistency) once every replica reports: a
     check that is only incomplete (a replica still catching up) is run again until timeout_s."""
     deadline = time.monotonic() + timeout_s
     with cluster.client(timeout_s=30) as kv:

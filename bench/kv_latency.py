@@ -136,7 +136,7 @@ def _frame_label(frame: dict) -> str:
 
 
 def _module_of(frame: dict) -> str:
-    """Coarse owner of a frame: 'raftstore/node.py', 'pysyncobj/syncobj.py', 'asyncio', 'selectors.py'."""
+    """Coarse owner of a frame: 'raftstore/node/loop.py', 'pysyncobj/syncobj.py', 'asyncio', 'selectors.py'."""
     short = _short_file(frame.get("file", "?"))
     head, _, _ = short.partition("/")
     return short if head in _OWN_PACKAGES or "/" not in short else head

@@ -121,9 +121,9 @@ def micro(range_mib: float, value_bytes: int) -> dict:
     """In one process, real SQLite: how long each loop-side step of a snapshot takes, the old
     way (everything on the loop) and the new (pin on the loop, write/stage on a thread, switch on
     the loop), plus how late a 5 ms ticker thread gets while the threaded work runs (the GIL)."""
-    from raftstore.mvcc import MVCCStore
-    from raftstore.ranges import RangeDescriptor
-    from raftstore.replica import RangeReplica
+    from raftstore.kvserver.ranges import RangeDescriptor
+    from raftstore.kvserver.replica import RangeReplica
+    from raftstore.storage.mvcc import MVCCStore
     d = tempfile.mkdtemp(prefix="raftstore-snapmicro-")
     out: dict = {}
     try:

@@ -40,7 +40,7 @@ under the same latency when the matrix is symmetric for the regions in use (or -
 
 Invariant: every process started (nodes, etcd members, delay proxies, load workers, py-spy) is
 stopped by PID on every exit path: normal end, error, Ctrl-C, SIGTERM. Nothing in the product
-imports this package; `raftstore bench` (raftstore/cli_bench.py) imports it lazily, when the
+imports this package; `raftstore bench` (raftstore/cli/bench.py) imports it lazily, when the
 user runs it.
 """
 
@@ -638,7 +638,7 @@ def _raise_exit(signum: int, frame: Any) -> None:
 
 def _latency_setup(args) -> tuple[Any, bounds.RttFn, dict]:
     """(matrix or None, rtt function, description dict) from --matrix / --no-latency."""
-    from raftstore.wan import MatrixError, load_matrix
+    from raftstore.node.wan import MatrixError, load_matrix
     if args.no_latency:
         return None, bounds.symmetric_rtt(0.0), {"matrix": None, "description": "no emulated latency (loopback)"}
     name = args.matrix or matrix_default

@@ -36,7 +36,7 @@ exit_code_storage_failure = 74
 # apart, inside the apply; past that it is a storage error like any other.
 sqlite_busy_retries_max = 20
 sqlite_busy_retry_interval_s = 0.05
-# Free-space reserve (raftstore.diskspace): below it a node refuses proposals and new log entries.
+# Free-space reserve (raftstore.storage.diskspace): below it a node refuses proposals and new log entries.
 disk_reserve_bytes_min = 256 * 1024 * 1024      # default reserve: the larger of this ...
 disk_reserve_fraction = 0.02                     # ... and this share of the disk (flag --disk-reserve-bytes)
 disk_ballast_bytes_max = 256 * 1024 * 1024      # default ballast file: the smaller of this ...
@@ -90,7 +90,7 @@ idle_heartbeat_interval_s = 5.0 # an idle leader's own heartbeats (pysyncobj app
 node_heartbeat_interval_s = 0.25  # one frame per peer keeps every idle group's followers patient
 clock_log_interval_s = 10.0           # log a peer's rejected clock at most this often
 
-# --- Consistency checks (raftstore.consistency) -------------------------------------------------
+# --- Consistency checks (raftstore.kvserver.consistency) -------------------------------------------------
 # A check's command commits, then every replica's checksum of the range at that index must reach
 # the node running the check within this long; a replica that has not applied the index by then
 # (down, partitioned, behind) is reported as not reporting and the range as incomplete.

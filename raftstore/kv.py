@@ -381,7 +381,7 @@ class Client:
         order: ``status`` is ``consistent`` (every replica reported the same checksum at
         ``index``), ``inconsistent`` (``differing`` lists the odd replicas) or ``incomplete``
         (some replica did not report; ``detail`` says which and why); ``replicas`` is
-        ``[[node id, checksum hex or None, error or None], ...]``. See raftstore.consistency.
+        ``[[node id, checksum hex or None, error or None], ...]``. See raftstore.kvserver.consistency.
 
         One attempt waits up to `timeout_s` (default consistency_call_timeout_s: the serving node
         bounds the check below that); a failed attempt runs a new check on the next address.

@@ -35,7 +35,7 @@ a server unless the statement only reads.
 
 The ``check_consistency`` op checks every range overlapping ``[start, end)`` now (store keys,
 not raw user keys: the default, no start and no end, is every range of every keyspace; see
-raftstore.consistency) and answers ``{"ranges": [result, ...]}`` in key order, each result
+raftstore.kvserver.consistency) and answers ``{"ranges": [result, ...]}`` in key order, each result
 ``{"range_id", "start", "end", "index", "status": "consistent" | "inconsistent" |
 "incomplete", "detail": str, "differing": [node id], "replicas": [[node id, checksum hex |
 nil, error | nil]], "at": unix time, "duration_ms"}``.

@@ -3,7 +3,7 @@
 Why in the KV: the catalog must be the same on every node the moment a CREATE TABLE returns,
 so it lives where every other replicated byte lives - keys in range 1 (the meta range),
 replicated through Raft like rows. A gateway holds no schema state of its own beyond schema
-leases - copies it may use for a bounded time (sql/leases.py) - and plan caches checked against
+leases - copies it may use for a bounded time (sql/schema_leases.py) - and plan caches checked against
 them (sql/execute.py).
 
 Layout (all keys sort before the first row key ``b"t..."``):
@@ -18,7 +18,7 @@ Invariants: a name maps to at most one schema (creation is a CAS from "absent or
 the schema); ids are unique (allocation is a CAS loop on the counter) and never reused, so rows
 of a dropped table can never be mistaken for a new table's rows.
 
-DROP TABLE and schema leases (sql/leases.py): other nodes may use a schema they read up to
+DROP TABLE and schema leases (sql/schema_leases.py): other nodes may use a schema they read up to
 ``L`` earlier without reading it again, so a drop goes through states, each step a CAS on the
 catalog key: *schema* -> *drop marker* (the schema plus the dropper's wall time; the name
 stays reserved, every statement reading it sees "no such table") -> wait ``L + margin`` ->

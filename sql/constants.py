@@ -28,7 +28,7 @@ INT_MIN = -(1 << 63)
 INT_MAX = (1 << 63) - 1
 ROWID_BITS = 63
 
-# Schema descriptor leases (sql/leases.py). Every node of a cluster must run with the same values.
+# Schema descriptor leases (sql/schema_leases.py). Every node of a cluster must run with the same values.
 SCHEMA_LEASE_S = 2.0  # a cached table descriptor is used at most this long after its read was sent
 SCHEMA_LEASE_MARGIN_S = 0.25  # taken off a lease and added to DROP's wait: clock-rate skew, scheduling
 SCHEMA_LEASE_ENTRIES_MAX = 10_000  # cached descriptors per process (oldest dropped beyond this)

@@ -7,7 +7,7 @@ code runs on a gateway node, in a test against sql/memkv.py, or in a differentia
 
 Flow per `execute`: parse (cached per text) -> look up the plan cached for this text and check
 that every table it uses still has the same schema bytes, taken from the process's schema
-leases (sql/leases.py) or, on a miss, read from the catalog (one get per table, then leased
+leases (sql/schema_leases.py) or, on a miss, read from the catalog (one get per table, then leased
 for the lease period) -> bind parameters -> run the plan's range operations -> evaluate on
 top -> Result. DDL reads the catalog itself, never through the leases.
 
@@ -60,7 +60,7 @@ from sql.dialect import Statement, identifier_name, node_position, parse
 from sql.errors import SQLError
 from sql.explain import explain_ops, pretty_key
 from sql.expr import UNBOUND, EvalContext, accumulate, aggregate_result, new_accumulator
-from sql.leases import SchemaLeases
+from sql.schema_leases import SchemaLeases
 from sql.plan import (
     AccessPath,
     CreateTablePlan,
@@ -77,8 +77,8 @@ from sql.plan import (
 )
 from sql.kv import Version
 from sql.rowcodec import decode_row, encode_row, key_for_row, pk_text
-from sql.writes import RowWrite, StatementWrites, duplicate_key_raced, write_conflict
 from sql.virtual import VIRTUAL_TABLES, virtual_rows
+from sql.writes import RowWrite, StatementWrites, duplicate_key_raced, write_conflict
 
 __all__ = ["Result", "Session", "SystemTimer"]
 
@@ -227,7 +227,7 @@ class Session:
 
     def _schema(self, name: str) -> TableSchema | None:
         """The live schema of `name`: leased, or read from the catalog (and then leased).
-        Misses and tables being dropped are never cached (sql/leases.py, rule 2). A virtual
+        Misses and tables being dropped are never cached (sql/schema_leases.py, rule 2). A virtual
         table's schema is fixed (sql/virtual.py)."""
         if name in VIRTUAL_TABLES:
             return VIRTUAL_TABLES[name].schema

@@ -3,12 +3,13 @@
 A statement runs in a worker thread (the engine is plain blocking code); its range operations
 go back to the node's event loop as linearizable proposals routed by key (NodeKV), so the
 engine never touches the Store or the node loop directly. Imports point one way: this module
-imports the store (raftstore), never the reverse; the CLI hands `handle_sql` to the node.
+imports the store (raftstore), never the reverse; the node process's composition root
+(raftstore.server.main) makes the node's `Gateway` and hands it to the client port.
 
-Per node (one `Gateway`, made on the first statement): a dedicated pool of GATEWAY_THREADS
+Per node (one `Gateway`, made when the node starts): a dedicated pool of GATEWAY_THREADS
 workers - a statement holds its thread for every WAN round trip it waits on, so the pool's
 width is the node's statements in flight; the schema leases every session of the node shares
-(sql/leases.py); and a LIFO stack of idle Sessions, each with its own NodeKV, so a statement
+(sql/schema_leases.py); and a LIFO stack of idle Sessions, each with its own NodeKV, so a statement
 runs on a warm plan cache instead of planning again. A session serves one statement at a time:
 it is taken off the stack for the statement and put back after it.
 
@@ -27,7 +28,6 @@ import logging
 import random
 import threading
 import time
-import weakref
 from typing import Any
 
 from raftstore import constants
@@ -167,7 +167,7 @@ class NodeKV:
         return self._run(self.node.status())
 
     def check_consistency(self, start: bytes, end: bytes | None) -> list[dict]:
-        """A consistency check of every range overlapping [start, end) (raftstore.consistency):
+        """A consistency check of every range overlapping [start, end) (raftstore.kvserver.consistency):
         one result map per range, in key order; the node bounds it well below the call timeout."""
         return self._run(self.node.check_consistency(start, end))
 
@@ -226,7 +226,7 @@ class Gateway:
     """A node's SQL state: worker pool, schema leases, idle sessions (see the module docstring)."""
 
     def __init__(self, node, loop: asyncio.AbstractEventLoop) -> None:
-        from sql.leases import SchemaLeases
+        from sql.schema_leases import SchemaLeases
 
         self.node, self.loop = node, loop
         self.leases = SchemaLeases()
@@ -332,14 +332,3 @@ class Gateway:
         return {"ok": True, "result": {"columns": list(result.columns), "types": list(result.types),
                                        "rows": [[_wire_value(v) for v in row] for row in result.rows],
                                        "rowcount": result.rowcount, "status": result.status, "ts": ts}}
-
-
-_gateways: "weakref.WeakKeyDictionary[Any, Gateway]" = weakref.WeakKeyDictionary()
-
-
-async def handle_sql(node, args: dict) -> dict:
-    """The `sql` op of `node` (called on the node's asyncio loop, which owns its Gateway)."""
-    gateway = _gateways.get(node)
-    if gateway is None:
-        gateway = _gateways[node] = Gateway(node, asyncio.get_running_loop())
-    return await gateway.handle(args)

@@ -12,7 +12,7 @@ One exists so far:
 
 ``crdb_internal.check_consistency(stats_only BOOL, start_key BYTES, end_key BYTES)`` (or with
 no arguments: every range) runs a consistency check of every range overlapping
-``[start_key, end_key)`` now (raftstore.consistency; an empty end_key is the end of the
+``[start_key, end_key)`` now (raftstore.kvserver.consistency; an empty end_key is the end of the
 keyspace) and returns one row per range in key order: ``range_id INT, start_key BYTES,
 start_key_pretty TEXT, status TEXT ('consistent' | 'inconsistent' | 'incomplete'), detail
 TEXT`` - the detail names the replicas that differ, or those that did not report and why.

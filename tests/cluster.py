@@ -31,7 +31,7 @@ def wait_until(predicate, timeout_s: float, what: str) -> None:
 def assert_replicas_identical(cluster, *nodes, start: bytes = b"", end: bytes | None = None,
                               timeout_s: float = 60.0 + LIVENESS_MARGIN_S) -> list[dict]:
     """Assert that every replica of every range overlapping [start, end) holds the same data:
-    run consistency checks (raftstore.consistency) through `nodes` (default: the running ones)
+    run consistency checks (raftstore.kvserver.consistency) through `nodes` (default: the running ones)
     until one finds every range consistent, and return its results. Fails at once naming the
     range, the index and the replicas' checksums if a check finds a range inconsistent (replicas
     compared at one log index never come to agree later); retries a check that is incomplete

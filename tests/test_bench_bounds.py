@@ -19,7 +19,7 @@ from bench.bounds import (
     symmetric_rtt,
     write_bound,
 )
-from raftstore.wan import load_matrix
+from raftstore.node.wan import load_matrix
 
 E, W, U, A, AU = "us-east1", "europe-west1", "us-west1", "asia-east1", "australia-southeast1"
 THREE = [E, W, U]

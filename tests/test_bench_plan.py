@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from bench import loadgen, targets
 from bench.sql_bench import Placement, bound_for, parse_placement, plan_cells, symmetric_rtt_ms
-from raftstore.wan import load_matrix
+from raftstore.node.wan import load_matrix
 
 E, W, U = "us-east1", "europe-west1", "us-west1"
 

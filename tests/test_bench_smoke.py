@@ -39,9 +39,9 @@ def test_latency_summary_is_in_milliseconds_and_throughput_is_ops_per_window_sec
 def test_profile_self_time_goes_to_the_innermost_frame_and_total_time_to_every_frame_on_the_stack():
     frames = [
         {"name": "Thread._bootstrap", "file": "/usr/lib/python3.11/threading.py", "line": 1},
-        {"name": "Node._loop", "file": "/src/raftstore/node.py", "line": 262},
+        {"name": "Node._loop", "file": "/src/raftstore/node/loop.py", "line": 262},
         {"name": "RealLogFile.sync", "file": "/src/raftstore/raft/journal.py", "line": 267},
-        {"name": "PeerNetwork._write", "file": "/src/raftstore/peer.py", "line": 355},
+        {"name": "PeerNetwork._write", "file": "/src/raftstore/node/peer.py", "line": 355},
     ]
     doc = {"shared": {"frames": frames},
            "profiles": [{"type": "sampled", "name": "t", "samples": [[0, 1, 2], [0, 1, 2], [0, 1, 3], [0, 1]],
@@ -50,7 +50,7 @@ def test_profile_self_time_goes_to_the_innermost_frame_and_total_time_to_every_f
     top = {f["function"]: f for f in summary["top_self"]}
     sync = top["RealLogFile.sync (raftstore/raft/journal.py:267)"]
     assert sync["self_pct"] == pytest.approx(50.0)
-    assert top["Node._loop (raftstore/node.py:262)"]["total_pct"] == pytest.approx(100.0)
+    assert top["Node._loop (raftstore/node/loop.py:262)"]["total_pct"] == pytest.approx(100.0)
     assert summary["samples"] == 4
     assert summary["threads"] == [{"thread": "Node._loop", "pct": pytest.approx(100.0)}]
 

@@ -12,8 +12,9 @@ import sys
 
 import pytest
 
-from raftstore import cli_sql, sqlclient
-from raftstore.cli_sql import (
+from raftstore import sqlclient
+from raftstore.cli import sql_shell as cli_sql
+from raftstore.cli.sql_shell import (
     ScannedInput,
     completions_for,
     format_error,
@@ -306,7 +307,7 @@ def test_run_statements_is_reusable_with_any_streams(sql_server):
 
 def test_a_real_process_reads_piped_stdin_and_exits_non_zero_on_error(sql_server):
     server = sql_server(SCRIPT)
-    command = [sys.executable, "-m", "raftstore.cli_sql", "--url", server.address]
+    command = [sys.executable, "-m", "raftstore.cli.sql_shell", "--url", server.address]
     done = subprocess.run(
         command, input="SELECT a, b FROM t;\n", capture_output=True, text=True, timeout=30
     )

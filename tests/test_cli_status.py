@@ -12,8 +12,8 @@ import re
 
 import pytest
 
-from raftstore import cli_status
-from raftstore.cli_status import escape_bytes, render_size, render_span, status_json, status_rows
+from raftstore.cli import status as cli_status
+from raftstore.cli.status import escape_bytes, render_size, render_span, status_json, status_rows
 from test_kv_client import CLOSE, FakeServer, err, ok
 
 STATUS = {
@@ -108,7 +108,7 @@ def test_escaped_bytes_are_unambiguous():
 
 
 def test_the_raw_prefix_and_data_start_match_the_storage_layer():
-    from raftstore import ranges, replica
+    from raftstore.kvserver import ranges, replica
 
     assert cli_status.RAW_PREFIX == replica.RAW_PREFIX
     assert render_span(ranges.DATA_START, None) == "[-inf, +inf)"

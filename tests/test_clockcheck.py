@@ -1,4 +1,4 @@
-"""Clock offsets from heartbeat probes, and the stop-serving decision (raftstore.clockcheck).
+"""Clock offsets from heartbeat probes, and the stop-serving decision (raftstore.node.clockcheck).
 
 The pure part runs two simulated nodes whose clocks differ by a chosen offset, with chosen
 one-way delays each way; the cluster part starts real nodes, one with its clock skewed."""
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raftstore.clockcheck import OffsetMonitor, probe_is_valid
 from raftstore.errors import UnavailableError
+from raftstore.node.clockcheck import OffsetMonitor, probe_is_valid
 
 MS = 1_000_000
 MAX = 500 * MS
@@ -101,7 +101,7 @@ def _clock(cluster, node) -> dict:
 def test_a_node_whose_clock_is_off_stops_serving_and_the_others_go_on(tmp_path, skew_ms):
     from cluster import Cluster, wait_until
 
-    from raftstore.cli import CLOCK_SKEW_ENV
+    from raftstore.cli.main import CLOCK_SKEW_ENV
 
     with Cluster(str(tmp_path), node_env={3: {CLOCK_SKEW_ENV: str(skew_ms)}}) as cluster:
         cluster.wait_leader()

@@ -1,7 +1,7 @@
 """Consistency checks without processes: the checksum, the verdict, and the checker's waits.
 
 The checksum is computed the way a replica computes it (a SQLite read snapshot of a real
-MVCCStore, raftstore.mvcc.export_span); the checkers talk through a fake link, on a manual clock.
+MVCCStore, raftstore.storage.mvcc.export_span); the checkers talk through a fake link, on a manual clock.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raftstore import constants
-from raftstore.consistency import (CHECKSUM_OP, CONSISTENT, INCOMPLETE, INCONSISTENT, Checksum, ChecksumRegistry,
+from raftstore.kvserver.consistency import (CHECKSUM_OP, CONSISTENT, INCOMPLETE, INCONSISTENT, Checksum, ChecksumRegistry,
                                    ConsistencyChecker, range_checksum, verdict)
-from raftstore.mvcc import MVCCStore
-from raftstore.peer import CHECKSUM_REPLY, CHECKSUM_REQUEST, _checksum_frame_problem
+from raftstore.kvserver.ranges import FIRST_DATA_RANGE_ID, RangeDescriptor, bootstrap_descriptors, local_desc_key
+from raftstore.kvserver.replica import RangeReplica, desc_ts
+from raftstore.kvserver.store import Store, StoreConfig
+from raftstore.node.peer import CHECKSUM_REPLY, CHECKSUM_REQUEST, _checksum_frame_problem
 from raftstore.raft.commands import Command, Outcome
-from raftstore.ranges import FIRST_DATA_RANGE_ID, RangeDescriptor, bootstrap_descriptors, local_desc_key
-from raftstore.replica import RangeReplica, desc_ts
-from raftstore.store import Store, StoreConfig
+from raftstore.storage.mvcc import MVCCStore
 
 SPAN = (b"\x02", None)
 
@@ -209,7 +209,7 @@ def test_a_different_replica_is_reported_and_logged_with_the_range_the_index_and
     results = three.check()
     three.apply_check(2, 50, A)
     three.apply_check(3, 50, B)
-    with caplog.at_level(logging.ERROR, logger="raftstore.consistency"):
+    with caplog.at_level(logging.ERROR, logger="raftstore.kvserver.consistency"):
         for n in (1, 2, 3):
             three.tick(n)
         three.deliver()
@@ -351,7 +351,7 @@ def test_the_peer_link_delivers_checksum_frames_and_drops_a_peer_that_sends_a_ma
     import time
 
     from raftstore.localcluster import free_ports
-    from raftstore.peer import PeerNetwork
+    from raftstore.node.peer import PeerNetwork
 
     events: dict[int, list] = {1: [], 2: []}
     nets = {}

@@ -10,10 +10,10 @@ import tempfile
 import pytest
 
 from raftstore import constants
-from raftstore.diskspace import BALLAST_NAME, DiskGuard, default_reserve_bytes
 from raftstore.errors import RaftstoreError
 from raftstore.raft.commands import Outcome
 from raftstore.sim.world import quiet_world
+from raftstore.storage.diskspace import BALLAST_NAME, DiskGuard, default_reserve_bytes
 
 MiB = 1024 * 1024
 
@@ -37,7 +37,7 @@ def test_below_the_reserve_the_guard_says_why_and_logs_each_change_once(tmp_path
     guard = DiskGuard(str(tmp_path), reserve_bytes=100 * MiB, ballast_bytes=0, statvfs=fs)
     assert guard.check() is None
     fs.free = 99 * MiB
-    with caplog.at_level(logging.INFO, logger="raftstore.diskspace"):
+    with caplog.at_level(logging.INFO, logger="raftstore.storage.diskspace"):
         for _ in range(3):
             reason = guard.check()
     assert reason.startswith("disk nearly full: 99.0 MiB free") and "reserve of 100.0 MiB" in reason

@@ -18,7 +18,8 @@ from typing import Any, Callable
 import pytest
 
 from hlc import Timestamp
-from raftstore import cli_kv, constants, errors, kv, wire
+from raftstore import constants, errors, kv, wire
+from raftstore.cli import kv as cli_kv
 
 CLOSE = object()    # handler result: close the connection without answering
 SILENT = object()   # handler result: never answer (the client must time out)

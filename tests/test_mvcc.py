@@ -24,8 +24,8 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from raftstore import mvcc
-from raftstore.mvcc import MVCCStore, StoreError
+from raftstore.storage import mvcc
+from raftstore.storage.mvcc import MVCCStore, StoreError
 
 TS_MAX = (mvcc.TIMESTAMP_PART_MAX, mvcc.TIMESTAMP_PART_MAX)
 
@@ -415,7 +415,7 @@ def test_applied_index_and_data_survive_process_exit_without_close(tmp_path):
     path = tmp_path / "node.db"
     child = (
         "import os, sys\n"
-        "from raftstore.mvcc import MVCCStore\n"
+        "from raftstore.storage.mvcc import MVCCStore\n"
         "s = MVCCStore(sys.argv[1])\n"
         "s.apply(3, 9, [(b'k', (1, 0), b'v'), (b'd', (1, 0), None)])\n"
         "os._exit(0)\n"

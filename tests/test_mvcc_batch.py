@@ -2,7 +2,7 @@
 
 import pytest
 
-from raftstore.mvcc import MVCCStore
+from raftstore.storage.mvcc import MVCCStore
 
 
 def test_a_failed_apply_inside_a_batch_changes_nothing_and_the_rest_commits(tmp_path):

@@ -12,7 +12,7 @@ import msgpack
 import pytest
 
 from cluster import Cluster
-from raftstore.peer import MAGIC, _mac
+from raftstore.node.peer import MAGIC, _mac
 
 
 class _MakeFile:

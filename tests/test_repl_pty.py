@@ -1,6 +1,6 @@
 """``raftstore sql`` driven through a pseudo-terminal as a person would drive it.
 
-The shell runs as a real process (``python -m raftstore.cli_sql``) on the slave side of a pty,
+The shell runs as a real process (``python -m raftstore.cli.sql_shell``) on the slave side of a pty,
 so prompt_toolkit sees a terminal; the test types on the master side and reads the screen
 output (escape sequences stripped). The node is the fake server of test_sqlclient.
 Every wait is bounded, and the child is killed in a finalizer whatever happens.
@@ -144,7 +144,7 @@ def terminal(request, tmp_path):
         argv = [
             sys.executable,
             "-m",
-            "raftstore.cli_sql",
+            "raftstore.cli.sql_shell",
             "--url",
             address,
             "--history",

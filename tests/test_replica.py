@@ -7,10 +7,10 @@ import os
 import pytest
 
 from raftstore import constants
-from raftstore.mvcc import MVCCStore
+from raftstore.kvserver.ranges import FIRST_DATA_RANGE_ID, bootstrap_descriptors, local_desc_key
+from raftstore.kvserver.replica import RangeReplica, desc_ts
 from raftstore.raft.commands import Command
-from raftstore.ranges import FIRST_DATA_RANGE_ID, bootstrap_descriptors, local_desc_key
-from raftstore.replica import RangeReplica, desc_ts
+from raftstore.storage.mvcc import MVCCStore
 
 
 @pytest.fixture

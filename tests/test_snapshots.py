@@ -10,10 +10,10 @@ import threading
 
 import pytest
 
-from raftstore.mvcc import MVCCStore, StoreError
-from raftstore.ranges import RangeDescriptor
-from raftstore.replica import LATEST, RangeReplica, SnapshotRefused
+from raftstore.kvserver.ranges import RangeDescriptor
+from raftstore.kvserver.replica import LATEST, RangeReplica, SnapshotRefused
 from raftstore.sim.split_world import SplitSimConfig, SplitWorld, run_split_seed
+from raftstore.storage.mvcc import MVCCStore, StoreError
 
 TS_MAX = (2**63 - 1, 2**63 - 1)
 
@@ -221,7 +221,7 @@ def test_the_difference_is_not_used_when_the_range_moved_on_or_another_range_hol
         assert dst.import_staged(2, b"k", b"l", staged.path, 10, 0, basis=staged.basis) is False
         assert rows(dst, b"k", b"l") == rows(src, b"k", b"l")
         # another local range's descriptor overlaps the span: no difference is computed
-        from raftstore.ranges import local_desc_key
+        from raftstore.kvserver.ranges import local_desc_key
         dst.write_local([(local_desc_key(7), (0, 0), RangeDescriptor(7, b"a", b"kz", 0, (1, 2, 3)).encode())])
         staged = follower.stage_snapshot(_snapshot_of(leader, 10), 10)
         assert staged.basis is None

@@ -4,10 +4,10 @@ doubles or double-serves no key."""
 import pytest
 from pysyncobj import SyncObj
 
-from raftstore.mvcc import MVCCStore
 from raftstore.raft import group as group_mod
 from raftstore.sim.split_world import CRASH_POINTS, SplitSimConfig, run_split_seed
 from raftstore.sim.world import Violation
+from raftstore.storage.mvcc import MVCCStore
 from test_sim import SIM_RUN_TIMEOUT_S, assert_sim_clean
 
 

@@ -13,7 +13,7 @@ from raftstore.keys import encode_key
 from raftstore.raft.commands import Outcome
 from sql import MemKV
 from sql.gateway import Gateway
-from sql.leases import SchemaLeases
+from sql.schema_leases import SchemaLeases
 
 
 class MemNode:

@@ -8,7 +8,7 @@ import pytest
 from sql import MemKV, Session, SQLError
 from sql.catalog import FREED, DropMarker, catalog_key, decode_entry, encode_drop_marker, read_table
 from sql.constants import DROP_MARKER_STALE_S, ROW_KEY_PREFIX
-from sql.leases import SchemaLeases
+from sql.schema_leases import SchemaLeases
 
 LEASE_S = 2.0
 MARGIN_S = 0.25

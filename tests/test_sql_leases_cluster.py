@@ -1,6 +1,6 @@
 """Schema leases on real node processes: a node reuses a table's schema without reading the
 catalog, yet DDL on another node is never missed - CREATE is usable everywhere at once, and
-once DROP TABLE returns no node can still read or write the dropped table (sql/leases.py)."""
+once DROP TABLE returns no node can still read or write the dropped table (sql/schema_leases.py)."""
 
 from __future__ import annotations
 

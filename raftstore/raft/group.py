@@ -232,7 +232,7 @@ class RaftGroup(SyncObj):
                  on_snapshot_job_done: Callable[[], None] | None = None,
                  refuse_entries: Callable[[], str | None] = lambda: None) -> None:
         """`refuse_entries()` returns why this replica must take no new log entries now (its
-        disk is nearly full: raftstore.diskspace), or None: proposals are then refused at once
+        disk is nearly full: raftstore.storage.diskspace), or None: proposals are then refused at once
         (NOT_COMMITTED with that reason), proposals forwarded by followers are denied, and as a
         follower it takes only the heartbeat of an append -- what it already holds stays
         appliable, and the leader sends the entries again later."""
@@ -325,6 +325,11 @@ class RaftGroup(SyncObj):
         deadline = _so.monotonicTime() + self._SyncObj__generateRaftTimeout()
         if deadline > self._SyncObj__raftElectionDeadline:
             self._SyncObj__raftElectionDeadline = deadline
+
+    def set_append_entries_period(self, seconds: float) -> None:
+        """How often the leader sends appends (heartbeats): short while the range is busy, long
+        while it idles (the node's own heartbeat then keeps followers from electing)."""
+        self._SyncObj__conf.appendEntriesPeriod = seconds
 
     def match_index(self) -> dict[str, int]:
         return {n.id: v for n, v in self._SyncObj__raftMatchIndex.items()}

@@ -30,14 +30,14 @@ from dataclasses import dataclass
 import msgpack
 from pysyncobj.transport import Transport
 
-from raftstore.mvcc import MVCCStore, StoreError
+from raftstore.kvserver.ranges import DATA_START, MISMATCH
+from raftstore.kvserver.replica import LATEST, RAW_END, RAW_PREFIX, local_descriptors
+from raftstore.kvserver.store import Store, StoreConfig
 from raftstore.raft.commands import Outcome
 from raftstore.raft.failstop import FailStop
-from raftstore.ranges import DATA_START, MISMATCH
-from raftstore.replica import LATEST, RAW_END, RAW_PREFIX, local_descriptors
 from raftstore.sim.disk import SimDisk
 from raftstore.sim.world import Violation, _Clock, patched_pysyncobj
-from raftstore.store import Store, StoreConfig
+from raftstore.storage.mvcc import MVCCStore, StoreError
 
 logger = logging.getLogger(__name__)
 

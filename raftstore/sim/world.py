@@ -49,6 +49,7 @@ from pysyncobj.node import Node
 from pysyncobj.transport import Transport
 
 from raftstore.raft import group as _group  # installs the journal factory
+from raftstore.raft import introspect
 from raftstore.raft.commands import Command, Outcome
 from raftstore.raft.failstop import FailStop
 from raftstore.raft.group import RaftGroup
@@ -245,7 +246,7 @@ class PlainKV(SyncObj):
 
     @replicated
     def put(self, cid, value):
-        index = self._SyncObj__raftLastApplied + 1
+        index = introspect.last_applied(self) + 1
         self.world.record_apply(self.me, index, cid)
         self.sm.log[index] = cid
         self.sm.applied = index
@@ -256,7 +257,7 @@ class PlainKV(SyncObj):
 
     @property
     def journal(self):
-        return self._SyncObj__raftLog
+        return introspect.raft_log(self)
 
 
 class World:
@@ -330,7 +331,7 @@ class World:
                 _group._journal_registry[jfile.name] = DurableJournal(jfile)
             node = PlainKV(self, nid, peers, SyncObjConf(autoTick=False, journalFile=jfile.name,
                                                           logCompactionMinEntries=10**9, **conf), jfile.name)
-        self.transports[nid] = node._SyncObj__transport if self.cfg.target == "plain" else node._SyncObj__transport._inner
+        self.transports[nid] = introspect.transport(node) if self.cfg.target == "plain" else introspect.transport(node)._inner
         self.nodes[nid] = node
         self.incarnation[nid] += 1
         self.push(self.clock.t + self.cfg.tick_s * self.rng.random(), "tick", (nid, self.incarnation[nid]))
@@ -469,14 +470,14 @@ class World:
             node = self.nodes.get(nid)
             if node is None or not node._isLeader():
                 continue
-            term = node._SyncObj__raftCurrentTerm
+            term = introspect.current_term(node)
             leaders = self.leaders.setdefault(term, set())
             if nid not in leaders:
                 leaders.add(nid)
                 self.log("leader %s term %d" % (nid, term))
                 if len(leaders) > 1:
                     self.fail("election-safety: leaders %s in term %d" % (sorted(leaders), term))
-            commit = node._SyncObj__raftCommitIndex
+            commit = introspect.commit_index(node)
             journal = node.journal
             for idx in range(self.commit_seen + 1, commit + 1):
                 t = _term_at(journal, idx)

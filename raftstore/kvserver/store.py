@@ -35,14 +35,14 @@ from typing import Any, Callable
 import msgpack
 
 from raftstore import constants
-from raftstore.consistency import Checksum, ChecksumRegistry, range_checksum
-from raftstore.mvcc import MVCCStore, StoreError, discard_staged
+from raftstore.kvserver.consistency import Checksum, ChecksumRegistry, range_checksum
 from raftstore.raft.commands import Outcome
 from raftstore.raft.group import Executor, RaftGroup, _SNAPSHOT_MAGIC, _LEN, run_inline
 from raftstore.raft.journal import LogFile, encode_record, MAGIC as JOURNAL_MAGIC
-from raftstore.ranges import (FIRST_DATA_RANGE_ID, META_RANGE_ID, MISMATCH, RangeCache, RangeDescriptor,
+from raftstore.storage.mvcc import MVCCStore, StoreError, discard_staged
+from raftstore.kvserver.ranges import (FIRST_DATA_RANGE_ID, META_RANGE_ID, MISMATCH, RangeCache, RangeDescriptor,
                               bootstrap_descriptors, local_desc_key, split_key_for)
-from raftstore.replica import (LATEST, RangeReplica, desc_ts, local_descriptors, meta_descriptors,
+from raftstore.kvserver.replica import (LATEST, RangeReplica, desc_ts, local_descriptors, meta_descriptors,
                                read_local_descriptor)
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class Store:
         self.crash_point = crash_point
         self.groups: dict[int, RaftGroup] = {}
         self.replicas: dict[int, RangeReplica] = {}
-        self.disk_low: str | None = None   # why new entries are refused (raftstore.diskspace), set by the node
+        self.disk_low: str | None = None   # why new entries are refused (raftstore.storage.diskspace), set by the node
         self.cache = RangeCache(constants.range_cache_entries_max)
         self.written_bytes: dict[int, int] = {}
         self.sizes: dict[int, int] = {}
@@ -287,7 +287,7 @@ class Store:
                 self.active_until[rid] = now + constants.group_active_s
                 busy = True
             self._schedule(rid, now + (constants.active_tick_interval_s if busy else _idle_period(rid)))
-            group._SyncObj__conf.appendEntriesPeriod = active_period if busy else constants.idle_heartbeat_interval_s
+            group.set_append_entries_period(active_period if busy else constants.idle_heartbeat_interval_s)
             self.dirty.add(rid)
             group.doTick(0.0)   # a FailStop or a bug ends the node (crash-only), never a log line
             self._note_leader(rid, group)

@@ -11,7 +11,7 @@ import os
 import sys
 
 from raftstore import constants
-from raftstore.peer import parse_addr
+from raftstore.node.peer import parse_addr
 
 
 def _addr(text: str) -> str:
@@ -92,15 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     start.set_defaults(func=run_start)
 
-    from raftstore.cli_demo import add_demo_parser
-    from raftstore.cli_kv import add_kv_parser
-    from raftstore.cli_status import add_status_parser
+    from raftstore.cli.demo import add_demo_parser
+    from raftstore.cli.kv import add_kv_parser
+    from raftstore.cli.status import add_status_parser
     add_kv_parser(sub)
     add_status_parser(sub)
     add_demo_parser(sub)
-    from raftstore.cli_sql import add_sql_parser
+    from raftstore.cli.sql_shell import add_sql_parser
     add_sql_parser(sub)
-    from raftstore.cli_bench import add_bench_parser
+    from raftstore.cli.bench import add_bench_parser
     add_bench_parser(sub)
     return parser
 
@@ -146,7 +146,8 @@ def _refused_writes() -> tuple[bytes, bytes] | None:
 
 
 def run_start(args: argparse.Namespace) -> int:
-    from raftstore.node import NodeConfig, StartupError, run_node
+    from raftstore.node.loop import NodeConfig, StartupError
+    from raftstore.server.main import run_node
 
     if args.cluster_secret_file is None and not args.insecure:
         raise SystemExit("raftstore start: error: no --cluster-secret-file given; peers must authenticate "
@@ -156,7 +157,7 @@ def run_start(args: argparse.Namespace) -> int:
                         format="%(asctime)s n" + str(args.node_id) + " %(levelname)s %(name)s: %(message)s")
     latency = None
     if args.latency_matrix:
-        from raftstore.wan import MatrixError, load_matrix
+        from raftstore.node.wan import MatrixError, load_matrix
         try:
             latency = load_matrix(args.latency_matrix)
             latency.rtt_ms(args.region, args.region)
@@ -168,9 +169,8 @@ def run_start(args: argparse.Namespace) -> int:
                      raft_conf={"logCompactionMinEntries": args.log_compaction_entries}, latency=latency,
                      clock_skew_ns=_clock_skew_ns(), refuse_writes=_refused_writes(),
                      disk_reserve_bytes=args.disk_reserve_bytes, disk_ballast_bytes=args.disk_ballast_bytes)
-    from sql.gateway import handle_sql
     try:
-        return run_node(cfg, sql_handler=handle_sql)
+        return run_node(cfg)
     except StartupError as exc:
         raise SystemExit("raftstore start: error: %s" % exc)
 

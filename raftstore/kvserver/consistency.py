@@ -50,8 +50,8 @@ from typing import Any
 import msgpack
 
 from raftstore import constants
+from raftstore.kvserver.ranges import RangeDescriptor
 from raftstore.raft.commands import Outcome
-from raftstore.ranges import RangeDescriptor
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,6 @@ import fcntl
 import json
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -35,22 +34,22 @@ from pysyncobj.transport import Transport
 
 from hlc import HLC, MAX_OFFSET_NS_DEFAULT, ClockOffsetError, FileCeilingStore, SystemClock, Timestamp
 from raftstore import constants
-from raftstore.clockcheck import OffsetMonitor, probe_is_valid
-from raftstore.diskspace import DiskGuard
-from raftstore.consistency import Checksum, ChecksumRegistry, ConsistencyChecker
-from raftstore.mvcc import MVCCStore
-from raftstore.peer import CHECKSUM_REPLY, CHECKSUM_REQUEST, HEARTBEAT, RAFT, PeerNetwork, parse_addr
+from raftstore.kvserver.consistency import Checksum, ChecksumRegistry, ConsistencyChecker
+from raftstore.kvserver.ranges import MISMATCH, pretty_key
+from raftstore.kvserver.store import Store, StoreConfig
+from raftstore.node.clockcheck import OffsetMonitor, probe_is_valid
+from raftstore.node.peer import CHECKSUM_REPLY, CHECKSUM_REQUEST, HEARTBEAT, RAFT, PeerNetwork, parse_addr
+from raftstore.node.wan import LatencyMatrix
 from raftstore.raft.commands import Outcome, new_command_id
 from raftstore.raft.failstop import FailStop, exit_now
 from raftstore.raft.group import run_in_thread
 from raftstore.raft.journal import RealLogFile, fsync_dir
-from raftstore.ranges import MISMATCH, pretty_key
-from raftstore.replica import RAW_END, RAW_PREFIX
-from raftstore.store import Store, StoreConfig
-from raftstore.wan import LatencyMatrix
-from raftstore.wire import FrameDecoder, FrameError, BadRequest, encode_frame, validate_request
+from raftstore.storage.diskspace import DiskGuard
+from raftstore.storage.mvcc import MVCCStore
 
 logger = logging.getLogger(__name__)
+
+READ_OPS = frozenset({"get", "scan"})   # the client ops that write nothing
 
 _WAKING_MESSAGES = frozenset({"apply_command", "apply_command_response", "request_vote", "response_vote", "timeout_now"})
 
@@ -70,9 +69,9 @@ class NodeConfig:
     secret: bytes
     raft_conf: dict | None = None
     range_bytes_max: int = constants.range_bytes_max
-    latency: "LatencyMatrix | None" = None     # WAN emulation between regions (raftstore.wan)
+    latency: "LatencyMatrix | None" = None     # WAN emulation between regions (raftstore.node.wan)
     clock_skew_ns: int = 0                     # added to the system clock: for clock-offset tests only
-    disk_reserve_bytes: int | None = None      # free-space reserve (raftstore.diskspace); None: the default
+    disk_reserve_bytes: int | None = None      # free-space reserve (raftstore.storage.diskspace); None: the default
     disk_ballast_bytes: int | None = None      # ballast file size; None: the default, 0: none
     refuse_writes: tuple[bytes, bytes] | None = None   # tests only: [start, end) whose writes act leaderless here
 
@@ -346,7 +345,7 @@ class Node:
             if peer_id in t.peers:
                 t._onNodeDisconnected(t.peers[peer_id])
 
-    # --- consistency checks (raftstore.consistency; on the node loop) ------------------------------
+    # --- consistency checks (raftstore.kvserver.consistency; on the node loop) ------------------------------
     def _applied_index(self, range_id: int) -> int | None:
         rep = self.store.replicas.get(range_id) if self.store is not None else None
         return rep.applied_index() if rep is not None and rep.desc is not None else None
@@ -359,7 +358,7 @@ class Node:
         return self.net.send(peer_id, [CHECKSUM_REPLY, range_id, index, answer.checksum, error])
 
     async def check_consistency(self, start: bytes = b"", end: bytes | None = None) -> list[dict]:
-        """Check every range overlapping `[start, end)` now (raftstore.consistency): one result
+        """Check every range overlapping `[start, end)` now (raftstore.kvserver.consistency): one result
         map per range, in key order. Bounded: each range's command answers within its proposal
         timeout, its replicas' checksums within consistency_report_timeout_s."""
         loop = asyncio.get_running_loop()
@@ -511,7 +510,7 @@ class Node:
         refused = self.cfg.refuse_writes
 
         def submit(store: Store, done):
-            if refused is not None and refused[0] <= key < refused[1] and op not in ClientServer.READ_OPS:
+            if refused is not None and refused[0] <= key < refused[1] and op not in READ_OPS:
                 # A test's stand-in for a range whose leader is out of reach: the answer a
                 # proposer gets then (not committed), for a chosen span and this node only.
                 done(Outcome.NOT_COMMITTED, "no leader reachable for the range of %s (test fault)" % pretty_key(key))
@@ -639,159 +638,3 @@ class Node:
                 "disk": self.disk.status(),
                 "loop_busy_max_ms": round(self.loop_busy_max_s * 1000, 1),
                 "loop_stalls": list(self.loop_stalls)}
-
-
-class ClientServer:
-    """The client port: msgpack request/response frames (raftstore.wire), pipelined."""
-
-    WRITE_OPS = {"put", "delete", "cas"}
-    READ_OPS = {"get", "scan"}
-
-    def __init__(self, node: Node, sql_handler=None) -> None:
-        self.node = node
-        self.sql_handler = sql_handler     # async (node, args) -> response dict; wired by the CLI
-        self.inflight = 0
-        self.draining = False
-        self.server: asyncio.base_events.Server | None = None
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, sock=self.node.sql_sock)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        decoder = FrameDecoder(constants.client_frame_bytes_max)
-        tasks: set[asyncio.Task] = set()
-        try:
-            while True:
-                data = await reader.read(256 * 1024)
-                if not data:
-                    break
-                try:
-                    requests = decoder.feed(data)
-                except FrameError as exc:
-                    logger.warning("client %s sent a bad frame (%s); closing", writer.get_extra_info("peername"), exc)
-                    break
-                for req in requests:
-                    task = asyncio.create_task(self._answer(req, writer))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
-            writer.close()
-
-    async def _answer(self, req: Any, writer: asyncio.StreamWriter) -> None:
-        rid = req.get("id") if isinstance(req, dict) and isinstance(req.get("id"), int) else 0
-        self.inflight += 1
-        try:
-            response = await self._handle(req)
-        except Exception as exc:
-            logger.exception("request failed")
-            response = _error("internal", "internal error: %s" % exc)
-        finally:
-            self.inflight -= 1
-        response["id"] = rid
-        try:
-            writer.write(encode_frame(response))
-            await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-
-    async def _handle(self, req: Any) -> dict:
-        try:
-            _, op, args = validate_request(req)
-        except BadRequest as exc:
-            return _error("bad_request", str(exc))
-        if self.draining:
-            return _error("draining", "node %d is shutting down; retry on another node" % self.node.node_id)
-        if op == "status":
-            return {"ok": True, "result": await self.node.status()}
-        if self.node.clock_unfit is not None:
-            return _error("unavailable", "node %d does not serve: %s; use another node"
-                          % (self.node.node_id, self.node.clock_unfit))
-        if op == "sql":
-            if self.sql_handler is None:
-                return _error("bad_request", "this node does not serve SQL")
-            return await self.sql_handler(self.node, args)
-        if op == "check_consistency":
-            results = await self.node.check_consistency(args.get("start", b""), args.get("end"))
-            return {"ok": True, "result": {"ranges": results}}
-        if op == "split":
-            outcome, result = await self.node.split(RAW_PREFIX + args["key"])
-            return self._reply(outcome, result)
-        if op == "scan":
-            return await self._scan(args)
-        if op not in self.WRITE_OPS | self.READ_OPS:
-            return _error("bad_request", "unknown op %r" % op)
-        command_id = args.pop("command_id", None) if op in self.WRITE_OPS else new_command_id()
-        key = RAW_PREFIX + args["key"]
-        try:
-            outcome, result = await self.node.propose_key(op, key, dict(args, key=key), command_id)
-        except ValueError as exc:
-            return _error("too_large", "%s; nothing was applied" % exc)
-        return self._reply(outcome, result)
-
-    async def _scan(self, args: dict) -> dict:
-        start = RAW_PREFIX + args["start"]
-        end = RAW_PREFIX + args["end"] if args.get("end") is not None else RAW_END
-        outcome, result = await self.node.scan_keys(start, end, args["limit"])
-        if outcome is not Outcome.COMMITTED:
-            return self._reply(outcome, result)
-        rows = [[k[len(RAW_PREFIX):], v] for k, v in result["rows"]]
-        return {"ok": True, "result": {"rows": rows, "ts": result["ts"]}}
-
-    @staticmethod
-    def _reply(outcome: Outcome, result: Any) -> dict:
-        if outcome is Outcome.COMMITTED:
-            return {"ok": True, "result": result}
-        if outcome is Outcome.REJECTED:
-            return _error("bad_request", str(result))
-        if outcome is Outcome.NOT_COMMITTED:
-            return _error("unavailable", "it did not commit: %s" % result)
-        return _error("ambiguous", "the outcome is unknown (%s); the write may have committed" % result, ambiguous=True)
-
-    async def drain(self, timeout_s: float) -> None:
-        self.draining = True
-        if self.server is not None:
-            self.server.close()
-        deadline = time.monotonic() + timeout_s
-        while self.inflight and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-
-
-def _error(code: str, message: str, ambiguous: bool = False) -> dict:
-    return {"ok": False, "error": {"code": code, "message": message, "ambiguous": ambiguous}}
-
-
-def run_node(cfg: NodeConfig, sql_handler=None) -> int:
-    """Run a node until SIGTERM/SIGINT; returns the process exit code. `sql_handler` serves the
-    `sql` op (the CLI passes the SQL gateway; the store itself knows no SQL)."""
-    node = Node(cfg)
-    node.start_loop()
-    server = ClientServer(node, sql_handler)
-
-    async def main() -> int:
-        await server.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        logger.info("node %d (%s) serving: peers on %s, clients on %s", cfg.node_id, cfg.region, cfg.peer_addr, cfg.sql_addr)
-        while not stop.is_set():
-            if node.fatal:
-                return 1
-            try:
-                await asyncio.wait_for(stop.wait(), 0.2)
-            except asyncio.TimeoutError:
-                pass
-        await server.drain(constants.drain_timeout_s)
-        return 0
-
-    try:
-        code = asyncio.run(main())
-    finally:
-        node.close()
-    if node.fatal:
-        raise StartupError(node.fatal)
-    return code

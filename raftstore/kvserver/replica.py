@@ -28,11 +28,11 @@ from typing import Any, BinaryIO, Callable
 import msgpack
 
 from raftstore import constants
-from raftstore.mvcc import TIMESTAMP_PART_MAX, MVCCStore, discard_staged
 from raftstore.raft.commands import Command, CommandError
 from raftstore.raft.failstop import FailStop
 from raftstore.raft.group import SnapshotRefused
-from raftstore.ranges import (META_COUNTER_KEY, META_DESC_PREFIX, META_RANGE_ID, MISMATCH, RangeDescriptor,
+from raftstore.storage.mvcc import TIMESTAMP_PART_MAX, MVCCStore, discard_staged
+from raftstore.kvserver.ranges import (META_COUNTER_KEY, META_DESC_PREFIX, META_RANGE_ID, MISMATCH, RangeDescriptor,
                               local_desc_key, meta_desc_key, FIRST_DATA_RANGE_ID)
 
 RAW_PREFIX = b"k"          # raw key-value keyspace (raftstore.kv); SQL rows live under b"t"
@@ -85,7 +85,7 @@ class RangeReplica:
     nothing until one arrives. `on_split(left, right)` is called after a split applied here;
     `can_install(desc)` decides whether a snapshot of `desc` may replace local data now;
     `on_checksum(range_id, index, desc)` is called inside the apply of a consistency check, with
-    the index applied, to pin the state it must checksum (raftstore.consistency).
+    the index applied, to pin the state it must checksum (raftstore.kvserver.consistency).
     """
 
     def __init__(self, store: MVCCStore, range_id: int, *,
@@ -224,7 +224,7 @@ class RangeReplica:
         rows = MVCCStore.stage_span(path, desc.start, desc.end, self._chunks(f), results=lambda: self._results(f))
 
         def sole_writer(scan) -> bool:   # no other local range's descriptor overlaps the span
-            from raftstore.ranges import LOCAL_DESC_PREFIX
+            from raftstore.kvserver.ranges import LOCAL_DESC_PREFIX
             for _, raw in scan(LOCAL_DESC_PREFIX, LOCAL_DESC_PREFIX + b"\xff"):
                 other = RangeDescriptor.decode(raw)
                 if other.range_id != self.range_id and other.overlaps(desc.start, desc.end):
@@ -334,7 +334,7 @@ class RangeReplica:
                 "span_end": self.desc.end,
                 "ts": list(max((ts for _, _, ts in rows), default=(0, 0)))}
 
-    # --- consistency checks (raftstore.consistency) ---------------------------------------------
+    # --- consistency checks (raftstore.kvserver.consistency) ---------------------------------------------
     def _op_compute_checksum(self, index, command, args):
         """A consistency check at this index: the index is applied first (it writes nothing), then
         `on_checksum` pins exactly this state to hash. The checksum stays on this node."""
@@ -419,6 +419,6 @@ def meta_descriptors(store: MVCCStore) -> list[RangeDescriptor]:
 
 def local_descriptors(store: MVCCStore) -> list[RangeDescriptor]:
     """Descriptors of the replicas this node holds (as of what it applied)."""
-    from raftstore.ranges import LOCAL_DESC_PREFIX
+    from raftstore.kvserver.ranges import LOCAL_DESC_PREFIX
     rows = store.scan(LOCAL_DESC_PREFIX, LOCAL_DESC_PREFIX + b"\xff", LATEST, constants.scan_rows_max)
     return [RangeDescriptor.decode(v) for _, v, _ in rows]

@@ -43,7 +43,7 @@ import time
 from typing import Any, Iterable, Iterator, TextIO
 
 from raftstore import constants, sqlclient
-from raftstore.cli_kv import _timeout_type, _url_type
+from raftstore.cli.kv import _timeout_type, _url_type
 
 HISTORY_PATH_DEFAULT = "~/.raftstore_sql_history"
 PROMPT = "raftstore> "
@@ -817,7 +817,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m raftstore.cli_sql ...``: the ``sql`` command on its own."""
+    """``python -m raftstore.cli.sql_shell ...``: the ``sql`` command on its own."""
     parser = _OneLineParser(prog="raftstore sql", description="Run SQL against a raftstore node.")
     _add_arguments(parser)
     return run_sql(parser.parse_args(argv))

@@ -1,7 +1,7 @@
 """WAN emulation: round-trip times between regions, from a TOML latency matrix.
 
 A frame from region A to region B waits RTT(A, B) / 2 inside the peer transport before it is
-written, in order (raftstore.peer). Client links are never delayed. Matrices ship beside this
+written, in order (raftstore.node.peer). Client links are never delayed. Matrices ship beside this
 module (`raftstore/latency/*.toml`) and are named by file stem: `global3` (the matrix
 `cockroach demo --global` uses), `global5` (five regions) and `symmetric60`; any other value is
 a path to a TOML file of the same shape:
@@ -19,7 +19,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
-LATENCY_DIR = os.path.join(os.path.dirname(__file__), "latency")
+LATENCY_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "latency")
 
 
 class MatrixError(ValueError):

@@ -12,7 +12,7 @@ What the tables can and cannot say, since they are one node's view:
   dead (a partition looks the same).
 * ranges: only the ranges the answering node holds a replica of, each with the leader that
   node believes in (stale for up to an election), and the last consistency check of the range
-  that node ran (raftstore.consistency; ``-`` if it ran none since it started).
+  that node ran (raftstore.kvserver.consistency; ``-`` if it ran none since it started).
   ``--check-consistency`` has it run one of every range first.
 
 Output contract: the two tables, exit 0; with ``--json`` the status map as JSON instead (bytes
@@ -31,12 +31,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from raftstore import constants
-from raftstore.cli_kv import _timeout_type
+from raftstore.cli.kv import _timeout_type
 from raftstore.errors import RaftstoreError
 from raftstore.kv import Client
-from raftstore.ranges import DATA_START, META_START
+from raftstore.kvserver.ranges import DATA_START, META_START
 
-# Raw user keys live under this prefix (raftstore.replica.RAW_PREFIX; not imported from there to
+# Raw user keys live under this prefix (raftstore.kvserver.replica.RAW_PREFIX; not imported from there to
 # keep this CLI off the storage stack, and pinned equal by tests/test_cli_status.py).
 RAW_PREFIX = b"k"
 key_display_chars_max = 40    # a range boundary longer than this is cut and ends in "..."

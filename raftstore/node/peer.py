@@ -11,7 +11,7 @@ opens a socket per group per peer. This module replaces it with:
   (why I refuse you), HEARTBEAT (I am alive, and my HLC reads this: followers of every group I
   lead wait for me, and the receiver's clock moves past mine), CHECKSUM_REQUEST (your checksum
   of range r at index i, please) and CHECKSUM_REPLY (mine: the checksum, or why I have none; see
-  raftstore.consistency). Unknown, malformed or oversized frames are logged and the connection is
+  raftstore.kvserver.consistency). Unknown, malformed or oversized frames are logged and the connection is
   dropped; the node keeps serving. Nothing is ever unpickled here;
 * group commit: frames queued by groups are released to the sockets only by `flush()`, which the
   node loop calls after syncing every dirty journal, so no reply leaves before the write it
@@ -37,7 +37,7 @@ from typing import Callable
 import msgpack
 
 from raftstore import constants
-from raftstore.consistency import CHECKSUM_BYTES
+from raftstore.kvserver.consistency import CHECKSUM_BYTES
 from raftstore.wire import FrameDecoder, FrameError
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class PeerNetwork:
         self.on_hello, self.on_raft = on_hello, on_raft
         self.on_peer_up, self.on_peer_down, self.on_reject = on_peer_up, on_peer_down, on_reject
         self.on_heartbeat = on_heartbeat
-        self.delay_s = delay_s          # WAN emulation: one-way delay to each peer (raftstore.wan)
+        self.delay_s = delay_s          # WAN emulation: one-way delay to each peer (raftstore.node.wan)
         self.sel = selectors.DefaultSelector()
         self.last_wait_s = 0.0   # how long the last poll waited in select (node loop idle time)
         self.listen_sock = listen_sock

@@ -47,10 +47,10 @@ def add_demo_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_demo(args: argparse.Namespace) -> int:
     import raftstore
-    from raftstore.cli_sql import HISTORY_PATH_DEFAULT, run_repl, run_statements
+    from raftstore.cli.sql_shell import HISTORY_PATH_DEFAULT, run_repl, run_statements
     from raftstore.localcluster import Cluster
+    from raftstore.node.wan import MatrixError, load_matrix
     from raftstore.sqlclient import wait_for_sql
-    from raftstore.wan import MatrixError, load_matrix
 
     matrix_name = None if args.no_latency else (args.latency_matrix or ("global3" if args.nodes == 3 else "global5"))
     if matrix_name is not None:

@@ -1,0 +1,2 @@
+"""The command line: argparse and terminal code only (start, sql, kv, status, demo, bench).
+`raftstore.cli.main:main` is the `raftstore` command."""

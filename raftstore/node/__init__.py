@@ -1,0 +1,2 @@
+"""One process's edges: the node loop (loop), peer links (peer), clock checks (clockcheck), WAN
+emulation (wan)."""

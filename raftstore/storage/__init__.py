@@ -1,0 +1,1 @@
+"""Storage: MVCC versions on SQLite (mvcc) and the free-space reserve (diskspace)."""
