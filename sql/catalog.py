@@ -59,6 +59,7 @@ from sql.constants import (
     TABLE_ID_COUNTER_KEY,
 )
 from sql.errors import SQLError
+from sql.kv import KV
 from sql.types import COLUMN_TYPES, INT
 
 ROWID_COLUMN = "rowid"
@@ -196,13 +197,13 @@ def encode_drop_marker(schema: TableSchema, wall_ns: int) -> bytes:
     return msgpack.packb(data, use_bin_type=True)
 
 
-def read_table(kv, name: str) -> TableSchema | None:
+def read_table(kv: KV, name: str) -> TableSchema | None:
     """The schema of table `name` as stored now, or None (also while it is being dropped)."""
     entry = decode_entry(kv.get(catalog_key(name)))
     return entry if isinstance(entry, TableSchema) else None
 
 
-def list_tables(kv) -> list[TableSchema]:
+def list_tables(kv: KV) -> list[TableSchema]:
     """Every live table, by name (the catalog prefix scanned in pages)."""
     start = CATALOG_KEY_PREFIX
     end = prefix_end(CATALOG_KEY_PREFIX)
@@ -218,7 +219,7 @@ def list_tables(kv) -> list[TableSchema]:
         start = page[-1][0] + b"\x00"
 
 
-def allocate_table_id(kv) -> int:
+def allocate_table_id(kv: KV) -> int:
     """A fresh table id (first is 1): read the counter, CAS it one higher, retry on a race."""
     for _ in range(TABLE_ID_CAS_RETRY_COUNT_MAX):
         current = kv.get(TABLE_ID_COUNTER_KEY)
@@ -234,7 +235,7 @@ def allocate_table_id(kv) -> int:
 
 
 def create_table(
-    kv, name: str, columns: tuple[ColumnSchema, ...], pk: tuple[str, ...], if_not_exists: bool,
+    kv: KV, name: str, columns: tuple[ColumnSchema, ...], pk: tuple[str, ...], if_not_exists: bool,
     timer: Timer, drop_wait_s: float,
 ) -> TableSchema | None:
     """Store a new table; None if it exists and `if_not_exists`. Raises duplicate_table. A drop
@@ -254,7 +255,7 @@ def create_table(
     return decode_schema(new)
 
 
-def settle_name(kv, name: str, timer: Timer, drop_wait_s: float
+def settle_name(kv: KV, name: str, timer: Timer, drop_wait_s: float
                 ) -> tuple[bytes | None, TableSchema | None]:
     """The catalog entry of `name` once no drop is in progress on it: (stored bytes, the live
     schema or None). A drop marker is re-read every DROP_MARKER_POLL_S until its dropper frees
@@ -279,7 +280,7 @@ def settle_name(kv, name: str, timer: Timer, drop_wait_s: float
     )
 
 
-def drop_tables(kv, names: list[str], if_exists: bool, timer: Timer, drop_wait_s: float
+def drop_tables(kv: KV, names: list[str], if_exists: bool, timer: Timer, drop_wait_s: float
                 ) -> list[TableSchema]:
     """DROP TABLE: every name is checked first (undefined_table unless `if_exists`), then each
     schema is replaced by a drop marker, then - once, for all - the leases other nodes may
@@ -319,7 +320,7 @@ def drop_tables(kv, names: list[str], if_exists: bool, timer: Timer, drop_wait_s
     return [schema for schema, _ in marked]
 
 
-def finish_drop(kv, key: bytes, marker: bytes, table_id: int, timer: Timer, free_at: float) -> None:
+def finish_drop(kv: KV, key: bytes, marker: bytes, table_id: int, timer: Timer, free_at: float) -> None:
     """Wait until local monotonic `free_at` (when every lease on the schema has run out), free
     the name if it still holds `marker`, and delete the rows of `table_id`."""
     delay = free_at - timer.monotonic()
@@ -337,7 +338,7 @@ def _duplicate(name: str) -> SQLError:
     )
 
 
-def delete_rows(kv, table_id: int, batch_rows: int) -> int:
+def delete_rows(kv: KV, table_id: int, batch_rows: int) -> int:
     """Delete every row of table `table_id`, `batch_rows` keys per scan; returns the count."""
     start, end = table_span(table_id)
     deleted = 0

@@ -2,8 +2,8 @@
 
 Why here and not in the node: the session is the only stateful piece of the SQL layer (its
 plan cache, its clock and random source), and it talks to the store only through the small
-blocking KV interface (get / scan / put / delete / cas / ranges_for / regions), so the same
-code runs on a gateway node, in a test against sql/memkv.py, or in a differential harness.
+blocking KV interface, the `sql.kv.KV` Protocol, so the same code runs on a gateway node,
+in a test against sql/memkv.py, or in a differential harness.
 
 Flow per `execute`: parse (cached per text) -> look up the plan cached for this text and check
 that every table it uses still has the same schema bytes, taken from the process's schema
@@ -19,8 +19,8 @@ concurrent INSERTs of one key cannot both succeed and no read-then-write (UPDATE
 ON CONFLICT) overwrites a version it did not read: a lost race re-decides the row from its
 current version. If a write fails after others applied, what the statement wrote is taken
 back, each key only if it still holds the statement's own version, and the error says what
-remains (sql/writes.py). A multi-row statement sends its existence checks together and its
-writes together when the KV offers `get_many` / `write_if_many` (a node's NodeKV does); the
+remains (sql/writes.py). A multi-row statement sends its existence checks together
+(`get_many`) and its writes together (`write_if_many`), which a node runs concurrently; the
 error reported is still the first in statement order.
 
 Errors: SQLError for the statement's own faults, for a write conflict before anything was
@@ -75,7 +75,7 @@ from sql.plan import (
     plan_statement,
     tables_named,
 )
-from sql.kv import Version
+from sql.kv import KV, Version
 from sql.rowcodec import decode_row, encode_row, key_for_row, pk_text
 from sql.virtual import VIRTUAL_TABLES, virtual_rows
 from sql.writes import RowWrite, StatementWrites, duplicate_key_raced, write_conflict
@@ -120,7 +120,7 @@ class SystemTimer:
 
 
 class Session:
-    """A SQL session over a KV (see the module docstring for the KV contract).
+    """A SQL session over a KV (`sql.kv.KV`: the contract of every call it makes).
 
     `clock` returns the statement time as a naive UTC datetime (now(), DEFAULT now()); `rng`
     draws hidden rowids. Both default to the real thing; tests pass fakes. Not thread-safe:
@@ -135,7 +135,7 @@ class Session:
 
     def __init__(
         self,
-        kv,
+        kv: KV,
         *,
         clock: Callable[[], _dt.datetime] | None = None,
         rng: random.Random | None = None,
@@ -519,11 +519,8 @@ class Session:
         return writes.write(items, taken, rounds=ROWID_RETRY_COUNT_MAX)
 
     def _get_many(self, keys: list[bytes]) -> list[bytes | None]:
-        """``get`` of every key; concurrently if the KV offers ``get_many`` (a node does)."""
-        many = getattr(self.kv, "get_many", None)
-        if many is None or len(keys) < 2:
-            return [self.kv.get(key) for key in keys]
-        return many(keys)
+        """``get`` of every key, sent together (a node runs them concurrently)."""
+        return self.kv.get_many(keys)
 
     def _upsert(self, plan: InsertPlan, rows: list[tuple[bytes, list, bool]], ctx,
                 writes: StatementWrites) -> int:

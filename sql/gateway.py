@@ -28,6 +28,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from raftstore import constants
@@ -40,7 +41,8 @@ from sql.constants import (
     GATEWAY_SESSIONS_IDLE_MAX,
     GATEWAY_THREADS,
 )
-from sql.kv import Version, WriteResult
+from sql.kv import (ConsistencyResult, RangeInfo, RegionInfo, Version, Write, WriteResult, check_key,
+                    check_scan_limit, check_value, check_writes, not_sent)
 
 _TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 _WRITE_OPS = frozenset({"put", "delete", "cas", "put_if"})
@@ -49,9 +51,9 @@ logger = logging.getLogger(__name__)
 
 
 class NodeKV:
-    """The KV interface of sql.execute over a running node (blocking; call from a worker thread),
-    with the versioned calls of sql/kv.py. `get_many` / `write_if_many` run their calls
-    concurrently on the node loop (multi-row statements).
+    """The SQL engine's KV (the `sql.kv.KV` Protocol) over a running node: blocking, called
+    from a worker thread. `get_many` / `write_if_many` run their calls concurrently on the node
+    loop (multi-row statements).
 
     Per statement (`begin_statement` resets them): `max_ts`, the highest timestamp seen, and
     `wrote`, whether any write applied or may have - after which no failure of the statement
@@ -116,12 +118,16 @@ class NodeKV:
         return self._check(self._propose_many(op, [(key, args)])[0], op in _WRITE_OPS)
 
     def get(self, key: bytes) -> bytes | None:
+        check_key(key)
         return self._propose("get", key, {})["value"]
 
-    def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        for key in keys:
+            check_key(key)
         return [self._check(answer, False)["value"] for answer in self._propose_many("get", [(key, {}) for key in keys])]
 
     def get_version(self, key: bytes) -> tuple[bytes, Version] | None:
+        check_key(key)
         result = self._propose("get", key, {})
         return None if result["value"] is None else (result["value"], tuple(result["ts"]))
 
@@ -129,26 +135,37 @@ class NodeKV:
         return [(k, v) for k, v, _ in self.scan_versions(start, end, limit)]
 
     def scan_versions(self, start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, bytes, Version]]:
+        check_key(start, allow_empty=True)
+        if end is not None:
+            check_key(end)
+        check_scan_limit(limit)
         result = self._check(self._run(self.node.scan_keys(start, end, limit)), False)
         return [(k, v, tuple(ts)) for (k, v), ts in zip(result["rows"], result["versions"])]
 
     def put(self, key: bytes, value: bytes) -> None:
+        check_key(key)
+        check_value(value)
         self._propose("put", key, {"value": value})
 
     def delete(self, key: bytes) -> None:
+        check_key(key)
         self._propose("delete", key, {})
 
     def cas(self, key: bytes, expected: bytes | None, new: bytes) -> bool:
+        check_key(key)
+        check_value(new)
+        if expected is not None:
+            check_value(expected)
         return bool(self._propose("cas", key, {"expected": expected, "new": new})["swapped"])
 
     def write_if(self, key: bytes, if_version: Version | None, value: bytes | None) -> WriteResult:
         return self.write_if_many([(key, if_version, value)])[0]
 
-    def write_if_many(self, writes: list[tuple[bytes, Version | None, bytes | None]], *,
-                      stop_after_failure: bool = True) -> list[WriteResult]:
+    def write_if_many(self, writes: Sequence[Write], *, stop_after_failure: bool = True) -> list[WriteResult]:
         """sql/kv.py's conditioned writes (the replicated `put_if`); never raises: a write with
         no answer has an `error`. With `stop_after_failure`, no window is sent after one with a
         failed write."""
+        check_writes(writes)
         calls = [(key, {"if_version": None if version is None else list(version), "value": value})
                  for key, version, value in writes]
         results = []
@@ -160,18 +177,17 @@ class NodeKV:
             else:
                 current = None if result["value"] is None else (result["value"], tuple(result["version"]))
                 results.append(WriteResult(False, current=current))
-        not_sent = UnavailableError("not sent: an earlier write of this statement failed")
-        return results + [WriteResult(False, error=not_sent)] * (len(writes) - len(results))
+        return results + not_sent(len(writes) - len(results))
 
     def _status(self) -> dict:
         return self._run(self.node.status())
 
-    def check_consistency(self, start: bytes, end: bytes | None) -> list[dict]:
+    def check_consistency(self, start: bytes, end: bytes | None) -> list[ConsistencyResult]:
         """A consistency check of every range overlapping [start, end) (raftstore.kvserver.consistency):
         one result map per range, in key order; the node bounds it well below the call timeout."""
         return self._run(self.node.check_consistency(start, end))
 
-    def ranges_for(self, start: bytes, end: bytes | None) -> list[dict]:
+    def ranges_for(self, start: bytes, end: bytes | None) -> list[RangeInfo]:
         status = self._status()
         members = status["members"]
 
@@ -186,9 +202,9 @@ class NodeKV:
                 out.append({"range_id": r["range_id"], "start": r["start"], "end": r["end"],
                             "replicas": [who(n) for n in r["replicas"]],
                             "leader": who(r["leader"]) if r["leader"] is not None else None})
-        return out
+        return sorted(out, key=lambda r: r["start"])   # the status lists ranges by id, not by key
 
-    def regions(self) -> list[dict]:
+    def regions(self) -> list[RegionInfo]:
         status = self._status()
         up = set(status["connected"]) | {status["node_id"]}
         return [{"region": m["region"], "node_id": int(nid), "up": int(nid) in up}

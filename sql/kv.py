@@ -1,35 +1,38 @@
-"""The versioned part of the KV interface the engine uses for writes: reads that return each
-row's version, and writes conditioned on one.
+"""The KV interface of the SQL engine: one Protocol, `KV`, naming every call the engine makes
+on its store, with the contract each call keeps.
 
-Why: until transactions make a statement atomic, a statement that reads a row and then writes
-it, or that takes back a row it wrote after a later write failed, must act on exactly the
+Why one explicit interface: the engine (sql/execute.py, writes.py, catalog.py, virtual.py)
+runs unchanged over a node (`sql.gateway.NodeKV`, later the router's KV) and over the in-memory
+`sql.memkv.MemKV` of the unit tests; what the unit tests prove holds on a node only if both keep
+the same contract. tests/test_kv_contract.py runs one suite of checks (tests/kv_contract.py)
+against both and shows it catches a broken MemKV.
+
+Versions: until transactions make a statement atomic, a statement that reads a row and then
+writes it, or that takes back a row it wrote after a later write failed, must act on exactly the
 version it read or wrote - never on one another client wrote meanwhile, or that client's
 acknowledged write is lost. A version is the commit timestamp the store gave the write, unique
-per key, so it tells two writes apart even when the second put back the very bytes of the
-first (a compare by value cannot).
+per key and growing with every write of the key (a delete too), so it tells two writes apart
+even when the second put back the very bytes of the first (a compare by value cannot).
 
-The contract, implemented by a node's `sql.gateway.NodeKV` and by `sql.memkv.MemKV`:
-
-* ``get_version(key) -> (value, version) | None`` - the live value and its version, None if
-  the key has no live value.
-* ``scan_versions(start, end, limit) -> [(key, value, version)]`` - as ``scan``, with versions.
-* ``write_if(key, if_version, value) -> WriteResult`` - write `value` (None: delete) only if
-  the key's newest version is exactly `if_version` (a delete's version too), or, with
-  `if_version` None, only if the key has no live value.
-* ``write_if_many(writes, *, stop_after_failure=True) -> [WriteResult]`` (optional) - the same
-  for many (key, if_version, value) triples at once, results in order; with
-  `stop_after_failure` it may leave out the calls after one that failed (their results carry
-  an error saying they were not sent), without it every call is tried.
-
-Pure: no I/O.
+Below the Protocol, what its implementations share so that they refuse and stop alike: the
+argument checks (`check_key`, `check_value`, `check_writes`, `check_scan_limit`) and
+`write_each`, a `write_if_many` for a KV that writes one key at a time. Pure: no I/O.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol, TypedDict
+
+from raftstore import constants
+from raftstore.errors import UnavailableError
 
 Version = tuple[int, int]
 """A commit timestamp (wall_ns, logical): unique per key, ordered like time."""
+
+Write = tuple[bytes, Version | None, bytes | None]
+"""One conditioned write: (key, if_version, value); value None deletes."""
 
 
 @dataclass(frozen=True)
@@ -51,3 +54,174 @@ class WriteResult:
     def maybe_applied(self) -> bool:
         """The write applied, or may have: it must be counted among the statement's writes."""
         return self.swapped or (self.error is not None and bool(getattr(self.error, "ambiguous", True)))
+
+
+class ReplicaInfo(TypedDict):
+    node_id: int
+    region: str
+
+
+class RangeInfo(TypedDict):
+    """One range as `KV.ranges_for` shows it: span [start, end) (end None: keyspace end)."""
+
+    range_id: int
+    start: bytes
+    end: bytes | None
+    replicas: list[ReplicaInfo]
+    leader: ReplicaInfo | None
+
+
+class RegionInfo(TypedDict):
+    region: str
+    node_id: int
+    up: bool
+
+
+class ConsistencyResult(TypedDict, total=False):
+    """One range's check (raftstore.kvserver.consistency): `status` is "consistent",
+    "inconsistent" or "incomplete"; `detail` says why; `differing` lists the odd replicas."""
+
+    range_id: int
+    start: bytes
+    end: bytes | None
+    index: int | None
+    status: str
+    detail: str
+    differing: list[int]
+    replicas: list
+
+
+CONSISTENCY_STATUSES = ("consistent", "inconsistent", "incomplete")
+
+
+class KV(Protocol):
+    """The blocking KV the SQL engine runs on (one statement at a time per instance).
+
+    Keys and values are `bytes`; a key is non-empty. A value may be empty: ``b""`` is a live
+    value, distinct from an absent key. Returned bytes are the caller's. Spans are
+    ``[start, end)``; ``end`` None reaches the end of the keyspace. Every read sees every write
+    that was acknowledged before it was sent (linearizable on a node).
+
+    Errors (raftstore.errors), the operating errors a call may raise or, for the conditioned
+    writes, carry in `WriteResult.error`: `UnavailableError` - nothing was done (no quorum, no
+    leader reachable); it may be sent again. `AmbiguousCommitError` (``ambiguous``) - a write
+    may or may not have applied. `TooLargeError` - a write whose key and values exceed
+    `raftstore.constants.command_bytes_max` is refused before anything is sent; nothing
+    applied. A key or value that is not bytes, an empty key, or a scan limit outside
+    1..`constants.scan_rows_max` is a caller's bug: TypeError / ValueError, raised before
+    anything is sent.
+    """
+
+    def get(self, key: bytes) -> bytes | None:
+        """The key's live value, None if it has none (never written, or deleted)."""
+        ...
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """`get` of every key (sent together where the store can), answers in the order given.
+        Raises the error of the first key that failed."""
+        ...
+
+    def get_version(self, key: bytes) -> tuple[bytes, Version] | None:
+        """The live value and its version, None if the key has no live value."""
+        ...
+
+    def scan(self, start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
+        """The live (key, value) pairs with start <= key < end, ascending by key, the first
+        `limit` (1..scan_rows_max) of them; fewer only when the span holds fewer. Crosses range
+        boundaries: the caller never sees how the span is cut."""
+        ...
+
+    def scan_versions(self, start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, bytes, Version]]:
+        """`scan` with each pair's version: (key, value, version)."""
+        ...
+
+    def put(self, key: bytes, value: bytes) -> None:
+        """Write `value`: a new version of the key, above every earlier one."""
+        ...
+
+    def delete(self, key: bytes) -> None:
+        """Delete the key's live value (none is fine): a tombstone, itself a new version above
+        every earlier one, so a later write's version is higher still."""
+        ...
+
+    def cas(self, key: bytes, expected: bytes | None, new: bytes) -> bool:
+        """Write `new` only if the live value equals `expected` (None: the key has no live
+        value), decided atomically with the write. True if it wrote."""
+        ...
+
+    def write_if(self, key: bytes, if_version: Version | None, value: bytes | None) -> WriteResult:
+        """Write `value` (None: delete) only if the key's newest version is exactly
+        `if_version` - a delete's version counts too - or, with `if_version` None, only if the
+        key has no live value; decided atomically with the write. Swapped: `version` is the
+        version written. Not swapped: `current` is the live (value, version) now, or None.
+        Never raises an operating error: a write with no answer comes back with `error`."""
+        ...
+
+    def write_if_many(self, writes: Sequence[Write], *, stop_after_failure: bool = True) -> list[WriteResult]:
+        """`write_if` of every (key, if_version, value), results in the order given. The keys
+        must be distinct: the writes may be sent together and apply in any order. A condition
+        that did not hold is an answer, not a failure. With `stop_after_failure`, writes not yet
+        sent after one came back with an `error` are not sent; their results carry an
+        `UnavailableError` saying so (not ambiguous). Without it, every write is tried."""
+        ...
+
+    def ranges_for(self, start: bytes, end: bytes | None) -> list[RangeInfo]:
+        """The ranges overlapping [start, end), in key order, each adjacent pair meeting: their
+        span, replicas and leader (None while it has none), as this gateway knows them."""
+        ...
+
+    def regions(self) -> list[RegionInfo]:
+        """Every node of the cluster, ascending by node id: its region and whether it is up."""
+        ...
+
+    def check_consistency(self, start: bytes, end: bytes | None) -> list[ConsistencyResult]:
+        """Check that the replicas of every range overlapping [start, end) hold the same data:
+        one result per range, in key order, with one of CONSISTENCY_STATUSES."""
+        ...
+
+
+def check_key(key: object, allow_empty: bool = False) -> None:
+    """TypeError unless `key` is bytes; ValueError if it is empty (unless `allow_empty`)."""
+    if not isinstance(key, bytes):
+        raise TypeError(f"keys are bytes, got {type(key).__name__}")
+    if not key and not allow_empty:
+        raise ValueError("keys must not be empty")
+
+
+def check_value(value: object) -> None:
+    """TypeError unless `value` is bytes."""
+    if not isinstance(value, bytes):
+        raise TypeError(f"values are bytes, got {type(value).__name__}")
+
+
+def check_writes(writes: Sequence[Write]) -> None:
+    """`check_key` and `check_value` of every (key, if_version, value) of a `write_if_many`."""
+    for key, _, value in writes:
+        check_key(key)
+        if value is not None:
+            check_value(value)
+
+
+def check_scan_limit(limit: object) -> None:
+    """ValueError unless `limit` is a scan limit the contract allows (1..scan_rows_max)."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= constants.scan_rows_max:
+        raise ValueError(f"scan limit must be 1..{constants.scan_rows_max}, got {limit!r}")
+
+
+def write_each(write_if: Callable[[bytes, Version | None, bytes | None], WriteResult], writes: Sequence[Write], *,
+               stop_after_failure: bool = True) -> list[WriteResult]:
+    """`KV.write_if_many` for a KV that writes one key at a time (the in-memory KV, and test
+    KVs wrapping it): `write_if` of each write in turn, stopping as that contract says."""
+    results: list[WriteResult] = []
+    for key, version, value in writes:
+        result = write_if(key, version, value)
+        results.append(result)
+        if result.error is not None and stop_after_failure:
+            break
+    return results + not_sent(len(writes) - len(results))
+
+
+def not_sent(count: int) -> list[WriteResult]:
+    """The results of `count` writes left unsent after an earlier write failed."""
+    error = UnavailableError("not sent: an earlier write of this statement failed")
+    return [WriteResult(False, error=error)] * count

@@ -2,30 +2,28 @@
 harness.
 
 Why: the SQL layer must be testable in milliseconds and without a cluster, against the same
-contract the node implements - ``get / scan / put / delete / cas / ranges_for / regions /
-check_consistency`` and the versioned calls of sql/kv.py - so the planner's range operations can
-be counted and the results compared with SQLite.
+contract the node implements - the `sql.kv.KV` Protocol, which tests/test_kv_contract.py checks
+on both - so the planner's range operations can be counted and the results compared with SQLite.
 
 It keeps keys in a sorted list beside a dict (bisect for scans) and fakes a range layout: the
 keyspace is cut at `split_keys` (default ``b"t"``: the meta range [b"", b"t") and one range
-for all table rows), each range replicated on the three demo regions, with range i led by
-node ((i - 1) % 3) + 1, so EXPLAIN and SHOW RANGES have something to show.
+for all table rows; `split` adds a cut), each range replicated on the three demo regions, with
+range i led by node ((i - 1) % 3) + 1, so EXPLAIN and SHOW RANGES have something to show.
 
-Contract notes (as the node's): spans are ``[start, end)``, ``end`` None = to the end of the
-keyspace; scan returns ascending pairs, at most `limit` (1..10000); returned bytes are
-immutable and owned by the caller. Every write makes a new version of its key, a delete too
-(a tombstone), numbered (n, 0) from a counter, for the versioned calls of sql/kv.py. Pure
-apart from its own memory; not thread-safe.
+As the node: every write makes a new version of its key, a delete too (a tombstone), numbered
+(n, 0) from one counter, so a key's versions only grow; a write over the node's command bound
+is refused with TooLargeError. Pure apart from its own memory; not thread-safe.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-from sql.kv import Version, WriteResult
-
-SCAN_LIMIT_MAX = 10_000
+from raftstore import constants
+from raftstore.errors import TooLargeError
+from sql.kv import (ConsistencyResult, RangeInfo, RegionInfo, Version, Write, WriteResult, check_key,
+                    check_scan_limit, check_value, check_writes, write_each)
 
 DEFAULT_REGIONS = (
     {"node_id": 1, "region": "us-east1"},
@@ -35,7 +33,8 @@ DEFAULT_REGIONS = (
 
 
 class MemKV:
-    """A sorted in-memory map with fake ranges. Counts calls per method in `calls`."""
+    """A sorted in-memory map with fake ranges, implementing `sql.kv.KV`. Counts calls per
+    method in `calls`."""
 
     def __init__(
         self,
@@ -57,19 +56,24 @@ class MemKV:
 
     def get(self, key: bytes) -> bytes | None:
         self._count("get")
-        _check_key(key)
+        check_key(key)
         return self._data.get(key)
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        self._count("get_many")
+        for key in keys:
+            check_key(key)
+        return [self._data.get(key) for key in keys]
 
     def scan(self, start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
         self._count("scan")
         return self._scan(start, end, limit)
 
     def _scan(self, start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
-        _check_key(start, allow_empty=True)
+        check_key(start, allow_empty=True)
         if end is not None:
-            _check_key(end)
-        if not isinstance(limit, int) or not 1 <= limit <= SCAN_LIMIT_MAX:
-            raise ValueError(f"scan limit must be 1..{SCAN_LIMIT_MAX}, got {limit!r}")
+            check_key(end)
+        check_scan_limit(limit)
         lo = bisect.bisect_left(self._keys, start)
         hi = len(self._keys) if end is None else bisect.bisect_left(self._keys, end)
         hi = min(hi, lo + limit)
@@ -77,21 +81,23 @@ class MemKV:
 
     def put(self, key: bytes, value: bytes) -> None:
         self._count("put")
-        _check_key(key)
-        _check_value(value)
+        check_key(key)
+        check_value(value)
+        _check_size(key, value)
         self._store(key, value)
 
     def delete(self, key: bytes) -> None:
         self._count("delete")
-        _check_key(key)
+        check_key(key)
         self._remove(key)
 
     def cas(self, key: bytes, expected: bytes | None, new: bytes) -> bool:
         self._count("cas")
-        _check_key(key)
-        _check_value(new)
+        check_key(key)
+        check_value(new)
         if expected is not None:
-            _check_value(expected)
+            check_value(expected)
+        _check_size(key, expected, new)
         if self._data.get(key) != expected:
             return False
         self._store(key, new)
@@ -99,7 +105,7 @@ class MemKV:
 
     def get_version(self, key: bytes) -> tuple[bytes, Version] | None:
         self._count("get_version")
-        _check_key(key)
+        check_key(key)
         return (self._data[key], self._versions[key]) if key in self._data else None
 
     def scan_versions(self, start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, bytes, Version]]:
@@ -108,9 +114,13 @@ class MemKV:
 
     def write_if(self, key: bytes, if_version: Version | None, value: bytes | None) -> WriteResult:
         self._count("write_if")
-        _check_key(key)
+        check_key(key)
         if value is not None:
-            _check_value(value)
+            check_value(value)
+        try:
+            _check_size(key, value)
+        except TooLargeError as exc:
+            return WriteResult(False, error=exc)
         live = key in self._data
         holds = not live if if_version is None else self._versions.get(key) == tuple(if_version)
         if not holds:
@@ -121,7 +131,12 @@ class MemKV:
             self._store(key, value)
         return WriteResult(True, version=self._versions[key])
 
-    def ranges_for(self, start: bytes, end: bytes | None) -> list[dict]:
+    def write_if_many(self, writes: Sequence[Write], *, stop_after_failure: bool = True) -> list[WriteResult]:
+        self._count("write_if_many")
+        check_writes(writes)   # all of them before any is written, as a node does
+        return write_each(self.write_if, writes, stop_after_failure=stop_after_failure)
+
+    def ranges_for(self, start: bytes, end: bytes | None) -> list[RangeInfo]:
         self._count("ranges_for")
         bounds = [b""] + self._splits
         out = []
@@ -149,7 +164,7 @@ class MemKV:
             })
         return out
 
-    def check_consistency(self, start: bytes, end: bytes | None) -> list[dict]:
+    def check_consistency(self, start: bytes, end: bytes | None) -> list[ConsistencyResult]:
         """One result per fake range overlapping [start, end), in key order. There is one copy
         of the data, so a range is consistent unless `mark_inconsistent` said otherwise."""
         self._count("check_consistency")
@@ -163,14 +178,20 @@ class MemKV:
                         "status": status, "detail": detail, "differing": differing, "replicas": []})
         return out
 
-    def regions(self) -> list[dict]:
+    def regions(self) -> list[RegionInfo]:
         self._count("regions")
         return [
             {"region": n["region"], "node_id": n["node_id"], "up": n["node_id"] not in self._down}
-            for n in self._nodes
+            for n in sorted(self._nodes, key=lambda n: n["node_id"])
         ]
 
     # --- test helpers ----------------------------------------------------------------------------
+
+    def split(self, key: bytes) -> None:
+        """Cut the fake range holding `key` at `key` (no data moves: there is one copy)."""
+        check_key(key)
+        if key not in self._splits:
+            bisect.insort(self._splits, key)
 
     def mark_down(self, node_id: int) -> None:
         """Show node `node_id` as down in regions() and without replicas in ranges_for()."""
@@ -207,13 +228,10 @@ class MemKV:
         self.calls[method] = self.calls.get(method, 0) + 1
 
 
-def _check_key(key: object, allow_empty: bool = False) -> None:
-    if not isinstance(key, bytes):
-        raise TypeError(f"keys are bytes, got {type(key).__name__}")
-    if not key and not allow_empty:
-        raise ValueError("keys must not be empty")
-
-
-def _check_value(value: object) -> None:
-    if not isinstance(value, bytes):
-        raise TypeError(f"values are bytes, got {type(value).__name__}")
+def _check_size(key: bytes, *values: bytes | None) -> None:
+    """A node refuses a command over command_bytes_max before proposing it; so does this KV
+    (the node counts the encoded command, a little more than key and values)."""
+    size = len(key) + sum(len(v) for v in values if v is not None)
+    if size > constants.command_bytes_max:
+        raise TooLargeError("a write of %d bytes exceeds command_bytes_max=%d; nothing was applied"
+                            % (size, constants.command_bytes_max))

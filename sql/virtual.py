@@ -32,6 +32,7 @@ from sql.catalog import ColumnSchema, TableSchema
 from sql.dialect import CHECK_CONSISTENCY
 from sql.errors import SQLError
 from sql.expr import Compiled, Compiler, EvalContext, Scope
+from sql.kv import KV
 
 __all__ = ["VIRTUAL_TABLES", "VirtualTable", "compile_args", "virtual_rows"]
 
@@ -48,7 +49,7 @@ def _column(name: str, kind: str) -> ColumnSchema:
     return ColumnSchema(name, kind, False, None)
 
 
-def _check_consistency_rows(kv, args: list, names: dict[int, str]) -> list[list]:
+def _check_consistency_rows(kv: KV, args: list, names: dict[int, str]) -> list[list]:
     from sql.explain import pretty_key   # explain imports the planner, which imports us
 
     start, end = b"", None
@@ -57,11 +58,8 @@ def _check_consistency_rows(kv, args: list, names: dict[int, str]) -> list[list]
         if stats_only is None or start is None or end is None:
             raise SQLError("invalid_parameter", f"{CHECK_CONSISTENCY}: arguments must not be NULL")
         end = end or None               # '' is the end of the keyspace, as in CockroachDB
-    check = getattr(kv, "check_consistency", None)
-    if check is None:
-        raise SQLError("feature_not_supported", f"{CHECK_CONSISTENCY}: this store cannot run consistency checks")
     return [[r["range_id"], r["start"], pretty_key(r["start"], names), r["status"], r["detail"]]
-            for r in check(start, end)]
+            for r in kv.check_consistency(start, end)]
 
 
 VIRTUAL_TABLES: dict[str, VirtualTable] = {
@@ -89,6 +87,6 @@ def compile_args(name: str, nodes: list, position: int | None) -> list[Compiled]
             for i, (node, kind) in enumerate(zip(nodes, table.arg_types))]
 
 
-def virtual_rows(kv, name: str, args: list[Compiled], ctx: EvalContext, names: dict[int, str]) -> list[list]:
+def virtual_rows(kv: KV, name: str, args: list[Compiled], ctx: EvalContext, names: dict[int, str]) -> list[list]:
     """The rows of virtual table `name` for this call (arguments evaluated now)."""
     return VIRTUAL_TABLES[name].rows(kv, [arg.fn((), ctx) for arg in args], names)

@@ -29,11 +29,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from raftstore.errors import RaftstoreError, TooLargeError, UnavailableError
+from raftstore.errors import RaftstoreError, TooLargeError
 from sql.catalog import TableSchema
 from sql.constants import ROW_CAS_RETRY_COUNT_MAX, ROWS_NAMED_IN_ERRORS_MAX
 from sql.errors import SQLError
-from sql.kv import Version, WriteResult
+from sql.kv import KV, Version
 from sql.rowcodec import decode_row, pk_text
 
 __all__ = ["RowWrite", "StatementWrites", "write_conflict", "duplicate_key_raced"]
@@ -88,7 +88,7 @@ class StatementWrites:
     remain. True once anything may have applied. Not thread-safe: one statement.
     """
 
-    def __init__(self, kv, schema: TableSchema) -> None:
+    def __init__(self, kv: KV, schema: TableSchema) -> None:
         self.kv, self.schema = kv, schema
         self.started = False                          # a write has been sent
         self._undo: dict[bytes, list] = {}            # key -> [raw before, version written, row]
@@ -101,7 +101,7 @@ class StatementWrites:
     # --- writing -------------------------------------------------------------------------
 
     def write(self, items: list[RowWrite], redo: Redo, rounds: int = ROW_CAS_RETRY_COUNT_MAX) -> int:
-        """Write every item, all at once (`write_if_many` when the KV has it). An item whose
+        """Write every item, all at once (one `write_if_many`). An item whose
         condition no longer held is decided again by `redo` and written in the next round.
         Returns the rows written, plus those already as wanted. Raises the first failed write
         (in the order given) after recording its round; `redo`'s errors; or, after `rounds`
@@ -117,7 +117,7 @@ class StatementWrites:
             if not pending:
                 return done
             self.started = True
-            results = self._write_many([(i.key, i.version, i.new_raw) for i in pending])
+            results = self.kv.write_if_many([(i.key, i.version, i.new_raw) for i in pending])
             failure = None
             for item, result in zip(pending, results):
                 if result.swapped:
@@ -164,22 +164,6 @@ class StatementWrites:
         else:
             entry[1] = version   # written again (a key moved away and back): undo to the first row
 
-    def _write_many(self, writes: list, *, stop_after_failure: bool = True) -> list[WriteResult]:
-        many = getattr(self.kv, "write_if_many", None)
-        if many is not None and len(writes) > 1:
-            return many(writes, stop_after_failure=stop_after_failure)
-        results = []
-        for key, version, value in writes:
-            try:
-                result = self.kv.write_if(key, version, value)
-            except RaftstoreError as exc:
-                result = WriteResult(False, error=exc)
-            results.append(result)
-            if result.error is not None and stop_after_failure:
-                not_sent = UnavailableError("not sent: an earlier write of this statement failed")
-                return results + [WriteResult(False, error=not_sent)] * (len(writes) - len(results))
-        return results
-
     def _row(self, item: RowWrite) -> list:
         if item.row is not None:
             return item.row
@@ -193,8 +177,8 @@ class StatementWrites:
         assert self, "nothing to take back"
         written = len(self._undo) + len(self._unknown) + len(self._blind)
         keys = list(self._undo)
-        results = self._write_many([(key, self._undo[key][1], self._undo[key][0]) for key in keys],
-                                   stop_after_failure=False)   # each rollback stands alone
+        results = self.kv.write_if_many([(key, self._undo[key][1], self._undo[key][0]) for key in keys],
+                                        stop_after_failure=False)   # each rollback stands alone
         back, changed, kept, unknown = 0, [], [], [self._row(item) for item in self._unknown.values()]
         kept_because = None
         for key, result in zip(keys, results):

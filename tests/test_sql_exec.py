@@ -15,12 +15,15 @@ from raftstore.keys import encode_key
 from sql import MemKV, Result, Session, SQLError
 from sql.constants import ROW_KEY_PREFIX
 from sql.errors import CODES
+from sql.kv import write_each
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, 678901)
 
 
 class CountingKV:
-    """Wraps a KV and records (method, key or (start, end)) of every call."""
+    """Wraps a KV and records (method, key or (start, end)) of every call; `get_many` and
+    `write_if_many` go through `get` and `write_if`, so each key is logged (and a subclass
+    that overrides `write_if` sees every write)."""
 
     def __init__(self, kv):
         self.kv = kv
@@ -29,6 +32,9 @@ class CountingKV:
     def get(self, key):
         self.log.append(("get", key))
         return self.kv.get(key)
+
+    def get_many(self, keys):
+        return [self.get(key) for key in keys]
 
     def scan(self, start, end, limit):
         self.log.append(("scan", (start, end, limit)))
@@ -58,11 +64,17 @@ class CountingKV:
         self.log.append(("write_if", key))
         return self.kv.write_if(key, if_version, value)
 
+    def write_if_many(self, writes, *, stop_after_failure=True):
+        return write_each(self.write_if, writes, stop_after_failure=stop_after_failure)
+
     def ranges_for(self, start, end):
         return self.kv.ranges_for(start, end)
 
     def regions(self):
         return self.kv.regions()
+
+    def check_consistency(self, start, end):
+        return self.kv.check_consistency(start, end)
 
     def data_calls(self) -> list[tuple[str, object]]:
         """Calls on row keys only (catalog reads are not the planner's choice)."""

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import pytest
 
-from raftstore.errors import AmbiguousCommitError, UnavailableError
+from raftstore.errors import AmbiguousCommitError, RaftstoreError, UnavailableError
 from sql import MemKV, Session, SQLError
 from sql.constants import ROW_CAS_RETRY_COUNT_MAX, ROW_KEY_PREFIX
+from sql.kv import WriteResult, write_each
 
 
 class Racing:
     """The KV of the statement under test: `before[n](store)` runs just before its n-th row
-    write (1-based; rollbacks and blind puts count too), `fail[n]` is raised instead of it."""
+    write (1-based; rollbacks and blind puts count too), `fail[n]` is its answer instead (raised
+    by `put`, carried in the WriteResult of a conditioned write, as sql/kv.py says)."""
 
     def __init__(self, store: MemKV):
         self.store = store
@@ -36,8 +38,14 @@ class Racing:
                 raise self.fail[self.row_writes]
 
     def write_if(self, key, if_version, value):
-        self._row_write(key)
+        try:
+            self._row_write(key)
+        except RaftstoreError as exc:
+            return WriteResult(False, error=exc)
         return self.store.write_if(key, if_version, value)
+
+    def write_if_many(self, writes, *, stop_after_failure=True):
+        return write_each(self.write_if, writes, stop_after_failure=stop_after_failure)
 
     def put(self, key, value):
         self._row_write(key)

@@ -9,9 +9,13 @@ import argparse
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from raftstore import constants
 from raftstore.node.peer import parse_addr
+
+if TYPE_CHECKING:
+    from raftstore.node.loop import NodeConfig
 
 
 def _addr(text: str) -> str:
@@ -146,15 +150,27 @@ def _refused_writes() -> tuple[bytes, bytes] | None:
 
 
 def run_start(args: argparse.Namespace) -> int:
-    from raftstore.node.loop import NodeConfig, StartupError
+    from raftstore.node.loop import StartupError
     from raftstore.server.main import run_node
+
+    cfg = node_config(args)
+    logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
+                        format="%(asctime)s n" + str(args.node_id) + " %(levelname)s %(name)s: %(message)s")
+    try:
+        return run_node(cfg)
+    except StartupError as exc:
+        raise SystemExit("raftstore start: error: %s" % exc)
+
+
+def node_config(args: argparse.Namespace) -> NodeConfig:
+    """The NodeConfig of `raftstore start` with these arguments (SystemExit saying what is wrong
+    with them). Tests that run a node in their own process build it here, as the CLI does."""
+    from raftstore.node.loop import NodeConfig
 
     if args.cluster_secret_file is None and not args.insecure:
         raise SystemExit("raftstore start: error: no --cluster-secret-file given; peers must authenticate "
                          "(pass --insecure to run without, for local testing only)")
     secret = b"" if args.insecure else _read_secret(args.cluster_secret_file)
-    logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
-                        format="%(asctime)s n" + str(args.node_id) + " %(levelname)s %(name)s: %(message)s")
     latency = None
     if args.latency_matrix:
         from raftstore.node.wan import MatrixError, load_matrix
@@ -163,16 +179,12 @@ def run_start(args: argparse.Namespace) -> int:
             latency.rtt_ms(args.region, args.region)
         except MatrixError as exc:
             raise SystemExit("raftstore start: error: --latency-matrix: %s" % exc)
-    cfg = NodeConfig(node_id=args.node_id, region=args.region, peer_addr=args.peer_addr, sql_addr=args.sql_addr,
-                     join=args.join, data_dir=os.path.abspath(args.data_dir), secret=secret,
-                     range_bytes_max=args.range_max_bytes,
-                     raft_conf={"logCompactionMinEntries": args.log_compaction_entries}, latency=latency,
-                     clock_skew_ns=_clock_skew_ns(), refuse_writes=_refused_writes(),
-                     disk_reserve_bytes=args.disk_reserve_bytes, disk_ballast_bytes=args.disk_ballast_bytes)
-    try:
-        return run_node(cfg)
-    except StartupError as exc:
-        raise SystemExit("raftstore start: error: %s" % exc)
+    return NodeConfig(node_id=args.node_id, region=args.region, peer_addr=args.peer_addr, sql_addr=args.sql_addr,
+                      join=args.join, data_dir=os.path.abspath(args.data_dir), secret=secret,
+                      range_bytes_max=args.range_max_bytes,
+                      raft_conf={"logCompactionMinEntries": args.log_compaction_entries}, latency=latency,
+                      clock_skew_ns=_clock_skew_ns(), refuse_writes=_refused_writes(),
+                      disk_reserve_bytes=args.disk_reserve_bytes, disk_ballast_bytes=args.disk_ballast_bytes)
 
 
 def main(argv: list[str] | None = None) -> int:
