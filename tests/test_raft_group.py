@@ -55,7 +55,7 @@ def test_a_bad_command_is_recorded_as_failed_and_the_replica_keeps_going(world):
     got = []
     node._apply_payload(b"\xc1 not msgpack", callback=lambda res, err: got.append((res, err)))
     world.run_until(world.clock.t + 2.0)
-    assert got and got[0][0][0] is False and "msgpack" in got[0][0][1]
+    assert got and got[0][0][0] is False and "msgpack" in got[0][0][1]["message"] and got[0][0][1]["code"] == "rejected"
     assert all(world.nodes[n].apply_failures == 1 for n in world.ids)
     outcome, _ = _propose(world, leader, "put", {"k": "after"})
     assert outcome is Outcome.COMMITTED

@@ -142,3 +142,34 @@ def test_a_retried_cas_gets_the_whole_first_answer_swapped_included(replica):
     first = replica.apply(2, Command(_cid(2), "cas", {"key": b"k1", "expected": b"a", "new": b"b", "ts": [2, 0]}))
     assert first["swapped"] is True
     assert replica.result_of(_cid(2)) == (True, (True, first))
+
+
+def test_a_key_outside_the_range_is_a_typed_mismatch_carrying_the_replicas_descriptor(replica):
+    from raftstore.kvserver.ranges import RANGE_KEY_MISMATCH, is_mismatch, mismatch_descriptors
+    from raftstore.raft.commands import CommandError, Rejection
+    replica.apply(1, Command(_cid(1), "split", {"split_key": b"k5", "new_range_id": 7, "generation": 0, "ts": [1, 0]}))
+    with pytest.raises(CommandError) as caught:   # routed before the split: the key moved right
+        replica.apply(2, Command(_cid(2), "put", {"key": b"k7", "value": b"v", "ts": [2, 0]}))
+    rejection = Rejection.from_wire(caught.value.rejection().to_wire())   # as saved and answered
+    assert rejection.code == RANGE_KEY_MISMATCH and is_mismatch(rejection)
+    assert mismatch_descriptors(rejection.details) == [replica.desc] and replica.desc.end == b"k5"
+    assert "RangeKeyMismatch" in str(rejection) and "k7" in str(rejection)
+    with pytest.raises(CommandError) as caught:   # any other rejection is not a mismatch
+        replica.apply(2, Command(_cid(2), "put", {"key": b"k1", "value": 5, "ts": [2, 0]}))
+    assert not is_mismatch(caught.value.rejection())
+
+
+def test_rejections_saved_before_they_had_codes_and_malformed_ones_decode_as_plain_rejections():
+    from raftstore.kvserver.ranges import is_mismatch
+    from raftstore.raft.commands import REJECTED_CODE, Rejection
+    old = Rejection.from_wire("RangeKeyMismatch: key b'k7' is outside r2[...]")
+    assert (old.code, old.details) == (REJECTED_CODE, {}) and not is_mismatch(old)
+    assert Rejection.from_wire({"code": 3, "message": "x"}).code == REJECTED_CODE
+    assert Rejection.from_wire({"code": "c", "message": "m", "details": {"a": 1}}) == Rejection("c", "m", {"a": 1})
+
+
+@pytest.mark.parametrize("op", ["_write_ts", "finish", "mismatch", "HANDLERS", "__init__", ""])
+def test_only_the_ops_in_the_handler_table_apply(replica, op):
+    from raftstore.raft.commands import CommandError
+    with pytest.raises(CommandError, match="unknown command op"):
+        replica.apply(1, Command(_cid(1), op, {"key": b"k1", "value": b"v", "ts": [1, 0]}))

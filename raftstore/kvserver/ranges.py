@@ -26,7 +26,8 @@ DATA_START = b"\x02"
 LOCAL_DESC_PREFIX = b"\x00rd"
 META_DESC_PREFIX = b"\x01d"
 META_COUNTER_KEY = b"\x01n"
-MISMATCH = "RangeKeyMismatch"
+MISMATCH = "RangeKeyMismatch"          # the first word of a mismatch's message
+RANGE_KEY_MISMATCH = "range_key_mismatch"   # its code (raft.commands.Rejection.code)
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,23 @@ def split_key_for(keys: list[bytes]) -> bytes | None:
     if len(keys) < 2:
         return None
     return keys[len(keys) // 2]
+
+
+def is_mismatch(rejection) -> bool:
+    """Whether a rejected command's answer (raft.commands.Rejection) is a range-key mismatch."""
+    return getattr(rejection, "code", None) == RANGE_KEY_MISMATCH
+
+
+def mismatch_descriptors(details: dict) -> list[RangeDescriptor]:
+    """The descriptors a range-key mismatch carries (the refusing replica's own); malformed ones
+    are left out."""
+    out = []
+    for obj in details.get("descriptors", []) if isinstance(details, dict) else []:
+        try:
+            out.append(RangeDescriptor.from_wire(obj))
+        except ValueError:
+            pass
+    return out
 
 
 class RangeCache:

@@ -28,12 +28,12 @@ from typing import Any, BinaryIO, Callable
 import msgpack
 
 from raftstore import constants
+from raftstore.kvserver.ranges import (FIRST_DATA_RANGE_ID, META_COUNTER_KEY, META_DESC_PREFIX, META_RANGE_ID, MISMATCH,
+                                       RANGE_KEY_MISMATCH, RangeDescriptor, local_desc_key, meta_desc_key)
 from raftstore.raft.commands import Command, CommandError
 from raftstore.raft.failstop import FailStop
 from raftstore.raft.group import SnapshotRefused
 from raftstore.storage.mvcc import TIMESTAMP_PART_MAX, MVCCStore, discard_staged
-from raftstore.kvserver.ranges import (META_COUNTER_KEY, META_DESC_PREFIX, META_RANGE_ID, MISMATCH, RangeDescriptor,
-                              local_desc_key, meta_desc_key, FIRST_DATA_RANGE_ID)
 
 RAW_PREFIX = b"k"          # raw key-value keyspace (raftstore.kv); SQL rows live under b"t"
 RAW_END = b"l"             # first key after the raw keyspace
@@ -113,16 +113,16 @@ class RangeReplica:
             # Deterministic (by index alone), so every replica keeps the same outcomes.
             self.store.forget_command_results(self.range_id, index - constants.dedup_window_entries)
         if self.desc is None:
-            raise CommandError("%s: replica of r%d is not initialized" % (MISMATCH, self.range_id))
+            raise self._mismatch("replica of r%d is not initialized" % self.range_id)
         args = command.args
         if not isinstance(args, dict):
             raise CommandError("command args must be a map")
-        handler = getattr(self, "_op_" + command.op, None) if command.op.isidentifier() else None
+        handler = self.HANDLERS.get(command.op)
         if handler is None:
             raise CommandError("unknown command op %r" % command.op)
-        return handler(index, command, args)
+        return handler(self, index, command, args)
 
-    def record_failed(self, index: int, command: Command | None, error: str) -> None:
+    def record_failed(self, index: int, command: Command | None, error: str | dict) -> None:
         if command is None:
             self.store.mark_applied(self.range_id, index, continuous=True)
         else:
@@ -256,7 +256,7 @@ class RangeReplica:
     # --- data operations -----------------------------------------------------------------------
     def _check_key(self, key: bytes) -> bytes:
         if not self.desc.contains(key):
-            raise CommandError("%s: key %r is outside %s" % (MISMATCH, key, self.desc))
+            raise self._mismatch("key %r is outside %s" % (key, self.desc))
         return key
 
     def _op_put(self, index, command, args):
@@ -326,7 +326,7 @@ class RangeReplica:
         if not isinstance(limit, int) or not 0 < limit <= constants.scan_rows_max:
             raise CommandError("argument 'limit' must be an integer in 1..%d" % constants.scan_rows_max)
         if not self.desc.contains(start):
-            raise CommandError("%s: scan start %r is outside %s" % (MISMATCH, start, self.desc))
+            raise self._mismatch("scan start %r is outside %s" % (start, self.desc))
         stop = self.desc.end if end is None or (self.desc.end is not None and self.desc.end < end) else end
         rows = self.store.scan(start, stop, LATEST, limit)
         self.store.mark_applied(self.range_id, index, continuous=True)
@@ -350,8 +350,8 @@ class RangeReplica:
         if self.range_id == META_RANGE_ID:
             raise CommandError("the meta range does not split")
         if args.get("generation") != self.desc.generation:
-            raise CommandError("%s: split of %s expected generation %r, found %d"
-                               % (MISMATCH, self.desc, args.get("generation"), self.desc.generation))
+            raise self._mismatch("split of %s expected generation %r, found %d"
+                                 % (self.desc, args.get("generation"), self.desc.generation))
         if not isinstance(new_id, int) or new_id <= FIRST_DATA_RANGE_ID:
             raise CommandError("argument 'new_range_id' must be an unused range id")
         if not self.desc.contains(key) or key == self.desc.start:
@@ -399,7 +399,20 @@ class RangeReplica:
         self._finish(index, command, [(key, ts, desc.encode())], {"updated": True})
         return {"updated": True}
 
+    # The replicated commands, by op: the only ops a log entry can name.
+    HANDLERS: dict[str, Callable[["RangeReplica", int, Command, dict], Any]] = {
+        "put": _op_put, "delete": _op_delete, "cas": _op_cas, "put_if": _op_put_if, "get": _op_get,
+        "scan": _op_scan, "compute_checksum": _op_compute_checksum, "split": _op_split,
+        "alloc_range_id": _op_alloc_range_id, "meta_put": _op_meta_put,
+    }
+
     # --- helpers ---------------------------------------------------------------------------------
+    def _mismatch(self, what: str) -> CommandError:
+        """The key or span is not this range's (it split since the proposer routed): the answer
+        carries this replica's descriptor, so the router can route again without a lookup."""
+        return CommandError("%s: %s" % (MISMATCH, what), code=RANGE_KEY_MISMATCH,
+                            details={"descriptors": [self.desc.to_wire()] if self.desc is not None else []})
+
     def _write_ts(self, key: bytes, proposed: tuple[int, int]) -> tuple[int, int]:
         newest = self.store.latest_version_ts(key)
         if newest is not None and newest >= proposed:

@@ -407,10 +407,15 @@ class Store:
                 descs[rid] = rep.desc
         return sorted((d for d in descs.values() if d.overlaps(start, end)), key=lambda d: (d.start, d.range_id))
 
-    def refresh(self, range_id: int) -> None:
+    def refresh(self, range_id: int, returned: list[RangeDescriptor] = ()) -> None:
+        """Forget the cached descriptor of `range_id`, which refused a key; cache the descriptors
+        the refusing replica `returned` (a mismatch carries them), or, when it returned none,
+        this node's own replica's."""
         self.cache.invalidate(range_id)
+        for desc in returned:
+            self.cache.insert(desc)
         rep = self.replicas.get(range_id)
-        if rep is not None and rep.desc is not None:
+        if not returned and rep is not None and rep.desc is not None:
             self.cache.insert(rep.desc)
 
     def propose(self, range_id: int, op: str, args: dict, callback: Callable[[Outcome, Any], None],

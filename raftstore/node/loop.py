@@ -35,7 +35,7 @@ from pysyncobj.transport import Transport
 from hlc import HLC, MAX_OFFSET_NS_DEFAULT, ClockOffsetError, FileCeilingStore, SystemClock, Timestamp
 from raftstore import constants
 from raftstore.kvserver.consistency import Checksum, ChecksumRegistry, ConsistencyChecker
-from raftstore.kvserver.ranges import MISMATCH, pretty_key
+from raftstore.kvserver.ranges import is_mismatch, mismatch_descriptors, pretty_key
 from raftstore.kvserver.store import Store, StoreConfig
 from raftstore.node.clockcheck import OffsetMonitor, probe_is_valid
 from raftstore.node.peer import CHECKSUM_REPLY, CHECKSUM_REQUEST, HEARTBEAT, RAFT, PeerNetwork, parse_addr
@@ -524,10 +524,11 @@ class Node:
         return submit
 
     def _stale_route(self, outcome: Outcome, result: Any, routed: dict) -> bool:
-        """The range refused the key (split since we routed): refresh its descriptor."""
-        if outcome is Outcome.REJECTED and isinstance(result, str) and result.startswith(MISMATCH):
-            rid = routed.get("range_id")
-            self.call_in_loop(lambda: rid is not None and self.store.refresh(rid))
+        """The range refused the key (split since we routed): route again with the descriptor
+        the refusing replica returned."""
+        if outcome is Outcome.REJECTED and is_mismatch(result):
+            rid, descs = routed.get("range_id"), mismatch_descriptors(result.details)
+            self.call_in_loop(lambda: rid is not None and self.store.refresh(rid, descs))
             return True
         return False
 

@@ -18,9 +18,48 @@ import msgpack
 from raftstore import constants
 
 
+REJECTED_CODE = "rejected"   # a CommandError's code when it names none
+
+
 class CommandError(Exception):
-    """A command that cannot be applied (malformed, unknown op, bad arguments). Deterministic:
-    every replica reaches the same verdict, so it is recorded as failed and apply goes on."""
+    """A command that cannot be applied (malformed, unknown op, bad arguments, a key outside the
+    range). Deterministic: every replica reaches the same verdict, so it is recorded as failed
+    and apply goes on. `code` names the kind for the proposer (e.g. kvserver.ranges'
+    range_key_mismatch); `details` is msgpack data that goes with it (e.g. descriptors)."""
+
+    def __init__(self, message: str, *, code: str = REJECTED_CODE, details: dict | None = None) -> None:
+        super().__init__(message)
+        self.code, self.details = code, dict(details or {})
+
+    def rejection(self) -> "Rejection":
+        return Rejection(self.code, str(self), self.details)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """What the proposer of a rejected command gets (Outcome.REJECTED): the same on every
+    replica, saved with the command's outcome, and answered again to a retry of its id.
+    `str()` is the message."""
+
+    code: str
+    message: str
+    details: dict
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_wire(self) -> dict:
+        return {"code": self.code, "message": self.message, "details": self.details}
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> "Rejection":
+        """A saved or forwarded rejection; a plain string is one saved before rejections had codes."""
+        if isinstance(obj, str):
+            return cls(REJECTED_CODE, obj, {})
+        if (isinstance(obj, dict) and isinstance(obj.get("code"), str) and isinstance(obj.get("message"), str)
+                and isinstance(obj.get("details", {}), dict)):
+            return cls(obj["code"], obj["message"], obj.get("details", {}))
+        return cls(REJECTED_CODE, "malformed rejection %r" % (obj,), {})
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ from pysyncobj.node import Node
 from pysyncobj.serializer import Serializer
 
 from raftstore import constants
-from raftstore.raft.commands import Command, CommandError, Outcome, decode_command, encode_command
+from raftstore.raft.commands import Command, CommandError, Outcome, Rejection, decode_command, encode_command
 from raftstore.raft.failstop import FailStop
 from raftstore.raft.journal import DurableJournal, LogFile, fsync_dir
 
@@ -141,7 +141,7 @@ class StateMachine(Protocol):
 
     def applied_index(self) -> int: ...
     def apply(self, index: int, command: Command) -> Any: ...
-    def record_failed(self, index: int, command: Command | None, error: str) -> None: ...
+    def record_failed(self, index: int, command: Command | None, error: str | dict) -> None: ...
     def result_of(self, command_id: bytes) -> tuple[bool, Any]: ...
     def write_snapshot(self, f, index: int) -> None: ...
     def read_snapshot(self, f, index: int) -> None: ...
@@ -372,7 +372,10 @@ class RaftGroup(SyncObj):
     def _on_result(self, token: int, res: Any, err: int) -> None:
         if err == FAIL_REASON.SUCCESS:
             ok, value = res if isinstance(res, (tuple, list)) and len(res) == 2 else (False, "bad apply result")
-            self._finish(token, Outcome.COMMITTED if ok else Outcome.REJECTED, value)
+            if ok:
+                self._finish(token, Outcome.COMMITTED, value)
+            else:
+                self._finish(token, Outcome.REJECTED, Rejection.from_wire(value))
         elif err in _SURELY_NOT:
             self._finish(token, Outcome.NOT_COMMITTED, "pysyncobj: %s" % _fail_name(err))
         else:
@@ -404,7 +407,7 @@ class RaftGroup(SyncObj):
                     return result if found else (False, "index %d replayed without a recorded outcome" % index)
                 return (True, self._sm.apply(index, command))
             except CommandError as exc:
-                error = str(exc)
+                error = exc.rejection().to_wire()
             self.apply_failures += 1
             self._sm.record_failed(index, command, error)
             return (False, error)

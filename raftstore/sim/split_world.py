@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import msgpack
 from pysyncobj.transport import Transport
 
-from raftstore.kvserver.ranges import DATA_START, MISMATCH
+from raftstore.kvserver.ranges import DATA_START, is_mismatch, mismatch_descriptors
 from raftstore.kvserver.replica import LATEST, RAW_END, RAW_PREFIX, local_descriptors
 from raftstore.kvserver.store import Store, StoreConfig
 from raftstore.raft.commands import Outcome
@@ -246,8 +246,8 @@ class SplitWorld:
         def done(outcome, result, key=key, value=value, rid=desc.range_id if desc else None):
             if outcome is Outcome.COMMITTED:
                 self.acked[key] = value
-            elif self.alive(nid) and rid is not None and outcome is Outcome.REJECTED and str(result).startswith(MISMATCH):
-                self.stores[nid].refresh(rid)
+            elif self.alive(nid) and rid is not None and outcome is Outcome.REJECTED and is_mismatch(result):
+                self.stores[nid].refresh(rid, mismatch_descriptors(result.details))
             if outcome is not Outcome.COMMITTED:
                 self.push(self.clock.t + 0.05 * (attempt + 1), "call", lambda: self.write(i, attempt + 1))
         if desc is None:

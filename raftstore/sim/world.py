@@ -201,7 +201,7 @@ class SimStateMachine:
         self.results[command.id] = (True, index)
         return index
 
-    def record_failed(self, index: int, command: Command | None, error: str) -> None:
+    def record_failed(self, index: int, command: Command | None, error: str | dict) -> None:
         if command is not None:  # every simulated command is valid: a failure is a bug
             self.world.fail("apply-failed: %s could not apply index %d: %s" % (self.node_id, index, error))
         self._advance(index)
