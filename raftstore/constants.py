@@ -15,6 +15,9 @@ command_id_bytes = 16                   # random id that makes a retried proposa
 dedup_window_entries = 200_000
 dedup_forget_every_entries = 1_000
 proposal_timeout_s = 10.0               # a proposal with no outcome by then fails as ambiguous
+# A client command a follower's node handed the range's leader (only leaders propose): ambiguous
+# if the leader has not answered by then (its own proposal timeout, plus the WAN round trip).
+forwarded_proposal_timeout_s = proposal_timeout_s + 2.0
 proposals_in_flight_max = 10_000        # per group; beyond it a proposal is refused at once
 
 # --- pysyncobj configuration we always run with ---------------------------------------------

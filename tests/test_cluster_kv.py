@@ -130,6 +130,37 @@ def test_a_follower_forwards_and_every_op_works_through_any_node(cluster):
         assert c.scan(b"via-", b"via.", 10) == [(b"via-%d" % n.node_id, b"again") for n in cluster.nodes]
 
 
+def test_a_follower_never_proposes_a_clients_command_it_hands_it_to_the_leader(cluster):
+    # Only a range's leader proposes: a follower's node sends a client's command to the leader
+    # over the peer link (PROPOSE), never through pysyncobj's forwarding, whose proposals the
+    # status counts per node as `as_follower`.
+    leader = cluster.wait_leader()
+    followers = [n for n in cluster.nodes if n is not leader]
+
+    def statuses():
+        out = {}
+        for node in cluster.nodes:
+            with cluster.client(node) as c:
+                out[node.node_id] = c.status()
+        return out
+    before = statuses()
+    for node in cluster.nodes:
+        with cluster.client(node) as c:
+            for i in range(10):
+                c.put(b"only-leader-%d-%d" % (node.node_id, i), b"v")
+                assert c.cas(b"only-leader-%d-%d" % (node.node_id, i), b"v", b"w") is True
+                assert c.get(b"only-leader-%d-%d" % (node.node_id, i)) == b"w"
+    after = statuses()
+    if any(s["leader"] != leader.node_id for s in list(before.values()) + list(after.values())):
+        pytest.skip("the data range's leader changed during the test; nothing to conclude")
+    for f in followers:
+        got = after[f.node_id]["proposals"]
+        assert got["as_follower"] == before[f.node_id]["proposals"]["as_follower"] == 0, (f.node_id, got)
+        assert got["forwarded"] - before[f.node_id]["proposals"]["forwarded"] >= 30, (f.node_id, got)
+    got = after[leader.node_id]["proposals"]
+    assert got["for_peers"] - before[leader.node_id]["proposals"]["for_peers"] >= 60, got
+
+
 def test_sigterm_drains_and_exits_cleanly(cluster):
     cluster.wait_leader()
     node = cluster.nodes[1]

@@ -135,3 +135,29 @@ def test_an_authenticated_peer_sending_bad_frames_is_dropped_and_the_node_keeps_
             pytest.fail("the node did not drop a peer that sent %r" % data[:16])
         s.close()
         _still_serving(cluster, b"authbad%d" % i)
+
+
+# --- PROPOSE / PROPOSE_REPLY: a follower's node hands a client's command to the range's leader ---
+
+@pytest.mark.parametrize("frame, problem", [
+    ([6, 1, 2, "put", {}], "5 fields"),
+    ([6, -1, 2, "put", {}, b"c" * 16], "request id"),
+    ([6, True, 2, "put", {}, b"c" * 16], "request id"),
+    ([6, 1, 0, "put", {}, b"c" * 16], "range id"),
+    ([6, 1, 2, 7, {}, b"c" * 16], "op must be a str"),
+    ([6, 1, 2, "put", [], b"c" * 16], "args a map"),
+    ([6, 1, 2, "put", {}, b"short"], "command id"),
+    ([7, 1, "maybe", None], "outcome must be one of"),
+    ([7, 1, "committed"], "3 fields"),
+])
+def test_malformed_propose_frames_are_named(frame, problem):
+    from raftstore.node.peer import _propose_frame_problem
+    assert problem in _propose_frame_problem(frame)
+
+
+def test_well_formed_propose_frames_pass():
+    from raftstore import constants
+    from raftstore.node.peer import PROPOSE, PROPOSE_REPLY, _propose_frame_problem
+    assert _propose_frame_problem([PROPOSE, 1, 2, "put", {"key": b"k", "value": b"v"}, b"c" * constants.command_id_bytes]) is None
+    assert _propose_frame_problem([PROPOSE_REPLY, 1, "committed", {"ts": [1, 0]}]) is None
+    assert _propose_frame_problem([PROPOSE_REPLY, 1, "rejected", {"code": "c", "message": "m", "details": {}}]) is None

@@ -21,6 +21,7 @@ import collections
 import concurrent.futures
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -28,19 +29,20 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from pysyncobj.transport import Transport
 
 from hlc import HLC, MAX_OFFSET_NS_DEFAULT, ClockOffsetError, FileCeilingStore, SystemClock, Timestamp
 from raftstore import constants
 from raftstore.kvserver.consistency import Checksum, ChecksumRegistry, ConsistencyChecker
-from raftstore.kvserver.ranges import is_mismatch, mismatch_descriptors, pretty_key
+from raftstore.kvserver.ranges import MISMATCH, is_mismatch, mismatch_descriptors, pretty_key
 from raftstore.kvserver.store import Store, StoreConfig
 from raftstore.node.clockcheck import OffsetMonitor, probe_is_valid
-from raftstore.node.peer import CHECKSUM_REPLY, CHECKSUM_REQUEST, HEARTBEAT, RAFT, PeerNetwork, parse_addr
+from raftstore.node.peer import (CHECKSUM_REPLY, CHECKSUM_REQUEST, HEARTBEAT, PROPOSE, PROPOSE_REPLY, RAFT, PeerNetwork,
+                                  parse_addr)
 from raftstore.node.wan import LatencyMatrix
-from raftstore.raft.commands import Outcome, new_command_id
+from raftstore.raft.commands import Outcome, Rejection, encode_command, new_command_id
 from raftstore.raft.failstop import FailStop, exit_now
 from raftstore.raft.group import run_in_thread
 from raftstore.raft.journal import RealLogFile, fsync_dir
@@ -50,6 +52,7 @@ from raftstore.storage.mvcc import MVCCStore
 logger = logging.getLogger(__name__)
 
 READ_OPS = frozenset({"get", "scan"})   # the client ops that write nothing
+CLIENT_OPS = READ_OPS | {"put", "delete", "cas", "put_if"}   # what a peer may hand a range's leader
 
 _WAKING_MESSAGES = frozenset({"apply_command", "apply_command_response", "request_vote", "response_vote", "timeout_now"})
 
@@ -149,6 +152,13 @@ class Node:
         self.loop_busy_max_s = 0.0   # longest node-loop iteration (time not spent waiting in poll)
         self.loop_stalls: collections.deque = collections.deque(maxlen=constants.loop_stalls_kept)
         self._loop_thread: threading.Thread | None = None
+        # Client commands this node handed to a range's leader on another node, by request id:
+        # (callback, leader node id, deadline, read-only). Answered by PROPOSE_REPLY, or at the
+        # deadline or when the link to the leader drops: ambiguous (it may have been proposed),
+        # or, for a read, not committed (it changed nothing either way; retry).
+        self._forwarded: dict[int, tuple[Callable[[Outcome, Any], None], int, float, bool]] = {}
+        self._forward_ids = itertools.count(1)
+        self.proposals = {"here": 0, "forwarded": 0, "for_peers": 0}   # client commands, by where proposed
         self.checksums = ChecksumRegistry()
         self.consistency = ConsistencyChecker(cfg.node_id, self.checksums, send_request=self._send_checksum_request,
                                               send_reply=self._send_checksum_reply, applied_index=self._applied_index)
@@ -198,7 +208,8 @@ class Node:
                                on_heartbeat=self._on_heartbeat, delay_s=self._delay_s,
                                on_checksum_request=self.consistency.on_request,
                                on_checksum_reply=lambda peer_id, range_id, index, checksum, error:
-                               self.consistency.on_reply(peer_id, range_id, index, Checksum(checksum, error)))
+                               self.consistency.on_reply(peer_id, range_id, index, Checksum(checksum, error)),
+                               on_propose=self._on_propose, on_propose_reply=self._on_propose_reply)
 
     @staticmethod
     def _bind(addr: str, flag: str) -> socket.socket:
@@ -344,6 +355,74 @@ class Node:
         for t in self.transports.values():
             if peer_id in t.peers:
                 t._onNodeDisconnected(t.peers[peer_id])
+        for req in [r for r, entry in self._forwarded.items() if entry[1] == peer_id]:
+            self._forward_unanswered(req, "the link to n%d, the range's leader, dropped before it answered" % peer_id)
+
+    # --- only a range's leader proposes a client's command (on the node loop) ---------------------
+    def _propose_at_leader(self, store: Store, range_id: int, op: str, args: dict,
+                           done: Callable[[Outcome, Any], None], command_id: bytes | None) -> None:
+        """Propose here if this node leads the range; else hand the command to the leader over
+        the peer link (PROPOSE), never to pysyncobj's forwarding. Raises ValueError, before
+        anything is sent, for a command too large to replicate."""
+        group = store.groups.get(range_id)
+        if group is None or group.is_leader():
+            self.proposals["here"] += 1
+            store.propose(range_id, op, args, done, command_id=command_id)   # (answers a range not hosted)
+            return
+        cid = command_id if command_id is not None else new_command_id()
+        encode_command(op, dict(args, ts=self.hlc.now().to_wire()), cid)   # the size the leader will propose
+        leader = group.leader_id()
+        if leader is None:
+            done(Outcome.NOT_COMMITTED, "r%d has no leader at the moment (an election is under way); retry" % range_id)
+            return
+        peer = int(leader)
+        req = next(self._forward_ids)
+        if not self.net.send(peer, [PROPOSE, req, range_id, op, args, cid]):
+            done(Outcome.NOT_COMMITTED, "n%d, the leader of r%d, is not connected to this node; retry" % (peer, range_id))
+            return
+        self.proposals["forwarded"] += 1
+        self._forwarded[req] = (done, peer, time.monotonic() + constants.forwarded_proposal_timeout_s, op in READ_OPS)
+
+    def _on_propose(self, peer_id: int, request_id: int, range_id: int, op: str, args: dict, command_id: bytes) -> None:
+        """A follower's node hands us a client's command for a range we lead."""
+        def reply(outcome: Outcome, result: Any) -> None:
+            wire = result.to_wire() if isinstance(result, Rejection) else (
+                result if outcome is Outcome.COMMITTED else str(result))
+            self.net.send(peer_id, [PROPOSE_REPLY, request_id, outcome.value, wire])
+        group = self.store.groups.get(range_id) if self.store is not None else None
+        if op not in CLIENT_OPS:
+            reply(Outcome.NOT_COMMITTED, "n%d takes only client commands from peers, not %r" % (self.node_id, op))
+        elif group is None:
+            reply(Outcome.NOT_COMMITTED, "%s: range r%d is not hosted on n%d" % (MISMATCH, range_id, self.node_id))
+        elif not group.is_leader():
+            reply(Outcome.NOT_COMMITTED, "n%d does not lead r%d (its leader: %s); retry"
+                  % (self.node_id, range_id, "n" + group.leader_id() if group.leader_id() else "none known"))
+        else:
+            self.proposals["for_peers"] += 1
+            try:
+                self.store.propose(range_id, op, args, reply, command_id=command_id)
+            except ValueError as exc:
+                reply(Outcome.NOT_COMMITTED, "refused by n%d before proposing: %s" % (self.node_id, exc))
+
+    def _on_propose_reply(self, peer_id: int, request_id: int, outcome: str, result: Any) -> None:
+        entry = self._forwarded.get(request_id)
+        if entry is None or entry[1] != peer_id:
+            return   # answered already (timed out, or the link dropped)
+        del self._forwarded[request_id]
+        answer = Outcome(outcome)
+        entry[0](answer, Rejection.from_wire(result) if answer is Outcome.REJECTED else result)
+
+    def _expire_forwarded(self, now: float) -> None:
+        for req in [r for r, entry in self._forwarded.items() if entry[2] <= now]:
+            self._forward_unanswered(req, "n%d, the range's leader, did not answer in %.0f s"
+                                     % (self._forwarded[req][1], constants.forwarded_proposal_timeout_s))
+
+    def _forward_unanswered(self, request_id: int, why: str) -> None:
+        done, _, _, read_only = self._forwarded.pop(request_id)
+        if read_only:
+            done(Outcome.NOT_COMMITTED, "%s; a read changes nothing, retry" % why)
+        else:
+            done(Outcome.AMBIGUOUS, "%s; the command may have committed" % why)
 
     # --- consistency checks (raftstore.kvserver.consistency; on the node loop) ------------------------------
     def _applied_index(self, range_id: int) -> int | None:
@@ -422,6 +501,8 @@ class Node:
             if now >= next_tick:
                 next_tick = now + constants.tick_interval_s
                 self._dial()
+                if self._forwarded:
+                    self._expire_forwarded(now)
             if now >= next_heartbeat:
                 next_heartbeat = now + constants.node_heartbeat_interval_s
                 stamp = self.hlc.now().to_wire()
@@ -520,7 +601,7 @@ class Node:
                 done(Outcome.NOT_COMMITTED, "no range here holds key %s" % pretty_key(key))
                 return
             routed["range_id"] = desc.range_id
-            store.propose(desc.range_id, op, args, done, command_id=command_id)
+            self._propose_at_leader(store, desc.range_id, op, args, done, command_id)
         return submit
 
     def _stale_route(self, outcome: Outcome, result: Any, routed: dict) -> bool:
@@ -637,5 +718,7 @@ class Node:
                 "clock": {"serving": self.clock_unfit is None, "reason": self.clock_unfit,
                           "offsets": self.offsets.status(time.monotonic())},
                 "disk": self.disk.status(),
+                "proposals": dict(self.proposals, as_follower=sum(
+                    g.proposals_as_follower for g in (self.store.groups.values() if self.store is not None else ()))),
                 "loop_busy_max_ms": round(self.loop_busy_max_s * 1000, 1),
                 "loop_stalls": list(self.loop_stalls)}

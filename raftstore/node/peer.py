@@ -10,8 +10,9 @@ opens a socket per group per peer. This module replaces it with:
   `[kind, ...]`: HELLO (who I am), RAFT (a group's message, tagged with the group id), REJECT
   (why I refuse you), HEARTBEAT (I am alive, and my HLC reads this: followers of every group I
   lead wait for me, and the receiver's clock moves past mine), CHECKSUM_REQUEST (your checksum
-  of range r at index i, please) and CHECKSUM_REPLY (mine: the checksum, or why I have none; see
-  raftstore.kvserver.consistency). Unknown, malformed or oversized frames are logged and the connection is
+  of range r at index i, please), CHECKSUM_REPLY (mine: the checksum, or why I have none; see
+  raftstore.kvserver.consistency), PROPOSE (a client's command for a range you lead: only a
+  range's leader proposes) and PROPOSE_REPLY (its outcome). Unknown, malformed or oversized frames are logged and the connection is
   dropped; the node keeps serving. Nothing is ever unpickled here;
 * group commit: frames queued by groups are released to the sockets only by `flush()`, which the
   node loop calls after syncing every dirty journal, so no reply leaves before the write it
@@ -45,7 +46,8 @@ logger = logging.getLogger(__name__)
 MAGIC = b"RSP1"
 _NONCE = 32
 _MAC = 32
-HELLO, RAFT, REJECT, HEARTBEAT, CHECKSUM_REQUEST, CHECKSUM_REPLY = 0, 1, 2, 3, 4, 5
+HELLO, RAFT, REJECT, HEARTBEAT, CHECKSUM_REQUEST, CHECKSUM_REPLY, PROPOSE, PROPOSE_REPLY = 0, 1, 2, 3, 4, 5, 6, 7
+OUTCOMES = frozenset({"committed", "rejected", "not_committed", "ambiguous"})   # raft.commands.Outcome values
 
 
 def _mac(secret: bytes, role: bytes, nonce_d: bytes, nonce_a: bytes) -> bytes:
@@ -85,6 +87,27 @@ def _checksum_frame_problem(frame: list) -> str | None:
     return None
 
 
+def _propose_frame_problem(frame: list) -> str | None:
+    """What is wrong with a PROPOSE `[6, request_id, range_id, op, args (map), command_id]` or a
+    PROPOSE_REPLY `[7, request_id, outcome, result]`, or None."""
+    size = 6 if frame[0] == PROPOSE else 4
+    if len(frame) != size:
+        return "%d fields, expected %d" % (len(frame), size)
+    if not isinstance(frame[1], int) or isinstance(frame[1], bool) or not 0 <= frame[1] < 2**63:
+        return "request id must be a non-negative integer"
+    if size == 6:
+        _, _, range_id, op, args, command_id = frame
+        if not isinstance(range_id, int) or isinstance(range_id, bool) or not 0 < range_id < 2**63:
+            return "range id must be a positive integer"
+        if not isinstance(op, str) or not isinstance(args, dict):
+            return "op must be a str and args a map"
+        if not isinstance(command_id, bytes) or len(command_id) != constants.command_id_bytes:
+            return "command id must be %d bytes" % constants.command_id_bytes
+    elif frame[2] not in OUTCOMES:
+        return "outcome must be one of %s" % ", ".join(sorted(OUTCOMES))
+    return None
+
+
 @dataclass(eq=False)
 class _Conn:
     sock: socket.socket
@@ -108,8 +131,10 @@ class PeerNetwork:
 
     Callbacks (all on the loop thread): `on_hello(conn_peer_hello) -> reject reason | None`,
     `on_raft(peer_id, group_id, message)`, `on_peer_up(peer_id)`, `on_peer_down(peer_id)`,
-    `on_reject(reason)` when a peer refuses us, `on_checksum_request(peer_id, range_id, index)`
-    and `on_checksum_reply(peer_id, range_id, index, checksum | None, error | None)`.
+    `on_reject(reason)` when a peer refuses us, `on_checksum_request(peer_id, range_id, index)`,
+    `on_checksum_reply(peer_id, range_id, index, checksum | None, error | None)`,
+    `on_propose(peer_id, request_id, range_id, op, args, command_id)` (a follower hands the
+    leader a client's command) and `on_propose_reply(peer_id, request_id, outcome, result)`.
     """
 
     def __init__(self, *, listen_sock: socket.socket, secret: bytes, hello: Callable[[], dict],
@@ -120,8 +145,13 @@ class PeerNetwork:
                  delay_s: Callable[[int], float] = lambda peer_id: 0.0,
                  on_checksum_request: Callable[[int, int, int], None] = lambda peer_id, range_id, index: None,
                  on_checksum_reply: Callable[[int, int, int, bytes | None, str | None], None]
-                 = lambda peer_id, range_id, index, checksum, error: None) -> None:
+                 = lambda peer_id, range_id, index, checksum, error: None,
+                 on_propose: Callable[[int, int, int, str, dict, bytes], None]
+                 = lambda peer_id, request_id, range_id, op, args, command_id: None,
+                 on_propose_reply: Callable[[int, int, str, object], None]
+                 = lambda peer_id, request_id, outcome, result: None) -> None:
         self.node_id = node_id
+        self.on_propose, self.on_propose_reply = on_propose, on_propose_reply
         self.on_checksum_request, self.on_checksum_reply = on_checksum_request, on_checksum_reply
         self.secret = secret
         self._hello = hello
@@ -371,6 +401,15 @@ class PeerNetwork:
                     self.on_checksum_request(conn.peer_id, frame[1], frame[2])
                 else:
                     self.on_checksum_reply(conn.peer_id, frame[1], frame[2], frame[3], frame[4])
+            elif kind == PROPOSE or kind == PROPOSE_REPLY:
+                problem = _propose_frame_problem(frame)
+                if problem is not None:
+                    self._drop(conn, "malformed %s frame: %s" % ("PROPOSE" if kind == PROPOSE else "PROPOSE_REPLY", problem))
+                    return
+                if kind == PROPOSE:
+                    self.on_propose(conn.peer_id, frame[1], frame[2], frame[3], frame[4], frame[5])
+                else:
+                    self.on_propose_reply(conn.peer_id, frame[1], frame[2], frame[3])
             elif kind == HEARTBEAT:
                 self.on_heartbeat(conn.peer_id, frame[1] if len(frame) > 1 else None, frame[2] if len(frame) > 2 else None)
             elif kind == REJECT:

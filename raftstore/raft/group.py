@@ -255,6 +255,7 @@ class RaftGroup(SyncObj):
         self._snapshot_ack: int | None = None
         self._snapshot_refused: str | None = None
         self.apply_failures = 0
+        self.proposals_as_follower = 0   # handed to pysyncobj's forwarding (the node hands them to the leader itself)
         self.snapshots_installed = 0
         self._fail_stop: FailStop | None = None   # raised inside pysyncobj's bare `except:`; re-raised
         opts = dict(
@@ -351,6 +352,8 @@ class RaftGroup(SyncObj):
         if refused is not None:
             callback(Outcome.NOT_COMMITTED, refused)
             return cid
+        if not self._isLeader():
+            self.proposals_as_follower += 1
         token = next(self._proposal_ids)
         deadline = (now if now is not None else _so.monotonicTime()) + timeout_s
         with self._pending_lock:
