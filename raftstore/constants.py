@@ -8,10 +8,16 @@ limits line up. Anything that queues, loops, retries or frames has its bound her
 command_bytes_max = 512 * 1024          # a replicated command larger than this is refused
 command_id_bytes = 16                   # random id that makes a retried proposal apply once
 # A range remembers the outcome of each command id for its last dedup_window_entries log
-# entries (forgotten in steps of dedup_forget_every_entries, at the same index on every
-# replica). A retry is deduplicated while its first attempt is inside the window: at 1,000
-# writes/s to one range that is over 3 minutes, far beyond a client's retry deadline (15 s by
-# default). Bounds the dedup table at about 100 bytes x 200,000 per range.
+# entries: at every dedup_forget_every_entries-th index each replica forgets the older ones, so
+# all replicas forget the same outcomes at the same index (a rule of the log, never of a node's
+# clock or disk). An outcome is filed under the key its command touched, and a split hands the
+# outcomes of the keys that move to the new range (the parent forgets them), so each outcome is
+# kept by one range and splits never multiply them. A retry is deduplicated while its first
+# attempt is inside the window: at 1,000 writes/s to one range that is over 3 minutes, far
+# beyond a client's retry deadline (15 s by default). Bounds the dedup table at about
+# 100 bytes x 200,000 per range. Not by age: a TTL judged by the HLC timestamps in the log would
+# let one proposer whose clock stepped forward make every replica forget outcomes whose
+# retries are still coming, and kv.Client's deadline (timeout_s) has no upper bound.
 dedup_window_entries = 200_000
 dedup_forget_every_entries = 1_000
 proposal_timeout_s = 10.0               # a proposal with no outcome by then fails as ambiguous

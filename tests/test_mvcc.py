@@ -8,6 +8,7 @@ and the model through the same random histories and compares every answer.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
@@ -458,6 +459,47 @@ def test_delete_range_state_forgets_index_and_results_but_not_data(store):
     assert store.get_value(b"k", (1, 0)) == b"v"
 
 
+
+def test_a_split_moves_the_outcomes_of_the_keys_that_move_and_copies_the_keyless(store):
+    store.apply(1, 1, [], command_id=b"a", result=b"ra", command_key=b"a")
+    store.apply(1, 2, [], command_id=b"m", result=b"rm", command_key=b"m")
+    store.apply(1, 3, [], command_id=b"z", result=b"rz", command_key=b"z")
+    store.apply(1, 4, [], command_id=b"old", result=b"r-old")          # key unknown (older format)
+    store.apply(5, 9, [], command_id=b"m", result=b"already there", command_key=b"m")
+    # [m, x) goes from range 1 to range 5: m moves (5 keeps what it has), z stays.
+    assert store.split_command_results(1, 5, b"m", b"x") == (1, 1)
+    assert store.command_result(1, b"m") is None and store.command_result(5, b"m") == (9, b"already there")
+    assert store.command_result(1, b"a") == (1, b"ra") and store.command_result(5, b"a") is None
+    assert store.command_result(1, b"z") == (3, b"rz") and store.command_result(5, b"z") is None
+    assert store.command_result(1, b"old") == (4, b"r-old") and store.command_result(5, b"old") == (0, b"r-old")
+    # An unbounded span, and a new range that already has its own outcomes (copy=False).
+    assert store.split_command_results(1, 6, b"y", None, copy=False) == (0, 1)
+    assert store.command_result(1, b"z") is None and store.command_result(6, b"z") is None
+
+
+def test_snapshot_outcomes_keep_their_keys_and_rows_of_three_are_read_as_keyless(tmp_path):
+    with MVCCStore(tmp_path / "src.db") as src, MVCCStore(tmp_path / "a.db") as a, MVCCStore(tmp_path / "b.db") as b:
+        src.apply(9, 1, [(b"k1", (1, 0), b"v")], command_id=b"c1", result=b"r1", command_key=b"k1")
+        src.apply(9, 2, [(b"k7", (2, 0), b"v")], command_id=b"c7", result=b"r7", command_key=b"k7")
+        export = src.export_span(b"k", b"l", 10, range_id=9)
+        chunks = list(export)
+        results = list(export.results())
+        assert sorted(r for chunk in results for r in chunk) == [(b"c1", 1, b"r1", b"k1"), (b"c7", 2, b"r7", b"k7")]
+        old = [[row[:3] for row in chunk] + [(b"c0", 1, b"r0")] for chunk in results]   # the format before
+        a.import_span(9, b"k", b"l", chunks, 2, 1, results=old)
+        staging = str(tmp_path / "stage.db")
+        MVCCStore.stage_span(staging, b"k", b"l", chunks, results=lambda: results)
+        b.import_staged(9, b"k", b"l", staging, 2, 1)
+        assert b.split_command_results(9, 10, b"k5", b"l") == (1, 1)         # c7 moves, c1 stays
+        assert b.command_result(10, b"c7") == (0, b"r7") and b.command_result(9, b"c1") == (1, b"r1")
+        assert a.split_command_results(9, 10, b"k5", b"l") == (3, 0)         # keyless: copied, kept
+        assert a.command_result(9, b"c7") == (2, b"r7") and a.command_result(10, b"c0") == (0, b"r0")
+        with pytest.raises(ValueError, match="command result"):
+            a.import_span(9, b"k", b"l", [], 3, 1, results=[[(b"c", 1)]])
+        with pytest.raises(TypeError, match="key"):
+            a.import_span(9, b"k", b"l", [], 3, 1, results=[[(b"c", 1, b"r", "not bytes")]])
+        assert a.command_result(9, b"c1") == (1, b"r1")                       # refused: nothing changed
+
 # --- concurrency ---
 
 
@@ -616,6 +658,32 @@ def test_a_future_schema_version_is_refused(tmp_path):
         MVCCStore(path)
     assert str(path) in str(err.value)
 
+
+
+_SCHEMA_1_COMMAND_RESULTS = """CREATE TABLE command_results (
+    range_id INTEGER NOT NULL, command_id BLOB NOT NULL, raft_index INTEGER NOT NULL, result BLOB,
+    PRIMARY KEY (range_id, command_id))"""
+
+
+def test_a_store_of_schema_1_is_migrated_and_its_outcomes_count_as_keyless(tmp_path):
+    # A file written before outcomes kept their key: version 1, command_results without `key`.
+    path = tmp_path / "node.db"
+    MVCCStore(path).close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("DROP TABLE command_results")
+        conn.execute(_SCHEMA_1_COMMAND_RESULTS)
+        conn.execute("CREATE INDEX command_results_by_index ON command_results (range_id, raft_index)")
+        conn.execute("INSERT INTO command_results VALUES (2, ?, 5, ?)", (b"c", b"r"))
+        conn.execute("PRAGMA user_version = 1")
+        conn.commit()
+    with MVCCStore(path) as store:
+        assert store.command_result(2, b"c") == (5, b"r")
+        assert store.split_command_results(2, 7, b"m", None) == (1, 0)   # a keyless outcome: both keep it
+        assert store.command_result(7, b"c") == (0, b"r") and store.command_result(2, b"c") == (5, b"r")
+        store.apply(2, 6, [], command_id=b"d", result=b"r", command_key=b"k")
+        assert store.command_result(2, b"d") == (6, b"r")
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == mvcc.SCHEMA_VERSION == 2
 
 def test_another_applications_database_is_refused(tmp_path):
     path = tmp_path / "other.db"

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 
+import msgpack
 import pytest
 
 from raftstore import constants
 from raftstore.kvserver.ranges import FIRST_DATA_RANGE_ID, bootstrap_descriptors, local_desc_key
 from raftstore.kvserver.replica import RangeReplica, desc_ts
-from raftstore.raft.commands import Command
+from raftstore.raft.commands import Command, CommandError
 from raftstore.storage.mvcc import MVCCStore
 
 
@@ -43,16 +46,98 @@ def test_with_the_default_window_recent_outcomes_stay(replica):
     assert all(replica.result_of(_cid(i))[0] for i in (1, 1000, 2000))
 
 
-def test_after_a_split_both_halves_know_the_outcomes_of_earlier_commands(replica):
+def _put(replica, index: int, i: int, value: bytes = b"v"):
+    return replica.apply(index, Command(_cid(i), "put", {"key": b"k%04d" % i, "value": value, "ts": [index, 0]}))
+
+
+def _split(replica, index: int, split_key: bytes, new_id: int):
+    return replica.apply(index, Command(_cid(10_000 + new_id), "split", {
+        "split_key": split_key, "new_range_id": new_id, "generation": replica.desc.generation, "ts": [index, 0]}))
+
+
+def _saved_outcomes(store: MVCCStore) -> list[tuple[int, bytes]]:
+    """(range_id, command_id) of every outcome the store's file holds, read with SQLite itself."""
+    store.flush_batch()
+    with contextlib.closing(sqlite3.connect(store.path)) as conn:
+        return conn.execute("SELECT range_id, command_id FROM command_results").fetchall()
+
+
+def _retry(replica, index: int, i: int, value: bytes):
+    """What RaftGroup does with a committed command (raftstore.raft.group._apply): a command id
+    with a saved outcome gets that outcome and applies nothing; any other is applied."""
+    found, outcome = replica.result_of(_cid(i))
+    if found:
+        replica.record_failed(index, None, "duplicate of an applied command")
+        return outcome
+    try:
+        return (True, _put(replica, index, i, value))
+    except CommandError as exc:
+        replica.record_failed(index, Command(_cid(i), "put", {"key": b"k%04d" % i}), str(exc))
+        return (False, str(exc))
+
+
+def test_after_a_split_each_outcome_is_kept_by_the_range_that_holds_its_key(replica):
     for index in range(1, 11):
-        replica.apply(index, Command(_cid(index), "put", {"key": b"k%04d" % index, "value": b"v", "ts": [index, 0]}))
-    replica.apply(11, Command(_cid(11), "split", {"split_key": b"k0005", "new_range_id": 7, "generation": 0,
-                                                  "ts": [11, 0]}))
+        _put(replica, index, index)
+    _split(replica, 11, b"k0005", 7)
     right = RangeReplica(replica.store, 7)
     assert right.desc.start == b"k0005"
-    for i in range(1, 11):            # a retry of any of them is routed to one half or the other
-        assert replica.result_of(_cid(i)) == right.result_of(_cid(i))
-        assert right.result_of(_cid(i))[1][1]["ts"] == [i, 0]
+    for i in range(1, 11):             # a retry is routed by its key to the half that holds it
+        holder, other = (replica, right) if i < 5 else (right, replica)
+        found, outcome = holder.result_of(_cid(i))
+        assert found and outcome[1]["ts"] == [i, 0]
+        assert not other.result_of(_cid(i))[0]
+
+
+def test_splits_do_not_multiply_the_saved_outcomes(replica):
+    # M outcomes, then N splits of the range (each moving the top eighth of what is left):
+    # every outcome stays saved exactly once, in the range holding its key -- not M x splits.
+    m, n = 64, 7
+    for index in range(1, m + 1):
+        _put(replica, index, index)
+    index = m
+    ranges = [replica]
+    for j in range(n):
+        index += 1
+        _split(replica, index, b"k%04d" % (m - 8 * (j + 1) + 1), 7 + j)
+        ranges.append(RangeReplica(replica.store, 7 + j))
+    saved = _saved_outcomes(replica.store)
+    puts = [(rid, cid) for rid, cid in saved if int.from_bytes(cid, "big") <= m]
+    assert len(puts) == m, "%d saved outcomes of %d commands after %d splits" % (len(puts), m, n)
+    assert len(saved) == m + n          # and each split's own outcome, kept by the parent
+    for i in range(1, m + 1):
+        holders = [r.range_id for r in ranges if r.result_of(_cid(i))[0]]
+        assert holders == [r.range_id for r in ranges if r.desc.contains(b"k%04d" % i)]
+
+
+def test_a_retry_after_a_split_gets_its_first_outcome_from_the_range_now_holding_its_key(replica):
+    first = _put(replica, 1, 9, b"first")
+    _put(replica, 2, 2, b"stays")
+    _split(replica, 3, b"k0005", 7)
+    right = RangeReplica(replica.store, 7)
+    right.store.mark_applied(7, 10)     # a split-created range starts its log at INIT_INDEX
+    # A retry with a stale route reaches the parent first: it must not apply there (the parent
+    # refuses the key as outside its span; the router then routes it again) ...
+    ok, answer = _retry(replica, 4, 9, b"second")
+    assert (ok, answer) == (True, first) or (not ok and "outside" in answer)
+    # ... and the range that holds the key now answers the first outcome.
+    assert _retry(right, 11, 9, b"second") == (True, first)
+    versions = [row for chunk in replica.store.export_span(b"k0009", b"k0009\x00", 10) for row in chunk]
+    assert versions == [(b"k0009", *first["ts"], b"first")]        # applied once
+    # A key that stayed: its retry is answered by the parent.
+    ok, outcome = _retry(replica, 5, 2, b"again")
+    assert ok and outcome["ts"] == [2, 0] and replica.store.get_value(b"k0002", (2**62, 0)) == b"stays"
+
+
+def test_outcomes_saved_before_keys_were_kept_go_to_both_halves_of_a_split(replica):
+    # An outcome from a store or snapshot of the format before (no key) cannot tell which half
+    # its retry will reach: both keep it, as before, until the window forgets it.
+    replica.store.apply(FIRST_DATA_RANGE_ID, 1, [], command_id=_cid(1), result=msgpack.packb([True, {"ts": [1, 0]}]))
+    _put(replica, 2, 2)
+    _split(replica, 3, b"k0001", 7)
+    right = RangeReplica(replica.store, 7)
+    assert replica.result_of(_cid(1))[0] and right.result_of(_cid(1))[0]
+    assert not replica.result_of(_cid(2))[0] and right.result_of(_cid(2))[0]
 
 
 @pytest.mark.parametrize("staged", [False, True])
@@ -77,6 +162,12 @@ def test_a_replica_installed_from_a_snapshot_answers_retries_of_earlier_commands
         assert not target.result_of(_cid(999))[0]
         # A retry of command 7 on the new replica returns its first outcome and applies nothing.
         assert target.store.get(b"k0007", (10**18, 0))[1] == (7, 0)
+        # The outcomes came with their keys: the installed replica's next split hands on just
+        # those of the keys that move.
+        _split(target, 21, b"k0016", 7)
+        right = RangeReplica(other, 7)
+        assert [i for i in range(1, 21) if right.result_of(_cid(i))[0]] == list(range(16, 21))
+        assert [i for i in range(1, 21) if target.result_of(_cid(i))[0]] == list(range(1, 16))
     finally:
         other.close()
 

@@ -1,5 +1,5 @@
 """Split crash-safety in the deterministic simulator: a crash at any step of a split loses,
-doubles or double-serves no key."""
+doubles or double-serves no key, and a write sent again after splits is answered once."""
 
 import pytest
 from pysyncobj import SyncObj
@@ -39,6 +39,34 @@ def test_checker_catches_the_build_before_crash_only_losing_writes_after_a_faile
     with pytest.raises(Violation, match="lost .* acknowledged writes"):
         run_split_seed(SplitSimConfig(seed=2, storage_faults=True))
 
+
+
+def test_writes_sent_again_after_splits_get_their_first_answer_and_outcomes_are_kept_once():
+    # A fifth of the writes are sent again after their answer, with the same command id, while
+    # ranges split under them: the check (first answer, one version, each outcome kept by the
+    # one range holding its key) must have had retries to judge.
+    summary = run_split_seed(SplitSimConfig(seed=3))
+    assert summary["resent"] >= 20 and summary["splits"] >= 3, summary
+
+
+def test_checker_catches_a_split_that_hands_no_outcomes_to_the_new_range(monkeypatch):
+    split = MVCCStore.split_command_results
+    monkeypatch.setattr(MVCCStore, "split_command_results",
+                        lambda self, src, dst, start, end, copy=True: split(self, src, dst, start, end, copy=False))
+    with pytest.raises(Violation, match="got a new answer, not their first"):
+        run_split_seed(SplitSimConfig(seed=1))
+
+
+def test_checker_catches_the_build_before_issue_10_copying_every_outcome_to_both_halves(monkeypatch):
+    def copy_all(self, src, dst, start, end, copy=True):
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            if copy:
+                conn.execute("INSERT OR IGNORE INTO command_results (range_id, command_id, raft_index, result, key)"
+                             " SELECT ?, command_id, 0, result, key FROM command_results WHERE range_id = ?", (dst, src))
+        return (0, 0)
+    monkeypatch.setattr(MVCCStore, "split_command_results", copy_all)
+    with pytest.raises(Violation, match="keeps the outcome of a command on .* outside|kept by several ranges"):
+        run_split_seed(SplitSimConfig(seed=1))
 
 @pytest.mark.slow
 @pytest.mark.timeout(SIM_RUN_TIMEOUT_S + 300)

@@ -16,7 +16,11 @@ same SQLite transaction, then tells the Store, which starts the new range's grou
 
 Each apply is one SQLite transaction holding the data, the applied index and the command's
 outcome under its id (MVCCStore.apply), so replay applies each index once and a retried command
-id gets its first answer.
+id gets its first answer. An outcome is stored with the key its command touched (`_outcome_key`),
+and lives in exactly one range: a split hands the outcomes of the keys that move to the new
+range and the parent forgets them (MVCCStore.split_command_results), because a retry is routed
+by its key. Outcomes are forgotten by one rule, at the same log index on every replica: at
+every dedup_forget_every_entries-th index, those older than dedup_window_entries entries.
 """
 
 from __future__ import annotations
@@ -127,7 +131,20 @@ class RangeReplica:
             self.store.mark_applied(self.range_id, index, continuous=True)
         else:
             self.store.apply(self.range_id, index, [], continuous=True, command_id=command.id,
-                             result=msgpack.packb([False, error], use_bin_type=True))
+                             result=msgpack.packb([False, error], use_bin_type=True),
+                             command_key=self._outcome_key(command))
+
+    def _outcome_key(self, command: Command) -> bytes | None:
+        """The key an outcome is filed under, which decides the range it goes to at a split: the
+        key (a scan: the start) the command names, which is what its retry is routed by; for a
+        command that names none (a split, a malformed command), the range's start, which stays
+        with this range."""
+        args = command.args
+        if isinstance(args, dict):
+            for name in ("key", "start"):
+                if isinstance(args.get(name), bytes):
+                    return args[name]
+        return self.desc.start if self.desc is not None else None
 
     def result_of(self, command_id: bytes) -> tuple[bool, Any]:
         found = self.store.command_result(self.range_id, command_id)
@@ -362,8 +379,9 @@ class RangeReplica:
         existing = read_local_descriptor(self.store, new_id)
         if existing is None:
             writes.append((local_desc_key(right.range_id), desc_ts(right), right.encode()))
-            # Before the split commits (a crash in between leaves rows for an id never used).
-            self.store.copy_command_results(self.range_id, new_id)
+        # The outcomes of the commands whose keys move go with them (copied only if the new
+        # range has no state yet: one that got a snapshot first has them from its own leader).
+        self.store.split_command_results(self.range_id, new_id, key, self.desc.end, copy=existing is None)
         result = {"left": left.to_wire(), "right": right.to_wire()}
         self._finish(index, command, writes, result)
         self.desc = left
@@ -421,7 +439,8 @@ class RangeReplica:
 
     def _finish(self, index: int, command: Command, writes: list, result: dict) -> None:
         self.store.apply(self.range_id, index, writes, continuous=True, command_id=command.id,
-                         result=msgpack.packb([True, result], use_bin_type=True))
+                         result=msgpack.packb([True, result], use_bin_type=True),
+                         command_key=self._outcome_key(command))
 
 
 def meta_descriptors(store: MVCCStore) -> list[RangeDescriptor]:

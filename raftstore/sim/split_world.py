@@ -12,7 +12,12 @@ At the end, with every node up and settled, it checks the split invariants:
   * no acknowledged write is lost: every node holds every acknowledged key with its value;
   * no key is doubled or served by two ranges: each node's descriptors tile the data keyspace
     with no gap and no overlap, and all nodes agree on them;
-  * all replicas hold the same data.
+  * all replicas hold the same data;
+  * no write applied twice: each key (written by one command id, retried with it) has one version,
+    and a write sent again after its answer (as a client does when the answer is lost), often
+    after splits moved its key, gets its first answer;
+  * each saved outcome of a command is kept by one range on a node, the one holding its key, so
+    splits hand outcomes on without multiplying them (MVCCStore.split_command_results).
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ class SplitSimConfig:
     lagging: bool = False              # instead: one node is down while the others write, split
                                        # and compact; it comes back and catches up by snapshots
     storage_faults: bool = False       # also: a commit of a node's applies fails, now and then
+    resend_fraction: float = 0.2       # writes sent once more, with the same id, after their answer
     tick_s: float = 0.01
     settle_s: float = 12.0
 
@@ -122,6 +128,10 @@ class SplitWorld:
         self.events: list[str] = []
         self.acked: dict[bytes, bytes] = {}
         self.values: dict[int, bytes] = {}
+        self.answers: dict[int, dict] = {}        # write i -> its first committed answer
+        self.resent: set[int] = set()
+        self.fresh_answers: list[str] = []        # resends answered with anything but the first answer
+        self.resend_rng = random.Random(cfg.seed ^ 0x5E5D)   # apart, so the choice draws nothing from rng
         self.crash_point = "none" if cfg.lagging else cfg.crash_point or CRASH_POINTS[cfg.seed % len(CRASH_POINTS)]
         self.crash_hit = cfg.crash_hit or 1 + self.rng.randrange(3)
         self.crash_node = self.ids[0]   # set to the node that crashes
@@ -246,6 +256,12 @@ class SplitWorld:
         def done(outcome, result, key=key, value=value, rid=desc.range_id if desc else None):
             if outcome is Outcome.COMMITTED:
                 self.acked[key] = value
+                first = self.answers.setdefault(i, result)
+                if result != first:
+                    self.fresh_answers.append("write %d: first %r, then %r" % (i, first, result))
+                elif i not in self.resent and self.resend_rng.random() < self.cfg.resend_fraction:
+                    self.resent.add(i)   # the answer "was lost": send it again a little later
+                    self.push(self.clock.t + self.resend_rng.uniform(0.2, 3.0), "call", lambda: self.write(i))
             elif self.alive(nid) and rid is not None and outcome is Outcome.REJECTED and is_mismatch(result):
                 self.stores[nid].refresh(rid, mismatch_descriptors(result.details))
             if outcome is not Outcome.COMMITTED:
@@ -302,7 +318,8 @@ class SplitWorld:
                     self._crashed(nid if nid is not None else self.crash_node)
             self.check()
             summary = dict(seed=self.cfg.seed, crash=self.crashed_at or "point never reached (%s)" % self.crash_point,
-                           acked=len(self.acked), splits=self.splits_seen, fail_stops=self.fail_stops,
+                           acked=len(self.acked), resent=len(self.resent), splits=self.splits_seen,
+                           fail_stops=self.fail_stops,
                            ranges=len(local_descriptors(self.mvccs[self.ids[0]])))
             for nid in list(self.stores):
                 self.stores[nid].close()
@@ -346,6 +363,40 @@ class SplitWorld:
                 self.fail("n%d lost %d acknowledged writes, e.g. %r" % (nid, len(lost), lost[:3]))
         if data[1] != data[2] or data[2] != data[3]:
             self.fail("replicas hold different data: %s" % [len(d) for d in data.values()])
+        if self.fresh_answers:
+            self.fail("%d writes sent again got a new answer, not their first: %s"
+                      % (len(self.fresh_answers), self.fresh_answers[:3]))
+        for nid in self.ids:
+            self._check_applied_once(nid)
+            self._check_outcomes_held_once(nid)
+
+    def _check_applied_once(self, nid: int) -> None:
+        versions: dict[bytes, int] = {}
+        with self.mvccs[nid].export_span(RAW_PREFIX, RAW_END, 1000) as export:
+            for chunk in export:
+                for key, _wall, _logical, _value in chunk:
+                    versions[key] = versions.get(key, 0) + 1
+        twice = sorted(k for k, n in versions.items() if n > 1)
+        if twice:
+            self.fail("n%d applied %d writes more than once (a retry after a split not deduplicated?), e.g. %r"
+                      % (nid, len(twice), twice[:3]))
+
+    def _check_outcomes_held_once(self, nid: int) -> None:
+        holders: dict[bytes, list[int]] = {}
+        for desc in local_descriptors(self.mvccs[nid]):
+            with self.mvccs[nid].export_span(b"", b"", 1, range_id=desc.range_id) as export:
+                for chunk in export.results():
+                    for command_id, _index, result, key in chunk:
+                        if result is None or not msgpack.unpackb(result, raw=False)[0]:
+                            continue   # a refusal (a stale route) is saved where it was refused
+                        holders.setdefault(command_id, []).append(desc.range_id)
+                        if key is None or not desc.contains(key):
+                            self.fail("n%d: r%d keeps the outcome of a command on %r, outside %s"
+                                      % (nid, desc.range_id, key, desc))
+        doubled = {cid.hex(): rids for cid, rids in holders.items() if len(rids) > 1}
+        if doubled:
+            self.fail("n%d: %d command outcomes are kept by several ranges, e.g. %s"
+                      % (nid, len(doubled), list(doubled.items())[:3]))
 
 
 def run_split_seed(cfg: SplitSimConfig) -> dict:

@@ -53,8 +53,10 @@ VersionRow = tuple[bytes, int, int, "bytes | None"]
 """One stored version as export/import moves it: (key, wall, logical, value or None)."""
 
 # Bounds and format constants. (They belong in the shared constants module once it exists.)
-SCHEMA_VERSION = 1
-"""PRAGMA user_version of the file format this build reads and writes."""
+SCHEMA_VERSION = 2
+"""PRAGMA user_version of the file format this build reads and writes. Version 1 (command
+outcomes without the key their command touched) is migrated in place when opened: its outcomes
+get key NULL, which a split copies to both halves (`split_command_results`)."""
 APPLICATION_ID = 0x52534D56  # "RSMV": marks a SQLite file as a raftstore MVCC store.
 BUSY_TIMEOUT_MS = 5_000
 _BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)   # primary result codes
@@ -84,11 +86,14 @@ _SCHEMA = (
         applied_term INTEGER NOT NULL DEFAULT 0
     )""",
     # A rowid table: results may be large, and the second index serves forget_command_results.
+    # key: the key (or span start) the command touched, so a split hands the outcome to the
+    # range that holds it; NULL for an outcome stored before keys were kept (schema 1).
     """CREATE TABLE command_results (
         range_id INTEGER NOT NULL,
         command_id BLOB NOT NULL,
         raft_index INTEGER NOT NULL,
         result BLOB,
+        key BLOB,
         PRIMARY KEY (range_id, command_id)
     )""",
     "CREATE INDEX command_results_by_index ON command_results (range_id, raft_index)",
@@ -297,6 +302,10 @@ class MVCCStore:
                     f"{self._path} is a SQLite database of another application"
                     f" (application_id {app_id:#x}), not a raftstore MVCC store"
                 )
+            elif version == 1:
+                # Schema 1 differs only by the outcomes' key column: add it (old rows NULL).
+                conn.execute("ALTER TABLE command_results ADD COLUMN key BLOB")
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
                 raise StoreError(
                     f"MVCC store {self._path} has schema version {version}, but this build"
@@ -413,6 +422,7 @@ class MVCCStore:
         *,
         command_id: bytes | None = None,
         result: bytes | None = None,
+        command_key: bytes | None = None,
         raft_term: int | None = None,
         continuous: bool = False,
     ) -> bool:
@@ -423,10 +433,11 @@ class MVCCStore:
         does not follow the applied index by exactly one raises StoreError and writes nothing
         (a hole in what was applied: the caller must stop). Otherwise write every
         `(key, ts, value)` (value None = tombstone; a second write of the same (key, ts)
-        replaces the first), record `command_id -> result` if `command_id` is given, set the
-        applied index to `raft_index` (and the applied term to `raft_term` if given), commit,
-        and return True. If anything fails, nothing is written (TypeError/ValueError for a
-        malformed write, StoreError for SQLite).
+        replaces the first), record `command_id -> result` if `command_id` is given (with
+        `command_key`, the key the command touched, which decides the range the outcome goes
+        to when this one splits), set the applied index to `raft_index` (and the applied term
+        to `raft_term` if given), commit, and return True. If anything fails, nothing is
+        written (TypeError/ValueError for a malformed write, StoreError for SQLite).
         """
         _check_int("range_id", range_id)
         _check_int("raft_index", raft_index)
@@ -435,16 +446,13 @@ class MVCCStore:
         if command_id is not None:
             _check_key("command_id", command_id)
             _check_value("result", result)
+            _check_value("command_key", command_key)
         with self._transaction("BEGIN IMMEDIATE") as conn:
             if not self._advances(conn, range_id, raft_index, continuous):
                 return False
             conn.executemany(_INSERT_VERSION_SQL, _checked_writes(writes))
             if command_id is not None:
-                conn.execute(
-                    "INSERT OR REPLACE INTO command_results"
-                    " (range_id, command_id, raft_index, result) VALUES (?, ?, ?, ?)",
-                    (range_id, command_id, raft_index, result),
-                )
+                conn.execute(_INSERT_RESULT_SQL, (range_id, command_id, raft_index, result, command_key))
             self._set_applied(conn, range_id, raft_index, raft_term)
             return True
 
@@ -536,19 +544,37 @@ class MVCCStore:
             )
             return cursor.rowcount
 
-    def copy_command_results(self, from_range_id: int, to_range_id: int) -> int:
-        """Give to_range_id the outcomes from_range_id remembers (at raft_index 0: older than
-        any entry of its own log), keeping any it already has; returns how many were copied.
-        For a split: a retry of a command applied before the split is routed by its key to
-        either half, and must find its outcome there."""
+    def split_command_results(self, from_range_id: int, to_range_id: int, start: bytes, end: bytes | None,
+                              *, copy: bool = True) -> tuple[int, int]:
+        """For a split that hands `[start, end)` of from_range_id to to_range_id: move the
+        outcomes of commands whose key lies in that span to to_range_id, in one transaction.
+        With `copy`, to_range_id gets them (at raft_index 0: older than any entry of its own
+        log; any outcome it already has is kept) together with every outcome whose key is
+        unknown (NULL, stored before keys were kept), which stays with from_range_id too;
+        without `copy` (to_range_id already got its outcomes from a snapshot) it gets nothing.
+        Either way from_range_id forgets the outcomes whose key moved. Returns (copied, dropped).
+        Why this is enough: a retry is routed by its key, so after the split it reaches the
+        range that now holds the key, which has the outcome; a retry that reaches the parent
+        with a stale route is refused there as outside its span (every replica the same) and
+        routed again. So each outcome lives in one range and splits never multiply them."""
         _check_int("from_range_id", from_range_id)
         _check_int("to_range_id", to_range_id)
+        _check_span(start, end)
+        moved = "key >= :start" + (" AND key < :end" if end is not None else "")
+        params = {"from": from_range_id, "to": to_range_id, "start": start, "end": end}
         with self._transaction("BEGIN IMMEDIATE") as conn:
-            return conn.execute(
-                "INSERT OR IGNORE INTO command_results (range_id, command_id, raft_index, result)"
-                " SELECT ?, command_id, 0, result FROM command_results WHERE range_id = ?",
-                (to_range_id, from_range_id),
+            copied = 0
+            if copy:
+                copied = conn.execute(
+                    "INSERT OR IGNORE INTO command_results (range_id, command_id, raft_index, result, key)"
+                    " SELECT :to, command_id, 0, result, key FROM command_results"
+                    f" WHERE range_id = :from AND (key IS NULL OR ({moved}))",
+                    params,
+                ).rowcount
+            dropped = conn.execute(
+                f"DELETE FROM command_results WHERE range_id = :from AND {moved}", params
             ).rowcount
+            return copied, dropped
 
     def delete_range_state(self, range_id: int) -> None:
         """Forget a range that left this node: its applied index/term and command results.
@@ -719,7 +745,7 @@ class MVCCStore:
         (they would claim commands the new data does not contain). On any error nothing
         changes: ValueError/TypeError for a row outside the span or malformed (bad input
         from a peer), StoreError for SQLite, or whatever the chunk iterator raises.
-        `results` (chunks of `(command_id, raft_index, result)`, the command outcomes the
+        `results` (chunks of `(command_id, raft_index, result, key)`, the command outcomes the
         snapshot's range remembered, see `SpanExport.results`) replace all of the range's
         command results when given, so retries are answered as on the replica that made it.
 
@@ -783,7 +809,7 @@ class MVCCStore:
             if result_chunks is not None:
                 conn.execute(_STAGED_RESULTS_SCHEMA)
                 for chunk in result_chunks:
-                    conn.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?)", list(_checked_results(chunk)))
+                    conn.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)", list(_checked_results(chunk)))
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             conn.close()
@@ -918,8 +944,8 @@ class MVCCStore:
                         _clear_command_results(conn, range_id, applied_index, all_of_them=staged_results is not None)
                         if staged_results is not None:
                             conn.execute(
-                                "INSERT INTO command_results (range_id, command_id, raft_index, result)"
-                                " SELECT ?, command_id, raft_index, result FROM staged.results",
+                                "INSERT INTO command_results (range_id, command_id, raft_index, result, key)"
+                                " SELECT ?, command_id, raft_index, result, key FROM staged.results",
                                 (range_id,),
                             )
                         conn.execute("COMMIT")
@@ -967,25 +993,29 @@ def discard_staged(staging_path: str) -> None:
             os.unlink(staging_path + suffix)
 
 
-ResultRow = tuple  # (command_id: bytes, raft_index: int, result: bytes | None)
+ResultRow = tuple  # (command_id: bytes, raft_index: int, result: bytes | None, key: bytes | None)
 
 _INSERT_RESULT_SQL = (
-    "INSERT OR REPLACE INTO command_results (range_id, command_id, raft_index, result) VALUES (?, ?, ?, ?)"
+    "INSERT OR REPLACE INTO command_results (range_id, command_id, raft_index, result, key) VALUES (?, ?, ?, ?, ?)"
 )
-_STAGED_RESULTS_SCHEMA = "CREATE TABLE results (command_id BLOB PRIMARY KEY, raft_index INTEGER NOT NULL, result BLOB)"
+_STAGED_RESULTS_SCHEMA = (
+    "CREATE TABLE results (command_id BLOB PRIMARY KEY, raft_index INTEGER NOT NULL, result BLOB, key BLOB)"
+)
 
 
 def _checked_results(chunk: Iterable[Any]) -> Iterator[ResultRow]:
-    """Command outcomes from a snapshot (bad input from a peer raises ValueError/TypeError)."""
+    """Command outcomes from a snapshot (bad input from a peer raises ValueError/TypeError).
+    A row of three, from a snapshot written before outcomes kept their key, gets key None."""
     for row in chunk:
-        if not isinstance(row, (list, tuple)) or len(row) != 3:
-            raise ValueError(f"snapshot command result {row!r} is not (command_id, raft_index, result)")
-        command_id, raft_index, result = row
+        if not isinstance(row, (list, tuple)) or len(row) not in (3, 4):
+            raise ValueError(f"snapshot command result {row!r} is not (command_id, raft_index, result, key)")
+        command_id, raft_index, result = row[:3]
+        key = row[3] if len(row) == 4 else None
         _check_key("snapshot command_id", command_id)
         _check_int("snapshot command raft_index", raft_index)
         if result is not None and not isinstance(result, bytes):
             raise TypeError(f"snapshot command result must be bytes or None, got {type(result).__name__}")
-        yield command_id, raft_index, result
+        yield command_id, raft_index, result, _check_value("snapshot command key", key)
 
 
 def _rows_in_span(chunk: Iterable[VersionRow], start: bytes, end: bytes | None) -> Iterator[VersionRow]:
@@ -1057,7 +1087,7 @@ class SpanExport:
         return rows
 
     def results(self) -> Iterator[list[ResultRow]]:
-        """After the rows: the range's command outcomes `(command_id, raft_index, result)` in
+        """After the rows: the range's command outcomes `(command_id, raft_index, result, key)` in
         the same read snapshot, in chunks (export_span with a range_id only); then closes."""
         if self._range_id is None:
             raise ValueError("export_span was not given a range_id")
@@ -1066,7 +1096,7 @@ class SpanExport:
             return
         try:
             cursor = conn.execute(
-                "SELECT command_id, raft_index, result FROM command_results WHERE range_id = ?"
+                "SELECT command_id, raft_index, result, key FROM command_results WHERE range_id = ?"
                 " ORDER BY command_id", (self._range_id,))
             while True:
                 chunk = cursor.fetchmany(self._chunk_rows)
