@@ -103,6 +103,7 @@ class RangeReplica:
         self.can_install = can_install
         self.on_write = on_write
         self.on_checksum = on_checksum
+        self.evaluation_misses = 0   # conditions the leader evaluated as holding that apply found false
 
     # --- StateMachine ------------------------------------------------------------------------
     def batch(self):
@@ -282,9 +283,28 @@ class RangeReplica:
     def _op_delete(self, index, command, args):
         return self._write(index, command, args, None)
 
+    def condition_holds(self, op: str, args: dict) -> bool:
+        """Whether a `cas` or `put_if` would write against the state applied now: what the
+        leader evaluates (kvserver.store.Store.evaluate_and_propose) and apply decides again."""
+        key = self._check_key(_bytes(args, "key"))
+        if op == "cas":
+            return self.store.get_value(key, LATEST) == _bytes(args, "expected", optional=True)
+        found = self.store.get(key, LATEST)
+        if args.get("if_version") is None:
+            return found is None or found[0] is None
+        return found is not None and found[1] == _ts(args, "if_version")
+
+    def _condition_failed_at_apply(self, args: dict) -> None:
+        """The leader evaluated this command's condition as holding, and apply found it false:
+        the state changed between evaluation and apply (a leader change; with latches, never
+        under a stable leader). Counted the same on every replica, as it is decided by the log."""
+        if args.get("evaluated") is True:
+            self.evaluation_misses += 1
+
     def _op_cas(self, index, command, args):
         key = self._check_key(_bytes(args, "key"))
-        if self.store.get_value(key, LATEST) != _bytes(args, "expected", optional=True):
+        if not self.condition_holds("cas", args):
+            self._condition_failed_at_apply(args)
             ts = self._write_ts(key, _ts(args))
             result = {"swapped": False, "ts": list(ts)}
             self._finish(index, command, [], result)
@@ -302,13 +322,9 @@ class RangeReplica:
         so a caller that lost a race has what it needs to try again without another read."""
         key = self._check_key(_bytes(args, "key"))
         value = _bytes(args, "value", optional=True)
-        wanted = None if args.get("if_version") is None else _ts(args, "if_version")
-        found = self.store.get(key, LATEST)
-        if wanted is None:
-            matches = found is None or found[0] is None
-        else:
-            matches = found is not None and found[1] == wanted
-        if not matches:
+        if not self.condition_holds("put_if", args):
+            self._condition_failed_at_apply(args)
+            found = self.store.get(key, LATEST)
             result = {"swapped": False, "ts": list(self._write_ts(key, _ts(args))),
                       "value": found[0] if found else None, "version": list(found[1]) if found else None}
             self._finish(index, command, [], result)

@@ -36,7 +36,8 @@ import msgpack
 
 from raftstore import constants
 from raftstore.kvserver.consistency import Checksum, ChecksumRegistry, range_checksum
-from raftstore.raft.commands import Outcome
+from raftstore.kvserver.latches import Latches
+from raftstore.raft.commands import CommandError, Outcome, encode_command, new_command_id
 from raftstore.raft.group import Executor, RaftGroup, _SNAPSHOT_MAGIC, _LEN, run_inline
 from raftstore.raft.journal import LogFile, encode_record, MAGIC as JOURNAL_MAGIC
 from raftstore.storage.mvcc import MVCCStore, StoreError, discard_staged
@@ -50,6 +51,9 @@ logger = logging.getLogger(__name__)
 INIT_INDEX = 10      # a split-created range starts its log here (see module docstring)
 INIT_TERM = 5
 _NO_OP = b"\x01"     # pysyncobj's _COMMAND_TYPE.NO_OP
+
+
+EVALUATED_OPS = frozenset({"put", "delete", "cas", "put_if"})   # client writes: evaluated by the leader under latches
 
 
 def _no_crash(point: str) -> None:
@@ -96,6 +100,7 @@ class Store:
         self.replicas: dict[int, RangeReplica] = {}
         self.disk_low: str | None = None   # why new entries are refused (raftstore.storage.diskspace), set by the node
         self.cache = RangeCache(constants.range_cache_entries_max)
+        self.latches = Latches()
         self.written_bytes: dict[int, int] = {}
         self.sizes: dict[int, int] = {}
         self.splitting: set[int] = set()
@@ -427,6 +432,47 @@ class Store:
         self.touch(range_id)
         group.propose(op, dict(args, ts=self.now_ts()), callback, command_id=command_id)
 
+    def evaluate_and_propose(self, range_id: int, op: str, args: dict, callback: Callable[[Outcome, Any], None],
+                             command_id: bytes | None = None) -> None:
+        """Propose a client's command as the range's leader, a write evaluated first under its
+        key's latch (kvserver.latches), held until the outcome is known: a `cas` or `put_if` is
+        marked `evaluated` when its condition holds against the state applied now, so apply
+        finding it false (a changed state: another leader's write) is counted
+        (RangeReplica.evaluation_misses); two writes of one key never evaluate against the same
+        state. A conditioned write whose condition fails writes nothing and gives the latch back
+        once proposed. Reads and writes alike still go through the log: a leader that may be deposed
+        answers nothing from its own state. Raises ValueError, before anything is proposed, for
+        a command too large to replicate."""
+        key = args.get("key")
+        if op not in EVALUATED_OPS or not isinstance(key, bytes):
+            self.propose(range_id, op, args, callback, command_id=command_id)
+            return
+        command_id = command_id if command_id is not None else new_command_id()
+        encode_command(op, dict(args, ts=self.now_ts(), evaluated=True), command_id)   # too large: refuse now
+
+        def run(release) -> None:
+            def done(outcome: Outcome, result: Any) -> None:
+                release()
+                callback(outcome, result)
+            evaluated = dict(args)
+            writes = op in ("put", "delete")
+            rep = self.replicas.get(range_id)
+            try:
+                if op in ("cas", "put_if") and rep is not None and rep.desc is not None and rep.condition_holds(op, args):
+                    evaluated["evaluated"] = writes = True
+            except CommandError:
+                pass                                   # malformed: apply rejects it, the same everywhere
+            try:
+                self.propose(range_id, op, evaluated, done, command_id=command_id)
+            except ValueError as exc:
+                done(Outcome.NOT_COMMITTED, "refused before proposing: %s" % exc)
+            if not writes:
+                # Its condition fails against the applied state: it will write nothing (versions
+                # only grow), so it need not hold the latch while it goes through the log to be
+                # answered; the next writer of the key is evaluated at once.
+                release()
+        self.latches.acquire((range_id, key), run)
+
     def status(self) -> list[dict]:
         out = []
         for rid in sorted(self.groups):
@@ -437,7 +483,8 @@ class Store:
                         "leader": int(group.leader_id()) if group.leader_id() else None,
                         "applied_index": group.raftLastApplied, "bytes": self.sizes.get(rid),
                         "snapshots_installed": group.snapshots_installed,
-                        "snapshots_created": group.snapshots_created})
+                        "snapshots_created": group.snapshots_created,
+                        "evaluation_misses": rep.evaluation_misses})
         return out
 
     def close(self) -> None:

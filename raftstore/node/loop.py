@@ -159,6 +159,7 @@ class Node:
         self._forwarded: dict[int, tuple[Callable[[Outcome, Any], None], int, float, bool]] = {}
         self._forward_ids = itertools.count(1)
         self.proposals = {"here": 0, "forwarded": 0, "for_peers": 0}   # client commands, by where proposed
+        self._deferred: list[Callable[[], None]] = []   # run again at the next tick (waiting for a leader)
         self.checksums = ChecksumRegistry()
         self.consistency = ConsistencyChecker(cfg.node_id, self.checksums, send_request=self._send_checksum_request,
                                               send_reply=self._send_checksum_reply, applied_index=self._applied_index)
@@ -360,20 +361,33 @@ class Node:
 
     # --- only a range's leader proposes a client's command (on the node loop) ---------------------
     def _propose_at_leader(self, store: Store, range_id: int, op: str, args: dict,
-                           done: Callable[[Outcome, Any], None], command_id: bytes | None) -> None:
+                           done: Callable[[Outcome, Any], None], command_id: bytes | None,
+                           waited_from: float | None = None) -> None:
         """Propose here if this node leads the range; else hand the command to the leader over
         the peer link (PROPOSE), never to pysyncobj's forwarding. Raises ValueError, before
         anything is sent, for a command too large to replicate."""
         group = store.groups.get(range_id)
         if group is None or group.is_leader():
             self.proposals["here"] += 1
-            store.propose(range_id, op, args, done, command_id=command_id)   # (answers a range not hosted)
+            store.evaluate_and_propose(range_id, op, args, done, command_id=command_id)   # (answers a range not hosted)
             return
         cid = command_id if command_id is not None else new_command_id()
-        encode_command(op, dict(args, ts=self.hlc.now().to_wire()), cid)   # the size the leader will propose
+        if waited_from is None:   # checked once, before anything waits or is sent
+            encode_command(op, dict(args, ts=self.hlc.now().to_wire(), evaluated=True), cid)   # as the leader will propose it
         leader = group.leader_id()
         if leader is None:
-            done(Outcome.NOT_COMMITTED, "r%d has no leader at the moment (an election is under way); retry" % range_id)
+            # A range just split off, or an election: wait for a leader, a bounded while.
+            waited_from = waited_from if waited_from is not None else time.monotonic()
+            if time.monotonic() - waited_from >= constants.leader_wait_s:
+                done(Outcome.NOT_COMMITTED, "r%d has had no leader for %.0f s (an election is under way); retry"
+                     % (range_id, constants.leader_wait_s))
+            else:
+                def again() -> None:
+                    try:
+                        self._propose_at_leader(store, range_id, op, args, done, cid, waited_from=waited_from)
+                    except ValueError as exc:   # not expected: the size was checked before waiting
+                        done(Outcome.NOT_COMMITTED, "refused before proposing: %s" % exc)
+                self._deferred.append(again)
             return
         peer = int(leader)
         req = next(self._forward_ids)
@@ -400,7 +414,7 @@ class Node:
         else:
             self.proposals["for_peers"] += 1
             try:
-                self.store.propose(range_id, op, args, reply, command_id=command_id)
+                self.store.evaluate_and_propose(range_id, op, args, reply, command_id=command_id)
             except ValueError as exc:
                 reply(Outcome.NOT_COMMITTED, "refused by n%d before proposing: %s" % (self.node_id, exc))
 
@@ -503,6 +517,10 @@ class Node:
                 self._dial()
                 if self._forwarded:
                     self._expire_forwarded(now)
+                if self._deferred:
+                    deferred, self._deferred = self._deferred, []
+                    for fn in deferred:
+                        fn()
             if now >= next_heartbeat:
                 next_heartbeat = now + constants.node_heartbeat_interval_s
                 stamp = self.hlc.now().to_wire()
@@ -718,6 +736,8 @@ class Node:
                 "clock": {"serving": self.clock_unfit is None, "reason": self.clock_unfit,
                           "offsets": self.offsets.status(time.monotonic())},
                 "disk": self.disk.status(),
+                "evaluation_misses": sum(r["evaluation_misses"] for r in ranges),
+                "latches": {"held": len(self.store.latches), "waiting": self.store.latches.waiting()} if self.store is not None else None,
                 "proposals": dict(self.proposals, as_follower=sum(
                     g.proposals_as_follower for g in (self.store.groups.values() if self.store is not None else ()))),
                 "loop_busy_max_ms": round(self.loop_busy_max_s * 1000, 1),
