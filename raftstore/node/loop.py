@@ -159,7 +159,7 @@ class Node:
         self._forwarded: dict[int, tuple[Callable[[Outcome, Any], None], int, float, bool]] = {}
         self._forward_ids = itertools.count(1)
         self.proposals = {"here": 0, "forwarded": 0, "for_peers": 0}   # client commands, by where proposed
-        self._deferred: list[Callable[[], None]] = []   # run again at the next tick (waiting for a leader)
+        self._deferred: list[tuple[float, Callable[[], None]]] = []   # (due, fn): run again on the loop later
         self.checksums = ChecksumRegistry()
         self.consistency = ConsistencyChecker(cfg.node_id, self.checksums, send_request=self._send_checksum_request,
                                               send_reply=self._send_checksum_reply, applied_index=self._applied_index)
@@ -387,7 +387,7 @@ class Node:
                         self._propose_at_leader(store, range_id, op, args, done, cid, waited_from=waited_from)
                     except ValueError as exc:   # not expected: the size was checked before waiting
                         done(Outcome.NOT_COMMITTED, "refused before proposing: %s" % exc)
-                self._deferred.append(again)
+                self._deferred.append((0.0, again))   # at the next tick
             return
         peer = int(leader)
         req = next(self._forward_ids)
@@ -518,8 +518,9 @@ class Node:
                 if self._forwarded:
                     self._expire_forwarded(now)
                 if self._deferred:
-                    deferred, self._deferred = self._deferred, []
-                    for fn in deferred:
+                    due = [fn for when, fn in self._deferred if when <= now]
+                    self._deferred = [(when, fn) for when, fn in self._deferred if when > now]
+                    for fn in due:
                         fn()
             if now >= next_heartbeat:
                 next_heartbeat = now + constants.node_heartbeat_interval_s
@@ -605,7 +606,9 @@ class Node:
     def _proposal(self, loop: asyncio.AbstractEventLoop, submit) -> asyncio.Future:
         return asyncio.wrap_future(self._proposal_future(submit), loop=loop)
 
-    def _key_submit(self, op: str, key: bytes, args: dict, command_id: bytes | None, routed: dict):
+    def _key_submit(self, op: str, key: bytes, args: dict, command_id: bytes | None):
+        """submit(store, done) for the node loop: the one route-and-retry path of a key's
+        command, used by both faces below (asyncio and worker threads)."""
         refused = self.cfg.refuse_writes
 
         def submit(store: Store, done):
@@ -614,43 +617,49 @@ class Node:
                 # proposer gets then (not committed), for a chosen span and this node only.
                 done(Outcome.NOT_COMMITTED, "no leader reachable for the range of %s (test fault)" % pretty_key(key))
                 return
-            desc = store.descriptor_for(key)
-            if desc is None:
-                done(Outcome.NOT_COMMITTED, "no range here holds key %s" % pretty_key(key))
-                return
-            routed["range_id"] = desc.range_id
-            self._propose_at_leader(store, desc.range_id, op, args, done, command_id)
+            self._route(store, op, key, args, command_id, done, 0)
         return submit
 
-    def _stale_route(self, outcome: Outcome, result: Any, routed: dict) -> bool:
-        """The range refused the key (split since we routed): route again with the descriptor
-        the refusing replica returned."""
-        if outcome is Outcome.REJECTED and is_mismatch(result):
-            rid, descs = routed.get("range_id"), mismatch_descriptors(result.details)
-            self.call_in_loop(lambda: rid is not None and self.store.refresh(rid, descs))
-            return True
-        return False
+    def _route(self, store: Store, op: str, key: bytes, args: dict, command_id: bytes | None,
+               done: Callable[[Outcome, Any], None], attempt: int) -> None:
+        """On the node loop: key -> range (the range cache) -> its leader (`_propose_at_leader`);
+        a range-key mismatch (the range split since it was routed) refreshes the cache from the
+        descriptor the refusing replica returned and routes again a little later (10 ms more each
+        time, at most 0.2 s), at most route_retries_max times. Raises ValueError, before anything is sent, for a command too
+        large to replicate (first attempt only: later ones were checked)."""
+        desc = store.descriptor_for(key)
+        if desc is None:
+            done(Outcome.NOT_COMMITTED, "no range here holds key %s" % pretty_key(key))
+            return
+
+        def answer(outcome: Outcome, result: Any) -> None:
+            if not (outcome is Outcome.REJECTED and is_mismatch(result)):
+                done(outcome, result)
+            elif attempt + 1 >= constants.route_retries_max:
+                done(Outcome.NOT_COMMITTED, "the range holding this key kept changing; retry")
+            else:
+                store.refresh(desc.range_id, mismatch_descriptors(result.details))
+
+                def again() -> None:
+                    try:
+                        self._route(store, op, key, args, command_id, done, attempt + 1)
+                    except ValueError as exc:   # not expected: the size was checked on the first attempt
+                        done(Outcome.NOT_COMMITTED, "refused before proposing: %s" % exc)
+                self._deferred.append((time.monotonic() + min(0.01 * (attempt + 1), 0.2), again))
+        self._propose_at_leader(store, desc.range_id, op, args, answer, command_id)
 
     async def propose_key(self, op: str, key: bytes, args: dict, command_id: bytes | None) -> tuple:
-        """Propose op on the range holding key; on a stale descriptor refresh and retry."""
-        loop = asyncio.get_running_loop()
-        for attempt in range(constants.route_retries_max):
-            routed: dict = {}
-            outcome, result = await self._proposal(loop, self._key_submit(op, key, args, command_id, routed))
-            if self._stale_route(outcome, result, routed):
-                await asyncio.sleep(min(0.01 * (attempt + 1), 0.2))
-                continue
-            return outcome, result
-        return Outcome.NOT_COMMITTED, "the range holding this key kept changing; retry"
+        """Propose op on the range holding key (routed and retried on the node loop: `_route`)."""
+        return await self._proposal(asyncio.get_running_loop(), self._key_submit(op, key, args, command_id))
 
     def propose_keys_blocking(self, calls: list[tuple[str, bytes, dict, bytes | None]], timeout_s: float) -> list:
         """`propose_key` for a worker thread, for many keys at once: every call is handed to the
-        node loop together and answered straight to this thread; a call whose range split since
-        it was routed is retried on its own. Returns (outcome, result) per call, in order, after
-        waiting for every call's answer (timeout_s in all), so none is still running then.
-        Never raises: a call refused before proposing, as too large to replicate, answers
-        (NOT_COMMITTED, the ValueError); a call with no answer by the deadline answers
-        (AMBIGUOUS, why) - every proposal is answered by the Raft layer's own timeout long before."""
+        node loop together (each routed and retried there: `_route`) and answered straight to
+        this thread. Returns (outcome, result) per call, in order, after waiting for every
+        call's answer (timeout_s in all), so none is still running then. Never raises: a call
+        refused before proposing, as too large to replicate, answers (NOT_COMMITTED, the
+        ValueError); a call with no answer by the deadline answers (AMBIGUOUS, why) - every
+        proposal is answered by the Raft layer's own timeout long before."""
         deadline = time.monotonic() + timeout_s
 
         def settle(fut: concurrent.futures.Future) -> tuple:
@@ -661,23 +670,8 @@ class Node:
             except concurrent.futures.TimeoutError:
                 return Outcome.AMBIGUOUS, "no answer in %.0f s; it may still commit" % timeout_s
 
-        routes = [{} for _ in calls]
-        futures = [self._proposal_future(self._key_submit(op, key, args, cid, routed))
-                   for (op, key, args, cid), routed in zip(calls, routes)]
-        answers = []
-        for (op, key, args, cid), routed, fut in zip(calls, routes, futures):
-            outcome, result = settle(fut)
-            attempt = 0
-            while self._stale_route(outcome, result, routed):
-                attempt += 1
-                if attempt >= constants.route_retries_max:
-                    outcome, result = Outcome.NOT_COMMITTED, "the range holding this key kept changing; retry"
-                    break
-                time.sleep(min(0.01 * attempt, 0.2))
-                routed = {}
-                outcome, result = settle(self._proposal_future(self._key_submit(op, key, args, cid, routed)))
-            answers.append((outcome, result))
-        return answers
+        futures = [self._proposal_future(self._key_submit(op, key, args, cid)) for op, key, args, cid in calls]
+        return [settle(fut) for fut in futures]
 
     async def scan_keys(self, start: bytes, end: bytes | None, limit: int) -> tuple:
         """A scan crosses ranges: one linearizable read per range, in key order, until the limit.
