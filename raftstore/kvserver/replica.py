@@ -77,6 +77,15 @@ def desc_ts(desc: RangeDescriptor) -> tuple[int, int]:
     return (desc.generation, 0)
 
 
+def _version_matches(found: tuple | None, args: dict) -> bool:
+    """A put_if's condition against the key's newest version `found` ((value, version), None if
+    never written): the version is exactly `if_version`, or, with `if_version` nil, the key has
+    no live value."""
+    if args.get("if_version") is None:
+        return found is None or found[0] is None
+    return found is not None and found[1] == _ts(args, "if_version")
+
+
 def read_local_descriptor(store: MVCCStore, range_id: int) -> RangeDescriptor | None:
     raw = store.get_value(local_desc_key(range_id), LATEST)
     return RangeDescriptor.decode(raw) if raw is not None else None
@@ -289,10 +298,7 @@ class RangeReplica:
         key = self._check_key(_bytes(args, "key"))
         if op == "cas":
             return self.store.get_value(key, LATEST) == _bytes(args, "expected", optional=True)
-        found = self.store.get(key, LATEST)
-        if args.get("if_version") is None:
-            return found is None or found[0] is None
-        return found is not None and found[1] == _ts(args, "if_version")
+        return _version_matches(self.store.get(key, LATEST), args)
 
     def _condition_failed_at_apply(self, args: dict) -> None:
         """The leader evaluated this command's condition as holding, and apply found it false:
@@ -322,9 +328,9 @@ class RangeReplica:
         so a caller that lost a race has what it needs to try again without another read."""
         key = self._check_key(_bytes(args, "key"))
         value = _bytes(args, "value", optional=True)
-        if not self.condition_holds("put_if", args):
+        found = self.store.get(key, LATEST)
+        if not _version_matches(found, args):
             self._condition_failed_at_apply(args)
-            found = self.store.get(key, LATEST)
             result = {"swapped": False, "ts": list(self._write_ts(key, _ts(args))),
                       "value": found[0] if found else None, "version": list(found[1]) if found else None}
             self._finish(index, command, [], result)

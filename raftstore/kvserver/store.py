@@ -432,6 +432,11 @@ class Store:
         self.touch(range_id)
         group.propose(op, dict(args, ts=self.now_ts()), callback, command_id=command_id)
 
+    def check_command_size(self, op: str, args: dict, command_id: bytes) -> None:
+        """Raise ValueError if the command, as its leader will propose it (with a timestamp and
+        the `evaluated` mark), is too large to replicate."""
+        encode_command(op, dict(args, ts=self.now_ts(), evaluated=True), command_id)
+
     def evaluate_and_propose(self, range_id: int, op: str, args: dict, callback: Callable[[Outcome, Any], None],
                              command_id: bytes | None = None) -> None:
         """Propose a client's command as the range's leader, a write evaluated first under its
@@ -448,7 +453,7 @@ class Store:
             self.propose(range_id, op, args, callback, command_id=command_id)
             return
         command_id = command_id if command_id is not None else new_command_id()
-        encode_command(op, dict(args, ts=self.now_ts(), evaluated=True), command_id)   # too large: refuse now
+        self.check_command_size(op, args, command_id)   # too large: refuse now, not once the latch is ours
 
         def run(release) -> None:
             def done(outcome: Outcome, result: Any) -> None:

@@ -42,7 +42,7 @@ from raftstore.node.clockcheck import OffsetMonitor, probe_is_valid
 from raftstore.node.peer import (CHECKSUM_REPLY, CHECKSUM_REQUEST, HEARTBEAT, PROPOSE, PROPOSE_REPLY, RAFT, PeerNetwork,
                                   parse_addr)
 from raftstore.node.wan import LatencyMatrix
-from raftstore.raft.commands import Outcome, Rejection, encode_command, new_command_id
+from raftstore.raft.commands import Outcome, Rejection, new_command_id
 from raftstore.raft.failstop import FailStop, exit_now
 from raftstore.raft.group import run_in_thread
 from raftstore.raft.journal import RealLogFile, fsync_dir
@@ -373,7 +373,7 @@ class Node:
             return
         cid = command_id if command_id is not None else new_command_id()
         if waited_from is None:   # checked once, before anything waits or is sent
-            encode_command(op, dict(args, ts=self.hlc.now().to_wire(), evaluated=True), cid)   # as the leader will propose it
+            store.check_command_size(op, args, cid)
         leader = group.leader_id()
         if leader is None:
             # A range just split off, or an election: wait for a leader, a bounded while.
@@ -382,12 +382,8 @@ class Node:
                 done(Outcome.NOT_COMMITTED, "r%d has had no leader for %.0f s (an election is under way); retry"
                      % (range_id, constants.leader_wait_s))
             else:
-                def again() -> None:
-                    try:
-                        self._propose_at_leader(store, range_id, op, args, done, cid, waited_from=waited_from)
-                    except ValueError as exc:   # not expected: the size was checked before waiting
-                        done(Outcome.NOT_COMMITTED, "refused before proposing: %s" % exc)
-                self._deferred.append((0.0, again))   # at the next tick
+                self._later(0.0, done, lambda: self._propose_at_leader(store, range_id, op, args, done, cid,
+                                                                       waited_from=waited_from))
             return
         peer = int(leader)
         req = next(self._forward_ids)
@@ -426,8 +422,24 @@ class Node:
         answer = Outcome(outcome)
         entry[0](answer, Rejection.from_wire(result) if answer is Outcome.REJECTED else result)
 
+    def _later(self, due: float, done: Callable[[Outcome, Any], None], attempt: Callable[[], None]) -> None:
+        """Run `attempt` (a command's next try) on the loop at the first tick at or after `due`.
+        Its size was checked on the first try, so a ValueError is not expected; should one come,
+        `done` answers it rather than letting it stop the loop."""
+        def run() -> None:
+            try:
+                attempt()
+            except ValueError as exc:
+                done(Outcome.NOT_COMMITTED, "refused before proposing: %s" % exc)
+        self._deferred.append((due, run))
+
     def _expire_forwarded(self, now: float) -> None:
-        for req in [r for r, entry in self._forwarded.items() if entry[2] <= now]:
+        expired = []
+        for req, entry in self._forwarded.items():   # inserted in deadline order: one timeout for all
+            if entry[2] > now:
+                break
+            expired.append(req)
+        for req in expired:
             self._forward_unanswered(req, "n%d, the range's leader, did not answer in %.0f s"
                                      % (self._forwarded[req][1], constants.forwarded_proposal_timeout_s))
 
@@ -639,13 +651,8 @@ class Node:
                 done(Outcome.NOT_COMMITTED, "the range holding this key kept changing; retry")
             else:
                 store.refresh(desc.range_id, mismatch_descriptors(result.details))
-
-                def again() -> None:
-                    try:
-                        self._route(store, op, key, args, command_id, done, attempt + 1)
-                    except ValueError as exc:   # not expected: the size was checked on the first attempt
-                        done(Outcome.NOT_COMMITTED, "refused before proposing: %s" % exc)
-                self._deferred.append((time.monotonic() + min(0.01 * (attempt + 1), 0.2), again))
+                self._later(time.monotonic() + min(0.01 * (attempt + 1), 0.2), done,
+                            lambda: self._route(store, op, key, args, command_id, done, attempt + 1))
         self._propose_at_leader(store, desc.range_id, op, args, answer, command_id)
 
     async def propose_key(self, op: str, key: bytes, args: dict, command_id: bytes | None) -> tuple:

@@ -22,14 +22,12 @@ def run_node(cfg: NodeConfig) -> int:
     op is served by the SQL gateway (sql.gateway); the node itself knows no SQL."""
     node = Node(cfg)
     node.start_loop()
-    server: ClientServer | None = None
 
     async def main() -> int:
-        nonlocal server
-        server = ClientServer(node, Gateway(node, asyncio.get_running_loop()))
+        loop = asyncio.get_running_loop()
+        server = ClientServer(node, Gateway(node, loop))
         await server.start()
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         logger.info("node %d (%s) serving: peers on %s, clients on %s", cfg.node_id, cfg.region, cfg.peer_addr, cfg.sql_addr)
