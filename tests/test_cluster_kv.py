@@ -182,3 +182,31 @@ def test_a_write_too_large_to_replicate_is_refused_at_once_and_the_node_keeps_se
         assert c.get(b"huge") is None
         c.put(b"small", b"ok")
         assert c.get(b"small") == b"ok"
+
+
+def test_a_client_routed_with_a_stale_descriptor_is_redirected_by_the_descriptor_the_replica_returns(cluster):
+    # n1's router caches the data range whole; the range splits through n2 (n1's router is not
+    # told: its cache is its own, not the node's replicas); n1 routes a write of a key that moved
+    # with the stale descriptor; the range's leader refuses it with its new descriptor and the
+    # right half's, and n1's router sends it there at once: one redirect, no second lookup.
+    # (tests/test_router.py shows this check failing for a router that ignores what is returned.)
+    n1, n2 = cluster.nodes[0], cluster.nodes[1]
+    with cluster.client(n1) as c:
+        c.put(b"route-z", b"1")
+        before = c.status()["router"]
+    with cluster.client(n2) as c:
+        c.split(b"route-m")
+
+    def split_everywhere():
+        for node in cluster.nodes:
+            with cluster.client(node) as c:
+                if not any(r["start"] == b"kroute-m" for r in c.status()["ranges"]):
+                    return False
+        return True
+    wait_until(split_everywhere, LIVENESS_MARGIN_S, "every node to apply the split")
+    with cluster.client(n1, timeout_s=30.0) as c:
+        c.put(b"route-z", b"2")
+        after = c.status()["router"]
+        assert c.get(b"route-z") == b"2"
+    assert after["redirects"] - before["redirects"] == 1, (before, after)
+    assert after["lookups"] == before["lookups"], (before, after)

@@ -1,8 +1,9 @@
 """The house reads as the data path (issue 10): the rules a move or a shortcut could break.
 
 - pysyncobj's private members (`_SyncObj__...`) are named only under raftstore/raft/;
-- the core (raft, storage, kvserver, node) imports nothing of sql/, the server or the CLI, and
-  the store's rooms (raft, storage, kvserver) nothing of the process's edges (node);
+- the core (raft, storage, kvserver, router, node) imports nothing of sql/, the server or the
+  CLI; the store's rooms (raft, storage, kvserver) nothing of the router or of the process's
+  edges (node); the router (kvclient) only the store's types, never the store itself;
 - only the composition root (raftstore/server/) wires the store to sql/.
 Read from the source with `ast`, nothing is imported. Tests (tests/) may name anything.
 """
@@ -74,9 +75,12 @@ def test_the_private_name_check_catches_a_use_outside_raftstore_raft():
 
 
 @pytest.mark.parametrize("room, forbidden", [
-    ("raftstore/raft", ("sql", "raftstore.server", "raftstore.cli", "raftstore.node", "raftstore.kvserver")),
-    ("raftstore/storage", ("sql", "raftstore.server", "raftstore.cli", "raftstore.node", "raftstore.kvserver")),
-    ("raftstore/kvserver", ("sql", "raftstore.server", "raftstore.cli", "raftstore.node")),
+    ("raftstore/raft", ("sql", "raftstore.server", "raftstore.cli", "raftstore.node", "raftstore.kvserver", "raftstore.router")),
+    ("raftstore/storage", ("sql", "raftstore.server", "raftstore.cli", "raftstore.node", "raftstore.kvserver",
+                           "raftstore.router")),
+    ("raftstore/kvserver", ("sql", "raftstore.server", "raftstore.cli", "raftstore.node", "raftstore.router")),
+    ("raftstore/router", ("sql", "raftstore.server", "raftstore.cli", "raftstore.node", "raftstore.storage",
+                          "raftstore.kvserver.store", "raftstore.kvserver.replica")),
     ("raftstore/node", ("sql", "raftstore.server", "raftstore.cli")),
     ("raftstore/sim", ("sql", "raftstore.server", "raftstore.cli", "raftstore.node")),
     ("hlc", ("raftstore", "sql")),

@@ -1,4 +1,4 @@
-"""Ranges: descriptors, the layout of the keyspace, and the bounded range cache. Pure.
+"""Ranges: descriptors and the layout of the keyspace. Pure.
 
 The keyspace is cut into ranges `[start, end)`, each one Raft group. Layout:
     b"\\x00..."   node-local keys (a replica's own descriptor); inside no range, never replicated
@@ -13,8 +13,6 @@ a key outside its current span (RangeKeyMismatch) and the router refreshes and r
 
 from __future__ import annotations
 
-import bisect
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import msgpack
@@ -110,55 +108,3 @@ def mismatch_descriptors(details: dict) -> list[RangeDescriptor]:
         except ValueError:
             pass
     return out
-
-
-class RangeCache:
-    """Descriptors by start key, bounded (least recently used dropped first).
-
-    `lookup(key)` returns the cached descriptor whose span holds key, or None (the caller then
-    loads it and `insert`s). `insert` drops every cached descriptor the new one overlaps (older
-    views of the same span), so the cache never holds two ranges for one key.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._starts: list[bytes] = []
-        self._by_start: dict[bytes, RangeDescriptor] = {}
-        self._lru: OrderedDict[int, bytes] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._starts)
-
-    def lookup(self, key: bytes) -> RangeDescriptor | None:
-        i = bisect.bisect_right(self._starts, key) - 1
-        if i < 0:
-            return None
-        desc = self._by_start[self._starts[i]]
-        if not desc.contains(key):
-            return None
-        self._lru.move_to_end(desc.range_id)
-        return desc
-
-    def insert(self, desc: RangeDescriptor) -> None:
-        for old in [d for d in self._by_start.values() if d.overlaps(desc.start, desc.end) or d.range_id == desc.range_id]:
-            if old.range_id == desc.range_id and old.generation > desc.generation:
-                return  # never replace a newer view with an older one
-            self._remove(old)
-        bisect.insort(self._starts, desc.start)
-        self._by_start[desc.start] = desc
-        self._lru[desc.range_id] = desc.start
-        while len(self._starts) > self.capacity:
-            oldest = next(iter(self._lru))
-            self._remove(self._by_start[self._lru[oldest]])
-
-    def invalidate(self, range_id: int) -> None:
-        start = self._lru.get(range_id)
-        if start is not None:
-            self._remove(self._by_start[start])
-
-    def _remove(self, desc: RangeDescriptor) -> None:
-        i = bisect.bisect_left(self._starts, desc.start)
-        if i < len(self._starts) and self._starts[i] == desc.start:
-            del self._starts[i]
-        self._by_start.pop(desc.start, None)
-        self._lru.pop(desc.range_id, None)

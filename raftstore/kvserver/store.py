@@ -37,12 +37,12 @@ import msgpack
 from raftstore import constants
 from raftstore.kvserver.consistency import Checksum, ChecksumRegistry, range_checksum
 from raftstore.kvserver.latches import Latches
-from raftstore.raft.commands import CommandError, Outcome, encode_command, new_command_id
+from raftstore.raft.commands import CommandError, Outcome, Rejection, encode_command, new_command_id
 from raftstore.raft.group import Executor, RaftGroup, _SNAPSHOT_MAGIC, _LEN, run_inline
 from raftstore.raft.journal import LogFile, encode_record, MAGIC as JOURNAL_MAGIC
 from raftstore.storage.mvcc import MVCCStore, StoreError, discard_staged
-from raftstore.kvserver.ranges import (FIRST_DATA_RANGE_ID, META_RANGE_ID, MISMATCH, RangeCache, RangeDescriptor,
-                              bootstrap_descriptors, local_desc_key, split_key_for)
+from raftstore.kvserver.ranges import (FIRST_DATA_RANGE_ID, META_RANGE_ID, MISMATCH, RANGE_KEY_MISMATCH, RangeDescriptor,
+                              bootstrap_descriptors, local_desc_key, pretty_key, split_key_for)
 from raftstore.kvserver.replica import (LATEST, RangeReplica, desc_ts, local_descriptors, meta_descriptors,
                                read_local_descriptor)
 
@@ -99,7 +99,6 @@ class Store:
         self.groups: dict[int, RaftGroup] = {}
         self.replicas: dict[int, RangeReplica] = {}
         self.disk_low: str | None = None   # why new entries are refused (raftstore.storage.diskspace), set by the node
-        self.cache = RangeCache(constants.range_cache_entries_max)
         self.latches = Latches()
         self.written_bytes: dict[int, int] = {}
         self.sizes: dict[int, int] = {}
@@ -185,14 +184,11 @@ class Store:
         self.groups[range_id], self.replicas[range_id] = group, replica
         self.touch(range_id)
         self.maintain_due.add(range_id)
-        if replica.desc is not None:
-            self.cache.insert(replica.desc)
         return group
 
     # --- callbacks from replicas (on the loop thread, inside a group's apply) ----------------------
     def _on_split(self, left: RangeDescriptor, right: RangeDescriptor) -> None:
         self.crash_point("split:applied")
-        self.cache.insert(left)
         self.maintain_due.update((left.range_id, right.range_id))
         self.splitting.discard(left.range_id)
         if right.range_id in self.groups:
@@ -394,13 +390,14 @@ class Store:
 
     # --- routing and proposals ----------------------------------------------------------------------
     def descriptor_for(self, key: bytes) -> RangeDescriptor | None:
-        desc = self.cache.lookup(key)
-        if desc is None:
-            for rep in self.replicas.values():
-                if rep.desc is not None and rep.desc.contains(key):
-                    self.cache.insert(rep.desc)
-                    return rep.desc
-        return desc
+        """The range holding key as this node knows it (the router's lookup; possibly behind):
+        its own replica's descriptor (of two that hold key, one not yet told of a split, the one
+        starting later, which split off the other), else its copy of meta."""
+        held = [rep.desc for rep in self.replicas.values() if rep.desc is not None and rep.desc.contains(key)]
+        if held:
+            return max(held, key=lambda d: d.start)
+        known = [d for d in meta_descriptors(self.mvcc) if d.contains(key)]
+        return max(known, key=lambda d: (d.start, d.generation)) if known else None
 
     def descriptors_overlapping(self, start: bytes, end: bytes | None) -> list[RangeDescriptor]:
         """Every range this node knows of that overlaps `[start, end)`, in key order: its own
@@ -412,16 +409,15 @@ class Store:
                 descs[rid] = rep.desc
         return sorted((d for d in descs.values() if d.overlaps(start, end)), key=lambda d: (d.start, d.range_id))
 
-    def refresh(self, range_id: int, returned: list[RangeDescriptor] = ()) -> None:
-        """Forget the cached descriptor of `range_id`, which refused a key; cache the descriptors
-        the refusing replica `returned` (a mismatch carries them), or, when it returned none,
-        this node's own replica's."""
-        self.cache.invalidate(range_id)
-        for desc in returned:
-            self.cache.insert(desc)
-        rep = self.replicas.get(range_id)
-        if not returned and rep is not None and rep.desc is not None:
-            self.cache.insert(rep.desc)
+    def mismatch(self, desc: RangeDescriptor, key: bytes) -> Rejection:
+        """The answer of this node's replica of `desc`'s range to a key outside its span,
+        decided before anything is proposed (a range's span only shrinks, so the key will never
+        be its again): it carries the replica's descriptor and, when this node knows it, the
+        descriptor of the range that holds the key, so the router goes there without a lookup."""
+        found = self.descriptor_for(key)
+        descs = [desc] + ([found] if found is not None and found.range_id != desc.range_id else [])
+        return Rejection(RANGE_KEY_MISMATCH, "%s: key %s is outside %s" % (MISMATCH, pretty_key(key), desc),
+                         {"descriptors": [d.to_wire() for d in descs]})
 
     def propose(self, range_id: int, op: str, args: dict, callback: Callable[[Outcome, Any], None],
                 command_id: bytes | None = None) -> None:
@@ -449,6 +445,11 @@ class Store:
         answers nothing from its own state. Raises ValueError, before anything is proposed, for
         a command too large to replicate."""
         key = args.get("key")
+        routed_by = args.get("start") if op == "scan" else key
+        here = self.replicas.get(range_id)
+        if isinstance(routed_by, bytes) and here is not None and here.desc is not None and not here.desc.contains(routed_by):
+            callback(Outcome.REJECTED, self.mismatch(here.desc, routed_by))
+            return
         if op not in EVALUATED_OPS or not isinstance(key, bytes):
             self.propose(range_id, op, args, callback, command_id=command_id)
             return

@@ -36,7 +36,7 @@ from pysyncobj.transport import Transport
 from hlc import HLC, MAX_OFFSET_NS_DEFAULT, ClockOffsetError, FileCeilingStore, SystemClock, Timestamp
 from raftstore import constants
 from raftstore.kvserver.consistency import Checksum, ChecksumRegistry, ConsistencyChecker
-from raftstore.kvserver.ranges import MISMATCH, is_mismatch, mismatch_descriptors, pretty_key
+from raftstore.kvserver.ranges import MISMATCH, pretty_key
 from raftstore.kvserver.store import Store, StoreConfig
 from raftstore.node.clockcheck import OffsetMonitor, probe_is_valid
 from raftstore.node.peer import (CHECKSUM_REPLY, CHECKSUM_REQUEST, HEARTBEAT, PROPOSE, PROPOSE_REPLY, RAFT, PeerNetwork,
@@ -46,6 +46,7 @@ from raftstore.raft.commands import Outcome, Rejection, new_command_id
 from raftstore.raft.failstop import FailStop, exit_now
 from raftstore.raft.group import run_in_thread
 from raftstore.raft.journal import RealLogFile, fsync_dir
+from raftstore.router import Router
 from raftstore.storage.diskspace import DiskGuard
 from raftstore.storage.mvcc import MVCCStore
 
@@ -160,6 +161,12 @@ class Node:
         self._forward_ids = itertools.count(1)
         self.proposals = {"here": 0, "forwarded": 0, "for_peers": 0}   # client commands, by where proposed
         self._deferred: list[tuple[float, Callable[[], None]]] = []   # (due, fn): run again on the loop later
+        # Where a client's command goes (on the node loop): its own range cache, filled by
+        # lookups in this node's view and by the descriptors refusing replicas return.
+        self.router = Router(lookup=lambda key: self.store.descriptor_for(key) if self.store is not None else None,
+                             send=lambda desc, op, args, done, cid: self._propose_at_leader(
+                                 self.store, desc.range_id, op, args, done, cid),
+                             later=self._later, now=time.monotonic)
         self.checksums = ChecksumRegistry()
         self.consistency = ConsistencyChecker(cfg.node_id, self.checksums, send_request=self._send_checksum_request,
                                               send_reply=self._send_checksum_reply, applied_index=self._applied_index)
@@ -629,39 +636,16 @@ class Node:
                 # proposer gets then (not committed), for a chosen span and this node only.
                 done(Outcome.NOT_COMMITTED, "no leader reachable for the range of %s (test fault)" % pretty_key(key))
                 return
-            self._route(store, op, key, args, command_id, done, 0)
+            self.router.send(op, key, args, command_id, done)
         return submit
 
-    def _route(self, store: Store, op: str, key: bytes, args: dict, command_id: bytes | None,
-               done: Callable[[Outcome, Any], None], attempt: int) -> None:
-        """On the node loop: key -> range (the range cache) -> its leader (`_propose_at_leader`);
-        a range-key mismatch (the range split since it was routed) refreshes the cache from the
-        descriptor the refusing replica returned and routes again a little later (10 ms more each
-        time, at most 0.2 s), at most route_retries_max times. Raises ValueError, before anything is sent, for a command too
-        large to replicate (first attempt only: later ones were checked)."""
-        desc = store.descriptor_for(key)
-        if desc is None:
-            done(Outcome.NOT_COMMITTED, "no range here holds key %s" % pretty_key(key))
-            return
-
-        def answer(outcome: Outcome, result: Any) -> None:
-            if not (outcome is Outcome.REJECTED and is_mismatch(result)):
-                done(outcome, result)
-            elif attempt + 1 >= constants.route_retries_max:
-                done(Outcome.NOT_COMMITTED, "the range holding this key kept changing; retry")
-            else:
-                store.refresh(desc.range_id, mismatch_descriptors(result.details))
-                self._later(time.monotonic() + min(0.01 * (attempt + 1), 0.2), done,
-                            lambda: self._route(store, op, key, args, command_id, done, attempt + 1))
-        self._propose_at_leader(store, desc.range_id, op, args, answer, command_id)
-
     async def propose_key(self, op: str, key: bytes, args: dict, command_id: bytes | None) -> tuple:
-        """Propose op on the range holding key (routed and retried on the node loop: `_route`)."""
+        """Propose op on the range holding key (routed and retried on the node loop by the router)."""
         return await self._proposal(asyncio.get_running_loop(), self._key_submit(op, key, args, command_id))
 
     def propose_keys_blocking(self, calls: list[tuple[str, bytes, dict, bytes | None]], timeout_s: float) -> list:
         """`propose_key` for a worker thread, for many keys at once: every call is handed to the
-        node loop together (each routed and retried there: `_route`) and answered straight to
+        node loop together (each routed and retried there by the router) and answered straight to
         this thread. Returns (outcome, result) per call, in order, after waiting for every
         call's answer (timeout_s in all), so none is still running then. Never raises: a call
         refused before proposing, as too large to replicate, answers (NOT_COMMITTED, the
@@ -739,6 +723,7 @@ class Node:
                 "disk": self.disk.status(),
                 "evaluation_misses": sum(r["evaluation_misses"] for r in ranges),
                 "latches": {"held": len(self.store.latches), "waiting": self.store.latches.waiting()} if self.store is not None else None,
+                "router": dict(self.router.stats, cached=len(self.router.cache)),
                 "proposals": dict(self.proposals, as_follower=sum(
                     g.proposals_as_follower for g in (self.store.groups.values() if self.store is not None else ()))),
                 "loop_busy_max_ms": round(self.loop_busy_max_s * 1000, 1),

@@ -35,11 +35,12 @@ from dataclasses import dataclass
 import msgpack
 from pysyncobj.transport import Transport
 
-from raftstore.kvserver.ranges import DATA_START, is_mismatch, mismatch_descriptors
+from raftstore.kvserver.ranges import DATA_START
 from raftstore.kvserver.replica import LATEST, RAW_END, RAW_PREFIX, local_descriptors
 from raftstore.kvserver.store import Store, StoreConfig
 from raftstore.raft.commands import Outcome
 from raftstore.raft.failstop import FailStop
+from raftstore.router import Router
 from raftstore.sim.disk import SimDisk
 from raftstore.sim.world import Violation, _Clock, patched_pysyncobj
 from raftstore.storage.mvcc import MVCCStore, StoreError
@@ -120,6 +121,7 @@ class SplitWorld:
         self.ids = [1, 2, 3]
         self.disks = {i: SimDisk() for i in self.ids}
         self.stores: dict[int, Store] = {}
+        self.routers: dict[int, Router] = {}
         self.mvccs: dict[int, MVCCStore] = {}
         self.transports: dict[tuple[int, int], _GroupTransport] = {}
         self.incarnation = {i: 0 for i in self.ids}
@@ -163,6 +165,13 @@ class SplitWorld:
                       snapshot_executor=lambda job, nid=nid: self._submit_job(nid, job))
         self.mvccs[nid] = mvcc
         self.stores[nid] = store
+        # The node's router (the one the real node runs), starting with an empty cache.
+        self.routers[nid] = Router(
+            lookup=store.descriptor_for,
+            send=lambda desc, op, args, done, cid, store=store: (
+                store.propose(desc.range_id, op, args, done, command_id=cid) if self.stores.get(nid) is store
+                else done(Outcome.NOT_COMMITTED, "n%d is down" % nid)),
+            later=lambda due, done, fn: self.push(max(due, self.clock.t), "call", fn), now=lambda: self.clock.t)
         self.incarnation[nid] += 1
         try:
             store.start()
@@ -246,14 +255,12 @@ class SplitWorld:
         if not live or attempt > 60:
             return
         nid = live[self.rng.randrange(len(live))]
-        store = self.stores[nid]
         key = RAW_PREFIX + b"%05d" % i
         if i not in self.values:   # a retry proposes the same command (same id, same value)
             self.values[i] = b"%d:" % i + bytes(self.rng.getrandbits(8) for _ in range(8)) * (self.cfg.value_bytes // 8)
         value = self.values[i]
-        desc = store.descriptor_for(key)
 
-        def done(outcome, result, key=key, value=value, rid=desc.range_id if desc else None):
+        def done(outcome, result, key=key, value=value):
             if outcome is Outcome.COMMITTED:
                 self.acked[key] = value
                 first = self.answers.setdefault(i, result)
@@ -262,15 +269,9 @@ class SplitWorld:
                 elif i not in self.resent and self.resend_rng.random() < self.cfg.resend_fraction:
                     self.resent.add(i)   # the answer "was lost": send it again a little later
                     self.push(self.clock.t + self.resend_rng.uniform(0.2, 3.0), "call", lambda: self.write(i))
-            elif self.alive(nid) and rid is not None and outcome is Outcome.REJECTED and is_mismatch(result):
-                self.stores[nid].refresh(rid, mismatch_descriptors(result.details))
-            if outcome is not Outcome.COMMITTED:
+            else:
                 self.push(self.clock.t + 0.05 * (attempt + 1), "call", lambda: self.write(i, attempt + 1))
-        if desc is None:
-            self.push(self.clock.t + 0.1, "call", lambda: self.write(i, attempt + 1))
-            return
-        store.propose(desc.range_id, "put", {"key": key, "value": value}, done,
-                      command_id=(i.to_bytes(8, "big") + b"\x00" * 8))
+        self.routers[nid].send("put", key, {"key": key, "value": value}, i.to_bytes(8, "big") + b"\x00" * 8, done)
 
     # --- main loop and checks ---------------------------------------------------------------------
     def run(self) -> dict:

@@ -1,0 +1,159 @@
+"""The router (raftstore/router): range cache, redirect by a returned descriptor, backoff and
+lookup when the refusing replica knows no better, a bound on refusals. Pure: the ranges and the
+replicas that refuse are a dict here; tests/test_cluster_routing.py does the same on real nodes."""
+
+from __future__ import annotations
+
+import pytest
+
+from raftstore import constants
+from raftstore.kvserver.ranges import RANGE_KEY_MISMATCH, RangeDescriptor
+from raftstore.raft.commands import Outcome, Rejection
+from raftstore.router import RangeCache, Router
+
+WHOLE = RangeDescriptor(2, b"a", None, 0)
+LEFT, RIGHT = RangeDescriptor(2, b"a", b"m", 1), RangeDescriptor(3, b"m", None, 0)
+
+
+class World:
+    """Ranges as they are (`truth`), what the node's lookup answers (`meta`, may be behind), and
+    replicas that refuse a key outside their span with their descriptor and, when
+    `tell_holder`, the descriptor of the range that holds the key."""
+
+    def __init__(self, router_class=Router, tell_holder: bool = True) -> None:
+        self.truth = {2: WHOLE}
+        self.meta = [WHOLE]
+        self.tell_holder = tell_holder
+        self.sent: list[tuple[int, bytes]] = []   # (range id, command id) per send
+        self.queue: list = []
+        self.t = 0.0
+        self.router = router_class(lookup=self._lookup, send=self._send, later=self._later, now=lambda: self.t)
+
+    def split(self) -> None:
+        self.truth = {2: LEFT, 3: RIGHT}
+
+    def _lookup(self, key: bytes):
+        return next((d for d in self.meta if d.contains(key)), None)
+
+    def _send(self, desc, op, args, done, cid) -> None:
+        self.sent.append((desc.range_id, cid))
+        actual = self.truth.get(desc.range_id)
+        if actual is not None and actual.contains(args["key"]):
+            done(Outcome.COMMITTED, {"range_id": actual.range_id})
+            return
+        returned = [actual] if actual is not None else []
+        holder = next((d for d in self.truth.values() if d.contains(args["key"])), None)
+        if self.tell_holder and holder is not None and holder is not actual:
+            returned.append(holder)
+        done(Outcome.REJECTED, Rejection(RANGE_KEY_MISMATCH, "RangeKeyMismatch: not here",
+                                         {"descriptors": [d.to_wire() for d in returned]}))
+
+    def _later(self, due, done, fn) -> None:
+        self.queue.append((due, fn))
+
+    def put(self, key: bytes, cid: bytes = b"c" * 16) -> tuple:
+        answers = []
+        self.router.send("put", key, {"key": key, "value": b"v"}, cid, lambda o, r: answers.append((o, r)))
+        while self.queue:                       # run deferred sends in due order, advancing time
+            self.queue.sort(key=lambda e: e[0])
+            due, fn = self.queue.pop(0)
+            self.t = max(self.t, due)
+            fn()
+        assert len(answers) == 1, answers
+        return answers[0]
+
+
+def split_under_a_client(router_class=Router) -> tuple[World, tuple]:
+    """A client writes z (caching r2 = [a, ∞)); r2 splits at m; meta at the node is updated
+    too (so a router that looks up again also finds r3); the client writes z again."""
+    w = World(router_class)
+    assert w.put(b"z")[0] is Outcome.COMMITTED
+    w.split()
+    w.meta = [LEFT, RIGHT]
+    w.sent.clear()
+    return w, w.put(b"z")
+
+
+def redirected_by_the_returned_descriptor(w: World, answer: tuple) -> bool:
+    """The check: the second write reached r3 with exactly one refusal and no second lookup."""
+    return (answer == (Outcome.COMMITTED, {"range_id": 3}) and [rid for rid, _ in w.sent] == [2, 3]
+            and w.router.stats["lookups"] == 1 and w.router.stats["redirects"] == 1)
+
+
+def test_a_stale_descriptor_is_replaced_by_the_one_the_refusing_replica_returns():
+    w, answer = split_under_a_client()
+    assert redirected_by_the_returned_descriptor(w, answer)
+    assert {cid for _, cid in w.sent} == {b"c" * 16}          # one command id across sends
+    assert w.router.cache.lookup(b"b") == LEFT and w.router.cache.lookup(b"z") == RIGHT
+
+
+class IgnoresReturnedDescriptors(Router):
+    """A deliberately broken router: drops the refused descriptor but believes nothing returned."""
+
+    def learn(self, refused, returned):
+        super().learn(refused, [])
+
+
+def test_the_redirect_check_catches_a_router_that_ignores_returned_descriptors():
+    w, answer = split_under_a_client(IgnoresReturnedDescriptors)
+    assert answer[0] is Outcome.COMMITTED                     # it gets there, by a second lookup
+    assert not redirected_by_the_returned_descriptor(w, answer)
+    assert w.router.stats["lookups"] == 2
+
+
+def test_a_replica_that_knows_no_better_makes_the_router_back_off_and_look_up_again():
+    w = World(tell_holder=False)
+    assert w.put(b"z")[0] is Outcome.COMMITTED
+    w.split()
+    w.meta = [LEFT, RIGHT]
+    t0 = w.t
+    assert w.put(b"z") == (Outcome.COMMITTED, {"range_id": 3})
+    assert w.router.stats == {"lookups": 2, "redirects": 0, "backoffs": 1}
+    assert w.t > t0                                           # it waited before the lookup
+
+
+def test_a_range_that_keeps_refusing_is_given_up_after_a_bounded_number_of_sends():
+    w = World(tell_holder=False)
+    w.put(b"z")
+    w.split()                                                 # meta stays behind: every lookup is stale
+    outcome, why = w.put(b"z")
+    assert outcome is Outcome.NOT_COMMITTED and "kept changing" in why
+    assert len(w.sent) - 1 == constants.route_retries_max     # the first write's send, then the bound
+
+
+def test_other_rejections_and_outcomes_pass_through_unchanged():
+    w = World()
+    rejection = Rejection("rejected", "bad argument", {})
+    w.router._send = lambda desc, op, args, done, cid: done(Outcome.REJECTED, rejection)
+    assert w.put(b"z") == (Outcome.REJECTED, rejection)
+    w.router._send = lambda desc, op, args, done, cid: done(Outcome.AMBIGUOUS, "timeout")
+    assert w.put(b"z") == (Outcome.AMBIGUOUS, "timeout")
+    assert w.router.stats["redirects"] == w.router.stats["backoffs"] == 0
+
+
+def test_no_range_known_for_a_key_is_not_committed():
+    w = World()
+    assert w.put(b"0")[0] is Outcome.NOT_COMMITTED            # below b"a": no range holds it
+
+
+def test_the_cache_is_bounded_and_never_takes_an_older_view_of_a_range():
+    cache = RangeCache(2)
+    cache.insert(LEFT)
+    cache.insert(WHOLE)                                        # older generation of r2: ignored
+    assert cache.lookup(b"z") is None and cache.lookup(b"b") == LEFT
+    cache.insert(RIGHT)
+    cache.insert(RangeDescriptor(4, b"0", b"a", 0))            # third entry: the least recently used goes
+    assert len(cache) == 2 and cache.lookup(b"b") is None
+
+
+@pytest.mark.parametrize("returned", [[], ["garbage"], [[2, "not bytes", None, 0, []]]])
+def test_a_malformed_mismatch_falls_back_to_a_lookup(returned):
+    w = World()
+    w.put(b"z")
+    w.split()
+    w.meta = [LEFT, RIGHT]
+    w.router._send = lambda desc, op, args, done, cid, real=w.router._send: (
+        done(Outcome.REJECTED, Rejection(RANGE_KEY_MISMATCH, "m", {"descriptors": returned}))
+        if desc.range_id == 2 else real(desc, op, args, done, cid))
+    assert w.put(b"z") == (Outcome.COMMITTED, {"range_id": 3})
+    assert w.router.stats["lookups"] == 2
