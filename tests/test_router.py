@@ -108,7 +108,7 @@ def test_a_replica_that_knows_no_better_makes_the_router_back_off_and_look_up_ag
     w.meta = [LEFT, RIGHT]
     t0 = w.t
     assert w.put(b"z") == (Outcome.COMMITTED, {"range_id": 3})
-    assert w.router.stats == {"lookups": 2, "redirects": 0, "backoffs": 1}
+    assert w.router.stats == {"lookups": 2, "redirects": 0, "backoffs": 1, "not_leader": 0}
     assert w.t > t0                                           # it waited before the lookup
 
 
@@ -157,3 +157,22 @@ def test_a_malformed_mismatch_falls_back_to_a_lookup(returned):
         if desc.range_id == 2 else real(desc, op, args, done, cid))
     assert w.put(b"z") == (Outcome.COMMITTED, {"range_id": 3})
     assert w.router.stats["lookups"] == 2
+
+
+def test_not_leader_is_sent_again_after_a_backoff_and_given_up_after_the_bound():
+    from raftstore.raft.commands import not_leader
+    w = World()
+    refusals = [3]                                             # the first three sends: not (yet) the leader
+
+    def send(desc, op, args, done, cid, real=w.router._send):
+        if refusals[0]:
+            refusals[0] -= 1
+            done(Outcome.NOT_COMMITTED, not_leader("n1 has not applied its term's first entry", 1))
+        else:
+            real(desc, op, args, done, cid)
+    w.router._send = send
+    assert w.put(b"z") == (Outcome.COMMITTED, {"range_id": 2})
+    assert w.router.stats["not_leader"] == 3 and w.router.stats["lookups"] == 1 and w.t > 0
+    refusals[0] = 10 ** 6
+    outcome, why = w.put(b"z")
+    assert outcome is Outcome.NOT_COMMITTED and "first entry" in why and "refusals" in why

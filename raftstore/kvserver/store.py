@@ -37,7 +37,8 @@ import msgpack
 from raftstore import constants
 from raftstore.kvserver.consistency import Checksum, ChecksumRegistry, range_checksum
 from raftstore.kvserver.latches import Latches
-from raftstore.raft.commands import CommandError, Outcome, Rejection, encode_command, new_command_id
+from raftstore.raft.commands import (CommandError, Outcome, Rejection, encode_command, new_command_id, not_leader,
+                                     saved_outcome)
 from raftstore.raft.group import Executor, RaftGroup, _SNAPSHOT_MAGIC, _LEN, run_inline
 from raftstore.raft.journal import LogFile, encode_record, MAGIC as JOURNAL_MAGIC
 from raftstore.storage.mvcc import MVCCStore, StoreError, discard_staged
@@ -100,6 +101,11 @@ class Store:
         self.replicas: dict[int, RangeReplica] = {}
         self.disk_low: str | None = None   # why new entries are refused (raftstore.storage.diskspace), set by the node
         self.latches = Latches()
+        # Client commands by id, from evaluation until answered: a retry that arrives meanwhile
+        # waits for the same answer. Commands waiting, per range, for this replica's lead to be
+        # ready (kvserver.store.Store._run_awaiting_lead): (deadline, callback, retry).
+        self.in_flight: dict[bytes, list[Callable[[Outcome, Any], None]]] = {}
+        self.awaiting_lead: dict[int, list[tuple[float, Callable[[Outcome, Any], None], Callable[[], None]]]] = {}
         self.written_bytes: dict[int, int] = {}
         self.sizes: dict[int, int] = {}
         self.splitting: set[int] = set()
@@ -292,6 +298,8 @@ class Store:
             self.dirty.add(rid)
             group.doTick(0.0)   # a FailStop or a bug ends the node (crash-only), never a log line
             self._note_leader(rid, group)
+        if self.awaiting_lead:
+            self._run_awaiting_lead(now)
         if now >= self.next_maintain:
             self.next_maintain = now + self.cfg.maintain_interval_s
             self.maintain()
@@ -455,14 +463,35 @@ class Store:
             return
         command_id = command_id if command_id is not None else new_command_id()
         self.check_command_size(op, args, command_id)   # too large: refuse now, not once the latch is ours
+        group = self.groups.get(range_id)
+        if group is not None and not group.leader_ready():
+            # A new leader evaluates nothing before it has applied its term's first entry: its
+            # applied state may lack writes its predecessor committed.
+            self._await_lead(range_id, callback,
+                             lambda: self.evaluate_and_propose(range_id, op, args, callback, command_id))
+            return
+        waiting = self.in_flight.get(command_id)
+        if waiting is not None:
+            waiting.append(callback)                   # a retry of a command being evaluated or replicated:
+            return                                     # it gets the first attempt's answer
+        waiting = self.in_flight[command_id] = [callback]
+
+        def answer(outcome: Outcome, result: Any) -> None:
+            for cb in self.in_flight.pop(command_id, waiting):
+                cb(outcome, result)
 
         def run(release) -> None:
             def done(outcome: Outcome, result: Any) -> None:
                 release()
-                callback(outcome, result)
+                answer(outcome, result)
+            rep = self.replicas.get(range_id)
+            found, saved = rep.result_of(command_id) if rep is not None and rep.desc is not None else (False, None)
+            if found:
+                # Applied already (a retry after a lost answer): its first answer, never a fresh verdict.
+                done(*saved_outcome(saved))
+                return
             evaluated = dict(args)
             writes = op in ("put", "delete")
-            rep = self.replicas.get(range_id)
             try:
                 if op in ("cas", "put_if") and rep is not None and rep.desc is not None and rep.condition_holds(op, args):
                     evaluated["evaluated"] = writes = True
@@ -478,6 +507,38 @@ class Store:
                 # answered; the next writer of the key is evaluated at once.
                 release()
         self.latches.acquire((range_id, key), run)
+
+    def _await_lead(self, range_id: int, callback: Callable[[Outcome, Any], None], retry: Callable[[], None]) -> None:
+        self.awaiting_lead.setdefault(range_id, []).append((self.clock() + constants.leader_wait_s, callback, retry))
+        self.tick_soon.add(range_id)
+
+    def _run_awaiting_lead(self, now: float) -> None:
+        """After a tick: evaluate what waited for its range's new leader to apply its term's first
+        entry; answer not-leader (the router sends again) for a range this replica stopped
+        leading, or that did not become ready in leader_wait_s."""
+        for rid in list(self.awaiting_lead):
+            group = self.groups.get(rid)
+            waiting = self.awaiting_lead[rid]
+            if group is not None and group.leader_ready():
+                del self.awaiting_lead[rid]
+                for _, _, retry in waiting:
+                    retry()
+                continue
+            if group is not None and group.is_leader():
+                expired = [w for w in waiting if w[0] <= now]
+                self.awaiting_lead[rid] = [w for w in waiting if w[0] > now]
+                why = "n%d leads r%d but has not applied its term's first entry in %.0f s" % (
+                    self.cfg.node_id, rid, constants.leader_wait_s)
+                hint = self.cfg.node_id
+            else:
+                expired, self.awaiting_lead[rid] = waiting, []
+                leader = group.leader_id() if group is not None else None
+                why = "n%d stopped leading r%d before it could evaluate" % (self.cfg.node_id, rid)
+                hint = int(leader) if leader is not None else None
+            if not self.awaiting_lead[rid]:
+                del self.awaiting_lead[rid]
+            for _, callback, _ in expired:
+                callback(Outcome.NOT_COMMITTED, not_leader(why, hint))
 
     def status(self) -> list[dict]:
         out = []

@@ -42,7 +42,7 @@ from raftstore.node.clockcheck import OffsetMonitor, probe_is_valid
 from raftstore.node.peer import (CHECKSUM_REPLY, CHECKSUM_REQUEST, HEARTBEAT, PROPOSE, PROPOSE_REPLY, RAFT, PeerNetwork,
                                   parse_addr)
 from raftstore.node.wan import LatencyMatrix
-from raftstore.raft.commands import Outcome, Rejection, new_command_id
+from raftstore.raft.commands import Outcome, Rejection, new_command_id, not_leader
 from raftstore.raft.failstop import FailStop, exit_now
 from raftstore.raft.group import run_in_thread
 from raftstore.raft.journal import RealLogFile, fsync_dir
@@ -412,8 +412,9 @@ class Node:
         elif group is None:
             reply(Outcome.NOT_COMMITTED, "%s: range r%d is not hosted on n%d" % (MISMATCH, range_id, self.node_id))
         elif not group.is_leader():
-            reply(Outcome.NOT_COMMITTED, "n%d does not lead r%d (its leader: %s); retry"
-                  % (self.node_id, range_id, "n" + group.leader_id() if group.leader_id() else "none known"))
+            leader = group.leader_id()
+            reply(Outcome.NOT_COMMITTED, not_leader("n%d does not lead r%d (its leader: %s); retry" % (
+                self.node_id, range_id, "n" + leader if leader else "none known"), int(leader) if leader else None))
         else:
             self.proposals["for_peers"] += 1
             try:
@@ -427,7 +428,8 @@ class Node:
             return   # answered already (timed out, or the link dropped)
         del self._forwarded[request_id]
         answer = Outcome(outcome)
-        entry[0](answer, Rejection.from_wire(result) if answer is Outcome.REJECTED else result)
+        typed = answer is Outcome.REJECTED or (answer is not Outcome.COMMITTED and isinstance(result, dict))
+        entry[0](answer, Rejection.from_wire(result) if typed else result)
 
     def _later(self, due: float, done: Callable[[Outcome, Any], None], attempt: Callable[[], None]) -> None:
         """Run `attempt` (a command's next try) on the loop at the first tick at or after `due`.

@@ -19,6 +19,7 @@ from raftstore import constants
 
 
 REJECTED_CODE = "rejected"   # a CommandError's code when it names none
+NOT_LEADER_CODE = "not_leader"   # a command reached a replica that does not lead (or not yet) its range
 
 
 class CommandError(Exception):
@@ -110,3 +111,21 @@ class Outcome(enum.Enum):
     REJECTED = "rejected"  # committed to the log, but applying it failed: it changed nothing
     NOT_COMMITTED = "not_committed"
     AMBIGUOUS = "ambiguous"
+
+
+def saved_outcome(saved: Any) -> tuple[Outcome, Any]:
+    """What the proposer of a command gets from the outcome apply saved for it, `(ok, value)`:
+    committed with its value, or rejected with its Rejection."""
+    ok, value = saved if isinstance(saved, (tuple, list)) and len(saved) == 2 else (False, "bad apply result")
+    return (Outcome.COMMITTED, value) if ok else (Outcome.REJECTED, Rejection.from_wire(value))
+
+
+def not_leader(message: str, hint: int | None) -> Rejection:
+    """The answer (with Outcome.NOT_COMMITTED: nothing was proposed) of a replica that cannot
+    evaluate a command because it does not lead its range, or has not yet applied its own
+    term's first entry; `hint` is the leader it knows of, if any. The router sends again."""
+    return Rejection(NOT_LEADER_CODE, message, {"leader": hint})
+
+
+def is_not_leader(result: Any) -> bool:
+    return isinstance(result, Rejection) and result.code == NOT_LEADER_CODE

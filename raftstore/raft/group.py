@@ -51,7 +51,7 @@ from pysyncobj.node import Node
 from pysyncobj.serializer import Serializer
 
 from raftstore import constants
-from raftstore.raft.commands import Command, CommandError, Outcome, Rejection, decode_command, encode_command
+from raftstore.raft.commands import Command, CommandError, Outcome, decode_command, encode_command, saved_outcome
 from raftstore.raft.failstop import FailStop
 from raftstore.raft.journal import DurableJournal, LogFile, fsync_dir
 
@@ -310,6 +310,13 @@ class RaftGroup(SyncObj):
     def is_leader(self) -> bool:
         return self._isLeader()
 
+    def leader_ready(self) -> bool:
+        """This replica leads and has applied its term's first entry (the no-op pysyncobj
+        appends on election): everything committed before its term is in its applied state, so
+        it may evaluate against that state."""
+        noop = self._SyncObj__noopIDx
+        return self._isLeader() and noop is not None and self._SyncObj__raftLastApplied >= noop
+
     def leader_id(self) -> str | None:
         leader = self._getLeader()
         return leader.id if leader is not None else None
@@ -374,11 +381,7 @@ class RaftGroup(SyncObj):
 
     def _on_result(self, token: int, res: Any, err: int) -> None:
         if err == FAIL_REASON.SUCCESS:
-            ok, value = res if isinstance(res, (tuple, list)) and len(res) == 2 else (False, "bad apply result")
-            if ok:
-                self._finish(token, Outcome.COMMITTED, value)
-            else:
-                self._finish(token, Outcome.REJECTED, Rejection.from_wire(value))
+            self._finish(token, *saved_outcome(res))
         elif err in _SURELY_NOT:
             self._finish(token, Outcome.NOT_COMMITTED, "pysyncobj: %s" % _fail_name(err))
         else:

@@ -6,10 +6,12 @@ on a refusal, learn and send again.
     a range-key mismatch (the range split since it was cached): drop the refused descriptor,
         cache the descriptors the refusing replica returned, and send again at once when one of
         them holds the key (a redirect: no lookup); otherwise look up again after a short backoff.
+    not-leader (the replica lost the lead, or has not applied its term's first entry yet):
+        send again after a short backoff, to the leader the node knows of then.
 
 It runs on one thread (the node loop; the simulator's event loop) and never blocks: `send` and
 `later` are the node's, so the same router drives real nodes and the simulator. Counters in
-`stats` (lookups, redirects, backoffs) are in the node's status, where a test reads them.
+`stats` (lookups, redirects, backoffs, not_leader) are in the node's status, where a test reads them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, Callable
 
 from raftstore import constants
 from raftstore.kvserver.ranges import RangeDescriptor, is_mismatch, mismatch_descriptors, pretty_key
-from raftstore.raft.commands import Outcome
+from raftstore.raft.commands import Outcome, is_not_leader
 from raftstore.router.cache import RangeCache
 
 Done = Callable[[Outcome, Any], None]
@@ -34,7 +36,7 @@ class Router:
                  now: Callable[[], float], *, capacity: int = constants.range_cache_entries_max) -> None:
         self.cache = RangeCache(capacity)
         self._lookup, self._send, self._later, self._now = lookup, send, later, now
-        self.stats = {"lookups": 0, "redirects": 0, "backoffs": 0}
+        self.stats = {"lookups": 0, "redirects": 0, "backoffs": 0, "not_leader": 0}
 
     def descriptor(self, key: bytes) -> RangeDescriptor | None:
         """The range holding key as this router knows it: cached, else looked up (and cached)."""
@@ -65,16 +67,23 @@ class Router:
             return
 
         def answer(outcome: Outcome, result: Any) -> None:
-            if not (outcome is Outcome.REJECTED and is_mismatch(result)):
+            mismatch = outcome is Outcome.REJECTED and is_mismatch(result)
+            if not mismatch and not (outcome is Outcome.NOT_COMMITTED and is_not_leader(result)):
                 done(outcome, result)
                 return
             if attempt + 1 >= constants.route_retries_max:
-                done(Outcome.NOT_COMMITTED, "the range holding %s kept changing (%d refusals); retry"
-                     % (pretty_key(key), attempt + 1))
+                done(Outcome.NOT_COMMITTED, "%s (after %d refusals); retry" % (
+                    ("the range holding %s kept changing" % pretty_key(key)) if mismatch else result, attempt + 1))
+                return
+            again = lambda: self.send(op, key, args, command_id, done, attempt + 1)   # noqa: E731
+            if not mismatch:
+                # Not (or not yet) the leader: the node's view of who leads catches up within a
+                # heartbeat; send again after a short backoff.
+                self.stats["not_leader"] += 1
+                self._later(self._now() + min(0.01 * (attempt + 1), 0.2), done, again)
                 return
             returned = mismatch_descriptors(result.details)
             self.learn(desc, returned)
-            again = lambda: self.send(op, key, args, command_id, done, attempt + 1)   # noqa: E731
             if any(d.contains(key) and d.range_id != desc.range_id for d in returned):
                 self.stats["redirects"] += 1
                 self._later(0.0, done, again)

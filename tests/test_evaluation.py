@@ -1,0 +1,144 @@
+"""Evaluation at the leader (kvserver.store.Store.evaluate_and_propose), with a stand-in Raft
+group so each rule is seen alone: a key outside the range is refused before anything is
+proposed, with the descriptor of the range that holds it; a retried command id gets its saved or
+in-flight answer, never a fresh verdict; a new leader evaluates nothing before it has applied
+its term's first entry. Real replicas on real SQLite; tests/test_lost_update_cluster.py runs the
+whole path on real nodes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from raftstore import constants
+from raftstore.kvserver.ranges import (FIRST_DATA_RANGE_ID, RANGE_KEY_MISMATCH, RangeDescriptor, bootstrap_descriptors,
+                                       local_desc_key, mismatch_descriptors)
+from raftstore.kvserver.replica import RangeReplica, desc_ts
+from raftstore.kvserver.store import Store, StoreConfig
+from raftstore.raft.commands import Command, Outcome, is_not_leader
+from raftstore.storage.mvcc import MVCCStore
+
+R = FIRST_DATA_RANGE_ID
+
+
+class FakeGroup:
+    """What the store asks of a RaftGroup when it evaluates: who leads, whether the lead is
+    ready, and propose (recorded; answered by the test)."""
+
+    def __init__(self, leader: bool = True, ready: bool = True, leader_id: str | None = "1") -> None:
+        self.leader, self.ready, self.leader_id_ = leader, ready, leader_id
+        self.proposed: list[tuple[str, dict, object, bytes]] = []
+
+    def is_leader(self) -> bool:
+        return self.leader
+
+    def leader_ready(self) -> bool:
+        return self.leader and self.ready
+
+    def leader_id(self) -> str | None:
+        return self.leader_id_
+
+    def propose(self, op, args, callback, command_id=None):
+        self.proposed.append((op, args, callback, command_id))
+        return command_id
+
+
+class Harness:
+    def __init__(self, tmp_path, descs=None) -> None:
+        self.mvcc = MVCCStore(os.path.join(tmp_path, "store.sqlite"))
+        descs = descs or bootstrap_descriptors([1, 2, 3])
+        self.mvcc.write_local([(local_desc_key(d.range_id), desc_ts(d), d.encode()) for d in descs])
+        self.t = 100.0
+        self.store = Store(StoreConfig(node_id=1, replicas=[1, 2, 3], raft_dir=str(tmp_path)), self.mvcc,
+                           open_journal=None, transport_class=None, clock=lambda: self.t)
+        for d in descs:
+            self.store.replicas[d.range_id] = RangeReplica(self.mvcc, d.range_id)
+            self.store.groups[d.range_id] = FakeGroup()
+        self.answers: list[tuple[Outcome, object]] = []
+
+    def evaluate(self, op, args, cid, range_id=R):
+        self.store.evaluate_and_propose(range_id, op, args, lambda o, r: self.answers.append((o, r)), command_id=cid)
+
+    def group(self, range_id=R) -> FakeGroup:
+        return self.store.groups[range_id]
+
+
+@pytest.fixture
+def h(tmp_path):
+    harness = Harness(tmp_path)
+    yield harness
+    harness.mvcc.close()
+
+
+def test_a_retried_command_that_applied_gets_its_saved_answer_without_a_proposal(h):
+    cid = b"x" * 16
+    replica = h.store.replicas[R]
+    with replica.batch():
+        first = replica.apply(1, Command(cid, "cas", {"key": b"ka", "expected": None, "new": b"1", "ts": [5, 0]}))
+    assert first["swapped"] is True
+    # The retry's condition (key absent) is false now; a fresh verdict would say "not swapped".
+    h.evaluate("cas", {"key": b"ka", "expected": None, "new": b"1"}, cid)
+    assert h.answers == [(Outcome.COMMITTED, first)] and h.group().proposed == []
+
+
+def test_a_retry_that_arrives_while_the_first_attempt_is_in_flight_gets_the_same_answer(h):
+    cid = b"y" * 16
+    h.evaluate("put", {"key": b"kb", "value": b"1"}, cid)
+    h.evaluate("put", {"key": b"kb", "value": b"1"}, cid)
+    assert len(h.group().proposed) == 1 and h.answers == []
+    _, _, callback, _ = h.group().proposed[0]
+    callback(Outcome.COMMITTED, {"ts": [9, 0]})
+    assert h.answers == [(Outcome.COMMITTED, {"ts": [9, 0]})] * 2
+    assert h.store.in_flight == {} and len(h.store.latches) == 0
+
+
+def test_a_new_leader_evaluates_nothing_before_it_applied_its_terms_first_entry(h):
+    h.group().ready = False
+    h.evaluate("put", {"key": b"kc", "value": b"1"}, b"z" * 16)
+    assert h.group().proposed == [] and h.answers == []
+    h.store._run_awaiting_lead(h.t)                       # still not ready: it waits on
+    assert h.group().proposed == [] and h.answers == []
+    h.group().ready = True
+    h.store._run_awaiting_lead(h.t)
+    assert [p[0] for p in h.group().proposed] == ["put"] and h.store.awaiting_lead == {}
+
+
+def test_a_replica_that_stops_leading_while_a_command_waits_answers_not_leader_with_a_hint(h):
+    h.group().ready = False
+    h.evaluate("put", {"key": b"kc", "value": b"1"}, b"z" * 16)
+    h.group().leader, h.group().leader_id_ = False, "3"
+    h.store._run_awaiting_lead(h.t)
+    [(outcome, result)] = h.answers
+    assert outcome is Outcome.NOT_COMMITTED and is_not_leader(result) and result.details == {"leader": 3}
+    assert h.group().proposed == []
+
+
+def test_a_lead_that_never_becomes_ready_answers_not_leader_after_leader_wait(h):
+    h.group().ready = False
+    h.evaluate("put", {"key": b"kc", "value": b"1"}, b"z" * 16)
+    h.t += constants.leader_wait_s - 0.01
+    h.store._run_awaiting_lead(h.t)
+    assert h.answers == []
+    h.t += 0.02
+    h.store._run_awaiting_lead(h.t)
+    [(outcome, result)] = h.answers
+    assert outcome is Outcome.NOT_COMMITTED and is_not_leader(result) and h.store.awaiting_lead == {}
+
+
+def test_a_key_outside_the_range_is_refused_before_proposing_with_the_range_that_holds_it(tmp_path):
+    left = RangeDescriptor(R, b"\x02", b"km", 1, (1, 2, 3))
+    right = RangeDescriptor(3, b"km", None, 0, (1, 2, 3))
+    boot = [d for d in bootstrap_descriptors([1, 2, 3]) if d.range_id != R]
+    h = Harness(tmp_path, boot + [left, right])
+    try:
+        h.evaluate("put", {"key": b"kz", "value": b"1"}, b"w" * 16)
+        h.evaluate("scan", {"start": b"kz", "end": None, "limit": 10}, b"v" * 16)
+        assert h.group(R).proposed == []
+        for outcome, rejection in h.answers:
+            assert outcome is Outcome.REJECTED and rejection.code == RANGE_KEY_MISMATCH
+            assert mismatch_descriptors(rejection.details) == [left, right]
+        h.evaluate("put", {"key": b"kb", "value": b"1"}, b"u" * 16)   # inside: proposed as before
+        assert [p[0] for p in h.group(R).proposed] == ["put"]
+    finally:
+        h.mvcc.close()
