@@ -3,7 +3,7 @@ the suite that says so catches a KV that breaks it.
 
 The same checks (tests/kv_contract.py) run against:
 * `memkv` - sql.memkv.MemKV, a fresh one per check;
-* `node` (slow) - sql.gateway.NodeKV, the class the gateway runs statements on, over a node
+* `node` (slow) - raftstore.server.nodekv.NodeKV, the class the gateway runs statements on, over a node
   that this process runs and that forms a 3-node cluster with two `raftstore start` processes
   on loopback (real sockets, SQLite files, fsync). NodeKV needs the node object in its own
   process, as the gateway has it, so the third node is built here from the very arguments
@@ -31,7 +31,7 @@ from raftstore.cli.main import build_parser, node_config
 from raftstore.errors import AmbiguousCommitError, UnavailableError
 from raftstore.node.loop import Node
 from raftstore.raft.commands import Outcome
-from sql.gateway import NodeKV
+from raftstore.server.nodekv import NodeKV
 from sql.kv import not_sent
 from sql.memkv import MemKV
 

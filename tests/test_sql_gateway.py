@@ -12,8 +12,15 @@ import pytest
 from raftstore.keys import encode_key
 from raftstore.raft.commands import Outcome
 from sql import MemKV
+from raftstore.server.nodekv import NodeKV
 from sql.gateway import Gateway
 from sql.schema_leases import SchemaLeases
+
+
+def _gateway(node) -> Gateway:
+    """A gateway whose sessions run on NodeKV over `node`, as the composition root wires it."""
+    loop = asyncio.get_running_loop()
+    return Gateway(lambda: NodeKV(node, loop), loop)
 
 
 class MemNode:
@@ -87,7 +94,7 @@ def _ok(response: dict) -> dict:
 def test_the_gateway_has_64_statements_in_flight_at_once() -> None:
     async def main():
         node = MemNode()
-        gateway = Gateway(node, asyncio.get_running_loop())
+        gateway = _gateway(node)
         _ok(await gateway.handle({"sql": "CREATE TABLE t (k INT PRIMARY KEY)"}))
         _ok(await gateway.handle({"sql": "SELECT * FROM t"}))     # lease the schema
         node.hold = 64   # no proposal finishes until 64 statements are waiting on one each
@@ -106,7 +113,7 @@ def test_the_gateway_has_64_statements_in_flight_at_once() -> None:
 def test_a_statement_runs_on_a_reused_session_whose_plan_cache_hits() -> None:
     async def main():
         node = MemNode()
-        gateway = Gateway(node, asyncio.get_running_loop())
+        gateway = _gateway(node)
         _ok(await gateway.handle({"sql": "CREATE TABLE t (k INT PRIMARY KEY, v TEXT)"}))
         sql = "INSERT INTO t VALUES ($1, 'x')"
         _ok(await gateway.handle({"sql": sql, "params": [1]}))
@@ -122,7 +129,7 @@ def test_a_statement_runs_on_a_reused_session_whose_plan_cache_hits() -> None:
 def test_a_multi_row_insert_has_all_its_rows_in_flight_together() -> None:
     async def main():
         node = MemNode()
-        gateway = Gateway(node, asyncio.get_running_loop())
+        gateway = _gateway(node)
         _ok(await gateway.handle({"sql": "CREATE TABLE t (k INT PRIMARY KEY)"}))
         _ok(await gateway.handle({"sql": "SELECT * FROM t"}))
         node.hold = 10   # the 10 existence checks, then the 10 CASes, each wait for all 10
@@ -141,7 +148,7 @@ def test_a_multi_row_insert_has_all_its_rows_in_flight_together() -> None:
 def test_a_lease_past_half_its_life_is_renewed_after_the_statement_answers() -> None:
     async def main():
         node = MemNode()
-        gateway = Gateway(node, asyncio.get_running_loop())
+        gateway = _gateway(node)
         gateway.leases = SchemaLeases(lease_s=0.4, margin_s=0.05)   # before the first session
         _ok(await gateway.handle({"sql": "CREATE TABLE t (k INT PRIMARY KEY)"}))
         _ok(await gateway.handle({"sql": "SELECT * FROM t"}))
@@ -159,7 +166,7 @@ def test_a_lease_past_half_its_life_is_renewed_after_the_statement_answers() -> 
 @pytest.mark.parametrize("statement", ["SELEC 1", "SELECT * FROM nowhere"])
 def test_bad_sql_is_an_error_answer_and_the_session_goes_back(statement) -> None:
     async def main():
-        gateway = Gateway(MemNode(), asyncio.get_running_loop())
+        gateway = _gateway(MemNode())
         answer = await gateway.handle({"sql": statement})
         assert not answer["ok"] and answer["error"]["message"]
         assert len(gateway._idle) == 1
@@ -203,7 +210,7 @@ async def _table(gateway, rows: int = 0) -> None:
 def test_a_row_too_large_to_replicate_is_a_too_large_error_and_a_lost_answer_is_ambiguous() -> None:
     async def main():
         node = Refusing()
-        gateway = Gateway(node, asyncio.get_running_loop())
+        gateway = _gateway(node)
         await _table(gateway)
         node.answers = [(Outcome.NOT_COMMITTED, ValueError("command of 600000 bytes exceeds command_bytes_max=524288"))]
         answer = await gateway.handle({"sql": "INSERT INTO t VALUES (1, 'x')"})
@@ -221,7 +228,7 @@ def test_a_write_conflict_before_anything_was_written_is_run_again_by_the_gatewa
 
     async def main():
         node = Refusing()
-        gateway = Gateway(node, asyncio.get_running_loop())
+        gateway = _gateway(node)
         await _table(gateway, rows=1)
         node.row_writes = 0
         node.answers = [LOSE] * ROW_CAS_RETRY_COUNT_MAX      # the first run loses every round
@@ -238,7 +245,7 @@ def test_a_write_conflict_past_the_gateways_retries_is_40001_and_not_ambiguous()
 
     async def main():
         node = Refusing()
-        gateway = Gateway(node, asyncio.get_running_loop())
+        gateway = _gateway(node)
         await _table(gateway, rows=1)
         node.row_writes = 0
         runs = constants.sql_conflict_retries_max + 1
@@ -255,7 +262,7 @@ def test_a_write_conflict_past_the_gateways_retries_is_40001_and_not_ambiguous()
 def test_a_write_that_fails_after_another_applied_is_40003_never_unavailable() -> None:
     async def main():
         node = Refusing()
-        gateway = Gateway(node, asyncio.get_running_loop())
+        gateway = _gateway(node)
         await _table(gateway, rows=3)
         node.answers = [None, (Outcome.NOT_COMMITTED, "pysyncobj: not leader")]
         error = (await gateway.handle({"sql": "UPDATE t SET v = 'mine'"}))["error"]
@@ -269,7 +276,7 @@ def test_a_write_that_fails_after_another_applied_is_40003_never_unavailable() -
 def test_a_write_that_fails_before_any_applied_is_unavailable_so_it_may_be_sent_again() -> None:
     async def main():
         node = Refusing()
-        gateway = Gateway(node, asyncio.get_running_loop())
+        gateway = _gateway(node)
         await _table(gateway, rows=3)
         node.answers = [(Outcome.NOT_COMMITTED, "pysyncobj: not leader")] * 3   # every row's write
         error = (await gateway.handle({"sql": "UPDATE t SET v = 'mine'"}))["error"]

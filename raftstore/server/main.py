@@ -12,6 +12,7 @@ import signal
 from raftstore import constants
 from raftstore.node.loop import Node, NodeConfig, StartupError
 from raftstore.server.client_port import ClientServer
+from raftstore.server.nodekv import NodeKV
 from sql.gateway import Gateway
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ def run_node(cfg: NodeConfig) -> int:
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
-        server = ClientServer(node, Gateway(node, loop))
+        server = ClientServer(node, Gateway(lambda: NodeKV(node, loop), loop))
         await server.start()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
