@@ -25,6 +25,7 @@ class World:
         self.meta = [WHOLE]
         self.tell_holder = tell_holder
         self.sent: list[tuple[int, bytes]] = []   # (range id, command id) per send
+        self.data = {b"b": b"1", b"c": b"2", b"n": b"3", b"z": b"4"}
         self.queue: list = []
         self.t = 0.0
         self.router = router_class(lookup=self._lookup, send=self._send, later=self._later, now=lambda: self.t)
@@ -38,11 +39,18 @@ class World:
     def _send(self, desc, op, args, done, cid) -> None:
         self.sent.append((desc.range_id, cid))
         actual = self.truth.get(desc.range_id)
-        if actual is not None and actual.contains(args["key"]):
+        key = args["start"] if op == "scan" else args["key"]
+        if actual is not None and actual.contains(key) and op == "scan":
+            stop = actual.end if args["end"] is None or (actual.end is not None and actual.end < args["end"]) else args["end"]
+            rows = [[k, v] for k, v in sorted(self.data.items()) if key <= k and (stop is None or k < stop)][:args["limit"]]
+            done(Outcome.COMMITTED, {"rows": rows, "versions": [[1, actual.range_id]] * len(rows),
+                                     "ts": [5, actual.range_id], "span_end": actual.end})
+            return
+        if actual is not None and actual.contains(key):
             done(Outcome.COMMITTED, {"range_id": actual.range_id})
             return
         returned = [actual] if actual is not None else []
-        holder = next((d for d in self.truth.values() if d.contains(args["key"])), None)
+        holder = next((d for d in self.truth.values() if d.contains(key)), None)
         if self.tell_holder and holder is not None and holder is not actual:
             returned.append(holder)
         done(Outcome.REJECTED, Rejection(RANGE_KEY_MISMATCH, "RangeKeyMismatch: not here",
@@ -52,8 +60,11 @@ class World:
         self.queue.append((due, fn))
 
     def put(self, key: bytes, cid: bytes = b"c" * 16) -> tuple:
+        return self.run(lambda done: self.router.send("put", key, {"key": key, "value": b"v"}, cid, done))
+
+    def run(self, call) -> tuple:
         answers = []
-        self.router.send("put", key, {"key": key, "value": b"v"}, cid, lambda o, r: answers.append((o, r)))
+        call(lambda o, r: answers.append((o, r)))
         while self.queue:                       # run deferred sends in due order, advancing time
             self.queue.sort(key=lambda e: e[0])
             due, fn = self.queue.pop(0)
@@ -176,3 +187,26 @@ def test_not_leader_is_sent_again_after_a_backoff_and_given_up_after_the_bound()
     refusals[0] = 10 ** 6
     outcome, why = w.put(b"z")
     assert outcome is Outcome.NOT_COMMITTED and "first entry" in why and "refusals" in why
+
+
+def test_a_scan_pages_across_ranges_by_the_ranges_ends_and_stops_at_the_limit():
+    w = World()
+    w.put(b"b")                                               # cache r2 whole
+    w.split()                                                 # the scan meets the split on its way
+    w.meta = [LEFT, RIGHT]
+    outcome, got = w.run(lambda done: w.router.scan(b"a", None, 10, done))
+    assert outcome is Outcome.COMMITTED
+    assert got["rows"] == [[b"b", b"1"], [b"c", b"2"], [b"n", b"3"], [b"z", b"4"]]
+    assert got["ts"] == [5, 3] and len(got["versions"]) == 4
+    assert w.run(lambda done: w.router.scan(b"c", None, 2, done))[1]["rows"] == [[b"c", b"2"], [b"n", b"3"]]
+    assert w.run(lambda done: w.router.scan(b"a", b"n", 10, done))[1]["rows"] == [[b"b", b"1"], [b"c", b"2"]]
+
+
+def test_a_scan_answers_the_first_failure_of_a_page():
+    w = World()
+    w.split()
+    w.meta = [LEFT, RIGHT]
+    real = w.router._send
+    w.router._send = lambda desc, op, args, done, cid: (done(Outcome.NOT_COMMITTED, "r3 has no leader")
+                                                        if desc.range_id == 3 else real(desc, op, args, done, cid))
+    assert w.run(lambda done: w.router.scan(b"a", None, 10, done)) == (Outcome.NOT_COMMITTED, "r3 has no leader")

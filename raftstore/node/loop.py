@@ -667,24 +667,10 @@ class Node:
         return [settle(fut) for fut in futures]
 
     async def scan_keys(self, start: bytes, end: bytes | None, limit: int) -> tuple:
-        """A scan crosses ranges: one linearizable read per range, in key order, until the limit.
-        Returns (Outcome, {"rows": [[key, value]], "versions": [[wall, logical]] (each row's
-        commit timestamp), "ts": [wall, logical]})."""
-        rows: list = []
-        versions: list = []
-        ts = [0, 0]
-        while (end is None or start < end) and len(rows) < limit:
-            outcome, result = await self.propose_key(
-                "scan", start, {"start": start, "end": end, "limit": limit - len(rows)}, new_command_id())
-            if outcome is not Outcome.COMMITTED:
-                return outcome, result
-            rows.extend(result["rows"])
-            versions.extend(result["versions"])
-            ts = max(ts, result["ts"])
-            if result["span_end"] is None:
-                break
-            start = result["span_end"]
-        return Outcome.COMMITTED, {"rows": rows, "versions": versions, "ts": ts}
+        """A scan across ranges, by the router on the node loop (`Router.scan`): (Outcome,
+        {"rows", "versions", "ts"})."""
+        return await self._proposal(asyncio.get_running_loop(),
+                                    lambda store, done: self.router.scan(start, end, limit, done))
 
     async def split(self, key: bytes) -> tuple:
         loop = asyncio.get_running_loop()

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from raftstore import constants
 from raftstore.kvserver.ranges import RangeDescriptor, is_mismatch, mismatch_descriptors, pretty_key
-from raftstore.raft.commands import Outcome, is_not_leader
+from raftstore.raft.commands import Outcome, is_not_leader, new_command_id
 from raftstore.router.cache import RangeCache
 
 Done = Callable[[Outcome, Any], None]
@@ -93,3 +93,33 @@ class Router:
                 self.stats["backoffs"] += 1
                 self._later(self._now() + min(0.01 * (attempt + 1), 0.2), done, again)
         self._send(desc, op, args, answer, command_id)
+
+    def scan(self, start: bytes, end: bytes | None, limit: int, done: Done) -> None:
+        """Rows of `[start, end)` across ranges, in key order, at most `limit`: one linearizable
+        read per range (each routed by `send`, so a split meanwhile is followed), continuing
+        where the range that answered ends (`span_end`). `done` gets (COMMITTED, {"rows": [[key,
+        value]], "versions": [[wall, logical]] (each row's commit timestamp), "ts": the highest
+        timestamp any range answered}) or the first page's failure."""
+        rows: list = []
+        versions: list = []
+        ts = [0, 0]
+
+        def page(at: bytes) -> None:
+            if (end is not None and at >= end) or len(rows) >= limit:
+                done(Outcome.COMMITTED, {"rows": rows, "versions": versions, "ts": ts})
+                return
+            self.send("scan", at, {"start": at, "end": end, "limit": limit - len(rows)}, new_command_id(), got)
+
+        def got(outcome: Outcome, result: Any) -> None:
+            nonlocal ts
+            if outcome is not Outcome.COMMITTED:
+                done(outcome, result)
+                return
+            rows.extend(result["rows"])
+            versions.extend(result["versions"])
+            ts = max(ts, result["ts"])
+            if result["span_end"] is None:
+                done(Outcome.COMMITTED, {"rows": rows, "versions": versions, "ts": ts})
+            else:
+                page(result["span_end"])
+        page(start)
