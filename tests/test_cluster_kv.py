@@ -210,3 +210,20 @@ def test_a_client_routed_with_a_stale_descriptor_is_redirected_by_the_descriptor
         assert c.get(b"route-z") == b"2"
     assert after["redirects"] - before["redirects"] == 1, (before, after)
     assert after["lookups"] == before["lookups"], (before, after)
+
+
+def test_splits_meta_updates_and_consistency_checks_are_proposed_only_by_leaders(cluster):
+    # A node's own commands (range-id allocation and meta updates on the meta range, a split,
+    # a checksum) go to the range's leader over the peer link like a client's: asked of every
+    # node, none of them is ever proposed through pysyncobj's forwarding (`as_follower`).
+    cluster.wait_leader()
+    for i, node in enumerate(cluster.nodes):
+        with cluster.client(node, timeout_s=30.0) as c:
+            c.put(b"own-%d-a" % i, b"v")
+            assert c.split(b"own-%d" % i).get("already") is not True
+            c.put(b"own-%d-b" % i, b"v")                          # written to the new range
+            assert {r["status"] for r in c.check_consistency()} == {"consistent"}
+    for node in cluster.nodes:
+        with cluster.client(node) as c:
+            status = c.status()
+        assert status["proposals"]["as_follower"] == 0, (node.node_id, status["proposals"])

@@ -84,12 +84,17 @@ class Store:
     def __init__(self, cfg: StoreConfig, mvcc: MVCCStore, *, open_journal: Callable[[str], LogFile],
                  transport_class: Callable[[int], Any], clock: Callable[[], float] = time.monotonic,
                  now_ts: Callable[[], list] | None = None, crash_point: Callable[[str], None] = _no_crash,
-                 snapshot_executor: Executor = run_inline, checksums: ChecksumRegistry | None = None) -> None:
+                 snapshot_executor: Executor = run_inline, checksums: ChecksumRegistry | None = None,
+                 propose_at_leader: Callable[[int, str, dict, Callable[[Outcome, Any], None]], None] | None = None) -> None:
         """`snapshot_executor` runs the slow part of snapshots (writing one, staging a received
         one) and of consistency checks (hashing a range): the node gives
         raftstore.raft.group.run_in_thread so its loop never waits for a whole range; the
         simulator schedules them on its own clock; the default runs them inline. `checksums`
-        receives the replicas' checksums (the node shares it with its ConsistencyChecker)."""
+        receives the replicas' checksums (the node shares it with its ConsistencyChecker).
+        `propose_at_leader(range_id, op, args, callback)` proposes the store's own commands
+        (meta updates, range-id allocation, splits) at the range's leader: the node hands them
+        to the leader's node over the peer link, so pysyncobj never forwards a proposal; the
+        default proposes here (the simulator)."""
         self.cfg = cfg
         self.mvcc = mvcc
         self.open_journal = open_journal
@@ -124,6 +129,7 @@ class Store:
         self.snapshot_executor = snapshot_executor
         self.woken: collections.deque[int] = collections.deque()   # snapshot job done (any thread)
         self.checksums = checksums if checksums is not None else ChecksumRegistry()
+        self.propose_at_leader = propose_at_leader or self.propose
 
     # --- start-up ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -350,7 +356,7 @@ class Store:
             if self.meta_synced.get(rid, -1) < rep.desc.generation and meta is not None:
                 desc = rep.desc
                 self.maintain_due.add(rid)   # until _meta_done
-                self.propose(META_RANGE_ID, "meta_put", {"desc": desc.to_wire()},
+                self.propose_at_leader(META_RANGE_ID, "meta_put", {"desc": desc.to_wire()},
                              lambda o, r, rid=rid, gen=desc.generation: o is Outcome.COMMITTED and self._meta_done(rid, gen))
             if rid != META_RANGE_ID and self.written_bytes.get(rid, 0) > 0:
                 if rid in self.splitting:
@@ -392,9 +398,9 @@ class Store:
             def split_done(o, r):
                 self.splitting.discard(rid)
                 done(o, r)
-            self.propose(rid, "split", {"split_key": split_key, "new_range_id": result["range_id"],
+            self.propose_at_leader(rid, "split", {"split_key": split_key, "new_range_id": result["range_id"],
                                         "generation": desc.generation}, split_done)
-        self.propose(META_RANGE_ID, "alloc_range_id", {}, allocated)
+        self.propose_at_leader(META_RANGE_ID, "alloc_range_id", {}, allocated)
 
     # --- routing and proposals ----------------------------------------------------------------------
     def descriptor_for(self, key: bytes) -> RangeDescriptor | None:

@@ -35,7 +35,7 @@ from pysyncobj.transport import Transport
 
 from hlc import HLC, MAX_OFFSET_NS_DEFAULT, ClockOffsetError, FileCeilingStore, SystemClock, Timestamp
 from raftstore import constants
-from raftstore.kvserver.consistency import Checksum, ChecksumRegistry, ConsistencyChecker
+from raftstore.kvserver.consistency import CHECKSUM_OP, Checksum, ChecksumRegistry, ConsistencyChecker
 from raftstore.kvserver.ranges import MISMATCH, pretty_key
 from raftstore.kvserver.store import Store, StoreConfig
 from raftstore.node.clockcheck import OffsetMonitor, probe_is_valid
@@ -53,7 +53,9 @@ from raftstore.storage.mvcc import MVCCStore
 logger = logging.getLogger(__name__)
 
 READ_OPS = frozenset({"get", "scan"})   # the client ops that write nothing
-CLIENT_OPS = READ_OPS | {"put", "delete", "cas", "put_if"}   # what a peer may hand a range's leader
+CLIENT_OPS = READ_OPS | {"put", "delete", "cas", "put_if"}
+STORE_OPS = frozenset({"meta_put", "alloc_range_id", "split", CHECKSUM_OP})   # a node's own commands
+PEER_PROPOSABLE = CLIENT_OPS | STORE_OPS   # what a peer may hand a range's leader
 
 _WAKING_MESSAGES = frozenset({"apply_command", "apply_command_response", "request_vote", "response_vote", "timeout_now"})
 
@@ -309,7 +311,7 @@ class Node:
                            self.mvcc, open_journal=RealLogFile,
                            transport_class=lambda gid: (lambda so, s, o: GroupTransport(self, gid, so, s, o)),
                            now_ts=lambda: self.hlc.now().to_wire(), snapshot_executor=run_in_thread,
-                           checksums=self.checksums)
+                           checksums=self.checksums, propose_at_leader=self._propose_store_command)
         self.store.disk_low = self.disk.check()
         self.store.start()
 
@@ -400,6 +402,11 @@ class Node:
         self.proposals["forwarded"] += 1
         self._forwarded[req] = (done, peer, time.monotonic() + constants.forwarded_proposal_timeout_s, op in READ_OPS)
 
+    def _propose_store_command(self, range_id: int, op: str, args: dict, done: Callable[[Outcome, Any], None]) -> None:
+        """The store's own commands (meta updates, range ids, splits, consistency checks) go to
+        the range's leader like a client's (never through pysyncobj's forwarding)."""
+        self._propose_at_leader(self.store, range_id, op, args, done, None)
+
     def _on_propose(self, peer_id: int, request_id: int, range_id: int, op: str, args: dict, command_id: bytes) -> None:
         """A follower's node hands us a client's command for a range we lead."""
         def reply(outcome: Outcome, result: Any) -> None:
@@ -407,8 +414,8 @@ class Node:
                 result if outcome is Outcome.COMMITTED else str(result))
             self.net.send(peer_id, [PROPOSE_REPLY, request_id, outcome.value, wire])
         group = self.store.groups.get(range_id) if self.store is not None else None
-        if op not in CLIENT_OPS:
-            reply(Outcome.NOT_COMMITTED, "n%d takes only client commands from peers, not %r" % (self.node_id, op))
+        if op not in PEER_PROPOSABLE:
+            reply(Outcome.NOT_COMMITTED, "n%d does not take %r commands from peers" % (self.node_id, op))
         elif group is None:
             reply(Outcome.NOT_COMMITTED, "%s: range r%d is not hosted on n%d" % (MISMATCH, range_id, self.node_id))
         elif not group.is_leader():
@@ -485,7 +492,7 @@ class Node:
             if self.store is None:
                 done([])
                 return
-            self.consistency.check(self.store.descriptors_overlapping(start, end), self.store.propose, done)
+            self.consistency.check(self.store.descriptors_overlapping(start, end), self._propose_store_command, done)
         self.call_in_loop(run)
         return await fut
 

@@ -11,7 +11,7 @@ opens a socket per group per peer. This module replaces it with:
   (why I refuse you), HEARTBEAT (I am alive, and my HLC reads this: followers of every group I
   lead wait for me, and the receiver's clock moves past mine), CHECKSUM_REQUEST (your checksum
   of range r at index i, please), CHECKSUM_REPLY (mine: the checksum, or why I have none; see
-  raftstore.kvserver.consistency), PROPOSE (a client's command for a range you lead: only a
+  raftstore.kvserver.consistency), PROPOSE (a command for a range you lead, a client's or a node's own: only a
   range's leader proposes) and PROPOSE_REPLY (its outcome). Unknown, malformed or oversized frames are logged and the connection is
   dropped; the node keeps serving. Nothing is ever unpickled here;
 * group commit: frames queued by groups are released to the sockets only by `flush()`, which the
