@@ -38,7 +38,7 @@ from pysyncobj.transport import Transport
 from raftstore.kvserver.ranges import DATA_START
 from raftstore.kvserver.replica import LATEST, RAW_END, RAW_PREFIX, local_descriptors
 from raftstore.kvserver.store import Store, StoreConfig
-from raftstore.raft.commands import Outcome
+from raftstore.raft.commands import Outcome, not_leader
 from raftstore.raft.failstop import FailStop
 from raftstore.router import Router
 from raftstore.sim.disk import SimDisk
@@ -167,10 +167,8 @@ class SplitWorld:
         self.stores[nid] = store
         # The node's router (the one the real node runs), starting with an empty cache.
         self.routers[nid] = Router(
-            lookup=store.descriptor_for,
-            send=lambda desc, op, args, done, cid, store=store: (
-                store.propose(desc.range_id, op, args, done, command_id=cid) if self.stores.get(nid) is store
-                else done(Outcome.NOT_COMMITTED, "n%d is down" % nid)),
+            lookup=lambda key, store=store: store.descriptor_for(key) if self.stores.get(nid) is store else None,
+            send=lambda desc, op, args, done, cid, store=store: self._send_to_leader(nid, store, desc, op, args, done, cid),
             later=lambda due, done, fn: self.push(max(due, self.clock.t), "call", fn), now=lambda: self.clock.t)
         self.incarnation[nid] += 1
         try:
@@ -248,6 +246,25 @@ class SplitWorld:
                 return
         self.stores[dst].mark(gid)
         t._onMessageReceived(t.peers[src], msgpack.unpackb(payload, raw=False))
+
+    def _send_to_leader(self, nid: int, store: Store, desc, op: str, args: dict, done, cid: bytes) -> None:
+        """What a node does with a client's command: hand it to the range's leader as this node
+        knows it (the peer link's PROPOSE, here without network delay), where it is evaluated
+        under latches (Store.evaluate_and_propose); no leader known or reachable: not committed."""
+        if self.stores.get(nid) is not store:
+            done(Outcome.NOT_COMMITTED, "n%d is down" % nid)
+            return
+        group = store.groups.get(desc.range_id)
+        leader = group.leader_id() if group is not None else None
+        target = self.stores.get(int(leader)) if leader is not None and self.alive(int(leader)) else None
+        if target is None:
+            done(Outcome.NOT_COMMITTED, "n%d knows no live leader of r%d" % (nid, desc.range_id))
+            return
+        led = target.groups.get(desc.range_id)
+        if led is None or not led.is_leader():
+            done(Outcome.NOT_COMMITTED, not_leader("n%s does not lead r%d" % (leader, desc.range_id), None))
+            return
+        target.evaluate_and_propose(desc.range_id, op, args, done, command_id=cid)
 
     # --- clients ----------------------------------------------------------------------------------
     def write(self, i: int, attempt: int = 0) -> None:
