@@ -321,7 +321,7 @@ class Client:
     Every method is bounded by `timeout_s` in total, retries included (one attempt by
     `attempt_timeout_s_max`), and raises a subclass of
     `raftstore.errors.RaftstoreError` on an operating error: ConnectionFailedError (nothing
-    reachable), UnavailableError / DrainingError (no node could serve in time; writes surely did
+    reachable; at once when every address refuses the connection or is not a client port), UnavailableError / DrainingError (no node could serve in time; writes surely did
     not apply), AmbiguousCommitError (a write may have applied), BadRequestError,
     TooLargeError, ProtocolError. Wrong argument types raise TypeError, out-of-range arguments
     ValueError, use after `close()` RuntimeError.
