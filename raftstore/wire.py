@@ -69,8 +69,10 @@ from raftstore.errors import BadRequestError, RaftstoreError
 HEADER = struct.Struct("<I")
 HEADER_BYTES = HEADER.size
 REQUEST_ID_MAX = 2**64 - 1      # any non-negative msgpack integer
-# A response with this id answers no request: the port refuses the client itself, e.g. a node's
-# peer port reached by a client (`refusal_frame`). Clients number their requests from 1.
+# A response with this id answers no request of the client's: the port refuses the client
+# itself, e.g. a node's peer port reached by a client (`refusal_frame`); a client port answers
+# so a request whose id it could not read. Clients number their requests from 1, so a client
+# that gets this id (with an error) knows the address cannot serve it.
 CONNECTION_REFUSAL_ID = 0
 _RECV_CHUNK_BYTES = 64 * 1024
 
