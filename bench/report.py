@@ -2,7 +2,8 @@
 
 Everything here takes the report dict (built by bench/sql_bench.py) as an argument; the only
 I/O is writing the PNG, and rich and matplotlib are imported inside the functions that use
-them (matplotlib with the Agg backend: no display needed).
+them (matplotlib with the Agg backend: no display needed). matplotlib is optional (the `plot`
+extra): without it the plot is skipped with a one-line hint.
 
 A cell is one workload from one client region with one client count, e.g. `insert@us-east1`
 or `sweep@us-east1/c64`. Its dict holds: name, system (raftstore | etcd), workload,
@@ -13,7 +14,9 @@ errors, error_examples, leaseholder_changed and, for local runs, cpu_cores by ro
 
 from __future__ import annotations
 
+import importlib.util
 import os
+
 from bench.kv_latency import machine_line
 
 profile_functions_shown = 12
@@ -276,6 +279,17 @@ def rich_targets_table(targets: list[dict]):
 
 
 CDF_WORKLOADS = ("insert", "update", "read", "multirow", "stale_read")
+# Said instead of plotting when matplotlib is absent: a server install needs no plotting stack.
+PLOT_HINT = "no cdf.png: plots need matplotlib (pip install 'raftstore[plot]')"
+
+
+def write_cdf_png_if_possible(report: dict, samples_ms: dict[str, list[float]], path: str) -> str | None:
+    """`write_cdf_png` if matplotlib is importable, returning None; else write nothing and return
+    the one-line hint (`PLOT_HINT`) to show."""
+    if importlib.util.find_spec("matplotlib") is None:
+        return PLOT_HINT
+    write_cdf_png(report, samples_ms, path)
+    return None
 
 
 def write_cdf_png(report: dict, samples_ms: dict[str, list[float]], path: str) -> None:

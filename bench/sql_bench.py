@@ -29,9 +29,10 @@ region. Workloads:
 The leaseholder is the Raft leader of the table's range, read with SHOW RANGES FROM TABLE
 before and after each cell (a change is flagged). For every cell: p50, p99, throughput, the
 bound and p50 / bound, in a rich table (with a progress bar while it runs) and in the results
-folder (--out, default bench/results/sql-<UTC time>/): report.json (config, machine, cells,
-targets, etcd, profiles), samples.json (every latency in ms, by cell), report.md (the tables,
-the machine, the targets met or missed by how much) and cdf.png (latency CDFs per region).
+folder (--out, default raftstore-bench/sql-<UTC time>/ in the current directory): report.json
+(config, machine, cells, targets, etcd, profiles), samples.json (every latency in ms, by cell),
+report.md (the tables, the machine, the targets met or missed by how much) and, when matplotlib
+is installed (the `plot` extra), cdf.png (latency CDFs per region).
 
 --compare-etcd runs etcd first (bench/etcd_compare.py, when an `etcd` binary is on PATH),
 under the same latency when the matrix is symmetric for the regions in use (or --no-latency).
@@ -61,6 +62,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from bench import bounds, loadgen, targets
+
+RESULTS_DIR_DEFAULT = "raftstore-bench"   # under the current directory, unless --out
 from bench.kv_latency import (CpuSnapshot, cpu_by_role, machine_info, other_cores_noted_min, summarise_latencies,
                               url_list)
 
@@ -627,7 +630,8 @@ def build_parser(prog: str = "raftstore bench") -> argparse.ArgumentParser:
                    help="also run etcd (if on PATH) under the same symmetric latency, side by side")
     p.add_argument("--profile", action="store_true",
                    help="re-run the cell behind each missed target with py-spy on the leaseholder")
-    p.add_argument("--out", metavar="DIR", help="results folder (default bench/results/sql-<UTC time>)")
+    p.add_argument("--out", metavar="DIR",
+                   help="results folder (default %s/sql-<UTC time> in the current directory)" % RESULTS_DIR_DEFAULT)
     p.add_argument("--keep-data", action="store_true", help="keep the local cluster's data folder")
     return p
 
@@ -653,6 +657,15 @@ def _latency_setup(args) -> tuple[Any, bounds.RttFn, dict]:
                                    "description": "%s matrix (%s)" % (label, matrix.name)}
 
 
+def results_dir(out: str | None, stamp: str, cwd: str) -> str:
+    """The folder a run writes to: ``--out`` (relative to `cwd`) as given, else
+    ``RESULTS_DIR_DEFAULT/sql-<stamp>`` under `cwd`, the user's current directory; never a folder
+    of the installed package (with a non-editable install that is site-packages)."""
+    if out:
+        return os.path.join(cwd, out)   # an absolute --out stays as it is
+    return os.path.join(cwd, RESULTS_DIR_DEFAULT, "sql-%s" % stamp)
+
+
 def main(argv: list[str] | None = None, prog: str = "raftstore bench") -> int:
     args = build_parser(prog).parse_args(argv)
     if args.rows < 1 or args.value_bytes < 1 or args.load_procs < 1:
@@ -671,7 +684,7 @@ def main(argv: list[str] | None = None, prog: str = "raftstore bench") -> int:
     if not console.is_terminal:
         console = Console(width=160)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    out_dir = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "sql-%s" % stamp)
+    out_dir = results_dir(args.out, stamp, os.getcwd())
     command = "%s %s" % (prog, " ".join(sys.argv[1:] if argv is None else argv))
 
     root = None
@@ -761,7 +774,11 @@ def main(argv: list[str] | None = None, prog: str = "raftstore bench") -> int:
     markdown = render.markdown_report(report)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(markdown)
-    render.write_cdf_png(report, runner.samples_ms["raftstore"], os.path.join(out_dir, "cdf.png"))
+    written = ["report.json", "samples.json", "report.md"]
+    plot_hint = render.write_cdf_png_if_possible(report, runner.samples_ms["raftstore"],
+                                                 os.path.join(out_dir, "cdf.png"))
+    if plot_hint is None:
+        written.append("cdf.png")
 
     console.print(render.rich_cells_table("raftstore bench, %s (%g s per cell)" % (
         latency["description"], args.duration), report["raftstore"]["cells"]))
@@ -775,7 +792,9 @@ def main(argv: list[str] | None = None, prog: str = "raftstore bench") -> int:
     console.print(render.rich_targets_table(report["targets"]))
     from bench.kv_latency import machine_line
     console.print("machine: " + machine_line(machine))
-    console.print("wrote %s/{report.json, samples.json, report.md, cdf.png}" % out_dir)
+    console.print("wrote %s/{%s}" % (out_dir, ", ".join(written)))
+    if plot_hint is not None:
+        console.print(plot_hint)
     failed = [c["name"] for c in report["raftstore"]["cells"] if c["status"] == "failed"]
     if failed:
         console.print("[red]no statement succeeded in %s[/]" % ", ".join(failed))

@@ -48,7 +48,7 @@ class UnavailableError(RaftstoreError):
     """No leader right now, or the node cannot reach a quorum. The write surely did not commit."""
 
     code = "unavailable"
-    hint = "the write did not commit; retry later or against another node"
+    hint = "nothing was applied; retry later or against another node"
 
 
 class DrainingError(UnavailableError):

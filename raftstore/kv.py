@@ -7,7 +7,10 @@ retries on its own within one deadline and keeps the promise that matters:
 * Each write carries a random 16-byte command id chosen once and kept across retries; the
   servers remember applied ids, so a write applies at most once however often it is resent.
 * ``unavailable``, ``draining`` and connection failures move to the next address after a bounded,
-  jittered exponential backoff; ``ambiguous`` resends the same request (same command id) to the
+  jittered exponential backoff. An address that refuses the connection (nothing listens there)
+  or answers that it is no client port (a node's peer port) is moved past without a pause, and
+  when every address has answered so the call fails at once: retrying cannot help within it.
+  ``ambiguous`` resends the same request (same command id) to the
   next address, whose answer settles the outcome.
 * A write is reported as surely-not-applied only if no attempt could have applied it. Once any
   attempt was answered ``ambiguous``, or its connection broke (or timed out) after the whole
@@ -53,9 +56,12 @@ from raftstore.errors import (
     error_from_wire,
 )
 
-__all__ = ["Client", "backoff_delay_s", "parse_address", "parse_addresses"]
+__all__ = ["Client", "URL_SCHEME", "backoff_delay_s", "parse_address", "parse_addresses", "split_addresses"]
 
 Address = tuple[str, int]
+
+# ``raftstore://HOST:PORT[,HOST:PORT...]`` is the URL form of an address list.
+URL_SCHEME = "raftstore"
 
 # Ops that change state: a failure after sending may have applied them (see `Client._call`).
 # `split` carries no command id, so the wire module does not list it among its writes.
@@ -74,6 +80,12 @@ def parse_address(text: str) -> Address:
     if not isinstance(text, str):
         raise TypeError(f"address must be a str 'host:port', got {type(text).__name__}")
     example = "expected HOST:PORT, e.g. 127.0.0.1:26257"
+    scheme, sep, _ = text.partition("://")
+    if sep:
+        raise ValueError(
+            f"bad address {text!r}: a {scheme or 'URL'}:// URL is not an address; give "
+            f"{URL_SCHEME}://HOST:PORT[,HOST:PORT...] or HOST:PORT[,HOST:PORT...]"
+        )
     host, sep, port_text = text.rpartition(":")
     if not sep or not host:
         raise ValueError(f"bad address {text!r}: {example}")
@@ -89,12 +101,25 @@ def parse_address(text: str) -> Address:
     return host, port
 
 
+def split_addresses(text: str) -> list[str]:
+    """The address strs (unchecked, stripped) of ``HOST:PORT[,HOST:PORT...]`` or of the URL
+    ``raftstore://HOST:PORT[,HOST:PORT...]`` (a trailing ``/`` allowed)."""
+    text = text.strip()
+    prefix = URL_SCHEME + "://"
+    if text[: len(prefix)].lower() == prefix:
+        text = text[len(prefix):]
+        if text.endswith("/"):
+            text = text[:-1]
+    return [item.strip() for item in text.split(",")]
+
+
 def parse_addresses(addresses: str | Iterable[str]) -> list[Address]:
-    """A str (one address, or several separated by commas) or an iterable of address strs ->
-    list of ``(host, port)``. Raises TypeError / ValueError (see `parse_address`), ValueError if
-    there is none."""
+    """A str (one address, or several separated by commas, optionally as a URL
+    ``raftstore://HOST:PORT[,HOST:PORT...]``) or an iterable of address strs -> list of
+    ``(host, port)``. Any other URL scheme (``http://``, ``postgresql://``) is refused. Raises
+    TypeError / ValueError (see `parse_address`), ValueError if there is none."""
     if isinstance(addresses, str):
-        items = addresses.split(",")
+        items = split_addresses(addresses)
     elif isinstance(addresses, (bytes, bytearray)) or not hasattr(addresses, "__iter__"):
         raise TypeError(
             "addresses must be a 'host:port' str or a list of them, got "
@@ -147,6 +172,18 @@ def _bytes_arg(method: str, name: str, value: Any) -> bytes:
 
 def _optional_bytes_arg(method: str, name: str, value: Any) -> bytes | None:
     return None if value is None else _bytes_arg(method, name, value)
+
+
+def _check_command_size(op: str, *parts: bytes) -> None:
+    """Refuse, before anything is sent, a write that cannot fit in one replicated command (the
+    server refuses one just under the limit too, as the command adds a little of its own)."""
+    size = sum(len(part) for part in parts)
+    if size > constants.command_bytes_max:
+        raise TooLargeError(
+            f"{op}: the key and values are {size} bytes; a write must fit in one command of "
+            f"{constants.command_bytes_max // 1024} KiB ({constants.command_bytes_max} bytes, "
+            "command_bytes_max); nothing was sent"
+        )
 
 
 def _new_command_id() -> bytes:
@@ -259,12 +296,19 @@ class _DeadlineSocket:
 
 
 class _AttemptFailed(Exception):
-    """One attempt did not produce an answer; `error` is what to report if it was the last."""
+    """One attempt did not produce an answer; `error` is what to report if it was the last.
+    `final`: the address answered in a way no retry within this call can change (it refused
+    the connection, or is not a client port)."""
 
-    def __init__(self, error: RaftstoreError, *, maybe_applied: bool):
+    def __init__(self, error: RaftstoreError, *, maybe_applied: bool, final: bool = False):
         super().__init__(str(error))
         self.error = error
         self.maybe_applied = maybe_applied
+        self.final = final
+
+
+class _Refused(ConnectionFailedError):
+    """An address refused the connection: nothing listens there."""
 
 
 class Client:
@@ -277,7 +321,7 @@ class Client:
     Every method is bounded by `timeout_s` in total, retries included (one attempt by
     `attempt_timeout_s_max`), and raises a subclass of
     `raftstore.errors.RaftstoreError` on an operating error: ConnectionFailedError (nothing
-    reachable), UnavailableError / DrainingError (no node could serve in time; writes surely did
+    reachable; at once when every address refuses the connection or is not a client port), UnavailableError / DrainingError (no node could serve in time; writes surely did
     not apply), AmbiguousCommitError (a write may have applied), BadRequestError,
     TooLargeError, ProtocolError. Wrong argument types raise TypeError, out-of-range arguments
     ValueError, use after `close()` RuntimeError.
@@ -318,6 +362,7 @@ class Client:
             "value": _bytes_arg("put", "value", value),
             "command_id": _new_command_id(),
         }
+        _check_command_size("put", args["key"], args["value"])
         return self._call("put", args, _check_put)
 
     def get(self, key: bytes) -> bytes | None:
@@ -338,6 +383,7 @@ class Client:
             "new": _bytes_arg("cas", "new", new),
             "command_id": _new_command_id(),
         }
+        _check_command_size("cas", args["key"], args["expected"] or b"", args["new"])
         return self._call("cas", args, _check_cas)
 
     def scan(
@@ -444,54 +490,118 @@ class Client:
 
             total_s = self.timeout_s if timeout_s is None else timeout_s
             attempt_s = self.attempt_timeout_s_max if attempt_timeout_s is None else attempt_timeout_s
-            deadline = time.monotonic() + total_s
-            last: _AttemptFailed | None = None
-            maybe_applied = False
-            failures = 0
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                attempt_deadline = time.monotonic() + min(remaining, attempt_s)
-                try:
-                    result = self._attempt(
-                        op, request_id, frame, attempt_deadline, check_idle=write and not resend
-                    )
-                except _AttemptFailed as failed:
-                    last = failed
-                    maybe_applied = maybe_applied or (write and failed.maybe_applied)
-                    failures += 1
-                    self._drop_connection()
-                    if maybe_applied and not resend:
-                        raise self._ambiguous(op, failed.error.message) from None
-                    self._index = (self._index + 1) % len(self._addresses)
-                    pause = min(backoff_delay_s(failures, self._rng), deadline - time.monotonic())
-                    if pause > 0:
-                        time.sleep(pause)
-                    continue
-                except RaftstoreError as exc:
-                    # A definite, non-retryable answer (bad_request, too_large, internal, ...).
-                    # A SQL error from the only attempt that may have applied is the server's
-                    # own account of the outcome (its `ambiguous` included): raised as it is.
-                    if isinstance(exc, SqlError) and not maybe_applied:
-                        raise
-                    if write and (maybe_applied or exc.ambiguous):
-                        raise self._ambiguous(op, str(exc)) from exc
+            result = self._retrying(
+                op,
+                lambda deadline: self._attempt(
+                    op, request_id, frame, deadline, check_idle=write and not resend
+                ),
+                write=write,
+                resend=resend,
+                total_s=total_s,
+                attempt_s=attempt_s,
+            )
+            try:
+                return check(result)
+            except ValueError as exc:
+                raise ProtocolError(
+                    f"{op} succeeded but the server's result is malformed: {exc} "
+                    f"({ProtocolError.hint})",
+                    ambiguous=write,
+                ) from None
+
+    def connect(self) -> None:
+        """Open a connection now rather than at the first call: to the first address, in order,
+        that accepts one, within `timeout_s`. Does nothing if one is open. Raises
+        ConnectionFailedError (at once when every address refuses the connection),
+        RuntimeError after `close()`."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("connect on a closed raftstore Client")
+            if self._sock is None:
+                self._retrying(
+                    "connect",
+                    self._ensure_connected,
+                    write=False,
+                    resend=True,
+                    total_s=self.timeout_s,
+                    attempt_s=self.attempt_timeout_s_max,
+                )
+
+    def _retrying(
+        self,
+        op: str,
+        attempt: Callable[[float], Any],
+        *,
+        write: bool,
+        resend: bool,
+        total_s: float,
+        attempt_s: float,
+    ) -> Any:
+        """Run ``attempt(attempt_deadline)`` on the current address until it returns, moving
+        to the next address after each _AttemptFailed (module doc: the policy). An address
+        whose failure no retry can change (`_AttemptFailed.final`: it refused the connection)
+        is tried again without a pause; once every address failed so, this gives up at once."""
+        deadline = time.monotonic() + total_s
+        last: _AttemptFailed | None = None
+        maybe_applied = False
+        failures = 0
+        final: dict[int, RaftstoreError] = {}  # address index -> why it cannot answer now
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            attempt_deadline = time.monotonic() + min(remaining, attempt_s)
+            try:
+                return attempt(attempt_deadline)
+            except _AttemptFailed as failed:
+                last = failed
+                maybe_applied = maybe_applied or (write and failed.maybe_applied)
+                self._drop_connection()
+                if maybe_applied and not resend:
+                    raise self._ambiguous(op, failed.error.message) from None
+                if failed.final:
+                    final[self._index] = failed.error
+                    if len(final) == len(self._addresses):
+                        self._give_up_refused(op, maybe_applied, final)
+                else:
+                    final.pop(self._index, None)
+                self._index = (self._index + 1) % len(self._addresses)
+                if failed.final:
+                    continue  # another address may answer: try it now
+                failures += 1
+                pause = min(backoff_delay_s(failures, self._rng), deadline - time.monotonic())
+                if pause > 0:
+                    time.sleep(pause)
+                continue
+            except RaftstoreError as exc:
+                # A definite, non-retryable answer (bad_request, too_large, internal, ...).
+                # A SQL error from the only attempt that may have applied is the server's
+                # own account of the outcome (its `ambiguous` included): raised as it is.
+                if isinstance(exc, SqlError) and not maybe_applied:
                     raise
-                except BaseException:
-                    # Interrupted mid-exchange (KeyboardInterrupt): the stream may hold the rest
-                    # of this answer, which the next call must not read as its own.
-                    self._drop_connection()
-                    raise
-                try:
-                    return check(result)
-                except ValueError as exc:
-                    raise ProtocolError(
-                        f"{op} succeeded but the server's result is malformed: {exc} "
-                        f"({ProtocolError.hint})",
-                        ambiguous=write,
-                    ) from None
-            self._give_up(op, write, maybe_applied, last, total_s)
+                if write and (maybe_applied or exc.ambiguous):
+                    raise self._ambiguous(op, str(exc)) from exc
+                raise
+            except BaseException:
+                # Interrupted mid-exchange (KeyboardInterrupt): the stream may hold the rest
+                # of this answer, which the next call must not read as its own.
+                self._drop_connection()
+                raise
+        self._give_up(op, write, maybe_applied, last, total_s)
+
+    def _give_up_refused(
+        self, op: str, maybe_applied: bool, final: dict[int, RaftstoreError]
+    ) -> NoReturn:
+        """Every address refused this call in a way no retry within it can change."""
+        reasons = [final[i].message for i in sorted(final)]
+        if all(isinstance(e, _Refused) for e in final.values()):
+            detail = (f"connection refused by {', '.join(self.addresses)}: nothing listens "
+                      "there")
+        else:
+            detail = "; ".join(reasons)
+        if maybe_applied:
+            raise self._ambiguous(op, f"an earlier attempt may have applied it; now {detail}")
+        raise ConnectionFailedError(f"{op}: {detail} ({ConnectionFailedError.hint})")
 
     def _give_up(
         self, op: str, write: bool, maybe_applied: bool, last: _AttemptFailed | None, total_s: float
@@ -525,6 +635,8 @@ class Client:
             return AmbiguousCommitError(
                 f"the statement may or may not have committed: {detail} ({hint})"
             )
+        if hint in detail:  # the server's ambiguous answer carries it already: say it once
+            return AmbiguousCommitError(f"{op} may or may not have committed: {detail}")
         return AmbiguousCommitError(f"{op} may or may not have committed: {detail} ({hint})")
 
     def _attempt(
@@ -540,12 +652,7 @@ class Client:
         address = _format_address(self._addresses[self._index])
         if check_idle and self._sock is not None and _closed_while_idle(self._sock):
             self._drop_connection()
-        if self._sock is None:
-            try:
-                self._connect(deadline)
-            except OSError as exc:
-                error = ConnectionFailedError(f"cannot connect to {address}: {_describe(exc)}")
-                raise _AttemptFailed(error, maybe_applied=False) from None
+        self._ensure_connected(deadline)
         assert self._sock is not None and self._decoder is not None
         timed = _DeadlineSocket(self._sock, deadline)
         sent = False
@@ -556,6 +663,13 @@ class Client:
             sent = True
             response = wire.read_frame(timed, self._decoder)
             response_id, ok, body = wire.validate_response(response)
+            if response_id == wire.CONNECTION_REFUSAL_ID and not ok:
+                # Not an answer to the request: the port refuses clients (a peer port).
+                raise _AttemptFailed(
+                    ConnectionFailedError(f"{address} is not a client port: {_reason(body)}"),
+                    maybe_applied=False,
+                    final=True,
+                )
             if response_id != request_id:
                 raise wire.BadResponse(
                     f"response id {response_id} does not match request id {request_id}"
@@ -577,6 +691,22 @@ class Client:
         if error.code in RETRY_ELSEWHERE_CODES or error.code == "ambiguous":
             raise _AttemptFailed(error, maybe_applied=error.ambiguous)
         raise error
+
+    def _ensure_connected(self, deadline: float) -> None:
+        """Open a connection to the current address unless one is open; raises _AttemptFailed
+        (`final` when the address refused it: nothing listens there)."""
+        if self._sock is not None:
+            return
+        address = _format_address(self._addresses[self._index])
+        try:
+            self._connect(deadline)
+        except ConnectionRefusedError:
+            raise _AttemptFailed(
+                _Refused(f"connection refused by {address}"), maybe_applied=False, final=True
+            ) from None
+        except OSError as exc:
+            error = ConnectionFailedError(f"cannot connect to {address}: {_describe(exc)}")
+            raise _AttemptFailed(error, maybe_applied=False) from None
 
     def _connect(self, deadline: float) -> None:
         host, port = self._addresses[self._index]
@@ -625,6 +755,14 @@ def _closed_while_idle(sock: socket.socket) -> bool:
     except OSError:
         return True
     return True
+
+
+def _reason(error: Any) -> str:
+    """The message of an error map from the network, bounded, for showing in ours."""
+    message = error.get("message") if isinstance(error, dict) else None
+    if not isinstance(message, str) or not message:
+        return "no reason given"
+    return " ".join(message.split())[:200]
 
 
 def _describe(exc: BaseException) -> str:

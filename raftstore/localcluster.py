@@ -37,6 +37,7 @@ SCRATCH_DISK_ARGS = ("--disk-reserve-bytes", "64MiB", "--disk-ballast-bytes", "0
 
 port_min = 20000    # [port_min, port_max): below the ephemeral range (32768+)
 port_max = 32000
+listen_wait_s_max = 120.0   # a started node binds its ports within this (a busy machine's imports)
 
 
 def free_ports(n: int) -> list[int]:
@@ -126,17 +127,39 @@ class Cluster:
                 "--peer-addr", n.peer_addr, "--sql-addr", n.sql_addr, "--join", self.join,
                 "--data-dir", n.data_dir] + auth + list(SCRATCH_DISK_ARGS) + list(self.extra_args)
 
-    def start(self, n: NodeProc) -> None:
-        """Start `n` (which must not be running) in its own session, appending to its log."""
+    def start(self, n: NodeProc, *, wait: bool = True) -> None:
+        """Start `n` (which must not be running) in its own session, appending to its log; with
+        `wait`, return once it listens on its client port (see `wait_listening`)."""
         assert n.proc is None or n.proc.poll() is not None
         with open(n.log_path, "a") as log:
             env = dict(os.environ, **self.node_env[n.node_id]) if n.node_id in self.node_env else None
             n.proc = subprocess.Popen(self.args(n), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                       env=env)
+        if wait:
+            self.wait_listening(n)
 
     def start_all(self) -> None:
         for n in self.nodes:
-            self.start(n)
+            self.start(n, wait=False)
+        for n in self.nodes:
+            self.wait_listening(n)
+
+    def wait_listening(self, n: NodeProc, timeout: float = listen_wait_s_max) -> None:
+        """Wait until `n` accepts connections on its client port (it binds its ports before it
+        forms or joins the cluster), or its process has exited (the caller sees why). A client
+        gives up at once on an address that refuses connections, so a just-started node is
+        waited for here rather than by each client. Raises AssertionError after `timeout`."""
+        host, port = n.sql_addr.rsplit(":", 1)
+        deadline = time.monotonic() + timeout
+        while n.proc is not None and n.proc.poll() is None:
+            try:
+                socket.create_connection((host, int(port)), timeout=1.0).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError("n%d does not listen on %s after %.0f s; log %s"
+                                         % (n.node_id, n.sql_addr, timeout, n.log_path)) from None
+                time.sleep(0.05)
 
     def kill9(self, n: NodeProc) -> None:
         """SIGKILL `n`'s process by PID and reap it. No-op if it is not running."""

@@ -472,9 +472,11 @@ def connect(
     """A `Connection` to the node(s) at `addresses`: ``"host:port"``, ``"host:port,host:port"``
     or a list of such strs, tried in order.
 
-    Nothing is sent until the first statement (so an unreachable node shows up then, as
-    OperationalError). `timeout_s` bounds each statement, retries included. A malformed address
-    raises InterfaceError.
+    The connection is opened here: if no address accepts one, OperationalError is raised now
+    (at once when every address refuses it, else within `timeout_s`), not at the first
+    statement. Nothing is sent until the first statement. `timeout_s` bounds the connect and
+    each statement, retries included. A malformed address (or a URL other than
+    ``raftstore://HOST:PORT[,HOST:PORT...]``) raises InterfaceError.
     """
     return Connection(addresses, timeout_s=timeout_s)
 
@@ -511,6 +513,11 @@ class Connection:
             )
         except (TypeError, ValueError) as exc:
             raise InterfaceError(str(exc)) from None
+        try:
+            self._client.connect()
+        except RaftstoreError as exc:
+            self._client.close()
+            raise _error_from(exc) from exc
         self._closed = False
 
     @property

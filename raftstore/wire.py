@@ -69,6 +69,11 @@ from raftstore.errors import BadRequestError, RaftstoreError
 HEADER = struct.Struct("<I")
 HEADER_BYTES = HEADER.size
 REQUEST_ID_MAX = 2**64 - 1      # any non-negative msgpack integer
+# A response with this id answers no request of the client's: the port refuses the client
+# itself, e.g. a node's peer port reached by a client (`refusal_frame`); a client port answers
+# so a request whose id it could not read. Clients number their requests from 1, so a client
+# that gets this id (with an error) knows the address cannot serve it.
+CONNECTION_REFUSAL_ID = 0
 _RECV_CHUNK_BYTES = 64 * 1024
 
 # The sql op's bounds. PostgreSQL's Bind message counts parameters in 16 bits; a statement's
@@ -440,6 +445,14 @@ def response_ok(request_id: int, result: Any) -> dict[str, Any]:
 def response_error(request_id: int, error: RaftstoreError) -> dict[str, Any]:
     """The response map for a request that failed with `error` (a RaftstoreError)."""
     return {"id": request_id, "ok": False, "error": error.to_wire()}
+
+
+def refusal_frame(code: str, message: str) -> bytes:
+    """The frame a port that serves no clients sends a client before closing: an error response
+    with id `CONNECTION_REFUSAL_ID` (fixed bytes for given arguments; nothing of the client's
+    request is read to build it)."""
+    error = {"code": code, "message": message, "ambiguous": False}
+    return encode_frame({"id": CONNECTION_REFUSAL_ID, "ok": False, "error": error})
 
 
 def validate_response(obj: Any) -> tuple[int, bool, Any]:

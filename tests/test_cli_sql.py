@@ -9,6 +9,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -282,6 +283,19 @@ def test_a_bad_url_is_a_one_line_usage_error_with_exit_2(capsys, url):
     assert "--url" in errors and "HOST:PORT" in errors
 
 
+def test_a_dead_url_is_one_line_at_once_with_exit_2(capsys):
+    import socket
+
+    probe = socket.create_server(("127.0.0.1", 0))
+    address = "127.0.0.1:%d" % probe.getsockname()[1]
+    probe.close()
+    started = time.monotonic()
+    code, out, errors = run_main(["--url", address, "-e", "SELECT 1"], capsys)
+    assert time.monotonic() - started < 1.0   # not 15 s of retries (--timeout's default)
+    assert code == 2 and out == ""
+    assert errors.count("\n") == 1 and f"connection refused by {address}" in errors
+
+
 def test_add_sql_parser_registers_the_sql_command_on_a_cli():
     parser = argparse.ArgumentParser(prog="raftstore")
     sub = parser.add_subparsers(dest="command")
@@ -404,17 +418,15 @@ def test_the_shell_refreshes_table_names_after_ddl(sql_server, tmp_path):
     ]
 
 
-def test_the_shell_exits_1_when_no_node_answers(tmp_path):
-    import socket
-
-    probe = socket.create_server(("127.0.0.1", 0))
-    address = "127.0.0.1:%d" % probe.getsockname()[1]
-    probe.close()
+def test_the_shell_exits_1_when_no_node_answers(sql_server, tmp_path):
     from prompt_toolkit.input import create_pipe_input
     from prompt_toolkit.output import DummyOutput
 
+    server = sql_server({})
+    address = server.address
     errors = io.StringIO()
     with create_pipe_input() as pipe, sqlclient.connect(address, timeout_s=0.3) as connection:
+        server.stop()   # the node goes away after the shell connected
         code = cli_sql.run_repl(
             connection, history_path=os.devnull, input=pipe, output=DummyOutput(), err=errors
         )

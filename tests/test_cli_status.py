@@ -220,21 +220,26 @@ def test_status_asks_the_next_url_when_the_first_node_is_down(node, capsys):
         ("localhost", "expected HOST:PORT"),
         ("h:0", "outside 1-65535"),
         ("h:1,,h:2", "expected HOST:PORT"),
+        ("http://127.0.0.1:26267", "a http:// URL is not an address"),
     ],
 )
-def test_a_bad_url_is_a_one_line_error_before_any_connection(capsys, url, message):
-    assert run_cli(["status", "--url", url]) == 2
+def test_a_bad_url_is_a_one_line_usage_error_before_any_connection(capsys, url, message):
+    from raftstore.cli.main import build_parser   # its usage errors are one line
+
+    with pytest.raises(SystemExit) as caught:
+        build_parser().parse_args(["status", "--url", url])
+    assert caught.value.code == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.count("\n") == 1
-    assert captured.err.startswith("error: --url: ") and message in captured.err
+    assert "argument --url: " in captured.err and message in captured.err
 
 
 def test_an_unreachable_node_is_a_one_line_error(capsys):
     assert run_cli(["status", "--url", "127.0.0.1:1", "--timeout", "0.2"]) == 2
     err_text = capsys.readouterr().err
     assert err_text.count("\n") == 1
-    assert err_text.startswith("error: status: could not get an answer from any of 127.0.0.1:1")
+    assert err_text.startswith("error: status: connection refused by 127.0.0.1:1")
 
 
 def test_an_error_answer_or_an_unreadable_status_is_a_one_line_error(node, capsys):

@@ -407,17 +407,65 @@ def test_one_ambiguous_attempt_keeps_the_write_ambiguous_until_the_deadline(serv
     assert "no leader" in str(error)
 
 
-def test_nothing_listening_raises_connection_failed_naming_the_addresses(dead_address, client_for):
+def test_every_address_refusing_fails_at_once_naming_them_without_a_retry_sleep(
+    dead_address, client_for, monkeypatch
+):
     other = "127.0.0.1:1"
-    client = client_for([dead_address, other], timeout_s=0.3)
+    client = client_for([dead_address, other], timeout_s=15)
+    sleeps: list[float] = []
+    monkeypatch.setattr(kv.time, "sleep", sleeps.append)
     started = time.monotonic()
     with pytest.raises(errors.ConnectionFailedError) as caught:
         client.put(b"k", b"v")  # never sent: surely not applied, so not ambiguous
-    assert time.monotonic() - started < 1.5
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.0, f"{elapsed:.2f} s to say nothing listens (timeout 15 s)"
+    assert sleeps == []
     message = str(caught.value)
-    assert dead_address in message and other in message
+    assert f"connection refused by {dead_address}, {other}" in message
     assert "check that the nodes are running" in message
     assert caught.value.ambiguous is False
+
+
+def test_a_refusing_address_is_passed_over_at_once_for_one_that_answers(
+    dead_address, serve, client_for, monkeypatch
+):
+    server = serve(MemoryStore())
+    client = client_for([dead_address, server.address], timeout_s=15)
+    sleeps: list[float] = []
+    monkeypatch.setattr(kv.time, "sleep", sleeps.append)
+    client.put(b"k", b"v")
+    assert sleeps == [] and client.get(b"k") == b"v"
+
+
+def test_a_port_that_refuses_clients_is_named_at_once(client_for):
+    # What a node's peer port answers a client (raftstore.node.peer.STRANGER_REPLY).
+    listener = socket.create_server(("127.0.0.1", 0))
+    address = "127.0.0.1:%d" % listener.getsockname()[1]
+    refusal = wire.refusal_frame("not_client_port", "this is a raftstore node's peer port")
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(refusal)
+                conn.shutdown(socket.SHUT_WR)
+                while conn.recv(65536):
+                    pass
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        client = client_for(address, timeout_s=15)
+        started = time.monotonic()
+        with pytest.raises(errors.ConnectionFailedError) as caught:
+            client.put(b"k", b"v")
+        assert time.monotonic() - started < 1.0
+        assert f"{address} is not a client port: this is a raftstore node's peer port" in str(caught.value)
+        assert caught.value.ambiguous is False
+    finally:
+        listener.close()
 
 
 @pytest.mark.parametrize(
@@ -487,7 +535,17 @@ def test_a_request_over_the_frame_limit_is_too_large_before_sending(serve, clien
     server = serve(MemoryStore())
     client = client_for(server.address)
     with pytest.raises(errors.TooLargeError, match="exceeds the limit"):
-        client.put(b"k", b"v" * constants.client_frame_bytes_max)
+        client.split(b"k" * constants.client_frame_bytes_max)
+    assert server.requests == []
+
+
+def test_a_value_larger_than_one_command_is_refused_naming_the_limit(serve, client_for):
+    server = serve(MemoryStore())
+    client = client_for(server.address)
+    with pytest.raises(errors.TooLargeError, match="one command of 512 KiB \\(524288 bytes"):
+        client.put(b"k", b"v" * constants.command_bytes_max)
+    with pytest.raises(errors.TooLargeError, match="524288"):
+        client.cas(b"k", None, b"v" * constants.command_bytes_max)
     assert server.requests == []
 
 
@@ -629,6 +687,9 @@ def run_cli(argv: list[str]) -> int:
         ("localhost:99999", "outside 1-65535"),
         ("h:1,h", "expected HOST:PORT"),
         ("h:x", "port must be a number"),
+        ("http://127.0.0.1:26267", "a http:// URL is not an address"),
+        ("postgresql://127.0.0.1:26257", "give raftstore://HOST:PORT[,HOST:PORT...]"),
+        ("127.0.0.1:1,http://127.0.0.1:2", "a http:// URL is not an address"),
     ],
 )
 def test_cli_rejects_a_bad_url_with_an_argparse_error(capsys, url, message):
@@ -637,6 +698,16 @@ def test_cli_rejects_a_bad_url_with_an_argparse_error(capsys, url, message):
     assert caught.value.code == 2
     stderr = capsys.readouterr().err
     assert "--url" in stderr and message in stderr
+
+
+@pytest.mark.parametrize("command", [["kv", "get"], ["status"], ["sql"]])
+def test_every_client_command_takes_a_raftstore_url_and_bare_addresses(command):
+    tail = ["k"] if command[0] == "kv" else []
+    for url in ["raftstore://127.0.0.1:1,h:2", "RAFTSTORE://127.0.0.1:1,h:2/", "127.0.0.1:1, h:2"]:
+        from raftstore.cli.main import build_parser
+
+        args = build_parser().parse_args(command + ["--url", url, "--timeout", "2"] + tail)
+        assert args.url == ["127.0.0.1:1", "h:2"] and args.timeout == 2.0
 
 
 @pytest.mark.parametrize(
@@ -668,8 +739,8 @@ def test_cli_prints_each_result_in_its_documented_form(serve, capsys):
 
     assert run_cli(["kv", "get", "--url", url, "a"]) == 0
     assert capsys.readouterr().out == "1\n"
-    assert run_cli(["kv", "get", "--url", url, "nope"]) == 1
-    assert capsys.readouterr().out == "(not found)\n"
+    assert run_cli(["kv", "get", "--url", url, "nope"]) == cli_kv.EXIT_NO == 1
+    assert capsys.readouterr() == ("", "(not found)\n")   # stdout holds values only
 
     assert run_cli(["kv", "cas", "--url", url, "a", "1", "2"]) == 0
     assert capsys.readouterr().out == "swapped\n"
@@ -709,9 +780,9 @@ def test_cli_split_says_whether_it_made_a_new_boundary(serve, capsys):
     assert store.boundaries == [b"", b"\x00\xff", b"m"]
 
 
-def test_cli_split_errors_are_one_line_and_exit_2(serve, capsys):
+def test_cli_split_errors_are_one_line_and_exit_4_when_ambiguous(serve, capsys):
     url = serve(lambda op, args: err("ambiguous", "leader changed", ambiguous=True)).address
-    assert run_cli(["kv", "split", "--url", url, "--timeout", "0.3", "m"]) == 2
+    assert run_cli(["kv", "split", "--url", url, "--timeout", "0.3", "m"]) == cli_kv.EXIT_AMBIGUOUS
     stderr = capsys.readouterr().err
     assert stderr.count("\n") == 1
     assert stderr.startswith("error: split may or may not have committed")
@@ -725,9 +796,9 @@ def test_cli_prints_undecodable_bytes_as_escapes(serve, capsys):
     assert capsys.readouterr().out == "\\xff\x00ok\n"
 
 
-def test_cli_turns_operating_errors_into_one_line_and_exit_2(serve, capsys):
+def test_cli_turns_operating_errors_into_one_line_and_exit_5(serve, capsys):
     url = serve(lambda op, args: err("bad_request", "key is reserved\nsecond line")).address
-    assert run_cli(["kv", "put", "--url", url, "k", "v"]) == 2
+    assert run_cli(["kv", "put", "--url", url, "k", "v"]) == cli_kv.EXIT_ERROR == 5
     captured = capsys.readouterr()
     assert captured.out == ""
     lines = captured.err.splitlines()
@@ -737,13 +808,15 @@ def test_cli_turns_operating_errors_into_one_line_and_exit_2(serve, capsys):
 
 def test_cli_says_an_ambiguous_write_may_have_committed(serve, capsys):
     url = serve(lambda op, args: err("ambiguous", "leader changed", ambiguous=True)).address
-    assert run_cli(["kv", "put", "--url", url, "--timeout", "0.3", "k", "v"]) == 2
+    assert run_cli(["kv", "put", "--url", url, "--timeout", "0.3", "k", "v"]) == 4
     stderr = capsys.readouterr().err
     assert stderr.count("\n") == 1
+    assert stderr.count("read the key to find out") == 1, stderr   # the hint said once
     assert stderr.startswith("error: put may or may not have committed")
 
 
-def test_cli_reports_unreachable_nodes(dead_address, capsys):
-    assert run_cli(["kv", "get", "--url", dead_address, "--timeout", "0.2", "k"]) == 2
+def test_cli_reports_unreachable_nodes_with_the_unavailable_exit_code(dead_address, capsys):
+    assert run_cli(["kv", "get", "--url", dead_address, "k"]) == cli_kv.EXIT_UNAVAILABLE == 3
     stderr = capsys.readouterr().err
-    assert stderr.startswith("error: get: could not get an answer from any of " + dead_address)
+    assert stderr.startswith(f"error: get: connection refused by {dead_address}")
+    assert stderr.count("\n") == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import socket
 import time
 from typing import Any
 
@@ -149,11 +150,38 @@ def test_exception_hierarchy_is_pep_249s_and_is_on_the_connection_too():
     assert s.Connection.Error is s.Error and s.Connection.Warning is s.Warning
 
 
+def test_the_package_carries_pep_249s_module_names_as_the_same_objects():
+    # PEP 249's module globals and exception classes, and some of its type objects.
+    names = ("apilevel threadsafety paramstyle Warning Error InterfaceError DatabaseError "
+             "DataError OperationalError IntegrityError InternalError ProgrammingError "
+             "NotSupportedError Binary STRING NUMBER DATETIME").split()
+    for name in names:
+        assert getattr(raftstore, name) is getattr(sqlclient, name), name
+        assert name in dir(raftstore)
+    try:
+        raise sqlclient.OperationalError("x")
+    except raftstore.Error:
+        pass
+
+
+def test_connect_to_a_dead_address_fails_at_connect_at_once():
+    probe = socket.create_server(("127.0.0.1", 0))
+    address = "127.0.0.1:%d" % probe.getsockname()[1]
+    probe.close()
+    started = time.monotonic()
+    with pytest.raises(raftstore.OperationalError) as caught:
+        raftstore.connect(address)   # the default timeout is 15 s
+    assert time.monotonic() - started < 1.0
+    assert f"connection refused by {address}" in str(caught.value)
+
+
 def test_a_malformed_address_is_an_interface_error_and_nothing_connects():
     with pytest.raises(sqlclient.InterfaceError, match="bad address 'nowhere'"):
         sqlclient.connect("nowhere")
     with pytest.raises(sqlclient.InterfaceError, match="port 70000"):
         sqlclient.connect(["127.0.0.1:1", "127.0.0.1:70000"])
+    with pytest.raises(sqlclient.InterfaceError, match="a http:// URL is not an address"):
+        sqlclient.connect("http://127.0.0.1:26257")
 
 
 def test_commit_does_nothing_and_rollback_is_not_supported(sql_server, connect):

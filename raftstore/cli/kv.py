@@ -5,14 +5,20 @@ arguments, calls `raftstore.kv.Client` and prints, so it can be tested against a
 
 Output contract (scripts rely on it):
 
-* put / delete: the commit timestamp (``<seconds>.<9-digit nanos>,<logical>``), exit 0.
-* get: the value, exit 0; ``(not found)``, exit 1.
+* put / delete: the commit timestamp (``<seconds>.<9-digit nanos>,<logical>``), exit 0. ``put
+  KEY -`` reads the value from stdin, ``put KEY --file PATH`` from a file; a key and its value
+  must fit in one command (``constants.command_bytes_max``, 512 KiB): a larger value is a usage
+  error naming the limit.
+* get: the value on stdout, exit 0; ``(not found)`` on stderr (stdout empty), exit 1.
 * cas: ``swapped`` exit 0, ``not swapped`` exit 1.
 * scan: one ``key<TAB>value`` line per row, exit 0.
 * split: ``split at KEY`` or, if a range already started at KEY, ``already a range boundary``;
   exit 0 either way (a retried split that did apply also answers the latter).
-* any operating error: one line ``error: ...`` on stderr, exit 2 (an ambiguous write says it may
-  have committed). Usage errors are argparse's: usage and ``error: ...`` on stderr, exit 2.
+* an operating error: one line ``error: ...`` on stderr, and the exit code says which kind:
+  3 unavailable (no node could serve or none could be reached; nothing was applied, retry
+  later), 4 ambiguous (the write may have committed: read before writing again), 5 any other
+  (a refused request, a protocol mismatch, an internal error). Usage errors are argparse's:
+  usage and ``error: ...`` on stderr, exit 2.
 
 Keys and values are UTF-8 text by default (undecodable bytes printed as backslash escapes);
 ``--hex`` takes and prints them as hex instead, for binary data or data holding tabs/newlines.
@@ -25,33 +31,17 @@ import sys
 from typing import Any
 
 from raftstore import constants
-from raftstore.errors import RaftstoreError
-from raftstore.kv import Client, parse_address
+from raftstore.cli.client_args import add_timeout_argument, add_url_argument
+from raftstore.errors import AmbiguousCommitError, RaftstoreError, UnavailableError
+from raftstore.kv import Client
 
-
-def _url_type(text: str) -> list[str]:
-    """argparse type for ``--url HOST:PORT[,HOST:PORT...]``."""
-    items = text.split(",")
-    for item in items:
-        try:
-            parse_address(item.strip())
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(
-                f"{exc}; --url takes HOST:PORT[,HOST:PORT...], e.g. 127.0.0.1:26257"
-            ) from None
-    return [item.strip() for item in items]
-
-
-def _timeout_type(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(
-            f"--timeout must be a positive number of seconds, got {text!r}"
-        )
-    return value
+# Exit codes (documented in the module doc and the README).
+EXIT_OK = 0
+EXIT_NO = 1            # get: not found; cas: not swapped
+EXIT_USAGE = 2         # bad arguments (argparse's own code too)
+EXIT_UNAVAILABLE = 3   # no node could serve, or none could be reached: nothing was applied
+EXIT_AMBIGUOUS = 4     # a write may or may not have applied
+EXIT_ERROR = 5         # any other operating error (refused request, protocol, internal)
 
 
 def _limit_type(text: str) -> int:
@@ -64,6 +54,9 @@ def _limit_type(text: str) -> int:
             f"--limit must be an integer in [1, {constants.scan_rows_max}], got {text!r}"
         )
     return value
+
+
+_LIMIT_TEXT = f"{constants.command_bytes_max // 1024} KiB ({constants.command_bytes_max} bytes)"
 
 
 def add_kv_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -79,31 +72,27 @@ def add_kv_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     def leaf(name: str, help_text: str, usage: str | None = None) -> argparse.ArgumentParser:
         parser = commands.add_parser(name, help=help_text, description=help_text, usage=usage)
-        parser.add_argument(
-            "--url",
-            required=True,
-            type=_url_type,
-            metavar="HOST:PORT[,HOST:PORT...]",
-            help="client addresses of one or more nodes, tried in order",
-        )
+        add_url_argument(parser)
         parser.add_argument(
             "--hex", action="store_true", help="keys and values are given and printed as hex"
         )
-        parser.add_argument(
-            "--timeout",
-            type=_timeout_type,
-            default=constants.client_timeout_s_default,
-            metavar="SECONDS",
-            help="give up after this long, retries included (default %(default)s)",
-        )
+        add_timeout_argument(parser)
         parser.set_defaults(func=run_kv, kv_parser=parser)
         return parser
 
-    put = leaf("put", "set KEY to VALUE; prints the commit timestamp")
+    put = leaf(
+        "put",
+        "set KEY to VALUE ('-': read it from stdin; or --file PATH); prints the commit "
+        f"timestamp. A key and its value must fit in one command of {_LIMIT_TEXT}",
+        usage="%(prog)s --url HOST:PORT[,...] [--hex] KEY (VALUE | - | --file PATH)",
+    )
     put.add_argument("key", metavar="KEY")
-    put.add_argument("value", metavar="VALUE")
+    put.add_argument("value", metavar="VALUE", nargs="?", default=None)
+    put.add_argument(
+        "--file", metavar="PATH", help="read the value from this file (its bytes as they are)"
+    )
 
-    get = leaf("get", "print the value of KEY (exit 1 if not found)")
+    get = leaf("get", "print the value of KEY ('(not found)' on stderr and exit 1 if it has none)")
     get.add_argument("key", metavar="KEY")
 
     delete = leaf("delete", "delete KEY; prints the commit timestamp")
@@ -172,13 +161,46 @@ def run_kv(args: argparse.Namespace) -> int:
         if parser is not None:
             parser.error(str(exc))  # exits 2 with usage, like any other argument error
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except RaftstoreError as exc:
         message = _one_line(str(exc))
         if exc.ambiguous and "may" not in message:
             message += " (the write may have committed)"
         print(f"error: {message}", file=sys.stderr)
-        return 2
+        if exc.ambiguous or isinstance(exc, AmbiguousCommitError):
+            return EXIT_AMBIGUOUS
+        if isinstance(exc, UnavailableError):
+            return EXIT_UNAVAILABLE
+        return EXIT_ERROR
+
+
+def _read_value(args: argparse.Namespace) -> bytes:
+    """The value of ``put``: VALUE, stdin for ``-`` or the file of ``--file``; at most one
+    command's worth is read (a larger value is refused naming the limit)."""
+    if args.file is not None and args.value is not None:
+        raise _UsageError("give VALUE or --file PATH, not both")
+    if args.file is None and args.value is None:
+        raise _UsageError("put needs KEY VALUE (or KEY - to read the value from stdin, or --file PATH)")
+    if args.file is None and args.value != "-":
+        return _decode_arg(args, "VALUE", args.value)
+    source = "stdin" if args.file is None else args.file
+    limit = constants.command_bytes_max
+    try:
+        if args.file is None:
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(args.file, "rb") as f:
+                data = f.read(limit + 1)
+    except OSError as exc:
+        raise _UsageError(f"cannot read the value from {source}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise _UsageError(
+            f"the value from {source} is larger than one command: a key and its value must "
+            f"fit in {_LIMIT_TEXT}; store a larger value in pieces under several keys"
+        )
+    if args.hex:
+        return _decode_arg(args, "VALUE", data.decode("ascii", "replace").strip())
+    return data
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -190,7 +212,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         key = _decode_arg(args, "KEY", args.key)
     if op == "put":
-        value = _decode_arg(args, "VALUE", args.value)
+        value = _read_value(args)
     elif op == "cas":
         if args.absent and args.expected is not None:
             raise _UsageError("--absent means KEY must have no value: give KEY NEW, not EXPECTED")
@@ -209,14 +231,14 @@ def _run(args: argparse.Namespace) -> int:
         if op == "get":
             found = client.get(key)
             if found is None:
-                print("(not found)")
-                return 1
+                print("(not found)", file=sys.stderr)  # stdout stays empty: no value to mistake
+                return EXIT_NO
             print(_show(args, found))
-            return 0
+            return EXIT_OK
         if op == "cas":
             swapped = client.cas(key, expected, new)
             print("swapped" if swapped else "not swapped")
-            return 0 if swapped else 1
+            return EXIT_OK if swapped else EXIT_NO
         if op == "scan":
             for row_key, row_value in client.scan(start, end, limit=args.limit):
                 print(f"{_show(args, row_key)}\t{_show(args, row_value)}")

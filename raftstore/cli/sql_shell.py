@@ -43,7 +43,7 @@ import time
 from typing import Any, Iterable, Iterator, TextIO
 
 from raftstore import constants, sqlclient
-from raftstore.cli.kv import _timeout_type, _url_type
+from raftstore.cli.client_args import add_timeout_argument, add_url_argument
 
 HISTORY_PATH_DEFAULT = "~/.raftstore_sql_history"
 PROMPT = "raftstore> "
@@ -748,13 +748,7 @@ def _run_submitted(shell: _Shell, text: str, ctrl_c: _CtrlC, app_input: Any) -> 
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--url",
-        required=True,
-        type=_url_type,
-        metavar="HOST:PORT[,HOST:PORT...]",
-        help="client addresses (--sql-addr) of one or more nodes, tried in order",
-    )
+    add_url_argument(parser)
     parser.add_argument(
         "-e",
         "--execute",
@@ -768,13 +762,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         default=HISTORY_PATH_DEFAULT,
         help="the shell's history file (default %(default)s)",
     )
-    parser.add_argument(
-        "--timeout",
-        type=_timeout_type,
-        default=constants.client_timeout_s_default,
-        metavar="SECONDS",
-        help="give up on a statement after this long, retries included (default %(default)s)",
-    )
+    add_timeout_argument(parser, "give up on a statement")
 
 
 def add_sql_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -18,8 +18,9 @@ What the tables can and cannot say, since they are one node's view:
 Output contract: the two tables, exit 0; with ``--json`` the status map as JSON instead (bytes
 as strings with backslash escapes, see `escape_bytes`), exit 0. With ``--check-consistency``,
 exit 1 if any range's check found it inconsistent or incomplete (the ranges table says which
-and why; an inconsistent range is also named on stderr). Any operating error, a bad
-``--url`` or a status map this CLI cannot read: one line ``error: ...`` on stderr, exit 2.
+and why; an inconsistent range is also named on stderr). Any operating error or a status map
+this CLI cannot read: one line ``error: ...`` on stderr, exit 2. A bad ``--url`` is a usage
+error (exit 2) when parsing.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from raftstore import constants
-from raftstore.cli.kv import _timeout_type
+from raftstore.cli.client_args import add_timeout_argument, add_url_argument
 from raftstore.errors import RaftstoreError
 from raftstore.kv import Client
 from raftstore.kvserver.ranges import DATA_START, META_START
@@ -281,23 +282,14 @@ def status_json(status: Any) -> str:
 
 
 def add_status_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``status`` command to `subparsers` (``func=run_status``); returns its parser.
-
-    ``--url`` is checked by `run_status`, not argparse, so a bad one is a single line whatever
-    parser class the caller uses.
-    """
+    """Add the ``status`` command to `subparsers` (``func=run_status``); returns its parser."""
     parser = subparsers.add_parser(
         "status",
         help="show the nodes and ranges as one node sees them",
         description="Ask one node (the first of --url that answers) for its view of the "
         "cluster: members up or down, and the ranges it holds with their leaders.",
     )
-    parser.add_argument(
-        "--url",
-        required=True,
-        metavar="HOST:PORT[,HOST:PORT...]",
-        help="client addresses (--sql-addr) of one or more nodes, tried in order",
-    )
+    add_url_argument(parser)
     parser.add_argument(
         "--json", action="store_true", help="print the raw status map as JSON instead"
     )
@@ -307,13 +299,7 @@ def add_status_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="first run a consistency check of every range (every replica's checksum at one log "
         "index); exit 1 unless every range is consistent",
     )
-    parser.add_argument(
-        "--timeout",
-        type=_timeout_type,
-        default=constants.client_timeout_s_default,
-        metavar="SECONDS",
-        help="give up after this long, retries included (default %(default)s)",
-    )
+    add_timeout_argument(parser)
     parser.set_defaults(func=run_status)
     return parser
 
@@ -324,11 +310,7 @@ def _one_line(text: str) -> str:
 
 def run_status(args: argparse.Namespace) -> int:
     """Fetch and print the status (see module doc); returns the exit code."""
-    try:
-        client = Client(args.url, timeout_s=args.timeout)
-    except (TypeError, ValueError) as exc:
-        print(f"error: --url: {_one_line(str(exc))}", file=sys.stderr)
-        return 2
+    client = Client(args.url, timeout_s=args.timeout)   # --url was checked when parsing
     checked: list[dict] | None = None
     try:
         with client:

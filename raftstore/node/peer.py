@@ -39,11 +39,19 @@ import msgpack
 
 from raftstore import constants
 from raftstore.kvserver.consistency import CHECKSUM_BYTES
-from raftstore.wire import FrameDecoder, FrameError
+from raftstore.wire import FrameDecoder, FrameError, refusal_frame
 
 logger = logging.getLogger(__name__)
 
 MAGIC = b"RSP1"
+# What a stranger (a client pointed at this port, say) gets back before the connection closes:
+# a client-protocol error answering no request, so `raftstore.kv.Client` says so at once.
+# Fixed bytes: nothing the stranger sent is parsed to build it.
+STRANGER_REPLY = refusal_frame(
+    "not_client_port",
+    "this is a raftstore node's peer port, for node-to-node traffic; give the node's client "
+    "address (its --sql-addr) instead",
+)
 _NONCE = 32
 _MAC = 32
 HELLO, RAFT, REJECT, HEARTBEAT, CHECKSUM_REQUEST, CHECKSUM_REPLY, PROPOSE, PROPOSE_REPLY = 0, 1, 2, 3, 4, 5, 6, 7
@@ -113,7 +121,8 @@ class _Conn:
     sock: socket.socket
     addr: str                   # the address we dialed, or the remote address
     dialed: bool
-    state: str                  # connecting, hs_accept (dialer waits), hs_dial, hs_mac (acceptor waits), open
+    state: str                  # connecting, hs_accept (dialer waits), hs_dial, hs_mac (acceptor waits), open,
+                                # refused (a stranger: told so, closing once it hangs up or times out)
     deadline: float
     rbuf: bytearray = field(default_factory=bytearray)
     wbuf: bytearray = field(default_factory=bytearray)
@@ -174,6 +183,7 @@ class PeerNetwork:
         self.last_dial: dict[str, float] = {}
         self.dropped_frames = 0
         self.rejected_handshakes = 0
+        self._strangers: dict[str, tuple[float, int]] = {}  # host -> (last logged, unlogged since)
 
     # --- wake-up from other threads ---------------------------------------------------------
     def wake(self) -> None:
@@ -270,8 +280,9 @@ class PeerNetwork:
         now = time.monotonic()
         for conn in list(self.conns):
             if conn.state != "open" and now > conn.deadline:
-                self._drop(conn, "handshake timed out" if conn.state != "connecting" else "connect timed out",
-                           quiet=conn.state == "connecting")
+                why = {"connecting": "connect timed out", "refused": "stranger did not hang up"}
+                self._drop(conn, why.get(conn.state, "handshake timed out"),
+                           quiet=conn.state in ("connecting", "refused"))
 
     def _accept(self) -> None:
         try:
@@ -310,17 +321,19 @@ class PeerNetwork:
         if conn.state == "open":
             self._frames(conn, data)
             return
+        if conn.state == "refused":
+            return                           # read and dropped until the stranger hangs up
         conn.rbuf += data
         self._handshake(conn)
 
     def _handshake(self, conn: _Conn) -> None:
         if conn.state == "hs_dial":          # acceptor: expect MAGIC + nonce_d
             need = len(MAGIC) + _NONCE
-            if len(conn.rbuf) < need:
+            seen = min(len(conn.rbuf), len(MAGIC))
+            if conn.rbuf[:seen] != MAGIC[:seen]:   # judged on the first bytes: a short request too
+                self._refuse_stranger(conn)
                 return
-            if conn.rbuf[:len(MAGIC)] != MAGIC:
-                self.rejected_handshakes += 1
-                self._drop(conn, "not a raftstore peer (bad handshake magic)")
+            if len(conn.rbuf) < need:
                 return
             conn.nonce_d = bytes(conn.rbuf[len(MAGIC):need])
             del conn.rbuf[:need]
@@ -354,6 +367,38 @@ class PeerNetwork:
                 return
             conn.wbuf += _mac(self.secret, b"D", conn.nonce_d, conn.nonce_a)
             self._open(conn)
+
+    def _refuse_stranger(self, conn: _Conn) -> None:
+        """Something that is not a raftstore peer (most likely a client given this port) opened
+        `conn`: tell it so in the client protocol, stop sending, and close once it hangs up.
+        Logged once per remote host per peer_stranger_log_interval_s, not once per connection:
+        a client retrying in a loop must not flood the log."""
+        self.rejected_handshakes += 1
+        self._log_stranger(conn.addr.rpartition(":")[0])
+        conn.state = "refused"
+        conn.rbuf.clear()
+        conn.deadline = time.monotonic() + constants.peer_handshake_timeout_s
+        conn.wbuf += STRANGER_REPLY
+        self._write(conn)
+        if conn in self.conns and not conn.wbuf:
+            try:
+                conn.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def _log_stranger(self, host: str) -> None:
+        now = time.monotonic()
+        last = self._strangers.get(host)
+        if last is not None and now - last[0] < constants.peer_stranger_log_interval_s:
+            self._strangers[host] = (last[0], last[1] + 1)
+            return
+        if last is None and len(self._strangers) >= constants.peer_stranger_hosts_max:
+            self._strangers.clear()   # bounded: forgetting a host only means it is logged again
+        self._strangers[host] = (now, 0)
+        more = " (and %d more times since the last report)" % last[1] if last and last[1] else ""
+        logger.warning("not a raftstore peer (bad handshake magic) from %s%s: a client given the peer port? "
+                       "told it to use the client port (--sql-addr); logged at most once per %.0f s per host",
+                       host, more, constants.peer_stranger_log_interval_s)
 
     def _open(self, conn: _Conn) -> None:
         conn.state = "open"

@@ -137,7 +137,7 @@ class ClientServer:
         if outcome is Outcome.REJECTED:
             return _error("bad_request", str(result))
         if outcome is Outcome.NOT_COMMITTED:
-            return _error("unavailable", "it did not commit: %s" % result)
+            return _error("unavailable", str(result))   # the hint of UnavailableError says it did not commit
         return _error("ambiguous", "the outcome is unknown (%s); the write may have committed" % result, ambiguous=True)
 
     async def drain(self, timeout_s: float) -> None:
