@@ -519,6 +519,15 @@ def test_the_shell_refreshes_table_and_column_names_after_ddl(sql_server, tmp_pa
     assert server.script.statements == names + ["CREATE TABLE u (x INT PRIMARY KEY)"] + names
 
 
+def test_fetching_column_names_stops_at_an_operating_error(sql_server):
+    server = sql_server({**DESCRIBE_SCRIPT, 'SHOW COLUMNS FROM "t"': sql_err("serialization_failure", "busy")})
+    with sqlclient.connect(server.address) as connection:
+        assert cli_sql.fetch_column_names(connection, ["t", "users"]) == {}
+        assert cli_sql.fetch_column_names(connection, ["nope", "users"]) == {"users": ["id", "name"]}
+    assert server.script.statements == ['SHOW COLUMNS FROM "t"', 'SHOW COLUMNS FROM "nope"',
+                                        'SHOW COLUMNS FROM "users"']
+
+
 def test_the_shells_completer_offers_the_column_names_it_fetched(sql_server):
     from prompt_toolkit.document import Document
 

@@ -16,13 +16,13 @@ Modes (``raftstore sql --url HOST:PORT[,HOST:PORT...]``):
   keywords, table names and column names (refreshed after DDL); ``\\timing`` prints how long
   each statement took; ``\\q``, ``quit``, ``exit`` or Ctrl-D leave; an error is printed and the
   shell goes on.
+  Ctrl-C at the prompt clears the line; Ctrl-C at any moment after Enter cancels what the Enter
+  submitted (`_CtrlC` says how, whatever state the terminal is in when the key arrives).
 
 Meta commands (psql's, in every mode; ``\\?`` lists them): ``\\d`` / ``\\dt`` list the tables
 (``SHOW TABLES``), ``\\d TABLE`` describes one (``SHOW COLUMNS FROM``), ``\\l`` lists the
 databases (``SHOW DATABASES``), ``\\x [on|off]`` switches expanded output (one
 ``-[ RECORD n ]-`` block per row, a ``column | value`` line per column), ``\\timing [on|off]``.
-  Ctrl-C at the prompt clears the line; Ctrl-C at any moment after Enter cancels what the Enter
-  submitted (`_CtrlC` says how, whatever state the terminal is in when the key arrives).
 
 Output: a result with columns is an aligned table in psql's layout (numbers right-aligned,
 NULL shown as ``NULL``, control characters escaped so that every row stays one line) and a
@@ -464,7 +464,8 @@ _TABLE_NAME_RE = re.compile(r'[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+"')
 def fetch_column_names(connection: sqlclient.Connection, tables: list[str]) -> dict[str, list[str]]:
     """Column names of the first `repl_completion_tables_max` of `tables` (``SHOW COLUMNS FROM``
     each; hidden columns too, as they can be selected). A table that fails (dropped meanwhile,
-    or a server without SHOW COLUMNS) is left out."""
+    or a server without SHOW COLUMNS) is left out; an operating error (no node answers) ends
+    the fetch with what it has, rather than waiting out the timeout once per table."""
     columns: dict[str, list[str]] = {}
     cursor = connection.cursor()
     try:
@@ -472,6 +473,8 @@ def fetch_column_names(connection: sqlclient.Connection, tables: list[str]) -> d
             quoted = '"' + table.replace('"', '""') + '"'
             try:
                 cursor.execute(f"SHOW COLUMNS FROM {quoted}")
+            except sqlclient.OperationalError:
+                break
             except sqlclient.Error:
                 continue
             if cursor.description is not None:
