@@ -80,6 +80,7 @@ client_backoff_s_min = 0.05                 # kv.Client: first retry delay (befo
 client_backoff_s_max = 1.0                  # kv.Client: the delay doubles up to this cap
 drain_timeout_s = 15.0
 repl_typeahead_reads_max = 16              # raftstore sql: reads (1 KiB each) of keys typed after Enter
+repl_completion_tables_max = 100           # raftstore sql: tables whose columns Tab completes (one SHOW each)
 
 # --- SQL statements (sql/gateway.py) -------------------------------------------------------------
 # A statement that met a write conflict before any of its writes applied (SQLSTATE 40001) is run

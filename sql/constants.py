@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from raftstore.keyspace import SQL_ROW_PREFIX
+
 # Keyspace layout (see sql/DESIGN.md). Meta keys sort before every table row key.
 CATALOG_KEY_PREFIX = b"\x01c"  # + table name (UTF-8) -> msgpack schema
 TABLE_ID_COUNTER_KEY = b"\x01i"  # 8-byte big-endian last allocated table id
-ROW_KEY_PREFIX = b"t"  # + encode_key((table_id, *pk)) -> msgpack row
+ROW_KEY_PREFIX = SQL_ROW_PREFIX  # b"t" + encode_key((table_id, *pk)) -> msgpack row
 
 TABLE_ID_CAS_RETRY_COUNT_MAX = 100  # contention on the id counter before giving up
 ROW_CAS_RETRY_COUNT_MAX = 20  # per-row optimistic retries of UPDATE / ON CONFLICT / UPSERT

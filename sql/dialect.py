@@ -12,6 +12,8 @@ What it adds to sqlglot's PostgreSQL dialect:
 * ``UPSERT INTO ...``                       -> `Upsert` wrapping an ``exp.Insert``
 * ``SHOW TABLES | SHOW REGIONS``             -> `ShowTables`, `ShowRegions`
 * ``SHOW RANGES [FROM TABLE t]``             -> `ShowRanges`
+* ``SHOW COLUMNS FROM t | SHOW CREATE [TABLE] t | SHOW DATABASES``
+                                             -> `ShowColumns`, `ShowCreate`, `ShowDatabases`
 * ``EXPLAIN <statement>``                    -> `Explain`
 * ``... FROM <from list> AS OF SYSTEM TIME e`` -> the SELECT's ``as_of`` argument. Accepted
   after the whole FROM list, as CockroachDB writes it (after aliases and joins too).
@@ -76,6 +78,25 @@ class ShowRanges(exp.Expression):
     arg_types = {"this": False}
 
 
+class ShowColumns(exp.Expression):
+    """``SHOW COLUMNS FROM t`` (``this``: exp.Table)."""
+
+    arg_types = {"this": True}
+
+
+class ShowCreate(exp.Expression):
+    """``SHOW CREATE [TABLE] t`` (``this``: exp.Table)."""
+
+    arg_types = {"this": True}
+
+
+class ShowDatabases(exp.Expression):
+    arg_types = {}
+
+
+SHOW_NODES = (ShowTables, ShowRegions, ShowRanges, ShowColumns, ShowCreate, ShowDatabases)
+
+
 class Explain(exp.Expression):
     arg_types = {"this": True}
 
@@ -97,6 +118,12 @@ class RaftstoreParser(PostgresParser):
         TokenType.ALIAS: lambda self: ("as_of", self._parse_as_of_system_time()),
     }
     QUERY_MODIFIER_TOKENS = PostgresParser.QUERY_MODIFIER_TOKENS
+    # now() and current_timestamp are one function, but PostgreSQL heads the result column with
+    # the name that was written: "now" for now(), "current_timestamp" otherwise.
+    FUNCTIONS = {
+        **PostgresParser.FUNCTIONS,
+        "NOW": lambda args: _meta(exp.CurrentTimestamp.from_arg_list(args), output_name="now"),
+    }
 
     def _parse_as_of_system_time(self) -> exp.Expr | None:
         if not self._match_text_seq(*_AS_OF):
@@ -182,12 +209,27 @@ class RaftstoreParser(PostgresParser):
                     )
                 table = self._parse_table_parts()
             return self.expression(ShowRanges(this=table))
+        if self._match_text_seq("DATABASES"):
+            return self.expression(ShowDatabases())
+        if self._match_text_seq("COLUMNS"):
+            if not self._match_set((TokenType.FROM, TokenType.IN)):
+                self.raise_error("Expected FROM and a table name after SHOW COLUMNS")
+            return self.expression(ShowColumns(this=self._parse_show_table()))
+        if self._match_text_seq("CREATE"):
+            self._match_text_seq("TABLE")
+            return self.expression(ShowCreate(this=self._parse_show_table()))
         what = self._curr.text if self._curr else ""
         raise _unsupported_at(
             f"SHOW {what}".strip(),
             self._curr.start if self._curr else show.start,
-            "supported: SHOW TABLES, SHOW RANGES [FROM TABLE t], SHOW REGIONS",
+            "supported: SHOW TABLES, SHOW COLUMNS FROM t, SHOW CREATE TABLE t, SHOW DATABASES, "
+            "SHOW RANGES [FROM TABLE t], SHOW REGIONS",
         )
+
+    def _parse_show_table(self) -> exp.Expr:
+        if self._curr is None:
+            self.raise_error("Expected a table name")
+        return self._parse_table_parts()
 
     def _warn_unsupported(self) -> None:
         return None  # commands are rejected with a precise SQLError instead
@@ -234,6 +276,9 @@ KIND_BY_NODE = {
     ShowTables: "show_tables",
     ShowRanges: "show_ranges",
     ShowRegions: "show_regions",
+    ShowColumns: "show_columns",
+    ShowCreate: "show_create",
+    ShowDatabases: "show_databases",
     Explain: "explain",
 }
 
@@ -445,7 +490,7 @@ _ALLOWED_ARGS: dict[type, frozenset[str]] = {
 _ALLOWED_NODES: frozenset[type] = frozenset(
     {
         *_ALLOWED_ARGS,
-        ShowTables, ShowRanges, ShowRegions, Explain, Upsert,
+        *SHOW_NODES, Explain, Upsert,
         exp.Where, exp.Having, exp.Identifier, exp.Star, exp.Alias, exp.Tuple, exp.Var,
         exp.Literal, exp.Boolean, exp.Null, exp.Parameter, exp.Paren,
         exp.Neg, exp.Not, exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod, exp.DPipe,
@@ -522,7 +567,7 @@ def _check_supported(tree: exp.Expr, sql: str, tokens: list[Token]) -> None:
     root = tree
     if isinstance(tree, Explain):
         inner = tree.this
-        if isinstance(inner, (Explain, ShowTables, ShowRanges, ShowRegions)):
+        if isinstance(inner, (Explain, *SHOW_NODES)):
             name = "EXPLAIN of EXPLAIN" if isinstance(inner, Explain) else "EXPLAIN of SHOW"
             raise _unsupported_at(name, stmt_start, None, sql)
         root = inner
@@ -691,6 +736,11 @@ def _keyword_position(
     return best if best is not None else floor
 
 
+def _meta(node: exp.Expr, **values: object) -> exp.Expr:
+    node.meta.update(values)
+    return node
+
+
 def _unsupported_at(
     name: str, position: int | None, hint: str | None = None, sql: str | None = None
 ) -> SQLError:
@@ -698,6 +748,19 @@ def _unsupported_at(
     if hint:
         message += f"; {hint}"
     return SQLError("unsupported", message, position, sql)
+
+
+_PLAIN_IDENTIFIER_RE = re.compile(r"[a-z_][a-z0-9_$]*")
+
+
+def quote_identifier(name: str) -> str:
+    """`name` as SQL text that `identifier_name` reads back as `name`: bare when it is a plain
+    lower-case word that is not a keyword, else double-quoted (``"`` doubled inside)."""
+    if _PLAIN_IDENTIFIER_RE.fullmatch(name):
+        tokens = DIALECT.tokenizer_class(dialect=DIALECT).tokenize(name)
+        if len(tokens) == 1 and tokens[0].token_type == TokenType.VAR:
+            return name
+    return '"' + name.replace('"', '""') + '"'
 
 
 def identifier_name(node: exp.Expr | str | None) -> str:

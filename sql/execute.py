@@ -61,6 +61,7 @@ from sql.errors import SQLError
 from sql.explain import explain_ops, pretty_key
 from sql.expr import UNBOUND, EvalContext, accumulate, aggregate_result, new_accumulator
 from sql.schema_leases import SchemaLeases
+from sql.show import show_columns, show_create, show_databases
 from sql.plan import (
     AccessPath,
     CreateTablePlan,
@@ -184,6 +185,11 @@ class Session:
             return self._show_regions()
         if kind == "show_ranges":
             return self._show_ranges(statement)
+        if kind == "show_databases":
+            return _show_result(show_databases())
+        if kind in ("show_columns", "show_create"):
+            schema = self._named_table(statement)
+            return _show_result(show_columns(schema) if kind == "show_columns" else show_create(schema))
         plan = self._plan(statement)
         try:
             return self._run(plan, ctx, statement)
@@ -667,20 +673,25 @@ class Session:
         return Result(["region", "node_id", "up"], ["TEXT", "INT", "BOOL"], rows, len(rows),
                       f"SHOW {len(rows)}")
 
-    def _show_ranges(self, statement: Statement) -> Result:
+    def _named_table(self, statement: Statement) -> TableSchema:
+        """The schema of the table a SHOW statement names, read from the catalog now."""
         table = statement.ast.this
+        name = identifier_name(table)
+        schema = read_table(self.kv, name)
+        if schema is None:
+            raise SQLError(
+                "undefined_table",
+                f'relation "{name}" does not exist; SHOW TABLES (\\dt in the shell) lists the tables',
+                node_position(table), statement.text,
+            )
+        return schema
+
+    def _show_ranges(self, statement: Statement) -> Result:
         names = self._table_names()
-        if table is None:
+        if statement.ast.this is None:
             ranges = self.kv.ranges_for(b"", None)
         else:
-            name = identifier_name(table)
-            schema = read_table(self.kv, name)
-            if schema is None:
-                raise SQLError(
-                    "undefined_table", f'relation "{name}" does not exist',
-                    node_position(table), statement.text,
-                )
-            start, end = table_span(schema.id)
+            start, end = table_span(self._named_table(statement).id)
             ranges = self.kv.ranges_for(start, end)
         rows = []
         for info in ranges:
@@ -688,8 +699,8 @@ class Session:
             replicas = info.get("replicas") or []
             rows.append([
                 info["range_id"],
-                pretty_key(info["start"], names, empty="/Min"),
-                pretty_key(info["end"], names, empty="/Max"),
+                pretty_key(info["start"], names),
+                pretty_key(info["end"], names, is_end=True),
                 None if leader is None else leader["node_id"],
                 None if leader is None else leader["region"],
                 ", ".join(f"n{r['node_id']}" for r in replicas),
@@ -710,10 +721,13 @@ class Session:
         schemas: dict[str, TableSchema | None] = dict(plan.tables)
         if isinstance(inner, DropTablePlan):
             schemas = {name: read_table(self.kv, name) for name in inner.names}
+        # A cell that does not apply to a step (no table, no range) is empty text, not NULL:
+        # EXPLAIN is read by people, so range_id is text too.
         rows = []
         for step, op in enumerate(explain_ops(inner, ctx, schemas), start=1):
+            table = op.table or ""
             if op.start is None:
-                rows.append([step, op.kind, op.table, op.span, None, None, None, op.detail])
+                rows.append([step, op.kind, table, op.span, "", "", "", op.detail])
                 continue
             end = op.end if op.end is not None else op.start + b"\x00"
             for info in self.kv.ranges_for(op.start, end):
@@ -723,16 +737,21 @@ class Session:
                 replicas = ", ".join(
                     f"n{r['node_id']} ({r['region']})" for r in info.get("replicas") or []
                 )
-                rows.append([step, op.kind, op.table, op.span, info["range_id"], served,
+                rows.append([step, op.kind, table, op.span, str(info["range_id"]), served,
                              replicas, op.detail])
         return Result(
             ["step", "operation", "table", "span", "range_id", "served_by", "replicas", "detail"],
-            ["INT", "TEXT", "TEXT", "TEXT", "INT", "TEXT", "TEXT", "TEXT"],
+            ["INT", "TEXT", "TEXT", "TEXT", "TEXT", "TEXT", "TEXT", "TEXT"],
             rows, len(rows), "EXPLAIN",
         )
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+def _show_result(answer: tuple[list[str], list[str], list[list]]) -> Result:
+    columns, types, rows = answer
+    return Result(columns, types, rows, len(rows), f"SHOW {len(rows)}")
 
 
 def _limit_value(compiled, ctx: EvalContext, what: str) -> int | None:

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from raftstore.keys import decode_key
-from sql import types as T
+from raftstore.keyspace import render_key
 from sql.catalog import TableSchema, catalog_key, table_span
-from sql.constants import CATALOG_KEY_PREFIX, ROW_KEY_PREFIX, TABLE_ID_COUNTER_KEY
+from sql.constants import CATALOG_KEY_PREFIX, TABLE_ID_COUNTER_KEY
 from sql.errors import SQLError
 from sql.expr import UNBOUND, EvalContext
 from sql.plan import (
@@ -183,23 +182,12 @@ def _insert_ops(plan: InsertPlan, ctx: EvalContext) -> list[Op]:
     return ops
 
 
-def pretty_key(key: bytes | None, names: dict[int, str], empty: str = "/Min") -> str:
-    """A human form of a store key: /meta/catalog/<table>, /meta/table_id, /<table>/<pk>...;
-    anything else as /raw/<hex>. `names` maps table ids to names."""
-    if key is None or key == b"":
-        return empty
-    if key == TABLE_ID_COUNTER_KEY:
+def pretty_key(key: bytes | None, names: dict[int, str], *, is_end: bool = False) -> str:
+    """A human form of a store key: /meta/catalog/<table>, /meta/table_id, and otherwise as
+    `raftstore status` shows it (raftstore.keyspace.render_key: /<table>/<pk>..., -inf, +inf,
+    a raw KV key as itself). `names` maps table ids to names."""
+    if key is not None and key == TABLE_ID_COUNTER_KEY:
         return "/meta/table_id"
-    if key.startswith(CATALOG_KEY_PREFIX):
+    if key is not None and key.startswith(CATALOG_KEY_PREFIX):
         return "/meta/catalog/" + key[len(CATALOG_KEY_PREFIX):].decode("utf-8", "replace")
-    if key == ROW_KEY_PREFIX:
-        return "/t"
-    if key.startswith(ROW_KEY_PREFIX):
-        try:
-            values = decode_key(key[len(ROW_KEY_PREFIX):])
-        except ValueError:
-            values = None
-        if values and isinstance(values[0], int) and not isinstance(values[0], bool):
-            table = names.get(values[0], f"table{values[0]}")
-            return "/" + "/".join([table, *(T.format_text(v, "") for v in values[1:])])
-    return "/raw/" + key.hex()
+    return render_key(key, is_end=is_end, table_names=names)

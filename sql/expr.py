@@ -914,14 +914,16 @@ class Compiler:
         return result
 
     def _current_timestamp(self, node: exp.Expr) -> Compiled:
-        return Compiled(lambda row, ctx: ctx.now, T.TIMESTAMP, True, "now")
+        # Headed as written, as PostgreSQL does: "now" for now(), else "current_timestamp".
+        name = node.meta.get("output_name", "current_timestamp")
+        return Compiled(lambda row, ctx: ctx.now, T.TIMESTAMP, True, name)
 
     def _anonymous(self, node: exp.Anonymous) -> Compiled:
         name = str(node.this).lower()
         if node.expressions:
             raise SQLError("syntax", f"{name}() takes no arguments", node_position(node))
         if name == "now":
-            return self._current_timestamp(node)
+            return Compiled(self._current_timestamp(node).fn, T.TIMESTAMP, True, "now")
         if name == "unique_rowid":
             return Compiled(lambda row, ctx: ctx.new_rowid(), T.INT, True, "unique_rowid")
         raise SQLError("unsupported", f"not supported: function {name}()", node_position(node))

@@ -42,6 +42,20 @@ SCRIPT = {
     "SELECT a FORM t": sql_err("syntax", 'syntax error at or near "FORM"', 9),
     "SELECT nope FROM t": sql_err("undefined_column", 'column "nope" does not exist', 7),
 }
+USERS_COLUMNS = result(
+    ["column_name", "data_type", "is_nullable", "column_default", "primary_key", "is_hidden"],
+    ["TEXT", "TEXT", "BOOL", "TEXT", "BOOL", "BOOL"],
+    [["id", "INT", False, "", True, False], ["name", "TEXT", True, "'x'", False, False]],
+)
+DESCRIBE_SCRIPT = {
+    **SCRIPT,
+    "SHOW COLUMNS FROM users": USERS_COLUMNS,
+    'SHOW COLUMNS FROM "users"': USERS_COLUMNS,
+    'SHOW COLUMNS FROM "t"': result(["column_name"], ["TEXT"], [["a"], ["b"]]),
+    "SHOW COLUMNS FROM nope": sql_err(
+        "undefined_table", 'relation "nope" does not exist; SHOW TABLES (\\dt in the shell) lists the tables', 18),
+    "SHOW DATABASES": result(["database_name"], ["TEXT"], [["defaultdb"]]),
+}
 
 
 # --- splitting input ---------------------------------------------------------------------------
@@ -187,6 +201,110 @@ def test_error_messages_stay_on_one_line():
 )
 def test_completion_offers_tables_after_from_and_keywords_elsewhere(before, expected):
     assert completions_for(before, ["t", "users"]) == expected
+
+
+@pytest.mark.parametrize(
+    "before, expected",
+    [
+        ("SELECT na", ["name"]),
+        ("SELECT id, n", ["name", "not", "nothing", "null", "nulls"]),
+        ("SELECT * FROM users WHERE a", ["age", "all", "and", "as", "asc", "avg"]),
+        ("SELECT * FROM u", ["users"]),               # after FROM: tables only
+        ("SELECT users.", ["id", "name", "age"]),      # after table.: that table's columns
+        ("SELECT users.a", ["age"]),
+        ("SELECT t.", ["a"]),
+    ],
+)
+def test_completion_offers_column_names_of_the_tables(before, expected):
+    columns = {"t": ["a"], "users": ["id", "name", "age"]}
+    assert completions_for(before, ["t", "users"], columns) == expected
+
+
+# --- meta commands -----------------------------------------------------------------------------
+
+
+def test_expanded_output_is_one_record_block_per_row_as_psql_prints_it():
+    assert cli_sql.format_expanded(["id", "name"], [[1, "ann"], [22, None]]) == [
+        "-[ RECORD 1 ]",
+        "id   | 1",
+        "name | ann",
+        "-[ RECORD 2 ]",
+        "id   | 22",
+        "name | NULL",
+    ]
+    assert cli_sql.format_expanded(["a_long_column_name", "b"], [["x" * 12, 1]]) == [
+        "-[ RECORD 1 ]------+-------------",
+        "a_long_column_name | xxxxxxxxxxxx",
+        "b                  | 1",
+    ]
+    assert cli_sql.format_expanded(["a"], []) == ["(0 rows)"]
+
+
+def run_items(server_address: str, text: str) -> tuple[int, str, str]:
+    out, errors = io.StringIO(), io.StringIO()
+    with sqlclient.connect(server_address) as connection:
+        code = cli_sql.run_statements(connection, [text], out, err=errors)
+    return code, out.getvalue(), errors.getvalue()
+
+
+def test_d_describes_a_table_and_dt_d_l_list_tables_and_databases(sql_server):
+    server = sql_server(DESCRIBE_SCRIPT)
+    code, out, errors = run_items(server.address, "\\d users\n\\d\n\\dt\n\\l\n")
+    assert (code, errors) == (0, "")
+    assert server.script.statements == [
+        "SHOW COLUMNS FROM users", "SHOW TABLES", "SHOW TABLES", "SHOW DATABASES"]
+    lines = out.splitlines()
+    assert lines[:4] == [
+        " column_name | data_type | is_nullable | column_default | primary_key | is_hidden",
+        "-------------+-----------+-------------+----------------+-------------+-----------",
+        " id          | INT       | false       |                | true        | false",
+        " name        | TEXT      | true        | 'x'            | false       | false",
+    ]
+    assert " defaultdb" in lines
+
+
+def test_d_of_an_unknown_table_names_it_and_says_how_to_list_tables(sql_server):
+    server = sql_server(DESCRIBE_SCRIPT)
+    code, _, errors = run_items(server.address, "\\d nope\n")
+    assert code == 1
+    assert errors.splitlines()[0] == (
+        'ERROR: relation "nope" does not exist; SHOW TABLES (\\dt in the shell) lists the tables')
+
+
+@pytest.mark.parametrize("argument", ["users; DROP TABLE t", "a b", '"unterminated'])
+def test_d_refuses_what_is_not_one_table_name_without_sending_it(sql_server, argument):
+    server = sql_server(DESCRIBE_SCRIPT)
+    code, _, errors = run_items(server.address, f"\\d {argument}\n")
+    assert code == 1 and server.script.statements == []
+    assert errors == f"ERROR: \\d takes one table name, got {argument}; \\dt lists the tables\n"
+
+
+def test_x_switches_expanded_output_on_and_off(sql_server):
+    server = sql_server(DESCRIBE_SCRIPT)
+    code, out, errors = run_items(
+        server.address, "\\x\nSELECT a, b FROM t;\n\\x off\nSELECT a, b FROM t;\n\\x on\n")
+    assert (code, errors) == (0, "")
+    lines = out.splitlines()
+    assert lines[:8] == ["Expanded display is on.", "-[ RECORD 1 ]", "a | 1", "b | one",
+                         "-[ RECORD 2 ]", "a | 22", "b | NULL", ""]
+    assert lines[8:9] == ["Expanded display is off."] and lines[9:14] == T_TABLE
+    assert lines[-1] == "Expanded display is on."
+
+
+@pytest.mark.parametrize("typed", ["\\foo", "\\d users extra", "\\x maybe", "\\dt\tx"])
+def test_an_unknown_command_is_printed_as_typed(sql_server, typed):
+    server = sql_server(DESCRIBE_SCRIPT)
+    code, _, errors = run_items(server.address, typed + "\n")
+    shown = typed.replace("\t", "\\t")
+    if typed.startswith("\\d users"):
+        assert errors.startswith("ERROR: \\d takes one table name, got users extra;")
+    else:
+        assert (code, errors) == (1, f"ERROR: unknown command {shown}; type \\? for help\n")
+
+
+def test_help_lists_the_meta_commands():
+    for command in ("\\d TABLE", "\\dt", "\\l", "\\x [on|off]", "\\timing [on|off]"):
+        assert command in cli_sql.HELP_TEXT
 
 
 # --- -e and stdin modes ------------------------------------------------------------------------
@@ -404,18 +522,37 @@ def test_a_ctrl_c_read_along_with_the_enter_cancels_the_statement_before_it_is_s
         "ERROR: canceled",
         "ERROR: canceled; the statement was not sent",
     ]
-    assert server.script.statements == ["SHOW TABLES", "SELECT a, b FROM t"]
+    assert [s for s in server.script.statements if not s.startswith("SHOW")] == ["SELECT a, b FROM t"]
     assert out.splitlines()[1:6] == T_TABLE
 
 
-def test_the_shell_refreshes_table_names_after_ddl(sql_server, tmp_path):
-    server = sql_server(SCRIPT)
+def test_the_shell_refreshes_table_and_column_names_after_ddl(sql_server, tmp_path):
+    server = sql_server(DESCRIBE_SCRIPT)
     run_repl_with_keys(server.address, "CREATE TABLE u (x INT PRIMARY KEY);\r\\q\r", tmp_path)
-    assert server.script.statements == [
-        "SHOW TABLES",
-        "CREATE TABLE u (x INT PRIMARY KEY)",
-        "SHOW TABLES",
-    ]
+    names = ["SHOW TABLES", 'SHOW COLUMNS FROM "t"', 'SHOW COLUMNS FROM "users"']
+    assert server.script.statements == names + ["CREATE TABLE u (x INT PRIMARY KEY)"] + names
+
+
+def test_fetching_column_names_stops_at_an_operating_error(sql_server):
+    server = sql_server({**DESCRIBE_SCRIPT, 'SHOW COLUMNS FROM "t"': sql_err("serialization_failure", "busy")})
+    with sqlclient.connect(server.address) as connection:
+        assert cli_sql.fetch_column_names(connection, ["t", "users"]) == {}
+        assert cli_sql.fetch_column_names(connection, ["nope", "users"]) == {"users": ["id", "name"]}
+    assert server.script.statements == ['SHOW COLUMNS FROM "t"', 'SHOW COLUMNS FROM "nope"',
+                                        'SHOW COLUMNS FROM "users"']
+
+
+def test_the_shells_completer_offers_the_column_names_it_fetched(sql_server):
+    from prompt_toolkit.document import Document
+
+    server = sql_server(DESCRIBE_SCRIPT)
+    with sqlclient.connect(server.address) as connection:
+        shell = cli_sql._Shell(connection, io.StringIO(), io.StringIO(), interactive=True)
+        shell.refresh_tables()
+    assert shell.columns == {"t": ["a", "b"], "users": ["id", "name"]}
+    completer = cli_sql._make_completer(shell)
+    offered = completer.get_completions(Document("SELECT nam"), None)
+    assert [(c.text, c.start_position) for c in offered] == [("name", -3)]
 
 
 def test_the_shell_exits_1_when_no_node_answers(sql_server, tmp_path):

@@ -108,9 +108,10 @@ def test_escaped_bytes_are_unambiguous():
 
 
 def test_the_raw_prefix_and_data_start_match_the_storage_layer():
+    from raftstore import keyspace
     from raftstore.kvserver import ranges, replica
 
-    assert cli_status.RAW_PREFIX == replica.RAW_PREFIX
+    assert keyspace.RAW_PREFIX == replica.RAW_PREFIX
     assert render_span(ranges.DATA_START, None) == "[-inf, +inf)"
 
 

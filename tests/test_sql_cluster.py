@@ -67,6 +67,44 @@ def test_a_person_uses_raftstore_sql_through_a_terminal(cluster, tmp_path):
 
 
 @pytest.mark.slow
+def test_d_users_in_the_shell_describes_the_table_through_a_terminal(cluster, tmp_path, monkeypatch):
+    import test_repl_pty
+
+    # A busy machine: the shell's start (python, SHOW TABLES, SHOW COLUMNS of each table) may be slow.
+    monkeypatch.setattr(test_repl_pty, "WAIT_S", 90.0)
+    cur = raftstore.connect(cluster.nodes[0].sql_addr).cursor()
+    cur.execute("CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name TEXT NOT NULL DEFAULT 'anon', age INT)")
+    cur.execute("SHOW RANGES")
+    keys = [(row[1], row[2]) for row in cur.fetchall()]
+    assert keys[0] == ("meta", "-inf") and keys[1][0] == "-inf", keys   # as raftstore status shows them
+    env = {**os.environ, "TERM": "xterm-256color", "PROMPT_TOOLKIT_NO_CPR": "1", "HOME": str(tmp_path),
+           "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    term = Terminal([sys.executable, "-m", "raftstore.cli", "sql", "--url", cluster.nodes[1].sql_addr,
+                     "--history", str(tmp_path / "history")], env)
+    try:
+        term.expect(r"raftstore>")
+        term.type("\\d users\r")
+        term.expect(r"^ column_name \| data_type \| is_nullable \| column_default \| primary_key \| is_hidden\n"
+                    r"-+(\+-+){5}\n"
+                    r" id +\| INT +\| false +\| +\| true +\| false\n"
+                    r" name +\| TEXT +\| false +\| 'anon' +\| false +\| false\n"
+                    r" age +\| INT +\| true +\| +\| false +\| false\n"
+                    r"\(3 rows\)\n")
+        term.expect(r"raftstore>")
+        term.type("\\d nope\r")
+        term.expect(r'ERROR: relation "nope" does not exist; SHOW TABLES \(\\dt in the shell\) lists the tables')
+        term.expect(r"raftstore>")
+        term.type("SELECT ag\t")        # Tab completes the column name
+        term.expect(r"age")
+        term.type(" FROM users;\r")
+        term.expect(r"^ age\n-----\n\(0 rows\)\n")
+        term.type("\\q\r")
+        assert term.wait_exit() == 0
+    finally:
+        term.kill()
+
+
+@pytest.mark.slow
 def test_demo_runs_a_statement_from_a_fresh_data_directory_and_stops_its_nodes(tmp_path):
     data = tmp_path / "demo"
     run = subprocess.run([sys.executable, "-m", "raftstore.cli", "demo", "--data-dir", str(data),

@@ -659,7 +659,7 @@ def test_explain_shows_point_get_span_scan_and_full_scan(orders) -> None:
     def ops(sql, params=None):
         result = orders.execute("EXPLAIN " + sql, params)
         assert result.columns[:4] == ["step", "operation", "table", "span"]
-        return [(r[1], r[3], r[4], r[5]) for r in result.rows if r[4] is not None]
+        return [(r[1], r[3], int(r[4]), r[5]) for r in result.rows if r[4]]
 
     assert ops("SELECT * FROM orders WHERE cust = 1 AND seq = 2") == [
         ("point get", "/orders/1/2", 2, "n2 (us-west1)")
@@ -688,8 +688,8 @@ def test_explain_lists_every_range_a_span_touches() -> None:
     db = Session(kv)
     db.execute("CREATE TABLE s (id INT PRIMARY KEY)")
     result = db.execute("EXPLAIN SELECT * FROM s")
-    assert [r[4] for r in result.rows if r[4] is not None] == [2, 3]
-    assert {r[5] for r in result.rows if r[4] is not None} == {"n2 (us-west1)", "n3 (europe-west1)"}
+    assert [r[4] for r in result.rows if r[4]] == ["2", "3"]
+    assert {r[5] for r in result.rows if r[4]} == {"n2 (us-west1)", "n3 (europe-west1)"}
 
 
 def test_show_tables_ranges_regions(users, kv) -> None:
@@ -700,7 +700,7 @@ def test_show_tables_ranges_regions(users, kv) -> None:
     ranges = users.execute("SHOW RANGES")
     assert ranges.columns[:3] == ["range_id", "start_key", "end_key"]
     assert [(r[0], r[1], r[2], r[3], r[4]) for r in ranges.rows] == [
-        (1, "/Min", "/t", 1, "us-east1"), (2, "/t", "/Max", 2, "us-west1"),
+        (1, "-inf", "/t", 1, "us-east1"), (2, "/t", "+inf", 2, "us-west1"),
     ]
     assert "n3=europe-west1" in ranges.rows[0][6]
     assert [r[0] for r in users.execute("SHOW RANGES FROM TABLE users").rows] == [2]
@@ -710,6 +710,78 @@ def test_show_tables_ranges_regions(users, kv) -> None:
     assert regions.rows == [
         ["us-east1", 1, True], ["us-west1", 2, True], ["europe-west1", 3, False],
     ]
+
+
+def test_show_columns_describes_type_nullability_default_and_key(users) -> None:
+    result = users.execute("SHOW COLUMNS FROM users")
+    assert result.columns == ["column_name", "data_type", "is_nullable", "column_default",
+                              "primary_key", "is_hidden"]
+    assert result.rows == [
+        ["id", "INT", False, "", True, False],
+        ["name", "TEXT", False, "", False, False],
+        ["age", "INT", True, "", False, False],
+        ["score", "FLOAT", True, "1.5", False, False],
+        ["active", "BOOL", True, "TRUE", False, False],
+    ]
+    users.execute("CREATE TABLE notes (body TEXT)")
+    assert users.execute("SHOW COLUMNS FROM notes").rows[-1] == [
+        "rowid", "INT", False, "unique_rowid()", True, True]
+
+
+@pytest.mark.parametrize("table, ddl", [
+    ("t", "CREATE TABLE t (id INT PRIMARY KEY, name TEXT NOT NULL, score FLOAT DEFAULT 1.5, "
+          "at TIMESTAMP DEFAULT now(), b BYTES)"),
+    ('"Odd Name"', 'CREATE TABLE "Odd Name" ("select" INT, "Mixed" TEXT DEFAULT \'a\'\'b\', '
+                   'k BOOL, PRIMARY KEY (k, "select"))'),
+    ("nokey", "CREATE TABLE nokey (a INT, b TEXT NOT NULL)"),
+])
+def test_show_create_table_makes_the_same_table_again(db, table, ddl) -> None:
+    db.execute(ddl)
+    ((name, create),) = db.execute(f"SHOW CREATE TABLE {table}").rows
+    before = db.execute(f"SHOW COLUMNS FROM {table}").rows
+    db.execute(f"DROP TABLE {table}")
+    db.execute(create)
+    assert db.execute(f"SHOW COLUMNS FROM {table}").rows == before
+    assert db.execute(f"SHOW CREATE {table}").rows == [[name, create]]
+
+
+def test_show_databases_answers_the_one_database(db) -> None:
+    result = db.execute("SHOW DATABASES")
+    assert (result.columns, result.rows) == (["database_name"], [["defaultdb"]])
+
+
+@pytest.mark.parametrize("sql", ["SHOW COLUMNS FROM nope", "SHOW CREATE TABLE nope",
+                                 "SHOW RANGES FROM TABLE nope"])
+def test_show_of_an_unknown_table_names_it_and_says_how_to_list_tables(db, sql) -> None:
+    caught = error(db, sql)
+    assert caught.code == "undefined_table"
+    assert '"nope" does not exist' in caught.message and "SHOW TABLES" in caught.message
+
+
+def test_show_ranges_shows_keys_as_raftstore_status_does() -> None:
+    from raftstore.cli.status import render_span
+
+    inside = ROW_KEY_PREFIX + encode_key((1, 50))  # a split inside table 1's rows
+    db = Session(MemKV(split_keys=(b"t", inside)))
+    db.execute("CREATE TABLE users (id INT PRIMARY KEY)")
+    rows = db.execute("SHOW RANGES").rows
+    assert [(r[1], r[2]) for r in rows] == [("-inf", "/t"), ("/t", "/users/50"), ("/users/50", "+inf")]
+    assert render_span(b"t", inside) == "[/t, /table1/50)"   # status has no table names
+    assert db.execute("EXPLAIN SELECT * FROM users WHERE id = 9").rows[0][3] == "/users/9"
+
+
+def test_explain_leaves_cells_that_do_not_apply_empty(users) -> None:
+    result = users.execute("EXPLAIN SELECT count(*) FROM users WHERE id = 1")
+    evaluate = [r for r in result.rows if r[1] == "evaluate"]
+    assert evaluate and all(r[2] == r[4] == r[5] == r[6] == "" for r in evaluate)
+    assert all(value is not None for r in result.rows for value in r)
+    assert result.types[4] == "TEXT" and result.rows[0][4] == "2"
+
+
+def test_current_timestamp_and_now_are_headed_as_written(db) -> None:
+    result = db.execute("SELECT current_timestamp, now(), CURRENT_TIMESTAMP(), NOW() AS t")
+    assert result.columns == ["current_timestamp", "now", "current_timestamp", "t"]
+    assert result.rows == [[NOW] * 4]
 
 
 def test_result_shape_for_writes_and_ddl(db) -> None:
@@ -839,11 +911,11 @@ def test_order_by_primary_key_streams_without_sorting(db, kv) -> None:
 
 def test_explain_without_parameters_shows_the_table_span(orders, kv) -> None:
     result = orders.execute("EXPLAIN SELECT * FROM orders WHERE cust = $1 AND seq = $2")
-    (row,) = [r for r in result.rows if r[4] is not None]
+    (row,) = [r for r in result.rows if r[4]]
     assert row[1] == "point get" and "depend on parameters" in row[7]
     kv.kv.mark_down(2)
     result = orders.execute("EXPLAIN SELECT * FROM orders WHERE cust = 1 AND seq = 1")
-    assert [r[5] for r in result.rows if r[4] is not None] == ["no leader"]
+    assert [r[5] for r in result.rows if r[4]] == ["no leader"]
 
 
 def test_explain_of_joins_and_writes_lists_every_step(orders) -> None:

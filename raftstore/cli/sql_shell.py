@@ -13,10 +13,16 @@ Modes (``raftstore sql --url HOST:PORT[,HOST:PORT...]``):
 * Otherwise an interactive shell (prompt_toolkit): a statement runs once a ``;`` outside
   quotes and comments ends the input, so it may span lines (continuation prompt ``->``);
   history persists in ``~/.raftstore_sql_history`` (``--history FILE``); Tab completes
-  keywords and table names (refreshed after DDL); ``\\timing`` prints how long each statement
-  took; ``\\q``, ``quit``, ``exit`` or Ctrl-D leave; an error is printed and the shell goes on.
+  keywords, table names and column names (refreshed after DDL); ``\\timing`` prints how long
+  each statement took; ``\\q``, ``quit``, ``exit`` or Ctrl-D leave; an error is printed and the
+  shell goes on.
   Ctrl-C at the prompt clears the line; Ctrl-C at any moment after Enter cancels what the Enter
   submitted (`_CtrlC` says how, whatever state the terminal is in when the key arrives).
+
+Meta commands (psql's, in every mode; ``\\?`` lists them): ``\\d`` / ``\\dt`` list the tables
+(``SHOW TABLES``), ``\\d TABLE`` describes one (``SHOW COLUMNS FROM``), ``\\l`` lists the
+databases (``SHOW DATABASES``), ``\\x [on|off]`` switches expanded output (one
+``-[ RECORD n ]-`` block per row, a ``column | value`` line per column), ``\\timing [on|off]``.
 
 Output: a result with columns is an aligned table in psql's layout (numbers right-aligned,
 NULL shown as ``NULL``, control characters escaped so that every row stays one line) and a
@@ -269,6 +275,24 @@ def format_table(columns: list[str], types: list[str], rows: Iterable[Iterable[A
     return lines
 
 
+def format_expanded(columns: list[str], rows: Iterable[Iterable[Any]]) -> list[str]:
+    """The lines of psql's expanded layout: per row a ``-[ RECORD n ]-`` rule as wide as the
+    block, then one ``column | value`` line per column; ``(0 rows)`` when there are none."""
+    headers = [_escape_controls(name) for name in columns]
+    cells = [[format_value(value) for value in row] for row in rows]
+    if not cells:
+        return ["(0 rows)"]
+    name_width = max(_width(h) for h in headers)
+    value_width = max(_width(c) for row in cells for c in row)
+    rule = "-" * (name_width + 1) + "+" + "-" * (value_width + 1)
+    lines = []
+    for number, row in enumerate(cells, start=1):
+        label = f"-[ RECORD {number} ]"
+        lines.append(label + rule[len(label):])
+        lines.extend(f"{_pad(h, name_width, 'left')} | {c}".rstrip() for h, c in zip(headers, row))
+    return lines
+
+
 def format_rows_footer(count: int) -> str:
     return "(1 row)" if count == 1 else f"({count} rows)"
 
@@ -314,11 +338,15 @@ _DDL_KEYWORDS = frozenset({"CREATE", "DROP", "ALTER", "RENAME", "TRUNCATE"})
 HELP_TEXT = """\
 Statements end with ";" and may span several lines.
   \\q, quit, exit, Ctrl-D   leave the shell
+  \\d, \\dt                  list tables (SHOW TABLES)
+  \\d TABLE                 describe a table: columns, types, nullability, defaults, key
+                           (SHOW COLUMNS FROM TABLE; SHOW CREATE TABLE TABLE gives its DDL)
+  \\l                       list databases (SHOW DATABASES)
+  \\x [on|off]              expanded output: one block per row (toggles without argument)
   \\timing [on|off]         print how long each statement took (toggles without argument)
-  \\dt                      list tables (SHOW TABLES)
   \\?                       this help
   Ctrl-C                   cancel the current input, or the running statement
-  Tab                      complete SQL keywords and table names
+  Tab                      complete SQL keywords, table names and column names
 Every statement commits on its own. Parameters ($1, %s) are for the Python client."""
 
 
@@ -332,9 +360,11 @@ class _Shell:
         self.cursor = connection.cursor()
         self.out = out
         self.err = err
-        self.interactive = interactive  # keep table names for completion
+        self.interactive = interactive  # keep table and column names for completion
         self.timing = False
+        self.expanded = False
         self.tables: list[str] = []
+        self.columns: dict[str, list[str]] = {}  # table -> its column names, for completion
 
     def write(self, lines: Iterable[str], *, to_err: bool = False) -> None:
         stream = self.err if to_err else self.out
@@ -379,14 +409,18 @@ class _Shell:
         if cursor.description is not None:
             rows = cursor.fetchall()
             columns = [column.name for column in cursor.description]
+            if self.expanded:
+                self.write(format_expanded(columns, rows) + [""])
+                return
             types = [column.type_code for column in cursor.description]
             self.write(format_table(columns, types, rows) + [format_rows_footer(len(rows)), ""])
         elif cursor.statusmessage:
             self.write([cursor.statusmessage])
 
     def run_meta(self, item: str) -> str:
-        command, _, argument = item.partition(" ")
-        argument = argument.strip().lower()
+        command, _, typed_argument = item.partition(" ")
+        typed_argument = typed_argument.strip()
+        argument = typed_argument.lower()
         if command == "\\q":
             return _QUIT
         if command in ("\\?", "\\h", "\\help"):
@@ -396,18 +430,58 @@ class _Shell:
             self.timing = (not self.timing) if not argument else argument == "on"
             self.write([f"Timing is {'on' if self.timing else 'off'}."])
             return _OK
-        if command == "\\dt" and not argument:
+        if command == "\\x" and argument in ("", "on", "off"):
+            self.expanded = (not self.expanded) if not argument else argument == "on"
+            self.write([f"Expanded display is {'on' if self.expanded else 'off'}."])
+            return _OK
+        if command in ("\\dt", "\\d") and not argument:
             return self.run_sql("SHOW TABLES")
-        self.write([f"ERROR: unknown command {item!r}; type \\? for help"], to_err=True)
+        if command == "\\d":
+            if not _TABLE_NAME_RE.fullmatch(typed_argument):
+                self.write([f"ERROR: \\d takes one table name, got {_escape_controls(typed_argument)}; "
+                            "\\dt lists the tables"], to_err=True)
+                return _ERROR
+            return self.run_sql(f"SHOW COLUMNS FROM {typed_argument}")
+        if command == "\\l" and not argument:
+            return self.run_sql("SHOW DATABASES")
+        self.write([f"ERROR: unknown command {_escape_controls(item)}; type \\? for help"], to_err=True)
         return _ERROR
 
     def refresh_tables(self) -> None:
-        """Reload the table names for completion; on failure keep the old list (a connection
-        error would show up on the next statement anyway)."""
+        """Reload the table and column names for completion; on failure keep the old ones (a
+        connection error would show up on the next statement anyway)."""
         try:
             self.tables = fetch_table_names(self.connection)
         except sqlclient.Error:
-            pass
+            return
+        self.columns = fetch_column_names(self.connection, self.tables)
+
+
+# A table name as \\d takes it: a plain identifier or a double-quoted one.
+_TABLE_NAME_RE = re.compile(r'[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+"')
+
+
+def fetch_column_names(connection: sqlclient.Connection, tables: list[str]) -> dict[str, list[str]]:
+    """Column names of the first `repl_completion_tables_max` of `tables` (``SHOW COLUMNS FROM``
+    each; hidden columns too, as they can be selected). A table that fails (dropped meanwhile,
+    or a server without SHOW COLUMNS) is left out; an operating error (no node answers) ends
+    the fetch with what it has, rather than waiting out the timeout once per table."""
+    columns: dict[str, list[str]] = {}
+    cursor = connection.cursor()
+    try:
+        for table in tables[: constants.repl_completion_tables_max]:
+            quoted = '"' + table.replace('"', '""') + '"'
+            try:
+                cursor.execute(f"SHOW COLUMNS FROM {quoted}")
+            except sqlclient.OperationalError:
+                break
+            except sqlclient.Error:
+                continue
+            if cursor.description is not None:
+                columns[table] = [row[0] for row in cursor.fetchall() if isinstance(row[0], str)]
+    finally:
+        cursor.close()
+    return columns
 
 
 def fetch_table_names(connection: sqlclient.Connection) -> list[str]:
@@ -451,8 +525,8 @@ def run_statements(
 # --- the interactive shell -------------------------------------------------------------------
 
 SQL_KEYWORDS = (
-    "ALL AND AS ASC AVG BETWEEN BIGINT BOOL BY BYTES CASE CAST CONFLICT COUNT CREATE CROSS "
-    "DEFAULT DELETE DESC DISTINCT DO DROP ELSE END EXISTS EXPLAIN FALSE FIRST FLOAT FROM GROUP "
+    "ALL AND AS ASC AVG BETWEEN BIGINT BOOL BY BYTES CASE CAST COLUMNS CONFLICT COUNT CREATE CROSS "
+    "DATABASES DEFAULT DELETE DESC DISTINCT DO DROP ELSE END EXISTS EXPLAIN FALSE FIRST FLOAT FROM GROUP "
     "HAVING IF IN INNER INSERT INT INTO IS JOIN KEY LAST LIKE LIMIT MAX MIN NOT NOTHING NULL "
     "NULLS OF OFFSET ON OR ORDER PRIMARY RANGES REGIONS SELECT SET SHOW SUM SYSTEM TABLE "
     "TABLES TEXT THEN TIME TIMESTAMP TRUE UPDATE UPSERT VALUES WHEN WHERE"
@@ -460,20 +534,34 @@ SQL_KEYWORDS = (
 _TABLE_CONTEXT_KEYWORDS = frozenset({"FROM", "JOIN", "INTO", "UPDATE", "TABLE", "EXISTS"})
 _WORD_BEFORE_CURSOR_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)?$")
 _PREVIOUS_WORD_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*$")
+_QUALIFIER_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\.$")
 
 
-def completions_for(text_before_cursor: str, tables: list[str]) -> list[str]:
+def completions_for(
+    text_before_cursor: str, tables: list[str], columns: dict[str, list[str]] | None = None
+) -> list[str]:
     """Words that complete the one being typed: table names first (only they after FROM, JOIN,
-    INTO, UPDATE, TABLE), then keywords, in the case the user is typing in. Pure."""
+    INTO, UPDATE, TABLE), then column names (of every table in `columns`; after ``table.`` only
+    that table's), then keywords, in the case the user is typing in. Pure."""
+    columns = columns or {}
     match = _WORD_BEFORE_CURSOR_RE.search(text_before_cursor)
     word = (match.group(1) or "") if match else ""
     before = text_before_cursor[: len(text_before_cursor) - len(word)]
+    prefix = word.lower()
+    qualifier = _QUALIFIER_RE.search(before)
+    if qualifier is not None:
+        named = qualifier.group(1)
+        table = next((t for t in columns if t.lower() == named.lower()), None)
+        if table is not None:
+            return [c for c in columns[table] if c.lower().startswith(prefix)]
     previous = _PREVIOUS_WORD_RE.search(before)
     table_context = previous is not None and previous.group(1).upper() in _TABLE_CONTEXT_KEYWORDS
-    prefix = word.lower()
     found = [name for name in tables if name.lower().startswith(prefix)]
     if table_context or not word:
         return found if table_context else []
+    for name in sorted({c for names in columns.values() for c in names}):
+        if name.lower().startswith(prefix) and name.lower() != prefix and name not in found:
+            found.append(name)
     lower = word.islower()
     for keyword in SQL_KEYWORDS:
         if keyword.lower().startswith(prefix) and keyword.lower() != prefix:
@@ -489,7 +577,7 @@ def _make_completer(shell: _Shell) -> Any:
             before = document.text_before_cursor
             match = _WORD_BEFORE_CURSOR_RE.search(before)
             word = (match.group(1) or "") if match else ""
-            for candidate in completions_for(before, shell.tables):
+            for candidate in completions_for(before, shell.tables, shell.columns):
                 yield Completion(candidate, start_position=-len(word))
 
     return SqlCompleter()
@@ -683,6 +771,7 @@ def run_repl(
         return 1
     except sqlclient.Error:
         pass  # a server without SHOW TABLES: complete keywords only
+    shell.columns = fetch_column_names(connection, shell.tables)
     ctrl_c = _CtrlC()
     session: PromptSession[str] = PromptSession(
         multiline=True,

@@ -35,61 +35,16 @@ from raftstore import constants
 from raftstore.cli.client_args import add_timeout_argument, add_url_argument
 from raftstore.errors import RaftstoreError
 from raftstore.kv import Client
-from raftstore.kvserver.ranges import DATA_START, META_START
-
-# Raw user keys live under this prefix (raftstore.kvserver.replica.RAW_PREFIX; not imported from there to
-# keep this CLI off the storage stack, and pinned equal by tests/test_cli_status.py).
-RAW_PREFIX = b"k"
-key_display_chars_max = 40    # a range boundary longer than this is cut and ends in "..."
+from raftstore.keyspace import META_START, escape_bytes, render_key
 
 
 # --- rendering (pure) -------------------------------------------------------------------------
 
 
-def escape_bytes(data: bytes) -> str:
-    """`data` as readable text that says exactly which bytes it holds: valid UTF-8 that is
-    printable stays as is, a backslash becomes ``\\\\``, any other byte ``\\xNN`` and other
-    unprintable characters ``\\uNNNN``."""
-    out = []
-    for ch in data.decode("utf-8", "surrogateescape"):
-        code = ord(ch)
-        if 0xDC80 <= code <= 0xDCFF:  # a byte that is not part of valid UTF-8
-            out.append("\\x%02x" % (code - 0xDC00))
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch.isprintable():
-            out.append(ch)
-        elif code < 0x100:
-            out.append("\\x%02x" % code)
-        elif code < 0x10000:
-            out.append("\\u%04x" % code)
-        else:
-            out.append("\\U%08x" % code)
-    return "".join(out)
-
-
-def _shorten(text: str) -> str:
-    if len(text) <= key_display_chars_max:
-        return text
-    return text[: key_display_chars_max - 3] + "..."
-
-
-def render_key(key: bytes | None, *, is_end: bool) -> str:
-    """One range boundary: ``-inf`` for the start of data, ``+inf`` for an end of None, a user
-    key without its raw prefix (``""`` for the empty user key), any other key as ``b'...'``."""
-    if key is None:
-        return "+inf" if is_end else "?"
-    if key == DATA_START:
-        return "-inf"
-    if key.startswith(RAW_PREFIX):
-        user_key = key[len(RAW_PREFIX) :]
-        return _shorten(escape_bytes(user_key)) if user_key else '""'
-    return "b'" + _shorten(escape_bytes(key)) + "'"
-
-
 def render_span(start: bytes | None, end: bytes | None) -> str:
-    """A range's span ``[start, end)`` (see `render_key`); the meta range is ``meta`` and a
-    replica that does not know its descriptor yet is ``?``."""
+    """A range's span ``[start, end)`` (raftstore.keyspace.render_key, as SQL's SHOW RANGES
+    shows it); the meta range is ``meta`` and a replica that does not know its descriptor yet
+    is ``?``."""
     if start is None:
         return "?"
     if start == META_START:

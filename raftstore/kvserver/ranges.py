@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 
 import msgpack
 
+from raftstore.keyspace import DATA_START, META_START
+
 META_RANGE_ID = 1
 FIRST_DATA_RANGE_ID = 2
-META_START, META_END = b"\x01", b"\x02"
-DATA_START = b"\x02"
+META_END = DATA_START
 LOCAL_DESC_PREFIX = b"\x00rd"
 META_DESC_PREFIX = b"\x01d"
 META_COUNTER_KEY = b"\x01n"
