@@ -20,6 +20,7 @@ while it runs.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Callable, Iterable
 
@@ -118,6 +119,7 @@ class LoopSample:
     def __init__(self, ask: Callable[[float], dict | None]) -> None:
         self._ask = ask
         self.misses = 0
+        self._lock = threading.Lock()   # scrapes run on threads of their own
 
     def describe(self) -> Iterable[Metric]:
         return []   # families vary with what the loop answers: not registered up front
@@ -127,7 +129,8 @@ class LoopSample:
         miss = CounterMetricFamily("raftstore_metrics_loop_timeouts", "Scrapes the node loop did not answer "
                                    "within %.1f s (their loop figures were left out)" % constants.metrics_loop_wait_s)
         if c is None:
-            self.misses += 1
+            with self._lock:
+                self.misses += 1
             miss.add_metric([], self.misses)
             yield miss
             return
