@@ -96,21 +96,10 @@ def _clock(cluster, node) -> dict:
         return c.status()["clock"]
 
 
-def _ready(node) -> tuple[int, str]:
-    """/health?ready=1 of node: (HTTP status, body)."""
-    import urllib.error
-    import urllib.request
-    try:
-        with urllib.request.urlopen("http://%s/health?ready=1" % node.http_addr, timeout=10) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("skew_ms", [2000, -2000])
 def test_a_node_whose_clock_is_off_stops_serving_and_the_others_go_on(tmp_path, skew_ms):
-    from cluster import Cluster, wait_until
+    from cluster import Cluster, http_get, wait_until
 
     from raftstore.cli.main import CLOCK_SKEW_ENV
 
@@ -129,8 +118,9 @@ def test_a_node_whose_clock_is_off_stops_serving_and_the_others_go_on(tmp_path, 
         with cluster.client(n3, timeout_s=3.0) as c:
             with pytest.raises(UnavailableError, match="clock"):
                 c.put(b"through-n3", b"x")
-        assert _ready(n3)[0] == 503 and "clock unfit" in _ready(n3)[1]   # a load balancer takes it out
-        assert _ready(n1) == (200, "ready\n")
+        status, body = http_get(n3.http_addr, "/health?ready=1")   # a load balancer takes it out
+        assert status == 503 and "clock unfit" in body, body
+        assert http_get(n1.http_addr, "/health?ready=1") == (200, "ready\n")
         for node in (n1, n2):
             assert _clock(cluster, node)["serving"]
             assert not _clock(cluster, node)["offsets"]["%d" % (3 - node.node_id)]["far"]   # n1 and n2 agree

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import socket
-import urllib.error
-import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cluster import free_ports
+from cluster import free_ports, http_get
 from raftstore.node.metrics import LoopSample, NodeMetrics, outcome_label, statement_type
 from raftstore.server.http_port import HttpPort
 
@@ -47,26 +45,18 @@ def _serve(metrics: NodeMetrics, not_ready):
     sock.listen(16)
     http = HttpPort(sock, metrics.registry, not_ready)
     http.start()
-    return http, "http://127.0.0.1:%d" % port
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+    return http, "127.0.0.1:%d" % port
 
 
 def test_health_answers_while_up_and_readiness_says_why_not():
     why = ["the cluster has not formed yet"]
     http, base = _serve(NodeMetrics(), lambda: why[0])
     try:
-        assert _get(base + "/health") == (200, "ok\n")
-        assert _get(base + "/health?ready=1") == (503, "not ready: the cluster has not formed yet\n")
+        assert http_get(base, "/health") == (200, "ok\n")
+        assert http_get(base, "/health?ready=1") == (503, "not ready: the cluster has not formed yet\n")
         why[0] = None
-        assert _get(base + "/health?ready=1") == (200, "ready\n")
-        assert _get(base + "/metricz")[0] == 404
+        assert http_get(base, "/health?ready=1") == (200, "ready\n")
+        assert http_get(base, "/metricz")[0] == 404
     finally:
         http.close()
 
@@ -78,7 +68,7 @@ def test_a_scrape_the_node_loop_does_not_answer_leaves_its_figures_out_and_count
     metrics.observe_kv("get", "ok", 0.003)
     http, base = _serve(metrics, lambda: None)
     try:
-        status, text = _get(base + "/metrics")
+        status, text = http_get(base, "/metrics")
     finally:
         http.close()
     assert status == 200 and asked

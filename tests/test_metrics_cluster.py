@@ -11,15 +11,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import raftstore
 from raftstore import sqlclient
-from cluster import LIVENESS_MARGIN_S, Cluster, wait_until
+from cluster import LIVENESS_MARGIN_S, Cluster, http_get, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -33,14 +31,6 @@ def cluster(tmp_path_factory):
     with Cluster(str(tmp_path_factory.mktemp("metrics"))) as c:
         c.wait_leader(timeout=30 + LIVENESS_MARGIN_S)
         yield c
-
-
-def http_get(addr: str, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen("http://%s%s" % (addr, path), timeout=10) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def scrape(node) -> dict[tuple[str, tuple], float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster import LIVENESS_MARGIN_S, Cluster, wait_until
+from cluster import LIVENESS_MARGIN_S, Cluster, http_get, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -18,6 +18,10 @@ def test_sigterm_with_a_client_connected_logs_one_stopped_line_and_no_traceback(
         cluster.start(n)
         client = cluster.client(n)
         wait_until(lambda: _answers_status(client), 30 + LIVENESS_MARGIN_S, "node 1 to answer status")
+        # Its peers never came: up, but not ready to serve, and it says why.
+        assert http_get(n.http_addr, "/health") == (200, "ok\n")
+        status, body = http_get(n.http_addr, "/health?ready=1")
+        assert status == 503 and "not formed" in body, body
         # The client keeps its connection open (the Client holds one between calls).
         assert cluster.stop(n) == 0
         client.close()
@@ -36,3 +40,4 @@ def _answers_status(client) -> bool:
         return True
     except Exception:
         return False
+
