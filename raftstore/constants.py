@@ -79,6 +79,14 @@ client_attempt_timeout_s_max = 5.0          # kv.Client: socket timeout of a sin
 client_backoff_s_min = 0.05                 # kv.Client: first retry delay (before jitter)
 client_backoff_s_max = 1.0                  # kv.Client: the delay doubles up to this cap
 drain_timeout_s = 15.0
+
+# --- Metrics and health (raftstore/node/metrics.py, raftstore/server/http_port.py) -------------------
+# A scrape asks the node loop for the figures only it may read (ranges, leaders, Raft counters);
+# an answer not back by then is left out of that scrape (counted), so a stalled loop cannot hang
+# a scraper, and a scrape never touches the store from the HTTP thread.
+metrics_loop_wait_s = 1.0
+http_connections_max = 16             # /metrics and /health requests answered at once (more are refused)
+http_timeout_s = 5.0                   # a scraper's connection idle this long is closed
 repl_typeahead_reads_max = 16              # raftstore sql: reads (1 KiB each) of keys typed after Enter
 repl_completion_tables_max = 100           # raftstore sql: tables whose columns Tab completes (one SHOW each)
 

@@ -4,12 +4,15 @@ Kept so the cluster tests can go on saying ``from cluster import Cluster``.
 """
 
 import time
+import urllib.error
+import urllib.request
 
 from raftstore.errors import RaftstoreError
 from raftstore.localcluster import *  # noqa: F401,F403
 from raftstore.localcluster import REGIONS, Cluster, NodeProc, free_ports  # noqa: F401
 
-__all__ = ["LIVENESS_MARGIN_S", "REGIONS", "Cluster", "NodeProc", "assert_replicas_identical", "free_ports", "wait_until"]
+__all__ = ["LIVENESS_MARGIN_S", "REGIONS", "Cluster", "NodeProc", "assert_replicas_identical", "free_ports", "http_get",
+           "wait_until"]
 
 # A liveness deadline of the design ("writes resume within 5 s of a leader's kill") holds on an
 # idle machine; on a busy one, elections, retries and the nodes themselves get a fraction of a
@@ -26,6 +29,15 @@ def wait_until(predicate, timeout_s: float, what: str) -> None:
             return
         time.sleep(0.2)
     raise AssertionError("timed out waiting for " + what)
+
+
+def http_get(addr: str, path: str) -> tuple[int, str]:
+    """GET http://addr/path (a node's --http-addr): (status, body), an error status included."""
+    try:
+        with urllib.request.urlopen("http://%s%s" % (addr, path), timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
 
 
 def assert_replicas_identical(cluster, *nodes, start: bytes = b"", end: bytes | None = None,

@@ -37,10 +37,11 @@ def _one_line_error(run, *needles):
     (["--peer-addr", "nohost"], "--peer-addr"),
     (["--region", "bad region"], "--region"),
     (["--sql-addr", "127.0.0.1:99999"], "--sql-addr"),
+    (["--http-addr", "nohost"], "--http-addr"),
 ])
 def test_bad_flags_give_one_line(tmp_path, flags, needle):
     peer, sql = free_ports(2)
-    args = _base(tmp_path, peer, sql, ["--insecure"])
+    args = _base(tmp_path, peer, sql, ["--insecure", "--http-addr", "127.0.0.1:%d" % free_ports(1)[0]])
     for i in range(0, len(flags), 2):
         args[args.index(flags[i]) + 1] = flags[i + 1]
     _one_line_error(_start(*args), needle)
@@ -62,6 +63,15 @@ def test_port_in_use_is_a_one_line_error(tmp_path):
         s.bind(("127.0.0.1", sql))
         s.listen(1)
         _one_line_error(_start(*_base(tmp_path, peer, sql, ["--insecure"])), "--sql-addr", "in use")
+
+
+def test_http_port_in_use_is_a_one_line_error(tmp_path):
+    peer, sql, http = free_ports(3)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", http))
+        s.listen(1)
+        _one_line_error(_start(*_base(tmp_path, peer, sql, ["--insecure", "--http-addr", "127.0.0.1:%d" % http])),
+                        "--http-addr", "in use")
 
 
 def test_unusable_data_dir_is_a_one_line_error(tmp_path):

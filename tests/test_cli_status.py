@@ -13,7 +13,7 @@ import re
 import pytest
 
 from raftstore.cli import status as cli_status
-from raftstore.cli.status import escape_bytes, render_size, render_span, status_json, status_rows
+from raftstore.cli.status import escape_bytes, render_size, render_span, render_totals, status_json, status_rows
 from test_kv_client import CLOSE, FakeServer, err, ok
 
 STATUS = {
@@ -300,3 +300,29 @@ def test_check_consistency_runs_a_check_then_shows_it_and_fails_unless_every_ran
         assert captured.err == "error: range 2 is INCONSISTENT: n3 differs from n1, n2 at index 57\n"
     else:
         assert captured.err == ""
+
+
+TOTALS = {"ranges": 3, "leading": 1, "proposals": {"here": 4, "forwarded": 5, "for_peers": 6, "as_follower": 0},
+          "raft": {"entries_applied": 70, "elections_started": 2, "leader_changes": 3, "snapshots_sent": 1,
+                   "snapshots_received": 0, "snapshots_created": 0},
+          "router": {"lookup": 7, "redirect": 8, "backoff": 0, "not_leader": 0}, "evaluation_misses": 0,
+          "loop_stalls": 9, "loop_busy_max_s": 0.0457}
+
+
+def test_the_totals_metrics_export_are_shown_in_words():
+    status = {**STATUS, "totals": TOTALS, "requests": {"kv": {"put": {"ok": 20, "unavailable": 1}},
+                                                       "sql": {"select": {"undefined_table": 1}}}}
+    raft, requests = render_totals(status)
+    for words in ("3 ranges, leading 1", "proposals 4 here, 5 forwarded, 6 for peers", "70 entries applied",
+                  "2 elections started, 3 leader changes", "snapshots 1 sent, 0 received",
+                  "router 7 lookups, 8 redirects", "9 loop stalls (longest 45.7 ms)"):
+        assert words in raft, (words, raft)
+    assert requests == "requests answered: kv put 20 ok, 1 unavailable; sql select 1 undefined_table"
+    assert render_totals(STATUS) == []   # an older server sends no totals: nothing is made up
+
+
+def test_status_prints_the_totals_in_words(node, capsys):
+    server = node({**STATUS, "totals": TOTALS, "requests": {"kv": {}, "sql": {}}})
+    assert run_cli(["status", "--url", server.address]) == 0
+    out = capsys.readouterr().out
+    assert "70 entries applied" in out and "requests answered: none yet" in out

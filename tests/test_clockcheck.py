@@ -99,7 +99,7 @@ def _clock(cluster, node) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("skew_ms", [2000, -2000])
 def test_a_node_whose_clock_is_off_stops_serving_and_the_others_go_on(tmp_path, skew_ms):
-    from cluster import Cluster, wait_until
+    from cluster import Cluster, http_get, wait_until
 
     from raftstore.cli.main import CLOCK_SKEW_ENV
 
@@ -118,6 +118,9 @@ def test_a_node_whose_clock_is_off_stops_serving_and_the_others_go_on(tmp_path, 
         with cluster.client(n3, timeout_s=3.0) as c:
             with pytest.raises(UnavailableError, match="clock"):
                 c.put(b"through-n3", b"x")
+        status, body = http_get(n3.http_addr, "/health?ready=1")   # a load balancer takes it out
+        assert status == 503 and "clock unfit" in body, body
+        assert http_get(n1.http_addr, "/health?ready=1") == (200, "ready\n")
         for node in (n1, n2):
             assert _clock(cluster, node)["serving"]
             assert not _clock(cluster, node)["offsets"]["%d" % (3 - node.node_id)]["far"]   # n1 and n2 agree

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import time
+import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench import dedup_splits
 from cluster import LIVENESS_MARGIN_S, Cluster, wait_until
@@ -77,6 +79,9 @@ def test_a_node_that_missed_compacted_log_catches_up_by_snapshot(tmp_path):
         wait_until(caught_up, 60, "the restarted node to serve every key")
         installed = sum(r.get("snapshots_installed", 0) for r in _ranges(cluster, stopped))
         assert installed > 0, "the restarted node caught up without any snapshot"
+        # ... and /metrics counts them: received by the restarted node, sent by the others.
+        assert _metric(stopped, "raftstore_raft_snapshots_received_total") == installed
+        assert sum(_metric(n, "raftstore_raft_snapshots_sent_total") for n in cluster.nodes[:2]) >= installed
 
 
 @pytest.mark.slow
@@ -112,3 +117,10 @@ def test_splits_keep_one_saved_outcome_per_command_on_real_processes(tmp_path):
     for node_id, counts in report["nodes"].items():
         assert counts["distinct_commands"] >= 300, (node_id, counts)
         assert counts["saved_outcomes"] <= 1.2 * counts["distinct_commands"], (node_id, counts)
+
+
+def _metric(node, name: str) -> float:
+    """One unlabelled sample of node's /metrics (prometheus-client's own parser)."""
+    with urllib.request.urlopen("http://%s/metrics" % node.http_addr, timeout=10) as resp:
+        text = resp.read().decode()
+    return next(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)

@@ -140,3 +140,13 @@ def test_pysyncobjs_false_truncation_warning_is_dropped_and_its_other_lines_are_
         so.logger.critical("some other pysyncobj line %d", 1)
     messages = [r.getMessage() for r in caplog.records if r.name == so.__name__]
     assert messages == ["some other pysyncobj line 1"]
+
+
+def test_a_groups_counters_count_the_election_that_made_its_leader_and_every_apply(world):
+    leader = world.leader()
+    assert world.nodes[leader].elections_started >= 1   # it stood for the term it leads
+    before = {nid: g.entries_applied for nid, g in world.nodes.items()}
+    outcome, _ = _propose(world, leader, "put", {"k": "counted"})
+    assert outcome is Outcome.COMMITTED
+    world.run_until(world.clock.t + 1.0)
+    assert all(g.entries_applied == before[nid] + 1 for nid, g in world.nodes.items())

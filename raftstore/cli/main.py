@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--region", type=_region, required=True, help="this node's region, e.g. us-east1")
     start.add_argument("--peer-addr", type=_addr, required=True, metavar="HOST:PORT", help="address for other nodes")
     start.add_argument("--sql-addr", type=_addr, required=True, metavar="HOST:PORT", help="address for clients")
+    start.add_argument("--http-addr", type=_addr, default=None, metavar="HOST:PORT",
+                       help="serve /metrics (Prometheus text format) and /health here (default: not served)")
     start.add_argument("--join", type=_addr_list, required=True, metavar="HOST:PORT[,...]",
                        help="peer addresses of the nodes that form the cluster on first start")
     start.add_argument("--data-dir", required=True, metavar="DIR")
@@ -184,7 +186,8 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
                       range_bytes_max=args.range_max_bytes,
                       raft_conf={"logCompactionMinEntries": args.log_compaction_entries}, latency=latency,
                       clock_skew_ns=_clock_skew_ns(), refuse_writes=_refused_writes(),
-                      disk_reserve_bytes=args.disk_reserve_bytes, disk_ballast_bytes=args.disk_ballast_bytes)
+                      disk_reserve_bytes=args.disk_reserve_bytes, disk_ballast_bytes=args.disk_ballast_bytes,
+                      http_addr=args.http_addr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -215,6 +215,37 @@ def status_rows(status: Any) -> tuple[list[NodeRow], list[RangeRow]]:
     return nodes, ranges
 
 
+def render_totals(status: Any) -> list[str]:
+    """The node's running totals in words (what its /metrics exports): one line for Raft and
+    the loop, one for the client requests it answered. Nothing for a server that sends none."""
+    totals = status.get("totals") if isinstance(status, dict) else None
+    lines = []
+    if isinstance(totals, dict) and isinstance(totals.get("raft"), dict):
+        raft, proposals, router = totals["raft"], totals.get("proposals") or {}, totals.get("router") or {}
+        lines.append(
+            "n%s: %s ranges, leading %s; proposals %s here, %s forwarded, %s for peers; %s entries applied; "
+            "%s elections started, %s leader changes; snapshots %s sent, %s received; router %s lookups, "
+            "%s redirects; %s evaluation misses; %s loop stalls (longest %.1f ms)" % (
+                status.get("node_id", "?"), totals.get("ranges"), totals.get("leading"), proposals.get("here", 0),
+                proposals.get("forwarded", 0), proposals.get("for_peers", 0), raft.get("entries_applied"),
+                raft.get("elections_started"), raft.get("leader_changes"), raft.get("snapshots_sent"),
+                raft.get("snapshots_received"), router.get("lookup", 0), router.get("redirect", 0),
+                totals.get("evaluation_misses"), totals.get("loop_stalls"),
+                1000 * float(totals.get("loop_busy_max_s") or 0)))
+    requests = status.get("requests") if isinstance(status, dict) else None
+    if isinstance(requests, dict):
+        parts = []
+        for kind in ("kv", "sql"):
+            by_op = requests.get(kind)
+            if isinstance(by_op, dict):
+                for op, outcomes in sorted(by_op.items()):
+                    if isinstance(outcomes, dict):
+                        parts.append("%s %s %s" % (kind, op, ", ".join(
+                            "%s %s" % (n, outcome) for outcome, n in sorted(outcomes.items()))))
+        lines.append("requests answered: " + ("; ".join(parts) if parts else "none yet"))
+    return lines
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, bytes):
         return escape_bytes(value)
@@ -323,6 +354,8 @@ def _print_tables(status: dict, nodes: list[NodeRow], ranges: list[RangeRow]) ->
         if disk.get("low"):
             line.append("; NOT TAKING WRITES: %s" % _one_line(str(disk["low"])), style="bold red")
         console.print(line)
+    for line in render_totals(status):
+        console.print(Text(line))
 
     range_table = Table(title=f"ranges (held by n{answered.node_id})")
     for column in ("range", "span", "replicas", "leader", "size", "applied", "last check"):

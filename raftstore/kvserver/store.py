@@ -124,6 +124,7 @@ class Store:
         # Work lists, so that no chore walks every group: the leader each group last showed
         # after a tick (and the groups each node leads), and the groups maintain() must look at.
         self.leader_of: dict[int, str | None] = {}
+        self.leader_changes = 0                        # a group newly showing a leader (status, metrics)
         self.led_by: dict[str, set[int]] = {}
         self.maintain_due: set[int] = set()
         self.snapshot_executor = snapshot_executor
@@ -319,6 +320,8 @@ class Store:
         if leader == before:
             return
         self.leader_of[rid] = leader
+        if leader is not None:
+            self.leader_changes += 1   # a leader newly known (a loss of leader alone is no change)
         if before is not None:
             self.led_by.get(before, set()).discard(rid)
         if leader is not None:

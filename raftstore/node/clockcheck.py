@@ -40,6 +40,7 @@ class Measurement:
     offset_ns: int          # peer's clock minus ours
     uncertainty_ns: int     # rtt / 2
     at: float               # our monotonic time of the measurement
+    rtt_ns: int = 0         # the probe's round trip, less the peer's time holding it
 
     def far(self, max_offset_ns: int) -> bool:
         return abs(self.offset_ns) - self.uncertainty_ns > max_offset_ns
@@ -81,7 +82,7 @@ class OffsetMonitor:
         if rtt < 0:
             return None
         # rtt // 2 + 1: the halving rounds, so the interval is widened by the rounding error.
-        m = Measurement(offset_ns=((t2 - t1) + (t3 - t4)) // 2, uncertainty_ns=rtt // 2 + 1, at=mono)
+        m = Measurement(offset_ns=((t2 - t1) + (t3 - t4)) // 2, uncertainty_ns=rtt // 2 + 1, at=mono, rtt_ns=rtt)
         self.measurements[peer_id] = m
         return m
 

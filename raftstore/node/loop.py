@@ -39,13 +39,14 @@ from raftstore.kvserver.consistency import CHECKSUM_OP, Checksum, ChecksumRegist
 from raftstore.kvserver.ranges import MISMATCH, pretty_key
 from raftstore.kvserver.store import Store, StoreConfig
 from raftstore.node.clockcheck import OffsetMonitor, probe_is_valid
+from raftstore.node.metrics import NodeMetrics, TimedLogFile
 from raftstore.node.peer import (CHECKSUM_REPLY, CHECKSUM_REQUEST, HEARTBEAT, PROPOSE, PROPOSE_REPLY, RAFT, PeerNetwork,
                                   parse_addr)
 from raftstore.node.wan import LatencyMatrix
 from raftstore.raft.commands import Outcome, Rejection, new_command_id, not_leader
 from raftstore.raft.failstop import FailStop, exit_now
 from raftstore.raft.group import run_in_thread
-from raftstore.raft.journal import RealLogFile, fsync_dir
+from raftstore.raft.journal import fsync_dir
 from raftstore.router import Router
 from raftstore.storage.diskspace import DiskGuard
 from raftstore.storage.mvcc import MVCCStore
@@ -80,6 +81,7 @@ class NodeConfig:
     disk_reserve_bytes: int | None = None      # free-space reserve (raftstore.storage.diskspace); None: the default
     disk_ballast_bytes: int | None = None      # ballast file size; None: the default, 0: none
     refuse_writes: tuple[bytes, bytes] | None = None   # tests only: [start, end) whose writes act leaderless here
+    http_addr: str | None = None               # /metrics and /health (raftstore.server.http_port); None: not served
 
 
 class GroupTransport(Transport):
@@ -154,6 +156,8 @@ class Node:
         self._stop = threading.Event()
         self.loop_busy_max_s = 0.0   # longest node-loop iteration (time not spent waiting in poll)
         self.loop_stalls: collections.deque = collections.deque(maxlen=constants.loop_stalls_kept)
+        self.loop_stall_count = 0    # every such iteration, for metrics (loop_stalls keeps the last few)
+        self.metrics = NodeMetrics()   # observed where things happen; the loop's totals: counters()
         self._loop_thread: threading.Thread | None = None
         # Client commands this node handed to a range's leader on another node, by request id:
         # (callback, leader node id, deadline, read-only). Answered by PROPOSE_REPLY, or at the
@@ -188,6 +192,7 @@ class Node:
             raise StartupError("data dir %s is in use by another raftstore process" % cfg.data_dir) from None
         self.peer_sock = self._bind(cfg.peer_addr, "--peer-addr")
         self.sql_sock = self._bind(cfg.sql_addr, "--sql-addr")
+        self.http_sock = self._bind(cfg.http_addr, "--http-addr") if cfg.http_addr is not None else None
         meta_path = os.path.join(cfg.data_dir, "node.json")
         if os.path.exists(meta_path):
             try:
@@ -308,7 +313,7 @@ class Node:
         self.store = Store(StoreConfig(node_id=self.node_id, replicas=sorted(self.members),
                                        raft_dir=os.path.join(self.cfg.data_dir, "raft"),
                                        range_bytes_max=self.cfg.range_bytes_max, raft_conf=conf),
-                           self.mvcc, open_journal=RealLogFile,
+                           self.mvcc, open_journal=lambda path: TimedLogFile(path, self.metrics.journal_fsync_seconds),
                            transport_class=lambda gid: (lambda so, s, o: GroupTransport(self, gid, so, s, o)),
                            now_ts=lambda: self.hlc.now().to_wire(), snapshot_executor=run_in_thread,
                            checksums=self.checksums, propose_at_leader=self._propose_store_command)
@@ -338,7 +343,9 @@ class Node:
     def _on_heartbeat(self, peer_id: int, stamp, probe=None) -> None:
         if probe is not None:
             if probe_is_valid(probe):   # judged with the others at our next heartbeat (_check_clock)
-                self.offsets.on_probe(peer_id, probe, self.phys.now_ns(), time.monotonic())
+                m = self.offsets.on_probe(peer_id, probe, self.phys.now_ns(), time.monotonic())
+                if m is not None:
+                    self.metrics.peer_rtt_seconds.observe(m.rtt_ns / 1e9)
             else:
                 logger.warning("node %d sent a malformed clock probe %r", peer_id, probe)
         if stamp is not None:
@@ -564,6 +571,7 @@ class Node:
                 self.loop_busy_max_s = busy
             if busy * 1000 >= constants.loop_stall_report_ms:
                 self.loop_stalls.append([round(time.time(), 3), round(busy * 1000, 1)])
+                self.loop_stall_count += 1
         if self.store is not None:
             self.store.sync()
 
@@ -600,6 +608,8 @@ class Node:
         self.net.close()
         self.mvcc.close()
         self.sql_sock.close()
+        if self.http_sock is not None:
+            self.http_sock.close()
         self._lock.close()
 
     # --- requests from the client side (asyncio thread) ----------------------------------------------
@@ -607,6 +617,22 @@ class Node:
         """Run fn on the node loop (everything that touches the Store runs there)."""
         self._calls.append(fn)
         self.net.wake()
+
+    def ask_loop(self, fn: Callable[[], Any], timeout_s: float) -> Any:
+        """fn() run on the node loop, for another thread that may wait at most timeout_s;
+        raises TimeoutError if the loop has not answered by then (fn may still run later)."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                fut.set_result(fn())
+            except Exception as exc:
+                fut.set_exception(exc)
+        self.call_in_loop(run)
+        try:
+            return fut.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError("the node loop did not answer in %.1f s" % timeout_s) from None
 
     def _proposal_future(self, submit) -> concurrent.futures.Future:
         """Run submit(store, done) on the node loop; the future gets done's (outcome, result).
@@ -704,6 +730,7 @@ class Node:
 
     def _status(self) -> dict:
         ranges = self.store.status() if self.store is not None else []
+        totals = self.counters()
         for r in ranges:
             last = self.consistency.last.get(r["range_id"])
             r["last_check"] = None if last is None else {k: last[k] for k in ("status", "index", "at", "detail")}
@@ -716,10 +743,38 @@ class Node:
                 "clock": {"serving": self.clock_unfit is None, "reason": self.clock_unfit,
                           "offsets": self.offsets.status(time.monotonic())},
                 "disk": self.disk.status(),
-                "evaluation_misses": sum(r["evaluation_misses"] for r in ranges),
+                "evaluation_misses": totals["evaluation_misses"],
                 "latches": {"held": len(self.store.latches), "waiting": self.store.latches.waiting()} if self.store is not None else None,
                 "router": dict(self.router.stats, cached=len(self.router.cache)),
-                "proposals": dict(self.proposals, as_follower=sum(
-                    g.proposals_as_follower for g in (self.store.groups.values() if self.store is not None else ()))),
+                "proposals": totals["proposals"],
                 "loop_busy_max_ms": round(self.loop_busy_max_s * 1000, 1),
-                "loop_stalls": list(self.loop_stalls)}
+                "loop_stalls": list(self.loop_stalls),
+                "totals": totals}
+
+    def counters(self) -> dict:
+        """The node's running totals and counts, read on the node loop (its only reader of the
+        store): what /metrics samples at scrape time (raftstore.node.metrics.LoopSample) and
+        `raftstore status` shows under "totals". Totals only grow while the process runs."""
+        store = self.store
+        groups = list(store.groups.values()) if store is not None else []
+        now = time.monotonic()
+        return {"formed": self.members is not None, "peers_connected": len(self.net.peers),
+                "ranges": len(groups),
+                "leading": len(store.led_by.get(str(self.node_id), ())) if store is not None else 0,
+                "proposals": dict(self.proposals, as_follower=sum(g.proposals_as_follower for g in groups)),
+                "raft": {"entries_applied": sum(g.entries_applied for g in groups),
+                         "elections_started": sum(g.elections_started for g in groups),
+                         "leader_changes": store.leader_changes if store is not None else 0,
+                         "snapshots_sent": sum(g.snapshots_sent for g in groups),
+                         "snapshots_received": sum(g.snapshots_installed for g in groups),
+                         "snapshots_created": sum(g.snapshots_created for g in groups)},
+                "evaluation_misses": sum(r.evaluation_misses for r in store.replicas.values()) if store is not None else 0,
+                "router": {"lookup": self.router.stats["lookups"], "redirect": self.router.stats["redirects"],
+                           "backoff": self.router.stats["backoffs"], "not_leader": self.router.stats["not_leader"]},
+                "router_cached": len(self.router.cache),
+                "latches_held": len(store.latches) if store is not None else 0,
+                "loop_busy_max_s": self.loop_busy_max_s,
+                "loop_stalls": self.loop_stall_count,
+                "clock_serving": self.clock_unfit is None, "clock_offset_errors": self.clock_offset_errors,
+                "clock_offsets_s": {str(p): m.offset_ns / 1e9 for p, m in self.offsets.fresh(now).items()},
+                "journal_fsyncs": sum(g.journal.sync_count for g in groups)}

@@ -256,7 +256,10 @@ class RaftGroup(SyncObj):
         self._snapshot_refused: str | None = None
         self.apply_failures = 0
         self.proposals_as_follower = 0   # handed to pysyncobj's forwarding (the node hands them to the leader itself)
-        self.snapshots_installed = 0
+        self.snapshots_installed = 0   # received from a leader and installed
+        self.snapshots_sent = 0        # handed whole to a follower (its last chunk went out)
+        self.elections_started = 0     # terms this replica stood for
+        self.entries_applied = 0       # log entries applied (a replay after restart not counted)
         self._fail_stop: FailStop | None = None   # raised inside pysyncobj's bare `except:`; re-raised
         opts = dict(
             autoTick=False,
@@ -411,10 +414,12 @@ class RaftGroup(SyncObj):
                     if not replay:
                         self._sm.record_failed(index, None, "duplicate of an applied command")
                     return result if found else (False, "index %d replayed without a recorded outcome" % index)
+                self.entries_applied += 1
                 return (True, self._sm.apply(index, command))
             except CommandError as exc:
                 error = exc.rejection().to_wire()
             self.apply_failures += 1
+            self.entries_applied += 1
             self._sm.record_failed(index, command, error)
             return (False, error)
         except FailStop:
@@ -460,7 +465,11 @@ class RaftGroup(SyncObj):
         self._expire_proposals()
         if self._install is not None:
             self._poll_install()
-        return SyncObj._onTick(self, timeToWait)
+        term = self._SyncObj__raftCurrentTerm
+        result = SyncObj._onTick(self, timeToWait)
+        if self._SyncObj__raftCurrentTerm > term:   # a tick raises the term only to stand for it
+            self.elections_started += 1
+        return result
 
     # --- the four log-matching rules ---------------------------------------------------------
     def _SyncObj__onMessageReceived(self, node, message):
@@ -875,6 +884,8 @@ class _SnapshotSerializer(Serializer):
     def getTransmissionData(self, transmissionID):
         self._sending.add(transmissionID)
         data = super().getTransmissionData(transmissionID)
+        if data and data[2]:
+            self._group.snapshots_sent += 1
         if not data or data[2]:
             self._sending.discard(transmissionID)
         return data

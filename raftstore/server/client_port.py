@@ -3,7 +3,12 @@ loop of the node's main thread.
 
 Each request is answered by its own task: KV ops go to the node (raftstore.node.loop.Node), the
 `sql` op to the SQL gateway the composition root hands in (raftstore.server.main), `status` and
-`check_consistency` to the node. The core knows no SQL.
+`check_consistency` to the node. The core knows no SQL. Every KV op and statement is counted
+and timed into the node's metrics (raftstore.node.metrics) by op or statement type and outcome.
+
+Draining (SIGTERM): refuse new requests (`draining`), stop accepting connections, answer what is
+in flight, then close the connections still open: each connection's task ends by itself, so
+nothing is cancelled from outside and the shutdown logs no traceback.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ import time
 from typing import Any, Protocol
 
 from raftstore import constants
+from raftstore.errors import SQLSTATE_BY_SQL_CODE
 from raftstore.kvserver.replica import RAW_END, RAW_PREFIX
 from raftstore.node.loop import READ_OPS, Node
+from raftstore.node.metrics import outcome_label, statement_type
 from raftstore.raft.commands import Outcome, new_command_id
 from raftstore.wire import BadRequest, FrameDecoder, FrameError, encode_frame, validate_request
 
@@ -35,6 +42,7 @@ class ClientServer:
 
     WRITE_OPS = {"put", "delete", "cas"}
     READ_OPS = READ_OPS
+    KV_OPS = WRITE_OPS | READ_OPS | {"split"}   # counted as KV requests in the metrics
 
     def __init__(self, node: Node, sql_gateway: SqlGateway | None = None) -> None:
         self.node = node
@@ -42,13 +50,30 @@ class ClientServer:
         self.inflight = 0
         self.draining = False
         self.server: asyncio.base_events.Server | None = None
+        self.metrics = node.metrics
+        self._connections: dict[asyncio.StreamWriter, asyncio.Task] = {}   # open connections, their tasks
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._serve, sock=self.node.sql_sock)
 
+    def not_ready(self) -> str | None:
+        """Why this node does not serve clients now (for /health?ready=1), or None. Read from
+        the HTTP port's thread: plain flags only."""
+        if self.draining:
+            return "draining: node %d is shutting down" % self.node.node_id
+        if self.node.fatal is not None:
+            return "stopping: %s" % self.node.fatal
+        if self.node.members is None:
+            return "the cluster has not formed yet: node %d waits for its --join peers" % self.node.node_id
+        if self.node.clock_unfit is not None:
+            return "clock unfit: %s" % self.node.clock_unfit
+        return None
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         decoder = FrameDecoder(constants.client_frame_bytes_max)
         tasks: set[asyncio.Task] = set()
+        self._connections[writer] = asyncio.current_task()
+        self.metrics.client_connections.inc()
         try:
             while True:
                 data = await reader.read(256 * 1024)
@@ -65,14 +90,22 @@ class ClientServer:
                     task.add_done_callback(tasks.discard)
         except (ConnectionError, OSError):
             pass
+        except asyncio.CancelledError:
+            # Only a shutdown that skipped the drain cancels a connection's task: close it like
+            # any other (Python 3.11's stream callback would log a cancelled task's "exception").
+            pass
         finally:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
             writer.close()
+            del self._connections[writer]
+            self.metrics.client_connections.dec()
 
     async def _answer(self, req: Any, writer: asyncio.StreamWriter) -> None:
         rid = req.get("id") if isinstance(req, dict) and isinstance(req.get("id"), int) else 0
         self.inflight += 1
+        self.metrics.client_in_flight.inc()
+        began = time.perf_counter()
         try:
             response = await self._handle(req)
         except Exception as exc:
@@ -80,12 +113,29 @@ class ClientServer:
             response = _error("internal", "internal error: %s" % exc)
         finally:
             self.inflight -= 1
+            self.metrics.client_in_flight.dec()
+        self._observe(req, response, time.perf_counter() - began)
         response["id"] = rid
         try:
             writer.write(encode_frame(response))
             await writer.drain()
         except (ConnectionError, OSError):
             pass
+
+    def _observe(self, req: Any, response: dict, seconds: float) -> None:
+        """Count and time one answered request: KV ops by op, statements by type; by outcome
+        (ok or the error code). Labels come from fixed lists, never from the client's text."""
+        op = req.get("op") if isinstance(req, dict) else None
+        error = response.get("error") if not response.get("ok") else None
+        outcome = "ok" if error is None else outcome_label(error.get("code") if isinstance(error, dict) else None)
+        if op == "sql":
+            if isinstance(error, dict) and error.get("sql_code") in SQLSTATE_BY_SQL_CODE:
+                outcome = error["sql_code"]
+            args = req.get("args")
+            self.metrics.observe_sql(statement_type(args.get("sql") if isinstance(args, dict) else None),
+                                     outcome, seconds)
+        elif op in self.KV_OPS:
+            self.metrics.observe_kv(op, outcome, seconds)
 
     async def _handle(self, req: Any) -> dict:
         try:
@@ -95,7 +145,9 @@ class ClientServer:
         if self.draining:
             return _error("draining", "node %d is shutting down; retry on another node" % self.node.node_id)
         if op == "status":
-            return {"ok": True, "result": await self.node.status()}
+            status = await self.node.status()
+            status["requests"] = self.metrics.counts()
+            return {"ok": True, "result": status}
         if self.node.clock_unfit is not None:
             return _error("unavailable", "node %d does not serve: %s; use another node"
                           % (self.node.node_id, self.node.clock_unfit))
@@ -141,12 +193,19 @@ class ClientServer:
         return _error("ambiguous", "the outcome is unknown (%s); the write may have committed" % result, ambiguous=True)
 
     async def drain(self, timeout_s: float) -> None:
+        """Refuse new requests and connections, answer those in flight (within timeout_s), then
+        close every connection and wait for its task to end (bounded by the same deadline)."""
         self.draining = True
         if self.server is not None:
             self.server.close()
         deadline = time.monotonic() + timeout_s
         while self.inflight and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+        for writer in list(self._connections):
+            writer.close()   # its reader sees the end of the stream; its task finishes by itself
+        tasks = list(self._connections.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
 
 
 def _error(code: str, message: str, ambiguous: bool = False) -> dict:

@@ -1,6 +1,8 @@
 """The composition root of a node process: the only module that wires the store's node
 (raftstore.node) to the SQL gateway (sql/). It builds the node, starts its loop, serves the client
-port on asyncio in the main thread, and drains and stops on SIGTERM/SIGINT.
+port on asyncio in the main thread, serves /metrics and /health on a thread of its own when
+`--http-addr` is given, and drains and stops on SIGTERM/SIGINT (readiness turns 503 as the drain
+begins; the HTTP port answers until the process ends).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import signal
 
 from raftstore import constants
 from raftstore.node.loop import Node, NodeConfig, StartupError
+from raftstore.node.metrics import LoopSample
 from raftstore.server.client_port import ClientServer
+from raftstore.server.http_port import HttpPort
 from raftstore.server.nodekv import NodeKV
 from sql.gateway import Gateway
 
@@ -22,16 +26,23 @@ def run_node(cfg: NodeConfig) -> int:
     """Run a node until SIGTERM/SIGINT; returns the process exit code. The client port's `sql`
     op is served by the SQL gateway (sql.gateway); the node itself knows no SQL."""
     node = Node(cfg)
+    node.metrics.registry.register(LoopSample(lambda timeout_s: _ask_totals(node, timeout_s)))
+    http: HttpPort | None = None
     node.start_loop()
 
     async def main() -> int:
+        nonlocal http
         loop = asyncio.get_running_loop()
         server = ClientServer(node, Gateway(lambda: NodeKV(node, loop), loop))
         await server.start()
+        if node.http_sock is not None:
+            http = HttpPort(node.http_sock, node.metrics.registry, server.not_ready)
+            http.start()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        logger.info("node %d (%s) serving: peers on %s, clients on %s", cfg.node_id, cfg.region, cfg.peer_addr, cfg.sql_addr)
+        logger.info("node %d (%s) serving: peers on %s, clients on %s%s", cfg.node_id, cfg.region, cfg.peer_addr,
+                    cfg.sql_addr, ", metrics and health on http://%s" % cfg.http_addr if http is not None else "")
         while not stop.is_set():
             if node.fatal:
                 return 1
@@ -45,7 +56,18 @@ def run_node(cfg: NodeConfig) -> int:
     try:
         code = asyncio.run(main())
     finally:
+        if http is not None:
+            http.close()
         node.close()
     if node.fatal:
         raise StartupError(node.fatal)
+    logger.info("node %d stopped", cfg.node_id)
     return code
+
+
+def _ask_totals(node: Node, timeout_s: float) -> dict | None:
+    """The node loop's running totals for a scrape, or None if it did not answer in time."""
+    try:
+        return node.ask_loop(node.counters, timeout_s)
+    except TimeoutError:
+        return None
