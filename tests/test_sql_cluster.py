@@ -37,15 +37,20 @@ def test_a_table_created_on_one_node_is_usable_on_every_node_at_once(cluster):
         assert cur.fetchall() == [(0, "from n1"), (1, "from n2"), (2, "from n3")]
 
 
+def _shell(node, tmp_path) -> Terminal:
+    """`raftstore sql` against `node` in a pty, as a person starts it."""
+    env = {**os.environ, "TERM": "xterm-256color", "PROMPT_TOOLKIT_NO_CPR": "1", "HOME": str(tmp_path),
+           "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    return Terminal([sys.executable, "-m", "raftstore.cli", "sql", "--url", node.sql_addr,
+                     "--history", str(tmp_path / "history")], env)
+
+
 @pytest.mark.slow
 def test_a_person_uses_raftstore_sql_through_a_terminal(cluster, tmp_path):
     cur = raftstore.connect(cluster.nodes[1].sql_addr).cursor()
     cur.execute("CREATE TABLE IF NOT EXISTS pets (id INT PRIMARY KEY, name TEXT NOT NULL)")
     cur.execute("UPSERT INTO pets VALUES (1, 'rex'), (2, 'tom')")
-    env = {**os.environ, "TERM": "xterm-256color", "PROMPT_TOOLKIT_NO_CPR": "1", "HOME": str(tmp_path),
-           "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-    term = Terminal([sys.executable, "-m", "raftstore.cli", "sql", "--url", cluster.nodes[2].sql_addr,
-                     "--history", str(tmp_path / "history")], env)
+    term = _shell(cluster.nodes[2], tmp_path)
     try:
         term.expect(r"raftstore>")
         term.type("SELECT id,\r")
@@ -77,10 +82,7 @@ def test_d_users_in_the_shell_describes_the_table_through_a_terminal(cluster, tm
     cur.execute("SHOW RANGES")
     keys = [(row[1], row[2]) for row in cur.fetchall()]
     assert keys[0] == ("meta", "-inf") and keys[1][0] == "-inf", keys   # as raftstore status shows them
-    env = {**os.environ, "TERM": "xterm-256color", "PROMPT_TOOLKIT_NO_CPR": "1", "HOME": str(tmp_path),
-           "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-    term = Terminal([sys.executable, "-m", "raftstore.cli", "sql", "--url", cluster.nodes[1].sql_addr,
-                     "--history", str(tmp_path / "history")], env)
+    term = _shell(cluster.nodes[1], tmp_path)
     try:
         term.expect(r"raftstore>")
         term.type("\\d users\r")
