@@ -98,3 +98,95 @@ def test_a_wiped_node_cannot_rejoin_under_its_old_id(tmp_path):
             assert cl.get(b"k") == b"v"
     finally:
         c.cleanup()
+
+
+def test_a_peer_addr_missing_from_join_is_refused(tmp_path):
+    peer, sql, other = free_ports(3)
+    args = _base(tmp_path, peer, sql, ["--insecure"])
+    args[args.index("--join") + 1] = "127.0.0.1:%d" % other
+    _one_line_error(_start(*args), "--peer-addr", "not in --join")
+
+
+def test_a_node_id_beyond_the_join_list_is_warned_about_not_refused():
+    from raftstore.cli.main import build_parser, start_warnings
+
+    def warnings(node_id):
+        return start_warnings(build_parser().parse_args(
+            ["start", "--node-id", str(node_id), "--region", "r", "--peer-addr", "127.0.0.1:1", "--sql-addr",
+             "127.0.0.1:2", "--join", "127.0.0.1:1,127.0.0.1:3", "--data-dir", "d"]))
+    assert warnings(2) == []
+    [said] = warnings(3)
+    assert "--node-id 3" in said and "2 nodes of --join" in said
+
+
+def test_the_log_file_rotates_by_size(tmp_path):
+    import logging
+
+    from raftstore.cli.main import configure_logging
+    root = logging.getLogger()
+    before = list(root.handlers), root.level
+    try:
+        path = configure_logging(str(tmp_path), 1, "INFO", file_bytes_max=2000, files_kept=2)
+        for i in range(200):
+            logging.getLogger("raftstore.test").info("line %d of the log, long enough to fill it soon", i)
+    finally:
+        for handler in root.handlers[len(before[0]):]:
+            handler.close()
+        root.handlers[:], root.level = before
+    assert path == str(tmp_path / "logs" / "raftstore.log")
+    assert sorted(os.listdir(tmp_path / "logs")) == ["raftstore.log", "raftstore.log.1", "raftstore.log.2"]
+    assert all(os.path.getsize(tmp_path / "logs" / f) <= 2000 for f in os.listdir(tmp_path / "logs"))
+    assert "line 199 of the log" in (tmp_path / "logs" / "raftstore.log").read_text()
+
+
+class _Node:
+    """One `raftstore start` process; stopped (SIGTERM, then SIGKILL) however the test ends."""
+
+    def __init__(self, args):
+        self.proc = subprocess.Popen([sys.executable, "-m", "raftstore.cli", "start", *args],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True)
+
+    def wait_log(self, path, needle, timeout_s=60.0):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if os.path.exists(path) and needle in open(path).read():
+                return
+            assert self.proc.poll() is None, self.proc.stderr.read()
+            time.sleep(0.1)
+        raise AssertionError("no %r in %s after %.0f s" % (needle, path, timeout_s))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+def test_a_node_logs_to_its_data_dir_says_whom_it_waits_for_and_keeps_its_region(tmp_path):
+    peer, sql, absent = free_ports(3)
+    args = _base(tmp_path, peer, sql, ["--insecure"])
+    args[args.index("--join") + 1] = "127.0.0.1:%d,127.0.0.1:%d" % (peer, absent)
+    log = str(tmp_path / "d" / "logs" / "raftstore.log")
+    node = _Node(args)
+    try:
+        node.wait_log(log, "waiting for the cluster to form: heard from 0 of the 1 other --join nodes; "
+                           "waiting for 127.0.0.1:%d" % absent)
+    finally:
+        assert node.stop() == 0
+    alone = _base(tmp_path, peer, sql, ["--insecure"])        # a cluster of one: it forms at once
+    import shutil
+    shutil.rmtree(tmp_path / "d")
+    node = _Node(alone)
+    try:
+        node.wait_log(log, "cluster formed")
+    finally:
+        assert node.stop() == 0
+    assert "serving: peers on 127.0.0.1:%d, clients on 127.0.0.1:%d; logs in %s" % (
+        peer, sql, os.path.dirname(log)) in open(log).read()
+    alone[alone.index("--region") + 1] = "eu-west1"
+    _one_line_error(_start(*alone), "created for region us-east1, not --region eu-west1")

@@ -6,7 +6,6 @@ Bad input gets one line naming what is wrong and a non-zero exit, never a traceb
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -156,12 +155,44 @@ def run_start(args: argparse.Namespace) -> int:
     from raftstore.server.main import run_node
 
     cfg = node_config(args)
-    logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
-                        format="%(asctime)s n" + str(args.node_id) + " %(levelname)s %(name)s: %(message)s")
+    configure_logging(cfg.data_dir, args.node_id, args.log_level)
     try:
-        return run_node(cfg)
+        return run_node(cfg, tuple(start_warnings(args)))
     except StartupError as exc:
         raise SystemExit("raftstore start: error: %s" % exc)
+
+
+def configure_logging(data_dir: str, node_id: int, level: str, *, file_bytes_max: int = constants.log_file_bytes_max,
+                      files_kept: int = constants.log_files_kept) -> str:
+    """A node logs to stderr and to DATA_DIR/logs/raftstore.log, rotated past `file_bytes_max`
+    (`files_kept` old files kept). Returns the log file's path; SystemExit if it cannot be opened."""
+    import logging.handlers
+
+    log_dir = os.path.join(data_dir, "logs")
+    path = os.path.join(log_dir, "raftstore.log")
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+        to_file = logging.handlers.RotatingFileHandler(path, maxBytes=file_bytes_max, backupCount=files_kept)
+    except OSError as exc:
+        raise SystemExit("raftstore start: error: data dir %s is not usable: cannot write the log file %s: %s"
+                         % (data_dir, path, exc.strerror or exc)) from None
+    to_stderr = logging.StreamHandler(sys.stderr)
+    formatter = logging.Formatter("%(asctime)s n" + str(node_id) + " %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    for handler in (to_stderr, to_file):
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    root.setLevel(getattr(logging, level))
+    return path
+
+
+def start_warnings(args: argparse.Namespace) -> list[str]:
+    """What is legitimate but often a mistake in `raftstore start`'s flags, said at start-up."""
+    out = []
+    if args.node_id > len(args.join):
+        out.append("--node-id %d is larger than the %d nodes of --join: node ids need not be 1..N, but check "
+                   "that every node of the cluster has its own" % (args.node_id, len(args.join)))
+    return out
 
 
 def node_config(args: argparse.Namespace) -> NodeConfig:
@@ -172,6 +203,10 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
     if args.cluster_secret_file is None and not args.insecure:
         raise SystemExit("raftstore start: error: no --cluster-secret-file given; peers must authenticate "
                          "(pass --insecure to run without, for local testing only)")
+    if args.peer_addr not in args.join:
+        raise SystemExit("raftstore start: error: --peer-addr %s is not in --join (%s): every node's --join lists "
+                         "the peer addresses of all the cluster's nodes, its own included, spelled the same"
+                         % (args.peer_addr, ",".join(args.join)))
     secret = b"" if args.insecure else _read_secret(args.cluster_secret_file)
     latency = None
     if args.latency_matrix:

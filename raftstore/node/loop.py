@@ -153,6 +153,7 @@ class Node:
         self.clock_unfit: str | None = None       # why this node stopped serving (clock), or None
         self._offset_logged: dict[int, float] = {}
         self.join_hellos: dict[str, dict] = {}
+        self._next_forming_log = 0.0
         self._stop = threading.Event()
         self.loop_busy_max_s = 0.0   # longest node-loop iteration (time not spent waiting in poll)
         self.loop_stalls: collections.deque = collections.deque(maxlen=constants.loop_stalls_kept)
@@ -204,6 +205,9 @@ class Node:
             if meta.get("node_id") != cfg.node_id:
                 raise StartupError("data dir %s belongs to node %s, not --node-id %d"
                                    % (cfg.data_dir, meta.get("node_id"), cfg.node_id))
+            if meta.get("region", cfg.region) != cfg.region:
+                raise StartupError("data dir %s was created for region %s, not --region %s: a node keeps its region "
+                                   "(start it with --region %s)" % (cfg.data_dir, meta["region"], cfg.region, meta["region"]))
             self.members = members
             self.active = set(meta.get("active", []))
         elif os.listdir(os.path.join(cfg.data_dir, "raft")):
@@ -277,6 +281,15 @@ class Node:
         self.join_hellos[hello["addr"]] = hello
         self._maybe_form()
         return None
+
+    def _say_whom_we_wait_for(self, now: float) -> None:
+        """While the cluster has not formed, say so now and then, naming the peers not heard from."""
+        if self.members is not None or now < self._next_forming_log:
+            return
+        self._next_forming_log = now + constants.forming_log_interval_s
+        missing = [a for a in self.cfg.join if a != self.cfg.peer_addr and a not in self.join_hellos]
+        logger.info("waiting for the cluster to form: heard from %d of the %d other --join nodes; waiting for %s",
+                    len(self.cfg.join) - 1 - len(missing), len(self.cfg.join) - 1, ", ".join(missing))
 
     def _maybe_form(self) -> None:
         wanted = [a for a in self.cfg.join if a != self.cfg.peer_addr]
@@ -523,6 +536,8 @@ class Node:
     def _run_loop(self) -> None:
         if self.members is not None:
             self._start_groups()
+        else:
+            self._maybe_form()   # a cluster of one (--join names only this node) forms at once
         next_tick = next_heartbeat = next_disk_check = time.monotonic()
         while not self._stop.is_set():
             wake_at = next_tick
@@ -550,6 +565,7 @@ class Node:
             if now >= next_tick:
                 next_tick = now + constants.tick_interval_s
                 self._dial()
+                self._say_whom_we_wait_for(now)
                 if self._forwarded:
                     self._expire_forwarded(now)
                 if self._deferred:

@@ -8,6 +8,7 @@ begins; the HTTP port answers until the process ends).
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 import signal
 
@@ -22,9 +23,10 @@ from sql.gateway import Gateway
 logger = logging.getLogger(__name__)
 
 
-def run_node(cfg: NodeConfig) -> int:
+def run_node(cfg: NodeConfig, warnings: tuple[str, ...] = ()) -> int:
     """Run a node until SIGTERM/SIGINT; returns the process exit code. The client port's `sql`
-    op is served by the SQL gateway (sql.gateway); the node itself knows no SQL."""
+    op is served by the SQL gateway (sql.gateway); the node itself knows no SQL. `warnings`
+    (about its flags) are logged once it serves, after the line that says where."""
     node = Node(cfg)
     node.metrics.registry.register(LoopSample(lambda timeout_s: _ask_totals(node, timeout_s)))
     http: HttpPort | None = None
@@ -41,8 +43,11 @@ def run_node(cfg: NodeConfig) -> int:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        logger.info("node %d (%s) serving: peers on %s, clients on %s%s", cfg.node_id, cfg.region, cfg.peer_addr,
-                    cfg.sql_addr, ", metrics and health on http://%s" % cfg.http_addr if http is not None else "")
+        logger.info("node %d (%s) serving: peers on %s, clients on %s%s; logs in %s", cfg.node_id, cfg.region,
+                    cfg.peer_addr, cfg.sql_addr, ", metrics and health on http://%s" % cfg.http_addr if http is not None
+                    else "", os.path.join(cfg.data_dir, "logs"))
+        for warning in warnings:
+            logger.warning("%s", warning)
         while not stop.is_set():
             if node.fatal:
                 return 1
