@@ -22,6 +22,8 @@ def url_type(text: str) -> list[str]:
     try:
         parse_addresses(items)
     except ValueError as exc:
+        if f"{URL_SCHEME}://" in str(exc):   # it already says what is accepted
+            raise argparse.ArgumentTypeError(str(exc)) from None
         raise argparse.ArgumentTypeError(
             f"{exc}; --url takes {URL_METAVAR} or {URL_SCHEME}://{URL_METAVAR}, "
             "e.g. 127.0.0.1:26257"
