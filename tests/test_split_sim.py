@@ -1,6 +1,8 @@
 """Split crash-safety in the deterministic simulator: a crash at any step of a split loses,
 doubles or double-serves no key, and a write sent again after splits is answered once."""
 
+import re
+
 import pytest
 from pysyncobj import SyncObj
 
@@ -36,8 +38,16 @@ def test_checker_catches_the_build_before_crash_only_losing_writes_after_a_faile
     advances = MVCCStore._advances
     monkeypatch.setattr(group_mod.RaftGroup, "_SyncObj__applyLogEntries", swallow)
     monkeypatch.setattr(MVCCStore, "_advances", lambda self, conn, rid, index, continuous: advances(self, conn, rid, index, False))
-    with pytest.raises(Violation, match="lost .* acknowledged writes"):
-        run_split_seed(SplitSimConfig(seed=2, storage_faults=True))
+    # Which seeds meet the fault depends on the event order (and so on hashing); a few seeds
+    # between them always do: the checker must name the loss in at least one.
+    caught = []
+    for seed in range(1, 6):
+        try:
+            run_split_seed(SplitSimConfig(seed=seed, storage_faults=True))
+        except Violation as exc:
+            if re.search("lost .* acknowledged writes", str(exc)):
+                caught.append(seed)
+    assert caught, "no seed of 1..5 caught the build that goes on after a failed commit"
 
 
 
