@@ -142,3 +142,16 @@ def test_a_key_outside_the_range_is_refused_before_proposing_with_the_range_that
         assert [p[0] for p in h.group(R).proposed] == ["put"]
     finally:
         h.mvcc.close()
+
+
+def test_a_command_whose_replica_lost_the_lead_while_it_waited_for_its_latch_is_not_proposed(h):
+    h.evaluate("put", {"key": b"kd", "value": b"1"}, b"a" * 16)          # holds kd's latch
+    h.evaluate("put", {"key": b"kd", "value": b"2"}, b"b" * 16)          # waits for it
+    assert len(h.group().proposed) == 1
+    h.group().leader, h.group().leader_id_ = False, "2"
+    _, _, first_done, _ = h.group().proposed[0]
+    first_done(Outcome.AMBIGUOUS, "the lead moved")                       # releases the latch
+    assert len(h.group().proposed) == 1                                   # the second is not proposed here
+    assert (Outcome.AMBIGUOUS, "the lead moved") in h.answers and len(h.answers) == 2
+    [(outcome, result)] = [a for a in h.answers if a[0] is not Outcome.AMBIGUOUS]
+    assert outcome is Outcome.NOT_COMMITTED and is_not_leader(result) and result.details == {"leader": 2}

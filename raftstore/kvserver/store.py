@@ -494,6 +494,15 @@ class Store:
                 release()
                 answer(outcome, result)
             rep = self.replicas.get(range_id)
+            group = self.groups.get(range_id)
+            if group is not None and not group.is_leader():
+                # The lead moved while this waited for its latch: proposing now would be a
+                # follower's proposal (pysyncobj's forwarding); the router sends it again.
+                leader = group.leader_id()
+                done(Outcome.NOT_COMMITTED, not_leader("n%d stopped leading r%d while the command waited for its "
+                                                       "latch" % (self.cfg.node_id, range_id),
+                                                       int(leader) if leader else None))
+                return
             found, saved = rep.result_of(command_id) if rep is not None and rep.desc is not None else (False, None)
             if found:
                 # Applied already (a retry after a lost answer): its first answer, never a fresh verdict.
