@@ -155,3 +155,18 @@ def test_a_command_whose_replica_lost_the_lead_while_it_waited_for_its_latch_is_
     assert (Outcome.AMBIGUOUS, "the lead moved") in h.answers and len(h.answers) == 2
     [(outcome, result)] = [a for a in h.answers if a[0] is not Outcome.AMBIGUOUS]
     assert outcome is Outcome.NOT_COMMITTED and is_not_leader(result) and result.details == {"leader": 2}
+
+
+def test_a_split_asked_of_the_leader_is_split_with_its_own_descriptor(h):
+    from raftstore.kvserver.ranges import META_RANGE_ID
+    from raftstore.kvserver.store import ADMIN_SPLIT
+    start = h.store.replicas[R].desc.start
+    h.evaluate(ADMIN_SPLIT, {"key": start}, None)
+    assert h.answers == [(Outcome.COMMITTED, {"already": True, "range_id": R})]
+    h.evaluate(ADMIN_SPLIT, {"key": b"km"}, None)
+    [(op, _, allocated, _)] = h.group(META_RANGE_ID).proposed         # first a range id from meta
+    assert op == "alloc_range_id"
+    allocated(Outcome.COMMITTED, {"range_id": 9})
+    [(op, args, _, _)] = h.group(R).proposed                          # then the split, at this replica's generation
+    assert op == "split" and args["split_key"] == b"km" and args["new_range_id"] == 9
+    assert args["generation"] == h.store.replicas[R].desc.generation

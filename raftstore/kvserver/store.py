@@ -55,6 +55,7 @@ _NO_OP = b"\x01"     # pysyncobj's _COMMAND_TYPE.NO_OP
 
 
 EVALUATED_OPS = frozenset({"put", "delete", "cas", "put_if"})   # client writes: evaluated by the leader under latches
+ADMIN_SPLIT = "admin_split"   # a split asked for at a key ({"key"}): the range's leader splits with its own descriptor
 
 
 def _no_crash(point: str) -> None:
@@ -466,6 +467,15 @@ class Store:
         here = self.replicas.get(range_id)
         if isinstance(routed_by, bytes) and here is not None and here.desc is not None and not here.desc.contains(routed_by):
             callback(Outcome.REJECTED, self.mismatch(here.desc, routed_by))
+            return
+        if op == ADMIN_SPLIT:
+            if here is None or here.desc is None or not isinstance(key, bytes):
+                callback(Outcome.NOT_COMMITTED, "r%d has no initialized replica on n%d to split; retry"
+                         % (range_id, self.cfg.node_id))
+            elif here.desc.start == key:
+                callback(Outcome.COMMITTED, {"already": True, "range_id": range_id})
+            else:
+                self.split_range(range_id, key, callback)
             return
         if op not in EVALUATED_OPS or not isinstance(key, bytes):
             self.propose(range_id, op, args, callback, command_id=command_id)

@@ -37,7 +37,7 @@ from hlc import HLC, MAX_OFFSET_NS_DEFAULT, ClockOffsetError, FileCeilingStore, 
 from raftstore import constants
 from raftstore.kvserver.consistency import CHECKSUM_OP, Checksum, ChecksumRegistry, ConsistencyChecker
 from raftstore.kvserver.ranges import MISMATCH, pretty_key
-from raftstore.kvserver.store import Store, StoreConfig
+from raftstore.kvserver.store import ADMIN_SPLIT, Store, StoreConfig
 from raftstore.node.clockcheck import OffsetMonitor, probe_is_valid
 from raftstore.node.metrics import NodeMetrics, TimedLogFile
 from raftstore.node.peer import (CHECKSUM_REPLY, CHECKSUM_REQUEST, HEARTBEAT, PROPOSE, PROPOSE_REPLY, RAFT, PeerNetwork,
@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 
 READ_OPS = frozenset({"get", "scan"})   # the client ops that write nothing
 CLIENT_OPS = READ_OPS | {"put", "delete", "cas", "put_if"}
-STORE_OPS = frozenset({"meta_put", "alloc_range_id", "split", CHECKSUM_OP})   # a node's own commands
+STORE_OPS = frozenset({"meta_put", "alloc_range_id", "split", CHECKSUM_OP, ADMIN_SPLIT})   # a node's own commands
 PEER_PROPOSABLE = CLIENT_OPS | STORE_OPS   # what a peer may hand a range's leader
 
 _WAKING_MESSAGES = frozenset({"apply_command", "apply_command_response", "request_vote", "response_vote", "timeout_now"})
@@ -722,17 +722,10 @@ class Node:
                                     lambda store, done: self.router.scan(start, end, limit, done))
 
     async def split(self, key: bytes) -> tuple:
-        loop = asyncio.get_running_loop()
-
-        def submit(store: Store, done):
-            desc = store.descriptor_for(key)
-            if desc is None:
-                done(Outcome.NOT_COMMITTED, "no range here holds key %s" % pretty_key(key))
-            elif desc.start == key:
-                done(Outcome.COMMITTED, {"already": True, "range_id": desc.range_id})
-            else:
-                store.split_range(desc.range_id, key, done)
-        return await self._proposal(loop, submit)
+        """Split the range holding key at key: routed like a client's command to the range's
+        leader, which splits with its own descriptor (Store.evaluate_and_propose, ADMIN_SPLIT)."""
+        return await self._proposal(asyncio.get_running_loop(),
+                                    lambda store, done: self.router.send(ADMIN_SPLIT, key, {"key": key}, None, done))
 
     async def status(self) -> dict:
         loop = asyncio.get_running_loop()
