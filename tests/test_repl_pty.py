@@ -78,8 +78,11 @@ class Terminal:
         os.close(self.master)
 
     def _read_some(self, timeout_s: float) -> bool:
-        ready, _, _ = select.select([self.master], [], [], max(timeout_s, 0))
-        if not ready:
+        # poll, not select: late in a long test session this process's descriptors may pass
+        # select()'s limit of 1024 ("filedescriptor out of range").
+        poller = select.poll()
+        poller.register(self.master, select.POLLIN)
+        if not poller.poll(max(timeout_s, 0) * 1000):
             return False
         try:
             data = os.read(self.master, 65536)
