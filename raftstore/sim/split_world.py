@@ -122,6 +122,7 @@ class SplitWorld:
         self.disks = {i: SimDisk() for i in self.ids}
         self.stores: dict[int, Store] = {}
         self.routers: dict[int, Router] = {}
+        self.dead_stores: list[Store] = []
         self.mvccs: dict[int, MVCCStore] = {}
         self.transports: dict[tuple[int, int], _GroupTransport] = {}
         self.incarnation = {i: 0 for i in self.ids}
@@ -207,7 +208,9 @@ class SplitWorld:
 
     def _crashed(self, nid: int, restart: bool = True) -> None:
         self.log("crash n%d at %s" % (nid, self.crash_point))
-        self.stores.pop(nid, None)
+        dead = self.stores.pop(nid, None)
+        if dead is not None:
+            self.dead_stores.append(dead)   # its files are closed when the run ends
         for key in [k for k in self.transports if k[0] == nid]:
             del self.transports[key]
         self.incarnation[nid] += 1
@@ -292,6 +295,19 @@ class SplitWorld:
 
     # --- main loop and checks ---------------------------------------------------------------------
     def run(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            # Every store this run opened, crashed ones included, is closed however it ended (a
+            # test process runs many seeds: their files must not pile up).
+            for store in list(self.stores.values()) + self.dead_stores:
+                with contextlib.suppress(Exception, FailStop):
+                    store.close()
+            for mvcc in list(self.mvccs.values()):
+                with contextlib.suppress(Exception):
+                    mvcc.close()
+
+    def _run(self) -> dict:
         with patched_pysyncobj(self.clock, self.rng):
             for nid in self.ids:
                 self.start_node(nid)
