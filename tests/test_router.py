@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from raftstore import constants
+from raftstore.kvserver.batch import BATCH_OP, BatchRequest, Get, Header, Scan
 from raftstore.kvserver.ranges import RANGE_KEY_MISMATCH, RangeDescriptor
 from raftstore.raft.commands import Outcome, Rejection
 from raftstore.router import RangeCache, Router
@@ -39,22 +40,36 @@ class World:
     def _send(self, desc, op, args, done, cid) -> None:
         self.sent.append((desc.range_id, cid))
         actual = self.truth.get(desc.range_id)
-        key = args["start"] if op == "scan" else args["key"]
-        if actual is not None and actual.contains(key) and op == "scan":
-            stop = actual.end if args["end"] is None or (actual.end is not None and actual.end < args["end"]) else args["end"]
-            rows = [[k, v] for k, v in sorted(self.data.items()) if key <= k and (stop is None or k < stop)][:args["limit"]]
-            done(Outcome.COMMITTED, {"rows": rows, "versions": [[1, actual.range_id]] * len(rows),
-                                     "ts": [5, actual.range_id], "span_end": actual.end})
+        request = BatchRequest.from_wire(args) if op == BATCH_OP else None
+        keys = request.keys() if request is not None else [args["key"]]
+        outside = next((k for k in keys if actual is None or not actual.contains(k)), None)
+        if outside is None and request is not None:
+            self.answer_batch(actual, request, done)
             return
-        if actual is not None and actual.contains(key):
+        if outside is None:
             done(Outcome.COMMITTED, {"range_id": actual.range_id})
             return
         returned = [actual] if actual is not None else []
-        holder = next((d for d in self.truth.values() if d.contains(key)), None)
+        holder = next((d for d in self.truth.values() if d.contains(outside)), None)
         if self.tell_holder and holder is not None and holder is not actual:
             returned.append(holder)
         done(Outcome.REJECTED, Rejection(RANGE_KEY_MISMATCH, "RangeKeyMismatch: not here",
                                          {"descriptors": [d.to_wire() for d in returned]}))
+
+    def answer_batch(self, actual: RangeDescriptor, request: BatchRequest, done) -> None:
+        """Gets answer the value and the range that served them; a Scan its rows within the
+        range, at most the header's max_keys (then a resume key)."""
+        responses = []
+        for op in request.ops:
+            if isinstance(op, Scan):
+                stop = actual.end if op.end is None or (actual.end is not None and actual.end < op.end) else op.end
+                found = [[k, v] for k, v in sorted(self.data.items()) if op.key <= k and (stop is None or k < stop)]
+                rows = found[:request.header.keys_limit()]
+                resume = rows[-1][0] + b"\x00" if len(found) > len(rows) else None
+                responses.append({"rows": rows, "versions": [[1, actual.range_id]] * len(rows), "resume": resume})
+            else:
+                responses.append({"value": self.data.get(op.key), "ts": [1, actual.range_id]})
+        done(Outcome.COMMITTED, {"ts": [5, actual.range_id], "responses": responses, "span_end": actual.end})
 
     def _later(self, due, done, fn) -> None:
         self.queue.append((due, fn))
@@ -65,13 +80,16 @@ class World:
     def run(self, call) -> tuple:
         answers = []
         call(lambda o, r: answers.append((o, r)))
+        self.drain()
+        assert len(answers) == 1, answers
+        return answers[0]
+
+    def drain(self) -> None:
         while self.queue:                       # run deferred sends in due order, advancing time
             self.queue.sort(key=lambda e: e[0])
             due, fn = self.queue.pop(0)
             self.t = max(self.t, due)
             fn()
-        assert len(answers) == 1, answers
-        return answers[0]
 
 
 def split_under_a_client(router_class=Router) -> tuple[World, tuple]:
@@ -210,3 +228,71 @@ def test_a_scan_answers_the_first_failure_of_a_page():
     w.router._send = lambda desc, op, args, done, cid: (done(Outcome.NOT_COMMITTED, "r3 has no leader")
                                                         if desc.range_id == 3 else real(desc, op, args, done, cid))
     assert w.run(lambda done: w.router.scan(b"a", None, 10, done)) == (Outcome.NOT_COMMITTED, "r3 has no leader")
+
+
+def run_batch(w: World, ops, header: Header = Header()) -> list:
+    answers = []
+    w.router.send_batch(header, ops, answers.append)
+    w.drain()
+    assert len(answers) == 1, answers
+    return answers[0]
+
+
+def test_a_batch_over_two_ranges_is_split_per_range_the_parts_sent_together_answers_in_order():
+    w = World()
+    w.split()
+    w.meta = [LEFT, RIGHT]
+    held = []                                                  # parts sent, none answered yet
+    real = w.router._send
+    w.router._send = lambda desc, op, args, done, cid: held.append((desc, op, args, done, cid))
+    answers = []
+    w.router.send_batch(Header(), [Get(b"n"), Get(b"b"), Get(b"z"), Get(b"c")], answers.append)
+    assert sorted(d.range_id for d, *_ in held) == [2, 3] and answers == []   # concurrent: both out at once
+    assert {len(BatchRequest.from_wire(args).ops) for _, _, args, _, _ in held} == {2}
+    for part in reversed(held):                                # answered in any order
+        real(*part)
+    assert [(o, r["value"]) for o, r in answers[0]] == [(Outcome.COMMITTED, v) for v in (b"3", b"1", b"4", b"2")]
+    assert [r["ts"] for _, r in answers[0]] == [[1, 3], [1, 2], [1, 3], [1, 2]]   # a get's ts: its version
+
+
+def test_a_batch_part_refused_by_a_split_is_grouped_again_and_each_op_reaches_its_range():
+    w = World()
+    w.put(b"b")                                                # cache r2 whole
+    w.split()                                                  # the batch meets the split
+    w.meta = [LEFT, RIGHT]
+    answers = run_batch(w, [Get(b"b"), Get(b"z")])
+    assert [r["value"] for _, r in answers] == [b"1", b"4"]
+    assert w.router.stats["redirects"] == 1 and w.router.stats["lookups"] == 1
+
+
+def test_a_failed_part_fails_only_its_own_ops():
+    w = World()
+    w.split()
+    w.meta = [LEFT, RIGHT]
+    real = w.router._send
+    w.router._send = lambda desc, op, args, done, cid: (done(Outcome.AMBIGUOUS, "r3 timed out")
+                                                        if desc.range_id == 3 else real(desc, op, args, done, cid))
+    answers = run_batch(w, [Get(b"b"), Get(b"z")])
+    assert answers[0][0] is Outcome.COMMITTED and answers[1] == (Outcome.AMBIGUOUS, "r3 timed out")
+
+
+def test_a_batch_that_breaks_the_rules_is_refused_before_anything_is_sent():
+    from raftstore.kvserver.batch import Put
+    w = World()
+    with pytest.raises(ValueError, match="reads or writes"):
+        w.router.send_batch(Header(), [Get(b"b"), Put(b"c", b"v")], lambda got: None)
+    with pytest.raises(ValueError, match="more than once"):
+        w.router.send_batch(Header(), [Put(b"c", b"v"), Put(b"c", b"w")], lambda got: None)
+    assert w.sent == []
+
+
+def test_a_scan_stopped_by_its_limit_gives_the_key_to_resume_from_and_resuming_reads_the_rest():
+    w = World()
+    w.split()
+    w.meta = [LEFT, RIGHT]
+    outcome, got = w.run(lambda done: w.router.scan(b"a", None, 3, done))
+    assert got["rows"] == [[b"b", b"1"], [b"c", b"2"], [b"n", b"3"]] and got["resume"] == b"n\x00"
+    rest = w.run(lambda done: w.router.scan(got["resume"], None, 10, done))[1]
+    assert rest["rows"] == [[b"z", b"4"]] and rest["resume"] is None
+    done_at_end = w.run(lambda done: w.router.scan(b"a", b"c", 10, done))[1]
+    assert done_at_end["rows"] == [[b"b", b"1"]] and done_at_end["resume"] is None

@@ -38,6 +38,27 @@ class Latches:
         self._busy.add(key)
         self._grant(key, run)
 
+    def acquire_all(self, keys: list[Hashable], run: Callable[[Release], None]) -> None:
+        """Call `run(release)` once the latches on every key are ours; `release()` frees them all.
+        Callers pass keys in one global order (sorted), and a holder waits for the next key while
+        holding the earlier ones: with one order there is no cycle of waiters, so no deadlock."""
+        held: list[Release] = []
+
+        def release_all() -> None:
+            for release in held:
+                release()
+
+        def take(i: int) -> None:
+            if i == len(keys):
+                run(release_all)
+                return
+
+            def got(release: Release) -> None:
+                held.append(release)
+                take(i + 1)
+            self.acquire(keys[i], got)
+        take(0)
+
     def _grant(self, key: Hashable, run: Callable[[Release], None]) -> None:
         self._grants.append((key, run))
         if self._granting:

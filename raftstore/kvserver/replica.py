@@ -34,6 +34,8 @@ import msgpack
 from raftstore import constants
 from raftstore.kvserver.ranges import (FIRST_DATA_RANGE_ID, META_COUNTER_KEY, META_DESC_PREFIX, META_RANGE_ID, MISMATCH,
                                        RANGE_KEY_MISMATCH, RangeDescriptor, local_desc_key, meta_desc_key)
+from raftstore.kvserver.batch import (BATCH_OP, BatchRequest, CompareAndSwap, ConditionalPut, Delete, Get, Header,
+                                      Increment, Put, Scan, decode_int, response_op)
 from raftstore.raft.commands import Command, CommandError
 from raftstore.raft.failstop import FailStop
 from raftstore.raft.group import SnapshotRefused
@@ -75,15 +77,6 @@ def _ts(args: dict, name: str = "ts") -> tuple[int, int]:
 def desc_ts(desc: RangeDescriptor) -> tuple[int, int]:
     """Versions of a descriptor are ordered by generation, whatever order they are written in."""
     return (desc.generation, 0)
-
-
-def _version_matches(found: tuple | None, args: dict) -> bool:
-    """A put_if's condition against the key's newest version `found` ((value, version), None if
-    never written): the version is exactly `if_version`, or, with `if_version` nil, the key has
-    no live value."""
-    if args.get("if_version") is None:
-        return found is None or found[0] is None
-    return found is not None and found[1] == _ts(args, "if_version")
 
 
 def read_local_descriptor(store: MVCCStore, range_id: int) -> RangeDescriptor | None:
@@ -150,6 +143,9 @@ class RangeReplica:
         command that names none (a split, a malformed command), the range's start, which stays
         with this range."""
         args = command.args
+        if isinstance(args, dict) and isinstance(args.get("ops"), list) and args["ops"]:
+            first = args["ops"][0]   # a batch: its first key (its retry is routed by its keys)
+            args = first[1] if isinstance(first, (list, tuple)) and len(first) == 2 else None
         if isinstance(args, dict):
             for name in ("key", "start"):
                 if isinstance(args.get(name), bytes):
@@ -286,92 +282,167 @@ class RangeReplica:
             raise self._mismatch("key %r is outside %s" % (key, self.desc))
         return key
 
+    # Client ops. Each is a batch (kvserver.batch) evaluated by `_apply_batch`; the one-op
+    # commands below (put, delete, cas, put_if, get, scan) are the same thing for one key,
+    # answered in the one-op shape (`response_op`).
+    def _op_batch(self, index, command, args):
+        request = BatchRequest.from_wire(args)
+        if not request.writes:
+            return self._read_batch(index, request)
+        return self._write_batch(index, command, request, _ts(args), args.get("evaluated") is True)
+
+    def _one(self, index, command, args, op, evaluated: bool = False) -> dict:
+        request = BatchRequest(Header(), (op,))
+        request.validate()
+        if op.writes:
+            return self._write_batch(index, command, request, _ts(args), evaluated, shape=response_op)
+        return response_op(self._read_batch(index, request))
+
     def _op_put(self, index, command, args):
-        return self._write(index, command, args, _bytes(args, "value"))
+        return self._one(index, command, args, Put(_bytes(args, "key"), _bytes(args, "value")))
 
     def _op_delete(self, index, command, args):
-        return self._write(index, command, args, None)
-
-    def condition_holds(self, op: str, args: dict) -> bool:
-        """Whether a `cas` or `put_if` would write against the state applied now: what the
-        leader evaluates (kvserver.store.Store.evaluate_and_propose) and apply decides again."""
-        key = self._check_key(_bytes(args, "key"))
-        if op == "cas":
-            return self.store.get_value(key, LATEST) == _bytes(args, "expected", optional=True)
-        return _version_matches(self.store.get(key, LATEST), args)
-
-    def _condition_failed_at_apply(self, args: dict) -> None:
-        """The leader evaluated this command's condition as holding, and apply found it false:
-        the state changed between evaluation and apply (a leader change; with latches, never
-        under a stable leader). Counted the same on every replica, as it is decided by the log."""
-        if args.get("evaluated") is True:
-            self.evaluation_misses += 1
+        return self._one(index, command, args, Delete(_bytes(args, "key")))
 
     def _op_cas(self, index, command, args):
-        key = self._check_key(_bytes(args, "key"))
-        if not self.condition_holds("cas", args):
-            self._condition_failed_at_apply(args)
-            ts = self._write_ts(key, _ts(args))
-            result = {"swapped": False, "ts": list(ts)}
-            self._finish(index, command, [], result)
-            return result
-        return self._write(index, command, args, _bytes(args, "new"), swapped=True)
+        return self._one(index, command, args, CompareAndSwap.from_wire(args), args.get("evaluated") is True)
 
     def _op_put_if(self, index, command, args):
-        """Write `value` (nil: delete) only if the key's newest version is exactly `if_version`
-        ([wall, logical], a commit timestamp a write or read answered), or, with `if_version`
-        nil, only if the key has no live value. Versions are compared by commit timestamp, never
-        by value bytes: another writer that put back the same bytes made a different version.
-        Decided from the command and the MVCC data alone, so every replica decides the same.
-        Answers {"swapped": True, "ts": the new version} or {"swapped": False, "ts": [...],
-        "value": the live value or nil, "version": the newest version (a tombstone's too) or nil},
-        so a caller that lost a race has what it needs to try again without another read."""
-        key = self._check_key(_bytes(args, "key"))
-        value = _bytes(args, "value", optional=True)
-        found = self.store.get(key, LATEST)
-        if not _version_matches(found, args):
-            self._condition_failed_at_apply(args)
-            result = {"swapped": False, "ts": list(self._write_ts(key, _ts(args))),
-                      "value": found[0] if found else None, "version": list(found[1]) if found else None}
-            self._finish(index, command, [], result)
-            return result
-        return self._write(index, command, args, value, swapped=True)
-
-    def _write(self, index, command, args, value, **answer):
-        """Write the key's new version; the answer ({"ts": commit timestamp, **answer}) is
-        recorded whole, so a retried command id gets exactly the same."""
-        key = self._check_key(_bytes(args, "key"))
-        ts = self._write_ts(key, _ts(args))
-        result = {"ts": list(ts), **answer}
-        self._finish(index, command, [(key, ts, value)], result)
-        if self.on_write is not None:
-            self.on_write(self.range_id, len(key) + (len(value) if value else 0))
-        return dict(result)
+        return self._one(index, command, args, ConditionalPut.from_wire(args), args.get("evaluated") is True)
 
     def _op_get(self, index, command, args):
-        key = self._check_key(_bytes(args, "key"))
-        found = self.store.get(key, LATEST)
-        self.store.mark_applied(self.range_id, index, continuous=True)
-        if found is None:
-            return {"value": None, "ts": [0, 0]}
-        return {"value": found[0], "ts": list(found[1])}
+        return self._one(index, command, args, Get(_bytes(args, "key")))
 
     def _op_scan(self, index, command, args):
-        """Rows of `[start, end) ∩ span` and, in `versions`, each row's version (commit
-        timestamp), for a conditioned write after the read; `span_end` tells the router where
+        """Rows of `[start, end) ∩ span`, at most `limit`, and, in `versions`, each row's version
+        (commit timestamp); `resume` (a byte limit stopped it) or `span_end` tells the router where
         to continue."""
-        start, end = _bytes(args, "start"), _bytes(args, "end", optional=True)
         limit = args.get("limit")
         if not isinstance(limit, int) or not 0 < limit <= constants.scan_rows_max:
             raise CommandError("argument 'limit' must be an integer in 1..%d" % constants.scan_rows_max)
+        start = _bytes(args, "start")
         if not self.desc.contains(start):
             raise self._mismatch("scan start %r is outside %s" % (start, self.desc))
-        stop = self.desc.end if end is None or (self.desc.end is not None and self.desc.end < end) else end
-        rows = self.store.scan(start, stop, LATEST, limit)
+        request = BatchRequest(Header(max_keys=limit), (Scan(start, _bytes(args, "end", optional=True)),))
+        result = self._read_batch(index, request)
+        return dict(response_op(result), span_end=result["span_end"])
+
+    def condition_holds(self, op: str, args: dict) -> bool:
+        """Whether a one-op `cas` or `put_if` would write against the state applied now."""
+        cls = CompareAndSwap if op == "cas" else ConditionalPut
+        return self.batch_holds(BatchRequest(Header(), (cls.from_wire(args),)))
+
+    def batch_holds(self, request: BatchRequest) -> bool:
+        """Whether every condition of a write batch holds against the state applied now: what
+        the leader evaluates (kvserver.store.Store.evaluate_and_propose) and apply decides again.
+        Raises CommandError for a key outside the span or an Increment of a non-integer."""
+        for op in request.ops:
+            self._check_key(op.key)
+        return all(self._holds(op, self.store.get(op.key, LATEST)) for op in request.ops)
+
+    @staticmethod
+    def _holds(op, found: tuple | None) -> bool:
+        """An op's condition against its key's newest version `found` ((value, version), None if
+        never written)."""
+        if isinstance(op, ConditionalPut):
+            if op.if_version is None:
+                return found is None or found[0] is None
+            return found is not None and found[1] == op.if_version
+        if isinstance(op, CompareAndSwap):
+            return (found[0] if found is not None else None) == op.expected
+        if isinstance(op, Increment):
+            decode_int(found[0] if found is not None else None)   # refuses a non-integer
+        return True
+
+    def _write_batch(self, index: int, command: Command, request: BatchRequest, proposed: tuple[int, int],
+                     evaluated: bool, shape: Callable[[dict], dict] = dict) -> dict:
+        """All or nothing: if every condition holds, every op writes at one commit timestamp, the
+        proposed one raised above the newest version of every key written (so a key's versions
+        only grow, whatever a leader believed); else nothing is written and each op answers its
+        key's live value and newest version. A leader that evaluated the conditions as holding
+        (`evaluated`) and apply finding one false is an evaluation miss: the state changed
+        between evaluation and apply (a leader change; under a stable leader, with latches,
+        never). Counted the same on every replica, as it is decided by the log. The answer, saved
+        with the command's outcome, is `shape(result)` (a one-op command's: `response_op`)."""
+        for op in request.ops:
+            self._check_key(op.key)
+        found = [self.store.get(op.key, LATEST) for op in request.ops]
+        held = [self._holds(op, f) for op, f in zip(request.ops, found)]
+        newest = max((f[1] for f in found if f is not None), default=None)
+        ts = proposed if newest is None or newest < proposed else (newest[0], newest[1] + 1)
+        if not all(held):
+            if evaluated:
+                self.evaluation_misses += 1
+            responses = [{"swapped": False, "value": f[0] if f else None, "version": list(f[1]) if f else None}
+                         for f in found]
+            result = shape({"ts": list(ts), "ok": False, "responses": responses})
+            self._finish(index, command, [], result)
+            return result
+        writes, responses = [], []
+        for op, f in zip(request.ops, found):
+            if isinstance(op, Put):
+                writes.append((op.key, ts, op.value))
+                responses.append({})
+            elif isinstance(op, Delete):
+                writes.append((op.key, ts, None))
+                responses.append({})
+            elif isinstance(op, ConditionalPut):
+                writes.append((op.key, ts, op.value))
+                responses.append({"swapped": True})
+            elif isinstance(op, CompareAndSwap):
+                writes.append((op.key, ts, op.new))
+                responses.append({"swapped": True})
+            else:
+                value = decode_int(f[0] if f is not None else None) + op.delta
+                if abs(value) > constants.increment_abs_max:
+                    raise CommandError("increment of %r would leave the range of values an increment keeps" % op.key)
+                writes.append((op.key, ts, str(value).encode()))
+                responses.append({"value": value})
+        result = shape({"ts": list(ts), "ok": True, "responses": responses})
+        self._finish(index, command, writes, result)
+        if self.on_write is not None:
+            self.on_write(self.range_id, sum(len(k) + (len(v) if v else 0) for k, _, v in writes))
+        return result
+
+    def _read_batch(self, index: int, request: BatchRequest) -> dict:
+        """Gets and scans of the state applied at this index (reads save no outcome: a retry
+        reads again). The batch's scans share its header's key and byte limits; a scan stopped by
+        one answers `resume`, the key to continue from (nil: it reached its end). A byte limit
+        still lets the batch's first row through, so a scan always makes progress."""
+        keys_left, bytes_left = request.header.keys_limit(), request.header.bytes_limit()
+        first_row = True
+        responses, ts = [], (0, 0)
+        for op in request.ops:
+            self._check_key(op.key)
+            if isinstance(op, Get):
+                found = self.store.get(op.key, LATEST)
+                version = found[1] if found is not None else (0, 0)
+                ts = max(ts, version)
+                responses.append({"value": found[0] if found else None, "ts": list(version)})
+                continue
+            stop = self.desc.end if op.end is None or (self.desc.end is not None and self.desc.end < op.end) else op.end
+            rows = self.store.scan(op.key, stop, LATEST, keys_left) if keys_left > 0 else []
+            taken = 0
+            for k, v, _ in rows:
+                size = len(k) + len(v)
+                if size > bytes_left and not first_row:
+                    break
+                bytes_left -= size
+                first_row = False
+                taken += 1
+            limited = taken < len(rows) or (keys_left > 0 and taken == keys_left) or keys_left == 0
+            rows = rows[:taken]
+            keys_left -= taken
+            resume = None
+            if limited:
+                resume = rows[-1][0] + b"\x00" if rows else op.key
+                if stop is not None and resume >= stop:
+                    resume = None
+            ts = max([ts] + [r[2] for r in rows])
+            responses.append({"rows": [[k, v] for k, v, _ in rows], "versions": [list(t) for _, _, t in rows],
+                              "resume": resume})
         self.store.mark_applied(self.range_id, index, continuous=True)
-        return {"rows": [[k, v] for k, v, _ in rows], "versions": [list(ts) for _, _, ts in rows],
-                "span_end": self.desc.end,
-                "ts": list(max((ts for _, _, ts in rows), default=(0, 0)))}
+        return {"ts": list(ts), "responses": responses, "span_end": self.desc.end}
 
     # --- consistency checks (raftstore.kvserver.consistency) ---------------------------------------------
     def _op_compute_checksum(self, index, command, args):
@@ -441,8 +512,8 @@ class RangeReplica:
 
     # The replicated commands, by op: the only ops a log entry can name.
     HANDLERS: dict[str, Callable[["RangeReplica", int, Command, dict], Any]] = {
-        "put": _op_put, "delete": _op_delete, "cas": _op_cas, "put_if": _op_put_if, "get": _op_get,
-        "scan": _op_scan, "compute_checksum": _op_compute_checksum, "split": _op_split,
+        BATCH_OP: _op_batch, "put": _op_put, "delete": _op_delete, "cas": _op_cas, "put_if": _op_put_if,
+        "get": _op_get, "scan": _op_scan, "compute_checksum": _op_compute_checksum, "split": _op_split,
         "alloc_range_id": _op_alloc_range_id, "meta_put": _op_meta_put,
     }
 

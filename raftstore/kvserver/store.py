@@ -36,6 +36,7 @@ import msgpack
 
 from raftstore import constants
 from raftstore.kvserver.consistency import Checksum, ChecksumRegistry, range_checksum
+from raftstore.kvserver.batch import BATCH_OP, BatchRequest
 from raftstore.kvserver.latches import Latches
 from raftstore.raft.commands import (CommandError, Outcome, Rejection, encode_command, new_command_id, not_leader,
                                      saved_outcome)
@@ -438,13 +439,16 @@ class Store:
                          {"descriptors": [d.to_wire() for d in descs]})
 
     def propose(self, range_id: int, op: str, args: dict, callback: Callable[[Outcome, Any], None],
-                command_id: bytes | None = None) -> None:
+                command_id: bytes | None = None, at: list | None = None) -> None:
+        """Propose `op` with the node's clock's timestamp, or `at` (a gateway's proposed
+        timestamp) when that is later: the leader only ever raises a proposed timestamp."""
         group = self.groups.get(range_id)
         if group is None:
             callback(Outcome.NOT_COMMITTED, "%s: range r%d is not hosted here" % (MISMATCH, range_id))
             return
         self.touch(range_id)
-        group.propose(op, dict(args, ts=self.now_ts()), callback, command_id=command_id)
+        ts = list(self.now_ts())
+        group.propose(op, dict(args, ts=max(ts, list(at)) if at is not None else ts), callback, command_id=command_id)
 
     def check_command_size(self, op: str, args: dict, command_id: bytes) -> None:
         """Raise ValueError if the command, as its leader will propose it (with a timestamp and
@@ -453,22 +457,38 @@ class Store:
 
     def evaluate_and_propose(self, range_id: int, op: str, args: dict, callback: Callable[[Outcome, Any], None],
                              command_id: bytes | None = None) -> None:
-        """Propose a client's command as the range's leader, a write evaluated first under its
-        key's latch (kvserver.latches), held until the outcome is known: a `cas` or `put_if` is
-        marked `evaluated` when its condition holds against the state applied now, so apply
-        finding it false (a changed state: another leader's write) is counted
-        (RangeReplica.evaluation_misses); two writes of one key never evaluate against the same
-        state. A conditioned write whose condition fails writes nothing and gives the latch back
-        once proposed. Reads and writes alike still go through the log: a leader that may be deposed
-        answers nothing from its own state. Raises ValueError, before anything is proposed, for
-        a command too large to replicate."""
-        key = args.get("key")
-        routed_by = args.get("start") if op == "scan" else key
+        """Propose a client's command as the range's leader. A batch (kvserver.batch) that
+        writes - or a one-op write - is evaluated first under the latches of every key it writes
+        (kvserver.latches), taken in key order and held until the outcome is known: it is marked
+        `evaluated` when all its conditions hold against the state applied now, so apply finding
+        one false (a changed state: another leader's write) is counted
+        (RangeReplica.evaluation_misses); two batches writing a key never evaluate against the
+        same state. One whose condition fails writes nothing and gives its latches back once
+        proposed. Its timestamp is the gateway's (header `ts`) raised to this node's clock.
+        Reads and writes alike still go through the log: a leader that may be deposed answers
+        nothing from its own state. A key outside the range is refused before anything is
+        proposed (Store.mismatch). Raises ValueError, before anything is proposed, for a
+        command too large to replicate."""
+        at = None
+        if op == BATCH_OP:
+            try:
+                request = BatchRequest.from_wire(args)
+            except CommandError as exc:
+                callback(Outcome.NOT_COMMITTED, "refused before proposing: %s" % exc)
+                return
+            routed, write_keys, at = request.keys(), request.write_keys(), request.header.ts
+        else:
+            key = args.get("key")
+            routed = [args.get("start") if op == "scan" else key]
+            write_keys = [key] if op in EVALUATED_OPS and isinstance(key, bytes) else []
         here = self.replicas.get(range_id)
-        if isinstance(routed_by, bytes) and here is not None and here.desc is not None and not here.desc.contains(routed_by):
-            callback(Outcome.REJECTED, self.mismatch(here.desc, routed_by))
-            return
+        if here is not None and here.desc is not None:
+            for k in routed:
+                if isinstance(k, bytes) and not here.desc.contains(k):
+                    callback(Outcome.REJECTED, self.mismatch(here.desc, k))
+                    return
         if op == ADMIN_SPLIT:
+            key = args.get("key")
             if here is None or here.desc is None or not isinstance(key, bytes):
                 callback(Outcome.NOT_COMMITTED, "r%d has no initialized replica on n%d to split; retry"
                          % (range_id, self.cfg.node_id))
@@ -477,11 +497,11 @@ class Store:
             else:
                 self.split_range(range_id, key, callback)
             return
-        if op not in EVALUATED_OPS or not isinstance(key, bytes):
-            self.propose(range_id, op, args, callback, command_id=command_id)
+        if not write_keys:
+            self.propose(range_id, op, args, callback, command_id=command_id, at=at)
             return
         command_id = command_id if command_id is not None else new_command_id()
-        self.check_command_size(op, args, command_id)   # too large: refuse now, not once the latch is ours
+        self.check_command_size(op, args, command_id)   # too large: refuse now, not once the latches are ours
         group = self.groups.get(range_id)
         if group is not None and not group.leader_ready():
             # A new leader evaluates nothing before it has applied its term's first entry: its
@@ -506,35 +526,45 @@ class Store:
             rep = self.replicas.get(range_id)
             group = self.groups.get(range_id)
             if group is not None and not group.is_leader():
-                # The lead moved while this waited for its latch: proposing now would be a
+                # The lead moved while this waited for its latches: proposing now would be a
                 # follower's proposal (pysyncobj's forwarding); the router sends it again.
-                leader = group.leader_id()
-                done(Outcome.NOT_COMMITTED, not_leader("n%d stopped leading r%d while the command waited for its "
-                                                       "latch" % (self.cfg.node_id, range_id),
-                                                       int(leader) if leader else None))
+                done(Outcome.NOT_COMMITTED, self.not_leader(range_id, "stopped leading r%d while the command "
+                                                                      "waited for its latches" % range_id))
                 return
             found, saved = rep.result_of(command_id) if rep is not None and rep.desc is not None else (False, None)
             if found:
                 # Applied already (a retry after a lost answer): its first answer, never a fresh verdict.
                 done(*saved_outcome(saved))
                 return
-            evaluated = dict(args)
-            writes = op in ("put", "delete")
+            evaluated, holds = dict(args), None
             try:
-                if op in ("cas", "put_if") and rep is not None and rep.desc is not None and rep.condition_holds(op, args):
-                    evaluated["evaluated"] = writes = True
+                if rep is not None and rep.desc is not None:
+                    holds = (rep.batch_holds(request) if op == BATCH_OP
+                             else rep.condition_holds(op, args) if op in ("cas", "put_if") else None)
             except CommandError:
                 pass                                   # malformed: apply rejects it, the same everywhere
+            if holds:
+                evaluated["evaluated"] = True
+            writes = holds is not False
             try:
-                self.propose(range_id, op, evaluated, done, command_id=command_id)
+                self.propose(range_id, op, evaluated, done, command_id=command_id, at=at)
             except ValueError as exc:
                 done(Outcome.NOT_COMMITTED, "refused before proposing: %s" % exc)
             if not writes:
-                # Its condition fails against the applied state: it will write nothing (versions
-                # only grow), so it need not hold the latch while it goes through the log to be
-                # answered; the next writer of the key is evaluated at once.
+                # A condition fails against the applied state: it will write nothing (versions
+                # only grow), so it need not hold its latches while it goes through the log to be
+                # answered; the next writer of its keys is evaluated at once.
                 release()
-        self.latches.acquire((range_id, key), run)
+        self.latches.acquire_all([(range_id, k) for k in sorted(set(write_keys))], run)
+
+    def not_leader(self, range_id: int, why: str) -> Rejection:
+        """The not-leader answer of this node for `range_id` (nothing was proposed): `why`, and
+        the leader this node knows of as the hint the router follows."""
+        group = self.groups.get(range_id)
+        leader = group.leader_id() if group is not None else None
+        return not_leader("n%d %s (its leader: %s); retry" % (self.cfg.node_id, why,
+                                                               "n%s" % leader if leader else "none known"),
+                          int(leader) if leader else None)
 
     def _await_lead(self, range_id: int, callback: Callable[[Outcome, Any], None], retry: Callable[[], None]) -> None:
         self.awaiting_lead.setdefault(range_id, []).append((self.clock() + constants.leader_wait_s, callback, retry))
@@ -555,18 +585,15 @@ class Store:
             if group is not None and group.is_leader():
                 expired = [w for w in waiting if w[0] <= now]
                 self.awaiting_lead[rid] = [w for w in waiting if w[0] > now]
-                why = "n%d leads r%d but has not applied its term's first entry in %.0f s" % (
-                    self.cfg.node_id, rid, constants.leader_wait_s)
-                hint = self.cfg.node_id
+                why = "leads r%d but has not applied its term's first entry in %.0f s" % (rid, constants.leader_wait_s)
             else:
                 expired, self.awaiting_lead[rid] = waiting, []
-                leader = group.leader_id() if group is not None else None
-                why = "n%d stopped leading r%d before it could evaluate" % (self.cfg.node_id, rid)
-                hint = int(leader) if leader is not None else None
+                why = "stopped leading r%d before it could evaluate" % rid
             if not self.awaiting_lead[rid]:
                 del self.awaiting_lead[rid]
+            rejection = self.not_leader(rid, why) if expired else None
             for _, callback, _ in expired:
-                callback(Outcome.NOT_COMMITTED, not_leader(why, hint))
+                callback(Outcome.NOT_COMMITTED, rejection)
 
     def status(self) -> list[dict]:
         out = []

@@ -35,6 +35,7 @@ from pysyncobj.transport import Transport
 
 from hlc import HLC, MAX_OFFSET_NS_DEFAULT, ClockOffsetError, FileCeilingStore, SystemClock, Timestamp
 from raftstore import constants
+from raftstore.kvserver.batch import BATCH_OP, writes_nothing
 from raftstore.kvserver.consistency import CHECKSUM_OP, Checksum, ChecksumRegistry, ConsistencyChecker
 from raftstore.kvserver.ranges import MISMATCH, pretty_key
 from raftstore.kvserver.store import ADMIN_SPLIT, Store, StoreConfig
@@ -43,7 +44,7 @@ from raftstore.node.metrics import NodeMetrics, TimedLogFile
 from raftstore.node.peer import (CHECKSUM_REPLY, CHECKSUM_REQUEST, HEARTBEAT, PROPOSE, PROPOSE_REPLY, RAFT, PeerNetwork,
                                   parse_addr)
 from raftstore.node.wan import LatencyMatrix
-from raftstore.raft.commands import Outcome, Rejection, new_command_id, not_leader
+from raftstore.raft.commands import Outcome, Rejection, new_command_id
 from raftstore.raft.failstop import FailStop, exit_now
 from raftstore.raft.group import run_in_thread
 from raftstore.raft.journal import fsync_dir
@@ -54,7 +55,7 @@ from raftstore.storage.mvcc import MVCCStore
 logger = logging.getLogger(__name__)
 
 READ_OPS = frozenset({"get", "scan"})   # the client ops that write nothing
-CLIENT_OPS = READ_OPS | {"put", "delete", "cas", "put_if"}
+CLIENT_OPS = READ_OPS | {"put", "delete", "cas", "put_if", BATCH_OP}
 STORE_OPS = frozenset({"meta_put", "alloc_range_id", "split", CHECKSUM_OP, ADMIN_SPLIT})   # a node's own commands
 PEER_PROPOSABLE = CLIENT_OPS | STORE_OPS   # what a peer may hand a range's leader
 
@@ -420,7 +421,8 @@ class Node:
             done(Outcome.NOT_COMMITTED, "n%d, the leader of r%d, is not connected to this node; retry" % (peer, range_id))
             return
         self.proposals["forwarded"] += 1
-        self._forwarded[req] = (done, peer, time.monotonic() + constants.forwarded_proposal_timeout_s, op in READ_OPS)
+        self._forwarded[req] = (done, peer, time.monotonic() + constants.forwarded_proposal_timeout_s,
+                               writes_nothing(op, args))
 
     def _propose_store_command(self, range_id: int, op: str, args: dict, done: Callable[[Outcome, Any], None]) -> None:
         """The store's own commands (meta updates, range ids, splits, consistency checks) go to
@@ -439,9 +441,7 @@ class Node:
         elif group is None:
             reply(Outcome.NOT_COMMITTED, "%s: range r%d is not hosted on n%d" % (MISMATCH, range_id, self.node_id))
         elif not group.is_leader():
-            leader = group.leader_id()
-            reply(Outcome.NOT_COMMITTED, not_leader("n%d does not lead r%d (its leader: %s); retry" % (
-                self.node_id, range_id, "n" + leader if leader else "none known"), int(leader) if leader else None))
+            reply(Outcome.NOT_COMMITTED, self.store.not_leader(range_id, "does not lead r%d" % range_id))
         else:
             self.proposals["for_peers"] += 1
             try:

@@ -16,14 +16,18 @@ It runs on one thread (the node loop; the simulator's event loop) and never bloc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Callable
 
 from raftstore import constants
+from raftstore.kvserver.batch import BATCH_OP, BatchRequest, Header, Scan, response_op
 from raftstore.kvserver.ranges import RangeDescriptor, is_mismatch, mismatch_descriptors, pretty_key
 from raftstore.raft.commands import Outcome, is_not_leader, new_command_id
 from raftstore.router.cache import RangeCache
 
 Done = Callable[[Outcome, Any], None]
+BatchDone = Callable[[list], None]   # one (Outcome, result) per op of a batch
 # send(descriptor, op, args, done, command_id): hand the command to the range's leader.
 Send = Callable[[RangeDescriptor, str, dict, Done, "bytes | None"], None]
 # later(due, done, attempt): run attempt at the first loop pass at or after `due` (monotonic s);
@@ -60,66 +64,145 @@ class Router:
         answer, after at most route_retries_max refusals. The command keeps its id across
         sends, so a retry is answered by its first outcome wherever it applied. Raises
         ValueError, before anything is sent, for a command too large to replicate (first
-        attempt only)."""
+        attempt only). A batch for several keys or ranges goes by `send_batch`."""
         desc = self.descriptor(key)
         if desc is None:
             done(Outcome.NOT_COMMITTED, "no range known here holds key %s" % pretty_key(key))
             return
 
         def answer(outcome: Outcome, result: Any) -> None:
-            mismatch = outcome is Outcome.REJECTED and is_mismatch(result)
-            if not mismatch and not (outcome is Outcome.NOT_COMMITTED and is_not_leader(result)):
+            if not self._refused(desc, [key], outcome, result, attempt, done,
+                                 lambda: self.send(op, key, args, command_id, done, attempt + 1)):
                 done(outcome, result)
-                return
-            if attempt + 1 >= constants.route_retries_max:
-                done(Outcome.NOT_COMMITTED, "%s (after %d refusals); retry" % (
-                    ("the range holding %s kept changing" % pretty_key(key)) if mismatch else result, attempt + 1))
-                return
-            again = lambda: self.send(op, key, args, command_id, done, attempt + 1)   # noqa: E731
-            if not mismatch:
-                # Not (or not yet) the leader: the node's view of who leads catches up within a
-                # heartbeat; send again after a short backoff.
-                self.stats["not_leader"] += 1
-                self._later(self._now() + min(0.01 * (attempt + 1), 0.2), done, again)
-                return
-            returned = mismatch_descriptors(result.details)
-            self.learn(desc, returned)
-            if any(d.contains(key) and d.range_id != desc.range_id for d in returned):
-                self.stats["redirects"] += 1
-                self._later(0.0, done, again)
-            else:
-                # The replica knew no better than we did (it is behind, or its range split again):
-                # look up again a little later (10 ms more each time, at most 0.2 s).
-                self.stats["backoffs"] += 1
-                self._later(self._now() + min(0.01 * (attempt + 1), 0.2), done, again)
         self._send(desc, op, args, answer, command_id)
 
-    def scan(self, start: bytes, end: bytes | None, limit: int, done: Done) -> None:
-        """Rows of `[start, end)` across ranges, in key order, at most `limit`: one linearizable
-        read per range (each routed by `send`, so a split meanwhile is followed), continuing
-        where the range that answered ends (`span_end`). `done` gets (COMMITTED, {"rows": [[key,
-        value]], "versions": [[wall, logical]] (each row's commit timestamp), "ts": the highest
-        timestamp any range answered}) or the first page's failure."""
+    def _refused(self, desc: RangeDescriptor, keys: list[bytes], outcome: Outcome, result: Any, attempt: int,
+                 done: Done, again: Callable[[], None]) -> bool:
+        """If the answer is a refusal to learn from (a range-key mismatch, not-leader), learn,
+        schedule `again` (or give up after route_retries_max) and return True."""
+        mismatch = outcome is Outcome.REJECTED and is_mismatch(result)
+        if not mismatch and not (outcome is Outcome.NOT_COMMITTED and is_not_leader(result)):
+            return False
+        if attempt + 1 >= constants.route_retries_max:
+            done(Outcome.NOT_COMMITTED, "%s (after %d refusals); retry" % (
+                ("the range holding %s kept changing" % pretty_key(keys[0])) if mismatch else result, attempt + 1))
+            return True
+        if not mismatch:
+            # Not (or not yet) the leader: the node's view of who leads catches up within a
+            # heartbeat; send again after a short backoff.
+            self.stats["not_leader"] += 1
+            self._later(self._now() + min(0.01 * (attempt + 1), 0.2), done, again)
+            return True
+        returned = mismatch_descriptors(result.details)
+        self.learn(desc, returned)
+        if any(d.range_id != desc.range_id and any(d.contains(k) for k in keys) for d in returned):
+            self.stats["redirects"] += 1
+            self._later(0.0, done, again)
+        else:
+            # The replica knew no better than we did (it is behind, or its range split again):
+            # look up again a little later (10 ms more each time, at most 0.2 s).
+            self.stats["backoffs"] += 1
+            self._later(self._now() + min(0.01 * (attempt + 1), 0.2), done, again)
+        return True
+
+    def send_batch(self, header: Header, ops: Sequence, done: BatchDone, command_id: bytes | None = None,
+                   attempt: int = 0) -> None:
+        """Send typed ops (kvserver.batch) for any keys: grouped by the range holding each key,
+        one batch per range, the parts sent concurrently (a part refused because its range
+        split is grouped again and resent). `done(answers)` gets one (Outcome, result) per op, in
+        the order given, once every part has answered: a committed op's result is its response
+        with its part's `ts` (and, for writes, `ok`: whether every condition of the part held -
+        a write batch is all or nothing within its range); any other is its part's failure.
+        Parts in different ranges commit independently (no transactions yet). `command_id`
+        is kept by a part that holds every op (a one-range batch), so its resends apply once.
+        Raises ValueError, before anything is sent, for a part too large to replicate."""
+        answers: list = [None] * len(ops)
+        parts: dict[int, tuple[RangeDescriptor, list[int]]] = {}
+        for i, op in enumerate(ops):
+            desc = self.descriptor(op.key)
+            if desc is None:
+                answers[i] = (Outcome.NOT_COMMITTED, "no range known here holds key %s" % pretty_key(op.key))
+                continue
+            parts.setdefault(desc.range_id, (desc, []))[1].append(i)
+        waiting = len(parts)
+        if not waiting:
+            done(answers)
+            return
+
+        def settle(indices: list[int], got: list) -> None:
+            nonlocal waiting
+            for i, answer in zip(indices, got):
+                answers[i] = answer
+            waiting -= 1
+            if waiting == 0:
+                done(answers)
+
+        requests = []
+        for desc, indices in parts.values():
+            request = BatchRequest(replace(header, generation=desc.generation), [ops[i] for i in indices])
+            request.validate_for_send()
+            requests.append((desc, indices, request))
+        for desc, indices, request in requests:
+            cid = command_id if len(indices) == len(ops) and command_id is not None else new_command_id()
+            self._send(desc, BATCH_OP, request.to_wire(), self._part_answer(desc, indices, request, cid, attempt, settle), cid)
+
+    def _part_answer(self, desc: RangeDescriptor, indices: list[int], request: BatchRequest, cid: bytes,
+                     attempt: int, settle: Callable[[list[int], list], None]) -> Done:
+        def failed(outcome: Outcome, result: Any) -> None:
+            settle(indices, [(outcome, result)] * len(indices))
+
+        def answer(outcome: Outcome, result: Any) -> None:
+            again = lambda: self.send_batch(request.header, request.ops, lambda got: settle(indices, got),   # noqa: E731
+                                            cid, attempt + 1)
+            if self._refused(desc, request.keys(), outcome, result, attempt, failed, again):
+                return
+            if outcome is not Outcome.COMMITTED:
+                failed(outcome, result)
+                return
+            extra = {k: result[k] for k in ("ok", "span_end") if k in result}
+            settle(indices, [(outcome, dict(response_op(result, j), **extra)) for j in range(len(indices))])
+        return answer
+
+    def scan(self, start: bytes, end: bytes | None, limit: int, done: Done, *, max_bytes: int = 0,
+             header: Header = Header()) -> None:
+        """Rows of `[start, end)` across ranges, in key order: at most `limit` rows and, with
+        `max_bytes`, about that many key and value bytes (the first row always comes). Pages
+        range by range, each a batch with one Scan whose header carries the limits left
+        (`send_batch`, so a split meanwhile is followed); a page a range cut short at its own
+        byte cap (scan_bytes_max) continues at its resume key. `done` gets (COMMITTED, {"rows":
+        [[key, value]], "versions": [[wall, logical]] (each row's commit timestamp), "ts": the
+        highest version read, "resume": the key to continue from when a limit stopped the
+        scan, else nil}) or the first failing page's (outcome, why)."""
         rows: list = []
         versions: list = []
         ts = [0, 0]
+        used = 0
+
+        def finish(resume: bytes | None) -> None:
+            done(Outcome.COMMITTED, {"rows": rows, "versions": versions, "ts": ts,
+                                     "resume": resume if end is None or (resume is not None and resume < end) else None})
 
         def page(at: bytes) -> None:
-            if (end is not None and at >= end) or len(rows) >= limit:
-                done(Outcome.COMMITTED, {"rows": rows, "versions": versions, "ts": ts})
+            if (end is not None and at >= end) or len(rows) >= limit or (max_bytes and used >= max_bytes):
+                finish(at)
                 return
-            self.send("scan", at, {"start": at, "end": end, "limit": limit - len(rows)}, new_command_id(), got)
+            left = replace(header, max_keys=limit - len(rows), max_bytes=max_bytes - used if max_bytes else 0)
+            self.send_batch(left, [Scan(at, end)], got)
 
-        def got(outcome: Outcome, result: Any) -> None:
-            nonlocal ts
+        def got(answers: list) -> None:
+            nonlocal ts, used
+            outcome, result = answers[0]
             if outcome is not Outcome.COMMITTED:
                 done(outcome, result)
                 return
             rows.extend(result["rows"])
             versions.extend(result["versions"])
+            used += sum(len(k) + len(v) for k, v in result["rows"])
             ts = max(ts, result["ts"])
-            if result["span_end"] is None:
-                done(Outcome.COMMITTED, {"rows": rows, "versions": versions, "ts": ts})
+            if result["resume"] is not None:
+                page(result["resume"])
+            elif result["span_end"] is None:
+                finish(None)
             else:
                 page(result["span_end"])
         page(start)

@@ -1,0 +1,327 @@
+"""Typed batch requests: what a gateway's router sends one range's leader, and what comes back.
+
+A batch is a `Header` plus ops for one range (CockroachDB's BatchRequest):
+
+    Header   ts           the write timestamp the gateway's HLC proposes; the leader raises it
+                          (never lowers it) and apply raises it above every version of the keys
+                          the batch writes, so the answer's `ts` is the batch's commit timestamp
+             read_ts      the timestamp to read at, for the `exact` and `bounded_staleness`
+                          consistencies (follower reads: not served yet, refused by name)
+             consistency  strong (today's only served level) / bounded_staleness / exact
+             txn          the slot a transaction will fill; must be nil until transactions exist
+             generation   the descriptor generation the router routed with (informational: the
+                          leader checks the keys against its own span, which is what decides)
+             max_keys     a limit on the rows the batch's scans return together (0: scan_rows_max)
+             max_bytes    a limit on their keys' and values' bytes (0: scan_bytes_max); a limit
+                          that stops a scan gives its `resume` key, where to continue
+    ops      Get, Scan (reads) or Put, Delete, ConditionalPut, CompareAndSwap, Increment (writes)
+
+Rules that keep a batch's meaning simple until transactions exist:
+  * a batch either reads or writes, never both (a write's own condition is its read);
+  * a write batch names each key at most once, and is all or nothing within its range: either
+    every condition holds and every write applies at one timestamp, or nothing is written and
+    every conditional op answers the key's current value and version;
+  * a scan stays within the range (the router pages across ranges).
+
+Decoding never trusts the bytes: anything malformed raises CommandError, the same verdict on
+every replica. Responses are plain msgpack maps (`BatchResponse.to_wire`), per op:
+    Get {value, ts}   Scan {rows [[k, v]], versions [[wall, logical]], resume}
+    Put/Delete {}     ConditionalPut/CompareAndSwap {swapped, value, version}   Increment {value}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from raftstore import constants
+from raftstore.raft.commands import CommandError
+
+Timestamp = tuple[int, int]
+_TS_PART_MAX = (1 << 63) - 1
+
+STRONG, BOUNDED_STALENESS, EXACT = "strong", "bounded_staleness", "exact"
+CONSISTENCIES = (STRONG, BOUNDED_STALENESS, EXACT)
+SERVED_CONSISTENCIES = (STRONG,)
+BATCH_OP = "batch"     # the replicated command that carries a batch
+
+
+def _bytes(value: Any, what: str, *, optional: bool = False) -> bytes | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, bytes):
+        raise CommandError("%s must be bytes" % what)
+    return value
+
+
+def _ts(value: Any, what: str, *, optional: bool = False) -> Timestamp | None:
+    if value is None and optional:
+        return None
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= _TS_PART_MAX for x in value)):
+        raise CommandError("%s must be [wall_ns, logical]" % what)
+    return (value[0], value[1])
+
+
+def _count(value: Any, what: str, top: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
+        raise CommandError("%s must be an integer in 0..%d" % (what, top))
+    return value
+
+
+# --- ops -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Get:
+    key: bytes
+    kind: ClassVar[str] = "get"
+    writes: ClassVar[bool] = False
+
+    def to_wire(self) -> dict:
+        return {"key": self.key}
+
+    @classmethod
+    def from_wire(cls, args: dict) -> "Get":
+        return cls(_bytes(args.get("key"), "get's key"))
+
+
+@dataclass(frozen=True)
+class Scan:
+    """Live rows of `[key, end) ∩ the range's span` (end nil: to the span's end)."""
+    key: bytes
+    end: bytes | None = None
+    kind: ClassVar[str] = "scan"
+    writes: ClassVar[bool] = False
+
+    def to_wire(self) -> dict:
+        return {"key": self.key, "end": self.end}
+
+    @classmethod
+    def from_wire(cls, args: dict) -> "Scan":
+        return cls(_bytes(args.get("key"), "scan's start"), _bytes(args.get("end"), "scan's end", optional=True))
+
+
+@dataclass(frozen=True)
+class Put:
+    key: bytes
+    value: bytes
+    kind: ClassVar[str] = "put"
+    writes: ClassVar[bool] = True
+
+    def to_wire(self) -> dict:
+        return {"key": self.key, "value": self.value}
+
+    @classmethod
+    def from_wire(cls, args: dict) -> "Put":
+        return cls(_bytes(args.get("key"), "put's key"), _bytes(args.get("value"), "put's value"))
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: bytes
+    kind: ClassVar[str] = "delete"
+    writes: ClassVar[bool] = True
+
+    def to_wire(self) -> dict:
+        return {"key": self.key}
+
+    @classmethod
+    def from_wire(cls, args: dict) -> "Delete":
+        return cls(_bytes(args.get("key"), "delete's key"))
+
+
+@dataclass(frozen=True)
+class ConditionalPut:
+    """Write `value` (nil: delete) only if the key's newest version is exactly `if_version` (a
+    tombstone's counts), or, with `if_version` nil, only if the key has no live value. Versions
+    are commit timestamps, so a same-bytes write by another client is told apart."""
+    key: bytes
+    if_version: Timestamp | None
+    value: bytes | None
+    kind: ClassVar[str] = "put_if"
+    writes: ClassVar[bool] = True
+
+    def to_wire(self) -> dict:
+        return {"key": self.key, "if_version": None if self.if_version is None else list(self.if_version),
+                "value": self.value}
+
+    @classmethod
+    def from_wire(cls, args: dict) -> "ConditionalPut":
+        return cls(_bytes(args.get("key"), "put_if's key"), _ts(args.get("if_version"), "put_if's if_version",
+                                                                  optional=True),
+                   _bytes(args.get("value"), "put_if's value", optional=True))
+
+
+@dataclass(frozen=True)
+class CompareAndSwap:
+    """Write `new` only if the live value equals `expected` (nil: the key has no live value)."""
+    key: bytes
+    expected: bytes | None
+    new: bytes
+    kind: ClassVar[str] = "cas"
+    writes: ClassVar[bool] = True
+
+    def to_wire(self) -> dict:
+        return {"key": self.key, "expected": self.expected, "new": self.new}
+
+    @classmethod
+    def from_wire(cls, args: dict) -> "CompareAndSwap":
+        return cls(_bytes(args.get("key"), "cas's key"), _bytes(args.get("expected"), "cas's expected", optional=True),
+                   _bytes(args.get("new"), "cas's new"))
+
+
+@dataclass(frozen=True)
+class Increment:
+    """Add `delta` to the key's value, a decimal integer in ASCII (no value: 0); answers the new
+    value. A value that is not such an integer rejects the batch (nothing written)."""
+    key: bytes
+    delta: int
+    kind: ClassVar[str] = "increment"
+    writes: ClassVar[bool] = True
+
+    def to_wire(self) -> dict:
+        return {"key": self.key, "delta": self.delta}
+
+    @classmethod
+    def from_wire(cls, args: dict) -> "Increment":
+        delta = args.get("delta")
+        if not isinstance(delta, int) or isinstance(delta, bool) or abs(delta) > constants.increment_abs_max:
+            raise CommandError("increment's delta must be an integer of magnitude at most %d"
+                               % constants.increment_abs_max)
+        return cls(_bytes(args.get("key"), "increment's key"), delta)
+
+
+Op = Get | Scan | Put | Delete | ConditionalPut | CompareAndSwap | Increment
+OPS: dict[str, type] = {cls.kind: cls for cls in (Get, Scan, Put, Delete, ConditionalPut, CompareAndSwap, Increment)}
+CONDITIONAL = (ConditionalPut, CompareAndSwap)
+
+
+def decode_int(value: bytes | None) -> int:
+    """An Increment's operand: the value as a decimal integer (no value: 0)."""
+    if value is None:
+        return 0
+    try:
+        if len(value) > 24:
+            raise ValueError
+        return int(value.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise CommandError("increment of a value that is not a decimal integer: %r" % value[:40]) from None
+
+
+# --- header and batch ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Header:
+    ts: Timestamp | None = None
+    read_ts: Timestamp | None = None
+    consistency: str = STRONG
+    txn: None = None
+    generation: int | None = None
+    max_keys: int = 0
+    max_bytes: int = 0
+
+    def to_wire(self) -> dict:
+        return {"ts": None if self.ts is None else list(self.ts),
+                "read_ts": None if self.read_ts is None else list(self.read_ts),
+                "consistency": self.consistency, "txn": self.txn, "generation": self.generation,
+                "max_keys": self.max_keys, "max_bytes": self.max_bytes}
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> "Header":
+        if not isinstance(obj, dict):
+            raise CommandError("a batch's header must be a map")
+        consistency = obj.get("consistency", STRONG)
+        if consistency not in CONSISTENCIES:
+            raise CommandError("consistency must be one of %s, not %r" % (", ".join(CONSISTENCIES), consistency))
+        if obj.get("txn") is not None:
+            raise CommandError("transactions are not served yet: a batch's txn must be nil")
+        generation = obj.get("generation")
+        if generation is not None and (not isinstance(generation, int) or isinstance(generation, bool) or generation < 0):
+            raise CommandError("a batch's generation must be a non-negative integer or nil")
+        return cls(_ts(obj.get("ts"), "a batch's ts", optional=True),
+                   _ts(obj.get("read_ts"), "a batch's read_ts", optional=True), consistency, None, generation,
+                   _count(obj.get("max_keys", 0), "max_keys", constants.scan_rows_max),
+                   _count(obj.get("max_bytes", 0), "max_bytes", constants.scan_bytes_max))
+
+    def keys_limit(self) -> int:
+        return self.max_keys or constants.scan_rows_max
+
+    def bytes_limit(self) -> int:
+        return self.max_bytes or constants.scan_bytes_max
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    header: Header
+    ops: tuple = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ops", tuple(self.ops))
+
+    @property
+    def writes(self) -> bool:
+        return bool(self.ops) and self.ops[0].writes
+
+    def keys(self) -> list[bytes]:
+        """Every key the batch names (a scan: its start), in order: what it is routed by."""
+        return [op.key for op in self.ops]
+
+    def write_keys(self) -> list[bytes]:
+        return [op.key for op in self.ops if op.writes]
+
+    def to_wire(self) -> dict:
+        return {"h": self.header.to_wire(), "ops": [[op.kind, op.to_wire()] for op in self.ops]}
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> "BatchRequest":
+        if not isinstance(obj, dict) or not isinstance(obj.get("ops"), list):
+            raise CommandError("a batch must be a map with a header 'h' and a list 'ops'")
+        header = Header.from_wire(obj.get("h", {}))
+        ops = []
+        for item in obj["ops"]:
+            if not isinstance(item, (list, tuple)) or len(item) != 2 or not isinstance(item[1], dict):
+                raise CommandError("a batch op must be [kind, args]")
+            cls_ = OPS.get(item[0])
+            if cls_ is None:
+                raise CommandError("unknown batch op %r" % (item[0],))
+            ops.append(cls_.from_wire(item[1]))
+        request = cls(header, tuple(ops))
+        request.validate()
+        return request
+
+    def validate_for_send(self) -> None:
+        """`validate` for a sender: a batch that breaks the rules is the caller's bug (ValueError)."""
+        try:
+            self.validate()
+        except CommandError as exc:
+            raise ValueError(str(exc)) from None
+
+    def validate(self) -> None:
+        """CommandError unless the batch keeps the rules in the module docstring."""
+        if not self.ops:
+            raise CommandError("a batch has no ops")
+        if len(self.ops) > constants.batch_ops_max:
+            raise CommandError("a batch of %d ops exceeds batch_ops_max=%d" % (len(self.ops), constants.batch_ops_max))
+        if len({op.writes for op in self.ops}) > 1:
+            raise CommandError("a batch either reads or writes; this one does both")
+        if self.writes and len(set(self.write_keys())) != len(self.ops):
+            raise CommandError("a write batch names a key more than once")
+        for op in self.ops:
+            if not op.key and not isinstance(op, Scan):
+                raise CommandError("keys must not be empty")
+        if self.header.consistency not in SERVED_CONSISTENCIES:
+            raise CommandError("%s reads are not served yet (only strong)" % self.header.consistency)
+
+
+def writes_nothing(op: str, args: Any) -> bool:
+    """Whether a command (a one-op command or a batch) only reads, so that a lost answer may be
+    asked again without doubt: a read changes nothing."""
+    if op == BATCH_OP:
+        ops = args.get("ops") if isinstance(args, dict) else None
+        return isinstance(ops, list) and all(isinstance(o, (list, tuple)) and o and o[0] in ("get", "scan") for o in ops)
+    return op in ("get", "scan")
+
+
+def response_op(result: dict, i: int = 0) -> dict:
+    """The answer to a batch's i-th op, with the batch's `ts` (a one-op call's answer)."""
+    return {"ts": result["ts"], **result["responses"][i]}
