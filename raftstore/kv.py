@@ -225,8 +225,18 @@ def _check_cas(result: Any) -> bool:
     return swapped
 
 
-def _check_scan(result: Any, limit: int) -> list[tuple[bytes, bytes]]:
+def _check_limit(limit: Any) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"scan: limit must be an int, got {type(limit).__name__}")
+    if not 1 <= limit <= constants.scan_rows_max:
+        raise ValueError(f"scan: limit must be in [1, {constants.scan_rows_max}], got {limit}")
+
+
+def _check_scan(result: Any, limit: int) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
     _ts_of("scan", result)
+    resume = result.get("resume")
+    if resume is not None and not isinstance(resume, bytes):
+        raise ValueError(f"scan result resume must be bytes or nil, got {type(resume).__name__}")
     rows = result.get("rows")
     if not isinstance(rows, list):
         raise ValueError(f"scan result rows must be an array, got {type(rows).__name__}")
@@ -242,7 +252,7 @@ def _check_scan(result: Any, limit: int) -> list[tuple[bytes, bytes]]:
         ):
             raise ValueError("scan result rows must be [key: bytes, value: bytes] pairs")
         out.append((row[0], row[1]))
-    return out
+    return out, resume
 
 
 def _check_split(result: Any) -> dict:
@@ -390,17 +400,34 @@ class Client:
         self, start: bytes, end: bytes | None = None, limit: int = 1000
     ) -> list[tuple[bytes, bytes]]:
         """Up to `limit` (1..scan_rows_max) ``(key, value)`` pairs with start <= key < end in key
-        order; `end` None means to the end of the keyspace. A full page means there may be
-        more: scan again from ``last_key + b"\\x00"``."""
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise TypeError(f"scan: limit must be an int, got {type(limit).__name__}")
-        if not 1 <= limit <= constants.scan_rows_max:
-            raise ValueError(f"scan: limit must be in [1, {constants.scan_rows_max}], got {limit}")
+        order; `end` None means to the end of the keyspace. Fewer than `limit` only when the span
+        holds fewer. Pages by `scan_page` while a page stops at the server's byte limit; to bound
+        what one call holds in memory, use `scan_page`."""
+        _check_limit(limit)
+        rows: list[tuple[bytes, bytes]] = []
+        at: bytes | None = start
+        while at is not None and len(rows) < limit:
+            page, at = self.scan_page(at, end, limit - len(rows))
+            rows.extend(page)
+        return rows
+
+    def scan_page(
+        self, start: bytes, end: bytes | None = None, limit: int = 1000, max_bytes: int = 0
+    ) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+        """One page of `scan`: at most `limit` rows, taken until their keys' and values' bytes
+        reach `max_bytes` (that row the last, so a page always makes progress; 0: the server's own
+        bound, which keeps an answer within a frame), and the key to resume from - None when
+        the span holds no more."""
+        _check_limit(limit)
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or not 0 <= max_bytes <= constants.scan_bytes_max:
+            raise ValueError(f"scan: max_bytes must be an int in [0, {constants.scan_bytes_max}], got {max_bytes!r}")
         args = {
             "start": _bytes_arg("scan", "start", start),
             "end": _optional_bytes_arg("scan", "end", end),
             "limit": limit,
         }
+        if max_bytes:
+            args["max_bytes"] = max_bytes
         return self._call("scan", args, lambda result: _check_scan(result, limit))
 
     def split(self, key: bytes) -> dict:

@@ -84,21 +84,22 @@ sql_params_count_max = 65_535           # parameters of one statement
 
 # --- request schema ---------------------------------------------------------------------------
 # Field kinds: "bytes", "bytes?" (bytes or None), "command_id" (exactly command_id_bytes bytes),
-# "limit" (int in [1, scan_rows_max]), "sql_text" (str of at most sql_text_bytes_max UTF-8
+# "limit" (int in [1, scan_rows_max]), "byte_limit" (int in [0, scan_bytes_max]; 0: no limit of
+# the caller's), "sql_text" (str of at most sql_text_bytes_max UTF-8
 # bytes), "sql_params" (array of at most sql_params_count_max parameters, see module doc).
 REQUEST_ARGS: dict[str, dict[str, str]] = {
     "put": {"key": "bytes", "value": "bytes", "command_id": "command_id"},
     "get": {"key": "bytes"},
     "delete": {"key": "bytes", "command_id": "command_id"},
     "cas": {"key": "bytes", "expected": "bytes?", "new": "bytes", "command_id": "command_id"},
-    "scan": {"start": "bytes", "end": "bytes?", "limit": "limit"},
+    "scan": {"start": "bytes", "end": "bytes?", "limit": "limit", "max_bytes": "byte_limit"},
     "status": {},
     "split": {"key": "bytes"},
     "sql": {"sql": "sql_text", "params": "sql_params"},
     "check_consistency": {"start": "bytes", "end": "bytes?"},
 }
 # Fields of REQUEST_ARGS that a request may leave out (every other one is required).
-OPTIONAL_ARGS: dict[str, frozenset[str]] = {"sql": frozenset({"params"}),
+OPTIONAL_ARGS: dict[str, frozenset[str]] = {"sql": frozenset({"params"}), "scan": frozenset({"max_bytes"}),
                                             "check_consistency": frozenset({"start", "end"})}
 WRITE_OPS = frozenset({"put", "delete", "cas"})
 
@@ -292,6 +293,12 @@ def _check_field(op: str, name: str, kind: str, value: Any, request_id: int) -> 
             got = repr(value) if _is_plain_int(value) else _type_name(value)
             raise BadRequest(
                 f"{where} must be an int in [1, {constants.scan_rows_max}], got {got}", request_id
+            )
+    elif kind == "byte_limit":
+        if not _is_plain_int(value) or not 0 <= value <= constants.scan_bytes_max:
+            got = repr(value) if _is_plain_int(value) else _type_name(value)
+            raise BadRequest(
+                f"{where} must be an int in [0, {constants.scan_bytes_max}], got {got}", request_id
             )
     elif kind == "sql_text":
         if not isinstance(value, str):

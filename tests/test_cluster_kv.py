@@ -227,3 +227,26 @@ def test_splits_meta_updates_and_consistency_checks_are_proposed_only_by_leaders
         with cluster.client(node) as c:
             status = c.status()
         assert status["proposals"]["as_follower"] == 0, (node.node_id, status["proposals"])
+
+
+def test_a_scan_is_paged_by_byte_limits_and_resume_keys_across_a_split_nothing_lost_or_repeated(cluster):
+    # 12 values of 200 KiB (2.4 MiB, more than one answer may carry), split in the middle: a page
+    # stops at its byte limit with the key to resume from, resuming walks every row once, and
+    # kv.Client.scan, which pages by itself, answers all of them.
+    value = b"x" * (200 * 1024)
+    keys = [b"big-%02d" % i for i in range(12)]
+    with cluster.client(cluster.nodes[0], timeout_s=30.0) as c:
+        for k in keys:
+            c.put(k, value)
+        c.split(b"big-06")
+    with cluster.client(cluster.nodes[1], timeout_s=30.0) as c:
+        first, resume = c.scan_page(b"big-", b"big.", 100, max_bytes=500_000)
+        assert len(first) == 3 and resume == keys[2] + b"\x00", (len(first), resume)   # the row reaching the limit comes
+        seen = [k for k, _ in first]
+        while resume is not None:
+            page, resume = c.scan_page(resume, b"big.", 100, max_bytes=500_000)
+            assert page, "a page with a resume key made no progress"
+            seen.extend(k for k, _ in page)
+        assert seen == keys
+        assert [k for k, _ in c.scan(b"big-", b"big.", 100)] == keys
+        assert c.scan_page(b"big-", b"big.", 5)[1] == keys[4] + b"\x00"               # a key limit resumes too

@@ -65,11 +65,12 @@ class MemNode:
             self.kv.delete(key)
         return Outcome.COMMITTED, {"ts": [2, 0]}
 
-    def propose_keys_blocking(self, calls, timeout_s):
-        """What a worker thread calls: the same answers, produced on the event loop."""
-        async def all_calls():
-            return await asyncio.gather(*(self.propose_key(op, key, args, cid) for op, key, args, cid in calls))
-        return asyncio.run_coroutine_threadsafe(all_calls(), self.loop).result(timeout_s)
+    def batch_blocking(self, ops, timeout_s):
+        """What a worker thread calls: each op of the batch answered alone (as if every key had
+        a range of its own), on the event loop."""
+        async def all_ops():
+            return await asyncio.gather(*(self.propose_key(op.kind, op.key, op.to_wire(), None) for op in ops))
+        return asyncio.run_coroutine_threadsafe(all_ops(), self.loop).result(timeout_s)
 
     async def scan_keys(self, start, end, limit):
         found = self.kv.scan_versions(start, end, limit)
@@ -192,6 +193,9 @@ class Refusing(MemNode):
             if self.answers:
                 answer = self.answers.pop(0)
                 if answer == LOSE:
+                    found = self.kv.get_version(key)   # another writer's version (the same bytes)
+                    if found is not None:
+                        self.kv.put(key, found[0])
                     value, version = self.kv.get_version(key) or (None, None)
                     return Outcome.COMMITTED, {"swapped": False, "ts": [2, 0], "value": value,
                                                "version": None if version is None else list(version)}

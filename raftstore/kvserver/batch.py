@@ -12,8 +12,9 @@ A batch is a `Header` plus ops for one range (CockroachDB's BatchRequest):
              generation   the descriptor generation the router routed with (informational: the
                           leader checks the keys against its own span, which is what decides)
              max_keys     a limit on the rows the batch's scans return together (0: scan_rows_max)
-             max_bytes    a limit on their keys' and values' bytes (0: scan_bytes_max); a limit
-                          that stops a scan gives its `resume` key, where to continue
+             max_bytes    a limit on their keys' and values' bytes (0: scan_bytes_max): rows are
+                          taken until their bytes reach it, that row the last; a limit that
+                          stops a scan gives its `resume` key, where to continue
     ops      Get, Scan (reads) or Put, Delete, ConditionalPut, CompareAndSwap, Increment (writes)
 
 Rules that keep a batch's meaning simple until transactions exist:

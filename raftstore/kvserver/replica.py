@@ -407,10 +407,10 @@ class RangeReplica:
     def _read_batch(self, index: int, request: BatchRequest) -> dict:
         """Gets and scans of the state applied at this index (reads save no outcome: a retry
         reads again). The batch's scans share its header's key and byte limits; a scan stopped by
-        one answers `resume`, the key to continue from (nil: it reached its end). A byte limit
-        still lets the batch's first row through, so a scan always makes progress."""
+        one answers `resume`, the key to continue from (nil: it reached its end). Rows are taken
+        until their keys' and values' bytes reach the byte limit: the row that reaches it is the
+        last (CockroachDB's TargetBytes), so a scan always makes progress."""
         keys_left, bytes_left = request.header.keys_limit(), request.header.bytes_limit()
-        first_row = True
         responses, ts = [], (0, 0)
         for op in request.ops:
             self._check_key(op.key)
@@ -421,16 +421,14 @@ class RangeReplica:
                 responses.append({"value": found[0] if found else None, "ts": list(version)})
                 continue
             stop = self.desc.end if op.end is None or (self.desc.end is not None and self.desc.end < op.end) else op.end
-            rows = self.store.scan(op.key, stop, LATEST, keys_left) if keys_left > 0 else []
+            rows = self.store.scan(op.key, stop, LATEST, keys_left) if keys_left > 0 and bytes_left > 0 else []
             taken = 0
             for k, v, _ in rows:
-                size = len(k) + len(v)
-                if size > bytes_left and not first_row:
+                if bytes_left <= 0:
                     break
-                bytes_left -= size
-                first_row = False
+                bytes_left -= len(k) + len(v)
                 taken += 1
-            limited = taken < len(rows) or (keys_left > 0 and taken == keys_left) or keys_left == 0
+            limited = taken < len(rows) or len(rows) == keys_left   # else the span held no more
             rows = rows[:taken]
             keys_left -= taken
             resume = None

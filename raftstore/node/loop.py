@@ -28,14 +28,15 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from pysyncobj.transport import Transport
 
 from hlc import HLC, MAX_OFFSET_NS_DEFAULT, ClockOffsetError, FileCeilingStore, SystemClock, Timestamp
 from raftstore import constants
-from raftstore.kvserver.batch import BATCH_OP, writes_nothing
+from raftstore.kvserver.batch import BATCH_OP, Header, writes_nothing
 from raftstore.kvserver.consistency import CHECKSUM_OP, Checksum, ChecksumRegistry, ConsistencyChecker
 from raftstore.kvserver.ranges import MISMATCH, pretty_key
 from raftstore.kvserver.store import ADMIN_SPLIT, Store, StoreConfig
@@ -694,32 +695,75 @@ class Node:
         """Propose op on the range holding key (routed and retried on the node loop by the router)."""
         return await self._proposal(asyncio.get_running_loop(), self._key_submit(op, key, args, command_id))
 
-    def propose_keys_blocking(self, calls: list[tuple[str, bytes, dict, bytes | None]], timeout_s: float) -> list:
-        """`propose_key` for a worker thread, for many keys at once: every call is handed to the
-        node loop together (each routed and retried there by the router) and answered straight to
-        this thread. Returns (outcome, result) per call, in order, after waiting for every
-        call's answer (timeout_s in all), so none is still running then. Never raises: a call
-        refused before proposing, as too large to replicate, answers (NOT_COMMITTED, the
-        ValueError); a call with no answer by the deadline answers (AMBIGUOUS, why) - every
-        proposal is answered by the Raft layer's own timeout long before."""
-        deadline = time.monotonic() + timeout_s
+    # --- the router's face for batches (asyncio and worker threads alike) --------------------------
+    def _batch_future(self, ops: Sequence, header: Header, command_id: bytes | None) -> concurrent.futures.Future:
+        """Send typed ops (kvserver.batch) by the router on the node loop (`Router.send_batch`:
+        one batch per range, the parts concurrently); the future gets one (Outcome, result) per
+        op, in order, completed by the node loop itself (no asyncio detour for a worker thread),
+        or the ValueError of a batch refused before anything was sent. The header's write
+        timestamp, unless the caller set one, is this gateway's HLC time when the batch leaves."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
 
-        def settle(fut: concurrent.futures.Future) -> tuple:
+        def done(answers: list) -> None:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):   # a waiter may have cancelled
+                fut.set_result(answers)
+
+        def run() -> None:
+            if self.store is None:
+                done([(Outcome.NOT_COMMITTED, "the cluster has not formed yet")] * len(ops))
+                return
+            stamped = header if header.ts is not None else replace(header, ts=tuple(self.hlc.now().to_wire()))
+            refused = self.cfg.refuse_writes
+            held = [i for i, op in enumerate(ops) if refused is not None and op.writes and refused[0] <= op.key < refused[1]]
             try:
-                return fut.result(timeout=max(0.0, deadline - time.monotonic()))
+                if not held:
+                    self.router.send_batch(stamped, ops, done, command_id)
+                    return
+                # A test's stand-in for a range whose leader is out of reach (see _key_submit).
+                sent = [i for i in range(len(ops)) if i not in held]
+                answers: list = [(Outcome.NOT_COMMITTED, "no leader reachable for the range of %s (test fault)"
+                                  % pretty_key(ops[i].key)) for i in range(len(ops))]
+
+                def merge(got: list) -> None:
+                    for i, answer in zip(sent, got):
+                        answers[i] = answer
+                    done(answers)
+                if sent:
+                    self.router.send_batch(stamped, [ops[i] for i in sent], merge)
+                else:
+                    done(answers)
             except ValueError as exc:
-                return Outcome.NOT_COMMITTED, exc
-            except concurrent.futures.TimeoutError:
-                return Outcome.AMBIGUOUS, "no answer in %.0f s; it may still commit" % timeout_s
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    fut.set_exception(exc)
+        self.call_in_loop(run)
+        return fut
 
-        futures = [self._proposal_future(self._key_submit(op, key, args, cid)) for op, key, args, cid in calls]
-        return [settle(fut) for fut in futures]
+    async def batch(self, ops: Sequence, header: Header = Header(), command_id: bytes | None = None) -> list:
+        """`_batch_future` for a coroutine on an asyncio loop."""
+        return await asyncio.wrap_future(self._batch_future(ops, header, command_id))
 
-    async def scan_keys(self, start: bytes, end: bytes | None, limit: int) -> tuple:
+    def batch_blocking(self, ops: Sequence, timeout_s: float, header: Header = Header()) -> list:
+        """`_batch_future` for a worker thread, waiting at most timeout_s. Never raises: a batch
+        refused before anything was sent (too large, breaking a batch's rules) answers
+        (NOT_COMMITTED, the ValueError) for every op; an op with no answer by the deadline
+        answers AMBIGUOUS if it writes (it may still commit), else NOT_COMMITTED. Every
+        proposal is answered by the Raft layer's own timeout long before."""
+        fut = self._batch_future(ops, header, None)
+        try:
+            return fut.result(timeout=timeout_s)
+        except ValueError as exc:
+            return [(Outcome.NOT_COMMITTED, exc)] * len(ops)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            why = "no answer in %.0f s" % timeout_s
+            return [(Outcome.AMBIGUOUS, why + "; it may still commit") if op.writes else (Outcome.NOT_COMMITTED, why)
+                    for op in ops]
+
+    async def scan_keys(self, start: bytes, end: bytes | None, limit: int, max_bytes: int = 0) -> tuple:
         """A scan across ranges, by the router on the node loop (`Router.scan`): (Outcome,
-        {"rows", "versions", "ts"})."""
+        {"rows", "versions", "ts", "resume"})."""
         return await self._proposal(asyncio.get_running_loop(),
-                                    lambda store, done: self.router.scan(start, end, limit, done))
+                                    lambda store, done: self.router.scan(start, end, limit, done, max_bytes=max_bytes))
 
     async def split(self, key: bytes) -> tuple:
         """Split the range holding key at key: routed like a client's command to the range's

@@ -166,7 +166,8 @@ class Router:
     def scan(self, start: bytes, end: bytes | None, limit: int, done: Done, *, max_bytes: int = 0,
              header: Header = Header()) -> None:
         """Rows of `[start, end)` across ranges, in key order: at most `limit` rows and, with
-        `max_bytes`, about that many key and value bytes (the first row always comes). Pages
+        `max_bytes`, rows until their keys' and values' bytes reach it (the row that reaches it is
+        the last, so the first row always comes). Pages
         range by range, each a batch with one Scan whose header carries the limits left
         (`send_batch`, so a split meanwhile is followed); a page a range cut short at its own
         byte cap (scan_bytes_max) continues at its resume key. `done` gets (COMMITTED, {"rows":

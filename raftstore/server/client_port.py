@@ -176,11 +176,15 @@ class ClientServer:
     async def _scan(self, args: dict) -> dict:
         start = RAW_PREFIX + args["start"]
         end = RAW_PREFIX + args["end"] if args.get("end") is not None else RAW_END
-        outcome, result = await self.node.scan_keys(start, end, args["limit"])
+        # The answer must fit a frame: the caller's byte limit, at most half a frame (the first
+        # row always comes; a row is at most a replicated command, well below half a frame).
+        max_bytes = min(args.get("max_bytes") or constants.scan_bytes_max, constants.client_frame_bytes_max // 4)
+        outcome, result = await self.node.scan_keys(start, end, args["limit"], max_bytes)
         if outcome is not Outcome.COMMITTED:
             return self._reply(outcome, result)
         rows = [[k[len(RAW_PREFIX):], v] for k, v in result["rows"]]
-        return {"ok": True, "result": {"rows": rows, "ts": result["ts"]}}
+        resume = result["resume"][len(RAW_PREFIX):] if result["resume"] is not None else None
+        return {"ok": True, "result": {"rows": rows, "ts": result["ts"], "resume": resume}}
 
     @staticmethod
     def _reply(outcome: Outcome, result: Any) -> dict:

@@ -1,7 +1,7 @@
 """The SQL engine's KV (the `sql.kv.KV` Protocol) over a running node: what the composition
 root (raftstore.server.main) gives the SQL gateway for its sessions. Every call goes to the
-node's router (`Node.propose_keys_blocking`, `Node.scan_keys`), so sql/ knows nothing of the
-node, its outcomes or its command ids. tests/test_kv_contract.py runs the KV contract on it."""
+node's router as typed batches (`Node.batch_blocking`, `Node.scan_keys`), so sql/ knows nothing
+of the node, its outcomes or its batches. tests/test_kv_contract.py runs the KV contract on it."""
 
 from __future__ import annotations
 
@@ -10,19 +10,48 @@ import concurrent.futures
 from collections.abc import Sequence
 from typing import Any
 
+from raftstore import constants
 from raftstore.errors import AmbiguousCommitError, RaftstoreError, TooLargeError, UnavailableError
-from raftstore.raft.commands import Outcome, new_command_id
+from raftstore.kvserver.batch import CompareAndSwap, ConditionalPut, Delete, Get, Put
+from raftstore.raft.commands import Outcome
 from sql.constants import GATEWAY_KV_CALL_TIMEOUT_S, GATEWAY_KV_FANOUT_MAX
 from sql.kv import (ConsistencyResult, RangeInfo, RegionInfo, Version, Write, WriteResult, check_key,
                     check_scan_limit, check_value, check_writes, not_sent)
 
-_WRITE_OPS = frozenset({"put", "delete", "cas", "put_if"})
+
+
+def _windows(ops: list) -> list[list]:
+    """The ops cut into batches of at most GATEWAY_KV_FANOUT_MAX ops and about half a replicated
+    command's bytes, so a batch is never refused as too large because of its neighbours: an op
+    too large by itself is alone in its batch, and refused alone."""
+    windows: list[list] = []
+    size = 0
+    for op in ops:
+        n = _WRITE_OVERHEAD_BYTES + len(op.key) + sum(len(getattr(op, f, None) or b"") for f in ("value", "new", "expected"))
+        if not windows or len(windows[-1]) >= GATEWAY_KV_FANOUT_MAX or size + n > constants.command_bytes_max // 2:
+            windows.append([])
+            size = 0
+        windows[-1].append(op)
+        size += n
+    return windows
+
+
+_WRITE_OVERHEAD_BYTES = 64   # an op's msgpack framing and version, roughly
+
+
+def _held(if_version: Version | None, result: dict) -> bool:
+    """Whether a ConditionalPut that did not swap found its own condition true (its key still at
+    `if_version`, or with no live value when `if_version` is None)."""
+    if if_version is None:
+        return result["value"] is None
+    return result["version"] is not None and tuple(result["version"]) == tuple(if_version)
 
 
 class NodeKV:
     """The SQL engine's KV (the `sql.kv.KV` Protocol) over a running node: blocking, called
-    from a worker thread. `get_many` / `write_if_many` run their calls concurrently on the node
-    loop (multi-row statements).
+    from a worker thread. Every call is a typed batch sent by the node's router
+    (`Node.batch_blocking`: one batch per range, the parts concurrently, answered straight to
+    this thread), GATEWAY_KV_FANOUT_MAX ops at a time.
 
     Per statement (`begin_statement` resets them): `max_ts`, the highest timestamp seen, and
     `wrote`, whether any write applied or may have - after which no failure of the statement
@@ -46,21 +75,18 @@ class NodeKV:
             raise UnavailableError("a KV call of this statement got no answer in %.0f s"
                                    % GATEWAY_KV_CALL_TIMEOUT_S) from None
 
-    def _propose_many(self, op: str, calls: list[tuple[bytes, dict]], *, stop_after_failure: bool = False) -> list:
-        """(outcome, result) of every (key, args), in the order given: proposed straight to the
-        node loop GATEWAY_KV_FANOUT_MAX at a time (node.propose_keys_blocking: answered to this
-        thread, no asyncio hop), each window finished before the next is sent. With
-        `stop_after_failure`, no window is sent after one in which a call did not commit (the
-        answers are then fewer than the calls)."""
+    def _batch(self, ops: list, *, stop_after_failure: bool = False) -> list:
+        """(outcome, result) of every op, in the order given: sent as batches (`_windows`), each
+        answered before the next is sent. With
+        `stop_after_failure`, no batch is sent after one in which an op did not commit (the
+        answers are then fewer than the ops)."""
         answers: list = []
-        for i in range(0, len(calls), GATEWAY_KV_FANOUT_MAX):
-            window = [(op, key, dict(args, key=key), new_command_id())
-                      for key, args in calls[i:i + GATEWAY_KV_FANOUT_MAX]]
-            got = self.node.propose_keys_blocking(window, GATEWAY_KV_CALL_TIMEOUT_S)
-            for outcome, result in got:
+        for window in _windows(ops):
+            got = self.node.batch_blocking(window, GATEWAY_KV_CALL_TIMEOUT_S)
+            for op, (outcome, result) in zip(window, got):
                 if outcome is Outcome.COMMITTED and isinstance(result, dict) and isinstance(result.get("ts"), list):
                     self.max_ts = max(self.max_ts, result["ts"])
-                if op in _WRITE_OPS and (outcome is Outcome.AMBIGUOUS or (
+                if op.writes and (outcome is Outcome.AMBIGUOUS or (
                         outcome is Outcome.COMMITTED and result.get("swapped", True))):
                     self.wrote = True
             answers.extend(got)
@@ -70,7 +96,7 @@ class NodeKV:
 
     @staticmethod
     def _error(outcome: Outcome, result: Any, write: bool) -> RaftstoreError:
-        """The error for a call that did not commit (see node.propose_keys_blocking)."""
+        """The error for an op that did not commit (see node.batch_blocking)."""
         if isinstance(result, ValueError):   # refused before proposing: nothing of it applied
             return TooLargeError("a row of this statement is too large to replicate (%s)" % result)
         if outcome is Outcome.AMBIGUOUS and write:
@@ -83,21 +109,21 @@ class NodeKV:
             raise self._error(outcome, result, write)
         return result
 
-    def _propose(self, op: str, key: bytes, args: dict) -> Any:
-        return self._check(self._propose_many(op, [(key, args)])[0], op in _WRITE_OPS)
+    def _one(self, op) -> Any:
+        return self._check(self._batch([op])[0], op.writes)
 
     def get(self, key: bytes) -> bytes | None:
         check_key(key)
-        return self._propose("get", key, {})["value"]
+        return self._one(Get(key))["value"]
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         for key in keys:
             check_key(key)
-        return [self._check(answer, False)["value"] for answer in self._propose_many("get", [(key, {}) for key in keys])]
+        return [self._check(answer, False)["value"] for answer in self._batch([Get(key) for key in keys])]
 
     def get_version(self, key: bytes) -> tuple[bytes, Version] | None:
         check_key(key)
-        result = self._propose("get", key, {})
+        result = self._one(Get(key))
         return None if result["value"] is None else (result["value"], tuple(result["ts"]))
 
     def scan(self, start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
@@ -114,39 +140,55 @@ class NodeKV:
     def put(self, key: bytes, value: bytes) -> None:
         check_key(key)
         check_value(value)
-        self._propose("put", key, {"value": value})
+        self._one(Put(key, value))
 
     def delete(self, key: bytes) -> None:
         check_key(key)
-        self._propose("delete", key, {})
+        self._one(Delete(key))
 
     def cas(self, key: bytes, expected: bytes | None, new: bytes) -> bool:
         check_key(key)
         check_value(new)
         if expected is not None:
             check_value(expected)
-        return bool(self._propose("cas", key, {"expected": expected, "new": new})["swapped"])
+        return bool(self._one(CompareAndSwap(key, expected, new))["swapped"])
 
     def write_if(self, key: bytes, if_version: Version | None, value: bytes | None) -> WriteResult:
         return self.write_if_many([(key, if_version, value)])[0]
 
     def write_if_many(self, writes: Sequence[Write], *, stop_after_failure: bool = True) -> list[WriteResult]:
-        """sql/kv.py's conditioned writes (the replicated `put_if`); never raises: a write with
-        no answer has an `error`. With `stop_after_failure`, no window is sent after one with a
-        failed write."""
+        """sql/kv.py's conditioned writes (ConditionalPut ops); never raises: a write with no
+        answer has an `error`. With `stop_after_failure`, no batch is sent after one with a
+        failed write.
+
+        The KV contract makes each write stand alone, while a range applies a batch all or
+        nothing: a write whose own condition held, in a batch another write's condition failed
+        (the answer shows its key still at the version it was conditioned on), is sent again
+        at once, without the writes that lost. Each round settles at least one write, so at
+        most len(writes) rounds; without a race, one."""
         check_writes(writes)
-        calls = [(key, {"if_version": None if version is None else list(version), "value": value})
-                 for key, version, value in writes]
-        results = []
-        for outcome, result in self._propose_many("put_if", calls, stop_after_failure=stop_after_failure):
-            if outcome is not Outcome.COMMITTED:
-                results.append(WriteResult(False, error=self._error(outcome, result, True)))
-            elif result["swapped"]:
-                results.append(WriteResult(True, version=tuple(result["ts"])))
-            else:
-                current = None if result["value"] is None else (result["value"], tuple(result["version"]))
-                results.append(WriteResult(False, current=current))
-        return results + not_sent(len(writes) - len(results))
+        results: list[WriteResult | None] = [None] * len(writes)
+        pending = list(range(len(writes)))
+        while pending:
+            ops = [ConditionalPut(writes[i][0], writes[i][1], writes[i][2]) for i in pending]
+            answers = self._batch(ops, stop_after_failure=stop_after_failure)
+            failed = len(answers) < len(ops) or any(outcome is not Outcome.COMMITTED for outcome, _ in answers)
+            again = []
+            for i, (outcome, result) in zip(pending, answers):
+                if outcome is not Outcome.COMMITTED:
+                    results[i] = WriteResult(False, error=self._error(outcome, result, True))
+                elif result["swapped"]:
+                    results[i] = WriteResult(True, version=tuple(result["ts"]))
+                elif _held(writes[i][1], result):
+                    again.append(i)                     # its batch lost by another write's condition
+                else:
+                    current = None if result["value"] is None else (result["value"], tuple(result["version"]))
+                    results[i] = WriteResult(False, current=current)
+            if failed and stop_after_failure:
+                break                                   # the writes to send again are left unsent
+            pending = again
+        unsent = not_sent(1)[0]
+        return [r if r is not None else unsent for r in results]
 
     def _status(self) -> dict:
         return self._run(self.node.status())
