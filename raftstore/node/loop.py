@@ -677,24 +677,6 @@ class Node:
     def _proposal(self, loop: asyncio.AbstractEventLoop, submit) -> asyncio.Future:
         return asyncio.wrap_future(self._proposal_future(submit), loop=loop)
 
-    def _key_submit(self, op: str, key: bytes, args: dict, command_id: bytes | None):
-        """submit(store, done) for the node loop: the one route-and-retry path of a key's
-        command, used by both faces below (asyncio and worker threads)."""
-        refused = self.cfg.refuse_writes
-
-        def submit(store: Store, done):
-            if refused is not None and refused[0] <= key < refused[1] and op not in READ_OPS:
-                # A test's stand-in for a range whose leader is out of reach: the answer a
-                # proposer gets then (not committed), for a chosen span and this node only.
-                done(Outcome.NOT_COMMITTED, "no leader reachable for the range of %s (test fault)" % pretty_key(key))
-                return
-            self.router.send(op, key, args, command_id, done)
-        return submit
-
-    async def propose_key(self, op: str, key: bytes, args: dict, command_id: bytes | None) -> tuple:
-        """Propose op on the range holding key (routed and retried on the node loop by the router)."""
-        return await self._proposal(asyncio.get_running_loop(), self._key_submit(op, key, args, command_id))
-
     # --- the router's face for batches (asyncio and worker threads alike) --------------------------
     def _batch_future(self, ops: Sequence, header: Header, command_id: bytes | None) -> concurrent.futures.Future:
         """Send typed ops (kvserver.batch) by the router on the node loop (`Router.send_batch`:
@@ -719,7 +701,8 @@ class Node:
                 if not held:
                     self.router.send_batch(stamped, ops, done, command_id)
                     return
-                # A test's stand-in for a range whose leader is out of reach (see _key_submit).
+                # A test's stand-in for a range whose leader is out of reach (cfg.refuse_writes):
+                # the answer a proposer gets then (not committed), for a chosen span and this node only.
                 sent = [i for i in range(len(ops)) if i not in held]
                 answers: list = [(Outcome.NOT_COMMITTED, "no leader reachable for the range of %s (test fault)"
                                   % pretty_key(ops[i].key)) for i in range(len(ops))]

@@ -20,10 +20,11 @@ from typing import Any, Protocol
 
 from raftstore import constants
 from raftstore.errors import SQLSTATE_BY_SQL_CODE
+from raftstore.kvserver.batch import CompareAndSwap, Delete, Get, Put
 from raftstore.kvserver.replica import RAW_END, RAW_PREFIX
 from raftstore.node.loop import READ_OPS, Node
 from raftstore.node.metrics import outcome_label, statement_type
-from raftstore.raft.commands import Outcome, new_command_id
+from raftstore.raft.commands import Outcome
 from raftstore.wire import BadRequest, FrameDecoder, FrameError, encode_frame, validate_request
 
 logger = logging.getLogger(__name__)
@@ -165,12 +166,16 @@ class ClientServer:
             return await self._scan(args)
         if op not in self.WRITE_OPS | self.READ_OPS:
             return _error("bad_request", "unknown op %r" % op)
-        command_id = args.pop("command_id", None) if op in self.WRITE_OPS else new_command_id()
         key = RAW_PREFIX + args["key"]
+        request = {"get": lambda: Get(key), "put": lambda: Put(key, args["value"]), "delete": lambda: Delete(key),
+                   "cas": lambda: CompareAndSwap(key, args["expected"], args["new"])}[op]()
         try:
-            outcome, result = await self.node.propose_key(op, key, dict(args, key=key), command_id)
+            # A one-op batch; a write keeps the client's command id, so its resends apply once.
+            [(outcome, result)] = await self.node.batch([request], command_id=args.get("command_id"))
         except ValueError as exc:
             return _error("too_large", "%s; nothing was applied" % exc)
+        if outcome is Outcome.COMMITTED:
+            result = {name: result[name] for name in _ANSWERED[op]}
         return self._reply(outcome, result)
 
     async def _scan(self, args: dict) -> dict:
@@ -210,6 +215,9 @@ class ClientServer:
         tasks = list(self._connections.values())
         if tasks:
             await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
+
+
+_ANSWERED = {"get": ("value", "ts"), "put": ("ts",), "delete": ("ts",), "cas": ("swapped", "ts")}   # what a KV op answers
 
 
 def _error(code: str, message: str, ambiguous: bool = False) -> dict:
