@@ -609,6 +609,16 @@ class Store:
                         "evaluation_misses": rep.evaluation_misses})
         return out
 
-    def close(self) -> None:
+    def close(self, *, sync: bool = True) -> None:
+        """Close every group (RaftGroup.close: pysyncobj's pipe, snapshot files, the journal);
+        idempotent. A clean stop syncs the journals first; a crashed store's (`sync=False`) are
+        closed as they are. Every group is closed even if one fails; the first failure is
+        raised after."""
+        failure: BaseException | None = None
         for group in self.groups.values():
-            group.journal._destroy()
+            try:
+                group.close(sync=sync)
+            except BaseException as exc:   # FailStop (a failed sync) is a BaseException
+                failure = failure or exc
+        if failure is not None:
+            raise failure

@@ -88,8 +88,9 @@ _INSTANCE_ATTRS = (
     "_SyncObj__raftLog", "_SyncObj__raftNextIndex", "_SyncObj__raftMatchIndex",
     "_SyncObj__raftLastApplied", "_SyncObj__raftCommitIndex", "_SyncObj__transport",
     "_SyncObj__raftCurrentTerm", "_SyncObj__raftElectionDeadline", "_SyncObj__conf",
-    "_SyncObj__serializer",
+    "_SyncObj__serializer", "_poller",
 )
+_PIPE_ATTRS = ("_PipeNotifier__pipeR", "_PipeNotifier__pipeW")   # its pipe's two ends (RaftGroup.close)
 
 
 def _check_pysyncobj() -> None:
@@ -261,6 +262,7 @@ class RaftGroup(SyncObj):
         self.elections_started = 0     # terms this replica stood for
         self.entries_applied = 0       # log entries applied (a replay after restart not counted)
         self._fail_stop: FailStop | None = None   # raised inside pysyncobj's bare `except:`; re-raised
+        self._closed = False
         opts = dict(
             autoTick=False,
             appendEntriesUseBatch=True,
@@ -286,9 +288,18 @@ class RaftGroup(SyncObj):
         elif transport_class is not None:
             kwargs["transportClass"] = transport_class
         super().__init__(Node(self_id), [Node(p) for p in peer_ids], SyncObjConf(**opts), **kwargs)
+        try:
+            self._init_after_syncobj(dump_path)
+        except BaseException:
+            self.close(sync=False)   # a half-made group holds pysyncobj's pipe all the same
+            raise
+
+    def _init_after_syncobj(self, dump_path: str) -> None:
         for attr in _INSTANCE_ATTRS:
             assert hasattr(self, attr), "pysyncobj internals changed: %s" % attr
         assert self._SyncObj__raftLog is self._journal
+        notifier = getattr(self, "_SyncObj__pipeNotifier", None)
+        assert notifier is None or all(hasattr(notifier, a) for a in _PIPE_ATTRS), "pysyncobj internals changed: PipeNotifier"
         self._SyncObj__transport = _SyncingTransport(self._SyncObj__transport, self._journal)
         self._SyncObj__serializer = _SnapshotSerializer(self, dump_path, self._SyncObj__conf.logCompactionBatchSize,
                                                         self._read_snapshot)
@@ -304,6 +315,46 @@ class RaftGroup(SyncObj):
                 raise FailStop("%s: the state machine holds index %d but the log resumes after %d"
                                % (self.name, applied, self._SyncObj__raftLastApplied))
             self._sm.record_failed(1, None, "pysyncobj's first entry")
+
+    # --- closing ---------------------------------------------------------------------------
+    def close(self, *, sync: bool = True) -> None:
+        """Release everything this group holds open; idempotent.
+
+        pysyncobj opens, per SyncObj: a wake-up pipe (PipeNotifier, two descriptors, whenever
+        appendEntriesUseBatch is off -- as the node and the split simulator run their groups),
+        registered with the group's poller (select.poll or select.select: no descriptor of its
+        own); files of snapshots being sent; and the journal. Its destroy() closes only the
+        transport and the journal, never the pipe. Here the pipe is unregistered and closed,
+        the snapshot files (sent and received) closed, the transport destroyed, and the journal
+        closed -- synced first if `sync` (a clean stop); a crashed replica's (`sync=False`) is
+        closed as it is, so nothing it had not synced becomes durable.
+        A closed group takes no more ticks or messages, and refuses proposals (NOT_COMMITTED);
+        proposals still pending get no answer (the process, or simulated node, is going away)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            notifier = getattr(self, "_SyncObj__pipeNotifier", None)
+            if notifier is not None and not isinstance(notifier, _NoNotifier):
+                # A late propose (pysyncobj's _applyCommand) must never write to the descriptor
+                # number once the process has given it to another file.
+                self._SyncObj__pipeNotifier = _NoNotifier()
+                read_fd, write_fd = (getattr(notifier, a) for a in _PIPE_ATTRS)
+                self._poller.unsubscribe(read_fd)
+                os.close(read_fd)
+                os.close(write_fd)
+            serializer = getattr(self, "_SyncObj__serializer", None)
+            if isinstance(serializer, _SnapshotSerializer):
+                serializer.close()
+            transport = getattr(self, "_SyncObj__transport", None)
+            if transport is not None:
+                transport.destroy()
+        finally:
+            self._journal.close(sync=sync)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     # --- introspection for the node and the simulator ------------------------------------
     @property
@@ -358,7 +409,7 @@ class RaftGroup(SyncObj):
         Raises ValueError for a command too large to replicate (nothing is proposed)."""
         payload = encode_command(op, args, command_id)
         cid = decode_command(payload).id
-        refused = self._refuse_entries()
+        refused = "%s is closed" % self.name if self._closed else self._refuse_entries()
         if refused is not None:
             callback(Outcome.NOT_COMMITTED, refused)
             return cid
@@ -461,6 +512,8 @@ class RaftGroup(SyncObj):
 
     # --- tick: sync before the leader counts itself ----------------------------------------
     def _onTick(self, timeToWait=0.0):
+        if self._closed:
+            return None
         self._journal.sync()
         self._expire_proposals()
         if self._install is not None:
@@ -473,6 +526,8 @@ class RaftGroup(SyncObj):
 
     # --- the four log-matching rules ---------------------------------------------------------
     def _SyncObj__onMessageReceived(self, node, message):
+        if self._closed:
+            return
         try:
             mtype = message.get("type") if isinstance(message, dict) else None
             if mtype == "append_entries":
@@ -847,6 +902,13 @@ def _read_snapshot_header(path: str):
     return (bytes(e1[0]), int(e1[1]), int(e1[2])), (bytes(e0[0]), int(e0[1]), int(e0[2])), list(cluster)
 
 
+class _NoNotifier:
+    """Stands in for pysyncobj's PipeNotifier once its pipe is closed (RaftGroup.close)."""
+
+    def notify(self) -> None:
+        pass
+
+
 class _SnapshotSerializer(Serializer):
     """pysyncobj's Serializer with the snapshot work moved off the tick thread (no fork, ever).
 
@@ -870,6 +932,7 @@ class _SnapshotSerializer(Serializer):
         self.recv_path = file_name + ".recv"
         self._incoming = None
         self._sending: set = set()
+        assert isinstance(self._Serializer__transmissions, dict), "pysyncobj internals changed: Serializer"
 
     def serialize(self, data, id):
         self._group._start_export(data[1:], id)
@@ -892,7 +955,18 @@ class _SnapshotSerializer(Serializer):
 
     def cancelTransmisstion(self, id):
         self._sending.discard(id)
+        transmission = self._Serializer__transmissions.get(id)
+        if transmission is not None and transmission.get("file") is not None:
+            transmission["file"].close()
         super().cancelTransmisstion(id)
+
+    def close(self) -> None:
+        """Close the files of snapshots being sent and of one being received."""
+        for tid in list(self._Serializer__transmissions):
+            self.cancelTransmisstion(tid)
+        if self._incoming is not None:
+            self._incoming.close()
+            self._incoming = None
 
     def setTransmissionData(self, data):
         if data is None:

@@ -243,9 +243,18 @@ class DurableJournal(Journal):
     def __len__(self):
         return len(self._entries)
 
-    def _destroy(self):
-        self.sync()
-        self._file.close()
+    def close(self, *, sync: bool = True) -> None:
+        """Close the file, synced first if `sync` (a clean stop; a crashed replica's journal is
+        closed as it is, so nothing it had not synced becomes durable). The file is closed even
+        if the sync fails (FailStop)."""
+        try:
+            if sync:
+                self.sync()
+        finally:
+            self._file.close()
+
+    def _destroy(self):   # pysyncobj's name for a clean close (SyncObj.destroy)
+        self.close()
 
     def setRaftCommitIndex(self, raftCommitIndex):
         # The commit index need not survive a restart (Raft learns it again from the leader,
