@@ -40,6 +40,7 @@ from raftstore.kvserver.replica import LATEST, RAW_END, RAW_PREFIX, local_descri
 from raftstore.kvserver.store import Store, StoreConfig
 from raftstore.raft.commands import Outcome, not_leader
 from raftstore.raft.failstop import FailStop
+from raftstore.kvserver.batch import Header, Put
 from raftstore.router import Router
 from raftstore.sim.disk import SimDisk
 from raftstore.sim.world import Violation, _Clock, patched_pysyncobj
@@ -290,7 +291,8 @@ class SplitWorld:
                     self.push(self.clock.t + self.resend_rng.uniform(0.2, 3.0), "call", lambda: self.write(i))
             else:
                 self.push(self.clock.t + 0.05 * (attempt + 1), "call", lambda: self.write(i, attempt + 1))
-        self.routers[nid].send("put", key, {"key": key, "value": value}, i.to_bytes(8, "big") + b"\x00" * 8, done)
+        self.routers[nid].send_batch(Header(), [Put(key, value)], lambda got: done(*got[0]),
+                                     i.to_bytes(8, "big") + b"\x00" * 8)
 
     # --- main loop and checks ---------------------------------------------------------------------
     def run(self) -> dict:
