@@ -12,6 +12,7 @@ import os
 import pytest
 
 from raftstore import constants
+from raftstore.kvserver.batch import verdict
 from raftstore.kvserver.ranges import (FIRST_DATA_RANGE_ID, RANGE_KEY_MISMATCH, RangeDescriptor, bootstrap_descriptors,
                                        local_desc_key, mismatch_descriptors)
 from raftstore.kvserver.replica import RangeReplica, desc_ts
@@ -79,7 +80,9 @@ def test_a_retried_command_that_applied_gets_its_saved_answer_without_a_proposal
     assert first["swapped"] is True
     # The retry's condition (key absent) is false now; a fresh verdict would say "not swapped".
     h.evaluate("cas", {"key": b"ka", "expected": None, "new": b"1"}, cid)
-    assert h.answers == [(Outcome.COMMITTED, first)] and h.group().proposed == []
+    [(outcome, answer)] = h.answers
+    assert outcome is Outcome.COMMITTED and verdict(answer) == first and h.group().proposed == []
+    assert answer["rounds"] == 0 and answer["served_by"] == 1        # no consensus round for it now
 
 
 def test_a_retry_that_arrives_while_the_first_attempt_is_in_flight_gets_the_same_answer(h):
@@ -89,7 +92,7 @@ def test_a_retry_that_arrives_while_the_first_attempt_is_in_flight_gets_the_same
     assert len(h.group().proposed) == 1 and h.answers == []
     _, _, callback, _ = h.group().proposed[0]
     callback(Outcome.COMMITTED, {"ts": [9, 0]})
-    assert h.answers == [(Outcome.COMMITTED, {"ts": [9, 0]})] * 2
+    assert h.answers == [(Outcome.COMMITTED, {"ts": [9, 0], "served_by": 1, "rounds": 1, "quorum_rtt_ms": None})] * 2
     assert h.store.in_flight == {} and len(h.store.latches) == 0
 
 

@@ -323,6 +323,16 @@ def writes_nothing(op: str, args: Any) -> bool:
     return op in ("get", "scan")
 
 
+TRACE_FIELDS = ("served_by", "rounds", "quorum_rtt_ms", "range_id", "ms")   # how an answer was served, not what it says
+
+
+def verdict(result: Any) -> Any:
+    """An answer without its trace fields: what two answers to one command id must agree on."""
+    if isinstance(result, dict):
+        return {k: v for k, v in result.items() if k not in TRACE_FIELDS}
+    return result
+
+
 def response_op(result: dict, i: int = 0) -> dict:
     """The answer to a batch's i-th op, with the batch's `ts` (a one-op call's answer)."""
     return {"ts": result["ts"], **result["responses"][i]}

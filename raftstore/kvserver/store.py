@@ -87,7 +87,8 @@ class Store:
                  transport_class: Callable[[int], Any], clock: Callable[[], float] = time.monotonic,
                  now_ts: Callable[[], list] | None = None, crash_point: Callable[[str], None] = _no_crash,
                  snapshot_executor: Executor = run_inline, checksums: ChecksumRegistry | None = None,
-                 propose_at_leader: Callable[[int, str, dict, Callable[[Outcome, Any], None]], None] | None = None) -> None:
+                 propose_at_leader: Callable[[int, str, dict, Callable[[Outcome, Any], None]], None] | None = None,
+                 peer_rtt_s: Callable[[int], float | None] = lambda peer: None) -> None:
         """`snapshot_executor` runs the slow part of snapshots (writing one, staging a received
         one) and of consistency checks (hashing a range): the node gives
         raftstore.raft.group.run_in_thread so its loop never waits for a whole range; the
@@ -96,8 +97,10 @@ class Store:
         `propose_at_leader(range_id, op, args, callback)` proposes the store's own commands
         (meta updates, range-id allocation, splits) at the range's leader: the node hands them
         to the leader's node over the peer link, so pysyncobj never forwards a proposal; the
-        default proposes here (the simulator)."""
+        default proposes here (the simulator). `peer_rtt_s(node_id)` is the round trip the node
+        last measured to a peer (None: not known), for the quorum round trip an answer reports."""
         self.cfg = cfg
+        self.peer_rtt_s = peer_rtt_s
         self.mvcc = mvcc
         self.open_journal = open_journal
         self.transport_class = transport_class
@@ -497,6 +500,7 @@ class Store:
             else:
                 self.split_range(range_id, key, callback)
             return
+        callback = self._stamped(range_id, callback, rounds=1)
         if not write_keys:
             self.propose(range_id, op, args, callback, command_id=command_id, at=at)
             return
@@ -533,8 +537,12 @@ class Store:
                 return
             found, saved = rep.result_of(command_id) if rep is not None and rep.desc is not None else (False, None)
             if found:
-                # Applied already (a retry after a lost answer): its first answer, never a fresh verdict.
-                done(*saved_outcome(saved))
+                # Applied already (a retry after a lost answer): its first answer, never a fresh
+                # verdict, and no consensus round for it now.
+                outcome, result = saved_outcome(saved)
+                if outcome is Outcome.COMMITTED and isinstance(result, dict):
+                    result = dict(result, rounds=0)
+                done(outcome, result)
                 return
             evaluated, holds = dict(args), None
             try:
@@ -556,6 +564,36 @@ class Store:
                 # answered; the next writer of its keys is evaluated at once.
                 release()
         self.latches.acquire_all([(range_id, k) for k in sorted(set(write_keys))], run)
+
+    def _stamped(self, range_id: int, callback: Callable[[Outcome, Any], None],
+                 rounds: int) -> Callable[[Outcome, Any], None]:
+        """`callback` with a committed answer (a map) marked with who served it, the consensus
+        rounds it took here and the least round trip one such round can take from here (the
+        slowest of the nearest followers that make a majority with this replica)
+        (`served_by`, `rounds`, `quorum_rtt_ms`: what EXPLAIN ANALYZE shows). An answer
+        already marked keeps its marks."""
+        node_id = self.cfg.node_id
+
+        def stamped(outcome: Outcome, result: Any) -> None:
+            if outcome is Outcome.COMMITTED and isinstance(result, dict) and "served_by" not in result:
+                result = dict(result, served_by=node_id, rounds=result.get("rounds", rounds),
+                              quorum_rtt_ms=self.quorum_rtt_ms(range_id))
+            callback(outcome, result)
+        return stamped
+
+    def quorum_rtt_ms(self, range_id: int) -> float | None:
+        """The round trip a consensus round of `range_id` needs at least from this replica: to the
+        farthest of the nearest followers that, with this one, make a majority (None: a round
+        trip not measured yet; 0 for a range of one replica)."""
+        rep = self.replicas.get(range_id)
+        if rep is None or rep.desc is None:
+            return None
+        others = [p for p in rep.desc.replicas if p != self.cfg.node_id]
+        needed = (len(others) + 1) // 2             # followers a majority needs besides this one
+        if needed <= 0:
+            return 0.0
+        rtts = sorted(r for r in (self.peer_rtt_s(p) for p in others) if r is not None)
+        return round(rtts[needed - 1] * 1000, 3) if len(rtts) >= needed else None
 
     def not_leader(self, range_id: int, why: str) -> Rejection:
         """The not-leader answer of this node for `range_id` (nothing was proposed): `why`, and

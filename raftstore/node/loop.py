@@ -331,7 +331,8 @@ class Node:
                            self.mvcc, open_journal=lambda path: TimedLogFile(path, self.metrics.journal_fsync_seconds),
                            transport_class=lambda gid: (lambda so, s, o: GroupTransport(self, gid, so, s, o)),
                            now_ts=lambda: self.hlc.now().to_wire(), snapshot_executor=run_in_thread,
-                           checksums=self.checksums, propose_at_leader=self._propose_store_command)
+                           checksums=self.checksums, propose_at_leader=self._propose_store_command,
+                           peer_rtt_s=self._peer_rtt_s)
         self.store.disk_low = self.disk.check()
         self.store.start()
 
@@ -349,6 +350,11 @@ class Node:
         else:
             self.store.mark(group_id)
         transport._onMessageReceived(transport.peers[peer_id], message)
+
+    def _peer_rtt_s(self, peer_id: int) -> float | None:
+        """The round trip of the latest fresh clock probe to a peer (None: none fresh)."""
+        m = self.offsets.fresh(time.monotonic()).get(peer_id)
+        return m.rtt_ns / 1e9 if m is not None else None
 
     def _delay_s(self, peer_id: int) -> float:
         if self.cfg.latency is None or not self.members or peer_id not in self.members:

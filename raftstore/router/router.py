@@ -112,7 +112,8 @@ class Router:
         split is grouped again and resent). `done(answers)` gets one (Outcome, result) per op, in
         the order given, once every part has answered: a committed op's result is its response
         with its part's `ts` (and, for writes, `ok`: whether every condition of the part held -
-        a write batch is all or nothing within its range); any other is its part's failure.
+        a write batch is all or nothing within its range) and what `_part_answer` adds; any
+        other is its part's failure.
         Parts in different ranges commit independently (no transactions yet). `command_id`
         is kept by a part that holds every op (a one-range batch), so its resends apply once.
         Raises ValueError, before anything is sent, for a part too large to replicate."""
@@ -148,6 +149,11 @@ class Router:
 
     def _part_answer(self, desc: RangeDescriptor, indices: list[int], request: BatchRequest, cid: bytes,
                      attempt: int, settle: Callable[[list[int], list], None]) -> Done:
+        """The answer of one part: a refusal is learnt from and the part sent again (grouped
+        again); a committed part gives each op its response, with the part's `ts`, `ok`,
+        `span_end`, who served it, its consensus rounds and their least round trip
+        (`served_by`, `rounds`, `quorum_rtt_ms`, from the leader), the range (`range_id`) and the part's time from send to answer (`ms`)."""
+        sent_at = self._now()
         def failed(outcome: Outcome, result: Any) -> None:
             settle(indices, [(outcome, result)] * len(indices))
 
@@ -159,7 +165,8 @@ class Router:
             if outcome is not Outcome.COMMITTED:
                 failed(outcome, result)
                 return
-            extra = {k: result[k] for k in ("ok", "span_end") if k in result}
+            extra = {k: result[k] for k in ("ok", "span_end", "served_by", "rounds", "quorum_rtt_ms") if k in result}
+            extra.update(range_id=desc.range_id, ms=round((self._now() - sent_at) * 1000, 3))
             settle(indices, [(outcome, dict(response_op(result, j), **extra)) for j in range(len(indices))])
         return answer
 

@@ -40,7 +40,7 @@ from raftstore.kvserver.replica import LATEST, RAW_END, RAW_PREFIX, local_descri
 from raftstore.kvserver.store import Store, StoreConfig
 from raftstore.raft.commands import Outcome, not_leader
 from raftstore.raft.failstop import FailStop
-from raftstore.kvserver.batch import Header, Put
+from raftstore.kvserver.batch import Header, Put, verdict
 from raftstore.router import Router
 from raftstore.sim.disk import SimDisk
 from raftstore.sim.world import Violation, _Clock, patched_pysyncobj
@@ -283,8 +283,8 @@ class SplitWorld:
         def done(outcome, result, key=key, value=value):
             if outcome is Outcome.COMMITTED:
                 self.acked[key] = value
-                first = self.answers.setdefault(i, result)
-                if result != first:
+                first = self.answers.setdefault(i, verdict(result))
+                if verdict(result) != first:
                     self.fresh_answers.append("write %d: first %r, then %r" % (i, first, result))
                 elif i not in self.resent and self.resend_rng.random() < self.cfg.resend_fraction:
                     self.resent.add(i)   # the answer "was lost": send it again a little later
