@@ -24,6 +24,7 @@ proposal_timeout_s = 10.0               # a proposal with no outcome by then fai
 # A client command a follower's node handed the range's leader (only leaders propose): ambiguous
 # if the leader has not answered by then (its own proposal timeout, plus the WAN round trip).
 forwarded_proposal_timeout_s = proposal_timeout_s + 2.0
+locking_read_hold_s = 2.0               # a locking read's latches wait this long for the write that follows it
 leader_wait_s = 2.0                     # a client command for a range with no leader known waits this long for one
 proposals_in_flight_max = 10_000        # per group; beyond it a proposal is refused at once
 

@@ -31,6 +31,7 @@ unchanged (not wrapped), so "unavailable" stays distinguishable from bad SQL.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import random
 import time
@@ -564,9 +565,51 @@ class Session:
         check_row(schema, new_row)
         return RowWrite(key, version, old_raw, encode_row(schema, new_row), row)
 
+    def _point_key(self, access: AccessPath, ctx: EvalContext) -> bytes | None:
+        """The one key a write's access path names, when it names exactly one (WHERE pk = ...)."""
+        if isinstance(access, VirtualAccess) or access.kind != "point get":
+            return None
+        ranges = access.key_ranges(ctx)
+        return ranges[0][0] if len(ranges) == 1 and ranges[0][1] is None else None
+
+    def _write_point(self, key: bytes, decide: Callable[[tuple[bytes, Version] | None], RowWrite | None],
+                     writes: StatementWrites, redo) -> int | None:
+        """A one-key UPDATE or DELETE in one consensus round: a locking read (`get_for_update`,
+        at the range's leader, no round), `decide` on what it found, then one write conditioned
+        on the version read, using the read's latch - or, when there is nothing to write (no
+        row matched, or nothing changed), a `confirm` of that version, so the answer holds in
+        log order. Returns the rows written or matched; None when the confirm found the key
+        changed since (the caller runs its general path)."""
+        locked = self.kv.get_for_update(key)
+        try:
+            item = decide(locked.found)
+        except Exception:
+            with contextlib.suppress(Exception):
+                self.kv.confirm(key, locked.version, lock=locked.lock)   # gives the latch back now
+            raise
+        if item is not None and not item.unchanged():
+            return writes.write([item], redo, lock=locked.lock)
+        confirmed = self.kv.confirm(key, locked.version, lock=locked.lock)
+        if confirmed.error is not None:
+            raise confirmed.error
+        return (0 if item is None else 1) if confirmed.swapped else None
+
     def _update(self, plan: UpdatePlan, ctx: EvalContext, writes: StatementWrites) -> Result:
         schema = plan.schema
         where = plan.where.fn if plan.where is not None else None
+        key = self._point_key(plan.access, ctx)
+        if key is not None and not any(index in schema.pk_indexes for index, _ in plan.sets):
+            def decide(found) -> RowWrite | None:
+                if found is None:
+                    return None
+                row = decode_row(schema, found[0])
+                if where is not None and where(row, ctx) is not True:
+                    return None
+                new_row = self._apply_sets(plan, row, ctx)
+                return RowWrite(key, found[1], found[0], encode_row(schema, new_row), new_row)
+            count = self._write_point(key, decide, writes, lambda item, current: decide(current))
+            if count is not None:
+                return Result(rowcount=count, status=f"UPDATE {count}")
         changes = []  # (old key, version, old raw, new row, new key)
         for key, raw, version in list(self._fetch(plan.access, ctx, versions=True)):
             row = decode_row(schema, raw)
@@ -625,6 +668,15 @@ class Session:
     def _delete(self, plan: DeletePlan, ctx: EvalContext, writes: StatementWrites) -> Result:
         schema = plan.schema
         where = plan.where.fn if plan.where is not None else None
+        key = self._point_key(plan.access, ctx)
+        if key is not None:
+            def decide(found) -> RowWrite | None:
+                if found is None or (where is not None and where(decode_row(schema, found[0]), ctx) is not True):
+                    return None
+                return RowWrite(key, found[1], found[0], None)
+            count = self._write_point(key, decide, writes, lambda item, current: decide(current))
+            if count is not None:
+                return Result(rowcount=count, status=f"DELETE {count}")
         doomed = []
         for key, raw, version in list(self._fetch(plan.access, ctx, versions=True)):
             if where is not None and where(decode_row(schema, raw), ctx) is not True:

@@ -36,6 +36,19 @@ Write = tuple[bytes, Version | None, bytes | None]
 
 
 @dataclass(frozen=True)
+class Locked:
+    """A `get_for_update`'s answer: the key's live (value, version), None if it has none, and
+    the token of the latch held for the write that follows (None: the store holds no latch)."""
+
+    found: tuple[bytes, Version] | None
+    lock: bytes | None = None
+
+    @property
+    def version(self) -> Version | None:
+        return self.found[1] if self.found is not None else None
+
+
+@dataclass(frozen=True)
 class WriteResult:
     """The answer to one conditioned write.
 
@@ -157,12 +170,31 @@ class KV(Protocol):
         Never raises an operating error: a write with no answer comes back with `error`."""
         ...
 
-    def write_if_many(self, writes: Sequence[Write], *, stop_after_failure: bool = True) -> list[WriteResult]:
+    def write_if_many(self, writes: Sequence[Write], *, stop_after_failure: bool = True,
+                      lock: bytes | None = None) -> list[WriteResult]:
         """`write_if` of every (key, if_version, value), results in the order given. The keys
         must be distinct: the writes may be sent together and apply in any order. A condition
         that did not hold is an answer, not a failure. With `stop_after_failure`, writes not yet
         sent after one came back with an `error` are not sent; their results carry an
-        `UnavailableError` saying so (not ambiguous). Without it, every write is tried."""
+        `UnavailableError` saying so (not ambiguous). Without it, every write is tried. `lock`:
+        the token of a `get_for_update` of these keys, whose latches the writes then use."""
+        ...
+
+    def get_for_update(self, key: bytes) -> Locked:
+        """A locking read for a write that follows: the key's live value and version, read where
+        the key's writes are evaluated without a consensus round, and a `lock` token holding
+        the key for a `write_if_many` or `confirm` naming it (for a short while; then it is
+        given back by itself). Not a linearizable read on its own: only the condition of the
+        write that follows, decided at apply, makes the pair safe - so act on it only through
+        `write_if_many` or `confirm` on its version."""
+        ...
+
+    def confirm(self, key: bytes, if_version: Version | None, *, lock: bytes | None = None) -> WriteResult:
+        """Write nothing, on `write_if`'s condition, decided in log order like a write: swapped
+        means the key is still at `if_version` (None: still has no live value) - what a
+        statement that read the key by `get_for_update` and wrote nothing (no row matched, or
+        nothing changed) must know before it answers. Not swapped: `current` is the key's
+        live (value, version) now. Never raises an operating error: see `write_if`."""
         ...
 
     def ranges_for(self, start: bytes, end: bytes | None) -> list[RangeInfo]:

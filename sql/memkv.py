@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 
 from raftstore import constants
 from raftstore.errors import TooLargeError
-from sql.kv import (ConsistencyResult, RangeInfo, RegionInfo, Version, Write, WriteResult, check_key,
+from sql.kv import (ConsistencyResult, Locked, RangeInfo, RegionInfo, Version, Write, WriteResult, check_key,
                     check_scan_limit, check_value, check_writes, write_each)
 
 DEFAULT_REGIONS = (
@@ -131,7 +131,20 @@ class MemKV:
             self._store(key, value)
         return WriteResult(True, version=self._versions[key])
 
-    def write_if_many(self, writes: Sequence[Write], *, stop_after_failure: bool = True) -> list[WriteResult]:
+    def get_for_update(self, key: bytes) -> Locked:
+        """`get_version` (one process, one thread: there is no latch to hold)."""
+        self._count("get_for_update")
+        return Locked(self.get_version(key))
+
+    def confirm(self, key: bytes, if_version: Version | None, *, lock: bytes | None = None) -> WriteResult:
+        self._count("confirm")
+        check_key(key)
+        live = self.get_version(key)
+        held = (live is None) if if_version is None else (self._versions.get(key) == tuple(if_version))
+        return WriteResult(True) if held else WriteResult(False, current=live)
+
+    def write_if_many(self, writes: Sequence[Write], *, stop_after_failure: bool = True,
+                      lock: bytes | None = None) -> list[WriteResult]:
         self._count("write_if_many")
         check_writes(writes)   # all of them before any is written, as a node does
         return write_each(self.write_if, writes, stop_after_failure=stop_after_failure)

@@ -100,8 +100,10 @@ class StatementWrites:
 
     # --- writing -------------------------------------------------------------------------
 
-    def write(self, items: list[RowWrite], redo: Redo, rounds: int = ROW_CAS_RETRY_COUNT_MAX) -> int:
-        """Write every item, all at once (one `write_if_many`). An item whose
+    def write(self, items: list[RowWrite], redo: Redo, rounds: int = ROW_CAS_RETRY_COUNT_MAX,
+              lock: bytes | None = None) -> int:
+        """Write every item, all at once (one `write_if_many`; the first with `lock`, the token of
+        the `get_for_update` the items were read by). An item whose
         condition no longer held is decided again by `redo` and written in the next round.
         Returns the rows written, plus those already as wanted. Raises the first failed write
         (in the order given) after recording its round; `redo`'s errors; or, after `rounds`
@@ -117,7 +119,9 @@ class StatementWrites:
             if not pending:
                 return done
             self.started = True
-            results = self.kv.write_if_many([(i.key, i.version, i.new_raw) for i in pending])
+            wanted = [(i.key, i.version, i.new_raw) for i in pending]
+            results = self.kv.write_if_many(wanted, lock=lock) if lock is not None else self.kv.write_if_many(wanted)
+            lock = None
             failure = None
             for item, result in zip(pending, results):
                 if result.swapped:

@@ -372,6 +372,34 @@ def check_write_if_many_answers_each_write_in_order(subject: Subject) -> None:
     assert kv.write_if_many([], stop_after_failure=False) == []
 
 
+def check_a_locking_read_answers_the_live_row_and_its_write_applies_on_that_version(subject: Subject) -> None:
+    kv = subject.kv
+    key, absent = subject.key("k"), subject.key("absent")
+    kv.put(key, b"v1")
+    locked = kv.get_for_update(key)
+    assert locked.found == kv.get_version(key) and locked.version == locked.found[1]
+    [written] = kv.write_if_many([(key, locked.version, b"v2")], lock=locked.lock)
+    assert written.swapped and kv.get_version(key) == (b"v2", written.version)
+    assert kv.get_for_update(absent).found is None
+    kv.delete(key)
+    assert kv.get_for_update(key).found is None and kv.get_for_update(key).version is None   # a tombstone: no row
+
+
+def check_confirm_holds_only_while_the_key_is_at_the_version_read_and_writes_nothing(subject: Subject) -> None:
+    kv = subject.kv
+    key, absent = subject.key("k"), subject.key("absent")
+    kv.put(key, b"v1")
+    locked = kv.get_for_update(key)
+    before = kv.get_version(key)
+    assert kv.confirm(key, locked.version, lock=locked.lock).swapped
+    assert kv.get_version(key) == before                         # nothing written, no new version
+    kv.put(key, b"v1")                                           # same bytes, a new version
+    stale = kv.confirm(key, locked.version)
+    assert not stale.swapped and stale.error is None and stale.current == kv.get_version(key)
+    assert kv.confirm(absent, None).swapped                     # no live value: as read
+    assert not kv.confirm(key, None).swapped                    # a live value where none was read
+
+
 def check_write_if_many_stops_only_after_a_failed_write(subject: Subject) -> None:
     """A refused condition is an answer; a write with an error (here: too large) is a failure.
     Without stop_after_failure every write is tried; with it, writes after the failure either

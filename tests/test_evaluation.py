@@ -173,3 +173,65 @@ def test_a_split_asked_of_the_leader_is_split_with_its_own_descriptor(h):
     [(op, args, _, _)] = h.group(R).proposed                          # then the split, at this replica's generation
     assert op == "split" and args["split_key"] == b"km" and args["new_range_id"] == 9
     assert args["generation"] == h.store.replicas[R].desc.generation
+
+
+# --- locking reads (kvserver.batch.GetForUpdate) ------------------------------------------------------
+
+def _batch(ops, **header):
+    from raftstore.kvserver.batch import BatchRequest, Header
+    return BatchRequest(Header(**header), ops).to_wire()
+
+
+def _write_row(h, key: bytes, value: bytes) -> None:
+    replica = h.store.replicas[R]
+    with replica.batch():
+        replica.apply(1, Command(b"w" * 16, "put", {"key": key, "value": value, "ts": [5, 0]}))
+
+
+def test_a_locking_read_is_answered_from_the_applied_state_without_a_proposal_and_holds_the_latch(h):
+    from raftstore.kvserver.batch import ConditionalPut, GetForUpdate
+    _write_row(h, b"kl", b"row")
+    h.evaluate("batch", _batch([GetForUpdate(b"kl")]), b"r" * 16)
+    [(outcome, answer)] = h.answers
+    assert outcome is Outcome.COMMITTED and h.group().proposed == []              # no consensus round
+    assert answer["responses"][0]["value"] == b"row" and answer["rounds"] == 0
+    token = answer["lock_token"]
+    h.evaluate("put", {"key": b"kl", "value": b"other"}, b"o" * 16)               # another writer waits ...
+    assert h.group().proposed == []
+    version = answer["responses"][0]["ts"]
+    h.evaluate("batch", _batch([ConditionalPut(b"kl", tuple(version), b"mine")], lock_token=token), b"m" * 16)
+    assert [p[0] for p in h.group().proposed] == ["batch"]                        # ... the holder's write goes first
+    h.group().proposed[0][2](Outcome.COMMITTED, {"ts": [6, 0], "ok": True, "responses": [{"swapped": True}]})
+    assert [p[0] for p in h.group().proposed] == ["batch", "put"]                 # then the other writer
+    assert h.store.holds == {}
+
+
+def test_a_hold_whose_write_never_comes_is_given_back_after_the_hold_time(h):
+    from raftstore.kvserver.batch import GetForUpdate
+    h.evaluate("batch", _batch([GetForUpdate(b"kx")]), b"r" * 16)
+    h.evaluate("put", {"key": b"kx", "value": b"other"}, b"o" * 16)
+    h.t += constants.locking_read_hold_s - 0.01
+    h.store._expire_holds(h.t)
+    assert h.group().proposed == []
+    h.t += 0.02
+    h.store._expire_holds(h.t)
+    assert [p[0] for p in h.group().proposed] == ["put"] and h.store.holds == {}
+
+
+def test_a_write_naming_an_unknown_token_takes_its_own_latches(h):
+    from raftstore.kvserver.batch import ConditionalPut
+    h.evaluate("batch", _batch([ConditionalPut(b"ky", None, b"v")], lock_token=b"t" * 16), b"m" * 16)
+    assert [p[0] for p in h.group().proposed] == ["batch"] and len(h.store.latches) == 1
+
+
+def test_a_locking_read_waits_for_a_ready_leader_and_is_never_replicated(h):
+    from raftstore.kvserver.batch import GetForUpdate
+    from raftstore.raft.commands import CommandError
+    h.group().ready = False
+    h.evaluate("batch", _batch([GetForUpdate(b"kz")]), b"r" * 16)
+    assert h.answers == []
+    h.group().ready = True
+    h.store._run_awaiting_lead(h.t)
+    assert h.answers[0][0] is Outcome.COMMITTED and h.group().proposed == []
+    with pytest.raises(CommandError, match="never replicated"):
+        h.store.replicas[R].apply(2, Command(b"q" * 16, "batch", dict(_batch([GetForUpdate(b"kz")]), ts=[7, 0])))

@@ -32,7 +32,7 @@ from raftstore.errors import AmbiguousCommitError, UnavailableError
 from raftstore.node.loop import Node
 from raftstore.raft.commands import Outcome
 from raftstore.server.nodekv import NodeKV
-from sql.kv import not_sent
+from sql.kv import Locked, WriteResult, not_sent
 from sql.memkv import MemKV
 
 READY_TIMEOUT_S = 60.0 + LIVENESS_MARGIN_S   # a cluster forms and elects within seconds when idle
@@ -155,13 +155,48 @@ class WriteIfIgnoresAStaleVersion(MemKV):
 class ARefusalStopsTheBatch(MemKV):
     """Broken: write_if_many treats a condition that did not hold as a failure."""
 
-    def write_if_many(self, writes, *, stop_after_failure=True):
+    def write_if_many(self, writes, *, stop_after_failure=True, lock=None):
         results = []
         for key, if_version, value in writes:
             results.append(self.write_if(key, if_version, value))
             if not results[-1].swapped:
                 break
         return results + not_sent(len(writes) - len(results))
+
+
+class ConfirmByValue(MemKV):
+    """Broken: confirm holds while the key has a live value, whatever its version (so a
+    same-bytes write by another client passes)."""
+
+    def confirm(self, key, if_version, *, lock=None):
+        self._count("confirm")
+        live = self.get_version(key)
+        held = (live is None) if if_version is None else live is not None
+        return WriteResult(True) if held else WriteResult(False, current=live)
+
+
+class LockingReadOfTheDeleted(MemKV):
+    """Broken: a locking read of a deleted key answers its last live row."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._last: dict = {}
+
+    def write_if(self, key, if_version, value):
+        found = self.get_version(key)
+        if found is not None:
+            self._last[key] = found
+        return super().write_if(key, if_version, value)
+
+    def delete(self, key):
+        found = self.get_version(key)
+        if found is not None:
+            self._last[key] = found
+        super().delete(key)
+
+    def get_for_update(self, key):
+        locked = super().get_for_update(key)
+        return locked if locked.found is not None else Locked(self._last.get(key))
 
 
 def _failing_checks(kv_class: type[MemKV]) -> list[str]:
@@ -190,6 +225,8 @@ def test_every_check_passes_on_the_in_memory_kv() -> None:
     (EmptyValueReadsAsAbsent, {"check_an_empty_value_is_live_and_distinct_from_absent"}),
     (WriteIfIgnoresAStaleVersion, {"check_write_if_on_a_stale_version_refuses_and_returns_the_current_row"}),
     (ARefusalStopsTheBatch, {"check_write_if_many_answers_each_write_in_order"}),
+    (ConfirmByValue, {"check_confirm_holds_only_while_the_key_is_at_the_version_read_and_writes_nothing"}),
+    (LockingReadOfTheDeleted, {"check_a_locking_read_answers_the_live_row_and_its_write_applies_on_that_version"}),
 ], ids=lambda p: p.__name__ if isinstance(p, type) else "")
 def test_the_contract_catches_a_broken_in_memory_kv(broken, caught_by) -> None:
     failed = set(_failing_checks(broken))

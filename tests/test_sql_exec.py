@@ -64,8 +64,16 @@ class CountingKV:
         self.log.append(("write_if", key))
         return self.kv.write_if(key, if_version, value)
 
-    def write_if_many(self, writes, *, stop_after_failure=True):
+    def write_if_many(self, writes, *, stop_after_failure=True, lock=None):
         return write_each(self.write_if, writes, stop_after_failure=stop_after_failure)
+
+    def get_for_update(self, key):
+        self.log.append(("get_for_update", key))
+        return self.kv.get_for_update(key)
+
+    def confirm(self, key, if_version, *, lock=None):
+        self.log.append(("confirm", key))
+        return self.kv.confirm(key, if_version, lock=lock)
 
     def ranges_for(self, start, end):
         return self.kv.ranges_for(start, end)
@@ -634,7 +642,7 @@ def test_other_predicates_scan_the_whole_table(orders, kv) -> None:
 
 def test_update_and_delete_use_the_same_access_paths(orders, kv) -> None:
     orders.execute("UPDATE orders SET total = 0 WHERE cust = 1 AND seq = 1")
-    assert [m for m, _ in kv.data_calls()] == ["get_version", "write_if"]
+    assert [m for m, _ in kv.data_calls()] == ["get_for_update", "write_if"]   # a locking read, one write
     kv.log.clear()
     assert orders.execute("DELETE FROM orders WHERE cust = 2").rowcount == 10
     assert [m for m, _ in kv.data_calls()] == ["scan_versions"] + ["write_if"] * 10
@@ -1027,7 +1035,7 @@ class BatchingKV(CountingKV):
         self.log.append(("get_many", len(keys)))
         return [self.kv.get(key) for key in keys]
 
-    def write_if_many(self, writes, stop_after_failure=True):
+    def write_if_many(self, writes, stop_after_failure=True, lock=None):
         self.log.append(("write_if_many", len(writes)))
         return [self.kv.write_if(key, version, value) for key, version, value in writes]
 
@@ -1078,3 +1086,64 @@ def test_a_batched_insert_losing_a_race_takes_back_its_rows(batched) -> None:
     kv.write_if_many = real
     keys = [k for k, _ in kv.kv.items() if k.startswith(ROW_KEY_PREFIX)]
     assert len(keys) == 2   # the existing row 5 and the racer's row 9; 8 and 10 were taken back
+
+
+# --- one-key writes: a locking read, then one write or a confirm ----------------------------------------
+
+
+def test_a_one_key_update_or_delete_is_a_locking_read_then_one_write_or_a_confirm(db, kv) -> None:
+    db.execute("CREATE TABLE p (id INT PRIMARY KEY, v INT)")
+    db.execute("INSERT INTO p VALUES (1, 10)")
+    cases = [
+        ("UPDATE p SET v = v + 1 WHERE id = 1", 1, ["get_for_update", "write_if"]),
+        ("UPDATE p SET v = v + 1 WHERE id = 2", 0, ["get_for_update", "confirm"]),        # no such row
+        ("UPDATE p SET v = 0 WHERE id = 1 AND v = 99", 0, ["get_for_update", "confirm"]),   # WHERE is false
+        ("UPDATE p SET v = 11 WHERE id = 1", 1, ["get_for_update", "confirm"]),             # nothing changes
+        ("DELETE FROM p WHERE id = 2", 0, ["get_for_update", "confirm"]),
+        ("DELETE FROM p WHERE id = 1", 1, ["get_for_update", "write_if"]),
+    ]
+    for sql, rowcount, calls in cases:
+        kv.log.clear()
+        assert db.execute(sql).rowcount == rowcount, sql
+        assert [m for m, _ in kv.data_calls()] == calls, sql
+    assert db.execute("SELECT * FROM p").rows == []
+
+
+def test_an_update_that_moves_the_primary_key_takes_the_general_path(db, kv) -> None:
+    db.execute("CREATE TABLE p (id INT PRIMARY KEY, v INT)")
+    db.execute("INSERT INTO p VALUES (1, 10)")
+    kv.log.clear()
+    assert db.execute("UPDATE p SET id = 2 WHERE id = 1").rowcount == 1
+    assert "get_for_update" not in [m for m, _ in kv.data_calls()]
+    assert db.execute("SELECT * FROM p").rows == [[2, 10]]
+
+
+class WritesBetween(CountingKV):
+    """Another client writes the key between the locking read and the statement's confirm."""
+
+    def __init__(self, kv, value: bytes) -> None:
+        super().__init__(kv)
+        self.value = value
+
+    def confirm(self, key, if_version, *, lock=None):
+        if self.value is not None:
+            self.kv.put(key, self.value)
+            self.value = None
+        return super().confirm(key, if_version, lock=lock)
+
+
+def test_a_confirm_that_finds_the_row_changed_decides_again_from_the_row_as_it_is() -> None:
+    mem = MemKV()
+    setup = Session(mem)
+    setup.execute("CREATE TABLE p (id INT PRIMARY KEY, v INT)")
+    setup.execute("INSERT INTO p VALUES (1, 99)")
+    [key] = [k for k, _ in mem.items() if k.startswith(ROW_KEY_PREFIX)]
+    raw99 = mem.get(key)
+    setup.execute("UPDATE p SET v = 10 WHERE id = 1")
+    # At the locking read v is 10, so the WHERE is false; before the confirm another client puts
+    # v = 99 back. The statement must see that row and update it, not answer 0 rows from the
+    # stale read.
+    racing = WritesBetween(mem, raw99)
+    assert Session(racing).execute("UPDATE p SET v = 0 WHERE id = 1 AND v = 99").rowcount == 1
+    assert [m for m, _ in racing.data_calls()][:2] == ["get_for_update", "confirm"]
+    assert setup.execute("SELECT v FROM p").rows == [[0]]

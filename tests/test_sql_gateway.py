@@ -46,7 +46,12 @@ class MemNode:
                 self.release.set()
             await self.release.wait()
             self.waiting -= 1
-        if op == "get":
+        if op == "check":
+            confirmed = self.kv.confirm(key, args["if_version"])
+            value, version = confirmed.current or (None, None)
+            return Outcome.COMMITTED, {"swapped": confirmed.swapped, "ts": [2, 0], "value": value,
+                                       "version": None if version is None else list(version)}
+        if op in ("get", "get_for_update"):
             found = self.kv.get_version(key)
             return Outcome.COMMITTED, {"value": found[0], "ts": list(found[1])} if found else {"value": None, "ts": [0, 0]}
         if op == "put_if":
@@ -65,7 +70,7 @@ class MemNode:
             self.kv.delete(key)
         return Outcome.COMMITTED, {"ts": [2, 0]}
 
-    def batch_blocking(self, ops, timeout_s):
+    def batch_blocking(self, ops, timeout_s, header=None):
         """What a worker thread calls: each op of the batch answered alone (as if every key had
         a range of its own), on the event loop."""
         async def all_ops():

@@ -15,7 +15,9 @@ A batch is a `Header` plus ops for one range (CockroachDB's BatchRequest):
              max_bytes    a limit on their keys' and values' bytes (0: scan_bytes_max): rows are
                           taken until their bytes reach it, that row the last; a limit that
                           stops a scan gives its `resume` key, where to continue
-    ops      Get, Scan (reads) or Put, Delete, ConditionalPut, CompareAndSwap, Increment (writes)
+             lock_token   the latches a locking read (GetForUpdate) holds for this write batch
+    ops      Get, Scan (reads), GetForUpdate (a locking read: alone in its batch) or Put, Delete,
+             ConditionalPut, CompareAndSwap, Check, Increment (writes)
 
 Rules that keep a batch's meaning simple until transactions exist:
   * a batch either reads or writes, never both (a write's own condition is its read);
@@ -27,7 +29,8 @@ Rules that keep a batch's meaning simple until transactions exist:
 Decoding never trusts the bytes: anything malformed raises CommandError, the same verdict on
 every replica. Responses are plain msgpack maps (`BatchResponse.to_wire`), per op:
     Get {value, ts}   Scan {rows [[k, v]], versions [[wall, logical]], resume}
-    Put/Delete {}     ConditionalPut/CompareAndSwap {swapped, value, version}   Increment {value}
+    GetForUpdate {value, ts} and the batch's `lock_token`
+    Put/Delete {}     ConditionalPut/CompareAndSwap/Check {swapped, value, version}   Increment {value}
 """
 
 from __future__ import annotations
@@ -103,6 +106,26 @@ class Scan:
 
 
 @dataclass(frozen=True)
+class GetForUpdate:
+    """A locking read: the leader reads the key's live value and newest version from its applied
+    state - no consensus round - under the key's latch, which it then holds for the write that
+    follows (up to locking_read_hold_s), named by the answer's `lock_token`. The answer is not
+    a linearizable read: it is only the version a following ConditionalPut or Check is
+    conditioned on, and that condition, decided at apply, is what makes the pair safe. A batch
+    of GetForUpdate ops holds nothing else."""
+    key: bytes
+    kind: ClassVar[str] = "get_for_update"
+    writes: ClassVar[bool] = False
+
+    def to_wire(self) -> dict:
+        return {"key": self.key}
+
+    @classmethod
+    def from_wire(cls, args: dict) -> "GetForUpdate":
+        return cls(_bytes(args.get("key"), "get_for_update's key"))
+
+
+@dataclass(frozen=True)
 class Put:
     key: bytes
     value: bytes
@@ -172,6 +195,26 @@ class CompareAndSwap:
 
 
 @dataclass(frozen=True)
+class Check:
+    """Write nothing, on the condition of a ConditionalPut: the key's newest version is exactly
+    `if_version` (nil: the key has no live value). Goes through the log like a write, so what it
+    confirms - that a locking read's answer is still the key's state - holds at its log index:
+    an UPDATE or DELETE that matched no row, or changed nothing, says so only once confirmed."""
+    key: bytes
+    if_version: Timestamp | None
+    kind: ClassVar[str] = "check"
+    writes: ClassVar[bool] = True
+
+    def to_wire(self) -> dict:
+        return {"key": self.key, "if_version": None if self.if_version is None else list(self.if_version)}
+
+    @classmethod
+    def from_wire(cls, args: dict) -> "Check":
+        return cls(_bytes(args.get("key"), "check's key"), _ts(args.get("if_version"), "check's if_version",
+                                                              optional=True))
+
+
+@dataclass(frozen=True)
 class Increment:
     """Add `delta` to the key's value, a decimal integer in ASCII (no value: 0); answers the new
     value. A value that is not such an integer rejects the batch (nothing written)."""
@@ -192,9 +235,10 @@ class Increment:
         return cls(_bytes(args.get("key"), "increment's key"), delta)
 
 
-Op = Get | Scan | Put | Delete | ConditionalPut | CompareAndSwap | Increment
-OPS: dict[str, type] = {cls.kind: cls for cls in (Get, Scan, Put, Delete, ConditionalPut, CompareAndSwap, Increment)}
-CONDITIONAL = (ConditionalPut, CompareAndSwap)
+Op = Get | GetForUpdate | Scan | Put | Delete | ConditionalPut | CompareAndSwap | Check | Increment
+OPS: dict[str, type] = {cls.kind: cls for cls in (Get, GetForUpdate, Scan, Put, Delete, ConditionalPut, CompareAndSwap,
+                                                  Check, Increment)}
+CONDITIONAL = (ConditionalPut, CompareAndSwap, Check)
 
 
 def decode_int(value: bytes | None) -> int:
@@ -220,12 +264,13 @@ class Header:
     generation: int | None = None
     max_keys: int = 0
     max_bytes: int = 0
+    lock_token: bytes | None = None
 
     def to_wire(self) -> dict:
         return {"ts": None if self.ts is None else list(self.ts),
                 "read_ts": None if self.read_ts is None else list(self.read_ts),
                 "consistency": self.consistency, "txn": self.txn, "generation": self.generation,
-                "max_keys": self.max_keys, "max_bytes": self.max_bytes}
+                "max_keys": self.max_keys, "max_bytes": self.max_bytes, "lock_token": self.lock_token}
 
     @classmethod
     def from_wire(cls, obj: Any) -> "Header":
@@ -242,7 +287,8 @@ class Header:
         return cls(_ts(obj.get("ts"), "a batch's ts", optional=True),
                    _ts(obj.get("read_ts"), "a batch's read_ts", optional=True), consistency, None, generation,
                    _count(obj.get("max_keys", 0), "max_keys", constants.scan_rows_max),
-                   _count(obj.get("max_bytes", 0), "max_bytes", constants.scan_bytes_max))
+                   _count(obj.get("max_bytes", 0), "max_bytes", constants.scan_bytes_max),
+                   _bytes(obj.get("lock_token"), "a batch's lock_token", optional=True))
 
     def keys_limit(self) -> int:
         return self.max_keys or constants.scan_rows_max
@@ -262,6 +308,10 @@ class BatchRequest:
     @property
     def writes(self) -> bool:
         return bool(self.ops) and self.ops[0].writes
+
+    @property
+    def locking(self) -> bool:
+        return any(isinstance(op, GetForUpdate) for op in self.ops)
 
     def keys(self) -> list[bytes]:
         """Every key the batch names (a scan: its start), in order: what it is routed by."""
@@ -305,6 +355,8 @@ class BatchRequest:
             raise CommandError("a batch of %d ops exceeds batch_ops_max=%d" % (len(self.ops), constants.batch_ops_max))
         if len({op.writes for op in self.ops}) > 1:
             raise CommandError("a batch either reads or writes; this one does both")
+        if self.locking and not all(isinstance(op, GetForUpdate) for op in self.ops):
+            raise CommandError("a locking read (get_for_update) is alone in its batch")
         if self.writes and len(set(self.write_keys())) != len(self.ops):
             raise CommandError("a write batch names a key more than once")
         for op in self.ops:
@@ -319,7 +371,9 @@ def writes_nothing(op: str, args: Any) -> bool:
     asked again without doubt: a read changes nothing."""
     if op == BATCH_OP:
         ops = args.get("ops") if isinstance(args, dict) else None
-        return isinstance(ops, list) and all(isinstance(o, (list, tuple)) and o and o[0] in ("get", "scan") for o in ops)
+        return isinstance(ops, list) and all(isinstance(o, (list, tuple)) and o and o[0] in ("get", "scan",
+                                                                                          "get_for_update")
+                                             for o in ops)
     return op in ("get", "scan")
 
 

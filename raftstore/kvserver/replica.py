@@ -34,8 +34,8 @@ import msgpack
 from raftstore import constants
 from raftstore.kvserver.ranges import (FIRST_DATA_RANGE_ID, META_COUNTER_KEY, META_DESC_PREFIX, META_RANGE_ID, MISMATCH,
                                        RANGE_KEY_MISMATCH, RangeDescriptor, local_desc_key, meta_desc_key)
-from raftstore.kvserver.batch import (BATCH_OP, BatchRequest, CompareAndSwap, ConditionalPut, Delete, Get, Header,
-                                      Increment, Put, Scan, decode_int, response_op)
+from raftstore.kvserver.batch import (BATCH_OP, BatchRequest, Check, CompareAndSwap, ConditionalPut, Delete, Get,
+                                      Header, Increment, Put, Scan, decode_int, response_op)
 from raftstore.raft.commands import Command, CommandError
 from raftstore.raft.failstop import FailStop
 from raftstore.raft.group import SnapshotRefused
@@ -287,6 +287,8 @@ class RangeReplica:
     # answered in the one-op shape (`response_op`).
     def _op_batch(self, index, command, args):
         request = BatchRequest.from_wire(args)
+        if request.locking:
+            raise CommandError("a locking read is answered by the range's leader, never replicated")
         if not request.writes:
             return self._read_batch(index, request)
         return self._write_batch(index, command, request, _ts(args), args.get("evaluated") is True)
@@ -344,7 +346,7 @@ class RangeReplica:
     def _holds(op, found: tuple | None) -> bool:
         """An op's condition against its key's newest version `found` ((value, version), None if
         never written)."""
-        if isinstance(op, ConditionalPut):
+        if isinstance(op, (ConditionalPut, Check)):
             if op.if_version is None:
                 return found is None or found[0] is None
             return found is not None and found[1] == op.if_version
@@ -392,6 +394,8 @@ class RangeReplica:
             elif isinstance(op, CompareAndSwap):
                 writes.append((op.key, ts, op.new))
                 responses.append({"swapped": True})
+            elif isinstance(op, Check):
+                responses.append({"swapped": True, "value": f[0] if f else None, "version": list(f[1]) if f else None})
             else:
                 value = decode_int(f[0] if f is not None else None) + op.delta
                 if abs(value) > constants.increment_abs_max:

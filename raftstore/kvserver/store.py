@@ -111,6 +111,7 @@ class Store:
         self.replicas: dict[int, RangeReplica] = {}
         self.disk_low: str | None = None   # why new entries are refused (raftstore.storage.diskspace), set by the node
         self.latches = Latches()
+        self.holds: dict[bytes, tuple[float, list, Callable[[], None]]] = {}   # lock token -> (until, latches, release)
         # Client commands by id, from evaluation until answered: a retry that arrives meanwhile
         # waits for the same answer. Commands waiting, per range, for this replica's lead to be
         # ready (kvserver.store.Store._run_awaiting_lead): (deadline, callback, retry).
@@ -312,6 +313,8 @@ class Store:
             self._note_leader(rid, group)
         if self.awaiting_lead:
             self._run_awaiting_lead(now)
+        if self.holds:
+            self._expire_holds(now)
         if now >= self.next_maintain:
             self.next_maintain = now + self.cfg.maintain_interval_s
             self.maintain()
@@ -500,6 +503,9 @@ class Store:
             else:
                 self.split_range(range_id, key, callback)
             return
+        if op == BATCH_OP and request.locking:
+            self._locking_read(range_id, request, self._stamped(range_id, callback, rounds=0))
+            return
         callback = self._stamped(range_id, callback, rounds=1)
         if not write_keys:
             self.propose(range_id, op, args, callback, command_id=command_id, at=at)
@@ -563,7 +569,58 @@ class Store:
                 # only grow), so it need not hold its latches while it goes through the log to be
                 # answered; the next writer of its keys is evaluated at once.
                 release()
-        self.latches.acquire_all([(range_id, k) for k in sorted(set(write_keys))], run)
+        latched = [(range_id, k) for k in sorted(set(write_keys))]
+        hold = self._take_hold(request.header.lock_token if op == BATCH_OP else None, latched)
+        if hold is not None:
+            run(hold)      # the latches its locking read took and kept for it
+        else:
+            self.latches.acquire_all(latched, run)
+
+    # --- locking reads (kvserver.batch.GetForUpdate) ------------------------------------------------
+    def _locking_read(self, range_id: int, request: BatchRequest, callback: Callable[[Outcome, Any], None]) -> None:
+        """Answer a locking read as the range's ready leader, from the applied state, with no
+        consensus round: under the latches of its keys, which are then held (up to
+        locking_read_hold_s) for the write batch that names the answer's `lock_token`."""
+        group = self.groups.get(range_id)
+        if group is not None and not group.leader_ready():
+            self._await_lead(range_id, callback, lambda: self._locking_read(range_id, request, callback))
+            return
+        latched = [(range_id, k) for k in sorted(set(request.keys()))]
+
+        def run(release) -> None:
+            rep, group = self.replicas.get(range_id), self.groups.get(range_id)
+            if group is None or rep is None or rep.desc is None or not group.is_leader():
+                release()
+                callback(Outcome.NOT_COMMITTED, self.not_leader(range_id, "stopped leading r%d before the locking "
+                                                                          "read" % range_id))
+                return
+            token = new_command_id()
+            self.holds[token] = (self.clock() + constants.locking_read_hold_s, latched, release)
+            responses = []
+            for op in request.ops:
+                found = self.mvcc.get(op.key, LATEST)
+                responses.append({"value": found[0] if found else None, "ts": list(found[1]) if found else [0, 0]})
+            callback(Outcome.COMMITTED, {"ts": max((r["ts"] for r in responses), default=[0, 0]),
+                                         "responses": responses, "lock_token": token})
+        self.latches.acquire_all(latched, run)
+
+    def _take_hold(self, token: bytes | None, latched: list) -> Callable[[], None] | None:
+        """The release of the latches a locking read holds under `token` for a write batch that
+        latches exactly `latched` or fewer of them (they are then the batch's); None if the
+        token is unknown (expired, another leader's) or the batch needs latches it does not
+        hold - those are given back, and the batch takes its own in key order."""
+        if token is None or token not in self.holds:
+            return None
+        _, held, release = self.holds.pop(token)
+        if set(latched) <= set(held):
+            return release
+        release()
+        return None
+
+    def _expire_holds(self, now: float) -> None:
+        """Give back the latches of locking reads whose write did not come in locking_read_hold_s."""
+        for token in [t for t, (until, _, _) in self.holds.items() if until <= now]:
+            self.holds.pop(token)[2]()
 
     def _stamped(self, range_id: int, callback: Callable[[Outcome, Any], None],
                  rounds: int) -> Callable[[Outcome, Any], None]:

@@ -112,7 +112,8 @@ class Router:
         split is grouped again and resent). `done(answers)` gets one (Outcome, result) per op, in
         the order given, once every part has answered: a committed op's result is its response
         with its part's `ts` (and, for writes, `ok`: whether every condition of the part held -
-        a write batch is all or nothing within its range) and what `_part_answer` adds; any
+        a write batch is all or nothing within its range; for a locking read, its part's
+        `lock_token`) and what `_part_answer` adds; any
         other is its part's failure.
         Parts in different ranges commit independently (no transactions yet). `command_id`
         is kept by a part that holds every op (a one-range batch), so its resends apply once.
@@ -165,7 +166,8 @@ class Router:
             if outcome is not Outcome.COMMITTED:
                 failed(outcome, result)
                 return
-            extra = {k: result[k] for k in ("ok", "span_end", "served_by", "rounds", "quorum_rtt_ms") if k in result}
+            extra = {k: result[k] for k in ("ok", "span_end", "lock_token", "served_by", "rounds", "quorum_rtt_ms")
+                     if k in result}
             extra.update(range_id=desc.range_id, ms=round((self._now() - sent_at) * 1000, 3))
             settle(indices, [(outcome, dict(response_op(result, j), **extra)) for j in range(len(indices))])
         return answer

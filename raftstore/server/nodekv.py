@@ -12,10 +12,10 @@ from typing import Any
 
 from raftstore import constants
 from raftstore.errors import AmbiguousCommitError, RaftstoreError, TooLargeError, UnavailableError
-from raftstore.kvserver.batch import CompareAndSwap, ConditionalPut, Delete, Get, Put
+from raftstore.kvserver.batch import Check, CompareAndSwap, ConditionalPut, Delete, Get, GetForUpdate, Header, Put
 from raftstore.raft.commands import Outcome
 from sql.constants import GATEWAY_KV_CALL_TIMEOUT_S, GATEWAY_KV_FANOUT_MAX
-from sql.kv import (ConsistencyResult, RangeInfo, RegionInfo, Version, Write, WriteResult, check_key,
+from sql.kv import (ConsistencyResult, Locked, RangeInfo, RegionInfo, Version, Write, WriteResult, check_key,
                     check_scan_limit, check_value, check_writes, not_sent)
 
 
@@ -75,14 +75,14 @@ class NodeKV:
             raise UnavailableError("a KV call of this statement got no answer in %.0f s"
                                    % GATEWAY_KV_CALL_TIMEOUT_S) from None
 
-    def _batch(self, ops: list, *, stop_after_failure: bool = False) -> list:
+    def _batch(self, ops: list, *, stop_after_failure: bool = False, header: Header = Header()) -> list:
         """(outcome, result) of every op, in the order given: sent as batches (`_windows`), each
         answered before the next is sent. With
         `stop_after_failure`, no batch is sent after one in which an op did not commit (the
         answers are then fewer than the ops)."""
         answers: list = []
         for window in _windows(ops):
-            got = self.node.batch_blocking(window, GATEWAY_KV_CALL_TIMEOUT_S)
+            got = self.node.batch_blocking(window, GATEWAY_KV_CALL_TIMEOUT_S, header)
             for op, (outcome, result) in zip(window, got):
                 if outcome is Outcome.COMMITTED and isinstance(result, dict) and isinstance(result.get("ts"), list):
                     self.max_ts = max(self.max_ts, result["ts"])
@@ -109,8 +109,8 @@ class NodeKV:
             raise self._error(outcome, result, write)
         return result
 
-    def _one(self, op) -> Any:
-        return self._check(self._batch([op])[0], op.writes)
+    def _one(self, op, header: Header = Header()) -> Any:
+        return self._check(self._batch([op], header=header)[0], op.writes)
 
     def get(self, key: bytes) -> bytes | None:
         check_key(key)
@@ -156,7 +156,26 @@ class NodeKV:
     def write_if(self, key: bytes, if_version: Version | None, value: bytes | None) -> WriteResult:
         return self.write_if_many([(key, if_version, value)])[0]
 
-    def write_if_many(self, writes: Sequence[Write], *, stop_after_failure: bool = True) -> list[WriteResult]:
+    def get_for_update(self, key: bytes) -> Locked:
+        """A GetForUpdate: answered by the range's leader from its applied state, no consensus
+        round, its latch held for the write naming the answer's lock token."""
+        check_key(key)
+        result = self._one(GetForUpdate(key))
+        found = None if result["value"] is None else (result["value"], tuple(result["ts"]))
+        return Locked(found, result.get("lock_token"))
+
+    def confirm(self, key: bytes, if_version: Version | None, *, lock: bytes | None = None) -> WriteResult:
+        """A Check, through the log: the key still at `if_version`."""
+        check_key(key)
+        outcome, result = self._batch([Check(key, if_version)], header=Header(lock_token=lock))[0]
+        if outcome is not Outcome.COMMITTED:
+            return WriteResult(False, error=self._error(outcome, result, True))
+        if result["swapped"]:
+            return WriteResult(True)
+        return WriteResult(False, current=None if result["value"] is None else (result["value"], tuple(result["version"])))
+
+    def write_if_many(self, writes: Sequence[Write], *, stop_after_failure: bool = True,
+                      lock: bytes | None = None) -> list[WriteResult]:
         """sql/kv.py's conditioned writes (ConditionalPut ops); never raises: a write with no
         answer has an `error`. With `stop_after_failure`, no batch is sent after one with a
         failed write.
@@ -169,9 +188,11 @@ class NodeKV:
         check_writes(writes)
         results: list[WriteResult | None] = [None] * len(writes)
         pending = list(range(len(writes)))
+        header = Header(lock_token=lock)             # the first round uses the locking read's latches
         while pending:
             ops = [ConditionalPut(writes[i][0], writes[i][1], writes[i][2]) for i in pending]
-            answers = self._batch(ops, stop_after_failure=stop_after_failure)
+            answers = self._batch(ops, stop_after_failure=stop_after_failure, header=header)
+            header = Header()
             failed = len(answers) < len(ops) or any(outcome is not Outcome.COMMITTED for outcome, _ in answers)
             again = []
             for i, (outcome, result) in zip(pending, answers):
