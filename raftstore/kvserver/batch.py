@@ -332,7 +332,7 @@ class BatchRequest:
         for item in obj["ops"]:
             if not isinstance(item, (list, tuple)) or len(item) != 2 or not isinstance(item[1], dict):
                 raise CommandError("a batch op must be [kind, args]")
-            cls_ = OPS.get(item[0])
+            cls_ = OPS.get(item[0]) if isinstance(item[0], str) else None   # a list or map is unhashable
             if cls_ is None:
                 raise CommandError("unknown batch op %r" % (item[0],))
             ops.append(cls_.from_wire(item[1]))

@@ -432,7 +432,8 @@ class RangeReplica:
                     break
                 bytes_left -= len(k) + len(v)
                 taken += 1
-            limited = taken < len(rows) or len(rows) == keys_left   # else the span held no more
+            # Else the span held no more; a scan the batch's earlier scans left no bytes for is limited too.
+            limited = taken < len(rows) or len(rows) == keys_left or bytes_left <= 0 and not rows
             rows = rows[:taken]
             keys_left -= taken
             resume = None
