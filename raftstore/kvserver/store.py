@@ -550,7 +550,7 @@ class Store:
                     result = dict(result, rounds=0)
                 done(outcome, result)
                 return
-            evaluated, holds = dict(args), None
+            evaluated, holds = {k: v for k, v in args.items() if k != "evaluated"}, None   # only this leader marks it
             try:
                 if rep is not None and rep.desc is not None:
                     holds = (rep.batch_holds(request) if op == BATCH_OP
