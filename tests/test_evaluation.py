@@ -235,3 +235,29 @@ def test_a_locking_read_waits_for_a_ready_leader_and_is_never_replicated(h):
     assert h.answers[0][0] is Outcome.COMMITTED and h.group().proposed == []
     with pytest.raises(CommandError, match="never replicated"):
         h.store.replicas[R].apply(2, Command(b"q" * 16, "batch", dict(_batch([GetForUpdate(b"kz")]), ts=[7, 0])))
+
+
+# --- range sizes, kept incrementally (Store.maintain) ---------------------------------------------------
+
+def test_a_range_size_is_measured_once_then_kept_by_adding_writes_and_a_split_is_asked_past_the_limit(h):
+    asked = []
+    h.store.split_range = lambda rid, *a, **k: asked.append(rid)
+    h.store.meta_synced = {rid: 10 ** 9 for rid in h.store.groups}      # meta is up to date: no meta chores
+    h.store.cfg.range_bytes_max = 10_000
+    replica = h.store.replicas[R]
+    for round_ in range(5):
+        with replica.batch():
+            for i in range(10):
+                key, value = b"ks%02d%02d" % (round_, i), b"v" * 400
+                replica.apply(10 * round_ + i + 1, Command(bytes([round_, i]) * 8, "put",
+                                                            {"key": key, "value": value, "ts": [round_ + 1, i]}))
+                h.store._on_write(R, len(key) + len(value))
+        h.store.maintain()
+        assert h.store.sizes[R] == h.mvcc.approximate_span_bytes(replica.desc.start, replica.desc.end)
+    assert h.store.size_measurements == 1                                # the rest were kept by adding writes
+    assert asked == [R] * 3                                              # past 10,000 bytes from the third round
+    h.store._note_leader(R, FakeGroup(leader_id="2"))                   # another leader ...
+    h.store._note_leader(R, FakeGroup(leader_id="1"))                   # ... and back: measured again
+    h.store._on_write(R, 1)
+    h.store.maintain()
+    assert h.store.size_measurements == 2

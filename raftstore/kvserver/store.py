@@ -118,7 +118,8 @@ class Store:
         self.in_flight: dict[bytes, list[Callable[[Outcome, Any], None]]] = {}
         self.awaiting_lead: dict[int, list[tuple[float, Callable[[Outcome, Any], None], Callable[[], None]]]] = {}
         self.written_bytes: dict[int, int] = {}
-        self.sizes: dict[int, int] = {}
+        self.sizes: dict[int, int] = {}            # range -> bytes, kept incrementally (maintain)
+        self.size_measurements = 0                 # sizes measured by query (the rest are kept by adding writes)
         self.splitting: set[int] = set()
         self.meta_synced: dict[int, int] = {}
         self.next_maintain = 0.0
@@ -209,6 +210,8 @@ class Store:
     def _on_split(self, left: RangeDescriptor, right: RangeDescriptor) -> None:
         self.crash_point("split:applied")
         self.maintain_due.update((left.range_id, right.range_id))
+        for rid in (left.range_id, right.range_id):   # each half is measured again once it is written
+            self.sizes.pop(rid, None)
         self.splitting.discard(left.range_id)
         if right.range_id in self.groups:
             return
@@ -336,6 +339,7 @@ class Store:
             self.led_by.setdefault(leader, set()).add(rid)
             if leader == str(self.cfg.node_id):
                 self.maintain_due.add(rid)   # a new leader checks its meta entry and its size
+            self.sizes.pop(rid, None)        # measured again by its next leader (a snapshot may have replaced it)
 
     def on_node_heartbeat(self, peer_id: int) -> None:
         """Node peer_id is alive: followers of groups it leads need not start elections.
@@ -373,8 +377,16 @@ class Store:
                 if rid in self.splitting:
                     self.maintain_due.add(rid)   # look again once the split is over
                     continue
-                self.written_bytes[rid] = 0
-                size = self.mvcc.approximate_span_bytes(rep.desc.start, rep.desc.end)
+                written, self.written_bytes[rid] = self.written_bytes[rid], 0
+                # Kept incrementally: measured by query only when not known (a range new to
+                # this leader, or just split), then grown by what its writes add (versions stay
+                # until GC, so bytes written are bytes kept).
+                size = self.sizes.get(rid)
+                if size is None:
+                    self.size_measurements += 1
+                    size = self.mvcc.approximate_span_bytes(rep.desc.start, rep.desc.end)
+                else:
+                    size += written
                 self.sizes[rid] = size
                 if size > self.cfg.range_bytes_max:
                     self.split_range(rid)
