@@ -164,6 +164,15 @@ class ARefusalStopsTheBatch(MemKV):
         return results + not_sent(len(writes) - len(results))
 
 
+class TraceSerializesParts(MemKV):
+    """Broken: the parts of one call in different ranges are traced as steps one after another
+    (as if sent one at a time), so the bound would add up what ran concurrently."""
+
+    def _traced(self, kind, keys):
+        for key in keys:
+            super()._traced(kind, [key])
+
+
 def _failing_checks(kv_class: type[MemKV]) -> list[str]:
     """The checks that fail (an assertion, or any other error: the test fails either way) on a
     fresh `kv_class` each."""
@@ -190,6 +199,7 @@ def test_every_check_passes_on_the_in_memory_kv() -> None:
     (EmptyValueReadsAsAbsent, {"check_an_empty_value_is_live_and_distinct_from_absent"}),
     (WriteIfIgnoresAStaleVersion, {"check_write_if_on_a_stale_version_refuses_and_returns_the_current_row"}),
     (ARefusalStopsTheBatch, {"check_write_if_many_answers_each_write_in_order"}),
+    (TraceSerializesParts, {"check_a_trace_records_each_range_operation_between_begin_and_end"}),
 ], ids=lambda p: p.__name__ if isinstance(p, type) else "")
 def test_the_contract_catches_a_broken_in_memory_kv(broken, caught_by) -> None:
     failed = set(_failing_checks(broken))
