@@ -114,6 +114,7 @@ idle_tick_interval_s = 1.0      # an idle group ticks this often
 idle_heartbeat_interval_s = 5.0 # an idle leader's own heartbeats (pysyncobj appendEntriesPeriod)
 node_heartbeat_interval_s = 0.25  # one frame per peer keeps every idle group's followers patient
 clock_log_interval_s = 10.0           # log a peer's rejected clock at most this often
+peer_rtt_probes_kept = 16             # a peer's round trip: the least of its last this many clock probes (~4 s)
 forming_log_interval_s = 10.0         # a node still forming its cluster says whom it waits for this often
 log_file_bytes_max = 16 * 1024 * 1024  # a node's log file (DATA_DIR/logs/raftstore.log) rotates past this
 log_files_kept = 5                     # rotated log files kept beside it (raftstore.log.1 .. .5)

@@ -15,6 +15,8 @@ What it adds to sqlglot's PostgreSQL dialect:
 * ``SHOW COLUMNS FROM t | SHOW CREATE [TABLE] t | SHOW DATABASES``
                                              -> `ShowColumns`, `ShowCreate`, `ShowDatabases`
 * ``EXPLAIN <statement>``                    -> `Explain`
+* ``EXPLAIN ANALYZE <statement>`` (or ANALYSE) -> `ExplainAnalyze` (an `Explain` that runs it;
+  sqlglot's PostgreSQL parser reads any EXPLAIN as an opaque ``exp.Command``)
 * ``... FROM <from list> AS OF SYSTEM TIME e`` -> the SELECT's ``as_of`` argument. Accepted
   after the whole FROM list, as CockroachDB writes it (after aliases and joins too).
 * ``SELECT ... FROM crdb_internal.check_consistency(...)`` -> sqlglot parses a table function
@@ -101,6 +103,10 @@ class Explain(exp.Expression):
     arg_types = {"this": True}
 
 
+class ExplainAnalyze(Explain):
+    """``EXPLAIN ANALYZE <statement>``: runs the statement (sql/explain.py)."""
+
+
 class Upsert(exp.Expression):
     """``UPSERT INTO ...``: ``this`` is the exp.Insert it would be without the word UPSERT."""
 
@@ -158,12 +164,16 @@ class RaftstoreParser(PostgresParser):
         word = first.text.upper() if first.token_type in (TokenType.VAR, TokenType.SHOW) else ""
         if word == "EXPLAIN":
             self._advance()
+            analyze = bool(self._curr and self._curr.text.upper() in ("ANALYZE", "ANALYSE"))
+            if analyze:
+                self._advance()
             if self._curr and self._curr.text.upper() in ("ANALYZE", "ANALYSE", "VERBOSE", "("):
-                raise _unsupported_at(f"EXPLAIN {self._curr.text.upper()}", self._curr.start)
+                raise _unsupported_at(f"EXPLAIN {'ANALYZE ' if analyze else ''}{self._curr.text.upper()}",
+                                      self._curr.start)
             inner = self._parse_statement()
             if inner is None:
-                self.raise_error("Expected a statement after EXPLAIN")
-            stmt: exp.Expr | None = self.expression(Explain(this=inner))
+                self.raise_error(f"Expected a statement after EXPLAIN{' ANALYZE' if analyze else ''}")
+            stmt: exp.Expr | None = self.expression((ExplainAnalyze if analyze else Explain)(this=inner))
         elif word == "UPSERT":
             self._advance()
             if not (self._curr and self._curr.token_type == TokenType.INTO):
@@ -280,6 +290,7 @@ KIND_BY_NODE = {
     ShowCreate: "show_create",
     ShowDatabases: "show_databases",
     Explain: "explain",
+    ExplainAnalyze: "explain_analyze",
 }
 
 
@@ -490,7 +501,7 @@ _ALLOWED_ARGS: dict[type, frozenset[str]] = {
 _ALLOWED_NODES: frozenset[type] = frozenset(
     {
         *_ALLOWED_ARGS,
-        *SHOW_NODES, Explain, Upsert,
+        *SHOW_NODES, Explain, ExplainAnalyze, Upsert,
         exp.Where, exp.Having, exp.Identifier, exp.Star, exp.Alias, exp.Tuple, exp.Var,
         exp.Literal, exp.Boolean, exp.Null, exp.Parameter, exp.Paren,
         exp.Neg, exp.Not, exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod, exp.DPipe,
@@ -569,6 +580,7 @@ def _check_supported(tree: exp.Expr, sql: str, tokens: list[Token]) -> None:
         inner = tree.this
         if isinstance(inner, (Explain, *SHOW_NODES)):
             name = "EXPLAIN of EXPLAIN" if isinstance(inner, Explain) else "EXPLAIN of SHOW"
+            name = name.replace("EXPLAIN", "EXPLAIN ANALYZE", 1) if isinstance(tree, ExplainAnalyze) else name
             raise _unsupported_at(name, stmt_start, None, sql)
         root = inner
     if isinstance(root, Upsert):

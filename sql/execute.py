@@ -59,7 +59,7 @@ from sql.constants import (
 )
 from sql.dialect import Statement, identifier_name, node_position, parse
 from sql.errors import SQLError
-from sql.explain import explain_ops, pretty_key
+from sql.explain import ANALYZE_COLUMNS, ANALYZE_TYPES, analyze_rows, explain_ops, pretty_key
 from sql.expr import UNBOUND, EvalContext, accumulate, aggregate_result, new_accumulator
 from sql.schema_leases import SchemaLeases
 from sql.show import show_columns, show_create, show_databases
@@ -769,6 +769,8 @@ class Session:
         return {schema.id: schema.name for schema in list_tables(self.kv)}
 
     def _explain(self, plan: ExplainPlan, ctx: EvalContext, statement: Statement) -> Result:
+        if plan.analyze:
+            return self._explain_analyze(plan, ctx, statement)
         inner = plan.inner
         schemas: dict[str, TableSchema | None] = dict(plan.tables)
         if isinstance(inner, DropTablePlan):
@@ -796,6 +798,23 @@ class Session:
             ["INT", "TEXT", "TEXT", "TEXT", "TEXT", "TEXT", "TEXT", "TEXT"],
             rows, len(rows), "EXPLAIN",
         )
+
+    def _explain_analyze(self, plan: ExplainPlan, ctx: EvalContext, statement: Statement) -> Result:
+        """Run the statement for real with the KV tracing its range operations; show the trace,
+        the statement's time and its physical bound (sql/explain.py). Planning (and a catalog
+        read it may need) happened before: only the statement's own operations are shown."""
+        self.kv.begin_trace()
+        started = self._timer.monotonic()
+        try:
+            self._run(plan.inner, ctx, statement)
+        finally:
+            statement_ms = (self._timer.monotonic() - started) * 1000
+            trace = self.kv.end_trace()
+        names = {schema.id: name for name, schema in plan.tables.items()}
+        regions = ({r["node_id"]: r["region"] for r in self.kv.regions()}
+                   if any(op["served_by"] is not None for op in trace) else {})
+        rows = analyze_rows(trace, statement_ms, names, regions)
+        return Result(list(ANALYZE_COLUMNS), list(ANALYZE_TYPES), rows, len(rows), "EXPLAIN ANALYZE")
 
 
 # --- helpers ------------------------------------------------------------------------------------

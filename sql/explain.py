@@ -1,4 +1,6 @@
-"""EXPLAIN: the range operations a plan becomes, in the order it would issue them.
+"""EXPLAIN: the range operations a plan becomes, in the order it would issue them; EXPLAIN
+ANALYZE: the range operations a statement did issue, what each cost, and what the network
+alone forces on the statement.
 
 Why its own stage: the rows EXPLAIN prints are the planner's decisions made visible - point
 get vs span scan vs full scan, and the exact key span - so a user (and the tests) can check
@@ -8,11 +10,33 @@ operation, which ranges hold the span and which replica serves them (kv.ranges_f
 Keys are computed with the statement's bound parameters; with none bound, an operation
 whose keys depend on parameters is shown over its whole table span.
 
+EXPLAIN ANALYZE runs the statement - its writes apply - with the KV recording a trace
+(`sql.kv.TraceOp`, `KV.begin_trace`), and shows (`analyze_rows`) one row per range operation
+the KV actually sent: its step (operations of one step were sent together and ran
+concurrently), kind (get, scan, write), keys or span, range, the leader that served it, the
+consensus rounds that leader made for it (counted from its proposals, not from the plan) and
+its time from send to answer; then a `total` row (the statement's time at this gateway, every
+round of every operation) and a `bound` row: the statement's physical bound from this
+gateway, beside its time as a ratio. The bound (`physical_bound`) is
+
+    bound = sum over the statement's steps of
+            max over the step's operations of (leader_rtt + quorum_rtt * rounds)
+
+where `leader_rtt` is the round trip from this gateway to the leader that served the operation
+(0 when the gateway is that leader), `quorum_rtt` the least round trip one consensus round
+takes from that leader (the farthest of the nearest followers that make a majority with it),
+and `rounds` the rounds it made. Every round trip is one the nodes measured on their peer
+links (clock probes), not a configured figure. Time near the bound: the statement is slow
+because of distance; far above it: because of us. A round trip not measured yet makes the
+bound unknown rather than too low to trust. The bound leaves out CPU, disk and queueing, as
+bench/bounds.py (the same model over a latency matrix) does.
+
 Pure: no I/O.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from raftstore.keyspace import render_key
@@ -20,6 +44,7 @@ from sql.catalog import TableSchema, catalog_key, table_span
 from sql.constants import CATALOG_KEY_PREFIX, TABLE_ID_COUNTER_KEY
 from sql.errors import SQLError
 from sql.expr import UNBOUND, EvalContext
+from sql.kv import TraceOp
 from sql.plan import (
     AccessPath,
     CreateTablePlan,
@@ -191,3 +216,114 @@ def pretty_key(key: bytes | None, names: dict[int, str], *, is_end: bool = False
     if key is not None and key.startswith(CATALOG_KEY_PREFIX):
         return "/meta/catalog/" + key[len(CATALOG_KEY_PREFIX):].decode("utf-8", "replace")
     return render_key(key, is_end=is_end, table_names=names)
+
+
+# --- EXPLAIN ANALYZE --------------------------------------------------------------------------------
+
+ANALYZE_COLUMNS = ["step", "operation", "span", "range_id", "served_by", "rounds", "time_ms", "detail"]
+ANALYZE_TYPES = ["TEXT", "TEXT", "TEXT", "TEXT", "TEXT", "INT", "FLOAT", "TEXT"]
+
+
+@dataclass(frozen=True)
+class PhysicalBound:
+    """What the network alone forces on a traced statement from its gateway (module docstring).
+    `ms` None: a round trip it needs is not measured yet (`missing` says which); `rounds`: the
+    consensus rounds on the path the bound follows (one operation per step)."""
+
+    ms: float | None
+    rounds: int
+    missing: str = ""
+
+
+def operation_bound_ms(op: TraceOp) -> float | None:
+    """leader_rtt + quorum_rtt * rounds of one operation; None when a needed round trip is unknown."""
+    if op["leader_rtt_ms"] is None:
+        return None
+    if op["rounds"] == 0:
+        return op["leader_rtt_ms"]
+    if op["quorum_rtt_ms"] is None:
+        return None
+    return op["leader_rtt_ms"] + op["quorum_rtt_ms"] * op["rounds"]
+
+
+def physical_bound(trace: Sequence[TraceOp]) -> PhysicalBound:
+    """The statement's bound: per step the costliest of its concurrent operations, summed."""
+    worst: dict[int, tuple[float, int]] = {}
+    for op in trace:
+        cost = operation_bound_ms(op)
+        if cost is None:
+            what = ("the round trip to n%s" if op["leader_rtt_ms"] is None else "n%s's consensus round trip")
+            return PhysicalBound(None, 0, (what + " (r%s) is not measured yet") % (op["served_by"], op["range_id"]))
+        if op["step"] not in worst or cost > worst[op["step"]][0]:
+            worst[op["step"]] = (cost, op["rounds"])
+    return PhysicalBound(round(sum(c for c, _ in worst.values()), 3), sum(r for _, r in worst.values()))
+
+
+def time_bound_ratio(time_ms: float, bound_ms: float | None) -> float | None:
+    """time / bound; None when the bound is unknown or 0 (nothing to divide by)."""
+    if bound_ms is None or bound_ms <= 0:
+        return None
+    return time_ms / bound_ms
+
+
+def analyze_rows(trace: Sequence[TraceOp], statement_ms: float, names: dict[int, str],
+                 regions: dict[int, str]) -> list[list]:
+    """EXPLAIN ANALYZE's rows (ANALYZE_COLUMNS): one per traced operation, then `total` and
+    `bound`. `names` maps table ids to names (for keys), `regions` node ids to regions."""
+    rows: list[list] = []
+    for op in trace:
+        served = "" if op["served_by"] is None else "n%d (%s)" % (op["served_by"], regions.get(op["served_by"], "?"))
+        rows.append([str(op["step"]), op["kind"], _op_span(op, names),
+                     "" if op["range_id"] is None else str(op["range_id"]), served, op["rounds"],
+                     round(op["ms"], 3), _op_detail(op)])
+    steps = len({op["step"] for op in trace})
+    rows.append(["total", "", "", "", "", sum(op["rounds"] for op in trace), round(statement_ms, 3),
+                 "statement time at this gateway; %d range operation%s in %d step%s"
+                 % (len(trace), "" if len(trace) == 1 else "s", steps, "" if steps == 1 else "s")])
+    bound = physical_bound(trace)
+    ratio = time_bound_ratio(statement_ms, bound.ms)
+    if bound.ms is None:
+        verdict = "unknown: " + bound.missing
+    elif ratio is None:
+        verdict = "time / bound undefined: the bound is 0 ms (no round trip between nodes)"
+    else:
+        verdict = "time / bound = %.2fx" % ratio
+    rows.append(["bound", "", "", "", "", bound.rounds, bound.ms,
+                 verdict + "; bound = sum over steps of (leader rtt + rounds x quorum rtt)"])
+    return rows
+
+
+def _op_span(op: TraceOp, names: dict[int, str]) -> str:
+    if op["kind"] == "scan":
+        return _span_text(op["keys"][0], op["end"], names)
+    keys = sorted(op["keys"])
+    if len(keys) == 1:
+        return pretty_key(keys[0], names)
+    return "%s .. %s (%d keys)" % (pretty_key(keys[0], names), pretty_key(keys[-1], names), len(keys))
+
+
+def _span_text(start: bytes, end: bytes | None, names: dict[int, str]) -> str:
+    """[start, end) as a person reads it: a whole table as /<table>/*, a table's end as
+    /<table>/+inf."""
+    end_text = None
+    for table_id, name in names.items():
+        table_start, table_end = table_span(table_id)
+        if end == table_end:
+            if start == table_start:
+                return f"/{name}/*"
+            end_text = f"/{name}/+inf"
+    return "%s - %s" % (pretty_key(start, names), end_text or pretty_key(end, names, is_end=True))
+
+
+def _op_detail(op: TraceOp) -> str:
+    """Where the operation's bound comes from: the round trip to its leader, one consensus round's."""
+    if op["served_by"] is None:
+        to_leader = "in memory"
+    elif op["leader_rtt_ms"] is None:
+        to_leader = "leader rtt not measured yet"
+    elif op["leader_rtt_ms"] == 0:
+        to_leader = "the leader is this gateway"
+    else:
+        to_leader = "leader rtt %.1f ms" % op["leader_rtt_ms"]
+    quorum = "not measured yet" if op["quorum_rtt_ms"] is None else "%.1f ms" % op["quorum_rtt_ms"]
+    return "%s, quorum rtt %s" % (to_leader, quorum)

@@ -15,8 +15,9 @@ per key and growing with every write of the key (a delete too), so it tells two 
 even when the second put back the very bytes of the first (a compare by value cannot).
 
 Below the Protocol, what its implementations share so that they refuse and stop alike: the
-argument checks (`check_key`, `check_value`, `check_writes`, `check_scan_limit`) and
-`write_each`, a `write_if_many` for a KV that writes one key at a time. Pure: no I/O.
+argument checks (`check_key`, `check_value`, `check_writes`, `check_scan_limit`),
+`write_each`, a `write_if_many` for a KV that writes one key at a time, and `record_step`,
+how a traced call is added to its statement's trace. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -105,6 +106,26 @@ class ConsistencyResult(TypedDict, total=False):
 
 
 CONSISTENCY_STATUSES = ("consistent", "inconsistent", "incomplete")
+
+
+class TraceOp(TypedDict):
+    """One range operation of a traced statement (`KV.begin_trace`): the part of one KV call
+    that one range answered. Parts with the same `step` were sent together and ran
+    concurrently; a step starts only after the one before it answered (steps count from 1)."""
+
+    step: int
+    kind: str                      # one of TRACE_KINDS
+    keys: list[bytes]              # get / write: the part's keys, as sent; scan: [where the page started]
+    end: bytes | None              # scan: where the page stopped ([keys[0], end), None: keyspace end); else None
+    range_id: int | None
+    served_by: int | None          # node id of the range's leader that answered; None: no node (in memory)
+    rounds: int                    # consensus rounds that leader made for it (0: an answer it had saved)
+    quorum_rtt_ms: float | None    # the least round trip one such round takes from that leader; None: not measured yet
+    leader_rtt_ms: float | None    # round trip from this gateway to `served_by`, 0 when it is this node; None: not measured
+    ms: float                      # the part's time, from send to answer
+
+
+TRACE_KINDS = ("get", "scan", "write")
 
 
 class KV(Protocol):
@@ -211,6 +232,18 @@ class KV(Protocol):
         one result per range, in key order, with one of CONSISTENCY_STATUSES."""
         ...
 
+    def begin_trace(self) -> None:
+        """Record the range operations of the calls that follow (`TraceOp`: which range, which
+        leader, its consensus rounds and time), until `end_trace`: what EXPLAIN ANALYZE shows.
+        Only reads and writes are recorded (not `ranges_for`, `regions`, `check_consistency`),
+        and only parts that committed. A begin while recording starts over."""
+        ...
+
+    def end_trace(self) -> list[TraceOp]:
+        """Stop recording: the operations recorded since `begin_trace`, in the order issued
+        (the caller's list); [] when nothing was being recorded."""
+        ...
+
 
 def check_key(key: object, allow_empty: bool = False) -> None:
     """TypeError unless `key` is bytes; ValueError if it is empty (unless `allow_empty`)."""
@@ -257,3 +290,12 @@ def not_sent(count: int) -> list[WriteResult]:
     """The results of `count` writes left unsent after an earlier write failed."""
     error = UnavailableError("not sent: an earlier write of this statement failed")
     return [WriteResult(False, error=error)] * count
+
+
+def record_step(trace: list[TraceOp] | None, parts: Sequence[dict]) -> None:
+    """Add the parts of one KV call (TraceOp without its `step`), sent together, to `trace` as
+    its next step; nothing when not recording (`trace` None) or no part committed."""
+    if trace is None or not parts:
+        return
+    step = trace[-1]["step"] + 1 if trace else 1
+    trace.extend(TraceOp(step=step, **part) for part in parts)   # type: ignore[typeddict-item]

@@ -12,7 +12,11 @@ range i led by node ((i - 1) % 3) + 1, so EXPLAIN and SHOW RANGES have something
 
 As the node: every write makes a new version of its key, a delete too (a tombstone), numbered
 (n, 0) from one counter, so a key's versions only grow; a write over the node's command bound
-is refused with TooLargeError. Pure apart from its own memory; not thread-safe.
+is refused with TooLargeError. A traced call (`begin_trace`) is recorded as the node records
+it - one operation per fake range it touches, a scan page by page - but with no node
+(`served_by` None), no time (0 ms), 1 consensus round per write and 0 per read (nothing is
+replicated), and the round trip given as `quorum_rtt_ms` (default 0), so EXPLAIN ANALYZE runs
+in unit tests. Pure apart from its own memory; not thread-safe.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from collections.abc import Iterable, Sequence
 
 from raftstore import constants
 from raftstore.errors import TooLargeError
-from sql.kv import (ConsistencyResult, Locked, RangeInfo, RegionInfo, Version, Write, WriteResult, check_key,
-                    check_scan_limit, check_value, check_writes, write_each)
+from sql.kv import (ConsistencyResult, Locked, RangeInfo, RegionInfo, TraceOp, Version, Write, WriteResult,
+                    check_key, check_scan_limit, check_value, check_writes, record_step, write_each)
 
 DEFAULT_REGIONS = (
     {"node_id": 1, "region": "us-east1"},
@@ -40,6 +44,7 @@ class MemKV:
         self,
         split_keys: Iterable[bytes] = (b"t",),
         nodes: Iterable[dict] = DEFAULT_REGIONS,
+        quorum_rtt_ms: float = 0.0,
     ):
         self._keys: list[bytes] = []
         self._data: dict[bytes, bytes] = {}
@@ -51,23 +56,28 @@ class MemKV:
         self._down: set[int] = set()
         self._inconsistent: dict[int, tuple[int, str]] = {}
         self.calls: dict[str, int] = {}
+        self.quorum_rtt_ms = quorum_rtt_ms
+        self._trace: list[TraceOp] | None = None
+        self._in_many = False          # write_if_many's own write_if calls are not traced again
 
     # --- the KV interface ------------------------------------------------------------------------
 
     def get(self, key: bytes) -> bytes | None:
         self._count("get")
         check_key(key)
+        self._traced("get", [key])
         return self._data.get(key)
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         self._count("get_many")
         for key in keys:
             check_key(key)
+        self._traced("get", keys)
         return [self._data.get(key) for key in keys]
 
     def scan(self, start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
         self._count("scan")
-        return self._scan(start, end, limit)
+        return self._traced_scan(start, end, limit, self._scan(start, end, limit))
 
     def _scan(self, start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
         check_key(start, allow_empty=True)
@@ -84,11 +94,13 @@ class MemKV:
         check_key(key)
         check_value(value)
         _check_size(key, value)
+        self._traced("write", [key])
         self._store(key, value)
 
     def delete(self, key: bytes) -> None:
         self._count("delete")
         check_key(key)
+        self._traced("write", [key])
         self._remove(key)
 
     def cas(self, key: bytes, expected: bytes | None, new: bytes) -> bool:
@@ -98,6 +110,7 @@ class MemKV:
         if expected is not None:
             check_value(expected)
         _check_size(key, expected, new)
+        self._traced("write", [key])
         if self._data.get(key) != expected:
             return False
         self._store(key, new)
@@ -106,11 +119,13 @@ class MemKV:
     def get_version(self, key: bytes) -> tuple[bytes, Version] | None:
         self._count("get_version")
         check_key(key)
+        self._traced("get", [key])
         return (self._data[key], self._versions[key]) if key in self._data else None
 
     def scan_versions(self, start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, bytes, Version]]:
         self._count("scan_versions")
-        return [(k, v, self._versions[k]) for k, v in self._scan(start, end, limit)]
+        pairs = self._traced_scan(start, end, limit, self._scan(start, end, limit))
+        return [(k, v, self._versions[k]) for k, v in pairs]
 
     def write_if(self, key: bytes, if_version: Version | None, value: bytes | None) -> WriteResult:
         self._count("write_if")
@@ -121,6 +136,8 @@ class MemKV:
             _check_size(key, value)
         except TooLargeError as exc:
             return WriteResult(False, error=exc)
+        if not self._in_many:
+            self._traced("write", [key])
         live = key in self._data
         holds = not live if if_version is None else self._versions.get(key) == tuple(if_version)
         if not holds:
@@ -139,7 +156,8 @@ class MemKV:
     def confirm(self, key: bytes, if_version: Version | None, *, lock: bytes | None = None) -> WriteResult:
         self._count("confirm")
         check_key(key)
-        live = self.get_version(key)
+        self._traced("write", [key])              # a Check goes through the log like a write
+        live = (self._data[key], self._versions[key]) if key in self._data else None
         held = (live is None) if if_version is None else (self._versions.get(key) == tuple(if_version))
         return WriteResult(True) if held else WriteResult(False, current=live)
 
@@ -147,7 +165,12 @@ class MemKV:
                       lock: bytes | None = None) -> list[WriteResult]:
         self._count("write_if_many")
         check_writes(writes)   # all of them before any is written, as a node does
-        return write_each(self.write_if, writes, stop_after_failure=stop_after_failure)
+        self._traced("write", [key for key, _, _ in writes])
+        self._in_many = True
+        try:
+            return write_each(self.write_if, writes, stop_after_failure=stop_after_failure)
+        finally:
+            self._in_many = False
 
     def ranges_for(self, start: bytes, end: bytes | None) -> list[RangeInfo]:
         self._count("ranges_for")
@@ -197,6 +220,50 @@ class MemKV:
             {"region": n["region"], "node_id": n["node_id"], "up": n["node_id"] not in self._down}
             for n in sorted(self._nodes, key=lambda n: n["node_id"])
         ]
+
+    def begin_trace(self) -> None:
+        self._count("begin_trace")
+        self._trace = []
+
+    def end_trace(self) -> list[TraceOp]:
+        self._count("end_trace")
+        trace, self._trace = self._trace, None
+        return trace if trace is not None else []
+
+    def _range_id(self, key: bytes) -> int:
+        """The fake range holding `key` (as `ranges_for` numbers them)."""
+        return bisect.bisect_right(self._splits, key) + 1
+
+    def _part(self, kind: str, keys: list[bytes], end: bytes | None, range_id: int) -> dict:
+        return {"kind": kind, "keys": keys, "end": end, "range_id": range_id, "served_by": None,
+                "rounds": 1 if kind == "write" else 0, "quorum_rtt_ms": self.quorum_rtt_ms,
+                "leader_rtt_ms": 0.0, "ms": 0.0}
+
+    def _traced(self, kind: str, keys: Sequence[bytes]) -> None:
+        """Record one call on `keys` (sent together): one part per fake range, in one step."""
+        if self._trace is None:
+            return
+        parts: dict[int, list[bytes]] = {}
+        for key in keys:
+            parts.setdefault(self._range_id(key), []).append(key)
+        record_step(self._trace, [self._part(kind, ks, None, rid) for rid, ks in parts.items()])
+
+    def _traced_scan(self, start: bytes, end: bytes | None, limit: int,
+                     pairs: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """Record a scan as a node pages it: one step per fake range, from `start` until the
+        span's end, or the range where the limit stopped it. Returns `pairs`."""
+        if self._trace is None:
+            return pairs
+        stop = pairs[-1][0] + b"\x00" if len(pairs) >= limit else end
+        at = start
+        while True:
+            range_id = self._range_id(at)
+            range_end = self._splits[range_id - 1] if range_id <= len(self._splits) else None
+            page_end = stop if range_end is None or (stop is not None and stop <= range_end) else range_end
+            record_step(self._trace, [self._part("scan", [at], page_end, range_id)])
+            if page_end is None or page_end == stop or page_end <= at:
+                return pairs
+            at = page_end
 
     # --- test helpers ----------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from sql.constants import IDENTIFIER_LENGTH_MAX, KEY_POINTS_MAX, STATEMENT_ROWS_
 from sql.dialect import (
     DIALECT,
     Explain,
+    ExplainAnalyze,
     Statement,
     Upsert,
     identifier_name,
@@ -488,8 +489,11 @@ class DropTablePlan:
 
 @dataclass
 class ExplainPlan:
+    """EXPLAIN of `inner`; with `analyze` (EXPLAIN ANALYZE), `inner` runs and its trace is shown."""
+
     inner: object
     tables: dict[str, TableSchema]
+    analyze: bool = False
 
 
 # --- entry points -------------------------------------------------------------------------------
@@ -519,7 +523,7 @@ def plan_statement(statement: Statement, tables: dict[str, TableSchema | None]):
     node = statement.ast
     try:
         if isinstance(node, Explain):
-            return ExplainPlan(_plan_node(node.this, tables), _known(tables))
+            return ExplainPlan(_plan_node(node.this, tables), _known(tables), isinstance(node, ExplainAnalyze))
         return _plan_node(node, tables)
     except SQLError as error:
         raise error.with_sql(statement.text) from None

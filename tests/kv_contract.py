@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from raftstore import constants
 from raftstore.errors import TooLargeError
 from raftstore.keys import prefix_end
-from sql.kv import CONSISTENCY_STATUSES, KV, WriteResult
+from sql.kv import CONSISTENCY_STATUSES, KV, TRACE_KINDS, WriteResult
 
 
 @dataclass
@@ -492,6 +492,45 @@ def check_consistency_checks_every_range_of_the_span_in_key_order(subject: Subje
     results = kv.check_consistency(start, end)
     assert [r["range_id"] for r in results] == [r["range_id"] for r in kv.ranges_for(start, end)]
     assert all(r["status"] in CONSISTENCY_STATUSES and isinstance(r["detail"], str) for r in results)
+
+
+# --- tracing (EXPLAIN ANALYZE) --------------------------------------------------------------------
+
+
+def check_a_trace_records_each_range_operation_between_begin_and_end(subject: Subject) -> None:
+    """Each call is a step; the parts of one call in different ranges share it (sent together);
+    a scan is one step per range it pages through. A write is one consensus round; a read is
+    one on a node (through the log) and none in memory."""
+    kv = subject.kv
+    a, b, c = subject.key("a"), subject.key("b"), subject.key("c")
+    start, end = _span(subject)
+    kv.put(a, b"not traced")
+    assert kv.end_trace() == [], "a trace without begin_trace"
+    subject.split(c)
+    range_of = {k: kv.ranges_for(k, k + b"\x00")[0]["range_id"] for k in (a, b, c)}
+    assert range_of[a] == range_of[b] != range_of[c]
+    kv.begin_trace()
+    kv.get(c)
+    kv.begin_trace()                                      # starts over
+    kv.put(a, b"1")
+    kv.get(a)
+    kv.write_if_many([(b, None, b"2"), (c, None, b"3")])
+    assert kv.scan(start, end, 10) == [(a, b"1"), (b, b"2"), (c, b"3")]
+    trace = kv.end_trace()
+    assert kv.end_trace() == []
+    assert [(op["step"], op["kind"]) for op in trace] == [
+        (1, "write"), (2, "get"), (3, "write"), (3, "write"), (4, "scan"), (5, "scan")], trace
+    assert [(op["keys"], op["range_id"]) for op in trace[:2]] == [([a], range_of[a])] * 2
+    assert sorted((op["keys"], op["range_id"]) for op in trace[2:4]) == [([b], range_of[b]), ([c], range_of[c])]
+    assert [(op["keys"], op["end"], op["range_id"]) for op in trace[4:]] == [
+        ([start], c, range_of[a]), ([c], end, range_of[c])]
+    nodes = {r["node_id"] for r in kv.regions()}
+    for op in trace:
+        assert op["kind"] in TRACE_KINDS
+        assert op["rounds"] == 1 if op["kind"] == "write" else op["rounds"] in (0, 1), op
+        assert op["served_by"] is None or op["served_by"] in nodes, op
+        assert all(op[f] is None or op[f] >= 0 for f in ("quorum_rtt_ms", "leader_rtt_ms")), op
+        assert op["ms"] >= 0
 
 
 CHECKS: list[Callable[[Subject], None]] = [

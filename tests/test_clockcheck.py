@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from raftstore import constants
 from raftstore.errors import UnavailableError
 from raftstore.node.clockcheck import OffsetMonitor, probe_is_valid
 
@@ -50,6 +51,22 @@ def test_a_clock_beyond_bounds_is_far_when_the_delay_is_small():
     for offset in (-800 * MS, 800 * MS):
         _, m = exchange(offset, 30 * MS, 40 * MS)
         assert m.far(MAX)
+
+
+def test_a_peers_round_trip_is_the_least_of_its_last_probes_and_forgets_older_ones():
+    a, b = OffsetMonitor(MAX), OffsetMonitor(MAX)
+    t, mono = 10**18, 0.0
+    b.on_probe(1, a.probe_for(2, t), t + 30 * MS, mono)
+    rtts = []
+    for i, extra in enumerate([7, 2, 9] + [5] * constants.peer_rtt_probes_kept):   # one-way 30 ms + queueing
+        t += 250 * MS
+        m = a.on_probe(2, b.probe_for(1, t), t + (30 + extra) * MS, mono + i)
+        b.on_probe(1, a.probe_for(2, t + (30 + extra) * MS), t + (60 + extra) * MS, mono + i)
+        rtts.append((m.rtt_ns, m.rtt_min_ns))
+    assert rtts[:3] == [(67 * MS, 67 * MS), (62 * MS, 62 * MS), (69 * MS, 62 * MS)]
+    assert rtts[-1] == (65 * MS, 65 * MS)                    # the 62 ms probe is no longer among the last
+    assert a.latest(2, mono + len(rtts)) is a.measurements[2]
+    assert a.latest(2, mono + len(rtts) + a.stale_s) is None and a.latest(3, mono) is None
 
 
 def _monitor_with(offsets_ms: dict[int, int], at: float = 1.0) -> OffsetMonitor:

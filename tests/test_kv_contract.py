@@ -199,6 +199,15 @@ class LockingReadOfTheDeleted(MemKV):
         return locked if locked.found is not None else Locked(self._last.get(key))
 
 
+class TraceSerializesParts(MemKV):
+    """Broken: the parts of one call in different ranges are traced as steps one after another
+    (as if sent one at a time), so the bound would add up what ran concurrently."""
+
+    def _traced(self, kind, keys):
+        for key in keys:
+            super()._traced(kind, [key])
+
+
 def _failing_checks(kv_class: type[MemKV]) -> list[str]:
     """The checks that fail (an assertion, or any other error: the test fails either way) on a
     fresh `kv_class` each."""
@@ -227,6 +236,7 @@ def test_every_check_passes_on_the_in_memory_kv() -> None:
     (ARefusalStopsTheBatch, {"check_write_if_many_answers_each_write_in_order"}),
     (ConfirmByValue, {"check_confirm_holds_only_while_the_key_is_at_the_version_read_and_writes_nothing"}),
     (LockingReadOfTheDeleted, {"check_a_locking_read_answers_the_live_row_and_its_write_applies_on_that_version"}),
+    (TraceSerializesParts, {"check_a_trace_records_each_range_operation_between_begin_and_end"}),
 ], ids=lambda p: p.__name__ if isinstance(p, type) else "")
 def test_the_contract_catches_a_broken_in_memory_kv(broken, caught_by) -> None:
     failed = set(_failing_checks(broken))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from raftstore import constants
-from raftstore.kvserver.batch import BATCH_OP, BatchRequest, Get, Header, Scan
+from raftstore.kvserver.batch import BATCH_OP, TRACE_FIELDS, BatchRequest, Get, Header, Scan
 from raftstore.kvserver.ranges import RANGE_KEY_MISMATCH, RangeDescriptor
 from raftstore.raft.commands import Outcome, Rejection
 from raftstore.router import RangeCache, Router
@@ -218,6 +218,20 @@ def test_a_scan_pages_across_ranges_by_the_ranges_ends_and_stops_at_the_limit():
     assert got["ts"] == [5, 3] and len(got["versions"]) == 4
     assert w.run(lambda done: w.router.scan(b"c", None, 2, done))[1]["rows"] == [[b"c", b"2"], [b"n", b"3"]]
     assert w.run(lambda done: w.router.scan(b"a", b"n", 10, done))[1]["rows"] == [[b"b", b"1"], [b"c", b"2"]]
+
+
+def test_a_scan_answers_each_page_with_the_span_it_read_its_range_and_its_trace_fields():
+    w = World()
+    w.split()
+    w.meta = [LEFT, RIGHT]
+    got = w.run(lambda done: w.router.scan(b"a", None, 10, done))[1]
+    assert [(p["start"], p["end"], p["range_id"], p["rows"]) for p in got["pages"]] == [
+        (b"a", b"m", 2, 2), (b"m", None, 3, 2)]
+    assert all(set(TRACE_FIELDS) <= set(p) for p in got["pages"])
+    limited = w.run(lambda done: w.router.scan(b"a", None, 3, done))[1]    # stopped by its limit after n
+    assert [(p["start"], p["end"], p["rows"]) for p in limited["pages"]] == [(b"a", b"m", 2), (b"m", b"n\x00", 1)]
+    inside = w.run(lambda done: w.router.scan(b"c", b"d", 10, done))[1]    # ends inside its range
+    assert [(p["start"], p["end"]) for p in inside["pages"]] == [(b"c", b"d")]
 
 
 def test_a_scan_answers_the_first_failure_of_a_page():

@@ -950,7 +950,7 @@ def test_explain_of_joins_and_writes_lists_every_step(orders) -> None:
 
 _WORDS = [
     "SELECT", "FROM", "WHERE", "INSERT", "INTO", "VALUES", "UPDATE", "SET", "DELETE", "UPSERT",
-    "CREATE", "TABLE", "DROP", "EXPLAIN", "SHOW", "RANGES", "TABLES", "GROUP", "BY", "ORDER",
+    "CREATE", "TABLE", "DROP", "EXPLAIN", "ANALYZE", "SHOW", "RANGES", "TABLES", "GROUP", "BY", "ORDER",
     "HAVING", "LIMIT", "OFFSET", "JOIN", "ON", "AND", "OR", "NOT", "NULL", "IS", "IN", "LIKE",
     "BETWEEN", "CASE", "WHEN", "THEN", "ELSE", "END", "AS", "DISTINCT", "ASC", "DESC", "NULLS",
     "FIRST", "LAST", "count(*)", "sum(a)", "min(b)", "coalesce(a, b)", "CAST(a AS TEXT)",

@@ -25,12 +25,20 @@ and stops; each of the others is far from one of two and keeps serving. With onl
 talking and their clocks apart, neither can tell who is wrong and both stop (safe). Serving
 resumes by itself once the measurements are back within bounds.
 
+The same probes give each peer's round trip (`Measurement.rtt_min_ns`): the least of the last
+`peer_rtt_probes_kept` probes, what the link itself costs without the queueing and the loop
+wake-ups any one probe may meet - the round trip a request cannot avoid, which EXPLAIN ANALYZE's
+bound is made of.
+
 Everything here is pure: times come in as arguments, so tests drive it without a real clock.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
+
+from raftstore import constants
 
 __all__ = ["OffsetMonitor", "Measurement", "probe_is_valid"]
 
@@ -41,6 +49,7 @@ class Measurement:
     uncertainty_ns: int     # rtt / 2
     at: float               # our monotonic time of the measurement
     rtt_ns: int = 0         # the probe's round trip, less the peer's time holding it
+    rtt_min_ns: int = 0     # the least rtt_ns of the peer's last peer_rtt_probes_kept probes, this one's included
 
     def far(self, max_offset_ns: int) -> bool:
         return abs(self.offset_ns) - self.uncertainty_ns > max_offset_ns
@@ -63,6 +72,7 @@ class OffsetMonitor:
         self.measurements: dict[int, Measurement] = {}
         self._last_from: dict[int, tuple[int, int]] = {}   # peer -> (its send time t, our receive time)
         self._sent: dict[int, int] = {}                    # peer -> send time of our last probe to it
+        self._rtts: dict[int, deque] = {}                  # peer -> its last probes' round trips (ns)
 
     def probe_for(self, peer_id: int, now_ns: int) -> dict:
         """The probe to put in our next heartbeat to peer_id (sent at physical time now_ns)."""
@@ -82,12 +92,21 @@ class OffsetMonitor:
         if rtt < 0:
             return None
         # rtt // 2 + 1: the halving rounds, so the interval is widened by the rounding error.
-        m = Measurement(offset_ns=((t2 - t1) + (t3 - t4)) // 2, uncertainty_ns=rtt // 2 + 1, at=mono, rtt_ns=rtt)
+        rtts = self._rtts.setdefault(peer_id, deque(maxlen=constants.peer_rtt_probes_kept))
+        rtts.append(rtt)
+        m = Measurement(offset_ns=((t2 - t1) + (t3 - t4)) // 2, uncertainty_ns=rtt // 2 + 1, at=mono, rtt_ns=rtt,
+                        rtt_min_ns=min(rtts))
         self.measurements[peer_id] = m
         return m
 
     def fresh(self, mono: float) -> dict[int, Measurement]:
         return {p: m for p, m in self.measurements.items() if mono - m.at <= self.stale_s}
+
+    def latest(self, peer_id: int, mono: float) -> Measurement | None:
+        """The peer's latest measurement if it is fresh, else None. One dict read: another
+        thread may call it while the node loop records new measurements."""
+        m = self.measurements.get(peer_id)
+        return m if m is not None and mono - m.at <= self.stale_s else None
 
     def far_peers(self, mono: float) -> list[int]:
         return sorted(p for p, m in self.fresh(mono).items() if m.far(self.max_offset_ns))

@@ -332,7 +332,7 @@ class Node:
                            transport_class=lambda gid: (lambda so, s, o: GroupTransport(self, gid, so, s, o)),
                            now_ts=lambda: self.hlc.now().to_wire(), snapshot_executor=run_in_thread,
                            checksums=self.checksums, propose_at_leader=self._propose_store_command,
-                           peer_rtt_s=self._peer_rtt_s)
+                           peer_rtt_s=self.peer_rtt_s)
         self.store.disk_low = self.disk.check()
         self.store.start()
 
@@ -351,10 +351,12 @@ class Node:
             self.store.mark(group_id)
         transport._onMessageReceived(transport.peers[peer_id], message)
 
-    def _peer_rtt_s(self, peer_id: int) -> float | None:
-        """The round trip of the latest fresh clock probe to a peer (None: none fresh)."""
-        m = self.offsets.fresh(time.monotonic()).get(peer_id)
-        return m.rtt_ns / 1e9 if m is not None else None
+    def peer_rtt_s(self, peer_id: int) -> float | None:
+        """The round trip to a peer: the least of its last clock probes (`Measurement.rtt_min_ns`;
+        None: none fresh). Safe from any thread (the SQL gateway's EXPLAIN ANALYZE asks it from
+        a worker)."""
+        m = self.offsets.latest(peer_id, time.monotonic())
+        return m.rtt_min_ns / 1e9 if m is not None else None
 
     def _delay_s(self, peer_id: int) -> float:
         if self.cfg.latency is None or not self.members or peer_id not in self.members:

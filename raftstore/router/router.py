@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from raftstore import constants
-from raftstore.kvserver.batch import BATCH_OP, BatchRequest, Header, Scan, response_op
+from raftstore.kvserver.batch import BATCH_OP, TRACE_FIELDS, BatchRequest, Header, Scan, response_op
 from raftstore.kvserver.ranges import RangeDescriptor, is_mismatch, mismatch_descriptors, pretty_key
 from raftstore.raft.commands import Outcome, is_not_leader, new_command_id
 from raftstore.router.cache import RangeCache
@@ -182,14 +182,17 @@ class Router:
         byte cap (scan_bytes_max) continues at its resume key. `done` gets (COMMITTED, {"rows":
         [[key, value]], "versions": [[wall, logical]] (each row's commit timestamp), "ts": the
         highest version read, "resume": the key to continue from when a limit stopped the
-        scan, else nil}) or the first failing page's (outcome, why)."""
+        scan, else nil, "pages": one map per page, in the order sent: the span it read, `start`
+        to `end` (nil: the keyspace end), its `rows` and its trace fields (kvserver.batch.TRACE_FIELDS:
+        what EXPLAIN ANALYZE shows)}) or the first failing page's (outcome, why)."""
         rows: list = []
         versions: list = []
+        pages: list = []
         ts = [0, 0]
         used = 0
 
         def finish(resume: bytes | None) -> None:
-            done(Outcome.COMMITTED, {"rows": rows, "versions": versions, "ts": ts,
+            done(Outcome.COMMITTED, {"rows": rows, "versions": versions, "ts": ts, "pages": pages,
                                      "resume": resume if end is None or (resume is not None and resume < end) else None})
 
         def page(at: bytes) -> None:
@@ -197,9 +200,9 @@ class Router:
                 finish(at)
                 return
             left = replace(header, max_keys=limit - len(rows), max_bytes=max_bytes - used if max_bytes else 0)
-            self.send_batch(left, [Scan(at, end)], got)
+            self.send_batch(left, [Scan(at, end)], lambda answers: got(at, answers))
 
-        def got(answers: list) -> None:
+        def got(at: bytes, answers: list) -> None:
             nonlocal ts, used
             outcome, result = answers[0]
             if outcome is not Outcome.COMMITTED:
@@ -209,10 +212,14 @@ class Router:
             versions.extend(result["versions"])
             used += sum(len(k) + len(v) for k, v in result["rows"])
             ts = max(ts, result["ts"])
+            span_end = result["span_end"]
+            stop = result["resume"] if result["resume"] is not None else (
+                end if span_end is None or (end is not None and end < span_end) else span_end)
+            pages.append(dict({k: result.get(k) for k in TRACE_FIELDS}, start=at, end=stop, rows=len(result["rows"])))
             if result["resume"] is not None:
                 page(result["resume"])
-            elif result["span_end"] is None:
+            elif span_end is None:
                 finish(None)
             else:
-                page(result["span_end"])
+                page(span_end)
         page(start)

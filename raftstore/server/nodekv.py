@@ -15,9 +15,8 @@ from raftstore.errors import AmbiguousCommitError, RaftstoreError, TooLargeError
 from raftstore.kvserver.batch import Check, CompareAndSwap, ConditionalPut, Delete, Get, GetForUpdate, Header, Put
 from raftstore.raft.commands import Outcome
 from sql.constants import GATEWAY_KV_CALL_TIMEOUT_S, GATEWAY_KV_FANOUT_MAX
-from sql.kv import (ConsistencyResult, Locked, RangeInfo, RegionInfo, Version, Write, WriteResult, check_key,
-                    check_scan_limit, check_value, check_writes, not_sent)
-
+from sql.kv import (ConsistencyResult, Locked, RangeInfo, RegionInfo, TraceOp, Version, Write, WriteResult,
+                    check_key, check_scan_limit, check_value, check_writes, not_sent, record_step)
 
 
 def _windows(ops: list) -> list[list]:
@@ -55,7 +54,12 @@ class NodeKV:
 
     Per statement (`begin_statement` resets them): `max_ts`, the highest timestamp seen, and
     `wrote`, whether any write applied or may have - after which no failure of the statement
-    may be reported as "unavailable" (it would be sent again)."""
+    may be reported as "unavailable" (it would be sent again).
+
+    A trace (`begin_trace`) records each committed part from the trace fields its answer
+    carries (kvserver.batch.TRACE_FIELDS: the range, the leader that served it, its rounds,
+    their least round trip and the part's time) and adds the round trip this node measures to
+    that leader (`Node.peer_rtt_s`); each batch sent, and each scan page, is a step."""
 
     def __init__(self, node, loop: asyncio.AbstractEventLoop) -> None:
         self.node, self.loop = node, loop
@@ -64,6 +68,42 @@ class NodeKV:
     def begin_statement(self) -> None:
         self.max_ts = [0, 0]
         self.wrote = False
+        self._trace: list[TraceOp] | None = None
+
+    def begin_trace(self) -> None:
+        self._trace = []
+
+    def end_trace(self) -> list[TraceOp]:
+        trace, self._trace = self._trace, None
+        return trace if trace is not None else []
+
+    def _leader_rtt_ms(self, served_by: int | None) -> float | None:
+        if served_by is None:
+            return None
+        if served_by == self.node.node_id:
+            return 0.0
+        rtt_s = self.node.peer_rtt_s(served_by)
+        return None if rtt_s is None else round(rtt_s * 1000, 3)
+
+    def _part(self, kind: str, keys: list[bytes], end: bytes | None, answer: dict) -> dict:
+        """A TraceOp (without its step) from the trace fields of a part's answer."""
+        return {"kind": kind, "keys": keys, "end": end, "range_id": answer.get("range_id"),
+                "served_by": answer.get("served_by"), "rounds": answer.get("rounds") or 0,
+                "quorum_rtt_ms": answer.get("quorum_rtt_ms"),
+                "leader_rtt_ms": self._leader_rtt_ms(answer.get("served_by")), "ms": answer.get("ms") or 0.0}
+
+    def _traced(self, window: list, got: list) -> None:
+        """Record one batch: its committed answers grouped into the parts the router sent (a
+        part's ops share its range, leader, rounds and time)."""
+        if self._trace is None:
+            return
+        parts: dict[tuple, tuple[dict, list[bytes]]] = {}
+        for op, (outcome, result) in zip(window, got):
+            if outcome is Outcome.COMMITTED and isinstance(result, dict) and "range_id" in result:
+                part = tuple(result.get(f) for f in ("range_id", "served_by", "rounds", "ms"))
+                parts.setdefault(part, (result, []))[1].append(op.key)
+        kind = "write" if window and window[0].writes else "get"
+        record_step(self._trace, [self._part(kind, keys, None, answer) for answer, keys in parts.values()])
 
     def _run(self, coro):
         """A read-only node call (scan, status) that lives on the asyncio loop."""
@@ -83,6 +123,7 @@ class NodeKV:
         answers: list = []
         for window in _windows(ops):
             got = self.node.batch_blocking(window, GATEWAY_KV_CALL_TIMEOUT_S, header)
+            self._traced(window, got)
             for op, (outcome, result) in zip(window, got):
                 if outcome is Outcome.COMMITTED and isinstance(result, dict) and isinstance(result.get("ts"), list):
                     self.max_ts = max(self.max_ts, result["ts"])
@@ -135,6 +176,8 @@ class NodeKV:
             check_key(end)
         check_scan_limit(limit)
         result = self._check(self._run(self.node.scan_keys(start, end, limit)), False)
+        for page in result.get("pages", ()):
+            record_step(self._trace, [self._part("scan", [page["start"]], page["end"], page)])
         return [(k, v, tuple(ts)) for (k, v), ts in zip(result["rows"], result["versions"])]
 
     def put(self, key: bytes, value: bytes) -> None:
