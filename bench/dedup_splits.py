@@ -35,6 +35,7 @@ import time
 from dataclasses import asdict, dataclass
 
 import raftstore
+from raftstore.kvserver.ranges import META_RANGE_ID
 from raftstore.localcluster import Cluster
 from raftstore.sqlclient import wait_for_sql
 
@@ -59,6 +60,27 @@ def store_counts(path: str) -> dict:
             "outcomes_per_command": round(saved / distinct, 2) if distinct else None}
 
 
+def splits_settled(cluster: Cluster, range_max_bytes: int, timeout_s: float) -> int:
+    """The number of ranges once every range's leader reports its size, no larger than
+    `range_max_bytes` (splits run behind the writes, after them when the statements are quick),
+    waited for at most `timeout_s`; raises TimeoutError with the last view otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        big, count = [], 0
+        for node in cluster.nodes:
+            with cluster.client(node) as client:
+                status = client.status()
+            count = max(count, len(status["ranges"]))
+            big += [r["range_id"] for r in status["ranges"]
+                    if r["leader"] == status["node_id"] and r["range_id"] != META_RANGE_ID   # meta never splits
+                    and (r["bytes"] is None or r["bytes"] > range_max_bytes)]
+        if not big:
+            return count
+        if time.monotonic() > deadline:
+            raise TimeoutError("ranges %s still above %d bytes after %.0f s" % (big, range_max_bytes, timeout_s))
+        time.sleep(0.2)
+
+
 def run_once(cfg: DedupConfig, root: str) -> dict:
     """One run in `root` (an existing empty directory); every node is stopped on every exit."""
     statements = []
@@ -80,8 +102,7 @@ def run_once(cfg: DedupConfig, root: str) -> dict:
                 except raftstore.sqlclient.Error as exc:   # the measurement: a statement that failed
                     error = "%s: %s" % (type(exc).__name__, exc)
                 statements.append({"sql": sql[:40], "seconds": round(time.monotonic() - t0, 3), "error": error})
-            with cluster.client(cluster.nodes[0]) as client:
-                ranges = len(client.status()["ranges"])
+            ranges = splits_settled(cluster, cfg.range_max_bytes, cfg.statement_timeout_s)
         finally:
             conn.close()
         for node in cluster.nodes:

@@ -373,14 +373,15 @@ class Store:
                 self.maintain_due.add(rid)   # until _meta_done
                 self.propose_at_leader(META_RANGE_ID, "meta_put", {"desc": desc.to_wire()},
                              lambda o, r, rid=rid, gen=desc.generation: o is Outcome.COMMITTED and self._meta_done(rid, gen))
-            if rid != META_RANGE_ID and self.written_bytes.get(rid, 0) > 0:
+            if rid != META_RANGE_ID and (self.written_bytes.get(rid, 0) > 0 or rid not in self.sizes):
                 if rid in self.splitting:
                     self.maintain_due.add(rid)   # look again once the split is over
                     continue
-                written, self.written_bytes[rid] = self.written_bytes[rid], 0
+                written, self.written_bytes[rid] = self.written_bytes.get(rid, 0), 0
                 # Kept incrementally: measured by query only when not known (a range new to
-                # this leader, or just split), then grown by what its writes add (versions stay
-                # until GC, so bytes written are bytes kept).
+                # this leader, or just split - measured at once, so a half still too big splits
+                # again without waiting for a write), then grown by what its writes add
+                # (versions stay until GC, so bytes written are bytes kept).
                 size = self.sizes.get(rid)
                 if size is None:
                     self.size_measurements += 1
