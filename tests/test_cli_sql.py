@@ -208,7 +208,7 @@ def test_completion_offers_tables_after_from_and_keywords_elsewhere(before, expe
     [
         ("SELECT na", ["name"]),
         ("SELECT id, n", ["name", "not", "nothing", "null", "nulls"]),
-        ("SELECT * FROM users WHERE a", ["age", "all", "and", "as", "asc", "avg"]),
+        ("SELECT * FROM users WHERE a", ["age", "all", "analyze", "and", "as", "asc", "avg"]),
         ("SELECT * FROM u", ["users"]),               # after FROM: tables only
         ("SELECT users.", ["id", "name", "age"]),      # after table.: that table's columns
         ("SELECT users.a", ["age"]),
