@@ -7,8 +7,10 @@ import os
 
 import pytest
 
+
 from cluster import LIVENESS_MARGIN_S, Cluster, free_ports, http_get, wait_until
 from raftstore.node.loop import Node, NodeConfig
+from descriptors import FD_DIR, open_descriptors, opened_since
 
 pytestmark = pytest.mark.slow
 
@@ -45,18 +47,18 @@ def _answers_status(client) -> bool:
         return False
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc/self/fd")
+@pytest.mark.skipif(not os.path.isdir(FD_DIR), reason="counts descriptors in /proc/self/fd")
 def test_a_closed_node_gives_back_its_ranges_descriptors(tmp_path):
     # Each range's group holds a journal and pysyncobj's wake-up pipe (the node turns
     # appendEntriesUseBatch off); Node.close must release them all, as well as its own files.
-    before = len(os.listdir("/proc/self/fd"))
+    before = open_descriptors()
     peer, sql = ("127.0.0.1:%d" % p for p in free_ports(2))
     node = Node(NodeConfig(node_id=1, region="us-east1", peer_addr=peer, sql_addr=sql, join=[peer],
                            data_dir=str(tmp_path / "d"), secret=b""))   # a cluster of one: it forms at once
     try:
         node.start_loop()
         wait_until(lambda: node.store is not None and len(node.store.groups) >= 2, 30, "the node's ranges to start")
-        assert len(os.listdir("/proc/self/fd")) >= before + 3 * len(node.store.groups)
+        assert opened_since(before) >= 3 * len(node.store.groups)
     finally:
         node.close()
-    assert len(os.listdir("/proc/self/fd")) == before
+    assert opened_since(before) == 0

@@ -5,11 +5,13 @@ import logging
 import os
 
 import pytest
+
 from pysyncobj import SyncObj
 
 from raftstore.raft import group as group_mod
 from raftstore.raft.commands import Outcome, encode_command
 from raftstore.sim.world import SimConfig, World, patched_pysyncobj, quiet_world
+from descriptors import FD_DIR, open_descriptors, opened_since
 
 
 @pytest.fixture
@@ -153,34 +155,35 @@ def test_a_groups_counters_count_the_election_that_made_its_leader_and_every_app
     assert all(g.entries_applied == before[nid] + 1 for nid, g in world.nodes.items())
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc/self/fd")
+@pytest.mark.skipif(not os.path.isdir(FD_DIR), reason="counts descriptors in /proc/self/fd")
 def test_close_gives_back_the_wake_up_pipe_refuses_proposals_and_may_be_repeated(tmp_path):
-    def open_descriptors():
-        return len(os.listdir("/proc/self/fd"))
     # As the node and the split simulator run their groups: pysyncobj then opens a wake-up pipe
     # (two descriptors) per group, which its own destroy() never closes.
     conf = dict(SimConfig(seed=3).conf, appendEntriesUseBatch=False)
     before = open_descriptors()
     w = World(SimConfig(seed=3, proposals=0, crashes=False, partitions=False, conf=conf), str(tmp_path))
+
+    def opened() -> int:
+        return opened_since(before)
     with patched_pysyncobj(w.clock, w.rng):
         w.start()
-        assert open_descriptors() == before + 6
+        assert opened() == 6
         w.run_until(w.clock.t + 3.0)
         leader = w.leader()
         assert _propose(w, leader, "put", {"k": "a"})[0] is Outcome.COMMITTED
         follower = next(n for n in w.ids if n != leader)
         w.crash(follower)                           # a crashed replica's group is closed, unsynced
-        assert open_descriptors() == before + 4
+        assert opened() == 4
         w.restart(follower)
-        assert open_descriptors() == before + 6
+        assert opened() == 6
         group = w.nodes[leader]
         group.close()
         group.close()                               # idempotent
-        assert group.closed and open_descriptors() == before + 4
+        assert group.closed and opened() == 4
         got = []
         group.propose("put", {"k": "late"}, lambda outcome, result: got.append((outcome, result)))
         assert got == [(Outcome.NOT_COMMITTED, "%s is closed" % group.name)]
         group._apply_payload(b"x", callback=lambda res, err: None)   # pysyncobj's own path: no write to a stale fd
         group.doTick(0.0)                            # a closed group takes no tick
         w.close()
-    assert open_descriptors() == before
+    assert opened_since(before) == 0

@@ -5,6 +5,7 @@ import os
 import re
 
 import pytest
+
 from pysyncobj import SyncObj
 
 from raftstore.raft import group as group_mod
@@ -12,6 +13,7 @@ from raftstore.sim.split_world import CRASH_POINTS, SplitSimConfig, run_split_se
 from raftstore.sim.world import Violation
 from raftstore.storage.mvcc import MVCCStore
 from test_sim import SIM_RUN_TIMEOUT_S, assert_sim_clean
+from descriptors import FD_DIR, open_descriptors, opened_since
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
@@ -80,20 +82,16 @@ def test_checker_catches_the_build_before_issue_10_copying_every_outcome_to_both
         run_split_seed(SplitSimConfig(seed=1))
 
 
-def _open_descriptors() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc/self/fd")
+@pytest.mark.skipif(not os.path.isdir(FD_DIR), reason="counts descriptors in /proc/self/fd")
 def test_a_seed_gives_back_every_descriptor_its_groups_opened_crashed_store_included():
     # Each RaftGroup the run starts (20 here: three stores, ranges split, the crashed node's
     # groups start again) opens pysyncobj's wake-up pipe, two descriptors; a test process runs
     # many seeds, so what a seed leaves open piles up until select() or the descriptor limit
     # gives out. Before RaftGroup.close this seed left 40 open.
-    before = _open_descriptors()
+    before = open_descriptors()
     summary = run_split_seed(SplitSimConfig(seed=1, crash_point="split:init-journal", crash_hit=1, writes=120))
     assert summary["crash"].startswith("split:init-journal") and summary["splits"] >= 1, summary
-    assert _open_descriptors() - before <= 2
+    assert opened_since(before) <= 2
 
 
 @pytest.mark.slow
