@@ -13,15 +13,16 @@ top -> Result. DDL reads the catalog itself, never through the leases.
 
 Writes and their limits (until the transactions issue): a statement is not atomic across
 keys. What we guarantee instead: every row of a statement is computed and checked (types,
-NOT NULL, duplicate keys, existing keys for INSERT) before the first write; every write is
+NOT NULL, duplicate keys within it) before the first write, and a multi-row INSERT's rows are
+written all or nothing within each range (an existing key writes nothing of its range); every write is
 conditioned on the exact version the statement read - an insert on "no live value" - so two
 concurrent INSERTs of one key cannot both succeed and no read-then-write (UPDATE, DELETE,
 ON CONFLICT) overwrites a version it did not read: a lost race re-decides the row from its
 current version. If a write fails after others applied, what the statement wrote is taken
 back, each key only if it still holds the statement's own version, and the error says what
-remains (sql/writes.py). A multi-row statement sends its existence checks together
-(`get_many`) and its writes together (`write_if_many`), which a node runs concurrently; the
-error reported is still the first in statement order.
+remains (sql/writes.py). A multi-row statement sends its writes together (`write_if_many`),
+one batch per range, which a node runs concurrently; the error reported is still the first in
+statement order.
 
 Errors: SQLError for the statement's own faults, for a write conflict before anything was
 written (serialization_failure, 40001) and for a failure after some writes applied
@@ -80,7 +81,7 @@ from sql.plan import (
 from sql.kv import KV, Version
 from sql.rowcodec import decode_row, encode_row, key_for_row, pk_text
 from sql.virtual import VIRTUAL_TABLES, virtual_rows
-from sql.writes import RowWrite, StatementWrites, duplicate_key_raced, write_conflict
+from sql.writes import RowWrite, StatementWrites, duplicate_key_found, duplicate_key_raced, write_conflict
 
 __all__ = ["Result", "Session", "SystemTimer"]
 
@@ -450,7 +451,7 @@ class Session:
         else:
             provided_rows = None
             count = len(plan.rows)
-        check_existing = plan.mode == "insert" and count > 1
+        multi_row = plan.mode == "insert" and count > 1
         seen: set[bytes] = set()
         unique: list[tuple[bytes, list, bool]] = []
         first_error: SQLError | None = None
@@ -471,23 +472,26 @@ class Session:
                         "remove the duplicate",
                     )
             except SQLError as error:
-                if not check_existing:
+                if not multi_row:
                     raise
                 first_error = error  # reported unless an earlier row's key already exists
                 break
             seen.add(key)
             unique.append((key, row, generated))
-        if check_existing:
-            # Every row's key is looked up at once (one round trip, not one per row); the error
-            # reported is still the first in statement order, as if checked row by row.
+        if first_error is not None:
+            # A bad row: the error reported is still the first in statement order, as if
+            # checked row by row - so the keys before it are looked up first (at once).
             given = [(key, row) for key, row, generated in unique if not generated]
             for (key, row), raw in zip(given, self._get_many([key for key, _ in given])):
                 if raw is not None:
                     raise _duplicate_key(schema, row)
-            if first_error is not None:
-                raise first_error
+            raise first_error
         if plan.mode in ("insert", "do_nothing"):
-            written = self._insert_new(plan, unique, writes)
+            # A multi-row INSERT writes without reading first: one batch per range, all or
+            # nothing within it (sql/kv.py), so a taken key writes nothing of its range's batch
+            # and is reported first in statement order; rows applied in other ranges are taken
+            # back by the statement's failure (sql/writes.py).
+            written = self._insert_new(plan, unique, writes, all_or_nothing=multi_row)
         else:
             written = self._upsert(plan, unique, ctx, writes)
         return Result(rowcount=written, status=f"{verb} {written}")
@@ -507,7 +511,7 @@ class Session:
         ]
 
     def _insert_new(self, plan: InsertPlan, rows: list[tuple[bytes, list, bool]],
-                    writes: StatementWrites) -> int:
+                    writes: StatementWrites, all_or_nothing: bool = False) -> int:
         """Every row written at once, each only where its key has no live value. A drawn rowid
         that is taken is drawn again; a given key taken meanwhile is skipped (DO NOTHING) or a
         duplicate key, the first such row in statement order."""
@@ -519,11 +523,11 @@ class Session:
             if plan.mode == "do_nothing":
                 return None
             if not item.generated:
-                raise duplicate_key_raced(schema, item.row)
+                raise (duplicate_key_found if all_or_nothing else duplicate_key_raced)(schema, item.row)
             row = list(item.row)
             row[schema.pk_indexes[0]] = self._new_rowid()
             return RowWrite(key_for_row(schema, row), None, None, encode_row(schema, row), row, True)
-        return writes.write(items, taken, rounds=ROWID_RETRY_COUNT_MAX)
+        return writes.write(items, taken, rounds=ROWID_RETRY_COUNT_MAX, all_or_nothing=all_or_nothing)
 
     def _get_many(self, keys: list[bytes]) -> list[bytes | None]:
         """``get`` of every key, sent together (a node runs them concurrently)."""

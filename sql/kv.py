@@ -192,13 +192,19 @@ class KV(Protocol):
         ...
 
     def write_if_many(self, writes: Sequence[Write], *, stop_after_failure: bool = True,
-                      lock: bytes | None = None) -> list[WriteResult]:
+                      lock: bytes | None = None, all_or_nothing: bool = False) -> list[WriteResult]:
         """`write_if` of every (key, if_version, value), results in the order given. The keys
         must be distinct: the writes may be sent together and apply in any order. A condition
         that did not hold is an answer, not a failure. With `stop_after_failure`, writes not yet
         sent after one came back with an `error` are not sent; their results carry an
         `UnavailableError` saying so (not ambiguous). Without it, every write is tried. `lock`:
-        the token of a `get_for_update` of these keys, whose latches the writes then use."""
+        the token of a `get_for_update` of these keys, whose latches the writes then use.
+
+        `all_or_nothing`: the writes that fall in one range apply together or not at all (up to
+        WRITE_BATCH_MAX of them within half a replicated command's bytes: one batch): if one's
+        condition does not hold, none of that batch is written, and each of its writes answers
+        not swapped with its key's `current` - for a write whose own condition held, still as
+        it was conditioned (`held_unwritten`). Without it, each write stands alone."""
         ...
 
     def get_for_update(self, key: bytes) -> Locked:
@@ -243,6 +249,22 @@ class KV(Protocol):
         """Stop recording: the operations recorded since `begin_trace`, in the order issued
         (the caller's list); [] when nothing was being recorded."""
         ...
+
+
+WRITE_BATCH_MAX = 1000
+"""Writes of one `write_if_many(all_or_nothing=True)` in one range that apply together
+(raftstore.constants.batch_ops_max: the ops of one batch)."""
+
+
+def held_unwritten(if_version: Version | None, result: WriteResult) -> bool:
+    """Whether a write that did not swap found its own condition true (its key still at
+    `if_version`, or with no live value for None): with `all_or_nothing`, another write of its
+    batch lost, so it was not written."""
+    if result.swapped or result.error is not None:
+        return False
+    if if_version is None:
+        return result.current is None
+    return result.current is not None and tuple(result.current[1]) == tuple(if_version)
 
 
 def check_key(key: object, allow_empty: bool = False) -> None:

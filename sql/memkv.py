@@ -26,8 +26,8 @@ from collections.abc import Iterable, Sequence
 
 from raftstore import constants
 from raftstore.errors import TooLargeError
-from sql.kv import (ConsistencyResult, Locked, RangeInfo, RegionInfo, TraceOp, Version, Write, WriteResult,
-                    check_key, check_scan_limit, check_value, check_writes, record_step, write_each)
+from sql.kv import (WRITE_BATCH_MAX, ConsistencyResult, Locked, RangeInfo, RegionInfo, TraceOp, Version, Write,
+                    WriteResult, check_key, check_scan_limit, check_value, check_writes, record_step, write_each)
 
 DEFAULT_REGIONS = (
     {"node_id": 1, "region": "us-east1"},
@@ -148,6 +148,42 @@ class MemKV:
             self._store(key, value)
         return WriteResult(True, version=self._versions[key])
 
+    def _all_or_nothing(self, writes: Sequence[Write]) -> list[WriteResult]:
+        """Per fake range (as a node applies one batch per range): every condition first, then
+        all of the range's writes or none."""
+        self._traced("write", [key for key, _, _ in writes])
+        results: list[WriteResult | None] = [None] * len(writes)
+        by_range: dict[int, list[int]] = {}
+        for i, (key, _, _) in enumerate(writes):
+            by_range.setdefault(self._range_id(key), []).append(i)
+        for indices in by_range.values():
+            for start in range(0, len(indices), WRITE_BATCH_MAX):
+                part = indices[start:start + WRITE_BATCH_MAX]
+                current = {i: self._live(writes[i][0]) for i in part}
+                holds = all((current[i] is None) if writes[i][1] is None
+                            else self._versions.get(writes[i][0]) == tuple(writes[i][1]) for i in part)
+                for i in part:
+                    try:
+                        _check_size(writes[i][0], writes[i][2])
+                    except TooLargeError as exc:
+                        results[i] = WriteResult(False, error=exc)
+                if not holds or any(results[i] is not None for i in part):
+                    for i in part:
+                        if results[i] is None:
+                            results[i] = WriteResult(False, current=current[i])
+                    continue
+                for i in part:
+                    key, _, value = writes[i]
+                    if value is None:
+                        self._remove(key)
+                    else:
+                        self._store(key, value)
+                    results[i] = WriteResult(True, version=self._versions[key])
+        return [r for r in results if r is not None]
+
+    def _live(self, key: bytes) -> tuple[bytes, Version] | None:
+        return (self._data[key], self._versions[key]) if key in self._data else None
+
     def get_for_update(self, key: bytes) -> Locked:
         """`get_version` (one process, one thread: there is no latch to hold)."""
         self._count("get_for_update")
@@ -162,9 +198,11 @@ class MemKV:
         return WriteResult(True) if held else WriteResult(False, current=live)
 
     def write_if_many(self, writes: Sequence[Write], *, stop_after_failure: bool = True,
-                      lock: bytes | None = None) -> list[WriteResult]:
+                      lock: bytes | None = None, all_or_nothing: bool = False) -> list[WriteResult]:
         self._count("write_if_many")
         check_writes(writes)   # all of them before any is written, as a node does
+        if all_or_nothing:
+            return self._all_or_nothing(writes)
         self._traced("write", [key for key, _, _ in writes])
         self._in_many = True
         try:

@@ -33,10 +33,10 @@ from raftstore.errors import RaftstoreError, TooLargeError
 from sql.catalog import TableSchema
 from sql.constants import ROW_CAS_RETRY_COUNT_MAX, ROWS_NAMED_IN_ERRORS_MAX
 from sql.errors import SQLError
-from sql.kv import KV, Version
+from sql.kv import KV, Version, held_unwritten
 from sql.rowcodec import decode_row, pk_text
 
-__all__ = ["RowWrite", "StatementWrites", "write_conflict", "duplicate_key_raced"]
+__all__ = ["RowWrite", "StatementWrites", "write_conflict", "duplicate_key_found", "duplicate_key_raced"]
 
 
 @dataclass
@@ -67,6 +67,16 @@ def write_conflict(schema: TableSchema, row: list) -> SQLError:
         "serialization_failure",
         f"write conflict: row {pk_text(schema, row)} of {schema.name} kept changing under "
         f"concurrent writes ({ROW_CAS_RETRY_COUNT_MAX} attempts)",
+    )
+
+
+def duplicate_key_found(schema: TableSchema, row: list) -> SQLError:
+    """A given key found taken when the statement wrote it (no read before: the write's condition
+    found it); what was written of the statement is said by whoever reports it."""
+    return SQLError(
+        "unique_violation",
+        f'duplicate key value violates the primary key of "{schema.name}": '
+        f"{pk_text(schema, row)} already exists (use UPSERT or INSERT ... ON CONFLICT to overwrite)",
     )
 
 
@@ -101,11 +111,14 @@ class StatementWrites:
     # --- writing -------------------------------------------------------------------------
 
     def write(self, items: list[RowWrite], redo: Redo, rounds: int = ROW_CAS_RETRY_COUNT_MAX,
-              lock: bytes | None = None) -> int:
+              lock: bytes | None = None, all_or_nothing: bool = False) -> int:
         """Write every item, all at once (one `write_if_many`; the first with `lock`, the token of
         the `get_for_update` the items were read by). An item whose
         condition no longer held is decided again by `redo` and written in the next round.
-        Returns the rows written, plus those already as wanted. Raises the first failed write
+        With `all_or_nothing` (sql/kv.py), a range's items apply together or not at all: an item
+        not written only because another of its batch lost is sent again as it is, after
+        `redo` has seen the ones that lost (so a duplicate is raised, in statement order,
+        before anything more is written). Returns the rows written, plus those already as wanted. Raises the first failed write
         (in the order given) after recording its round; `redo`'s errors; or, after `rounds`
         rounds, a write conflict (serialization_failure)."""
         done = 0
@@ -120,7 +133,10 @@ class StatementWrites:
                 return done
             self.started = True
             wanted = [(i.key, i.version, i.new_raw) for i in pending]
-            results = self.kv.write_if_many(wanted, lock=lock) if lock is not None else self.kv.write_if_many(wanted)
+            extra: dict = {"lock": lock} if lock is not None else {}
+            if all_or_nothing:
+                extra["all_or_nothing"] = True
+            results = self.kv.write_if_many(wanted, **extra)
             lock = None
             failure = None
             for item, result in zip(pending, results):
@@ -136,6 +152,9 @@ class StatementWrites:
             retry = []
             for item, result in zip(pending, results):
                 if result.swapped:
+                    continue
+                if all_or_nothing and held_unwritten(item.version, result):
+                    retry.append(item)               # its batch lost by another item
                     continue
                 again = redo(item, result.current)
                 if again is None:

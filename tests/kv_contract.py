@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from raftstore import constants
 from raftstore.errors import TooLargeError
 from raftstore.keys import prefix_end
-from sql.kv import CONSISTENCY_STATUSES, KV, TRACE_KINDS, WriteResult
+from sql.kv import CONSISTENCY_STATUSES, KV, TRACE_KINDS, WriteResult, held_unwritten
 
 
 @dataclass
@@ -398,6 +398,18 @@ def check_confirm_holds_only_while_the_key_is_at_the_version_read_and_writes_not
     assert not stale.swapped and stale.error is None and stale.current == kv.get_version(key)
     assert kv.confirm(absent, None).swapped                     # no live value: as read
     assert not kv.confirm(key, None).swapped                    # a live value where none was read
+
+
+def check_all_or_nothing_writes_nothing_of_a_range_where_one_condition_fails(subject: Subject) -> None:
+    kv = subject.kv
+    taken, free, other = subject.key("taken"), subject.key("free"), subject.key("other")
+    kv.put(taken, b"first")
+    results = kv.write_if_many([(free, None, b"new"), (taken, None, b"again")], all_or_nothing=True)
+    assert not results[0].swapped and held_unwritten(None, results[0]), results[0]   # held, not written
+    assert not results[1].swapped and results[1].current == kv.get_version(taken)    # the one that lost
+    assert kv.get(free) is None and kv.get(taken) == b"first"
+    both = kv.write_if_many([(free, None, b"new"), (other, None, b"o")], all_or_nothing=True)
+    assert all(r.swapped for r in both) and kv.get(free) == b"new" and kv.get(other) == b"o"
 
 
 def check_write_if_many_stops_only_after_a_failed_write(subject: Subject) -> None:

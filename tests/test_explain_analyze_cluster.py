@@ -97,8 +97,6 @@ def test_a_one_range_multi_row_insert_of_generated_keys_is_one_consensus_round(w
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="a multi-row INSERT with given primary keys reads them first "
-                                        "(every key checked before the first write: sql/DIFFERENCES.md): 2 rounds")
 def test_a_one_range_multi_row_insert_of_given_keys_is_one_consensus_round(wan):
     rows = analyze(wan.nodes[2], "INSERT INTO accounts VALUES " + ", ".join("(%d, 'o')" % i for i in range(100, 110)))
     assert len({op[RANGE_ID] for op in operations(rows)}) == 1, rows

@@ -155,13 +155,20 @@ class WriteIfIgnoresAStaleVersion(MemKV):
 class ARefusalStopsTheBatch(MemKV):
     """Broken: write_if_many treats a condition that did not hold as a failure."""
 
-    def write_if_many(self, writes, *, stop_after_failure=True, lock=None):
+    def write_if_many(self, writes, *, stop_after_failure=True, lock=None, all_or_nothing=False):
         results = []
         for key, if_version, value in writes:
             results.append(self.write_if(key, if_version, value))
             if not results[-1].swapped:
                 break
         return results + not_sent(len(writes) - len(results))
+
+
+class AllOrNothingIgnored(MemKV):
+    """Broken: write_if_many writes each key alone even when asked for all or nothing."""
+
+    def write_if_many(self, writes, *, stop_after_failure=True, lock=None, all_or_nothing=False):
+        return super().write_if_many(writes, stop_after_failure=False, lock=lock)
 
 
 class ConfirmByValue(MemKV):
@@ -234,6 +241,7 @@ def test_every_check_passes_on_the_in_memory_kv() -> None:
     (EmptyValueReadsAsAbsent, {"check_an_empty_value_is_live_and_distinct_from_absent"}),
     (WriteIfIgnoresAStaleVersion, {"check_write_if_on_a_stale_version_refuses_and_returns_the_current_row"}),
     (ARefusalStopsTheBatch, {"check_write_if_many_answers_each_write_in_order"}),
+    (AllOrNothingIgnored, {"check_all_or_nothing_writes_nothing_of_a_range_where_one_condition_fails"}),
     (ConfirmByValue, {"check_confirm_holds_only_while_the_key_is_at_the_version_read_and_writes_nothing"}),
     (LockingReadOfTheDeleted, {"check_a_locking_read_answers_the_live_row_and_its_write_applies_on_that_version"}),
     (TraceSerializesParts, {"check_a_trace_records_each_range_operation_between_begin_and_end"}),

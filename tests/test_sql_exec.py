@@ -64,7 +64,7 @@ class CountingKV:
         self.log.append(("write_if", key))
         return self.kv.write_if(key, if_version, value)
 
-    def write_if_many(self, writes, *, stop_after_failure=True, lock=None):
+    def write_if_many(self, writes, *, stop_after_failure=True, lock=None, all_or_nothing=False):
         return write_each(self.write_if, writes, stop_after_failure=stop_after_failure)
 
     def get_for_update(self, key):
@@ -1035,8 +1035,10 @@ class BatchingKV(CountingKV):
         self.log.append(("get_many", len(keys)))
         return [self.kv.get(key) for key in keys]
 
-    def write_if_many(self, writes, stop_after_failure=True, lock=None):
+    def write_if_many(self, writes, stop_after_failure=True, lock=None, all_or_nothing=False):
         self.log.append(("write_if_many", len(writes)))
+        if all_or_nothing:                               # one batch per range, as a node sends it
+            return self.kv.write_if_many(writes, all_or_nothing=True)
         return [self.kv.write_if(key, version, value) for key, version, value in writes]
 
 
@@ -1050,17 +1052,19 @@ def batched() -> tuple[Session, BatchingKV]:
     return db, kv
 
 
-def test_a_multi_row_insert_checks_all_keys_in_one_batch_and_writes_all_rows_in_another(batched) -> None:
+def test_a_multi_row_insert_writes_all_rows_in_one_batch_without_reading_them_first(batched) -> None:
     db, kv = batched
     assert db.execute("INSERT INTO m VALUES (1, 'a'), (2, 'b'), (3, 'c')").rowcount == 3
-    assert [entry for entry in kv.log if entry[0] != "get"] == [("get_many", 3), ("write_if_many", 3)]
+    assert [entry for entry in kv.log if entry[0] != "get"] == [("write_if_many", 3)]   # one round
     assert rows(db, "SELECT id FROM m") == [[1], [2], [3], [5]]
 
 
-def test_a_batched_insert_that_hits_an_existing_key_writes_nothing(batched) -> None:
+def test_a_batched_insert_that_hits_an_existing_key_writes_nothing_of_its_range(batched) -> None:
     db, kv = batched
-    assert error(db, "INSERT INTO m VALUES (1, 'a'), (5, 'again'), (6, 'c')").code == "unique_violation"
-    assert not [m for m, _ in kv.log if m in ("cas", "write_if", "write_if_many", "put")]
+    failed = error(db, "INSERT INTO m VALUES (1, 'a'), (5, 'again'), (6, 'c')")
+    assert failed.code == "unique_violation" and "(id)=(5) already exists" in failed.message
+    assert "nothing of this statement was written" in failed.message
+    assert [entry for entry in kv.log if entry[0] != "get"] == [("write_if_many", 3)]   # one batch, applied not at all
     assert rows(db, "SELECT id FROM m") == [[5]]
 
 
@@ -1077,15 +1081,15 @@ def test_a_batched_insert_losing_a_race_takes_back_its_rows(batched) -> None:
     db, kv = batched
     real = kv.write_if_many
 
-    def racing(writes, stop_after_failure=True):
+    def racing(writes, stop_after_failure=True, **kwargs):
         kv.write_if_many = real
         kv.kv.put(writes[1][0], b"\x92\x09\xa1x")   # another writer takes the second key first
-        return real(writes)
+        return real(writes, **kwargs)
     kv.write_if_many = racing
     assert error(db, "INSERT INTO m VALUES (8, 'a'), (9, 'b'), (10, 'c')").code == "unique_violation"
     kv.write_if_many = real
     keys = [k for k, _ in kv.kv.items() if k.startswith(ROW_KEY_PREFIX)]
-    assert len(keys) == 2   # the existing row 5 and the racer's row 9; 8 and 10 were taken back
+    assert len(keys) == 2   # the existing row 5 and the racer's row 9; 8 and 10 were never written
 
 
 # --- one-key writes: a locking read, then one write or a confirm ----------------------------------------

@@ -44,7 +44,7 @@ class Racing:
             return WriteResult(False, error=exc)
         return self.store.write_if(key, if_version, value)
 
-    def write_if_many(self, writes, *, stop_after_failure=True, lock=None):
+    def write_if_many(self, writes, *, stop_after_failure=True, lock=None, all_or_nothing=False):
         return write_each(self.write_if, writes, stop_after_failure=stop_after_failure)
 
     def put(self, key, value):

@@ -15,19 +15,19 @@ from raftstore.errors import AmbiguousCommitError, RaftstoreError, TooLargeError
 from raftstore.kvserver.batch import Check, CompareAndSwap, ConditionalPut, Delete, Get, GetForUpdate, Header, Put
 from raftstore.raft.commands import Outcome
 from sql.constants import GATEWAY_KV_CALL_TIMEOUT_S, GATEWAY_KV_FANOUT_MAX
-from sql.kv import (ConsistencyResult, Locked, RangeInfo, RegionInfo, TraceOp, Version, Write, WriteResult,
-                    check_key, check_scan_limit, check_value, check_writes, not_sent, record_step)
+from sql.kv import (WRITE_BATCH_MAX, ConsistencyResult, Locked, RangeInfo, RegionInfo, TraceOp, Version, Write,
+                    WriteResult, check_key, check_scan_limit, check_value, check_writes, not_sent, record_step)
 
 
-def _windows(ops: list) -> list[list]:
-    """The ops cut into batches of at most GATEWAY_KV_FANOUT_MAX ops and about half a replicated
+def _windows(ops: list, ops_max: int = GATEWAY_KV_FANOUT_MAX) -> list[list]:
+    """The ops cut into batches of at most `ops_max` ops and about half a replicated
     command's bytes, so a batch is never refused as too large because of its neighbours: an op
     too large by itself is alone in its batch, and refused alone."""
     windows: list[list] = []
     size = 0
     for op in ops:
         n = _WRITE_OVERHEAD_BYTES + len(op.key) + sum(len(getattr(op, f, None) or b"") for f in ("value", "new", "expected"))
-        if not windows or len(windows[-1]) >= GATEWAY_KV_FANOUT_MAX or size + n > constants.command_bytes_max // 2:
+        if not windows or len(windows[-1]) >= ops_max or size + n > constants.command_bytes_max // 2:
             windows.append([])
             size = 0
         windows[-1].append(op)
@@ -115,13 +115,14 @@ class NodeKV:
             raise UnavailableError("a KV call of this statement got no answer in %.0f s"
                                    % GATEWAY_KV_CALL_TIMEOUT_S) from None
 
-    def _batch(self, ops: list, *, stop_after_failure: bool = False, header: Header = Header()) -> list:
+    def _batch(self, ops: list, *, stop_after_failure: bool = False, header: Header = Header(),
+               ops_max: int = GATEWAY_KV_FANOUT_MAX) -> list:
         """(outcome, result) of every op, in the order given: sent as batches (`_windows`), each
         answered before the next is sent. With
         `stop_after_failure`, no batch is sent after one in which an op did not commit (the
         answers are then fewer than the ops)."""
         answers: list = []
-        for window in _windows(ops):
+        for window in _windows(ops, ops_max):
             got = self.node.batch_blocking(window, GATEWAY_KV_CALL_TIMEOUT_S, header)
             self._traced(window, got)
             for op, (outcome, result) in zip(window, got):
@@ -218,7 +219,7 @@ class NodeKV:
         return WriteResult(False, current=None if result["value"] is None else (result["value"], tuple(result["version"])))
 
     def write_if_many(self, writes: Sequence[Write], *, stop_after_failure: bool = True,
-                      lock: bytes | None = None) -> list[WriteResult]:
+                      lock: bytes | None = None, all_or_nothing: bool = False) -> list[WriteResult]:
         """sql/kv.py's conditioned writes (ConditionalPut ops); never raises: a write with no
         answer has an `error`. With `stop_after_failure`, no batch is sent after one with a
         failed write.
@@ -227,14 +228,17 @@ class NodeKV:
         nothing: a write whose own condition held, in a batch another write's condition failed
         (the answer shows its key still at the version it was conditioned on), is sent again
         at once, without the writes that lost. Each round settles at least one write, so at
-        most len(writes) rounds; without a race, one."""
+        most len(writes) rounds; without a race, one. With `all_or_nothing` nothing is sent
+        again: a range's writes go as one batch (up to WRITE_BATCH_MAX, and half a replicated
+        command's bytes) and apply together or not at all."""
         check_writes(writes)
         results: list[WriteResult | None] = [None] * len(writes)
         pending = list(range(len(writes)))
         header = Header(lock_token=lock)             # the first round uses the locking read's latches
         while pending:
             ops = [ConditionalPut(writes[i][0], writes[i][1], writes[i][2]) for i in pending]
-            answers = self._batch(ops, stop_after_failure=stop_after_failure, header=header)
+            answers = self._batch(ops, stop_after_failure=stop_after_failure, header=header,
+                                  ops_max=WRITE_BATCH_MAX if all_or_nothing else GATEWAY_KV_FANOUT_MAX)
             header = Header()
             failed = len(answers) < len(ops) or any(outcome is not Outcome.COMMITTED for outcome, _ in answers)
             again = []
@@ -243,7 +247,7 @@ class NodeKV:
                     results[i] = WriteResult(False, error=self._error(outcome, result, True))
                 elif result["swapped"]:
                     results[i] = WriteResult(True, version=tuple(result["ts"]))
-                elif _held(writes[i][1], result):
+                elif _held(writes[i][1], result) and not all_or_nothing:
                     again.append(i)                     # its batch lost by another write's condition
                 else:
                     current = None if result["value"] is None else (result["value"], tuple(result["version"]))
