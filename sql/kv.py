@@ -251,9 +251,10 @@ class KV(Protocol):
         ...
 
 
-WRITE_BATCH_MAX = 1000
-"""Writes of one `write_if_many(all_or_nothing=True)` in one range that apply together
-(raftstore.constants.batch_ops_max: the ops of one batch)."""
+WRITE_BATCH_MAX = 64
+"""Writes of one `write_if_many(all_or_nothing=True)` in one range that apply together (one
+batch; a node sends a statement's batches one after another, so a larger statement's rows
+become visible batch by batch, and a failure takes back the batches before it)."""
 
 
 def held_unwritten(if_version: Version | None, result: WriteResult) -> bool:
