@@ -138,10 +138,8 @@ class MemKV:
             return WriteResult(False, error=exc)
         if not self._in_many:
             self._traced("write", [key])
-        live = key in self._data
-        holds = not live if if_version is None else self._versions.get(key) == tuple(if_version)
-        if not holds:
-            return WriteResult(False, current=(self._data[key], self._versions[key]) if live else None)
+        if not self._holds(key, if_version):
+            return WriteResult(False, current=self._live(key))
         if value is None:
             self._remove(key)
         else:
@@ -160,8 +158,7 @@ class MemKV:
             for start in range(0, len(indices), WRITE_BATCH_MAX):
                 part = indices[start:start + WRITE_BATCH_MAX]
                 current = {i: self._live(writes[i][0]) for i in part}
-                holds = all((current[i] is None) if writes[i][1] is None
-                            else self._versions.get(writes[i][0]) == tuple(writes[i][1]) for i in part)
+                holds = all(self._holds(writes[i][0], writes[i][1]) for i in part)
                 for i in part:
                     try:
                         _check_size(writes[i][0], writes[i][2])
@@ -184,6 +181,11 @@ class MemKV:
     def _live(self, key: bytes) -> tuple[bytes, Version] | None:
         return (self._data[key], self._versions[key]) if key in self._data else None
 
+    def _holds(self, key: bytes, if_version: Version | None) -> bool:
+        """A conditional write's condition: the key's newest version is exactly `if_version` (a
+        tombstone's counts), or with None, the key has no live value."""
+        return key not in self._data if if_version is None else self._versions.get(key) == tuple(if_version)
+
     def get_for_update(self, key: bytes) -> Locked:
         """`get_version` (one process, one thread: there is no latch to hold)."""
         self._count("get_for_update")
@@ -193,9 +195,7 @@ class MemKV:
         self._count("confirm")
         check_key(key)
         self._traced("write", [key])              # a Check goes through the log like a write
-        live = (self._data[key], self._versions[key]) if key in self._data else None
-        held = (live is None) if if_version is None else (self._versions.get(key) == tuple(if_version))
-        return WriteResult(True) if held else WriteResult(False, current=live)
+        return WriteResult(True) if self._holds(key, if_version) else WriteResult(False, current=self._live(key))
 
     def write_if_many(self, writes: Sequence[Write], *, stop_after_failure: bool = True,
                       lock: bytes | None = None, all_or_nothing: bool = False) -> list[WriteResult]:

@@ -92,6 +92,13 @@ class World:
             fn()
 
 
+def failing_range(w: World, range_id: int, outcome: Outcome, why: str) -> None:
+    """Every send to `range_id` answers (outcome, why); the rest go to the world as before."""
+    real = w.router._send
+    w.router._send = lambda desc, op, args, done, cid: (done(outcome, why) if desc.range_id == range_id
+                                                        else real(desc, op, args, done, cid))
+
+
 def split_under_a_client(router_class=Router) -> tuple[World, tuple]:
     """A client writes z (caching r2 = [a, ∞)); r2 splits at m; meta at the node is updated
     too (so a router that looks up again also finds r3); the client writes z again."""
@@ -238,9 +245,7 @@ def test_a_scan_answers_the_first_failure_of_a_page():
     w = World()
     w.split()
     w.meta = [LEFT, RIGHT]
-    real = w.router._send
-    w.router._send = lambda desc, op, args, done, cid: (done(Outcome.NOT_COMMITTED, "r3 has no leader")
-                                                        if desc.range_id == 3 else real(desc, op, args, done, cid))
+    failing_range(w, 3, Outcome.NOT_COMMITTED, "r3 has no leader")
     assert w.run(lambda done: w.router.scan(b"a", None, 10, done)) == (Outcome.NOT_COMMITTED, "r3 has no leader")
 
 
@@ -283,9 +288,7 @@ def test_a_failed_part_fails_only_its_own_ops():
     w = World()
     w.split()
     w.meta = [LEFT, RIGHT]
-    real = w.router._send
-    w.router._send = lambda desc, op, args, done, cid: (done(Outcome.AMBIGUOUS, "r3 timed out")
-                                                        if desc.range_id == 3 else real(desc, op, args, done, cid))
+    failing_range(w, 3, Outcome.AMBIGUOUS, "r3 timed out")
     answers = run_batch(w, [Get(b"b"), Get(b"z")])
     assert answers[0][0] is Outcome.COMMITTED and answers[1] == (Outcome.AMBIGUOUS, "r3 timed out")
 

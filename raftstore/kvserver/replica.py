@@ -79,6 +79,12 @@ def desc_ts(desc: RangeDescriptor) -> tuple[int, int]:
     return (desc.generation, 0)
 
 
+def _as_found(found: tuple | None) -> dict:
+    """A conditional op's report of its key: the live value and the newest version (nil, nil if
+    never written)."""
+    return {"value": found[0] if found else None, "version": list(found[1]) if found else None}
+
+
 def read_local_descriptor(store: MVCCStore, range_id: int) -> RangeDescriptor | None:
     raw = store.get_value(local_desc_key(range_id), LATEST)
     return RangeDescriptor.decode(raw) if raw is not None else None
@@ -375,8 +381,7 @@ class RangeReplica:
         if not all(held):
             if evaluated:
                 self.evaluation_misses += 1
-            responses = [{"swapped": False, "value": f[0] if f else None, "version": list(f[1]) if f else None}
-                         for f in found]
+            responses = [{"swapped": False, **_as_found(f)} for f in found]
             result = shape({"ts": list(ts), "ok": False, "responses": responses})
             self._finish(index, command, [], result)
             return result
@@ -395,7 +400,7 @@ class RangeReplica:
                 writes.append((op.key, ts, op.new))
                 responses.append({"swapped": True})
             elif isinstance(op, Check):
-                responses.append({"swapped": True, "value": f[0] if f else None, "version": list(f[1]) if f else None})
+                responses.append({"swapped": True, **_as_found(f)})
             else:
                 value = decode_int(f[0] if f is not None else None) + op.delta
                 if abs(value) > constants.increment_abs_max:
@@ -408,6 +413,12 @@ class RangeReplica:
             self.on_write(self.range_id, sum(len(k) + (len(v) if v else 0) for k, _, v in writes))
         return result
 
+    def read_latest(self, key: bytes) -> dict:
+        """A Get's answer from the state applied now: the live value (nil: none) and the key's
+        newest version, a tombstone's too (`ts`; [0, 0] if never written)."""
+        found = self.store.get(key, LATEST)
+        return {"value": found[0] if found else None, "ts": list(found[1]) if found else [0, 0]}
+
     def _read_batch(self, index: int, request: BatchRequest) -> dict:
         """Gets and scans of the state applied at this index (reads save no outcome: a retry
         reads again). The batch's scans share its header's key and byte limits; a scan stopped by
@@ -419,10 +430,9 @@ class RangeReplica:
         for op in request.ops:
             self._check_key(op.key)
             if isinstance(op, Get):
-                found = self.store.get(op.key, LATEST)
-                version = found[1] if found is not None else (0, 0)
-                ts = max(ts, version)
-                responses.append({"value": found[0] if found else None, "ts": list(version)})
+                got = self.read_latest(op.key)
+                ts = max(ts, tuple(got["ts"]))
+                responses.append(got)
                 continue
             stop = self.desc.end if op.end is None or (self.desc.end is not None and self.desc.end < op.end) else op.end
             rows = self.store.scan(op.key, stop, LATEST, keys_left) if keys_left > 0 and bytes_left > 0 else []

@@ -609,10 +609,7 @@ class Store:
                 return
             token = new_command_id()
             self.holds[token] = (self.clock() + constants.locking_read_hold_s, latched, release)
-            responses = []
-            for op in request.ops:
-                found = self.mvcc.get(op.key, LATEST)
-                responses.append({"value": found[0] if found else None, "ts": list(found[1]) if found else [0, 0]})
+            responses = [rep.read_latest(op.key) for op in request.ops]
             callback(Outcome.COMMITTED, {"ts": max((r["ts"] for r in responses), default=[0, 0]),
                                          "responses": responses, "lock_token": token})
         self.latches.acquire_all(latched, run)

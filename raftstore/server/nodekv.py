@@ -16,7 +16,8 @@ from raftstore.kvserver.batch import Check, CompareAndSwap, ConditionalPut, Dele
 from raftstore.raft.commands import Outcome
 from sql.constants import GATEWAY_KV_CALL_TIMEOUT_S, GATEWAY_KV_FANOUT_MAX
 from sql.kv import (WRITE_BATCH_MAX, ConsistencyResult, Locked, RangeInfo, RegionInfo, TraceOp, Version, Write,
-                    WriteResult, check_key, check_scan_limit, check_value, check_writes, not_sent, record_step)
+                    WriteResult, check_key, check_scan_limit, check_value, check_writes, held_unwritten, not_sent,
+                    record_step)
 
 
 def _windows(ops: list, ops_max: int = GATEWAY_KV_FANOUT_MAX) -> list[list]:
@@ -38,12 +39,9 @@ def _windows(ops: list, ops_max: int = GATEWAY_KV_FANOUT_MAX) -> list[list]:
 _WRITE_OVERHEAD_BYTES = 64   # an op's msgpack framing and version, roughly
 
 
-def _held(if_version: Version | None, result: dict) -> bool:
-    """Whether a ConditionalPut that did not swap found its own condition true (its key still at
-    `if_version`, or with no live value when `if_version` is None)."""
-    if if_version is None:
-        return result["value"] is None
-    return result["version"] is not None and tuple(result["version"]) == tuple(if_version)
+def _not_swapped(result: dict) -> WriteResult:
+    """A conditional op's answer that did not swap: its key's live (value, version) now."""
+    return WriteResult(False, current=None if result["value"] is None else (result["value"], tuple(result["version"])))
 
 
 class NodeKV:
@@ -214,9 +212,7 @@ class NodeKV:
         outcome, result = self._batch([Check(key, if_version)], header=Header(lock_token=lock))[0]
         if outcome is not Outcome.COMMITTED:
             return WriteResult(False, error=self._error(outcome, result, True))
-        if result["swapped"]:
-            return WriteResult(True)
-        return WriteResult(False, current=None if result["value"] is None else (result["value"], tuple(result["version"])))
+        return WriteResult(True) if result["swapped"] else _not_swapped(result)
 
     def write_if_many(self, writes: Sequence[Write], *, stop_after_failure: bool = True,
                       lock: bytes | None = None, all_or_nothing: bool = False) -> list[WriteResult]:
@@ -247,11 +243,10 @@ class NodeKV:
                     results[i] = WriteResult(False, error=self._error(outcome, result, True))
                 elif result["swapped"]:
                     results[i] = WriteResult(True, version=tuple(result["ts"]))
-                elif _held(writes[i][1], result) and not all_or_nothing:
+                elif not all_or_nothing and held_unwritten(writes[i][1], _not_swapped(result)):
                     again.append(i)                     # its batch lost by another write's condition
                 else:
-                    current = None if result["value"] is None else (result["value"], tuple(result["version"]))
-                    results[i] = WriteResult(False, current=current)
+                    results[i] = _not_swapped(result)
             if failed and stop_after_failure:
                 break                                   # the writes to send again are left unsent
             pending = again
