@@ -461,23 +461,38 @@ class CpuSnapshot:
         tick = os.sysconf("SC_CLK_TCK")
         uptime = _read("/proc/uptime").split()
         self.at_s = float(uptime[0]) if uptime else 0.0
-        line = _read("/proc/stat").partition("\n")[0].split()
-        self.busy_s: float | None = None
-        if len(line) >= 9 and line[0] == "cpu":
-            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in line[1:9])
-            self.busy_s = (user + nice + system + irq + softirq + steal) / tick
+        self.busy_s: float | None = parse_machine_busy_s(_read("/proc/stat"), tick)
         self.procs: dict[int, tuple[int, float, float, bool]] = {}
         try:
             pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
         except OSError:
             pids = []
         for pid in pids:
-            text = _read("/proc/%d/stat" % pid)
-            if not text:
-                continue  # exited meanwhile
-            f = text.rpartition(")")[2].split()
-            self.procs[pid] = (int(f[1]), int(f[19]) / tick, (int(f[11]) + int(f[12])) / tick,
-                               bool(int(f[6]) & _PF_KTHREAD))
+            parsed = parse_pid_stat(_read("/proc/%d/stat" % pid), tick)
+            if parsed is not None:   # None: exited meanwhile
+                self.procs[pid] = parsed
+
+
+def parse_machine_busy_s(proc_stat: str, tick: int) -> float | None:
+    """Seconds all cores spent busy since boot, from the text of /proc/stat: its first ("cpu")
+    line's user + nice + system + irq + softirq + steal ticks (idle and iowait are not busy;
+    guest time is already inside user), over `tick` (SC_CLK_TCK). None if the line is not there."""
+    line = proc_stat.partition("\n")[0].split()
+    if len(line) < 9 or line[0] != "cpu":
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in line[1:9])
+    return (user + nice + system + irq + softirq + steal) / tick
+
+
+def parse_pid_stat(text: str, tick: int) -> tuple[int, float, float, bool] | None:
+    """(ppid, start_s, cpu_s, kernel_thread) from the text of /proc/<pid>/stat: cpu_s is the
+    process's user + system time (utime + stime, every thread's, not its children's), start_s
+    when it started in seconds after boot. The name field (2nd) may hold spaces and parentheses,
+    so fields are counted after its last ")". None for an empty text (the process exited)."""
+    if not text:
+        return None
+    f = text.rpartition(")")[2].split()   # f[0] is field 3 (state)
+    return (int(f[1]), int(f[19]) / tick, (int(f[11]) + int(f[12])) / tick, bool(int(f[6]) & _PF_KTHREAD))
 
 
 def cpu_by_role(before: CpuSnapshot, after: CpuSnapshot, roles: dict[int, str]) -> dict[str, float | None]:

@@ -9,7 +9,9 @@ A cell is one workload from one client region with one client count, e.g. `inser
 or `sweep@us-east1/c64`. Its dict holds: name, system (raftstore | etcd), workload,
 client_region, leaseholder_region, clients, status (ok | not_available | failed), note,
 bound_ms, bound_text, ratio, ops, throughput_ops_s, rows_per_op, latency_ms (p50, p99, ...),
-errors, error_examples, leaseholder_changed and, for local runs, cpu_cores by role.
+errors, error_examples, leaseholder_changed, cpu_per_statement (CPU ms per statement by process:
+leader, each follower, load generator, machine; bench/sql_bench.py's cpu_per_statement) and, for
+local runs, cpu_cores by role.
 """
 
 from __future__ import annotations
@@ -118,6 +120,57 @@ def comparison_row(label: str, ours: dict | None, theirs: dict | None) -> list[s
     return [label, " / ".join(bounds) or "-"] + part(ours) + part(theirs)
 
 
+CPU_COLUMNS = ["cell", "statements", "leader", "followers", "load generator", "measured processes", "machine",
+               "other", "cores used", "leader at end"]
+_CPU_RIGHT = {"statements", "measured processes", "machine", "other", "cores used"}
+CPU_INTRO = (
+    "CPU milliseconds per statement, by process, over each cell's measured window: the process's user + system "
+    "time (all its threads) from /proc/<pid>/stat at the window's start and end, divided by the statements "
+    "counted in the window. Leader: the node that led the table's range when the cell started (from SHOW "
+    "RANGES; \"leader at end\" says if it moved); gateway: the node the cell's clients are connected to. Load generator: the bench process and its worker processes "
+    "(the clients run in the workers). Machine: every core's busy time from /proc/stat, whatever ran it; "
+    "other: the machine's minus the measured processes' (other programs, kernel threads, interrupts). Cores "
+    "used: the machine's CPU seconds per window second.")
+
+
+def _cpu_ms(fig: dict | None) -> str:
+    return "-" if not fig or fig.get("ms") is None else fmt_ms(fig["ms"])
+
+
+def _cpu_node(fig: dict) -> str:
+    return "%s (n%d%s)" % (_cpu_ms(fig), fig["node_id"], ", gateway" if fig.get("gateway") else "")
+
+
+def cpu_row(cell: dict, cores_usable: int | None = None) -> list[str] | None:
+    """The columns of the CPU-per-statement table for a cell, None for a cell without figures."""
+    cpu = cell.get("cpu_per_statement")
+    if not cpu:
+        return None
+    rows = cell.get("rows_per_op", 1)
+    statements = "%d" % cpu["statements"] + (" (%d rows each)" % rows if rows > 1 else "")
+    if cpu["nodes_measured"]:
+        lead = cpu["leader"]
+        leader = _cpu_node(lead) if lead else "-"
+        followers = ", ".join(_cpu_node(f) for f in cpu["followers"]) or "-"
+    else:
+        leader = "%s; n%d" % (cpu["nodes_note"], cpu["leader_start"])
+        followers = cpu["nodes_note"]
+    load = cpu["load"]
+    machine = cpu["machine"]
+    cores = "-" if machine.get("cores") is None else "%.2f" % machine["cores"] + (
+        " of %s" % cores_usable if cores_usable else "")
+    end = cpu.get("leader_end")
+    moved = end is not None and end != cpu["leader_start"]
+    return [cell["name"], statements, leader, followers,
+            "%s (%d processes)" % (_cpu_ms(load), load["processes"]), _cpu_ms(cpu["measured"]), _cpu_ms(machine),
+            _cpu_ms(cpu["other"]), cores,
+            "?" if end is None else "n%d%s" % (end, " (moved from n%d)" % cpu["leader_start"] if moved else "")]
+
+
+def cpu_rows(cells: list[dict], cores_usable: int | None = None) -> list[list[str]]:
+    return [r for r in (cpu_row(c, cores_usable) for c in cells) if r is not None]
+
+
 def _md_table(header: list[str], rows: list[list[str]], right: set[str] = frozenset()) -> list[str]:
     def esc(text: str) -> str:
         return str(text).replace("|", "\\|")
@@ -160,6 +213,11 @@ def markdown_report(report: dict) -> str:
         lines += _md_table(["cell", "leaseholder node", "other nodes", "load generator", "other programs",
                             "whole machine"], rows, {"leaseholder node", "other nodes", "load generator",
                                                      "other programs", "whole machine"})
+
+    rows = cpu_rows(rs["cells"], report["machine"].get("cpu_usable"))
+    if rows:
+        lines += ["", "#### CPU milliseconds per statement, by process", "", CPU_INTRO, ""]
+        lines += _md_table(CPU_COLUMNS, rows, _CPU_RIGHT)
 
     etcd = report.get("etcd")
     if etcd is not None:
@@ -251,6 +309,17 @@ def rich_cells_table(title: str, cells: list[dict]):
                          overflow="fold", max_width=48 if col == "notes" else None)
     for c in cells:
         table.add_row(*[Text(v) for v in cell_row(c)])
+    return table
+
+
+def rich_cpu_table(cells: list[dict], cores_usable: int | None = None):
+    from rich.table import Table
+    from rich.text import Text
+    table = Table(title="CPU ms per statement, by process (leader as at the cell's start)")
+    for col in CPU_COLUMNS:
+        table.add_column(col, justify="right" if col in _CPU_RIGHT else "left", overflow="fold")
+    for row in cpu_rows(cells, cores_usable):
+        table.add_row(*[Text(v) for v in row])
     return table
 
 

@@ -31,7 +31,9 @@ before and after each cell (a change is flagged). For every cell: p50, p99, thro
 bound and p50 / bound, in a rich table (with a progress bar while it runs) and in the results
 folder (--out, default raftstore-bench/sql-<UTC time>/ in the current directory): report.json
 (config, machine, cells, targets, etcd, profiles), samples.json (every latency in ms, by cell),
-report.md (the tables, the machine, the targets met or missed by how much) and, when matplotlib
+report.md (the tables, the machine, the CPU milliseconds per statement of each process: the
+leaseholder, each follower, the load generator, and the machine's total; the targets met or
+missed by how much) and, when matplotlib
 is installed (the `plot` extra), cdf.png (latency CDFs per region).
 
 --compare-etcd runs etcd first (bench/etcd_compare.py, when an `etcd` binary is on PATH),
@@ -175,6 +177,61 @@ def finish_cell(plan: dict, result: dict, placement: Placement, after: Placement
                         "no statement finished inside the %g s window, and none failed: each takes longer"
                         % result["seconds"])
     return cell
+
+
+REMOTE_NODES_NOTE = "not measured (remote cluster)"
+
+
+def cpu_per_statement(before: CpuSnapshot, after: CpuSnapshot, statements: int, nodes: list[tuple[int, int | None]],
+                      leader_start: int, leader_end: int | None, load_pid: int, load_procs: int,
+                      gateway: int | None = None) -> dict:
+    """CPU milliseconds per statement of a cell, by process, between two snapshots taken at the
+    start and the end of its measured window.
+
+    `nodes` is (node id, pid or None) per node; a None pid (a cluster given by --url: its PIDs are
+    unknown here) leaves the nodes unmeasured. The node that led the table's range when the cell
+    started is "leader", the others "followers", in node-id order; `gateway` is the node the
+    clients are connected to (a follower gateway runs every statement's SQL). The load generator is
+    `load_pid` (the bench process) with its descendants, the node processes excepted (the
+    cluster's nodes are its children too): `load_procs` worker processes run the clients. The
+    machine is every core's busy time from /proc/stat; "other" is the machine's minus what the
+    measured processes used (other programs, kernel threads, interrupts). Each figure: CPU
+    seconds used in the window x 1000 / `statements` (the statements counted in the window),
+    None when none was; "cores" is CPU seconds / window seconds. Pure: takes the snapshots as
+    arguments.
+    """
+    roles = {load_pid: "load"}
+    roles.update({pid: "n%d" % node_id for node_id, pid in nodes if pid is not None})
+    cores = cpu_by_role(before, after, roles)
+    window_s = after.at_s - before.at_s
+    measured = bool(nodes) and all(pid is not None for _, pid in nodes)
+
+    def figure(used_cores: float | None) -> dict:
+        if used_cores is None or window_s <= 0:
+            return {"ms": None, "cores": None}
+        ms = used_cores * window_s * 1000.0 / statements if statements else None
+        return {"ms": None if ms is None else round(ms, 4), "cores": round(used_cores, 4)}
+
+    out: dict[str, Any] = {"statements": statements, "window_s": round(window_s, 3), "nodes_measured": measured,
+                           "nodes_note": None if measured else REMOTE_NODES_NOTE,
+                           "leader_start": leader_start, "leader_end": leader_end,
+                           "leader": None, "followers": [],
+                           "load": dict(figure(cores.get("load")), processes=1 + load_procs),
+                           "machine": figure(cores.get("machine"))}
+    ours = [cores.get("load")]
+    if measured:
+        for node_id, pid in sorted(nodes):
+            entry = dict(figure(cores.get("n%d" % node_id)), node_id=node_id, pid=pid, gateway=node_id == gateway)
+            ours.append(cores.get("n%d" % node_id))
+            if node_id == leader_start:
+                out["leader"] = entry
+            else:
+                out["followers"].append(entry)
+    ours_known = None if any(c is None for c in ours) else sum(ours)
+    out["measured"] = figure(ours_known)
+    machine = cores.get("machine")
+    out["other"] = figure(None if machine is None or ours_known is None else max(0.0, machine - ours_known))
+    return out
 
 
 # --- edge: where the nodes are ---------------------------------------------------------------------
@@ -401,6 +458,11 @@ def run_sql_cell(runner: Runner, plan: dict, deployment: Deployment, conn, table
     cell["meta_leaseholder_region"] = meta.leaseholder_region if meta else None
     if deployment.local and "before" in snaps and "after" in snaps:
         cell["cpu_cores"] = cpu_by_role(snaps["before"], snaps["after"], roles)
+    if "before" in snaps and "after" in snaps:
+        nodes = [(g.node_id, g.pid if deployment.local else None) for g in deployment.all]
+        cell["cpu_per_statement"] = cpu_per_statement(snaps["before"], snaps["after"], cell["ops"], nodes,
+                                                      placement.leaseholder, after.leaseholder, os.getpid(),
+                                                      result["load_procs"], gateway.node_id)
     return cell, result["samples"], profile
 
 
@@ -782,6 +844,8 @@ def main(argv: list[str] | None = None, prog: str = "raftstore bench") -> int:
 
     console.print(render.rich_cells_table("raftstore bench, %s (%g s per cell)" % (
         latency["description"], args.duration), report["raftstore"]["cells"]))
+    if render.cpu_rows(report["raftstore"]["cells"]):
+        console.print(render.rich_cpu_table(report["raftstore"]["cells"], machine.get("cpu_usable")))
     etcd = report.get("etcd")
     if etcd is not None and etcd.get("skipped"):
         console.print("etcd comparison skipped: %s" % etcd["skipped"])
