@@ -120,17 +120,19 @@ def comparison_row(label: str, ours: dict | None, theirs: dict | None) -> list[s
     return [label, " / ".join(bounds) or "-"] + part(ours) + part(theirs)
 
 
-CPU_COLUMNS = ["cell", "statements", "leader", "followers", "load generator", "measured processes", "machine",
+CPU_COLUMNS = ["cell", "statements", "leader", "followers", "load generator", "measured sum", "machine",
                "other", "cores used", "leader at end"]
-_CPU_RIGHT = {"statements", "measured processes", "machine", "other", "cores used"}
+_CPU_RIGHT = {"statements", "measured sum", "machine", "other", "cores used"}
 CPU_INTRO = (
-    "CPU milliseconds per statement, by process, over each cell's measured window: the process's user + system "
-    "time (all its threads) from /proc/<pid>/stat at the window's start and end, divided by the statements "
-    "counted in the window. Leader: the node that led the table's range when the cell started (from SHOW "
-    "RANGES; \"leader at end\" says if it moved); gateway: the node the cell's clients are connected to. Load generator: the bench process and its worker processes "
-    "(the clients run in the workers). Machine: every core's busy time from /proc/stat, whatever ran it; "
-    "other: the machine's minus the measured processes' (other programs, kernel threads, interrupts). Cores "
-    "used: the machine's CPU seconds per window second.")
+    "CPU milliseconds per statement, by process, over each cell's measured window: the process's user + "
+    "system time (all its threads) from /proc/<pid>/stat at the window's start and end, divided by the "
+    "statements counted in the window. Leader: the node that led the table's range when the cell started "
+    "(from SHOW RANGES; \"leader at end\" says if it moved); gateway: the node the cell's clients are "
+    "connected to. Load generator: the bench process and its worker processes (the clients run in the "
+    "workers). Machine: every core's busy time from /proc/stat, whatever ran it (with --url: the machine the "
+    "bench runs on); other: the machine's minus the measured processes' (other programs, kernel threads, "
+    "interrupts); measured sum: the leader's, the followers' and the load generator's. Cores used: the "
+    "machine's CPU seconds per window second.")
 
 
 def _cpu_ms(fig: dict | None) -> str:
@@ -162,7 +164,7 @@ def cpu_row(cell: dict, cores_usable: int | None = None) -> list[str] | None:
     end = cpu.get("leader_end")
     moved = end is not None and end != cpu["leader_start"]
     return [cell["name"], statements, leader, followers,
-            "%s (%d processes)" % (_cpu_ms(load), load["processes"]), _cpu_ms(cpu["measured"]), _cpu_ms(machine),
+            "%s (%d procs)" % (_cpu_ms(load), load["processes"]), _cpu_ms(cpu["measured"]), _cpu_ms(machine),
             _cpu_ms(cpu["other"]), cores,
             "?" if end is None else "n%d%s" % (end, " (moved from n%d)" % cpu["leader_start"] if moved else "")]
 
@@ -317,7 +319,8 @@ def rich_cpu_table(cells: list[dict], cores_usable: int | None = None):
     from rich.text import Text
     table = Table(title="CPU ms per statement, by process (leader as at the cell's start)")
     for col in CPU_COLUMNS:
-        table.add_column(col, justify="right" if col in _CPU_RIGHT else "left", overflow="fold")
+        table.add_column(col, justify="right" if col in _CPU_RIGHT else "left", overflow="fold",
+                         no_wrap=col == "cell")
     for row in cpu_rows(cells, cores_usable):
         table.add_row(*[Text(v) for v in row])
     return table

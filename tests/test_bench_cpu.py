@@ -105,7 +105,7 @@ def test_the_table_names_each_node_and_says_when_the_leader_moved():
     rows = render.cpu_rows([_cell("insert@us-east1", moved), {"name": "stale_read@x"},
                             _cell("multirow@us-east1", moved, rows=10)], cores_usable=2)
     assert len(rows) == 2
-    assert rows[0] == ["insert@us-east1", "100", "25.0 (n1)", "10.0 (n2, gateway), 12.0 (n3)", "15.0 (3 processes)",
+    assert rows[0] == ["insert@us-east1", "100", "25.0 (n1)", "10.0 (n2, gateway), 12.0 (n3)", "15.0 (3 procs)",
                        "62.0", "80.0", "18.0", "1.60 of 2", "n3 (moved from n1)"]
     assert rows[1][1] == "100 (10 rows each)"
 
@@ -130,5 +130,5 @@ def test_the_markdown_report_carries_the_table():
               "machine": {"cpu_usable": 2}, "started_at": "now", "targets": []}
     md = render.markdown_report(report)
     assert "#### CPU milliseconds per statement, by process" in md
-    assert "| insert@us-east1 | 1000 | 2.50 (n1, gateway) | 1.00 (n2), 1.20 (n3) | 1.50 (3 processes) | 6.20 | 8.00 " \
+    assert "| insert@us-east1 | 1000 | 2.50 (n1, gateway) | 1.00 (n2), 1.20 (n3) | 1.50 (3 procs) | 6.20 | 8.00 " \
            "| 1.80 | 1.60 of 2 | n1 |" in md
