@@ -38,11 +38,9 @@ DROP_MARKER_STALE_S = 10.0  # a drop marker this old (wall clock of its writer) 
 DROP_MARKER_POLL_S = 0.2  # how often a DDL that met a live drop marker re-reads the name
 DDL_STEP_COUNT_MAX = 1000  # catalog re-reads of one DDL waiting for a drop in progress on its name
 
-# The SQL gateway of a node (sql/gateway.py).
-# Statements in flight per node: each holds a worker thread while it waits on one KV call at a
-# time (a WAN round trip), so the pool must be wider than the clients a node serves (64 in the
-# bench sweep) - asyncio's default pool (cores + 4) capped a node at 6 statements in flight.
-GATEWAY_THREADS = 128
+# The SQL gateway of a node (sql/gateway.py). Statements are coroutines on the client port's loop
+# (raftstore.coop), so statements in flight are not bounded by a pool of threads.
+SQL_INLINE_PARSE_CHARS_MAX = 4096  # a longer statement text is parsed on a thread, off that loop
 GATEWAY_SESSIONS_IDLE_MAX = 128  # idle sessions (each with its plan cache) kept for reuse
 GATEWAY_KV_CALL_TIMEOUT_S = 120.0  # one KV call of a statement (proposals time out well before)
 GATEWAY_KV_FANOUT_MAX = 64  # KV calls one statement has in flight at once (multi-row INSERT)

@@ -40,6 +40,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from raftstore import coop
 from sql import types as T
 from sql.catalog import (
     TableSchema,
@@ -57,6 +58,7 @@ from sql.constants import (
     ROWID_RETRY_COUNT_MAX,
     SCAN_PAGE_ROWS_MAX,
     SCAN_PAGE_ROWS_MIN,
+    SQL_INLINE_PARSE_CHARS_MAX,
 )
 from sql.dialect import Statement, identifier_name, node_position, parse
 from sql.errors import SQLError
@@ -119,7 +121,7 @@ class SystemTimer:
 
     monotonic = staticmethod(time.monotonic)
     wall_ns = staticmethod(time.time_ns)
-    sleep = staticmethod(time.sleep)
+    sleep = staticmethod(coop.sleep)   # inside a statement on a node's loop only the statement sleeps
 
 
 class Session:
@@ -160,7 +162,8 @@ class Session:
     def execute(self, sql: str, params: Sequence[object] | None = None) -> Result:
         """Run one statement (a trailing ``;`` is fine). Raises SQLError; KV errors pass
         through unchanged."""
-        statements = parse(sql)
+        # A long text's parse cannot be cut into slices: it runs off the loop (raftstore.coop).
+        statements = coop.offload(parse, sql) if len(sql) > SQL_INLINE_PARSE_CHARS_MAX else parse(sql)
         if not statements:
             raise SQLError("syntax", "empty statement: there is no SQL to run")
         if len(statements) > 1:
@@ -319,7 +322,9 @@ class Session:
                     batch = self.kv.scan_versions(start, end, page)
                 else:
                     batch = [(key, raw, None) for key, raw in self.kv.scan(start, end, page)]
-                yield from batch
+                for row in batch:
+                    coop.checkpoint()   # a long scan's row loop lets other statements run
+                    yield row
                 if len(batch) < page:
                     break
                 start = batch[-1][0] + b"\x00"
@@ -327,7 +332,9 @@ class Session:
 
     def _source_rows(self, access: AccessPath, ctx: EvalContext, first_page=None) -> Iterator[list]:
         if isinstance(access, VirtualAccess):
-            yield from virtual_rows(self.kv, access.schema.name, access.args, ctx, self._table_names())
+            for row in virtual_rows(self.kv, access.schema.name, access.args, ctx, self._table_names()):
+                coop.checkpoint()
+                yield row
             return
         schema = access.schema
         for _, raw, _ in self._fetch(access, ctx, first_page):
@@ -410,12 +417,14 @@ class Session:
                 if any(v is None for v in key):
                     continue
                 for row in table.get(key, ()):
+                    coop.checkpoint()
                     joined = left + row
                     if all(f(joined, ctx) is True for f in filters):
                         yield joined
         else:
             for left in left_rows:
                 for row in right:
+                    coop.checkpoint()   # a cross product's inner loop may be long
                     joined = left + row
                     if all(f(joined, ctx) is True for f in filters):
                         yield joined
@@ -456,6 +465,7 @@ class Session:
         unique: list[tuple[bytes, list, bool]] = []
         first_error: SQLError | None = None
         for i in range(count):
+            coop.checkpoint()
             try:
                 provided = provided_rows[i] if provided_rows is not None else plan.provided_row(i, ctx)
                 row, generated = plan.complete_row(provided, ctx)
@@ -849,6 +859,7 @@ def _group(plan: SelectPlan, rows: Iterator[list], ctx: EvalContext) -> list[lis
     specs = grouping.aggs
     groups: dict[tuple, list] = {}
     for row in rows:
+        coop.checkpoint()
         key = tuple(fn(row, ctx) for fn in key_fns)
         marker = tuple((type(v), v) for v in key)
         entry = groups.get(marker)

@@ -1,17 +1,18 @@
 """The SQL gateway of a node: the `sql` op of the client protocol.
 
-A statement runs in a worker thread (the engine is plain blocking code) on a KV (the `sql.kv.KV`
-Protocol) that the composition root gives the gateway: on a node, raftstore.server.nodekv.NodeKV,
-whose range operations go to the node's router as linearizable proposals, so the engine never
-touches the Store, the node or the Raft layer. The node process's composition root
-(raftstore.server.main) makes the node's `Gateway` and hands it to the client port.
+A statement is a coroutine on the client port's asyncio loop (raftstore.coop.run): the engine is
+plain blocking code, run in a greenlet of its own, and every KV call it makes suspends it while
+the loop awaits the node's answer. Its KV (the `sql.kv.KV` Protocol) is what the composition
+root gives the gateway: on a node, raftstore.server.nodekv.NodeKV, whose range operations go to
+the node's router as typed batches, so the engine never touches the Store, the node or the Raft
+layer. The node process's composition root (raftstore.server.main) makes the node's `Gateway` and
+hands it to the client port. Why coroutines and not a pool of worker threads: raftstore/DESIGN.md,
+"Statements as coroutines".
 
-Per node (one `Gateway`, made when the node starts): a dedicated pool of GATEWAY_THREADS
-workers - a statement holds its thread for every WAN round trip it waits on, so the pool's
-width is the node's statements in flight; the schema leases every session of the node shares
-(sql/schema_leases.py); and a LIFO stack of idle Sessions, each with its own KV, so a statement
-runs on a warm plan cache instead of planning again. A session serves one statement at a time:
-it is taken off the stack for the statement and put back after it.
+Per node (one `Gateway`, made when the node starts): the schema leases every session of the
+node shares (sql/schema_leases.py), and a LIFO stack of idle Sessions, each with its own KV, so
+a statement runs on a warm plan cache instead of planning again. A session serves one statement
+at a time: it is taken off the stack for the statement and put back after it.
 
 What a failed statement is answered (Gateway._execute): a write conflict before any write
 applied is run again here (bounded), and is SQLSTATE 40001 if it still fails; once any write
@@ -22,18 +23,15 @@ ambiguous), never 40001 or "unavailable", which clients resend.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import datetime
 import logging
 import random
-import threading
-import time
 from typing import Any, Callable
 
-from raftstore import constants
+from raftstore import constants, coop
 from raftstore.errors import AmbiguousCommitError, RaftstoreError, SqlError, UnavailableError
 from raftstore.kv import backoff_delay_s
-from sql.constants import GATEWAY_SESSIONS_IDLE_MAX, GATEWAY_THREADS
+from sql.constants import GATEWAY_SESSIONS_IDLE_MAX
 from sql.kv import KV
 
 _TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
@@ -69,44 +67,31 @@ def _completion_unknown(exc: RaftstoreError):
 
 
 class Gateway:
-    """A node's SQL state: worker pool, schema leases, idle sessions (see the module docstring)."""
+    """A node's SQL state: schema leases, idle sessions (see the module docstring)."""
 
     def __init__(self, new_kv: Callable[[], KV], loop: asyncio.AbstractEventLoop) -> None:
         """`new_kv()` makes the KV of a new session (raftstore.server.nodekv.NodeKV on a node);
-        `loop` is the client port's, where the gateway's tasks run."""
+        `loop` is the client port's, where statements run."""
         from sql.schema_leases import SchemaLeases
 
         self.new_kv, self.loop = new_kv, loop
         self.leases = SchemaLeases()
-        self.executor = concurrent.futures.ThreadPoolExecutor(GATEWAY_THREADS, thread_name_prefix="sql")
         self._idle: list = []
-        self._lock = threading.Lock()
         self._rng = random.Random()
-        self._closer = loop.create_task(self._close_with_the_loop())
-
-    async def _close_with_the_loop(self) -> None:
-        """Stop the workers when the node's loop ends (asyncio.run cancels this task at exit),
-        while the loop still runs: a worker blocked on a KV call needs the loop to finish it,
-        and the interpreter waits for every worker before the process can exit."""
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await asyncio.to_thread(self.executor.shutdown, True, cancel_futures=True)
+        self._renewals: set[asyncio.Task] = set()
 
     def _take_session(self):
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
+        if self._idle:
+            return self._idle.pop()
         from sql.execute import Session
         return Session(self.new_kv(), leases=self.leases)
 
     def _give_back(self, session) -> None:
-        with self._lock:
-            if len(self._idle) < GATEWAY_SESSIONS_IDLE_MAX:
-                self._idle.append(session)
+        if len(self._idle) < GATEWAY_SESSIONS_IDLE_MAX:
+            self._idle.append(session)
 
     def _renew(self, names: list[str]) -> None:
-        """Renew schema leases past half their life (on a worker, after the statement that
+        """Renew schema leases past half their life (a statement of its own, after the one that
         found them has answered); a failure only means the next statement reads the catalog."""
         session = self._take_session()
         try:
@@ -117,7 +102,7 @@ class Gateway:
             self._give_back(session)
 
     def _execute(self, session, sql: str, params: list) -> tuple:
-        """Run one statement on `session` (a worker thread); returns (Result, timestamp).
+        """Run one statement on `session` (inside coop.run); returns (Result, timestamp).
 
         What the client may do after a failure decides what it is told. A write conflict met
         before any write of the statement applied (40001) is run again here, at most
@@ -146,7 +131,7 @@ class Gateway:
                 if kv.wrote:
                     raise _completion_unknown(exc) from None
                 raise
-            time.sleep(backoff_delay_s(attempt, self._rng, constants.sql_conflict_backoff_s_min,
+            coop.sleep(backoff_delay_s(attempt, self._rng, constants.sql_conflict_backoff_s_min,
                                        constants.sql_conflict_backoff_s_max))
 
     async def handle(self, args: dict) -> dict:
@@ -159,8 +144,6 @@ class Gateway:
             return _sql_error(SQLError("invalid_parameter", "bad timestamp parameter: %s" % exc))
 
         def run():
-            # The session is ours from here until it is given back, on this thread, after the
-            # statement: even if the awaiting task is cancelled, nobody else runs on it meanwhile.
             session = self._take_session()
             try:
                 try:
@@ -168,11 +151,13 @@ class Gateway:
                 finally:
                     renewals = session.take_renewals()
                     if renewals:
-                        self.executor.submit(self._renew, renewals)
+                        task = self.loop.create_task(coop.run(self._renew, renewals))
+                        self._renewals.add(task)
+                        task.add_done_callback(self._renewals.discard)
             finally:
                 self._give_back(session)
         try:
-            result, ts = await self.loop.run_in_executor(self.executor, run)
+            result, ts = await coop.run(run)
         except SQLError as exc:
             return _sql_error(exc)
         except RaftstoreError as exc:

@@ -1,5 +1,5 @@
 """The SQL gateway of a node, over an in-process node whose KV is sql/memkv.py: statements run
-on a pool wide enough for 64 clients at once, sessions (and their plan caches) are reused, and
+as coroutines on the loop (raftstore.coop), 64 clients' at once, sessions (and their plan caches) are reused, and
 a multi-row INSERT sends its rows' calls together."""
 
 from __future__ import annotations
@@ -70,12 +70,10 @@ class MemNode:
             self.kv.delete(key)
         return Outcome.COMMITTED, {"ts": [2, 0]}
 
-    def batch_blocking(self, ops, timeout_s, header=None):
-        """What a worker thread calls: each op of the batch answered alone (as if every key had
-        a range of its own), on the event loop."""
-        async def all_ops():
-            return await asyncio.gather(*(self.propose_key(op.kind, op.key, op.to_wire(), None) for op in ops))
-        return asyncio.run_coroutine_threadsafe(all_ops(), self.loop).result(timeout_s)
+    async def batch_within(self, ops, timeout_s, header=None):
+        """What a statement waits on: each op of the batch answered alone (as if every key had
+        a range of its own)."""
+        return await asyncio.gather(*(self.propose_key(op.kind, op.key, op.to_wire(), None) for op in ops))
 
     async def scan_keys(self, start, end, limit):
         found = self.kv.scan_versions(start, end, limit)
@@ -88,8 +86,8 @@ def _run(coro):
 
 
 async def _close(gateway: Gateway) -> None:
-    """Wait for the gateway's workers off the loop (their KV calls need the loop running)."""
-    await asyncio.get_running_loop().run_in_executor(None, gateway.executor.shutdown)
+    """Wait for the gateway's background statements (schema lease renewals) to end."""
+    await asyncio.gather(*list(gateway._renewals), return_exceptions=True)
 
 
 def _ok(response: dict) -> dict:

@@ -63,6 +63,18 @@ PEER_PROPOSABLE = CLIENT_OPS | STORE_OPS   # what a peer may hand a range's lead
 _WAKING_MESSAGES = frozenset({"apply_command", "apply_command_response", "request_vote", "response_vote", "timeout_now"})
 
 
+def _complete(replies: list) -> None:
+    """On an asyncio loop: complete the futures of one node-loop iteration's replies (one that
+    its waiter gave up on, cancelled, is skipped)."""
+    for fut, value in replies:
+        if fut.done():
+            continue
+        if isinstance(value, BaseException):
+            fut.set_exception(value)
+        else:
+            fut.set_result(value)
+
+
 class StartupError(Exception):
     """The node cannot start; the message is the one line the user sees."""
 
@@ -147,6 +159,7 @@ class Node:
         self.store: Store | None = None
         self.transports: dict[int, GroupTransport] = {}
         self._calls: collections.deque = collections.deque()
+        self._replies: list = []   # (asyncio future, answer) completed this iteration (_reply)
         self.members: dict[int, dict] | None = None   # node id -> {"addr", "region"}
         self.active: set[int] = set()                 # members seen running with their data
         self.fatal: str | None = None
@@ -591,6 +604,8 @@ class Node:
             if self.store is not None:
                 self.store.sync()
             self.net.flush()
+            if self._replies:
+                self._deliver_replies()
             busy = time.monotonic() - busy_from - self.net.last_wait_s   # frames handled in poll count
             if busy > self.loop_busy_max_s:
                 self.loop_busy_max_s = busy
@@ -599,6 +614,7 @@ class Node:
                 self.loop_stall_count += 1
         if self.store is not None:
             self.store.sync()
+        self._deliver_replies()
 
     def _check_clock(self) -> None:
         unfit = self.offsets.unfit_reason(time.monotonic())
@@ -659,44 +675,32 @@ class Node:
         except concurrent.futures.TimeoutError:
             raise TimeoutError("the node loop did not answer in %.1f s" % timeout_s) from None
 
-    def _proposal_future(self, submit) -> concurrent.futures.Future:
-        """Run submit(store, done) on the node loop; the future gets done's (outcome, result).
-        A thread-safe future: the node loop completes it directly, so a worker thread waiting
-        on it wakes without a detour through an asyncio loop."""
-        fut: concurrent.futures.Future = concurrent.futures.Future()
-
-        def done(outcome, result):
-            # A waiter may cancel the future from its own thread at any moment.
-            with contextlib.suppress(concurrent.futures.InvalidStateError):
-                fut.set_result((outcome, result))
+    async def _proposal(self, submit) -> tuple:
+        """Run submit(store, done) on the node loop; done's (outcome, result), delivered with
+        the iteration's other replies (`_reply`), or the ValueError submit raised."""
+        fut = asyncio.get_running_loop().create_future()
 
         def run():
             if self.store is None:
-                done(Outcome.NOT_COMMITTED, "the cluster has not formed yet")
+                self._reply(fut, (Outcome.NOT_COMMITTED, "the cluster has not formed yet"))
                 return
             try:
-                submit(self.store, done)
+                submit(self.store, lambda outcome, result: self._reply(fut, (outcome, result)))
             except ValueError as exc:
-                with contextlib.suppress(concurrent.futures.InvalidStateError):
-                    fut.set_exception(exc)
+                self._reply(fut, exc)
         self.call_in_loop(run)
-        return fut
+        return await fut
 
-    def _proposal(self, loop: asyncio.AbstractEventLoop, submit) -> asyncio.Future:
-        return asyncio.wrap_future(self._proposal_future(submit), loop=loop)
-
-    # --- the router's face for batches (asyncio and worker threads alike) --------------------------
-    def _batch_future(self, ops: Sequence, header: Header, command_id: bytes | None) -> concurrent.futures.Future:
+    # --- the router's face for batches (asyncio) ------------------------------------------------------
+    def _send_batch(self, ops: Sequence, header: Header, command_id: bytes | None, fut: asyncio.Future) -> None:
         """Send typed ops (kvserver.batch) by the router on the node loop (`Router.send_batch`:
-        one batch per range, the parts concurrently); the future gets one (Outcome, result) per
-        op, in order, completed by the node loop itself (no asyncio detour for a worker thread),
-        or the ValueError of a batch refused before anything was sent. The header's write
-        timestamp, unless the caller set one, is this gateway's HLC time when the batch leaves."""
-        fut: concurrent.futures.Future = concurrent.futures.Future()
-
+        one batch per range, the parts concurrently); `fut` (an asyncio future) gets one
+        (Outcome, result) per op, in order, or the ValueError of a batch refused before anything
+        was sent. Its completion is one of the node loop's replies (`_reply`), delivered to
+        asyncio together at the end of the loop's iteration. The header's write timestamp,
+        unless the caller set one, is this gateway's HLC time when the batch leaves."""
         def done(answers: list) -> None:
-            with contextlib.suppress(concurrent.futures.InvalidStateError):   # a waiter may have cancelled
-                fut.set_result(answers)
+            self._reply(fut, answers)
 
         def run() -> None:
             if self.store is None:
@@ -724,28 +728,43 @@ class Node:
                 else:
                     done(answers)
             except ValueError as exc:
-                with contextlib.suppress(concurrent.futures.InvalidStateError):
-                    fut.set_exception(exc)
+                self._reply(fut, exc)
         self.call_in_loop(run)
-        return fut
+
+    def _reply(self, fut: asyncio.Future, value: Any) -> None:
+        """On the node loop: complete an asyncio future (with `value`, or raise it if it is an
+        exception) once this loop iteration ends, with every other reply of the iteration in one
+        hand-off (`_deliver_replies`)."""
+        self._replies.append((fut, value))
+
+    def _deliver_replies(self) -> None:
+        """On the node loop, once per iteration: hand the iteration's replies to their asyncio
+        loop (one `call_soon_threadsafe`, so one wake-up of that loop, however many replies)."""
+        replies, self._replies = self._replies, []
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for fut, value in replies:
+            by_loop.setdefault(fut.get_loop(), []).append((fut, value))
+        for loop, batch in by_loop.items():
+            with contextlib.suppress(RuntimeError):   # that loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(_complete, batch)
 
     async def batch(self, ops: Sequence, header: Header = Header(), command_id: bytes | None = None) -> list:
-        """`_batch_future` for a coroutine on an asyncio loop."""
-        return await asyncio.wrap_future(self._batch_future(ops, header, command_id))
+        """`_send_batch` for a coroutine on an asyncio loop: the answers, or the ValueError."""
+        fut = asyncio.get_running_loop().create_future()
+        self._send_batch(ops, header, command_id, fut)
+        return await fut
 
-    def batch_blocking(self, ops: Sequence, timeout_s: float, header: Header = Header()) -> list:
-        """`_batch_future` for a worker thread, waiting at most timeout_s. Never raises: a batch
-        refused before anything was sent (too large, breaking a batch's rules) answers
-        (NOT_COMMITTED, the ValueError) for every op; an op with no answer by the deadline
-        answers AMBIGUOUS if it writes (it may still commit), else NOT_COMMITTED. Every
-        proposal is answered by the Raft layer's own timeout long before."""
-        fut = self._batch_future(ops, header, None)
+    async def batch_within(self, ops: Sequence, timeout_s: float, header: Header = Header()) -> list:
+        """`batch` for a statement (raftstore.coop), waiting at most timeout_s. Never raises
+        but for a cancellation: a batch refused before anything was sent (too large, breaking
+        a batch's rules) answers (NOT_COMMITTED, the ValueError) for every op; an op with no
+        answer by the deadline answers AMBIGUOUS if it writes (it may still commit), else
+        NOT_COMMITTED. Every proposal is answered by the Raft layer's own timeout long before."""
         try:
-            return fut.result(timeout=timeout_s)
+            return await asyncio.wait_for(self.batch(ops, header), timeout_s)
         except ValueError as exc:
             return [(Outcome.NOT_COMMITTED, exc)] * len(ops)
-        except concurrent.futures.TimeoutError:
-            fut.cancel()
+        except asyncio.TimeoutError:
             why = "no answer in %.0f s" % timeout_s
             return [(Outcome.AMBIGUOUS, why + "; it may still commit") if op.writes else (Outcome.NOT_COMMITTED, why)
                     for op in ops]
@@ -753,14 +772,14 @@ class Node:
     async def scan_keys(self, start: bytes, end: bytes | None, limit: int, max_bytes: int = 0) -> tuple:
         """A scan across ranges, by the router on the node loop (`Router.scan`): (Outcome,
         {"rows", "versions", "ts", "resume"})."""
-        return await self._proposal(asyncio.get_running_loop(),
-                                    lambda store, done: self.router.scan(start, end, limit, done, max_bytes=max_bytes))
+        return await self._proposal(
+            lambda store, done: self.router.scan(start, end, limit, done, max_bytes=max_bytes))
 
     async def split(self, key: bytes) -> tuple:
         """Split the range holding key at key: routed like a client's command to the range's
         leader, which splits with its own descriptor (Store.evaluate_and_propose, ADMIN_SPLIT)."""
-        return await self._proposal(asyncio.get_running_loop(),
-                                    lambda store, done: self.router.send(ADMIN_SPLIT, key, {"key": key}, None, done))
+        return await self._proposal(
+            lambda store, done: self.router.send(ADMIN_SPLIT, key, {"key": key}, None, done))
 
     async def status(self) -> dict:
         loop = asyncio.get_running_loop()

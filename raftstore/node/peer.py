@@ -177,6 +177,7 @@ class PeerNetwork:
         self.wake_r.setblocking(False)
         self.wake_w.setblocking(False)
         self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
+        self._wake_pending = False
         self.conns: set[_Conn] = set()
         self.peers: dict[int, _Conn] = {}        # open, hello'ed, deduplicated
         self.dialing: dict[str, _Conn] = {}      # by address
@@ -187,6 +188,12 @@ class PeerNetwork:
 
     # --- wake-up from other threads ---------------------------------------------------------
     def wake(self) -> None:
+        """Make the loop's poll return (from any thread). One byte per wake-up, not per call:
+        while a byte is pending (`_wake_pending`, cleared by the loop before it reads the calls
+        handed in), another wake is a no-op - a system call saved per request under load."""
+        if self._wake_pending:
+            return
+        self._wake_pending = True
         try:
             self.wake_w.send(b"x")
         except (BlockingIOError, OSError):
@@ -266,6 +273,9 @@ class PeerNetwork:
                         pass
                 except (BlockingIOError, OSError):
                     pass
+                # After the byte is read and before the node loop takes the calls handed in: a
+                # call appended after this line wakes again; one before it is taken this time.
+                self._wake_pending = False
             else:
                 conn = key.data
                 if conn not in self.conns:

@@ -1,16 +1,16 @@
 """The SQL engine's KV (the `sql.kv.KV` Protocol) over a running node: what the composition
 root (raftstore.server.main) gives the SQL gateway for its sessions. Every call goes to the
-node's router as typed batches (`Node.batch_blocking`, `Node.scan_keys`), so sql/ knows nothing
-of the node, its outcomes or its batches. tests/test_kv_contract.py runs the KV contract on it."""
+node's router as typed batches (`Node.batch_within`, `Node.scan_keys`), so sql/ knows nothing
+of the node, its outcomes or its batches. A statement runs as a coroutine on the client port's
+loop (raftstore.coop): each call suspends the statement, not a thread, until the node answers. tests/test_kv_contract.py runs the KV contract on it."""
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 from collections.abc import Sequence
 from typing import Any
 
-from raftstore import constants
+from raftstore import constants, coop
 from raftstore.errors import AmbiguousCommitError, RaftstoreError, TooLargeError, UnavailableError
 from raftstore.kvserver.batch import Check, CompareAndSwap, ConditionalPut, Delete, Get, GetForUpdate, Header, Put
 from raftstore.raft.commands import Outcome
@@ -45,10 +45,12 @@ def _not_swapped(result: dict) -> WriteResult:
 
 
 class NodeKV:
-    """The SQL engine's KV (the `sql.kv.KV` Protocol) over a running node: blocking, called
-    from a worker thread. Every call is a typed batch sent by the node's router
-    (`Node.batch_blocking`: one batch per range, the parts concurrently, answered straight to
-    this thread), GATEWAY_KV_FANOUT_MAX ops at a time.
+    """The SQL engine's KV (the `sql.kv.KV` Protocol) over a running node: blocking for its
+    caller, which is a statement run by raftstore.coop on the client port's loop (the call
+    suspends the statement while the loop awaits the node), or any other thread (the call
+    blocks that thread on the loop). Every call is a typed batch sent by the node's router
+    (`Node.batch_within`: one batch per range, the parts concurrently), GATEWAY_KV_FANOUT_MAX ops
+    at a time.
 
     Per statement (`begin_statement` resets them): `max_ts`, the highest timestamp seen, and
     `wrote`, whether any write applied or may have - after which no failure of the statement
@@ -103,15 +105,22 @@ class NodeKV:
         kind = "write" if window and window[0].writes else "get"
         record_step(self._trace, [self._part(kind, keys, None, answer) for answer, keys in parts.values()])
 
+    def _wait(self, coro):
+        """The result of a coroutine on the client port's loop: inside a statement, the
+        statement waits (raftstore.coop.wait); on any other thread, the thread blocks."""
+        if coop.in_statement():
+            return coop.wait(coro)
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
     def _run(self, coro):
-        """A read-only node call (scan, status) that lives on the asyncio loop."""
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return future.result(timeout=GATEWAY_KV_CALL_TIMEOUT_S)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise UnavailableError("a KV call of this statement got no answer in %.0f s"
-                                   % GATEWAY_KV_CALL_TIMEOUT_S) from None
+        """A read-only node call (scan, status), within GATEWAY_KV_CALL_TIMEOUT_S."""
+        async def bounded():
+            try:
+                return await asyncio.wait_for(coro, GATEWAY_KV_CALL_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                raise UnavailableError("a KV call of this statement got no answer in %.0f s"
+                                       % GATEWAY_KV_CALL_TIMEOUT_S) from None
+        return self._wait(bounded())
 
     def _batch(self, ops: list, *, stop_after_failure: bool = False, header: Header = Header(),
                ops_max: int = GATEWAY_KV_FANOUT_MAX) -> list:
@@ -121,7 +130,7 @@ class NodeKV:
         answers are then fewer than the ops)."""
         answers: list = []
         for window in _windows(ops, ops_max):
-            got = self.node.batch_blocking(window, GATEWAY_KV_CALL_TIMEOUT_S, header)
+            got = self._wait(self.node.batch_within(window, GATEWAY_KV_CALL_TIMEOUT_S, header))
             self._traced(window, got)
             for op, (outcome, result) in zip(window, got):
                 if outcome is Outcome.COMMITTED and isinstance(result, dict) and isinstance(result.get("ts"), list):
@@ -136,7 +145,7 @@ class NodeKV:
 
     @staticmethod
     def _error(outcome: Outcome, result: Any, write: bool) -> RaftstoreError:
-        """The error for an op that did not commit (see node.batch_blocking)."""
+        """The error for an op that did not commit (see Node.batch_within)."""
         if isinstance(result, ValueError):   # refused before proposing: nothing of it applied
             return TooLargeError("a row of this statement is too large to replicate (%s)" % result)
         if outcome is Outcome.AMBIGUOUS and write:
