@@ -273,29 +273,71 @@ def profile_markdown(p: dict) -> list[str]:
                                for f in s["top_self"][:profile_functions_shown]], {"self %", "total %"})
     steps = p.get("statement_steps")
     if steps:
-        mean, ops = p.get("mean_ms"), p.get("ops")
-        on_worker = 1000.0 * steps["statement_s"] / ops if ops else None
-        lines += ["", "Where a statement's wall-clock time goes on its gateway %s (leaseholder %s, meta range led "
-                  "from %s): py-spy --idle of the gateway, %d statement samples on %d SQL worker thread%s, busy "
-                  "%.0f%% of the time." % (
-                      p.get("gateway", "?"), p.get("leaseholder", "?"), p.get("meta_leaseholder_region") or "?",
-                      steps["samples"], steps["threads"], "" if steps["threads"] == 1 else "s",
-                      steps["threads_busy_pct"])]
-        if on_worker is not None and mean:
-            lines[-1] += (" A statement spends ≈ %s ms on a worker thread (sampled worker time / %d statements) "
-                          "of its mean latency %s ms%s." % (
-                              fmt_ms(on_worker), ops, fmt_ms(mean),
-                              "; the other ≈ %s ms it waits for a free worker" % fmt_ms(mean - on_worker)
-                              if mean - on_worker > 0.1 * mean else ""))
-        lines.append("")
-        lines += _md_table(["share %", "≈ ms", "step (our frames, outermost first)"],
-                           [["%.0f" % st["pct"], fmt_ms(st["pct"] / 100.0 * on_worker) if on_worker else "-",
-                             "`%s` (%s)" % (st["step"], st["file"])] for st in steps["steps"]], {"share %", "≈ ms"})
+        lines += [""] + statement_time_markdown(p, steps)
     if p.get("wall_by_thread"):
         lines += ["", "Wall-clock time of each leaseholder thread, waiting included (py-spy --idle, innermost frame):", ""]
         for t in p["wall_by_thread"]:
             lines.append("- `%s`: %s" % (t["thread"], ", ".join(
                 "`%s` %.0f%%" % (f["function"], f["pct"]) for f in t["top"][:profile_wall_shown])))
+    return lines
+
+
+main_thread_saturated_pct = 90   # busier than this, the main thread is what statements queue for
+
+
+def statement_time_markdown(p: dict, steps: dict) -> list[str]:
+    """The gateway's side of a statement, from bench/profile_view.py's `statement_steps`: its time
+    running on the main thread by step, the main thread's other work and idle time, each per
+    statement, and the rest of the mean latency as waits the samples cannot divide."""
+    ops_s, mean = p.get("throughput_ops_s"), p.get("mean_ms")
+    per = 1000.0 / ops_s if ops_s else None    # the main thread's wall-clock ms per statement
+
+    def ms(pct: float) -> str:
+        return fmt_ms(pct / 100.0 * per) if per else "-"
+
+    running = steps["statement_pct"] / 100.0 * per if per else None
+    lines = ["Where a statement's wall-clock time goes on its gateway %s (leaseholder %s, meta range led from %s): "
+             "py-spy --idle of the gateway. Statements run as coroutines on its main thread (`%s`, raftstore/coop.py), "
+             "which py-spy sampled for %.2f s%s. py-spy sees a statement only while it is switched in, and cannot "
+             "tell a thread running from one waiting for the GIL." % (
+                 p.get("gateway", "?"), p.get("leaseholder", "?"), p.get("meta_leaseholder_region") or "?",
+                 steps["thread"], steps["wall_s"],
+                 ": at %.0f statements/s it has %s ms of wall-clock time per statement" % (ops_s, fmt_ms(per))
+                 if per else ""), ""]
+    lines.append("- running statements: ≈ %s ms per statement (%.0f%% of the main thread, %d samples), by step "
+                 "in the first table;" % (ms(steps["statement_pct"]), steps["statement_pct"], steps["samples"]))
+    lines.append("- its other work (client port I/O, asyncio, the loop's side of statements and their KV calls): "
+                 "≈ %s ms (%.0f%%), in the second table;" % (ms(steps["other_pct"]), steps["other_pct"]))
+    lines.append("- idle, waiting in select: ≈ %s ms (%.0f%%)." % (ms(steps["idle_pct"]), steps["idle_pct"]))
+    if steps["offloaded_s"] and steps["wall_s"]:
+        lines.append("- besides, statement code on other threads (e.g. long texts parsed by coop.offload): "
+                     "≈ %s ms per statement." % ms(100.0 * steps["offloaded_s"] / steps["wall_s"]))
+    busy = steps["busy_pct"]
+    others = "; ".join("`%s` %.0f%%" % (t["thread"], t["busy_pct"]) for t in steps["loop_threads"])
+    rest = ""
+    if running is not None and mean:
+        rest = ("Of the mean latency %s ms, ≈ %s ms is the statement running on the main thread; the other "
+                "≈ %s ms it waits: suspended on its KV batches (the node loop, Raft replication, the leader's log "
+                "sync and apply), ready but waiting for the main thread, or outside the statement (the request's "
+                "way in and the answer's way out, which the main thread's other work is part of; the client and "
+                "its network). " % (fmt_ms(mean), fmt_ms(running), fmt_ms(max(mean - running, 0.0))))
+    rest += ("A suspended statement has no stack, so the samples cannot divide those waits. They show how busy "
+             "the threads that serve them were (not in select): the main thread %.0f%%%s%s. " % (
+                 busy, ", other threads with a select loop: " if others else "", others))
+    if busy >= main_thread_saturated_pct:
+        rest += "The main thread is saturated: statements ready to go on queue for it, a part of the wait."
+    else:
+        rest += ("The main thread is not saturated, so statements queue for it only while it is busy, e.g. "
+                 "behind a burst of others resumed together; for how long, the samples cannot say.")
+    lines += ["", rest, ""]
+    lines += _md_table(["share %", "≈ ms", "statement step (our frames, outermost first)"],
+                       [["%.0f" % st["pct"], ms(st["pct"] * steps["statement_pct"] / 100.0),
+                         "`%s` (%s)" % (st["step"], st["file"])] for st in steps["steps"]], {"share %", "≈ ms"})
+    lines.append("")
+    lines += _md_table(["main thread %", "≈ ms", "other work on the main thread (our frames, then the call they make)"],
+                       [["%.0f" % o["pct"], ms(o["pct"]),
+                         "`%s`" % o["work"] + (" (%s)" % o["file"] if o["file"] else "")] for o in steps["other"]],
+                       {"main thread %", "≈ ms"})
     return lines
 
 

@@ -110,31 +110,104 @@ def test_throughput_targets_compare_64_clients_with_etcd_and_with_3000_per_secon
     assert verdicts["leaseholder_insert"]["status"] == targets.NOT_MEASURED
 
 
-def test_a_statements_wall_time_is_split_by_the_kv_call_it_waits_in():
+# A synthetic py-spy --idle document of a gateway: frames as py-spy writes them (outermost first).
+_LOOP = [("BaseEventLoop.run_forever", "/usr/lib/python3.11/asyncio/base_events.py"),
+         ("BaseEventLoop._run_once", "/usr/lib/python3.11/asyncio/base_events.py"),
+         ("Handle._run", "/usr/lib/python3.11/asyncio/events.py")]
+_SELECT = [_LOOP[0], _LOOP[1], ("EpollSelector.select", "/usr/lib/python3.11/selectors.py")]
+_ENTRY = [("Gateway.handle.<locals>.run", "/src/sql/gateway.py"), ("Gateway._execute", "/src/sql/gateway.py"),
+          ("Session.execute", "/src/sql/execute.py")]
+_HANDLE = [("ClientServer._answer", "/src/raftstore/server/client_port.py"),
+           ("ClientServer._handle", "/src/raftstore/server/client_port.py"),
+           ("Gateway.handle", "/src/sql/gateway.py"), ("run", "/src/raftstore/coop.py")]
+_PLAN = _ENTRY + [("Session._plan", "/src/sql/execute.py"), ("NodeKV.get", "/src/raftstore/server/nodekv.py"),
+                  ("NodeKV._batch", "/src/raftstore/server/nodekv.py")]
+_WRITE = _ENTRY + [("Session._insert", "/src/sql/execute.py"),
+                   ("NodeKV.write_if_many", "/src/raftstore/server/nodekv.py"), ("wait", "/src/raftstore/coop.py")]
+_ANSWER = _LOOP + [("ClientServer._answer", "/src/raftstore/server/client_port.py"),
+                   ("StreamWriter.write", "/usr/lib/python3.11/asyncio/streams.py"),
+                   ("_SelectorSocketTransport.write", "/usr/lib/python3.11/asyncio/selector_events.py")]
+# the loop's side of a statement: Gateway.handle (sql/) awaiting the statement's KV batch, no statement running
+_HANDOFF = _LOOP + _HANDLE + [("Node.batch_within", "/src/raftstore/node/loop.py"),
+                              ("wait_for", "/usr/lib/python3.11/asyncio/tasks.py")]
+# the loop's side too: Gateway.handle (sql/) turning the result into the answer, no coop.run below it
+_ROWS = _LOOP + _HANDLE[:3] + [("_wire_value", "/src/sql/gateway.py")]
+_READ = _LOOP + [("_SelectorSocketTransport._read_ready", "/usr/lib/python3.11/asyncio/selector_events.py"),
+                 ("BufferedProtocol.data_received", "/usr/lib/python3.11/asyncio/streams.py")]
+_NODE_BUSY = [("Node._loop", "/src/raftstore/node/loop.py"), ("RealLogFile.sync", "/src/raftstore/raft/journal.py")]
+_PARSE = [("Thread._bootstrap", "/usr/lib/python3.11/threading.py"), ("parse", "/src/sql/parser.py")]
+
+
+def _speedscope(threads: dict[str, list[list[tuple[str, str]]]]) -> dict:
+    frames: list[tuple[str, str]] = []
+
+    def index(frame):
+        if frame not in frames:
+            frames.append(frame)
+        return frames.index(frame)
+    profiles = [{"name": 'Thread %d "%s"' % (7000 + n, name), "samples": [[index(f) for f in s] for s in samples],
+                 "weights": [0.01] * len(samples)} for n, (name, samples) in enumerate(threads.items())]
+    return {"shared": {"frames": [{"name": n, "file": f, "line": 1} for n, f in frames]}, "profiles": profiles}
+
+
+def _gateway_doc(**main_overrides) -> dict:
+    main = {"plan": [_PLAN] * 6, "write": [_WRITE] * 2, "answer": [_ANSWER] * 4, "handoff": [_HANDOFF],
+            "rows": [_ROWS],
+            "read": [_READ], "empty": [[]], "idle": [_SELECT] * 4}
+    main.update(main_overrides)
+    return _speedscope({"MainThread": [s for samples in main.values() for s in samples],
+                        "node-loop": [_SELECT] * 15 + [_NODE_BUSY] * 5,
+                        "asyncio_0": [_PARSE] * 2,                   # coop.offload: a long text parsed
+                        "raft-snapshot": [_NODE_BUSY] * 3})          # short-lived, never in select
+
+
+def test_statements_time_on_the_main_thread_is_split_by_step_and_the_rest_of_the_thread_by_its_work():
+    from bench.profile_view import NO_FRAME, statement_steps
+    steps = statement_steps(_gateway_doc())
+    assert steps["thread"] == "MainThread" and abs(steps["wall_s"] - 0.20) < 1e-9
+    # only the greenlet's samples are statement time, not Gateway.handle on the loop awaiting a batch
+    assert steps["samples"] == 8 and abs(steps["statement_s"] - 0.08) < 1e-9
+    assert [round(steps[k]) for k in ("statement_pct", "other_pct", "idle_pct", "busy_pct")] == [40, 40, 20, 80]
+    assert [(s["step"], s["file"], round(s["pct"])) for s in steps["steps"]] == [
+        ("Session._plan > NodeKV.get", "raftstore/server/nodekv.py", 75),
+        ("Session._insert > NodeKV.write_if_many > wait", "raftstore/coop.py", 25)]
+    assert [(o["work"], round(o["pct"])) for o in steps["other"]] == [
+        ("ClientServer._answer > StreamWriter.write", 20),
+        ("ClientServer._answer > ClientServer._handle > Gateway.handle > run > Node.batch_within > wait_for", 5),
+        ("ClientServer._answer > ClientServer._handle > Gateway.handle > _wire_value", 5),
+        ("_SelectorSocketTransport._read_ready", 5), (NO_FRAME, 5)]
+    assert abs(steps["offloaded_s"] - 0.02) < 1e-9
+    assert [(t["thread"], round(t["busy_pct"])) for t in steps["loop_threads"]] == [("node-loop", 25)]
+
+
+def test_a_statement_shown_above_coop_run_still_counts_as_one():
     from bench.profile_view import statement_steps
-    frames = [
-        {"name": "handle_sql.<locals>.run", "file": "/src/sql/gateway.py", "line": 1},
-        {"name": "Session.execute", "file": "/src/sql/execute.py", "line": 2},
-        {"name": "Session._plan", "file": "/src/sql/execute.py", "line": 3},
-        {"name": "NodeKV.get", "file": "/src/sql/gateway.py", "line": 4},
-        {"name": "NodeKV._run", "file": "/src/sql/gateway.py", "line": 5},
-        {"name": "Condition.wait", "file": "/usr/lib/python3.11/threading.py", "line": 6},
-        {"name": "Session._insert", "file": "/src/sql/execute.py", "line": 7},
-        {"name": "NodeKV.cas", "file": "/src/sql/gateway.py", "line": 8},
-        {"name": "_worker", "file": "/usr/lib/python3.11/concurrent/futures/thread.py", "line": 9},
-    ]
-    frames.append({"name": "BaseEventLoop.run_forever", "file": "/usr/lib/python3.11/asyncio/base_events.py"})
-    catalog = [0, 1, 2, 3, 4, 5]
-    write = [0, 1, 6, 7, 4, 5]
-    idle = [8]
-    dispatch = [9, 0]          # the event loop thread handing a statement over: not statement time
-    doc = {"shared": {"frames": frames},
-           "profiles": [{"samples": [catalog] * 3 + [write] + [idle] * 10, "weights": [0.01] * 14},
-                        {"samples": [dispatch] * 5, "weights": [0.01] * 5}]}
-    steps = statement_steps(doc)
-    assert steps["samples"] == 4                      # idle samples are not statement time
-    assert steps["threads"] == 1 and round(steps["threads_busy_pct"]) == round(100 * 4 / 14)
-    assert abs(steps["statement_s"] - 0.04) < 1e-9
-    assert [(s["step"], round(s["pct"])) for s in steps["steps"]] == [
-        ("Session._plan > NodeKV.get", 75), ("Session._insert > NodeKV.cas", 25)]
-    assert statement_steps({"shared": {"frames": frames}, "profiles": [{"samples": [idle], "weights": [1]}]}) is None
+    chained = _LOOP + _HANDLE + _PLAN       # a build whose greenlet frames chain to coop.run's
+    steps = statement_steps(_gateway_doc(plan=[chained] * 6))
+    assert steps["samples"] == 8 and round(steps["statement_pct"]) == 40
+    assert steps["steps"][0]["step"] == "Session._plan > NodeKV.get"
+
+
+def test_no_statement_running_in_any_sample_gives_no_statement_steps():
+    from bench.profile_view import statement_steps
+    assert statement_steps(_speedscope({"MainThread": [_SELECT, _ANSWER, _HANDOFF, _ROWS]})) is None
+
+
+def test_the_report_gives_ms_per_statement_and_leaves_the_waits_undivided():
+    from bench.profile_view import statement_steps
+    from bench.report import statement_time_markdown
+    p = {"gateway": "n1 (us-east1)", "leaseholder": "n1 (us-east1)", "throughput_ops_s": 1000.0, "ops": 5000,
+         "mean_ms": 10.0}
+    text = "\n".join(statement_time_markdown(p, statement_steps(_gateway_doc())))
+    # 1000 statements/s: the main thread has 1 ms per statement, 40 % of it running statements
+    assert "1.00 ms of wall-clock time per statement" in text
+    assert "running statements: ≈ 0.40 ms per statement" in text
+    assert ("Of the mean latency 10.0 ms, ≈ 0.40 ms is the statement running on the main thread; "
+            "the other ≈ 9.60 ms it waits") in text
+    assert "| 75 | 0.30 | `Session._plan > NodeKV.get` (raftstore/server/nodekv.py) |" in text
+    assert "| 20 | 0.20 | `ClientServer._answer > StreamWriter.write` (raftstore/server/client_port.py) |" in text
+    assert "statement code on other threads (e.g. long texts parsed by coop.offload): ≈ 0.10 ms per statement" in text
+    assert "cannot divide those waits" in text and "the main thread 80%" in text and "`node-loop` 25%" in text
+    assert "not saturated" in text and "worker" not in text
+    busy = statement_time_markdown(p, statement_steps(_gateway_doc(idle=[])))
+    assert "The main thread is saturated" in "\n".join(busy)
