@@ -49,8 +49,8 @@ def _answers_status(client) -> bool:
 
 @pytest.mark.skipif(not os.path.isdir(FD_DIR), reason="counts descriptors in /proc/self/fd")
 def test_a_closed_node_gives_back_its_ranges_descriptors(tmp_path):
-    # Each range's group holds a journal and pysyncobj's wake-up pipe (the node turns
-    # appendEntriesUseBatch off); Node.close must release them all, as well as its own files.
+    # Each range's group holds a journal (and, were appendEntriesUseBatch off, pysyncobj's
+    # wake-up pipe); Node.close must release them all, as well as its own files.
     before = open_descriptors()
     peer, sql = ("127.0.0.1:%d" % p for p in free_ports(2))
     node = Node(NodeConfig(node_id=1, region="us-east1", peer_addr=peer, sql_addr=sql, join=[peer],

@@ -187,3 +187,30 @@ def test_close_gives_back_the_wake_up_pipe_refuses_proposals_and_may_be_repeated
         group.doTick(0.0)                            # a closed group takes no tick
         w.close()
     assert opened_since(before) == 0
+
+
+def test_a_ticks_proposals_go_to_each_follower_in_one_append_at_once(world):
+    """Twenty proposals made between two ticks reach each follower as one append carrying all
+    twenty, sent by the next tick - not one append per proposal (appendEntriesUseBatch off), nor
+    only when the heartbeat period runs out (pysyncobj's own batching)."""
+    leader = world.leader()
+    group = world.nodes[leader]
+    group.set_append_entries_period(10.0)     # no heartbeat will carry them for us
+    world.run_until(world.clock.t + 0.2)      # the heartbeat already due goes out first
+    appends = []
+    checked = world.check_outgoing
+
+    def record(src, dst, message):
+        if src == leader and message.get("type") == "append_entries" and message.get("entries"):
+            appends.append((dst, world.clock.t, len(message["entries"])))
+        checked(src, dst, message)
+    world.check_outgoing = record
+    proposed_at = world.clock.t
+    got = []
+    for i in range(20):
+        group.propose("put", {"k": "batch-%d" % i}, lambda outcome, result: got.append(outcome))
+    world.run_until(proposed_at + 2.0)
+    assert got == [Outcome.COMMITTED] * 20
+    followers = sorted(n for n in world.ids if n != leader)
+    assert sorted(dst for dst, _, _ in appends) == followers, appends   # one append each
+    assert all(n == 20 and t <= proposed_at + world.cfg.tick_s for _, t, n in appends), appends

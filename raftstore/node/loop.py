@@ -336,7 +336,9 @@ class Node:
 
     # --- ranges ----------------------------------------------------------------------------------
     def _start_groups(self) -> None:
-        conf = dict(appendEntriesUseBatch=False)
+        # Appends go out once per tick with all of its entries (RaftGroup._checkCommandsToApply),
+        # not one per proposal; pysyncobj then also opens no wake-up pipe per group.
+        conf = dict(appendEntriesUseBatch=True)
         conf.update(self.cfg.raft_conf or {})
         self.store = Store(StoreConfig(node_id=self.node_id, replicas=sorted(self.members),
                                        raft_dir=os.path.join(self.cfg.data_dir, "raft"),

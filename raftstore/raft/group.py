@@ -68,6 +68,9 @@ _OVERRIDDEN = (
     "_SyncObj__tryLogCompaction",
     "_SyncObj__generateRaftTimeout",
     "_SyncObj__applyLogEntries",
+    "_SyncObj__sendAppendEntries",
+    "_SyncObj__getCurrentLogIndex",
+    "_checkCommandsToApply",
     "_SyncObj__doApplyCommand",
     "_onTick",
 )
@@ -263,6 +266,8 @@ class RaftGroup(SyncObj):
         self.entries_applied = 0       # log entries applied (a replay after restart not counted)
         self._fail_stop: FailStop | None = None   # raised inside pysyncobj's bare `except:`; re-raised
         self._closed = False
+        self._appended_through = 0   # the last log index, and the commit index, of the last appends sent
+        self._commit_told = 0
         opts = dict(
             autoTick=False,
             appendEntriesUseBatch=True,
@@ -321,7 +326,7 @@ class RaftGroup(SyncObj):
         """Release everything this group holds open; idempotent.
 
         pysyncobj opens, per SyncObj: a wake-up pipe (PipeNotifier, two descriptors, whenever
-        appendEntriesUseBatch is off -- as the node and the split simulator run their groups),
+        appendEntriesUseBatch is off; the node and the split simulator run with it on),
         registered with the group's poller (select.poll or select.select: no descriptor of its
         own); files of snapshots being sent; and the journal. Its destroy() closes only the
         transport and the journal, never the pipe. Here the pipe is unregistered and closed,
@@ -523,6 +528,28 @@ class RaftGroup(SyncObj):
         if self._SyncObj__raftCurrentTerm > term:   # a tick raises the term only to stand for it
             self.elections_started += 1
         return result
+
+    # --- appends: once per tick, all of the tick's entries ---------------------------------------
+    def _checkCommandsToApply(self):
+        """pysyncobj takes the proposals queued since the last tick into its log here. With
+        appendEntriesUseBatch off it sends every follower an append after each one (n messages
+        per follower for n proposals, and n answers back); on, it sends none until its
+        appendEntriesPeriod runs out (pysyncobj's 50-100 ms batching latency). Here, batched:
+        one append per follower at the end of the tick, carrying every new entry and the
+        commit index, whenever the tick added entries or advanced the commit index past what
+        the followers were last told (what the per-command mode sends on each apply)."""
+        SyncObj._checkCommandsToApply(self)
+        if not self._SyncObj__conf.appendEntriesUseBatch or not self._isLeader():
+            return
+        last = self._SyncObj__getCurrentLogIndex()
+        commit = self._SyncObj__raftCommitIndex
+        if last > self._appended_through or commit > self._commit_told:
+            self._SyncObj__sendAppendEntries()
+
+    def _SyncObj__sendAppendEntries(self):
+        self._appended_through = self._SyncObj__getCurrentLogIndex()
+        self._commit_told = self._SyncObj__raftCommitIndex
+        return SyncObj._SyncObj__sendAppendEntries(self)
 
     # --- the four log-matching rules ---------------------------------------------------------
     def _SyncObj__onMessageReceived(self, node, message):

@@ -157,7 +157,7 @@ class SplitWorld:
         disk = self.disks[nid]
         store = Store(StoreConfig(node_id=nid, replicas=self.ids, raft_dir=os.path.join(ndir, "raft"),
                                   range_bytes_max=self.cfg.range_bytes_max, maintain_interval_s=0.2, quiesce=False,
-                                  raft_conf=dict(appendEntriesUseBatch=False, appendEntriesPeriod=0.05,
+                                  raft_conf=dict(appendEntriesUseBatch=True, appendEntriesPeriod=0.05,
                                                  raftMinTimeout=0.4, raftMaxTimeout=0.8, logCompactionMinEntries=60)),
                       mvcc, open_journal=lambda path, disk=disk: disk.open(path),
                       transport_class=lambda gid, nid=nid: (lambda so, s, o: _GroupTransport(self, nid, gid, so, s, o)),
