@@ -62,6 +62,7 @@ max_clock_offset_ns = 500_000_000
 scan_rows_max = 10_000
 scan_bytes_max = 2 * 1024 * 1024        # a batch's scans answer at most this many key+value bytes (then a resume key)
 batch_ops_max = 1_000                   # ops of one batch (one range's part of a request)
+set_fields_width_max = 4096             # a SetFields op's array width (a SQL row's columns)
 increment_abs_max = (1 << 62) - 1       # an Increment's delta, and the value it may make, stay within this
 
 # --- Peer transport ------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 from raftstore import coop
 from sql import types as T
+from sql.types import to_storage
 from sql.catalog import (
     TableSchema,
     catalog_key,
@@ -74,6 +75,7 @@ from sql.plan import (
     ExplainPlan,
     InsertPlan,
     SelectPlan,
+    check_column_value,
     check_row,
     UpdatePlan,
     VirtualAccess,
@@ -612,6 +614,14 @@ class Session:
         schema = plan.schema
         where = plan.where.fn if plan.where is not None else None
         key = self._point_key(plan.access, ctx)
+        if key is not None and plan.blind:
+            fields = self._constant_fields(plan, ctx)
+            if fields is not None:
+                # One write and no read, from any gateway: the row's replicas replace its SET
+                # fields as they apply it (sql/kv.py `set_fields`); whether a row was there is
+                # the row count.
+                count = 1 if self.kv.set_fields(key, len(schema.columns), fields) else 0
+                return Result(rowcount=count, status=f"UPDATE {count}")
         if key is not None and not any(index in schema.pk_indexes for index, _ in plan.sets):
             def decide(found) -> RowWrite | None:
                 if found is None:
@@ -672,6 +682,23 @@ class Session:
                                for key, version, raw, new_row, new_key in changes if new_key == key], redo)
         return Result(rowcount=count, status=f"UPDATE {count}")
 
+    def _constant_fields(self, plan: UpdatePlan, ctx: EvalContext) -> list[tuple[int, object]] | None:
+        """A blind UPDATE's new values, stored form, by column position; None when one of them
+        breaks its column's rules (NOT NULL, type, INT range): PostgreSQL reports that only for
+        a row that matches, so the general path, which reads the row first, decides."""
+        schema = plan.schema
+        no_row = [None] * len(schema.columns)
+        fields = []
+        for index, compiled in plan.sets:
+            column = schema.columns[index]
+            value = compiled.fn(no_row, ctx)
+            try:
+                check_column_value(schema, column, value)
+            except SQLError:
+                return None
+            fields.append((index, to_storage(value, column.type)))
+        return fields
+
     def _apply_sets(self, plan: UpdatePlan, row: list, ctx) -> list:
         new_row = list(row)
         for index, compiled in plan.sets:
@@ -683,6 +710,10 @@ class Session:
         schema = plan.schema
         where = plan.where.fn if plan.where is not None else None
         key = self._point_key(plan.access, ctx)
+        if key is not None and plan.blind:
+            # One delete and no read, from any gateway; it says whether a row was there.
+            count = 1 if self.kv.delete(key) else 0
+            return Result(rowcount=count, status=f"DELETE {count}")
         if key is not None:
             def decide(found) -> RowWrite | None:
                 if found is None or (where is not None and where(decode_row(schema, found[0]), ctx) is not True):

@@ -81,9 +81,14 @@ def explain_ops(plan, ctx: EvalContext, schemas: dict[str, TableSchema | None]) 
         return _insert_ops(plan, ctx)
     if isinstance(plan, UpdatePlan):
         reads = _read_ops(plan.access, ctx, plan.where_text)
+        if plan.blind:
+            return _write_ops(reads, "put", "set_fields: the SET columns of the row, if there is one "
+                                            "(one write, no read)")
         return reads + _write_ops(reads, "put", "cas(old row, new row) per matching row")
     if isinstance(plan, DeletePlan):
         reads = _read_ops(plan.access, ctx, plan.where_text)
+        if plan.blind:
+            return _write_ops(reads, "delete", "delete the row, if there is one (one write, no read)")
         return reads + _write_ops(reads, "delete", "delete per matching row")
     if isinstance(plan, CreateTablePlan):
         key = catalog_key(plan.name)

@@ -173,9 +173,20 @@ class KV(Protocol):
         """Write `value`: a new version of the key, above every earlier one."""
         ...
 
-    def delete(self, key: bytes) -> None:
+    def delete(self, key: bytes) -> bool:
         """Delete the key's live value (none is fine): a tombstone, itself a new version above
-        every earlier one, so a later write's version is higher still."""
+        every earlier one, so a later write's version is higher still. True if there was a live
+        value (decided with the delete)."""
+        ...
+
+    def set_fields(self, key: bytes, width: int, fields: Sequence[tuple[int, object]]) -> bool:
+        """Where the key has a live value - a msgpack array of exactly `width` elements (a row,
+        sql/rowcodec.py) - replace the elements at the positions `fields` names ((position,
+        msgpack-able scalar) pairs, positions distinct and below `width`) and write the result
+        as a new version; where it has none, write nothing. One write, decided where the key's
+        writes are decided, with no read before it. True if there was a live value. A result
+        whose key and value exceed command_bytes_max raises TooLargeError, writing nothing; a
+        live value that is not such an array raises ValueError."""
         ...
 
     def cas(self, key: bytes, expected: bytes | None, new: bytes) -> bool:
@@ -288,6 +299,17 @@ def check_writes(writes: Sequence[Write]) -> None:
         check_key(key)
         if value is not None:
             check_value(value)
+
+
+def check_fields(width: object, fields: object) -> None:
+    """ValueError unless `set_fields`' width and fields are what the contract allows."""
+    if not isinstance(width, int) or isinstance(width, bool) or not 1 <= width <= constants.set_fields_width_max:
+        raise ValueError(f"set_fields' width must be 1..{constants.set_fields_width_max}, got {width!r}")
+    positions = [p for p, _ in fields] if isinstance(fields, Sequence) and all(
+        isinstance(f, tuple) and len(f) == 2 for f in fields) else None
+    if not positions or len(set(positions)) != len(positions) or not all(
+            isinstance(p, int) and not isinstance(p, bool) and 0 <= p < width for p in positions):
+        raise ValueError(f"set_fields' fields must be distinct (position, value) pairs below {width}, got {fields!r}")
 
 
 def check_scan_limit(limit: object) -> None:

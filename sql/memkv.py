@@ -24,10 +24,13 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Sequence
 
+import msgpack
+
 from raftstore import constants
 from raftstore.errors import TooLargeError
 from sql.kv import (WRITE_BATCH_MAX, ConsistencyResult, Locked, RangeInfo, RegionInfo, TraceOp, Version, Write,
-                    WriteResult, check_key, check_scan_limit, check_value, check_writes, record_step, write_each)
+                    WriteResult, check_fields, check_key, check_scan_limit, check_value, check_writes, record_step,
+                    write_each)
 
 DEFAULT_REGIONS = (
     {"node_id": 1, "region": "us-east1"},
@@ -97,11 +100,30 @@ class MemKV:
         self._traced("write", [key])
         self._store(key, value)
 
-    def delete(self, key: bytes) -> None:
+    def delete(self, key: bytes) -> bool:
         self._count("delete")
         check_key(key)
         self._traced("write", [key])
+        found = key in self._data
         self._remove(key)
+        return found
+
+    def set_fields(self, key: bytes, width: int, fields: Sequence[tuple[int, object]]) -> bool:
+        self._count("set_fields")
+        check_key(key)
+        check_fields(width, fields)
+        self._traced("write", [key])
+        if key not in self._data:
+            return False
+        elements = msgpack.unpackb(self._data[key], raw=False)
+        if not isinstance(elements, list) or len(elements) != width:
+            raise ValueError("set_fields of %r: its value is not an array of %d elements" % (key, width))
+        for position, element in fields:
+            elements[position] = element
+        new = msgpack.packb(elements, use_bin_type=True)
+        _check_size(key, new)
+        self._store(key, new)
+        return True
 
     def cas(self, key: bytes, expected: bytes | None, new: bytes) -> bool:
         self._count("cas")

@@ -454,21 +454,28 @@ class InsertPlan:
 
 @dataclass
 class UpdatePlan:
+    """`blind`: a write with no read before it (one `set_fields` of the row's key): the WHERE
+    names exactly one key (`key_only_where`), and every SET value is a constant outside the
+    primary key, so the new row is the old one with those fields replaced."""
     schema: TableSchema
     access: AccessPath
     where: Compiled | None
     sets: list[tuple[int, Compiled]]
     tables: dict[str, TableSchema]
     where_text: str = ""
+    blind: bool = False
 
 
 @dataclass
 class DeletePlan:
+    """`blind`: the WHERE names exactly one key (`key_only_where`): one delete of that key,
+    with no read before it; whether a row was there comes back with it."""
     schema: TableSchema
     access: AccessPath
     where: Compiled | None
     tables: dict[str, TableSchema]
     where_text: str = ""
+    blind: bool = False
 
 
 @dataclass
@@ -1150,22 +1157,27 @@ def plan_insert(
 def check_row(schema: TableSchema, row: list) -> None:
     """NOT NULL, INT range and type of every value of a row about to be written."""
     for column, value in zip(schema.columns, row):
-        if value is None:
-            if column.not_null:
-                raise SQLError(
-                    "not_null_violation",
-                    f'null value in column "{column.name}" of relation "{schema.name}" violates '
-                    "not-null constraint; give it a value",
-                )
-            continue
-        if column.type == T.INT and isinstance(value, int) and not isinstance(value, bool):
-            T.check_int_range(value, f'value for column "{column.name}"')
-        elif T.value_type(value) != column.type:
+        check_column_value(schema, column, value)
+
+
+def check_column_value(schema: TableSchema, column, value) -> None:
+    """NOT NULL, INT range and type of one value about to be written to `column`."""
+    if value is None:
+        if column.not_null:
             raise SQLError(
-                "datatype_mismatch",
-                f'column "{column.name}" is of type {column.type} but the value is of type '
-                f"{T.value_type(value)}",
+                "not_null_violation",
+                f'null value in column "{column.name}" of relation "{schema.name}" violates '
+                "not-null constraint; give it a value",
             )
+        return
+    if column.type == T.INT and isinstance(value, int) and not isinstance(value, bool):
+        T.check_int_range(value, f'value for column "{column.name}"')
+    elif T.value_type(value) != column.type:
+        raise SQLError(
+            "datatype_mismatch",
+            f'column "{column.name}" is of type {column.type} but the value is of type '
+            f"{T.value_type(value)}",
+        )
 
 
 def assign(
@@ -1254,8 +1266,10 @@ def plan_update(node: exp.Update, tables) -> UpdatePlan:
     if where_node is not None:
         where = Compiler(scope, clause="WHERE").compile_condition(where_node.this, "WHERE")
         parts = conjuncts(where_node.this)
-    return UpdatePlan(schema, plan_access(schema, 0, parts, scope), where, sets,
-                      {schema.name: schema}, _where_text(where_node))
+    access = plan_access(schema, 0, parts, scope)
+    blind = (key_only_where(schema, parts, scope) and all(compiled.const for _, compiled in sets)
+             and not any(index in schema.pk_indexes for index, _ in sets))
+    return UpdatePlan(schema, access, where, sets, {schema.name: schema}, _where_text(where_node), blind)
 
 
 def plan_delete(node: exp.Delete, tables) -> DeletePlan:
@@ -1267,7 +1281,30 @@ def plan_delete(node: exp.Delete, tables) -> DeletePlan:
         where = Compiler(scope, clause="WHERE").compile_condition(where_node.this, "WHERE")
         parts = conjuncts(where_node.this)
     return DeletePlan(schema, plan_access(schema, 0, parts, scope), where, {schema.name: schema},
-                      _where_text(where_node))
+                      _where_text(where_node), key_only_where(schema, parts, scope))
+
+
+def key_only_where(schema: TableSchema, parts: list[exp.Expr], scope: Scope) -> bool:
+    """Whether the WHERE conjuncts `parts` are all `pk column = constant`, one for each
+    primary-key column: then the row at the key they name matches, and no other row does, so
+    a write to that key needs no read to decide which rows match. (Two equalities on one
+    column may disagree - `k = 1 AND k = 2` - and the key names only one of them.) Not for a
+    FLOAT key column, whose equality and key encoding disagree on -0.0 and NaN."""
+    named: set[str] = set()
+    for part in parts:
+        if not isinstance(part, exp.EQ):
+            return False
+        column = None
+        for side, other in ((part.this, part.expression), (part.expression, part.this)):
+            if isinstance(side, exp.Column) and not isinstance(side.this, exp.Star) and not _has_column(other):
+                _, _, name, number = scope.resolve(side)
+                if number == 0 and name in schema.pk:
+                    column = name
+                    break
+        if column is None or schema.column(column).type == T.FLOAT:  # type: ignore[union-attr]
+            return False
+        named.add(column)
+    return named == set(schema.pk) and len(parts) == len(schema.pk)
 
 
 def _where_text(where_node: exp.Expr | None) -> str:

@@ -17,6 +17,8 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import msgpack
+
 from raftstore import constants
 from raftstore.errors import TooLargeError
 from raftstore.keys import prefix_end
@@ -150,12 +152,13 @@ def check_a_delete_makes_the_key_absent(subject: Subject) -> None:
     key, other = subject.key("gone"), subject.key("stays")
     kv.put(key, b"v")
     kv.put(other, b"w")
-    kv.delete(key)
+    assert kv.delete(key) is True              # it says a live value was there
     assert kv.get(key) is None
     assert kv.get_version(key) is None
     assert kv.get_many([key, other]) == [None, b"w"]
     assert kv.scan(*_span(subject), 10) == [(other, b"w")]
-    kv.delete(subject.key("never-written"))   # deleting nothing is fine
+    assert kv.delete(subject.key("never-written")) is False   # deleting nothing is fine, and says so
+    assert kv.delete(key) is False                              # nor is a second delete of one key
     assert kv.get(subject.key("never-written")) is None
 
 
@@ -446,6 +449,31 @@ def check_a_write_over_the_command_bound_is_too_large_and_applies_nothing(subjec
     assert kv.get(key) is None
     kv.put(key, b"small")
     assert kv.get(key) == b"small"
+
+
+def _array(*elements) -> bytes:
+    return msgpack.packb(list(elements), use_bin_type=True)
+
+
+def check_set_fields_replaces_a_live_rows_fields_as_a_new_version_and_leaves_absent_keys_absent(
+        subject: Subject) -> None:
+    kv = subject.kv
+    row, gone, never = subject.key("row"), subject.key("gone"), subject.key("never")
+    kv.put(row, _array(1, "a", True, None))
+    before = _version(kv, row)
+    assert kv.set_fields(row, 4, [(1, "b"), (3, b"\x00")]) is True
+    assert kv.get(row) == _array(1, "b", True, b"\x00")
+    assert _version(kv, row) > before
+    kv.put(gone, _array(2, "x", False, None))
+    kv.delete(gone)
+    assert kv.set_fields(gone, 4, [(1, "y")]) is False and kv.get(gone) is None
+    assert kv.set_fields(never, 4, [(1, "z")]) is False and kv.get(never) is None
+    _raises(ValueError, kv.set_fields, row, 4, [(4, "past the width")])
+    _raises(ValueError, kv.set_fields, row, 4, [(1, "a"), (1, "b")])
+    big = b"x" * (constants.command_bytes_max // 2)
+    kv.put(row, _array(big, None))
+    _raises(TooLargeError, kv.set_fields, row, 2, [(1, big)])   # the new row would not fit a command
+    assert kv.get(row) == _array(big, None)
 
 
 def check_cas_swaps_only_on_the_expected_value(subject: Subject) -> None:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from raftstore import constants
 from raftstore.kvserver.batch import (BATCH_OP, CONSISTENCIES, OPS, STRONG, BatchRequest, CompareAndSwap, ConditionalPut,
-                                      Delete, Get, Header, Increment, Put, Scan)
+                                      Delete, Get, Header, Increment, Put, Scan, SetFields)
 from raftstore.kvserver.ranges import (META_RANGE_ID, RANGE_KEY_MISMATCH, RangeDescriptor, bootstrap_descriptors,
                                        local_desc_key, mismatch_descriptors)
 from raftstore.kvserver.replica import RangeReplica, desc_ts
@@ -148,6 +148,18 @@ MALFORMED = [
      "more than once"),
     ("an empty key written", {"h": _H, "ops": [["put", {"key": b"", "value": b"1"}]]}, "keys must not be empty"),
     ("an empty key read", {"h": _H, "ops": [["get", {"key": b""}]]}, "keys must not be empty"),
+    ("set_fields without fields", {"h": _H, "ops": [["set_fields", {"key": b"k", "width": 2, "fields": []}]]},
+     "non-empty list"),
+    ("set_fields at its width", {"h": _H, "ops": [["set_fields", {"key": b"k", "width": 2, "fields": [[2, 1]]}]]},
+     "below its width 2"),
+    ("set_fields twice at one position",
+     {"h": _H, "ops": [["set_fields", {"key": b"k", "width": 2, "fields": [[1, 1], [1, 2]]}]]}, "a new position"),
+    ("set_fields of a list value",
+     {"h": _H, "ops": [["set_fields", {"key": b"k", "width": 2, "fields": [[0, [1]]]}]]}, "nil, a bool"),
+    ("set_fields with a negative width",
+     {"h": _H, "ops": [["set_fields", {"key": b"k", "width": -1, "fields": [[0, 1]]}]]}, "width"),
+    ("set_fields with a field not a pair",
+     {"h": _H, "ops": [["set_fields", {"key": b"k", "width": 2, "fields": [[0]]}]]}, "non-empty list"),
 ]
 
 
@@ -249,7 +261,7 @@ def test_a_write_batch_writes_every_key_at_one_timestamp_above_every_keys_newest
     answer = _batch(replica, Put(b"ka", b"A"), ConditionalPut(b"kb", (90, 3), b"B"), CompareAndSwap(b"kc", None, b"C"),
                     Increment(b"kd", 5), Delete(b"ke"), ConditionalPut(b"kf", None, b"F"), ts=(20, 0))
     assert answer == {"ts": [90, 4], "ok": True, "responses": [{}, {"swapped": True}, {"swapped": True},
-                                                                {"value": 12}, {}, {"swapped": True}]}
+                                                                {"value": 12}, {"found": False}, {"swapped": True}]}
     written = {k: _versions(replica, k)[0] for k in (b"ka", b"kb", b"kc", b"kd", b"ke", b"kf")}
     assert written == {b"ka": (90, 4, b"A"), b"kb": (90, 4, b"B"), b"kc": (90, 4, b"C"), b"kd": (90, 4, b"12"),
                        b"ke": (90, 4, None), b"kf": (90, 4, b"F")}
@@ -593,3 +605,31 @@ def test_a_batch_is_proposed_at_the_later_of_its_header_ts_and_the_nodes_clock(h
     assert args["ts"] == proposed
     if writes:                     # and apply writes at it (no newer version of these keys)
         assert _apply(h.store.replicas[R], args)["ts"] == proposed
+
+
+def _row(*elements) -> bytes:
+    return msgpack.packb(list(elements), use_bin_type=True)
+
+
+def test_set_fields_replaces_a_live_arrays_elements_and_writes_nothing_where_there_is_no_value(replica):
+    _write(replica, b"ka", _row(1, "a", True), (5, 0))
+    _write(replica, b"kb", _row(2, "b", False), (6, 0))
+    _write(replica, b"kb", None, (7, 0))                  # deleted: no live value
+    answer = _batch(replica, SetFields(b"ka", 3, ((1, "A"), (2, None))), SetFields(b"kb", 3, ((1, "B"),)),
+                    SetFields(b"kc", 3, ((1, "C"),)), Delete(b"kd"), ts=(10, 0))
+    assert answer == {"ts": [10, 0], "ok": True, "responses": [{"found": True}, {"found": False}, {"found": False},
+                                                                {"found": False}]}
+    assert _versions(replica, b"ka")[0] == (10, 0, _row(1, "A", None))
+    assert _versions(replica, b"kb")[0] == (7, 0, None) and _versions(replica, b"kc") == []
+    assert _batch(replica, Delete(b"ka"), ts=(11, 0))["responses"] == [{"found": True}]
+
+
+@pytest.mark.parametrize("value", [b"not msgpack \xc1", _row(1, "a"), msgpack.packb({"a": 1}), b"7"],
+                         ids=["not msgpack", "two elements", "a map", "a number"])
+def test_set_fields_of_a_value_not_an_array_of_its_width_rejects_the_whole_batch(replica, value):
+    _write(replica, b"kf", value, (5, 0))
+    before = _snapshot(replica, [b"ka", b"kf"])
+    cid = b"f" * constants.command_id_bytes
+    with pytest.raises(CommandError, match="not an array of 3 elements"):
+        _batch(replica, Put(b"ka", b"1"), SetFields(b"kf", 3, ((0, 9),)), ts=(9, 0), cid=cid)
+    assert _snapshot(replica, [b"ka", b"kf"]) == before and not replica.result_of(cid)[0]

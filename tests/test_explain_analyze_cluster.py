@@ -10,6 +10,7 @@ round trip to the leader first). Every process is stopped at the end (Cluster's 
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -104,21 +105,29 @@ def test_a_one_range_multi_row_insert_of_given_keys_is_one_consensus_round(wan):
 
 
 @pytest.mark.slow
-def test_a_primary_key_update_is_one_consensus_round(wan):
+@pytest.mark.parametrize("statement, operations_seen", [
+    ("UPDATE accounts SET owner = 'gus' WHERE id = 7", ["write"]),               # blind: no read at all
+    ("UPDATE accounts SET owner = owner || 's' WHERE id = 7", ["get", "write"]),  # a locking read, no round
+    ("DELETE FROM accounts WHERE id = 7", ["write"]),
+], ids=["constant SET", "SET reads the row", "DELETE"])
+def test_a_primary_key_update_or_delete_is_one_consensus_round(wan, statement, operations_seen):
     raftstore.connect(wan.nodes[0].sql_addr).cursor().execute("UPSERT INTO accounts VALUES (7, 'gil')")
-    rows = analyze(wan.nodes[0], "UPDATE accounts SET owner = 'gus' WHERE id = 7")
+    rows = analyze(wan.nodes[0], statement)
     assert total_rounds(rows) == 1, rows
+    assert [op[OPERATION] for op in operations(rows)] == operations_seen, rows
 
 
 # --- the bound, from measured round trips ----------------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_the_bound_of_an_insert_is_one_round_trip_from_the_leaseholder_and_two_from_another_node(wan):
+def test_the_bound_of_an_insert_or_blind_update_is_one_round_trip_from_the_leaseholder_and_two_from_another(wan):
     leader = wan.node(leaseholder(wan, "accounts"))
     other = next(n for n in wan.nodes if n is not leader)
-    for node, expected_ms, key in ((leader, RTT_MS, 20), (other, 2 * RTT_MS, 21)):
-        rows = analyze(node, "INSERT INTO accounts VALUES ($1, 'b')", [key])
+    for statement, (node, expected_ms, key) in itertools.product(
+            ("INSERT INTO accounts VALUES ($1, 'b')", "UPDATE accounts SET owner = 'c' WHERE id = $1"),
+            ((leader, RTT_MS, 20), (other, 2 * RTT_MS, 21))):
+        rows = analyze(node, statement, [key])
         (op,) = operations(rows)
         assert served_by(op) == leader.node_id, rows      # the lead did not move meanwhile
         total, bound = labelled(rows, "total"), labelled(rows, "bound")

@@ -23,6 +23,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import msgpack
 import pytest
 
 from cluster import LIVENESS_MARGIN_S, Cluster, wait_until
@@ -206,6 +207,27 @@ class LockingReadOfTheDeleted(MemKV):
         return locked if locked.found is not None else Locked(self._last.get(key))
 
 
+class DeleteAlwaysFound(MemKV):
+    """Broken: a delete says a row was there whether or not one was."""
+
+    def delete(self, key):
+        super().delete(key)
+        return True
+
+
+class SetFieldsCreates(MemKV):
+    """Broken: set_fields of a key with no live value writes a row of its fields (a blind
+    UPDATE would then insert)."""
+
+    def set_fields(self, key, width, fields):
+        if self.get(key) is None:
+            row = [None] * width
+            for position, value in fields:
+                row[position] = value
+            self.put(key, msgpack.packb(row, use_bin_type=True))
+        return super().set_fields(key, width, fields)
+
+
 class TraceSerializesParts(MemKV):
     """Broken: the parts of one call in different ranges are traced as steps one after another
     (as if sent one at a time), so the bound would add up what ran concurrently."""
@@ -245,6 +267,8 @@ def test_every_check_passes_on_the_in_memory_kv() -> None:
     (ConfirmByValue, {"check_confirm_holds_only_while_the_key_is_at_the_version_read_and_writes_nothing"}),
     (LockingReadOfTheDeleted, {"check_a_locking_read_answers_the_live_row_and_its_write_applies_on_that_version"}),
     (TraceSerializesParts, {"check_a_trace_records_each_range_operation_between_begin_and_end"}),
+    (DeleteAlwaysFound, {"check_a_delete_makes_the_key_absent"}),
+    (SetFieldsCreates, {"check_set_fields_replaces_a_live_rows_fields_as_a_new_version_and_leaves_absent_keys_absent"}),
 ], ids=lambda p: p.__name__ if isinstance(p, type) else "")
 def test_the_contract_catches_a_broken_in_memory_kv(broken, caught_by) -> None:
     failed = set(_failing_checks(broken))

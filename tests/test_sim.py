@@ -117,7 +117,11 @@ def test_checker_catches_a_build_that_goes_on_after_a_failed_commit_of_applies(m
             return False
     monkeypatch.setattr(group_mod.RaftGroup, "_SyncObj__applyLogEntries", swallow)
     found = _violations(range(1, 41), first_only=True, storage_faults=True)
-    assert found and all(re.search("apply-continuity|acked-lost", v) for v in found.values()), found
+    # A replica that lost a tick's applies either jumps an index (continuity), loses an
+    # acknowledged write, or - since appends go out once per tick - may first be found stuck
+    # behind after the faults settle (liveness; the correct build shows none in 800 runs of
+    # these seeds under four hash seeds).
+    assert found and all(re.search("apply-continuity|acked-lost|liveness", v) for v in found.values()), found
 
 
 def test_checker_catches_a_build_that_keeps_an_entry_its_journal_did_not_write(monkeypatch):

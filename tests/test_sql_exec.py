@@ -67,6 +67,10 @@ class CountingKV:
     def write_if_many(self, writes, *, stop_after_failure=True, lock=None, all_or_nothing=False):
         return write_each(self.write_if, writes, stop_after_failure=stop_after_failure)
 
+    def set_fields(self, key, width, fields):
+        self.log.append(("set_fields", key))
+        return self.kv.set_fields(key, width, fields)
+
     def get_for_update(self, key):
         self.log.append(("get_for_update", key))
         return self.kv.get_for_update(key)
@@ -641,8 +645,19 @@ def test_other_predicates_scan_the_whole_table(orders, kv) -> None:
 
 
 def test_update_and_delete_use_the_same_access_paths(orders, kv) -> None:
-    orders.execute("UPDATE orders SET total = 0 WHERE cust = 1 AND seq = 1")
+    orders.execute("UPDATE orders SET total = total + 1 WHERE cust = 1 AND seq = 1")
     assert [m for m, _ in kv.data_calls()] == ["get_for_update", "write_if"]   # a locking read, one write
+    kv.log.clear()
+    orders.execute("UPDATE orders SET total = 0 WHERE cust = 1 AND seq = 1 AND total > 5")
+    assert [m for m, _ in kv.data_calls()] == ["get_for_update", "write_if"]   # the filter reads the row
+    kv.log.clear()
+    assert orders.execute("UPDATE orders SET total = $1 WHERE cust = 1 AND seq = 1", [7]).rowcount == 1
+    assert [m for m, _ in kv.data_calls()] == ["set_fields"]                    # blind: one write, no read
+    assert rows(orders, "SELECT total FROM orders WHERE cust = 1 AND seq = 1") == [[7]]
+    kv.log.clear()
+    assert orders.execute("DELETE FROM orders WHERE seq = 1 AND cust = 1").rowcount == 1
+    assert orders.execute("DELETE FROM orders WHERE seq = 1 AND cust = 1").rowcount == 0
+    assert [m for m, _ in kv.data_calls()] == ["delete", "delete"]
     kv.log.clear()
     assert orders.execute("DELETE FROM orders WHERE cust = 2").rowcount == 10
     assert [m for m, _ in kv.data_calls()] == ["scan_versions"] + ["write_if"] * 10
@@ -1092,7 +1107,7 @@ def test_a_batched_insert_losing_a_race_takes_back_its_rows(batched) -> None:
     assert len(keys) == 2   # the existing row 5 and the racer's row 9; 8 and 10 were never written
 
 
-# --- one-key writes: a locking read, then one write or a confirm ----------------------------------------
+# --- one-key writes that read the row: a locking read, then one write or a confirm ----------------------
 
 
 def test_a_one_key_update_or_delete_is_a_locking_read_then_one_write_or_a_confirm(db, kv) -> None:
@@ -1102,9 +1117,9 @@ def test_a_one_key_update_or_delete_is_a_locking_read_then_one_write_or_a_confir
         ("UPDATE p SET v = v + 1 WHERE id = 1", 1, ["get_for_update", "write_if"]),
         ("UPDATE p SET v = v + 1 WHERE id = 2", 0, ["get_for_update", "confirm"]),        # no such row
         ("UPDATE p SET v = 0 WHERE id = 1 AND v = 99", 0, ["get_for_update", "confirm"]),   # WHERE is false
-        ("UPDATE p SET v = 11 WHERE id = 1", 1, ["get_for_update", "confirm"]),             # nothing changes
-        ("DELETE FROM p WHERE id = 2", 0, ["get_for_update", "confirm"]),
-        ("DELETE FROM p WHERE id = 1", 1, ["get_for_update", "write_if"]),
+        ("UPDATE p SET v = v * 1 WHERE id = 1", 1, ["get_for_update", "confirm"]),          # nothing changes
+        ("DELETE FROM p WHERE id = 2 AND v > 0", 0, ["get_for_update", "confirm"]),
+        ("DELETE FROM p WHERE id = 1 AND v > 0", 1, ["get_for_update", "write_if"]),
     ]
     for sql, rowcount, calls in cases:
         kv.log.clear()
@@ -1151,3 +1166,56 @@ def test_a_confirm_that_finds_the_row_changed_decides_again_from_the_row_as_it_i
     assert Session(racing).execute("UPDATE p SET v = 0 WHERE id = 1 AND v = 99").rowcount == 1
     assert [m for m, _ in racing.data_calls()][:2] == ["get_for_update", "confirm"]
     assert setup.execute("SELECT v FROM p").rows == [[0]]
+
+
+def test_a_blind_update_or_delete_by_primary_key_answers_as_if_it_had_read_the_row(db, kv) -> None:
+    """One write and no read, with PostgreSQL's answers: the matched row count, nothing written
+    where no row is, and a value its column refuses is an error only when a row matches."""
+    db.execute("CREATE TABLE t (k INT PRIMARY KEY, v TEXT NOT NULL, n INT, f FLOAT)")
+    db.execute("INSERT INTO t VALUES (1, 'a', 10, 1.5)")
+    kv.log.clear()
+    assert db.execute("UPDATE t SET v = 'b', n = $1 WHERE k = 1", [11]).rowcount == 1
+    assert db.execute("UPDATE t SET v = 'c' WHERE k = 2").rowcount == 0
+    assert [m for m, _ in kv.data_calls()] == ["set_fields", "set_fields"]
+    assert rows(db, "SELECT * FROM t") == [[1, "b", 11, 1.5]]                  # no row 2 appeared
+    assert db.execute("UPDATE t SET f = 2 WHERE k = 1").rowcount == 1           # an INT into a FLOAT column
+    assert rows(db, "SELECT f FROM t WHERE k = 1") == [[2.0]]
+    assert db.execute("UPDATE t SET v = NULL WHERE k = 2").rowcount == 0        # no row: no error
+    with pytest.raises(SQLError) as caught:
+        db.execute("UPDATE t SET v = NULL WHERE k = 1")
+    assert caught.value.code == "not_null_violation"
+    with pytest.raises(SQLError) as caught:
+        db.execute("UPDATE t SET n = 9223372036854775808 WHERE k = 1")
+    assert caught.value.code in ("numeric_value_out_of_range", "datatype_mismatch")
+    assert rows(db, "SELECT * FROM t") == [[1, "b", 11, 2.0]]
+    kv.log.clear()
+    assert db.execute("DELETE FROM t WHERE k = 2").rowcount == 0
+    assert db.execute("DELETE FROM t WHERE k = 1").rowcount == 1
+    assert [m for m, _ in kv.data_calls()] == ["delete", "delete"]
+    assert rows(db, "SELECT count(*) FROM t") == [[0]]
+
+
+@pytest.mark.parametrize("sql, blind", [
+    ("UPDATE t SET v = 'x' WHERE k = 1", True),
+    ("UPDATE t SET v = 'x', n = $1 WHERE 1 = k", True),
+    ("UPDATE t SET v = 'x' WHERE k = 1 AND n = 2", False),         # a filter beyond the key
+    ("UPDATE t SET n = n + 1 WHERE k = 1", False),                 # SET reads the row
+    ("UPDATE t SET k = 2 WHERE k = 1", False),                     # moves the row
+    ("UPDATE t SET v = 'x' WHERE k IN (1, 2)", False),             # more than one key
+    ("UPDATE t SET v = 'x' WHERE k = 1 OR k = 2", False),
+    ("UPDATE t SET v = 'x' WHERE k > 1", False),
+    ("UPDATE t SET v = 'x' WHERE k = 1 AND k = 2", False),         # the key names only one of them
+    ("DELETE FROM t WHERE k = $1 AND (nullif(NULL, NULL) = k)", False),
+    ("DELETE FROM t WHERE k = 1", True),
+    ("DELETE FROM t WHERE k = $1 AND n IS NULL", False),
+    ("DELETE FROM t", False),
+    ("DELETE FROM ft WHERE k = 1.0", False),                       # a FLOAT key: -0.0 and NaN
+])
+def test_which_updates_and_deletes_are_blind(db, sql, blind) -> None:
+    from sql.dialect import parse
+    from sql.plan import plan_statement
+    db.execute("CREATE TABLE t (k INT PRIMARY KEY, v TEXT, n INT)")
+    db.execute("CREATE TABLE ft (k FLOAT PRIMARY KEY)")
+    statement = parse(sql)[0]
+    tables = {name: db._schema(name) for name in ("t", "ft")}
+    assert plan_statement(statement, tables).blind is blind

@@ -17,7 +17,7 @@ A batch is a `Header` plus ops for one range (CockroachDB's BatchRequest):
                           stops a scan gives its `resume` key, where to continue
              lock_token   the latches a locking read (GetForUpdate) holds for this write batch
     ops      Get, Scan (reads), GetForUpdate (a locking read: alone in its batch) or Put, Delete,
-             ConditionalPut, CompareAndSwap, Check, Increment (writes)
+             ConditionalPut, CompareAndSwap, Check, Increment, SetFields (writes)
 
 Rules that keep a batch's meaning simple until transactions exist:
   * a batch either reads or writes, never both (a write's own condition is its read);
@@ -30,13 +30,16 @@ Decoding never trusts the bytes: anything malformed raises CommandError, the sam
 every replica. Responses are plain msgpack maps (`BatchResponse.to_wire`), per op:
     Get {value, ts}   Scan {rows [[k, v]], versions [[wall, logical]], resume}
     GetForUpdate {value, ts} and the batch's `lock_token`
-    Put/Delete {}     ConditionalPut/CompareAndSwap/Check {swapped, value, version}   Increment {value}
+    Put {}   Delete {found}   ConditionalPut/CompareAndSwap/Check {swapped, value, version}
+    Increment {value}   SetFields {found}
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+import msgpack
 
 from raftstore import constants
 from raftstore.raft.commands import CommandError
@@ -142,6 +145,8 @@ class Put:
 
 @dataclass(frozen=True)
 class Delete:
+    """Delete the key (a tombstone at the commit timestamp); answers whether a live value was
+    there (`found`), so a DELETE by primary key knows its row count from its one write."""
     key: bytes
     kind: ClassVar[str] = "delete"
     writes: ClassVar[bool] = True
@@ -235,9 +240,69 @@ class Increment:
         return cls(_bytes(args.get("key"), "increment's key"), delta)
 
 
-Op = Get | GetForUpdate | Scan | Put | Delete | ConditionalPut | CompareAndSwap | Check | Increment
+_FIELD_TYPES = (type(None), bool, int, float, str, bytes)
+
+
+@dataclass(frozen=True)
+class SetFields:
+    """Where the key has a live value, a msgpack array of exactly `width` elements, replace the
+    elements at the positions `fields` names ({position: new element}) and write the result;
+    where it has none, write nothing. Answers `found`. Evaluated from the state it applies to,
+    so an UPDATE by primary key whose new values do not depend on the old row is one write,
+    from any gateway, with no read before it. A live value that is not such an array rejects
+    the batch (nothing written)."""
+    key: bytes
+    width: int
+    fields: tuple[tuple[int, Any], ...]
+    kind: ClassVar[str] = "set_fields"
+    writes: ClassVar[bool] = True
+
+    def to_wire(self) -> dict:
+        return {"key": self.key, "width": self.width, "fields": [[i, v] for i, v in self.fields]}
+
+    @classmethod
+    def from_wire(cls, args: dict) -> "SetFields":
+        width = _count(args.get("width"), "set_fields' width", constants.set_fields_width_max)
+        fields = args.get("fields")
+        if not isinstance(fields, list) or not fields:
+            raise CommandError("set_fields' fields must be a non-empty list of [position, value]")
+        seen: set[int] = set()
+        out = []
+        for item in fields:
+            if not (isinstance(item, list) and len(item) == 2):
+                raise CommandError("set_fields' fields must be a non-empty list of [position, value]")
+            position, value = item
+            if not isinstance(position, int) or isinstance(position, bool) or not 0 <= position < width or \
+                    position in seen:
+                raise CommandError("set_fields' position %r is not a new position below its width %d"
+                                   % (position, width))
+            if not isinstance(value, _FIELD_TYPES):
+                raise CommandError("set_fields' value at %d must be nil, a bool, a number, text or bytes" % position)
+            seen.add(position)
+            out.append((position, value))
+        return cls(_bytes(args.get("key"), "set_fields' key"), width, tuple(out))
+
+    def apply_to(self, value: bytes) -> bytes:
+        """The new value: `value` with the fields replaced. CommandError if `value` is not a
+        msgpack array of `width` elements."""
+        try:
+            elements = msgpack.unpackb(value, raw=False)
+        except Exception:
+            elements = None
+        if not isinstance(elements, list) or len(elements) != self.width:
+            raise CommandError("set_fields of %r: its value is not an array of %d elements" % (self.key, self.width))
+        for position, element in self.fields:
+            elements[position] = element
+        new = msgpack.packb(elements, use_bin_type=True)
+        if len(self.key) + len(new) > constants.command_bytes_max:
+            raise CommandError("set_fields of %r would make a value of %d bytes, above command_bytes_max=%d"
+                               % (self.key, len(new), constants.command_bytes_max))
+        return new
+
+
+Op = Get | GetForUpdate | Scan | Put | Delete | ConditionalPut | CompareAndSwap | Check | Increment | SetFields
 OPS: dict[str, type] = {cls.kind: cls for cls in (Get, GetForUpdate, Scan, Put, Delete, ConditionalPut, CompareAndSwap,
-                                                  Check, Increment)}
+                                                  Check, Increment, SetFields)}
 CONDITIONAL = (ConditionalPut, CompareAndSwap, Check)
 
 

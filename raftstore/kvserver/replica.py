@@ -35,7 +35,7 @@ from raftstore import constants
 from raftstore.kvserver.ranges import (FIRST_DATA_RANGE_ID, META_COUNTER_KEY, META_DESC_PREFIX, META_RANGE_ID, MISMATCH,
                                        RANGE_KEY_MISMATCH, RangeDescriptor, local_desc_key, meta_desc_key)
 from raftstore.kvserver.batch import (BATCH_OP, BatchRequest, Check, CompareAndSwap, ConditionalPut, Delete, Get,
-                                      Header, Increment, Put, Scan, decode_int, response_op)
+                                      Header, Increment, Put, Scan, SetFields, decode_int, response_op)
 from raftstore.raft.commands import Command, CommandError
 from raftstore.raft.failstop import FailStop
 from raftstore.raft.group import SnapshotRefused
@@ -360,6 +360,8 @@ class RangeReplica:
             return (found[0] if found is not None else None) == op.expected
         if isinstance(op, Increment):
             decode_int(found[0] if found is not None else None)   # refuses a non-integer
+        if isinstance(op, SetFields) and found is not None and found[0] is not None:
+            op.apply_to(found[0])   # refuses a value that is not an array of its width
         return True
 
     def _write_batch(self, index: int, command: Command, request: BatchRequest, proposed: tuple[int, int],
@@ -392,7 +394,12 @@ class RangeReplica:
                 responses.append({})
             elif isinstance(op, Delete):
                 writes.append((op.key, ts, None))
-                responses.append({})
+                responses.append({"found": f is not None and f[0] is not None})
+            elif isinstance(op, SetFields):
+                live = f is not None and f[0] is not None
+                if live:
+                    writes.append((op.key, ts, op.apply_to(f[0])))
+                responses.append({"found": live})
             elif isinstance(op, ConditionalPut):
                 writes.append((op.key, ts, op.value))
                 responses.append({"swapped": True})

@@ -12,11 +12,12 @@ from typing import Any
 
 from raftstore import constants, coop
 from raftstore.errors import AmbiguousCommitError, RaftstoreError, TooLargeError, UnavailableError
-from raftstore.kvserver.batch import Check, CompareAndSwap, ConditionalPut, Delete, Get, GetForUpdate, Header, Put
+from raftstore.kvserver.batch import (Check, CompareAndSwap, ConditionalPut, Delete, Get, GetForUpdate, Header, Put,
+                                      SetFields)
 from raftstore.raft.commands import Outcome
 from sql.constants import GATEWAY_KV_CALL_TIMEOUT_S, GATEWAY_KV_FANOUT_MAX
 from sql.kv import (WRITE_BATCH_MAX, ConsistencyResult, Locked, RangeInfo, RegionInfo, TraceOp, Version, Write,
-                    WriteResult, check_key, check_scan_limit, check_value, check_writes, held_unwritten, not_sent,
+                    WriteResult, check_fields, check_key, check_scan_limit, check_value, check_writes, held_unwritten, not_sent,
                     record_step)
 
 
@@ -136,7 +137,7 @@ class NodeKV:
                 if outcome is Outcome.COMMITTED and isinstance(result, dict) and isinstance(result.get("ts"), list):
                     self.max_ts = max(self.max_ts, result["ts"])
                 if op.writes and (outcome is Outcome.AMBIGUOUS or (
-                        outcome is Outcome.COMMITTED and result.get("swapped", True))):
+                        outcome is Outcome.COMMITTED and result.get("swapped", result.get("found", True)))):
                     self.wrote = True
             answers.extend(got)
             if stop_after_failure and any(outcome is not Outcome.COMMITTED for outcome, _ in got):
@@ -193,9 +194,22 @@ class NodeKV:
         check_value(value)
         self._one(Put(key, value))
 
-    def delete(self, key: bytes) -> None:
+    def delete(self, key: bytes) -> bool:
         check_key(key)
-        self._one(Delete(key))
+        return bool(self._one(Delete(key))["found"])
+
+    def set_fields(self, key: bytes, width: int, fields: Sequence[tuple[int, object]]) -> bool:
+        """One SetFields op: the range's replicas replace the live row's fields as they apply
+        it (no read first, from any gateway). A rejection is deterministic (kvserver.batch:
+        the result too large, or the value not an array of `width`): nothing was written."""
+        check_key(key)
+        check_fields(width, fields)
+        outcome, result = self._batch([SetFields(key, width, tuple(fields))])[0]
+        if outcome is Outcome.REJECTED:
+            if "command_bytes_max" in str(result):
+                raise TooLargeError("%s; nothing was written" % result)
+            raise ValueError(str(result))
+        return bool(self._check((outcome, result), True)["found"])
 
     def cas(self, key: bytes, expected: bytes | None, new: bytes) -> bool:
         check_key(key)
