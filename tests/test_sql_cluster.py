@@ -142,3 +142,38 @@ def test_with_the_default_matrix_an_insert_through_us_east1_takes_at_least_the_r
             cur.execute("INSERT INTO w VALUES ($1, 'x')", [i])
             took.append(time.perf_counter() - started)
         assert min(took) >= 0.064, took
+
+
+@pytest.mark.slow
+def test_a_long_statement_on_a_node_does_not_hold_back_another_clients_statements(cluster):
+    """Statements are coroutines on the node's client loop (raftstore/coop.py): a cross join
+    computing for seconds yields the loop every few milliseconds, so a point read sent while it
+    runs is answered before it ends. (A build without the checkpoints answers it after.)"""
+    import threading
+
+    node = cluster.nodes[0]
+    setup = raftstore.connect(node.sql_addr).cursor()
+    setup.execute("CREATE TABLE wide (k INT PRIMARY KEY)")
+    for start in range(0, 1500, 500):
+        setup.execute("INSERT INTO wide VALUES " + ", ".join("(%d)" % i for i in range(start, start + 500)))
+    finished: list[str] = []
+    long_sent = threading.Event()
+
+    def long_statement():
+        cur = raftstore.connect(node.sql_addr, timeout_s=300).cursor()
+        long_sent.set()
+        cur.execute("SELECT count(*) FROM wide AS a, wide AS b WHERE a.k + b.k >= 0")   # 2.25 million pairs
+        assert cur.fetchall() == [(1500 * 1500,)]
+        finished.append("long")
+    thread = threading.Thread(target=long_statement)
+    thread.start()
+    try:
+        long_sent.wait(30)
+        time.sleep(0.5)   # well into its join: reading 1,500 rows twice takes milliseconds
+        short = raftstore.connect(node.sql_addr, timeout_s=60).cursor()
+        short.execute("SELECT k FROM wide WHERE k = 7")
+        assert short.fetchall() == [(7,)]
+        finished.append("short")
+    finally:
+        thread.join(300)
+    assert finished == ["short", "long"]
