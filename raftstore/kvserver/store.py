@@ -74,6 +74,11 @@ class StoreConfig:
     quiesce: bool = True                   # idle groups tick rarely; the node heartbeats for them
 
 
+# Raft messages that wake an idle group (keep its timers fast a while); heartbeats and their
+# acknowledgements only tick it.
+WAKING_MESSAGES = frozenset({"apply_command", "apply_command_response", "request_vote", "response_vote", "timeout_now"})
+
+
 def _idle_period(rid: int) -> float:
     """An idle group's tick period: idle_tick_interval_s give or take 25 %, fixed per range, so
     groups that went idle together do not keep ticking together (a thousand ticks in one loop
@@ -134,6 +139,13 @@ class Store:
         self.leader_changes = 0                        # a group newly showing a leader (status, metrics)
         self.led_by: dict[str, set[int]] = {}
         self.maintain_due: set[int] = set()
+        # Quiescence (tick, on_node_heartbeat): when each peer's node was last heard, the groups
+        # it claims to lead that this node disputes (told in our next heartbeat to it), the
+        # groups it disputes (from its last heartbeat), and led groups to send appends at once.
+        self.node_heard: dict[int, float] = {}
+        self.disputes_for: dict[int, set[int]] = {}
+        self.disputes_from: dict[int, set[int]] = {}
+        self.wake_now: dict[int, bool] = {}
         self.snapshot_executor = snapshot_executor
         self.woken: collections.deque[int] = collections.deque()   # snapshot job done (any thread)
         self.checksums = checksums if checksums is not None else ChecksumRegistry()
@@ -284,10 +296,13 @@ class Store:
     def tick(self) -> None:
         """Tick the groups that have something to do: a proposal or message this iteration, or
         a periodic tick for their timers -- every active_tick_interval_s while busy, every
-        idle_tick_interval_s (with slow heartbeats) while idle. Followers of an idle group do
-        not time out because the leader's node sends one heartbeat frame per peer for all its
-        groups (on_node_heartbeat). An iteration costs what the busy groups cost, not what all
-        the groups cost."""
+        idle_tick_interval_s while idle. A leader whose followers all hold its whole log and
+        its commit index sends no heartbeats of its own (RaftGroup.hold_appends), busy or not:
+        its followers do not time out because its node sends one heartbeat frame per peer
+        naming the groups it leads (node_heartbeat, on_node_heartbeat). It sends appends again
+        at its next tick once a proposal, a follower behind, a dropped link or a peer disputing
+        its lead (a new leader, a restarted follower) makes it not caught up. An iteration
+        costs what the busy groups cost, not what all the groups cost."""
         self.checksums.collect()
         now = self.clock()
         active_period = (self.cfg.raft_conf or {}).get("appendEntriesPeriod", constants.append_entries_period_s)
@@ -311,6 +326,8 @@ class Store:
                 busy = True
             self._schedule(rid, now + (constants.active_tick_interval_s if busy else _idle_period(rid)))
             group.set_append_entries_period(active_period if busy else constants.idle_heartbeat_interval_s)
+            if self.cfg.quiesce and group.is_leader():
+                self._quiesce(rid, group)
             self.dirty.add(rid)
             group.doTick(0.0)   # a FailStop or a bug ends the node (crash-only), never a log line
             self._note_leader(rid, group)
@@ -341,14 +358,90 @@ class Store:
                 self.maintain_due.add(rid)   # a new leader checks its meta entry and its size
             self.sizes.pop(rid, None)        # measured again by its next leader (a snapshot may have replaced it)
 
-    def on_node_heartbeat(self, peer_id: int) -> None:
-        """Node peer_id is alive: followers of groups it leads need not start elections.
-        Costs the number of groups that node leads, not the number of groups."""
-        leader = str(peer_id)
-        for rid in list(self.led_by.get(leader, ())):
+    def _quiesce(self, rid: int, group: RaftGroup) -> None:
+        """Before a leader's tick: hold its heartbeats if every follower is caught up and none
+        disputes its lead; else send appends, at this tick if they were held, a peer disputes
+        the lead or a follower lacks entries not sent again yet (each round of a catch-up at
+        once, not a heartbeat period later). While held, pysyncobj hears no replies, so each
+        follower whose node is heard and does not dispute counts as having replied
+        (leaderFallbackTimeout would otherwise depose the leader)."""
+        now = self.wake_now.pop(rid, False) or group.unsent()
+        if now or not group.caught_up():
+            group.resume_appends(now=now)
+            return
+        group.hold_appends()
+        for peer, at in self.node_heard.items():
+            if rid not in self.disputes_from.get(peer, ()):
+                group.heard_from(str(peer), at)
+
+    def on_message(self, range_id: int, message: dict) -> None:
+        """A Raft message for the group arrived (before it is handed to the group)."""
+        if message.get("entries") or message.get("type") in WAKING_MESSAGES:
+            self.touch(range_id)   # heartbeats and their acks leave an idle group idle
+        else:
+            self.mark(range_id)
+
+    def on_peer_up(self, peer_id: int) -> None:
+        """A link to a peer came (back) up: the groups this node leads tick now, and each sends
+        that follower an append (its link dropped, so the group is not caught up): a follower
+        that restarted learns its leader before it times out, one left behind is caught up."""
+        for rid in self.led_by.get(str(self.cfg.node_id), ()):
+            self.mark(rid)
+
+    def leader_claims(self) -> list[int]:
+        """What this node's heartbeat carries to every peer: the groups it leads, as a flat list
+        [range id, term, ...]."""
+        claims: list[int] = []
+        for rid in self.led_by.get(str(self.cfg.node_id), ()):
             group = self.groups.get(rid)
-            if group is not None and group.leader_id() == leader and not group.is_leader():
+            if group is not None and group.is_leader():
+                claims += (rid, group.term)
+        return claims
+
+    def disputes_to(self, peer_id: int) -> list[int]:
+        """What this node's next heartbeat to peer_id carries besides: the range ids of its last
+        claims that this node disputes (each said once)."""
+        return sorted(self.disputes_for.pop(peer_id, ()))
+
+    def on_node_heartbeat(self, peer_id: int, claims: list[int] | None = None, disputes: list[int] | None = None) -> None:
+        """Node peer_id is alive and leads the groups it claims ([range id, term, ...]). A
+        follower of one of them at that term postpones its election; a replica that leads it
+        too wakes its group (its next append, at the higher term, deposes the other leader); a
+        replica that knows a higher term, or another leader, or none, disputes the claim in its
+        next heartbeat, and the claimant then sends that group's appends (which catch up a
+        follower that restarted, and tell a deposed leader nothing: it steps down when pysyncobj's
+        leaderFallbackTimeout passes without replies, as it would have before). Costs the number
+        of groups that node leads, not the number of groups. Without claims (an older peer):
+        every group this node believes peer_id leads postpones its election."""
+        self.node_heard[peer_id] = self.clock()
+        leader = str(peer_id)
+        if claims is None:
+            claims = []
+            for rid in self.led_by.get(leader, ()):
+                group = self.groups.get(rid)
+                if group is not None:
+                    claims += (rid, group.term)
+        disputed = self.disputes_for.setdefault(peer_id, set())
+        it = iter(claims)
+        for rid, term in zip(it, it):
+            group = self.groups.get(rid)
+            if group is None:
+                continue
+            if group.is_leader():
+                if term != group.term:
+                    self.wake_now[rid] = True
+                    self.mark(rid)
+            elif group.term == term and group.leader_id() == leader:
                 group.postpone_election()
+            else:
+                disputed.add(rid)
+        if disputes is not None:
+            self.disputes_from[peer_id] = set(disputes)
+            for rid in disputes:
+                group = self.groups.get(rid)
+                if group is not None and group.is_leader():
+                    self.wake_now[rid] = True
+                    self.mark(rid)
 
     def sync(self) -> None:
         """Sync every journal written since the last call (one fsync per written journal)."""

@@ -87,10 +87,14 @@ class SplitSimConfig:
     resend_fraction: float = 0.2       # writes sent once more, with the same id, after their answer
     tick_s: float = 0.01
     settle_s: float = 12.0
+    quiesce: bool = False              # idle groups tick rarely and caught-up leaders send no
+                                       # heartbeats; every node heartbeats its peers (as a node does)
+    heartbeat_s: float = 0.1           # the node heartbeat's period then (raftMinTimeout is 0.4 here)
 
     def replay_command(self) -> str:
-        return "PYTHONHASHSEED=0 python -m raftstore.sim --splits%s%s --seed %d" % (
-            " --lagging" if self.lagging else "", " --storage-faults" if self.storage_faults else "", self.seed)
+        return "PYTHONHASHSEED=0 python -m raftstore.sim --splits%s%s%s --seed %d" % (
+            " --lagging" if self.lagging else "", " --storage-faults" if self.storage_faults else "",
+            " --quiesce" if self.quiesce else "", self.seed)
 
 
 class _GroupTransport(Transport):
@@ -142,6 +146,7 @@ class SplitWorld:
         self.crashed_at: str | None = None
         self.splits_seen = 0
         self.fail_stops = 0
+        self.appends_sent: list[float] = []   # when each append_entries (heartbeat or not) was sent
 
     # --- nodes --------------------------------------------------------------------------------
     def alive(self, nid: int) -> bool:
@@ -156,7 +161,7 @@ class SplitWorld:
         mvcc = _FaultyMVCCStore(os.path.join(ndir, "store.sqlite"), synchronous="OFF")
         disk = self.disks[nid]
         store = Store(StoreConfig(node_id=nid, replicas=self.ids, raft_dir=os.path.join(ndir, "raft"),
-                                  range_bytes_max=self.cfg.range_bytes_max, maintain_interval_s=0.2, quiesce=False,
+                                  range_bytes_max=self.cfg.range_bytes_max, maintain_interval_s=0.2, quiesce=self.cfg.quiesce,
                                   raft_conf=dict(appendEntriesUseBatch=False, appendEntriesPeriod=0.05,
                                                  raftMinTimeout=0.4, raftMaxTimeout=0.8, logCompactionMinEntries=60)),
                       mvcc, open_journal=lambda path, disk=disk: disk.open(path),
@@ -178,11 +183,15 @@ class SplitWorld:
             self._crashed(nid)
             return
         self.push(self.clock.t + self.cfg.tick_s * self.rng.random(), "tick", (nid, self.incarnation[nid]))
+        if self.cfg.quiesce:
+            self.push(self.clock.t + self.cfg.heartbeat_s * self.rng.random(), "heartbeat", (nid, self.incarnation[nid]))
         for pid in self.ids:
             if pid != nid and self.alive(pid):
                 for (n, gid), t in list(self.transports.items()):
                     if n == pid and t.started and nid in t.peers:
                         t._onNodeConnected(t.peers[nid])
+                if self.cfg.quiesce:
+                    self.stores[pid].on_peer_up(nid)
 
     def _submit_job(self, nid: int, job) -> None:
         """Snapshot work runs later on the simulated clock (as a thread would, while the loop
@@ -234,9 +243,22 @@ class SplitWorld:
     def send(self, src: int, dst: int, gid: int, message: dict) -> bool:
         if not self.alive(dst):
             return False
+        if message.get("type") == "append_entries":
+            self.appends_sent.append(self.clock.t)
         payload = msgpack.packb(message, use_bin_type=True)
         self.push(self.clock.t + 0.002 + 0.003 * self.rng.random(), "msg", (src, dst, gid, self.incarnation[dst], payload))
         return True
+
+    def _heartbeat(self, src: int) -> None:
+        """A node's heartbeat to each live peer (Node._run_loop's), delivered like a message."""
+        store = self.stores[src]
+        claims = store.leader_claims()
+        for dst in self.ids:
+            if dst != src and self.alive(dst):
+                self.push(self.clock.t + 0.002 + 0.003 * self.rng.random(), "call",
+                          lambda dst=dst, inc=self.incarnation[dst], srcinc=self.incarnation[src], disputes=store.disputes_to(dst):
+                          self.alive(src) and self.alive(dst) and inc == self.incarnation[dst] and srcinc == self.incarnation[src]
+                          and self.stores[dst].on_node_heartbeat(src, claims, disputes))
 
     def _deliver(self, src: int, dst: int, gid: int, inc: int, payload: bytes) -> None:
         if not self.alive(dst) or not self.alive(src) or inc != self.incarnation[dst]:
@@ -247,8 +269,12 @@ class SplitWorld:
             t = self.transports.get((dst, gid))
             if t is None:
                 return
-        self.stores[dst].mark(gid)
-        t._onMessageReceived(t.peers[src], msgpack.unpackb(payload, raw=False))
+        message = msgpack.unpackb(payload, raw=False)
+        if self.cfg.quiesce:
+            self.stores[dst].on_message(gid, message)   # as the node does
+        else:
+            self.stores[dst].mark(gid)
+        t._onMessageReceived(t.peers[src], message)
 
     def _send_to_leader(self, nid: int, store: Store, desc, op: str, args: dict, done, cid: bytes) -> None:
         """What a node does with a client's command: hand it to the range's leader as this node
@@ -327,7 +353,7 @@ class SplitWorld:
             while self.queue and self.queue[0][0] <= t_end:
                 t, _, kind, data = heapq.heappop(self.queue)
                 self.clock.t = max(self.clock.t, t)
-                nid = data[0] if kind in ("tick", "job") else data[1] if kind == "msg" else None
+                nid = data[0] if kind in ("tick", "job", "heartbeat") else data[1] if kind == "msg" else None
                 try:
                     if kind == "tick":
                         n, inc = data
@@ -335,6 +361,11 @@ class SplitWorld:
                             self.stores[n].tick()
                             self.stores[n].sync()
                             self.push(self.clock.t + self.cfg.tick_s, "tick", data)
+                    elif kind == "heartbeat":
+                        n, inc = data
+                        if self.alive(n) and inc == self.incarnation[n]:
+                            self._heartbeat(n)
+                            self.push(self.clock.t + self.cfg.heartbeat_s, "heartbeat", data)
                     elif kind == "job":
                         n, inc, job = data
                         if self.alive(n) and inc == self.incarnation[n]:
@@ -355,6 +386,7 @@ class SplitWorld:
             summary = dict(seed=self.cfg.seed, crash=self.crashed_at or "point never reached (%s)" % self.crash_point,
                            acked=len(self.acked), resent=len(self.resent), splits=self.splits_seen,
                            fail_stops=self.fail_stops,
+                           appends_last_3s=sum(1 for t in self.appends_sent if t > t_end - 3.0),
                            ranges=len(local_descriptors(self.mvccs[self.ids[0]])))
             for nid in list(self.stores):
                 self.stores[nid].close()
