@@ -147,6 +147,7 @@ class SplitWorld:
         self.splits_seen = 0
         self.fail_stops = 0
         self.appends_sent: list[float] = []   # when each append_entries (heartbeat or not) was sent
+        self.votes_asked: list[float] = []    # when each request_vote was sent (an election)
 
     # --- nodes --------------------------------------------------------------------------------
     def alive(self, nid: int) -> bool:
@@ -245,6 +246,8 @@ class SplitWorld:
             return False
         if message.get("type") == "append_entries":
             self.appends_sent.append(self.clock.t)
+        elif message.get("type") == "request_vote":
+            self.votes_asked.append(self.clock.t)
         payload = msgpack.packb(message, use_bin_type=True)
         self.push(self.clock.t + 0.002 + 0.003 * self.rng.random(), "msg", (src, dst, gid, self.incarnation[dst], payload))
         return True
@@ -386,7 +389,8 @@ class SplitWorld:
             summary = dict(seed=self.cfg.seed, crash=self.crashed_at or "point never reached (%s)" % self.crash_point,
                            acked=len(self.acked), resent=len(self.resent), splits=self.splits_seen,
                            fail_stops=self.fail_stops,
-                           appends_last_3s=sum(1 for t in self.appends_sent if t > t_end - 3.0),
+                           appends=len(self.appends_sent), appends_last_3s=sum(1 for t in self.appends_sent if t > t_end - 3.0),
+                           votes_asked_last_3s=sum(1 for t in self.votes_asked if t > t_end - 3.0),
                            ranges=len(local_descriptors(self.mvccs[self.ids[0]])))
             for nid in list(self.stores):
                 self.stores[nid].close()
