@@ -362,17 +362,18 @@ class Store:
         """Before a leader's tick: hold its heartbeats if every follower is caught up and none
         disputes its lead; else send appends, at this tick if they were held, a peer disputes
         the lead or a follower lacks entries not sent again yet (each round of a catch-up at
-        once, not a heartbeat period later). While held, pysyncobj hears no replies, so each
-        follower whose node is heard and does not dispute counts as having replied
-        (leaderFallbackTimeout would otherwise depose the leader)."""
-        now = self.wake_now.pop(rid, False) or group.unsent()
-        if now or not group.caught_up():
-            group.resume_appends(now=now)
-            return
-        group.hold_appends()
+        once, not a heartbeat period later). A held leader hears no replies, and a catching-up
+        one few (its idle heartbeat period is longer than pysyncobj's leaderFallbackTimeout
+        allows), so each follower whose node was heard and did not dispute the claim of this
+        group in its last heartbeat counts as having replied then."""
         for peer, at in self.node_heard.items():
             if rid not in self.disputes_from.get(peer, ()):
                 group.heard_from(str(peer), at)
+        now = self.wake_now.pop(rid, False) or group.unsent()
+        if now or not group.caught_up():
+            group.resume_appends(now=now)
+        else:
+            group.hold_appends()
 
     def on_message(self, range_id: int, message: dict) -> None:
         """A Raft message for the group arrived (before it is handed to the group)."""
@@ -804,7 +805,8 @@ class Store:
                         "applied_index": group.raftLastApplied, "bytes": self.sizes.get(rid),
                         "snapshots_installed": group.snapshots_installed,
                         "snapshots_created": group.snapshots_created,
-                        "evaluation_misses": rep.evaluation_misses})
+                        "evaluation_misses": rep.evaluation_misses,
+                        "quiet": group.is_leader() and group.appends_held()})   # a leader sending no heartbeats
         return out
 
     def close(self, *, sync: bool = True) -> None:

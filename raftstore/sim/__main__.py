@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiesce", action="store_true",
                    help="with --splits: idle groups quiesce as on a node (caught-up leaders send no heartbeats; "
                         "node heartbeats keep followers waiting)")
+    p.add_argument("--partition-s", type=float, default=0.0,
+                   help="with --splits: cut off the node leading the most ranges this long once the writes are done")
+    p.add_argument("--leader-fallback-s", type=float, default=2.5,
+                   help="with --splits --quiesce: pysyncobj's leaderFallbackTimeout")
+    p.add_argument("--crash-point", default=None, help="with --splits: the split step to crash at ('none': no crash)")
     p.add_argument("--keep-going", action="store_true", help="count violations instead of stopping at the first")
     p.add_argument("-v", "--verbose", action="store_true", help="print each seed's summary")
     args = p.parse_args(argv)
@@ -53,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
             from raftstore.sim.split_world import SplitSimConfig, run_split_seed
             run = lambda seed=seed: run_split_seed(SplitSimConfig(seed=seed, lagging=args.lagging,
                                                                            storage_faults=args.storage_faults,
-                                                                           quiesce=args.quiesce))  # noqa: E731
+                                                                           quiesce=args.quiesce,
+                                                                           partition_s=args.partition_s,
+                                                                           leader_fallback_s=args.leader_fallback_s,
+                                                                           crash_point=args.crash_point))  # noqa: E731
         else:
             cfg = SimConfig(seed=seed, target=args.target, fsync_works=not args.fsync_off,
                             write_through=args.write_through, crashes=not args.no_crashes,

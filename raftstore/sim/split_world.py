@@ -90,11 +90,19 @@ class SplitSimConfig:
     quiesce: bool = False              # idle groups tick rarely and caught-up leaders send no
                                        # heartbeats; every node heartbeats its peers (as a node does)
     heartbeat_s: float = 0.1           # the node heartbeat's period then (raftMinTimeout is 0.4 here)
+    leader_fallback_s: float = 2.5     # quiesced: pysyncobj's leaderFallbackTimeout (nodes: 30 s), short
+                                       # enough that a leader it deposes shows in a run
+    partition_s: float = 0.0           # > 0: once the writes are done, the node leading the most
+                                       # ranges is cut off this long (silently: its links stay up,
+                                       # every frame is lost); at the end every range must have
+                                       # one leader all nodes agree on
 
     def replay_command(self) -> str:
-        return "PYTHONHASHSEED=0 python -m raftstore.sim --splits%s%s%s --seed %d" % (
+        return "PYTHONHASHSEED=0 python -m raftstore.sim --splits%s%s%s%s --seed %d" % (
             " --lagging" if self.lagging else "", " --storage-faults" if self.storage_faults else "",
-            " --quiesce" if self.quiesce else "", self.seed)
+            " --quiesce" if self.quiesce else "",
+            " --partition-s %g --leader-fallback-s %g --crash-point %s" % (self.partition_s, self.leader_fallback_s, self.crash_point)
+            if self.partition_s else "", self.seed)
 
 
 class _GroupTransport(Transport):
@@ -148,6 +156,9 @@ class SplitWorld:
         self.fail_stops = 0
         self.appends_sent: list[float] = []   # when each append_entries (heartbeat or not) was sent
         self.votes_asked: list[float] = []    # when each request_vote was sent (an election)
+        self.cut: set[int] = set()            # nodes cut off by a partition (partition_s)
+        self.cut_led = 0                      # ranges the cut node led when it was cut off
+        self.reelected = 0                    # of those, the ranges that elected another leader meanwhile
 
     # --- nodes --------------------------------------------------------------------------------
     def alive(self, nid: int) -> bool:
@@ -164,7 +175,9 @@ class SplitWorld:
         store = Store(StoreConfig(node_id=nid, replicas=self.ids, raft_dir=os.path.join(ndir, "raft"),
                                   range_bytes_max=self.cfg.range_bytes_max, maintain_interval_s=0.2, quiesce=self.cfg.quiesce,
                                   raft_conf=dict(appendEntriesUseBatch=False, appendEntriesPeriod=0.05,
-                                                 raftMinTimeout=0.4, raftMaxTimeout=0.8, logCompactionMinEntries=60)),
+                                                 raftMinTimeout=0.4, raftMaxTimeout=0.8, logCompactionMinEntries=60,
+                                                 **(dict(leaderFallbackTimeout=self.cfg.leader_fallback_s)
+                                                    if self.cfg.quiesce else {}))),
                       mvcc, open_journal=lambda path, disk=disk: disk.open(path),
                       transport_class=lambda gid, nid=nid: (lambda so, s, o: _GroupTransport(self, nid, gid, so, s, o)),
                       clock=self.clock, now_ts=lambda: [int(self.clock.t * 1e9), 0],
@@ -244,6 +257,8 @@ class SplitWorld:
     def send(self, src: int, dst: int, gid: int, message: dict) -> bool:
         if not self.alive(dst):
             return False
+        if src in self.cut or dst in self.cut:
+            return True   # lost on the way, as on a link that silently drops everything
         if message.get("type") == "append_entries":
             self.appends_sent.append(self.clock.t)
         elif message.get("type") == "request_vote":
@@ -257,7 +272,7 @@ class SplitWorld:
         store = self.stores[src]
         claims = store.leader_claims()
         for dst in self.ids:
-            if dst != src and self.alive(dst):
+            if dst != src and self.alive(dst) and src not in self.cut and dst not in self.cut:
                 self.push(self.clock.t + 0.002 + 0.003 * self.rng.random(), "call",
                           lambda dst=dst, inc=self.incarnation[dst], srcinc=self.incarnation[src], disputes=store.disputes_to(dst):
                           self.alive(src) and self.alive(dst) and inc == self.incarnation[dst] and srcinc == self.incarnation[src]
@@ -353,6 +368,8 @@ class SplitWorld:
                 for _ in range(3):
                     self.push(start + self.rng.uniform(0.0, self.cfg.writes * 0.02), "call", self._commit_fault)
             self.push(t_end - self.cfg.settle_s / 2, "call", self._restart_all)
+            if self.cfg.partition_s > 0:
+                self.push(start + self.cfg.writes * 0.02 + 1.0, "call", self._cut_busiest_leader)
             while self.queue and self.queue[0][0] <= t_end:
                 t, _, kind, data = heapq.heappop(self.queue)
                 self.clock.t = max(self.clock.t, t)
@@ -386,16 +403,43 @@ class SplitWorld:
                     self.fail_stops += 1
                     self._crashed(nid if nid is not None else self.crash_node)
             self.check()
+            if self.cfg.partition_s > 0:
+                self._check_one_leader_each()
             summary = dict(seed=self.cfg.seed, crash=self.crashed_at or "point never reached (%s)" % self.crash_point,
                            acked=len(self.acked), resent=len(self.resent), splits=self.splits_seen,
                            fail_stops=self.fail_stops,
                            appends=len(self.appends_sent), appends_last_3s=sum(1 for t in self.appends_sent if t > t_end - 3.0),
                            votes_asked_last_3s=sum(1 for t in self.votes_asked if t > t_end - 3.0),
+                           cut_led=self.cut_led, reelected=self.reelected,
                            ranges=len(local_descriptors(self.mvccs[self.ids[0]])))
             for nid in list(self.stores):
                 self.stores[nid].close()
                 self.mvccs[nid].close()
         return summary
+
+    def _cut_busiest_leader(self) -> None:
+        led = {n: sum(1 for g in self.stores[n].groups.values() if g.is_leader()) for n in self.ids if self.alive(n)}
+        victim = max(sorted(led), key=lambda n: led[n])
+        self.log("partition: n%d (leading %d ranges) cut off" % (victim, led[victim]))
+        before = {rid for rid, g in self.stores[victim].groups.items() if g.is_leader()}
+        self.cut.add(victim)
+        self.cut_led = len(before)
+
+        def heal() -> None:
+            self.cut.discard(victim)
+            others = [n for n in self.ids if n != victim and self.alive(n)]
+            self.reelected = sum(1 for rid in before if any(
+                self.stores[n].groups[rid].is_leader() for n in others if rid in self.stores[n].groups))
+            self.log("partition healed; %d of n%d's %d ranges elected another leader" % (self.reelected, victim, len(before)))
+        self.push(self.clock.t + self.cfg.partition_s, "call", heal)
+
+    def _check_one_leader_each(self) -> None:
+        for rid in sorted(self.stores[self.ids[0]].groups):
+            groups = [self.stores[n].groups.get(rid) for n in self.ids]
+            leaders = [n for n, g in zip(self.ids, groups) if g is not None and g.is_leader()]
+            named = {g.leader_id() if g is not None else None for g in groups}
+            if len(leaders) != 1 or named != {str(leaders[0])}:
+                self.fail("r%d: %d replicas lead (%s); the nodes name %s" % (rid, len(leaders), leaders, sorted(map(str, named))))
 
     def _commit_fault(self) -> None:
         live = [n for n in self.ids if self.alive(n)]
