@@ -331,6 +331,13 @@ class Store:
             self.dirty.add(rid)
             group.doTick(0.0)   # a FailStop or a bug ends the node (crash-only), never a log line
             self._note_leader(rid, group)
+            if busy and self.cfg.quiesce and group.leader_id() is not None and (
+                    group.appends_held() if group.is_leader() else True):
+                # Nothing of its own to do every active tick: a follower with a leader (messages
+                # tick it; its election timer needs no finer grain) or a leader holding its
+                # heartbeats (a proposal or an ack ticks it). Hundreds of ranges written in the
+                # last group_active_s would otherwise tick 50 times a second each.
+                self._schedule(rid, now + _idle_period(rid))
         if self.awaiting_lead:
             self._run_awaiting_lead(now)
         if self.holds:

@@ -570,8 +570,8 @@ class RaftGroup(SyncObj):
         # commit that fails stops this replica (FailStop) before it does anything else, so a
         # later batch can never commit later indexes over the hole.
         batch = getattr(self._sm, "batch", None)
-        if batch is None:
-            return SyncObj._SyncObj__applyLogEntries(self)
+        if batch is None or self._SyncObj__raftCommitIndex <= self._SyncObj__raftLastApplied:
+            return SyncObj._SyncObj__applyLogEntries(self)   # nothing to apply: no transaction
         try:
             with batch():
                 return SyncObj._SyncObj__applyLogEntries(self)
