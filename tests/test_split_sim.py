@@ -131,13 +131,16 @@ def test_without_quiescence_the_same_run_sends_heartbeats():
     assert summary["appends_last_3s"] > 0, summary
 
 
-@pytest.mark.parametrize("seed", [1, 5, 6])   # 1 fails without RaftGroup.unsent, 5 and 6 without the disputes
+# All three fail with a leader that holds its heartbeats while a follower lacks entries (caught_up
+# not asking for the follower's matchIndex); 17 also fails without RaftGroup.unsent.
+@pytest.mark.parametrize("seed", [5, 7, 17])
 def test_a_follower_left_behind_is_caught_up_while_groups_quiesce(seed):
     # A node is down while the others write, split and compact; when it comes back every range
     # it missed is idle and its leader sends nothing of its own accord: the link coming up, the
-    # follower's disputes of claims (it knows no leader) and its answers that it lacks entries
-    # (Store._quiesce, RaftGroup.unsent) make the leaders send until it holds everything
-    # (the run's check: every node holds the same ranges and the same data).
+    # follower's disputes of claims (it knows no leader), its answers that it lacks entries
+    # (Store._quiesce, RaftGroup.unsent) and the leaders' retries while it does (every
+    # idle_heartbeat_interval_s) make them send until it holds everything (the run's check:
+    # every node holds the same ranges and the same data).
     summary = run_split_seed(SplitSimConfig(seed=seed, lagging=True, quiesce=True))
     assert summary["crash"].startswith("n") and "down" in summary["crash"], summary
 

@@ -141,10 +141,12 @@ class Store:
         self.maintain_due: set[int] = set()
         # Quiescence (tick, on_node_heartbeat): when each peer's node was last heard, the groups
         # it claims to lead that this node disputes (told in our next heartbeat to it), the
-        # groups it disputes (from its last heartbeat), and led groups to send appends at once.
+        # groups it disputes and claims (from its last heartbeat), and led groups to send
+        # appends at once.
         self.node_heard: dict[int, float] = {}
         self.disputes_for: dict[int, set[int]] = {}
         self.disputes_from: dict[int, set[int]] = {}
+        self.claims_from: dict[int, dict[int, int]] = {}   # peer -> {range id: term} it leads, from its last heartbeat
         self.wake_now: dict[int, bool] = {}
         self.snapshot_executor = snapshot_executor
         self.woken: collections.deque[int] = collections.deque()   # snapshot job done (any thread)
@@ -299,7 +301,7 @@ class Store:
         idle_tick_interval_s while idle. A leader whose followers all hold its whole log and
         its commit index sends no heartbeats of its own (RaftGroup.hold_appends), busy or not:
         its followers do not time out because its node sends one heartbeat frame per peer
-        naming the groups it leads (node_heartbeat, on_node_heartbeat). It sends appends again
+        naming the groups it leads (leader_claims, on_node_heartbeat, _follow). It sends appends again
         at its next tick once a proposal, a follower behind, a dropped link or a peer disputing
         its lead (a new leader, a restarted follower) makes it not caught up. An iteration
         costs what the busy groups cost, not what all the groups cost."""
@@ -326,8 +328,8 @@ class Store:
                 busy = True
             self._schedule(rid, now + (constants.active_tick_interval_s if busy else _idle_period(rid)))
             group.set_append_entries_period(active_period if busy else constants.idle_heartbeat_interval_s)
-            if self.cfg.quiesce and group.is_leader():
-                self._quiesce(rid, group)
+            if self.cfg.quiesce:
+                self._quiesce(rid, group) if group.is_leader() else self._follow(rid, group)
             self.dirty.add(rid)
             group.doTick(0.0)   # a FailStop or a bug ends the node (crash-only), never a log line
             self._note_leader(rid, group)
@@ -376,7 +378,9 @@ class Store:
         for peer, at in self.node_heard.items():
             if rid not in self.disputes_from.get(peer, ()):
                 group.heard_from(str(peer), at)
-        now = self.wake_now.pop(rid, False) or group.unsent()
+        term = group.term
+        rival = any(claims.get(rid, term) != term for claims in self.claims_from.values())   # the higher term deposes the other
+        now = self.wake_now.pop(rid, False) or rival or group.unsent()
         if now or not group.caught_up():
             group.resume_appends(now=now)
         else:
@@ -388,6 +392,13 @@ class Store:
             self.touch(range_id)   # heartbeats and their acks leave an idle group idle
         else:
             self.mark(range_id)
+
+    def on_peer_down(self, peer_id: int) -> None:
+        """The link to a peer dropped: its claims are no longer news (its next heartbeat, once
+        the link is back, brings them again)."""
+        self.claims_from.pop(peer_id, None)
+        self.disputes_from.pop(peer_id, None)
+        self.disputes_for.pop(peer_id, None)
 
     def on_peer_up(self, peer_id: int) -> None:
         """A link to a peer came (back) up: the groups this node leads tick now, and each sends
@@ -412,37 +423,18 @@ class Store:
         return sorted(self.disputes_for.pop(peer_id, ()))
 
     def on_node_heartbeat(self, peer_id: int, claims: list[int] | None = None, disputes: list[int] | None = None) -> None:
-        """Node peer_id is alive and leads the groups it claims ([range id, term, ...]). A
-        follower of one of them at that term postpones its election; a replica that leads it
-        too wakes its group (its next append, at the higher term, deposes the other leader); a
-        replica that knows a higher term, or another leader, or none, disputes the claim in its
-        next heartbeat, and the claimant then sends that group's appends (which catch up a
-        follower that restarted, and tell a deposed leader nothing: it steps down when pysyncobj's
-        leaderFallbackTimeout passes without replies, as it would have before). Costs the number
-        of groups that node leads, not the number of groups. Without claims (an older peer):
-        every group this node believes peer_id leads postpones its election."""
+        """Node peer_id is alive and leads the groups it claims ([range id, term, ...]); it
+        disputes `disputes` of this node's claims. Kept until its next heartbeat and used when
+        each group next ticks (`_follow`, `_quiesce`), so a heartbeat costs a dict of its claims,
+        not a walk of every group. Without claims (an older peer): the groups this node
+        believes peer_id leads, at their terms."""
         self.node_heard[peer_id] = self.clock()
-        leader = str(peer_id)
         if claims is None:
-            claims = []
-            for rid in self.led_by.get(leader, ()):
-                group = self.groups.get(rid)
-                if group is not None:
-                    claims += (rid, group.term)
-        disputed = self.disputes_for.setdefault(peer_id, set())
-        it = iter(claims)
-        for rid, term in zip(it, it):
-            group = self.groups.get(rid)
-            if group is None:
-                continue
-            if group.is_leader():
-                if term != group.term:
-                    self.wake_now[rid] = True
-                    self.mark(rid)
-            elif group.term == term and group.leader_id() == leader:
-                group.postpone_election()
-            else:
-                disputed.add(rid)
+            self.claims_from[peer_id] = {rid: self.groups[rid].term for rid in self.led_by.get(str(peer_id), ())
+                                         if rid in self.groups}
+        else:
+            it = iter(claims)
+            self.claims_from[peer_id] = dict(zip(it, it))
         if disputes is not None:
             self.disputes_from[peer_id] = set(disputes)
             for rid in disputes:
@@ -450,6 +442,24 @@ class Store:
                 if group is not None and group.is_leader():
                     self.wake_now[rid] = True
                     self.mark(rid)
+
+    def _follow(self, rid: int, group: RaftGroup) -> None:
+        """Before a follower's (or candidate's) tick: a peer whose node claims to lead the group
+        at our term, and is our leader, was alive when last heard: the election waits from then
+        (as if its heartbeat had come then). A peer claiming it otherwise -- we know a higher
+        term, another leader, or none (restarted, or the group is new here) -- is told in our
+        next heartbeat (disputes_to); it then sends the group's appends, which make it our
+        leader, catch us up, or tell it nothing (a deposed leader steps down when pysyncobj's
+        leaderFallbackTimeout passes without replies)."""
+        leader, term = group.leader_id(), group.term
+        for peer, claims in self.claims_from.items():
+            claimed = claims.get(rid)
+            if claimed is None:
+                continue
+            if claimed == term and leader == str(peer):
+                group.postpone_election(self.node_heard[peer])
+            else:
+                self.disputes_for.setdefault(peer, set()).add(rid)
 
     def sync(self) -> None:
         """Sync every journal written since the last call (one fsync per written journal)."""

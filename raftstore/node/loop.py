@@ -391,6 +391,8 @@ class Node:
         for t in self.transports.values():
             if peer_id in t.peers:
                 t._onNodeDisconnected(t.peers[peer_id])
+        if self.store is not None:
+            self.store.on_peer_down(peer_id)
         for req in [r for r, entry in self._forwarded.items() if entry[1] == peer_id]:
             self._forward_unanswered(req, "the link to n%d, the range's leader, dropped before it answered" % peer_id)
 

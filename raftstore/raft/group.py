@@ -391,9 +391,10 @@ class RaftGroup(SyncObj):
         """Start an election at the next tick instead of after a timeout."""
         self._SyncObj__raftElectionDeadline = 0
 
-    def postpone_election(self) -> None:
-        """The leader is known to be alive (its node said so): restart our election timer."""
-        deadline = _so.monotonicTime() + self._SyncObj__generateRaftTimeout()
+    def postpone_election(self, alive_at: float | None = None) -> None:
+        """The leader is known to be alive (its node said so, at `alive_at`, default now):
+        restart our election timer from then."""
+        deadline = (_so.monotonicTime() if alive_at is None else alive_at) + self._SyncObj__generateRaftTimeout()
         if deadline > self._SyncObj__raftElectionDeadline:
             self._SyncObj__raftElectionDeadline = deadline
 

@@ -240,6 +240,9 @@ class SplitWorld:
         for (n, gid), t in list(self.transports.items()):
             if t.started and nid in t.peers:
                 t._onNodeDisconnected(t.peers[nid])
+        if self.cfg.quiesce:
+            for store in self.stores.values():
+                store.on_peer_down(nid)
         self.mvccs.pop(nid).close()
         self.disks[nid].crash(self.rng)
         if restart:
