@@ -23,6 +23,7 @@ Range lifecycle:
 
 from __future__ import annotations
 
+import bisect
 import collections
 import glob
 import heapq
@@ -150,6 +151,7 @@ class Store:
         self.wake_now: dict[int, bool] = {}
         self.snapshot_executor = snapshot_executor
         self.woken: collections.deque[int] = collections.deque()   # snapshot job done (any thread)
+        self._desc_index: tuple = (None, [], [])   # (version, starts, descriptors): _replica_descs
         self.checksums = checksums if checksums is not None else ChecksumRegistry()
         self.propose_at_leader = propose_at_leader or self.propose
 
@@ -538,13 +540,24 @@ class Store:
         self.propose_at_leader(META_RANGE_ID, "alloc_range_id", {}, allocated)
 
     # --- routing and proposals ----------------------------------------------------------------------
+    def _replica_descs(self) -> tuple[list[bytes], list[RangeDescriptor]]:
+        """This node's replicas' descriptors sorted by start key (and the starts), rebuilt only
+        when a replica's descriptor changed or a replica was added: a lookup costs a bisection,
+        not a pass over every range."""
+        version = (RangeReplica.descs_changed, len(self.replicas))
+        if self._desc_index[0] != version:
+            descs = sorted((rep.desc for rep in self.replicas.values() if rep.desc is not None), key=lambda d: d.start)
+            self._desc_index = (version, [d.start for d in descs], descs)
+        return self._desc_index[1], self._desc_index[2]
+
     def descriptor_for(self, key: bytes) -> RangeDescriptor | None:
         """The range holding key as this node knows it (the router's lookup; possibly behind):
         its own replica's descriptor (of two that hold key, one not yet told of a split, the one
         starting later, which split off the other), else its copy of meta."""
-        held = [rep.desc for rep in self.replicas.values() if rep.desc is not None and rep.desc.contains(key)]
-        if held:
-            return max(held, key=lambda d: d.start)
+        starts, descs = self._replica_descs()
+        for i in range(bisect.bisect_right(starts, key) - 1, -1, -1):   # the latest start first
+            if descs[i].contains(key):
+                return descs[i]
         known = [d for d in meta_descriptors(self.mvcc) if d.contains(key)]
         return max(known, key=lambda d: (d.start, d.generation)) if known else None
 
