@@ -19,6 +19,7 @@ import random
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 
 from bench.kv_latency import machine_info, machine_line, summarise_latencies
@@ -62,7 +63,7 @@ def write_latency(client: Client, ranges: int, seconds: float) -> dict:
     return summarise_latencies(samples, seconds)
 
 
-def pyspy_top(pid: int, seconds: int, out_path: str) -> str | None:
+def pyspy_top(pid: int, seconds: int, out_path: str, top: int = 8) -> str | None:
     exe = shutil.which("py-spy") or os.path.join(os.path.dirname(__import__("sys").executable), "py-spy")
     if not os.path.exists(exe):
         return None
@@ -83,8 +84,8 @@ def pyspy_top(pid: int, seconds: int, out_path: str) -> str | None:
             leaf = stack.split(";")[-1]
             self_counts[leaf] = self_counts.get(leaf, 0) + int(count)
             total += int(count)
-    top = sorted(self_counts.items(), key=lambda kv: -kv[1])[:8]
-    return "; ".join("%s %.0f%%" % (name, 100.0 * n / total) for name, n in top) if total else None
+    best = sorted(self_counts.items(), key=lambda kv: -kv[1])[:top]
+    return "; ".join("%s %.0f%%" % (name, 100.0 * n / total) for name, n in best) if total else None
 
 
 def main(argv=None) -> int:
@@ -93,10 +94,13 @@ def main(argv=None) -> int:
     p.add_argument("--idle-seconds", type=float, default=10.0)
     p.add_argument("--write-seconds", type=float, default=10.0)
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    p.add_argument("--profile-writes", action="store_true",
+                   help="also py-spy the node written through, during the writes at the largest range count")
     args = p.parse_args(argv)
     counts = [int(x) for x in args.ranges.split(",")]
     root = tempfile.mkdtemp(prefix="raftstore-bench-ranges-")
     rows = []
+    os.makedirs(args.out, exist_ok=True)
     try:
         machine = machine_info(root)
         with Cluster(root) as cluster:
@@ -116,9 +120,19 @@ def main(argv=None) -> int:
                 # its parent's), as a client in the leaseholders' region would.
                 leaders = [r["leader"] for r in client.status()["ranges"] if r["range_id"] != 1]
                 home = cluster.node(max(set(leaders), key=leaders.count))
+                write_profile: list = []
+                spy = None
+                if args.profile_writes and want == max(counts):
+                    spy = threading.Thread(target=lambda: write_profile.append(pyspy_top(
+                        home.proc.pid, max(1, int(args.write_seconds) - 1), os.path.join(args.out, "ranges-write-profile-%s.raw" % time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())), top=14)))
+                    spy.start()
                 with cluster.client(home, timeout_s=60.0) as writer:
                     lat = write_latency(writer, want, args.write_seconds)
+                if spy is not None:
+                    spy.join()
                 row = {"ranges": want, "split_s": split_s, "idle_cpu_pct": cpu, "write": lat, "idle_profile_n1": profile}
+                if write_profile:
+                    row["write_profile_home"] = {"node": home.node_id, "top": write_profile[0]}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             client.close()
@@ -146,6 +160,9 @@ def main(argv=None) -> int:
     for r in rows:
         if r.get("idle_profile_n1"):
             lines += ["", "Idle profile of n1 at %d ranges (py-spy, self time): %s" % (r["ranges"], r["idle_profile_n1"])]
+        if r.get("write_profile_home"):
+            lines += ["", "Profile of n%d, written through, during the writes at %d ranges (py-spy, self time): %s"
+                      % (r["write_profile_home"]["node"], r["ranges"], r["write_profile_home"]["top"])]
     text = "\n".join(lines) + "\n"
     with open(base + ".md", "w") as f:
         f.write(text)

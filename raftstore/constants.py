@@ -115,7 +115,8 @@ route_retries_max = 20                 # stale-descriptor retries of one request
 group_active_s = 2.0            # a group with traffic this recent keeps fast timers
 active_tick_interval_s = 0.02   # periodic tick of a busy group (events tick it at once)
 idle_tick_interval_s = 1.0      # an idle group ticks this often
-idle_heartbeat_interval_s = 5.0 # an idle leader's own heartbeats (pysyncobj appendEntriesPeriod)
+idle_heartbeat_interval_s = 1.0 # a leader not busy and not caught up sends appends this often (pysyncobj's
+                                # appendEntriesPeriod); a caught-up one sends none (Store._quiesce)
 node_heartbeat_interval_s = 0.25  # one frame per peer keeps every idle group's followers patient
 clock_log_interval_s = 10.0           # log a peer's rejected clock at most this often
 peer_rtt_probes_kept = 16             # a peer's round trip: the least of its last this many clock probes (~4 s)

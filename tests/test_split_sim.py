@@ -110,3 +110,58 @@ def test_split_crash_safety_over_105_seeds(sim_env):
 @pytest.mark.timeout(SIM_RUN_TIMEOUT_S + 300)
 def test_a_node_down_during_splits_and_compactions_catches_up_over_60_seeds(sim_env):
     assert_sim_clean(sim_env, "--splits", "--lagging", "--seeds", "60", summary="60 seeds, 0 violations (splits, lagging)")
+
+
+def test_quiesced_groups_send_no_appends_once_caught_up_and_nobody_elects():
+    # Quiescence (Store._quiesce): once every write has committed and every follower holds it,
+    # no leader sends an append of its own -- the node heartbeats (every 0.1 s of simulated
+    # time here) keep the followers waiting, so no election starts either. Counted over the
+    # run's last 3 simulated seconds, more than 7 election timeouts (raftMinTimeout 0.4 s) and
+    # more than pysyncobj's leaderFallbackTimeout (2.5 s here), which deposes a leader that
+    # hears no replies unless the node heartbeats count as them.
+    summary = run_split_seed(SplitSimConfig(seed=1, quiesce=True))
+    assert summary["splits"] >= 3 and summary["appends"] > 0, summary
+    assert summary["appends_last_3s"] == 0, summary
+    assert summary["votes_asked_last_3s"] == 0, summary
+
+
+def test_without_quiescence_the_same_run_sends_heartbeats():
+    # The count above is not zero by accident: groups that do not quiesce heartbeat to the end.
+    summary = run_split_seed(SplitSimConfig(seed=1))
+    assert summary["appends_last_3s"] > 0, summary
+
+
+# All three fail with a leader that holds its heartbeats while a follower lacks entries (caught_up
+# not asking for the follower's matchIndex); 17 also fails without RaftGroup.unsent.
+@pytest.mark.parametrize("seed", [5, 7, 17])
+def test_a_follower_left_behind_is_caught_up_while_groups_quiesce(seed):
+    # A node is down while the others write, split and compact; when it comes back every range
+    # it missed is idle and its leader sends nothing of its own accord: the link coming up, the
+    # follower's disputes of claims (it knows no leader), its answers that it lacks entries
+    # (Store._quiesce, RaftGroup.unsent) and the leaders' retries while it does (every
+    # idle_heartbeat_interval_s) make them send until it holds everything (the run's check:
+    # every node holds the same ranges and the same data).
+    summary = run_split_seed(SplitSimConfig(seed=seed, lagging=True, quiesce=True))
+    assert summary["crash"].startswith("n") and "down" in summary["crash"], summary
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(SIM_RUN_TIMEOUT_S + 300)
+def test_split_crash_safety_and_catch_up_with_quiesced_groups(sim_env):
+    assert_sim_clean(sim_env, "--splits", "--quiesce", "--seeds", "60", summary="60 seeds, 0 violations (splits, quiesce)")
+    assert_sim_clean(sim_env, "--splits", "--lagging", "--quiesce", "--seeds", "60",
+                     summary="60 seeds, 0 violations (splits, lagging, quiesce)")
+    assert_sim_clean(sim_env, "--splits", "--quiesce", "--partition-s", "4", "--leader-fallback-s", "10", "--seeds", "40",
+                     summary="40 seeds, 0 violations (splits, quiesce)")
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_cut_off_idle_leaders_ranges_elect_again_and_it_steps_down_after(seed):
+    # Once the writes are done and every group is quiet, the node leading the most ranges is cut
+    # off for 4 simulated seconds (less than its leaderFallbackTimeout: it does not step down by itself), silently (its links stay up, every frame is lost, its node
+    # heartbeat included): every range it led elects another leader. After the partition heals,
+    # every range has one leader that every node names (the run's end check).
+    summary = run_split_seed(SplitSimConfig(seed=seed, quiesce=True, partition_s=4.0, leader_fallback_s=10.0,
+                                            crash_point="none"))
+    assert summary["cut_led"] >= 3, summary
+    assert summary["reelected"] == summary["cut_led"], summary

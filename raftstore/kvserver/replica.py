@@ -100,6 +100,17 @@ class RangeReplica:
     the index applied, to pin the state it must checksum (raftstore.kvserver.consistency).
     """
 
+    descs_changed = 0   # descriptor changes of every replica in the process (Store.descriptor_for's index)
+
+    @property
+    def desc(self) -> RangeDescriptor | None:
+        return self._desc
+
+    @desc.setter
+    def desc(self, desc: RangeDescriptor | None) -> None:
+        self._desc = desc
+        RangeReplica.descs_changed += 1
+
     def __init__(self, store: MVCCStore, range_id: int, *,
                  on_split: Callable[[RangeDescriptor, RangeDescriptor], None] | None = None,
                  can_install: Callable[[RangeDescriptor], bool] | None = None,

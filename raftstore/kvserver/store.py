@@ -23,6 +23,7 @@ Range lifecycle:
 
 from __future__ import annotations
 
+import bisect
 import collections
 import glob
 import heapq
@@ -72,6 +73,11 @@ class StoreConfig:
     raft_conf: dict | None = None
     maintain_interval_s: float = 0.5
     quiesce: bool = True                   # idle groups tick rarely; the node heartbeats for them
+
+
+# Raft messages that wake an idle group (keep its timers fast a while); heartbeats and their
+# acknowledgements only tick it.
+WAKING_MESSAGES = frozenset({"apply_command", "apply_command_response", "request_vote", "response_vote", "timeout_now"})
 
 
 def _idle_period(rid: int) -> float:
@@ -134,8 +140,18 @@ class Store:
         self.leader_changes = 0                        # a group newly showing a leader (status, metrics)
         self.led_by: dict[str, set[int]] = {}
         self.maintain_due: set[int] = set()
+        # Quiescence (tick, on_node_heartbeat): when each peer's node was last heard, the groups
+        # it claims to lead that this node disputes (told in our next heartbeat to it), the
+        # groups it disputes and claims (from its last heartbeat), and led groups to send
+        # appends at once.
+        self.node_heard: dict[int, float] = {}
+        self.disputes_for: dict[int, set[int]] = {}
+        self.disputes_from: dict[int, set[int]] = {}
+        self.claims_from: dict[int, dict[int, int]] = {}   # peer -> {range id: term} it leads, from its last heartbeat
+        self.wake_now: dict[int, bool] = {}
         self.snapshot_executor = snapshot_executor
         self.woken: collections.deque[int] = collections.deque()   # snapshot job done (any thread)
+        self._desc_index: tuple = (None, [], [])   # (version, starts, descriptors): _replica_descs
         self.checksums = checksums if checksums is not None else ChecksumRegistry()
         self.propose_at_leader = propose_at_leader or self.propose
 
@@ -284,10 +300,13 @@ class Store:
     def tick(self) -> None:
         """Tick the groups that have something to do: a proposal or message this iteration, or
         a periodic tick for their timers -- every active_tick_interval_s while busy, every
-        idle_tick_interval_s (with slow heartbeats) while idle. Followers of an idle group do
-        not time out because the leader's node sends one heartbeat frame per peer for all its
-        groups (on_node_heartbeat). An iteration costs what the busy groups cost, not what all
-        the groups cost."""
+        idle_tick_interval_s while idle. A leader whose followers all hold its whole log and
+        its commit index sends no heartbeats of its own (RaftGroup.hold_appends), busy or not:
+        its followers do not time out because its node sends one heartbeat frame per peer
+        naming the groups it leads (leader_claims, on_node_heartbeat, _follow). It sends appends again
+        at its next tick once a proposal, a follower behind, a dropped link or a peer disputing
+        its lead (a new leader, a restarted follower) makes it not caught up. An iteration
+        costs what the busy groups cost, not what all the groups cost."""
         self.checksums.collect()
         now = self.clock()
         active_period = (self.cfg.raft_conf or {}).get("appendEntriesPeriod", constants.append_entries_period_s)
@@ -311,9 +330,18 @@ class Store:
                 busy = True
             self._schedule(rid, now + (constants.active_tick_interval_s if busy else _idle_period(rid)))
             group.set_append_entries_period(active_period if busy else constants.idle_heartbeat_interval_s)
+            if self.cfg.quiesce:
+                self._quiesce(rid, group) if group.is_leader() else self._follow(rid, group)
             self.dirty.add(rid)
             group.doTick(0.0)   # a FailStop or a bug ends the node (crash-only), never a log line
             self._note_leader(rid, group)
+            if busy and self.cfg.quiesce and group.leader_id() is not None and (
+                    group.appends_held() if group.is_leader() else True):
+                # Nothing of its own to do every active tick: a follower with a leader (messages
+                # tick it; its election timer needs no finer grain) or a leader holding its
+                # heartbeats (a proposal or an ack ticks it). Hundreds of ranges written in the
+                # last group_active_s would otherwise tick 50 times a second each.
+                self._schedule(rid, now + _idle_period(rid))
         if self.awaiting_lead:
             self._run_awaiting_lead(now)
         if self.holds:
@@ -341,14 +369,99 @@ class Store:
                 self.maintain_due.add(rid)   # a new leader checks its meta entry and its size
             self.sizes.pop(rid, None)        # measured again by its next leader (a snapshot may have replaced it)
 
-    def on_node_heartbeat(self, peer_id: int) -> None:
-        """Node peer_id is alive: followers of groups it leads need not start elections.
-        Costs the number of groups that node leads, not the number of groups."""
-        leader = str(peer_id)
-        for rid in list(self.led_by.get(leader, ())):
+    def _quiesce(self, rid: int, group: RaftGroup) -> None:
+        """Before a leader's tick: hold its heartbeats if every follower is caught up and none
+        disputes its lead; else send appends, at this tick if they were held, a peer disputes
+        the lead or a follower lacks entries not sent again yet (each round of a catch-up at
+        once, not a heartbeat period later). A held leader hears no replies, and a catching-up
+        one few (its idle heartbeat period is longer than pysyncobj's leaderFallbackTimeout
+        allows), so each follower whose node was heard and did not dispute the claim of this
+        group in its last heartbeat counts as having replied then."""
+        for peer, at in self.node_heard.items():
+            if rid not in self.disputes_from.get(peer, ()):
+                group.heard_from(str(peer), at)
+        term = group.term
+        rival = any(claims.get(rid, term) != term for claims in self.claims_from.values())   # the higher term deposes the other
+        now = self.wake_now.pop(rid, False) or rival or group.unsent()
+        if now or not group.caught_up():
+            group.resume_appends(now=now)
+        else:
+            group.hold_appends()
+
+    def on_message(self, range_id: int, message: dict) -> None:
+        """A Raft message for the group arrived (before it is handed to the group)."""
+        if message.get("entries") or message.get("type") in WAKING_MESSAGES:
+            self.touch(range_id)   # heartbeats and their acks leave an idle group idle
+        else:
+            self.mark(range_id)
+
+    def on_peer_down(self, peer_id: int) -> None:
+        """The link to a peer dropped: its claims are no longer news (its next heartbeat, once
+        the link is back, brings them again)."""
+        self.claims_from.pop(peer_id, None)
+        self.disputes_from.pop(peer_id, None)
+        self.disputes_for.pop(peer_id, None)
+
+    def on_peer_up(self, peer_id: int) -> None:
+        """A link to a peer came (back) up: the groups this node leads tick now, and each sends
+        that follower an append (its link dropped, so the group is not caught up): a follower
+        that restarted learns its leader before it times out, one left behind is caught up."""
+        for rid in self.led_by.get(str(self.cfg.node_id), ()):
+            self.mark(rid)
+
+    def leader_claims(self) -> list[int]:
+        """What this node's heartbeat carries to every peer: the groups it leads, as a flat list
+        [range id, term, ...]."""
+        claims: list[int] = []
+        for rid in self.led_by.get(str(self.cfg.node_id), ()):
             group = self.groups.get(rid)
-            if group is not None and group.leader_id() == leader and not group.is_leader():
-                group.postpone_election()
+            if group is not None and group.is_leader():
+                claims += (rid, group.term)
+        return claims
+
+    def disputes_to(self, peer_id: int) -> list[int]:
+        """What this node's next heartbeat to peer_id carries besides: the range ids of its last
+        claims that this node disputes (each said once)."""
+        return sorted(self.disputes_for.pop(peer_id, ()))
+
+    def on_node_heartbeat(self, peer_id: int, claims: list[int] | None = None, disputes: list[int] | None = None) -> None:
+        """Node peer_id is alive and leads the groups it claims ([range id, term, ...]); it
+        disputes `disputes` of this node's claims. Kept until its next heartbeat and used when
+        each group next ticks (`_follow`, `_quiesce`), so a heartbeat costs a dict of its claims,
+        not a walk of every group. Without claims (an older peer): the groups this node
+        believes peer_id leads, at their terms."""
+        self.node_heard[peer_id] = self.clock()
+        if claims is None:
+            self.claims_from[peer_id] = {rid: self.groups[rid].term for rid in self.led_by.get(str(peer_id), ())
+                                         if rid in self.groups}
+        else:
+            it = iter(claims)
+            self.claims_from[peer_id] = dict(zip(it, it))
+        if disputes is not None:
+            self.disputes_from[peer_id] = set(disputes)
+            for rid in disputes:
+                group = self.groups.get(rid)
+                if group is not None and group.is_leader():
+                    self.wake_now[rid] = True
+                    self.mark(rid)
+
+    def _follow(self, rid: int, group: RaftGroup) -> None:
+        """Before a follower's (or candidate's) tick: a peer whose node claims to lead the group
+        at our term, and is our leader, was alive when last heard: the election waits from then
+        (as if its heartbeat had come then). A peer claiming it otherwise -- we know a higher
+        term, another leader, or none (restarted, or the group is new here) -- is told in our
+        next heartbeat (disputes_to); it then sends the group's appends, which make it our
+        leader, catch us up, or tell it nothing (a deposed leader steps down when pysyncobj's
+        leaderFallbackTimeout passes without replies)."""
+        leader, term = group.leader_id(), group.term
+        for peer, claims in self.claims_from.items():
+            claimed = claims.get(rid)
+            if claimed is None:
+                continue
+            if claimed == term and leader == str(peer):
+                group.postpone_election(self.node_heard[peer])
+            else:
+                self.disputes_for.setdefault(peer, set()).add(rid)
 
     def sync(self) -> None:
         """Sync every journal written since the last call (one fsync per written journal)."""
@@ -427,13 +540,24 @@ class Store:
         self.propose_at_leader(META_RANGE_ID, "alloc_range_id", {}, allocated)
 
     # --- routing and proposals ----------------------------------------------------------------------
+    def _replica_descs(self) -> tuple[list[bytes], list[RangeDescriptor]]:
+        """This node's replicas' descriptors sorted by start key (and the starts), rebuilt only
+        when a replica's descriptor changed or a replica was added: a lookup costs a bisection,
+        not a pass over every range."""
+        version = (RangeReplica.descs_changed, len(self.replicas))
+        if self._desc_index[0] != version:
+            descs = sorted((rep.desc for rep in self.replicas.values() if rep.desc is not None), key=lambda d: d.start)
+            self._desc_index = (version, [d.start for d in descs], descs)
+        return self._desc_index[1], self._desc_index[2]
+
     def descriptor_for(self, key: bytes) -> RangeDescriptor | None:
         """The range holding key as this node knows it (the router's lookup; possibly behind):
         its own replica's descriptor (of two that hold key, one not yet told of a split, the one
         starting later, which split off the other), else its copy of meta."""
-        held = [rep.desc for rep in self.replicas.values() if rep.desc is not None and rep.desc.contains(key)]
-        if held:
-            return max(held, key=lambda d: d.start)
+        starts, descs = self._replica_descs()
+        for i in range(bisect.bisect_right(starts, key) - 1, -1, -1):   # the latest start first
+            if descs[i].contains(key):
+                return descs[i]
         known = [d for d in meta_descriptors(self.mvcc) if d.contains(key)]
         return max(known, key=lambda d: (d.start, d.generation)) if known else None
 
@@ -711,7 +835,8 @@ class Store:
                         "applied_index": group.raftLastApplied, "bytes": self.sizes.get(rid),
                         "snapshots_installed": group.snapshots_installed,
                         "snapshots_created": group.snapshots_created,
-                        "evaluation_misses": rep.evaluation_misses})
+                        "evaluation_misses": rep.evaluation_misses,
+                        "quiet": group.is_leader() and group.appends_held()})   # a leader sending no heartbeats
         return out
 
     def close(self, *, sync: bool = True) -> None:

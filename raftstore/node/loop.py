@@ -60,9 +60,6 @@ CLIENT_OPS = READ_OPS | {"put", "delete", "cas", "put_if", BATCH_OP}
 STORE_OPS = frozenset({"meta_put", "alloc_range_id", "split", CHECKSUM_OP, ADMIN_SPLIT})   # a node's own commands
 PEER_PROPOSABLE = CLIENT_OPS | STORE_OPS   # what a peer may hand a range's leader
 
-_WAKING_MESSAGES = frozenset({"apply_command", "apply_command_response", "request_vote", "response_vote", "timeout_now"})
-
-
 def _complete(replies: list) -> None:
     """On an asyncio loop: complete the futures of one node-loop iteration's replies (one that
     its waiter gave up on, cancelled, is skipped)."""
@@ -360,10 +357,7 @@ class Node:
             return
         if peer_id not in self.active:
             self._mark_active(peer_id)
-        if message.get("entries") or message.get("type") in _WAKING_MESSAGES:
-            self.store.touch(group_id)   # heartbeats and their acks leave an idle group idle
-        else:
-            self.store.mark(group_id)
+        self.store.on_message(group_id, message)
         transport._onMessageReceived(transport.peers[peer_id], message)
 
     def peer_rtt_s(self, peer_id: int) -> float | None:
@@ -378,7 +372,7 @@ class Node:
             return 0.0
         return self.cfg.latency.one_way_s(self.cfg.region, self.members[peer_id]["region"])
 
-    def _on_heartbeat(self, peer_id: int, stamp, probe=None) -> None:
+    def _on_heartbeat(self, peer_id: int, stamp, probe=None, claims=None, disputes=None) -> None:
         if probe is not None:
             if probe_is_valid(probe):   # judged with the others at our next heartbeat (_check_clock)
                 m = self.offsets.on_probe(peer_id, probe, self.phys.now_ns(), time.monotonic())
@@ -399,17 +393,21 @@ class Node:
                     self._offset_logged[peer_id] = time.monotonic()
                     logger.error("node %d: %s (%d such heartbeats so far)", peer_id, exc, self.clock_offset_errors)
         if self.store is not None:
-            self.store.on_node_heartbeat(peer_id)
+            self.store.on_node_heartbeat(peer_id, claims, disputes)
 
     def _on_peer_up(self, peer_id: int) -> None:
         for t in self.transports.values():
             if peer_id in t.peers:
                 t._onNodeConnected(t.peers[peer_id])
+        if self.store is not None:
+            self.store.on_peer_up(peer_id)
 
     def _on_peer_down(self, peer_id: int) -> None:
         for t in self.transports.values():
             if peer_id in t.peers:
                 t._onNodeDisconnected(t.peers[peer_id])
+        if self.store is not None:
+            self.store.on_peer_down(peer_id)
         for req in [r for r, entry in self._forwarded.items() if entry[1] == peer_id]:
             self._forward_unanswered(req, "the link to n%d, the range's leader, dropped before it answered" % peer_id)
 
@@ -600,8 +598,10 @@ class Node:
             if now >= next_heartbeat:
                 next_heartbeat = now + constants.node_heartbeat_interval_s
                 stamp = self.hlc.now().to_wire()
+                claims = self.store.leader_claims() if self.store is not None else None
                 for pid in list(self.net.peers):
-                    self.net.send(pid, [HEARTBEAT, stamp, self.offsets.probe_for(pid, self.phys.now_ns())])
+                    disputes = self.store.disputes_to(pid) if self.store is not None else None
+                    self.net.send(pid, [HEARTBEAT, stamp, self.offsets.probe_for(pid, self.phys.now_ns()), claims, disputes])
                 self._check_clock()
             if self.store is not None:
                 self.store.sync()

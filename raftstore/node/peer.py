@@ -8,8 +8,9 @@ opens a socket per group per peer. This module replaces it with:
   gets nothing parsed beyond 36 bytes and is dropped;
 * then length-prefixed msgpack frames, bounded in size (`peer_frame_bytes_max`), each a list
   `[kind, ...]`: HELLO (who I am), RAFT (a group's message, tagged with the group id), REJECT
-  (why I refuse you), HEARTBEAT (I am alive, and my HLC reads this: followers of every group I
-  lead wait for me, and the receiver's clock moves past mine), CHECKSUM_REQUEST (your checksum
+  (why I refuse you), HEARTBEAT (I am alive, my HLC reads this, and I lead these groups at
+  these terms -- their followers wait for me, as idle leaders send no heartbeats of their own --
+  and I dispute these of your claims; the receiver's clock moves past mine), CHECKSUM_REQUEST (your checksum
   of range r at index i, please), CHECKSUM_REPLY (mine: the checksum, or why I have none; see
   raftstore.kvserver.consistency), PROPOSE (a command for a range you lead, a client's or a node's own: only a
   range's leader proposes) and PROPOSE_REPLY (its outcome). Unknown, malformed or oversized frames are logged and the connection is
@@ -95,6 +96,25 @@ def _checksum_frame_problem(frame: list) -> str | None:
     return None
 
 
+def _int_list(x) -> bool:
+    return isinstance(x, list) and all(type(v) is int and 0 <= v < 2**63 for v in x)
+
+
+def _heartbeat_frame_problem(frame: list) -> str | None:
+    """What is wrong with a HEARTBEAT `[3, hlc stamp, clock probe, claims, disputes]` (the last
+    two optional, nil or lists of non-negative integers; claims in [range id, term] pairs), or
+    None. The stamp and probe are checked where they are used."""
+    if len(frame) > 5:
+        return "%d fields, expected at most 5" % len(frame)
+    claims = frame[3] if len(frame) > 3 else None
+    disputes = frame[4] if len(frame) > 4 else None
+    if claims is not None and not (_int_list(claims) and len(claims) % 2 == 0):
+        return "claims must be a list of [range id, term] integer pairs or nil"
+    if disputes is not None and not _int_list(disputes):
+        return "disputes must be a list of range ids or nil"
+    return None
+
+
 def _propose_frame_problem(frame: list) -> str | None:
     """What is wrong with a PROPOSE `[6, request_id, range_id, op, args (map), command_id]` or a
     PROPOSE_REPLY `[7, request_id, outcome, result]`, or None."""
@@ -150,7 +170,7 @@ class PeerNetwork:
                  on_hello: Callable[[dict], str | None], on_raft: Callable[[int, int, dict], None],
                  on_peer_up: Callable[[int], None], on_peer_down: Callable[[int], None],
                  on_reject: Callable[[str], None], node_id: int,
-                 on_heartbeat: Callable[[int, object, object], None] = lambda peer_id, ts, probe: None,
+                 on_heartbeat: Callable[..., None] = lambda peer_id, ts, probe, claims, disputes: None,
                  delay_s: Callable[[int], float] = lambda peer_id: 0.0,
                  on_checksum_request: Callable[[int, int, int], None] = lambda peer_id, range_id, index: None,
                  on_checksum_reply: Callable[[int, int, int, bytes | None, str | None], None]
@@ -466,7 +486,11 @@ class PeerNetwork:
                 else:
                     self.on_propose_reply(conn.peer_id, frame[1], frame[2], frame[3])
             elif kind == HEARTBEAT:
-                self.on_heartbeat(conn.peer_id, frame[1] if len(frame) > 1 else None, frame[2] if len(frame) > 2 else None)
+                problem = _heartbeat_frame_problem(frame)
+                if problem is not None:
+                    self._drop(conn, "malformed HEARTBEAT frame: %s" % problem)
+                    return
+                self.on_heartbeat(conn.peer_id, *(frame[1:] + [None] * (5 - len(frame))))
             elif kind == REJECT:
                 reason = frame[1] if len(frame) > 1 and isinstance(frame[1], str) else "no reason given"
                 self._drop(conn, "peer refused us: %s" % reason)

@@ -38,6 +38,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+import math
 import os
 import struct
 import threading
@@ -73,6 +74,7 @@ _OVERRIDDEN = (
     "_checkCommandsToApply",
     "_SyncObj__doApplyCommand",
     "_onTick",
+    "_SyncObj__onNodeDisconnected",
 )
 
 
@@ -91,7 +93,8 @@ _INSTANCE_ATTRS = (
     "_SyncObj__raftLog", "_SyncObj__raftNextIndex", "_SyncObj__raftMatchIndex",
     "_SyncObj__raftLastApplied", "_SyncObj__raftCommitIndex", "_SyncObj__transport",
     "_SyncObj__raftCurrentTerm", "_SyncObj__raftElectionDeadline", "_SyncObj__conf",
-    "_SyncObj__serializer", "_poller",
+    "_SyncObj__serializer", "_poller", "_SyncObj__newAppendEntriesTime", "_SyncObj__lastResponseTime",
+    "_SyncObj__connectedNodes", "_SyncObj__otherNodes",
 )
 _PIPE_ATTRS = ("_PipeNotifier__pipeR", "_PipeNotifier__pipeW")   # its pipe's two ends (RaftGroup.close)
 
@@ -209,14 +212,19 @@ class _SyncingTransport:
     its owner has synced all journals (group commit); it is not synced here, send by send.
     """
 
-    def __init__(self, inner, journal: DurableJournal):
+    def __init__(self, inner, journal: DurableJournal, sent_commit: dict[str, int]):
         self._inner = inner
         self._journal = journal
         self._sync_here = not getattr(inner, "flushes_after_sync", False)
+        self._sent_commit = sent_commit
 
     def send(self, node, message):
         if self._sync_here and self._journal.dirty:
             self._journal.sync()
+        if message.get("type") == "append_entries" and "prevLogIdx" in message and "transmission" not in message:
+            # The commit index this follower can take from the message (rule 4): what it proved.
+            proved = message["prevLogIdx"] + len(message.get("entries", ()))
+            self._sent_commit[node.id] = min(message["commit_index"], proved)
         return self._inner.send(node, message)
 
     def __getattr__(self, name):
@@ -268,6 +276,7 @@ class RaftGroup(SyncObj):
         self._closed = False
         self._appended_through = 0   # the last log index, and the commit index, of the last appends sent
         self._commit_told = 0
+        self._sent_commit: dict[str, int] = {}   # follower -> the commit index our last append to it proved
         opts = dict(
             autoTick=False,
             appendEntriesUseBatch=True,
@@ -305,7 +314,7 @@ class RaftGroup(SyncObj):
         assert self._SyncObj__raftLog is self._journal
         notifier = getattr(self, "_SyncObj__pipeNotifier", None)
         assert notifier is None or all(hasattr(notifier, a) for a in _PIPE_ATTRS), "pysyncobj internals changed: PipeNotifier"
-        self._SyncObj__transport = _SyncingTransport(self._SyncObj__transport, self._journal)
+        self._SyncObj__transport = _SyncingTransport(self._SyncObj__transport, self._journal, self._sent_commit)
         self._SyncObj__serializer = _SnapshotSerializer(self, dump_path, self._SyncObj__conf.logCompactionBatchSize,
                                                         self._read_snapshot)
         # The state machine remembers what it applied (durably); resume after it.
@@ -387,9 +396,10 @@ class RaftGroup(SyncObj):
         """Start an election at the next tick instead of after a timeout."""
         self._SyncObj__raftElectionDeadline = 0
 
-    def postpone_election(self) -> None:
-        """The leader is known to be alive (its node said so): restart our election timer."""
-        deadline = _so.monotonicTime() + self._SyncObj__generateRaftTimeout()
+    def postpone_election(self, alive_at: float | None = None) -> None:
+        """The leader is known to be alive (its node said so, at `alive_at`, default now):
+        restart our election timer from then."""
+        deadline = (_so.monotonicTime() if alive_at is None else alive_at) + self._SyncObj__generateRaftTimeout()
         if deadline > self._SyncObj__raftElectionDeadline:
             self._SyncObj__raftElectionDeadline = deadline
 
@@ -397,6 +407,68 @@ class RaftGroup(SyncObj):
         """How often the leader sends appends (heartbeats): short while the range is busy, long
         while it idles (the node's own heartbeat then keeps followers from electing)."""
         self._SyncObj__conf.appendEntriesPeriod = seconds
+
+    # --- quiescence: a caught-up leader sends no heartbeats of its own ------------------------
+    @property
+    def term(self) -> int:
+        return self._SyncObj__raftCurrentTerm
+
+    def caught_up(self) -> bool:
+        """This replica leads, has committed and applied its whole log, and every connected
+        follower has acknowledged all of it and was last sent an append proving the commit
+        index: an append now would carry nothing but a heartbeat. (A follower not connected
+        gets nothing anyway; once its link drops, this is false until it is sent an append.)"""
+        if not self._isLeader():
+            return False
+        last = self._journal[-1][1]
+        if self._SyncObj__raftCommitIndex != last or self._SyncObj__raftLastApplied != last:
+            return False
+        match, nxt, connected = self._SyncObj__raftMatchIndex, self._SyncObj__raftNextIndex, self._SyncObj__connectedNodes
+        for node in self._SyncObj__otherNodes:
+            if node in connected and (match.get(node) != last or nxt.get(node) != last + 1
+                                      or self._sent_commit.get(node.id) != last):
+                return False
+        return True
+
+    def unsent(self) -> bool:
+        """This replica leads and owes a connected follower entries it has not sent: the
+        follower answered that it lacks them (nextIndex moved back), or a snapshot ended short
+        of the log's end. pysyncobj would wait for its next heartbeat to send them."""
+        if not self._isLeader():
+            return False
+        after = self._journal[-1][1]
+        connected = self._SyncObj__connectedNodes
+        return any(v <= after for n, v in self._SyncObj__raftNextIndex.items() if n in connected)
+
+    def hold_appends(self) -> None:
+        """Send no periodic appends (heartbeats) until `resume_appends`: the node heartbeat keeps
+        the followers from electing. Appends that carry something still go out at the end of the
+        tick (`_checkCommandsToApply`): new entries, and the commit index after an apply."""
+        self._SyncObj__newAppendEntriesTime = math.inf
+
+    def resume_appends(self, now: bool = False) -> None:
+        """Periodic appends again, the first at this group's next tick if they were held (or
+        `now` regardless: a peer disputes our lead and must hear our term)."""
+        if now or self._SyncObj__newAppendEntriesTime == math.inf:
+            self._SyncObj__newAppendEntriesTime = 0.0
+
+    def appends_held(self) -> bool:
+        return self._SyncObj__newAppendEntriesTime == math.inf
+
+    def heard_from(self, peer_id: str, at: float) -> None:
+        """The follower's node was heard at `at` and does not dispute our lead: count it as a
+        response for pysyncobj's leaderFallbackTimeout, which would otherwise depose a leader
+        that sends no heartbeats (and so gets no replies) after 30 s."""
+        times = self._SyncObj__lastResponseTime
+        for node in self._SyncObj__otherNodes:
+            if node.id == peer_id and times.get(node, 0.0) < at:
+                times[node] = at
+
+    def _SyncObj__onNodeDisconnected(self, node):
+        # The link to the follower dropped (frames queued to it may be lost): until it is sent
+        # an append again, the group is not caught up.
+        self._sent_commit.pop(node.id, None)
+        return SyncObj._SyncObj__onNodeDisconnected(self, node)
 
     def match_index(self) -> dict[str, int]:
         return {n.id: v for n, v in self._SyncObj__raftMatchIndex.items()}
@@ -504,8 +576,8 @@ class RaftGroup(SyncObj):
         # commit that fails stops this replica (FailStop) before it does anything else, so a
         # later batch can never commit later indexes over the hole.
         batch = getattr(self._sm, "batch", None)
-        if batch is None:
-            return SyncObj._SyncObj__applyLogEntries(self)
+        if batch is None or self._SyncObj__raftCommitIndex <= self._SyncObj__raftLastApplied:
+            return SyncObj._SyncObj__applyLogEntries(self)   # nothing to apply: no transaction
         try:
             with batch():
                 return SyncObj._SyncObj__applyLogEntries(self)

@@ -38,6 +38,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="simulate whole stores with automatic splits and a crash at a step of a split")
     p.add_argument("--lagging", action="store_true",
                    help="with --splits: a node is down while the others write, split and compact, then catches up by snapshots")
+    p.add_argument("--quiesce", action="store_true",
+                   help="with --splits: idle groups quiesce as on a node (caught-up leaders send no heartbeats; "
+                        "node heartbeats keep followers waiting)")
+    p.add_argument("--partition-s", type=float, default=0.0,
+                   help="with --splits: cut off the node leading the most ranges this long once the writes are done")
+    p.add_argument("--leader-fallback-s", type=float, default=2.5,
+                   help="with --splits --quiesce: pysyncobj's leaderFallbackTimeout")
+    p.add_argument("--crash-point", default=None, help="with --splits: the split step to crash at ('none': no crash)")
     p.add_argument("--keep-going", action="store_true", help="count violations instead of stopping at the first")
     p.add_argument("-v", "--verbose", action="store_true", help="print each seed's summary")
     args = p.parse_args(argv)
@@ -49,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.splits:
             from raftstore.sim.split_world import SplitSimConfig, run_split_seed
             run = lambda seed=seed: run_split_seed(SplitSimConfig(seed=seed, lagging=args.lagging,
-                                                                           storage_faults=args.storage_faults))  # noqa: E731
+                                                                           storage_faults=args.storage_faults,
+                                                                           quiesce=args.quiesce,
+                                                                           partition_s=args.partition_s,
+                                                                           leader_fallback_s=args.leader_fallback_s,
+                                                                           crash_point=args.crash_point))  # noqa: E731
         else:
             cfg = SimConfig(seed=seed, target=args.target, fsync_works=not args.fsync_off,
                             write_through=args.write_through, crashes=not args.no_crashes,
@@ -66,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.keep_going:
                 break
     ran = len(seeds) if args.keep_going or not failed else list(seeds).index(failed[0]) + 1
-    what = ("splits, lagging" if args.lagging else "splits") if args.splits else args.target
+    what = ", ".join(["splits"] + ["lagging"] * args.lagging + ["quiesce"] * args.quiesce) if args.splits else args.target
     print("%d seeds, %d violations (%s), %.1f s wall" % (ran, len(failed), what, time.monotonic() - started))
     return 1 if failed else 0
 

@@ -87,10 +87,22 @@ class SplitSimConfig:
     resend_fraction: float = 0.2       # writes sent once more, with the same id, after their answer
     tick_s: float = 0.01
     settle_s: float = 12.0
+    quiesce: bool = False              # idle groups tick rarely and caught-up leaders send no
+                                       # heartbeats; every node heartbeats its peers (as a node does)
+    heartbeat_s: float = 0.1           # the node heartbeat's period then (raftMinTimeout is 0.4 here)
+    leader_fallback_s: float = 2.5     # quiesced: pysyncobj's leaderFallbackTimeout (nodes: 30 s), short
+                                       # enough that a leader it deposes shows in a run
+    partition_s: float = 0.0           # > 0: once the writes are done, the node leading the most
+                                       # ranges is cut off this long (silently: its links stay up,
+                                       # every frame is lost); at the end every range must have
+                                       # one leader all nodes agree on
 
     def replay_command(self) -> str:
-        return "PYTHONHASHSEED=0 python -m raftstore.sim --splits%s%s --seed %d" % (
-            " --lagging" if self.lagging else "", " --storage-faults" if self.storage_faults else "", self.seed)
+        return "PYTHONHASHSEED=0 python -m raftstore.sim --splits%s%s%s%s --seed %d" % (
+            " --lagging" if self.lagging else "", " --storage-faults" if self.storage_faults else "",
+            " --quiesce" if self.quiesce else "",
+            " --partition-s %g --leader-fallback-s %g --crash-point %s" % (self.partition_s, self.leader_fallback_s, self.crash_point)
+            if self.partition_s else "", self.seed)
 
 
 class _GroupTransport(Transport):
@@ -142,6 +154,11 @@ class SplitWorld:
         self.crashed_at: str | None = None
         self.splits_seen = 0
         self.fail_stops = 0
+        self.appends_sent: list[float] = []   # when each append_entries (heartbeat or not) was sent
+        self.votes_asked: list[float] = []    # when each request_vote was sent (an election)
+        self.cut: set[int] = set()            # nodes cut off by a partition (partition_s)
+        self.cut_led = 0                      # ranges the cut node led when it was cut off
+        self.reelected = 0                    # of those, the ranges that elected another leader meanwhile
 
     # --- nodes --------------------------------------------------------------------------------
     def alive(self, nid: int) -> bool:
@@ -156,9 +173,11 @@ class SplitWorld:
         mvcc = _FaultyMVCCStore(os.path.join(ndir, "store.sqlite"), synchronous="OFF")
         disk = self.disks[nid]
         store = Store(StoreConfig(node_id=nid, replicas=self.ids, raft_dir=os.path.join(ndir, "raft"),
-                                  range_bytes_max=self.cfg.range_bytes_max, maintain_interval_s=0.2, quiesce=False,
+                                  range_bytes_max=self.cfg.range_bytes_max, maintain_interval_s=0.2, quiesce=self.cfg.quiesce,
                                   raft_conf=dict(appendEntriesUseBatch=True, appendEntriesPeriod=0.05,
-                                                 raftMinTimeout=0.4, raftMaxTimeout=0.8, logCompactionMinEntries=60)),
+                                                 raftMinTimeout=0.4, raftMaxTimeout=0.8, logCompactionMinEntries=60,
+                                                 **(dict(leaderFallbackTimeout=self.cfg.leader_fallback_s)
+                                                    if self.cfg.quiesce else {}))),
                       mvcc, open_journal=lambda path, disk=disk: disk.open(path),
                       transport_class=lambda gid, nid=nid: (lambda so, s, o: _GroupTransport(self, nid, gid, so, s, o)),
                       clock=self.clock, now_ts=lambda: [int(self.clock.t * 1e9), 0],
@@ -178,11 +197,15 @@ class SplitWorld:
             self._crashed(nid)
             return
         self.push(self.clock.t + self.cfg.tick_s * self.rng.random(), "tick", (nid, self.incarnation[nid]))
+        if self.cfg.quiesce:
+            self.push(self.clock.t + self.cfg.heartbeat_s * self.rng.random(), "heartbeat", (nid, self.incarnation[nid]))
         for pid in self.ids:
             if pid != nid and self.alive(pid):
                 for (n, gid), t in list(self.transports.items()):
                     if n == pid and t.started and nid in t.peers:
                         t._onNodeConnected(t.peers[nid])
+                if self.cfg.quiesce:
+                    self.stores[pid].on_peer_up(nid)
 
     def _submit_job(self, nid: int, job) -> None:
         """Snapshot work runs later on the simulated clock (as a thread would, while the loop
@@ -217,6 +240,9 @@ class SplitWorld:
         for (n, gid), t in list(self.transports.items()):
             if t.started and nid in t.peers:
                 t._onNodeDisconnected(t.peers[nid])
+        if self.cfg.quiesce:
+            for store in self.stores.values():
+                store.on_peer_down(nid)
         self.mvccs.pop(nid).close()
         self.disks[nid].crash(self.rng)
         if restart:
@@ -234,9 +260,26 @@ class SplitWorld:
     def send(self, src: int, dst: int, gid: int, message: dict) -> bool:
         if not self.alive(dst):
             return False
+        if src in self.cut or dst in self.cut:
+            return True   # lost on the way, as on a link that silently drops everything
+        if message.get("type") == "append_entries":
+            self.appends_sent.append(self.clock.t)
+        elif message.get("type") == "request_vote":
+            self.votes_asked.append(self.clock.t)
         payload = msgpack.packb(message, use_bin_type=True)
         self.push(self.clock.t + 0.002 + 0.003 * self.rng.random(), "msg", (src, dst, gid, self.incarnation[dst], payload))
         return True
+
+    def _heartbeat(self, src: int) -> None:
+        """A node's heartbeat to each live peer (Node._run_loop's), delivered like a message."""
+        store = self.stores[src]
+        claims = store.leader_claims()
+        for dst in self.ids:
+            if dst != src and self.alive(dst) and src not in self.cut and dst not in self.cut:
+                self.push(self.clock.t + 0.002 + 0.003 * self.rng.random(), "call",
+                          lambda dst=dst, inc=self.incarnation[dst], srcinc=self.incarnation[src], disputes=store.disputes_to(dst):
+                          self.alive(src) and self.alive(dst) and inc == self.incarnation[dst] and srcinc == self.incarnation[src]
+                          and self.stores[dst].on_node_heartbeat(src, claims, disputes))
 
     def _deliver(self, src: int, dst: int, gid: int, inc: int, payload: bytes) -> None:
         if not self.alive(dst) or not self.alive(src) or inc != self.incarnation[dst]:
@@ -247,8 +290,12 @@ class SplitWorld:
             t = self.transports.get((dst, gid))
             if t is None:
                 return
-        self.stores[dst].mark(gid)
-        t._onMessageReceived(t.peers[src], msgpack.unpackb(payload, raw=False))
+        message = msgpack.unpackb(payload, raw=False)
+        if self.cfg.quiesce:
+            self.stores[dst].on_message(gid, message)   # as the node does
+        else:
+            self.stores[dst].mark(gid)
+        t._onMessageReceived(t.peers[src], message)
 
     def _send_to_leader(self, nid: int, store: Store, desc, op: str, args: dict, done, cid: bytes) -> None:
         """What a node does with a client's command: hand it to the range's leader as this node
@@ -324,10 +371,12 @@ class SplitWorld:
                 for _ in range(3):
                     self.push(start + self.rng.uniform(0.0, self.cfg.writes * 0.02), "call", self._commit_fault)
             self.push(t_end - self.cfg.settle_s / 2, "call", self._restart_all)
+            if self.cfg.partition_s > 0:
+                self.push(start + self.cfg.writes * 0.02 + 1.0, "call", self._cut_busiest_leader)
             while self.queue and self.queue[0][0] <= t_end:
                 t, _, kind, data = heapq.heappop(self.queue)
                 self.clock.t = max(self.clock.t, t)
-                nid = data[0] if kind in ("tick", "job") else data[1] if kind == "msg" else None
+                nid = data[0] if kind in ("tick", "job", "heartbeat") else data[1] if kind == "msg" else None
                 try:
                     if kind == "tick":
                         n, inc = data
@@ -335,6 +384,11 @@ class SplitWorld:
                             self.stores[n].tick()
                             self.stores[n].sync()
                             self.push(self.clock.t + self.cfg.tick_s, "tick", data)
+                    elif kind == "heartbeat":
+                        n, inc = data
+                        if self.alive(n) and inc == self.incarnation[n]:
+                            self._heartbeat(n)
+                            self.push(self.clock.t + self.cfg.heartbeat_s, "heartbeat", data)
                     elif kind == "job":
                         n, inc, job = data
                         if self.alive(n) and inc == self.incarnation[n]:
@@ -352,14 +406,43 @@ class SplitWorld:
                     self.fail_stops += 1
                     self._crashed(nid if nid is not None else self.crash_node)
             self.check()
+            if self.cfg.partition_s > 0:
+                self._check_one_leader_each()
             summary = dict(seed=self.cfg.seed, crash=self.crashed_at or "point never reached (%s)" % self.crash_point,
                            acked=len(self.acked), resent=len(self.resent), splits=self.splits_seen,
                            fail_stops=self.fail_stops,
+                           appends=len(self.appends_sent), appends_last_3s=sum(1 for t in self.appends_sent if t > t_end - 3.0),
+                           votes_asked_last_3s=sum(1 for t in self.votes_asked if t > t_end - 3.0),
+                           cut_led=self.cut_led, reelected=self.reelected,
                            ranges=len(local_descriptors(self.mvccs[self.ids[0]])))
             for nid in list(self.stores):
                 self.stores[nid].close()
                 self.mvccs[nid].close()
         return summary
+
+    def _cut_busiest_leader(self) -> None:
+        led = {n: sum(1 for g in self.stores[n].groups.values() if g.is_leader()) for n in self.ids if self.alive(n)}
+        victim = max(sorted(led), key=lambda n: led[n])
+        self.log("partition: n%d (leading %d ranges) cut off" % (victim, led[victim]))
+        before = {rid for rid, g in self.stores[victim].groups.items() if g.is_leader()}
+        self.cut.add(victim)
+        self.cut_led = len(before)
+
+        def heal() -> None:
+            self.cut.discard(victim)
+            others = [n for n in self.ids if n != victim and self.alive(n)]
+            self.reelected = sum(1 for rid in before if any(
+                self.stores[n].groups[rid].is_leader() for n in others if rid in self.stores[n].groups))
+            self.log("partition healed; %d of n%d's %d ranges elected another leader" % (self.reelected, victim, len(before)))
+        self.push(self.clock.t + self.cfg.partition_s, "call", heal)
+
+    def _check_one_leader_each(self) -> None:
+        for rid in sorted(self.stores[self.ids[0]].groups):
+            groups = [self.stores[n].groups.get(rid) for n in self.ids]
+            leaders = [n for n, g in zip(self.ids, groups) if g is not None and g.is_leader()]
+            named = {g.leader_id() if g is not None else None for g in groups}
+            if len(leaders) != 1 or named != {str(leaders[0])}:
+                self.fail("r%d: %d replicas lead (%s); the nodes name %s" % (rid, len(leaders), leaders, sorted(map(str, named))))
 
     def _commit_fault(self) -> None:
         live = [n for n in self.ids if self.alive(n)]
