@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 
 from raftstore import coop
 from sql import types as T
-from sql.types import to_storage
 from sql.catalog import (
     TableSchema,
     catalog_key,
@@ -696,7 +695,7 @@ class Session:
                 check_column_value(schema, column, value)
             except SQLError:
                 return None
-            fields.append((index, to_storage(value, column.type)))
+            fields.append((index, T.to_storage(value, column.type)))
         return fields
 
     def _apply_sets(self, plan: UpdatePlan, row: list, ctx) -> list:

@@ -255,6 +255,14 @@ def _has_column(node: exp.Expr) -> bool:
     return any(isinstance(n, (exp.Column, *AGGREGATES)) for n in node.walk())
 
 
+def _pk_column(node: exp.Expr, schema: TableSchema, source_number: int, scope: Scope) -> str | None:
+    """The primary-key column of source `source_number` that `node` names, or None."""
+    if not isinstance(node, exp.Column) or isinstance(node.this, exp.Star):
+        return None
+    _, _, name, number = scope.resolve(node)
+    return name if number == source_number and name in schema.pk else None
+
+
 def plan_access(
     schema: TableSchema, source_number: int, parts: list[exp.Expr], scope: Scope
 ) -> AccessPath:
@@ -267,10 +275,7 @@ def plan_access(
     upper: dict[str, list[Bound]] = {name: [] for name in pk}
 
     def pk_column(node: exp.Expr) -> str | None:
-        if not isinstance(node, exp.Column) or isinstance(node.this, exp.Star):
-            return None
-        _, _, name, number = scope.resolve(node)
-        return name if number == source_number and name in eq else None
+        return _pk_column(node, schema, source_number, scope)
 
     def constant(node: exp.Expr, column: str) -> Compiled | None:
         if _has_column(node):
@@ -1294,13 +1299,8 @@ def key_only_where(schema: TableSchema, parts: list[exp.Expr], scope: Scope) -> 
     for part in parts:
         if not isinstance(part, exp.EQ):
             return False
-        column = None
-        for side, other in ((part.this, part.expression), (part.expression, part.this)):
-            if isinstance(side, exp.Column) and not isinstance(side.this, exp.Star) and not _has_column(other):
-                _, _, name, number = scope.resolve(side)
-                if number == 0 and name in schema.pk:
-                    column = name
-                    break
+        column = next((name for side, other in ((part.this, part.expression), (part.expression, part.this))
+                       if not _has_column(other) and (name := _pk_column(side, schema, 0, scope)) is not None), None)
         if column is None or schema.column(column).type == T.FLOAT:  # type: ignore[union-attr]
             return False
         named.add(column)

@@ -51,6 +51,7 @@ STRONG, BOUNDED_STALENESS, EXACT = "strong", "bounded_staleness", "exact"
 CONSISTENCIES = (STRONG, BOUNDED_STALENESS, EXACT)
 SERVED_CONSISTENCIES = (STRONG,)
 BATCH_OP = "batch"     # the replicated command that carries a batch
+VALUE_TOO_LARGE = "value_too_large"   # a rejection's code: a write would make a value past command_bytes_max
 
 
 def _bytes(value: Any, what: str, *, optional: bool = False) -> bytes | None:
@@ -296,7 +297,7 @@ class SetFields:
         new = msgpack.packb(elements, use_bin_type=True)
         if len(self.key) + len(new) > constants.command_bytes_max:
             raise CommandError("set_fields of %r would make a value of %d bytes, above command_bytes_max=%d"
-                               % (self.key, len(new), constants.command_bytes_max))
+                               % (self.key, len(new), constants.command_bytes_max), code=VALUE_TOO_LARGE)
         return new
 
 

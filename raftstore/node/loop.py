@@ -60,6 +60,7 @@ CLIENT_OPS = READ_OPS | {"put", "delete", "cas", "put_if", BATCH_OP}
 STORE_OPS = frozenset({"meta_put", "alloc_range_id", "split", CHECKSUM_OP, ADMIN_SPLIT})   # a node's own commands
 PEER_PROPOSABLE = CLIENT_OPS | STORE_OPS   # what a peer may hand a range's leader
 
+
 def _complete(replies: list) -> None:
     """On an asyncio loop: complete the futures of one node-loop iteration's replies (one that
     its waiter gave up on, cancelled, is skipped)."""

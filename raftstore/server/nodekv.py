@@ -2,7 +2,8 @@
 root (raftstore.server.main) gives the SQL gateway for its sessions. Every call goes to the
 node's router as typed batches (`Node.batch_within`, `Node.scan_keys`), so sql/ knows nothing
 of the node, its outcomes or its batches. A statement runs as a coroutine on the client port's
-loop (raftstore.coop): each call suspends the statement, not a thread, until the node answers. tests/test_kv_contract.py runs the KV contract on it."""
+loop (raftstore.coop): each call suspends the statement, not a thread, until the node answers.
+tests/test_kv_contract.py runs the KV contract on it."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ from typing import Any
 
 from raftstore import constants, coop
 from raftstore.errors import AmbiguousCommitError, RaftstoreError, TooLargeError, UnavailableError
-from raftstore.kvserver.batch import (Check, CompareAndSwap, ConditionalPut, Delete, Get, GetForUpdate, Header, Put,
-                                      SetFields)
+from raftstore.kvserver.batch import (VALUE_TOO_LARGE, Check, CompareAndSwap, ConditionalPut, Delete, Get, GetForUpdate,
+                                      Header, Put, SetFields)
 from raftstore.raft.commands import Outcome
 from sql.constants import GATEWAY_KV_CALL_TIMEOUT_S, GATEWAY_KV_FANOUT_MAX
 from sql.kv import (WRITE_BATCH_MAX, ConsistencyResult, Locked, RangeInfo, RegionInfo, TraceOp, Version, Write,
-                    WriteResult, check_fields, check_key, check_scan_limit, check_value, check_writes, held_unwritten, not_sent,
-                    record_step)
+                    WriteResult, check_fields, check_key, check_scan_limit, check_value, check_writes, held_unwritten,
+                    not_sent, record_step)
 
 
 def _windows(ops: list, ops_max: int = GATEWAY_KV_FANOUT_MAX) -> list[list]:
@@ -206,7 +207,7 @@ class NodeKV:
         check_fields(width, fields)
         outcome, result = self._batch([SetFields(key, width, tuple(fields))])[0]
         if outcome is Outcome.REJECTED:
-            if "command_bytes_max" in str(result):
+            if getattr(result, "code", None) == VALUE_TOO_LARGE:
                 raise TooLargeError("%s; nothing was written" % result)
             raise ValueError(str(result))
         return bool(self._check((outcome, result), True)["found"])
