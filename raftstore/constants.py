@@ -25,6 +25,15 @@ proposal_timeout_s = 10.0               # a proposal with no outcome by then fai
 # if the leader has not answered by then (its own proposal timeout, plus the WAN round trip).
 forwarded_proposal_timeout_s = proposal_timeout_s + 2.0
 locking_read_hold_s = 2.0               # a locking read's latches wait this long for the write that follows it
+# Range leases (raftstore.kvserver.lease): expiration leases, extended while the range is in use
+# (when less than half is left), left to lapse when idle. After a leaseholder dies, its ranges
+# wait out at most this long (plus an election) before another node serves them.
+lease_duration_s = 2.5
+range_unavailable_s = 5.0              # a request with no answer from its ranges' leaseholders fails "unavailable" after this
+timestamp_cache_entries_max = 4096     # per range; past it the oldest entries fold into its low-water mark
+faults_check_interval_s = 0.05         # tests only: how often a node reads its faults file
+drain_offer_interval_s = 0.5          # a draining node offers a range's lead away again this often
+lease_readers = 2                      # threads (each with its own SQLite read connection) serving leaseholder reads
 leader_wait_s = 2.0                     # a client command for a range with no leader known waits this long for one
 proposals_in_flight_max = 10_000        # per group; beyond it a proposal is refused at once
 
@@ -103,6 +112,7 @@ repl_completion_tables_max = 100           # raftstore sql: tables whose columns
 # again by the gateway itself, this many times at most, after a jittered backoff doubling from
 # the min to the max; then the client gets the 40001.
 sql_conflict_retries_max = 10
+sql_read_restarts_max = 10       # a statement whose reads keep finding versions within their uncertainty interval
 sql_conflict_backoff_s_min = 0.005
 sql_conflict_backoff_s_max = 0.25
 

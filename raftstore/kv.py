@@ -446,6 +446,20 @@ class Client:
         """The serving node's status map (node id, region, leader, ...; contents not checked)."""
         return self._call("status", {}, _check_status)
 
+    def drain(self) -> int:
+        """Ask the node this client reaches first to hand every lease it serves to other nodes
+        (it keeps running, takes no lease until it restarts); returns how many it still serves
+        after drain_timeout_s (0: drained). Send it with a Client of one address: a retry on
+        another address would drain that node instead."""
+        result = self.request("drain", {}, _check_status, write=False,
+                              timeout_s=constants.drain_timeout_s + 5.0, attempt_timeout_s=constants.drain_timeout_s + 5.0)
+        return int(result["leases_left"])
+
+    def lease_transfer(self, range_id: int, to: int) -> None:
+        """Ask the node this client reaches (which must serve the range's lease) to move the
+        lease of `range_id` to node `to`: the lead moves first, the lease follows it."""
+        self.request("lease_transfer", {"range_id": range_id, "to": to}, _check_status, write=False)
+
     def check_consistency(
         self, start: bytes = b"", end: bytes | None = None, *, timeout_s: float | None = None
     ) -> list[dict]:

@@ -97,6 +97,8 @@ REQUEST_ARGS: dict[str, dict[str, str]] = {
     "split": {"key": "bytes"},
     "sql": {"sql": "sql_text", "params": "sql_params"},
     "check_consistency": {"start": "bytes", "end": "bytes?"},
+    "lease_transfer": {"range_id": "id", "to": "id"},
+    "drain": {},
 }
 # Fields of REQUEST_ARGS that a request may leave out (every other one is required).
 OPTIONAL_ARGS: dict[str, frozenset[str]] = {"sql": frozenset({"params"}), "scan": frozenset({"max_bytes"}),
@@ -288,6 +290,10 @@ def _check_field(op: str, name: str, kind: str, value: Any, request_id: int) -> 
             raise BadRequest(
                 f"{where} must be exactly {constants.command_id_bytes} bytes, got {got}", request_id
             )
+    elif kind == "id":
+        if not _is_plain_int(value) or not 1 <= value <= 2**63 - 1:
+            got = repr(value) if _is_plain_int(value) else _type_name(value)
+            raise BadRequest(f"{where} must be a positive int (an id), got {got}", request_id)
     elif kind == "limit":
         if not _is_plain_int(value) or not 1 <= value <= constants.scan_rows_max:
             got = repr(value) if _is_plain_int(value) else _type_name(value)

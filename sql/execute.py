@@ -117,6 +117,9 @@ def _wall_clock() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
 
 
+_READS_LATEST = frozenset({"insert", "upsert", "update", "delete", "create_table", "drop_table"})
+
+
 class SystemTimer:
     """The real time source of schema leases and DDL waits (sql.catalog.Timer)."""
 
@@ -185,6 +188,13 @@ class Session:
         bound = self._bind(statement, params)
         ctx = EvalContext(bound, self._clock(), self._new_rowid)
         kind = statement.kind
+        if kind in _READS_LATEST:
+            # Writes decide at apply, on the versions they read; DDL polls the catalog and waits:
+            # their reads see the latest state, each on its own (a query's reads share one
+            # timestamp: the KV's statement snapshot, raftstore.server.nodekv).
+            read_latest = getattr(self.kv, "read_latest", None)
+            if read_latest is not None:
+                read_latest()
         if kind == "show_tables":
             return self._show_tables()
         if kind == "show_regions":

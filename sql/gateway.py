@@ -32,7 +32,7 @@ from raftstore import constants, coop
 from raftstore.errors import AmbiguousCommitError, RaftstoreError, SqlError, UnavailableError
 from raftstore.kv import backoff_delay_s
 from sql.constants import GATEWAY_SESSIONS_IDLE_MAX
-from sql.kv import KV
+from sql.kv import KV, ReadRestart
 
 _TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
@@ -109,16 +109,41 @@ class Gateway:
         sql_conflict_retries_max times, after a growing jittered pause; the last one reaches the
         client, which may run it again too. Once any write applied or may have (the KV saw it,
         whatever the engine said), no failure is "unavailable" or 40001, which would invite a
-        resend that applies it twice: it is 40003, statement completion unknown."""
+        resend that applies it twice: it is 40003, statement completion unknown. A read that
+        found a version within its uncertainty interval (ReadRestart) runs it again at once, reading
+        at that version, unless a write of it applied."""
+        kv = session.kv
+        try:
+            return self._attempts(session, sql, params)
+        finally:
+            kv.end_statement()   # a read outside a statement (a schema lease renewal) is its own
+
+    def _attempts(self, session, sql: str, params: list) -> tuple:
         from sql.errors import SQLError
 
         kv = session.kv
-        attempt = 0
+        attempt = restarts = 0
+        restart_at = None
         while True:
             attempt += 1
-            kv.begin_statement()
+            if restart_at is None:
+                kv.begin_statement()
+            else:
+                kv.begin_statement(read_ts=restart_at)
+            restart_at = None
             try:
                 return session.execute(sql, params), list(kv.max_ts)
+            except ReadRestart as exc:
+                # A read found a version within its uncertainty interval: read everything again
+                # at that version (no pause: nothing conflicts), unless a write of it applied.
+                if kv.wrote:
+                    raise _completion_unknown(SQLError("serialization_failure", str(exc))) from None
+                restarts += 1
+                if restarts > constants.sql_read_restarts_max:
+                    raise SQLError("serialization_failure", "%s; gave up after %d restarts" % (exc, restarts)) from None
+                attempt -= 1
+                restart_at = exc.ts
+                continue
             except SQLError as exc:
                 if exc.code != "serialization_failure":
                     raise

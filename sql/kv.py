@@ -36,6 +36,17 @@ Write = tuple[bytes, Version | None, bytes | None]
 """One conditioned write: (key, if_version, value); value None deletes."""
 
 
+class ReadRestart(Exception):
+    """The statement's reads must start again at `ts`: a read at the statement's timestamp found
+    a version above it that may have been written before the statement began, by a node whose
+    clock runs ahead (within the max clock offset). The gateway runs the statement again there,
+    when none of its writes applied (raftstore.server.nodekv; sql.gateway)."""
+
+    def __init__(self, ts: Version) -> None:
+        super().__init__("read restarted at %s (a version within the read's uncertainty interval)" % (ts,))
+        self.ts = ts
+
+
 @dataclass(frozen=True)
 class Locked:
     """A `get_for_update`'s answer: the key's live (value, version), None if it has none, and

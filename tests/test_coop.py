@@ -149,7 +149,7 @@ def test_a_long_statement_does_not_hold_back_a_short_one_on_the_same_gateway() -
         short_task = []
         plain_scan = node.scan_keys
 
-        async def scan_keys(start, end, limit):
+        async def scan_keys(start, end, limit, header=None):
             nonlocal scans
             answer = await plain_scan(start, end, limit)
             scans += 1

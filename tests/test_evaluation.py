@@ -13,36 +13,16 @@ import pytest
 
 from raftstore import constants
 from raftstore.kvserver.batch import verdict
+from raftstore.kvserver.lease import Lease
 from raftstore.kvserver.ranges import (FIRST_DATA_RANGE_ID, RANGE_KEY_MISMATCH, RangeDescriptor, bootstrap_descriptors,
                                        local_desc_key, mismatch_descriptors)
 from raftstore.kvserver.replica import RangeReplica, desc_ts
 from raftstore.kvserver.store import Store, StoreConfig
 from raftstore.raft.commands import Command, Outcome, is_not_leader
 from raftstore.storage.mvcc import MVCCStore
+from fake_group import FakeGroup
 
 R = FIRST_DATA_RANGE_ID
-
-
-class FakeGroup:
-    """What the store asks of a RaftGroup when it evaluates: who leads, whether the lead is
-    ready, and propose (recorded; answered by the test)."""
-
-    def __init__(self, leader: bool = True, ready: bool = True, leader_id: str | None = "1") -> None:
-        self.leader, self.ready, self.leader_id_ = leader, ready, leader_id
-        self.proposed: list[tuple[str, dict, object, bytes]] = []
-
-    def is_leader(self) -> bool:
-        return self.leader
-
-    def leader_ready(self) -> bool:
-        return self.leader and self.ready
-
-    def leader_id(self) -> str | None:
-        return self.leader_id_
-
-    def propose(self, op, args, callback, command_id=None):
-        self.proposed.append((op, args, callback, command_id))
-        return command_id
 
 
 class Harness:
@@ -56,6 +36,10 @@ class Harness:
         for d in descs:
             self.store.replicas[d.range_id] = RangeReplica(self.mvcc, d.range_id)
             self.store.groups[d.range_id] = FakeGroup()
+            # Node 1 holds every range's lease (kvserver.lease; tests/test_leases.py covers them).
+            lease = Lease(1, 1, (0, 0), (1 << 62, 0))
+            self.store.replicas[d.range_id].lease = lease
+            self.store._on_lease(d.range_id, lease)
         self.answers: list[tuple[Outcome, object]] = []
 
     def evaluate(self, op, args, cid, range_id=R):

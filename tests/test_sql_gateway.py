@@ -75,7 +75,7 @@ class MemNode:
         a range of its own)."""
         return await asyncio.gather(*(self.propose_key(op.kind, op.key, op.to_wire(), None) for op in ops))
 
-    async def scan_keys(self, start, end, limit):
+    async def scan_keys(self, start, end, limit, header=None):
         found = self.kv.scan_versions(start, end, limit)
         return Outcome.COMMITTED, {"rows": [[k, v] for k, v, _ in found], "versions": [list(t) for _, _, t in found],
                                    "ts": [1, 0]}

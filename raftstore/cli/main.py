@@ -29,6 +29,16 @@ def _addr_list(text: str) -> list[str]:
     return [_addr(part.strip()) for part in text.split(",") if part.strip()]
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a number" % text) from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError("%r must be a positive number" % text)
+    return value
+
+
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) <= 0:
         raise argparse.ArgumentTypeError("%r is not a positive integer" % text)
@@ -94,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--latency-matrix", metavar="NAME|FILE",
                        help="emulate WAN delays between regions on peer links (global3, global5, symmetric60, "
                             "or a TOML file); client links are not delayed")
+    start.add_argument("--unavailable-timeout", type=_positive_float, default=constants.range_unavailable_s,
+                       metavar="SECONDS", help="a request whose range has no leaseholder reachable from this node "
+                       "fails after this long with an 'unavailable' error naming the range (default %(default)s)")
+    start.add_argument("--lease-duration", type=_positive_float, default=constants.lease_duration_s,
+                       metavar="SECONDS", help="how long a range lease lasts unless extended: after a leaseholder "
+                       "dies its ranges wait out at most this (plus an election) before another node serves them "
+                       "(default %(default)s)")
     start.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     start.set_defaults(func=run_start)
 
@@ -103,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_kv_parser(sub)
     add_status_parser(sub)
     add_demo_parser(sub)
+    from raftstore.cli.node import add_node_parser
+    add_node_parser(sub)
     from raftstore.cli.sql_shell import add_sql_parser
     add_sql_parser(sub)
     from raftstore.cli.bench import add_bench_parser
@@ -133,6 +152,13 @@ def _clock_skew_ns() -> int:
     except ValueError:
         raise SystemExit("raftstore start: error: %s=%r is not a number of milliseconds" % (CLOCK_SKEW_ENV, raw)) from None
 
+
+# Tests only: a JSON file {"cut": [node ids]} the node reads every 50 ms: frames to and from
+# those peers are lost (a partition inside the peer transport; raftstore.node.loop._check_faults).
+FAULTS_FILE_ENV = "RAFTSTORE_TEST_FAULTS_FILE"
+# Tests only: "1" plays a broken build whose leaseholder serves until its lease's expiration itself,
+# ignoring the max-offset stasis (tests/test_leases_cluster.py shows the stale read it gives).
+IGNORE_STASIS_ENV = "RAFTSTORE_TEST_IGNORE_STASIS"
 
 # Tests only: "HEXSTART-HEXEND"; this node answers its own writes to keys in [start, end) with
 # "not committed", as when it cannot reach those ranges' leader (reads and other nodes unaffected).
@@ -221,8 +247,11 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
                       range_bytes_max=args.range_max_bytes,
                       raft_conf={"logCompactionMinEntries": args.log_compaction_entries}, latency=latency,
                       clock_skew_ns=_clock_skew_ns(), refuse_writes=_refused_writes(),
+                      faults_file=os.environ.get(FAULTS_FILE_ENV),
+                      ignore_stasis=os.environ.get(IGNORE_STASIS_ENV) == "1",
                       disk_reserve_bytes=args.disk_reserve_bytes, disk_ballast_bytes=args.disk_ballast_bytes,
-                      http_addr=args.http_addr)
+                      http_addr=args.http_addr, unavailable_s=args.unavailable_timeout,
+                      lease_s=args.lease_duration)
 
 
 def main(argv: list[str] | None = None) -> int:

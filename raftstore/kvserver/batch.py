@@ -5,8 +5,10 @@ A batch is a `Header` plus ops for one range (CockroachDB's BatchRequest):
     Header   ts           the write timestamp the gateway's HLC proposes; the leader raises it
                           (never lowers it) and apply raises it above every version of the keys
                           the batch writes, so the answer's `ts` is the batch's commit timestamp
-             read_ts      the timestamp to read at, for the `exact` and `bounded_staleness`
-                          consistencies (follower reads: not served yet, refused by name)
+             read_ts      the timestamp to read at: for a strong read, the statement's (nil: the
+                          leaseholder picks its own and answers it as `read_ts`); for the `exact`
+                          and `bounded_staleness` consistencies (follower reads: not served yet,
+                          refused by name)
              consistency  strong (today's only served level) / bounded_staleness / exact
              txn          the slot a transaction will fill; must be nil until transactions exist
              generation   the descriptor generation the router routed with (informational: the
@@ -16,6 +18,9 @@ A batch is a `Header` plus ops for one range (CockroachDB's BatchRequest):
                           taken until their bytes reach it, that row the last; a limit that
                           stops a scan gives its `resume` key, where to continue
              lock_token   the latches a locking read (GetForUpdate) holds for this write batch
+             uncertainty_limit  for a strong read at a fixed `read_ts`: versions above read_ts
+                          and at or below this may have been written before the read began (by a
+                          node whose clock runs ahead): finding one restarts the read above it
     ops      Get, Scan (reads), GetForUpdate (a locking read: alone in its batch) or Put, Delete,
              ConditionalPut, CompareAndSwap, Check, Increment, SetFields (writes)
 
@@ -331,9 +336,11 @@ class Header:
     max_keys: int = 0
     max_bytes: int = 0
     lock_token: bytes | None = None
+    uncertainty_limit: Timestamp | None = None
 
     def to_wire(self) -> dict:
         return {"ts": None if self.ts is None else list(self.ts),
+                "uncertainty_limit": None if self.uncertainty_limit is None else list(self.uncertainty_limit),
                 "read_ts": None if self.read_ts is None else list(self.read_ts),
                 "consistency": self.consistency, "txn": self.txn, "generation": self.generation,
                 "max_keys": self.max_keys, "max_bytes": self.max_bytes, "lock_token": self.lock_token}
@@ -354,7 +361,8 @@ class Header:
                    _ts(obj.get("read_ts"), "a batch's read_ts", optional=True), consistency, None, generation,
                    _count(obj.get("max_keys", 0), "max_keys", constants.scan_rows_max),
                    _count(obj.get("max_bytes", 0), "max_bytes", constants.scan_bytes_max),
-                   _bytes(obj.get("lock_token"), "a batch's lock_token", optional=True))
+                   _bytes(obj.get("lock_token"), "a batch's lock_token", optional=True),
+                   _ts(obj.get("uncertainty_limit"), "a batch's uncertainty_limit", optional=True))
 
     def keys_limit(self) -> int:
         return self.max_keys or constants.scan_rows_max

@@ -27,6 +27,11 @@ class Latches:
         """Latches held now."""
         return len(self._busy)
 
+    def held(self, match: Callable[[Hashable], bool]) -> list:
+        """The latches held now whose key `match` accepts, in key order (what a read waits out:
+        Store._serve_read)."""
+        return sorted(k for k in self._busy if match(k))
+
     def waiting(self) -> int:
         return sum(len(q) for q in self._waiting.values())
 

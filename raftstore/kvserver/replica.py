@@ -36,6 +36,7 @@ from raftstore.kvserver.ranges import (FIRST_DATA_RANGE_ID, META_COUNTER_KEY, ME
                                        RANGE_KEY_MISMATCH, RangeDescriptor, local_desc_key, meta_desc_key)
 from raftstore.kvserver.batch import (BATCH_OP, BatchRequest, Check, CompareAndSwap, ConditionalPut, Delete, Get,
                                       Header, Increment, Put, Scan, SetFields, decode_int, response_op)
+from raftstore.kvserver.lease import NOT_LEASEHOLDER, Lease, lease_key
 from raftstore.raft.commands import Command, CommandError
 from raftstore.raft.failstop import FailStop
 from raftstore.raft.group import SnapshotRefused
@@ -47,6 +48,15 @@ LATEST = (TIMESTAMP_PART_MAX, TIMESTAMP_PART_MAX)
 _LEN = struct.Struct("<I")
 
 
+class ReadUncertain(Exception):
+    """A read at a timestamp found a version above it that may have been written before the read
+    began (within the clock offset): it must restart at or above `ts`."""
+
+    def __init__(self, ts: tuple[int, int]) -> None:
+        super().__init__("a version at %s is within the read's uncertainty interval" % (ts,))
+        self.ts = ts
+
+
 @dataclass
 class StagedSnapshot:
     """A received snapshot decoded into a staging file, waiting to be switched in."""
@@ -55,6 +65,7 @@ class StagedSnapshot:
     index: int
     rows: int
     basis: int | None = None    # applied index the staged difference is against (mvcc.diff_staged)
+    lease: Any = None           # the range's lease in the snapshot (RangeReplica._read_head)
 
 
 def _bytes(args: dict, name: str, *, optional: bool = False) -> bytes | None:
@@ -115,9 +126,19 @@ class RangeReplica:
                  on_split: Callable[[RangeDescriptor, RangeDescriptor], None] | None = None,
                  can_install: Callable[[RangeDescriptor], bool] | None = None,
                  on_write: Callable[[int, int], None] | None = None,
-                 on_checksum: Callable[[int, int, RangeDescriptor], None] | None = None) -> None:
+                 on_checksum: Callable[[int, int, RangeDescriptor], None] | None = None,
+                 on_lease: Callable[[int, Lease], None] | None = None,
+                 on_write_ts: Callable[[int, tuple[int, int]], None] | None = None) -> None:
         self.store, self.range_id = store, range_id
         self.desc = read_local_descriptor(store, range_id)
+        raw = store.get_value(lease_key(range_id), LATEST)
+        self.lease: Lease | None = Lease.from_wire(msgpack.unpackb(raw, raw=False)) if raw is not None else None
+        self.on_lease = on_lease
+        self.on_write_ts = on_write_ts
+        # The highest commit timestamp this replica applied since the process started: a
+        # leaseholder reads no lower, so it sees every write applied here, an earlier
+        # holder's too (whose clock may run ahead of ours).
+        self.max_write_ts: tuple[int, int] = (0, 0)
         self.on_split = on_split
         self.can_install = can_install
         self.on_write = on_write
@@ -144,10 +165,19 @@ class RangeReplica:
         handler = self.HANDLERS.get(command.op)
         if handler is None:
             raise CommandError("unknown command op %r" % command.op)
+        seq = args.get("lease_seq")
+        if seq is not None and command.op != "lease":
+            current = self.lease.seq if self.lease is not None else 0
+            if seq != current:
+                # Evaluated under a lease that has moved since: it writes nothing, here and on
+                # every replica; its outcome is not saved, so the proposer may send its id again.
+                raise CommandError("%s: evaluated under lease %r of r%d, whose lease is now %d"
+                                   % (NOT_LEASEHOLDER, seq, self.range_id, current), code=NOT_LEASEHOLDER,
+                                   details={"holder": self.lease.holder if self.lease is not None else None})
         return handler(self, index, command, args)
 
     def record_failed(self, index: int, command: Command | None, error: str | dict) -> None:
-        if command is None:
+        if command is None or (isinstance(error, dict) and error.get("code") == NOT_LEASEHOLDER):
             self.store.mark_applied(self.range_id, index, continuous=True)
         else:
             self.store.apply(self.range_id, index, [], continuous=True, command_id=command.id,
@@ -184,9 +214,11 @@ class RangeReplica:
         read snapshot on a connection of its own, so it may run on another thread while the
         loop keeps applying. Format: descriptor, msgpack chunks of rows, a 0 length, then
         msgpack chunks of the range's command outcomes (so a replica that installs it answers
-        retries of commands applied before the snapshot), a 0 length."""
+        retries of commands applied before the snapshot), a 0 length. The range's lease follows the
+        descriptor, as a map {"lease": ...} (a snapshot written before leases has none there)."""
         assert self.desc is not None, "an uninitialized replica has no snapshot to give"
         body = self.desc.encode()
+        lease = msgpack.packb({"lease": self.lease.to_wire() if self.lease is not None else None}, use_bin_type=True)
         export = self.store.export_span(self.desc.start, self.desc.end, constants.snapshot_chunk_rows,
                                         range_id=self.range_id)
         if export.applied_index != index:
@@ -200,6 +232,7 @@ class RangeReplica:
         def write(f: BinaryIO) -> None:
             with export:
                 f.write(_LEN.pack(len(body)) + body)
+                f.write(_LEN.pack(len(lease)) + lease)
                 for chunk in export:
                     packed = msgpack.packb(chunk, use_bin_type=True)
                     f.write(_LEN.pack(len(packed)) + packed)
@@ -210,20 +243,48 @@ class RangeReplica:
                 f.write(_LEN.pack(0))
         return write
 
-    def _read_desc(self, f: BinaryIO) -> RangeDescriptor:
+    _NO_LEASE_RECORD = object()   # a snapshot written before leases: the replica keeps its own
+
+    def _read_head(self, f: BinaryIO) -> tuple[RangeDescriptor, Any, list | None]:
+        """The descriptor, the lease (None: the range had none; _NO_LEASE_RECORD: the snapshot
+        predates leases) and, for a snapshot without a lease record, its first chunk of rows
+        (None: no rows), already read."""
         (n,) = _LEN.unpack(f.read(_LEN.size))
         desc = RangeDescriptor.decode(f.read(n))
         if desc.range_id != self.range_id:
             raise SnapshotRefused("snapshot of r%d sent to r%d" % (desc.range_id, self.range_id))
-        return desc
+        (m,) = _LEN.unpack(f.read(_LEN.size))
+        if m == 0:
+            return desc, self._NO_LEASE_RECORD, None
+        record = msgpack.unpackb(f.read(m), raw=False)
+        if isinstance(record, dict):
+            wire = record.get("lease")
+            try:
+                return desc, Lease.from_wire(wire) if wire is not None else None, []
+            except CommandError as exc:
+                raise SnapshotRefused("snapshot of r%d carries a malformed lease: %s" % (self.range_id, exc)) from None
+        return desc, self._NO_LEASE_RECORD, [tuple(row) for row in record]
 
     @staticmethod
-    def _chunks(f: BinaryIO):
+    def _chunks(f: BinaryIO, first: list | None = None):
+        if first is None:
+            return   # the rows' end was read with the head
+        if first:
+            yield first
         while True:
             (m,) = _LEN.unpack(f.read(_LEN.size))
             if m == 0:
                 return
             yield [tuple(row) for row in msgpack.unpackb(f.read(m), raw=False)]
+
+    def _lease_writes(self, lease: Any) -> list:
+        if lease is self._NO_LEASE_RECORD or lease is None:
+            return []
+        return [(lease_key(self.range_id), (0, 0), msgpack.packb(lease.to_wire()))]
+
+    def _take_lease(self, lease: Any) -> None:
+        if lease is not self._NO_LEASE_RECORD and lease is not None:
+            self.lease = lease
 
     @classmethod
     def _results(cls, f: BinaryIO):
@@ -247,21 +308,24 @@ class RangeReplica:
 
     def read_snapshot(self, f: BinaryIO, index: int) -> None:
         """Install a snapshot from a file in one step (a restart that finds a newer dump)."""
-        desc = self._read_desc(f)
+        desc, lease, first = self._read_head(f)
         self._check_install(desc)
-        rows = [chunk for chunk in self._chunks(f)]   # the outcomes follow the rows in the file
+        rows = [chunk for chunk in self._chunks(f, first)]   # the outcomes follow the rows in the file
         self.store.import_span(self.range_id, desc.start, desc.end, rows, index, 0,
-                               extra_writes=[(local_desc_key(self.range_id), desc_ts(desc), desc.encode())],
+                               extra_writes=[(local_desc_key(self.range_id), desc_ts(desc), desc.encode())]
+                               + self._lease_writes(lease),
                                results=self._results(f))
         self.desc = desc
+        self._take_lease(lease)
 
     # Installing a received snapshot in two steps, so the loop never imports a whole range:
     def stage_snapshot(self, f: BinaryIO, index: int) -> "StagedSnapshot":
         """Off the loop (any thread): decode and check the snapshot's rows into a staging file.
         Changes nothing the replica serves."""
-        desc = self._read_desc(f)
+        desc, lease, first = self._read_head(f)
         path = "%s.staging-r%d" % (self.store.path, self.range_id)
-        rows = MVCCStore.stage_span(path, desc.start, desc.end, self._chunks(f), results=lambda: self._results(f))
+        rows = MVCCStore.stage_span(path, desc.start, desc.end, self._chunks(f, first),
+                                    results=lambda: self._results(f))
 
         def sole_writer(scan) -> bool:   # no other local range's descriptor overlaps the span
             from raftstore.kvserver.ranges import LOCAL_DESC_PREFIX
@@ -271,7 +335,7 @@ class RangeReplica:
                     return False
             return True
         basis = self.store.diff_staged(path, self.range_id, desc.start, desc.end, sole_writer)
-        return StagedSnapshot(desc, path, index, rows, basis)
+        return StagedSnapshot(desc, path, index, rows, basis, lease)
 
     def check_staged(self, staged: "StagedSnapshot") -> None:
         """On the loop, before anything changes: SnapshotRefused if this node cannot take it now."""
@@ -286,8 +350,10 @@ class RangeReplica:
             raise SnapshotRefused("staged snapshot is at index %d, not %d" % (staged.index, index))
         desc = staged.desc
         self.store.import_staged(self.range_id, desc.start, desc.end, staged.path, index, 0,
-                                 extra_writes=[(local_desc_key(self.range_id), desc_ts(desc), desc.encode())],
+                                 extra_writes=[(local_desc_key(self.range_id), desc_ts(desc), desc.encode())]
+                                 + self._lease_writes(staged.lease),
                                  basis=staged.basis)
+        self._take_lease(staged.lease)
         self.desc = desc
 
     def discard_staged(self, staged: "StagedSnapshot") -> None:
@@ -427,6 +493,9 @@ class RangeReplica:
                 responses.append({"value": value})
         result = shape({"ts": list(ts), "ok": True, "responses": responses})
         self._finish(index, command, writes, result)
+        self.max_write_ts = max(self.max_write_ts, ts)
+        if self.on_write_ts is not None:
+            self.on_write_ts(self.range_id, ts)
         if self.on_write is not None:
             self.on_write(self.range_id, sum(len(k) + (len(v) if v else 0) for k, _, v in writes))
         return result
@@ -438,22 +507,41 @@ class RangeReplica:
         return {"value": found[0] if found else None, "ts": list(found[1]) if found else [0, 0]}
 
     def _read_batch(self, index: int, request: BatchRequest) -> dict:
-        """Gets and scans of the state applied at this index (reads save no outcome: a retry
-        reads again). The batch's scans share its header's key and byte limits; a scan stopped by
-        one answers `resume`, the key to continue from (nil: it reached its end). Rows are taken
-        until their keys' and values' bytes reach the byte limit: the row that reaches it is the
-        last (CockroachDB's TargetBytes), so a scan always makes progress."""
+        """A read batch in the log (before leases, and a log written before them): the state
+        applied at this index; reads save no outcome (a retry reads again)."""
+        result = self.read_at(request, self.desc, self.store, LATEST)
+        self.store.mark_applied(self.range_id, index, continuous=True)
+        return result
+
+    @staticmethod
+    def read_at(request: BatchRequest, desc: RangeDescriptor, reader, ts: tuple[int, int],
+                uncertain_to: tuple[int, int] | None = None) -> dict:
+        """Gets and scans of `desc`'s span at `ts`, through `reader` (an MVCCStore or an
+        MVCCReader inside its snapshot). The batch's scans share its header's key and byte
+        limits; a scan stopped by one answers `resume`, the key to continue from (nil: it reached
+        its end). Rows are taken until their keys' and values' bytes reach the byte limit: the
+        row that reaches it is the last (CockroachDB's TargetBytes), so a scan always makes
+        progress. With `uncertain_to`, a version of a key read, or in a span scanned, above `ts`
+        and at or below `uncertain_to` raises ReadUncertain (the read must restart above it).
+        The answer's `ts` is the newest version read."""
         keys_left, bytes_left = request.header.keys_limit(), request.header.bytes_limit()
-        responses, ts = [], (0, 0)
+        responses, newest = [], (0, 0)
+        uncertain: tuple[int, int] | None = None
         for op in request.ops:
-            self._check_key(op.key)
+            if not desc.contains(op.key):
+                raise CommandError("%s: key %r is outside %s" % (MISMATCH, op.key, desc), code=RANGE_KEY_MISMATCH,
+                                   details={"descriptors": [desc.to_wire()]})
             if isinstance(op, Get):
-                got = self.read_latest(op.key)
-                ts = max(ts, tuple(got["ts"]))
+                found = reader.get(op.key, uncertain_to or ts)
+                if found is not None and found[1] > ts:
+                    uncertain = max(uncertain or found[1], found[1])
+                    continue
+                got = {"value": found[0] if found else None, "ts": list(found[1]) if found else [0, 0]}
+                newest = max(newest, tuple(got["ts"]))
                 responses.append(got)
                 continue
-            stop = self.desc.end if op.end is None or (self.desc.end is not None and self.desc.end < op.end) else op.end
-            rows = self.store.scan(op.key, stop, LATEST, keys_left) if keys_left > 0 and bytes_left > 0 else []
+            stop = desc.end if op.end is None or (desc.end is not None and desc.end < op.end) else op.end
+            rows = reader.scan(op.key, stop, ts, keys_left) if keys_left > 0 and bytes_left > 0 else []
             taken = 0
             for k, v, _ in rows:
                 if bytes_left <= 0:
@@ -469,11 +557,16 @@ class RangeReplica:
                 resume = rows[-1][0] + b"\x00" if rows else op.key
                 if stop is not None and resume >= stop:
                     resume = None
-            ts = max([ts] + [r[2] for r in rows])
+            if uncertain_to is not None:
+                above = reader.newest_between(op.key, resume if resume is not None else stop, ts, uncertain_to)
+                if above is not None:
+                    uncertain = max(uncertain or above, above)
+            newest = max([newest] + [r[2] for r in rows])
             responses.append({"rows": [[k, v] for k, v, _ in rows], "versions": [list(t) for _, _, t in rows],
                               "resume": resume})
-        self.store.mark_applied(self.range_id, index, continuous=True)
-        return {"ts": list(ts), "responses": responses, "span_end": self.desc.end}
+        if uncertain is not None:
+            raise ReadUncertain(uncertain)
+        return {"ts": list(newest), "responses": responses, "span_end": desc.end}
 
     # --- consistency checks (raftstore.kvserver.consistency) ---------------------------------------------
     def _op_compute_checksum(self, index, command, args):
@@ -503,6 +596,12 @@ class RangeReplica:
         existing = read_local_descriptor(self.store, new_id)
         if existing is None:
             writes.append((local_desc_key(right.range_id), desc_ts(right), right.encode()))
+            if self.lease is not None:
+                # The new range starts under the parent's lease (seq 1, same holder, start and
+                # expiration): no other node may serve its keys before the parent's lease ends,
+                # and its holder keeps what it served (Store._on_split copies the timestamp cache).
+                inherited = Lease(1, self.lease.holder, self.lease.start, self.lease.expiration)
+                writes.append((lease_key(new_id), (0, 0), msgpack.packb(inherited.to_wire())))
         # The outcomes of the commands whose keys move go with them (copied only if the new
         # range has no state yet: one that got a snapshot first has them from its own leader).
         self.store.split_command_results(self.range_id, new_id, key, self.desc.end, copy=existing is None)
@@ -511,6 +610,30 @@ class RangeReplica:
         self.desc = left
         if self.on_split is not None:
             self.on_split(left, right)
+        return result
+
+    # --- leases (raftstore.kvserver.lease) ---------------------------------------------------------
+    def _op_lease(self, index, command, args):
+        """A new lease, a transfer or an extension, evaluated by the node asking for it: taken
+        only if the range's lease is still the one it names as its predecessor (`prev_seq`), the
+        same verdict on every replica. The lease is kept under a local key, in this apply's
+        transaction."""
+        lease = Lease.from_wire(args.get("lease"))
+        current = self.lease.seq if self.lease is not None else 0
+        current_expiration = list(self.lease.expiration) if self.lease is not None else None
+        if args.get("prev_seq") != current or args.get("prev_expiration") != current_expiration:
+            raise CommandError("%s: lease %d of r%d asked to follow lease %r, but the range's lease is %d"
+                               % (NOT_LEASEHOLDER, lease.seq, self.range_id, args.get("prev_seq"), current),
+                               code=NOT_LEASEHOLDER,
+                               details={"holder": self.lease.holder if self.lease is not None else None})
+        why = lease.follows(self.lease)
+        if why is not None:
+            raise CommandError(why)
+        result = {"lease": lease.to_wire()}
+        self._finish(index, command, [(lease_key(self.range_id), (0, 0), msgpack.packb(lease.to_wire()))], result)
+        self.lease = lease
+        if self.on_lease is not None:
+            self.on_lease(self.range_id, lease)
         return result
 
     # --- meta range ----------------------------------------------------------------------------
@@ -543,7 +666,7 @@ class RangeReplica:
 
     # The replicated commands, by op: the only ops a log entry can name.
     HANDLERS: dict[str, Callable[["RangeReplica", int, Command, dict], Any]] = {
-        BATCH_OP: _op_batch, "put": _op_put, "delete": _op_delete, "cas": _op_cas, "put_if": _op_put_if,
+        BATCH_OP: _op_batch, "lease": _op_lease, "put": _op_put, "delete": _op_delete, "cas": _op_cas, "put_if": _op_put_if,
         "get": _op_get, "scan": _op_scan, "compute_checksum": _op_compute_checksum, "split": _op_split,
         "alloc_range_id": _op_alloc_range_id, "meta_put": _op_meta_put,
     }

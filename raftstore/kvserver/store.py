@@ -37,8 +37,9 @@ import msgpack
 
 from raftstore import constants
 from raftstore.kvserver.consistency import Checksum, ChecksumRegistry, range_checksum
-from raftstore.kvserver.batch import BATCH_OP, BatchRequest
+from raftstore.kvserver.batch import BATCH_OP, BatchRequest, Scan
 from raftstore.kvserver.latches import Latches
+from raftstore.kvserver.lease import READ_TOO_NEW, READ_UNCERTAIN, Lease, TimestampCache, next_ts
 from raftstore.raft.commands import (CommandError, Outcome, Rejection, encode_command, new_command_id, not_leader,
                                      saved_outcome)
 from raftstore.raft.group import Executor, RaftGroup, _SNAPSHOT_MAGIC, _LEN, run_inline
@@ -46,8 +47,8 @@ from raftstore.raft.journal import LogFile, encode_record, MAGIC as JOURNAL_MAGI
 from raftstore.storage.mvcc import MVCCStore, StoreError, discard_staged
 from raftstore.kvserver.ranges import (FIRST_DATA_RANGE_ID, META_RANGE_ID, MISMATCH, RANGE_KEY_MISMATCH, RangeDescriptor,
                               bootstrap_descriptors, local_desc_key, pretty_key, split_key_for)
-from raftstore.kvserver.replica import (LATEST, RangeReplica, desc_ts, local_descriptors, meta_descriptors,
-                               read_local_descriptor)
+from raftstore.kvserver.replica import (LATEST, RangeReplica, ReadUncertain, desc_ts, local_descriptors,
+                                        meta_descriptors, read_local_descriptor)
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,11 @@ class Store:
                  now_ts: Callable[[], list] | None = None, crash_point: Callable[[str], None] = _no_crash,
                  snapshot_executor: Executor = run_inline, checksums: ChecksumRegistry | None = None,
                  propose_at_leader: Callable[[int, str, dict, Callable[[Outcome, Any], None]], None] | None = None,
-                 peer_rtt_s: Callable[[int], float | None] = lambda peer: None) -> None:
+                 peer_rtt_s: Callable[[int], float | None] = lambda peer: None,
+                 read_executor: Callable[[Callable[[Any], None]], None] | None = None,
+                 observe_ts: Callable[[tuple[int, int]], None] = lambda ts: None,
+                 max_offset_ns: int = constants.max_clock_offset_ns, stasis_ns: int | None = None,
+                 lease_ns: int = int(constants.lease_duration_s * 1e9)) -> None:
         """`snapshot_executor` runs the slow part of snapshots (writing one, staging a received
         one) and of consistency checks (hashing a range): the node gives
         raftstore.raft.group.run_in_thread so its loop never waits for a whole range; the
@@ -104,7 +109,12 @@ class Store:
         (meta updates, range-id allocation, splits) at the range's leader: the node hands them
         to the leader's node over the peer link, so pysyncobj never forwards a proposal; the
         default proposes here (the simulator). `peer_rtt_s(node_id)` is the round trip the node
-        last measured to a peer (None: not known), for the quorum round trip an answer reports."""
+        last measured to a peer (None: not known), for the quorum round trip an answer reports.
+        `read_executor(job)` runs `job(reader)` with a reader of the MVCC file (an MVCCReader, or
+        the store itself) and then, on this store's thread, the function the job returns:
+        the node runs leaseholder reads on reader threads, the default (the simulator) inline.
+        `observe_ts(ts)` tells the node's clock of a commit timestamp applied here (an HLC
+        update); `max_offset_ns` is the clock offset leases and uncertainty allow for."""
         self.cfg = cfg
         self.peer_rtt_s = peer_rtt_s
         self.mvcc = mvcc
@@ -154,9 +164,38 @@ class Store:
         self._desc_index: tuple = (None, [], [])   # (version, starts, descriptors): _replica_descs
         self.checksums = checksums if checksums is not None else ChecksumRegistry()
         self.propose_at_leader = propose_at_leader or self.propose
+        # Range leases (kvserver.lease; `_lease_upkeep`, `_serve_read`). Per range: the
+        # timestamp cache of the lease this node holds, the highest timestamp it served or
+        # proposed under it, the lease seq it stopped serving (handed over, or held by a previous
+        # process: its timestamp cache is gone), a lease command of its own in flight, the last use
+        # of its lease (a lease in use is extended, an idle one lapses) and ranges whose lease
+        # this node should take.
+        self.read_executor = read_executor or (lambda job: job(self.mvcc)())
+        self.observe_ts = observe_ts
+        self.max_offset_ns = max_offset_ns
+        self.stasis_ns = max_offset_ns if stasis_ns is None else stasis_ns   # 0 only in a test's broken build
+        self.lease_ns = lease_ns
+        self.tscache: dict[int, TimestampCache] = {}
+        self.tscache_seq: dict[int, int] = {}
+        self.high_water: dict[int, tuple[int, int]] = {}
+        self.given_away: dict[int, int] = {}
+        self.lease_asked: set[int] = set()
+        self.lease_used: dict[int, float] = {}
+        self.lease_wanted: set[int] = set()
+        self.deferred_reads: list[Callable[[], None]] = []
+        self.draining = False                          # hand every lease away, take none (a drain)
+        self.handing_off: dict[int, float] = {}        # range -> when its lead was last offered away (drain)
+        self.lease_stats = {"acquired": 0, "extended": 0, "transferred": 0, "reads_local": 0,
+                            "read_restarts": 0, "refused_not_usable": 0}
+        self.start_low_water = (0, 0)
 
     # --- start-up ----------------------------------------------------------------------------
     def start(self) -> None:
+        now = tuple(self.now_ts())
+        # A read this node's previous process served was at most max_offset above its clock,
+        # and the clock (its ceiling) is past everything that process saw: no lease taken from
+        # here on writes below this.
+        self.start_low_water = (now[0] + self.max_offset_ns, now[1])
         for leftover in glob.glob(glob.escape(self.mvcc.path) + ".staging-r*"):
             discard_staged(leftover)   # a snapshot being staged when the node stopped
         descs = local_descriptors(self.mvcc)
@@ -166,6 +205,9 @@ class Store:
         for d in sorted(descs, key=lambda d: d.range_id):
             self._init_range(d)
             self._start_group(d.range_id)
+        for rid, rep in self.replicas.items():
+            if rep.lease is not None and rep.lease.holder == self.cfg.node_id:
+                self.given_away[rid] = rep.lease.seq   # a previous process's: its timestamp cache is gone
 
     def _paths(self, range_id: int) -> tuple[str, str]:
         return (os.path.join(self.cfg.raft_dir, "range-%d.journal" % range_id),
@@ -208,7 +250,8 @@ class Store:
     def _start_group(self, range_id: int) -> RaftGroup:
         journal_path, dump_path = self._paths(range_id)
         replica = RangeReplica(self.mvcc, range_id, on_split=self._on_split, can_install=self._can_install,
-                               on_write=self._on_write, on_checksum=self._on_checksum)
+                               on_write=self._on_write, on_checksum=self._on_checksum, on_lease=self._on_lease,
+                               on_write_ts=self._on_write_ts)
         me = str(self.cfg.node_id)
         peers = [str(r) for r in self.cfg.replicas if r != self.cfg.node_id]
         conf = dict(self.cfg.raft_conf or {})
@@ -229,6 +272,16 @@ class Store:
         for rid in (left.range_id, right.range_id):   # each half is measured again once it is written
             self.sizes.pop(rid, None)
         self.splitting.discard(left.range_id)
+        cache = self.tscache.get(left.range_id)
+        if cache is not None and right.range_id not in self.tscache:
+            # The new range starts under the parent's lease (RangeReplica._op_split): what the
+            # parent's holder served of its keys is above its low-water mark.
+            inherited = TimestampCache(cache.max_for([]), constants.timestamp_cache_entries_max)
+            inherited.points = {k: t for k, t in cache.points.items() if right.contains(k)}
+            inherited.spans = list(cache.spans)
+            self.tscache[right.range_id] = inherited
+            self.tscache_seq[right.range_id] = 1   # RangeReplica._op_split: the inherited lease's seq
+            self.high_water[right.range_id] = self.high_water.get(left.range_id, (0, 0))
         if right.range_id in self.groups:
             return
         desc = read_local_descriptor(self.mvcc, right.range_id) or right
@@ -268,6 +321,146 @@ class Store:
                 answer = Checksum(None, "n%d could not compute its checksum: %s" % (self.cfg.node_id, exc))
             self.checksums.post(range_id, index, answer)
         self.snapshot_executor(job)
+
+    # --- range leases (kvserver.lease) ---------------------------------------------------------
+    def _on_lease(self, range_id: int, lease: Lease) -> None:
+        """A lease command applied here (every replica): a new lease of this node's starts a
+        fresh timestamp cache at its start (never below what this process may have served
+        before it started); a lease of another node's ends this node's."""
+        self.lease_asked.discard(range_id)
+        if lease.holder != self.cfg.node_id:
+            self.tscache.pop(range_id, None)
+            self.tscache_seq.pop(range_id, None)
+            self.high_water.pop(range_id, None)
+            return
+        self.lease_wanted.discard(range_id)
+        if self.tscache_seq.get(range_id) != lease.seq:   # a new lease, not an extension
+            self.tscache[range_id] = TimestampCache(max(lease.start, self.start_low_water),
+                                                    constants.timestamp_cache_entries_max)
+            self.tscache_seq[range_id] = lease.seq
+        self.tick_soon.add(range_id)   # requests waiting for the lease run after this tick
+
+    def _on_write_ts(self, range_id: int, ts: tuple[int, int]) -> None:
+        try:
+            self.observe_ts(ts)
+        except Exception:   # a timestamp from a clock too far ahead: the replica's max_write_ts still holds it
+            pass
+
+    def serving_lease(self, range_id: int, now: tuple[int, int] | None = None) -> Lease | None:
+        """The lease under which this node may serve `range_id` now: its own, applied here, not
+        handed over, usable (`now + max_offset < expiration`), and its replica leads the range
+        (the leaseholder is the leader; one that lost the lead hands the lease over)."""
+        rep, group = self.replicas.get(range_id), self.groups.get(range_id)
+        lease = rep.lease if rep is not None else None
+        if (lease is None or lease.holder != self.cfg.node_id or self.given_away.get(range_id) == lease.seq
+                or group is None or not group.is_leader() or range_id not in self.tscache):
+            return None
+        now = now or tuple(self.now_ts())
+        return lease if lease.usable(now, self.stasis_ns) else None
+
+    def _lease_upkeep(self, range_id: int, group: RaftGroup, now: tuple[int, int]) -> None:
+        """On a group's tick: hand this node's lease to the new leader at once if this replica lost
+        the lead; extend a lease in use past half its life; take the lease as the ready leader
+        when it is wanted (just elected, or a request waits for it)."""
+        rep = self.replicas.get(range_id)
+        if rep is None or rep.desc is None or range_id in self.lease_asked:
+            return
+        lease, me = rep.lease, self.cfg.node_id
+        mine = lease is not None and lease.holder == me and self.given_away.get(range_id) != lease.seq
+        if mine and not group.is_leader():
+            leader = group.leader_id()
+            if leader is not None and leader != str(me):
+                self._transfer(range_id, lease, int(leader), now)
+            return
+        if not group.leader_ready():
+            return
+        if self.draining:
+            # Offer the lead to a caught-up follower; once it leads, the lease follows it (above).
+            if self.handing_off.get(range_id, -1e18) < self.clock() - constants.drain_offer_interval_s:
+                self.handing_off[range_id] = self.clock()
+                group.transfer_leadership(None)
+            self.tick_soon.add(range_id)
+            return
+        if mine:
+            used = self.lease_used.get(range_id, -1e18) > self.clock() - self.lease_ns / 1e9
+            if (used or range_id in self.lease_wanted) and lease.expiration[0] - now[0] < self.lease_ns // 2:
+                self._ask(range_id, lease, Lease(lease.seq, me, lease.start, (now[0] + self.lease_ns, 0)))
+            return
+        if range_id not in self.lease_wanted:
+            return
+        if lease is None:
+            self._ask(range_id, None, Lease(1, me, now, (now[0] + self.lease_ns, 0)))
+        elif lease.holder == me:   # handed over (or a previous process's): a new one above all it served
+            start = max(now, next_ts(self.high_water.get(range_id, (0, 0))), self.start_low_water)
+            self._ask(range_id, lease, Lease(lease.seq + 1, me, start, (start[0] + self.lease_ns, 0)))
+        elif lease.expired(now):
+            self._ask(range_id, lease, Lease(lease.seq + 1, me, now, (now[0] + self.lease_ns, 0)))
+        else:
+            # Another node's lease still runs: a live holder hands it over (_transfer); a gone
+            # one's is taken the moment it expires, not at the next idle tick.
+            self._schedule(range_id, self.clock() + (lease.expiration[0] - now[0]) / 1e9 + 0.001)
+
+    def _ask(self, range_id: int, prev: Lease | None, lease: Lease) -> None:
+        """Propose a lease command (a new lease, or an extension of `prev`) in the range's log."""
+        self.lease_asked.add(range_id)
+        self.lease_stats["extended" if prev is not None and prev.seq == lease.seq else "acquired"] += 1
+
+        def done(outcome: Outcome, result: Any) -> None:
+            self.lease_asked.discard(range_id)
+            if outcome is not Outcome.COMMITTED:
+                self.tick_soon.add(range_id)   # waiting requests see again (a deadline bounds them)
+        self.propose(range_id, "lease", self._lease_args(prev, lease), done)
+
+    @staticmethod
+    def _lease_args(prev: Lease | None, lease: Lease) -> dict:
+        return {"prev_seq": prev.seq if prev is not None else 0,
+                "prev_expiration": list(prev.expiration) if prev is not None else None, "lease": lease.to_wire()}
+
+    def _transfer(self, range_id: int, lease: Lease, target: int, now: tuple[int, int]) -> None:
+        """Hand this node's lease to `target` (the range's new leader): stop serving under it now,
+        and propose, at the leader, a lease for it that starts above everything served or
+        proposed under this one. If the transfer fails, the new leader takes the lease over
+        once this one expires."""
+        self.given_away[range_id] = lease.seq
+        self.lease_stats["transferred"] += 1
+        cache = self.tscache.pop(range_id, None)
+        self.tscache_seq.pop(range_id, None)
+        served = max(self.high_water.pop(range_id, (0, 0)), cache.max_all() if cache is not None else (0, 0))
+        start = max(now, next_ts(served))
+        new = Lease(lease.seq + 1, target, start, (max(now[0], start[0]) + self.lease_ns, 0))
+        self.propose_at_leader(range_id, "lease", self._lease_args(lease, new), lambda outcome, result: None)
+
+    def transfer_lease(self, range_id: int, to: int) -> str | None:
+        """Move `range_id`'s lease to node `to`: the lead first (Raft's TimeoutNow: `to` stands
+        for election at once), then the lease follows the new leader (`_lease_upkeep` here hands
+        it over as soon as this replica sees it lead). None if under way, else why not."""
+        group = self.groups.get(range_id)
+        if group is None or self.serving_lease(range_id) is None:
+            return "n%d does not hold the lease of r%d (ask its leaseholder)" % (self.cfg.node_id, range_id)
+        if to == self.cfg.node_id:
+            return None
+        if not group.transfer_leadership(str(to)):
+            return ("n%d cannot hand r%d's lead to n%d now: it is not a caught-up, connected replica; retry"
+                    % (self.cfg.node_id, range_id, to))
+        self.tick_soon.add(range_id)
+        return None
+
+    def drain(self) -> int:
+        """Start (or continue) a drain: take no lease from now on and hand the lead, and with it
+        the lease, of every range this node serves to a caught-up follower. Returns how many
+        leases it still serves."""
+        self.draining = True
+        for rid in list(self.tscache):
+            self.tick_soon.add(rid)
+        now = tuple(self.now_ts())
+        return sum(1 for rid in list(self.tscache) if self.serving_lease(rid, now) is not None
+                   or self._holds_unhanded(rid))
+
+    def _holds_unhanded(self, range_id: int) -> bool:
+        rep = self.replicas.get(range_id)
+        lease = rep.lease if rep is not None else None
+        return (lease is not None and lease.holder == self.cfg.node_id
+                and self.given_away.get(range_id) != lease.seq and lease.usable(tuple(self.now_ts()), 0))
 
     def on_unknown_group(self, range_id: int) -> RaftGroup | None:
         """A peer talks about a range we do not host: create an uninitialized replica if meta
@@ -309,6 +502,7 @@ class Store:
         costs what the busy groups cost, not what all the groups cost."""
         self.checksums.collect()
         now = self.clock()
+        hlc_now = tuple(self.now_ts())
         active_period = (self.cfg.raft_conf or {}).get("appendEntriesPeriod", constants.append_entries_period_s)
         if not self.cfg.quiesce:
             due = set(self.groups)
@@ -335,6 +529,7 @@ class Store:
             self.dirty.add(rid)
             group.doTick(0.0)   # a FailStop or a bug ends the node (crash-only), never a log line
             self._note_leader(rid, group)
+            self._lease_upkeep(rid, group, hlc_now)
             if busy and self.cfg.quiesce and group.leader_id() is not None and (
                     group.appends_held() if group.is_leader() else True):
                 # Nothing of its own to do every active tick: a follower with a leader (messages
@@ -344,6 +539,7 @@ class Store:
                 self._schedule(rid, now + _idle_period(rid))
         if self.awaiting_lead:
             self._run_awaiting_lead(now)
+        self.run_deferred_reads()
         if self.holds:
             self._expire_holds(now)
         if now >= self.next_maintain:
@@ -367,6 +563,7 @@ class Store:
             self.led_by.setdefault(leader, set()).add(rid)
             if leader == str(self.cfg.node_id):
                 self.maintain_due.add(rid)   # a new leader checks its meta entry and its size
+                self.lease_wanted.add(rid)   # and takes the lease once it is ready (_lease_upkeep)
             self.sizes.pop(rid, None)        # measured again by its next leader (a snapshot may have replaced it)
 
     def _quiesce(self, rid: int, group: RaftGroup) -> None:
@@ -582,16 +779,19 @@ class Store:
                          {"descriptors": [d.to_wire() for d in descs]})
 
     def propose(self, range_id: int, op: str, args: dict, callback: Callable[[Outcome, Any], None],
-                command_id: bytes | None = None, at: list | None = None) -> None:
+                command_id: bytes | None = None, at: list | None = None) -> list:
         """Propose `op` with the node's clock's timestamp, or `at` (a gateway's proposed
-        timestamp) when that is later: the leader only ever raises a proposed timestamp."""
+        timestamp, or a floor the timestamp cache sets) when that is later: the leader only ever
+        raises a proposed timestamp. Returns the timestamp proposed."""
+        ts = list(self.now_ts())
+        ts = max(ts, list(at)) if at is not None else ts
         group = self.groups.get(range_id)
         if group is None:
             callback(Outcome.NOT_COMMITTED, "%s: range r%d is not hosted here" % (MISMATCH, range_id))
-            return
+            return ts
         self.touch(range_id)
-        ts = list(self.now_ts())
-        group.propose(op, dict(args, ts=max(ts, list(at)) if at is not None else ts), callback, command_id=command_id)
+        group.propose(op, dict(args, ts=ts), callback, command_id=command_id, essential=op == "lease")
+        return ts
 
     def check_command_size(self, op: str, args: dict, command_id: bytes) -> None:
         """Raise ValueError if the command, as its leader will propose it (with a timestamp and
@@ -643,18 +843,24 @@ class Store:
         if op == BATCH_OP and request.locking:
             self._locking_read(range_id, request, self._stamped(range_id, callback, rounds=0))
             return
+        if op == BATCH_OP and not request.writes:
+            self._serve_read(range_id, request, self._stamped(range_id, callback, rounds=0))
+            return
         callback = self._stamped(range_id, callback, rounds=1)
         if not write_keys:
             self.propose(range_id, op, args, callback, command_id=command_id, at=at)
             return
         command_id = command_id if command_id is not None else new_command_id()
         self.check_command_size(op, args, command_id)   # too large: refuse now, not once the latches are ours
+        if self.disk_low is not None:
+            callback(Outcome.NOT_COMMITTED, self.disk_low)   # at once, not after waiting for a lease
+            return
         group = self.groups.get(range_id)
-        if group is not None and not group.leader_ready():
-            # A new leader evaluates nothing before it has applied its term's first entry: its
-            # applied state may lack writes its predecessor committed.
+        if group is not None and (not group.leader_ready() or self.serving_lease(range_id) is None):
+            # A new leader evaluates nothing before it has applied its term's first entry (its
+            # applied state may lack writes its predecessor committed) and it holds the lease.
             self._await_lead(range_id, callback,
-                             lambda: self.evaluate_and_propose(range_id, op, args, callback, command_id))
+                             lambda: self.evaluate_and_propose(range_id, op, args, callback, command_id), lease=True)
             return
         waiting = self.in_flight.get(command_id)
         if waiting is not None:
@@ -678,6 +884,11 @@ class Store:
                 done(Outcome.NOT_COMMITTED, self.not_leader(range_id, "stopped leading r%d while the command "
                                                                       "waited for its latches" % range_id))
                 return
+            lease = self.serving_lease(range_id)
+            if lease is None:
+                done(Outcome.NOT_COMMITTED, self.not_leader(range_id, "stopped serving the lease of r%d while the "
+                                                                      "command waited for its latches" % range_id))
+                return
             found, saved = rep.result_of(command_id) if rep is not None and rep.desc is not None else (False, None)
             if found:
                 # Applied already (a retry after a lost answer): its first answer, never a fresh
@@ -697,8 +908,14 @@ class Store:
             if holds:
                 evaluated["evaluated"] = True
             writes = holds is not False
+            # Under the lease: above every read it served of these keys (and its start).
+            evaluated["lease_seq"] = lease.seq
+            floor = next_ts(self.tscache[range_id].max_for(write_keys))
             try:
-                self.propose(range_id, op, evaluated, done, command_id=command_id, at=at)
+                ts = self.propose(range_id, op, evaluated, done, command_id=command_id,
+                                  at=max(list(at) if at is not None else [0, 0], list(floor)))
+                self.high_water[range_id] = max(self.high_water.get(range_id, (0, 0)), tuple(ts))
+                self.lease_used[range_id] = self.clock()
             except ValueError as exc:
                 done(Outcome.NOT_COMMITTED, "refused before proposing: %s" % exc)
             if not writes:
@@ -712,6 +929,110 @@ class Store:
             run(hold)      # the latches its locking read took and kept for it
         else:
             self.latches.acquire_all(latched, run)
+
+    # --- leaseholder reads -----------------------------------------------------------------------
+    def _serve_read(self, range_id: int, request: BatchRequest, callback: Callable[[Outcome, Any], None]) -> None:
+        """Serve a strong read batch as the range's leaseholder, from its own store, with no
+        consensus round. Its timestamp T is the header's `read_ts` (the statement's, fixed by
+        the gateway), else this node's clock raised to every write applied here (so it sees
+        every write acknowledged before it arrived, an earlier holder's too). T goes into the
+        timestamp cache first (every write evaluated from now on is above it), then the read
+        waits out the writes in flight on its keys (their latches: evaluated before, possibly at
+        or below T) and runs once their applies are committed, on a reader (off the node loop).
+        A version above T and at or below the header's `uncertainty_limit` - capped at this
+        node's clock, above which nothing acknowledged before the read can be - may have been
+        written before the statement began by a node whose clock runs ahead: the answer is a
+        `read_within_uncertainty` rejection carrying the timestamp to restart at."""
+        group, rep = self.groups.get(range_id), self.replicas.get(range_id)
+        if group is None or rep is None or rep.desc is None:
+            callback(Outcome.NOT_COMMITTED, self.not_leader(range_id, "has no initialized replica of r%d" % range_id))
+            return
+        now = tuple(self.now_ts())
+        lease = self.serving_lease(range_id, now)
+        if lease is None:
+            if group.is_leader():
+                self.lease_stats["refused_not_usable"] += 1
+                self._await_lead(range_id, callback, lambda: self._serve_read(range_id, request, callback), lease=True)
+            else:
+                callback(Outcome.NOT_COMMITTED, self.not_leader(range_id, "does not hold the lease of r%d" % range_id))
+            return
+        header = request.header
+        seen = max(now, rep.max_write_ts, lease.start)
+        ts = header.read_ts if header.read_ts is not None else seen
+        if ts[0] > now[0] + self.max_offset_ns:
+            callback(Outcome.REJECTED, Rejection(READ_TOO_NEW, "n%d: read timestamp %s is more than the max clock "
+                                                 "offset ahead of this node's clock" % (self.cfg.node_id, list(ts)),
+                                                 {}))
+            return
+        limit = None
+        if header.read_ts is not None and header.uncertainty_limit is not None:
+            limit = min(header.uncertainty_limit, seen)
+            if limit <= ts:
+                limit = None
+        cache = self.tscache[range_id]
+        spans = []
+        for op in request.ops:
+            if isinstance(op, Scan):
+                cache.record_span(op.key, op.end, ts)
+                spans.append((op.key, op.end))
+            else:
+                cache.record_key(op.key, ts)
+        self.lease_used[range_id] = self.clock()
+        if lease.expiration[0] - now[0] < self.lease_ns // 2:
+            self.tick_soon.add(range_id)   # extend it (_lease_upkeep) before it runs out
+        points = {op.key for op in request.ops if not isinstance(op, Scan)}
+
+        def on_keys(latch) -> bool:
+            rid, key = latch
+            return rid == range_id and (key in points or any(
+                key >= a and (b is None or key < b) for a, b in spans))
+        desc = rep.desc
+        self.lease_stats["reads_local"] += 1
+
+        def run() -> None:
+            def job(reader) -> Callable[[], None]:   # on a reader thread: returns the answer to give on the loop
+                try:
+                    with reader.snapshot():
+                        result = RangeReplica.read_at(request, desc, reader, ts, limit)
+                except ReadUncertain as exc:
+                    rejection = Rejection(READ_UNCERTAIN, "n%d read r%d at %s and found a version at %s within its "
+                                          "uncertainty interval; restart the read there"
+                                          % (self.cfg.node_id, range_id, list(ts), list(exc.ts)), {"ts": list(exc.ts)})
+
+                    def restart() -> None:
+                        self.lease_stats["read_restarts"] += 1
+                        callback(Outcome.REJECTED, rejection)
+                    return restart
+                except CommandError as exc:
+                    refused = exc.rejection()
+                    return lambda: callback(Outcome.REJECTED, refused)
+                except Exception as exc:   # the reader's file (a StoreError): this read fails, the node goes on
+                    why = "n%d could not read r%d: %s" % (self.cfg.node_id, range_id, exc)
+                    return lambda: callback(Outcome.NOT_COMMITTED, why)
+                return lambda: callback(Outcome.COMMITTED, dict(result, read_ts=list(ts), lease_seq=lease.seq))
+            self.read_executor(job)
+        held = self.latches.held(on_keys)
+        if not held:
+            self._when_committed(run)
+            return
+
+        def waited(release) -> None:
+            release()
+            self._when_committed(run)
+        self.latches.acquire_all(held, waited)
+
+    def _when_committed(self, run: Callable[[], None]) -> None:
+        """Run `run` now if no apply transaction is open on the store, else once the tick's
+        applies are committed (a read on another connection sees only committed state)."""
+        if self.mvcc.in_batch:
+            self.deferred_reads.append(run)
+        else:
+            run()
+
+    def run_deferred_reads(self) -> None:
+        reads, self.deferred_reads = self.deferred_reads, []
+        for run in reads:
+            run()
 
     # --- locking reads (kvserver.batch.GetForUpdate) ------------------------------------------------
     def _locking_read(self, range_id: int, request: BatchRequest, callback: Callable[[Outcome, Any], None]) -> None:
@@ -795,21 +1116,41 @@ class Store:
                                                                "n%s" % leader if leader else "none known"),
                           int(leader) if leader else None)
 
-    def _await_lead(self, range_id: int, callback: Callable[[Outcome, Any], None], retry: Callable[[], None]) -> None:
-        self.awaiting_lead.setdefault(range_id, []).append((self.clock() + constants.leader_wait_s, callback, retry))
+    def _await_lead(self, range_id: int, callback: Callable[[Outcome, Any], None], retry: Callable[[], None],
+                    *, lease: bool = False) -> None:
+        """Run `retry` once this replica is the range's ready leader (and, with `lease`, serves
+        its lease), or answer not-leader after leader_wait_s."""
+        if lease:
+            self.lease_wanted.add(range_id)
+        self.awaiting_lead.setdefault(range_id, []).append((self.clock() + constants.leader_wait_s, callback, retry,
+                                                             lease))
         self.tick_soon.add(range_id)
 
     def _run_awaiting_lead(self, now: float) -> None:
         """After a tick: evaluate what waited for its range's new leader to apply its term's first
         entry; answer not-leader (the router sends again) for a range this replica stopped
         leading, or that did not become ready in leader_wait_s."""
+        hlc_now = tuple(self.now_ts())
         for rid in list(self.awaiting_lead):
             group = self.groups.get(rid)
             waiting = self.awaiting_lead[rid]
             if group is not None and group.leader_ready():
-                del self.awaiting_lead[rid]
-                for _, _, retry in waiting:
-                    retry()
+                served = self.serving_lease(rid, hlc_now) is not None
+                ready = [w for w in waiting if served or not w[3]]
+                expired = [w for w in waiting if w not in ready and w[0] <= now]
+                remaining = [w for w in waiting if w not in ready and w[0] > now]
+                if remaining:
+                    self.awaiting_lead[rid] = remaining
+                    self.tick_soon.add(rid)   # its upkeep looks again next iteration (a lease to take over)
+                else:
+                    del self.awaiting_lead[rid]
+                for w in ready:
+                    w[2]()   # may wait again (appends to awaiting_lead)
+                if expired:
+                    rejection = self.not_leader(rid, "leads r%d but could not take its lease in %.0f s"
+                                                % (rid, constants.leader_wait_s))
+                    for w in expired:
+                        w[1](Outcome.NOT_COMMITTED, rejection)
                 continue
             if group is not None and group.is_leader():
                 expired = [w for w in waiting if w[0] <= now]
@@ -821,11 +1162,12 @@ class Store:
             if not self.awaiting_lead[rid]:
                 del self.awaiting_lead[rid]
             rejection = self.not_leader(rid, why) if expired else None
-            for _, callback, _ in expired:
-                callback(Outcome.NOT_COMMITTED, rejection)
+            for w in expired:
+                w[1](Outcome.NOT_COMMITTED, rejection)
 
     def status(self) -> list[dict]:
         out = []
+        now = tuple(self.now_ts())
         for rid in sorted(self.groups):
             group, rep = self.groups[rid], self.replicas[rid]
             d = rep.desc
@@ -836,6 +1178,8 @@ class Store:
                         "snapshots_installed": group.snapshots_installed,
                         "snapshots_created": group.snapshots_created,
                         "evaluation_misses": rep.evaluation_misses,
+                        "lease": rep.lease.to_wire() if rep.lease is not None else None,
+                        "lease_serving": self.serving_lease(rid, now) is not None,
                         "quiet": group.is_leader() and group.appends_held()})   # a leader sending no heartbeats
         return out
 

@@ -21,6 +21,7 @@ import collections
 import concurrent.futures
 import contextlib
 import fcntl
+import heapq
 import itertools
 import json
 import logging
@@ -57,7 +58,7 @@ logger = logging.getLogger(__name__)
 
 READ_OPS = frozenset({"get", "scan"})   # the client ops that write nothing
 CLIENT_OPS = READ_OPS | {"put", "delete", "cas", "put_if", BATCH_OP}
-STORE_OPS = frozenset({"meta_put", "alloc_range_id", "split", CHECKSUM_OP, ADMIN_SPLIT})   # a node's own commands
+STORE_OPS = frozenset({"meta_put", "alloc_range_id", "split", "lease", CHECKSUM_OP, ADMIN_SPLIT})   # a node's own commands
 PEER_PROPOSABLE = CLIENT_OPS | STORE_OPS   # what a peer may hand a range's leader
 
 
@@ -90,6 +91,10 @@ class NodeConfig:
     range_bytes_max: int = constants.range_bytes_max
     latency: "LatencyMatrix | None" = None     # WAN emulation between regions (raftstore.node.wan)
     clock_skew_ns: int = 0                     # added to the system clock: for clock-offset tests only
+    faults_file: str | None = None             # tests only: a partition to play (Node._check_faults)
+    unavailable_s: float = constants.range_unavailable_s   # a request unanswered this long fails "unavailable"
+    lease_s: float = constants.lease_duration_s   # a range lease's length (Store.lease_ns)
+    ignore_stasis: bool = False                # tests only: a broken build that serves a lease to its very end
     disk_reserve_bytes: int | None = None      # free-space reserve (raftstore.storage.diskspace); None: the default
     disk_ballast_bytes: int | None = None      # ballast file size; None: the default, 0: none
     refuse_writes: tuple[bytes, bytes] | None = None   # tests only: [start, end) whose writes act leaderless here
@@ -181,6 +186,12 @@ class Node:
         self._forward_ids = itertools.count(1)
         self.proposals = {"here": 0, "forwarded": 0, "for_peers": 0}   # client commands, by where proposed
         self._deferred: list[tuple[float, Callable[[], None]]] = []   # (due, fn): run again on the loop later
+        self._next_faults_check = 0.0
+        self._timeouts: list = []   # (due, id, fn): requests' unavailable deadlines (a heap)
+        self._timeout_ids = itertools.count()
+        self._readers: concurrent.futures.ThreadPoolExecutor | None = None   # leaseholder reads (_read_on_reader)
+        self._reader_local = threading.local()
+        self._reader_conns: list = []
         # Where a client's command goes (on the node loop): its own range cache, filled by
         # lookups in this node's view and by the descriptors refusing replicas return.
         self.router = Router(lookup=lambda key: self.store.descriptor_for(key) if self.store is not None else None,
@@ -345,9 +356,28 @@ class Node:
                            transport_class=lambda gid: (lambda so, s, o: GroupTransport(self, gid, so, s, o)),
                            now_ts=lambda: self.hlc.now().to_wire(), snapshot_executor=run_in_thread,
                            checksums=self.checksums, propose_at_leader=self._propose_store_command,
-                           peer_rtt_s=self.peer_rtt_s)
+                           peer_rtt_s=self.peer_rtt_s, read_executor=self._read_on_reader,
+                           observe_ts=lambda ts: self.hlc.update(Timestamp.from_wire(list(ts))),
+                           max_offset_ns=self.hlc.max_offset_ns,
+                           stasis_ns=0 if self.cfg.ignore_stasis else None, lease_ns=int(self.cfg.lease_s * 1e9))
         self.store.disk_low = self.disk.check()
         self.store.start()
+
+    def _read_on_reader(self, job: Callable[[Any], Callable[[], None]]) -> None:
+        """The store's read executor: a leaseholder read runs on one of lease_readers threads,
+        each with its own read-only SQLite connection (WAL: it reads the committed state and
+        never holds up the node loop's writes), and its answer is handed back to the node loop."""
+        if self._readers is None:
+            self._readers = concurrent.futures.ThreadPoolExecutor(constants.lease_readers,
+                                                                  thread_name_prefix="lease-reader")
+
+        def run() -> None:
+            reader = getattr(self._reader_local, "reader", None)
+            if reader is None:
+                reader = self._reader_local.reader = self.mvcc.reader()
+                self._reader_conns.append(reader)
+            self.call_in_loop(job(reader))
+        self._readers.submit(run)
 
     def _on_raft(self, peer_id: int, group_id: int, message: dict) -> None:
         transport = self.transports.get(group_id)
@@ -588,9 +618,12 @@ class Node:
             if now >= next_tick:
                 next_tick = now + constants.tick_interval_s
                 self._dial()
+                self._check_faults(now)
                 self._say_whom_we_wait_for(now)
                 if self._forwarded:
                     self._expire_forwarded(now)
+                while self._timeouts and self._timeouts[0][0] <= now:
+                    heapq.heappop(self._timeouts)[2]()
                 if self._deferred:
                     due = [fn for when, fn in self._deferred if when <= now]
                     self._deferred = [(when, fn) for when, fn in self._deferred if when > now]
@@ -618,6 +651,27 @@ class Node:
         if self.store is not None:
             self.store.sync()
         self._deliver_replies()
+
+    def _check_faults(self, now: float) -> None:
+        """Tests only: every faults_check_interval_s, the partition the file named by
+        cfg.faults_file asks for ({"cut": [peer node ids]}: frames to and from them are lost;
+        a missing file cuts nothing). A malformed file is logged and changes nothing."""
+        path = self.cfg.faults_file
+        if path is None or now < self._next_faults_check:
+            return
+        self._next_faults_check = now + constants.faults_check_interval_s
+        try:
+            with open(path) as f:
+                faults = json.load(f)
+            cut = frozenset(int(p) for p in faults.get("cut", []))
+        except FileNotFoundError:
+            cut = frozenset()
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            logger.error("faults file %s is unreadable: %s", path, exc)
+            return
+        if cut != self.net.cut:
+            logger.warning("test partition: frames to and from %s are now lost", sorted(cut) or "no peer")
+            self.net.cut = cut
 
     def _check_clock(self) -> None:
         unfit = self.offsets.unfit_reason(time.monotonic())
@@ -647,6 +701,10 @@ class Node:
 
     def close(self) -> None:
         self.stop_loop()
+        if self._readers is not None:
+            self._readers.shutdown(wait=True, cancel_futures=True)
+            for reader in self._reader_conns:
+                reader.close()
         if self.store is not None:
             self.store.close()
         self.net.close()
@@ -702,14 +760,35 @@ class Node:
         was sent. Its completion is one of the node loop's replies (`_reply`), delivered to
         asyncio together at the end of the loop's iteration. The header's write timestamp,
         unless the caller set one, is this gateway's HLC time when the batch leaves."""
+        answered = False
+
         def done(answers: list) -> None:
-            self._reply(fut, answers)
+            nonlocal answered
+            if not answered:
+                answered = True
+                self._reply(fut, answers)
+
+        def give_up() -> None:
+            """No answer from the ranges' leaseholders in unavailable_s (a partition, no quorum):
+            unavailable, naming the ranges; a write may still commit (ambiguous)."""
+            if answered:
+                return
+            ranges = sorted({d.range_id for d in (self.router.descriptor(op.key) for op in ops) if d is not None})
+            why = ("unavailable: %s did not answer n%d within %.1f s (no leaseholder or quorum reachable)"
+                   % (", ".join("r%d" % r for r in ranges) or "the range", self.node_id, self.cfg.unavailable_s))
+            done([(Outcome.AMBIGUOUS, why + "; the write may still commit") if op.writes else (Outcome.NOT_COMMITTED, why)
+                  for op in ops])
 
         def run() -> None:
             if self.store is None:
                 done([(Outcome.NOT_COMMITTED, "the cluster has not formed yet")] * len(ops))
                 return
+            heapq.heappush(self._timeouts, (time.monotonic() + self.cfg.unavailable_s, next(self._timeout_ids), give_up))
             stamped = header if header.ts is not None else replace(header, ts=tuple(self.hlc.now().to_wire()))
+            if stamped.uncertainty_limit is None and ops and not any(op.writes for op in ops):
+                # A read may restart above a version written (before it began) by a node whose
+                # clock runs ahead of this gateway's by up to the max offset (Store._serve_read).
+                stamped = replace(stamped, uncertainty_limit=(stamped.ts[0] + self.hlc.max_offset_ns, stamped.ts[1]))
             refused = self.cfg.refuse_writes
             held = [i for i, op in enumerate(ops) if refused is not None and op.writes and refused[0] <= op.key < refused[1]]
             try:
@@ -772,11 +851,45 @@ class Node:
             return [(Outcome.AMBIGUOUS, why + "; it may still commit") if op.writes else (Outcome.NOT_COMMITTED, why)
                     for op in ops]
 
-    async def scan_keys(self, start: bytes, end: bytes | None, limit: int, max_bytes: int = 0) -> tuple:
+    async def scan_keys(self, start: bytes, end: bytes | None, limit: int, max_bytes: int = 0,
+                        header: Header | None = None) -> tuple:
         """A scan across ranges, by the router on the node loop (`Router.scan`): (Outcome,
-        {"rows", "versions", "ts", "resume"})."""
+        {"rows", "versions", "ts", "resume", "read_ts"}). Every page reads at one timestamp: the
+        header's `read_ts`, else the one the first page's leaseholder picks; the uncertainty
+        limit is the header's, else this gateway's clock plus the max offset."""
+        if header is None or header.uncertainty_limit is None:
+            now = self.hlc.now()
+            header = replace(header or Header(), uncertainty_limit=(now.wall_ns + self.hlc.max_offset_ns, now.logical))
         return await self._proposal(
-            lambda store, done: self.router.scan(start, end, limit, done, max_bytes=max_bytes))
+            lambda store, done: self.router.scan(start, end, limit, done, max_bytes=max_bytes, header=header))
+
+    async def lease_transfer(self, range_id: int, to: int) -> str | None:
+        """Move a lease this node serves to node `to` (Store.transfer_lease): None if under way."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def run() -> None:
+            why = self.store.transfer_lease(range_id, to) if self.store is not None else "the cluster has not formed yet"
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(why))
+        self.call_in_loop(run)
+        return await fut
+
+    async def drain_leases(self, timeout_s: float) -> int:
+        """Hand every lease this node serves to another node (Store.drain) and wait, at most
+        timeout_s, until it serves none; returns how many it still serves (0: drained)."""
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            fut = loop.create_future()
+
+            def run(fut=fut) -> None:
+                left = self.store.drain() if self.store is not None else 0
+                loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(left))
+            self.call_in_loop(run)
+            left = await fut
+            if left == 0 or time.monotonic() >= deadline:
+                return left
+            await asyncio.sleep(0.05)
 
     async def split(self, key: bytes) -> tuple:
         """Split the range holding key at key: routed like a client's command to the range's
@@ -812,6 +925,8 @@ class Node:
                 "evaluation_misses": totals["evaluation_misses"],
                 "latches": {"held": len(self.store.latches), "waiting": self.store.latches.waiting()} if self.store is not None else None,
                 "router": dict(self.router.stats, cached=len(self.router.cache)),
+                "test_cut": sorted(self.net.cut),
+                "leases": dict(self.store.lease_stats, serving=len(self.store.tscache)) if self.store is not None else None,
                 "proposals": totals["proposals"],
                 "loop_busy_max_ms": round(self.loop_busy_max_s * 1000, 1),
                 "loop_stalls": list(self.loop_stalls),

@@ -200,6 +200,9 @@ class PeerNetwork:
         self._wake_pending = False
         self.conns: set[_Conn] = set()
         self.peers: dict[int, _Conn] = {}        # open, hello'ed, deduplicated
+        # Tests only (RAFTSTORE_TEST_FAULTS_FILE, Node._check_faults): peers whose frames are lost
+        # both ways while the links stay up - a partition the nodes notice only by silence.
+        self.cut: frozenset[int] = frozenset()
         self.dialing: dict[str, _Conn] = {}      # by address
         self.last_dial: dict[str, float] = {}
         self.dropped_frames = 0
@@ -249,6 +252,8 @@ class PeerNetwork:
         conn = self.peers.get(peer_id)
         if conn is None:
             return False
+        if peer_id in self.cut:
+            return True   # a test's partition: the frame is lost on the way
         data = encode_peer_frame(frame)
         delay = self.delay_s(peer_id)
         conn.outq.append((time.monotonic() + delay if delay > 0 else 0.0, data))
@@ -456,6 +461,8 @@ class PeerNetwork:
             if conn.peer_id is None and kind != HELLO and kind != REJECT:
                 self._drop(conn, "frame before HELLO")
                 return
+            if conn.peer_id in self.cut and kind != HELLO and kind != REJECT:
+                continue   # a test's partition: the frame is lost on the way
             if kind == RAFT:
                 if len(frame) != 3 or not isinstance(frame[1], int) or not isinstance(frame[2], dict):
                     self._drop(conn, "malformed RAFT frame")

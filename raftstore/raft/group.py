@@ -94,7 +94,7 @@ _INSTANCE_ATTRS = (
     "_SyncObj__raftLastApplied", "_SyncObj__raftCommitIndex", "_SyncObj__transport",
     "_SyncObj__raftCurrentTerm", "_SyncObj__raftElectionDeadline", "_SyncObj__conf",
     "_SyncObj__serializer", "_poller", "_SyncObj__newAppendEntriesTime", "_SyncObj__lastResponseTime",
-    "_SyncObj__connectedNodes", "_SyncObj__otherNodes",
+    "_SyncObj__connectedNodes", "_SyncObj__otherNodes", "_SyncObj__transferInProgress",
 )
 _PIPE_ATTRS = ("_PipeNotifier__pipeR", "_PipeNotifier__pipeW")   # its pipe's two ends (RaftGroup.close)
 
@@ -392,6 +392,17 @@ class RaftGroup(SyncObj):
     def last_log_index(self) -> int:
         return self._journal[-1][1]
 
+    def transfer_leadership(self, to: str | None = None) -> bool:
+        """Hand the lead to peer `to` (None: the most caught-up connected follower) by Raft's
+        TimeoutNow: it stands for election at once. False if this replica does not lead or the
+        peer is not caught up (pysyncobj refuses then); True only means the request went out."""
+        answer: list = []
+        node = next((n for n in self._SyncObj__otherNodes if n.id == to), None) if to is not None else None
+        if to is not None and node is None:
+            return False
+        self.transferLeadership(node, callback=lambda res, err: answer.append(err))
+        return bool(answer) and answer[0] == FAIL_REASON.SUCCESS
+
     def campaign(self) -> None:
         """Start an election at the next tick instead of after a timeout."""
         self._SyncObj__raftElectionDeadline = 0
@@ -399,6 +410,8 @@ class RaftGroup(SyncObj):
     def postpone_election(self, alive_at: float | None = None) -> None:
         """The leader is known to be alive (its node said so, at `alive_at`, default now):
         restart our election timer from then."""
+        if self._SyncObj__transferInProgress:
+            return   # the leader asked us to stand now (TimeoutNow): its liveness must not postpone that
         deadline = (_so.monotonicTime() if alive_at is None else alive_at) + self._SyncObj__generateRaftTimeout()
         if deadline > self._SyncObj__raftElectionDeadline:
             self._SyncObj__raftElectionDeadline = deadline
@@ -479,14 +492,17 @@ class RaftGroup(SyncObj):
         return self._apply(payload)
 
     def propose(self, op: str, args: Any, callback: ProposalCallback, *, command_id: bytes | None = None,
-                timeout_s: float = constants.proposal_timeout_s, now: float | None = None) -> bytes:
+                timeout_s: float = constants.proposal_timeout_s, now: float | None = None,
+                essential: bool = False) -> bytes:
         """Propose a command; `callback(outcome, result)` is called exactly once, on the tick
         thread, by `timeout_s` at the latest (then AMBIGUOUS). Returns the command id; propose
         again with the same id to retry an ambiguous command: it applies at most once.
-        Raises ValueError for a command too large to replicate (nothing is proposed)."""
+        Raises ValueError for a command too large to replicate (nothing is proposed). An
+        `essential` command (a range lease: tiny, and without it the range serves nothing) is
+        proposed even while `refuse_entries` refuses others (a disk below its reserve)."""
         payload = encode_command(op, args, command_id)
         cid = decode_command(payload).id
-        refused = "%s is closed" % self.name if self._closed else self._refuse_entries()
+        refused = "%s is closed" % self.name if self._closed else None if essential else self._refuse_entries()
         if refused is not None:
             callback(Outcome.NOT_COMMITTED, refused)
             return cid

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from raftstore import constants
 from raftstore.kvserver.batch import BATCH_OP, TRACE_FIELDS, BatchRequest, Header, Scan, response_op
+from raftstore.kvserver.lease import NOT_LEASEHOLDER, READ_UNCERTAIN
 from raftstore.kvserver.ranges import RangeDescriptor, is_mismatch, mismatch_descriptors, pretty_key
 from raftstore.raft.commands import Outcome, is_not_leader, new_command_id
 from raftstore.router.cache import RangeCache
@@ -40,7 +41,7 @@ class Router:
                  now: Callable[[], float], *, capacity: int = constants.range_cache_entries_max) -> None:
         self.cache = RangeCache(capacity)
         self._lookup, self._send, self._later, self._now = lookup, send, later, now
-        self.stats = {"lookups": 0, "redirects": 0, "backoffs": 0, "not_leader": 0}
+        self.stats = {"lookups": 0, "redirects": 0, "backoffs": 0, "not_leader": 0, "read_restarts": 0}
 
     def descriptor(self, key: bytes) -> RangeDescriptor | None:
         """The range holding key as this router knows it: cached, else looked up (and cached)."""
@@ -81,7 +82,8 @@ class Router:
         """If the answer is a refusal to learn from (a range-key mismatch, not-leader), learn,
         schedule `again` (or give up after route_retries_max) and return True."""
         mismatch = outcome is Outcome.REJECTED and is_mismatch(result)
-        if not mismatch and not (outcome is Outcome.NOT_COMMITTED and is_not_leader(result)):
+        moved = outcome is Outcome.REJECTED and getattr(result, "code", None) == NOT_LEASEHOLDER
+        if not mismatch and not moved and not (outcome is Outcome.NOT_COMMITTED and is_not_leader(result)):
             return False
         if attempt + 1 >= constants.route_retries_max:
             done(Outcome.NOT_COMMITTED, "%s (after %d refusals); retry" % (
@@ -130,6 +132,12 @@ class Router:
         if not waiting:
             done(answers)
             return
+        reads = not any(op.writes for op in ops)
+        if reads and len(parts) > 1 and header.read_ts is None and header.ts is not None:
+            # Parts read at one timestamp: the gateway's (a part that finds a version within its
+            # uncertainty interval makes the whole batch read again above it, `_restarted`).
+            fixed = replace(header, read_ts=header.ts)
+            return self.send_batch(fixed, ops, self._restarted(fixed, ops, done, attempt), command_id, attempt)
 
         def settle(indices: list[int], got: list) -> None:
             nonlocal waiting
@@ -147,6 +155,21 @@ class Router:
         for desc, indices, request in requests:
             cid = command_id if len(indices) == len(ops) and command_id is not None else new_command_id()
             self._send(desc, BATCH_OP, request.to_wire(), self._part_answer(desc, indices, request, cid, attempt, settle), cid)
+
+    def _restarted(self, header: Header, ops: Sequence, done: BatchDone, attempt: int) -> BatchDone:
+        """`done`, unless a part of a read batch at the timestamp this router fixed found a version
+        within its uncertainty interval: then the batch reads again at the newest such version
+        (at most route_retries_max times)."""
+        def settled(answers: list) -> None:
+            found = [r.details.get("ts") for o, r in answers
+                     if o is Outcome.REJECTED and getattr(r, "code", None) == READ_UNCERTAIN]
+            if not found or attempt + 1 >= constants.route_retries_max:
+                done(answers)
+                return
+            self.stats["read_restarts"] += 1
+            again = replace(header, read_ts=tuple(max(found)))
+            self.send_batch(again, ops, self._restarted(again, ops, done, attempt + 1), None, attempt + 1)
+        return settled
 
     def _part_answer(self, desc: RangeDescriptor, indices: list[int], request: BatchRequest, cid: bytes,
                      attempt: int, settle: Callable[[list[int], list], None]) -> Done:
@@ -166,8 +189,8 @@ class Router:
             if outcome is not Outcome.COMMITTED:
                 failed(outcome, result)
                 return
-            extra = {k: result[k] for k in ("ok", "span_end", "lock_token", "served_by", "rounds", "quorum_rtt_ms")
-                     if k in result}
+            extra = {k: result[k] for k in ("ok", "span_end", "lock_token", "served_by", "rounds", "quorum_rtt_ms",
+                                            "read_ts") if k in result}
             extra.update(range_id=desc.range_id, ms=round((self._now() - sent_at) * 1000, 3))
             settle(indices, [(outcome, dict(response_op(result, j), **extra)) for j in range(len(indices))])
         return answer
@@ -193,21 +216,26 @@ class Router:
 
         def finish(resume: bytes | None) -> None:
             done(Outcome.COMMITTED, {"rows": rows, "versions": versions, "ts": ts, "pages": pages,
+                                     "read_ts": list(fixed.read_ts) if fixed.read_ts is not None else None,
                                      "resume": resume if end is None or (resume is not None and resume < end) else None})
+
+        fixed = header
 
         def page(at: bytes) -> None:
             if (end is not None and at >= end) or len(rows) >= limit or (max_bytes and used >= max_bytes):
                 finish(at)
                 return
-            left = replace(header, max_keys=limit - len(rows), max_bytes=max_bytes - used if max_bytes else 0)
+            left = replace(fixed, max_keys=limit - len(rows), max_bytes=max_bytes - used if max_bytes else 0)
             self.send_batch(left, [Scan(at, end)], lambda answers: got(at, answers))
 
         def got(at: bytes, answers: list) -> None:
-            nonlocal ts, used
+            nonlocal ts, used, fixed
             outcome, result = answers[0]
             if outcome is not Outcome.COMMITTED:
                 done(outcome, result)
                 return
+            if fixed.read_ts is None and result.get("read_ts") is not None:
+                fixed = replace(fixed, read_ts=tuple(result["read_ts"]))   # every later page reads there too
             rows.extend(result["rows"])
             versions.extend(result["versions"])
             used += sum(len(k) + len(v) for k, v in result["rows"])

@@ -162,6 +162,12 @@ class ClientServer:
         if op == "split":
             outcome, result = await self.node.split(RAW_PREFIX + args["key"])
             return self._reply(outcome, result)
+        if op == "lease_transfer":
+            why = await self.node.lease_transfer(args["range_id"], args["to"])
+            return {"ok": True, "result": {"started": True}} if why is None else _error("bad_request", why)
+        if op == "drain":
+            left = await self.node.drain_leases(constants.drain_timeout_s)
+            return {"ok": True, "result": {"leases_left": left}}
         if op == "scan":
             return await self._scan(args)
         if op not in self.WRITE_OPS | self.READ_OPS:

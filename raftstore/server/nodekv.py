@@ -17,7 +17,9 @@ from raftstore.kvserver.batch import (VALUE_TOO_LARGE, Check, CompareAndSwap, Co
                                       Header, Put, SetFields)
 from raftstore.raft.commands import Outcome
 from sql.constants import GATEWAY_KV_CALL_TIMEOUT_S, GATEWAY_KV_FANOUT_MAX
-from sql.kv import (WRITE_BATCH_MAX, ConsistencyResult, Locked, RangeInfo, RegionInfo, TraceOp, Version, Write,
+from raftstore.kvserver.lease import READ_UNCERTAIN
+from sql.kv import (WRITE_BATCH_MAX, ConsistencyResult, Locked, RangeInfo, ReadRestart, RegionInfo, TraceOp, Version,
+                    Write,
                     WriteResult, check_fields, check_key, check_scan_limit, check_value, check_writes, held_unwritten,
                     not_sent, record_step)
 
@@ -66,11 +68,47 @@ class NodeKV:
     def __init__(self, node, loop: asyncio.AbstractEventLoop) -> None:
         self.node, self.loop = node, loop
         self.begin_statement()
+        self.end_statement()
 
-    def begin_statement(self) -> None:
+    def begin_statement(self, read_ts: Version | None = None) -> None:
+        """A new statement: every read of it at one timestamp (`read_ts`; None: the first
+        read's leaseholder picks it), with one uncertainty limit (this gateway's clock now plus
+        the max offset: nothing acknowledged before the statement began is above it)."""
         self.max_ts = [0, 0]
         self.wrote = False
         self._trace: list[TraceOp] | None = None
+        self.read_ts = read_ts
+        self.in_statement = True
+        if read_ts is None:
+            self.uncertainty_limit = None
+
+    def end_statement(self) -> None:
+        """Outside a statement every read is its own: the leaseholder picks its timestamp."""
+        self.in_statement = False
+        self.read_ts = self.uncertainty_limit = None
+
+    def read_latest(self) -> None:
+        """This statement's reads each see the latest state (a write's, a DDL's: sql.execute)."""
+        self.end_statement()
+
+    def _read_header(self) -> Header:
+        if not self.in_statement:
+            return Header()
+        if self.uncertainty_limit is None:
+            hlc = getattr(self.node, "hlc", None)
+            if hlc is not None:
+                now = hlc.now()
+                self.uncertainty_limit = (now.wall_ns + hlc.max_offset_ns, now.logical)
+        return Header(read_ts=self.read_ts, uncertainty_limit=self.uncertainty_limit)
+
+    def _adopt(self, outcome: Outcome, result: Any) -> None:
+        """After a read: the statement reads on at the timestamp its first read was served at;
+        a read that found a version within its uncertainty interval restarts the statement."""
+        if outcome is Outcome.REJECTED and getattr(result, "code", None) == READ_UNCERTAIN:
+            raise ReadRestart(tuple(result.details["ts"]))
+        if (self.in_statement and self.read_ts is None and outcome is Outcome.COMMITTED and isinstance(result, dict)
+                and result.get("read_ts")):
+            self.read_ts = tuple(result["read_ts"])
 
     def begin_trace(self) -> None:
         self._trace = []
@@ -131,8 +169,13 @@ class NodeKV:
         `stop_after_failure`, no batch is sent after one in which an op did not commit (the
         answers are then fewer than the ops)."""
         answers: list = []
+        reads = bool(ops) and not any(op.writes or isinstance(op, GetForUpdate) for op in ops)
         for window in _windows(ops, ops_max):
-            got = self._wait(self.node.batch_within(window, GATEWAY_KV_CALL_TIMEOUT_S, header))
+            got = self._wait(self.node.batch_within(window, GATEWAY_KV_CALL_TIMEOUT_S,
+                                                    self._read_header() if reads else header))
+            if reads:
+                for outcome, result in got:
+                    self._adopt(outcome, result)
             self._traced(window, got)
             for op, (outcome, result) in zip(window, got):
                 if outcome is Outcome.COMMITTED and isinstance(result, dict) and isinstance(result.get("ts"), list):
@@ -185,7 +228,9 @@ class NodeKV:
         if end is not None:
             check_key(end)
         check_scan_limit(limit)
-        result = self._check(self._run(self.node.scan_keys(start, end, limit)), False)
+        answer = self._run(self.node.scan_keys(start, end, limit, header=self._read_header()))
+        self._adopt(*answer)
+        result = self._check(answer, False)
         for page in result.get("pages", ()):
             record_step(self._trace, [self._part("scan", [page["start"]], page["end"], page)])
         return [(k, v, tuple(ts)) for (k, v), ts in zip(result["rows"], result["versions"])]

@@ -386,6 +386,11 @@ class MVCCStore:
             except sqlite3.Error as e:
                 raise StoreError(f"MVCC store {self._path}: {type(e).__name__}: {e}") from e
 
+    @property
+    def in_batch(self) -> bool:
+        """A batch (an apply transaction) is open: what it wrote is not committed yet."""
+        return self._in_batch
+
     def flush_batch(self) -> None:
         """Commit what the current batch wrote so far (so other connections see it)."""
         with self._lock:
@@ -592,10 +597,9 @@ class MVCCStore:
         None is a tombstone; None if the key has no version at or below `ts`. (After `gc`, a
         collected tombstone reads as None, which means the same: no live value.)"""
         _check_key("key", key)
-        wall, logical = _check_ts(ts)
+        _check_ts(ts)
         with self._transaction(None) as conn:
-            row = conn.execute(_GET_SQL, {"key": key, "wall": wall, "logical": logical}).fetchone()
-        return None if row is None else (row[0], (row[1], row[2]))
+            return _get(conn, key, ts)
 
     def get_value(self, key: bytes, ts: Timestamp) -> bytes | None:
         """The live value of `key` at `ts`; None for a tombstone or no version."""
@@ -635,42 +639,30 @@ class MVCCStore:
         Memory is bounded by `limit`, never by the size of the range.
         """
         _check_span(start, end)
-        wall, logical = _check_ts(ts)
+        _check_ts(ts)
         if not isinstance(limit, int) or limit < 0:
             raise ValueError(f"limit must be a non-negative int, got {limit!r}")
-        rows: list[tuple[bytes, bytes, Timestamp]] = []
         if limit == 0:
-            return rows
-        skip_rows_max = SCAN_SKIP_ROWS_MAX
-        bounded = end is not None
-        params = {"start": start, "end": end, "wall": wall, "logical": logical}
+            return []
         with self._transaction("BEGIN") as conn:
-            sql = _SCAN_SQL[bounded, False]
-            last_key: bytes | None = None
-            while True:
-                cursor = conn.execute(sql, params)
-                reseek = False
-                skipped = 0
-                try:
-                    for key, value, v_wall, v_logical in cursor:
-                        if key == last_key:
-                            # An older version of a key already decided: hidden.
-                            skipped += 1
-                            if skipped > skip_rows_max:
-                                reseek = True
-                                break
-                            continue
-                        last_key, skipped = key, 0
-                        if value is not None:
-                            rows.append((key, value, (v_wall, v_logical)))
-                            if len(rows) >= limit:
-                                break
-                finally:
-                    cursor.close()
-                if not reseek:
-                    return rows
-                sql = _SCAN_SQL[bounded, True]
-                params["start"] = last_key
+            return _scan(conn, start, end, ts, limit)
+
+    def newest_between(self, start: bytes, end: bytes | None, low: Timestamp, high: Timestamp) -> Timestamp | None:
+        """MVCCReader.newest_between on this store's own connection."""
+        _check_span(start, end)
+        with self._transaction(None) as conn:
+            return _newest_between(conn, start, end, _check_ts(low), _check_ts(high))
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator["MVCCStore"]:
+        """MVCCReader.snapshot's face on this store, for reads on the thread that writes it (the
+        simulator's inline reads): nothing is written between its reads, so it needs no
+        transaction of its own."""
+        yield self
+
+    def reader(self) -> "MVCCReader":
+        """A read-only connection of its own to this store's file, for one thread at a time."""
+        return MVCCReader(self._path)
 
     def approximate_span_bytes(self, start: bytes, end: bytes | None) -> int:
         """Sum of len(key) + len(value) over all versions in `[start, end)` (tombstones count
@@ -1027,6 +1019,107 @@ def _rows_in_span(chunk: Iterable[VersionRow], start: bytes, end: bytes | None) 
         wall = _check_int("snapshot wall", wall)
         logical = _check_int("snapshot logical", logical)
         yield key, wall, logical, _check_value("snapshot value", value)
+
+
+def _get(conn: sqlite3.Connection, key: bytes, ts: Timestamp) -> tuple[bytes | None, Timestamp] | None:
+    row = conn.execute(_GET_SQL, {"key": key, "wall": ts[0], "logical": ts[1]}).fetchone()
+    return None if row is None else (row[0], (row[1], row[2]))
+
+
+def _scan(conn: sqlite3.Connection, start: bytes, end: bytes | None, ts: Timestamp,
+          limit: int) -> list[tuple[bytes, bytes, Timestamp]]:
+    """MVCCStore.scan's query, on `conn`, inside the caller's read transaction."""
+    rows: list[tuple[bytes, bytes, Timestamp]] = []
+    skip_rows_max = SCAN_SKIP_ROWS_MAX
+    bounded = end is not None
+    params = {"start": start, "end": end, "wall": ts[0], "logical": ts[1]}
+    sql = _SCAN_SQL[bounded, False]
+    last_key: bytes | None = None
+    while True:
+        cursor = conn.execute(sql, params)
+        reseek = False
+        skipped = 0
+        try:
+            for key, value, v_wall, v_logical in cursor:
+                if key == last_key:
+                    # An older version of a key already decided: hidden.
+                    skipped += 1
+                    if skipped > skip_rows_max:
+                        reseek = True
+                        break
+                    continue
+                last_key, skipped = key, 0
+                if value is not None:
+                    rows.append((key, value, (v_wall, v_logical)))
+                    if len(rows) >= limit:
+                        break
+        finally:
+            cursor.close()
+        if not reseek:
+            return rows
+        sql = _SCAN_SQL[bounded, True]
+        params["start"] = last_key
+
+
+_NEWEST_BETWEEN_SQL = {
+    b: ("SELECT v.wall, v.logical FROM versions AS v"
+        f" WHERE {_span('v', b)} AND (v.wall, v.logical) > (:wall, :logical)"
+        " AND (v.wall, v.logical) <= (:hwall, :hlogical)")
+    for b in (False, True)
+}
+
+
+class MVCCReader:
+    """A read-only SQLite connection to a store's file (WAL mode: it reads the last committed
+    state and never blocks the writer), for the reads a leaseholder serves off the node loop
+    (kvserver.store.Store._serve_read). One thread at a time; `snapshot()` holds one read
+    transaction, so every read in it sees the same committed state."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        try:
+            self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                                         check_same_thread=False)
+            self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open a reader of MVCC store {path}: {e}") from e
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator["MVCCReader"]:
+        try:
+            self._conn.execute("BEGIN")
+            try:
+                yield self
+            finally:
+                if self._conn.in_transaction:
+                    self._conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise StoreError(f"MVCC store {self._path} (reader): {type(e).__name__}: {e}") from e
+
+    def get(self, key: bytes, ts: Timestamp) -> tuple[bytes | None, Timestamp] | None:
+        return _get(self._conn, key, ts)
+
+    def scan(self, start: bytes, end: bytes | None, ts: Timestamp, limit: int) -> list[tuple[bytes, bytes, Timestamp]]:
+        return _scan(self._conn, start, end, ts, limit) if limit > 0 else []
+
+    def newest_between(self, start: bytes, end: bytes | None, low: Timestamp, high: Timestamp) -> Timestamp | None:
+        """The newest version in `[start, end)` above `low` and at or below `high` (tombstones
+        count): what makes a read at `low` uncertain (Store._serve_read)."""
+        return _newest_between(self._conn, start, end, low, high)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _newest_between(conn: sqlite3.Connection, start: bytes, end: bytes | None, low: Timestamp,
+                    high: Timestamp) -> Timestamp | None:
+    best: Timestamp | None = None
+    params = {"start": start, "end": end, "wall": low[0], "logical": low[1], "hwall": high[0], "hlogical": high[1]}
+    for wall, logical in conn.execute(_NEWEST_BETWEEN_SQL[end is not None], params):
+        if best is None or (wall, logical) > best:
+            best = (wall, logical)
+    return best
+
 
 
 class SpanExport:

@@ -1,0 +1,372 @@
+"""Range leases (raftstore.kvserver.lease) and the reads a leaseholder serves without a consensus
+round (kvserver.store.Store._serve_read), each rule alone: a stand-in Raft group, real replicas on
+real SQLite, a clock the test moves. tests/test_leases_cluster.py runs them on real nodes.
+
+Each rule here is also shown to catch a build without it (the `broken` tests)."""
+
+from __future__ import annotations
+
+import os
+
+import msgpack
+import pytest
+
+from raftstore import constants
+from raftstore.kvserver import lease as lease_mod
+from raftstore.kvserver.batch import BATCH_OP, BatchRequest, Get, Header, Put, Scan
+from raftstore.kvserver.lease import NOT_LEASEHOLDER, READ_UNCERTAIN, Lease, TimestampCache
+from raftstore.kvserver.ranges import FIRST_DATA_RANGE_ID, bootstrap_descriptors, local_desc_key
+from raftstore.kvserver.replica import RangeReplica, desc_ts
+from raftstore.kvserver.store import Store, StoreConfig
+from raftstore.raft.commands import Command, CommandError, Outcome, is_not_leader
+from raftstore.storage.mvcc import MVCCStore
+from fake_group import FakeGroup
+
+R = FIRST_DATA_RANGE_ID
+OFFSET = constants.max_clock_offset_ns
+SEC = 1_000_000_000
+T0 = 1_000 * SEC       # the test clock's start (HLC wall, ns)
+
+
+# --- the lease itself ---------------------------------------------------------------------------
+
+def test_a_lease_is_usable_only_before_its_stasis_period():
+    lease = Lease(1, 1, (T0, 0), (T0 + 3 * SEC, 0))
+    assert lease.usable((T0, 0), OFFSET)
+    assert lease.usable((T0 + 3 * SEC - OFFSET - 1, 0), OFFSET)
+    assert not lease.usable((T0 + 3 * SEC - OFFSET, 0), OFFSET)       # stasis: another clock may be past it
+    assert not lease.expired((T0 + 3 * SEC, 0)) and lease.expired((T0 + 3 * SEC, 1))
+
+
+@pytest.mark.parametrize("wire, why", [
+    ([1, 1], "must be a map"),
+    ({"seq": 0, "holder": 1, "start": [1, 0], "expiration": [2, 0]}, "seq"),
+    ({"seq": 1, "holder": True, "start": [1, 0], "expiration": [2, 0]}, "holder"),
+    ({"seq": 1, "holder": 1, "start": [1], "expiration": [2, 0]}, "start"),
+    ({"seq": 1, "holder": 1, "start": [2, 0], "expiration": [2, 0]}, "expire after it starts"),
+])
+def test_a_malformed_lease_is_refused_by_name(wire, why):
+    with pytest.raises(CommandError, match=why):
+        Lease.from_wire(wire)
+
+
+def test_what_may_follow_a_lease():
+    prev = Lease(4, 1, (T0, 0), (T0 + SEC, 0))
+    assert Lease(5, 2, (T0 + SEC, 1), (T0 + 3 * SEC, 0)).follows(prev) is None            # a new one
+    assert Lease(4, 1, (T0, 0), (T0 + 2 * SEC, 0)).follows(prev) is None                  # an extension
+    assert "keeps its holder" in Lease(4, 2, (T0, 0), (T0 + 2 * SEC, 0)).follows(prev)
+    assert "expire later" in Lease(4, 1, (T0, 0), (T0 + SEC, 0)).follows(prev)
+    assert "cannot follow" in Lease(6, 1, (T0, 0), (T0 + 2 * SEC, 0)).follows(prev)
+    assert "seq 1" in Lease(2, 1, (T0, 0), (T0 + SEC, 0)).follows(None)
+
+
+def test_the_timestamp_cache_answers_the_highest_read_of_a_key_or_a_span_over_it():
+    cache = TimestampCache((10, 0))
+    cache.record_key(b"a", (50, 0))
+    cache.record_span(b"c", b"f", (70, 0))
+    cache.record_span(b"x", None, (60, 0))
+    assert cache.max_for([b"a"]) == (50, 0)
+    assert cache.max_for([b"b"]) == (10, 0)
+    assert cache.max_for([b"b", b"d"]) == (70, 0)
+    assert cache.max_for([b"f"]) == (10, 0)                 # the span's end is not in it
+    assert cache.max_for([b"zz"]) == (60, 0)                # a span to the keyspace's end
+    assert cache.max_all() == (70, 0)
+
+
+def test_a_full_timestamp_cache_folds_entries_into_its_low_water_mark_never_below_them():
+    cache = TimestampCache((0, 0), entries_max=8)
+    for i in range(20):
+        cache.record_key(b"k%02d" % i, (100 + i, 0))
+    assert len(cache) <= 8
+    for i in range(20):   # whatever was folded, no answer is below what was recorded
+        assert cache.max_for([b"k%02d" % i]) >= (100 + i, 0)
+
+
+# --- the lease in the log (RangeReplica) ------------------------------------------------------------
+
+@pytest.fixture
+def mvcc(tmp_path):
+    store = MVCCStore(os.path.join(tmp_path, "store.sqlite"))
+    store.write_local([(local_desc_key(d.range_id), desc_ts(d), d.encode()) for d in bootstrap_descriptors([1, 2, 3])])
+    yield store
+    store.close()
+
+
+def _apply(replica: RangeReplica, op: str, args: dict, cid: bytes):
+    index = replica.applied_index() + 1
+    with replica.batch():
+        try:
+            return True, replica.apply(index, Command(cid, op, args))
+        except CommandError as exc:
+            replica.record_failed(index, Command(cid, op, args), exc.rejection().to_wire())
+            return False, exc.rejection()
+
+
+def _lease_args(prev: Lease | None, new: Lease) -> dict:
+    return {"prev_seq": prev.seq if prev else 0, "prev_expiration": list(prev.expiration) if prev else None,
+            "lease": new.to_wire(), "ts": [T0, 0]}
+
+
+def test_apply_takes_a_lease_only_over_the_one_it_names_and_keeps_it_across_a_restart(mvcc):
+    replica = RangeReplica(mvcc, R)
+    first = Lease(1, 1, (T0, 0), (T0 + 3 * SEC, 0))
+    assert _apply(replica, "lease", _lease_args(None, first), b"a" * 16)[0]
+    assert replica.lease == first
+    # Two nodes asking to follow lease 1: the first in the log wins, the second is refused.
+    mine = Lease(2, 2, (T0 + 4 * SEC, 0), (T0 + 7 * SEC, 0))
+    theirs = Lease(2, 3, (T0 + 4 * SEC, 0), (T0 + 7 * SEC, 0))
+    assert _apply(replica, "lease", _lease_args(first, mine), b"b" * 16)[0]
+    ok, refused = _apply(replica, "lease", _lease_args(first, theirs), b"c" * 16)
+    assert not ok and refused.code == NOT_LEASEHOLDER and replica.lease == mine
+    # An extension raced by a takeover: the takeover names the old expiration and is refused.
+    extended = Lease(2, 2, mine.start, (T0 + 9 * SEC, 0))
+    assert _apply(replica, "lease", _lease_args(mine, extended), b"d" * 16)[0]
+    ok, _ = _apply(replica, "lease", _lease_args(mine, Lease(3, 3, (T0 + 8 * SEC, 0), (T0 + 10 * SEC, 0))), b"e" * 16)
+    assert not ok and replica.lease == extended
+    assert RangeReplica(mvcc, R).lease == extended                 # kept with the applied state
+
+
+def test_a_command_evaluated_under_a_lease_that_moved_writes_nothing_and_may_be_sent_again(mvcc):
+    replica = RangeReplica(mvcc, R)
+    first = Lease(1, 1, (T0, 0), (T0 + 3 * SEC, 0))
+    _apply(replica, "lease", _lease_args(None, first), b"a" * 16)
+    _apply(replica, "lease", _lease_args(first, Lease(2, 2, (T0 + 4 * SEC, 0), (T0 + 6 * SEC, 0))), b"b" * 16)
+    write = dict(BatchRequest(Header(), (Put(b"ka", b"1"),)).to_wire(), ts=[T0, 0], lease_seq=1)
+    ok, refused = _apply(replica, BATCH_OP, write, b"w" * 16)
+    assert not ok and refused.code == NOT_LEASEHOLDER and mvcc.get(b"ka", (1 << 62, 0)) is None
+    assert replica.result_of(b"w" * 16) == (False, None)           # no outcome saved: its id may come again
+    ok, answer = _apply(replica, BATCH_OP, dict(write, lease_seq=2), b"w" * 16)
+    assert ok and answer["ok"] and mvcc.get(b"ka", (1 << 62, 0))[0] == b"1"
+
+
+def test_a_snapshot_carries_the_lease(mvcc, tmp_path):
+    replica = RangeReplica(mvcc, R)
+    lease = Lease(1, 2, (T0, 0), (T0 + 3 * SEC, 0))
+    _apply(replica, "lease", _lease_args(None, lease), b"a" * 16)
+    path = os.path.join(tmp_path, "snap")
+    with open(path, "wb") as f:
+        replica.write_snapshot(f, replica.applied_index())
+    other = MVCCStore(os.path.join(tmp_path, "other.sqlite"))
+    try:
+        target = RangeReplica(other, R)
+        with open(path, "rb") as f:
+            target.read_snapshot(f, replica.applied_index())
+        assert target.lease == lease and RangeReplica(other, R).lease == lease
+    finally:
+        other.close()
+
+
+def test_a_snapshot_written_before_leases_still_installs(mvcc, tmp_path):
+    """The old format: the descriptor, then the rows (no lease record)."""
+    replica = RangeReplica(mvcc, R)
+    _apply(replica, BATCH_OP, dict(BatchRequest(Header(), (Put(b"ka", b"1"),)).to_wire(), ts=[T0, 0]), b"w" * 16)
+    body = replica.desc.encode()
+    rows = msgpack.packb([[b"ka", T0, 0, b"1"]], use_bin_type=True)
+    path = os.path.join(tmp_path, "old")
+    with open(path, "wb") as f:
+        f.write(len(body).to_bytes(4, "little") + body + len(rows).to_bytes(4, "little") + rows + bytes(4))
+    other = MVCCStore(os.path.join(tmp_path, "other.sqlite"))
+    try:
+        target = RangeReplica(other, R)
+        with open(path, "rb") as f:
+            target.read_snapshot(f, 5)
+        assert target.lease is None and other.get(b"ka", (1 << 62, 0))[0] == b"1"
+    finally:
+        other.close()
+
+
+# --- the leaseholder's reads (Store._serve_read) ----------------------------------------------------
+
+class Harness:
+    """Node 1 leads range R and holds its lease; the test moves the HLC (`wall`)."""
+
+    def __init__(self, tmp_path) -> None:
+        self.mvcc = MVCCStore(os.path.join(tmp_path, "store.sqlite"))
+        descs = bootstrap_descriptors([1, 2, 3])
+        self.mvcc.write_local([(local_desc_key(d.range_id), desc_ts(d), d.encode()) for d in descs])
+        self.wall, self.t = T0, 100.0
+        self.forwarded: list = []
+        self.store = Store(StoreConfig(node_id=1, replicas=[1, 2, 3], raft_dir=str(tmp_path)), self.mvcc,
+                           open_journal=None, transport_class=None, clock=lambda: self.t,
+                           now_ts=lambda: [self.wall, 0],
+                           propose_at_leader=lambda rid, op, args, cb: self.forwarded.append((rid, op, args)))
+        for d in descs:
+            self.store.replicas[d.range_id] = RangeReplica(self.mvcc, d.range_id, on_lease=self.store._on_lease)
+            self.store.groups[d.range_id] = FakeGroup()
+        self.replica = self.store.replicas[R]
+        self.lease = Lease(1, 1, (T0, 0), (T0 + 10 * SEC, 0))
+        with self.replica.batch():
+            self.replica.apply(1, Command(b"L" * 16, "lease", _lease_args(None, self.lease)))
+        self.answers: list = []
+
+    def group(self) -> FakeGroup:
+        return self.store.groups[R]
+
+    def write(self, key: bytes, value: bytes, ts) -> None:
+        """A write applied at exactly `ts` (as another holder's, or a gateway's, would be)."""
+        args = dict(BatchRequest(Header(), (Put(key, value),)).to_wire(), ts=list(ts), lease_seq=self.replica.lease.seq)
+        with self.replica.batch():
+            self.replica.apply(self.replica.applied_index() + 1, Command(os.urandom(16), BATCH_OP, args))
+
+    def read(self, *ops, **header) -> None:
+        self.store.evaluate_and_propose(R, BATCH_OP, BatchRequest(Header(**header), ops).to_wire(),
+                                        lambda o, r: self.answers.append((o, r)))
+
+
+@pytest.fixture
+def h(tmp_path):
+    harness = Harness(tmp_path)
+    yield harness
+    harness.mvcc.close()
+
+
+def test_the_leaseholder_reads_from_its_own_store_at_its_clock_with_no_proposal(h):
+    h.write(b"ka", b"1", (T0 + 5, 0))
+    h.wall = T0 + 100
+    h.read(Get(b"ka"), Scan(b"kb"))
+    [(outcome, result)] = h.answers
+    assert outcome is Outcome.COMMITTED and h.group().proposed == []
+    assert result["responses"][0]["value"] == b"1" and result["read_ts"] == [T0 + 100, 0]
+    assert result["rounds"] == 0 and result["served_by"] == 1
+
+
+def test_a_read_sees_a_write_applied_above_the_leaseholders_clock(h):
+    """An earlier holder's clock ran ahead: its write is above ours; a read picks no lower."""
+    h.write(b"ka", b"1", (T0 + SEC // 10, 0))
+    h.read(Get(b"ka"))
+    [(outcome, result)] = h.answers
+    assert outcome is Outcome.COMMITTED and result["responses"][0]["value"] == b"1"
+
+
+def _write_ts_after_read(h) -> tuple:
+    """A read at a timestamp ahead of the leaseholder's clock (a gateway whose clock runs ahead),
+    then a write of the same key evaluated here: the write's proposed timestamp."""
+    ahead = (T0 + 300 * 1_000_000, 0)
+    h.read(Get(b"ka"), read_ts=ahead)
+    assert h.answers[-1][0] is Outcome.COMMITTED
+    h.store.evaluate_and_propose(R, BATCH_OP, BatchRequest(Header(), (Put(b"ka", b"2"),)).to_wire(),
+                                 lambda o, r: None, command_id=b"p" * 16)
+    [(op, args, _, _)] = h.group().proposed
+    return ahead, tuple(args["ts"])
+
+
+def test_a_write_after_a_read_goes_above_the_read_so_two_reads_at_one_timestamp_agree(h):
+    ahead, ts = _write_ts_after_read(h)
+    assert ts > ahead
+
+
+def test_broken_a_build_without_the_timestamp_cache_writes_below_a_served_read(h, monkeypatch):
+    monkeypatch.setattr(TimestampCache, "max_for", lambda self, keys: self.low_water)
+    ahead, ts = _write_ts_after_read(h)
+    assert ts < ahead          # the check above fails on this build
+
+
+def _read_below_a_fresh_write(h) -> tuple:
+    """A gateway whose clock is 300 ms behind reads at its own time a key written 100 ms ago."""
+    h.wall = T0 + SEC
+    h.write(b"ka", b"new", (T0 + SEC - 100 * 1_000_000, 0))
+    behind = (T0 + SEC - 300 * 1_000_000, 0)
+    h.read(Get(b"ka"), read_ts=behind, uncertainty_limit=(behind[0] + OFFSET, 0))
+    return h.answers[-1]
+
+
+def test_a_read_that_finds_a_version_within_its_uncertainty_interval_restarts_above_it(h):
+    outcome, result = _read_below_a_fresh_write(h)
+    assert outcome is Outcome.REJECTED and result.code == READ_UNCERTAIN
+    assert result.details["ts"] == [T0 + SEC - 100 * 1_000_000, 0]
+    h.read(Get(b"ka"), read_ts=tuple(result.details["ts"]), uncertainty_limit=(T0 + SEC - 300 * 1_000_000 + OFFSET, 0))
+    outcome, result = h.answers[-1]
+    assert outcome is Outcome.COMMITTED and result["responses"][0]["value"] == b"new"
+
+
+def test_broken_a_build_without_uncertainty_misses_an_acknowledged_write(h, monkeypatch):
+    real = RangeReplica.read_at
+    monkeypatch.setattr(RangeReplica, "read_at", staticmethod(
+        lambda request, desc, reader, ts, uncertain_to=None: real(request, desc, reader, ts)))
+    outcome, result = _read_below_a_fresh_write(h)
+    assert outcome is Outcome.COMMITTED and result["responses"][0]["value"] is None   # the stale read
+
+
+def test_a_scan_restarts_for_a_deleted_key_within_its_uncertainty_interval(h):
+    h.write(b"kb", b"1", (T0 + 10, 0))
+    h.wall = T0 + SEC
+    args = dict(BatchRequest(Header(), (Put(b"kc", b"2"),)).to_wire(), ts=[T0 + SEC - 1000, 0], lease_seq=1)
+    with h.replica.batch():
+        h.replica.apply(h.replica.applied_index() + 1, Command(b"q" * 16, BATCH_OP, args))
+    h.read(Scan(b"ka", b"kz"), read_ts=(T0 + SEC - 5000, 0), uncertainty_limit=(T0 + 2 * SEC, 0))
+    outcome, result = h.answers[-1]
+    assert outcome is Outcome.REJECTED and result.details["ts"] == [T0 + SEC - 1000, 0]
+
+
+def test_a_read_waits_out_a_write_in_flight_on_its_key(h):
+    h.store.evaluate_and_propose(R, BATCH_OP, BatchRequest(Header(), (Put(b"ka", b"2"),)).to_wire(),
+                                 lambda o, r: None, command_id=b"p" * 16)
+    [(_, args, callback, cid)] = h.group().proposed
+    h.wall += 1000                     # the read comes after the write was evaluated: above it
+    h.read(Get(b"ka"))
+    assert h.answers == []             # latched: the write may land at or below the read
+    with h.replica.batch():
+        outcome = h.replica.apply(h.replica.applied_index() + 1, Command(cid, BATCH_OP, args))
+        callback(Outcome.COMMITTED, outcome)   # the latch is released inside the apply transaction
+        assert h.answers == []          # ... and the read waits for its commit
+    h.store.run_deferred_reads()
+    [(outcome, result)] = h.answers
+    assert outcome is Outcome.COMMITTED and result["responses"][0]["value"] == b"2"
+
+
+def test_a_lease_in_its_stasis_period_serves_nothing_and_is_extended(h):
+    h.wall = T0 + 10 * SEC - OFFSET       # now + max_offset reaches the expiration
+    h.store.lease_used[R] = h.t
+    h.read(Get(b"ka"))
+    assert h.answers == [] and R in h.store.lease_wanted
+    h.store._lease_upkeep(R, h.group(), (h.wall, 0))
+    [(op, args, callback, _)] = h.group().proposed
+    assert op == "lease" and args["lease"]["seq"] == 1 and args["prev_expiration"] == [T0 + 10 * SEC, 0]
+    with h.replica.batch():
+        callback(Outcome.COMMITTED, h.replica.apply(h.replica.applied_index() + 1, Command(b"E" * 16, op, args)))
+    h.store._run_awaiting_lead(h.t)
+    h.store.run_deferred_reads()
+    [(outcome, _)] = h.answers
+    assert outcome is Outcome.COMMITTED
+
+
+def test_broken_a_build_that_ignores_the_stasis_serves_past_it(h, monkeypatch):
+    monkeypatch.setattr(Lease, "usable", lambda self, now, max_offset_ns: now < self.expiration)
+    h.wall = T0 + 10 * SEC - OFFSET
+    h.read(Get(b"ka"))
+    assert h.answers and h.answers[0][0] is Outcome.COMMITTED   # the stasis test above fails on it
+
+
+def test_a_holder_that_lost_the_lead_hands_the_lease_to_the_leader_above_all_it_served(h):
+    h.read(Get(b"ka"), read_ts=(T0 + 400 * 1_000_000, 0))
+    h.group().leader, h.group().leader_id_ = False, "2"
+    h.read(Get(b"ka"))
+    assert is_not_leader(h.answers[-1][1])
+    h.store._lease_upkeep(R, h.group(), (h.wall, 0))
+    [(rid, op, args)] = h.forwarded
+    assert (rid, op) == (R, "lease") and args["prev_seq"] == 1
+    new = Lease.from_wire(args["lease"])
+    assert new.holder == 2 and new.seq == 2 and new.start > (T0 + 400 * 1_000_000, 0)
+    h.group().leader, h.group().leader_id_ = True, "1"           # even leading again, it serves nothing under it
+    assert h.store.serving_lease(R) is None
+
+
+def test_a_write_waits_for_the_lease_and_carries_it(h):
+    h.wall = T0 + 20 * SEC            # the lease ran out
+    h.store.evaluate_and_propose(R, BATCH_OP, BatchRequest(Header(), (Put(b"ka", b"2"),)).to_wire(),
+                                 lambda o, r: h.answers.append((o, r)), command_id=b"p" * 16)
+    assert h.group().proposed == []
+    h.store._lease_upkeep(R, h.group(), (h.wall, 0))
+    [(op, args, callback, _)] = h.group().proposed
+    assert op == "lease"
+    with h.replica.batch():
+        callback(Outcome.COMMITTED, h.replica.apply(h.replica.applied_index() + 1, Command(b"E" * 16, op, args)))
+    h.store._run_awaiting_lead(h.t)
+    assert [p[0] for p in h.group().proposed] == ["lease", BATCH_OP]
+    assert h.group().proposed[1][1]["lease_seq"] == h.replica.lease.seq
+
+
+def test_a_read_past_the_clock_by_more_than_the_max_offset_is_refused(h):
+    h.read(Get(b"ka"), read_ts=(T0 + OFFSET + 1, 0))
+    outcome, result = h.answers[-1]
+    assert outcome is Outcome.REJECTED and result.code == lease_mod.READ_TOO_NEW
