@@ -231,6 +231,27 @@ class Cluster:
             time.sleep(0.1)
         raise AssertionError("no agreed leader within %.0f s; logs in %s" % (timeout, self.root))
 
+    def wait_leaseholder(self, range_id: int = 2, timeout: float = 30.0) -> NodeProc:
+        """The node serving `range_id`'s lease, once exactly one live node says it does (status:
+        `lease_serving`). Raises AssertionError naming the log folder otherwise."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            serving = []
+            for n in self.nodes:
+                if n.proc is None or n.proc.poll() is not None:
+                    continue
+                try:
+                    with Client([n.sql_addr], timeout_s=2.0) as c:
+                        ranges = c.status()["ranges"]
+                except Exception:
+                    continue
+                if any(r["range_id"] == range_id and r.get("lease_serving") for r in ranges):
+                    serving.append(n)
+            if len(serving) == 1:
+                return serving[0]
+            time.sleep(0.02)
+        raise AssertionError("no single node serves r%d's lease within %.0f s; logs in %s" % (range_id, timeout, self.root))
+
     def log_tail(self, n: NodeProc, lines: int = 30) -> str:
         try:
             with open(n.log_path) as f:

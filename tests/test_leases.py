@@ -351,19 +351,30 @@ def test_a_holder_that_lost_the_lead_hands_the_lease_to_the_leader_above_all_it_
     assert h.store.serving_lease(R) is None
 
 
-def test_a_write_waits_for_the_lease_and_carries_it(h):
-    h.wall = T0 + 20 * SEC            # the lease ran out
+def test_a_write_on_a_lapsed_lease_rides_right_behind_the_lease_command_and_carries_it(h):
+    h.wall = T0 + 20 * SEC            # the lease ran out while the range idled
     h.store.evaluate_and_propose(R, BATCH_OP, BatchRequest(Header(), (Put(b"ka", b"2"),)).to_wire(),
                                  lambda o, r: h.answers.append((o, r)), command_id=b"p" * 16)
-    assert h.group().proposed == []
+    (op, args, callback, _), (wop, wargs, _, _) = h.group().proposed
+    assert op == "lease" and wop == BATCH_OP                       # no consensus round waited for
+    extended = Lease.from_wire(args["lease"])
+    assert extended.seq == wargs["lease_seq"] == 1 and extended.expiration > h.lease.expiration
+    assert tuple(wargs["ts"]) >= (h.wall, 0)
+    # Were the lease command refused, apply would refuse the write too (its lease is not the range's).
+
+
+def test_a_read_on_a_lapsed_lease_waits_for_the_lease_to_apply(h):
+    h.wall = T0 + 20 * SEC
+    h.read(Get(b"ka"))
+    assert h.answers == []
     h.store._lease_upkeep(R, h.group(), (h.wall, 0))
     [(op, args, callback, _)] = h.group().proposed
-    assert op == "lease"
     with h.replica.batch():
         callback(Outcome.COMMITTED, h.replica.apply(h.replica.applied_index() + 1, Command(b"E" * 16, op, args)))
     h.store._run_awaiting_lead(h.t)
-    assert [p[0] for p in h.group().proposed] == ["lease", BATCH_OP]
-    assert h.group().proposed[1][1]["lease_seq"] == h.replica.lease.seq
+    h.store.run_deferred_reads()
+    [(outcome, _)] = h.answers
+    assert outcome is Outcome.COMMITTED
 
 
 def test_a_read_past_the_clock_by_more_than_the_max_offset_is_refused(h):

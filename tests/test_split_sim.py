@@ -165,3 +165,38 @@ def test_a_cut_off_idle_leaders_ranges_elect_again_and_it_steps_down_after(seed)
                                             crash_point="none"))
     assert summary["cut_led"] >= 3, summary
     assert summary["reelected"] == summary["cut_led"], summary
+
+
+# --- lease invariants (SplitWorld.check_leases, _check_reads; reads at the leaseholders) ---------
+
+def _caught(monkeypatch, seeds, **cfg) -> list[str]:
+    found = []
+    for seed in seeds:
+        try:
+            run_split_seed(SplitSimConfig(seed=seed, **cfg))
+        except Violation as exc:
+            found.append(str(exc))
+    return found
+
+
+def test_checker_catches_a_lease_served_past_its_expiration(monkeypatch):
+    from raftstore.kvserver.lease import Lease
+    monkeypatch.setattr(Lease, "usable", lambda self, now, max_offset_ns: True)
+    found = _caught(monkeypatch, [13, 14, 15])
+    assert found and all("past its expiration" in f for f in found), found
+
+
+def test_checker_catches_two_leases_serving_at_once(monkeypatch):
+    """A new leader that takes the lease without waiting for the old one to expire, while the
+    old leader, cut off, still believes it leads."""
+    from raftstore.kvserver.lease import Lease
+    monkeypatch.setattr(Lease, "expired", lambda self, now: True)
+    found = _caught(monkeypatch, [1], quiesce=True, partition_s=4.0, leader_fallback_s=10.0, crash_point="none")
+    assert found and "serve at once" in found[0], found
+
+
+def test_checker_catches_a_read_that_does_not_wait_for_a_write_in_flight(monkeypatch):
+    from raftstore.kvserver.latches import Latches
+    monkeypatch.setattr(Latches, "held", lambda self, match: [])
+    found = _caught(monkeypatch, [1])
+    assert found and "answered version" in found[0], found

@@ -180,6 +180,7 @@ class Store:
         self.high_water: dict[int, tuple[int, int]] = {}
         self.given_away: dict[int, int] = {}
         self.lease_asked: set[int] = set()
+        self.pending_lease: dict[int, Lease] = {}      # asked for, not applied yet: writes may ride behind it
         self.lease_used: dict[int, float] = {}
         self.lease_wanted: set[int] = set()
         self.deferred_reads: list[Callable[[], None]] = []
@@ -388,17 +389,53 @@ class Store:
             return
         if range_id not in self.lease_wanted:
             return
-        if lease is None:
-            self._ask(range_id, None, Lease(1, me, now, (now[0] + self.lease_ns, 0)))
-        elif lease.holder == me:   # handed over (or a previous process's): a new one above all it served
-            start = max(now, next_ts(self.high_water.get(range_id, (0, 0))), self.start_low_water)
-            self._ask(range_id, lease, Lease(lease.seq + 1, me, start, (start[0] + self.lease_ns, 0)))
-        elif lease.expired(now):
-            self._ask(range_id, lease, Lease(lease.seq + 1, me, now, (now[0] + self.lease_ns, 0)))
+        asked = self._next_lease(range_id, now)
+        if asked is not None:
+            self._ask(range_id, *asked)
         else:
             # Another node's lease still runs: a live holder hands it over (_transfer); a gone
             # one's is taken the moment it expires, not at the next idle tick.
             self._schedule(range_id, self.clock() + (lease.expiration[0] - now[0]) / 1e9 + 0.001)
+
+    def _next_lease(self, range_id: int, now: tuple[int, int]) -> tuple[Lease | None, Lease] | None:
+        """(the lease to follow, the lease to ask for) for this node as the range's ready leader
+        now; None while another node's lease runs. None yet: seq 1. Its own, lapsed: extended.
+        Its own handed over (or a previous process's): a new one above all it served. Another
+        node's, expired: a new one from now."""
+        rep = self.replicas[range_id]
+        lease, me = rep.lease, self.cfg.node_id
+        if lease is None:
+            return None, Lease(1, me, max(now, self.start_low_water), (now[0] + self.lease_ns, 0))
+        if lease.holder == me and self.given_away.get(range_id) != lease.seq:
+            return lease, Lease(lease.seq, me, lease.start, (max(now[0] + self.lease_ns, lease.expiration[0] + 1), 0))
+        if lease.holder == me:
+            start = max(now, next_ts(self.high_water.get(range_id, (0, 0))), self.start_low_water)
+            return lease, Lease(lease.seq + 1, me, start, (start[0] + self.lease_ns, 0))
+        if lease.expired(now):
+            return lease, Lease(lease.seq + 1, me, now, (now[0] + self.lease_ns, 0))
+        return None
+
+    def _lease_for_write(self, range_id: int, now: tuple[int, int]) -> Lease | None:
+        """The lease a write is evaluated under: the one this node serves, else one it has asked
+        for and may take now (a write on a range whose lease lapsed while idle need not wait a
+        consensus round for the lease: it is proposed right behind the lease command and carries
+        its seq, so apply takes it only if that lease was taken). None: not now."""
+        lease = self.serving_lease(range_id, now)
+        if lease is not None:
+            return lease
+        pending = self.pending_lease.get(range_id)
+        if pending is not None:
+            return pending
+        group, rep = self.groups.get(range_id), self.replicas.get(range_id)
+        if (group is None or rep is None or rep.desc is None or not group.leader_ready() or self.draining
+                or range_id in self.lease_asked):
+            return None
+        asked = self._next_lease(range_id, now)
+        if asked is None:
+            return None
+        self._ask(range_id, *asked)
+        self.pending_lease[range_id] = asked[1]
+        return asked[1]
 
     def _ask(self, range_id: int, prev: Lease | None, lease: Lease) -> None:
         """Propose a lease command (a new lease, or an extension of `prev`) in the range's log."""
@@ -407,6 +444,7 @@ class Store:
 
         def done(outcome: Outcome, result: Any) -> None:
             self.lease_asked.discard(range_id)
+            self.pending_lease.pop(range_id, None)
             if outcome is not Outcome.COMMITTED:
                 self.tick_soon.add(range_id)   # waiting requests see again (a deadline bounds them)
         self.propose(range_id, "lease", self._lease_args(prev, lease), done)
@@ -856,7 +894,7 @@ class Store:
             callback(Outcome.NOT_COMMITTED, self.disk_low)   # at once, not after waiting for a lease
             return
         group = self.groups.get(range_id)
-        if group is not None and (not group.leader_ready() or self.serving_lease(range_id) is None):
+        if group is not None and (not group.leader_ready() or self._lease_for_write(range_id, tuple(self.now_ts())) is None):
             # A new leader evaluates nothing before it has applied its term's first entry (its
             # applied state may lack writes its predecessor committed) and it holds the lease.
             self._await_lead(range_id, callback,
@@ -884,7 +922,7 @@ class Store:
                 done(Outcome.NOT_COMMITTED, self.not_leader(range_id, "stopped leading r%d while the command "
                                                                       "waited for its latches" % range_id))
                 return
-            lease = self.serving_lease(range_id)
+            lease = self._lease_for_write(range_id, tuple(self.now_ts()))
             if lease is None:
                 done(Outcome.NOT_COMMITTED, self.not_leader(range_id, "stopped serving the lease of r%d while the "
                                                                       "command waited for its latches" % range_id))
@@ -910,7 +948,8 @@ class Store:
             writes = holds is not False
             # Under the lease: above every read it served of these keys (and its start).
             evaluated["lease_seq"] = lease.seq
-            floor = next_ts(self.tscache[range_id].max_for(write_keys))
+            cache = self.tscache.get(range_id) if self.tscache_seq.get(range_id) == lease.seq else None
+            floor = next_ts(cache.max_for(write_keys) if cache is not None else max(lease.start, self.start_low_water))
             try:
                 ts = self.propose(range_id, op, evaluated, done, command_id=command_id,
                                   at=max(list(at) if at is not None else [0, 0], list(floor)))

@@ -40,7 +40,7 @@ from raftstore.kvserver.replica import LATEST, RAW_END, RAW_PREFIX, local_descri
 from raftstore.kvserver.store import Store, StoreConfig
 from raftstore.raft.commands import Outcome, not_leader
 from raftstore.raft.failstop import FailStop
-from raftstore.kvserver.batch import Header, Put, verdict
+from raftstore.kvserver.batch import Get, Header, Put, verdict
 from raftstore.router import Router
 from raftstore.sim.disk import SimDisk
 from raftstore.sim.world import Violation, _Clock, patched_pysyncobj
@@ -92,6 +92,8 @@ class SplitSimConfig:
     heartbeat_s: float = 0.1           # the node heartbeat's period then (raftMinTimeout is 0.4 here)
     leader_fallback_s: float = 2.5     # quiesced: pysyncobj's leaderFallbackTimeout (nodes: 30 s), short
                                        # enough that a leader it deposes shows in a run
+    reads: bool = True                 # clients also read keys written before, at the leaseholders;
+                                       # lease invariants are checked after every event (check_leases)
     partition_s: float = 0.0           # > 0: once the writes are done, the node leading the most
                                        # ranges is cut off this long (silently: its links stay up,
                                        # every frame is lost); at the end every range must have
@@ -159,6 +161,9 @@ class SplitWorld:
         self.cut: set[int] = set()            # nodes cut off by a partition (partition_s)
         self.cut_led = 0                      # ranges the cut node led when it was cut off
         self.reelected = 0                    # of those, the ranges that elected another leader meanwhile
+        self.read_rng = random.Random(cfg.seed ^ 0x2EAD)   # apart, so reads draw nothing from rng
+        self.reads: list[tuple[bytes, tuple, tuple, int, float]] = []   # (key, read ts, version answered, node, t)
+        self.lease_checks = 0
 
     # --- nodes --------------------------------------------------------------------------------
     def alive(self, nid: int) -> bool:
@@ -341,6 +346,54 @@ class SplitWorld:
         self.routers[nid].send_batch(Header(), [Put(key, value)], lambda got: done(*got[0]),
                                      i.to_bytes(8, "big") + b"\x00" * 8)
 
+    def read(self, i: int) -> None:
+        """A strong read of a key written before (or being written), from a random live node:
+        served by the range's leaseholder without a consensus round. What it answered is checked
+        at the end against every version the key ever got (`_check_reads`)."""
+        live = [n for n in self.ids if self.alive(n)]
+        if not live:
+            return
+        nid = live[self.read_rng.randrange(len(live))]
+        key = RAW_PREFIX + b"%05d" % self.read_rng.randrange(i + 1)
+
+        def done(got, key=key):
+            outcome, result = got[0]
+            if outcome is Outcome.COMMITTED:
+                lease = self._lease_of(result.get("served_by"), key)
+                if lease is not None and not self.clock.t * 1e9 < lease.expiration[0]:
+                    self.fail("n%s served a read of %r at t=%.4f under lease %d, which expired at %.4f"
+                              % (result.get("served_by"), key, self.clock.t, lease.seq, lease.expiration[0] / 1e9))
+                self.reads.append((key, tuple(result["read_ts"]), tuple(result["ts"]), result.get("served_by"),
+                                   self.clock.t))
+        self.routers[nid].send_batch(Header(), [Get(key)], done)
+
+    def _lease_of(self, nid: int | None, key: bytes):
+        store = self.stores.get(nid) if nid is not None else None
+        if store is None:
+            return None
+        desc = store.descriptor_for(key)
+        rep = store.replicas.get(desc.range_id) if desc is not None else None
+        return rep.lease if rep is not None else None
+
+    def check_leases(self) -> None:
+        """After every event: no two nodes serve one range's lease at once (every clock here is
+        the simulation's, so no stasis hides an overlap), and none serves a lease past its
+        expiration."""
+        now = (int(self.clock.t * 1e9), 0)
+        serving: dict[int, list[int]] = {}
+        for nid, store in self.stores.items():
+            for rid in list(store.tscache):
+                lease = store.serving_lease(rid, now)
+                if lease is None:
+                    continue
+                if not now < lease.expiration:
+                    self.fail("n%d serves r%d under lease %d past its expiration" % (nid, rid, lease.seq))
+                serving.setdefault(rid, []).append(nid)
+        for rid, nodes in serving.items():
+            if len(nodes) > 1:
+                self.fail("r%d: leases of %s serve at once at t=%.4f" % (rid, nodes, self.clock.t))
+        self.lease_checks += 1
+
     # --- main loop and checks ---------------------------------------------------------------------
     def run(self) -> dict:
         try:
@@ -362,6 +415,8 @@ class SplitWorld:
             start = self.clock.t + 2.0
             for i in range(self.cfg.writes):
                 self.push(start + i * 0.02, "call", lambda i=i: self.write(i))
+                if self.cfg.reads:
+                    self.push(start + i * 0.02 + 0.01, "call", lambda i=i: self.read(i))
             t_end = start + self.cfg.writes * 0.02 + self.cfg.settle_s
             if self.cfg.lagging:
                 lagger = self.ids[self.cfg.seed % len(self.ids)]
@@ -405,6 +460,8 @@ class SplitWorld:
                     self.log("fail-stop n%s: %s" % (nid, exc))
                     self.fail_stops += 1
                     self._crashed(nid if nid is not None else self.crash_node)
+                if self.cfg.reads:
+                    self.check_leases()
             self.check()
             if self.cfg.partition_s > 0:
                 self._check_one_leader_each()
@@ -413,7 +470,7 @@ class SplitWorld:
                            fail_stops=self.fail_stops,
                            appends=len(self.appends_sent), appends_last_3s=sum(1 for t in self.appends_sent if t > t_end - 3.0),
                            votes_asked_last_3s=sum(1 for t in self.votes_asked if t > t_end - 3.0),
-                           cut_led=self.cut_led, reelected=self.reelected,
+                           cut_led=self.cut_led, reelected=self.reelected, reads=len(self.reads),
                            ranges=len(local_descriptors(self.mvccs[self.ids[0]])))
             for nid in list(self.stores):
                 self.stores[nid].close()
@@ -487,6 +544,22 @@ class SplitWorld:
         for nid in self.ids:
             self._check_applied_once(nid)
             self._check_outcomes_held_once(nid)
+        self._check_reads()
+
+    def _check_reads(self) -> None:
+        """Every read saw the newest version at or below its timestamp in the key's final history:
+        no version was written at or below a timestamp already read (the timestamp cache), and
+        none acknowledged before the read was missing from it."""
+        history: dict[bytes, list[tuple]] = {}
+        with self.mvccs[self.ids[0]].export_span(RAW_PREFIX, RAW_END, 1000) as export:
+            for chunk in export:
+                for key, wall, logical, _value in chunk:
+                    history.setdefault(key, []).append((wall, logical))
+        for key, ts, answered, nid, t in self.reads:
+            newest = max((v for v in history.get(key, []) if v <= ts), default=(0, 0))
+            if newest != answered:
+                self.fail("a read of %r at %s by n%s (t=%.4f) answered version %s, but the key's history has %s "
+                          "as the newest at or below it" % (key, ts, nid, t, answered, newest))
 
     def _check_applied_once(self, nid: int) -> None:
         versions: dict[bytes, int] = {}
