@@ -19,9 +19,9 @@ The model (the same one CockroachDB's docs use for its topology patterns):
   it is 0.
 * ``write bound = client_rtt + replication_rtt``. One range, one proposal: a multi-row INSERT
   into one range has the same bound as a single-row one.
-* A strong (linearizable) read: in the current design a read goes through the Raft log like
-  a write, so its bound is the write bound (``reads_through_log=True``). Once leaseholders serve
-  reads from their lease (``reads_through_log=False``) the bound drops to ``client_rtt``.
+* A strong (linearizable) read: before range leases a read went through the Raft log like
+  a write, so its bound was the write bound (``reads_through_log=True``). Leaseholders serve
+  reads from their lease now (``reads_through_log=False``, bench.sql_bench): the bound is ``client_rtt``.
 * A bounded-staleness (follower) read is served by the replica in the client's own region, so
   its network bound is 0 when the client's region holds a replica, else the RTT to the nearest
   replica.

@@ -8,6 +8,9 @@ Pure: takes the cell summaries (as `bench.sql_bench` builds them) and returns ve
 3. `throughput_vs_etcd`: 64 clients of single-row INSERTs at least match etcd's puts/s under the
    same latency (needs --compare-etcd, which needs a symmetric matrix or --no-latency).
 4. `loopback_inserts`: with --no-latency, >= 3,000 single-row INSERTs/s with 64 clients.
+5. `leaseholder_read` (issue 12): a strong point read from the leaseholder's region, p50 <= 5 ms.
+6. `remote_read` (issue 12): a strong point read from every other region, p50 <= 1.05 x the
+   client-to-leaseholder round trip (its bound: the leaseholder answers from its lease).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 ratio_max = 1.05
 throughput_clients = 64
 loopback_inserts_s_min = 3000.0
+leaseholder_read_ms_max = 5.0
 
 MET, MISSED, NOT_MEASURED = "met", "missed", "not measured"
 
@@ -109,4 +113,27 @@ def evaluate(cells: list[dict], etcd_cells: list[dict] | None, *, latency_emulat
         else:
             verdict("loopback_inserts", t4, MISSED, "%.0f INSERTs/s, missed by %.0f/s (%.2f x the target)" % (
                 a, loopback_inserts_s_min - a, a / loopback_inserts_s_min), [ours["name"]])
+
+    reads = [c for c in cells if c["workload"] == "read"]
+    home_reads = [c for c in reads if c.get("client_region") == c.get("leaseholder_region")]
+    remote_reads = [c for c in reads if c.get("client_region") != c.get("leaseholder_region")]
+    t5 = "strong point read from the leaseholder's region: p50 <= %.0f ms" % leaseholder_read_ms_max
+    p50 = _p50(home_reads[0]) if home_reads else None
+    if p50 is None:
+        verdict("leaseholder_read", t5, NOT_MEASURED, "no read cell in the leaseholder's region (run with the "
+                "read workload)", [])
+    else:
+        status = MET if p50 <= leaseholder_read_ms_max else MISSED
+        detail = "%s: p50 %.2f ms" % (home_reads[0]["name"], p50) + (
+            ", %.2f ms to spare" % (leaseholder_read_ms_max - p50) if status == MET
+            else ", missed by %.2f ms" % (p50 - leaseholder_read_ms_max))
+        verdict("leaseholder_read", t5, status, detail, [home_reads[0]["name"]])
+    t6 = "strong point read from a remote region: p50 <= %.2f x the round trip to the leaseholder" % ratio_max
+    if not remote_reads:
+        verdict("remote_read", t6, NOT_MEASURED, "no read cell outside the leaseholder's region", [])
+    else:
+        verdicts = [_latency_verdict(c) for c in remote_reads]
+        statuses = {s for s, _ in verdicts}
+        status = MISSED if MISSED in statuses else (NOT_MEASURED if statuses == {NOT_MEASURED} else MET)
+        verdict("remote_read", t6, status, "; ".join(d for _, d in verdicts), [c["name"] for c in remote_reads])
     return out

@@ -37,7 +37,7 @@ def test_each_workload_gets_its_bound():
     p = Placement(1, E, (E, W, U))
     assert bound_for("insert", rtt, U, p).total_ms == 66 + 64
     assert bound_for("multirow", rtt, E, p).total_ms == 64
-    assert bound_for("read", rtt, W, p).total_ms == 64 + 64       # reads go through the log today
+    assert bound_for("read", rtt, W, p).total_ms == 64            # the leaseholder answers from its lease (issue 12)
     assert bound_for("stale_read", rtt, W, p).total_ms == 0
     assert bound_for("put", rtt, E, p).total_ms == 64
 
@@ -211,3 +211,14 @@ def test_the_report_gives_ms_per_statement_and_leaves_the_waits_undivided():
     assert "not saturated" in text and "worker" not in text
     busy = statement_time_markdown(p, statement_steps(_gateway_doc(idle=[])))
     assert "The main thread is saturated" in "\n".join(busy)
+
+
+def test_read_targets_judge_the_leaseholders_region_in_milliseconds_and_others_against_the_round_trip():
+    cells = [_cell("read@E", "read", E, E, 0.7, 0), _cell("read@W", "read", W, E, 64.2, 60),
+             _cell("read@U", "read", U, E, 62.0, 60)]
+    verdicts = {v["id"]: v for v in targets.evaluate(cells, None, latency_emulated=True, local_cluster=True)}
+    assert verdicts["leaseholder_read"]["status"] == targets.MET and "4.30 ms to spare" in verdicts["leaseholder_read"]["detail"]
+    assert verdicts["remote_read"]["status"] == targets.MISSED and "read@W" in verdicts["remote_read"]["detail"]
+    slow = {v["id"]: v for v in targets.evaluate([_cell("read@E", "read", E, E, 6.0, 0)], None,
+                                                  latency_emulated=True, local_cluster=True)}
+    assert slow["leaseholder_read"]["status"] == targets.MISSED and slow["remote_read"]["status"] == targets.NOT_MEASURED

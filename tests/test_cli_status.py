@@ -32,7 +32,8 @@ STATUS = {
         {"range_id": 4, "start": b"kfoo", "end": None, "generation": 0, "replicas": [3, 1, 2],
          "leader": None, "applied_index": 3, "bytes": None},
         {"range_id": 2, "start": b"\x02", "end": b"k\x00\xffa[b]", "generation": 2,
-         "replicas": [1, 2, 3], "leader": 2, "applied_index": 1200, "bytes": 8 * 1024 * 1024},
+         "replicas": [1, 2, 3], "leader": 2, "applied_index": 1200, "bytes": 8 * 1024 * 1024,
+         "lease": {"seq": 3, "holder": 2, "start": [1, 0], "expiration": [2, 0]}, "lease_serving": True},
         {"range_id": 3, "start": b"k\x00\xffa[b]", "end": b"kfoo", "generation": 0,
          "replicas": [1, 2, 3], "leader": 1, "applied_index": 9, "bytes": 0},
     ],
@@ -193,9 +194,9 @@ def test_status_prints_a_nodes_table_and_a_ranges_table(node, capsys):
     assert row(out, "n2", "europe-west1", "127.0.0.1:17102", "up")
     assert row(out, "n3", "asia-south1", "127.0.0.1:17103", "down")
     replicas = "1 us-east1, 2 europe-west1, 3 asia-south1"
-    assert row(out, "1", "meta", replicas, "n1 (us-east1)", "1.2 KiB", "57")
-    assert row(out, "2", "[-inf, \\x00\\xffa[b])", replicas, "n2 (europe-west1)", "8.0 MiB", "1200")
-    assert row(out, "4", "[foo, +inf)", replicas, "none", "-", "3")
+    assert row(out, "1", "meta", replicas, "n1 (us-east1)", "-", "1.2 KiB", "57")
+    assert row(out, "2", "[-inf, \\x00\\xffa[b])", replicas, "n2 (europe-west1)", "#3", "8.0 MiB", "1200")
+    assert row(out, "4", "[foo, +inf)", replicas, "none", "-", "-", "3")
     assert out.index("meta") < out.index("[-inf,") < out.index("[foo, +inf)")
     assert server.requests == [("status", {})]
 

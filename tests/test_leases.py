@@ -381,3 +381,35 @@ def test_a_read_past_the_clock_by_more_than_the_max_offset_is_refused(h):
     h.read(Get(b"ka"), read_ts=(T0 + OFFSET + 1, 0))
     outcome, result = h.answers[-1]
     assert outcome is Outcome.REJECTED and result.code == lease_mod.READ_TOO_NEW
+
+
+def _read_racing_an_apply(tmp_path) -> list:
+    """A read served on a reader of its own (a separate SQLite connection, as on a node) while a
+    write of its key is applied in the open apply transaction: what it answered."""
+    h = Harness(tmp_path)
+    reader = h.mvcc.reader()
+    h.store.read_executor = lambda job: job(reader)()
+    try:
+        h.store.evaluate_and_propose(R, BATCH_OP, BatchRequest(Header(), (Put(b"ka", b"2"),)).to_wire(),
+                                     lambda o, r: None, command_id=b"p" * 16)
+        [(_, args, callback, cid)] = h.group().proposed
+        h.wall += 1000
+        h.read(Get(b"ka"))
+        with h.replica.batch():
+            callback(Outcome.COMMITTED, h.replica.apply(h.replica.applied_index() + 1, Command(cid, BATCH_OP, args)))
+        h.store.run_deferred_reads()
+        return h.answers
+    finally:
+        reader.close()
+        h.mvcc.close()
+
+
+def test_a_read_on_another_connection_runs_only_once_the_write_it_waited_for_is_committed(tmp_path):
+    [(outcome, result)] = _read_racing_an_apply(tmp_path)
+    assert outcome is Outcome.COMMITTED and result["responses"][0]["value"] == b"2"
+
+
+def test_broken_a_build_that_reads_before_the_apply_commits_misses_the_write(tmp_path, monkeypatch):
+    monkeypatch.setattr(Store, "_when_committed", lambda self, run: run())
+    [(outcome, result)] = _read_racing_an_apply(tmp_path)
+    assert outcome is Outcome.COMMITTED and result["responses"][0]["value"] is None

@@ -86,6 +86,17 @@ class RangeRow:
     size: str
     applied_index: str
     last_check: str = "-"   # "consistent at 57", "INCONSISTENT at 57: n3 differs ...", ...
+    lease: str = "-"         # "n1 #3, serving here" / "n2 #4" / "-" (none yet)
+
+
+def _render_lease(lease, leader: int | None, where: str) -> str:
+    """A range's lease as the answering node applied it: its seq, and its holder when that is
+    not the Raft leader (a lease moving, or one that lapsed while the range idled)."""
+    if lease is None:
+        return "-"
+    _expect(isinstance(lease, dict) and _is_int(lease.get("holder")) and _is_int(lease.get("seq")),
+            f"{where}: lease must be a map with holder and seq")
+    return "#%d" % lease["seq"] + ("" if lease["holder"] == leader else " n%d" % lease["holder"])
 
 
 class StatusFormatError(ValueError):
@@ -209,6 +220,7 @@ def status_rows(status: Any) -> tuple[list[NodeRow], list[RangeRow]]:
             size=render_size(size),
             applied_index="-" if applied is None else str(applied),
             last_check=render_check(item.get("last_check"), where),
+            lease=_render_lease(item.get("lease"), leader, where),
         )
         keyed.append(((start is None, start or b"", range_id), row))
     ranges = [row for _, row in sorted(keyed, key=lambda pair: pair[0])]
@@ -358,7 +370,7 @@ def _print_tables(status: dict, nodes: list[NodeRow], ranges: list[RangeRow]) ->
         console.print(Text(line))
 
     range_table = Table(title=f"ranges (held by n{answered.node_id})")
-    for column in ("range", "span", "replicas", "leader", "size", "applied", "last check"):
+    for column in ("range", "span", "replicas", "leader", "lease", "size", "applied", "last check"):
         justify = "right" if column in ("range", "size", "applied") else "left"
         range_table.add_column(column, justify=justify)
     for row in ranges:
@@ -368,6 +380,7 @@ def _print_tables(status: dict, nodes: list[NodeRow], ranges: list[RangeRow]) ->
             Text(row.span),
             Text(row.replicas),
             leader,
+            Text(row.lease),
             Text(row.size),
             Text(row.applied_index),
             Text(row.last_check, style="bold red" if row.last_check.startswith("INCONSISTENT") else ""),

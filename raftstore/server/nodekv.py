@@ -342,9 +342,12 @@ class NodeKV:
                 continue
             overlaps = (end is None or r["start"] < end) and (r["end"] is None or start < r["end"])
             if overlaps:
+                # The leaseholder, as this node applied the range's lease (who serves its reads
+                # and evaluates its writes); before any lease, the Raft leader.
+                holder = (r.get("lease") or {}).get("holder", r["leader"])
                 out.append({"range_id": r["range_id"], "start": r["start"], "end": r["end"],
                             "replicas": [who(n) for n in r["replicas"]],
-                            "leader": who(r["leader"]) if r["leader"] is not None else None})
+                            "leader": who(holder) if holder is not None else None})
         return sorted(out, key=lambda r: r["start"])   # the status lists ranges by id, not by key
 
     def regions(self) -> list[RegionInfo]:
