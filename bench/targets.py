@@ -69,14 +69,17 @@ def evaluate(cells: list[dict], etcd_cells: list[dict] | None, *, latency_emulat
         status, detail = _latency_verdict(home[0])
         verdict("leaseholder_insert", t1, status, detail, [home[0]["name"]])
 
-    t2 = "single-row write from a remote region: p50 <= %.2f x its bound" % ratio_max
-    if not remote:
-        verdict("remote_write", t2, NOT_MEASURED, "no INSERT cell outside the leaseholder's region", [])
-    else:
-        verdicts = [_latency_verdict(c) for c in remote]
+    def every_remote(tid: str, target: str, remote_cells: list[dict], what: str) -> None:
+        if not remote_cells:
+            verdict(tid, target, NOT_MEASURED, "no %s cell outside the leaseholder's region" % what, [])
+            return
+        verdicts = [_latency_verdict(c) for c in remote_cells]
         statuses = {s for s, _ in verdicts}
         status = MISSED if MISSED in statuses else (NOT_MEASURED if statuses == {NOT_MEASURED} else MET)
-        verdict("remote_write", t2, status, "; ".join(d for _, d in verdicts), [c["name"] for c in remote])
+        verdict(tid, target, status, "; ".join(d for _, d in verdicts), [c["name"] for c in remote_cells])
+
+    every_remote("remote_write", "single-row write from a remote region: p50 <= %.2f x its bound" % ratio_max,
+                 remote, "INSERT")
 
     t3 = "%d clients: INSERTs/s >= etcd's puts/s under the same latency" % throughput_clients
     ours = _sweep_cell(cells, throughput_clients)
@@ -128,12 +131,6 @@ def evaluate(cells: list[dict], etcd_cells: list[dict] | None, *, latency_emulat
             ", %.2f ms to spare" % (leaseholder_read_ms_max - p50) if status == MET
             else ", missed by %.2f ms" % (p50 - leaseholder_read_ms_max))
         verdict("leaseholder_read", t5, status, detail, [home_reads[0]["name"]])
-    t6 = "strong point read from a remote region: p50 <= %.2f x the round trip to the leaseholder" % ratio_max
-    if not remote_reads:
-        verdict("remote_read", t6, NOT_MEASURED, "no read cell outside the leaseholder's region", [])
-    else:
-        verdicts = [_latency_verdict(c) for c in remote_reads]
-        statuses = {s for s, _ in verdicts}
-        status = MISSED if MISSED in statuses else (NOT_MEASURED if statuses == {NOT_MEASURED} else MET)
-        verdict("remote_read", t6, status, "; ".join(d for _, d in verdicts), [c["name"] for c in remote_reads])
+    every_remote("remote_read", "strong point read from a remote region: p50 <= %.2f x the round trip to the "
+                 "leaseholder" % ratio_max, remote_reads, "read")
     return out
