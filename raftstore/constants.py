@@ -32,6 +32,7 @@ lease_duration_s = 2.5
 range_unavailable_s = 5.0              # a request with no answer from its ranges' leaseholders fails "unavailable" after this
 timestamp_cache_entries_max = 4096     # per range; past it the oldest entries fold into its low-water mark
 faults_check_interval_s = 0.05         # tests only: how often a node reads its faults file
+lease_transfer_wait_s = 1.0           # a holder offering its lead away serves nothing this long (Store._offer_lead)
 drain_offer_interval_s = 0.5          # a draining node offers a range's lead away again this often
 lease_readers = 2                      # threads (each with its own SQLite read connection) serving leaseholder reads
 leader_wait_s = 2.0                     # a client command for a range with no leader known waits this long for one

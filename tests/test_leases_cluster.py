@@ -293,3 +293,34 @@ def test_sigterm_and_drain_move_every_lease_off_the_node(tmp_path):
         assert third is not second and third in survivors and second.pid is not None
         with Client([second.sql_addr], timeout_s=30.0) as c:
             assert c.get(b"k") == b"1" and not _range(c)["lease_serving"]
+
+
+def test_leases_live_in_the_primary_region_come_back_after_it_recovers_and_follow_a_change(tmp_path):
+    """--primary-region us-west1 (n3): the lease moves there; with n3 down it serves elsewhere and
+    returns once n3 is back; every node restarted with europe-west1 (n2), the lease moves there."""
+    cluster = Cluster(str(tmp_path), extra_args=["--primary-region", "us-west1"])
+    with cluster:
+        cluster.client(*cluster.nodes).put(b"k", b"v")
+        deadline = time.monotonic() + 30
+        while cluster.wait_leaseholder(DATA).node_id != 3:
+            assert time.monotonic() < deadline, "the lease did not move to the primary region"
+            time.sleep(0.1)
+        cluster.kill9(cluster.node(3))
+        with Client([cluster.node(1).sql_addr, cluster.node(2).sql_addr], timeout_s=30.0) as c:
+            c.put(b"k", b"while n3 was down")
+        assert cluster.wait_leaseholder(DATA).node_id in (1, 2)
+        cluster.start(cluster.node(3))
+        deadline = time.monotonic() + 30
+        while cluster.wait_leaseholder(DATA).node_id != 3:
+            assert time.monotonic() < deadline, "the lease did not come back to the primary region"
+            time.sleep(0.1)
+        for n in cluster.nodes:
+            assert cluster.stop(n) == 0
+        cluster.extra_args = ["--primary-region", "europe-west1"]
+        cluster.start_all()
+        deadline = time.monotonic() + 60
+        while cluster.wait_leaseholder(DATA, timeout=60).node_id != 2:
+            assert time.monotonic() < deadline, "the lease did not move to the new primary region"
+            time.sleep(0.1)
+        with Client([cluster.node(1).sql_addr]) as c:
+            assert c.get(b"k") == b"while n3 was down" and c.status()["primary_region"] == "europe-west1"

@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--unavailable-timeout", type=_positive_float, default=constants.range_unavailable_s,
                        metavar="SECONDS", help="a request whose range has no leaseholder reachable from this node "
                        "fails after this long with an 'unavailable' error naming the range (default %(default)s)")
+    start.add_argument("--primary-region", type=_region, default=None, metavar="REGION",
+                       help="the cluster's home region: every range's lease (and Raft lead) moves to its replica "
+                       "there while that node is up, and comes back after it recovers; give every node the same "
+                       "value (default: none, leases stay where elections put them)")
     start.add_argument("--lease-duration", type=_positive_float, default=constants.lease_duration_s,
                        metavar="SECONDS", help="how long a range lease lasts unless extended: after a leaseholder "
                        "dies its ranges wait out at most this (plus an election) before another node serves them "
@@ -251,7 +255,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
                       ignore_stasis=os.environ.get(IGNORE_STASIS_ENV) == "1",
                       disk_reserve_bytes=args.disk_reserve_bytes, disk_ballast_bytes=args.disk_ballast_bytes,
                       http_addr=args.http_addr, unavailable_s=args.unavailable_timeout,
-                      lease_s=args.lease_duration)
+                      lease_s=args.lease_duration, primary_region=args.primary_region)
 
 
 def main(argv: list[str] | None = None) -> int:

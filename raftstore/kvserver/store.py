@@ -99,7 +99,8 @@ class Store:
                  read_executor: Callable[[Callable[[Any], None]], None] | None = None,
                  observe_ts: Callable[[tuple[int, int]], None] = lambda ts: None,
                  max_offset_ns: int = constants.max_clock_offset_ns, stasis_ns: int | None = None,
-                 lease_ns: int = int(constants.lease_duration_s * 1e9)) -> None:
+                 lease_ns: int = int(constants.lease_duration_s * 1e9),
+                 preferred_holder: Callable[[tuple], int | None] = lambda replicas: None) -> None:
         """`snapshot_executor` runs the slow part of snapshots (writing one, staging a received
         one) and of consistency checks (hashing a range): the node gives
         raftstore.raft.group.run_in_thread so its loop never waits for a whole range; the
@@ -175,6 +176,7 @@ class Store:
         self.max_offset_ns = max_offset_ns
         self.stasis_ns = max_offset_ns if stasis_ns is None else stasis_ns   # 0 only in a test's broken build
         self.lease_ns = lease_ns
+        self.preferred_holder = preferred_holder   # replicas -> the node a lease should move to (home region), or None
         self.tscache: dict[int, TimestampCache] = {}
         self.tscache_seq: dict[int, int] = {}
         self.high_water: dict[int, tuple[int, int]] = {}
@@ -186,7 +188,8 @@ class Store:
         self.deferred_reads: list[Callable[[], None]] = []
         self.draining = False                          # hand every lease away, take none (a drain)
         self.handing_off: dict[int, float] = {}        # range -> when its lead was last offered away (drain)
-        self.lease_stats = {"acquired": 0, "extended": 0, "transferred": 0, "reads_local": 0,
+        self.paused: dict[int, float] = {}             # range -> until when its holder serves nothing (_offer_lead)
+        self.lease_stats = {"acquired": 0, "extended": 0, "transferred": 0, "moved_home": 0, "reads_local": 0,
                             "read_restarts": 0, "refused_not_usable": 0}
         self.start_low_water = (0, 0)
 
@@ -336,6 +339,7 @@ class Store:
             return
         self.lease_wanted.discard(range_id)
         if self.tscache_seq.get(range_id) != lease.seq:   # a new lease, not an extension
+            self.paused.pop(range_id, None)
             self.tscache[range_id] = TimestampCache(max(lease.start, self.start_low_water),
                                                     constants.timestamp_cache_entries_max)
             self.tscache_seq[range_id] = lease.seq
@@ -354,7 +358,8 @@ class Store:
         rep, group = self.replicas.get(range_id), self.groups.get(range_id)
         lease = rep.lease if rep is not None else None
         if (lease is None or lease.holder != self.cfg.node_id or self.given_away.get(range_id) == lease.seq
-                or group is None or not group.is_leader() or range_id not in self.tscache):
+                or group is None or not group.is_leader() or range_id not in self.tscache
+                or self.paused.get(range_id, -1.0) > self.clock()):
             return None
         now = now or tuple(self.now_ts())
         return lease if lease.usable(now, self.stasis_ns) else None
@@ -379,9 +384,19 @@ class Store:
             # Offer the lead to a caught-up follower; once it leads, the lease follows it (above).
             if self.handing_off.get(range_id, -1e18) < self.clock() - constants.drain_offer_interval_s:
                 self.handing_off[range_id] = self.clock()
-                group.transfer_leadership(None)
+                self._offer_lead(range_id, group, None)
             self.tick_soon.add(range_id)
             return
+        home = self.preferred_holder(rep.desc.replicas)
+        if home is not None and home != me:
+            # The range's home is elsewhere (--primary-region): offer the lead to its replica
+            # there; the lease follows the lead (above). A down home node leaves it here.
+            if self.handing_off.get(range_id, -1e18) < self.clock() - constants.drain_offer_interval_s:
+                self.handing_off[range_id] = self.clock()
+                if self._offer_lead(range_id, group, home):
+                    self.lease_stats["moved_home"] += 1
+        if mine and self.paused.get(range_id, -1.0) > self.clock():
+            return   # its lead is on offer: it extends nothing
         if mine:
             used = self.lease_used.get(range_id, -1e18) > self.clock() - self.lease_ns / 1e9
             if (used or range_id in self.lease_wanted) and lease.expiration[0] - now[0] < self.lease_ns // 2:
@@ -428,7 +443,7 @@ class Store:
             return pending
         group, rep = self.groups.get(range_id), self.replicas.get(range_id)
         if (group is None or rep is None or rep.desc is None or not group.leader_ready() or self.draining
-                or range_id in self.lease_asked):
+                or range_id in self.lease_asked or self.paused.get(range_id, -1.0) > self.clock()):
             return None
         asked = self._next_lease(range_id, now)
         if asked is None:
@@ -460,6 +475,7 @@ class Store:
         proposed under this one. If the transfer fails, the new leader takes the lease over
         once this one expires."""
         self.given_away[range_id] = lease.seq
+        self.paused.pop(range_id, None)
         self.lease_stats["transferred"] += 1
         cache = self.tscache.pop(range_id, None)
         self.tscache_seq.pop(range_id, None)
@@ -477,11 +493,22 @@ class Store:
             return "n%d does not hold the lease of r%d (ask its leaseholder)" % (self.cfg.node_id, range_id)
         if to == self.cfg.node_id:
             return None
-        if not group.transfer_leadership(str(to)):
+        if not self._offer_lead(range_id, group, to):
             return ("n%d cannot hand r%d's lead to n%d now: it is not a caught-up, connected replica; retry"
                     % (self.cfg.node_id, range_id, to))
         self.tick_soon.add(range_id)
         return None
+
+    def _offer_lead(self, range_id: int, group: RaftGroup, to: int | None) -> bool:
+        """Offer the lead to `to` (None: pysyncobj's pick of a caught-up follower) by TimeoutNow
+        and, if the offer went out, serve nothing for lease_transfer_wait_s: a write proposed now
+        would leave the target's log behind ours, and our vote would then refuse it (Raft's
+        "stop accepting requests during a transfer"). Once the target leads, the lease follows
+        (`_transfer`); if it never does, this node serves on under the same lease."""
+        if not group.transfer_leadership(str(to) if to is not None else None):
+            return False
+        self.paused[range_id] = self.clock() + constants.lease_transfer_wait_s
+        return True
 
     def drain(self) -> int:
         """Start (or continue) a drain: take no lease from now on and hand the lead, and with it

@@ -94,6 +94,7 @@ class NodeConfig:
     faults_file: str | None = None             # tests only: a partition to play (Node._check_faults)
     unavailable_s: float = constants.range_unavailable_s   # a request unanswered this long fails "unavailable"
     lease_s: float = constants.lease_duration_s   # a range lease's length (Store.lease_ns)
+    primary_region: str | None = None          # leases move to the replica in this region (Node._preferred_holder)
     ignore_stasis: bool = False                # tests only: a broken build that serves a lease to its very end
     disk_reserve_bytes: int | None = None      # free-space reserve (raftstore.storage.diskspace); None: the default
     disk_ballast_bytes: int | None = None      # ballast file size; None: the default, 0: none
@@ -359,9 +360,21 @@ class Node:
                            peer_rtt_s=self.peer_rtt_s, read_executor=self._read_on_reader,
                            observe_ts=lambda ts: self.hlc.update(Timestamp.from_wire(list(ts))),
                            max_offset_ns=self.hlc.max_offset_ns,
-                           stasis_ns=0 if self.cfg.ignore_stasis else None, lease_ns=int(self.cfg.lease_s * 1e9))
+                           stasis_ns=0 if self.cfg.ignore_stasis else None, lease_ns=int(self.cfg.lease_s * 1e9),
+                           preferred_holder=self._preferred_holder)
         self.store.disk_low = self.disk.check()
         self.store.start()
+
+    def _preferred_holder(self, replicas: tuple) -> int | None:
+        """Where a range's lease should be (--primary-region): a connected replica in the primary
+        region, when this node is not in it; None: where it is."""
+        primary = self.cfg.primary_region
+        if primary is None or self.cfg.region == primary or not self.members:
+            return None
+        for nid in sorted(replicas):
+            if nid != self.node_id and self.members.get(nid, {}).get("region") == primary and nid in self.net.peers:
+                return nid
+        return None
 
     def _read_on_reader(self, job: Callable[[Any], Callable[[], None]]) -> None:
         """The store's read executor: a leaseholder read runs on one of lease_readers threads,
@@ -925,7 +938,7 @@ class Node:
                 "evaluation_misses": totals["evaluation_misses"],
                 "latches": {"held": len(self.store.latches), "waiting": self.store.latches.waiting()} if self.store is not None else None,
                 "router": dict(self.router.stats, cached=len(self.router.cache)),
-                "test_cut": sorted(self.net.cut),
+                "test_cut": sorted(self.net.cut), "primary_region": self.cfg.primary_region,
                 "leases": dict(self.store.lease_stats, serving=len(self.store.tscache)) if self.store is not None else None,
                 "proposals": totals["proposals"],
                 "loop_busy_max_ms": round(self.loop_busy_max_s * 1000, 1),

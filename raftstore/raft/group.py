@@ -52,7 +52,8 @@ from pysyncobj.node import Node
 from pysyncobj.serializer import Serializer
 
 from raftstore import constants
-from raftstore.raft.commands import Command, CommandError, Outcome, decode_command, encode_command, saved_outcome
+from raftstore.raft.commands import (Command, CommandError, Outcome, decode_command, encode_command, not_leader,
+                                     saved_outcome)
 from raftstore.raft.failstop import FailStop
 from raftstore.raft.journal import DurableJournal, LogFile, fsync_dir
 
@@ -199,6 +200,11 @@ _SNAPSHOT_REFUSALS = (SnapshotRefused, ValueError, TypeError, EOFError, struct.e
 # pysyncobj failure reasons that prove the command was never appended (or was replaced).
 _SURELY_NOT = {FAIL_REASON.QUEUE_FULL, FAIL_REASON.MISSING_LEADER, FAIL_REASON.DISCARDED,
                FAIL_REASON.NOT_LEADER, FAIL_REASON.REQUEST_DENIED}
+
+# Of those, the ones a lead that moved explains (this replica stopped leading, and dropped the
+# command, or never led): answered as a typed not-leader, which the router sends on to the new
+# leader at once instead of failing the client's request.
+_LEAD_MOVED = {FAIL_REASON.MISSING_LEADER, FAIL_REASON.DISCARDED, FAIL_REASON.NOT_LEADER}
 
 _REGULAR_ENTRY = b"\x00"   # pysyncobj's _COMMAND_TYPE.REGULAR; the others are its own entries
 _SNAPSHOT_MAGIC = b"RSS1"
@@ -529,6 +535,11 @@ class RaftGroup(SyncObj):
     def _on_result(self, token: int, res: Any, err: int) -> None:
         if err == FAIL_REASON.SUCCESS:
             self._finish(token, *saved_outcome(res))
+        elif err in _LEAD_MOVED:
+            leader = self.leader_id()
+            self._finish(token, Outcome.NOT_COMMITTED,
+                         not_leader("%s dropped the command (pysyncobj: %s): it no longer leads; retry"
+                                    % (self.name, _fail_name(err)), int(leader) if leader and leader.isdigit() else None))
         elif err in _SURELY_NOT:
             self._finish(token, Outcome.NOT_COMMITTED, "pysyncobj: %s" % _fail_name(err))
         else:
