@@ -351,15 +351,30 @@ def test_a_holder_that_lost_the_lead_hands_the_lease_to_the_leader_above_all_it_
     assert h.store.serving_lease(R) is None
 
 
-def test_a_write_on_a_lapsed_lease_rides_right_behind_the_lease_command_and_carries_it(h):
+def test_a_write_on_its_holders_lapsed_lease_extends_it_with_no_command_of_its_own(h):
     h.wall = T0 + 20 * SEC            # the lease ran out while the range idled
     h.store.evaluate_and_propose(R, BATCH_OP, BatchRequest(Header(), (Put(b"ka", b"2"),)).to_wire(),
                                  lambda o, r: h.answers.append((o, r)), command_id=b"p" * 16)
-    (op, args, callback, _), (wop, wargs, _, _) = h.group().proposed
-    assert op == "lease" and wop == BATCH_OP                       # no consensus round waited for
-    extended = Lease.from_wire(args["lease"])
-    assert extended.seq == wargs["lease_seq"] == 1 and extended.expiration > h.lease.expiration
-    assert tuple(wargs["ts"]) >= (h.wall, 0)
+    [(op, args, callback, cid)] = h.group().proposed                 # no consensus round waited for
+    assert op == BATCH_OP and args["lease_seq"] == 1 and args["lease_until"] == [h.wall + h.store.lease_ns, 0]
+    with h.replica.batch():
+        callback(Outcome.COMMITTED, h.replica.apply(h.replica.applied_index() + 1, Command(cid, op, args)))
+    assert h.replica.lease.seq == 1 and h.replica.lease.expiration == (h.wall + h.store.lease_ns, 0)
+    assert RangeReplica(h.mvcc, R).lease == h.replica.lease          # kept with the write's apply
+    assert h.store.serving_lease(R) is not None and h.answers[0][0] is Outcome.COMMITTED
+
+
+def test_a_write_on_an_expired_lease_of_another_node_rides_right_behind_the_new_lease_command(h):
+    other = Lease(2, 2, (T0 + 11 * SEC, 0), (T0 + 12 * SEC, 0))
+    with h.replica.batch():
+        h.replica.apply(h.replica.applied_index() + 1, Command(b"O" * 16, "lease", _lease_args(h.lease, other)))
+    h.wall = T0 + 20 * SEC
+    h.store.evaluate_and_propose(R, BATCH_OP, BatchRequest(Header(), (Put(b"ka", b"2"),)).to_wire(),
+                                 lambda o, r: h.answers.append((o, r)), command_id=b"p" * 16)
+    (op, args, _, _), (wop, wargs, _, _) = h.group().proposed
+    assert op == "lease" and wop == BATCH_OP
+    new = Lease.from_wire(args["lease"])
+    assert new.seq == wargs["lease_seq"] == 3 and new.holder == 1 and tuple(wargs["ts"]) >= new.start
     # Were the lease command refused, apply would refuse the write too (its lease is not the range's).
 
 

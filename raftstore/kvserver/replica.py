@@ -174,7 +174,21 @@ class RangeReplica:
                 raise CommandError("%s: evaluated under lease %r of r%d, whose lease is now %d"
                                    % (NOT_LEASEHOLDER, seq, self.range_id, current), code=NOT_LEASEHOLDER,
                                    details={"holder": self.lease.holder if self.lease is not None else None})
+            if args.get("lease_until") is not None:
+                self._extend_lease(_ts(args, "lease_until"))
         return handler(self, index, command, args)
+
+    def _extend_lease(self, until: tuple[int, int]) -> None:
+        """A write of the leaseholder's that also extends the lease it was evaluated under (so a
+        range in use needs no lease command of its own): the same rule as an extension in the
+        log, decided here, before the write, the same on every replica."""
+        if self.lease is None or until <= self.lease.expiration:
+            return
+        extended = Lease(self.lease.seq, self.lease.holder, self.lease.start, until)
+        self.store.write_local([(lease_key(self.range_id), (0, 0), msgpack.packb(extended.to_wire()))])
+        self.lease = extended
+        if self.on_lease is not None:
+            self.on_lease(self.range_id, extended)
 
     def record_failed(self, index: int, command: Command | None, error: str | dict) -> None:
         if command is None or (isinstance(error, dict) and error.get("code") == NOT_LEASEHOLDER):

@@ -183,13 +183,15 @@ class Store:
         self.given_away: dict[int, int] = {}
         self.lease_asked: set[int] = set()
         self.pending_lease: dict[int, Lease] = {}      # asked for, not applied yet: writes may ride behind it
+        # range -> (the expiration a write in flight extends its lease to, when it was proposed)
+        self.extending: dict[int, tuple[tuple[int, int], float]] = {}
         self.lease_used: dict[int, float] = {}
         self.lease_wanted: set[int] = set()
         self.deferred_reads: list[Callable[[], None]] = []
         self.draining = False                          # hand every lease away, take none (a drain)
         self.handing_off: dict[int, float] = {}        # range -> when its lead was last offered away (drain)
         self.paused: dict[int, float] = {}             # range -> until when its holder serves nothing (_offer_lead)
-        self.lease_stats = {"acquired": 0, "extended": 0, "transferred": 0, "moved_home": 0, "reads_local": 0,
+        self.lease_stats = {"acquired": 0, "extended": 0, "transferred": 0, "moved_home": 0, "extended_by_writes": 0, "writes_behind_a_lease_command": 0, "reads_local": 0,
                             "read_restarts": 0, "refused_not_usable": 0}
         self.start_low_water = (0, 0)
 
@@ -399,7 +401,8 @@ class Store:
             return   # its lead is on offer: it extends nothing
         if mine:
             used = self.lease_used.get(range_id, -1e18) > self.clock() - self.lease_ns / 1e9
-            if (used or range_id in self.lease_wanted) and lease.expiration[0] - now[0] < self.lease_ns // 2:
+            if ((used or range_id in self.lease_wanted) and lease.expiration[0] - now[0] < self.lease_ns // 2
+                    and not self._extension_in_flight(range_id, lease)):
                 self._ask(range_id, lease, Lease(lease.seq, me, lease.start, (now[0] + self.lease_ns, 0)))
             return
         if range_id not in self.lease_wanted:
@@ -411,6 +414,11 @@ class Store:
             # Another node's lease still runs: a live holder hands it over (_transfer); a gone
             # one's is taken the moment it expires, not at the next idle tick.
             self._schedule(range_id, self.clock() + (lease.expiration[0] - now[0]) / 1e9 + 0.001)
+
+    def _extension_in_flight(self, range_id: int, lease: Lease) -> bool:
+        """A write proposed in the last second extends `lease` further than it reaches now."""
+        ext = self.extending.get(range_id)
+        return ext is not None and ext[0] > lease.expiration and ext[1] > self.clock() - 1.0
 
     def _next_lease(self, range_id: int, now: tuple[int, int]) -> tuple[Lease | None, Lease] | None:
         """(the lease to follow, the lease to ask for) for this node as the range's ready leader
@@ -440,16 +448,24 @@ class Store:
             return lease
         pending = self.pending_lease.get(range_id)
         if pending is not None:
+            self.lease_stats["writes_behind_a_lease_command"] += 1
             return pending
         group, rep = self.groups.get(range_id), self.replicas.get(range_id)
         if (group is None or rep is None or rep.desc is None or not group.leader_ready() or self.draining
-                or range_id in self.lease_asked or self.paused.get(range_id, -1.0) > self.clock()):
+                or self.paused.get(range_id, -1.0) > self.clock()):
+            return None
+        lease = rep.lease
+        if (lease is not None and lease.holder == self.cfg.node_id and self.given_away.get(range_id) != lease.seq
+                and self.tscache_seq.get(range_id) == lease.seq):
+            return lease   # its own lease, lapsed or in stasis: the write carries the extension (`lease_until`)
+        if range_id in self.lease_asked:
             return None
         asked = self._next_lease(range_id, now)
         if asked is None:
             return None
         self._ask(range_id, *asked)
         self.pending_lease[range_id] = asked[1]
+        self.lease_stats["writes_behind_a_lease_command"] += 1
         return asked[1]
 
     def _ask(self, range_id: int, prev: Lease | None, lease: Lease) -> None:
@@ -975,6 +991,14 @@ class Store:
             writes = holds is not False
             # Under the lease: above every read it served of these keys (and its start).
             evaluated["lease_seq"] = lease.seq
+            now = tuple(self.now_ts())
+            if (lease.holder == self.cfg.node_id and lease.expiration[0] - now[0] < self.lease_ns // 2
+                    and not self._extension_in_flight(range_id, lease)):
+                # Past half its life (or lapsed): this write extends the lease, no command of its own.
+                until = (now[0] + self.lease_ns, 0)
+                evaluated["lease_until"] = list(until)
+                self.extending[range_id] = (until, self.clock())
+                self.lease_stats["extended_by_writes"] += 1
             cache = self.tscache.get(range_id) if self.tscache_seq.get(range_id) == lease.seq else None
             floor = next_ts(cache.max_for(write_keys) if cache is not None else max(lease.start, self.start_low_water))
             try:
