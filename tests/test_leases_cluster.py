@@ -124,7 +124,7 @@ def test_an_isolated_leaseholder_serves_nothing_after_its_lease_and_the_majority
             asked = time.monotonic()
             answer = _ask_once(old.sql_addr, op, args, timeout_s=UNAVAILABLE_S + 5.0)
             took = time.monotonic() - asked
-            assert not answer["ok"] and took < UNAVAILABLE_S + 2.0, (op, answer, took)
+            assert not answer["ok"] and took < UNAVAILABLE_S + 4.0, (op, answer, took)   # the bound, with a margin
             assert "unavailable" in answer["error"]["message"] and "r2" in answer["error"]["message"], answer
         print("failover: write acknowledged by the majority %.2f s after the cut" % (acked - cut_at))
         _cut(tmp_path, {})
@@ -148,7 +148,9 @@ def test_an_isolated_leaseholder_serves_nothing_after_its_lease_and_the_majority
 def _stale_read_after_failover(tmp_path) -> tuple[list, float]:
     """The old holder's clock is 300 ms slow and it is cut off while a reader keeps reading from
     it; a write is acknowledged through the new holder as soon as it takes the lease. Returns
-    the reads the old holder answered (value, when answered) and when the write was acknowledged.
+    the reads the old holder answered (value, when the read was sent), when the write was
+    acknowledged and when the new lease began (wall clock: one machine's). A read sent after the
+    new lease began and answered by the old holder was served under two leases at once.
     Leases last 6 s here, so the majority has always elected its leader (1-2 s) before the old
     lease ends, and takes the lease the moment it may: what happens then is decided by the
     stasis alone, not by how fast an election went."""
@@ -166,11 +168,12 @@ def _stale_read_after_failover(tmp_path) -> tuple[list, float]:
         answers: list = []
         stop = threading.Event()
 
-        def read_old() -> None:   # every read the old holder answers, until the end
+        def read_old() -> None:   # every read the old holder answers (and when it was sent, wall clock)
             with Client([cluster.node(1).sql_addr], timeout_s=1.0, attempt_timeout_s_max=1.0) as old:
                 while not stop.is_set():
+                    sent = time.time()
                     try:
-                        answers.append((old.get(b"k"), time.monotonic()))
+                        answers.append((old.get(b"k"), sent))
                     except RaftstoreError:
                         pass
         reader = threading.Thread(target=read_old, daemon=True)
@@ -196,19 +199,21 @@ def _stale_read_after_failover(tmp_path) -> tuple[list, float]:
                             break
             with Client([new.sql_addr], timeout_s=10.0) as c:
                 c.put(b"k", b"v2")
-                acked = time.monotonic()
+                acked = time.time()
+                started = _range(c)["lease"]["start"][0] / 1e9   # the new lease's start (its clock is right)
             time.sleep(1.0)
         finally:
             stop.set()
             reader.join(timeout=5)
         _cut(tmp_path, {})
-        return answers, acked
+        return answers, acked, started
 
 
 def test_an_old_holder_with_a_slow_clock_never_answers_a_stale_read(tmp_path):
-    answers, acked = _stale_read_after_failover(tmp_path)
-    stale = [at - acked for value, at in answers if value == b"v1" and at > acked]
-    assert not stale, "the old holder answered v1 %s s after v2 was acknowledged" % stale
+    answers, acked, started = _stale_read_after_failover(tmp_path)
+    stale = [sent - started for value, sent in answers if value == b"v1" and sent > started]
+    assert not stale, "the old holder served v1 to reads sent %s s after the new lease began" % stale
+    assert not [1 for value, sent in answers if value == b"v1" and sent > acked]
     assert any(value == b"v1" for value, _ in answers)   # it did serve while its lease held
 
 
@@ -216,8 +221,8 @@ def test_broken_a_build_that_ignores_the_stasis_is_caught(tmp_path, monkeypatch)
     """The same run with nodes that serve until the expiration itself (no max-offset stasis): the
     old holder, 300 ms slow, answers v1 after the new holder acknowledged v2."""
     monkeypatch.setenv(IGNORE_STASIS_ENV, "1")
-    answers, acked = _stale_read_after_failover(tmp_path)
-    assert any(value == b"v1" and at > acked for value, at in answers)
+    answers, acked, started = _stale_read_after_failover(tmp_path)
+    assert any(value == b"v1" and sent > started for value, sent in answers)
 
 
 def test_a_gateway_with_a_slow_clock_sees_every_acknowledged_write(tmp_path):
@@ -264,7 +269,9 @@ def test_a_lease_transfer_moves_the_lease_with_writes_refused_only_briefly(tmp_p
             assert _holder(cluster).node_id == target.node_id
             holder, target = target, holder
         print("longest wait between acknowledged writes across each transfer: %s s" % [round(g, 3) for g in gaps])
-        assert max(gaps) < 2.0     # no lease length (2.5 s) and no election timeout waited out
+        # A liveness deadline with a margin, not a speed claim (bench.lease_rto measures it): a
+        # move that fell back to an election and a lease running out would wait 2.5 s and more.
+        assert max(gaps) < 2.0
 
 
 def test_sigterm_and_drain_move_every_lease_off_the_node(tmp_path):
@@ -284,7 +291,10 @@ def test_sigterm_and_drain_move_every_lease_off_the_node(tmp_path):
         second = _holder(cluster)
         assert second in survivors
         print("SIGTERM to exit %.2f s; first write after exit %.2f s" % (stopped - started, answered - stopped))
-        assert answered - stopped < 1.0   # the lease had moved: nobody waited for it to run out
+        # The lease moved before the process stopped: its log says nothing was left behind, and
+        # the survivors did not wait out a lease (2.5 s) and an election (1-2 s) for the write.
+        assert "still holding" not in open(first.log_path).read()
+        assert answered - stopped < 2.5
         # `raftstore node drain`: the node keeps running and serves no lease.
         drained = subprocess.run([sys.executable, "-m", "raftstore.cli", "node", "drain", "--url", second.sql_addr],
                                  capture_output=True, text=True, timeout=60)
