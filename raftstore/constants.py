@@ -121,6 +121,8 @@ sql_conflict_backoff_s_max = 0.25
 range_bytes_max = 8 * 1024 * 1024      # a range larger than this splits (flag --range-max-bytes)
 range_cache_entries_max = 10_000
 route_retries_max = 20                 # stale-descriptor retries of one request
+zone_refresh_interval_s = 1.0          # a store reads the zones (home regions) from its meta replica this often
+zones_max = 10_000                     # zones read at most (one per table with a home region)
 
 # --- Idle ranges (quiescence) ----------------------------------------------------------------------
 group_active_s = 2.0            # a group with traffic this recent keeps fast timers

@@ -142,6 +142,7 @@ SQLSTATE_BY_SQL_CODE = {
     "undefined_table": "42P01",
     "undefined_column": "42703",
     "duplicate_table": "42P07",
+    "undefined_object": "42704",
     "unique_violation": "23505",
     "not_null_violation": "23502",
     "datatype_mismatch": "42804",

@@ -5,7 +5,8 @@ show store keys to the same user, who must be able to match a range boundary in 
 the other. So they share `render_key`, and the prefixes it reads are defined here, once, for the
 storage layer and the SQL layer alike (kvserver/ranges.py describes the layout):
 
-    b"\\x01..."                     the meta range (range 1): descriptors, the SQL catalog
+    b"\\x01..."                     the meta range (range 1): descriptors, the SQL catalog,
+                                   zones (b"\\x01z" + span start: a span's home region)
     b"\\x02"                        the start of the data ranges
     b"k" + user key                raw key-value pairs (raftstore.kv)
     b"t" + encode_key((table_id, *primary key))   SQL rows
@@ -15,6 +16,10 @@ Pure: no I/O. Renderings are for people; nothing parses them back.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import msgpack
+
 from raftstore.keys import decode_key
 
 META_START = b"\x01"
@@ -22,6 +27,45 @@ DATA_START = b"\x02"
 RAW_PREFIX = b"k"          # raw key-value keyspace (raftstore.kv); kvserver/replica.py's, pinned equal by a test
 SQL_ROW_PREFIX = b"t"      # SQL rows: encode_key((table_id, *pk)) follows
 key_display_chars_max = 40    # a rendered key longer than this is cut and ends in "..."
+
+
+# --- zones: a span's home region (kvserver/zones.py reads them, sql/catalog.py writes them) ---
+
+ZONE_PREFIX = b"\x01z"          # in the meta range: + span start -> msgpack [end, region]
+ZONE_END = b"\x01z\xff"          # zone keys are ZONE_PREFIX + a store key (every store key is < b"\xff")
+REGION_NAME_CHARS_MAX = 64
+
+
+def zone_key(start: bytes) -> bytes:
+    return ZONE_PREFIX + start
+
+
+def encode_zone(end: bytes, region: str) -> bytes:
+    return msgpack.packb([end, region], use_bin_type=True)
+
+
+@dataclass(frozen=True)
+class Zone:
+    start: bytes
+    end: bytes
+    region: str
+
+
+def decode_zone(key: bytes, value: bytes) -> Zone | None:
+    """The zone a record holds, or None for one that is not well formed (a record is written by
+    our own SQL layer; a malformed one is skipped, never trusted)."""
+    if not key.startswith(ZONE_PREFIX):
+        return None
+    try:
+        data = msgpack.unpackb(value, raw=False)
+    except Exception:   # noqa: BLE001 - any undecodable bytes: not a zone
+        return None
+    if not (isinstance(data, list) and len(data) == 2 and isinstance(data[0], bytes) and isinstance(data[1], str)):
+        return None
+    start, (end, region) = key[len(ZONE_PREFIX):], data
+    if not start < end or not region or len(region) > REGION_NAME_CHARS_MAX:
+        return None
+    return Zone(start, end, region)
 
 
 def escape_bytes(data: bytes) -> str:

@@ -42,7 +42,7 @@ failure, or None), ``sqlstate`` (PostgreSQL's five-character code of that kind, 
 ``position`` (0-based character offset into the statement text, or None), ``ambiguous`` and
 ``code`` (the wire error code, or None for errors raised on this side).
 
-    sql_code syntax, unsupported, undefined_table, undefined_column, duplicate_table,
+    sql_code syntax, unsupported, undefined_table, undefined_column, duplicate_table, undefined_object,
              invalid_parameter                        -> ProgrammingError
     sql_code unique_violation, not_null_violation     -> IntegrityError
     sql_code datatype_mismatch, division_by_zero      -> DataError
@@ -195,6 +195,7 @@ _CLASS_BY_SQL_CODE: dict[str, type[Error]] = {
     "undefined_table": ProgrammingError,
     "undefined_column": ProgrammingError,
     "duplicate_table": ProgrammingError,
+    "undefined_object": ProgrammingError,
     "invalid_parameter": ProgrammingError,
     "unique_violation": IntegrityError,
     "not_null_violation": IntegrityError,

@@ -11,6 +11,12 @@ Layout (all keys sort before the first row key ``b"t..."``):
 * ``b"\\x01c" + name.encode()`` -> msgpack ``{"id", "name", "columns": [[name, type,
   not_null, default_sql_or_None], ...], "pk": [column names]}``. ``type`` is one of
   sql.types.COLUMN_TYPES.
+* ``b"\\x01z" + table span start`` -> a zone (raftstore/kvserver/zones.py): the table's home
+  region, for a table created or altered with ``LOCALITY REGIONAL BY TABLE IN "r"``; none for
+  one whose home is the primary region. The stores read these, move the leases of the table's
+  ranges to that region and split its span away from its neighbours. Written before the
+  schema on CREATE (a crash between leaves a zone over an id no table will have, which
+  is harmless), replaced by ALTER TABLE ... SET LOCALITY, deleted with the rows on DROP.
 * ``b"\\x01i"`` -> the last table id handed out, 8 bytes big-endian. Ids start at 1 and are
   never reused, so rows of a dropped table can never be mistaken for a new table's rows.
 
@@ -47,6 +53,7 @@ from typing import Protocol
 import msgpack
 
 from raftstore.keys import encode_key, prefix_end
+from raftstore.keyspace import ZONE_END, ZONE_PREFIX, decode_zone, encode_zone, zone_key
 from sql.constants import (
     CATALOG_KEY_PREFIX,
     DELETE_BATCH_ROWS,
@@ -205,17 +212,19 @@ def read_table(kv: KV, name: str) -> TableSchema | None:
 
 def list_tables(kv: KV) -> list[TableSchema]:
     """Every live table, by name (the catalog prefix scanned in pages)."""
-    start = CATALOG_KEY_PREFIX
     end = prefix_end(CATALOG_KEY_PREFIX)
-    tables = []
+    assert end is not None
+    entries = (decode_entry(value) for _, value in _scan_all(kv, CATALOG_KEY_PREFIX, end))
+    return [entry for entry in entries if isinstance(entry, TableSchema)]
+
+
+def _scan_all(kv: KV, start: bytes, end: bytes):
+    """Every (key, value) in [start, end), read in pages of SCAN_PAGE_ROWS_MAX."""
     while True:
         page = kv.scan(start, end, SCAN_PAGE_ROWS_MAX)
-        for _, value in page:
-            entry = decode_entry(value)
-            if isinstance(entry, TableSchema):
-                tables.append(entry)
+        yield from page
         if len(page) < SCAN_PAGE_ROWS_MAX:
-            return tables
+            return
         start = page[-1][0] + b"\x00"
 
 
@@ -236,10 +245,11 @@ def allocate_table_id(kv: KV) -> int:
 
 def create_table(
     kv: KV, name: str, columns: tuple[ColumnSchema, ...], pk: tuple[str, ...], if_not_exists: bool,
-    timer: Timer, drop_wait_s: float,
+    timer: Timer, drop_wait_s: float, home: str | None = None,
 ) -> TableSchema | None:
-    """Store a new table; None if it exists and `if_not_exists`. Raises duplicate_table. A drop
-    in progress on the name is waited for (or finished, if abandoned) first."""
+    """Store a new table (with the home region `home`: `set_home`); None if it exists and
+    `if_not_exists`. Raises duplicate_table. A drop in progress on the name is waited for (or
+    finished, if abandoned) first."""
     key = catalog_key(name)
     raw, schema = settle_name(kv, name, timer, drop_wait_s)
     if schema is not None:
@@ -247,12 +257,40 @@ def create_table(
             return None
         raise _duplicate(name)
     schema = TableSchema(allocate_table_id(kv), name, columns, pk)
+    if home is not None:
+        set_home(kv, schema.id, home)
     new = schema.to_bytes()
     if not kv.cas(key, raw, new):  # created (or dropped and re-created) concurrently
+        if home is not None:
+            set_home(kv, schema.id, None)
         if if_not_exists:
             return None
         raise _duplicate(name)
     return decode_schema(new)
+
+
+def set_home(kv: KV, table_id: int, region: str | None) -> None:
+    """Give table `table_id` the home `region` (None: the cluster's primary region), as the
+    zone over its span that the stores read (raftstore/kvserver/zones.py)."""
+    start, end = table_span(table_id)
+    if region is None:
+        kv.delete(zone_key(start))
+    else:
+        kv.put(zone_key(start), encode_zone(end, region))
+
+
+def zone_regions(kv: KV) -> dict[bytes, str]:
+    """Every zone's region by the start of its span (a table's: `table_span(id)[0]`)."""
+    zones = (decode_zone(key, value) for key, value in _scan_all(kv, ZONE_PREFIX, ZONE_END))
+    return {zone.start: zone.region for zone in zones if zone is not None}
+
+
+def table_home(kv: KV, table_id: int) -> str | None:
+    """The home region table `table_id` was given, or None (the primary region)."""
+    start, _ = table_span(table_id)
+    raw = kv.get(zone_key(start))
+    zone = decode_zone(zone_key(start), raw) if raw is not None else None
+    return zone.region if zone is not None else None
 
 
 def settle_name(kv: KV, name: str, timer: Timer, drop_wait_s: float
@@ -328,6 +366,8 @@ def finish_drop(kv: KV, key: bytes, marker: bytes, table_id: int, timer: Timer, 
         timer.sleep(delay)
     kv.cas(key, marker, FREED)  # lost: another finisher freed it (and maybe re-created the name)
     delete_rows(kv, table_id, DELETE_BATCH_ROWS)
+    if table_home(kv, table_id) is not None:
+        set_home(kv, table_id, None)
 
 
 def _duplicate(name: str) -> SQLError:

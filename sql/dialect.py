@@ -14,6 +14,11 @@ What it adds to sqlglot's PostgreSQL dialect:
 * ``SHOW RANGES [FROM TABLE t]``             -> `ShowRanges`
 * ``SHOW COLUMNS FROM t | SHOW CREATE [TABLE] t | SHOW DATABASES``
                                              -> `ShowColumns`, `ShowCreate`, `ShowDatabases`
+* ``CREATE TABLE ... LOCALITY REGIONAL BY TABLE [IN "r" | IN PRIMARY REGION]``
+                                             -> a `Locality` in the Create's properties
+* ``ALTER TABLE t SET LOCALITY REGIONAL BY TABLE [IN "r" | IN PRIMARY REGION]``
+                                             -> ``exp.Alter`` whose one action sets a `Locality`
+                                                (no other ALTER is served)
 * ``EXPLAIN <statement>``                    -> `Explain`
 * ``EXPLAIN ANALYZE <statement>`` (or ANALYSE) -> `ExplainAnalyze` (an `Explain` that runs it;
   sqlglot's PostgreSQL parser reads any EXPLAIN as an opaque ``exp.Command``)
@@ -107,6 +112,13 @@ class ExplainAnalyze(Explain):
     """``EXPLAIN ANALYZE <statement>``: runs the statement (sql/explain.py)."""
 
 
+class Locality(exp.Expression):
+    """``LOCALITY REGIONAL BY TABLE IN "r"``: the table's home region ``region`` (a str);
+    without it (``IN PRIMARY REGION`` or no IN), the cluster's primary region."""
+
+    arg_types = {"region": False}
+
+
 class Upsert(exp.Expression):
     """``UPSERT INTO ...``: ``this`` is the exp.Insert it would be without the word UPSERT."""
 
@@ -130,6 +142,32 @@ class RaftstoreParser(PostgresParser):
         **PostgresParser.FUNCTIONS,
         "NOW": lambda args: _meta(exp.CurrentTimestamp.from_arg_list(args), output_name="now"),
     }
+
+    PROPERTY_PARSERS = {
+        **PostgresParser.PROPERTY_PARSERS,
+        "LOCALITY": lambda self: self._parse_locality(),
+    }
+
+    def _parse_locality(self) -> exp.Expr:
+        at = self._prev
+        if self._match_text_seq("REGIONAL", "BY", "ROW"):
+            raise _unsupported_at("LOCALITY REGIONAL BY ROW", at.start,
+                                  'use LOCALITY REGIONAL BY TABLE IN "region"')
+        if self._match_text_seq("GLOBAL"):
+            raise _unsupported_at("LOCALITY GLOBAL", at.start,
+                                  'global tables need non-blocking transactions; use LOCALITY REGIONAL BY TABLE IN "region"')
+        if not self._match_text_seq("REGIONAL", "BY", "TABLE"):
+            self.raise_error('Expected REGIONAL BY TABLE after LOCALITY (LOCALITY REGIONAL BY TABLE IN "region")')
+        region = None
+        if self._match(TokenType.IN) and not self._match_text_seq("PRIMARY", "REGION"):
+            token = self._curr
+            if token is None or token.token_type not in (TokenType.VAR, TokenType.STRING, TokenType.IDENTIFIER):
+                self.raise_error('Expected a region name after IN ("region" or PRIMARY REGION)')
+            self._advance()
+            region = token.text if token.token_type != TokenType.VAR else token.text.lower()
+        locality = self.expression(Locality(region=region))
+        locality.meta["start"] = at.start
+        return locality
 
     def _parse_as_of_system_time(self) -> exp.Expr | None:
         if not self._match_text_seq(*_AS_OF):
@@ -265,9 +303,23 @@ class RaftstoreTokenizer(Postgres.Tokenizer):
     SINGLE_TOKENS = {**Postgres.Tokenizer.SINGLE_TOKENS, "$": TokenType.PARAMETER}
 
 
+def locality_sql(region: str | None) -> str:
+    """The LOCALITY clause that gives a table the home `region` (None: the primary region)."""
+    where = "PRIMARY REGION" if region is None else '"' + region.replace('"', '""') + '"'
+    return f"LOCALITY REGIONAL BY TABLE IN {where}"
+
+
+class RaftstoreGenerator(Postgres.Generator):
+    TRANSFORMS = {**Postgres.Generator.TRANSFORMS,
+                  Locality: lambda self, e: locality_sql(e.args.get("region"))}
+    PROPERTIES_LOCATION = {**Postgres.Generator.PROPERTIES_LOCATION,
+                           Locality: exp.Properties.Location.POST_SCHEMA}
+
+
 class Raftstore(Postgres):
     Tokenizer = RaftstoreTokenizer
     Parser = RaftstoreParser
+    Generator = RaftstoreGenerator
 
 
 DIALECT = Raftstore()
@@ -283,6 +335,7 @@ KIND_BY_NODE = {
     exp.Delete: "delete",
     exp.Create: "create_table",
     exp.Drop: "drop_table",
+    exp.Alter: "alter_table",
     ShowTables: "show_tables",
     ShowRanges: "show_ranges",
     ShowRegions: "show_regions",
@@ -477,7 +530,8 @@ _ALLOWED_ARGS: dict[type, frozenset[str]] = {
     exp.Insert: frozenset({"this", "expression", "conflict"}),
     exp.Update: frozenset({"this", "expressions", "where"}),
     exp.Delete: frozenset({"this", "where"}),
-    exp.Create: frozenset({"this", "kind", "exists"}),
+    exp.Create: frozenset({"this", "kind", "exists", "properties"}),
+    exp.Properties: frozenset({"expressions"}),
     exp.Drop: frozenset({"this", "tables", "kind", "exists"}),
     exp.From: frozenset({"this"}),
     exp.Join: frozenset({"this", "on", "kind"}),
@@ -501,7 +555,7 @@ _ALLOWED_ARGS: dict[type, frozenset[str]] = {
 _ALLOWED_NODES: frozenset[type] = frozenset(
     {
         *_ALLOWED_ARGS,
-        *SHOW_NODES, Explain, ExplainAnalyze, Upsert,
+        *SHOW_NODES, Explain, ExplainAnalyze, Upsert, Locality,
         exp.Where, exp.Having, exp.Identifier, exp.Star, exp.Alias, exp.Tuple, exp.Var,
         exp.Literal, exp.Boolean, exp.Null, exp.Parameter, exp.Paren,
         exp.Neg, exp.Not, exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod, exp.DPipe,
@@ -598,6 +652,16 @@ def _check_supported(tree: exp.Expr, sql: str, tokens: list[Token]) -> None:
     if isinstance(root, exp.Create) and root.args.get("kind") != "TABLE":
         kind = root.args.get("kind") or "this object"
         raise _unsupported_at(f"CREATE {kind}", stmt_start, "only CREATE TABLE is supported", sql)
+    if isinstance(root, exp.Alter):
+        _check_alter(root, sql, stmt_start)
+        return
+    if isinstance(root, exp.Create) and root.args.get("properties") is not None:
+        found = root.args["properties"].expressions
+        if not all(isinstance(p, Locality) for p in found) or len(found) != 1:
+            position = _keyword_position(tokens, "LOCALITY", stmt_start) if len(found) > 1 else stmt_start
+            raise _unsupported_at("table properties / options" if len(found) == 1 or not all(isinstance(p, Locality) for p in found)
+                                  else "LOCALITY given twice", position,
+                                  'a table takes one option: LOCALITY REGIONAL BY TABLE IN "region"', sql)
     if isinstance(root, exp.Drop) and root.args.get("kind") != "TABLE":
         kind = root.args.get("kind") or "this object"
         raise _unsupported_at(f"DROP {kind}", stmt_start, "only DROP TABLE is supported", sql)
@@ -642,6 +706,31 @@ def _check_supported(tree: exp.Expr, sql: str, tokens: list[Token]) -> None:
                 "unsupported", f"not supported: function {str(node.this).lower()}()",
                 position, sql,
             )
+
+
+def alter_locality(root: exp.Alter) -> Locality | None:
+    """The Locality an ``ALTER TABLE t SET LOCALITY ...`` sets, or None for any other ALTER."""
+    actions = root.args.get("actions") or []
+    if root.args.get("kind") != "TABLE" or len(actions) != 1 or not isinstance(actions[0], exp.AlterSet):
+        return None
+    inner = actions[0].expressions
+    if len(inner) != 1 or not isinstance(inner[0], exp.Properties) or len(inner[0].expressions) != 1:
+        return None
+    found = inner[0].expressions[0]
+    return found if isinstance(found, Locality) else None
+
+
+def _check_alter(root: exp.Alter, sql: str, stmt_start: int) -> None:
+    """The one ALTER served: ``ALTER TABLE t SET LOCALITY ...`` on a plain table name."""
+    hint = 'the only ALTER is ALTER TABLE t SET LOCALITY REGIONAL BY TABLE IN "region"'
+    kind = root.args.get("kind") or ""
+    if kind != "TABLE":
+        raise _unsupported_at(f"ALTER {kind}".strip(), stmt_start, hint, sql)
+    extra = [k for k, v in root.args.items() if k not in ("this", "kind", "actions") and v not in (None, False, [])]
+    table = root.this
+    if alter_locality(root) is None or extra or not isinstance(table, exp.Table) or set(
+            k for k, v in table.args.items() if v not in (None, False, [])) != {"this"}:
+        raise _unsupported_at("this ALTER TABLE", stmt_start, hint, sql)
 
 
 def _walk_checked(tree: exp.Expr):

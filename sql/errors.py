@@ -21,6 +21,7 @@ CODES = frozenset(
         "undefined_table",
         "undefined_column",  # also: an ambiguous column reference
         "duplicate_table",
+        "undefined_object",  # a name that is no object of the cluster: a region no node is in
         "unique_violation",  # a primary key that already exists (or twice in one statement)
         "not_null_violation",
         "datatype_mismatch",  # wrong type, unparsable literal, value out of range

@@ -50,7 +50,10 @@ from sql.catalog import (
     drop_tables,
     list_tables,
     read_table,
+    set_home,
+    table_home,
     table_span,
+    zone_regions,
 )
 from sql.constants import (
     PLAN_CACHE_ENTRIES_MAX,
@@ -60,7 +63,7 @@ from sql.constants import (
     SCAN_PAGE_ROWS_MIN,
     SQL_INLINE_PARSE_CHARS_MAX,
 )
-from sql.dialect import Statement, identifier_name, node_position, parse
+from sql.dialect import Locality, Statement, identifier_name, locality_sql, node_position, parse
 from sql.errors import SQLError
 from sql.explain import ANALYZE_COLUMNS, ANALYZE_TYPES, analyze_rows, explain_ops, pretty_key
 from sql.expr import UNBOUND, EvalContext, accumulate, aggregate_result, new_accumulator
@@ -68,6 +71,7 @@ from sql.schema_leases import SchemaLeases
 from sql.show import show_columns, show_create, show_databases
 from sql.plan import (
     AccessPath,
+    AlterLocalityPlan,
     CreateTablePlan,
     DeletePlan,
     DropTablePlan,
@@ -205,7 +209,9 @@ class Session:
             return _show_result(show_databases())
         if kind in ("show_columns", "show_create"):
             schema = self._named_table(statement)
-            return _show_result(show_columns(schema) if kind == "show_columns" else show_create(schema))
+            if kind == "show_columns":
+                return _show_result(show_columns(schema))
+            return _show_result(show_create(schema, table_home(self.kv, schema.id)))
         plan = self._plan(statement)
         try:
             return self._run(plan, ctx, statement)
@@ -295,10 +301,14 @@ class Session:
         if isinstance(plan, (InsertPlan, UpdatePlan, DeletePlan)):
             return self._write(plan, ctx)
         if isinstance(plan, CreateTablePlan):
+            if plan.home is not None:
+                self._check_region(plan.home, statement)
             create_table(self.kv, plan.name, plan.columns, plan.pk, plan.if_not_exists,
-                         self._timer, self._leases.drop_wait_s)
+                         self._timer, self._leases.drop_wait_s, home=plan.home)
             self._cache.clear()
             return Result(status="CREATE TABLE", rowcount=-1)
+        if isinstance(plan, AlterLocalityPlan):
+            return self._alter_locality(plan, statement)
         if isinstance(plan, DropTablePlan):
             return self._drop(plan)
         if isinstance(plan, ExplainPlan):
@@ -747,6 +757,26 @@ class Session:
         count = writes.write(doomed, redo)
         return Result(rowcount=count, status=f"DELETE {count}")
 
+    def _check_region(self, region: str, statement: Statement) -> None:
+        regions = sorted({r["region"] for r in self.kv.regions()})
+        if region not in regions:
+            raise SQLError("undefined_object",
+                           f'region "{region}" is not a region of this cluster (its regions: '
+                           f'{", ".join(regions) or "none"}; SHOW REGIONS lists them)',
+                           _locality_position(statement), statement.text)
+
+    def _alter_locality(self, plan: AlterLocalityPlan, statement: Statement) -> Result:
+        """ALTER TABLE ... SET LOCALITY: the table's zone (sql/catalog.py); the stores move its
+        ranges' leases within about a second of the change (raftstore/kvserver/zones.py)."""
+        schema = read_table(self.kv, plan.name)
+        if schema is None:
+            raise SQLError("undefined_table", f'relation "{plan.name}" does not exist; SHOW TABLES lists the tables',
+                           plan.position, statement.text)
+        if plan.home is not None:
+            self._check_region(plan.home, statement)
+        set_home(self.kv, schema.id, plan.home)
+        return Result(status="ALTER TABLE", rowcount=-1)
+
     def _drop(self, plan: DropTablePlan) -> Result:
         # Acknowledged only once no node can still use the schemas (sql/catalog.py).
         try:
@@ -761,6 +791,7 @@ class Session:
 
     def _show_tables(self) -> Result:
         rows = []
+        homes = zone_regions(self.kv)
         for schema in list_tables(self.kv):
             hidden = schema.hidden
             columns = ", ".join(
@@ -768,9 +799,11 @@ class Session:
                 + (f" DEFAULT {c.default_sql}" if c.default_sql else "")
                 for c in schema.columns if c.name not in hidden
             )
-            rows.append([schema.name, schema.id, ", ".join(schema.pk), columns])
+            home = homes.get(table_span(schema.id)[0])
+            locality = locality_sql(home)[len("LOCALITY "):]
+            rows.append([schema.name, schema.id, ", ".join(schema.pk), columns, locality])
         return Result(
-            ["table_name", "table_id", "primary_key", "columns"], ["TEXT", "INT", "TEXT", "TEXT"],
+            ["table_name", "table_id", "primary_key", "columns", "locality"], ["TEXT", "INT", "TEXT", "TEXT", "TEXT"],
             rows, len(rows), f"SHOW {len(rows)}",
         )
 
@@ -811,11 +844,13 @@ class Session:
                 None if leader is None else leader["region"],
                 ", ".join(f"n{r['node_id']}" for r in replicas),
                 ", ".join(f"n{r['node_id']}={r['region']}" for r in replicas),
+                info.get("lease_seq"),
+                info.get("home"),
             ])
         return Result(
             ["range_id", "start_key", "end_key", "lease_holder", "lease_holder_region",
-             "replicas", "replica_regions"],
-            ["INT", "TEXT", "TEXT", "INT", "TEXT", "TEXT", "TEXT"], rows, len(rows),
+             "replicas", "replica_regions", "lease_seq", "home_region"],
+            ["INT", "TEXT", "TEXT", "INT", "TEXT", "TEXT", "TEXT", "INT", "TEXT"], rows, len(rows),
             f"SHOW {len(rows)}",
         )
 
@@ -872,6 +907,11 @@ class Session:
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+def _locality_position(statement: Statement) -> int | None:
+    found = statement.ast.find(Locality)
+    return node_position(found) if found is not None else None
 
 
 def _show_result(answer: tuple[list[str], list[str], list[list]]) -> Result:

@@ -93,7 +93,9 @@ class RangeInfo(TypedDict):
     start: bytes
     end: bytes | None
     replicas: list[ReplicaInfo]
-    leader: ReplicaInfo | None
+    leader: ReplicaInfo | None    # the leaseholder (before any lease: the Raft leader)
+    lease_seq: int | None         # its lease's sequence number (None: no lease yet)
+    home: str | None              # its home region: its zone's (a table's LOCALITY), else the primary region
 
 
 class RegionInfo(TypedDict):

@@ -28,6 +28,7 @@ import msgpack
 
 from raftstore import constants
 from raftstore.errors import TooLargeError
+from raftstore.keyspace import ZONE_END, ZONE_PREFIX, decode_zone
 from sql.kv import (WRITE_BATCH_MAX, ConsistencyResult, Locked, RangeInfo, RegionInfo, TraceOp, Version, Write,
                     WriteResult, check_fields, check_key, check_scan_limit, check_value, check_writes, record_step,
                     write_each)
@@ -235,6 +236,8 @@ class MemKV:
     def ranges_for(self, start: bytes, end: bytes | None) -> list[RangeInfo]:
         self._count("ranges_for")
         bounds = [b""] + self._splits
+        lo, hi = bisect.bisect_left(self._keys, ZONE_PREFIX), bisect.bisect_left(self._keys, ZONE_END)
+        zones = [z for z in (decode_zone(k, self._data[k]) for k in self._keys[lo:hi]) if z is not None]
         out = []
         for i, range_start in enumerate(bounds):
             range_end = bounds[i + 1] if i + 1 < len(bounds) else None
@@ -257,6 +260,8 @@ class MemKV:
                 "end": range_end,
                 "replicas": replicas,
                 "leader": leader,
+                "lease_seq": None if leader is None else 1,
+                "home": next((z.region for z in zones if z.start <= range_start < z.end), None),
             })
         return out
 

@@ -36,6 +36,7 @@ from sql.catalog import ROWID_COLUMN, ROWID_DEFAULT_SQL, ColumnSchema, TableSche
 from sql.constants import IDENTIFIER_LENGTH_MAX, KEY_POINTS_MAX, STATEMENT_ROWS_MAX
 from sql.dialect import (
     DIALECT,
+    alter_locality,
     Explain,
     ExplainAnalyze,
     Statement,
@@ -490,6 +491,16 @@ class CreateTablePlan:
     pk: tuple[str, ...]
     if_not_exists: bool
     tables: dict[str, TableSchema] = field(default_factory=dict)
+    home: str | None = None     # LOCALITY REGIONAL BY TABLE IN home (None: the primary region)
+
+
+@dataclass
+class AlterLocalityPlan:
+    """``ALTER TABLE name SET LOCALITY REGIONAL BY TABLE IN home`` (None: the primary region)."""
+
+    name: str
+    home: str | None
+    position: int | None = None
 
 
 @dataclass
@@ -516,7 +527,7 @@ def tables_named(statement: Statement) -> list[str]:
     node = statement.ast.this if isinstance(statement.ast, (Explain,)) else statement.ast
     if isinstance(node, Upsert):
         node = node.this
-    if isinstance(node, (exp.Create, exp.Drop)):
+    if isinstance(node, (exp.Create, exp.Drop, exp.Alter)):
         return []
     names = []
     for table in node.find_all(exp.Table):
@@ -558,6 +569,10 @@ def _plan_node(node: exp.Expr, tables: dict[str, TableSchema | None]):
         return plan_delete(node, tables)
     if isinstance(node, exp.Create):
         return plan_create_table(node)
+    if isinstance(node, exp.Alter):
+        locality = alter_locality(node)
+        assert locality is not None   # the whitelist passes no other ALTER (sql/dialect.py)
+        return AlterLocalityPlan(_table_name(node.this), locality.args.get("region"), node_position(node.this))
     if isinstance(node, exp.Drop):
         return DropTablePlan(
             [_table_name(t) for t in node.args.get("tables") or []], bool(node.args.get("exists"))
@@ -1390,7 +1405,9 @@ def plan_create_table(node: exp.Create) -> CreateTablePlan:
     columns = [
         ColumnSchema(c.name, c.type, True, c.default_sql) if c.name in pk else c for c in columns
     ]
-    return CreateTablePlan(name, tuple(columns), tuple(pk), bool(node.args.get("exists")))
+    properties = node.args.get("properties")
+    home = properties.expressions[0].args.get("region") if properties is not None else None
+    return CreateTablePlan(name, tuple(columns), tuple(pk), bool(node.args.get("exists")), home=home)
 
 
 def _multiple_keys(table: str, node: exp.Expr) -> SQLError:

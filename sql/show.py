@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from sql import types as T
 from sql.catalog import ColumnSchema, TableSchema
-from sql.dialect import quote_identifier
+from sql.dialect import locality_sql, quote_identifier
 
 DATABASE_NAME = "defaultdb"   # the one database: every table lives in it, as in a fresh CockroachDB
 
@@ -30,15 +30,17 @@ def show_columns(schema: TableSchema) -> Answer:
             [T.TEXT, T.TEXT, T.BOOL, T.TEXT, T.BOOL, T.BOOL], rows)
 
 
-def create_table_sql(schema: TableSchema) -> str:
+def create_table_sql(schema: TableSchema, home: str | None = None) -> str:
     """A CREATE TABLE statement (one line) that makes a table with this schema's columns,
-    types, nullability, defaults and primary key. The hidden rowid key is left out: the
-    statement without a PRIMARY KEY makes it again."""
+    types, nullability, defaults and primary key, and its home region `home` (None: the
+    primary region, said by no clause). The hidden rowid key is left out: the statement
+    without a PRIMARY KEY makes it again."""
     hidden = schema.hidden
     parts = [_column_sql(c) for c in schema.columns if c.name not in hidden]
     if not hidden:
         parts.append("PRIMARY KEY (" + ", ".join(quote_identifier(name) for name in schema.pk) + ")")
-    return f"CREATE TABLE {quote_identifier(schema.name)} ({', '.join(parts)})"
+    locality = "" if home is None else " " + locality_sql(home)
+    return f"CREATE TABLE {quote_identifier(schema.name)} ({', '.join(parts)}){locality}"
 
 
 def _column_sql(column: ColumnSchema) -> str:
@@ -50,8 +52,8 @@ def _column_sql(column: ColumnSchema) -> str:
     return text
 
 
-def show_create(schema: TableSchema) -> Answer:
-    return ["table_name", "create_statement"], [T.TEXT, T.TEXT], [[schema.name, create_table_sql(schema)]]
+def show_create(schema: TableSchema, home: str | None = None) -> Answer:
+    return ["table_name", "create_statement"], [T.TEXT, T.TEXT], [[schema.name, create_table_sql(schema, home)]]
 
 
 def show_databases() -> Answer:

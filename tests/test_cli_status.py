@@ -33,7 +33,8 @@ STATUS = {
          "leader": None, "applied_index": 3, "bytes": None},
         {"range_id": 2, "start": b"\x02", "end": b"k\x00\xffa[b]", "generation": 2,
          "replicas": [1, 2, 3], "leader": 2, "applied_index": 1200, "bytes": 8 * 1024 * 1024,
-         "lease": {"seq": 3, "holder": 2, "start": [1, 0], "expiration": [2, 0]}, "lease_serving": True},
+         "lease": {"seq": 3, "holder": 2, "start": [1, 0], "expiration": [2, 0]}, "lease_serving": True,
+         "home": "europe-west1"},
         {"range_id": 3, "start": b"k\x00\xffa[b]", "end": b"kfoo", "generation": 0,
          "replicas": [1, 2, 3], "leader": 1, "applied_index": 9, "bytes": 0},
     ],
@@ -165,6 +166,7 @@ def test_a_node_not_yet_formed_shows_itself_alone():
         ({**STATUS, "ranges": [{"range_id": 9, "start": "k"}]}, "range 9: start must be bytes"),
         ({**STATUS, "ranges": [{"range_id": 9, "start": b"k", "bytes": -1}]}, "range 9: bytes"),
         ({**STATUS, "clock": []}, "clock must be a map"),
+        ({**STATUS, "ranges": [{"range_id": 9, "start": b"k", "home": 3}]}, "range 9: home must be a region"),
         ({**STATUS, "clock": {"offsets": {"2": {"offset_ms": "x"}}}}, "clock.offsets"),
     ],
 )
@@ -194,9 +196,9 @@ def test_status_prints_a_nodes_table_and_a_ranges_table(node, capsys):
     assert row(out, "n2", "europe-west1", "127.0.0.1:17102", "up")
     assert row(out, "n3", "asia-south1", "127.0.0.1:17103", "down")
     replicas = "1 us-east1, 2 europe-west1, 3 asia-south1"
-    assert row(out, "1", "meta", replicas, "n1 (us-east1)", "-", "1.2 KiB", "57")
-    assert row(out, "2", "[-inf, \\x00\\xffa[b])", replicas, "n2 (europe-west1)", "#3", "8.0 MiB", "1200")
-    assert row(out, "4", "[foo, +inf)", replicas, "none", "-", "-", "3")
+    assert row(out, "1", "meta", replicas, "n1 (us-east1)", "-", "-", "1.2 KiB", "57")
+    assert row(out, "2", "[-inf, \\x00\\xffa[b])", replicas, "n2 (europe-west1)", "n2 #3", "europe-west1", "8.0 MiB", "1200")
+    assert row(out, "4", "[foo, +inf)", replicas, "none", "-", "-", "-", "3")
     assert out.index("meta") < out.index("[-inf,") < out.index("[foo, +inf)")
     assert server.requests == [("status", {})]
 

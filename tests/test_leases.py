@@ -428,3 +428,62 @@ def test_broken_a_build_that_reads_before_the_apply_commits_misses_the_write(tmp
     monkeypatch.setattr(Store, "_when_committed", lambda self, run: run())
     [(outcome, result)] = _read_racing_an_apply(tmp_path)
     assert outcome is Outcome.COMMITTED and result["responses"][0]["value"] is None
+
+
+# --- what a holder served bounds every later lease of its own (a review found both) ---------------
+
+SERVED = (T0 + 400 * 1_000_000, 0)   # a read at a gateway's timestamp 400 ms ahead of the holder's clock
+
+
+def test_a_hand_over_that_never_applies_still_keeps_later_leases_above_what_was_served(h):
+    """The holder serves a read at SERVED, loses the lead and hands the lease over; the transfer
+    is lost (its target failed). Leading again 50 ms later, its new lease and the write riding
+    behind it go above SERVED, not at its clock."""
+    h.read(Get(b"kx"), read_ts=SERVED, uncertainty_limit=(SERVED[0] + 1, 0))
+    assert h.answers[-1][0] is Outcome.COMMITTED
+    h.group().leader, h.group().leader_id_ = False, "2"
+    h.store._lease_upkeep(R, h.group(), (h.wall, 0))
+    assert [op for _, op, _ in h.forwarded] == ["lease"]          # lost on the way
+    h.group().leader, h.group().leader_id_ = True, "1"
+    h.wall = T0 + 50 * 1_000_000
+    h.store.evaluate_and_propose(R, BATCH_OP, BatchRequest(Header(), (Put(b"kx", b"new"),)).to_wire(),
+                                 lambda o, r: None, command_id=b"w" * 16)
+    lease_cmd = next(args for op, args, _, _ in h.group().proposed if op == "lease")
+    write = next(args for op, args, _, _ in h.group().proposed if op == BATCH_OP)
+    assert Lease.from_wire(lease_cmd["lease"]).start > SERVED and tuple(write["ts"]) > SERVED
+
+
+def test_a_split_applied_after_the_hand_over_starts_the_new_ranges_next_lease_above_what_was_served(h):
+    """The holder serves a read at SERVED and hands the lease over; a split proposed before
+    then applies after it. The new range inherits the parent's lease (this node's, seq 1) but
+    not its timestamp cache: it serves nothing under it, and its hand-over starts above SERVED."""
+    right = R + 5
+    h.replica.on_split = h.store._on_split
+    h.store._init_range = lambda desc: None
+
+    def start_group(rid: int) -> FakeGroup:   # as Store._start_group: the replica reads its split-written state
+        h.store.replicas[rid] = RangeReplica(h.mvcc, rid, on_lease=h.store._on_lease)
+        return h.store.groups.setdefault(rid, FakeGroup(leader=False, leader_id="2"))
+    h.store._start_group = start_group
+    h.read(Get(b"kx"), read_ts=SERVED, uncertainty_limit=(SERVED[0] + 1, 0))
+    h.group().leader, h.group().leader_id_ = False, "2"
+    h.store._lease_upkeep(R, h.group(), (h.wall, 0))
+    split = {"split_key": b"kp", "new_range_id": right, "generation": 0, "ts": [T0, 0]}
+    with h.replica.batch():
+        h.replica.apply(h.replica.applied_index() + 1, Command(b"S" * 16, "split", split))
+    assert h.store.replicas[right].lease.holder == 1 and h.store.serving_lease(right) is None
+    h.wall = T0 + 10 * 1_000_000
+    h.store._lease_upkeep(right, h.store.groups[right], (h.wall, 0))
+    rid, op, args = h.forwarded[-1]
+    new = Lease.from_wire(args["lease"])
+    assert (rid, op, new.holder, new.seq) == (right, "lease", 2, 2) and new.start > SERVED
+
+
+def test_a_lease_a_snapshot_brings_is_the_one_served_under_with_a_cache_above_what_was_served(h):
+    """A snapshot that installs a new lease of this node's (seq 2) while the cache of seq 1 is
+    still in memory: the store hears of it as of a lease applied from the log, and serves under
+    it only with a new cache that starts above what it served under seq 1."""
+    h.read(Get(b"kx"), read_ts=SERVED, uncertainty_limit=(SERVED[0] + 1, 0))
+    h.replica._take_lease(Lease(2, 1, (T0 + 1, 0), (T0 + 10 * SEC, 0)))
+    assert h.store.tscache_seq[R] == 2 and h.store.tscache[R].max_for([b"ky"]) > SERVED
+    assert h.store.serving_lease(R) == h.replica.lease

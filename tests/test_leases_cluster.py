@@ -25,6 +25,7 @@ from raftstore.errors import RaftstoreError
 from raftstore.kv import Client
 from raftstore.localcluster import Cluster
 from raftstore.sqlclient import connect
+from sql.catalog import table_span
 
 pytestmark = pytest.mark.slow
 
@@ -334,3 +335,85 @@ def test_leases_live_in_the_primary_region_come_back_after_it_recovers_and_follo
             time.sleep(0.1)
         with Client([cluster.node(1).sql_addr]) as c:
             assert c.get(b"k") == b"while n3 was down" and c.status()["primary_region"] == "europe-west1"
+
+
+def _table_range(cluster: Cluster, cur, name: str, timeout_s: float = 60.0, alone: bool = True) -> tuple[int, int]:
+    """(range id, its lease holder) of the one range that holds table `name`'s span - exactly
+    that span with `alone` (once it was split away from its neighbours) - as SHOW RANGES FROM
+    TABLE shows it."""
+    cur.execute("SHOW TABLES")
+    table_id = next(row[1] for row in cur.fetchall() if row[0] == name)
+    start, end = table_span(table_id)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ranges = [r for r in cluster.client(cluster.nodes[0]).status()["ranges"] if r["start"] is not None
+                  and r["start"] < end and (r["end"] is None or start < r["end"])]
+        cur.execute("SHOW RANGES FROM TABLE %s" % name)
+        shown = cur.fetchall()
+        exact = len(ranges) == 1 and (ranges[0]["start"], ranges[0]["end"]) == (start, end)
+        if len(ranges) == 1 and (exact or not alone) and len(shown) == 1:
+            columns = [d[0] for d in cur.description]
+            row = dict(zip(columns, shown[0]))
+            return row["range_id"], row["lease_holder"]
+        assert time.monotonic() < deadline, "table %s was not split away from its neighbours: %s" % (name, ranges)
+        time.sleep(0.1)
+
+
+def _wait_home(cluster: Cluster, cur, name: str, node_id: int, timeout_s: float = 60.0, alone: bool = True) -> int:
+    """Wait until the lease of table `name`'s range is node_id's and it serves it (a read of the
+    table keeps the lease in use); returns the range id."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        cur.execute("SELECT count(*) FROM %s" % name)
+        rid, holder = _table_range(cluster, cur, name, timeout_s=max(1.0, deadline - time.monotonic()), alone=alone)
+        if holder == node_id and cluster.wait_leaseholder(rid).node_id == node_id:
+            return rid
+        assert time.monotonic() < deadline, "r%d of %s: its lease is n%s's, not n%d's" % (rid, name, holder, node_id)
+        time.sleep(0.1)
+
+
+def test_a_tables_home_region_holds_its_leases_follows_a_change_and_survives_restarts(tmp_path):
+    """Primary region us-east1 (n1); table eu lives in europe-west1 (n2), then us-west1 (n3). It
+    gets a range of its own (tables plain and after, both at home in the primary region, share one), its lease moves to its home and comes back there after the
+    home node's kill -9, and after a restart of every node."""
+    cluster = Cluster(str(tmp_path), extra_args=["--primary-region", "us-east1"])
+    with cluster:
+        conn = connect([n.sql_addr for n in cluster.nodes])
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE plain (k INT PRIMARY KEY, v TEXT)")
+        cur.execute('CREATE TABLE eu (k INT PRIMARY KEY, v TEXT) LOCALITY REGIONAL BY TABLE IN "europe-west1"')
+        cur.execute("CREATE TABLE after (k INT PRIMARY KEY)")
+        cur.execute("INSERT INTO plain VALUES (1, 'p')")
+        cur.execute("INSERT INTO eu VALUES (1, 'e')")
+        rid = _wait_home(cluster, cur, "eu", 2)
+        assert _wait_home(cluster, cur, "plain", 1, alone=False) != rid   # it stays in the range before eu
+        cur.execute("SHOW RANGES FROM TABLE eu")
+        columns = [d[0] for d in cur.description]
+        row = dict(zip(columns, cur.fetchone()))
+        assert row["home_region"] == "europe-west1" and row["lease_holder_region"] == "europe-west1"
+        cur.execute("SHOW RANGES FROM TABLE plain")
+        assert dict(zip(columns, cur.fetchone()))["home_region"] == "us-east1"   # the primary region
+
+        cur.execute('ALTER TABLE eu SET LOCALITY REGIONAL BY TABLE IN "us-west1"')
+        moved_at = time.monotonic()
+        assert _wait_home(cluster, cur, "eu", 3) == rid
+        print("the lease of r%d moved home %.2f s after the ALTER" % (rid, time.monotonic() - moved_at))
+        cur.execute("SHOW CREATE TABLE eu")
+        assert cur.fetchone()[1].endswith('LOCALITY REGIONAL BY TABLE IN "us-west1"')
+
+        cluster.kill9(cluster.node(3))
+        survivors = connect([cluster.node(1).sql_addr, cluster.node(2).sql_addr])
+        scur = survivors.cursor()
+        scur.execute("UPDATE eu SET v = 'while n3 was down' WHERE k = 1")
+        assert cluster.wait_leaseholder(rid).node_id in (1, 2)
+        cluster.start(cluster.node(3))
+        _wait_home(cluster, scur, "eu", 3)
+
+        for n in cluster.nodes:
+            assert cluster.stop(n) == 0
+        cluster.start_all()
+        cur = connect([n.sql_addr for n in cluster.nodes]).cursor()
+        assert _wait_home(cluster, cur, "eu", 3) == rid
+        _wait_home(cluster, cur, "plain", 1, alone=False)
+        cur.execute("SELECT v FROM eu")
+        assert cur.fetchall() == [("while n3 was down",)]

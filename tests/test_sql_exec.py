@@ -725,7 +725,8 @@ def test_show_tables_ranges_regions(users, kv) -> None:
     assert [(r[0], r[1], r[2], r[3], r[4]) for r in ranges.rows] == [
         (1, "-inf", "/t", 1, "us-east1"), (2, "/t", "+inf", 2, "us-west1"),
     ]
-    assert "n3=europe-west1" in ranges.rows[0][6]
+    assert "n3=europe-west1" in ranges.rows[0][ranges.columns.index("replica_regions")]
+    assert [r[ranges.columns.index("lease_seq")] for r in ranges.rows] == [1, 1]
     assert [r[0] for r in users.execute("SHOW RANGES FROM TABLE users").rows] == [2]
     assert error(users, "SHOW RANGES FROM TABLE nope").code == "undefined_table"
     kv.kv.mark_down(3)

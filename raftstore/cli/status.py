@@ -86,17 +86,17 @@ class RangeRow:
     size: str
     applied_index: str
     last_check: str = "-"   # "consistent at 57", "INCONSISTENT at 57: n3 differs ...", ...
-    lease: str = "-"         # "n1 #3, serving here" / "n2 #4" / "-" (none yet)
+    lease: str = "-"         # "n1 #3" (holder, seq) / "-" (none yet)
+    home: str = "-"          # the range's home region (its table's, else the primary region) / "-" (none)
 
 
-def _render_lease(lease, leader: int | None, where: str) -> str:
-    """A range's lease as the answering node applied it: its seq, and its holder when that is
-    not the Raft leader (a lease moving, or one that lapsed while the range idled)."""
+def _render_lease(lease, where: str) -> str:
+    """A range's lease as the answering node applied it: its holder and seq (``n2 #4``)."""
     if lease is None:
         return "-"
     _expect(isinstance(lease, dict) and _is_int(lease.get("holder")) and _is_int(lease.get("seq")),
             f"{where}: lease must be a map with holder and seq")
-    return "#%d" % lease["seq"] + ("" if lease["holder"] == leader else " n%d" % lease["holder"])
+    return "n%d #%d" % (lease["holder"], lease["seq"])
 
 
 class StatusFormatError(ValueError):
@@ -220,11 +220,17 @@ def status_rows(status: Any) -> tuple[list[NodeRow], list[RangeRow]]:
             size=render_size(size),
             applied_index="-" if applied is None else str(applied),
             last_check=render_check(item.get("last_check"), where),
-            lease=_render_lease(item.get("lease"), leader, where),
+            lease=_render_lease(item.get("lease"), where),
+            home=_render_home(item.get("home"), where),
         )
         keyed.append(((start is None, start or b"", range_id), row))
     ranges = [row for _, row in sorted(keyed, key=lambda pair: pair[0])]
     return nodes, ranges
+
+
+def _render_home(home, where: str) -> str:
+    _expect(home is None or isinstance(home, str), f"{where}: home must be a region name or nil")
+    return home or "-"
 
 
 def render_totals(status: Any) -> list[str]:
@@ -345,7 +351,7 @@ def _print_tables(status: dict, nodes: list[NodeRow], ranges: list[RangeRow]) ->
 
     console = Console(highlight=False)
     if not console.is_terminal:
-        console.width = 200  # piped output: do not wrap rows at 80 columns
+        console.width = 250  # piped output: do not wrap rows at 80 columns
     answered = next(node for node in nodes if node.answered)
     formed = "" if status.get("formed", True) else "; cluster not formed yet"
     node_table = Table(title=f"nodes (as seen by n{answered.node_id}{formed})")
@@ -370,7 +376,7 @@ def _print_tables(status: dict, nodes: list[NodeRow], ranges: list[RangeRow]) ->
         console.print(Text(line))
 
     range_table = Table(title=f"ranges (held by n{answered.node_id})")
-    for column in ("range", "span", "replicas", "leader", "lease", "size", "applied", "last check"):
+    for column in ("range", "span", "replicas", "leader", "lease", "home", "size", "applied", "last check"):
         justify = "right" if column in ("range", "size", "applied") else "left"
         range_table.add_column(column, justify=justify)
     for row in ranges:
@@ -381,6 +387,7 @@ def _print_tables(status: dict, nodes: list[NodeRow], ranges: list[RangeRow]) ->
             Text(row.replicas),
             leader,
             Text(row.lease),
+            Text(row.home),
             Text(row.size),
             Text(row.applied_index),
             Text(row.last_check, style="bold red" if row.last_check.startswith("INCONSISTENT") else ""),

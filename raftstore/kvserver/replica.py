@@ -297,8 +297,13 @@ class RangeReplica:
         return [(lease_key(self.range_id), (0, 0), msgpack.packb(lease.to_wire()))]
 
     def _take_lease(self, lease: Any) -> None:
+        """A snapshot's lease becomes the replica's; the store hears of a changed one as of one
+        applied from the log (its timestamp cache follows the lease it serves)."""
         if lease is not self._NO_LEASE_RECORD and lease is not None:
+            changed = lease != self.lease
             self.lease = lease
+            if changed and self.on_lease is not None:
+                self.on_lease(self.range_id, lease)
 
     @classmethod
     def _results(cls, f: BinaryIO):

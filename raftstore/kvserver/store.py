@@ -47,6 +47,8 @@ from raftstore.raft.journal import LogFile, encode_record, MAGIC as JOURNAL_MAGI
 from raftstore.storage.mvcc import MVCCStore, StoreError, discard_staged
 from raftstore.kvserver.ranges import (FIRST_DATA_RANGE_ID, META_RANGE_ID, MISMATCH, RANGE_KEY_MISMATCH, RangeDescriptor,
                               bootstrap_descriptors, local_desc_key, pretty_key, split_key_for)
+from raftstore.keyspace import ZONE_END, ZONE_PREFIX, decode_zone
+from raftstore.kvserver.zones import ZoneMap
 from raftstore.kvserver.replica import (LATEST, RangeReplica, ReadUncertain, desc_ts, local_descriptors,
                                         meta_descriptors, read_local_descriptor)
 
@@ -100,7 +102,7 @@ class Store:
                  observe_ts: Callable[[tuple[int, int]], None] = lambda ts: None,
                  max_offset_ns: int = constants.max_clock_offset_ns, stasis_ns: int | None = None,
                  lease_ns: int = int(constants.lease_duration_s * 1e9),
-                 preferred_holder: Callable[[tuple], int | None] = lambda replicas: None) -> None:
+                 preferred_holder: Callable[[tuple, str | None], int | None] = lambda replicas, home: None) -> None:
         """`snapshot_executor` runs the slow part of snapshots (writing one, staging a received
         one) and of consistency checks (hashing a range): the node gives
         raftstore.raft.group.run_in_thread so its loop never waits for a whole range; the
@@ -176,9 +178,16 @@ class Store:
         self.max_offset_ns = max_offset_ns
         self.stasis_ns = max_offset_ns if stasis_ns is None else stasis_ns   # 0 only in a test's broken build
         self.lease_ns = lease_ns
-        self.preferred_holder = preferred_holder   # replicas -> the node a lease should move to (home region), or None
+        # (replicas, the range's home region from its zone or None) -> the node its lease should
+        # move to, or None: where it is (Node._preferred_holder; kvserver/zones.py)
+        self.preferred_holder = preferred_holder
+        self.zones = ZoneMap()
+        self.next_zone_refresh = 0.0
         self.tscache: dict[int, TimestampCache] = {}
         self.tscache_seq: dict[int, int] = {}
+        # range -> the highest timestamp this process served (a read) or proposed (a write) in
+        # it under any lease of its own: kept for the life of the process, through transfers
+        # that may never apply and splits, so no lease of its own starts below it (`_served`).
         self.high_water: dict[int, tuple[int, int]] = {}
         self.given_away: dict[int, int] = {}
         self.lease_asked: set[int] = set()
@@ -279,6 +288,11 @@ class Store:
             self.sizes.pop(rid, None)
         self.splitting.discard(left.range_id)
         cache = self.tscache.get(left.range_id)
+        # What this node served of the parent bounds the new range's leases from below, also
+        # when it handed the parent's lease away before the split applied: then there is no
+        # cache to inherit, so it serves nothing under the new range's copy of that lease until
+        # it hands it over (`_transfer`) or extends it (a new cache, above all it served).
+        self.high_water[right.range_id] = max(self.high_water.get(right.range_id, (0, 0)), self._served(left.range_id))
         if cache is not None and right.range_id not in self.tscache:
             # The new range starts under the parent's lease (RangeReplica._op_split): what the
             # parent's holder served of its keys is above its low-water mark.
@@ -287,7 +301,6 @@ class Store:
             inherited.spans = list(cache.spans)
             self.tscache[right.range_id] = inherited
             self.tscache_seq[right.range_id] = 1   # RangeReplica._op_split: the inherited lease's seq
-            self.high_water[right.range_id] = self.high_water.get(left.range_id, (0, 0))
         if right.range_id in self.groups:
             return
         desc = read_local_descriptor(self.mvcc, right.range_id) or right
@@ -335,17 +348,30 @@ class Store:
         before it started); a lease of another node's ends this node's."""
         self.lease_asked.discard(range_id)
         if lease.holder != self.cfg.node_id:
-            self.tscache.pop(range_id, None)
-            self.tscache_seq.pop(range_id, None)
-            self.high_water.pop(range_id, None)
+            self._drop_cache(range_id)
             return
         self.lease_wanted.discard(range_id)
         if self.tscache_seq.get(range_id) != lease.seq:   # a new lease, not an extension
             self.paused.pop(range_id, None)
-            self.tscache[range_id] = TimestampCache(max(lease.start, self.start_low_water),
+            self._drop_cache(range_id)
+            self.tscache[range_id] = TimestampCache(max(lease.start, self.start_low_water, next_ts(self._served(range_id))),
                                                     constants.timestamp_cache_entries_max)
             self.tscache_seq[range_id] = lease.seq
         self.tick_soon.add(range_id)   # requests waiting for the lease run after this tick
+
+    def _served(self, range_id: int) -> tuple[int, int]:
+        """The highest timestamp this process served or proposed in the range (its high water
+        and its timestamp cache): every lease of its own starts above it (_on_lease, _next_lease,
+        _transfer)."""
+        cache = self.tscache.get(range_id)
+        return max(self.high_water.get(range_id, (0, 0)), cache.max_all() if cache is not None else (0, 0))
+
+    def _drop_cache(self, range_id: int) -> None:
+        """Forget the range's timestamp cache, keeping the highest timestamp it held."""
+        if range_id in self.tscache:
+            self.high_water[range_id] = self._served(range_id)
+        self.tscache.pop(range_id, None)
+        self.tscache_seq.pop(range_id, None)
 
     def _on_write_ts(self, range_id: int, ts: tuple[int, int]) -> None:
         try:
@@ -360,7 +386,7 @@ class Store:
         rep, group = self.replicas.get(range_id), self.groups.get(range_id)
         lease = rep.lease if rep is not None else None
         if (lease is None or lease.holder != self.cfg.node_id or self.given_away.get(range_id) == lease.seq
-                or group is None or not group.is_leader() or range_id not in self.tscache
+                or group is None or not group.is_leader() or self.tscache_seq.get(range_id) != lease.seq
                 or self.paused.get(range_id, -1.0) > self.clock()):
             return None
         now = now or tuple(self.now_ts())
@@ -389,10 +415,11 @@ class Store:
                 self._offer_lead(range_id, group, None)
             self.tick_soon.add(range_id)
             return
-        home = self.preferred_holder(rep.desc.replicas)
+        home = self.preferred_holder(rep.desc.replicas, self.zones.region_for(rep.desc.start))
         if home is not None and home != me:
-            # The range's home is elsewhere (--primary-region): offer the lead to its replica
-            # there; the lease follows the lead (above). A down home node leaves it here.
+            # The range's home is elsewhere (its zone's region, else --primary-region): offer
+            # the lead to its replica there; the lease follows the lead (above). A down home
+            # node leaves it here.
             if self.handing_off.get(range_id, -1e18) < self.clock() - constants.drain_offer_interval_s:
                 self.handing_off[range_id] = self.clock()
                 if self._offer_lead(range_id, group, home):
@@ -427,15 +454,13 @@ class Store:
         node's, expired: a new one from now."""
         rep = self.replicas[range_id]
         lease, me = rep.lease, self.cfg.node_id
+        floor = max(now, next_ts(self._served(range_id)), self.start_low_water)
         if lease is None:
-            return None, Lease(1, me, max(now, self.start_low_water), (now[0] + self.lease_ns, 0))
+            return None, Lease(1, me, floor, (floor[0] + self.lease_ns, 0))
         if lease.holder == me and self.given_away.get(range_id) != lease.seq:
             return lease, Lease(lease.seq, me, lease.start, (max(now[0] + self.lease_ns, lease.expiration[0] + 1), 0))
-        if lease.holder == me:
-            start = max(now, next_ts(self.high_water.get(range_id, (0, 0))), self.start_low_water)
-            return lease, Lease(lease.seq + 1, me, start, (start[0] + self.lease_ns, 0))
-        if lease.expired(now):
-            return lease, Lease(lease.seq + 1, me, now, (now[0] + self.lease_ns, 0))
+        if lease.holder == me or lease.expired(now):
+            return lease, Lease(lease.seq + 1, me, floor, (floor[0] + self.lease_ns, 0))
         return None
 
     def _lease_for_write(self, range_id: int, now: tuple[int, int]) -> Lease | None:
@@ -493,10 +518,8 @@ class Store:
         self.given_away[range_id] = lease.seq
         self.paused.pop(range_id, None)
         self.lease_stats["transferred"] += 1
-        cache = self.tscache.pop(range_id, None)
-        self.tscache_seq.pop(range_id, None)
-        served = max(self.high_water.pop(range_id, (0, 0)), cache.max_all() if cache is not None else (0, 0))
-        start = max(now, next_ts(served))
+        self._drop_cache(range_id)
+        start = max(now, next_ts(self._served(range_id)), self.start_low_water)
         new = Lease(lease.seq + 1, target, start, (max(now[0], start[0]) + self.lease_ns, 0))
         self.propose_at_leader(range_id, "lease", self._lease_args(lease, new), lambda outcome, result: None)
 
@@ -623,9 +646,31 @@ class Store:
         self.run_deferred_reads()
         if self.holds:
             self._expire_holds(now)
+        if now >= self.next_zone_refresh:
+            self.next_zone_refresh = now + constants.zone_refresh_interval_s
+            self.refresh_zones()
         if now >= self.next_maintain:
             self.next_maintain = now + self.cfg.maintain_interval_s
             self.maintain()
+
+    def refresh_zones(self) -> None:
+        """Read the zones (kvserver/zones.py) from this store's replica of meta. When they
+        changed, every range this node leads is looked at again: split at a boundary inside it
+        (maintain), its lease moved to its home (_lease_upkeep)."""
+        if META_RANGE_ID not in self.groups:
+            return
+        found = []
+        for key, value, _ in self.mvcc.scan(ZONE_PREFIX, ZONE_END, LATEST, constants.zones_max):
+            zone = decode_zone(key, value)
+            if zone is not None:
+                found.append(zone)
+        zones = ZoneMap(found)
+        if zones == self.zones:
+            return
+        self.zones = zones
+        led = self.led_by.get(str(self.cfg.node_id), set())
+        self.maintain_due.update(led)
+        self.tick_soon.update(led)
 
     def _note_leader(self, rid: int, group: RaftGroup) -> None:
         """Record the group's leader as of its last tick. A leader changes only while its group
@@ -764,6 +809,15 @@ class Store:
                 self.maintain_due.add(rid)   # until _meta_done
                 self.propose_at_leader(META_RANGE_ID, "meta_put", {"desc": desc.to_wire()},
                              lambda o, r, rid=rid, gen=desc.generation: o is Outcome.COMMITTED and self._meta_done(rid, gen))
+            boundary = None if rid == META_RANGE_ID else self.zones.boundary_inside(rep.desc.start, rep.desc.end)
+            if boundary is not None:
+                # A zone boundary inside the range (kvserver/zones.py): split there; a split that
+                # fails is tried again at the next pass.
+                if rid in self.splitting:
+                    self.maintain_due.add(rid)   # look again once the split is over
+                else:
+                    self.split_range(rid, boundary, lambda o, r, rid=rid: o is Outcome.COMMITTED or self.maintain_due.add(rid))
+                continue
             if rid != META_RANGE_ID and (self.written_bytes.get(rid, 0) > 0 or rid not in self.sizes):
                 if rid in self.splitting:
                     self.maintain_due.add(rid)   # look again once the split is over
@@ -1000,7 +1054,8 @@ class Store:
                 self.extending[range_id] = (until, self.clock())
                 self.lease_stats["extended_by_writes"] += 1
             cache = self.tscache.get(range_id) if self.tscache_seq.get(range_id) == lease.seq else None
-            floor = next_ts(cache.max_for(write_keys) if cache is not None else max(lease.start, self.start_low_water))
+            floor = next_ts(cache.max_for(write_keys) if cache is not None
+                            else max(lease.start, self.start_low_water, self._served(range_id)))
             try:
                 ts = self.propose(range_id, op, evaluated, done, command_id=command_id,
                                   at=max(list(at) if at is not None else [0, 0], list(floor)))
@@ -1270,6 +1325,7 @@ class Store:
                         "evaluation_misses": rep.evaluation_misses,
                         "lease": rep.lease.to_wire() if rep.lease is not None else None,
                         "lease_serving": self.serving_lease(rid, now) is not None,
+                        "home": self.zones.region_for(d.start) if d else None,   # its zone's region (zones.py)
                         "quiet": group.is_leader() and group.appends_held()})   # a leader sending no heartbeats
         return out
 

@@ -365,14 +365,16 @@ class Node:
         self.store.disk_low = self.disk.check()
         self.store.start()
 
-    def _preferred_holder(self, replicas: tuple) -> int | None:
-        """Where a range's lease should be (--primary-region): a connected replica in the primary
-        region, when this node is not in it; None: where it is."""
-        primary = self.cfg.primary_region
-        if primary is None or self.cfg.region == primary or not self.members:
+    def _preferred_holder(self, replicas: tuple, home: str | None) -> int | None:
+        """Where a range's lease should be: a connected replica in its home region (`home`, from
+        the zone holding its keys: kvserver/zones.py), else in the primary region
+        (--primary-region), when this node is not in it; None: where it is (also when no
+        replica there is connected: the lease stays until one is)."""
+        home = home or self.cfg.primary_region
+        if home is None or self.cfg.region == home or not self.members:
             return None
         for nid in sorted(replicas):
-            if nid != self.node_id and self.members.get(nid, {}).get("region") == primary and nid in self.net.peers:
+            if nid != self.node_id and self.members.get(nid, {}).get("region") == home and nid in self.net.peers:
                 return nid
         return None
 
@@ -926,6 +928,7 @@ class Node:
         for r in ranges:
             last = self.consistency.last.get(r["range_id"])
             r["last_check"] = None if last is None else {k: last[k] for k in ("status", "index", "at", "detail")}
+            r["home"] = r["home"] or self.cfg.primary_region   # its zone's region, else the cluster's primary
         data = next((r for r in ranges if r["range_id"] == 2), None)
         return {"node_id": self.node_id, "region": self.cfg.region, "formed": self.members is not None,
                 "members": {str(k): v for k, v in (self.members or {}).items()},

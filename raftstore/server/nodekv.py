@@ -344,10 +344,12 @@ class NodeKV:
             if overlaps:
                 # The leaseholder, as this node applied the range's lease (who serves its reads
                 # and evaluates its writes); before any lease, the Raft leader.
-                holder = (r.get("lease") or {}).get("holder", r["leader"])
+                lease = r.get("lease") or {}
+                holder = lease.get("holder", r["leader"])
                 out.append({"range_id": r["range_id"], "start": r["start"], "end": r["end"],
                             "replicas": [who(n) for n in r["replicas"]],
-                            "leader": who(holder) if holder is not None else None})
+                            "leader": who(holder) if holder is not None else None,
+                            "lease_seq": lease.get("seq"), "home": r.get("home")})
         return sorted(out, key=lambda r: r["start"])   # the status lists ranges by id, not by key
 
     def regions(self) -> list[RegionInfo]:
