@@ -80,6 +80,11 @@ peer_frame_bytes_max = 8 * 1024 * 1024       # > append_entries_batch_bytes plus
 peer_handshake_timeout_s = 5.0
 peer_send_buffer_bytes_max = 64 * 1024 * 1024  # a peer this far behind is disconnected
 peer_redial_interval_s = 0.5
+# Emulated WAN delay (--latency-matrix): a delayed frame leaves when due give or take this much.
+# The node loop's poll sleeps in whole milliseconds, rounded up, so frames released only once due
+# would leave 0.5 ms late on average (1 ms per round trip, measured as probes' 61.5 ms under a 60
+# ms matrix); released from half a millisecond before their time, they leave on time on average.
+wan_release_slack_s = 0.0005
 peer_connect_timeout_s = 3.0
 peer_stranger_log_interval_s = 60.0   # a non-peer on the peer port is logged once per host this often
 peer_stranger_hosts_max = 1024        # ... hosts remembered for that

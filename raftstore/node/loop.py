@@ -610,8 +610,8 @@ class Node:
         while not self._stop.is_set():
             wake_at = next_tick
             release = self.net.next_release()
-            if release is not None and release < wake_at:
-                wake_at = release
+            if release is not None and release - constants.wan_release_slack_s < wake_at:
+                wake_at = release - constants.wan_release_slack_s   # flush() releases it then (peer.py)
             busy_from = time.monotonic()
             self.net.poll(max(0.0, wake_at - time.monotonic()))
             while self._calls:

@@ -265,11 +265,11 @@ class PeerNetwork:
 
     def flush(self) -> None:
         """Release queued frames to the sockets. Call only after syncing the journals."""
-        now = time.monotonic()
+        due = time.monotonic() + constants.wan_release_slack_s
         for conn in list(self.peers.values()):
             if conn.outq:
                 n = 0
-                while n < len(conn.outq) and conn.outq[n][0] <= now:   # FIFO: delays are per peer
+                while n < len(conn.outq) and conn.outq[n][0] <= due:   # FIFO: delays are per peer
                     n += 1
                 if n:
                     released = [data for _, data in conn.outq[:n]]
