@@ -33,11 +33,13 @@ DATA = 2              # the raw keyspace's range (no split in these tests)
 UNAVAILABLE_S = 3.0   # the nodes' --unavailable-timeout here
 
 
-def _cluster(tmp_path, skew: dict[int, int] | None = None, lease_s: float | None = None) -> Cluster:
+def _cluster(tmp_path, skew: dict[int, int] | None = None, lease_s: float | None = None,
+             matrix: str | None = None) -> Cluster:
     env = {i: {FAULTS_FILE_ENV: str(tmp_path / ("faults-%d.json" % i))} for i in (1, 2, 3)}
     for nid, ms in (skew or {}).items():
         env[nid][CLOCK_SKEW_ENV] = str(ms)
     extra = ["--unavailable-timeout", str(UNAVAILABLE_S)] + (["--lease-duration", str(lease_s)] if lease_s else [])
+    extra += ["--latency-matrix", matrix] if matrix else []
     return Cluster(str(tmp_path), node_env=env, extra_args=extra)
 
 
@@ -246,8 +248,12 @@ def test_a_gateway_with_a_slow_clock_sees_every_acknowledged_write(tmp_path):
         print("leaseholder n%d: %s" % (holder.node_id, status["leases"]))
 
 
-def test_a_lease_transfer_moves_the_lease_with_writes_refused_only_briefly(tmp_path):
-    with _cluster(tmp_path) as cluster:
+@pytest.mark.parametrize("matrix, rtt_s", [(None, 0.0), ("symmetric60", 0.060)])
+def test_a_lease_transfer_moves_the_lease_with_writes_refused_only_briefly(tmp_path, matrix, rtt_s):
+    """Writes through the new holder, back to back, across three moves: the longest wait between
+    two acknowledged writes. The issue's window is two round trips plus 200 ms of refused writes
+    (under symmetric60: 320 ms, plus the write's own round trip to be acknowledged)."""
+    with _cluster(tmp_path, matrix=matrix) as cluster:
         everyone = cluster.client(*cluster.nodes)
         everyone.put(b"k", b"0")
         holder = _holder(cluster)
@@ -269,10 +275,13 @@ def test_a_lease_transfer_moves_the_lease_with_writes_refused_only_briefly(tmp_p
             gaps.append(gap)
             assert _holder(cluster).node_id == target.node_id
             holder, target = target, holder
-        print("longest wait between acknowledged writes across each transfer: %s s" % [round(g, 3) for g in gaps])
-        # A liveness deadline with a margin, not a speed claim (bench.lease_rto measures it): a
-        # move that fell back to an election and a lease running out would wait 2.5 s and more.
-        assert max(gaps) < 2.0
+        window_s = 2 * rtt_s + 0.2 + rtt_s
+        print("%s: longest wait between acknowledged writes across each transfer: %s s (the issue's window: %.2f s)"
+              % (matrix or "loopback", [round(g, 3) for g in gaps], window_s))
+        # A liveness deadline with a margin for a busy machine, not a speed claim
+        # (bench.lease_rto measures it on a quiet one): a move that fell back to an election and a
+        # lease running out would wait 2.5 s and more.
+        assert max(gaps) < window_s + 0.5
 
 
 def test_sigterm_and_drain_move_every_lease_off_the_node(tmp_path):
