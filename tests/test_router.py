@@ -144,7 +144,8 @@ def test_a_replica_that_knows_no_better_makes_the_router_back_off_and_look_up_ag
     w.meta = [LEFT, RIGHT]
     t0 = w.t
     assert w.put(b"z") == (Outcome.COMMITTED, {"range_id": 3})
-    assert w.router.stats == {"lookups": 2, "redirects": 0, "backoffs": 1, "not_leader": 0, "read_restarts": 0}
+    assert w.router.stats == {"lookups": 2, "redirects": 0, "backoffs": 1, "not_leader": 0, "read_restarts": 0,
+                              "retries_cancelled": 0}
     assert w.t > t0                                           # it waited before the lookup
 
 
@@ -212,6 +213,37 @@ def test_not_leader_is_sent_again_after_a_backoff_and_given_up_after_the_bound()
     refusals[0] = 10 ** 6
     outcome, why = w.put(b"z")
     assert outcome is Outcome.NOT_COMMITTED and "first entry" in why and "refusals" in why
+
+
+def _batch_refused_not_leader(cancel_after_sends: int | None) -> tuple[list, list]:
+    """A write batch whose range answers not-leader every time; the caller is answered (its
+    unavailable deadline) after `cancel_after_sends` sends (None: never). What the router sent,
+    and what it answered."""
+    from raftstore.kvserver.batch import Put
+    from raftstore.raft.commands import not_leader
+    w = World()
+    sends: list = []
+
+    def send(desc, op, args, done, cid):
+        sends.append(cid)
+        done(Outcome.NOT_COMMITTED, not_leader("n1 is cut off from the others", None))
+    w.router._send = send
+    answers: list = []
+    w.router.send_batch(Header(), [Put(b"z", b"v")], answers.append, b"w" * 16,
+                        cancelled=lambda: cancel_after_sends is not None and len(sends) >= cancel_after_sends)
+    w.drain()
+    return sends, answers
+
+
+def test_a_write_is_not_sent_again_once_its_caller_has_been_answered():
+    """The gateway answered the client "unavailable, may still commit" at its deadline: a
+    resend now could commit the write long after that answer, so none is sent."""
+    sends, answers = _batch_refused_not_leader(cancel_after_sends=2)
+    assert sends == [b"w" * 16] * 2
+    [[(outcome, why)]] = answers
+    assert outcome is Outcome.NOT_COMMITTED and "cut off" in str(why)
+    sends, answers = _batch_refused_not_leader(cancel_after_sends=None)   # never answered: sent to the bound
+    assert len(sends) == constants.route_retries_max and len(answers) == 1
 
 
 def test_a_scan_pages_across_ranges_by_the_ranges_ends_and_stops_at_the_limit():

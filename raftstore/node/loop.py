@@ -808,7 +808,7 @@ class Node:
             held = [i for i, op in enumerate(ops) if refused is not None and op.writes and refused[0] <= op.key < refused[1]]
             try:
                 if not held:
-                    self.router.send_batch(stamped, ops, done, command_id)
+                    self.router.send_batch(stamped, ops, done, command_id, cancelled=lambda: answered)
                     return
                 # A test's stand-in for a range whose leader is out of reach (cfg.refuse_writes):
                 # the answer a proposer gets then (not committed), for a chosen span and this node only.

@@ -41,7 +41,8 @@ class Router:
                  now: Callable[[], float], *, capacity: int = constants.range_cache_entries_max) -> None:
         self.cache = RangeCache(capacity)
         self._lookup, self._send, self._later, self._now = lookup, send, later, now
-        self.stats = {"lookups": 0, "redirects": 0, "backoffs": 0, "not_leader": 0, "read_restarts": 0}
+        self.stats = {"lookups": 0, "redirects": 0, "backoffs": 0, "not_leader": 0, "read_restarts": 0,
+                      "retries_cancelled": 0}
 
     def descriptor(self, key: bytes) -> RangeDescriptor | None:
         """The range holding key as this router knows it: cached, else looked up (and cached)."""
@@ -108,7 +109,7 @@ class Router:
         return True
 
     def send_batch(self, header: Header, ops: Sequence, done: BatchDone, command_id: bytes | None = None,
-                   attempt: int = 0) -> None:
+                   attempt: int = 0, cancelled: Callable[[], bool] = lambda: False) -> None:
         """Send typed ops (kvserver.batch) for any keys: grouped by the range holding each key,
         one batch per range, the parts sent concurrently (a part refused because its range
         split is grouped again and resent). `done(answers)` gets one (Outcome, result) per op, in
@@ -119,6 +120,9 @@ class Router:
         other is its part's failure.
         Parts in different ranges commit independently (no transactions yet). `command_id`
         is kept by a part that holds every op (a one-range batch), so its resends apply once.
+        Once `cancelled()` is true (the caller has answered its client: the gateway's
+        unavailable deadline), a refused part is not sent again but answered with its refusal:
+        a write answered "may still commit" does not commit much later by a resend.
         Raises ValueError, before anything is sent, for a part too large to replicate."""
         answers: list = [None] * len(ops)
         parts: dict[int, tuple[RangeDescriptor, list[int]]] = {}
@@ -137,7 +141,7 @@ class Router:
             # Parts read at one timestamp: the gateway's (a part that finds a version within its
             # uncertainty interval makes the whole batch read again above it, `_restarted`).
             fixed = replace(header, read_ts=header.ts)
-            return self.send_batch(fixed, ops, self._restarted(fixed, ops, done, attempt), command_id, attempt)
+            return self.send_batch(fixed, ops, self._restarted(fixed, ops, done, attempt), command_id, attempt, cancelled)
 
         def settle(indices: list[int], got: list) -> None:
             nonlocal waiting
@@ -154,7 +158,8 @@ class Router:
             requests.append((desc, indices, request))
         for desc, indices, request in requests:
             cid = command_id if len(indices) == len(ops) and command_id is not None else new_command_id()
-            self._send(desc, BATCH_OP, request.to_wire(), self._part_answer(desc, indices, request, cid, attempt, settle), cid)
+            self._send(desc, BATCH_OP, request.to_wire(),
+                       self._part_answer(desc, indices, request, cid, attempt, settle, cancelled), cid)
 
     def _restarted(self, header: Header, ops: Sequence, done: BatchDone, attempt: int) -> BatchDone:
         """`done`, unless a part of a read batch at the timestamp this router fixed found a version
@@ -172,7 +177,8 @@ class Router:
         return settled
 
     def _part_answer(self, desc: RangeDescriptor, indices: list[int], request: BatchRequest, cid: bytes,
-                     attempt: int, settle: Callable[[list[int], list], None]) -> Done:
+                     attempt: int, settle: Callable[[list[int], list], None],
+                     cancelled: Callable[[], bool] = lambda: False) -> Done:
         """The answer of one part: a refusal is learnt from and the part sent again (grouped
         again); a committed part gives each op its response, with the part's `ts`, `ok`,
         `span_end`, who served it, its consensus rounds and their least round trip
@@ -182,8 +188,12 @@ class Router:
             settle(indices, [(outcome, result)] * len(indices))
 
         def answer(outcome: Outcome, result: Any) -> None:
-            again = lambda: self.send_batch(request.header, request.ops, lambda got: settle(indices, got),   # noqa: E731
-                                            cid, attempt + 1)
+            def again() -> None:
+                if cancelled():
+                    self.stats["retries_cancelled"] += 1
+                    failed(outcome, result)
+                    return
+                self.send_batch(request.header, request.ops, lambda got: settle(indices, got), cid, attempt + 1, cancelled)
             if self._refused(desc, request.keys(), outcome, result, attempt, failed, again):
                 return
             if outcome is not Outcome.COMMITTED:
