@@ -5,6 +5,8 @@ replicas that refuse are a dict here; tests/test_cluster_routing.py does the sam
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from raftstore import constants
 from raftstore.kvserver.batch import BATCH_OP, TRACE_FIELDS, BatchRequest, Get, Header, Scan
@@ -181,6 +183,26 @@ def test_the_cache_is_bounded_and_never_takes_an_older_view_of_a_range():
     cache.insert(RIGHT)
     cache.insert(RangeDescriptor(4, b"0", b"a", 0))            # third entry: the least recently used goes
     assert len(cache) == 2 and cache.lookup(b"b") is None
+
+
+def _model_insert(model: list[RangeDescriptor], desc: RangeDescriptor) -> list[RangeDescriptor]:
+    """The cache's rule, by a pass over every entry (as RangeCache did before its bisection)."""
+    replaced = [d for d in model if d.overlaps(desc.start, desc.end) or d.range_id == desc.range_id]
+    if any(d.range_id == desc.range_id and d.generation > desc.generation for d in replaced):
+        return model
+    return [d for d in model if d not in replaced] + [desc]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 8), st.integers(0, 9), st.integers(1, 4), st.booleans(),
+                          st.integers(0, 3)), max_size=30))
+def test_the_cache_replaces_exactly_what_a_pass_over_every_entry_would(inserts):
+    cache, model = RangeCache(1000), []
+    for rid, start, width, to_end, gen in inserts:
+        desc = RangeDescriptor(rid, bytes([97 + start]), None if to_end else bytes([97 + start + width]), gen)
+        cache.insert(desc)
+        model = _model_insert(model, desc)
+        assert sorted(cache._by_start.values(), key=lambda d: d.start) == sorted(model, key=lambda d: d.start)
 
 
 @pytest.mark.parametrize("returned", [[], ["garbage"], [[2, "not bytes", None, 0, []]]])

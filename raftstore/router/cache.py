@@ -41,9 +41,10 @@ class RangeCache:
         return desc
 
     def insert(self, desc: RangeDescriptor) -> None:
-        for old in [d for d in self._by_start.values() if d.overlaps(desc.start, desc.end) or d.range_id == desc.range_id]:
-            if old.range_id == desc.range_id and old.generation > desc.generation:
-                return  # never replace a newer view with an older one
+        replaced = self._overlapping(desc)
+        if any(old.range_id == desc.range_id and old.generation > desc.generation for old in replaced):
+            return  # never replace a newer view with an older one (and drop nothing for it)
+        for old in replaced:
             self._remove(old)
         bisect.insort(self._starts, desc.start)
         self._by_start[desc.start] = desc
@@ -51,6 +52,22 @@ class RangeCache:
         while len(self._starts) > self.capacity:
             oldest = next(iter(self._lru))
             self._remove(self._by_start[self._lru[oldest]])
+
+    def _overlapping(self, desc: RangeDescriptor) -> list[RangeDescriptor]:
+        """The cached descriptors `desc` replaces: those overlapping its span, and the one of
+        its range id. Cached spans are disjoint, so they are the one holding its start and those
+        starting inside it: found by bisection, not by a pass over the cache."""
+        found = []
+        i = max(0, bisect.bisect_right(self._starts, desc.start) - 1)
+        while i < len(self._starts) and (desc.end is None or self._starts[i] < desc.end):
+            cached = self._by_start[self._starts[i]]
+            if cached.overlaps(desc.start, desc.end):
+                found.append(cached)
+            i += 1
+        start = self._lru.get(desc.range_id)
+        if start is not None and self._by_start[start] not in found:
+            found.append(self._by_start[start])
+        return found
 
     def invalidate(self, range_id: int) -> None:
         start = self._lru.get(range_id)
