@@ -121,7 +121,7 @@ def _wall_clock() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
 
 
-_READS_LATEST = frozenset({"insert", "upsert", "update", "delete", "create_table", "drop_table"})
+_READS_LATEST = frozenset({"insert", "upsert", "update", "delete", "create_table", "drop_table", "alter_table"})
 
 
 class SystemTimer:
