@@ -303,10 +303,16 @@ class RaftstoreTokenizer(Postgres.Tokenizer):
     SINGLE_TOKENS = {**Postgres.Tokenizer.SINGLE_TOKENS, "$": TokenType.PARAMETER}
 
 
+def locality_text(region: str | None) -> str:
+    """A table's locality as SHOW TABLES says it: ``REGIONAL BY TABLE IN "r"`` (None: the
+    primary region)."""
+    where = "PRIMARY REGION" if region is None else '"' + region.replace('"', '""') + '"'
+    return f"REGIONAL BY TABLE IN {where}"
+
+
 def locality_sql(region: str | None) -> str:
     """The LOCALITY clause that gives a table the home `region` (None: the primary region)."""
-    where = "PRIMARY REGION" if region is None else '"' + region.replace('"', '""') + '"'
-    return f"LOCALITY REGIONAL BY TABLE IN {where}"
+    return "LOCALITY " + locality_text(region)
 
 
 class RaftstoreGenerator(Postgres.Generator):
@@ -657,10 +663,10 @@ def _check_supported(tree: exp.Expr, sql: str, tokens: list[Token]) -> None:
         return
     if isinstance(root, exp.Create) and root.args.get("properties") is not None:
         found = root.args["properties"].expressions
-        if not all(isinstance(p, Locality) for p in found) or len(found) != 1:
+        localities = all(isinstance(p, Locality) for p in found)
+        if len(found) != 1 or not localities:
             position = _keyword_position(tokens, "LOCALITY", stmt_start) if len(found) > 1 else stmt_start
-            raise _unsupported_at("table properties / options" if len(found) == 1 or not all(isinstance(p, Locality) for p in found)
-                                  else "LOCALITY given twice", position,
+            raise _unsupported_at("LOCALITY given twice" if localities else "table properties / options", position,
                                   'a table takes one option: LOCALITY REGIONAL BY TABLE IN "region"', sql)
     if isinstance(root, exp.Drop) and root.args.get("kind") != "TABLE":
         kind = root.args.get("kind") or "this object"

@@ -63,7 +63,7 @@ from sql.constants import (
     SCAN_PAGE_ROWS_MIN,
     SQL_INLINE_PARSE_CHARS_MAX,
 )
-from sql.dialect import Locality, Statement, identifier_name, locality_sql, node_position, parse
+from sql.dialect import Locality, Statement, identifier_name, locality_text, node_position, parse
 from sql.errors import SQLError
 from sql.explain import ANALYZE_COLUMNS, ANALYZE_TYPES, analyze_rows, explain_ops, pretty_key
 from sql.expr import UNBOUND, EvalContext, accumulate, aggregate_result, new_accumulator
@@ -800,8 +800,7 @@ class Session:
                 for c in schema.columns if c.name not in hidden
             )
             home = homes.get(table_span(schema.id)[0])
-            locality = locality_sql(home)[len("LOCALITY "):]
-            rows.append([schema.name, schema.id, ", ".join(schema.pk), columns, locality])
+            rows.append([schema.name, schema.id, ", ".join(schema.pk), columns, locality_text(home)])
         return Result(
             ["table_name", "table_id", "primary_key", "columns", "locality"], ["TEXT", "INT", "TEXT", "TEXT", "TEXT"],
             rows, len(rows), f"SHOW {len(rows)}",

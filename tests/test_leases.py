@@ -212,6 +212,17 @@ class Harness:
         self.store.evaluate_and_propose(R, BATCH_OP, BatchRequest(Header(**header), ops).to_wire(),
                                         lambda o, r: self.answers.append((o, r)))
 
+    def apply_lease_command(self) -> list[tuple[str, dict]]:
+        """The lease upkeep's tick: the one command it proposes is applied and committed, and
+        the requests that waited for the lease run. Returns [(op, args)] of that command."""
+        self.store._lease_upkeep(R, self.group(), (self.wall, 0))
+        [(op, args, callback, _)] = self.group().proposed
+        with self.replica.batch():
+            callback(Outcome.COMMITTED, self.replica.apply(self.replica.applied_index() + 1, Command(b"E" * 16, op, args)))
+        self.store._run_awaiting_lead(self.t)
+        self.store.run_deferred_reads()
+        return [(op, args)]
+
 
 @pytest.fixture
 def h(tmp_path):
@@ -319,13 +330,8 @@ def test_a_lease_in_its_stasis_period_serves_nothing_and_is_extended(h):
     h.store.lease_used[R] = h.t
     h.read(Get(b"ka"))
     assert h.answers == [] and R in h.store.lease_wanted
-    h.store._lease_upkeep(R, h.group(), (h.wall, 0))
-    [(op, args, callback, _)] = h.group().proposed
+    [(op, args)] = h.apply_lease_command()
     assert op == "lease" and args["lease"]["seq"] == 1 and args["prev_expiration"] == [T0 + 10 * SEC, 0]
-    with h.replica.batch():
-        callback(Outcome.COMMITTED, h.replica.apply(h.replica.applied_index() + 1, Command(b"E" * 16, op, args)))
-    h.store._run_awaiting_lead(h.t)
-    h.store.run_deferred_reads()
     [(outcome, _)] = h.answers
     assert outcome is Outcome.COMMITTED
 
@@ -382,12 +388,7 @@ def test_a_read_on_a_lapsed_lease_waits_for_the_lease_to_apply(h):
     h.wall = T0 + 20 * SEC
     h.read(Get(b"ka"))
     assert h.answers == []
-    h.store._lease_upkeep(R, h.group(), (h.wall, 0))
-    [(op, args, callback, _)] = h.group().proposed
-    with h.replica.batch():
-        callback(Outcome.COMMITTED, h.replica.apply(h.replica.applied_index() + 1, Command(b"E" * 16, op, args)))
-    h.store._run_awaiting_lead(h.t)
-    h.store.run_deferred_reads()
+    h.apply_lease_command()
     [(outcome, _)] = h.answers
     assert outcome is Outcome.COMMITTED
 

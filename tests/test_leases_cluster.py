@@ -355,8 +355,9 @@ def _table_range(cluster: Cluster, cur, name: str, timeout_s: float = 60.0, alon
     start, end = table_span(table_id)
     deadline = time.monotonic() + timeout_s
     while True:
-        ranges = [r for r in cluster.client(cluster.nodes[0]).status()["ranges"] if r["start"] is not None
-                  and r["start"] < end and (r["end"] is None or start < r["end"])]
+        with cluster.client(cluster.nodes[0]) as c:
+            ranges = [r for r in c.status()["ranges"] if r["start"] is not None
+                      and r["start"] < end and (r["end"] is None or start < r["end"])]
         cur.execute("SHOW RANGES FROM TABLE %s" % name)
         shown = cur.fetchall()
         exact = len(ranges) == 1 and (ranges[0]["start"], ranges[0]["end"]) == (start, end)
