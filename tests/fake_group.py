@@ -11,6 +11,7 @@ class FakeGroup:
     def __init__(self, leader: bool = True, ready: bool = True, leader_id: str | None = "1") -> None:
         self.leader, self.ready, self.leader_id_ = leader, ready, leader_id
         self.proposed: list[tuple[str, dict, object, bytes]] = []
+        self.offered: list[str | None] = []         # transfer_leadership targets (None: any)
 
     def is_leader(self) -> bool:
         return self.leader
@@ -24,3 +25,7 @@ class FakeGroup:
     def propose(self, op, args, callback, command_id=None, essential=False):
         self.proposed.append((op, args, callback, command_id))
         return command_id
+
+    def transfer_leadership(self, to: str | None) -> bool:
+        self.offered.append(to)
+        return True

@@ -126,6 +126,20 @@ def test_a_node_whose_clock_is_off_stops_serving_and_the_others_go_on(tmp_path, 
         wait_until(lambda: not _clock(cluster, n3)["serving"], 30, "n3 to stop serving")
         clock = _clock(cluster, n3)
         assert "maximum offset" in clock["reason"]
+        # It serves nothing under a lease and hands every lead (and the leases with it) away.
+        def shed() -> bool:
+            with cluster.client(n3) as c:
+                ranges = c.status()["ranges"]
+            return not any(r["lease_serving"] or r["leader"] == 3 or (r["lease"] or {}).get("holder") == 3
+                           for r in ranges)
+        wait_until(shed, 30, "n3 to hand every lead and lease away")
+        # A lease moved to it (its lead offered to it) does not stay there either.
+        data = 2                                      # the raw keyspace's range
+        with cluster.client(n1) as c:
+            holder = next(r["lease"]["holder"] for r in c.status()["ranges"] if r["range_id"] == data)
+        with cluster.client(cluster.node(holder)) as c:
+            c.lease_transfer(data, 3)
+        wait_until(shed, 30, "n3 to hand the lead it was offered away again")
         for peer in ("1", "2"):
             offset = clock["offsets"][peer]
             assert offset["far"]

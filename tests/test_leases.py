@@ -343,6 +343,30 @@ def test_broken_a_build_that_ignores_the_stasis_serves_past_it(h, monkeypatch):
     assert h.answers and h.answers[0][0] is Outcome.COMMITTED   # the stasis test above fails on it
 
 
+def test_a_holder_whose_clock_turns_unfit_serves_nothing_and_hands_its_lead_and_lease_away(h):
+    h.wall = T0 + 100
+    h.store.set_clock_unfit(True)
+    assert h.store.serving_lease(R) is None
+    h.store.set_clock_unfit(False)                      # back within bounds before it moved: it serves on
+    assert h.store.serving_lease(R) == h.lease
+    h.store.set_clock_unfit(True)
+    h.read(Get(b"ka"))
+    assert h.answers == []                              # waits (bounded) for a lease it may serve
+    h.store._lease_upkeep(R, h.group(), (h.wall, 0))
+    assert h.group().offered == [None] and h.group().proposed == []   # the lead is offered, nothing extended
+    h.group().leader, h.group().leader_id_ = False, "2"                 # a follower took it
+    h.store._lease_upkeep(R, h.group(), (h.wall, 0))
+    [(rid, op, args)] = h.forwarded
+    assert (rid, op, args["lease"]["holder"], args["lease"]["seq"]) == (R, "lease", 2, 2)
+
+
+def test_broken_a_build_that_ignores_an_unfit_clock_keeps_serving(h, monkeypatch):
+    monkeypatch.setattr(Store, "set_clock_unfit", lambda self, unfit: None)
+    h.wall = T0 + 100
+    h.store.set_clock_unfit(True)
+    assert h.store.serving_lease(R) is not None         # the test above fails on it
+
+
 def test_a_holder_that_lost_the_lead_hands_the_lease_to_the_leader_above_all_it_served(h):
     h.read(Get(b"ka"), read_ts=(T0 + 400 * 1_000_000, 0))
     h.group().leader, h.group().leader_id_ = False, "2"

@@ -237,6 +237,25 @@ def test_not_leader_is_sent_again_after_a_backoff_and_given_up_after_the_bound()
     assert outcome is Outcome.NOT_COMMITTED and "first entry" in why and "refusals" in why
 
 
+def test_a_read_refused_by_a_leaseholder_whose_clock_is_behind_it_is_sent_again_then_given_up():
+    from raftstore.kvserver.lease import READ_TOO_NEW
+    w = World()
+    refusals = [2]
+    too_new = Rejection(READ_TOO_NEW, "n3: read timestamp [9, 0] is more than the max clock offset ahead", {})
+
+    def send(desc, op, args, done, cid, real=w.router._send):
+        if refusals[0]:
+            refusals[0] -= 1
+            done(Outcome.REJECTED, too_new)            # until its lease moves to a node with a sound clock
+        else:
+            real(desc, op, args, done, cid)
+    w.router._send = send
+    assert w.put(b"z") == (Outcome.COMMITTED, {"range_id": 2}) and w.t > 0
+    refusals[0] = 10 ** 6
+    outcome, why = w.put(b"z")
+    assert outcome is Outcome.NOT_COMMITTED and "max clock offset" in why and "retry" in why
+
+
 def _batch_refused_not_leader(cancel_after_sends: int | None) -> tuple[list, list]:
     """A write batch whose range answers not-leader every time; the caller is answered (its
     unavailable deadline) after `cancel_after_sends` sends (None: never). What the router sent,

@@ -198,6 +198,7 @@ class Store:
         self.lease_wanted: set[int] = set()
         self.deferred_reads: list[Callable[[], None]] = []
         self.draining = False                          # hand every lease away, take none (a drain)
+        self.clock_unfit = False                       # this node's clock is far from a majority's: the same, at once
         self.handing_off: dict[int, float] = {}        # range -> when its lead was last offered away (drain)
         self.paused: dict[int, float] = {}             # range -> until when its holder serves nothing (_offer_lead)
         self.lease_stats = {"acquired": 0, "extended": 0, "transferred": 0, "moved_home": 0, "extended_by_writes": 0, "writes_behind_a_lease_command": 0, "reads_local": 0,
@@ -382,10 +383,11 @@ class Store:
     def serving_lease(self, range_id: int, now: tuple[int, int] | None = None) -> Lease | None:
         """The lease under which this node may serve `range_id` now: its own, applied here, not
         handed over, usable (`now + max_offset < expiration`), and its replica leads the range
-        (the leaseholder is the leader; one that lost the lead hands the lease over)."""
+        (the leaseholder is the leader; one that lost the lead hands the lease over). None while
+        this node's clock is unfit: it cannot tell whether a lease runs."""
         rep, group = self.replicas.get(range_id), self.groups.get(range_id)
         lease = rep.lease if rep is not None else None
-        if (lease is None or lease.holder != self.cfg.node_id or self.given_away.get(range_id) == lease.seq
+        if (self.clock_unfit or lease is None or lease.holder != self.cfg.node_id or self.given_away.get(range_id) == lease.seq
                 or group is None or not group.is_leader() or self.tscache_seq.get(range_id) != lease.seq
                 or self.paused.get(range_id, -1.0) > self.clock()):
             return None
@@ -408,7 +410,7 @@ class Store:
             return
         if not group.leader_ready():
             return
-        if self.draining:
+        if self.shedding:
             # Offer the lead to a caught-up follower; once it leads, the lease follows it (above).
             if self.handing_off.get(range_id, -1e18) < self.clock() - constants.drain_offer_interval_s:
                 self.handing_off[range_id] = self.clock()
@@ -476,7 +478,7 @@ class Store:
             self.lease_stats["writes_behind_a_lease_command"] += 1
             return pending
         group, rep = self.groups.get(range_id), self.replicas.get(range_id)
-        if (group is None or rep is None or rep.desc is None or not group.leader_ready() or self.draining
+        if (group is None or rep is None or rep.desc is None or not group.leader_ready() or self.shedding
                 or self.paused.get(range_id, -1.0) > self.clock()):
             return None
         lease = rep.lease
@@ -548,6 +550,20 @@ class Store:
             return False
         self.paused[range_id] = self.clock() + constants.lease_transfer_wait_s
         return True
+
+    @property
+    def shedding(self) -> bool:
+        """Hand every lease away and take none: a drain, or a clock unfit to judge leases by."""
+        return self.draining or self.clock_unfit
+
+    def set_clock_unfit(self, unfit: bool) -> None:
+        """The node's clock left (or came back within) the max offset of a majority of its peers:
+        while it is out, serve nothing under a lease and hand every lead, and with it every
+        lease, to another replica (as a drain does)."""
+        if unfit != self.clock_unfit:
+            self.clock_unfit = unfit
+            for rid in list(self.groups):
+                self.tick_soon.add(rid)
 
     def drain(self) -> int:
         """Start (or continue) a drain: take no lease from now on and hand the lead, and with it

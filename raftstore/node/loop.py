@@ -363,6 +363,7 @@ class Node:
                            stasis_ns=0 if self.cfg.ignore_stasis else None, lease_ns=int(self.cfg.lease_s * 1e9),
                            preferred_holder=self._preferred_holder)
         self.store.disk_low = self.disk.check()
+        self.store.set_clock_unfit(self.clock_unfit is not None)
         self.store.start()
 
     def _preferred_holder(self, replicas: tuple, home: str | None) -> int | None:
@@ -696,6 +697,8 @@ class Node:
             else:
                 logger.warning("clock back within bounds of a majority of peers; serving again")
             self.clock_unfit = unfit
+            if self.store is not None:
+                self.store.set_clock_unfit(unfit is not None)
 
     def _dial(self) -> None:
         if self.members is None:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from raftstore import constants
 from raftstore.kvserver.batch import BATCH_OP, TRACE_FIELDS, BatchRequest, Header, Scan, response_op
-from raftstore.kvserver.lease import NOT_LEASEHOLDER, READ_UNCERTAIN
+from raftstore.kvserver.lease import NOT_LEASEHOLDER, READ_TOO_NEW, READ_UNCERTAIN
 from raftstore.kvserver.ranges import RangeDescriptor, is_mismatch, mismatch_descriptors, pretty_key
 from raftstore.raft.commands import Outcome, is_not_leader, new_command_id
 from raftstore.router.cache import RangeCache
@@ -83,7 +83,10 @@ class Router:
         """If the answer is a refusal to learn from (a range-key mismatch, not-leader), learn,
         schedule `again` (or give up after route_retries_max) and return True."""
         mismatch = outcome is Outcome.REJECTED and is_mismatch(result)
-        moved = outcome is Outcome.REJECTED and getattr(result, "code", None) == NOT_LEASEHOLDER
+        # A leaseholder whose clock is behind the read timestamp by more than the max offset
+        # refuses it: a clock out of bounds, which the offset monitor stops serving within
+        # seconds (its leases move), so it is tried again like a moved lease.
+        moved = outcome is Outcome.REJECTED and getattr(result, "code", None) in (NOT_LEASEHOLDER, READ_TOO_NEW)
         if not mismatch and not moved and not (outcome is Outcome.NOT_COMMITTED and is_not_leader(result)):
             return False
         if attempt + 1 >= constants.route_retries_max:
