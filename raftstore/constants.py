@@ -34,6 +34,11 @@ timestamp_cache_entries_max = 4096     # per range; past it the oldest entries f
 faults_check_interval_s = 0.05         # tests only: how often a node reads its faults file
 lease_transfer_wait_s = 1.0           # a holder offering its lead away serves nothing this long (Store._offer_lead)
 drain_offer_interval_s = 0.5          # a draining node offers a range's lead away again this often
+# Closed timestamps (raftstore.kvserver.closedts): a leaseholder closes this far behind its clock,
+# and closes every range it serves on the side transport this often (CockroachDB's defaults).
+closed_lag_s = 3.0
+closed_side_interval_s = 0.2
+closed_full_every_s = 5.0              # and sends every member again this often (a frame lost to a test's partition)
 lease_readers = 2                      # threads (each with its own SQLite read connection) serving leaseholder reads
 leader_wait_s = 2.0                     # a client command for a range with no leader known waits this long for one
 proposals_in_flight_max = 10_000        # per group; beyond it a proposal is refused at once

@@ -355,6 +355,9 @@ class Client:
         self._rng = random.Random()  # backoff jitter only; command ids come from os.urandom
         self._lock = threading.Lock()
         self._closed = False
+        # The newest commit timestamp of this client's own writes (its causality token): its
+        # bounded-staleness reads never read below it, so it always reads its own writes.
+        self.causality: Timestamp | None = None
 
     @property
     def addresses(self) -> list[str]:
@@ -373,16 +376,50 @@ class Client:
             "command_id": _new_command_id(),
         }
         _check_command_size("put", args["key"], args["value"])
-        return self._call("put", args, _check_put)
+        return self._wrote(self._call("put", args, _check_put))
 
-    def get(self, key: bytes) -> bytes | None:
-        """The value of `key`, or None if it has none."""
-        return self._call("get", {"key": _bytes_arg("get", "key", key)}, _check_get)
+    def _wrote(self, ts: Timestamp) -> Timestamp:
+        if self.causality is None or ts > self.causality:
+            self.causality = ts
+        return ts
+
+    def _staleness_args(self, args: dict, max_staleness: float | None, read_ts: Timestamp | None) -> dict:
+        """A read's follower-read arguments: `max_staleness` seconds (a bounded-staleness read,
+        never below this client's own writes) or `read_ts` (an exact read there)."""
+        if max_staleness is not None and read_ts is not None:
+            raise ValueError("a read takes max_staleness or read_ts, not both")
+        if max_staleness is not None:
+            if isinstance(max_staleness, bool) or not isinstance(max_staleness, (int, float)) or not max_staleness > 0:
+                raise ValueError(f"max_staleness must be a positive number of seconds, got {max_staleness!r}")
+            args["max_staleness_ms"] = max(1, int(max_staleness * 1000))
+            if self.causality is not None:
+                args["min_ts"] = self.causality.to_wire()
+        elif read_ts is not None:
+            args["read_ts"] = read_ts.to_wire()
+        return args
+
+    def get(self, key: bytes, *, max_staleness: float | None = None, read_ts: Timestamp | None = None) -> bytes | None:
+        """The value of `key`, or None if it has none. `max_staleness` (seconds): a
+        bounded-staleness read, served by the nearest replica that has closed a timestamp no
+        older than that (and not below this client's own latest write), else by the
+        leaseholder; `read_ts`: an exact read at that timestamp."""
+        return self.read(key, max_staleness=max_staleness, read_ts=read_ts)["value"]
+
+    def read(self, key: bytes, *, max_staleness: float | None = None, read_ts: Timestamp | None = None) -> dict:
+        """`get` with how it was served: {"value", "ts" (the version read), "read_ts" (the
+        timestamp it read at), "served_by" (the node)}."""
+        args = self._staleness_args({"key": _bytes_arg("get", "key", key)}, max_staleness, read_ts)
+
+        def check(result: Any) -> dict:
+            value = _check_get(result)
+            return {"value": value, "ts": _ts_of("get", result), "read_ts": result.get("read_ts"),
+                    "served_by": result.get("served_by")}
+        return self._call("get", args, check)
 
     def delete(self, key: bytes) -> Timestamp:
         """Delete `key` (deleting an absent key succeeds); return the commit timestamp."""
         args = {"key": _bytes_arg("delete", "key", key), "command_id": _new_command_id()}
-        return self._call("delete", args, _check_delete)
+        return self._wrote(self._call("delete", args, _check_delete))
 
     def cas(self, key: bytes, expected: bytes | None, new: bytes) -> bool:
         """Set `key` to `new` if its value is `expected` (None: if it is absent). True if it
@@ -394,30 +431,45 @@ class Client:
             "command_id": _new_command_id(),
         }
         _check_command_size("cas", args["key"], args["expected"] or b"", args["new"])
-        return self._call("cas", args, _check_cas)
+
+        def check(result: Any) -> bool:
+            swapped = _check_cas(result)
+            if swapped:
+                self._wrote(_ts_of("cas", result))
+            return swapped
+        return self._call("cas", args, check)
 
     def scan(
-        self, start: bytes, end: bytes | None = None, limit: int = 1000
+        self, start: bytes, end: bytes | None = None, limit: int = 1000, *,
+        max_staleness: float | None = None, read_ts: Timestamp | None = None
     ) -> list[tuple[bytes, bytes]]:
         """Up to `limit` (1..scan_rows_max) ``(key, value)`` pairs with start <= key < end in key
         order; `end` None means to the end of the keyspace. Fewer than `limit` only when the span
         holds fewer. Pages by `scan_page` while a page stops at the server's byte limit; to bound
-        what one call holds in memory, use `scan_page`."""
+        what one call holds in memory, use `scan_page`. `max_staleness` and `read_ts` as for
+        `get`; every page of a follower read reads at the first page's timestamp."""
         _check_limit(limit)
         rows: list[tuple[bytes, bytes]] = []
         at: bytes | None = start
         while at is not None and len(rows) < limit:
-            page, at = self.scan_page(at, end, limit - len(rows))
+            page, at, page_ts = self._scan_page(at, end, limit - len(rows), 0, max_staleness, read_ts)
+            if page_ts is not None and (max_staleness is not None or read_ts is not None):
+                max_staleness, read_ts = None, Timestamp.from_wire(page_ts)
             rows.extend(page)
         return rows
 
     def scan_page(
-        self, start: bytes, end: bytes | None = None, limit: int = 1000, max_bytes: int = 0
+        self, start: bytes, end: bytes | None = None, limit: int = 1000, max_bytes: int = 0, *,
+        max_staleness: float | None = None, read_ts: Timestamp | None = None
     ) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
         """One page of `scan`: at most `limit` rows, taken until their keys' and values' bytes
         reach `max_bytes` (that row the last, so a page always makes progress; 0: the server's own
         bound, which keeps an answer within a frame), and the key to resume from - None when
         the span holds no more."""
+        rows, resume, _ = self._scan_page(start, end, limit, max_bytes, max_staleness, read_ts)
+        return rows, resume
+
+    def _scan_page(self, start, end, limit, max_bytes, max_staleness, read_ts):
         _check_limit(limit)
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or not 0 <= max_bytes <= constants.scan_bytes_max:
             raise ValueError(f"scan: max_bytes must be an int in [0, {constants.scan_bytes_max}], got {max_bytes!r}")
@@ -428,7 +480,8 @@ class Client:
         }
         if max_bytes:
             args["max_bytes"] = max_bytes
-        return self._call("scan", args, lambda result: _check_scan(result, limit))
+        self._staleness_args(args, max_staleness, read_ts)
+        return self._call("scan", args, lambda result: _check_scan(result, limit) + (result.get("read_ts"),))
 
     def split(self, key: bytes) -> dict:
         """Split the range holding `key` (a raw user key, as given to `put`) so that a range

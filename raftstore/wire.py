@@ -89,10 +89,11 @@ sql_params_count_max = 65_535           # parameters of one statement
 # bytes), "sql_params" (array of at most sql_params_count_max parameters, see module doc).
 REQUEST_ARGS: dict[str, dict[str, str]] = {
     "put": {"key": "bytes", "value": "bytes", "command_id": "command_id"},
-    "get": {"key": "bytes"},
+    "get": {"key": "bytes", "max_staleness_ms": "staleness_ms", "min_ts": "ts?", "read_ts": "ts?"},
     "delete": {"key": "bytes", "command_id": "command_id"},
     "cas": {"key": "bytes", "expected": "bytes?", "new": "bytes", "command_id": "command_id"},
-    "scan": {"start": "bytes", "end": "bytes?", "limit": "limit", "max_bytes": "byte_limit"},
+    "scan": {"start": "bytes", "end": "bytes?", "limit": "limit", "max_bytes": "byte_limit",
+             "max_staleness_ms": "staleness_ms", "min_ts": "ts?", "read_ts": "ts?"},
     "status": {},
     "split": {"key": "bytes"},
     "sql": {"sql": "sql_text", "params": "sql_params"},
@@ -101,7 +102,12 @@ REQUEST_ARGS: dict[str, dict[str, str]] = {
     "drain": {},
 }
 # Fields of REQUEST_ARGS that a request may leave out (every other one is required).
-OPTIONAL_ARGS: dict[str, frozenset[str]] = {"sql": frozenset({"params"}), "scan": frozenset({"max_bytes"}),
+# A read's `max_staleness_ms` makes it a bounded-staleness read (no older than that, nor than its
+# `min_ts`, the client's causality token); `read_ts` makes it an exact-staleness read there.
+_STALE_ARGS = frozenset({"max_staleness_ms", "min_ts", "read_ts"})
+STALENESS_MS_MAX = 7 * 24 * 3600 * 1000
+OPTIONAL_ARGS: dict[str, frozenset[str]] = {"sql": frozenset({"params"}), "scan": frozenset({"max_bytes"}) | _STALE_ARGS,
+                                            "get": _STALE_ARGS,
                                             "check_consistency": frozenset({"start", "end"})}
 WRITE_OPS = frozenset({"put", "delete", "cas"})
 
@@ -306,6 +312,14 @@ def _check_field(op: str, name: str, kind: str, value: Any, request_id: int) -> 
             raise BadRequest(
                 f"{where} must be an int in [0, {constants.scan_bytes_max}], got {got}", request_id
             )
+    elif kind == "staleness_ms":
+        if not _is_plain_int(value) or not 1 <= value <= STALENESS_MS_MAX:
+            got = repr(value) if _is_plain_int(value) else _type_name(value)
+            raise BadRequest(f"{where} must be an int in [1, {STALENESS_MS_MAX}] (ms), got {got}", request_id)
+    elif kind == "ts?":
+        if value is not None and not (isinstance(value, list) and len(value) == 2
+                                      and all(_is_plain_int(x) and 0 <= x <= 2**63 - 1 for x in value)):
+            raise BadRequest(f"{where} must be [wall_ns, logical] (two non-negative ints) or nil", request_id)
     elif kind == "sql_text":
         if not isinstance(value, str):
             raise BadRequest(f"{where} must be a str, got {_type_name(value)}", request_id)

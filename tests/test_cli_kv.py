@@ -104,3 +104,23 @@ def test_a_write_before_the_cluster_formed_says_so_once(tmp_path):
     assert message.count("the cluster has not formed yet") == 1, message
     assert message.count("commit") == 0 and message.count("nothing was applied") == 1, message
     assert os.path.exists(c.nodes[0].log_path)
+
+
+def test_follower_reads_from_the_shell_and_their_flags_named_when_wrong(cluster):
+    url = cluster.nodes[2].sql_addr
+    put = kv_cli(url, "put", "stale-k", "v1")
+    assert put.returncode == 0, put.stderr
+    ts = put.stdout.decode().strip()
+    # Bounded staleness: this client's own write is not known to the next process, so it may
+    # read at the replica's closed timestamp (before the write) or later; both are answers.
+    bounded = kv_cli(url, "get", "stale-k", "--max-staleness", "10s")
+    assert bounded.returncode in (0, cli_kv.EXIT_NO), bounded.stderr
+    exact = kv_cli(url, "get", "stale-k", "--as-of", ts)
+    assert (exact.returncode, exact.stdout) == (0, b"v1\n"), exact.stderr
+    scan = kv_cli(url, "scan", "stale-", "stale-z", "--as-of", ts)
+    assert (scan.returncode, scan.stdout) == (0, b"stale-k\tv1\n"), scan.stderr
+    for flags, named in ((["--max-staleness", "soon"], "--max-staleness must be a duration"),
+                         (["--as-of", "yesterday"], "--as-of must be a timestamp"),
+                         (["--as-of", ts, "--max-staleness", "1s"], "not allowed with")):
+        wrong = kv_cli(url, "get", "stale-k", *flags)
+        assert wrong.returncode == cli_kv.EXIT_USAGE and named in wrong.stderr.decode(), wrong.stderr

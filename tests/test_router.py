@@ -147,7 +147,7 @@ def test_a_replica_that_knows_no_better_makes_the_router_back_off_and_look_up_ag
     t0 = w.t
     assert w.put(b"z") == (Outcome.COMMITTED, {"range_id": 3})
     assert w.router.stats == {"lookups": 2, "redirects": 0, "backoffs": 1, "not_leader": 0, "read_restarts": 0,
-                              "retries_cancelled": 0}
+                              "retries_cancelled": 0, "follower_reads": 0, "to_leaseholder": 0}
     assert w.t > t0                                           # it waited before the lookup
 
 

@@ -10,6 +10,9 @@ Output contract (scripts rely on it):
   must fit in one command (``constants.command_bytes_max``, 512 KiB): a larger value is a usage
   error naming the limit.
 * get: the value on stdout, exit 0; ``(not found)`` on stderr (stdout empty), exit 1.
+  ``--max-staleness 10s`` makes get and scan bounded-staleness follower reads (the nearest
+  replica answers if it has closed a timestamp at most that old, else the leaseholder);
+  ``--as-of TS`` (a timestamp as put prints it) reads exactly there.
 * cas: ``swapped`` exit 0, ``not swapped`` exit 1.
 * scan: one ``key<TAB>value`` line per row, exit 0.
 * split: ``split at KEY`` or, if a range already started at KEY, ``already a range boundary``;
@@ -34,6 +37,7 @@ from raftstore import constants
 from raftstore.cli.client_args import add_timeout_argument, add_url_argument
 from raftstore.errors import AmbiguousCommitError, RaftstoreError, UnavailableError
 from raftstore.kv import Client
+from hlc.timestamp import Timestamp
 
 # Exit codes (documented in the module doc and the README).
 EXIT_OK = 0
@@ -54,6 +58,43 @@ def _limit_type(text: str) -> int:
             f"--limit must be an integer in [1, {constants.scan_rows_max}], got {text!r}"
         )
     return value
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration_type(text: str) -> float:
+    """A staleness bound: ``10s``, ``500ms``, ``2m``, ``1h`` or plain seconds."""
+    number, unit = text, "s"
+    for suffix in sorted(_UNITS, key=len, reverse=True):
+        if text.endswith(suffix):
+            number, unit = text[: -len(suffix)], suffix
+            break
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        seconds = -1.0
+    if not 0.001 <= seconds <= 7 * 24 * 3600:
+        raise argparse.ArgumentTypeError(
+            f"--max-staleness must be a duration from 1ms to 7 days like 10s, 500ms or 2m, got {text!r}")
+    return seconds
+
+
+def _timestamp_type(text: str) -> Timestamp:
+    try:
+        return Timestamp.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--as-of must be a timestamp as put prints it "
+                                         f"(<seconds>.<nanos>,<logical>): {exc}") from None
+
+
+def _staleness_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--max-staleness", type=_duration_type, metavar="DURATION", default=None,
+                       help="a bounded-staleness follower read: the nearest replica answers if it has "
+                            "closed a timestamp at most DURATION old (e.g. 10s), else the leaseholder")
+    group.add_argument("--as-of", type=_timestamp_type, metavar="TS", default=None,
+                       help="read exactly at TS (as put prints it), from any replica that has closed it")
 
 
 _LIMIT_TEXT = f"{constants.command_bytes_max // 1024} KiB ({constants.command_bytes_max} bytes)"
@@ -94,6 +135,7 @@ def add_kv_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     get = leaf("get", "print the value of KEY ('(not found)' on stderr and exit 1 if it has none)")
     get.add_argument("key", metavar="KEY")
+    _staleness_arguments(get)
 
     delete = leaf("delete", "delete KEY; prints the commit timestamp")
     delete.add_argument("key", metavar="KEY")
@@ -122,6 +164,7 @@ def add_kv_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="N",
         help="at most N rows (default %(default)s)",
     )
+    _staleness_arguments(scan)
 
     split = leaf("split", "split the range holding KEY so that a new range starts at KEY")
     split.add_argument("key", metavar="KEY")
@@ -229,7 +272,7 @@ def _run(args: argparse.Namespace) -> int:
             print(client.delete(key))
             return 0
         if op == "get":
-            found = client.get(key)
+            found = client.get(key, max_staleness=args.max_staleness, read_ts=args.as_of)
             if found is None:
                 print("(not found)", file=sys.stderr)  # stdout stays empty: no value to mistake
                 return EXIT_NO
@@ -240,7 +283,8 @@ def _run(args: argparse.Namespace) -> int:
             print("swapped" if swapped else "not swapped")
             return EXIT_OK if swapped else EXIT_NO
         if op == "scan":
-            for row_key, row_value in client.scan(start, end, limit=args.limit):
+            for row_key, row_value in client.scan(start, end, limit=args.limit, max_staleness=args.max_staleness,
+                                                  read_ts=args.as_of):
                 print(f"{_show(args, row_key)}\t{_show(args, row_value)}")
             return 0
         if op == "split":

@@ -6,10 +6,15 @@ A batch is a `Header` plus ops for one range (CockroachDB's BatchRequest):
                           (never lowers it) and apply raises it above every version of the keys
                           the batch writes, so the answer's `ts` is the batch's commit timestamp
              read_ts      the timestamp to read at: for a strong read, the statement's (nil: the
-                          leaseholder picks its own and answers it as `read_ts`); for the `exact`
-                          and `bounded_staleness` consistencies (follower reads: not served yet,
-                          refused by name)
-             consistency  strong (today's only served level) / bounded_staleness / exact
+                          leaseholder picks its own and answers it as `read_ts`); for an `exact`
+                          read, required; for a `bounded_staleness` read, the timestamp the
+                          gateway negotiated (nil: the replica reads at its closed timestamp)
+             consistency  strong: the leaseholder serves it, at its clock or read_ts;
+                          exact: any replica that has closed read_ts serves it (kvserver.closedts),
+                          else the leaseholder; bounded_staleness: the same at the replica's
+                          closed timestamp, provided that is at least `min_ts`
+             min_ts       for bounded_staleness: the oldest timestamp the reader accepts (now minus
+                          its staleness bound, raised to its causality token)
              txn          the slot a transaction will fill; must be nil until transactions exist
              generation   the descriptor generation the router routed with (informational: the
                           leader checks the keys against its own span, which is what decides)
@@ -54,7 +59,6 @@ _TS_PART_MAX = (1 << 63) - 1
 
 STRONG, BOUNDED_STALENESS, EXACT = "strong", "bounded_staleness", "exact"
 CONSISTENCIES = (STRONG, BOUNDED_STALENESS, EXACT)
-SERVED_CONSISTENCIES = (STRONG,)
 BATCH_OP = "batch"     # the replicated command that carries a batch
 VALUE_TOO_LARGE = "value_too_large"   # a rejection's code: a write would make a value past command_bytes_max
 
@@ -337,13 +341,15 @@ class Header:
     max_bytes: int = 0
     lock_token: bytes | None = None
     uncertainty_limit: Timestamp | None = None
+    min_ts: Timestamp | None = None
 
     def to_wire(self) -> dict:
         return {"ts": None if self.ts is None else list(self.ts),
                 "uncertainty_limit": None if self.uncertainty_limit is None else list(self.uncertainty_limit),
                 "read_ts": None if self.read_ts is None else list(self.read_ts),
                 "consistency": self.consistency, "txn": self.txn, "generation": self.generation,
-                "max_keys": self.max_keys, "max_bytes": self.max_bytes, "lock_token": self.lock_token}
+                "max_keys": self.max_keys, "max_bytes": self.max_bytes, "lock_token": self.lock_token,
+                "min_ts": None if self.min_ts is None else list(self.min_ts)}
 
     @classmethod
     def from_wire(cls, obj: Any) -> "Header":
@@ -362,7 +368,8 @@ class Header:
                    _count(obj.get("max_keys", 0), "max_keys", constants.scan_rows_max),
                    _count(obj.get("max_bytes", 0), "max_bytes", constants.scan_bytes_max),
                    _bytes(obj.get("lock_token"), "a batch's lock_token", optional=True),
-                   _ts(obj.get("uncertainty_limit"), "a batch's uncertainty_limit", optional=True))
+                   _ts(obj.get("uncertainty_limit"), "a batch's uncertainty_limit", optional=True),
+                   _ts(obj.get("min_ts"), "a batch's min_ts", optional=True))
 
     def keys_limit(self) -> int:
         return self.max_keys or constants.scan_rows_max
@@ -436,8 +443,22 @@ class BatchRequest:
         for op in self.ops:
             if not op.key and not isinstance(op, Scan):
                 raise CommandError("keys must not be empty")
-        if self.header.consistency not in SERVED_CONSISTENCIES:
-            raise CommandError("%s reads are not served yet (only strong)" % self.header.consistency)
+        header = self.header
+        if header.consistency != STRONG:
+            if self.writes or self.locking:
+                raise CommandError("a %s batch only reads: writes and locking reads are strong" % header.consistency)
+            if header.consistency == EXACT and header.read_ts is None:
+                raise CommandError("an exact read names its read_ts")
+            if header.consistency == BOUNDED_STALENESS and header.read_ts is None and header.min_ts is None:
+                raise CommandError("a bounded_staleness read names its min_ts (or a negotiated read_ts)")
+
+
+def is_follower_read(op: str, args: Any) -> bool:
+    """Whether a command is a follower read (an `exact` or `bounded_staleness` batch), which any
+    replica may serve, not only the leader."""
+    if op != BATCH_OP or not isinstance(args, dict) or not isinstance(args.get("h"), dict):
+        return False
+    return args["h"].get("consistency", STRONG) != STRONG
 
 
 def writes_nothing(op: str, args: Any) -> bool:

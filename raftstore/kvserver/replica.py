@@ -139,6 +139,10 @@ class RangeReplica:
         # leaseholder reads no lower, so it sees every write applied here, an earlier
         # holder's too (whose clock may run ahead of ours).
         self.max_write_ts: tuple[int, int] = (0, 0)
+        # The highest closed timestamp this replica adopted (kvserver.closedts): from a write of
+        # its leaseholder's applied under its lease, or kept from the side transport. Not
+        # persisted: a restarted replica starts from nothing, which only makes it serve less.
+        self.closed: tuple[int, int] = (0, 0)
         self.on_split = on_split
         self.can_install = can_install
         self.on_write = on_write
@@ -176,6 +180,10 @@ class RangeReplica:
                                    details={"holder": self.lease.holder if self.lease is not None else None})
             if args.get("lease_until") is not None:
                 self._extend_lease(_ts(args, "lease_until"))
+            if args.get("closed") is not None:
+                # Its leaseholder closed this under the range's lease: no later entry writes at
+                # or below it (the write itself is above it).
+                self.closed = max(self.closed, _ts(args, "closed"))
         return handler(self, index, command, args)
 
     def _extend_lease(self, until: tuple[int, int]) -> None:

@@ -30,14 +30,15 @@ import heapq
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import msgpack
 
 from raftstore import constants
+from raftstore.kvserver.closedts import CLOSED_BEHIND, ZERO, Receiver, Sender
 from raftstore.kvserver.consistency import Checksum, ChecksumRegistry, range_checksum
-from raftstore.kvserver.batch import BATCH_OP, BatchRequest, Scan
+from raftstore.kvserver.batch import BATCH_OP, STRONG, BatchRequest, Scan
 from raftstore.kvserver.latches import Latches
 from raftstore.kvserver.lease import READ_TOO_NEW, READ_UNCERTAIN, Lease, TimestampCache, next_ts
 from raftstore.raft.commands import (CommandError, Outcome, Rejection, encode_command, new_command_id, not_leader,
@@ -76,6 +77,7 @@ class StoreConfig:
     raft_conf: dict | None = None
     maintain_interval_s: float = 0.5
     quiesce: bool = True                   # idle groups tick rarely; the node heartbeats for them
+    closed_lag_s: float = constants.closed_lag_s   # how far behind its clock a leaseholder closes
 
 
 # Raft messages that wake an idle group (keep its timers fast a while); heartbeats and their
@@ -204,6 +206,15 @@ class Store:
         self.lease_stats = {"acquired": 0, "extended": 0, "transferred": 0, "moved_home": 0, "extended_by_writes": 0, "writes_behind_a_lease_command": 0, "reads_local": 0,
                             "read_restarts": 0, "refused_not_usable": 0}
         self.start_low_water = (0, 0)
+        # Closed timestamps (kvserver.closedts). Per range this node serves: the highest
+        # timestamp it closed on a command or when the range left the side transport's group
+        # (with the group's, `closed_floor`, every write goes above it); the side transport's
+        # sender and, for the ranges others serve, the streams they send.
+        self.closed_lag_ns = int(cfg.closed_lag_s * 1e9)
+        self.closed: dict[int, tuple[int, int]] = {}
+        self.closed_sender = Sender()
+        self.closed_receiver = Receiver()
+        self.closed_stats = {"follower_reads": 0, "refused_behind": 0, "to_leaseholder": 0}
 
     # --- start-up ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -302,11 +313,19 @@ class Store:
             inherited.spans = list(cache.spans)
             self.tscache[right.range_id] = inherited
             self.tscache_seq[right.range_id] = 1   # RangeReplica._op_split: the inherited lease's seq
+        # What was closed for the parent's keys stays closed for them (the new range starts under
+        # the parent's lease): its holder writes above it, its followers may read below it.
+        self.closed[right.range_id] = max(self.closed.get(right.range_id, ZERO), self.closed_floor(left.range_id))
+        parent_rep = self.replicas.get(left.range_id)
         if right.range_id in self.groups:
+            if parent_rep is not None and right.range_id in self.replicas:
+                self.replicas[right.range_id].closed = max(self.replicas[right.range_id].closed, parent_rep.closed)
             return
         desc = read_local_descriptor(self.mvcc, right.range_id) or right
         self._init_range(desc)
         group = self._start_group(desc.range_id)
+        if parent_rep is not None:
+            self.replicas[desc.range_id].closed = parent_rep.closed
         parent = self.groups.get(left.range_id)
         if parent is not None and parent.is_leader():
             group.campaign()  # the parent's leader leads the new range too, without waiting a timeout
@@ -994,6 +1013,9 @@ class Store:
         if op == BATCH_OP and request.locking:
             self._locking_read(range_id, request, self._stamped(range_id, callback, rounds=0))
             return
+        if op == BATCH_OP and request.header.consistency != STRONG:
+            self._serve_stale_read(range_id, request, self._stamped(range_id, callback, rounds=0))
+            return
         if op == BATCH_OP and not request.writes:
             self._serve_read(range_id, request, self._stamped(range_id, callback, rounds=0))
             return
@@ -1072,6 +1094,12 @@ class Store:
             cache = self.tscache.get(range_id) if self.tscache_seq.get(range_id) == lease.seq else None
             floor = next_ts(cache.max_for(write_keys) if cache is not None
                             else max(lease.start, self.start_low_water, self._served(range_id)))
+            # Above everything closed for the range, which this command closes further (its
+            # followers adopt it when it applies: kvserver.closedts).
+            closed = self._close(range_id, lease, now)
+            if closed > ZERO:
+                evaluated["closed"] = list(closed)
+                floor = max(floor, next_ts(closed))
             try:
                 ts = self.propose(range_id, op, evaluated, done, command_id=command_id,
                                   at=max(list(at) if at is not None else [0, 0], list(floor)))
@@ -1093,6 +1121,132 @@ class Store:
             run(hold)      # the latches its locking read took and kept for it
         else:
             self.latches.acquire_all(latched, run)
+
+    # --- closed timestamps (kvserver.closedts) ------------------------------------------------
+    def closed_floor(self, range_id: int) -> tuple[int, int]:
+        """What this node has closed for the range as its leaseholder: every write it evaluates
+        goes above it."""
+        closed = self.closed.get(range_id, ZERO)
+        if range_id in self.closed_sender.members:
+            closed = max(closed, self.closed_sender.ts)
+        return closed
+
+    def _close(self, range_id: int, lease: Lease, now: tuple[int, int]) -> tuple[int, int]:
+        """Close the range at `now - closed_lag` (never past the lease's expiration, never
+        backwards) for a write about to be proposed under `lease`; returns what is closed."""
+        rep = self.replicas.get(range_id)
+        target = min((now[0] - self.closed_lag_ns, 0), lease.expiration)
+        closed = max(self.closed.get(range_id, ZERO), target, rep.closed if rep is not None else ZERO)
+        self.closed[range_id] = closed
+        return max(closed, self.closed_floor(range_id))
+
+    def side_transport(self) -> tuple[int, tuple[int, int], list[int], list[int]]:
+        """Close every range this node serves at `now - closed_lag` on the side transport:
+        (frame seq, the group's timestamp, updates, removed) for a CLOSED frame. A range stays
+        in the group while its lease is served here and expires no earlier, and nothing it
+        proposed is still waiting for a log index; one that leaves keeps the group's timestamp
+        as its own floor."""
+        now = tuple(self.now_ts())
+        sender = self.closed_sender
+        target = max(sender.ts, (now[0] - self.closed_lag_ns, 0))
+        current: dict[int, tuple[int, int] | None] = {}
+        for rid in set(sender.members) | set(self.tscache):
+            lease, group = self.serving_lease(rid, now), self.groups.get(rid)
+            if lease is not None and group is not None and lease.expiration >= target and not group.queued():
+                current[rid] = (lease.seq, group.last_log_index())
+            else:
+                current[rid] = None
+            if current[rid] is None and rid in sender.members:
+                self.closed[rid] = max(self.closed.get(rid, ZERO), sender.ts)
+        updates, removed = sender.frame(target, current)
+        return sender.seq, sender.ts, updates, removed
+
+    def on_closed_frame(self, peer: int, seq: int, full: bool, ts: list, updates: list[int], removed: list[int]) -> None:
+        self.closed_receiver.on_frame(peer, seq, full, (ts[0], ts[1]), updates, removed, self._fold_closed)
+
+    def _fold_closed(self, range_id: int, lease_seq: int, index: int, ts: tuple[int, int]) -> None:
+        """A side-transport entry is replaced: the replica keeps what it closed, if adopted."""
+        rep = self.replicas.get(range_id)
+        if (rep is not None and rep.lease is not None and rep.lease.seq == lease_seq
+                and rep.applied_index() >= index):
+            rep.closed = max(rep.closed, ts)
+
+    def closed_ts(self, range_id: int) -> tuple[int, int]:
+        """The timestamp at or below which this replica may serve any read of the range: the
+        highest its leaseholder closed on a write applied here or on the side transport (once
+        applied through the index it names, under the range's current lease)."""
+        rep = self.replicas.get(range_id)
+        if rep is None or rep.desc is None:
+            return ZERO
+        entry = self.closed_receiver.entry(rep.lease.holder, range_id, rep.lease.seq) if rep.lease is not None else None
+        if entry is not None and entry[0] > rep.closed and rep.applied_index() >= entry[1]:
+            rep.closed = entry[0]   # kept once seen: a promise stays true, also after the lease or stream moves on
+        return rep.closed
+
+    def negotiate_closed(self, spans: list[tuple[bytes, bytes | None]]) -> tuple[int, int] | None:
+        """The newest timestamp this node's replicas have closed over every range covering
+        `spans` (a bounded-staleness read's one timestamp), or None when a part of a span has
+        no initialized replica here (its nearest replica is elsewhere)."""
+        starts, descs = self._replica_descs()
+        least: tuple[int, int] | None = None
+        for start, end in spans:
+            at = start
+            i = bisect.bisect_right(starts, at) - 1
+            while True:
+                if i < 0 or i >= len(descs) or not descs[i].contains(at):
+                    return None
+                closed = self.closed_ts(descs[i].range_id)
+                least = closed if least is None or closed < least else least
+                nxt = descs[i].end
+                if nxt is None or (end is not None and nxt >= end):
+                    break
+                at, i = nxt, i + 1
+        return least
+
+    def _serve_stale_read(self, range_id: int, request: BatchRequest, callback: Callable[[Outcome, Any], None]) -> None:
+        """Serve an `exact` or `bounded_staleness` read (kvserver.batch) from this replica's own
+        store when it has closed the read's timestamp (a bounded read with no negotiated
+        timestamp reads at this replica's closed timestamp, if that is at least its `min_ts`);
+        else as the leaseholder, if this node serves the lease (at `read_ts` for an exact read,
+        at its clock for a bounded one: both within the reader's bound); else refuse with
+        CLOSED_BEHIND and the replica's closed timestamp, and the router asks the leaseholder."""
+        header = request.header
+        closed = self.closed_ts(range_id)
+        ts = header.read_ts if header.read_ts is not None else closed
+        fresh_enough = header.read_ts is not None or (header.min_ts is not None and closed >= header.min_ts)
+        rep = self.replicas.get(range_id)
+        if fresh_enough and ts <= closed and rep is not None and rep.desc is not None:
+            self.closed_stats["follower_reads"] += 1
+            desc = rep.desc
+
+            def run() -> None:
+                def job(reader) -> Callable[[], None]:
+                    try:
+                        with reader.snapshot():
+                            result = RangeReplica.read_at(request, desc, reader, ts)
+                    except CommandError as exc:
+                        refused = exc.rejection()
+                        return lambda: callback(Outcome.REJECTED, refused)
+                    except Exception as exc:
+                        why = "n%d could not read r%d: %s" % (self.cfg.node_id, range_id, exc)
+                        return lambda: callback(Outcome.NOT_COMMITTED, why)
+                    return lambda: callback(Outcome.COMMITTED, dict(result, read_ts=list(ts), closed_ts=list(closed)))
+                self.read_executor(job)
+            self._when_committed(run)   # what it adopted is committed once the tick's applies are
+            return
+        group = self.groups.get(range_id)
+        if group is not None and group.is_leader():
+            self.closed_stats["to_leaseholder"] += 1
+            strong = replace(header, consistency=STRONG, min_ts=None,
+                             read_ts=header.read_ts, uncertainty_limit=None)
+            self._serve_read(range_id, BatchRequest(strong, request.ops), callback)
+            return
+        self.closed_stats["refused_behind"] += 1
+        callback(Outcome.REJECTED, Rejection(
+            CLOSED_BEHIND, "n%d's replica of r%d has closed %s, below the read's %s" % (
+                self.cfg.node_id, range_id, list(closed),
+                list(header.read_ts) if header.read_ts is not None else "min_ts %s" % list(header.min_ts or ZERO)),
+            {"closed": list(closed)}))
 
     # --- leaseholder reads -----------------------------------------------------------------------
     def _serve_read(self, range_id: int, request: BatchRequest, callback: Callable[[Outcome, Any], None]) -> None:
@@ -1344,6 +1498,7 @@ class Store:
                         "evaluation_misses": rep.evaluation_misses,
                         "lease": rep.lease.to_wire() if rep.lease is not None else None,
                         "lease_serving": self.serving_lease(rid, now) is not None,
+                        "closed_ts": list(self.closed_ts(rid)),
                         "home": self.zones.region_for(d.start) if d else None,   # its zone's region (zones.py)
                         "quiet": group.is_leader() and group.appends_held()})   # a leader sending no heartbeats
         return out

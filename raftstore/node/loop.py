@@ -37,13 +37,13 @@ from pysyncobj.transport import Transport
 
 from hlc import HLC, MAX_OFFSET_NS_DEFAULT, ClockOffsetError, FileCeilingStore, SystemClock, Timestamp
 from raftstore import constants
-from raftstore.kvserver.batch import BATCH_OP, Header, writes_nothing
+from raftstore.kvserver.batch import BATCH_OP, Header, is_follower_read, writes_nothing
 from raftstore.kvserver.consistency import CHECKSUM_OP, Checksum, ChecksumRegistry, ConsistencyChecker
 from raftstore.kvserver.ranges import MISMATCH, pretty_key
 from raftstore.kvserver.store import ADMIN_SPLIT, Store, StoreConfig
 from raftstore.node.clockcheck import OffsetMonitor, probe_is_valid
 from raftstore.node.metrics import NodeMetrics, TimedLogFile
-from raftstore.node.peer import (CHECKSUM_REPLY, CHECKSUM_REQUEST, HEARTBEAT, PROPOSE, PROPOSE_REPLY, RAFT, PeerNetwork,
+from raftstore.node.peer import (CHECKSUM_REPLY, CHECKSUM_REQUEST, CLOSED, HEARTBEAT, PROPOSE, PROPOSE_REPLY, RAFT, PeerNetwork,
                                   parse_addr)
 from raftstore.node.wan import LatencyMatrix
 from raftstore.raft.commands import Outcome, Rejection, new_command_id
@@ -170,6 +170,8 @@ class Node:
         self.clock_offset_errors = 0
         self.offsets = OffsetMonitor(MAX_OFFSET_NS_DEFAULT)
         self.clock_unfit: str | None = None       # why this node stopped serving (clock), or None
+        self._closed_owed_full: set[int] = set()  # peers whose next CLOSED frame lists every member
+        self._closed_full_at = 0.0                # when every peer gets every member again
         self._offset_logged: dict[int, float] = {}
         self.join_hellos: dict[str, dict] = {}
         self._next_forming_log = 0.0
@@ -185,7 +187,7 @@ class Node:
         # or, for a read, not committed (it changed nothing either way; retry).
         self._forwarded: dict[int, tuple[Callable[[Outcome, Any], None], int, float, bool]] = {}
         self._forward_ids = itertools.count(1)
-        self.proposals = {"here": 0, "forwarded": 0, "for_peers": 0}   # client commands, by where proposed
+        self.proposals = {"here": 0, "forwarded": 0, "for_peers": 0, "near_here": 0}   # client commands, by where proposed
         self._deferred: list[tuple[float, Callable[[], None]]] = []   # (due, fn): run again on the loop later
         self._next_faults_check = 0.0
         self._timeouts: list = []   # (due, id, fn): requests' unavailable deadlines (a heap)
@@ -198,7 +200,8 @@ class Node:
         self.router = Router(lookup=lambda key: self.store.descriptor_for(key) if self.store is not None else None,
                              send=lambda desc, op, args, done, cid: self._propose_at_leader(
                                  self.store, desc.range_id, op, args, done, cid),
-                             later=self._later, now=time.monotonic)
+                             later=self._later, now=time.monotonic, send_near=self._send_near,
+                             negotiate=lambda spans: self.store.negotiate_closed(spans) if self.store is not None else None)
         self.checksums = ChecksumRegistry()
         self.consistency = ConsistencyChecker(cfg.node_id, self.checksums, send_request=self._send_checksum_request,
                                               send_reply=self._send_checksum_reply, applied_index=self._applied_index)
@@ -253,7 +256,8 @@ class Node:
                                on_checksum_request=self.consistency.on_request,
                                on_checksum_reply=lambda peer_id, range_id, index, checksum, error:
                                self.consistency.on_reply(peer_id, range_id, index, Checksum(checksum, error)),
-                               on_propose=self._on_propose, on_propose_reply=self._on_propose_reply)
+                               on_propose=self._on_propose, on_propose_reply=self._on_propose_reply,
+                               on_closed=self._on_closed)
 
     @staticmethod
     def _bind(addr: str, flag: str) -> socket.socket:
@@ -442,7 +446,26 @@ class Node:
         if self.store is not None:
             self.store.on_node_heartbeat(peer_id, claims, disputes)
 
+    def _on_closed(self, peer_id: int, seq: int, full: bool, ts: list, updates: list, removed: list) -> None:
+        if self.store is not None:
+            self.store.on_closed_frame(peer_id, seq, full, ts, updates, removed)
+
+    def _send_closed(self) -> None:
+        """The side transport (kvserver.closedts): close every range this node serves and tell
+        each peer what changed (a peer connected since the last frame gets every member)."""
+        seq, ts, updates, removed = self.store.side_transport()
+        if time.monotonic() >= self._closed_full_at:
+            self._closed_full_at = time.monotonic() + constants.closed_full_every_s
+            self._closed_owed_full.update(self.net.peers)
+        for pid in list(self.net.peers):
+            if pid in self._closed_owed_full:
+                if self.net.send(pid, [CLOSED, seq, True, list(ts), self.store.closed_sender.full(), []]):
+                    self._closed_owed_full.discard(pid)
+            else:
+                self.net.send(pid, [CLOSED, seq, False, list(ts), updates, removed])
+
     def _on_peer_up(self, peer_id: int) -> None:
+        self._closed_owed_full.add(peer_id)
         for t in self.transports.values():
             if peer_id in t.peers:
                 t._onNodeConnected(t.peers[peer_id])
@@ -484,7 +507,10 @@ class Node:
                 self._later(0.0, done, lambda: self._propose_at_leader(store, range_id, op, args, done, cid,
                                                                        waited_from=waited_from))
             return
-        peer = int(leader)
+        self._forward(int(leader), range_id, op, args, done, cid)
+
+    def _forward(self, peer: int, range_id: int, op: str, args: dict, done: Callable[[Outcome, Any], None],
+                 cid: bytes) -> None:
         req = next(self._forward_ids)
         if not self.net.send(peer, [PROPOSE, req, range_id, op, args, cid]):
             done(Outcome.NOT_COMMITTED, "n%d, the leader of r%d, is not connected to this node; retry" % (peer, range_id))
@@ -492,6 +518,23 @@ class Node:
         self.proposals["forwarded"] += 1
         self._forwarded[req] = (done, peer, time.monotonic() + constants.forwarded_proposal_timeout_s,
                                writes_nothing(op, args))
+
+    def _send_near(self, desc, op: str, args: dict, done: Callable[[Outcome, Any], None],
+                   command_id: bytes | None) -> None:
+        """A follower read (kvserver.closedts) goes to the range's nearest replica: this node's
+        own when it holds an initialized one, else the replica with the least measured round
+        trip (`peer_rtt_s`: under emulation, the matrix's), else the leader."""
+        rep = self.store.replicas.get(desc.range_id) if self.store is not None else None
+        if rep is not None and rep.desc is not None:
+            self.proposals["near_here"] += 1
+            self.store.evaluate_and_propose(desc.range_id, op, args, done, command_id=command_id)
+            return
+        rtts = [(self.peer_rtt_s(nid), nid) for nid in desc.replicas if nid != self.node_id and nid in self.net.peers]
+        known = sorted((rtt, nid) for rtt, nid in rtts if rtt is not None)
+        if not known:
+            self._propose_at_leader(self.store, desc.range_id, op, args, done, command_id)
+            return
+        self._forward(known[0][1], desc.range_id, op, args, done, command_id if command_id is not None else new_command_id())
 
     def _propose_store_command(self, range_id: int, op: str, args: dict, done: Callable[[Outcome, Any], None]) -> None:
         """The store's own commands (meta updates, range ids, splits, consistency checks) go to
@@ -509,7 +552,7 @@ class Node:
             reply(Outcome.NOT_COMMITTED, "n%d does not take %r commands from peers" % (self.node_id, op))
         elif group is None:
             reply(Outcome.NOT_COMMITTED, "%s: range r%d is not hosted on n%d" % (MISMATCH, range_id, self.node_id))
-        elif not group.is_leader():
+        elif not group.is_leader() and not is_follower_read(op, args):
             reply(Outcome.NOT_COMMITTED, self.store.not_leader(range_id, "does not lead r%d" % range_id))
         else:
             self.proposals["for_peers"] += 1
@@ -607,7 +650,7 @@ class Node:
             self._start_groups()
         else:
             self._maybe_form()   # a cluster of one (--join names only this node) forms at once
-        next_tick = next_heartbeat = next_disk_check = time.monotonic()
+        next_tick = next_heartbeat = next_disk_check = next_closed = time.monotonic()
         while not self._stop.is_set():
             wake_at = next_tick
             release = self.net.next_release()
@@ -645,6 +688,9 @@ class Node:
                     self._deferred = [(when, fn) for when, fn in self._deferred if when > now]
                     for fn in due:
                         fn()
+            if now >= next_closed and self.store is not None:
+                next_closed = now + constants.closed_side_interval_s
+                self._send_closed()
             if now >= next_heartbeat:
                 next_heartbeat = now + constants.node_heartbeat_interval_s
                 stamp = self.hlc.now().to_wire()
@@ -946,6 +992,9 @@ class Node:
                 "router": dict(self.router.stats, cached=len(self.router.cache)),
                 "test_cut": sorted(self.net.cut), "primary_region": self.cfg.primary_region,
                 "leases": dict(self.store.lease_stats, serving=len(self.store.tscache)) if self.store is not None else None,
+                "closed": dict(self.store.closed_stats, group=len(self.store.closed_sender.members),
+                               side_ts=list(self.store.closed_sender.ts), stream_gaps=self.store.closed_receiver.gaps)
+                if self.store is not None else None,
                 "proposals": totals["proposals"],
                 "loop_busy_max_ms": round(self.loop_busy_max_s * 1000, 1),
                 "loop_stalls": list(self.loop_stalls),

@@ -13,7 +13,8 @@ opens a socket per group per peer. This module replaces it with:
   and I dispute these of your claims; the receiver's clock moves past mine), CHECKSUM_REQUEST (your checksum
   of range r at index i, please), CHECKSUM_REPLY (mine: the checksum, or why I have none; see
   raftstore.kvserver.consistency), PROPOSE (a command for a range you lead, a client's or a node's own: only a
-  range's leader proposes) and PROPOSE_REPLY (its outcome). Unknown, malformed or oversized frames are logged and the connection is
+  range's leader proposes), PROPOSE_REPLY (its outcome) and CLOSED (the side transport of closed
+  timestamps: raftstore.kvserver.closedts). Unknown, malformed or oversized frames are logged and the connection is
   dropped; the node keeps serving. Nothing is ever unpickled here;
 * group commit: frames queued by groups are released to the sockets only by `flush()`, which the
   node loop calls after syncing every dirty journal, so no reply leaves before the write it
@@ -39,6 +40,7 @@ from typing import Callable
 import msgpack
 
 from raftstore import constants
+from raftstore.kvserver.closedts import frame_problem as closed_frame_problem
 from raftstore.kvserver.consistency import CHECKSUM_BYTES
 from raftstore.wire import FrameDecoder, FrameError, refusal_frame
 
@@ -55,7 +57,7 @@ STRANGER_REPLY = refusal_frame(
 )
 _NONCE = 32
 _MAC = 32
-HELLO, RAFT, REJECT, HEARTBEAT, CHECKSUM_REQUEST, CHECKSUM_REPLY, PROPOSE, PROPOSE_REPLY = 0, 1, 2, 3, 4, 5, 6, 7
+HELLO, RAFT, REJECT, HEARTBEAT, CHECKSUM_REQUEST, CHECKSUM_REPLY, PROPOSE, PROPOSE_REPLY, CLOSED = 0, 1, 2, 3, 4, 5, 6, 7, 8
 OUTCOMES = frozenset({"committed", "rejected", "not_committed", "ambiguous"})   # raft.commands.Outcome values
 
 
@@ -163,7 +165,8 @@ class PeerNetwork:
     `on_reject(reason)` when a peer refuses us, `on_checksum_request(peer_id, range_id, index)`,
     `on_checksum_reply(peer_id, range_id, index, checksum | None, error | None)`,
     `on_propose(peer_id, request_id, range_id, op, args, command_id)` (a follower hands the
-    leader a client's command) and `on_propose_reply(peer_id, request_id, outcome, result)`.
+    leader a client's command), `on_propose_reply(peer_id, request_id, outcome, result)` and
+    `on_closed(peer_id, seq, full, ts, updates, removed)` (a CLOSED frame).
     """
 
     def __init__(self, *, listen_sock: socket.socket, secret: bytes, hello: Callable[[], dict],
@@ -178,8 +181,10 @@ class PeerNetwork:
                  on_propose: Callable[[int, int, int, str, dict, bytes], None]
                  = lambda peer_id, request_id, range_id, op, args, command_id: None,
                  on_propose_reply: Callable[[int, int, str, object], None]
-                 = lambda peer_id, request_id, outcome, result: None) -> None:
+                 = lambda peer_id, request_id, outcome, result: None,
+                 on_closed: Callable[..., None] = lambda peer_id, seq, full, ts, updates, removed: None) -> None:
         self.node_id = node_id
+        self.on_closed = on_closed
         self.on_propose, self.on_propose_reply = on_propose, on_propose_reply
         self.on_checksum_request, self.on_checksum_reply = on_checksum_request, on_checksum_reply
         self.secret = secret
@@ -492,6 +497,15 @@ class PeerNetwork:
                     self.on_propose(conn.peer_id, frame[1], frame[2], frame[3], frame[4], frame[5])
                 else:
                     self.on_propose_reply(conn.peer_id, frame[1], frame[2], frame[3])
+            elif kind == CLOSED:
+                problem = closed_frame_problem(frame)
+                if problem is not None:
+                    self._drop(conn, "malformed CLOSED frame: %s" % problem)
+                    return
+                try:
+                    self.on_closed(conn.peer_id, *frame[1:])
+                except Exception:
+                    logger.exception("handling a CLOSED frame from node %s", conn.peer_id)
             elif kind == HEARTBEAT:
                 problem = _heartbeat_frame_problem(frame)
                 if problem is not None:

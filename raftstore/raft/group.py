@@ -398,6 +398,11 @@ class RaftGroup(SyncObj):
     def last_log_index(self) -> int:
         return self._journal[-1][1]
 
+    def queued(self) -> int:
+        """Proposals pysyncobj has queued and not yet taken into its log (it does at its next
+        tick): their log indexes are not known yet."""
+        return len(self._SyncObj__commandsQueue._FastQueue__queue)
+
     def transfer_leadership(self, to: str | None = None) -> bool:
         """Hand the lead to peer `to` (None: the most caught-up connected follower) by Raft's
         TimeoutNow: it stands for election at once. False if this replica does not lead or the

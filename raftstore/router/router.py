@@ -8,6 +8,12 @@ on a refusal, learn and send again.
         them holds the key (a redirect: no lookup); otherwise look up again after a short backoff.
     not-leader (the replica lost the lead, or has not applied its term's first entry yet):
         send again after a short backoff, to the leader the node knows of then.
+    a follower read (`exact` or `bounded_staleness`: kvserver.closedts) goes to the nearest
+        replica (`send_near`); one that has not closed the read's timestamp refuses it
+        (closed_timestamp_behind) and the part goes to the leaseholder as a strong read (at the
+        read's timestamp when exact, at the leaseholder's clock when bounded). A bounded read
+        over several ranges reads at one timestamp the gateway negotiates first (`negotiate`:
+        the least its nearest replicas closed), or at the leaseholders when that is too old.
 
 It runs on one thread (the node loop; the simulator's event loop) and never blocks: `send` and
 `later` are the node's, so the same router drives real nodes and the simulator. Counters in
@@ -21,7 +27,9 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from raftstore import constants
-from raftstore.kvserver.batch import BATCH_OP, TRACE_FIELDS, BatchRequest, Header, Scan, response_op
+from raftstore.kvserver.batch import (BATCH_OP, BOUNDED_STALENESS, STRONG, TRACE_FIELDS, BatchRequest, Header, Scan,
+                                     response_op)
+from raftstore.kvserver.closedts import CLOSED_BEHIND
 from raftstore.kvserver.lease import NOT_LEASEHOLDER, READ_TOO_NEW, READ_UNCERTAIN
 from raftstore.kvserver.ranges import RangeDescriptor, is_mismatch, mismatch_descriptors, pretty_key
 from raftstore.raft.commands import Outcome, is_not_leader, new_command_id
@@ -38,11 +46,31 @@ Later = Callable[[float, Done, Callable[[], None]], None]
 
 class Router:
     def __init__(self, lookup: Callable[[bytes], RangeDescriptor | None], send: Send, later: Later,
-                 now: Callable[[], float], *, capacity: int = constants.range_cache_entries_max) -> None:
+                 now: Callable[[], float], *, capacity: int = constants.range_cache_entries_max,
+                 send_near: Send | None = None,
+                 negotiate: Callable[[list[tuple[bytes, bytes | None]]], "tuple[int, int] | None"] = lambda spans: None
+                 ) -> None:
+        """`send_near`: hand a follower read to the range's nearest replica (default: `send`);
+        `negotiate(spans)`: the newest timestamp the nearest replicas of every range
+        overlapping the spans have closed, or None when that is not known here."""
         self.cache = RangeCache(capacity)
         self._lookup, self._send, self._later, self._now = lookup, send, later, now
+        self._send_near = send_near or send
+        self._negotiate = negotiate
         self.stats = {"lookups": 0, "redirects": 0, "backoffs": 0, "not_leader": 0, "read_restarts": 0,
-                      "retries_cancelled": 0}
+                      "retries_cancelled": 0, "follower_reads": 0, "to_leaseholder": 0}
+
+    def negotiated(self, header: Header, spans: list[tuple[bytes, bytes | None]]) -> Header:
+        """A bounded-staleness header with no read timestamp, for a read of `spans` that must
+        read at one timestamp: at the newest its nearest replicas closed when that is at least
+        its `min_ts`, else a strong read (its leaseholders, at the gateway's clock)."""
+        if header.consistency != BOUNDED_STALENESS or header.read_ts is not None:
+            return header
+        ts = self._negotiate(spans)
+        if ts is not None and header.min_ts is not None and ts >= header.min_ts:
+            return replace(header, read_ts=ts)
+        self.stats["to_leaseholder"] += 1
+        return replace(header, consistency=STRONG, min_ts=None)
 
     def descriptor(self, key: bytes) -> RangeDescriptor | None:
         """The range holding key as this router knows it: cached, else looked up (and cached)."""
@@ -140,7 +168,10 @@ class Router:
             done(answers)
             return
         reads = not any(op.writes for op in ops)
-        if reads and len(parts) > 1 and header.read_ts is None and header.ts is not None:
+        if len(parts) > 1 and header.consistency == BOUNDED_STALENESS and header.read_ts is None:
+            spans = [(op.key, op.end) if isinstance(op, Scan) else (op.key, op.key + b"\x00") for op in ops]
+            return self.send_batch(self.negotiated(header, spans), ops, done, command_id, attempt, cancelled)
+        if reads and len(parts) > 1 and header.read_ts is None and header.ts is not None and header.consistency == STRONG:
             # Parts read at one timestamp: the gateway's (a part that finds a version within its
             # uncertainty interval makes the whole batch read again above it, `_restarted`).
             fixed = replace(header, read_ts=header.ts)
@@ -161,8 +192,8 @@ class Router:
             requests.append((desc, indices, request))
         for desc, indices, request in requests:
             cid = command_id if len(indices) == len(ops) and command_id is not None else new_command_id()
-            self._send(desc, BATCH_OP, request.to_wire(),
-                       self._part_answer(desc, indices, request, cid, attempt, settle, cancelled), cid)
+            send = self._send if header.consistency == STRONG else self._send_near
+            send(desc, BATCH_OP, request.to_wire(), self._part_answer(desc, indices, request, cid, attempt, settle, cancelled), cid)
 
     def _restarted(self, header: Header, ops: Sequence, done: BatchDone, attempt: int) -> BatchDone:
         """`done`, unless a part of a read batch at the timestamp this router fixed found a version
@@ -191,6 +222,13 @@ class Router:
             settle(indices, [(outcome, result)] * len(indices))
 
         def answer(outcome: Outcome, result: Any) -> None:
+            if outcome is Outcome.REJECTED and getattr(result, "code", None) == CLOSED_BEHIND:
+                # The nearest replica has not closed the read's timestamp: the leaseholder serves it.
+                self.stats["to_leaseholder"] += 1
+                strong = replace(request.header, consistency=STRONG, min_ts=None, uncertainty_limit=None)
+                self.send_batch(strong, request.ops, lambda got: settle(indices, got), cid, attempt + 1, cancelled)
+                return
+
             def again() -> None:
                 if cancelled():
                     self.stats["retries_cancelled"] += 1
@@ -202,8 +240,10 @@ class Router:
             if outcome is not Outcome.COMMITTED:
                 failed(outcome, result)
                 return
+            if request.header.consistency != STRONG:
+                self.stats["follower_reads"] += 1
             extra = {k: result[k] for k in ("ok", "span_end", "lock_token", "served_by", "rounds", "quorum_rtt_ms",
-                                            "read_ts") if k in result}
+                                            "read_ts", "closed_ts") if k in result}
             extra.update(range_id=desc.range_id, ms=round((self._now() - sent_at) * 1000, 3))
             settle(indices, [(outcome, dict(response_op(result, j), **extra)) for j in range(len(indices))])
         return answer
@@ -232,7 +272,7 @@ class Router:
                                      "read_ts": list(fixed.read_ts) if fixed.read_ts is not None else None,
                                      "resume": resume if end is None or (resume is not None and resume < end) else None})
 
-        fixed = header
+        fixed = self.negotiated(header, [(start, end)])
 
         def page(at: bytes) -> None:
             if (end is not None and at >= end) or len(rows) >= limit or (max_bytes and used >= max_bytes):

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from raftstore import constants
 from raftstore.errors import SQLSTATE_BY_SQL_CODE
-from raftstore.kvserver.batch import CompareAndSwap, Delete, Get, Put
+from raftstore.kvserver.batch import BOUNDED_STALENESS, EXACT, CompareAndSwap, Delete, Get, Header, Put
 from raftstore.kvserver.replica import RAW_END, RAW_PREFIX
 from raftstore.node.loop import READ_OPS, Node
 from raftstore.node.metrics import outcome_label, statement_type
@@ -172,30 +172,55 @@ class ClientServer:
             return await self._scan(args)
         if op not in self.WRITE_OPS | self.READ_OPS:
             return _error("bad_request", "unknown op %r" % op)
+        header = self._read_header(args) if op == "get" else Header()
+        if isinstance(header, dict):
+            return header
         key = RAW_PREFIX + args["key"]
         request = {"get": lambda: Get(key), "put": lambda: Put(key, args["value"]), "delete": lambda: Delete(key),
                    "cas": lambda: CompareAndSwap(key, args["expected"], args["new"])}[op]()
         try:
             # A one-op batch; a write keeps the client's command id, so its resends apply once.
-            [(outcome, result)] = await self.node.batch([request], command_id=args.get("command_id"))
+            [(outcome, result)] = await self.node.batch([request], header, command_id=args.get("command_id"))
         except ValueError as exc:
             return _error("too_large", "%s; nothing was applied" % exc)
         if outcome is Outcome.COMMITTED:
-            result = {name: result[name] for name in _ANSWERED[op]}
+            result = {name: result.get(name) for name in _ANSWERED[op]}
         return self._reply(outcome, result)
 
+    def _read_header(self, args: dict) -> Header | dict:
+        """The header of a client's read: strong; with `read_ts`, an exact-staleness read there;
+        with `max_staleness_ms`, a bounded-staleness read no older than that nor than `min_ts`
+        (the client's causality token: its own latest write). Any replica that has closed the
+        timestamp serves it (kvserver.closedts), the nearest first."""
+        staleness, read_ts, min_ts = args.get("max_staleness_ms"), args.get("read_ts"), args.get("min_ts")
+        if staleness is not None and read_ts is not None:
+            return _error("bad_request", "a read takes max_staleness_ms (bounded staleness) or read_ts (exact), not both")
+        if read_ts is not None:
+            return Header(consistency=EXACT, read_ts=tuple(read_ts))
+        if staleness is None:
+            if min_ts is not None:
+                return _error("bad_request", "min_ts bounds a bounded-staleness read: give max_staleness_ms too")
+            return Header()
+        now = self.node.hlc.now()
+        floor = (max(0, now.wall_ns - staleness * 1_000_000), 0)
+        return Header(consistency=BOUNDED_STALENESS, min_ts=max(floor, tuple(min_ts)) if min_ts is not None else floor)
+
     async def _scan(self, args: dict) -> dict:
+        header = self._read_header(args)
+        if isinstance(header, dict):
+            return header
         start = RAW_PREFIX + args["start"]
         end = RAW_PREFIX + args["end"] if args.get("end") is not None else RAW_END
         # The answer must fit a frame: the caller's byte limit, at most half a frame (the first
         # row always comes; a row is at most a replicated command, well below half a frame).
         max_bytes = min(args.get("max_bytes") or constants.scan_bytes_max, constants.client_frame_bytes_max // 4)
-        outcome, result = await self.node.scan_keys(start, end, args["limit"], max_bytes)
+        outcome, result = await self.node.scan_keys(start, end, args["limit"], max_bytes,
+                                                    header if header.consistency != "strong" else None)
         if outcome is not Outcome.COMMITTED:
             return self._reply(outcome, result)
         rows = [[k[len(RAW_PREFIX):], v] for k, v in result["rows"]]
         resume = result["resume"][len(RAW_PREFIX):] if result["resume"] is not None else None
-        return {"ok": True, "result": {"rows": rows, "ts": result["ts"], "resume": resume}}
+        return {"ok": True, "result": {"rows": rows, "ts": result["ts"], "resume": resume, "read_ts": result.get("read_ts")}}
 
     @staticmethod
     def _reply(outcome: Outcome, result: Any) -> dict:
@@ -223,7 +248,7 @@ class ClientServer:
             await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
 
 
-_ANSWERED = {"get": ("value", "ts"), "put": ("ts",), "delete": ("ts",), "cas": ("swapped", "ts")}   # what a KV op answers
+_ANSWERED = {"get": ("value", "ts", "read_ts", "served_by"), "put": ("ts",), "delete": ("ts",), "cas": ("swapped", "ts")}   # what a KV op answers
 
 
 def _error(code: str, message: str, ambiguous: bool = False) -> dict:

@@ -35,12 +35,13 @@ from dataclasses import dataclass
 import msgpack
 from pysyncobj.transport import Transport
 
+from raftstore import constants
 from raftstore.kvserver.ranges import DATA_START
 from raftstore.kvserver.replica import LATEST, RAW_END, RAW_PREFIX, local_descriptors
 from raftstore.kvserver.store import Store, StoreConfig
 from raftstore.raft.commands import Outcome, not_leader
 from raftstore.raft.failstop import FailStop
-from raftstore.kvserver.batch import Get, Header, Put, verdict
+from raftstore.kvserver.batch import BOUNDED_STALENESS, EXACT, Get, Header, Put, verdict
 from raftstore.router import Router
 from raftstore.sim.disk import SimDisk
 from raftstore.sim.world import Violation, _Clock, patched_pysyncobj
@@ -92,8 +93,12 @@ class SplitSimConfig:
     heartbeat_s: float = 0.1           # the node heartbeat's period then (raftMinTimeout is 0.4 here)
     leader_fallback_s: float = 2.5     # quiesced: pysyncobj's leaderFallbackTimeout (nodes: 30 s), short
                                        # enough that a leader it deposes shows in a run
-    reads: bool = True                 # clients also read keys written before, at the leaseholders;
-                                       # lease invariants are checked after every event (check_leases)
+    reads: bool = True                 # clients also read keys written before: strong reads at the
+                                       # leaseholders and follower reads (exact and bounded staleness)
+                                       # at the nearest replica; lease and closed-timestamp invariants
+                                       # are checked after every event (check_leases, check_closed)
+    closed_lag_s: float = 0.05         # closed timestamps trail the clock this little here (nodes: 3 s),
+                                       # so replicas still applying what a frame names are common
     partition_s: float = 0.0           # > 0: once the writes are done, the node leading the most
                                        # ranges is cut off this long (silently: its links stay up,
                                        # every frame is lost); at the end every range must have
@@ -164,6 +169,13 @@ class SplitWorld:
         self.read_rng = random.Random(cfg.seed ^ 0x2EAD)   # apart, so reads draw nothing from rng
         self.reads: list[tuple[bytes, tuple, tuple, int, float]] = []   # (key, read ts, version answered, node, t)
         self.lease_checks = 0
+        # Closed timestamps (kvserver.closedts): the side transport's pairs owed a full frame,
+        # each replica's last closed timestamp (per incarnation: a restarted replica starts from
+        # nothing) and, each time one advanced, the versions of its span it held at or below it.
+        self.closed_owed_full: set[tuple[int, int]] = set()
+        self.closed_last: dict[tuple[int, int, int], tuple] = {}
+        self.closed_snaps: list[tuple[int, int, bytes, bytes | None, tuple, frozenset, float]] = []
+        self.follower_reads = 0
 
     # --- nodes --------------------------------------------------------------------------------
     def alive(self, nid: int) -> bool:
@@ -179,6 +191,7 @@ class SplitWorld:
         disk = self.disks[nid]
         store = Store(StoreConfig(node_id=nid, replicas=self.ids, raft_dir=os.path.join(ndir, "raft"),
                                   range_bytes_max=self.cfg.range_bytes_max, maintain_interval_s=0.2, quiesce=self.cfg.quiesce,
+                                  closed_lag_s=self.cfg.closed_lag_s,
                                   raft_conf=dict(appendEntriesUseBatch=True, appendEntriesPeriod=0.05,
                                                  raftMinTimeout=0.4, raftMaxTimeout=0.8, logCompactionMinEntries=60,
                                                  **(dict(leaderFallbackTimeout=self.cfg.leader_fallback_s)
@@ -194,7 +207,9 @@ class SplitWorld:
         self.routers[nid] = Router(
             lookup=lambda key, store=store: store.descriptor_for(key) if self.stores.get(nid) is store else None,
             send=lambda desc, op, args, done, cid, store=store: self._send_to_leader(nid, store, desc, op, args, done, cid),
-            later=lambda due, done, fn: self.push(max(due, self.clock.t), "call", fn), now=lambda: self.clock.t)
+            later=lambda due, done, fn: self.push(max(due, self.clock.t), "call", fn), now=lambda: self.clock.t,
+            send_near=lambda desc, op, args, done, cid, store=store: self._send_near(nid, store, desc, op, args, done, cid),
+            negotiate=store.negotiate_closed)
         self.incarnation[nid] += 1
         try:
             store.start()
@@ -204,6 +219,9 @@ class SplitWorld:
         self.push(self.clock.t + self.cfg.tick_s * self.rng.random(), "tick", (nid, self.incarnation[nid]))
         if self.cfg.quiesce:
             self.push(self.clock.t + self.cfg.heartbeat_s * self.rng.random(), "heartbeat", (nid, self.incarnation[nid]))
+        if self.cfg.reads:
+            self.push(self.clock.t + constants.closed_side_interval_s * self.rng.random(), "closed", (nid, self.incarnation[nid]))
+            self.closed_owed_full.update({(nid, p) for p in self.ids if p != nid} | {(p, nid) for p in self.ids if p != nid})
         for pid in self.ids:
             if pid != nid and self.alive(pid):
                 for (n, gid), t in list(self.transports.items()):
@@ -286,6 +304,34 @@ class SplitWorld:
                           self.alive(src) and self.alive(dst) and inc == self.incarnation[dst] and srcinc == self.incarnation[src]
                           and self.stores[dst].on_node_heartbeat(src, claims, disputes))
 
+    def _side_transport(self, src: int) -> None:
+        """A node's CLOSED frames to each live peer (Node._send_closed), delivered like messages;
+        a pair owed a full frame (a (re)start, and every closed_full_every_s) gets every member."""
+        store = self.stores[src]
+        seq, ts, updates, removed = store.side_transport()
+        if int(self.clock.t / constants.closed_full_every_s) != int((self.clock.t - constants.closed_side_interval_s)
+                                                                   / constants.closed_full_every_s):
+            self.closed_owed_full.update((src, p) for p in self.ids if p != src)
+        for dst in self.ids:
+            if dst == src or not self.alive(dst):
+                continue
+            full = (src, dst) in self.closed_owed_full
+            self.closed_owed_full.discard((src, dst))
+            if src in self.cut or dst in self.cut:
+                continue   # lost on the way (the stream has a gap until the next full frame)
+            frame = (seq, True, list(ts), store.closed_sender.full(), []) if full else (seq, False, list(ts), updates, removed)
+            self.push(self.clock.t + 0.002 + 0.003 * self.rng.random(), "call",
+                      lambda dst=dst, inc=self.incarnation[dst], srcinc=self.incarnation[src], frame=frame:
+                      self.alive(src) and self.alive(dst) and inc == self.incarnation[dst]
+                      and srcinc == self.incarnation[src] and self.stores[dst].on_closed_frame(src, *frame))
+
+    def _send_near(self, nid: int, store: Store, desc, op: str, args: dict, done, cid: bytes) -> None:
+        """A follower read at the nearest replica: this node's own (every node holds every range)."""
+        if self.stores.get(nid) is not store:
+            done(Outcome.NOT_COMMITTED, "n%d is down" % nid)
+            return
+        store.evaluate_and_propose(desc.range_id, op, args, done, command_id=cid)
+
     def _deliver(self, src: int, dst: int, gid: int, inc: int, payload: bytes) -> None:
         if not self.alive(dst) or not self.alive(src) or inc != self.incarnation[dst]:
             return
@@ -355,9 +401,25 @@ class SplitWorld:
             return
         nid = live[self.read_rng.randrange(len(live))]
         key = RAW_PREFIX + b"%05d" % self.read_rng.randrange(i + 1)
+        kind = self.read_rng.random()
+        now, lag = int(self.clock.t * 1e9), self.cfg.closed_lag_s
+        header = (Header() if kind < 0.4 else
+                  Header(consistency=EXACT, read_ts=(now - int(self.read_rng.uniform(0, 3) * lag * 1e9), 0)) if kind < 0.7 else
+                  Header(consistency=BOUNDED_STALENESS, min_ts=(now - int(self.read_rng.uniform(1, 3) * lag * 1e9), 0)))
 
         def done(got, key=key):
             outcome, result = got[0]
+            if outcome is Outcome.COMMITTED and header.consistency != "strong" and "closed_ts" in result:
+                # A follower read: at or below what the replica that served it had closed.
+                self.follower_reads += 1
+                server = self.stores.get(result.get("served_by"))
+                rid = result.get("range_id")
+                if server is not None and tuple(result["read_ts"]) > server.closed_ts(rid):
+                    self.fail("n%s served a follower read of r%s at %s above its closed timestamp %s"
+                              % (result.get("served_by"), rid, result["read_ts"], server.closed_ts(rid)))
+                self.reads.append((key, tuple(result["read_ts"]), tuple(result["ts"]), result.get("served_by"),
+                                   self.clock.t))
+                return
             if outcome is Outcome.COMMITTED:
                 lease = self._lease_of(result.get("served_by"), key)
                 if lease is not None and not self.clock.t * 1e9 < lease.expiration[0]:
@@ -365,7 +427,7 @@ class SplitWorld:
                               % (result.get("served_by"), key, self.clock.t, lease.seq, lease.expiration[0] / 1e9))
                 self.reads.append((key, tuple(result["read_ts"]), tuple(result["ts"]), result.get("served_by"),
                                    self.clock.t))
-        self.routers[nid].send_batch(Header(), [Get(key)], done)
+        self.routers[nid].send_batch(header, [Get(key)], done)
 
     def _lease_of(self, nid: int | None, key: bytes):
         store = self.stores.get(nid) if nid is not None else None
@@ -393,6 +455,39 @@ class SplitWorld:
             if len(nodes) > 1:
                 self.fail("r%d: leases of %s serve at once at t=%.4f" % (rid, nodes, self.clock.t))
         self.lease_checks += 1
+
+    def check_closed(self) -> None:
+        """After every event: a replica's closed timestamp never goes backwards (within a process:
+        a restarted one starts from nothing), also across lease changes; each time it advances,
+        the versions of the range it then holds at or below it are kept, and at the end the
+        range's final history must hold exactly those at or below it (`_check_closed_snaps`): no
+        write was added at or below a closed timestamp."""
+        for nid, store in self.stores.items():
+            inc = self.incarnation[nid]
+            for rid, rep in list(store.replicas.items()):
+                if rep.desc is None or rep.desc.end is not None and rep.desc.end <= RAW_PREFIX:
+                    continue
+                closed = store.closed_ts(rid)
+                last = self.closed_last.get((nid, rid, inc), (0, 0))
+                if closed < last:
+                    self.fail("n%d's closed timestamp of r%d went back from %s to %s" % (nid, rid, last, closed))
+                if closed > last:
+                    self.closed_last[(nid, rid, inc)] = closed
+                    start, end = max(rep.desc.start, RAW_PREFIX), rep.desc.end
+                    held = set()
+                    with self.mvccs[nid].export_span(start, end if end is not None else RAW_END, 1000) as export:
+                        for chunk in export:
+                            held.update((key, (wall, logical)) for key, wall, logical, _ in chunk if (wall, logical) <= closed)
+                    self.closed_snaps.append((nid, rid, start, end, closed, frozenset(held), self.clock.t))
+
+    def _check_closed_snaps(self, history: dict[bytes, list[tuple]]) -> None:
+        for nid, rid, start, end, closed, held, t in self.closed_snaps:
+            final = {(key, ts) for key, versions in history.items() if key >= start and (end is None or key < end)
+                     for ts in versions if ts <= closed}
+            if final != held:
+                extra = sorted(final - held)[:3]
+                self.fail("n%d closed r%d at %s (t=%.4f) holding %d versions at or below it; the final history has "
+                          "%d, e.g. written later: %s" % (nid, rid, closed, t, len(held), len(final), extra))
 
     # --- main loop and checks ---------------------------------------------------------------------
     def run(self) -> dict:
@@ -431,7 +526,7 @@ class SplitWorld:
             while self.queue and self.queue[0][0] <= t_end:
                 t, _, kind, data = heapq.heappop(self.queue)
                 self.clock.t = max(self.clock.t, t)
-                nid = data[0] if kind in ("tick", "job", "heartbeat") else data[1] if kind == "msg" else None
+                nid = data[0] if kind in ("tick", "job", "heartbeat", "closed") else data[1] if kind == "msg" else None
                 try:
                     if kind == "tick":
                         n, inc = data
@@ -444,6 +539,11 @@ class SplitWorld:
                         if self.alive(n) and inc == self.incarnation[n]:
                             self._heartbeat(n)
                             self.push(self.clock.t + self.cfg.heartbeat_s, "heartbeat", data)
+                    elif kind == "closed":
+                        n, inc = data
+                        if self.alive(n) and inc == self.incarnation[n]:
+                            self._side_transport(n)
+                            self.push(self.clock.t + constants.closed_side_interval_s, "closed", data)
                     elif kind == "job":
                         n, inc, job = data
                         if self.alive(n) and inc == self.incarnation[n]:
@@ -462,6 +562,7 @@ class SplitWorld:
                     self._crashed(nid if nid is not None else self.crash_node)
                 if self.cfg.reads:
                     self.check_leases()
+                    self.check_closed()
             self.check()
             if self.cfg.partition_s > 0:
                 self._check_one_leader_each()
@@ -471,6 +572,7 @@ class SplitWorld:
                            appends=len(self.appends_sent), appends_last_3s=sum(1 for t in self.appends_sent if t > t_end - 3.0),
                            votes_asked_last_3s=sum(1 for t in self.votes_asked if t > t_end - 3.0),
                            cut_led=self.cut_led, reelected=self.reelected, reads=len(self.reads),
+                           follower_reads=self.follower_reads, closed_snaps=len(self.closed_snaps),
                            ranges=len(local_descriptors(self.mvccs[self.ids[0]])))
             for nid in list(self.stores):
                 self.stores[nid].close()
@@ -555,6 +657,7 @@ class SplitWorld:
             for chunk in export:
                 for key, wall, logical, _value in chunk:
                     history.setdefault(key, []).append((wall, logical))
+        self._check_closed_snaps(history)
         for key, ts, answered, nid, t in self.reads:
             newest = max((v for v in history.get(key, []) if v <= ts), default=(0, 0))
             if newest != answered:
