@@ -148,6 +148,7 @@ SQLSTATE_BY_SQL_CODE = {
     "datatype_mismatch": "42804",
     "division_by_zero": "22012",
     "invalid_parameter": "08P01",
+    "invalid_value": "22023",
     "feature_not_supported": "0A000",
     # A write conflict met before any write of the statement applied: nothing of it applied,
     # so it may run again (the gateway does so itself, a bounded number of times).

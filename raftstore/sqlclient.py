@@ -45,7 +45,7 @@ failure, or None), ``sqlstate`` (PostgreSQL's five-character code of that kind, 
     sql_code syntax, unsupported, undefined_table, undefined_column, duplicate_table, undefined_object,
              invalid_parameter                        -> ProgrammingError
     sql_code unique_violation, not_null_violation     -> IntegrityError
-    sql_code datatype_mismatch, division_by_zero      -> DataError
+    sql_code datatype_mismatch, division_by_zero, invalid_value -> DataError
     sql_code feature_not_supported                    -> NotSupportedError
     sql_code serialization_failure (40001), statement_completion_unknown (40003) -> OperationalError
     any ambiguous outcome; unavailable, draining, connection failures -> OperationalError
@@ -201,6 +201,7 @@ _CLASS_BY_SQL_CODE: dict[str, type[Error]] = {
     "not_null_violation": IntegrityError,
     "datatype_mismatch": DataError,
     "division_by_zero": DataError,
+    "invalid_value": DataError,
     "feature_not_supported": NotSupportedError,
     "serialization_failure": OperationalError,
     "statement_completion_unknown": OperationalError,

@@ -101,7 +101,20 @@ class ShowDatabases(exp.Expression):
     arg_types = {}
 
 
-SHOW_NODES = (ShowTables, ShowRegions, ShowRanges, ShowColumns, ShowCreate, ShowDatabases)
+class ShowVar(exp.Expression):
+    """``SHOW <session variable>`` (``this``: its name, lower case)."""
+
+    arg_types = {"this": True}
+
+
+class SetVar(exp.Expression):
+    """``SET <session variable> = | TO <value>`` (``this``: the name, lower case; ``value``: the
+    value's text)."""
+
+    arg_types = {"this": True, "value": True}
+
+
+SHOW_NODES = (ShowTables, ShowRegions, ShowRanges, ShowColumns, ShowCreate, ShowDatabases, ShowVar)
 
 
 class Explain(exp.Expression):
@@ -221,6 +234,9 @@ class RaftstoreParser(PostgresParser):
         elif word == "SHOW":
             self._advance()
             stmt = self._parse_show_statement(first)
+        elif first.token_type == TokenType.SET:
+            self._advance()
+            stmt = self._parse_set_var()
         elif (
             first.token_type not in self.STATEMENT_PARSERS
             and first.token_type not in self.dialect.tokenizer_class.COMMANDS
@@ -266,13 +282,40 @@ class RaftstoreParser(PostgresParser):
         if self._match_text_seq("CREATE"):
             self._match_text_seq("TABLE")
             return self.expression(ShowCreate(this=self._parse_show_table()))
+        from sql.asof import SESSION_VARS
+
+        if self._curr and self._curr.text.lower() in SESSION_VARS:
+            name = self._curr.text.lower()
+            self._advance()
+            return self.expression(ShowVar(this=name))
         what = self._curr.text if self._curr else ""
         raise _unsupported_at(
             f"SHOW {what}".strip(),
             self._curr.start if self._curr else show.start,
             "supported: SHOW TABLES, SHOW COLUMNS FROM t, SHOW CREATE TABLE t, SHOW DATABASES, "
-            "SHOW RANGES [FROM TABLE t], SHOW REGIONS",
+            "SHOW RANGES [FROM TABLE t], SHOW REGIONS, SHOW <session variable>",
         )
+
+    def _parse_set_var(self) -> exp.Expr:
+        """``SET name = value`` / ``SET name TO value``: one session variable, one word or literal."""
+        from sql.asof import SESSION_VARS
+
+        name = self._curr
+        if not name or name.token_type not in (TokenType.VAR, TokenType.STRING) and not name.text.isidentifier():
+            self.raise_error("Expected a session variable after SET")
+        self._advance()
+        if not (self._match(TokenType.EQ) or self._match_text_seq("TO")):
+            self.raise_error("Expected = or TO after SET %s" % name.text)
+        value = self._curr
+        if not value:
+            self.raise_error("Expected a value after SET %s =" % name.text)
+        self._advance()
+        if self._curr and self._curr.token_type != TokenType.SEMICOLON:
+            self.raise_error("Expected one value after SET %s =" % name.text)
+        if name.text.lower() not in SESSION_VARS:
+            raise SQLError("undefined_object", "unrecognized configuration parameter %r (settable: %s)"
+                           % (name.text, ", ".join(sorted(SESSION_VARS))), name.start)
+        return self.expression(SetVar(this=name.text.lower(), value=value.text))
 
     def _parse_show_table(self) -> exp.Expr:
         if self._curr is None:
@@ -348,6 +391,8 @@ KIND_BY_NODE = {
     ShowColumns: "show_columns",
     ShowCreate: "show_create",
     ShowDatabases: "show_databases",
+    ShowVar: "show_var",
+    SetVar: "set_var",
     Explain: "explain",
     ExplainAnalyze: "explain_analyze",
 }
@@ -561,7 +606,7 @@ _ALLOWED_ARGS: dict[type, frozenset[str]] = {
 _ALLOWED_NODES: frozenset[type] = frozenset(
     {
         *_ALLOWED_ARGS,
-        *SHOW_NODES, Explain, ExplainAnalyze, Upsert, Locality,
+        *SHOW_NODES, SetVar, Explain, ExplainAnalyze, Upsert, Locality,
         exp.Where, exp.Having, exp.Identifier, exp.Star, exp.Alias, exp.Tuple, exp.Var,
         exp.Literal, exp.Boolean, exp.Null, exp.Parameter, exp.Paren,
         exp.Neg, exp.Not, exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod, exp.DPipe,

@@ -27,7 +27,8 @@ CODES = frozenset(
         "datatype_mismatch",  # wrong type, unparsable literal, value out of range
         "division_by_zero",
         "invalid_parameter",  # wrong number or type of bound parameters, bad LIMIT value
-        "feature_not_supported",  # a feature that is planned but comes later (follower reads)
+        "invalid_value",  # 22023: a bad argument of AS OF SYSTEM TIME, a bad value for SET
+        "feature_not_supported",  # a feature that is planned but comes later
         "serialization_failure",  # 40001: a write conflict before any write applied; may be rerun
         "statement_completion_unknown",  # 40003: failed after some writes applied; never rerun blindly
     }

@@ -40,6 +40,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from sqlglot import exp
+
 from raftstore import coop
 from sql import types as T
 from sql.catalog import (
@@ -63,6 +65,7 @@ from sql.constants import (
     SCAN_PAGE_ROWS_MIN,
     SQL_INLINE_PARSE_CHARS_MAX,
 )
+from sql.asof import FOLLOWER_READS_VAR, SESSION_VARS, read_spec, session_default, set_value, with_causality
 from sql.dialect import Locality, Statement, identifier_name, locality_text, node_position, parse
 from sql.errors import SQLError
 from sql.explain import ANALYZE_COLUMNS, ANALYZE_TYPES, analyze_rows, explain_ops, pretty_key
@@ -164,6 +167,10 @@ class Session:
         self._rng = rng or random.SystemRandom()
         self._cache: OrderedDict[str, _CacheEntry] = OrderedDict()
         self._cache_entries_max = plan_cache_entries
+        # The client's session (a connection's, set by the gateway before each statement): its
+        # variables (SET / SHOW) and causality token, the newest commit timestamp it was told.
+        self.settings: dict[str, str] = {}
+        self.causality: Version | None = None
 
     # --- public ---------------------------------------------------------------------------------
 
@@ -182,16 +189,23 @@ class Session:
                 statements[1].ast.meta.get("stmt_start"), sql,
             )
         statement = statements[0]
-        if statement.as_of is not None:
-            raise SQLError(
-                "feature_not_supported",
-                "AS OF SYSTEM TIME parses, but follower reads come later; run the query "
-                "without it for a strongly consistent read",
-                node_position(statement.as_of), sql,
-            )
+        kind = statement.kind
+        if kind == "set_var":
+            name = statement.ast.this
+            try:
+                self.settings[name] = set_value(name, statement.ast.args["value"])
+            except SQLError as error:
+                raise error.with_sql(sql) from None
+            return Result([], [], [], 0, "SET")
+        if kind == "show_var":
+            name = statement.ast.this
+            return Result([name], [T.TEXT], [[self.settings.get(name, SESSION_VARS[name])]], 1, "SHOW 1")
+        try:
+            self._follower_read(statement)
+        except SQLError as error:
+            raise error.with_sql(sql) from None
         bound = self._bind(statement, params)
         ctx = EvalContext(bound, self._clock(), self._new_rowid)
-        kind = statement.kind
         if kind in _READS_LATEST:
             # Writes decide at apply, on the versions they read; DDL polls the catalog and waits:
             # their reads see the latest state, each on its own (a query's reads share one
@@ -217,6 +231,28 @@ class Session:
             return self._run(plan, ctx, statement)
         except SQLError as error:
             raise error.with_sql(sql) from None
+
+    def _follower_read(self, statement: Statement) -> None:
+        """A SELECT with AS OF SYSTEM TIME, or any SELECT of a session that made follower reads
+        its default, reads as sql.asof says: the KV serves it from the nearest replica that has
+        closed its timestamp (a bounded read never below the session's causality token)."""
+        node = statement.ast.this if statement.kind in ("explain", "explain_analyze") else statement.ast
+        if statement.as_of is None and not (statement.kind in ("select", "explain", "explain_analyze")
+                                            and isinstance(node, exp.Select)):
+            return
+        if statement.as_of is None and self.settings.get(FOLLOWER_READS_VAR) != "on":
+            return
+        now_ns = self.kv.now_ns() if hasattr(self.kv, "now_ns") else time.time_ns()
+        spec = read_spec(statement.as_of, now_ns) if statement.as_of is not None else session_default(self.settings, now_ns)
+        if spec is None:
+            return
+        spec = with_causality(spec, self.causality)
+        spans = []
+        for name in tables_named(statement):
+            schema = self._schema(name) if name not in VIRTUAL_TABLES else None
+            if schema is not None:
+                spans.append(table_span(schema.id))
+        self.kv.follower_read(spec, spans)
 
     # --- parameters and plans -----------------------------------------------------------------
 

@@ -159,8 +159,12 @@ class Gateway:
             coop.sleep(backoff_delay_s(attempt, self._rng, constants.sql_conflict_backoff_s_min,
                                        constants.sql_conflict_backoff_s_max))
 
-    async def handle(self, args: dict) -> dict:
-        """The `sql` op: run one statement, answer with columns, types, rows and the timestamp."""
+    async def handle(self, args: dict, state: dict | None = None) -> dict:
+        """The `sql` op: run one statement, answer with columns, types, rows and the timestamp.
+        `state` is the client connection's session: its variables (SET) and causality token
+        (the newest timestamp a statement of it answered: its bounded-staleness reads never read
+        below it), kept between its statements (sessions themselves are pooled)."""
+        state = state if state is not None else {}
         from sql.errors import SQLError
 
         try:
@@ -170,6 +174,8 @@ class Gateway:
 
         def run():
             session = self._take_session()
+            session.settings = state.setdefault("settings", {})
+            session.causality = state.get("causality")
             try:
                 try:
                     return self._execute(session, args["sql"], params)
@@ -187,6 +193,8 @@ class Gateway:
             return _sql_error(exc)
         except RaftstoreError as exc:
             return {"ok": False, "error": exc.to_wire()}
+        if ts and tuple(ts) > tuple(state.get("causality") or (0, 0)):
+            state["causality"] = tuple(ts)
         return {"ok": True, "result": {"columns": list(result.columns), "types": list(result.types),
                                        "rows": [[_wire_value(v) for v in row] for row in result.rows],
                                        "rowcount": result.rowcount, "status": result.status, "ts": ts}}

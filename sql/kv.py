@@ -257,6 +257,16 @@ class KV(Protocol):
         """Every node of the cluster, ascending by node id: its region and whether it is up."""
         ...
 
+    def now_ns(self) -> int:
+        """The gateway's clock (its HLC's wall time): what AS OF SYSTEM TIME is relative to."""
+        ...
+
+    def follower_read(self, spec, spans: list[tuple[bytes, bytes | None]]) -> None:
+        """The current statement's reads are follower reads as `spec` (sql.asof.ReadSpec) says,
+        all at one timestamp: exact (at spec.ts) or bounded staleness (the newest timestamp
+        the nearest replicas of `spans` have closed, at least spec.min_ts; else the latest)."""
+        ...
+
     def check_consistency(self, start: bytes, end: bytes | None) -> list[ConsistencyResult]:
         """Check that the replicas of every range overlapping [start, end) hold the same data:
         one result per range, in key order, with one of CONSISTENCY_STATUSES."""

@@ -22,6 +22,7 @@ in unit tests. Pure apart from its own memory; not thread-safe.
 from __future__ import annotations
 
 import bisect
+import time
 from collections.abc import Iterable, Sequence
 
 import msgpack
@@ -285,6 +286,19 @@ class MemKV:
             {"region": n["region"], "node_id": n["node_id"], "up": n["node_id"] not in self._down}
             for n in sorted(self._nodes, key=lambda n: n["node_id"])
         ]
+
+    def now_ns(self) -> int:
+        self._count("now_ns")
+        return time.time_ns()
+
+    def follower_read(self, spec, spans: list[tuple[bytes, bytes | None]]) -> None:
+        """Bounded staleness reads the latest state (within any bound); an exact read in the past
+        is refused: this in-memory store keeps no history."""
+        self._count("follower_read")
+        if spec.kind == "exact":
+            from sql.errors import SQLError
+            raise SQLError("feature_not_supported", "the in-memory KV keeps no old versions: an exact "
+                           "AS OF SYSTEM TIME read runs on a node")
 
     def begin_trace(self) -> None:
         self._count("begin_trace")

@@ -525,6 +525,28 @@ def check_regions_lists_every_node_once_by_id(subject: Subject) -> None:
     assert all(type(r["up"]) is bool for r in regions) and any(r["up"] for r in regions)
 
 
+def check_now_is_the_gateways_clock(subject: Subject) -> None:
+    import time
+    assert abs(subject.kv.now_ns() - time.time_ns()) < 60 * 10**9
+
+
+def check_a_bounded_follower_read_sees_every_write_at_or_below_its_bound(subject: Subject) -> None:
+    from sql.asof import BOUNDED, ReadSpec
+    kv = subject.kv
+    kv.put(subject.key("k"), b"v1")
+    version = _version(kv, subject.key("k"))
+    begin, end = getattr(kv, "begin_statement", None), getattr(kv, "end_statement", None)
+    if begin is not None:
+        begin()
+    try:
+        kv.follower_read(ReadSpec(BOUNDED, min_ts=version), [_span(subject)])
+        assert kv.get(subject.key("k")) == b"v1"
+        assert kv.scan(*_span(subject), 10) == [(subject.key("k"), b"v1")]
+    finally:
+        if end is not None:
+            end()
+
+
 def check_consistency_checks_every_range_of_the_span_in_key_order(subject: Subject) -> None:
     kv = subject.kv
     kv.put(subject.key("k"), b"v")

@@ -57,3 +57,40 @@ def test_a_follower_serves_what_its_leaseholder_closed_and_a_client_reads_its_ow
             _wait(lambda: len(near.scan(b"s", b"t", max_staleness=10.0)) == 5, 20, "the follower's scan")
             status = near.status()
             assert status["closed"]["follower_reads"] >= 3
+
+
+def test_sql_follower_reads_as_of_system_time_and_the_session_default(tmp_path):
+    from raftstore.sqlclient import connect
+
+    with Cluster(str(tmp_path)) as cluster:
+        holder = cluster.wait_leaseholder(DATA)
+        follower = next(n for n in cluster.nodes if n is not holder)
+        with connect(follower.sql_addr) as conn:
+            cur = conn.cursor()
+            cur.execute("CREATE TABLE t (k INT PRIMARY KEY, v TEXT)")
+            cur.execute("INSERT INTO t VALUES (1, 'a')")
+            # Read-your-writes: this session's insert is above what any replica closed yet.
+            cur.execute("SELECT v FROM t AS OF SYSTEM TIME with_max_staleness('10s') WHERE k = 1")
+            assert cur.fetchall() == [("a",)]
+            # Long before the table had rows.
+            cur.execute("SELECT count(*) FROM t AS OF SYSTEM TIME '-1h'")
+            assert cur.fetchall() == [(0,)]
+
+            # follower_read_timestamp() is some 4.7 s ago: once that is past the insert, the
+            # follower serves the row itself.
+            def served_here() -> bool:
+                cur.execute("SELECT v FROM t AS OF SYSTEM TIME follower_read_timestamp() WHERE k = 1")
+                if cur.fetchall() != [("a",)]:
+                    return False
+                cur.execute("EXPLAIN ANALYZE SELECT v FROM t AS OF SYSTEM TIME follower_read_timestamp() WHERE k = 1")
+                steps = [row for row in cur.fetchall() if row[1] in ("get", "scan")]
+                return bool(steps) and all(row[4].startswith("n%d " % follower.node_id) for row in steps)
+            _wait(served_here, 30, "the follower to serve the table's rows")
+            cur.execute("SET default_transaction_use_follower_reads = on")
+            cur.execute("SHOW default_transaction_use_follower_reads")
+            assert cur.fetchall() == [("on",)]
+            cur.execute("SELECT v FROM t WHERE k = 1")
+            assert cur.fetchall() == [("a",)]
+            cur.execute("UPDATE t SET v = 'b' WHERE k = 1")
+            cur.execute("SELECT v FROM t WHERE k = 1")      # the default never reads below its own write
+            assert cur.fetchall() == [("b",)]

@@ -88,6 +88,13 @@ class CountingKV:
     def check_consistency(self, start, end):
         return self.kv.check_consistency(start, end)
 
+    def now_ns(self):
+        return self.kv.now_ns()
+
+    def follower_read(self, spec, spans):
+        self.log.append(("follower_read", (spec, spans)))
+        return self.kv.follower_read(spec, spans)
+
     def data_calls(self) -> list[tuple[str, object]]:
         """Calls on row keys only (catalog reads are not the planner's choice)."""
         out = []
@@ -576,9 +583,43 @@ def test_one_statement_per_call(db) -> None:
     assert error(db, "  ").code == "syntax"
 
 
-def test_as_of_system_time_parses_but_is_not_yet_served(users) -> None:
-    e = error(users, "SELECT * FROM users AS OF SYSTEM TIME '-5s'")
-    assert e.code == "feature_not_supported" and "follower reads" in e.message
+def test_as_of_system_time_makes_the_statement_a_follower_read_of_its_tables(users, kv) -> None:
+    from sql.asof import BOUNDED, EXACT
+    from sql.catalog import table_span
+    assert len(rows(users, "SELECT * FROM users AS OF SYSTEM TIME with_max_staleness('10s')")) == 4
+    [(_, (spec, spans))] = [c for c in kv.log if c[0] == "follower_read"]
+    assert spec.kind == BOUNDED and spans == [table_span(users._schema("users").id)]
+    e = error(users, "SELECT * FROM users AS OF SYSTEM TIME '-5s'")   # MemKV keeps no history
+    assert e.code == "feature_not_supported" and "no old versions" in e.message
+    assert [c[1][0].kind for c in kv.log if c[0] == "follower_read"][-1] == EXACT
+
+
+@pytest.mark.parametrize("clause, named", [
+    ("'yesterday'", "is not a timestamp"),
+    ("with_max_staleness('soon')", "positive interval"),
+    ("with_max_staleness('-5s')", "positive interval"),
+    ("with_max_staleness('10s', true)", "takes one argument"),
+    ("follower_read_timestamp(1)", "takes no arguments"),
+    ("now()", "does not take current_timestamp()"),
+    ("'2999-01-01 00:00:00'", "in the future"),
+    ("id", "constant timestamp"),
+])
+def test_a_bad_as_of_system_time_is_named(users, clause, named) -> None:
+    e = error(users, "SELECT * FROM users AS OF SYSTEM TIME %s" % clause)
+    assert e.code == "invalid_value" and named in e.message, e.message
+
+
+def test_set_and_show_the_follower_read_default_of_a_session(users, kv) -> None:
+    assert rows(users, "SHOW default_transaction_use_follower_reads") == [["off"]]
+    assert users.execute("SET default_transaction_use_follower_reads = on").status == "SET"
+    assert rows(users, "SHOW default_transaction_use_follower_reads") == [["on"]]
+    assert len(rows(users, "SELECT * FROM users")) == 4
+    assert [c[1][0].form for c in kv.log if c[0] == "follower_read"] == ["default_transaction_use_follower_reads = on"]
+    users.execute("SET default_transaction_use_follower_reads TO default")
+    assert rows(users, "SHOW default_transaction_use_follower_reads") == [["off"]]
+    e = error(users, "SET default_transaction_use_follower_reads = maybe")
+    assert e.code == "invalid_value" and "on or off" in e.message
+    assert error(users, "SET search_path = public").code == "undefined_object"
 
 
 def test_kv_errors_propagate_unwrapped(users, kv) -> None:

@@ -927,6 +927,18 @@ class Node:
         return await self._proposal(
             lambda store, done: self.router.scan(start, end, limit, done, max_bytes=max_bytes, header=header))
 
+    async def negotiate(self, spans: list[tuple[bytes, bytes | None]]) -> tuple[int, int] | None:
+        """The newest timestamp this node's replicas have closed over `spans` (a bounded-staleness
+        statement's one timestamp: Store.negotiate_closed), or None."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def run() -> None:
+            ts = self.store.negotiate_closed(spans) if self.store is not None else None
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(ts))
+        self.call_in_loop(run)
+        return await fut
+
     async def lease_transfer(self, range_id: int, to: int) -> str | None:
         """Move a lease this node serves to node `to` (Store.transfer_lease): None if under way."""
         loop = asyncio.get_running_loop()

@@ -73,6 +73,7 @@ class ClientServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         decoder = FrameDecoder(constants.client_frame_bytes_max)
         tasks: set[asyncio.Task] = set()
+        session: dict = {}   # the connection's SQL session: its variables and causality token (sql.gateway)
         self._connections[writer] = asyncio.current_task()
         self.metrics.client_connections.inc()
         try:
@@ -86,7 +87,7 @@ class ClientServer:
                     logger.warning("client %s sent a bad frame (%s); closing", writer.get_extra_info("peername"), exc)
                     break
                 for req in requests:
-                    task = asyncio.create_task(self._answer(req, writer))
+                    task = asyncio.create_task(self._answer(req, writer, session))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
         except (ConnectionError, OSError):
@@ -102,13 +103,13 @@ class ClientServer:
             del self._connections[writer]
             self.metrics.client_connections.dec()
 
-    async def _answer(self, req: Any, writer: asyncio.StreamWriter) -> None:
+    async def _answer(self, req: Any, writer: asyncio.StreamWriter, session: dict | None = None) -> None:
         rid = req.get("id") if isinstance(req, dict) and isinstance(req.get("id"), int) else 0
         self.inflight += 1
         self.metrics.client_in_flight.inc()
         began = time.perf_counter()
         try:
-            response = await self._handle(req)
+            response = await self._handle(req, session)
         except Exception as exc:
             logger.exception("request failed")
             response = _error("internal", "internal error: %s" % exc)
@@ -138,7 +139,7 @@ class ClientServer:
         elif op in self.KV_OPS:
             self.metrics.observe_kv(op, outcome, seconds)
 
-    async def _handle(self, req: Any) -> dict:
+    async def _handle(self, req: Any, session: dict | None = None) -> dict:
         try:
             _, op, args = validate_request(req)
         except BadRequest as exc:
@@ -155,7 +156,7 @@ class ClientServer:
         if op == "sql":
             if self.sql_gateway is None:
                 return _error("bad_request", "this node does not serve SQL")
-            return await self.sql_gateway.handle(args)
+            return await self.sql_gateway.handle(args, session)
         if op == "check_consistency":
             results = await self.node.check_consistency(args.get("start", b""), args.get("end"))
             return {"ok": True, "result": {"ranges": results}}

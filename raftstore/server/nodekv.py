@@ -8,12 +8,13 @@ tests/test_kv_contract.py runs the KV contract on it."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from raftstore import constants, coop
 from raftstore.errors import AmbiguousCommitError, RaftstoreError, TooLargeError, UnavailableError
-from raftstore.kvserver.batch import (VALUE_TOO_LARGE, Check, CompareAndSwap, ConditionalPut, Delete, Get, GetForUpdate,
+from raftstore.kvserver.batch import (BOUNDED_STALENESS, EXACT, VALUE_TOO_LARGE, Check, CompareAndSwap, ConditionalPut, Delete, Get, GetForUpdate,
                                       Header, Put, SetFields)
 from raftstore.raft.commands import Outcome
 from sql.constants import GATEWAY_KV_CALL_TIMEOUT_S, GATEWAY_KV_FANOUT_MAX
@@ -70,6 +71,29 @@ class NodeKV:
         self.begin_statement()
         self.end_statement()
 
+    def now_ns(self) -> int:
+        hlc = getattr(self.node, "hlc", None)
+        return hlc.now().wall_ns if hlc is not None else time.time_ns()
+
+    def follower_read(self, spec, spans: list[tuple[bytes, bytes | None]]) -> None:
+        """This statement reads as `spec` says (sql.asof.ReadSpec: AS OF SYSTEM TIME or the
+        session's follower-read default), every read at one timestamp, served by the nearest
+        replica that has closed it (kvserver.closedts), else by the leaseholder. A bounded read
+        takes the newest timestamp this node's replicas have closed over `spans` (the tables it
+        reads), if that meets its `min_ts`; else it reads at the leaseholders, at their clock."""
+        self.uncertainty_limit = None   # a chosen timestamp, not a clock reading: no uncertainty
+        if spec.kind == "exact":
+            self.stale = (EXACT, tuple(spec.ts), None)
+            self.read_ts = tuple(spec.ts)
+            return
+        ts = self._run(self.node.negotiate(spans))
+        if ts is not None and tuple(ts) >= tuple(spec.min_ts):
+            self.stale = (BOUNDED_STALENESS, tuple(ts), tuple(spec.min_ts))
+            self.read_ts = tuple(ts)
+        else:
+            self.stale = None   # the leaseholders, at their clock: within any bound
+            self.follower_fallback = True
+
     def begin_statement(self, read_ts: Version | None = None) -> None:
         """A new statement: every read of it at one timestamp (`read_ts`; None: the first
         read's leaseholder picks it), with one uncertainty limit (this gateway's clock now plus
@@ -79,13 +103,15 @@ class NodeKV:
         self._trace: list[TraceOp] | None = None
         self.read_ts = read_ts
         self.in_statement = True
+        self.stale: tuple | None = None       # (consistency, read_ts, min_ts) of a follower read
+        self.follower_fallback = False        # a bounded read no replica here could serve
         if read_ts is None:
             self.uncertainty_limit = None
 
     def end_statement(self) -> None:
         """Outside a statement every read is its own: the leaseholder picks its timestamp."""
         self.in_statement = False
-        self.read_ts = self.uncertainty_limit = None
+        self.read_ts = self.uncertainty_limit = self.stale = None
 
     def read_latest(self) -> None:
         """This statement's reads each see the latest state (a write's, a DDL's: sql.execute)."""
@@ -94,6 +120,9 @@ class NodeKV:
     def _read_header(self) -> Header:
         if not self.in_statement:
             return Header()
+        if self.stale is not None:
+            consistency, read_ts, min_ts = self.stale
+            return Header(consistency=consistency, read_ts=read_ts, min_ts=min_ts)
         if self.uncertainty_limit is None:
             hlc = getattr(self.node, "hlc", None)
             if hlc is not None:

@@ -1,0 +1,177 @@
+"""What a statement reads at: ``AS OF SYSTEM TIME`` and the session's follower-read default,
+turned into a `ReadSpec` the KV serves (raftstore.kvserver.closedts: any replica that has closed
+the timestamp answers, the nearest first, else the leaseholder).
+
+The forms (CockroachDB's):
+
+* ``follower_read_timestamp()``: an exact read at now - FOLLOWER_READ_LAG_S, a timestamp every
+  replica has closed unless it is far behind;
+* ``with_max_staleness('10s')``: a bounded-staleness read at the newest timestamp every replica
+  it touches has closed, provided it is no older than 10 s and not below the session's
+  causality token (its own latest commit), else at the leaseholders;
+* ``with_min_timestamp(ts)``: the same with `ts` as the bound;
+* an exact timestamp: ``'-5s'`` (an interval before now), ``'2026-12-03 10:00:00'`` (UTC), or an
+  HLC decimal ``'1764756000000000000.0000000002'`` (wall nanoseconds, then the logical part in
+  ten digits, as CockroachDB prints cluster_logical_timestamp()). An exact read reads exactly
+  there, also below the causality token (it asked for that time).
+
+The session default (``SET default_transaction_use_follower_reads = on``) makes every SELECT
+without AS OF SYSTEM TIME a bounded-staleness read no older than follower_read_timestamp() and
+not below the causality token. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from dataclasses import dataclass
+
+from sqlglot import exp
+
+from raftstore import constants
+from sql.errors import SQLError
+
+Version = tuple[int, int]
+EXACT, BOUNDED = "exact", "bounded"
+# follower_read_timestamp(): the closed lag, two side-transport intervals and a margin for the
+# clocks: old enough that every caught-up replica has closed it.
+FOLLOWER_READ_LAG_S = constants.closed_lag_s + 2 * constants.closed_side_interval_s + 1.1
+FOLLOWER_READS_VAR = "default_transaction_use_follower_reads"
+SESSION_VARS = {FOLLOWER_READS_VAR: "off"}   # name -> default, as SHOW prints it
+_UNITS = {"ms": 1e-3, "millisecond": 1e-3, "milliseconds": 1e-3, "s": 1.0, "sec": 1.0, "second": 1.0,
+          "seconds": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0, "minutes": 60.0, "h": 3600.0,
+          "hour": 3600.0, "hours": 3600.0}
+_INTERVAL = re.compile(r"\s*(-?)\s*((?:\d+(?:\.\d*)?\s*[a-z]*\s*)+)", re.IGNORECASE)
+_PART = re.compile(r"(\d+(?:\.\d*)?)\s*([a-z]*)", re.IGNORECASE)
+_HLC_DECIMAL = re.compile(r"\s*(\d+)(?:\.(\d{1,10}))?\s*")
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    """`kind` EXACT: read at `ts`; BOUNDED: at the newest closed timestamp at or above `min_ts`.
+    `form` names the clause for EXPLAIN and errors."""
+
+    kind: str
+    ts: Version | None = None
+    min_ts: Version | None = None
+    form: str = ""
+
+
+def _error(code: str, message: str, node: exp.Expr | None = None) -> SQLError:
+    from sql.dialect import node_position
+
+    return SQLError(code, message, node_position(node) if node is not None else None)
+
+
+def parse_interval_s(text: str) -> float | None:
+    """'10s', '500ms', '1m30s', '2 minutes', '-5s' -> seconds (signed); None if it is not one."""
+    match = _INTERVAL.fullmatch(text)
+    if match is None:
+        return None
+    total = 0.0
+    for number, unit in _PART.findall(match.group(2)):
+        factor = _UNITS.get(unit.lower() or "s")
+        if factor is None:
+            return None
+        total += float(number) * factor
+    return -total if match.group(1) else total
+
+
+def _timestamp_text(text: str, node: exp.Expr, now_ns: int) -> Version:
+    """An exact timestamp's text: an interval before now, a date-time (UTC) or an HLC decimal."""
+    seconds = parse_interval_s(text)
+    if seconds is not None and text.strip().startswith("-"):
+        return (now_ns + int(seconds * 1e9), 0)
+    decimal = _HLC_DECIMAL.fullmatch(text)
+    if decimal is not None and len(decimal.group(1)) >= 16:
+        return (int(decimal.group(1)), int((decimal.group(2) or "0").ljust(10, "0")))
+    try:
+        when = _dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise _error("invalid_value", "AS OF SYSTEM TIME: %r is not a timestamp: use an interval before now "
+                     "('-5s'), a date-time ('2026-12-03 10:00:00'), an HLC decimal, follower_read_timestamp(), "
+                     "with_max_staleness('10s') or with_min_timestamp(ts)" % text, node) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_dt.timezone.utc)
+    return (int(when.timestamp() * 1e9), 0)
+
+
+def _string_arg(node: exp.Expr, name: str) -> str:
+    if isinstance(node, exp.Literal) and node.is_string:
+        return node.this
+    if isinstance(node, exp.Literal):
+        return str(node.this)
+    raise _error("invalid_value", "%s takes a constant string, not %s" % (name, node.sql()), node)
+
+
+def read_spec(clause: exp.Expr, now_ns: int) -> ReadSpec:
+    """The ReadSpec of an AS OF SYSTEM TIME clause, evaluated at `now_ns` (the gateway's HLC)."""
+    text = clause.sql()
+    if isinstance(clause, exp.Anonymous) or isinstance(clause, exp.Func):
+        name = (clause.name if isinstance(clause, exp.Anonymous) else clause.sql_name()).lower()
+        args = list(clause.expressions) if isinstance(clause, exp.Anonymous) else list(clause.args.values())
+        args = [a for a in args if isinstance(a, exp.Expr)]
+        if name == "follower_read_timestamp":
+            if args:
+                raise _error("invalid_value", "follower_read_timestamp() takes no arguments", clause)
+            return ReadSpec(EXACT, ts=(now_ns - int(FOLLOWER_READ_LAG_S * 1e9), 0), form=text)
+        if name in ("with_max_staleness", "with_min_timestamp"):
+            if len(args) != 1:
+                raise _error("invalid_value", "%s takes one argument (nearest_only is not served)" % name, clause)
+            arg = _string_arg(args[0], name)
+            if name == "with_max_staleness":
+                seconds = parse_interval_s(arg)
+                if seconds is None or seconds <= 0:
+                    raise _error("invalid_value", "with_max_staleness takes a positive interval like '10s', "
+                                 "not %r" % arg, args[0])
+                return ReadSpec(BOUNDED, min_ts=(now_ns - int(seconds * 1e9), 0), form=text)
+            return ReadSpec(BOUNDED, min_ts=_checked(_timestamp_text(arg, args[0], now_ns), now_ns, args[0]), form=text)
+        raise _error("invalid_value", "AS OF SYSTEM TIME does not take %s(): use follower_read_timestamp(), "
+                     "with_max_staleness(...), with_min_timestamp(...) or a timestamp" % name, clause)
+    if isinstance(clause, exp.Literal):
+        return ReadSpec(EXACT, ts=_checked(_timestamp_text(str(clause.this), clause, now_ns), now_ns, clause), form=text)
+    if isinstance(clause, exp.Neg) and isinstance(clause.this, exp.Literal):
+        raise _error("invalid_value", "AS OF SYSTEM TIME takes a quoted interval ('-5s'), not %s" % text, clause)
+    raise _error("invalid_value", "AS OF SYSTEM TIME takes a constant timestamp, not %s" % text, clause)
+
+
+def _checked(ts: Version, now_ns: int, node: exp.Expr) -> Version:
+    if ts[0] > now_ns:
+        raise _error("invalid_value", "AS OF SYSTEM TIME: %s is in the future (now is %s)"
+                     % (_show(ts), _show((now_ns, 0))), node)
+    return ts
+
+
+def _show(ts: Version) -> str:
+    return "%d.%010d" % ts
+
+
+def session_default(settings: dict, now_ns: int) -> ReadSpec | None:
+    """The follower-read default of a session with `settings`, for a SELECT without AS OF."""
+    if settings.get(FOLLOWER_READS_VAR) != "on":
+        return None
+    return ReadSpec(BOUNDED, min_ts=(now_ns - int(FOLLOWER_READ_LAG_S * 1e9), 0),
+                    form="%s = on" % FOLLOWER_READS_VAR)
+
+
+def with_causality(spec: ReadSpec, token: Version | None) -> ReadSpec:
+    """A bounded read never reads below the session's causality token (its own latest
+    commit); an exact read reads where it asked."""
+    if spec.kind != BOUNDED or token is None or spec.min_ts is None or tuple(token) <= spec.min_ts:
+        return spec
+    return ReadSpec(BOUNDED, min_ts=tuple(token), form=spec.form)
+
+
+def set_value(name: str, value: str) -> str:
+    """The value SET stores for session variable `name` (as SHOW prints it)."""
+    if name not in SESSION_VARS:
+        raise SQLError("undefined_object", "unrecognized configuration parameter %r (settable: %s)"
+                       % (name, ", ".join(sorted(SESSION_VARS))))
+    word = value.strip().lower()
+    if word in ("on", "true", "yes", "1"):
+        return "on"
+    if word in ("off", "false", "no", "0"):
+        return "off"
+    if word == "default":
+        return SESSION_VARS[name]
+    raise SQLError("invalid_value", "%s takes on or off, not %r" % (name, value))
