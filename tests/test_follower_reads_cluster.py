@@ -94,3 +94,47 @@ def test_sql_follower_reads_as_of_system_time_and_the_session_default(tmp_path):
             cur.execute("UPDATE t SET v = 'b' WHERE k = 1")
             cur.execute("SELECT v FROM t WHERE k = 1")      # the default never reads below its own write
             assert cur.fetchall() == [("b",)]
+
+
+def test_a_minority_keeps_answering_bounded_reads_within_their_bound_then_says_it_cannot(tmp_path):
+    from test_leases_cluster import (UNAVAILABLE_S, _ask_once, _cluster, _cut, _cut_in_effect, _holder, _isolate,
+                                     _put_until)
+    from raftstore.errors import RaftstoreError
+
+    with _cluster(tmp_path) as cluster:
+        holder = _holder(cluster)
+        lone = next(n for n in cluster.nodes if n is not holder)         # the minority: a follower
+        majority = [n for n in cluster.nodes if n is not lone]
+        with cluster.client(holder) as writer:
+            writer.put(b"k", b"v1")
+        with cluster.client(lone) as near:
+            _wait(lambda: (lambda r: r["served_by"] == lone.node_id and r["value"] == b"v1")(
+                near.read(b"k", max_staleness=8.0)), 20, "the follower to close past the write")
+        _isolate(tmp_path, lone.node_id, cluster)
+        cut_at = time.monotonic()
+        bounded = {"key": b"k", "max_staleness_ms": 8000}
+        answered = _ask_once(lone.sql_addr, "get", bounded, timeout_s=UNAVAILABLE_S + 5.0)
+        assert answered["ok"] and answered["result"]["value"] == b"v1", answered    # within its bound
+        for op, args in [("get", {"key": b"k"}), ("put", {"key": b"m", "value": b"x", "command_id": b"m" * 16})]:
+            answer = _ask_once(lone.sql_addr, op, args, timeout_s=UNAVAILABLE_S + 5.0)
+            assert not answer["ok"] and answer["error"]["code"] == "unavailable", (op, answer)
+        with cluster.client(*majority) as side:
+            _put_until(side, b"k", b"v2", timeout_s=30.0)
+        # Past the bound: the minority cannot meet it, and says so.
+        def refused() -> dict | None:
+            answer = _ask_once(lone.sql_addr, "get", bounded, timeout_s=UNAVAILABLE_S + 5.0)
+            return None if answer["ok"] else answer
+        answer = _wait(refused, 30, "the bound to pass")
+        assert "staleness bound" in answer["error"]["message"], answer
+        print("the minority answered bounded reads for %.1f s after the cut" % (time.monotonic() - cut_at))
+        _cut(tmp_path, {})
+        _cut_in_effect(cluster, {})
+        deadline = time.monotonic() + 30
+        with cluster.client(lone, timeout_s=30.0) as healed:
+            while True:
+                try:
+                    assert healed.get(b"k") == b"v2"
+                    break
+                except RaftstoreError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)

@@ -139,6 +139,24 @@ def test_a_command_evaluated_under_a_lease_that_moved_writes_nothing_and_may_be_
     assert ok and answer["ok"] and mvcc.get(b"ka", (1 << 62, 0))[0] == b"1"
 
 
+def test_a_write_evaluated_under_another_nodes_lease_of_the_same_seq_writes_nothing(mvcc):
+    # Node 2 asked for lease 2 and proposed a write behind it; node 1's lease 2 won the log.
+    replica = RangeReplica(mvcc, R)
+    lease1, lease2 = Lease(1, 1, (T0, 0), (T0 + 10 * SEC, 0)), Lease(2, 1, (T0 + 11 * SEC, 0), (T0 + 20 * SEC, 0))
+    with replica.batch():
+        replica.apply(1, Command(b"1" * 16, "lease", _lease_args(None, lease1)))
+        replica.apply(2, Command(b"2" * 16, "lease", _lease_args(lease1, lease2)))
+    args = dict(BatchRequest(Header(), (Put(b"ka", b"theirs"),)).to_wire(), ts=[T0 + 5 * SEC, 0], lease_seq=2,
+                lease_holder=2, closed=[T0 + 4 * SEC, 0])
+    with replica.batch(), pytest.raises(CommandError, match=NOT_LEASEHOLDER):
+        replica.apply(3, Command(b"3" * 16, BATCH_OP, args))
+    assert mvcc.get_value(b"ka", (T0 + 60 * SEC, 0)) is None and replica.closed == (0, 0)
+    mine = dict(args, lease_holder=1)
+    with replica.batch():
+        replica.apply(3, Command(b"4" * 16, BATCH_OP, mine))
+    assert mvcc.get_value(b"ka", (T0 + 60 * SEC, 0)) == b"theirs" and replica.closed == (T0 + 4 * SEC, 0)
+
+
 def test_a_snapshot_carries_the_lease(mvcc, tmp_path):
     replica = RangeReplica(mvcc, R)
     lease = Lease(1, 2, (T0, 0), (T0 + 3 * SEC, 0))

@@ -172,11 +172,13 @@ class RangeReplica:
         seq = args.get("lease_seq")
         if seq is not None and command.op != "lease":
             current = self.lease.seq if self.lease is not None else 0
-            if seq != current:
+            holder = args.get("lease_holder")
+            if seq != current or (holder is not None and (self.lease is None or holder != self.lease.holder)):
                 # Evaluated under a lease that has moved since: it writes nothing, here and on
                 # every replica; its outcome is not saved, so the proposer may send its id again.
-                raise CommandError("%s: evaluated under lease %r of r%d, whose lease is now %d"
-                                   % (NOT_LEASEHOLDER, seq, self.range_id, current), code=NOT_LEASEHOLDER,
+                raise CommandError("%s: evaluated under lease %r (n%s) of r%d, whose lease is now %d (n%s)"
+                                   % (NOT_LEASEHOLDER, seq, holder, self.range_id, current,
+                                      self.lease.holder if self.lease is not None else None), code=NOT_LEASEHOLDER,
                                    details={"holder": self.lease.holder if self.lease is not None else None})
             if args.get("lease_until") is not None:
                 self._extend_lease(_ts(args, "lease_until"))

@@ -955,6 +955,9 @@ class Store:
         raises a proposed timestamp. Returns the timestamp proposed."""
         ts = list(self.now_ts())
         ts = max(ts, list(at)) if at is not None else ts
+        closed = self.closed_floor(range_id)
+        if closed > ZERO:
+            ts = max(ts, list(next_ts(closed)))   # every command of the range: above what it closed
         group = self.groups.get(range_id)
         if group is None:
             callback(Outcome.NOT_COMMITTED, "%s: range r%d is not hosted here" % (MISMATCH, range_id))
@@ -1081,8 +1084,10 @@ class Store:
             if holds:
                 evaluated["evaluated"] = True
             writes = holds is not False
-            # Under the lease: above every read it served of these keys (and its start).
+            # Under the lease: above every read it served of these keys (and its start). The
+            # holder too: a lease this node asked for (seq n) may lose to another node's seq n.
             evaluated["lease_seq"] = lease.seq
+            evaluated["lease_holder"] = lease.holder
             now = tuple(self.now_ts())
             if (lease.holder == self.cfg.node_id and lease.expiration[0] - now[0] < self.lease_ns // 2
                     and not self._extension_in_flight(range_id, lease)):
@@ -1243,9 +1248,10 @@ class Store:
             return
         self.closed_stats["refused_behind"] += 1
         callback(Outcome.REJECTED, Rejection(
-            CLOSED_BEHIND, "n%d's replica of r%d has closed %s, below the read's %s" % (
+            CLOSED_BEHIND, "n%d's replica of r%d has closed only up to %s: %s" % (
                 self.cfg.node_id, range_id, list(closed),
-                list(header.read_ts) if header.read_ts is not None else "min_ts %s" % list(header.min_ts or ZERO)),
+                "below the read's timestamp %s" % list(header.read_ts) if header.read_ts is not None
+                else "the read's staleness bound (no older than %s) cannot be met here" % list(header.min_ts or ZERO)),
             {"closed": list(closed)}))
 
     # --- leaseholder reads -----------------------------------------------------------------------

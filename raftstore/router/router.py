@@ -224,9 +224,20 @@ class Router:
         def answer(outcome: Outcome, result: Any) -> None:
             if outcome is Outcome.REJECTED and getattr(result, "code", None) == CLOSED_BEHIND:
                 # The nearest replica has not closed the read's timestamp: the leaseholder serves it.
+                if cancelled():
+                    self.stats["retries_cancelled"] += 1
+                    failed(outcome, result)
+                    return
                 self.stats["to_leaseholder"] += 1
                 strong = replace(request.header, consistency=STRONG, min_ts=None, uncertainty_limit=None)
-                self.send_batch(strong, request.ops, lambda got: settle(indices, got), cid, attempt + 1, cancelled)
+                behind = result
+
+                def fell_back(got: list) -> None:
+                    # The leaseholder did not answer either (a partition): say which bound failed.
+                    settle(indices, [(o, r) if o is Outcome.COMMITTED else (o, "%s; the leaseholder did not answer "
+                                                                               "either: %s" % (behind, r))
+                                     for o, r in got])
+                self.send_batch(strong, request.ops, fell_back, cid, attempt + 1, cancelled)
                 return
 
             def again() -> None:
