@@ -17,7 +17,7 @@ What one step measures (the same rules as bench/kv_latency.py):
 What a client does is an *operation spec*, a plain dict that crosses the process boundary:
 
     {"kind": "sql", "addr": "127.0.0.1:26257", "workload": "insert" | "update" | "read" |
-     "stale_read" | "multirow", "table": "bench_kv", "rows": 10, "key_base": 10**12,
+     "stale_read" | "bounded_read" | "multirow", "table": "bench_kv", "rows": 10, "key_base": 10**12,
      "value_bytes": 100}
     {"kind": "etcd", "addr": "127.0.0.1:2379", "workload": "put" | "get", "key_prefix": "bench/x/",
      "value_bytes": 100}
@@ -50,7 +50,8 @@ seed_rows_max = clients_per_step_max
 error_example_chars_max = 300
 progress_tick_s = 0.2
 
-SQL_WORKLOADS = ("insert", "update", "read", "stale_read", "multirow")
+READ_WORKLOADS = ("read", "stale_read", "bounded_read")
+SQL_WORKLOADS = ("insert", "update", "read", "stale_read", "bounded_read", "multirow")
 ETCD_WORKLOADS = ("put", "get")
 
 
@@ -89,6 +90,8 @@ def sql_statement(workload: str, table: str, rows: int = 1) -> str:
         return "SELECT v FROM %s WHERE k = $1" % table
     if workload == "stale_read":
         return "SELECT v FROM %s AS OF SYSTEM TIME follower_read_timestamp() WHERE k = $1" % table
+    if workload == "bounded_read":
+        return "SELECT v FROM %s AS OF SYSTEM TIME with_max_staleness('10s') WHERE k = $1" % table
     raise ValueError("unknown SQL workload %r (known: %s)" % (workload, ", ".join(SQL_WORKLOADS)))
 
 
@@ -103,7 +106,7 @@ def sql_params(workload: str, client_id: int, seq: int, key_base: int, value: st
         return out
     if workload == "update":
         return [seed_key(client_id), "%d:%s" % (seq, value)]
-    if workload in ("read", "stale_read"):
+    if workload in READ_WORKLOADS:
         return [seed_key(client_id)]
     raise ValueError("unknown SQL workload %r" % workload)
 
@@ -153,7 +156,7 @@ class SqlClientOp:
         s = self.spec
         self.cursor.execute(self.statement, sql_params(s["workload"], self.client_id, seq, s.get("key_base", 0),
                                                        self.value, s.get("rows", 1)))
-        if s["workload"] in ("read", "stale_read"):
+        if s["workload"] in READ_WORKLOADS:
             self.cursor.fetchall()
 
     def close(self) -> None:

@@ -392,7 +392,7 @@ def rich_targets_table(targets: list[dict]):
     return table
 
 
-CDF_WORKLOADS = ("insert", "update", "read", "multirow", "stale_read")
+CDF_WORKLOADS = ("insert", "update", "read", "multirow", "stale_read", "bounded_read")
 # Said instead of plotting when matplotlib is absent: a server install needs no plotting stack.
 PLOT_HINT = "no cdf.png: plots need matplotlib (pip install 'raftstore[plot]')"
 

@@ -1,7 +1,7 @@
 """`raftstore bench`: cross-region SQL latency against its physical bound, and against etcd.
 
     raftstore bench [--matrix global3|symmetric60|global5|FILE | --no-latency] [--nodes N]
-                    [--url HOST:PORT,...] [--workloads insert,update,multirow,read,stale_read,sweep]
+                    [--url HOST:PORT,...] [--workloads insert,update,multirow,read,stale_read,bounded_read,sweep]
                     [--duration 10] [--warmup 1] [--clients 1,16,64] [--rows 10]
                     [--compare-etcd] [--profile] [--out DIR]
     (the same as `python -m bench.sql_bench ...`)
@@ -22,8 +22,9 @@ region. Workloads:
     update      single-row UPDATE by primary key, same regions
     multirow    one INSERT of --rows rows (one range), from the leaseholder's region
     read        strong point SELECT by primary key, from every region
-    stale_read  SELECT ... AS OF SYSTEM TIME follower_read_timestamp(), from every region; while
-                the engine answers feature_not_supported the cells say "not available yet"
+    stale_read  SELECT ... AS OF SYSTEM TIME follower_read_timestamp() (exact staleness), from every
+                region; while an engine answers feature_not_supported the cells say "not available yet"
+    bounded_read  SELECT ... AS OF SYSTEM TIME with_max_staleness('10s'), from every region
     sweep       single-row INSERTs from the leaseholder's region with each --clients count
 
 The leaseholder is the Raft leader of the table's range, read with SHOW RANGES FROM TABLE
@@ -82,7 +83,7 @@ table_local = "bench_kv"
 seed_batch_rows = 100
 READS_THROUGH_LOG = False         # strong reads are served by the leaseholder from its lease (issue 12; bench/bounds.py)
 
-WORKLOADS = ("insert", "update", "multirow", "read", "stale_read", "sweep")
+WORKLOADS = ("insert", "update", "multirow", "read", "stale_read", "bounded_read", "sweep")
 SCHEMA_VERSION = 1
 
 
@@ -146,7 +147,7 @@ def bound_for(workload: str, rtt: bounds.RttFn, client_region: str, placement: P
         return bounds.write_bound(rtt, client_region, lh, replicas)
     if workload in ("read", "get"):
         return bounds.strong_read_bound(rtt, client_region, lh, replicas, reads_through_log=READS_THROUGH_LOG)
-    if workload == "stale_read":
+    if workload in ("stale_read", "bounded_read"):
         return bounds.stale_read_bound(rtt, client_region, replicas)
     raise ValueError(workload)
 

@@ -11,6 +11,8 @@ Pure: takes the cell summaries (as `bench.sql_bench` builds them) and returns ve
 5. `leaseholder_read` (issue 12): a strong point read from the leaseholder's region, p50 <= 5 ms.
 6. `remote_read` (issue 12): a strong point read from every other region, p50 <= 1.05 x the
    client-to-leaseholder round trip (its bound: the leaseholder answers from its lease).
+7. `follower_read` (issue 13): a bounded-staleness point read (with_max_staleness, else the exact
+   follower_read_timestamp()) from every region, p50 <= 5 ms: the nearest replica answers.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ ratio_max = 1.05
 throughput_clients = 64
 loopback_inserts_s_min = 3000.0
 leaseholder_read_ms_max = 5.0
+follower_read_ms_max = 5.0
 
 MET, MISSED, NOT_MEASURED = "met", "missed", "not measured"
 
@@ -133,4 +136,18 @@ def evaluate(cells: list[dict], etcd_cells: list[dict] | None, *, latency_emulat
         verdict("leaseholder_read", t5, status, detail, [home_reads[0]["name"]])
     every_remote("remote_read", "strong point read from a remote region: p50 <= %.2f x the round trip to the "
                  "leaseholder" % ratio_max, remote_reads, "read")
+
+    t7 = "follower read (bounded staleness) from every region: p50 <= %.0f ms" % follower_read_ms_max
+    stale = [c for c in cells if c["workload"] == "bounded_read"] or [c for c in cells if c["workload"] == "stale_read"]
+    measured = [(c, _p50(c)) for c in stale if _p50(c) is not None]
+    if not measured:
+        verdict("follower_read", t7, NOT_MEASURED, "no bounded_read or stale_read cell answered (run with those "
+                "workloads)", [c["name"] for c in stale])
+    else:
+        worst = max(p for _, p in measured)
+        status = MET if worst <= follower_read_ms_max and len(measured) == len(stale) else MISSED
+        detail = "; ".join("%s: p50 %.2f ms" % (c["name"], p) for c, p in measured) + (
+            ", %.2f ms to spare" % (follower_read_ms_max - worst) if status == MET
+            else ", missed by %.2f ms" % max(0.0, worst - follower_read_ms_max))
+        verdict("follower_read", t7, status, detail, [c["name"] for c, _ in measured])
     return out

@@ -330,5 +330,8 @@ def _op_detail(op: TraceOp) -> str:
         to_leader = "the leader is this gateway"
     else:
         to_leader = "leader rtt %.1f ms" % op["leader_rtt_ms"]
+    if op.get("follower"):
+        # A follower read: the replica had closed the read's timestamp, so no leaseholder, no round.
+        return "follower read: its replica had closed the timestamp; " + to_leader.replace("leader", "replica")
     quorum = "not measured yet" if op["quorum_rtt_ms"] is None else "%.1f ms" % op["quorum_rtt_ms"]
     return "%s, quorum rtt %s" % (to_leader, quorum)

@@ -136,6 +136,7 @@ class TraceOp(TypedDict):
     quorum_rtt_ms: float | None    # the least round trip one such round takes from that leader; None: not measured yet
     leader_rtt_ms: float | None    # round trip from this gateway to `served_by`, 0 when it is this node; None: not measured
     ms: float                      # the part's time, from send to answer
+    follower: bool                 # served by a replica from what its leaseholder closed (a follower read)
 
 
 TRACE_KINDS = ("get", "scan", "write")

@@ -316,7 +316,7 @@ class MemKV:
     def _part(self, kind: str, keys: list[bytes], end: bytes | None, range_id: int) -> dict:
         return {"kind": kind, "keys": keys, "end": end, "range_id": range_id, "served_by": None,
                 "rounds": 1 if kind == "write" else 0, "quorum_rtt_ms": self.quorum_rtt_ms,
-                "leader_rtt_ms": 0.0, "ms": 0.0}
+                "leader_rtt_ms": 0.0, "ms": 0.0, "follower": False}
 
     def _traced(self, kind: str, keys: Sequence[bytes]) -> None:
         """Record one call on `keys` (sent together): one part per fake range, in one step."""

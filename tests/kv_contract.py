@@ -593,6 +593,7 @@ def check_a_trace_records_each_range_operation_between_begin_and_end(subject: Su
         assert op["served_by"] is None or op["served_by"] in nodes, op
         assert all(op[f] is None or op[f] >= 0 for f in ("quorum_rtt_ms", "leader_rtt_ms")), op
         assert op["ms"] >= 0
+        assert op["follower"] is False, op   # strong reads and writes: the leaseholder's
 
 
 CHECKS: list[Callable[[Subject], None]] = [

@@ -222,3 +222,14 @@ def test_read_targets_judge_the_leaseholders_region_in_milliseconds_and_others_a
     slow = {v["id"]: v for v in targets.evaluate([_cell("read@E", "read", E, E, 6.0, 0)], None,
                                                   latency_emulated=True, local_cluster=True)}
     assert slow["leaseholder_read"]["status"] == targets.MISSED and slow["remote_read"]["status"] == targets.NOT_MEASURED
+
+
+def test_the_follower_read_target_wants_every_region_under_5_ms_and_prefers_the_bounded_cells():
+    cells = [_cell("bounded_read@E", "bounded_read", E, E, 0.9, 0), _cell("bounded_read@W", "bounded_read", W, E, 1.4, 0),
+             _cell("stale_read@W", "stale_read", W, E, 64.0, 0)]
+    verdicts = {v["id"]: v for v in targets.evaluate(cells, None, latency_emulated=True, local_cluster=True)}
+    assert verdicts["follower_read"]["status"] == targets.MET and "3.60 ms to spare" in verdicts["follower_read"]["detail"]
+    slow = {v["id"]: v for v in targets.evaluate(cells[2:], None, latency_emulated=True, local_cluster=True)}
+    assert slow["follower_read"]["status"] == targets.MISSED and "missed by 59.00 ms" in slow["follower_read"]["detail"]
+    none = {v["id"]: v for v in targets.evaluate(cells[:0], None, latency_emulated=True, local_cluster=True)}
+    assert none["follower_read"]["status"] == targets.NOT_MEASURED

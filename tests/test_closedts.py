@@ -136,7 +136,7 @@ class Pair:
         if op == BATCH_OP and result.get("ok", True):
             request = BatchRequest.from_wire(args)
             for put in request.ops:
-                self.commits.append((put.key, tuple(result["ts"]), put.value))
+                self.commits.append((put.key, tuple(result["ts"]), getattr(put, "value", None)))
         callback(Outcome.COMMITTED, result)
 
     def write(self, key: bytes, value: bytes, at: tuple[int, int] | None = None) -> tuple[int, int]:

@@ -115,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="SECONDS", help="how long a range lease lasts unless extended: after a leaseholder "
                        "dies its ranges wait out at most this (plus an election) before another node serves them "
                        "(default %(default)s)")
+    start.add_argument("--gc-ttl", type=_positive_float, default=constants.gc_ttl_s, metavar="SECONDS",
+                       help="old versions hidden by a newer one for longer than this are removed, and reads "
+                       "further back are refused (default %(default)s: 4 h)")
+    start.add_argument("--gc-interval", type=_positive_float, default=constants.gc_interval_s, metavar="SECONDS",
+                       help="how often a leaseholder looks for versions to remove (default %(default)s)")
     start.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     start.set_defaults(func=run_start)
 
@@ -255,7 +260,8 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
                       ignore_stasis=os.environ.get(IGNORE_STASIS_ENV) == "1",
                       disk_reserve_bytes=args.disk_reserve_bytes, disk_ballast_bytes=args.disk_ballast_bytes,
                       http_addr=args.http_addr, unavailable_s=args.unavailable_timeout,
-                      lease_s=args.lease_duration, primary_region=args.primary_region)
+                      lease_s=args.lease_duration, primary_region=args.primary_region, gc_ttl_s=args.gc_ttl,
+                      gc_interval_s=args.gc_interval)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -472,7 +472,7 @@ def writes_nothing(op: str, args: Any) -> bool:
     return op in ("get", "scan")
 
 
-TRACE_FIELDS = ("served_by", "rounds", "quorum_rtt_ms", "range_id", "ms")   # how an answer was served, not what it says
+TRACE_FIELDS = ("served_by", "rounds", "quorum_rtt_ms", "range_id", "ms", "closed_ts")   # how an answer was served, not what it says
 
 
 def verdict(result: Any) -> Any:

@@ -36,6 +36,7 @@ from raftstore.kvserver.ranges import (FIRST_DATA_RANGE_ID, META_COUNTER_KEY, ME
                                        RANGE_KEY_MISMATCH, RangeDescriptor, local_desc_key, meta_desc_key)
 from raftstore.kvserver.batch import (BATCH_OP, BatchRequest, Check, CompareAndSwap, ConditionalPut, Delete, Get,
                                       Header, Increment, Put, Scan, SetFields, decode_int, response_op)
+from raftstore.kvserver.gc import check_read, decode_threshold, encode_threshold, gc_key
 from raftstore.kvserver.lease import NOT_LEASEHOLDER, Lease, lease_key
 from raftstore.raft.commands import Command, CommandError
 from raftstore.raft.failstop import FailStop
@@ -66,6 +67,7 @@ class StagedSnapshot:
     rows: int
     basis: int | None = None    # applied index the staged difference is against (mvcc.diff_staged)
     lease: Any = None           # the range's lease in the snapshot (RangeReplica._read_head)
+    gc_threshold: Any = None    # its GC threshold (None: a snapshot written before GC)
 
 
 def _bytes(args: dict, name: str, *, optional: bool = False) -> bytes | None:
@@ -143,6 +145,8 @@ class RangeReplica:
         # its leaseholder's applied under its lease, or kept from the side transport. Not
         # persisted: a restarted replica starts from nothing, which only makes it serve less.
         self.closed: tuple[int, int] = (0, 0)
+        # Reads below this are refused: a GC command removed what they would see (kvserver.gc).
+        self.gc_threshold: tuple[int, int] = decode_threshold(store.get_value(gc_key(range_id), LATEST))
         self.on_split = on_split
         self.can_install = can_install
         self.on_write = on_write
@@ -242,7 +246,8 @@ class RangeReplica:
         descriptor, as a map {"lease": ...} (a snapshot written before leases has none there)."""
         assert self.desc is not None, "an uninitialized replica has no snapshot to give"
         body = self.desc.encode()
-        lease = msgpack.packb({"lease": self.lease.to_wire() if self.lease is not None else None}, use_bin_type=True)
+        lease = msgpack.packb({"lease": self.lease.to_wire() if self.lease is not None else None,
+                               "gc": list(self.gc_threshold)}, use_bin_type=True)
         export = self.store.export_span(self.desc.start, self.desc.end, constants.snapshot_chunk_rows,
                                         range_id=self.range_id)
         if export.applied_index != index:
@@ -272,7 +277,9 @@ class RangeReplica:
     def _read_head(self, f: BinaryIO) -> tuple[RangeDescriptor, Any, list | None]:
         """The descriptor, the lease (None: the range had none; _NO_LEASE_RECORD: the snapshot
         predates leases) and, for a snapshot without a lease record, its first chunk of rows
-        (None: no rows), already read."""
+        (None: no rows), already read. The GC threshold it carries goes to `_head_gc` (None: a
+        snapshot written before GC)."""
+        self._head_gc = None
         (n,) = _LEN.unpack(f.read(_LEN.size))
         desc = RangeDescriptor.decode(f.read(n))
         if desc.range_id != self.range_id:
@@ -283,6 +290,11 @@ class RangeReplica:
         record = msgpack.unpackb(f.read(m), raw=False)
         if isinstance(record, dict):
             wire = record.get("lease")
+            gc = record.get("gc")
+            if gc is not None:
+                if not (isinstance(gc, list) and len(gc) == 2 and all(type(x) is int and x >= 0 for x in gc)):
+                    raise SnapshotRefused("snapshot of r%d carries a malformed GC threshold" % self.range_id)
+                self._head_gc = (gc[0], gc[1])
             try:
                 return desc, Lease.from_wire(wire) if wire is not None else None, []
             except CommandError as exc:
@@ -305,6 +317,13 @@ class RangeReplica:
         if lease is self._NO_LEASE_RECORD or lease is None:
             return []
         return [(lease_key(self.range_id), (0, 0), msgpack.packb(lease.to_wire()))]
+
+    def _gc_writes(self, threshold: Any) -> list:
+        return [] if threshold is None else [(gc_key(self.range_id), (0, 0), encode_threshold(threshold))]
+
+    def _take_gc(self, threshold: Any) -> None:
+        if threshold is not None:
+            self.gc_threshold = threshold
 
     def _take_lease(self, lease: Any) -> None:
         """A snapshot's lease becomes the replica's; the store hears of a changed one as of one
@@ -342,10 +361,11 @@ class RangeReplica:
         rows = [chunk for chunk in self._chunks(f, first)]   # the outcomes follow the rows in the file
         self.store.import_span(self.range_id, desc.start, desc.end, rows, index, 0,
                                extra_writes=[(local_desc_key(self.range_id), desc_ts(desc), desc.encode())]
-                               + self._lease_writes(lease),
+                               + self._lease_writes(lease) + self._gc_writes(self._head_gc),
                                results=self._results(f))
         self.desc = desc
         self._take_lease(lease)
+        self._take_gc(self._head_gc)
 
     # Installing a received snapshot in two steps, so the loop never imports a whole range:
     def stage_snapshot(self, f: BinaryIO, index: int) -> "StagedSnapshot":
@@ -364,7 +384,7 @@ class RangeReplica:
                     return False
             return True
         basis = self.store.diff_staged(path, self.range_id, desc.start, desc.end, sole_writer)
-        return StagedSnapshot(desc, path, index, rows, basis, lease)
+        return StagedSnapshot(desc, path, index, rows, basis, lease, self._head_gc)
 
     def check_staged(self, staged: "StagedSnapshot") -> None:
         """On the loop, before anything changes: SnapshotRefused if this node cannot take it now."""
@@ -380,9 +400,10 @@ class RangeReplica:
         desc = staged.desc
         self.store.import_staged(self.range_id, desc.start, desc.end, staged.path, index, 0,
                                  extra_writes=[(local_desc_key(self.range_id), desc_ts(desc), desc.encode())]
-                                 + self._lease_writes(staged.lease),
+                                 + self._lease_writes(staged.lease) + self._gc_writes(staged.gc_threshold),
                                  basis=staged.basis)
         self._take_lease(staged.lease)
+        self._take_gc(staged.gc_threshold)
         self.desc = desc
 
     def discard_staged(self, staged: "StagedSnapshot") -> None:
@@ -543,6 +564,15 @@ class RangeReplica:
         return result
 
     @staticmethod
+    def read_checked(request: BatchRequest, desc: RangeDescriptor, reader, ts: tuple[int, int],
+                     uncertain_to: tuple[int, int] | None = None) -> dict:
+        """`read_at` inside the reader's snapshot, refused (CommandError, kvserver.gc.BELOW_GC)
+        when `ts` is below the range's GC threshold as of that same snapshot."""
+        found = reader.get(gc_key(desc.range_id), LATEST)
+        check_read(desc.range_id, ts, decode_threshold(found[0] if found is not None else None))
+        return RangeReplica.read_at(request, desc, reader, ts, uncertain_to)
+
+    @staticmethod
     def read_at(request: BatchRequest, desc: RangeDescriptor, reader, ts: tuple[int, int],
                 uncertain_to: tuple[int, int] | None = None) -> dict:
         """Gets and scans of `desc`'s span at `ts`, through `reader` (an MVCCStore or an
@@ -665,6 +695,26 @@ class RangeReplica:
             self.on_lease(self.range_id, lease)
         return result
 
+    # --- garbage collection (kvserver.gc) -----------------------------------------------------------
+    def _op_gc(self, index, command, args):
+        """Raise the GC threshold to `threshold` (never lower it) and remove, in [start, end) of
+        the range, what no read at or above it can see (MVCCStore.gc, inside this apply's
+        transaction): the same versions on every replica, at the same index."""
+        threshold = _ts(args, "threshold")
+        if self.range_id < FIRST_DATA_RANGE_ID:
+            raise CommandError("r%d keeps every version (GC runs on data ranges)" % self.range_id)
+        start, end = _bytes(args, "start"), _bytes(args, "end", optional=True)
+        start = max(start, self.desc.start)
+        if self.desc.end is not None and (end is None or end > self.desc.end):
+            end = self.desc.end
+        removed = 0
+        if end is None or start < end:
+            removed = self.store.gc(start, end, threshold)
+        self.gc_threshold = max(self.gc_threshold, threshold)
+        result = {"removed": removed, "threshold": list(self.gc_threshold)}
+        self._finish(index, command, [(gc_key(self.range_id), (0, 0), encode_threshold(self.gc_threshold))], result)
+        return result
+
     # --- meta range ----------------------------------------------------------------------------
     def _op_alloc_range_id(self, index, command, args):
         if self.range_id != META_RANGE_ID:
@@ -697,7 +747,7 @@ class RangeReplica:
     HANDLERS: dict[str, Callable[["RangeReplica", int, Command, dict], Any]] = {
         BATCH_OP: _op_batch, "lease": _op_lease, "put": _op_put, "delete": _op_delete, "cas": _op_cas, "put_if": _op_put_if,
         "get": _op_get, "scan": _op_scan, "compute_checksum": _op_compute_checksum, "split": _op_split,
-        "alloc_range_id": _op_alloc_range_id, "meta_put": _op_meta_put,
+        "alloc_range_id": _op_alloc_range_id, "meta_put": _op_meta_put, "gc": _op_gc,
     }
 
     # --- helpers ---------------------------------------------------------------------------------

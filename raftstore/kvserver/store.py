@@ -37,6 +37,7 @@ import msgpack
 
 from raftstore import constants
 from raftstore.kvserver.closedts import CLOSED_BEHIND, ZERO, Receiver, Sender
+from raftstore.kvserver.gc import plan_spans
 from raftstore.kvserver.consistency import Checksum, ChecksumRegistry, range_checksum
 from raftstore.kvserver.batch import BATCH_OP, STRONG, BatchRequest, Scan
 from raftstore.kvserver.latches import Latches
@@ -78,6 +79,8 @@ class StoreConfig:
     maintain_interval_s: float = 0.5
     quiesce: bool = True                   # idle groups tick rarely; the node heartbeats for them
     closed_lag_s: float = constants.closed_lag_s   # how far behind its clock a leaseholder closes
+    gc_ttl_s: float = constants.gc_ttl_s           # versions hidden longer than this are removed (kvserver.gc)
+    gc_interval_s: float = constants.gc_interval_s
 
 
 # Raft messages that wake an idle group (keep its timers fast a while); heartbeats and their
@@ -215,6 +218,12 @@ class Store:
         self.closed_sender = Sender()
         self.closed_receiver = Receiver()
         self.closed_stats = {"follower_reads": 0, "refused_behind": 0, "to_leaseholder": 0}
+        # Garbage collection (kvserver.gc): the next pass, and the spans a planning job (off the
+        # loop) found, waiting to be proposed on the loop.
+        self.next_gc = 0.0
+        self.gc_planning: set[int] = set()
+        self.gc_planned: collections.deque = collections.deque()
+        self.gc_stats = {"commands": 0, "removed": 0, "passes": 0}
 
     # --- start-up ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -687,6 +696,57 @@ class Store:
         if now >= self.next_maintain:
             self.next_maintain = now + self.cfg.maintain_interval_s
             self.maintain()
+        if now >= self.next_gc:
+            self.next_gc = now + self.cfg.gc_interval_s
+            self.gc_pass()
+        while self.gc_planned:
+            self._propose_gc(*self.gc_planned.popleft())
+
+    # --- garbage collection (kvserver.gc) ---------------------------------------------------------
+    def gc_pass(self) -> None:
+        """For each data range this node serves: if now - gc_ttl (never above what it closed) is
+        past the range's threshold by gc_step_min_s, plan GC spans off the loop (a snapshot
+        job), then propose one `gc` command per span (`_propose_gc`)."""
+        self.gc_stats["passes"] += 1
+        now = tuple(self.now_ts())
+        for rid in list(self.tscache):
+            rep = self.replicas.get(rid)
+            if rid < FIRST_DATA_RANGE_ID or rid in self.gc_planning or rep is None or rep.desc is None:
+                continue
+            if self.serving_lease(rid, now) is None:
+                continue
+            threshold = min((now[0] - int(self.cfg.gc_ttl_s * 1e9), 0), self.closed_floor(rid))
+            if threshold[0] - rep.gc_threshold[0] < constants.gc_step_min_s * 1e9:
+                continue
+            self.gc_planning.add(rid)
+            desc = rep.desc
+            export = self.mvcc.export_span(desc.start, desc.end, constants.snapshot_chunk_rows)
+
+            def job(rid=rid, export=export, threshold=threshold) -> None:
+                try:
+                    with export:
+                        spans = plan_spans((row for chunk in export for row in chunk), threshold,
+                                           constants.gc_batch_versions)
+                except Exception:   # a failed plan only delays GC to the next pass
+                    logger.exception("r%d: planning GC failed", rid)
+                    spans = []
+                self.gc_planned.append((rid, threshold, spans))
+                self.woken.append(rid)
+            self.snapshot_executor(job)
+
+    def _propose_gc(self, rid: int, threshold: tuple[int, int], spans: list) -> None:
+        self.gc_planning.discard(rid)
+        rep = self.replicas.get(rid)
+        if rep is None or rep.desc is None:
+            return
+        if not spans:
+            spans = [(rep.desc.start, rep.desc.end, 0)]   # nothing to remove: the threshold still moves
+        for start, end, _count in spans:
+            def done(outcome: Outcome, result: Any) -> None:
+                if outcome is Outcome.COMMITTED and isinstance(result, dict):
+                    self.gc_stats["commands"] += 1
+                    self.gc_stats["removed"] += result.get("removed", 0)
+            self.propose(rid, "gc", {"threshold": list(threshold), "start": start, "end": end}, done)
 
     def refresh_zones(self) -> None:
         """Read the zones (kvserver/zones.py) from this store's replica of meta. When they
@@ -1228,7 +1288,7 @@ class Store:
                 def job(reader) -> Callable[[], None]:
                     try:
                         with reader.snapshot():
-                            result = RangeReplica.read_at(request, desc, reader, ts)
+                            result = RangeReplica.read_checked(request, desc, reader, ts)
                     except CommandError as exc:
                         refused = exc.rejection()
                         return lambda: callback(Outcome.REJECTED, refused)
@@ -1317,7 +1377,7 @@ class Store:
             def job(reader) -> Callable[[], None]:   # on a reader thread: returns the answer to give on the loop
                 try:
                     with reader.snapshot():
-                        result = RangeReplica.read_at(request, desc, reader, ts, limit)
+                        result = RangeReplica.read_checked(request, desc, reader, ts, limit)
                 except ReadUncertain as exc:
                     rejection = Rejection(READ_UNCERTAIN, "n%d read r%d at %s and found a version at %s within its "
                                           "uncertainty interval; restart the read there"
@@ -1505,6 +1565,7 @@ class Store:
                         "lease": rep.lease.to_wire() if rep.lease is not None else None,
                         "lease_serving": self.serving_lease(rid, now) is not None,
                         "closed_ts": list(self.closed_ts(rid)),
+                        "gc_threshold": list(rep.gc_threshold),
                         "home": self.zones.region_for(d.start) if d else None,   # its zone's region (zones.py)
                         "quiet": group.is_leader() and group.appends_held()})   # a leader sending no heartbeats
         return out

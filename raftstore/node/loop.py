@@ -94,6 +94,8 @@ class NodeConfig:
     faults_file: str | None = None             # tests only: a partition to play (Node._check_faults)
     unavailable_s: float = constants.range_unavailable_s   # a request unanswered this long fails "unavailable"
     lease_s: float = constants.lease_duration_s   # a range lease's length (Store.lease_ns)
+    gc_ttl_s: float = constants.gc_ttl_s          # versions hidden longer than this are removed (kvserver.gc)
+    gc_interval_s: float = constants.gc_interval_s
     primary_region: str | None = None          # leases move to the replica in this region (Node._preferred_holder)
     ignore_stasis: bool = False                # tests only: a broken build that serves a lease to its very end
     disk_reserve_bytes: int | None = None      # free-space reserve (raftstore.storage.diskspace); None: the default
@@ -356,7 +358,8 @@ class Node:
         conf.update(self.cfg.raft_conf or {})
         self.store = Store(StoreConfig(node_id=self.node_id, replicas=sorted(self.members),
                                        raft_dir=os.path.join(self.cfg.data_dir, "raft"),
-                                       range_bytes_max=self.cfg.range_bytes_max, raft_conf=conf),
+                                       range_bytes_max=self.cfg.range_bytes_max, raft_conf=conf,
+                                       gc_ttl_s=self.cfg.gc_ttl_s, gc_interval_s=self.cfg.gc_interval_s),
                            self.mvcc, open_journal=lambda path: TimedLogFile(path, self.metrics.journal_fsync_seconds),
                            transport_class=lambda gid: (lambda so, s, o: GroupTransport(self, gid, so, s, o)),
                            now_ts=lambda: self.hlc.now().to_wire(), snapshot_executor=run_in_thread,
@@ -1004,6 +1007,7 @@ class Node:
                 "router": dict(self.router.stats, cached=len(self.router.cache)),
                 "test_cut": sorted(self.net.cut), "primary_region": self.cfg.primary_region,
                 "leases": dict(self.store.lease_stats, serving=len(self.store.tscache)) if self.store is not None else None,
+                "gc": dict(self.store.gc_stats) if self.store is not None else None,
                 "closed": dict(self.store.closed_stats, group=len(self.store.closed_sender.members),
                                side_ts=list(self.store.closed_sender.ts), stream_gaps=self.store.closed_receiver.gaps)
                 if self.store is not None else None,

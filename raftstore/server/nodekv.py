@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from raftstore import constants, coop
-from raftstore.errors import AmbiguousCommitError, RaftstoreError, TooLargeError, UnavailableError
+from raftstore.errors import AmbiguousCommitError, BadRequestError, RaftstoreError, TooLargeError, UnavailableError
+from raftstore.kvserver.gc import BELOW_GC
 from raftstore.kvserver.batch import (BOUNDED_STALENESS, EXACT, VALUE_TOO_LARGE, Check, CompareAndSwap, ConditionalPut, Delete, Get, GetForUpdate,
                                       Header, Put, SetFields)
 from raftstore.raft.commands import Outcome
@@ -159,7 +160,8 @@ class NodeKV:
         return {"kind": kind, "keys": keys, "end": end, "range_id": answer.get("range_id"),
                 "served_by": answer.get("served_by"), "rounds": answer.get("rounds") or 0,
                 "quorum_rtt_ms": answer.get("quorum_rtt_ms"),
-                "leader_rtt_ms": self._leader_rtt_ms(answer.get("served_by")), "ms": answer.get("ms") or 0.0}
+                "leader_rtt_ms": self._leader_rtt_ms(answer.get("served_by")), "ms": answer.get("ms") or 0.0,
+                "follower": answer.get("closed_ts") is not None}
 
     def _traced(self, window: list, got: list) -> None:
         """Record one batch: its committed answers grouped into the parts the router sent (a
@@ -224,6 +226,8 @@ class NodeKV:
             return TooLargeError("a row of this statement is too large to replicate (%s)" % result)
         if outcome is Outcome.AMBIGUOUS and write:
             return AmbiguousCommitError("a write of this statement may or may not have committed (%s)" % result)
+        if outcome is Outcome.REJECTED and getattr(result, "code", None) == BELOW_GC:
+            return BadRequestError(str(result))   # retrying cannot help: read at or above the threshold
         return UnavailableError("%s" % result)
 
     def _check(self, answer: tuple, write: bool) -> Any:
