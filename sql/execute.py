@@ -171,6 +171,7 @@ class Session:
         # variables (SET / SHOW) and causality token, the newest commit timestamp it was told.
         self.settings: dict[str, str] = {}
         self.causality: Version | None = None
+        self.follower_spec = None   # the current statement's follower read (sql.asof.ReadSpec), if any
 
     # --- public ---------------------------------------------------------------------------------
 
@@ -200,6 +201,7 @@ class Session:
         if kind == "show_var":
             name = statement.ast.this
             return Result([name], [T.TEXT], [[self.settings.get(name, SESSION_VARS[name])]], 1, "SHOW 1")
+        self.follower_spec = None
         try:
             self._follower_read(statement)
         except SQLError as error:
@@ -247,6 +249,7 @@ class Session:
         if spec is None:
             return
         spec = with_causality(spec, self.causality)
+        self.follower_spec = spec
         spans = []
         for name in tables_named(statement):
             schema = self._schema(name) if name not in VIRTUAL_TABLES else None
@@ -912,6 +915,11 @@ class Session:
                 leader = info.get("leader")
                 served = ("no leader" if leader is None
                           else f"n{leader['node_id']} ({leader['region']})")
+                if self.follower_spec is not None and not op.kind.startswith(("put", "delete")):
+                    # A follower read: the gateway's nearest replica, if it has closed the timestamp.
+                    served = "nearest replica if it has closed %s, else %s" % (
+                        "the read's timestamp" if self.follower_spec.kind == "exact"
+                        else "a timestamp within the bound", served)
                 replicas = ", ".join(
                     f"n{r['node_id']} ({r['region']})" for r in info.get("replicas") or []
                 )

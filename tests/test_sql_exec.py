@@ -594,6 +594,14 @@ def test_as_of_system_time_makes_the_statement_a_follower_read_of_its_tables(use
     assert [c[1][0].kind for c in kv.log if c[0] == "follower_read"][-1] == EXACT
 
 
+def test_explain_of_a_follower_read_says_the_nearest_replica_serves_it_if_it_has_closed_the_timestamp(users):
+    rows_ = rows(users, "EXPLAIN SELECT * FROM users AS OF SYSTEM TIME with_max_staleness('10s') WHERE id = 1")
+    assert rows_ and all(r[5].startswith("nearest replica if it has closed a timestamp within the bound, else ")
+                         for r in rows_ if r[4]), rows_
+    strong = rows(users, "EXPLAIN SELECT * FROM users WHERE id = 1")
+    assert not any("nearest replica" in r[5] for r in strong), strong
+
+
 @pytest.mark.parametrize("clause, named", [
     ("'yesterday'", "is not a timestamp"),
     ("with_max_staleness('soon')", "positive interval"),
