@@ -15,7 +15,7 @@ store, with no round to the leaseholder. Two ways carry it:
     index) moved since the last frame, and the ranges that left it; a full frame (every
     member) follows each (re)connection. So 1,000 idle ranges cost one small frame per peer
     per interval, and a follower works out a range's closed timestamp only when it reads it
-    (`Receiver.closed`).
+    (`Receiver.entry`, `Store.closed_ts`).
 
 The rules, each enforced where it is decided:
   * the leaseholder closes at most `now - closed_lag` and never past its lease's expiration;

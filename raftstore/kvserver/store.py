@@ -1159,12 +1159,11 @@ class Store:
             cache = self.tscache.get(range_id) if self.tscache_seq.get(range_id) == lease.seq else None
             floor = next_ts(cache.max_for(write_keys) if cache is not None
                             else max(lease.start, self.start_low_water, self._served(range_id)))
-            # Above everything closed for the range, which this command closes further (its
-            # followers adopt it when it applies: kvserver.closedts).
+            # This command closes the range further (its followers adopt it when it applies:
+            # kvserver.closedts); `propose` puts it above what is closed.
             closed = self._close(range_id, lease, now)
             if closed > ZERO:
                 evaluated["closed"] = list(closed)
-                floor = max(floor, next_ts(closed))
             try:
                 ts = self.propose(range_id, op, evaluated, done, command_id=command_id,
                                   at=max(list(at) if at is not None else [0, 0], list(floor)))
@@ -1201,9 +1200,8 @@ class Store:
         backwards) for a write about to be proposed under `lease`; returns what is closed."""
         rep = self.replicas.get(range_id)
         target = min((now[0] - self.closed_lag_ns, 0), lease.expiration)
-        closed = max(self.closed.get(range_id, ZERO), target, rep.closed if rep is not None else ZERO)
-        self.closed[range_id] = closed
-        return max(closed, self.closed_floor(range_id))
+        self.closed[range_id] = max(self.closed.get(range_id, ZERO), target, rep.closed if rep is not None else ZERO)
+        return self.closed_floor(range_id)
 
     def side_transport(self) -> tuple[int, tuple[int, int], list[int], list[int]]:
         """Close every range this node serves at `now - closed_lag` on the side transport:
@@ -1232,9 +1230,17 @@ class Store:
     def _fold_closed(self, range_id: int, lease_seq: int, index: int, ts: tuple[int, int]) -> None:
         """A side-transport entry is replaced: the replica keeps what it closed, if adopted."""
         rep = self.replicas.get(range_id)
-        if (rep is not None and rep.lease is not None and rep.lease.seq == lease_seq
+        if rep is not None:
+            self._adopt_closed(rep, lease_seq, index, ts)
+
+    @staticmethod
+    def _adopt_closed(rep: RangeReplica, lease_seq: int, index: int, ts: tuple[int, int]) -> None:
+        """Adopt `ts`, closed under lease `lease_seq` after log index `index`, once the replica has
+        applied through that index under that lease. Kept once adopted: a promise stays true,
+        also after the lease or the stream moves on."""
+        if (ts > rep.closed and rep.lease is not None and rep.lease.seq == lease_seq
                 and rep.applied_index() >= index):
-            rep.closed = max(rep.closed, ts)
+            rep.closed = ts
 
     def closed_ts(self, range_id: int) -> tuple[int, int]:
         """The timestamp at or below which this replica may serve any read of the range: the
@@ -1244,8 +1250,8 @@ class Store:
         if rep is None or rep.desc is None:
             return ZERO
         entry = self.closed_receiver.entry(rep.lease.holder, range_id, rep.lease.seq) if rep.lease is not None else None
-        if entry is not None and entry[0] > rep.closed and rep.applied_index() >= entry[1]:
-            rep.closed = entry[0]   # kept once seen: a promise stays true, also after the lease or stream moves on
+        if entry is not None:
+            self._adopt_closed(rep, rep.lease.seq, entry[1], entry[0])
         return rep.closed
 
     def negotiate_closed(self, spans: list[tuple[bytes, bytes | None]]) -> tuple[int, int] | None:

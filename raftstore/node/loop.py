@@ -460,9 +460,10 @@ class Node:
         if time.monotonic() >= self._closed_full_at:
             self._closed_full_at = time.monotonic() + constants.closed_full_every_s
             self._closed_owed_full.update(self.net.peers)
+        full = self.store.closed_sender.full() if self._closed_owed_full else None
         for pid in list(self.net.peers):
             if pid in self._closed_owed_full:
-                if self.net.send(pid, [CLOSED, seq, True, list(ts), self.store.closed_sender.full(), []]):
+                if self.net.send(pid, [CLOSED, seq, True, list(ts), full, []]):
                     self._closed_owed_full.discard(pid)
             else:
                 self.net.send(pid, [CLOSED, seq, False, list(ts), updates, removed])

@@ -93,7 +93,6 @@ class NodeKV:
             self.read_ts = tuple(ts)
         else:
             self.stale = None   # the leaseholders, at their clock: within any bound
-            self.follower_fallback = True
 
     def begin_statement(self, read_ts: Version | None = None) -> None:
         """A new statement: every read of it at one timestamp (`read_ts`; None: the first
@@ -105,7 +104,6 @@ class NodeKV:
         self.read_ts = read_ts
         self.in_statement = True
         self.stale: tuple | None = None       # (consistency, read_ts, min_ts) of a follower read
-        self.follower_fallback = False        # a bounded read no replica here could serve
         if read_ts is None:
             self.uncertainty_limit = None
 
