@@ -38,14 +38,18 @@ drain_offer_interval_s = 0.5          # a draining node offers a range's lead aw
 # and closes every range it serves on the side transport this often (CockroachDB's defaults).
 closed_lag_s = 3.0
 closed_side_interval_s = 0.2
-closed_full_every_s = 5.0
+closed_full_every_s = 5.0             # and sends every member again this often (a frame lost to a test's partition)
+# A range read by followers keeps its lease (and so its closed timestamp) this long after the
+# last follower read a replica reported on the side transport: an expiration lease would lapse
+# on a range only followers read, and their reads would go to the leaseholder.
+follower_demand_keep_s = 30.0
 # Garbage collection of old versions (raftstore.kvserver.gc): versions older than this that a
 # newer one hides go (--gc-ttl); each leaseholder looks this often; one GC command removes at
 # most this many versions.
 gc_ttl_s = 4 * 3600.0
 gc_interval_s = 60.0
 gc_batch_versions = 2000
-gc_step_min_s = 1.0                    # the threshold moves only when it would move at least this              # and sends every member again this often (a frame lost to a test's partition)
+gc_step_min_s = 1.0                    # the threshold moves only when it would move at least this
 lease_readers = 2                      # threads (each with its own SQLite read connection) serving leaseholder reads
 leader_wait_s = 2.0                     # a client command for a range with no leader known waits this long for one
 proposals_in_flight_max = 10_000        # per group; beyond it a proposal is refused at once

@@ -150,6 +150,9 @@ SQLSTATE_BY_SQL_CODE = {
     "invalid_parameter": "08P01",
     "invalid_value": "22023",
     "feature_not_supported": "0A000",
+    # CockroachDB's code: a bounded-staleness read with nearest_only that the gateway's own
+    # replicas cannot serve within its bound (it is never sent to the leaseholders).
+    "unsatisfiable_bounded_staleness": "XCUBS",
     # A write conflict met before any write of the statement applied: nothing of it applied,
     # so it may run again (the gateway does so itself, a bounded number of times).
     "serialization_failure": "40001",

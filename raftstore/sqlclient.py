@@ -47,7 +47,8 @@ failure, or None), ``sqlstate`` (PostgreSQL's five-character code of that kind, 
     sql_code unique_violation, not_null_violation     -> IntegrityError
     sql_code datatype_mismatch, division_by_zero, invalid_value -> DataError
     sql_code feature_not_supported                    -> NotSupportedError
-    sql_code serialization_failure (40001), statement_completion_unknown (40003) -> OperationalError
+    sql_code serialization_failure (40001), statement_completion_unknown (40003),
+             unsatisfiable_bounded_staleness (XCUBS)  -> OperationalError
     any ambiguous outcome; unavailable, draining, connection failures -> OperationalError
     bad_request, protocol (client and server disagree)                -> InterfaceError
     too_large                                                         -> DataError
@@ -205,6 +206,7 @@ _CLASS_BY_SQL_CODE: dict[str, type[Error]] = {
     "feature_not_supported": NotSupportedError,
     "serialization_failure": OperationalError,
     "statement_completion_unknown": OperationalError,
+    "unsatisfiable_bounded_staleness": OperationalError,
 }
 
 
@@ -408,6 +410,7 @@ class _Result(NamedTuple):
     rowcount: int
     status: str
     ts: HLCTimestamp
+    session: dict | None = None   # the SQL session as the server left it (sent back with the next statement)
 
 
 _VALUE_TYPES = (type(None), bool, int, float, str, bytes)
@@ -445,7 +448,10 @@ def _check_sql_result(result: Any) -> _Result:
             if row[i] is not None:
                 row[i] = wire.parse_sql_timestamp(row[i])
         converted.append(tuple(row))
-    return _Result(columns, types, converted, rowcount, status, ts)
+    session = result.get("session")
+    if session is not None and wire.sql_session_problem(session) is not None:
+        raise ValueError(f"sql result session {wire.sql_session_problem(session)}")
+    return _Result(columns, types, converted, rowcount, status, ts, session)
 
 
 # --- connection and cursor ------------------------------------------------------------------
@@ -521,6 +527,9 @@ class Connection:
             self._client.close()
             raise _error_from(exc) from exc
         self._closed = False
+        # The SQL session (its variables, its causality token) as the last answer left it, sent
+        # with every statement: a statement resent to another node runs in the same session.
+        self._session: dict | None = None
 
     @property
     def addresses(self) -> list[str]:
@@ -585,13 +594,18 @@ class Connection:
         args: dict[str, Any] = {"sql": sql}
         if params is not None:
             args["params"] = _encode_params(params)
+        if self._session is not None:
+            args["session"] = self._session
         read = statement_is_read(sql)
         try:
-            return self._client.request(
+            result = self._client.request(
                 "sql", args, _check_sql_result, write=not read, resend=read
             )
         except RaftstoreError as exc:
             raise _error_from(exc) from exc
+        if result.session is not None:
+            self._session = result.session
+        return result
 
 
 class Cursor:

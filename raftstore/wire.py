@@ -15,13 +15,18 @@ Request:  ``{"id": int, "op": str, "args": map}``
 Response: ``{"id": int, "ok": true, "result": any}`` or
           ``{"id": int, "ok": false, "error": {"code": str, "message": str, "ambiguous": bool}}``
 
-The ``sql`` op runs one SQL statement: ``args = {"sql": str, "params": [value, ...]}`` with
-``params`` optional (absent: no parameters). A parameter is nil, bool, int, float, str, bytes,
+The ``sql`` op runs one SQL statement: ``args = {"sql": str, "params": [value, ...], "session":
+map}`` with ``params`` optional (absent: no parameters) and ``session`` optional: the SQL
+session the statement runs in, ``{"causality": [wall_ns, logical] | nil, "settings": {name:
+value}}``, as the previous answer returned it. A connection's session lives on its node; a
+client that sends it back with every statement keeps its session variables and its causality
+token (its bounded-staleness reads never read below its own writes) when it moves to another
+node. A parameter is nil, bool, int, float, str, bytes,
 or ``["ts", "YYYY-MM-DD HH:MM:SS[.ffffff]"]`` for a TIMESTAMP (see `parse_sql_timestamp`); it
 is bound as a value by the server, never spliced into the text. Its answer:
 
     result: {"columns": [str], "types": [str], "rows": [[value, ...]], "rowcount": int,
-             "status": str, "ts": [wall_ns, logical]}
+             "status": str, "ts": [wall_ns, logical], "session": {"causality", "settings"}}
     error:  {"code": "sql_error", "message": str, "ambiguous": bool,
              "sql_code": str, "position": int | nil}   (or any other error code)
 
@@ -96,7 +101,7 @@ REQUEST_ARGS: dict[str, dict[str, str]] = {
              "max_staleness_ms": "staleness_ms", "min_ts": "ts?", "read_ts": "ts?"},
     "status": {},
     "split": {"key": "bytes"},
-    "sql": {"sql": "sql_text", "params": "sql_params"},
+    "sql": {"sql": "sql_text", "params": "sql_params", "session": "sql_session"},
     "check_consistency": {"start": "bytes", "end": "bytes?"},
     "lease_transfer": {"range_id": "id", "to": "id"},
     "drain": {},
@@ -106,7 +111,7 @@ REQUEST_ARGS: dict[str, dict[str, str]] = {
 # `min_ts`, the client's causality token); `read_ts` makes it an exact-staleness read there.
 _STALE_ARGS = frozenset({"max_staleness_ms", "min_ts", "read_ts"})
 STALENESS_MS_MAX = 7 * 24 * 3600 * 1000
-OPTIONAL_ARGS: dict[str, frozenset[str]] = {"sql": frozenset({"params"}), "scan": frozenset({"max_bytes"}) | _STALE_ARGS,
+OPTIONAL_ARGS: dict[str, frozenset[str]] = {"sql": frozenset({"params", "session"}), "scan": frozenset({"max_bytes"}) | _STALE_ARGS,
                                             "get": _STALE_ARGS,
                                             "check_consistency": frozenset({"start", "end"})}
 WRITE_OPS = frozenset({"put", "delete", "cas"})
@@ -348,8 +353,35 @@ def _check_field(op: str, name: str, kind: str, value: Any, request_id: int) -> 
             problem = sql_param_problem(param)
             if problem is not None:
                 raise BadRequest(f"{where}[{index}] {problem}", request_id)
+    elif kind == "sql_session":
+        problem = sql_session_problem(value)
+        if problem is not None:
+            raise BadRequest(f"{where} {problem}", request_id)
     else:  # pragma: no cover - REQUEST_ARGS is fixed above
         raise AssertionError(kind)
+
+
+SQL_SESSION_SETTINGS_MAX = 16          # session variables one `session` map may carry
+SQL_SESSION_TEXT_MAX = 64              # characters of a session variable's name or value
+
+
+def sql_session_problem(value: Any) -> str | None:
+    """None if `value` is a well-formed sql `session` map (module doc), else what is wrong with
+    it. Which variables exist and what values they take the SQL gateway checks."""
+    if not isinstance(value, dict) or set(value) - {"causality", "settings"}:
+        return "must be a map of causality and settings"
+    causality = value.get("causality")
+    if causality is not None and not (isinstance(causality, list) and len(causality) == 2
+                                      and all(_is_plain_int(x) and 0 <= x <= 2**63 - 1 for x in causality)):
+        return "causality must be [wall_ns, logical] (two non-negative ints) or nil"
+    settings = value.get("settings", {})
+    if not isinstance(settings, dict) or len(settings) > SQL_SESSION_SETTINGS_MAX:
+        return f"settings must be a map of at most {SQL_SESSION_SETTINGS_MAX} variables"
+    for name, setting in settings.items():
+        if not (isinstance(name, str) and isinstance(setting, str)
+                and len(name) <= SQL_SESSION_TEXT_MAX and len(setting) <= SQL_SESSION_TEXT_MAX):
+            return f"settings must map names to values, str of at most {SQL_SESSION_TEXT_MAX} characters"
+    return None
 
 
 _SQL_SCALAR_TYPES = (type(None), bool, int, float, str, bytes)

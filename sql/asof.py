@@ -10,6 +10,8 @@ The forms (CockroachDB's):
   it touches has closed, provided it is no older than 10 s and not below the session's
   causality token (its own latest commit), else at the leaseholders;
 * ``with_min_timestamp(ts)``: the same with `ts` as the bound;
+* either with a second argument ``true`` (nearest_only): never read at the leaseholders; when
+  the gateway's own replicas have not closed the bound, the statement fails instead;
 * an exact timestamp: ``'-5s'`` (an interval before now), ``'2026-12-03 10:00:00'`` (UTC), or an
   HLC decimal ``'1764756000000000000.0000000002'`` (wall nanoseconds, then the logical part in
   ten digits, as CockroachDB prints cluster_logical_timestamp()). An exact read reads exactly
@@ -48,13 +50,15 @@ _HLC_DECIMAL = re.compile(r"\s*(\d+)(?:\.(\d{1,10}))?\s*")
 
 @dataclass(frozen=True)
 class ReadSpec:
-    """`kind` EXACT: read at `ts`; BOUNDED: at the newest closed timestamp at or above `min_ts`.
-    `form` names the clause for EXPLAIN and errors."""
+    """`kind` EXACT: read at `ts`; BOUNDED: at the newest closed timestamp at or above `min_ts`
+    (with `nearest_only`, never at the leaseholders: an error instead). `form` names the
+    clause for EXPLAIN and errors."""
 
     kind: str
     ts: Version | None = None
     min_ts: Version | None = None
     form: str = ""
+    nearest_only: bool = False   # a bounded read the gateway's own replicas serve, or an error
 
 
 def _error(code: str, message: str, node: exp.Expr | None = None) -> SQLError:
@@ -104,6 +108,12 @@ def _string_arg(node: exp.Expr, name: str) -> str:
     raise _error("invalid_value", "%s takes a constant string, not %s" % (name, node.sql()), node)
 
 
+def _bool_arg(node: exp.Expr, name: str) -> bool:
+    if isinstance(node, exp.Boolean):
+        return bool(node.this)
+    raise _error("invalid_value", "%s's nearest_only is true or false, not %s" % (name, node.sql()), node)
+
+
 def read_spec(clause: exp.Expr, now_ns: int) -> ReadSpec:
     """The ReadSpec of an AS OF SYSTEM TIME clause, evaluated at `now_ns` (the gateway's HLC)."""
     text = clause.sql()
@@ -116,16 +126,19 @@ def read_spec(clause: exp.Expr, now_ns: int) -> ReadSpec:
                 raise _error("invalid_value", "follower_read_timestamp() takes no arguments", clause)
             return ReadSpec(EXACT, ts=(now_ns - int(FOLLOWER_READ_LAG_S * 1e9), 0), form=text)
         if name in ("with_max_staleness", "with_min_timestamp"):
-            if len(args) != 1:
-                raise _error("invalid_value", "%s takes one argument (nearest_only is not served)" % name, clause)
+            if len(args) not in (1, 2):
+                raise _error("invalid_value", "%s takes a bound and, optionally, nearest_only (true or false)"
+                             % name, clause)
+            nearest_only = _bool_arg(args[1], name) if len(args) == 2 else False
             arg = _string_arg(args[0], name)
             if name == "with_max_staleness":
                 seconds = parse_interval_s(arg)
                 if seconds is None or seconds <= 0:
                     raise _error("invalid_value", "with_max_staleness takes a positive interval like '10s', "
                                  "not %r" % arg, args[0])
-                return ReadSpec(BOUNDED, min_ts=(now_ns - int(seconds * 1e9), 0), form=text)
-            return ReadSpec(BOUNDED, min_ts=_checked(_timestamp_text(arg, args[0], now_ns), now_ns, args[0]), form=text)
+                return ReadSpec(BOUNDED, min_ts=(now_ns - int(seconds * 1e9), 0), form=text, nearest_only=nearest_only)
+            return ReadSpec(BOUNDED, min_ts=_checked(_timestamp_text(arg, args[0], now_ns), now_ns, args[0]), form=text,
+                            nearest_only=nearest_only)
         raise _error("invalid_value", "AS OF SYSTEM TIME does not take %s(): use follower_read_timestamp(), "
                      "with_max_staleness(...), with_min_timestamp(...) or a timestamp" % name, clause)
     if isinstance(clause, exp.Literal):
@@ -159,7 +172,7 @@ def with_causality(spec: ReadSpec, token: Version | None) -> ReadSpec:
     commit); an exact read reads where it asked."""
     if spec.kind != BOUNDED or token is None or spec.min_ts is None or tuple(token) <= spec.min_ts:
         return spec
-    return ReadSpec(BOUNDED, min_ts=tuple(token), form=spec.form)
+    return ReadSpec(BOUNDED, min_ts=tuple(token), form=spec.form, nearest_only=spec.nearest_only)
 
 
 def set_value(name: str, value: str) -> str:

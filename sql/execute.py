@@ -919,7 +919,8 @@ class Session:
                     # A follower read: the gateway's nearest replica, if it has closed the timestamp.
                     served = "nearest replica if it has closed %s, else %s" % (
                         "the read's timestamp" if self.follower_spec.kind == "exact"
-                        else "a timestamp within the bound", served)
+                        else "a timestamp within the bound",
+                        "an error (nearest_only)" if self.follower_spec.nearest_only else served)
                 replicas = ", ".join(
                     f"n{r['node_id']} ({r['region']})" for r in info.get("replicas") or []
                 )

@@ -45,6 +45,26 @@ def _wire_value(value: Any) -> Any:
     return value
 
 
+def _adopt_session(state: dict, session: dict) -> None:
+    """A client's `session` (raftstore.wire: as an earlier answer returned it, perhaps from
+    another node) joins this connection's: the later causality token, its session variables.
+    SQLError invalid_value (or undefined_object) for a variable or value SET would refuse."""
+    from sql.asof import SESSION_VARS, set_value
+    from sql.errors import SQLError
+
+    settings = session.get("settings") or {}
+    adopted = {}
+    for name, value in settings.items():
+        if name not in SESSION_VARS:
+            raise SQLError("undefined_object", "the session names an unknown variable %r (known: %s)"
+                           % (name, ", ".join(sorted(SESSION_VARS))))
+        adopted[name] = set_value(name, value)
+    state.setdefault("settings", {}).update(adopted)
+    causality = session.get("causality")
+    if causality is not None and tuple(causality) > tuple(state.get("causality") or (0, 0)):
+        state["causality"] = tuple(causality)
+
+
 def _param(value: Any) -> Any:
     if isinstance(value, list) and len(value) == 2 and value[0] == "ts" and isinstance(value[1], str):
         return datetime.datetime.fromisoformat(value[1])
@@ -171,6 +191,11 @@ class Gateway:
             params = [_param(p) for p in (args.get("params") or [])]
         except ValueError as exc:
             return _sql_error(SQLError("invalid_parameter", "bad timestamp parameter: %s" % exc))
+        if args.get("session") is not None:
+            try:
+                _adopt_session(state, args["session"])
+            except SQLError as exc:
+                return _sql_error(exc)
 
         def run():
             session = self._take_session()
@@ -195,6 +220,9 @@ class Gateway:
             return {"ok": False, "error": exc.to_wire()}
         if ts and tuple(ts) > tuple(state.get("causality") or (0, 0)):
             state["causality"] = tuple(ts)
+        causality = state.get("causality")
         return {"ok": True, "result": {"columns": list(result.columns), "types": list(result.types),
                                        "rows": [[_wire_value(v) for v in row] for row in result.rows],
-                                       "rowcount": result.rowcount, "status": result.status, "ts": ts}}
+                                       "rowcount": result.rowcount, "status": result.status, "ts": ts,
+                                       "session": {"causality": list(causality) if causality else None,
+                                                   "settings": dict(state.get("settings") or {})}}}

@@ -27,6 +27,15 @@ def _wait(check, timeout_s: float, what: str):
         time.sleep(0.05)
 
 
+def _retrying(check):
+    try:
+        return check()
+    except Exception as exc:
+        if "nearest_only" not in str(exc):
+            raise
+        return False
+
+
 def test_a_follower_serves_what_its_leaseholder_closed_and_a_client_reads_its_own_writes(tmp_path):
     with Cluster(str(tmp_path)) as cluster:
         holder = cluster.wait_leaseholder(DATA)
@@ -59,6 +68,30 @@ def test_a_follower_serves_what_its_leaseholder_closed_and_a_client_reads_its_ow
             assert status["closed"]["follower_reads"] >= 3
 
 
+def test_a_range_only_followers_read_stays_served_by_them(tmp_path):
+    """Nothing reads or writes at the leaseholder, so its expiration lease would lapse (2.5 s) and
+    its closed timestamp stop; 10 s later every bounded read would go to the leaseholder. The
+    follower's reads, reported on the side transport, keep the lease and the closed timestamp
+    running: every read for a bound plus a lease is served by the follower."""
+    with Cluster(str(tmp_path)) as cluster:
+        holder = cluster.wait_leaseholder(DATA)
+        follower = next(n for n in cluster.nodes if n is not holder)
+        with cluster.client(holder) as writer, cluster.client(follower) as near:
+            writer.put(b"k", b"v1")
+            _wait(lambda: (lambda r: r["served_by"] == follower.node_id and r["value"] == b"v1")(
+                near.read(b"k", max_staleness=10.0)), 20, "the follower to serve the write")
+            bound_s, lease_s = 10.0, 2.5
+            until = time.monotonic() + bound_s + 2 * lease_s
+            served = []
+            while time.monotonic() < until:
+                got = near.read(b"k", max_staleness=bound_s)
+                assert got["value"] == b"v1"
+                served.append(got["served_by"])
+                time.sleep(0.25)
+            assert set(served) == {follower.node_id}, served
+            assert writer.status()["closed"]["leases_kept_for_followers"] >= 1
+
+
 def test_sql_follower_reads_as_of_system_time_and_the_session_default(tmp_path):
     from raftstore.sqlclient import connect
 
@@ -72,6 +105,11 @@ def test_sql_follower_reads_as_of_system_time_and_the_session_default(tmp_path):
             # Read-your-writes: this session's insert is above what any replica closed yet.
             cur.execute("SELECT v FROM t AS OF SYSTEM TIME with_max_staleness('10s') WHERE k = 1")
             assert cur.fetchall() == [("a",)]
+            # nearest_only: not at the leaseholder; this node's replica has not closed the insert yet.
+            from raftstore.sqlclient import OperationalError
+            with pytest.raises(OperationalError, match="nearest_only keeps the read from the leaseholders") as info:
+                cur.execute("SELECT v FROM t AS OF SYSTEM TIME with_max_staleness('10s', true) WHERE k = 1")
+            assert info.value.sqlstate == "XCUBS"
             # Long before the table had rows.
             cur.execute("SELECT count(*) FROM t AS OF SYSTEM TIME '-1h'")
             assert cur.fetchall() == [(0,)]
@@ -86,6 +124,10 @@ def test_sql_follower_reads_as_of_system_time_and_the_session_default(tmp_path):
                 steps = [row for row in cur.fetchall() if row[1] in ("get", "scan")]
                 return bool(steps) and all(row[4].startswith("n%d " % follower.node_id) for row in steps)
             _wait(served_here, 30, "the follower to serve the table's rows")
+            def nearest_only() -> bool:   # once this node's replica closed past the insert, it serves it
+                cur.execute("SELECT v FROM t AS OF SYSTEM TIME with_max_staleness('10s', true) WHERE k = 1")
+                return cur.fetchall() == [("a",)]
+            _wait(lambda: _retrying(nearest_only), 30, "the nearest replica to serve a nearest_only read")
             cur.execute("SET default_transaction_use_follower_reads = on")
             cur.execute("SHOW default_transaction_use_follower_reads")
             assert cur.fetchall() == [("on",)]

@@ -42,3 +42,28 @@ def test_a_bounded_read_never_reads_below_the_sessions_causality_token_and_an_ex
     default = session_default({"default_transaction_use_follower_reads": "on"}, NOW)
     assert default.kind == BOUNDED and with_causality(default, token).min_ts == token
     assert session_default({}, NOW) is None
+
+
+@pytest.mark.parametrize("clause, nearest_only", [
+    ("with_max_staleness('10s')", False),
+    ("with_max_staleness('10s', true)", True),
+    ("with_max_staleness('10s', false)", False),
+    ("with_min_timestamp('2025-12-03 09:59:50', TRUE)", True),
+])
+def test_nearest_only_is_the_bounded_forms_second_argument(clause, nearest_only):
+    got = spec(clause)
+    assert got.kind == BOUNDED and got.nearest_only is nearest_only
+    assert with_causality(got, (NOW - SEC, 0)).nearest_only is nearest_only   # kept when the token raises the bound
+
+
+@pytest.mark.parametrize("clause, message", [
+    ("with_max_staleness('10s', 'yes')", "nearest_only is true or false"),
+    ("with_max_staleness('10s', true, true)", "takes a bound and, optionally, nearest_only"),
+    ("with_min_timestamp()", "takes a bound and, optionally, nearest_only"),
+])
+def test_a_bad_nearest_only_is_refused_by_name(clause, message):
+    from sql.errors import SQLError
+
+    with pytest.raises(SQLError, match=message) as info:
+        spec(clause)
+    assert info.value.code == "invalid_value"

@@ -600,13 +600,15 @@ def test_explain_of_a_follower_read_says_the_nearest_replica_serves_it_if_it_has
                          for r in rows_ if r[4]), rows_
     strong = rows(users, "EXPLAIN SELECT * FROM users WHERE id = 1")
     assert not any("nearest replica" in r[5] for r in strong), strong
+    nearest = rows(users, "EXPLAIN SELECT * FROM users AS OF SYSTEM TIME with_max_staleness('10s', true) WHERE id = 1")
+    assert nearest and all(r[5].endswith("else an error (nearest_only)") for r in nearest if r[4]), nearest
 
 
 @pytest.mark.parametrize("clause, named", [
     ("'yesterday'", "is not a timestamp"),
     ("with_max_staleness('soon')", "positive interval"),
     ("with_max_staleness('-5s')", "positive interval"),
-    ("with_max_staleness('10s', true)", "takes one argument"),
+    ("with_max_staleness('10s', 'yes')", "nearest_only is true or false"),
     ("follower_read_timestamp(1)", "takes no arguments"),
     ("now()", "does not take current_timestamp()"),
     ("'2999-01-01 00:00:00'", "in the future"),

@@ -290,3 +290,29 @@ def test_a_write_that_fails_before_any_applied_is_unavailable_so_it_may_be_sent_
         assert (error["code"], error["ambiguous"]) == ("unavailable", False), error
         await _close(gateway)
     _run(main())
+
+
+def test_a_session_sent_with_a_statement_joins_the_connections_and_comes_back() -> None:
+    """A client that moved to another node sends the session its last answer returned: the
+    statement runs with its variables and never reads below its causality token."""
+    async def main():
+        gateway = _gateway(MemNode())
+        state: dict = {}
+        sent = {"causality": [7, 3], "settings": {"default_transaction_use_follower_reads": "TRUE"}}
+        got = _ok(await gateway.handle({"sql": "SHOW default_transaction_use_follower_reads", "session": sent}, state))
+        assert got["rows"] == [["on"]]
+        assert got["session"] == {"causality": [7, 3], "settings": {"default_transaction_use_follower_reads": "on"}}
+        # An older token does not lower the connection's; a newer one raises it.
+        older = _ok(await gateway.handle({"sql": "SHOW default_transaction_use_follower_reads", "session": {"causality": [5, 0]}}, state))
+        assert older["session"]["causality"] == [7, 3]
+        newer = _ok(await gateway.handle({"sql": "SHOW default_transaction_use_follower_reads", "session": {"causality": [9, 0], "settings": {}}}, state))
+        assert newer["session"]["causality"] == [9, 0] and state["causality"] == (9, 0)
+        # A variable SET would refuse, refused the same way; nothing of it is adopted.
+        bad = await gateway.handle({"sql": "SHOW default_transaction_use_follower_reads", "session": {"settings": {"search_path": "x"}}}, state)
+        assert not bad["ok"] and bad["error"]["sql_code"] == "undefined_object", bad
+        bad = await gateway.handle({"sql": "SHOW default_transaction_use_follower_reads", "session": {
+            "settings": {"default_transaction_use_follower_reads": "maybe"}}}, state)
+        assert not bad["ok"] and bad["error"]["sql_code"] == "invalid_value", bad
+        assert state["settings"] == {"default_transaction_use_follower_reads": "on"}
+        await _close(gateway)
+    _run(main())

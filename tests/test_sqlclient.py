@@ -489,6 +489,30 @@ def test_unavailable_until_the_deadline_is_operational_and_not_ambiguous(sql_ser
     assert error.code == "unavailable"
 
 
+def test_the_session_an_answer_returns_goes_with_the_next_statement_also_to_another_node(
+    sql_server, connect
+):
+    session = {"causality": [5, 1], "settings": {"default_transaction_use_follower_reads": "on"}}
+    answered = result(status="SET")
+    answered["result"]["session"] = session
+    first = sql_server({"SET default_transaction_use_follower_reads = on": answered})
+    second = sql_server({"SELECT 1": result(["?column?"], ["INT"], [[1]])})
+    cursor = connect([first.address, second.address]).cursor()
+    cursor.execute("SET default_transaction_use_follower_reads = on")
+    assert "session" not in first.requests[0][1]
+    first.stop()                                             # the first node is gone: the next is asked
+    cursor.execute("SELECT 1")
+    assert second.requests[-1][1]["session"] == session
+
+
+def test_a_malformed_session_in_an_answer_is_an_interface_error(sql_server, connect):
+    answered = result(["?column?"], ["INT"], [[1]])
+    answered["result"]["session"] = {"causality": "soon"}
+    server = sql_server({"SELECT 1": answered})
+    with pytest.raises(sqlclient.InterfaceError, match="session causality must be"):
+        connect(server.address).cursor().execute("SELECT 1")
+
+
 def test_a_read_is_retried_after_the_connection_breaks(sql_server, connect):
     server = sql_server({"SELECT 1": [CLOSE, result(["?column?"], ["INT"], [[1]])]})
     assert connect(server.address).cursor().execute("SELECT 1").fetchall() == [(1,)]
@@ -583,6 +607,9 @@ def round_trip(obj: Any) -> Any:
         {"sql": "SELECT $1", "params": [None, True, -1, 2**64 - 1, 1.5, "s", b"b"]},
         {"sql": "$1", "params": [["ts", "2024-02-29 12:00:00"], ["ts", "0001-01-01 00:00:00.5"]]},
         {"sql": "x" * wire.sql_text_bytes_max},
+        {"sql": "x", "session": {"causality": [1, 2], "settings": {"a": "on"}}},
+        {"sql": "x", "session": {"causality": None}},
+        {"sql": "x", "session": {}},
     ],
 )
 def test_well_formed_sql_requests_pass_validation(args):
@@ -607,6 +634,13 @@ def test_well_formed_sql_requests_pass_validation(args):
         ({"sql": "x", "params": [["ts", "2023-01-01 00:00:00", 1]]}, "args.params[0] must be nil"),
         ({"sql": "x", "params": [0] * (wire.sql_params_count_max + 1)}, "more than the limit"),
         ({"sql": "x", "limit": 5}, "unknown field(s) 'limit'"),
+        ({"sql": "x", "session": []}, "args.session must be a map of causality and settings"),
+        ({"sql": "x", "session": {"user": "x"}}, "args.session must be a map of causality and settings"),
+        ({"sql": "x", "session": {"causality": [1]}}, "causality must be [wall_ns, logical]"),
+        ({"sql": "x", "session": {"causality": [-1, 0]}}, "causality must be [wall_ns, logical]"),
+        ({"sql": "x", "session": {"settings": {"a": 1}}}, "settings must map names to values"),
+        ({"sql": "x", "session": {"settings": {"a": "x" * 65}}}, "settings must map names to values"),
+        ({"sql": "x", "session": {"settings": {str(i): "on" for i in range(17)}}}, "at most 16 variables"),
     ],
 )
 def test_malformed_sql_requests_are_bad_requests_naming_the_problem(args, message):

@@ -29,6 +29,12 @@ The rules, each enforced where it is decided:
     only while the lease it names is the range's lease; a frame after a gap in the stream (a
     lost frame) is not adopted until the next full frame; what it adopted stays adopted (a
     promise is kept forever), so a partitioned follower keeps serving up to it.
+
+A CLOSED frame also carries two things the other way round, from readers to leaseholders
+(`extra`): the ranges follower reads asked of this node's replicas (a leaseholder keeps the
+lease of a range its followers read, though nothing reads it there: an expiration lease
+would lapse, its closed timestamp would stop, and the reads would go to the leaseholder), and
+the oldest timestamp a statement running at this node reads at (GC stays below it).
 """
 
 from __future__ import annotations
@@ -137,17 +143,28 @@ class Receiver:
 
 
 def frame_problem(frame: list) -> str | None:
-    """What is wrong with a CLOSED frame `[8, seq, full, [wall, logical], updates, removed]`
-    (updates: flat [range id, lease seq, index] triples; removed: range ids), or None."""
-    if len(frame) != 6:
-        return "%d fields, expected 6" % len(frame)
-    _, seq, full, ts, updates, removed = frame
+    """What is wrong with a CLOSED frame `[8, seq, full, [wall, logical], updates, removed, extra]`
+    (updates: flat [range id, lease seq, index] triples; removed: range ids; extra, optional: a
+    map with `wanted`, range ids follower reads asked of the sender's replicas since its last
+    frame, and `protect`, the oldest timestamp a read running at the sender reads at, or nil),
+    or None."""
+    if len(frame) not in (6, 7):
+        return "%d fields, expected 6 or 7" % len(frame)
+    _, seq, full, ts, updates, removed = frame[:6]
     if type(seq) is not int or not 0 <= seq < 2**63 or not isinstance(full, bool):
         return "seq must be a non-negative integer and full a bool"
     if not _ts_ok(ts):
         return "ts must be [wall_ns, logical]"
     if not _ints(updates) or len(updates) % 3 or not _ints(removed):
         return "updates must be [range id, lease seq, index] triples and removed range ids"
+    if len(frame) == 7:
+        extra = frame[6]
+        if not isinstance(extra, dict) or set(extra) - {"wanted", "protect"}:
+            return "extra must be a map of wanted and protect"
+        if not _ints(extra.get("wanted", [])):
+            return "wanted must be range ids"
+        if extra.get("protect") is not None and not _ts_ok(extra["protect"]):
+            return "protect must be [wall_ns, logical] or nil"
     return None
 
 

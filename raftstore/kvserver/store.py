@@ -107,7 +107,8 @@ class Store:
                  observe_ts: Callable[[tuple[int, int]], None] = lambda ts: None,
                  max_offset_ns: int = constants.max_clock_offset_ns, stasis_ns: int | None = None,
                  lease_ns: int = int(constants.lease_duration_s * 1e9),
-                 preferred_holder: Callable[[tuple, str | None], int | None] = lambda replicas, home: None) -> None:
+                 preferred_holder: Callable[[tuple, str | None], int | None] = lambda replicas, home: None,
+                 protected_here: Callable[[], tuple[int, int] | None] = lambda: None) -> None:
         """`snapshot_executor` runs the slow part of snapshots (writing one, staging a received
         one) and of consistency checks (hashing a range): the node gives
         raftstore.raft.group.run_in_thread so its loop never waits for a whole range; the
@@ -217,7 +218,16 @@ class Store:
         self.closed: dict[int, tuple[int, int]] = {}
         self.closed_sender = Sender()
         self.closed_receiver = Receiver()
-        self.closed_stats = {"follower_reads": 0, "refused_behind": 0, "to_leaseholder": 0}
+        self.closed_stats = {"follower_reads": 0, "refused_behind": 0, "to_leaseholder": 0, "leases_kept_for_followers": 0}
+        # Follower reads keep their ranges' leases (kvserver.closedts, the CLOSED frame's extra):
+        # the ranges follower reads asked of this node's replicas since its last frame, and, as
+        # the leaseholder, when each range's followers last reported a read.
+        self.demanded: set[int] = set()
+        self.lease_demand: dict[int, float] = {}
+        # GC stays below the oldest timestamp a statement running here (`protected_here`) or at
+        # a peer (its last CLOSED frame) reads at.
+        self.protected_here = protected_here
+        self.protected_by_peer: dict[int, tuple[int, int]] = {}
         # Garbage collection (kvserver.gc): the next pass, and the spans a planning job (off the
         # loop) found, waiting to be proposed on the loop.
         self.next_gc = 0.0
@@ -458,7 +468,12 @@ class Store:
             return   # its lead is on offer: it extends nothing
         if mine:
             used = self.lease_used.get(range_id, -1e18) > self.clock() - self.lease_ns / 1e9
-            if ((used or range_id in self.lease_wanted) and lease.expiration[0] - now[0] < self.lease_ns // 2
+            ahead = self.lease_ns // 2
+            if self.lease_demand.get(range_id, -1e18) > self.clock() - constants.follower_demand_keep_s:
+                # Followers read it: extend a tick early (an idle group ticks about once a
+                # second), so the lease never lapses under their closed timestamp.
+                used, ahead = True, ahead + int(_idle_period(range_id) * 1e9)
+            if ((used or range_id in self.lease_wanted) and lease.expiration[0] - now[0] < ahead
                     and not self._extension_in_flight(range_id, lease)):
                 self._ask(range_id, lease, Lease(lease.seq, me, lease.start, (now[0] + self.lease_ns, 0)))
             return
@@ -704,11 +719,13 @@ class Store:
 
     # --- garbage collection (kvserver.gc) ---------------------------------------------------------
     def gc_pass(self) -> None:
-        """For each data range this node serves: if now - gc_ttl (never above what it closed) is
-        past the range's threshold by gc_step_min_s, plan GC spans off the loop (a snapshot
+        """For each data range this node serves: if now - gc_ttl (never above what it closed, nor
+        above the oldest timestamp a running statement reads at: `gc_protected`) is past the
+        range's threshold by gc_step_min_s, plan GC spans off the loop (a snapshot
         job), then propose one `gc` command per span (`_propose_gc`)."""
         self.gc_stats["passes"] += 1
         now = tuple(self.now_ts())
+        protected = self.gc_protected()
         for rid in list(self.tscache):
             rep = self.replicas.get(rid)
             if rid < FIRST_DATA_RANGE_ID or rid in self.gc_planning or rep is None or rep.desc is None:
@@ -716,6 +733,8 @@ class Store:
             if self.serving_lease(rid, now) is None:
                 continue
             threshold = min((now[0] - int(self.cfg.gc_ttl_s * 1e9), 0), self.closed_floor(rid))
+            if protected is not None:
+                threshold = min(threshold, protected)   # a read at the threshold still sees what it saw
             if threshold[0] - rep.gc_threshold[0] < constants.gc_step_min_s * 1e9:
                 continue
             self.gc_planning.add(rid)
@@ -817,6 +836,7 @@ class Store:
         """The link to a peer dropped: its claims are no longer news (its next heartbeat, once
         the link is back, brings them again)."""
         self.claims_from.pop(peer_id, None)
+        self.protected_by_peer.pop(peer_id, None)   # its statements' reads ended with the link (it tells again)
         self.disputes_from.pop(peer_id, None)
         self.disputes_for.pop(peer_id, None)
 
@@ -1224,8 +1244,44 @@ class Store:
         updates, removed = sender.frame(target, current)
         return sender.seq, sender.ts, updates, removed
 
-    def on_closed_frame(self, peer: int, seq: int, full: bool, ts: list, updates: list[int], removed: list[int]) -> None:
+    def on_closed_frame(self, peer: int, seq: int, full: bool, ts: list, updates: list[int], removed: list[int],
+                        extra: dict | None = None) -> None:
         self.closed_receiver.on_frame(peer, seq, full, (ts[0], ts[1]), updates, removed, self._fold_closed)
+        if extra is None:
+            return
+        for rid in extra.get("wanted", ()):
+            self._followers_read(rid)
+        protect = extra.get("protect")
+        if protect is None:
+            self.protected_by_peer.pop(peer, None)
+        else:
+            self.protected_by_peer[peer] = (protect[0], protect[1])
+
+    def side_extra(self) -> dict:
+        """What a CLOSED frame tells the other way (kvserver.closedts): the ranges follower reads
+        asked of replicas here since the last frame, and the oldest timestamp a statement
+        running here reads at (or None)."""
+        wanted, self.demanded = sorted(self.demanded), set()
+        protect = self.protected_here()
+        return {"wanted": wanted, "protect": None if protect is None else list(protect)}
+
+    def _followers_read(self, range_id: int) -> None:
+        """A follower reported a read of `range_id`: if this node leads it, keep (or take) its
+        lease for follower_demand_keep_s, so its closed timestamp keeps up with the clock."""
+        group, rep = self.groups.get(range_id), self.replicas.get(range_id)
+        if group is None or rep is None or rep.desc is None or not group.is_leader():
+            return
+        if self.lease_demand.get(range_id, -1e18) <= self.clock() - constants.follower_demand_keep_s:
+            self.closed_stats["leases_kept_for_followers"] += 1
+        self.lease_demand[range_id] = self.clock()
+        if self.serving_lease(range_id) is None:
+            self.lease_wanted.add(range_id)
+        self.tick_soon.add(range_id)
+
+    def gc_protected(self) -> tuple[int, int] | None:
+        """The oldest timestamp a statement running here or at a peer reads at: GC stays below it."""
+        found = [ts for ts in [self.protected_here()] + list(self.protected_by_peer.values()) if ts is not None]
+        return min(found) if found else None
 
     def _fold_closed(self, range_id: int, lease_seq: int, index: int, ts: tuple[int, int]) -> None:
         """A side-transport entry is replaced: the replica keeps what it closed, if adopted."""
@@ -1286,6 +1342,9 @@ class Store:
         ts = header.read_ts if header.read_ts is not None else closed
         fresh_enough = header.read_ts is not None or (header.min_ts is not None and closed >= header.min_ts)
         rep = self.replicas.get(range_id)
+        group = self.groups.get(range_id)
+        if group is None or not group.is_leader():
+            self.demanded.add(range_id)   # its leaseholder keeps the lease for the followers (side_extra)
         if fresh_enough and ts <= closed and rep is not None and rep.desc is not None:
             self.closed_stats["follower_reads"] += 1
             desc = rep.desc
@@ -1305,7 +1364,6 @@ class Store:
                 self.read_executor(job)
             self._when_committed(run)   # what it adopted is committed once the tick's applies are
             return
-        group = self.groups.get(range_id)
         if group is not None and group.is_leader():
             self.closed_stats["to_leaseholder"] += 1
             strong = replace(header, consistency=STRONG, min_ts=None,

@@ -172,6 +172,7 @@ class Node:
         self.clock_offset_errors = 0
         self.offsets = OffsetMonitor(MAX_OFFSET_NS_DEFAULT)
         self.clock_unfit: str | None = None       # why this node stopped serving (clock), or None
+        self.protected: dict[int, tuple[int, int]] = {}   # id(owner) -> the timestamp its running statement reads at (protect)
         self._closed_owed_full: set[int] = set()  # peers whose next CLOSED frame lists every member
         self._closed_full_at = 0.0                # when every peer gets every member again
         self._offset_logged: dict[int, float] = {}
@@ -368,7 +369,7 @@ class Node:
                            observe_ts=lambda ts: self.hlc.update(Timestamp.from_wire(list(ts))),
                            max_offset_ns=self.hlc.max_offset_ns,
                            stasis_ns=0 if self.cfg.ignore_stasis else None, lease_ns=int(self.cfg.lease_s * 1e9),
-                           preferred_holder=self._preferred_holder)
+                           preferred_holder=self._preferred_holder, protected_here=self.protected_min)
         self.store.disk_low = self.disk.check()
         self.store.set_clock_unfit(self.clock_unfit is not None)
         self.store.start()
@@ -449,24 +450,39 @@ class Node:
         if self.store is not None:
             self.store.on_node_heartbeat(peer_id, claims, disputes)
 
-    def _on_closed(self, peer_id: int, seq: int, full: bool, ts: list, updates: list, removed: list) -> None:
+    def _on_closed(self, peer_id: int, seq: int, full: bool, ts: list, updates: list, removed: list,
+                   extra: dict | None = None) -> None:
         if self.store is not None:
-            self.store.on_closed_frame(peer_id, seq, full, ts, updates, removed)
+            self.store.on_closed_frame(peer_id, seq, full, ts, updates, removed, extra)
+
+    def protect(self, owner: object, ts: tuple[int, int] | None) -> None:
+        """A statement of `owner` (a SQL session's KV) reads at `ts` (None: it ended): GC stays
+        at or below the oldest such timestamp, here and at every peer (Store.gc_protected).
+        Called from the client port's thread: one dict operation, atomic under the GIL."""
+        if ts is None:
+            self.protected.pop(id(owner), None)
+        else:
+            self.protected[id(owner)] = (ts[0], ts[1])
+
+    def protected_min(self) -> tuple[int, int] | None:
+        found = list(self.protected.values())
+        return min(found) if found else None
 
     def _send_closed(self) -> None:
         """The side transport (kvserver.closedts): close every range this node serves and tell
         each peer what changed (a peer connected since the last frame gets every member)."""
         seq, ts, updates, removed = self.store.side_transport()
+        extra = self.store.side_extra()
         if time.monotonic() >= self._closed_full_at:
             self._closed_full_at = time.monotonic() + constants.closed_full_every_s
             self._closed_owed_full.update(self.net.peers)
         full = self.store.closed_sender.full() if self._closed_owed_full else None
         for pid in list(self.net.peers):
             if pid in self._closed_owed_full:
-                if self.net.send(pid, [CLOSED, seq, True, list(ts), full, []]):
+                if self.net.send(pid, [CLOSED, seq, True, list(ts), full, [], extra]):
                     self._closed_owed_full.discard(pid)
             else:
-                self.net.send(pid, [CLOSED, seq, False, list(ts), updates, removed])
+                self.net.send(pid, [CLOSED, seq, False, list(ts), updates, removed, extra])
 
     def _on_peer_up(self, peer_id: int) -> None:
         self._closed_owed_full.add(peer_id)
@@ -1008,7 +1024,7 @@ class Node:
                 "router": dict(self.router.stats, cached=len(self.router.cache)),
                 "test_cut": sorted(self.net.cut), "primary_region": self.cfg.primary_region,
                 "leases": dict(self.store.lease_stats, serving=len(self.store.tscache)) if self.store is not None else None,
-                "gc": dict(self.store.gc_stats) if self.store is not None else None,
+                "gc": dict(self.store.gc_stats, protected=self.store.gc_protected()) if self.store is not None else None,
                 "closed": dict(self.store.closed_stats, group=len(self.store.closed_sender.members),
                                side_ts=list(self.store.closed_sender.ts), stream_gaps=self.store.closed_receiver.gaps)
                 if self.store is not None else None,

@@ -166,7 +166,7 @@ class PeerNetwork:
     `on_checksum_reply(peer_id, range_id, index, checksum | None, error | None)`,
     `on_propose(peer_id, request_id, range_id, op, args, command_id)` (a follower hands the
     leader a client's command), `on_propose_reply(peer_id, request_id, outcome, result)` and
-    `on_closed(peer_id, seq, full, ts, updates, removed)` (a CLOSED frame).
+    `on_closed(peer_id, seq, full, ts, updates, removed[, extra])` (a CLOSED frame).
     """
 
     def __init__(self, *, listen_sock: socket.socket, secret: bytes, hello: Callable[[], dict],

@@ -72,6 +72,19 @@ class NodeKV:
         self.begin_statement()
         self.end_statement()
 
+    @property
+    def read_ts(self) -> Version | None:
+        return self._read_ts
+
+    @read_ts.setter
+    def read_ts(self, ts: Version | None) -> None:
+        """The statement's one read timestamp: while it runs, GC anywhere stays at or below it
+        (`Node.protect`), so its later pages still find the versions its first pages saw."""
+        self._read_ts = ts
+        protect = getattr(self.node, "protect", None)
+        if protect is not None:
+            protect(self, ts)
+
     def now_ns(self) -> int:
         hlc = getattr(self.node, "hlc", None)
         return hlc.now().wall_ns if hlc is not None else time.time_ns()
@@ -81,7 +94,8 @@ class NodeKV:
         session's follower-read default), every read at one timestamp, served by the nearest
         replica that has closed it (kvserver.closedts), else by the leaseholder. A bounded read
         takes the newest timestamp this node's replicas have closed over `spans` (the tables it
-        reads), if that meets its `min_ts`; else it reads at the leaseholders, at their clock."""
+        reads), if that meets its `min_ts`; else it reads at the leaseholders, at their clock (with
+        `nearest_only`, it fails instead: unsatisfiable_bounded_staleness, never resent elsewhere)."""
         self.uncertainty_limit = None   # a chosen timestamp, not a clock reading: no uncertainty
         if spec.kind == "exact":
             self.stale = (EXACT, tuple(spec.ts), None)
@@ -91,6 +105,11 @@ class NodeKV:
         if ts is not None and tuple(ts) >= tuple(spec.min_ts):
             self.stale = (BOUNDED_STALENESS, tuple(ts), tuple(spec.min_ts))
             self.read_ts = tuple(ts)
+        elif getattr(spec, "nearest_only", False):
+            from sql.errors import SQLError
+            raise SQLError("unsatisfiable_bounded_staleness", "%s: %s, and nearest_only keeps the read from the leaseholders" % (
+                spec.form, "this node holds no replica of part of what the statement reads" if ts is None
+                else "this node's replicas have closed only up to %s, below the bound %s" % (list(ts), list(spec.min_ts))))
         else:
             self.stale = None   # the leaseholders, at their clock: within any bound
 
