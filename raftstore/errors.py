@@ -150,6 +150,9 @@ SQLSTATE_BY_SQL_CODE = {
     "invalid_parameter": "08P01",
     "invalid_value": "22023",
     "feature_not_supported": "0A000",
+    # A statement or its result over a limit of the node (statement size, expression size or
+    # depth, result bytes): PostgreSQL's program_limit_exceeded.
+    "program_limit_exceeded": "54000",
     # CockroachDB's code: a bounded-staleness read with nearest_only that the gateway's own
     # replicas cannot serve within its bound (it is never sent to the leaseholders).
     "unsatisfiable_bounded_staleness": "XCUBS",

@@ -53,6 +53,7 @@ from raftstore.errors import (
     RaftstoreError,
     SqlError,
     TooLargeError,
+    UnavailableError,
     error_from_wire,
 )
 
@@ -757,6 +758,9 @@ class Client:
             sent = True
             response = wire.read_frame(timed, self._decoder)
             response_id, ok, body = wire.validate_response(response)
+            if response_id == wire.CONNECTION_REFUSAL_ID and not ok and _code(body) == "too_many_connections":
+                # Every connection the node allows is busy: another node, or this one later.
+                raise _AttemptFailed(UnavailableError(f"{address}: {_reason(body)}"), maybe_applied=False)
             if response_id == wire.CONNECTION_REFUSAL_ID and not ok:
                 # Not an answer to the request: the port refuses clients (a peer port).
                 raise _AttemptFailed(
@@ -772,6 +776,8 @@ class Client:
                 error = error_from_wire(body)
                 if isinstance(error, ProtocolError):
                     raise wire.BadResponse(error.message)
+            elif response.get("more") is True:
+                body = self._rest_of(timed, request_id, body)
         except (OSError, wire.FrameError, wire.BadResponse) as exc:
             when = "after sending the request" if sent else "while sending the request"
             raise _AttemptFailed(
@@ -785,6 +791,27 @@ class Client:
         if error.code in RETRY_ELSEWHERE_CODES or error.code == "ambiguous":
             raise _AttemptFailed(error, maybe_applied=error.ambiguous)
         raise error
+
+    def _rest_of(self, timed: "_DeadlineSocket", request_id: int, first: Any) -> Any:
+        """The whole result of an answer sent in pages (raftstore.wire): `first`'s rows and
+        those of each following frame of the same id, up to the one without `more`. A page
+        that is an error is that answer's error."""
+        assert self._decoder is not None
+        if not isinstance(first, dict) or not isinstance(first.get("rows"), list):
+            raise wire.BadResponse("a paged result must be a map with rows")
+        rows = first["rows"]
+        while True:
+            response = wire.read_frame(timed, self._decoder)
+            response_id, ok, body = wire.validate_response(response)
+            if response_id != request_id:
+                raise wire.BadResponse(f"page of response {response_id} in the answer to {request_id}")
+            if not ok:
+                raise error_from_wire(body)
+            if not isinstance(body, dict) or not isinstance(body.get("rows"), list):
+                raise wire.BadResponse("a page of a result must be a map with rows")
+            rows.extend(body["rows"])
+            if response.get("more") is not True:
+                return first
 
     def _ensure_connected(self, deadline: float) -> None:
         """Open a connection to the current address unless one is open; raises _AttemptFailed
@@ -849,6 +876,11 @@ def _closed_while_idle(sock: socket.socket) -> bool:
     except OSError:
         return True
     return True
+
+
+def _code(error: Any) -> str | None:
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
 
 
 def _reason(error: Any) -> str:

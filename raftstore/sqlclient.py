@@ -204,6 +204,7 @@ _CLASS_BY_SQL_CODE: dict[str, type[Error]] = {
     "division_by_zero": DataError,
     "invalid_value": DataError,
     "feature_not_supported": NotSupportedError,
+    "program_limit_exceeded": OperationalError,
     "serialization_failure": OperationalError,
     "statement_completion_unknown": OperationalError,
     "unsatisfiable_bounded_staleness": OperationalError,

@@ -15,6 +15,13 @@ Request:  ``{"id": int, "op": str, "args": map}``
 Response: ``{"id": int, "ok": true, "result": any}`` or
           ``{"id": int, "ok": false, "error": {"code": str, "message": str, "ambiguous": bool}}``
 
+A result with ``rows`` larger than about a megabyte comes in pages: the first frame is the
+response with the first rows and ``"more": true``; each next frame of the same id is
+``{"id", "ok": true, "result": {"rows": [...]}, "more": bool}``, the last one without ``more``
+(or false). The client appends the rows in order. A port that refuses a connection sends one
+frame with id ``CONNECTION_REFUSAL_ID`` and closes it: ``too_many_connections`` when all the
+connections a node allows are busy (try again later, or another node).
+
 The ``sql`` op runs one SQL statement: ``args = {"sql": str, "params": [value, ...], "session":
 map}`` with ``params`` optional (absent: no parameters) and ``session`` optional: the SQL
 session the statement runs in, ``{"causality": [wall_ns, logical] | nil, "settings": {name:
@@ -179,6 +186,7 @@ class FrameDecoder:
         self._error: str | None = None
         # Objects decoded but not yet handed out by `read_frame` (feed itself never uses it).
         self._ready: deque[Any] = deque()
+        self.sizes: list[int] = []   # the body sizes of the frames the last `feed` completed
 
     @property
     def buffered_bytes(self) -> int:
@@ -193,6 +201,7 @@ class FrameDecoder:
             raise FrameError(f"decoder already failed: {self._error}")
         self._buffer += data
         out: list[Any] = []
+        self.sizes = []
         pos = 0
         try:
             while len(self._buffer) - pos >= HEADER_BYTES:
@@ -209,6 +218,7 @@ class FrameDecoder:
                 body = bytes(self._buffer[pos + HEADER_BYTES : end])
                 pos = end
                 out.append(self._decode_body(body))
+                self.sizes.append(length)
         finally:
             del self._buffer[:pos]
         return out

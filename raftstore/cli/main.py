@@ -120,6 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
                        "further back are refused (default %(default)s: 4 h)")
     start.add_argument("--gc-interval", type=_positive_float, default=constants.gc_interval_s, metavar="SECONDS",
                        help="how often a leaseholder looks for versions to remove (default %(default)s)")
+    start.add_argument("--max-client-connections", type=_positive_int, default=constants.client_connections_max,
+                       metavar="N", help="client connections this node keeps open: a new one past it closes the "
+                       "connection idle the longest, or is refused (too_many_connections) when none is idle; "
+                       "lowered to fit the open-file limit (default %(default)s)")
+    start.add_argument("--client-idle-timeout", type=_positive_float, default=constants.client_idle_timeout_s,
+                       metavar="SECONDS", help="a client connection with nothing in flight for this long is closed "
+                       "(default %(default)s)")
+    start.add_argument("--max-client-memory", type=_size, default=constants.client_memory_bytes, metavar="SIZE",
+                       help="bytes of client requests and answers this node buffers, all connections together: "
+                       "past it, connections holding more than 64 KiB are not read until bytes come back "
+                       "(default 128MiB)")
+    start.add_argument("--max-result-bytes", type=_size, default=constants.sql_result_bytes_max, metavar="SIZE",
+                       help="a SQL result larger than this is refused with program_limit_exceeded (54000) "
+                       "(default 64MiB)")
     start.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     start.set_defaults(func=run_start)
 
@@ -261,7 +275,9 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
                       disk_reserve_bytes=args.disk_reserve_bytes, disk_ballast_bytes=args.disk_ballast_bytes,
                       http_addr=args.http_addr, unavailable_s=args.unavailable_timeout,
                       lease_s=args.lease_duration, primary_region=args.primary_region, gc_ttl_s=args.gc_ttl,
-                      gc_interval_s=args.gc_interval)
+                      gc_interval_s=args.gc_interval, client_connections_max=args.max_client_connections,
+                      client_idle_timeout_s=args.client_idle_timeout, client_memory_bytes=args.max_client_memory,
+                      sql_result_bytes_max=args.max_result_bytes)
 
 
 def main(argv: list[str] | None = None) -> int:

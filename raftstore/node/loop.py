@@ -97,6 +97,10 @@ class NodeConfig:
     gc_ttl_s: float = constants.gc_ttl_s          # versions hidden longer than this are removed (kvserver.gc)
     gc_interval_s: float = constants.gc_interval_s
     primary_region: str | None = None          # leases move to the replica in this region (Node._preferred_holder)
+    client_connections_max: int = constants.client_connections_max   # the client port's limits (server.client_port)
+    client_idle_timeout_s: float = constants.client_idle_timeout_s
+    client_memory_bytes: int = constants.client_memory_bytes
+    sql_result_bytes_max: int = constants.sql_result_bytes_max
     ignore_stasis: bool = False                # tests only: a broken build that serves a lease to its very end
     disk_reserve_bytes: int | None = None      # free-space reserve (raftstore.storage.diskspace); None: the default
     disk_ballast_bytes: int | None = None      # ballast file size; None: the default, 0: none

@@ -9,14 +9,34 @@ and timed into the node's metrics (raftstore.node.metrics) by op or statement ty
 Draining (SIGTERM): refuse new requests (`draining`), stop accepting connections, answer what is
 in flight, then close the connections still open: each connection's task ends by itself, so
 nothing is cancelled from outside and the shutdown logs no traceback.
+
+Limits (`ClientLimits`; README "Limits"), so one client cannot starve the others:
+  * connections: at most `connections_max`; a newcomer past it closes the connection idle the
+    longest (nothing in flight, no frame begun), or, when none is idle, is refused with a
+    `too_many_connections` frame and closed. A connection idle for `idle_timeout_s` is closed,
+    and one that began a frame must finish it within `frame_deadline_s`;
+  * buffers: a connection with `in_flight_max` requests being answered, or whose answers wait
+    for it to read them, is not read (backpressure: its kernel buffers fill and its sender
+    blocks). Bytes of frames begun, of requests being answered and of answers not yet taken by
+    the kernel are charged to one node-wide budget (`MemoryBudget`, `memory_bytes`); while it
+    is spent, a connection holding more than `client_conn_free_bytes` is not read until bytes
+    come back, so small requests of other clients go on. An answer its client does not read
+    within `write_timeout_s` closes the connection, giving its bytes back;
+  * results: an answer larger than a page goes out as several frames of the same id, each but
+    the last marked `more` (raftstore.wire), so any result up to `result_bytes_max` is answered;
+    a larger one is refused with `program_limit_exceeded`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import time
+from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import msgpack
 
 from raftstore import constants
 from raftstore.errors import SQLSTATE_BY_SQL_CODE
@@ -25,7 +45,7 @@ from raftstore.kvserver.replica import RAW_END, RAW_PREFIX
 from raftstore.node.loop import READ_OPS, Node
 from raftstore.node.metrics import outcome_label, statement_type
 from raftstore.raft.commands import Outcome
-from raftstore.wire import BadRequest, FrameDecoder, FrameError, encode_frame, validate_request
+from raftstore.wire import HEADER, BadRequest, FrameDecoder, FrameError, encode_frame, refusal_frame, validate_request
 
 logger = logging.getLogger(__name__)
 
@@ -38,24 +58,125 @@ class SqlGateway(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class ClientLimits:
+    """The client port's limits (module doc); the node's flags set them."""
+    connections_max: int = constants.client_connections_max
+    idle_timeout_s: float = constants.client_idle_timeout_s
+    frame_deadline_s: float = constants.client_frame_deadline_s
+    in_flight_max: int = constants.client_in_flight_max
+    memory_bytes: int = constants.client_memory_bytes
+    write_timeout_s: float = constants.client_write_timeout_s
+    result_bytes_max: int = constants.sql_result_bytes_max
+
+
+def fit_to_open_files(limits: ClientLimits) -> tuple[ClientLimits, str | None]:
+    """`limits` with connections_max within this process's file-descriptor limit (raised to its
+    hard limit first), leaving room for every range's journal, the peers and SQLite: half the
+    limit and at least 1,024 descriptors are kept for them. Returns (limits, a warning or None)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    room = max(soft - max(1024, soft // 2), 16)
+    if limits.connections_max <= room:
+        return limits, None
+    fitted = ClientLimits(**{**limits.__dict__, "connections_max": room})
+    return fitted, ("--max-client-connections %d does not fit the open-file limit %d (half of it, and at least "
+                    "1,024, stays for range journals, peers and SQLite): at most %d client connections"
+                    % (limits.connections_max, soft, room))
+
+
+class MemoryBudget:
+    """Bytes of client frames and answers buffered by the node, against one limit. `take` may
+    go over it (what is already in memory is counted all the same); `spent` says whether it is."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used, self.peak = limit, 0, 0
+        self._waiters: list[asyncio.Future] = []
+
+    def spent(self) -> bool:
+        return self.used >= self.limit
+
+    def take(self, n: int) -> None:
+        self.used += n
+        self.peak = max(self.peak, self.used)
+
+    def give(self, n: int) -> None:
+        self.used -= n
+        if self._waiters and not self.spent():
+            waiters, self._waiters = self._waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def freed(self, timeout_s: float) -> None:
+        """Wait until bytes come back (or timeout_s passes)."""
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout_s)
+        except asyncio.TimeoutError:
+            pass
+
+
+@dataclass(eq=False)
+class _Conn:
+    """One client connection's state for the limits."""
+    writer: asyncio.StreamWriter
+    task: asyncio.Task | None = None
+    last_active: float = field(default_factory=time.monotonic)
+    in_flight: int = 0
+    held: int = 0              # budget bytes of its frame begun and its requests being answered
+    unsent: int = 0            # budget bytes of its answers the kernel has not taken yet
+    frame_began: float | None = None   # when the frame it is sending began (None: between frames)
+    partial_held: int = 0      # ... of which its frame begun
+    sending: asyncio.Lock = field(default_factory=asyncio.Lock)   # one answer's frames at a time, in order
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def idle(self) -> bool:
+        return self.in_flight == 0 and self.frame_began is None
+
+    def charged(self) -> int:
+        return self.held + self.unsent
+
+
+class _Closing(Exception):
+    """A limit ends a connection: the message says which (logged)."""
+
+
 class ClientServer:
     """The client port: msgpack request/response frames (raftstore.wire), pipelined."""
 
     WRITE_OPS = {"put", "delete", "cas"}
     READ_OPS = READ_OPS
     KV_OPS = WRITE_OPS | READ_OPS | {"split"}   # counted as KV requests in the metrics
+    READ_CHUNK = 64 * 1024
 
-    def __init__(self, node: Node, sql_gateway: SqlGateway | None = None) -> None:
+    def __init__(self, node: Node, sql_gateway: SqlGateway | None = None, limits: ClientLimits | None = None) -> None:
         self.node = node
         self.sql_gateway = sql_gateway     # wired by raftstore.server.main; None: the node serves no SQL
         self.inflight = 0
         self.draining = False
         self.server: asyncio.base_events.Server | None = None
         self.metrics = node.metrics
-        self._connections: dict[asyncio.StreamWriter, asyncio.Task] = {}   # open connections, their tasks
+        self.limits = limits or ClientLimits()
+        self.budget = MemoryBudget(self.limits.memory_bytes)
+        self._connections: dict[asyncio.StreamWriter, _Conn] = {}   # open connections
+        self.stats = {"refused_connections": 0, "evicted_idle": 0, "idle_closed": 0, "frame_deadline_closed": 0,
+                      "write_timeout_closed": 0, "paused_reads": 0, "results_paged": 0, "results_refused": 0}
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._serve, sock=self.node.sql_sock)
+
+    def limits_status(self) -> dict:
+        """The limits, what they hold now and what they did (the node's status: `clients`)."""
+        return dict(self.stats, connections=len(self._connections), connections_max=self.limits.connections_max,
+                    memory_used=self.budget.used, memory_peak=self.budget.peak, memory_bytes=self.limits.memory_bytes)
 
     def not_ready(self) -> str | None:
         """Why this node does not serve clients now (for /health?ready=1), or None. Read from
@@ -70,26 +191,58 @@ class ClientServer:
             return "clock unfit: %s" % self.node.clock_unfit
         return None
 
+    def _admit(self, writer: asyncio.StreamWriter) -> bool:
+        """Room for a new connection: under the limit, or made by closing the connection idle
+        the longest. False: every connection is busy (the newcomer is refused)."""
+        if len(self._connections) < self.limits.connections_max:
+            return True
+        idle = [c for c in self._connections.values() if c.idle()]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda c: c.last_active)
+        self.stats["evicted_idle"] += 1
+        oldest.writer.close()   # its reader sees the end of the stream; its task ends by itself
+        del self._connections[oldest.writer]   # counted out now: the newcomer takes its place
+        self.metrics.client_connections.dec()
+        return True
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self._admit(writer):
+            self.stats["refused_connections"] += 1
+            writer.write(refusal_frame("too_many_connections", "node %d has %d client connections, all busy "
+                                       "(--max-client-connections); retry later or on another node"
+                                       % (self.node.node_id, len(self._connections))))
+            writer.close()
+            return
+        conn = _Conn(writer, asyncio.current_task())
         decoder = FrameDecoder(constants.client_frame_bytes_max)
         tasks: set[asyncio.Task] = set()
         session: dict = {}   # the connection's SQL session: its variables and causality token (sql.gateway)
-        self._connections[writer] = asyncio.current_task()
+        self._connections[writer] = conn
         self.metrics.client_connections.inc()
         try:
             while True:
-                data = await reader.read(256 * 1024)
+                data = await self._read(conn, reader, decoder)
                 if not data:
                     break
+                conn.last_active = time.monotonic()
                 try:
                     requests = decoder.feed(data)
                 except FrameError as exc:
                     logger.warning("client %s sent a bad frame (%s); closing", writer.get_extra_info("peername"), exc)
                     break
-                for req in requests:
-                    task = asyncio.create_task(self._answer(req, writer, session))
+                partial = decoder.buffered_bytes
+                conn.frame_began = None if partial == 0 else conn.last_active if requests else (conn.frame_began or conn.last_active)
+                for req, size in zip(requests, decoder.sizes):
+                    self.budget.take(size)
+                    conn.held += size
+                    conn.in_flight += 1
+                    task = asyncio.create_task(self._answer(req, conn, session, size))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
+                self._hold_partial(conn, partial)
+        except _Closing as why:
+            logger.info("client %s: %s; closing", writer.get_extra_info("peername"), why)
         except (ConnectionError, OSError):
             pass
         except asyncio.CancelledError:
@@ -97,32 +250,155 @@ class ClientServer:
             # any other (Python 3.11's stream callback would log a cancelled task's "exception").
             pass
         finally:
+            writer.close()
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
-            writer.close()
-            del self._connections[writer]
-            self.metrics.client_connections.dec()
+            self._hold_partial(conn, 0)
+            if self._connections.get(writer) is conn:
+                del self._connections[writer]
+                self.metrics.client_connections.dec()
 
-    async def _answer(self, req: Any, writer: asyncio.StreamWriter, session: dict | None = None) -> None:
+    def _hold_partial(self, conn: _Conn, partial: int) -> None:
+        """Charge the budget for the frame `conn` has begun (`partial` bytes buffered)."""
+        was = conn.partial_held
+        if partial > was:
+            self.budget.take(partial - was)
+        elif partial < was:
+            self.budget.give(was - partial)
+        conn.held += partial - was
+        conn.partial_held = partial
+
+    async def _read(self, conn: _Conn, reader: asyncio.StreamReader, decoder: FrameDecoder) -> bytes:
+        """The next bytes of `conn`, once the limits let it be read: fewer than in_flight_max
+        requests of it being answered, none of its answers waiting for it, and, while the node's
+        budget is spent, no more than client_conn_free_bytes held. Raises _Closing when its
+        frame deadline or idle timeout passes."""
+        paused = False
+        while True:
+            now = time.monotonic()
+            if conn.frame_began is not None and now - conn.frame_began > self.limits.frame_deadline_s:
+                self.stats["frame_deadline_closed"] += 1
+                raise _Closing("a frame begun %.1f s ago is still not whole (the limit is %g s)"
+                               % (now - conn.frame_began, self.limits.frame_deadline_s))
+            busy = conn.in_flight >= self.limits.in_flight_max or conn.unsent > 0
+            starved = self.budget.spent() and conn.charged() > constants.client_conn_free_bytes
+            if not busy and not starved:
+                break
+            if not paused:
+                paused = True
+                self.stats["paused_reads"] += 1
+            wait_s = 1.0 if conn.frame_began is None else max(0.01, conn.frame_began + self.limits.frame_deadline_s - now)
+            conn.wake.clear()
+            if starved and not busy:
+                await self.budget.freed(min(wait_s, 1.0))
+            else:
+                try:
+                    await asyncio.wait_for(conn.wake.wait(), min(wait_s, 1.0))
+                except asyncio.TimeoutError:
+                    pass
+        if conn.frame_began is not None:
+            timeout = max(0.0, conn.frame_began + self.limits.frame_deadline_s - time.monotonic())
+        elif conn.in_flight:
+            timeout = None
+        else:
+            timeout = self.limits.idle_timeout_s
+        try:
+            return await asyncio.wait_for(reader.read(self.READ_CHUNK), timeout)
+        except asyncio.TimeoutError:
+            if conn.frame_began is not None:
+                self.stats["frame_deadline_closed"] += 1
+                raise _Closing("a frame begun %.1f s ago is still not whole (the limit is %g s)"
+                               % (time.monotonic() - conn.frame_began, self.limits.frame_deadline_s)) from None
+            self.stats["idle_closed"] += 1
+            raise _Closing("idle for %g s (--client-idle-timeout)" % self.limits.idle_timeout_s) from None
+
+    async def _answer(self, req: Any, conn: _Conn, session: dict | None = None, size: int = 0) -> None:
         rid = req.get("id") if isinstance(req, dict) and isinstance(req.get("id"), int) else 0
         self.inflight += 1
         self.metrics.client_in_flight.inc()
         began = time.perf_counter()
         try:
-            response = await self._handle(req, session)
-        except Exception as exc:
-            logger.exception("request failed")
-            response = _error("internal", "internal error: %s" % exc)
+            try:
+                response = await self._handle(req, session)
+            except Exception as exc:
+                logger.exception("request failed")
+                response = _error("internal", "internal error: %s" % exc)
+            finally:
+                self.inflight -= 1
+                self.metrics.client_in_flight.dec()
+            self._observe(req, response, time.perf_counter() - began)
+            response["id"] = rid
+            await self._send(conn, self._frames(response))
         finally:
-            self.inflight -= 1
-            self.metrics.client_in_flight.dec()
-        self._observe(req, response, time.perf_counter() - began)
-        response["id"] = rid
+            self.budget.give(size)
+            conn.held -= size
+            conn.in_flight -= 1
+            conn.last_active = time.monotonic()
+            conn.wake.set()
+
+    def _frames(self, response: dict) -> list[bytes]:
+        """The frames of one answer: one, or, for a result larger than a page, its rows in
+        pages (raftstore.wire: each frame but the last says `more`). A result over
+        result_bytes_max, or a row no frame can hold, is refused instead."""
         try:
-            writer.write(encode_frame(response))
-            await writer.drain()
-        except (ConnectionError, OSError):
-            pass
+            body = msgpack.packb(response, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as exc:
+            logger.exception("answer %s cannot be encoded", response.get("id"))
+            return [encode_frame({"id": response["id"], **_error("internal", "the answer cannot be encoded: %s" % exc)})]
+        result = response.get("result")
+        if len(body) <= constants.client_page_bytes or not isinstance(result, dict) or not isinstance(result.get("rows"), list):
+            if len(body) > constants.client_frame_bytes_max:
+                return [encode_frame({"id": response["id"], **_error(
+                    "too_large", "the answer is %d bytes, more than a frame holds (%d)" % (len(body), constants.client_frame_bytes_max))})]
+            return [HEADER.pack(len(body)) + body]
+        if len(body) > self.limits.result_bytes_max:
+            self.stats["results_refused"] += 1
+            return [encode_frame({"id": response["id"], "ok": False, "error": {
+                "code": "sql_error", "ambiguous": False, "sql_code": "program_limit_exceeded", "position": None,
+                "message": "the result is %d bytes, more than the node's limit of %d (--max-result-bytes): "
+                           "narrow the query or add a LIMIT" % (len(body), self.limits.result_bytes_max)}})]
+        self.stats["results_paged"] += 1
+        del body
+        head = {k: v for k, v in result.items() if k != "rows"}
+        frames, page, size = [], [], 0
+        rows = [msgpack.packb(row, use_bin_type=True) for row in result["rows"]]
+        for i, row in enumerate(rows):
+            if len(row) > constants.client_frame_bytes_max - 4096:
+                return [encode_frame({"id": response["id"], **_error(
+                    "too_large", "row %d of the result is %d bytes, more than a frame holds (%d)"
+                    % (i, len(row), constants.client_frame_bytes_max))})]
+            if page and size + len(row) > constants.client_page_bytes:
+                frames.append(_page_frame(response["id"], head if not frames else {}, page, True))
+                page, size = [], 0
+            page.append(row)
+            size += len(row)
+        frames.append(_page_frame(response["id"], head if not frames else {}, page, False))
+        return frames
+
+    async def _send(self, conn: _Conn, frames: list[bytes]) -> None:
+        """Write an answer's frames, each charged to the budget until the kernel takes it; an
+        answer its client leaves unread for write_timeout_s closes the connection."""
+        writer = conn.writer
+        async with conn.sending:   # an answer's pages go out together; one frame of a connection unsent at a time
+            for frame in frames:
+                if writer.is_closing():
+                    return   # the connection is gone: nobody to answer (asyncio would warn on each write)
+                self.budget.take(len(frame))
+                conn.unsent += len(frame)
+                try:
+                    writer.write(frame)
+                    await asyncio.wait_for(writer.drain(), self.limits.write_timeout_s)
+                except asyncio.TimeoutError:
+                    self.stats["write_timeout_closed"] += 1
+                    logger.info("client %s left an answer unread for %g s; closing",
+                                writer.get_extra_info("peername"), self.limits.write_timeout_s)
+                    writer.transport.abort()   # drop what is buffered for it: its bytes come back now
+                    return
+                except (ConnectionError, OSError):
+                    return
+                finally:
+                    self.budget.give(len(frame))
+                    conn.unsent -= len(frame)
 
     def _observe(self, req: Any, response: dict, seconds: float) -> None:
         """Count and time one answered request: KV ops by op, statements by type; by outcome
@@ -149,6 +425,7 @@ class ClientServer:
         if op == "status":
             status = await self.node.status()
             status["requests"] = self.metrics.counts()
+            status["clients"] = self.limits_status()
             return {"ok": True, "result": status}
         if self.node.clock_unfit is not None:
             return _error("unavailable", "node %d does not serve: %s; use another node"
@@ -244,12 +521,25 @@ class ClientServer:
             await asyncio.sleep(0.02)
         for writer in list(self._connections):
             writer.close()   # its reader sees the end of the stream; its task finishes by itself
-        tasks = list(self._connections.values())
+        tasks = [c.task for c in self._connections.values() if c.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
 
 
 _ANSWERED = {"get": ("value", "ts", "read_ts", "served_by"), "put": ("ts",), "delete": ("ts",), "cas": ("swapped", "ts")}   # what a KV op answers
+
+
+def _page_frame(request_id: int, head: dict, rows: list[bytes], more: bool) -> bytes:
+    """One page of a result: {"id", "ok": true, "result": {**head, "rows": rows}, "more"}, its
+    rows already encoded (each once)."""
+    packer = msgpack.Packer(use_bin_type=True)
+    parts = [packer.pack_map_header(4), packer.pack("id"), packer.pack(request_id), packer.pack("ok"), packer.pack(True),
+             packer.pack("result"), packer.pack_map_header(len(head) + 1)]
+    for key, value in head.items():
+        parts += [packer.pack(key), packer.pack(value)]
+    parts += [packer.pack("rows"), packer.pack_array_header(len(rows))] + rows + [packer.pack("more"), packer.pack(more)]
+    body = b"".join(parts)
+    return HEADER.pack(len(body)) + body
 
 
 def _error(code: str, message: str, ambiguous: bool = False) -> dict:

@@ -15,7 +15,7 @@ import signal
 from raftstore import constants
 from raftstore.node.loop import Node, NodeConfig, StartupError
 from raftstore.node.metrics import LoopSample
-from raftstore.server.client_port import ClientServer
+from raftstore.server.client_port import ClientLimits, ClientServer, fit_to_open_files
 from raftstore.server.http_port import HttpPort
 from raftstore.server.nodekv import NodeKV
 from sql.gateway import Gateway
@@ -27,6 +27,11 @@ def run_node(cfg: NodeConfig, warnings: tuple[str, ...] = ()) -> int:
     """Run a node until SIGTERM/SIGINT; returns the process exit code. The client port's `sql`
     op is served by the SQL gateway (sql.gateway); the node itself knows no SQL. `warnings`
     (about its flags) are logged once it serves, after the line that says where."""
+    limits, too_many = fit_to_open_files(ClientLimits(
+        connections_max=cfg.client_connections_max, idle_timeout_s=cfg.client_idle_timeout_s,
+        memory_bytes=cfg.client_memory_bytes, result_bytes_max=cfg.sql_result_bytes_max))
+    if too_many is not None:
+        warnings = warnings + (too_many,)
     node = Node(cfg)
     node.metrics.registry.register(LoopSample(lambda timeout_s: _ask_totals(node, timeout_s)))
     http: HttpPort | None = None
@@ -35,7 +40,7 @@ def run_node(cfg: NodeConfig, warnings: tuple[str, ...] = ()) -> int:
     async def main() -> int:
         nonlocal http
         loop = asyncio.get_running_loop()
-        server = ClientServer(node, Gateway(lambda: NodeKV(node, loop), loop))
+        server = ClientServer(node, Gateway(lambda: NodeKV(node, loop), loop), limits)
         await server.start()
         if node.http_sock is not None:
             http = HttpPort(node.http_sock, node.metrics.registry, server.not_ready)
