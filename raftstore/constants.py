@@ -162,11 +162,15 @@ idle_tick_interval_s = 1.0      # an idle group ticks this often
 idle_heartbeat_interval_s = 1.0 # a leader not busy and not caught up sends appends this often (pysyncobj's
                                 # appendEntriesPeriod); a caught-up one sends none (Store._quiesce)
 node_heartbeat_interval_s = 0.25  # one frame per peer keeps every idle group's followers patient
-clock_log_interval_s = 10.0           # log a peer's rejected clock at most this often
 peer_rtt_probes_kept = 16             # a peer's round trip: the least of its last this many clock probes (~4 s)
 forming_log_interval_s = 10.0         # a node still forming its cluster says whom it waits for this often
 log_file_bytes_max = 16 * 1024 * 1024  # a node's log file (DATA_DIR/logs/raftstore.log) rotates past this
 log_files_kept = 5                     # rotated log files kept beside it (raftstore.log.1 .. .5)
+# A line that can repeat per request, heartbeat, tick or frame (a clock out of bounds, a peer's bad
+# frames, a failing snapshot) is logged once per condition this often, with the count of the
+# repeats held back (raftstore.loglimit); this many conditions are remembered per limiter.
+log_repeat_interval_s = 10.0
+log_repeat_keys_max = 1024
 
 # --- Consistency checks (raftstore.kvserver.consistency) -------------------------------------------------
 # A check's command commits, then every replica's checksum of the range at that index must reach

@@ -31,6 +31,7 @@ from typing import Any, Callable
 from raftstore import constants, coop
 from raftstore.errors import AmbiguousCommitError, RaftstoreError, SqlError, UnavailableError
 from raftstore.kv import backoff_delay_s
+from raftstore.loglimit import LogLimiter
 from sql.constants import GATEWAY_SESSIONS_IDLE_MAX
 from sql.kv import KV, ReadRestart
 
@@ -99,6 +100,7 @@ class Gateway:
         self._idle: list = []
         self._rng = random.Random()
         self._renewals: set[asyncio.Task] = set()
+        self._log_limit = LogLimiter()   # a renewal failing at every statement is said once per interval
 
     def _take_session(self):
         if self._idle:
@@ -117,7 +119,8 @@ class Gateway:
         try:
             session.renew_leases(names)
         except Exception as exc:   # best effort: the lease simply runs out
-            logger.info("schema lease renewal of %s failed: %s", names, exc)
+            self._log_limit.log(logger, logging.INFO, "schema lease renewal failed",
+                                "schema lease renewal of %s failed: %s", names, exc)
         finally:
             self._give_back(session)
 

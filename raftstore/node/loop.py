@@ -41,6 +41,7 @@ from raftstore.kvserver.batch import BATCH_OP, Header, is_follower_read, writes_
 from raftstore.kvserver.consistency import CHECKSUM_OP, Checksum, ChecksumRegistry, ConsistencyChecker
 from raftstore.kvserver.ranges import MISMATCH, pretty_key
 from raftstore.kvserver.store import ADMIN_SPLIT, Store, StoreConfig
+from raftstore.loglimit import LogLimiter
 from raftstore.node.clockcheck import OffsetMonitor, probe_is_valid
 from raftstore.node.metrics import NodeMetrics, TimedLogFile
 from raftstore.node.peer import (CHECKSUM_REPLY, CHECKSUM_REQUEST, CLOSED, HEARTBEAT, PROPOSE, PROPOSE_REPLY, RAFT, PeerNetwork,
@@ -179,7 +180,7 @@ class Node:
         self.protected: dict[int, tuple[int, int]] = {}   # id(owner) -> the timestamp its running statement reads at (protect)
         self._closed_owed_full: set[int] = set()  # peers whose next CLOSED frame lists every member
         self._closed_full_at = 0.0                # when every peer gets every member again
-        self._offset_logged: dict[int, float] = {}
+        self.log_limit = LogLimiter()   # lines that repeat per heartbeat, tick or request (raftstore.loglimit)
         self.join_hellos: dict[str, dict] = {}
         self._next_forming_log = 0.0
         self._stop = threading.Event()
@@ -438,19 +439,19 @@ class Node:
                 if m is not None:
                     self.metrics.peer_rtt_seconds.observe(m.rtt_ns / 1e9)
             else:
-                logger.warning("node %d sent a malformed clock probe %r", peer_id, probe)
+                self.log_limit.log(logger, logging.WARNING, ("malformed clock probe", peer_id),
+                                   "node %d sent a malformed clock probe %r", peer_id, probe)
         if stamp is not None:
             try:
                 self.hlc.update(Timestamp.from_wire(stamp))
             except ValueError:
-                logger.warning("node %d sent a malformed clock reading %r", peer_id, stamp)
+                self.log_limit.log(logger, logging.WARNING, ("malformed clock reading", peer_id),
+                                   "node %d sent a malformed clock reading %r", peer_id, stamp)
             except ClockOffsetError as exc:
                 # Refuse its clock; whether it is us who is off, the offset monitor decides.
                 self.clock_offset_errors += 1
-                last = self._offset_logged.get(peer_id, -1e9)
-                if time.monotonic() - last >= constants.clock_log_interval_s:   # every heartbeat would flood the log
-                    self._offset_logged[peer_id] = time.monotonic()
-                    logger.error("node %d: %s (%d such heartbeats so far)", peer_id, exc, self.clock_offset_errors)
+                self.log_limit.log(logger, logging.ERROR, ("clock offset", peer_id),   # one per heartbeat otherwise
+                                   "node %d: %s (%d such heartbeats so far)", peer_id, exc, self.clock_offset_errors)
         if self.store is not None:
             self.store.on_node_heartbeat(peer_id, claims, disputes)
 
@@ -686,8 +687,9 @@ class Node:
                 fn = self._calls.popleft()
                 try:
                     fn()
-                except Exception:
-                    logger.exception("call on the node loop failed")
+                except Exception as exc:   # a bug in one request's call: one line per kind, not per request
+                    self.log_limit.log(logger, logging.ERROR, ("call failed", type(exc).__qualname__),
+                                       "call on the node loop failed", exc_info=True)
             now = time.monotonic()
             if now >= next_disk_check:   # before the tick, so no entry is taken below the reserve
                 next_disk_check = now + constants.disk_check_interval_s
@@ -753,22 +755,29 @@ class Node:
         except FileNotFoundError:
             cut = frozenset()
         except (OSError, ValueError, TypeError, AttributeError) as exc:
-            logger.error("faults file %s is unreadable: %s", path, exc)
+            self.log_limit.log(logger, logging.ERROR, "faults file unreadable",   # read every 50 ms
+                               "faults file %s is unreadable: %s", path, exc)
             return
         if cut != self.net.cut:
             logger.warning("test partition: frames to and from %s are now lost", sorted(cut) or "no peer")
             self.net.cut = cut
 
     def _check_clock(self) -> None:
-        unfit = self.offsets.unfit_reason(time.monotonic())
-        if unfit != self.clock_unfit:
-            if unfit is not None:
-                logger.error("not serving clients: %s (offsets: %s)", unfit, self.offsets.status(time.monotonic()))
-            else:
-                logger.warning("clock back within bounds of a majority of peers; serving again")
-            self.clock_unfit = unfit
-            if self.store is not None:
-                self.store.set_clock_unfit(unfit is not None)
+        """At every heartbeat: judge this node's clock against its peers' (OffsetMonitor) and
+        stop or resume serving. While unfit it says so once per log_repeat_interval_s with the
+        count of checks since: the reason's figures move with each probe, so it is keyed by the
+        condition, never compared as text (which logged it at every heartbeat)."""
+        now = time.monotonic()
+        unfit = self.offsets.unfit_reason(now)
+        if unfit is not None:
+            self.log_limit.log(logger, logging.ERROR, "clock unfit", "not serving clients: %s (offsets: %s)",
+                               unfit, self.offsets.status(now))
+        elif self.clock_unfit is not None:
+            self.log_limit.log(logger, logging.WARNING, "clock fit again",
+                               "clock back within bounds of a majority of peers; serving again")
+        self.clock_unfit = unfit
+        if self.store is not None:
+            self.store.set_clock_unfit(unfit is not None)   # (a no-op unless that changed)
 
     def _dial(self) -> None:
         if self.members is None:

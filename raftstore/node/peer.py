@@ -15,7 +15,9 @@ opens a socket per group per peer. This module replaces it with:
   raftstore.kvserver.consistency), PROPOSE (a command for a range you lead, a client's or a node's own: only a
   range's leader proposes), PROPOSE_REPLY (its outcome) and CLOSED (the side transport of closed
   timestamps: raftstore.kvserver.closedts). Unknown, malformed or oversized frames are logged and the connection is
-  dropped; the node keeps serving. Nothing is ever unpickled here;
+  dropped; the node keeps serving. A peer that redials and sends the same bad frame again is
+  logged once per log_repeat_interval_s, with a count (raftstore.loglimit). Nothing is ever
+  unpickled here;
 * group commit: frames queued by groups are released to the sockets only by `flush()`, which the
   node loop calls after syncing every dirty journal, so no reply leaves before the write it
   acknowledges is on disk, and one loop iteration's replies share their syncs.
@@ -42,6 +44,7 @@ import msgpack
 from raftstore import constants
 from raftstore.kvserver.closedts import frame_problem as closed_frame_problem
 from raftstore.kvserver.consistency import CHECKSUM_BYTES
+from raftstore.loglimit import LogLimiter
 from raftstore.wire import FrameDecoder, FrameError, refusal_frame
 
 logger = logging.getLogger(__name__)
@@ -212,7 +215,8 @@ class PeerNetwork:
         self.last_dial: dict[str, float] = {}
         self.dropped_frames = 0
         self.rejected_handshakes = 0
-        self._strangers: dict[str, tuple[float, int]] = {}  # host -> (last logged, unlogged since)
+        self.log_limit = LogLimiter()   # drops and frame errors: one line per peer and condition per interval
+        self._stranger_log = LogLimiter(constants.peer_stranger_log_interval_s, constants.peer_stranger_hosts_max)
 
     # --- wake-up from other threads ---------------------------------------------------------
     def wake(self) -> None:
@@ -264,7 +268,7 @@ class PeerNetwork:
         conn.outq.append((time.monotonic() + delay if delay > 0 else 0.0, data))
         conn.outq_bytes += len(data)
         if conn.outq_bytes + len(conn.wbuf) > constants.peer_send_buffer_bytes_max:
-            self._drop(conn, "send buffer over %d bytes (peer too slow)" % constants.peer_send_buffer_bytes_max)
+            self._drop(conn, "send buffer over %d bytes (peer too slow)", constants.peer_send_buffer_bytes_max)
             return False
         return True
 
@@ -403,7 +407,7 @@ class PeerNetwork:
             proof = bytes(conn.rbuf[len(MAGIC) + _NONCE:need])
             del conn.rbuf[:need]
             if not hmac.compare_digest(proof, _mac(self.secret, b"A", conn.nonce_d, conn.nonce_a)):
-                self._drop(conn, "peer at %s does not hold our cluster secret" % conn.addr)
+                self._drop(conn, "peer at %s does not hold our cluster secret", conn.addr)
                 return
             conn.wbuf += _mac(self.secret, b"D", conn.nonce_d, conn.nonce_a)
             self._open(conn)
@@ -427,18 +431,10 @@ class PeerNetwork:
                 pass
 
     def _log_stranger(self, host: str) -> None:
-        now = time.monotonic()
-        last = self._strangers.get(host)
-        if last is not None and now - last[0] < constants.peer_stranger_log_interval_s:
-            self._strangers[host] = (last[0], last[1] + 1)
-            return
-        if last is None and len(self._strangers) >= constants.peer_stranger_hosts_max:
-            self._strangers.clear()   # bounded: forgetting a host only means it is logged again
-        self._strangers[host] = (now, 0)
-        more = " (and %d more times since the last report)" % last[1] if last and last[1] else ""
-        logger.warning("not a raftstore peer (bad handshake magic) from %s%s: a client given the peer port? "
-                       "told it to use the client port (--sql-addr); logged at most once per %.0f s per host",
-                       host, more, constants.peer_stranger_log_interval_s)
+        self._stranger_log.log(logger, logging.WARNING, host,
+                               "not a raftstore peer (bad handshake magic) from %s: a client given the peer port? "
+                               "told it to use the client port (--sql-addr); logged at most once per %.0f s per host",
+                               host, constants.peer_stranger_log_interval_s)
 
     def _open(self, conn: _Conn) -> None:
         conn.state = "open"
@@ -454,7 +450,7 @@ class PeerNetwork:
         try:
             frames = conn.decoder.feed(data)
         except FrameError as exc:
-            self._drop(conn, "bad frame: %s" % exc)
+            self._drop(conn, "bad frame: %s", exc)
             return
         for frame in frames:
             if conn not in self.conns:
@@ -475,14 +471,15 @@ class PeerNetwork:
                 try:
                     self.on_raft(conn.peer_id, frame[1], frame[2])
                 except Exception:
-                    logger.exception("handling a raft frame from node %s", conn.peer_id)
+                    self.log_limit.log(logger, logging.ERROR, ("raft frame raised", conn.peer_id),
+                                       "handling a raft frame from node %s", conn.peer_id, exc_info=True)
             elif kind == HELLO:
                 self._on_hello(conn, frame)
             elif kind == CHECKSUM_REQUEST or kind == CHECKSUM_REPLY:
                 problem = _checksum_frame_problem(frame)
                 if problem is not None:
-                    self._drop(conn, "malformed %s frame: %s" % (
-                        "CHECKSUM_REQUEST" if kind == CHECKSUM_REQUEST else "CHECKSUM_REPLY", problem))
+                    self._drop(conn, "malformed %s frame: %s",
+                               "CHECKSUM_REQUEST" if kind == CHECKSUM_REQUEST else "CHECKSUM_REPLY", problem)
                     return
                 if kind == CHECKSUM_REQUEST:
                     self.on_checksum_request(conn.peer_id, frame[1], frame[2])
@@ -491,7 +488,7 @@ class PeerNetwork:
             elif kind == PROPOSE or kind == PROPOSE_REPLY:
                 problem = _propose_frame_problem(frame)
                 if problem is not None:
-                    self._drop(conn, "malformed %s frame: %s" % ("PROPOSE" if kind == PROPOSE else "PROPOSE_REPLY", problem))
+                    self._drop(conn, "malformed %s frame: %s", "PROPOSE" if kind == PROPOSE else "PROPOSE_REPLY", problem)
                     return
                 if kind == PROPOSE:
                     self.on_propose(conn.peer_id, frame[1], frame[2], frame[3], frame[4], frame[5])
@@ -500,24 +497,25 @@ class PeerNetwork:
             elif kind == CLOSED:
                 problem = closed_frame_problem(frame)
                 if problem is not None:
-                    self._drop(conn, "malformed CLOSED frame: %s" % problem)
+                    self._drop(conn, "malformed CLOSED frame: %s", problem)
                     return
                 try:
                     self.on_closed(conn.peer_id, *frame[1:])
                 except Exception:
-                    logger.exception("handling a CLOSED frame from node %s", conn.peer_id)
+                    self.log_limit.log(logger, logging.ERROR, ("CLOSED frame raised", conn.peer_id),
+                                       "handling a CLOSED frame from node %s", conn.peer_id, exc_info=True)
             elif kind == HEARTBEAT:
                 problem = _heartbeat_frame_problem(frame)
                 if problem is not None:
-                    self._drop(conn, "malformed HEARTBEAT frame: %s" % problem)
+                    self._drop(conn, "malformed HEARTBEAT frame: %s", problem)
                     return
                 self.on_heartbeat(conn.peer_id, *(frame[1:] + [None] * (5 - len(frame))))
             elif kind == REJECT:
                 reason = frame[1] if len(frame) > 1 and isinstance(frame[1], str) else "no reason given"
-                self._drop(conn, "peer refused us: %s" % reason)
+                self._drop(conn, "peer refused us: %s", reason)
                 self.on_reject(reason)
             else:
-                self._drop(conn, "unknown frame kind %r" % (kind,))
+                self._drop(conn, "unknown frame kind %r", kind)
                 return
 
     def _on_hello(self, conn: _Conn, frame: list) -> None:
@@ -533,7 +531,7 @@ class PeerNetwork:
         if reason is not None:
             conn.wbuf += encode_peer_frame([REJECT, reason])
             self._write(conn)
-            self._drop(conn, "refused node %s: %s" % (hello["node_id"], reason))
+            self._drop(conn, "refused node %s: %s", hello["node_id"], reason)
             return
         peer_id = hello["node_id"]
         conn.peer_id, conn.hello = peer_id, hello
@@ -569,13 +567,23 @@ class PeerNetwork:
         except (KeyError, ValueError):
             pass
 
-    def _drop(self, conn: _Conn, why: str, quiet: bool = False) -> None:
+    def _drop(self, conn: _Conn, why: str, *why_args, quiet: bool = False) -> None:
+        """Close `conn`, saying why: `why` %-formatted with `why_args`, at debug level if `quiet`.
+        A warning is limited per peer (its node id, else its host: an acceptor's address has a new
+        port each time) and per `why` template, the condition; a peer that redials and repeats its
+        bad frame at every redial is said once per interval, with the count."""
         if conn not in self.conns:
             return
         self.conns.discard(conn)
         if conn.dialed and self.dialing.get(conn.addr) is conn:
             del self.dialing[conn.addr]
-        (logger.debug if quiet else logger.warning)("peer connection %s (node %s) dropped: %s", conn.addr, conn.peer_id, why)
+        text = why % why_args if why_args else why
+        if quiet:
+            logger.debug("peer connection %s (node %s) dropped: %s", conn.addr, conn.peer_id, text)
+        else:
+            who = conn.peer_id if conn.peer_id is not None else conn.addr.rpartition(":")[0]
+            self.log_limit.log(logger, logging.WARNING, ("dropped", who, why),
+                               "peer connection %s (node %s) dropped: %s", conn.addr, conn.peer_id, text)
         try:
             self.sel.unregister(conn.sock)
         except (KeyError, ValueError):

@@ -52,6 +52,7 @@ from pysyncobj.node import Node
 from pysyncobj.serializer import Serializer
 
 from raftstore import constants
+from raftstore.loglimit import LogLimiter
 from raftstore.raft.commands import (Command, CommandError, Outcome, decode_command, encode_command, not_leader,
                                      saved_outcome)
 from raftstore.raft.failstop import FailStop
@@ -255,6 +256,10 @@ class RaftGroup(SyncObj):
         follower it takes only the heartbeat of an append -- what it already holds stays
         appliable, and the leader sends the entries again later."""
         self.name = name or self_id
+        # Lines a peer's messages, a proposal's callback or a retried snapshot can repeat: once
+        # per condition per interval, with a count (raftstore.loglimit). Before SyncObj's
+        # __init__, which may load a snapshot.
+        self._log_limit = LogLimiter()
         self._refuse_entries = refuse_entries
         self._sm = state_machine
         self._executor = snapshot_executor
@@ -534,8 +539,9 @@ class RaftGroup(SyncObj):
             return  # already answered (timed out, then pysyncobj answered late)
         try:
             entry[0](outcome, result)
-        except Exception:
-            logger.exception("%s: proposal callback raised", self.name)
+        except Exception as exc:
+            self._log_limit.log(logger, logging.ERROR, ("proposal callback raised", type(exc).__qualname__),
+                                "%s: proposal callback raised", self.name, exc_info=True)
 
     def _on_result(self, token: int, res: Any, err: int) -> None:
         if err == FAIL_REASON.SUCCESS:
@@ -665,7 +671,8 @@ class RaftGroup(SyncObj):
                 if "transmission" in message:
                     # Pickled chunks: our entries are always smaller than the batch size, so a
                     # peer sending these is not one of ours. Never unpickle them.
-                    logger.warning("%s: dropping pickled transmission from %s", self.name, node)
+                    self._log_limit.log(logger, logging.WARNING, ("pickled transmission", str(node)),
+                                        "%s: dropping pickled transmission from %s", self.name, node)
                     return
                 if message.get("term", -1) >= self._SyncObj__raftCurrentTerm:
                     self._receiving_from = node
@@ -699,14 +706,17 @@ class RaftGroup(SyncObj):
                     # The follower cannot take our dump (e.g. a split-time dump whose descriptor
                     # still spans ranges the follower holds): make a fresh one, of what we have
                     # applied since, rather than send the same one forever.
-                    logger.info("%s: %s refused our snapshot; making a fresh one", self.name, node)
+                    self._log_limit.log(logger, logging.INFO, ("snapshot refused by", str(node)),
+                                        "%s: %s refused our snapshot; making a fresh one", self.name, node)
                     self.forceLogCompaction()
                 return
             SyncObj._SyncObj__onMessageReceived(self, node, message)
             if self._install is not None and self._install.done.is_set():
                 self._poll_install()  # staged at once (inline executor): install and acknowledge now
         except Exception:
-            logger.exception("%s: dropping message %r from %s", self.name, message.get("type") if isinstance(message, dict) else type(message), node)
+            mtype = message.get("type") if isinstance(message, dict) else type(message)
+            self._log_limit.log(logger, logging.ERROR, ("dropping message", str(node), str(mtype)),
+                                "%s: dropping message %r from %s", self.name, mtype, node, exc_info=True)
 
     def _prepare_append(self, message: dict) -> dict:
         """Rewrite an append so pysyncobj's handler keeps rules 2-4.
@@ -728,7 +738,8 @@ class RaftGroup(SyncObj):
                 break
             if log[idx - first][2] != term:  # rule 2: truncate only at the first conflict
                 if idx <= self._SyncObj__raftLastApplied:
-                    logger.critical("%s: leader conflicts with applied entry %d; refusing to truncate", self.name, idx)
+                    self._log_limit.log(logger, logging.CRITICAL, "conflicts with applied",   # at every append
+                                        "%s: leader conflicts with applied entry %d; refusing to truncate", self.name, idx)
                     return {"type": "ignored"}
                 SyncObj._SyncObj__deleteEntriesFrom(self, idx)
                 break
@@ -769,7 +780,8 @@ class RaftGroup(SyncObj):
         if success and nextNodeIdx is None and self._snapshot_refused is not None:
             # pysyncobj acknowledges a snapshot it failed to load; say it failed instead, and
             # the leader sends it again later.
-            logger.info("%s: snapshot not installed: %s", self.name, self._snapshot_refused)
+            self._log_limit.log(logger, logging.INFO, "snapshot not installed",
+                                "%s: snapshot not installed: %s", self.name, self._snapshot_refused)
             self._snapshot_refused, self._snapshot_ack = None, None
             return self._send_refusal(node)
         elif success and nextNodeIdx is None and self._snapshot_ack is not None:
@@ -869,7 +881,8 @@ class RaftGroup(SyncObj):
             else:  # a state machine that can only write its current state: write it now
                 write, executor = (lambda f: self._sm.write_snapshot(f, e1[1])), run_inline
         except Exception as exc:
-            logger.exception("%s: pinning a snapshot at %d failed", self.name, e1[1])
+            self._log_limit.log(logger, logging.ERROR, "snapshot pinning failed",
+                                "%s: pinning a snapshot at %d failed", self.name, e1[1], exc_info=True)
             job.error = str(exc) or type(exc).__name__
             job.done.set()
             return
@@ -879,7 +892,8 @@ class RaftGroup(SyncObj):
         try:
             self._write_snapshot(self._dump_path + ".tmp", header, write)
         except Exception as exc:
-            logger.exception("%s: writing a snapshot failed", self.name)
+            self._log_limit.log(logger, logging.ERROR, "snapshot writing failed",
+                                "%s: writing a snapshot failed", self.name, exc_info=True)
             job.error = str(exc) or type(exc).__name__
         finally:
             self._job_finished(job)
@@ -900,7 +914,8 @@ class RaftGroup(SyncObj):
             except OSError as exc:
                 job.error = str(exc)
         if job.error is not None:
-            logger.warning("%s: snapshot at %d failed: %s", self.name, job.index, job.error)
+            self._log_limit.log(logger, logging.WARNING, "snapshot failed",   # pysyncobj tries again
+                                "%s: snapshot at %d failed: %s", self.name, job.index, job.error)
             return SERIALIZER_STATE.FAILED, job.index
         self.snapshots_created += 1
         return SERIALIZER_STATE.SUCCESS, job.index
@@ -949,7 +964,8 @@ class RaftGroup(SyncObj):
                 refused = str(exc) or type(exc).__name__
         node = self._getLeader() or job.node
         if refused is not None:
-            logger.info("%s: snapshot not installed: %s", self.name, refused)
+            self._log_limit.log(logger, logging.INFO, "snapshot not installed",   # the leader sends it again
+                                "%s: snapshot not installed: %s", self.name, refused)
             self._discard_staged(staged)
             with contextlib.suppress(OSError):
                 os.unlink(recv_path)
@@ -959,7 +975,8 @@ class RaftGroup(SyncObj):
         try:
             self._install_received(header, staged, recv_path)
         except Exception:
-            logger.exception("%s: installing a snapshot failed", self.name)
+            self._log_limit.log(logger, logging.ERROR, "snapshot install failed",
+                                "%s: installing a snapshot failed", self.name, exc_info=True)
             self._snapshot_refused = "install failed"
         finally:
             self._discard_staged(staged)
@@ -974,7 +991,8 @@ class RaftGroup(SyncObj):
             try:
                 discard(staged)
             except Exception:
-                logger.exception("%s: discarding a staged snapshot", self.name)
+                self._log_limit.log(logger, logging.ERROR, "staged snapshot discard failed",
+                                    "%s: discarding a staged snapshot", self.name, exc_info=True)
 
     # --- snapshots: our serializer, never fork -----------------------------------------------
     def _write_snapshot(self, path: str, data, write) -> None:
@@ -1118,7 +1136,8 @@ class _SnapshotSerializer(Serializer):
                 os.replace(tmp, self.recv_path)
                 self._group._received_snapshot(self.recv_path)
         except OSError:
-            logger.exception("%s: writing a received snapshot", self._group.name)
+            self._group._log_limit.log(logger, logging.ERROR, "received snapshot writing failed",   # at every chunk
+                                       "%s: writing a received snapshot", self._group.name, exc_info=True)
             if self._incoming is not None:
                 self._incoming.close()
             self._incoming = None
