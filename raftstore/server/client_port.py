@@ -42,6 +42,7 @@ from raftstore import constants
 from raftstore.errors import SQLSTATE_BY_SQL_CODE
 from raftstore.kvserver.batch import BOUNDED_STALENESS, EXACT, CompareAndSwap, Delete, Get, Header, Put
 from raftstore.kvserver.replica import RAW_END, RAW_PREFIX
+from raftstore.loglimit import LogLimiter
 from raftstore.node.loop import READ_OPS, Node
 from raftstore.node.metrics import outcome_label, statement_type
 from raftstore.raft.commands import Outcome
@@ -167,6 +168,7 @@ class ClientServer:
         self.limits = limits or ClientLimits()
         self.budget = MemoryBudget(self.limits.memory_bytes)
         self._connections: dict[asyncio.StreamWriter, _Conn] = {}   # open connections
+        self._log_limit = LogLimiter()   # one line per condition and client host per interval
         self.stats = {"refused_connections": 0, "evicted_idle": 0, "idle_closed": 0, "frame_deadline_closed": 0,
                       "write_timeout_closed": 0, "paused_reads": 0, "results_paged": 0, "results_refused": 0}
 
@@ -229,7 +231,8 @@ class ClientServer:
                 try:
                     requests = decoder.feed(data)
                 except FrameError as exc:
-                    logger.warning("client %s sent a bad frame (%s); closing", writer.get_extra_info("peername"), exc)
+                    self._log_limit.log(logger, logging.WARNING, ("bad frame", _host(writer)),
+                                        "client %s sent a bad frame (%s); closing", writer.get_extra_info("peername"), exc)
                     break
                 partial = decoder.buffered_bytes
                 conn.frame_began = None if partial == 0 else conn.last_active if requests else (conn.frame_began or conn.last_active)
@@ -242,7 +245,8 @@ class ClientServer:
                     task.add_done_callback(tasks.discard)
                 self._hold_partial(conn, partial)
         except _Closing as why:
-            logger.info("client %s: %s; closing", writer.get_extra_info("peername"), why)
+            self._log_limit.log(logger, logging.INFO, ("limit", why.args[0].split(" ")[0], _host(writer)),
+                                "client %s: %s; closing", writer.get_extra_info("peername"), why)
         except (ConnectionError, OSError):
             pass
         except asyncio.CancelledError:
@@ -321,7 +325,8 @@ class ClientServer:
             try:
                 response = await self._handle(req, session)
             except Exception as exc:
-                logger.exception("request failed")
+                self._log_limit.log(logger, logging.ERROR, ("request failed", type(exc).__qualname__),
+                                    "request failed", exc_info=True)
                 response = _error("internal", "internal error: %s" % exc)
             finally:
                 self.inflight -= 1
@@ -390,8 +395,9 @@ class ClientServer:
                     await asyncio.wait_for(writer.drain(), self.limits.write_timeout_s)
                 except asyncio.TimeoutError:
                     self.stats["write_timeout_closed"] += 1
-                    logger.info("client %s left an answer unread for %g s; closing",
-                                writer.get_extra_info("peername"), self.limits.write_timeout_s)
+                    self._log_limit.log(logger, logging.INFO, ("unread", _host(writer)),
+                                        "client %s left an answer unread for %g s; closing",
+                                        writer.get_extra_info("peername"), self.limits.write_timeout_s)
                     writer.transport.abort()   # drop what is buffered for it: its bytes come back now
                     return
                 except (ConnectionError, OSError):
@@ -527,6 +533,12 @@ class ClientServer:
 
 
 _ANSWERED = {"get": ("value", "ts", "read_ts", "served_by"), "put": ("ts",), "delete": ("ts",), "cas": ("swapped", "ts")}   # what a KV op answers
+
+
+def _host(writer: asyncio.StreamWriter) -> str | None:
+    """A client's host, without its port (which changes with each connection): a log key."""
+    peer = writer.get_extra_info("peername")
+    return peer[0] if isinstance(peer, tuple) and peer else None
 
 
 def _page_frame(request_id: int, head: dict, rows: list[bytes], more: bool) -> bytes:
