@@ -118,6 +118,7 @@ client_attempt_timeout_s_max = 5.0          # kv.Client: socket timeout of a sin
 client_backoff_s_min = 0.05                 # kv.Client: first retry delay (before jitter)
 client_backoff_s_max = 1.0                  # kv.Client: the delay doubles up to this cap
 drain_timeout_s = 15.0
+listen_backlog = 1024                 # connections the kernel queues for a port before accept (a burst of clients)
 # --- Client port limits (raftstore/server/client_port.py; node flags of the same names) -----------
 client_connections_max = 4096         # --max-client-connections: past it the oldest idle connection goes
 client_idle_timeout_s = 300.0         # --client-idle-timeout: a connection with nothing in flight is closed after this
@@ -125,7 +126,8 @@ client_frame_deadline_s = 10.0        # a frame begun must be whole this soon, o
 client_in_flight_max = 16             # requests of one connection being answered; past it, it is not read
 client_memory_bytes = 128 * 1024 * 1024   # --max-client-memory: request and response bytes buffered, node-wide
 client_write_timeout_s = 30.0         # an answer its client does not read for this long closes the connection
-client_conn_free_bytes = 64 * 1024    # what a connection may hold with the node's budget spent (small requests go on)
+client_conn_free_bytes = 16 * 1024    # what a connection may hold with the node's budget spent (small requests go on)
+client_budget_wait_s = 1.0            # a frame begun that the spent budget keeps unread this long is refused
 client_page_bytes = 1024 * 1024       # a larger SQL result goes out in pages of about this size
 sql_result_bytes_max = 64 * 1024 * 1024   # --max-result-bytes: a SQL result larger than this is refused
 

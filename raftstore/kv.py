@@ -758,8 +758,10 @@ class Client:
             sent = True
             response = wire.read_frame(timed, self._decoder)
             response_id, ok, body = wire.validate_response(response)
-            if response_id == wire.CONNECTION_REFUSAL_ID and not ok and _code(body) == "too_many_connections":
-                # Every connection the node allows is busy: another node, or this one later.
+            if response_id == wire.CONNECTION_REFUSAL_ID and not ok and _code(body) in ("too_many_connections",
+                                                                                     "unavailable"):
+                # Every connection the node allows is busy, or its memory for clients is spent
+                # (the request was not run): another node, or this one later.
                 raise _AttemptFailed(UnavailableError(f"{address}: {_reason(body)}"), maybe_applied=False)
             if response_id == wire.CONNECTION_REFUSAL_ID and not ok:
                 # Not an answer to the request: the port refuses clients (a peer port).

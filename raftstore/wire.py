@@ -20,7 +20,9 @@ response with the first rows and ``"more": true``; each next frame of the same i
 ``{"id", "ok": true, "result": {"rows": [...]}, "more": bool}``, the last one without ``more``
 (or false). The client appends the rows in order. A port that refuses a connection sends one
 frame with id ``CONNECTION_REFUSAL_ID`` and closes it: ``too_many_connections`` when all the
-connections a node allows are busy (try again later, or another node).
+connections a node allows are busy, ``unavailable`` when its client memory budget is spent and a
+frame the client began cannot be read (nothing of it was run); either way, try again later or
+on another node.
 
 The ``sql`` op runs one SQL statement: ``args = {"sql": str, "params": [value, ...], "session":
 map}`` with ``params`` optional (absent: no parameters) and ``session`` optional: the SQL
@@ -70,6 +72,7 @@ from __future__ import annotations
 import datetime
 import re
 import struct
+import sys
 from collections import deque
 from typing import Any, Protocol
 
@@ -79,6 +82,7 @@ from raftstore import constants
 from raftstore.errors import BadRequestError, RaftstoreError
 
 HEADER = struct.Struct("<I")
+_EMPTY_BYTEARRAY_SIZE = sys.getsizeof(bytearray())
 HEADER_BYTES = HEADER.size
 REQUEST_ID_MAX = 2**64 - 1      # any non-negative msgpack integer
 # A response with this id answers no request of the client's: the port refuses the client
@@ -192,6 +196,11 @@ class FrameDecoder:
     def buffered_bytes(self) -> int:
         return len(self._buffer)
 
+    @property
+    def held_bytes(self) -> int:
+        """The memory the partial frame holds: its buffer's allocation, growth room included."""
+        return sys.getsizeof(self._buffer) - _EMPTY_BYTEARRAY_SIZE if self._buffer else 0
+
     def feed(self, data: bytes) -> list[Any]:
         """Append `data`; return the objects of every frame it completed, in order.
 
@@ -221,6 +230,8 @@ class FrameDecoder:
                 self.sizes.append(length)
         finally:
             del self._buffer[:pos]
+            if not self._buffer and pos:
+                self._buffer = bytearray()   # an emptied buffer keeps its allocation: let it go
         return out
 
     def _fail(self, message: str) -> None:

@@ -59,6 +59,17 @@ def _size(text: str) -> int:
     return int(number) * factor
 
 
+def _client_memory(text: str) -> int:
+    """--max-client-memory: a size that holds two whole frames (a frame larger than the budget
+    could never be read)."""
+    size = _size(text)
+    least = 2 * constants.client_frame_bytes_max
+    if size < least:
+        raise argparse.ArgumentTypeError("%r is less than two client frames (%d bytes): the node could not "
+                                         "read a frame of the largest size" % (text, least))
+    return size
+
+
 def _region(text: str) -> str:
     if not text or not all(c.isalnum() or c in "-_." for c in text):
         raise argparse.ArgumentTypeError("%r is not a region name (letters, digits, - _ .)" % text)
@@ -127,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--client-idle-timeout", type=_positive_float, default=constants.client_idle_timeout_s,
                        metavar="SECONDS", help="a client connection with nothing in flight for this long is closed "
                        "(default %(default)s)")
-    start.add_argument("--max-client-memory", type=_size, default=constants.client_memory_bytes, metavar="SIZE",
+    start.add_argument("--max-client-memory", type=_client_memory, default=constants.client_memory_bytes, metavar="SIZE",
                        help="bytes of client requests and answers this node buffers, all connections together: "
                        "past it, connections holding more than 64 KiB are not read until bytes come back "
                        "(default 128MiB)")

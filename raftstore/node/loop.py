@@ -277,7 +277,7 @@ class Node:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
-            sock.listen(128)
+            sock.listen(constants.listen_backlog)
         except OSError as exc:
             sock.close()
             raise StartupError("%s %s: cannot listen: %s" % (flag, addr, exc.strerror or exc)) from None

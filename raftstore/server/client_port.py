@@ -20,7 +20,8 @@ Limits (`ClientLimits`; README "Limits"), so one client cannot starve the others
     blocks). Bytes of frames begun, of requests being answered and of answers not yet taken by
     the kernel are charged to one node-wide budget (`MemoryBudget`, `memory_bytes`); while it
     is spent, a connection holding more than `client_conn_free_bytes` is not read until bytes
-    come back, so small requests of other clients go on. An answer its client does not read
+    come back, so small requests of other clients go on; one whose frame begun stays unread for
+    `client_budget_wait_s` is refused (`unavailable`, nothing of it run) and closed. An answer its client does not read
     within `write_timeout_s` closes the connection, giving its bytes back;
   * results: an answer larger than a page goes out as several frames of the same id, each but
     the last marked `more` (raftstore.wire), so any result up to `result_bytes_max` is answered;
@@ -34,7 +35,7 @@ import logging
 import resource
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import msgpack
 
@@ -94,11 +95,16 @@ def fit_to_open_files(limits: ClientLimits) -> tuple[ClientLimits, str | None]:
 
 class MemoryBudget:
     """Bytes of client frames and answers buffered by the node, against one limit. `take` may
-    go over it (what is already in memory is counted all the same); `spent` says whether it is."""
+    go over it (what is already in memory is counted all the same); `spent` says whether it is.
+    When the bytes held fall back near zero after a quarter of the limit was held, the C heap's
+    free memory goes back to the system (`trim`: glibc's malloc_trim), so a burst of large
+    frames does not leave the node's RSS raised."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, trim: Callable[[], None] | None = None) -> None:
         self.limit, self.used, self.peak = limit, 0, 0
         self._waiters: list[asyncio.Future] = []
+        self._trim = trim or _malloc_trim
+        self._high = 0   # the most held since the last trim
 
     def spent(self) -> bool:
         return self.used >= self.limit
@@ -106,9 +112,13 @@ class MemoryBudget:
     def take(self, n: int) -> None:
         self.used += n
         self.peak = max(self.peak, self.used)
+        self._high = max(self._high, self.used)
 
     def give(self, n: int) -> None:
         self.used -= n
+        if self._high > self.limit // 4 and self.used < self.limit // 64:
+            self._high = self.used
+            self._trim()
         if self._waiters and not self.spent():
             waiters, self._waiters = self._waiters, []
             for fut in waiters:
@@ -125,6 +135,23 @@ class MemoryBudget:
             pass
 
 
+def _malloc_trim() -> None:
+    global _libc
+    if _libc is None:
+        try:
+            import ctypes
+
+            _libc = ctypes.CDLL("libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
+
+
+_libc = None
+
+
 @dataclass(eq=False)
 class _Conn:
     """One client connection's state for the limits."""
@@ -136,6 +163,7 @@ class _Conn:
     unsent: int = 0            # budget bytes of its answers the kernel has not taken yet
     frame_began: float | None = None   # when the frame it is sending began (None: between frames)
     partial_held: int = 0      # ... of which its frame begun
+    starved_since: float | None = None   # when the spent budget first held back its frame begun
     sending: asyncio.Lock = field(default_factory=asyncio.Lock)   # one answer's frames at a time, in order
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -156,7 +184,8 @@ class ClientServer:
     WRITE_OPS = {"put", "delete", "cas"}
     READ_OPS = READ_OPS
     KV_OPS = WRITE_OPS | READ_OPS | {"split"}   # counted as KV requests in the metrics
-    READ_CHUNK = 64 * 1024
+    READ_CHUNK = 32 * 1024
+    STREAM_LIMIT = 16 * 1024     # asyncio buffers at most twice this per connection before it stops reading the socket
 
     def __init__(self, node: Node, sql_gateway: SqlGateway | None = None, limits: ClientLimits | None = None) -> None:
         self.node = node
@@ -170,10 +199,11 @@ class ClientServer:
         self._connections: dict[asyncio.StreamWriter, _Conn] = {}   # open connections
         self._log_limit = LogLimiter()   # one line per condition and client host per interval
         self.stats = {"refused_connections": 0, "evicted_idle": 0, "idle_closed": 0, "frame_deadline_closed": 0,
-                      "write_timeout_closed": 0, "paused_reads": 0, "results_paged": 0, "results_refused": 0}
+                      "write_timeout_closed": 0, "paused_reads": 0, "budget_refused": 0, "results_paged": 0, "results_refused": 0}
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, sock=self.node.sql_sock)
+        self.server = await asyncio.start_server(self._serve, sock=self.node.sql_sock, limit=self.STREAM_LIMIT,
+                                                 backlog=constants.listen_backlog)
 
     def limits_status(self) -> dict:
         """The limits, what they hold now and what they did (the node's status: `clients`)."""
@@ -217,6 +247,10 @@ class ClientServer:
             writer.close()
             return
         conn = _Conn(writer, asyncio.current_task())
+        if hasattr(writer.transport, "max_size"):
+            # asyncio's socket transport reads up to 256 KiB at a time into the stream's buffer
+            # (whatever its limit): at most a read chunk, so a connection not read holds little.
+            writer.transport.max_size = self.READ_CHUNK
         decoder = FrameDecoder(constants.client_frame_bytes_max)
         tasks: set[asyncio.Task] = set()
         session: dict = {}   # the connection's SQL session: its variables and causality token (sql.gateway)
@@ -236,6 +270,8 @@ class ClientServer:
                     break
                 partial = decoder.buffered_bytes
                 conn.frame_began = None if partial == 0 else conn.last_active if requests else (conn.frame_began or conn.last_active)
+                if partial == 0 or requests:
+                    conn.starved_since = None   # a new frame, if any: the budget has not held it back yet
                 for req, size in zip(requests, decoder.sizes):
                     self.budget.take(size)
                     conn.held += size
@@ -243,7 +279,7 @@ class ClientServer:
                     task = asyncio.create_task(self._answer(req, conn, session, size))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
-                self._hold_partial(conn, partial)
+                self._hold_partial(conn, decoder.held_bytes + len(getattr(reader, "_buffer", b"")))
         except _Closing as why:
             self._log_limit.log(logger, logging.INFO, ("limit", why.args[0].split(" ")[0], _host(writer)),
                                 "client %s: %s; closing", writer.get_extra_info("peername"), why)
@@ -276,7 +312,10 @@ class ClientServer:
         """The next bytes of `conn`, once the limits let it be read: fewer than in_flight_max
         requests of it being answered, none of its answers waiting for it, and, while the node's
         budget is spent, no more than client_conn_free_bytes held. Raises _Closing when its
-        frame deadline or idle timeout passes."""
+        frame deadline or idle timeout passes, or when the frame it began cannot be read within
+        client_budget_wait_s of the spent budget first holding it back (it is told so: retry later or elsewhere;
+        a paused connection cannot see its client leave, so it would hold its bytes until the
+        deadline)."""
         paused = False
         while True:
             now = time.monotonic()
@@ -288,6 +327,15 @@ class ClientServer:
             starved = self.budget.spent() and conn.charged() > constants.client_conn_free_bytes
             if not busy and not starved:
                 break
+            if starved and conn.partial_held > constants.client_conn_free_bytes:
+                conn.starved_since = conn.starved_since or now
+                if now - conn.starved_since >= constants.client_budget_wait_s:
+                    self.stats["budget_refused"] += 1
+                    conn.writer.write(refusal_frame("unavailable", "node %d's client memory budget (%d bytes, "
+                                                    "--max-client-memory) is spent: a frame of %d bytes cannot be "
+                                                    "read now; nothing of it was run; retry, or on another node"
+                                                    % (self.node.node_id, self.limits.memory_bytes, conn.partial_held)))
+                    raise _Closing("the client memory budget is spent; refused a frame begun")
             if not paused:
                 paused = True
                 self.stats["paused_reads"] += 1
