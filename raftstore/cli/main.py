@@ -59,6 +59,17 @@ def _size(text: str) -> int:
     return int(number) * factor
 
 
+def _statement_timeout_ms(text: str) -> int:
+    """A statement timeout as SET statement_timeout takes it: '30s', '500ms', '2min', a number of
+    milliseconds, 0 for none (parsed by the SQL layer, through the composition root)."""
+    from raftstore.server.main import parse_statement_timeout_ms
+
+    try:
+        return parse_statement_timeout_ms(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _region(text: str) -> str:
     if not text or not all(c.isalnum() or c in "-_." for c in text):
         raise argparse.ArgumentTypeError("%r is not a region name (letters, digits, - _ .)" % text)
@@ -120,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "further back are refused (default %(default)s: 4 h)")
     start.add_argument("--gc-interval", type=_positive_float, default=constants.gc_interval_s, metavar="SECONDS",
                        help="how often a leaseholder looks for versions to remove (default %(default)s)")
+    start.add_argument("--statement-timeout", type=_statement_timeout_ms, default=0, metavar="DURATION",
+                       help="SQL statements running longer than this are canceled (SQLSTATE 57014), unless their "
+                       "session SETs its own statement_timeout: '30s', '500ms', '10min', or milliseconds "
+                       "(default 0: no limit, as PostgreSQL and CockroachDB)")
     start.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     start.set_defaults(func=run_start)
 
@@ -261,7 +276,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
                       disk_reserve_bytes=args.disk_reserve_bytes, disk_ballast_bytes=args.disk_ballast_bytes,
                       http_addr=args.http_addr, unavailable_s=args.unavailable_timeout,
                       lease_s=args.lease_duration, primary_region=args.primary_region, gc_ttl_s=args.gc_ttl,
-                      gc_interval_s=args.gc_interval)
+                      gc_interval_s=args.gc_interval, statement_timeout_ms=args.statement_timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
