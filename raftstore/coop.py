@@ -16,6 +16,16 @@ switched in, the checkpoint yields to the loop (`asyncio.sleep(0)`) and it conti
 other ready tasks. Work that cannot be cut into slices (parsing a very large statement) goes to a
 thread with `offload`. `slice_max_ms()` reports the longest slice run so far, for status and tests.
 
+Deadlines (statement_timeout, sql/gateway.py): `run(fn, deadline_s=...)` gives the statement a
+time to stop by. Python cannot kill a running thread or greenlet, so the statement stops itself,
+at the two kinds of place it passes often: each `checkpoint` (every row of its row loops - the
+clock is read there anyway) raises DeadlineExceeded once the time has come, and each `wait` (a KV
+batch, a scan page, a backoff, an offloaded parse) is cut short at the deadline, so no wait
+outlasts it, and raises DeadlineExceeded at the wait. The deadline fires once: what the
+statement does after it (taking back what it wrote, releasing a latch) runs on, bounded only as
+anything else is. What a wait cut short leaves behind is the caller's to say: a KV read's answer
+is simply dropped, a write may still apply (raftstore.server.nodekv reports it ambiguous).
+
 Outside a statement (a plain thread, a test), `wait` is refused: such callers block on the loop
 by their own means (asyncio.run_coroutine_threadsafe), as they did before.
 """
@@ -31,11 +41,28 @@ import greenlet
 from raftstore import constants
 
 
+class DeadlineExceeded(Exception):
+    """A statement ran past the deadline `run` gave it; raised inside it, once, at a checkpoint
+    or at a wait the deadline cut short. `message` is the one `run` was given."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 class _Statement(greenlet.greenlet):
     """A greenlet started by `run`: it switches back to the loop's greenlet (its parent) at
-    each wait, and knows when it was last switched in."""
+    each wait, and knows when it was last switched in and when it must stop (its deadline, a
+    time.perf_counter() reading; None: none, or it has fired)."""
 
     resumed_at = 0.0
+    deadline: float | None = None
+    deadline_message = ""
+
+    def expire(self) -> DeadlineExceeded:
+        """The deadline has come: disarm it (it fires once) and return the error to raise."""
+        self.deadline = None
+        return DeadlineExceeded(self.deadline_message)
 
 
 _slice_max_s = 0.0
@@ -48,18 +75,28 @@ def _note_slice(g: _Statement) -> None:
         _slice_max_s = ran
 
 
-async def run(fn: Callable[..., Any], *args: Any) -> Any:
+async def run(fn: Callable[..., Any], *args: Any, deadline_s: float | None = None,
+              deadline_message: str = "the statement ran past its deadline") -> Any:
     """fn(*args) run on this asyncio loop in its own greenlet; each `wait` inside it suspends
     it (not the loop) until the awaitable it waits on is done. Returns fn's result or raises
     its exception. If this coroutine is cancelled while the statement waits, the statement gets
-    the CancelledError at its wait."""
+    the CancelledError at its wait.
+
+    With `deadline_s`, the statement gets DeadlineExceeded(deadline_message) at its first
+    checkpoint or wait once that many seconds have passed, a wait being cut short then (see the
+    module docstring); what it does with it is its own affair (it may take back its writes)."""
     g = _Statement(fn, greenlet.getcurrent())
     g.resumed_at = time.perf_counter()
+    if deadline_s is not None:
+        g.deadline, g.deadline_message = g.resumed_at + deadline_s, deadline_message
     request = g.switch(*args)
     while not g.dead:
         _note_slice(g)
         try:
-            value = await request
+            if g.deadline is None:
+                value = await request
+            else:
+                value = await _until_deadline(g, request)
         except BaseException as exc:   # the statement's wait raises it (CancelledError included)
             g.resumed_at = time.perf_counter()
             request = g.throw(exc)
@@ -70,6 +107,20 @@ async def run(fn: Callable[..., Any], *args: Any) -> Any:
     return request
 
 
+async def _until_deadline(g: _Statement, awaitable: Awaitable) -> Any:
+    """The awaitable's result, unless `g`'s deadline comes first: then it is cancelled and
+    DeadlineExceeded raised (a deadline already past cancels it at its first suspension)."""
+    assert g.deadline is not None
+    timeout = asyncio.timeout(g.deadline - time.perf_counter())
+    try:
+        async with timeout:
+            return await awaitable
+    except TimeoutError:
+        if not timeout.expired():   # the awaitable's own TimeoutError, not the deadline's
+            raise
+        raise g.expire() from None
+
+
 def in_statement() -> bool:
     """Whether the caller runs inside `run` (and may `wait`)."""
     return isinstance(greenlet.getcurrent(), _Statement)
@@ -77,7 +128,8 @@ def in_statement() -> bool:
 
 def wait(awaitable: Awaitable) -> Any:
     """The awaitable's result, for code inside `run`: the statement is suspended, the loop
-    awaits it, and the statement continues with its result or its exception."""
+    awaits it, and the statement continues with its result or its exception - DeadlineExceeded
+    if the statement's deadline came first (the awaitable is then cancelled)."""
     current = greenlet.getcurrent()
     if not isinstance(current, _Statement):
         if asyncio.iscoroutine(awaitable):
@@ -87,11 +139,16 @@ def wait(awaitable: Awaitable) -> Any:
 
 
 def checkpoint() -> None:
-    """Inside `run`: yield to the loop once the statement has held it for loop_task_max_ms;
-    anywhere else, nothing."""
+    """Inside `run`: raise DeadlineExceeded once the statement's deadline has come, and yield
+    to the loop once it has held it for loop_task_max_ms; anywhere else, nothing. Cheap enough
+    for every row: one clock reading."""
     current = greenlet.getcurrent()
-    if isinstance(current, _Statement) and \
-            time.perf_counter() - current.resumed_at >= constants.loop_task_max_ms / 1000:
+    if not isinstance(current, _Statement):
+        return
+    now = time.perf_counter()
+    if current.deadline is not None and now >= current.deadline:
+        raise current.expire()
+    if now - current.resumed_at >= constants.loop_task_max_ms / 1000:
         current.parent.switch(asyncio.sleep(0))
 
 
@@ -105,7 +162,8 @@ def sleep(seconds: float) -> None:
 
 def offload(fn: Callable[..., Any], *args: Any) -> Any:
     """fn(*args) on a thread of the loop's default executor, for work that cannot be cut into
-    slices; the statement waits for it and the loop goes on. Outside a statement, a plain call."""
+    slices; the statement waits for it and the loop goes on. Outside a statement, a plain call.
+    A deadline ends the statement's wait, not the thread, which finishes fn unobserved."""
     if in_statement():
         return wait(asyncio.to_thread(fn, *args))
     return fn(*args)

@@ -162,6 +162,9 @@ SQLSTATE_BY_SQL_CODE = {
     # The statement failed after some of its writes applied (or may have): what remains is in
     # the message; the error is `ambiguous` and the statement must not simply be sent again.
     "statement_completion_unknown": "40003",
+    # The statement ran past its statement_timeout and the gateway canceled it before any write
+    # of it applied (after one, the answer is 40003). A definite answer: never resent.
+    "query_canceled": "57014",
 }
 SQL_CODES = frozenset(SQLSTATE_BY_SQL_CODE)
 

@@ -18,14 +18,18 @@ retries on its own within one deadline and keeps the promise that matters:
 * ``bad_request``, ``too_large`` and other non-retryable errors raise at once.
 * ``split`` is a write without a command id: it is idempotent by nature (a range that already
   starts at the key answers ``already``), so it follows the write policy above unchanged.
-* A write that the servers cannot deduplicate (a SQL statement: `Client.request` with
-  ``resend=False``) is never sent twice: once an attempt may have reached a server, the first
-  failure raises AmbiguousCommitError at once; a SQL error answered by that attempt is the
-  server's own account of what applied and is raised as it is (``ambiguous`` when it says so,
-  as SQLSTATE 40003 does). It goes to another node only after ``unavailable`` or ``draining``,
-  which the server answers only when nothing of the statement applied. Before such a request goes out on a connection
-  that sat idle, the client checks that the server has not closed it meanwhile, so a node
-  restart between two statements does not make the next one ambiguous.
+* A request that must not run twice (a SQL statement, read or write: `Client.request` with
+  ``resend=False``) is never sent again once an attempt may have reached a server: the first
+  failure after that raises at once - AmbiguousCommitError for a write, for a read the failure
+  itself (the statement may still be running there, and a timeout is no licence to start it a
+  second time elsewhere). A SQL error answered by that attempt is the server's own account of
+  what applied and is raised as it is (``ambiguous`` when it says so, as SQLSTATE 40003 does;
+  a statement timeout, 57014, is as final). Such a request goes to another node only after a
+  failure before it could reach one (the connection failed or was refused, sending failed) or
+  after ``unavailable`` or ``draining``, which the server answers only when nothing of the
+  statement applied. Before it goes out on a connection that sat idle, the client checks that
+  the server has not closed it meanwhile, so a node restart between two statements does not
+  make the next one fail.
 * A call interrupted mid-exchange (KeyboardInterrupt) drops its connection, so the next call
   never reads the interrupted call's late answer.
 
@@ -567,9 +571,11 @@ class Client:
         malformed result, which becomes ProtocolError, ambiguous for a write).
 
         `write`: the request may change state, so a failure after it may have reached a server
-        leaves it ambiguous rather than failed. `resend`: such a write may be sent again (the
-        server deduplicates it, e.g. by command id); with ``resend=False`` the first failure
-        after a send raises AmbiguousCommitError at once. `timeout_s` / `attempt_timeout_s`
+        leaves it ambiguous rather than failed. `resend`: the request may be sent again after it
+        may have reached a server (a write the server deduplicates, e.g. by command id; a KV
+        read); with ``resend=False`` the first failure after a send raises at once,
+        AmbiguousCommitError for a write and the failure itself (not ambiguous) for a read, and
+        only failures before a send move to the next address. `timeout_s` / `attempt_timeout_s`
         replace the client's bounds for this call (an op the server itself bounds above them).
         Errors as for `put`.
         """
@@ -588,7 +594,7 @@ class Client:
             result = self._retrying(
                 op,
                 lambda deadline: self._attempt(
-                    op, request_id, frame, deadline, check_idle=write and not resend
+                    op, request_id, frame, deadline, check_idle=not resend
                 ),
                 write=write,
                 resend=resend,
@@ -652,8 +658,10 @@ class Client:
                 last = failed
                 maybe_applied = maybe_applied or (write and failed.maybe_applied)
                 self._drop_connection()
-                if maybe_applied and not resend:
-                    raise self._ambiguous(op, failed.error.message) from None
+                if failed.maybe_applied and not resend:   # it may have reached a server: never again
+                    if write:
+                        raise self._ambiguous(op, failed.error.message) from None
+                    raise self._not_resent(op, failed.error) from None
                 if failed.final:
                     final[self._index] = failed.error
                     if len(final) == len(self._addresses):
@@ -717,6 +725,14 @@ class Client:
                 f"{waited}; last error: {error.message} ({ConnectionFailedError.hint})"
             )
         raise error
+
+    @staticmethod
+    def _not_resent(op: str, error: RaftstoreError) -> RaftstoreError:
+        """The failure of a read that must not run twice (``resend=False``), after its request
+        may have reached a server: raised as it is, saying why no other node was asked."""
+        detail = ("; it was not sent to another node, since it may still be running where it went "
+                  "(a statement that may have reached a node is never run again elsewhere)")
+        return type(error)(f"{op}: {error.message}{detail}", code=error.code, ambiguous=False)
 
     @staticmethod
     def _ambiguous(op: str, detail: str) -> AmbiguousCommitError:

@@ -25,13 +25,17 @@ Transactions: every statement commits on its own (autocommit). `Connection.commi
 therefore a no-op and `Connection.rollback` raises NotSupportedError: there is nothing it
 could undo.
 
-Retries: the connection retries within `timeout_s` on its own, but only where that cannot
-run a statement twice. A read (a statement starting with SELECT, SHOW or EXPLAIN without
-ANALYZE) is retried on another address after any failure. Any other statement carries no
-command id the server could deduplicate, so it is sent again only after an answer that says
-nothing of it applied (``unavailable``, ``draining``); once it may have reached a server
-without such an answer, a failure raises OperationalError with ``ambiguous = True``: the
-statement may have committed; look (SELECT) before running it again. A statement that failed
+Retries: the connection retries within `timeout_s` on its own, but never runs a statement
+twice. A statement carries no command id the server could deduplicate, so it goes to another
+address only after a failure before it could reach a node (the connection failed or was
+refused) or after an answer that says nothing of it applied (``unavailable``, ``draining``).
+Once it may have reached a node without such an answer - the connection broke after it was
+sent, or no answer came within `timeout_s` - the failure raises OperationalError at once: for
+a write with ``ambiguous = True`` (the statement may have committed; look, with a SELECT,
+before running it again), for a read (a statement starting with SELECT, SHOW or EXPLAIN
+without ANALYZE) plainly - it may still be running there, and a read that timed out is not
+started again elsewhere. A statement canceled by its ``statement_timeout`` is answered
+SQLSTATE 57014 (``query_canceled``) and is never sent again either. A statement that failed
 after some of its writes applied is answered SQLSTATE 40003 (statement completion unknown,
 ``ambiguous``; the message says which rows may remain) and is never sent again. A write
 conflict before anything of the statement applied is 40001; the server has already run it
@@ -48,7 +52,7 @@ failure, or None), ``sqlstate`` (PostgreSQL's five-character code of that kind, 
     sql_code datatype_mismatch, division_by_zero, invalid_value -> DataError
     sql_code feature_not_supported                    -> NotSupportedError
     sql_code serialization_failure (40001), statement_completion_unknown (40003),
-             unsatisfiable_bounded_staleness (XCUBS)  -> OperationalError
+             unsatisfiable_bounded_staleness (XCUBS), query_canceled (57014) -> OperationalError
     any ambiguous outcome; unavailable, draining, connection failures -> OperationalError
     bad_request, protocol (client and server disagree)                -> InterfaceError
     too_large                                                         -> DataError
@@ -208,6 +212,7 @@ _CLASS_BY_SQL_CODE: dict[str, type[Error]] = {
     "serialization_failure": OperationalError,
     "statement_completion_unknown": OperationalError,
     "unsatisfiable_bounded_staleness": OperationalError,
+    "query_canceled": OperationalError,
 }
 
 
@@ -599,8 +604,9 @@ class Connection:
             args["session"] = self._session
         read = statement_is_read(sql)
         try:
+            # Never resent once it may have reached a node, a read neither (module doc: Retries).
             result = self._client.request(
-                "sql", args, _check_sql_result, write=not read, resend=read
+                "sql", args, _check_sql_result, write=not read, resend=False
             )
         except RaftstoreError as exc:
             raise _error_from(exc) from exc

@@ -38,8 +38,7 @@ EXACT, BOUNDED = "exact", "bounded"
 # follower_read_timestamp(): the closed lag, two side-transport intervals and a margin for the
 # clocks: old enough that every caught-up replica has closed it.
 FOLLOWER_READ_LAG_S = constants.closed_lag_s + 2 * constants.closed_side_interval_s + 1.1
-FOLLOWER_READS_VAR = "default_transaction_use_follower_reads"
-SESSION_VARS = {FOLLOWER_READS_VAR: "off"}   # name -> default, as SHOW prints it
+FOLLOWER_READS_VAR = "default_transaction_use_follower_reads"   # a session variable (sql.session_vars)
 _UNITS = {"ms": 1e-3, "millisecond": 1e-3, "milliseconds": 1e-3, "s": 1.0, "sec": 1.0, "second": 1.0,
           "seconds": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0, "minutes": 60.0, "h": 3600.0,
           "hour": 3600.0, "hours": 3600.0}
@@ -173,16 +172,3 @@ def with_causality(spec: ReadSpec, token: Version | None) -> ReadSpec:
     if spec.kind != BOUNDED or token is None or spec.min_ts is None or tuple(token) <= spec.min_ts:
         return spec
     return ReadSpec(BOUNDED, min_ts=tuple(token), form=spec.form, nearest_only=spec.nearest_only)
-
-
-def set_value(name: str, value: str) -> str:
-    """The value SET stores for session variable `name`, one of SESSION_VARS (the parser admits
-    no other: sql.dialect), as SHOW prints it."""
-    word = value.strip().lower()
-    if word in ("on", "true", "yes", "1"):
-        return "on"
-    if word in ("off", "false", "no", "0"):
-        return "off"
-    if word == "default":
-        return SESSION_VARS[name]
-    raise SQLError("invalid_value", "%s takes on or off, not %r" % (name, value))

@@ -44,3 +44,4 @@ SQL_INLINE_PARSE_CHARS_MAX = 4096  # a longer statement text is parsed on a thre
 GATEWAY_SESSIONS_IDLE_MAX = 128  # idle sessions (each with its plan cache) kept for reuse
 GATEWAY_KV_CALL_TIMEOUT_S = 120.0  # one KV call of a statement (proposals time out well before)
 GATEWAY_KV_FANOUT_MAX = 64  # KV calls one statement has in flight at once (multi-row INSERT)
+STATEMENT_TIMEOUT_MS_MAX = 2**31 - 1  # the longest statement_timeout (PostgreSQL's bound, about 24.8 days)

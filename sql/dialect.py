@@ -282,7 +282,7 @@ class RaftstoreParser(PostgresParser):
         if self._match_text_seq("CREATE"):
             self._match_text_seq("TABLE")
             return self.expression(ShowCreate(this=self._parse_show_table()))
-        from sql.asof import SESSION_VARS
+        from sql.session_vars import SESSION_VARS
 
         if self._curr and self._curr.text.lower() in SESSION_VARS:
             name = self._curr.text.lower()
@@ -298,7 +298,7 @@ class RaftstoreParser(PostgresParser):
 
     def _parse_set_var(self) -> exp.Expr:
         """``SET name = value`` / ``SET name TO value``: one session variable, one word or literal."""
-        from sql.asof import SESSION_VARS
+        from sql.session_vars import SESSION_VARS
 
         name = self._curr
         if not name or name.token_type not in (TokenType.VAR, TokenType.STRING) and not name.text.isidentifier():

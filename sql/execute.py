@@ -27,7 +27,10 @@ statement order.
 Errors: SQLError for the statement's own faults, for a write conflict before anything was
 written (serialization_failure, 40001) and for a failure after some writes applied
 (statement_completion_unknown, 40003); other raftstore errors from the KV propagate
-unchanged (not wrapped), so "unavailable" stays distinguishable from bad SQL.
+unchanged (not wrapped), so "unavailable" stays distinguishable from bad SQL. So does
+raftstore.coop.DeadlineExceeded, which a statement the gateway runs with a deadline
+(statement_timeout) meets at a row loop's `coop.checkpoint()` or a KV wait; the gateway
+answers it 57014 (sql/gateway.py). A write statement takes back what it wrote first.
 """
 
 from __future__ import annotations
@@ -65,7 +68,8 @@ from sql.constants import (
     SCAN_PAGE_ROWS_MIN,
     SQL_INLINE_PARSE_CHARS_MAX,
 )
-from sql.asof import FOLLOWER_READS_VAR, SESSION_VARS, read_spec, session_default, set_value, with_causality
+from sql.asof import FOLLOWER_READS_VAR, read_spec, session_default, with_causality
+from sql.session_vars import SESSION_VARS, set_value
 from sql.dialect import Locality, Statement, identifier_name, locality_text, node_position, parse
 from sql.errors import SQLError
 from sql.explain import ANALYZE_COLUMNS, ANALYZE_TYPES, analyze_rows, explain_ops, pretty_key
@@ -171,6 +175,9 @@ class Session:
         # variables (SET / SHOW) and causality token, the newest commit timestamp it was told.
         self.settings: dict[str, str] = {}
         self.causality: Version | None = None
+        # What SHOW prints for a variable the session did not SET, where it is not the built-in
+        # default (sql.session_vars): the node's statement_timeout (the gateway sets it).
+        self.defaults: dict[str, str] = {}
         self.follower_spec = None   # the current statement's follower read (sql.asof.ReadSpec), if any
 
     # --- public ---------------------------------------------------------------------------------
@@ -194,13 +201,18 @@ class Session:
         if kind == "set_var":
             name = statement.ast.this
             try:
-                self.settings[name] = set_value(name, statement.ast.args["value"])
+                value = set_value(name, statement.ast.args["value"])
             except SQLError as error:
                 raise error.with_sql(sql) from None
+            if value is None:
+                self.settings.pop(name, None)     # DEFAULT: the default of the node that runs the statement
+            else:
+                self.settings[name] = value
             return Result([], [], [], 0, "SET")
         if kind == "show_var":
             name = statement.ast.this
-            return Result([name], [T.TEXT], [[self.settings.get(name, SESSION_VARS[name])]], 1, "SHOW 1")
+            shown = self.settings.get(name, self.defaults.get(name, SESSION_VARS[name]))
+            return Result([name], [T.TEXT], [[shown]], 1, "SHOW 1")
         self.follower_spec = None
         try:
             self._follower_read(statement)
@@ -467,6 +479,7 @@ class Session:
         if step.left_keys:
             table: dict[tuple, list[list]] = {}
             for row in right:
+                coop.checkpoint()
                 padded = pad + row
                 key = tuple(k.fn(padded, ctx) for k in step.right_keys)
                 if any(v is None for v in key):
@@ -662,7 +675,14 @@ class Session:
                 self.kv.confirm(key, locked.version, lock=locked.lock)   # gives the latch back now
             raise
         if item is not None and not item.unchanged():
-            return writes.write([item], redo, lock=locked.lock)
+            try:
+                return writes.write([item], redo, lock=locked.lock)
+            except coop.DeadlineExceeded:
+                # Canceled before the write left (raftstore.coop: the deadline has fired, so this
+                # confirm runs): the latch goes back now, not after locking_read_hold_s.
+                with contextlib.suppress(Exception):
+                    self.kv.confirm(key, locked.version, lock=locked.lock)
+                raise
         confirmed = self.kv.confirm(key, locked.version, lock=locked.lock)
         if confirmed.error is not None:
             raise confirmed.error

@@ -18,6 +18,12 @@ What a failed statement is answered (Gateway._execute): a write conflict before 
 applied is run again here (bounded), and is SQLSTATE 40001 if it still fails; once any write
 of the statement applied or may have, the answer is 40003 (statement completion unknown,
 ambiguous), never 40001 or "unavailable", which clients resend.
+
+Statement timeout: each statement runs with a deadline, its session's `statement_timeout`
+(sql.session_vars) or else the node's default (`raftstore start --statement-timeout`; none
+unless given), from when the gateway takes it. The statement stops itself at the deadline
+(raftstore.coop: its row loops and its KV waits check it) and is answered query_canceled,
+SQLSTATE 57014 - or 40003 if a write of it applied or may have. The session stays usable.
 """
 
 from __future__ import annotations
@@ -50,17 +56,24 @@ def _adopt_session(state: dict, session: dict) -> None:
     """A client's `session` (raftstore.wire: as an earlier answer returned it, perhaps from
     another node) joins this connection's: the later causality token, its session variables.
     SQLError invalid_value (or undefined_object) for a variable or value SET would refuse."""
-    from sql.asof import SESSION_VARS, set_value
     from sql.errors import SQLError
+    from sql.session_vars import SESSION_VARS, set_value
 
     settings = session.get("settings") or {}
-    adopted = {}
+    adopted, dropped = {}, []
     for name, value in settings.items():
         if name not in SESSION_VARS:
             raise SQLError("undefined_object", "the session names an unknown variable %r (known: %s)"
                            % (name, ", ".join(sorted(SESSION_VARS))))
-        adopted[name] = set_value(name, value)
-    state.setdefault("settings", {}).update(adopted)
+        value = set_value(name, value)
+        if value is None:
+            dropped.append(name)
+        else:
+            adopted[name] = value
+    mine = state.setdefault("settings", {})
+    mine.update(adopted)
+    for name in dropped:
+        mine.pop(name, None)
     causality = session.get("causality")
     if causality is not None and tuple(causality) > tuple(state.get("causality") or (0, 0)):
         state["causality"] = tuple(causality)
@@ -87,14 +100,34 @@ def _completion_unknown(exc: RaftstoreError):
                     "may have, before it failed; check before running it again" % exc.message)
 
 
+def _canceled(timeout_ms: int, node_default: bool) -> str:
+    """Why a statement its timeout canceled stopped: PostgreSQL's words and the limit."""
+    from sql.session_vars import show_duration_ms
+
+    shown = show_duration_ms(timeout_ms)
+    if node_default:
+        return "canceling statement due to statement timeout (%s, this node's --statement-timeout)" % shown
+    return "canceling statement due to statement timeout (statement_timeout = %s)" % shown
+
+
+_CANCELED_HINT = ("; nothing of it was written. SET statement_timeout to a longer duration (or 0 for no limit) "
+                  "to let it finish")
+
+
 class Gateway:
     """A node's SQL state: schema leases, idle sessions (see the module docstring)."""
 
-    def __init__(self, new_kv: Callable[[], KV], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, new_kv: Callable[[], KV], loop: asyncio.AbstractEventLoop, *,
+                 statement_timeout_ms: int = 0) -> None:
         """`new_kv()` makes the KV of a new session (raftstore.server.nodekv.NodeKV on a node);
-        `loop` is the client port's, where statements run."""
+        `loop` is the client port's, where statements run; `statement_timeout_ms` is the node's
+        default statement timeout (0: none), for sessions that SET none."""
         from sql.schema_leases import SchemaLeases
+        from sql.session_vars import STATEMENT_TIMEOUT_VAR, show_duration_ms
 
+        assert statement_timeout_ms >= 0, statement_timeout_ms
+        self.statement_timeout_ms = statement_timeout_ms
+        self.defaults = {STATEMENT_TIMEOUT_VAR: show_duration_ms(statement_timeout_ms)}
         self.new_kv, self.loop = new_kv, loop
         self.leases = SchemaLeases()
         self._idle: list = []
@@ -135,9 +168,16 @@ class Gateway:
         resend that applies it twice: it is 40003, statement completion unknown. A read that
         found a version within its uncertainty interval (ReadRestart) runs it again at once, reading
         at that version, unless a write of it applied."""
+        from sql.errors import SQLError
+
         kv = session.kv
         try:
             return self._attempts(session, sql, params)
+        except coop.DeadlineExceeded as exc:
+            # Its statement_timeout (coop.run's deadline) came: at a row, a KV wait or a backoff.
+            if kv.wrote:
+                raise _completion_unknown(SQLError("query_canceled", exc.message)) from None
+            raise SQLError("query_canceled", exc.message + _CANCELED_HINT) from None
         finally:
             kv.end_statement()   # a read outside a statement (a schema lease renewal) is its own
 
@@ -200,9 +240,15 @@ class Gateway:
             except SQLError as exc:
                 return _sql_error(exc)
 
+        from sql.session_vars import STATEMENT_TIMEOUT_VAR, statement_timeout_ms
+
+        settings = state.setdefault("settings", {})
+        timeout_ms = statement_timeout_ms(settings, self.statement_timeout_ms)
+
         def run():
             session = self._take_session()
-            session.settings = state.setdefault("settings", {})
+            session.settings = settings
+            session.defaults = self.defaults
             session.causality = state.get("causality")
             try:
                 try:
@@ -215,8 +261,11 @@ class Gateway:
                         task.add_done_callback(self._renewals.discard)
             finally:
                 self._give_back(session)
+        deadline = {} if not timeout_ms else {
+            "deadline_s": timeout_ms / 1000,
+            "deadline_message": _canceled(timeout_ms, STATEMENT_TIMEOUT_VAR not in settings)}
         try:
-            result, ts = await coop.run(run)
+            result, ts = await coop.run(run, **deadline)
         except SQLError as exc:
             return _sql_error(exc)
         except RaftstoreError as exc:

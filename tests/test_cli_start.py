@@ -190,3 +190,17 @@ def test_a_node_logs_to_its_data_dir_says_whom_it_waits_for_and_keeps_its_region
         peer, sql, os.path.dirname(log)) in open(log).read()
     alone[alone.index("--region") + 1] = "eu-west1"
     _one_line_error(_start(*alone), "created for region us-east1, not --region eu-west1")
+
+
+def test_the_statement_timeout_flag_takes_a_duration_and_refuses_anything_else(tmp_path, capsys):
+    from raftstore.cli.main import build_parser, node_config
+
+    def config(*extra):
+        return node_config(build_parser().parse_args(["start", *_base(tmp_path, 1, 2, ["--insecure", *extra])]))
+    assert config().statement_timeout_ms == 0                       # none unless given
+    assert config("--statement-timeout", "30s").statement_timeout_ms == 30_000
+    assert config("--statement-timeout", "1500").statement_timeout_ms == 1500   # milliseconds, as SET takes it
+    with pytest.raises(SystemExit) as exited:
+        config("--statement-timeout", "soon")
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "--statement-timeout" in err and "'500ms'" in err

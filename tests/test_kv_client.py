@@ -520,6 +520,26 @@ def test_reads_are_retried_after_a_broken_connection(serve, client_for):
     assert server.connections == 2
 
 
+def test_a_read_that_must_not_run_twice_is_not_resent_once_it_may_have_reached_a_server(
+    serve, client_for
+):
+    """`request(write=False, resend=False)` (a SQL read): the connection broke after the request
+    was sent, so it fails at once - plainly, not ambiguous - and the second address, which would
+    answer, is not asked. A failure before the send (nothing listens) still moves on."""
+    store = MemoryStore()
+    store.data[b"k"] = b"v"
+    broken = serve(lambda op, args: CLOSE)
+    answering = serve(store)
+    client = client_for([broken.address, answering.address], timeout_s=5)
+    with pytest.raises(errors.ConnectionFailedError, match="not sent to another node") as caught:
+        client.request("get", {"key": b"k"}, lambda r: r["value"], write=False, resend=False)
+    assert caught.value.ambiguous is False
+    assert len(broken.requests) == 1 and answering.requests == []
+    broken.stop()       # now nothing listens there: refused before anything was sent
+    assert client.request("get", {"key": b"k"}, lambda r: r["value"], write=False, resend=False) == b"v"
+    assert len(answering.requests) == 1
+
+
 def test_garbage_from_the_server_is_a_broken_connection_not_a_crash(serve, client_for):
     server = serve(lambda op, args: b"\xff\xff\xff\xff garbage")
     client = client_for(server.address, timeout_s=0.3)

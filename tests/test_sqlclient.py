@@ -17,8 +17,8 @@ import pytest
 
 import raftstore
 from hlc import Timestamp
-from raftstore import constants, errors, sqlclient, wire
-from test_kv_client import CLOSE, FakeServer, err, ok, raised_with_every_attempt_answered
+from raftstore import constants, errors, kv, sqlclient, wire
+from test_kv_client import CLOSE, SILENT, FakeServer, err, ok, raised_with_every_attempt_answered
 
 TS = [1_700_000_000_000_000_002, 3]
 
@@ -513,10 +513,67 @@ def test_a_malformed_session_in_an_answer_is_an_interface_error(sql_server, conn
         connect(server.address).cursor().execute("SELECT 1")
 
 
-def test_a_read_is_retried_after_the_connection_breaks(sql_server, connect):
-    server = sql_server({"SELECT 1": [CLOSE, result(["?column?"], ["INT"], [[1]])]})
-    assert connect(server.address).cursor().execute("SELECT 1").fetchall() == [(1,)]
-    assert len(server.requests) == 2
+def test_a_read_whose_connection_breaks_after_it_was_sent_is_not_run_again(sql_server, connect):
+    """It may still be running on that node: it fails, plainly (a read applied nothing), and no
+    other node is asked, though one is configured and would answer."""
+    first = sql_server({"SELECT 1": [CLOSE, result(["?column?"], ["INT"], [[1]])]})
+    second = sql_server({"SELECT 1": result(["?column?"], ["INT"], [[1]])})
+    with pytest.raises(sqlclient.OperationalError, match="not sent to another node") as caught:
+        connect([first.address, second.address]).cursor().execute("SELECT 1")
+    assert caught.value.ambiguous is False
+    assert len(first.requests) == 1 and second.requests == []
+
+
+def test_a_read_that_times_out_on_a_node_is_not_sent_to_another(sql_server, connect):
+    """The DB-API's own timeout, not the server's: the statement may be running still."""
+    first = sql_server({"SELECT 1": SILENT})
+    second = sql_server({"SELECT 1": result(["?column?"], ["INT"], [[1]])})
+    conn = connect([first.address, second.address], timeout_s=0.5)
+    with pytest.raises(sqlclient.OperationalError, match="timed out") as caught:
+        conn.cursor().execute("SELECT 1")
+    assert caught.value.ambiguous is False and "not sent to another node" in str(caught.value)
+    assert len(first.requests) == 1 and second.requests == []
+
+
+def test_a_read_that_could_not_reach_a_node_goes_to_the_next(sql_server, connect):
+    """The first node went away between two statements: its connection is found closed before
+    the next is sent, and nothing listens there any more, so the statement never reached it and
+    the second node runs it."""
+    first = sql_server({"SELECT 1": result(["?column?"], ["INT"], [[1]])})
+    second = sql_server({"SELECT 1": result(["?column?"], ["INT"], [[2]])})
+    cursor = connect([first.address, second.address]).cursor()
+    assert cursor.execute("SELECT 1").fetchall() == [(1,)]
+    first.stop()
+    assert cursor.execute("SELECT 1").fetchall() == [(2,)]
+    assert len(first.requests) == 1 and len(second.requests) == 1
+
+
+def test_a_statement_canceled_by_its_timeout_is_57014_and_never_sent_to_another_node(sql_server, connect):
+    canceled = sql_err("query_canceled", "canceling statement due to statement timeout (statement_timeout = 1s)")
+    first = sql_server({"SELECT count(*) FROM t": canceled})
+    second = sql_server({"SELECT count(*) FROM t": result(["count"], ["INT"], [[1]])})
+    with pytest.raises(sqlclient.OperationalError) as caught:
+        connect([first.address, second.address]).cursor().execute("SELECT count(*) FROM t")
+    err = caught.value
+    assert (err.sql_code, err.sqlstate, err.ambiguous) == ("query_canceled", "57014", False)
+    assert str(err).startswith("canceling statement due to statement timeout")
+    assert len(first.requests) == 1 and second.requests == []
+
+
+def test_broken_a_client_that_resends_reads_is_caught(sql_server, connect, monkeypatch):
+    """The policy before statement timeouts: a read was resent after any failure. The read
+    that timed out on the first node then runs a second time, on the second."""
+    real = kv.Client.request
+
+    def resending_reads(self, op, args, check, *, write, resend=True, **kw):
+        return real(self, op, args, check, write=write, resend=not write, **kw)
+    monkeypatch.setattr(kv.Client, "request", resending_reads)
+    first = sql_server({"SELECT 1": SILENT})
+    second = sql_server({"SELECT 1": result(["?column?"], ["INT"], [[1]])})
+    conn = connect([first.address, second.address], timeout_s=1.0)
+    conn._client.attempt_timeout_s_max = 0.3     # room for the second attempt within the call
+    assert conn.cursor().execute("SELECT 1").fetchall() == [(1,)]
+    assert len(second.requests) == 1             # run again elsewhere: the test above fails
 
 
 @pytest.mark.parametrize(

@@ -70,6 +70,17 @@ def _client_memory(text: str) -> int:
     return size
 
 
+def _statement_timeout_ms(text: str) -> int:
+    """A statement timeout as SET statement_timeout takes it: '30s', '500ms', '2min', a number of
+    milliseconds, 0 for none (parsed by the SQL layer, through the composition root)."""
+    from raftstore.server.main import parse_statement_timeout_ms
+
+    try:
+        return parse_statement_timeout_ms(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _region(text: str) -> str:
     if not text or not all(c.isalnum() or c in "-_." for c in text):
         raise argparse.ArgumentTypeError("%r is not a region name (letters, digits, - _ .)" % text)
@@ -140,11 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default %(default)s)")
     start.add_argument("--max-client-memory", type=_client_memory, default=constants.client_memory_bytes, metavar="SIZE",
                        help="bytes of client requests and answers this node buffers, all connections together: "
-                       "past it, connections holding more than 64 KiB are not read until bytes come back "
-                       "(default 128MiB)")
+                       "past it, connections holding more than 16 KiB are not read until bytes come back, and a "
+                       "frame held back 1 s is refused (default 128MiB; at least 8MiB)")
     start.add_argument("--max-result-bytes", type=_size, default=constants.sql_result_bytes_max, metavar="SIZE",
                        help="a SQL result larger than this is refused with program_limit_exceeded (54000) "
                        "(default 64MiB)")
+    start.add_argument("--statement-timeout", type=_statement_timeout_ms, default=0, metavar="DURATION",
+                       help="SQL statements running longer than this are canceled (SQLSTATE 57014), unless their "
+                       "session SETs its own statement_timeout: '30s', '500ms', '10min', or milliseconds "
+                       "(default 0: no limit, as PostgreSQL and CockroachDB)")
     start.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     start.set_defaults(func=run_start)
 
@@ -288,7 +303,8 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
                       lease_s=args.lease_duration, primary_region=args.primary_region, gc_ttl_s=args.gc_ttl,
                       gc_interval_s=args.gc_interval, client_connections_max=args.max_client_connections,
                       client_idle_timeout_s=args.client_idle_timeout, client_memory_bytes=args.max_client_memory,
-                      sql_result_bytes_max=args.max_result_bytes)
+                      sql_result_bytes_max=args.max_result_bytes,
+                      statement_timeout_ms=args.statement_timeout)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,6 +107,7 @@ class NodeConfig:
     disk_ballast_bytes: int | None = None      # ballast file size; None: the default, 0: none
     refuse_writes: tuple[bytes, bytes] | None = None   # tests only: [start, end) whose writes act leaderless here
     http_addr: str | None = None               # /metrics and /health (raftstore.server.http_port); None: not served
+    statement_timeout_ms: int = 0              # the SQL gateway's default statement_timeout (sql/gateway.py); 0: none
 
 
 class GroupTransport(Transport):

@@ -57,7 +57,8 @@ def run_node(cfg: NodeConfig, warnings: tuple[str, ...] = ()) -> int:
     async def main() -> int:
         nonlocal http
         loop = asyncio.get_running_loop()
-        server = ClientServer(node, Gateway(lambda: NodeKV(node, loop), loop), limits)
+        server = ClientServer(node, Gateway(lambda: NodeKV(node, loop), loop,
+                                            statement_timeout_ms=cfg.statement_timeout_ms), limits)
         await server.start()
         if node.http_sock is not None:
             http = HttpPort(node.http_sock, node.metrics.registry, server.not_ready)
@@ -93,6 +94,19 @@ def run_node(cfg: NodeConfig, warnings: tuple[str, ...] = ()) -> int:
         raise StartupError(node.fatal)
     logger.info("node %d stopped", cfg.node_id)
     return code
+
+
+def parse_statement_timeout_ms(text: str) -> int:
+    """`raftstore start --statement-timeout`: the forms SET statement_timeout takes, in ms (0:
+    none); ValueError saying which forms for anything else."""
+    from sql.errors import SQLError
+    from sql.session_vars import parse_timeout_ms
+
+    try:
+        return parse_timeout_ms(text)
+    except SQLError as exc:
+        raise ValueError(exc.message.replace("statement_timeout takes", "takes").replace(
+            "statement_timeout is", "the timeout is")) from None
 
 
 def _ask_totals(node: Node, timeout_s: float) -> dict | None:

@@ -62,6 +62,12 @@ class NodeKV:
     `wrote`, whether any write applied or may have - after which no failure of the statement
     may be reported as "unavailable" (it would be sent again).
 
+    A statement's deadline (raftstore.coop, statement_timeout): checked before every batch and
+    scan page (nothing is sent past it: coop.DeadlineExceeded), and no wait on the node outlasts
+    it. A read cut short raises DeadlineExceeded; a batch with writes cut short after it left
+    answers AMBIGUOUS for them (they may still apply: `wrote`), like a batch the node did not
+    answer in time, so the statement's writes are taken back or named as its other failures'.
+
     A trace (`begin_trace`) records each committed part from the trace fields its answer
     carries (kvserver.batch.TRACE_FIELDS: the range, the leader that served it, its rounds,
     their least round trip and the part's time) and adds the round trip this node measures to
@@ -201,7 +207,15 @@ class NodeKV:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def _run(self, coro):
-        """A read-only node call (scan, status), within GATEWAY_KV_CALL_TIMEOUT_S."""
+        """A read-only node call (scan, status), within GATEWAY_KV_CALL_TIMEOUT_S and the
+        statement's deadline (raftstore.coop: DeadlineExceeded, before it is sent or while it
+        is awaited)."""
+        try:
+            coop.checkpoint()
+        except coop.DeadlineExceeded:
+            coro.close()   # never sent
+            raise
+
         async def bounded():
             try:
                 return await asyncio.wait_for(coro, GATEWAY_KV_CALL_TIMEOUT_S)
@@ -219,8 +233,18 @@ class NodeKV:
         answers: list = []
         reads = bool(ops) and not any(op.writes or isinstance(op, GetForUpdate) for op in ops)
         for window in _windows(ops, ops_max):
-            got = self._wait(self.node.batch_within(window, GATEWAY_KV_CALL_TIMEOUT_S,
-                                                    self._read_header() if reads else header))
+            coop.checkpoint()   # past the statement's deadline, nothing more is sent: DeadlineExceeded
+            try:
+                got = self._wait(self.node.batch_within(window, GATEWAY_KV_CALL_TIMEOUT_S,
+                                                        self._read_header() if reads else header))
+            except coop.DeadlineExceeded as exc:
+                if not any(op.writes and not isinstance(op, Check) for op in window):
+                    raise   # a read, or a Check (it changes nothing): nothing of it may apply
+                # The deadline cut the wait short after the batch left: its writes may still
+                # apply. Answered as batch_within answers a batch with no answer in time, so the
+                # statement takes back what it can and names what may remain (40003).
+                got = [(Outcome.AMBIGUOUS, "%s while its write was in flight; it may still commit" % exc.message)
+                       if op.writes else (Outcome.NOT_COMMITTED, exc.message) for op in window]
             if reads:
                 for outcome, result in got:
                     self._adopt(outcome, result)
