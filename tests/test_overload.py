@@ -79,6 +79,8 @@ def cluster(tmp_path_factory):
             cur = conn.cursor()
             cur.execute("CREATE TABLE honest (k INT PRIMARY KEY, v TEXT)")
             cur.execute("INSERT INTO honest VALUES (1, 'ok')")
+            cur.execute("CREATE TABLE hundred (k INT PRIMARY KEY)")     # joined with itself four times: 10^8 rows
+            cur.execute("INSERT INTO hundred VALUES " + ", ".join("(%d)" % k for k in range(100)))
             cur.execute("CREATE TABLE wide (k INT PRIMARY KEY, v TEXT)")   # a 64 KB answer
             cur.execute("INSERT INTO wide VALUES " + ", ".join("(%d, '%s')" % (k, "w" * 4000) for k in range(16)))
             cur.execute("SELECT v FROM honest WHERE k = 1")
@@ -194,3 +196,20 @@ def test_a_ten_megabyte_result(cluster):
             rows = cur.fetchall()
         assert len(rows) == 2560 and all(len(v) == 4000 for _, v in rows)
     _attack(cluster, attack, "a 10 MB result")
+
+
+def test_a_statement_that_would_run_for_minutes_is_timed_out(cluster):
+    from raftstore.sqlclient import OperationalError
+
+    def attack(node) -> None:
+        with connect(node.sql_addr, timeout_s=30) as conn:
+            cur = conn.cursor()
+            cur.execute("SET statement_timeout = '1s'")
+            began = time.monotonic()
+            with pytest.raises(OperationalError) as info:
+                cur.execute("SELECT count(*) FROM hundred AS a, hundred AS b, hundred AS c, hundred AS d")
+            assert info.value.sqlstate == "57014", info.value
+            assert time.monotonic() - began < HONEST_DEADLINE_S
+            cur.execute("SELECT 1")                      # the session goes on
+            assert cur.fetchall() == [(1,)]
+    _attack(cluster, attack, "a statement running for minutes, timed out at 1 s")

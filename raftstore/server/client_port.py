@@ -31,6 +31,7 @@ Limits (`ClientLimits`; README "Limits"), so one client cannot starve the others
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import resource
 import time
@@ -109,6 +110,10 @@ class MemoryBudget:
     def spent(self) -> bool:
         return self.used >= self.limit
 
+    def trim(self) -> None:
+        self._high = self.used
+        self._trim()
+
     def take(self, n: int) -> None:
         self.used += n
         self.peak = max(self.peak, self.used)
@@ -117,8 +122,7 @@ class MemoryBudget:
     def give(self, n: int) -> None:
         self.used -= n
         if self._high > self.limit // 4 and self.used < self.limit // 64:
-            self._high = self.used
-            self._trim()
+            self.trim()
         if self._waiters and not self.spent():
             waiters, self._waiters = self._waiters, []
             for fut in waiters:
@@ -197,6 +201,7 @@ class ClientServer:
         self.limits = limits or ClientLimits()
         self.budget = MemoryBudget(self.limits.memory_bytes)
         self._connections: dict[asyncio.StreamWriter, _Conn] = {}   # open connections
+        self._last_collect = 0.0
         self._log_limit = LogLimiter()   # one line per condition and client host per interval
         self.stats = {"refused_connections": 0, "evicted_idle": 0, "idle_closed": 0, "frame_deadline_closed": 0,
                       "write_timeout_closed": 0, "paused_reads": 0, "budget_refused": 0, "results_paged": 0, "results_refused": 0}
@@ -381,7 +386,18 @@ class ClientServer:
                 self.metrics.client_in_flight.dec()
             self._observe(req, response, time.perf_counter() - began)
             response["id"] = rid
-            await self._send(conn, self._frames(response))
+            frames = self._frames(response)
+            del response
+            await self._send(conn, frames)
+            if len(frames) > 1 and time.monotonic() - self._last_collect >= 0.25:
+                # A large result's rows are freed now: give the C heap's free memory back, or a
+                # few large results leave the node's RSS raised for good (collected first: a
+                # finished statement's reference cycles, its greenlet's frames, still hold rows).
+                # At most four times a second: a full collection holds the loop some milliseconds.
+                del frames
+                self._last_collect = time.monotonic()
+                gc.collect()
+                self.budget.trim()
         finally:
             self.budget.give(size)
             conn.held -= size
