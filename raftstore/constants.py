@@ -127,6 +127,7 @@ client_in_flight_max = 16             # requests of one connection being answere
 client_memory_bytes = 128 * 1024 * 1024   # --max-client-memory: request and response bytes buffered, node-wide
 client_write_timeout_s = 30.0         # an answer its client does not read for this long closes the connection
 client_conn_free_bytes = 16 * 1024    # what a connection may hold with the node's budget spent (small requests go on)
+client_conn_bytes = 16 * 1024         # what an open connection costs of its own (asyncio's objects), charged to the budget
 client_budget_wait_s = 1.0            # a frame begun that the spent budget keeps unread this long is refused
 client_page_bytes = 1024 * 1024       # a larger SQL result goes out in pages of about this size
 sql_result_bytes_max = 64 * 1024 * 1024   # --max-result-bytes: a SQL result larger than this is refused

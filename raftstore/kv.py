@@ -818,13 +818,20 @@ class Client:
         if not isinstance(first, dict) or not isinstance(first.get("rows"), list):
             raise wire.BadResponse("a paged result must be a map with rows")
         rows = first["rows"]
+        held = _rows_bytes(rows)
         while True:
             response = wire.read_frame(timed, self._decoder)
             response_id, ok, body = wire.validate_response(response)
             if response_id != request_id:
                 raise wire.BadResponse(f"page of response {response_id} in the answer to {request_id}")
             if not ok:
+                self._drop_connection()   # what else the server meant to send is not ours to read
                 raise error_from_wire(body)
+            held += _rows_bytes(body.get("rows")) if isinstance(body, dict) else 0
+            if held > RESULT_BYTES_MAX:
+                # A node sends at most its --max-result-bytes (64 MiB by default).
+                raise wire.BadResponse(f"a result of more than {RESULT_BYTES_MAX} bytes: the server does not "
+                                       "stop sending it")
             if not isinstance(body, dict) or not isinstance(body.get("rows"), list):
                 raise wire.BadResponse("a page of a result must be a map with rows")
             rows.extend(body["rows"])
@@ -894,6 +901,16 @@ def _closed_while_idle(sock: socket.socket) -> bool:
     except OSError:
         return True
     return True
+
+
+RESULT_BYTES_MAX = 1 << 30   # a paged result the client joins at most (what a faulty server can make it hold)
+
+
+def _rows_bytes(rows: Any) -> int:
+    """About what `rows` hold: their texts' and byte strings' lengths, 8 for any other value."""
+    if not isinstance(rows, list):
+        return 0
+    return sum(len(v) if isinstance(v, (str, bytes)) else 8 for row in rows if isinstance(row, list) for v in row)
 
 
 def _code(error: Any) -> str | None:

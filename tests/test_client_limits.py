@@ -256,3 +256,68 @@ def test_while_the_budget_is_spent_big_frames_wait_and_small_requests_go_on(port
     assert stats["budget_refused"] >= 1 and stats["budget_refused"] + stats["frame_deadline_closed"] == 4, stats
     for s in big:
         s.close()
+
+
+def test_an_answered_connection_left_idle_is_closed_too(port):
+    p = port(idle_timeout_s=0.5)
+    s = _raw(p.addr)
+    s.sendall(wire.encode_frame({"id": 1, "op": "sql", "args": {"sql": "SELECT 1, 1"}}))
+    decoder = wire.FrameDecoder()
+    assert wire.read_frame(s, decoder)["ok"]
+    assert _closed_by_server(s) == b""
+    assert p.stats()["idle_closed"] == 1
+
+
+def test_requests_past_the_in_flight_cap_wait_in_order_and_all_are_answered(port):
+    p = port(in_flight_max=4)
+    s = _raw(p.addr)
+    s.sendall(b"".join(wire.encode_frame({"id": i, "op": "status", "args": {}}) for i in range(1, 41))
+              + wire.encode_frame({"id": 99, "op": "sql", "args": {"sql": "SLEEP 0.5"}}) * 10)
+    decoder = wire.FrameDecoder()
+    ids = [wire.read_frame(s, decoder)["id"] for _ in range(50)]
+    assert sorted(ids) == list(range(1, 41)) + [99] * 10
+    assert asyncio.run_coroutine_threadsafe(_call(lambda: p.server.inflight), p.loop).result(10) == 0
+    s.close()
+
+
+def test_a_connections_statements_run_one_at_a_time_in_order(port):
+    p = port()
+    s = _raw(p.addr)
+    began = time.monotonic()
+    s.sendall(wire.encode_frame({"id": 1, "op": "sql", "args": {"sql": "SLEEP 0.4"}})
+              + wire.encode_frame({"id": 2, "op": "sql", "args": {"sql": "SLEEP 0.4"}}))
+    decoder = wire.FrameDecoder()
+    assert [wire.read_frame(s, decoder)["id"] for _ in range(2)] == [1, 2]
+    assert time.monotonic() - began >= 0.8          # the second began after the first was answered
+    s.close()
+
+
+def test_drain_delivers_a_paged_answer_whole(port):
+    p = port()
+    s = _raw(p.addr)
+    s.sendall(wire.encode_frame({"id": 5, "op": "sql", "args": {"sql": "SELECT 2000, 4000"}}))
+    decoder = wire.FrameDecoder()
+    first = wire.read_frame(s, decoder)      # the answer is under way: now the node drains
+    drained = asyncio.run_coroutine_threadsafe(p.server.drain(10.0), p.loop)
+    rows, frame = list(first["result"]["rows"]), first
+    while frame.get("more"):
+        frame = wire.read_frame(s, decoder)
+        rows += frame["result"]["rows"]
+    assert len(rows) == 2000
+    drained.result(15)
+    s.close()
+
+
+def test_a_newcomer_closes_a_never_answered_socket_before_a_clients_pooled_connection(port):
+    p = port(connections_max=3)
+    with Client(p.addr) as honest:
+        honest.status()                       # answered, then idle: its connection is the oldest
+        idle = [_raw(p.addr) for _ in range(2)]
+        _wait(lambda: p.stats()["connections"] == 3, 10, "three connections")
+        assert _select(p.addr, 1, 1) == [(0, "x")]
+        assert _closed_by_server(idle[0]) == b""   # the socket that never asked went, not the client's
+        before = p.stats()["evicted_idle"]
+        honest.status()
+        assert p.stats()["evicted_idle"] == before
+    for s in idle:
+        s.close()

@@ -31,6 +31,7 @@ Limits (`ClientLimits`; README "Limits"), so one client cannot starve the others
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import logging
 import resource
@@ -137,6 +138,9 @@ class MemoryBudget:
             await asyncio.wait_for(fut, timeout_s)
         except asyncio.TimeoutError:
             pass
+        finally:
+            if fut in self._waiters:
+                self._waiters.remove(fut)
 
 
 def _malloc_trim() -> None:
@@ -161,6 +165,7 @@ class _Conn:
     """One client connection's state for the limits."""
     writer: asyncio.StreamWriter
     task: asyncio.Task | None = None
+    reader: asyncio.StreamReader | None = None
     last_active: float = field(default_factory=time.monotonic)
     in_flight: int = 0
     held: int = 0              # budget bytes of its frame begun and its requests being answered
@@ -168,11 +173,16 @@ class _Conn:
     frame_began: float | None = None   # when the frame it is sending began (None: between frames)
     partial_held: int = 0      # ... of which its frame begun
     starved_since: float | None = None   # when the spent budget first held back its frame begun
+    queued: collections.deque = field(default_factory=collections.deque)   # (request, size) read, not started
+    tasks: set = field(default_factory=set)
+    session: dict = field(default_factory=dict)   # its SQL session: variables, causality token (sql.gateway)
+    statements: asyncio.Lock = field(default_factory=asyncio.Lock)   # one statement at a time, answer included
+    answered: int = 0          # requests it has been answered
     sending: asyncio.Lock = field(default_factory=asyncio.Lock)   # one answer's frames at a time, in order
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def idle(self) -> bool:
-        return self.in_flight == 0 and self.frame_began is None
+        return self.in_flight == 0 and not self.queued and self.frame_began is None
 
     def charged(self) -> int:
         return self.held + self.unsent
@@ -200,7 +210,10 @@ class ClientServer:
         self.metrics = node.metrics
         self.limits = limits or ClientLimits()
         self.budget = MemoryBudget(self.limits.memory_bytes)
-        self._connections: dict[asyncio.StreamWriter, _Conn] = {}   # open connections
+        # Open connections, least recently active first; and those never answered, oldest first
+        # (what a newcomer past the limit closes first: `_admit`).
+        self._connections: collections.OrderedDict[asyncio.StreamWriter, _Conn] = collections.OrderedDict()
+        self._unanswered: collections.OrderedDict[asyncio.StreamWriter, _Conn] = collections.OrderedDict()
         self._last_collect = 0.0
         self._log_limit = LogLimiter()   # one line per condition and client host per interval
         self.stats = {"refused_connections": 0, "evicted_idle": 0, "idle_closed": 0, "frame_deadline_closed": 0,
@@ -229,44 +242,67 @@ class ClientServer:
         return None
 
     def _admit(self, writer: asyncio.StreamWriter) -> bool:
-        """Room for a new connection: under the limit, or made by closing the connection idle
-        the longest. False: every connection is busy (the newcomer is refused)."""
+        """Room for a new connection: under the limit (each connection is charged what it
+        costs of its own; while the budget is spent, an idle connection never answered is closed
+        for it), or made by closing an idle one. False: every connection is busy (the newcomer
+        is refused)."""
         if len(self._connections) < self.limits.connections_max:
+            if self.budget.spent():
+                self._evict(self._unanswered)   # make room if an unused socket is there to close; come in anyway
             return True
-        idle = [c for c in self._connections.values() if c.idle()]
-        if not idle:
-            return False
-        oldest = min(idle, key=lambda c: c.last_active)
-        self.stats["evicted_idle"] += 1
-        oldest.writer.close()   # its reader sees the end of the stream; its task ends by itself
-        del self._connections[oldest.writer]   # counted out now: the newcomer takes its place
-        self.metrics.client_connections.dec()
-        return True
+        return self._evict(self._unanswered) or self._evict(self._connections)
+
+    def _evict(self, candidates: collections.OrderedDict) -> bool:
+        """Close the first idle connection of `candidates`; False if none is idle."""
+        # A connection never answered goes first (an idle socket held open; a client between
+        # requests has been answered), then the least recently active: a client's pooled
+        # connection is closed only when no other is idle, and its next request, seeing it
+        # closed, reconnects. Bytes unread in a connection are a request under way: not idle.
+        for conn in candidates.values():
+            if conn.idle() and not len(getattr(conn.reader, "_buffer", b"")):
+                self.stats["evicted_idle"] += 1
+                conn.writer.close()   # its reader sees the end of the stream; its task ends by itself
+                self._forget(conn)    # counted out now: the newcomer takes its place
+                return True
+        return False
+
+    def _forget(self, conn: _Conn) -> None:
+        if self._connections.get(conn.writer) is conn:
+            del self._connections[conn.writer]
+            self._unanswered.pop(conn.writer, None)
+            self.budget.give(constants.client_conn_bytes)
+            self.metrics.client_connections.dec()
+
+    def _active(self, conn: _Conn) -> None:
+        conn.last_active = time.monotonic()
+        if conn.writer in self._connections:
+            self._connections.move_to_end(conn.writer)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not self._admit(writer):
             self.stats["refused_connections"] += 1
             writer.write(refusal_frame("too_many_connections", "node %d has %d client connections, all busy "
-                                       "(--max-client-connections); retry later or on another node"
-                                       % (self.node.node_id, len(self._connections))))
+                                       "(--max-client-connections %d, --max-client-memory %d bytes); retry later "
+                                       "or on another node" % (self.node.node_id, len(self._connections),
+                                                               self.limits.connections_max, self.limits.memory_bytes)))
             writer.close()
             return
-        conn = _Conn(writer, asyncio.current_task())
+        conn = _Conn(writer, asyncio.current_task(), reader=reader)
         if hasattr(writer.transport, "max_size"):
             # asyncio's socket transport reads up to 256 KiB at a time into the stream's buffer
             # (whatever its limit): at most a read chunk, so a connection not read holds little.
             writer.transport.max_size = self.READ_CHUNK
         decoder = FrameDecoder(constants.client_frame_bytes_max)
-        tasks: set[asyncio.Task] = set()
-        session: dict = {}   # the connection's SQL session: its variables and causality token (sql.gateway)
         self._connections[writer] = conn
+        self._unanswered[writer] = conn
+        self.budget.take(constants.client_conn_bytes)   # what a connection costs in memory of its own
         self.metrics.client_connections.inc()
         try:
             while True:
                 data = await self._read(conn, reader, decoder)
                 if not data:
                     break
-                conn.last_active = time.monotonic()
+                self._active(conn)
                 try:
                     requests = decoder.feed(data)
                 except FrameError as exc:
@@ -280,10 +316,8 @@ class ClientServer:
                 for req, size in zip(requests, decoder.sizes):
                     self.budget.take(size)
                     conn.held += size
-                    conn.in_flight += 1
-                    task = asyncio.create_task(self._answer(req, conn, session, size))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                    conn.queued.append((req, size))
+                self._start_queued(conn)
                 self._hold_partial(conn, decoder.held_bytes + len(getattr(reader, "_buffer", b"")))
         except _Closing as why:
             self._log_limit.log(logger, logging.INFO, ("limit", why.args[0].split(" ")[0], _host(writer)),
@@ -296,12 +330,24 @@ class ClientServer:
             pass
         finally:
             writer.close()
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
+            while conn.queued:   # read, never started: nobody to answer
+                _, size = conn.queued.popleft()
+                self.budget.give(size)
+                conn.held -= size
+            if conn.tasks:
+                await asyncio.gather(*conn.tasks, return_exceptions=True)
             self._hold_partial(conn, 0)
-            if self._connections.get(writer) is conn:
-                del self._connections[writer]
-                self.metrics.client_connections.dec()
+            self._forget(conn)
+
+    def _start_queued(self, conn: _Conn) -> None:
+        """Start the requests `conn` sent, in order, while fewer than in_flight_max of its
+        requests are being answered (the rest wait, already counted in the budget)."""
+        while conn.queued and conn.in_flight < self.limits.in_flight_max and not conn.writer.is_closing():
+            req, size = conn.queued.popleft()
+            conn.in_flight += 1
+            task = asyncio.create_task(self._answer(req, conn, conn.session, size))
+            conn.tasks.add(task)
+            task.add_done_callback(conn.tasks.discard)
 
     def _hold_partial(self, conn: _Conn, partial: int) -> None:
         """Charge the budget for the frame `conn` has begun (`partial` bytes buffered)."""
@@ -328,11 +374,11 @@ class ClientServer:
                 self.stats["frame_deadline_closed"] += 1
                 raise _Closing("a frame begun %.1f s ago is still not whole (the limit is %g s)"
                                % (now - conn.frame_began, self.limits.frame_deadline_s))
-            busy = conn.in_flight >= self.limits.in_flight_max or conn.unsent > 0
+            busy = conn.in_flight >= self.limits.in_flight_max or conn.unsent > 0 or bool(conn.queued)
             starved = self.budget.spent() and conn.charged() > constants.client_conn_free_bytes
             if not busy and not starved:
                 break
-            if starved and conn.partial_held > constants.client_conn_free_bytes:
+            if starved and conn.partial_held > constants.client_conn_free_bytes and conn.in_flight == 0:
                 conn.starved_since = conn.starved_since or now
                 if now - conn.starved_since >= constants.client_budget_wait_s:
                     self.stats["budget_refused"] += 1
@@ -353,28 +399,39 @@ class ClientServer:
                     await asyncio.wait_for(conn.wake.wait(), min(wait_s, 1.0))
                 except asyncio.TimeoutError:
                     pass
-        if conn.frame_began is not None:
-            timeout = max(0.0, conn.frame_began + self.limits.frame_deadline_s - time.monotonic())
-        elif conn.in_flight:
-            timeout = None
-        else:
-            timeout = self.limits.idle_timeout_s
-        try:
-            return await asyncio.wait_for(reader.read(self.READ_CHUNK), timeout)
-        except asyncio.TimeoutError:
+        while True:
+            if conn.frame_began is not None:
+                timeout = max(0.0, conn.frame_began + self.limits.frame_deadline_s - time.monotonic())
+            else:
+                timeout = max(0.0, conn.last_active + self.limits.idle_timeout_s - time.monotonic())
+            try:
+                return await asyncio.wait_for(reader.read(self.READ_CHUNK), timeout)
+            except asyncio.TimeoutError:
+                pass
+            now = time.monotonic()
             if conn.frame_began is not None:
                 self.stats["frame_deadline_closed"] += 1
                 raise _Closing("a frame begun %.1f s ago is still not whole (the limit is %g s)"
-                               % (time.monotonic() - conn.frame_began, self.limits.frame_deadline_s)) from None
-            self.stats["idle_closed"] += 1
-            raise _Closing("idle for %g s (--client-idle-timeout)" % self.limits.idle_timeout_s) from None
+                               % (now - conn.frame_began, self.limits.frame_deadline_s))
+            if conn.in_flight == 0 and not conn.queued and now - conn.last_active >= self.limits.idle_timeout_s:
+                self.stats["idle_closed"] += 1
+                raise _Closing("idle for %g s (--client-idle-timeout)" % self.limits.idle_timeout_s)
+            # A request still being answered (its answer makes the connection active again): wait on.
 
     async def _answer(self, req: Any, conn: _Conn, session: dict | None = None, size: int = 0) -> None:
         rid = req.get("id") if isinstance(req, dict) and isinstance(req.get("id"), int) else 0
         self.inflight += 1
         self.metrics.client_in_flight.inc()
         began = time.perf_counter()
+        statement = isinstance(req, dict) and req.get("op") == "sql"
+        turn = False
         try:
+            if statement:
+                # A connection's statements run one at a time, in the order sent, each answered
+                # before the next starts: they share its session (SET, the causality token), and
+                # at most one result of it is held.
+                await conn.statements.acquire()
+                turn = True
             try:
                 response = await self._handle(req, session)
             except Exception as exc:
@@ -399,11 +456,16 @@ class ClientServer:
                 gc.collect()
                 self.budget.trim()
         finally:
+            if turn:
+                conn.statements.release()
             self.budget.give(size)
             conn.held -= size
             conn.in_flight -= 1
-            conn.last_active = time.monotonic()
+            conn.answered += 1
+            self._unanswered.pop(conn.writer, None)
+            self._active(conn)
             conn.wake.set()
+            self._start_queued(conn)
 
     def _frames(self, response: dict) -> list[bytes]:
         """The frames of one answer: one, or, for a result larger than a page, its rows in
@@ -445,30 +507,36 @@ class ClientServer:
         return frames
 
     async def _send(self, conn: _Conn, frames: list[bytes]) -> None:
-        """Write an answer's frames, each charged to the budget until the kernel takes it; an
-        answer its client leaves unread for write_timeout_s closes the connection."""
+        """Write an answer's frames, all charged to the budget from the start (they are all in
+        memory) and each given back once the kernel took it; an answer its client leaves unread
+        for write_timeout_s closes the connection."""
         writer = conn.writer
-        async with conn.sending:   # an answer's pages go out together; one frame of a connection unsent at a time
-            for frame in frames:
-                if writer.is_closing():
-                    return   # the connection is gone: nobody to answer (asyncio would warn on each write)
-                self.budget.take(len(frame))
-                conn.unsent += len(frame)
-                try:
-                    writer.write(frame)
-                    await asyncio.wait_for(writer.drain(), self.limits.write_timeout_s)
-                except asyncio.TimeoutError:
-                    self.stats["write_timeout_closed"] += 1
-                    self._log_limit.log(logger, logging.INFO, ("unread", _host(writer)),
-                                        "client %s left an answer unread for %g s; closing",
-                                        writer.get_extra_info("peername"), self.limits.write_timeout_s)
-                    writer.transport.abort()   # drop what is buffered for it: its bytes come back now
-                    return
-                except (ConnectionError, OSError):
-                    return
-                finally:
+        left = sum(len(f) for f in frames)
+        self.budget.take(left)
+        conn.unsent += left
+        try:
+            async with conn.sending:   # an answer's pages go out together, one answer of a connection at a time
+                for frame in frames:
+                    if writer.is_closing():
+                        return   # the connection is gone: nobody to answer (asyncio would warn on each write)
+                    try:
+                        writer.write(frame)
+                        await asyncio.wait_for(writer.drain(), self.limits.write_timeout_s)
+                    except asyncio.TimeoutError:
+                        self.stats["write_timeout_closed"] += 1
+                        self._log_limit.log(logger, logging.INFO, ("unread", _host(writer)),
+                                            "client %s left an answer unread for %g s; closing",
+                                            writer.get_extra_info("peername"), self.limits.write_timeout_s)
+                        writer.transport.abort()   # drop what is buffered for it: its bytes come back now
+                        return
+                    except (ConnectionError, OSError):
+                        return
                     self.budget.give(len(frame))
                     conn.unsent -= len(frame)
+                    left -= len(frame)
+        finally:
+            self.budget.give(left)
+            conn.unsent -= left
 
     def _observe(self, req: Any, response: dict, seconds: float) -> None:
         """Count and time one answered request: KV ops by op, statements by type; by outcome
@@ -587,7 +655,8 @@ class ClientServer:
         if self.server is not None:
             self.server.close()
         deadline = time.monotonic() + timeout_s
-        while self.inflight and time.monotonic() < deadline:
+        while (self.inflight or any(c.in_flight or c.queued for c in self._connections.values())) \
+                and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         for writer in list(self._connections):
             writer.close()   # its reader sees the end of the stream; its task finishes by itself
