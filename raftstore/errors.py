@@ -159,6 +159,9 @@ SQLSTATE_BY_SQL_CODE = {
     # The statement failed after some of its writes applied (or may have): what remains is in
     # the message; the error is `ambiguous` and the statement must not simply be sent again.
     "statement_completion_unknown": "40003",
+    # A statement over one of the SQL layer's limits (sql/limits.py: text bytes, tokens, nesting,
+    # expression depth); the message names the limit. PostgreSQL's class 54 (54001 for depth).
+    "program_limit_exceeded": "54000",
 }
 SQL_CODES = frozenset(SQLSTATE_BY_SQL_CODE)
 

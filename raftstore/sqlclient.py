@@ -48,7 +48,8 @@ failure, or None), ``sqlstate`` (PostgreSQL's five-character code of that kind, 
     sql_code datatype_mismatch, division_by_zero, invalid_value -> DataError
     sql_code feature_not_supported                    -> NotSupportedError
     sql_code serialization_failure (40001), statement_completion_unknown (40003),
-             unsatisfiable_bounded_staleness (XCUBS)  -> OperationalError
+             unsatisfiable_bounded_staleness (XCUBS),
+             program_limit_exceeded (54000)           -> OperationalError
     any ambiguous outcome; unavailable, draining, connection failures -> OperationalError
     bad_request, protocol (client and server disagree)                -> InterfaceError
     too_large                                                         -> DataError
@@ -207,6 +208,7 @@ _CLASS_BY_SQL_CODE: dict[str, type[Error]] = {
     "serialization_failure": OperationalError,
     "statement_completion_unknown": OperationalError,
     "unsatisfiable_bounded_staleness": OperationalError,
+    "program_limit_exceeded": OperationalError,   # as psycopg2 maps SQLSTATE class 54
 }
 
 

@@ -32,6 +32,7 @@ CODES = frozenset(
         "unsatisfiable_bounded_staleness",  # XCUBS (CockroachDB's): a nearest_only read its replicas cannot serve
         "serialization_failure",  # 40001: a write conflict before any write applied; may be rerun
         "statement_completion_unknown",  # 40003: failed after some writes applied; never rerun blindly
+        "program_limit_exceeded",  # 54000: a statement over a limit of sql/limits.py (size, tokens, depth)
     }
 )
 
