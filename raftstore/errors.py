@@ -150,9 +150,6 @@ SQLSTATE_BY_SQL_CODE = {
     "invalid_parameter": "08P01",
     "invalid_value": "22023",
     "feature_not_supported": "0A000",
-    # A statement or its result over a limit of the node (statement size, expression size or
-    # depth, result bytes): PostgreSQL's program_limit_exceeded.
-    "program_limit_exceeded": "54000",
     # CockroachDB's code: a bounded-staleness read with nearest_only that the gateway's own
     # replicas cannot serve within its bound (it is never sent to the leaseholders).
     "unsatisfiable_bounded_staleness": "XCUBS",
@@ -165,6 +162,10 @@ SQLSTATE_BY_SQL_CODE = {
     # The statement ran past its statement_timeout and the gateway canceled it before any write
     # of it applied (after one, the answer is 40003). A definite answer: never resent.
     "query_canceled": "57014",
+    # A statement over one of the SQL layer's limits (sql/limits.py: text bytes, tokens, nesting,
+    # expression depth) or a result over --max-result-bytes; the message names the limit.
+    # PostgreSQL's class 54 (54001 for depth).
+    "program_limit_exceeded": "54000",
 }
 SQL_CODES = frozenset(SQLSTATE_BY_SQL_CODE)
 

@@ -52,7 +52,8 @@ failure, or None), ``sqlstate`` (PostgreSQL's five-character code of that kind, 
     sql_code datatype_mismatch, division_by_zero, invalid_value -> DataError
     sql_code feature_not_supported                    -> NotSupportedError
     sql_code serialization_failure (40001), statement_completion_unknown (40003),
-             unsatisfiable_bounded_staleness (XCUBS), query_canceled (57014) -> OperationalError
+             unsatisfiable_bounded_staleness (XCUBS), query_canceled (57014),
+             program_limit_exceeded (54000)           -> OperationalError
     any ambiguous outcome; unavailable, draining, connection failures -> OperationalError
     bad_request, protocol (client and server disagree)                -> InterfaceError
     too_large                                                         -> DataError
@@ -208,11 +209,11 @@ _CLASS_BY_SQL_CODE: dict[str, type[Error]] = {
     "division_by_zero": DataError,
     "invalid_value": DataError,
     "feature_not_supported": NotSupportedError,
-    "program_limit_exceeded": OperationalError,
     "serialization_failure": OperationalError,
     "statement_completion_unknown": OperationalError,
     "unsatisfiable_bounded_staleness": OperationalError,
     "query_canceled": OperationalError,
+    "program_limit_exceeded": OperationalError,   # as psycopg2 maps SQLSTATE class 54
 }
 
 

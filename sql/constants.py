@@ -26,6 +26,15 @@ STATEMENT_ROWS_MAX = 100_000  # rows one INSERT ... VALUES may carry
 IDENTIFIER_LENGTH_MAX = 63  # as PostgreSQL's NAMEDATALEN - 1
 PARAMS_MAX = 65535  # as PostgreSQL's wire protocol
 
+# Statement limits (sql/limits.py), each checked before the stage whose cost it bounds; a statement
+# over one is SQLError program_limit_exceeded (54000). Read at every check (sql.constants.NAME), so
+# a test or an embedding program may change them; a text already in the parse cache is not checked
+# again. The depths keep every recursive stage well inside Python's recursion limit of 1000 frames.
+SQL_STATEMENT_BYTES_MAX = 256 * 1024  # UTF-8 bytes of one statement's text (the wire carries up to 1 MiB)
+SQL_STATEMENT_TOKENS_MAX = 100_000  # tokens: tokenizing + parsing + planning cost ~10 us each
+SQL_NESTING_DEPTH_MAX = 20  # parentheses, calls, CASE, IN lists, NOT / - inside one another: the parser recurses <= 24 frames a level
+SQL_EXPRESSION_DEPTH_MAX = 200  # levels of the syntax tree, a chain a + b + c ... one per operator: expr.py recurses <= 3 frames a level
+
 INT_MIN = -(1 << 63)
 INT_MAX = (1 << 63) - 1
 ROWID_BITS = 63

@@ -33,8 +33,12 @@ What it adds to sqlglot's PostgreSQL dialect:
   one style only.
 
 The parser hooks override private sqlglot methods (``_parse_statement``,
-``_parse_table_alias``, ``raise_error``), which is why sqlglot is pinned exactly
+``_parse_table_alias``, ``raise_error``, and ``reset``, ``_parse_range``, ``_parse_unary`` to count
+nesting), which is why sqlglot is pinned exactly
 (pyproject.toml); tests/test_sql_parse.py pins the behaviour.
+
+Before and during the parse, the statement limits of sql/limits.py apply (text bytes, tokens,
+nesting depth counted in ``_parse_range`` / ``_parse_unary``, then the tree's depth).
 
 Pure: no I/O. Parsing is cached per statement text (`parse`), so the cost (~150 us) is paid
 once per distinct text; parameters are values bound later, never spliced into the text.
@@ -53,6 +57,7 @@ from sqlglot.errors import ErrorLevel, ParseError, TokenError
 from sqlglot.parsers.postgres import PostgresParser
 from sqlglot.tokens import Token, TokenType
 
+from sql import constants, limits
 from sql.constants import PARAMS_MAX, PARSE_CACHE_ENTRIES_MAX
 from sql.errors import SQLError
 
@@ -160,6 +165,39 @@ class RaftstoreParser(PostgresParser):
         **PostgresParser.PROPERTY_PARSERS,
         "LOCALITY": lambda self: self._parse_locality(),
     }
+
+    # Nesting depth (sql/limits.py). sqlglot's parser is a recursive descent: each level of
+    # nesting - a parenthesis, a call's argument, CASE, an IN list, a subquery, NOT, unary minus
+    # - costs up to 24 frames. Every such cycle passes through _parse_range (the binary levels)
+    # or _parse_unary (prefix operators) or both; each counts its active calls, and the parse
+    # stops when either is more than SQL_NESTING_DEPTH_MAX levels below the outermost
+    # expression, long before Python's recursion limit. (Nesting in FROM - derived tables,
+    # parenthesized joins - costs 8 frames a level and is bounded by the tree's depth, or
+    # at worst by the RecursionError that _parse_uncached turns into the same error code.)
+
+    def reset(self) -> None:
+        super().reset()
+        self._range_depth = self._unary_depth = 0
+
+    def _parse_range(self, this: exp.Expr | None = None, parse_is: bool = False) -> exp.Expr | None:
+        self._range_depth += 1
+        try:
+            self._check_nesting(self._range_depth)
+            return super()._parse_range(this, parse_is)
+        finally:
+            self._range_depth -= 1
+
+    def _parse_unary(self) -> exp.Expr | None:
+        self._unary_depth += 1
+        try:
+            self._check_nesting(self._unary_depth)
+            return super()._parse_unary()
+        finally:
+            self._unary_depth -= 1
+
+    def _check_nesting(self, active: int) -> None:
+        if active > constants.SQL_NESTING_DEPTH_MAX + 1:   # the outermost expression is level 0
+            raise limits.nesting_exceeded(active - 1, self._curr, self.sql)
 
     def _parse_locality(self) -> exp.Expr:
         at = self._prev
@@ -438,18 +476,25 @@ def _parse_cached(sql: str) -> tuple[Statement, ...]:
 
 
 def _parse_uncached(sql: str) -> tuple[Statement, ...]:
+    # The statement limits (sql/limits.py), each before the stage whose cost it bounds: the
+    # text's size before the tokenizer, the token count before the parser, the nesting depth
+    # during the parse (RaftstoreParser._check_nesting), the tree's depth before the whitelist
+    # and the planner.
+    limits.check_text(sql)
     tokens, param_count = _tokenize(sql)
+    limits.check_tokens(tokens, sql)
     parser = RaftstoreParser(dialect=DIALECT, error_level=ErrorLevel.IMMEDIATE)
     try:
         trees = parser.parse(tokens, sql)
     except ParseError as error:
         raise _syntax_error(sql, error) from None
-    except RecursionError:
-        raise SQLError("syntax", "statement is nested too deeply to parse") from None
+    except RecursionError:   # a nesting the parser's count does not see, or a caller deep in its stack
+        raise limits.recursion_error("the parser") from None
     statements = []
     for tree in trees:
         if tree is None or isinstance(tree, exp.Semicolon):
             continue
+        limits.check_tree(tree, sql)
         _check_supported(tree, sql, tokens)
         node = tree.this if isinstance(tree, Explain) else tree
         statements.append(Statement(KIND_BY_NODE[type(tree)], tree, sql, param_count))
@@ -531,6 +576,11 @@ def _tokenize(sql: str) -> tuple[list[Token], int]:
                 )
             dollar = True
             highest = max(highest, number)
+        if token.token_type == TokenType.ARRAY and nxt is not None and nxt.token_type == TokenType.L_BRACKET:
+            # Arrays are not supported, and sqlglot's parser backtracks on nested ARRAY[...]:
+            # its time doubles per level (20 levels of a 200-byte text: ~30 s). Refused here,
+            # before the parse.
+            raise _unsupported_at("ARRAY[...] (arrays)", token.start, None, sql)
         if token.token_type == TokenType.PLACEHOLDER:
             raise SQLError(
                 "syntax",

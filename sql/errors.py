@@ -29,11 +29,11 @@ CODES = frozenset(
         "invalid_parameter",  # wrong number or type of bound parameters, bad LIMIT value
         "invalid_value",  # 22023: a bad argument of AS OF SYSTEM TIME, a bad value for SET
         "feature_not_supported",  # a feature that is planned but comes later
-        "program_limit_exceeded",  # 54000: over a limit of the node (statement, expression, result size)
         "unsatisfiable_bounded_staleness",  # XCUBS (CockroachDB's): a nearest_only read its replicas cannot serve
         "serialization_failure",  # 40001: a write conflict before any write applied; may be rerun
         "statement_completion_unknown",  # 40003: failed after some writes applied; never rerun blindly
         "query_canceled",  # 57014: its statement_timeout came before it finished; nothing of it was written
+        "program_limit_exceeded",  # 54000: a statement over a limit of sql/limits.py (size, tokens, depth)
     }
 )
 

@@ -72,6 +72,7 @@ from sql.asof import FOLLOWER_READS_VAR, read_spec, session_default, with_causal
 from sql.session_vars import SESSION_VARS, set_value
 from sql.dialect import Locality, Statement, identifier_name, locality_text, node_position, parse
 from sql.errors import SQLError
+from sql.limits import recursion_error
 from sql.explain import ANALYZE_COLUMNS, ANALYZE_TYPES, analyze_rows, explain_ops, pretty_key
 from sql.expr import UNBOUND, EvalContext, accumulate, aggregate_result, new_accumulator
 from sql.schema_leases import SchemaLeases
@@ -297,7 +298,10 @@ class Session:
         if entry is not None and entry.schema_bytes == current:
             self._cache.move_to_end(statement.text)
             return entry.plan
-        plan = plan_statement(statement, schemas)
+        try:
+            plan = plan_statement(statement, schemas)
+        except RecursionError:   # expr.py compiles recursively; sql/limits.py keeps it far from this
+            raise recursion_error("the planner") from None
         self._cache[statement.text] = _CacheEntry(names, current, plan)
         self._cache.move_to_end(statement.text)
         while len(self._cache) > self._cache_entries_max:

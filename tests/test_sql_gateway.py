@@ -178,6 +178,23 @@ def test_bad_sql_is_an_error_answer_and_the_session_goes_back(statement) -> None
     _run(main())
 
 
+@pytest.mark.parametrize("statement", [
+    "SELECT " + "+".join(["1"] * 500_000),           # 1 MB: over the byte limit
+    "SELECT " + "+".join(["1"] * 1000),               # short, but too deep for the evaluator
+    "SELECT " + "(" * 5000 + "1" + ")" * 5000,        # nested past the parser's limit
+])
+def test_an_over_limit_statement_is_answered_program_limit_exceeded_never_internal(statement) -> None:
+    async def main():
+        gateway = _gateway(MemNode())
+        answer = await gateway.handle({"sql": statement})
+        assert not answer["ok"] and answer["error"]["code"] == "sql_error", answer
+        assert answer["error"]["sql_code"] == "program_limit_exceeded", answer
+        assert "_MAX" in answer["error"]["message"]
+        assert len(gateway._idle) == 1
+        await _close(gateway)
+    _run(main())
+
+
 LOSE = "lose"   # a Refusing answer: the write lost a race (the key's current row and version)
 
 

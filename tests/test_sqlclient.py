@@ -415,6 +415,7 @@ def test_an_oversized_or_non_text_statement_is_refused_before_anything_is_sent(
         ("datatype_mismatch", sqlclient.DataError),
         ("division_by_zero", sqlclient.DataError),
         ("feature_not_supported", sqlclient.NotSupportedError),
+        ("program_limit_exceeded", sqlclient.OperationalError),
         ("from_a_newer_server", sqlclient.DatabaseError),
     ],
 )
