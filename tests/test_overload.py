@@ -213,3 +213,18 @@ def test_a_statement_that_would_run_for_minutes_is_timed_out(cluster):
             cur.execute("SELECT 1")                      # the session goes on
             assert cur.fetchall() == [(1,)]
     _attack(cluster, attack, "a statement running for minutes, timed out at 1 s")
+
+
+def test_a_one_megabyte_expression(cluster):
+    from raftstore.sqlclient import OperationalError
+
+    statement = "SELECT 1" + "+1" * 499_996          # 1,000,000 bytes
+    assert len(statement) == 1_000_000
+
+    def attack(node) -> None:
+        with connect(node.sql_addr, timeout_s=30) as conn:
+            cur = conn.cursor()
+            with pytest.raises(OperationalError, match="SQL_STATEMENT_BYTES_MAX") as info:
+                cur.execute(statement)
+            assert info.value.sqlstate == "54000", info.value
+    _attack(cluster, attack, "a 1 MB expression")
