@@ -369,6 +369,9 @@ class ClientServer:
         deadline)."""
         paused = False
         while True:
+            if conn.writer.is_closing():
+                # Closed here (an unread answer timed out, an eviction): what it queued never starts.
+                raise _Closing("the connection was closed")
             now = time.monotonic()
             if conn.frame_began is not None and now - conn.frame_began > self.limits.frame_deadline_s:
                 self.stats["frame_deadline_closed"] += 1
