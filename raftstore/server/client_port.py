@@ -12,9 +12,12 @@ nothing is cancelled from outside and the shutdown logs no traceback.
 
 Limits (`ClientLimits`; README "Limits"), so one client cannot starve the others:
   * connections: at most `connections_max`; a newcomer past it closes the connection idle the
-    longest (nothing in flight, no frame begun), or, when none is idle, is refused with a
-    `too_many_connections` frame and closed. A connection idle for `idle_timeout_s` is closed,
-    and one that began a frame must finish it within `frame_deadline_s`;
+    longest (nothing in flight, no frame begun, nothing unread even in the kernel), or, when
+    none is idle, is refused with a `too_many_connections` frame and closed. A connection idle
+    for `idle_timeout_s` is closed, and one that began a frame must finish it within
+    `frame_deadline_s`. An idle connection is closed with a refusal frame saying nothing sent
+    on it after its last answer was read: a request that crossed the close on the wire is sent
+    again by the client, never reported as possibly run;
   * buffers: a connection with `in_flight_max` requests being answered, or whose answers wait
     for it to read them, is not read (backpressure: its kernel buffers fill and its sender
     blocks). Bytes of frames begun, of requests being answered and of answers not yet taken by
@@ -32,9 +35,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import fcntl
 import gc
 import logging
 import resource
+import struct
+import termios
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -257,14 +263,25 @@ class ClientServer:
         # A connection never answered goes first (an idle socket held open; a client between
         # requests has been answered), then the least recently active: a client's pooled
         # connection is closed only when no other is idle, and its next request, seeing it
-        # closed, reconnects. Bytes unread in a connection are a request under way: not idle.
+        # closed, reconnects. Bytes unread in a connection, in its stream or still in the
+        # kernel, are a request under way: not idle.
         for conn in candidates.values():
-            if conn.idle() and not len(getattr(conn.reader, "_buffer", b"")):
+            if conn.idle() and not _unread_bytes(conn):
                 self.stats["evicted_idle"] += 1
-                conn.writer.close()   # its reader sees the end of the stream; its task ends by itself
+                self._close_idle(conn, "too_many_connections", "node %d closed this idle connection to admit another "
+                                 "(--max-client-connections %d)" % (self.node.node_id, self.limits.connections_max))
                 self._forget(conn)    # counted out now: the newcomer takes its place
                 return True
         return False
+
+    @staticmethod
+    def _close_idle(conn: _Conn, code: str, why: str) -> None:
+        """Close an idle connection, telling its client first: a request it sent that crossed
+        this close on the wire was never read, so the client may send it again, here or on
+        another node (raftstore.kv treats the refusal frame so)."""
+        conn.writer.write(refusal_frame(code, why + "; nothing sent on it after its last answer was read: "
+                                        "send it again on a new connection"))
+        conn.writer.close()   # its reader sees the end of the stream; its task ends by itself
 
     def _forget(self, conn: _Conn) -> None:
         if self._connections.get(conn.writer) is conn:
@@ -416,8 +433,10 @@ class ClientServer:
                 self.stats["frame_deadline_closed"] += 1
                 raise _Closing("a frame begun %.1f s ago is still not whole (the limit is %g s)"
                                % (now - conn.frame_began, self.limits.frame_deadline_s))
-            if conn.in_flight == 0 and not conn.queued and now - conn.last_active >= self.limits.idle_timeout_s:
+            if conn.idle() and not _unread_bytes(conn) and now - conn.last_active >= self.limits.idle_timeout_s:
                 self.stats["idle_closed"] += 1
+                self._close_idle(conn, "unavailable", "node %d closed this connection after %g s idle "
+                                 "(--client-idle-timeout)" % (self.node.node_id, self.limits.idle_timeout_s))
                 raise _Closing("idle for %g s (--client-idle-timeout)" % self.limits.idle_timeout_s)
             # A request still being answered (its answer makes the connection active again): wait on.
 
@@ -675,6 +694,19 @@ def _host(writer: asyncio.StreamWriter) -> str | None:
     """A client's host, without its port (which changes with each connection): a log key."""
     peer = writer.get_extra_info("peername")
     return peer[0] if isinstance(peer, tuple) and peer else None
+
+
+def _unread_bytes(conn: _Conn) -> int:
+    """Bytes `conn`'s client sent that the port has not decoded yet: in its stream's buffer and
+    in the kernel's receive queue (FIONREAD; 0 where it cannot be asked)."""
+    unread = len(getattr(conn.reader, "_buffer", b""))
+    sock = conn.writer.get_extra_info("socket")
+    if sock is not None:
+        try:
+            unread += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+        except (OSError, ValueError):
+            pass
+    return unread
 
 
 def _page_frame(request_id: int, head: dict, rows: list[bytes], more: bool) -> bytes:
