@@ -95,6 +95,8 @@ def test_a_write_before_the_cluster_formed_says_so_once(tmp_path):
     c = Cluster(str(tmp_path))
     try:
         c.start(c.nodes[0])   # alone: its peers never come, so the cluster cannot form
+        with c.client(c.nodes[0], timeout_s=60) as client:
+            client.status()   # it serves its client port (its start may take seconds on a busy machine)
         done = kv_cli(c.nodes[0].sql_addr, "put", "--timeout", "3", "k", "v")
     finally:
         c.cleanup()
