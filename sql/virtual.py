@@ -8,7 +8,10 @@ be a user table's) plus a function from the KV and the call's arguments to rows.
 reads it through a `sql.plan.VirtualAccess`; the dialect admits it only as a FROM item of a
 SELECT, so nothing can write to it.
 
-One exists so far:
+The PostgreSQL system catalog's tables (``pg_catalog.pg_class``, ``information_schema.columns``,
+...: sql/pg_catalog.py) are virtual tables too, read by name rather than called.
+
+One table function exists so far:
 
 ``crdb_internal.check_consistency(stats_only BOOL, start_key BYTES, end_key BYTES)`` (or with
 no arguments: every range) runs a consistency check of every range overlapping
@@ -33,6 +36,7 @@ from sql.dialect import CHECK_CONSISTENCY
 from sql.errors import SQLError
 from sql.expr import Compiled, Compiler, EvalContext, Scope
 from sql.kv import KV
+from sql.pg_catalog import CATALOG_TABLES, catalog_rows
 
 __all__ = ["VIRTUAL_TABLES", "VirtualTable", "compile_args", "virtual_rows"]
 
@@ -73,6 +77,15 @@ VIRTUAL_TABLES: dict[str, VirtualTable] = {
         _check_consistency_rows,
     ),
 }
+
+
+# The PostgreSQL system catalog (sql/pg_catalog.py): pg_catalog.* and information_schema.*, read by
+# name, without arguments; their rows are built from our catalog when the statement runs.
+def _catalog_table(name: str) -> VirtualTable:
+    return VirtualTable(CATALOG_TABLES[name].schema, name, (), lambda kv, args, names: catalog_rows(kv, name))
+
+
+VIRTUAL_TABLES.update({name: _catalog_table(name) for name in CATALOG_TABLES})
 
 
 def compile_args(name: str, nodes: list, position: int | None) -> list[Compiled]:
