@@ -1040,9 +1040,10 @@ def _admit_pg_node(node: exp.Expr, sql: str) -> bool:
         db = node.args.get("db")
         return (db is not None and identifier_name(db) in SCHEMA_QUALIFIERS and node.args.get("table") is not None
                 and _only_args(node, {"this", "table", "db"}))
-    if kind is exp.Dot:
+    if kind is exp.Dot:   # pg_catalog.f(...), or the type name of x::pg_catalog.text
         return (isinstance(node.this, exp.Identifier) and identifier_name(node.this) == "pg_catalog"
-                and isinstance(node.expression, exp.Func))
+                and (isinstance(node.expression, exp.Func)
+                     or isinstance(node.expression, exp.Identifier) and isinstance(node.parent, exp.DataType)))
     if kind is exp.Anonymous:
         from sql.pg_functions import PG_FUNCTIONS
 

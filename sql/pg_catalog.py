@@ -405,6 +405,19 @@ def _key_column_usage(kv: KV) -> list[list]:
             for s in _user_tables(kv) for position, name in enumerate(s.pk, 1)]
 
 
+# The catalog tables' own OIDs ('pg_catalog.pg_class'::regclass, pg_description.classoid): PostgreSQL's
+# for the ones clients name, the rest numbered from CATALOG_TABLE_OID_BASE in name order.
+_POSTGRES_CATALOG_OIDS = {"pg_type": 1247, "pg_attribute": 1249, "pg_class": 1259, "pg_database": 1262,
+                          "pg_am": 2601, "pg_attrdef": 2604, "pg_constraint": 2606, "pg_description": 2609,
+                          "pg_index": 2610, "pg_inherits": 2611, "pg_namespace": 2615, "pg_trigger": 2620,
+                          "pg_collation": 3456}
+CATALOG_TABLE_OID_BASE = 12_000
+CATALOG_TABLE_OIDS: dict[str, int] = {
+    name: _POSTGRES_CATALOG_OIDS.get(name.partition(".")[2] if name.startswith(PG_CATALOG + ".") else "",
+                                     CATALOG_TABLE_OID_BASE + i)
+    for i, name in enumerate(sorted(CATALOG_TABLES))
+}
+CATALOG_TABLE_BY_OID = {oid: name for name, oid in CATALOG_TABLE_OIDS.items()}
 CATALOG_SCHEMAS = frozenset({PG_CATALOG, INFORMATION_SCHEMA})
 # Unqualified names that mean a pg_catalog table (pg_catalog is first on every search path).
 PG_CATALOG_NAMES = frozenset(name.partition(".")[2] for name in CATALOG_TABLES if name.startswith(PG_CATALOG + "."))

@@ -21,6 +21,7 @@ statement. Pure otherwise.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,6 +33,9 @@ from sql.dialect import identifier_name, node_position, quote_identifier
 from sql.errors import SQLError
 from sql.expr import Compiled, Compiler, EvalContext
 from sql.pg_catalog import (
+    CATALOG_TABLE_BY_OID,
+    CATALOG_TABLE_OIDS,
+    NAMESPACE_OIDS,
     DATABASE_NAME,
     PG_TYPE_BY_NAME,
     PG_TYPE_BY_OID,
@@ -43,6 +47,7 @@ from sql.pg_catalog import (
     format_type,
     index_name,
     index_oid,
+    relation_name,
     table_oid,
 )
 from sql.pg_settings import VERSION_TEXT
@@ -122,6 +127,8 @@ class PgFunction:
 
 
 def _regclass_text(ctx: EvalContext, oid: int) -> str:
+    if oid in CATALOG_TABLE_BY_OID:   # pg_catalog is on the search path: its names print bare
+        return CATALOG_TABLE_BY_OID[oid].removeprefix("pg_catalog.")
     found = _catalog(ctx, "regclass").relation(oid)
     if found is None:
         return str(oid)               # PostgreSQL prints an unknown OID as its number
@@ -212,6 +219,26 @@ PG_FUNCTIONS: dict[str, PgFunction] = {
     "current_setting": PgFunction((T.TEXT, T.BOOL), 1, T.TEXT, _current_setting),
 }
 
+def _json_build_object(ctx: EvalContext, args: list) -> str:
+    if len(args) % 2:
+        raise SQLError("invalid_parameter", "json_build_object() takes an even number of arguments (key, value, ...)")
+    pairs = {}
+    for key, value in zip(args[::2], args[1::2]):
+        if key is None:
+            raise SQLError("invalid_value", "json_build_object(): a key must not be NULL")
+        pairs[str(key)] = value.isoformat() if hasattr(value, "isoformat") else \
+            value.hex() if isinstance(value, bytes) else value
+    return json.dumps(pairs, separators=(", ", " : "))
+
+
+VARIADIC = ()   # arg_types of a function taking any number of arguments of any type
+PG_FUNCTIONS.update({
+    "json_build_object": PgFunction(VARIADIC, 0, T.TEXT, _json_build_object, strict=False),
+    "pg_collation_is_visible": PgFunction((_OID,), 1, T.BOOL, lambda ctx, a: True),
+    "pg_relation_is_publishable": PgFunction((_OID,), 1, T.BOOL, lambda ctx, a: False),
+    "quote_ident": PgFunction((T.TEXT,), 1, T.TEXT, lambda ctx, a: quote_identifier(a[0])),
+})
+
 # sqlglot's own nodes for some of them
 _NODE_FUNCTIONS = {exp.CurrentVersion: "version", exp.CurrentSchema: "current_schema",
                    exp.CurrentSchemas: "current_schemas", exp.CurrentDatabase: "current_database",
@@ -236,15 +263,20 @@ def compile_pg_function(compiler: Compiler, node: exp.Expr) -> Compiled:
         name = _NODE_FUNCTIONS[type(node)]
         arg_nodes = [node.this] if node.args.get("this") is not None else []
     spec = PG_FUNCTIONS[name]
-    if not spec.required <= len(arg_nodes) <= len(spec.arg_types):
+    if spec.arg_types is not VARIADIC and not spec.required <= len(arg_nodes) <= len(spec.arg_types):
         wanted = str(spec.required) if spec.required == len(spec.arg_types) else \
             f"{spec.required} to {len(spec.arg_types)}"
         raise SQLError("syntax", f"{name}() takes {wanted} arguments, got {len(arg_nodes)}", node_position(node))
     arg_types = spec.arg_types
     if name in _PRIVILEGE_FUNCTIONS and len(arg_nodes) == 2:
         arg_types = arg_types[1:]     # has_table_privilege(table, privilege): no user
-    args = [compiler.coerce(compiler.compile(a), kind, a, what=f"argument {i + 1} of {name}()")
-            for i, (a, kind) in enumerate(zip(arg_nodes, arg_types))]
+    if spec.arg_types is VARIADIC:    # any type; a quoted literal is text
+        args = [compiler.compile(a) for a in arg_nodes]
+        args = [compiler.coerce(c, T.TEXT, a) if c.type in (T.UNKNOWN, T.NULL) else c
+                for c, a in zip(args, arg_nodes)]
+    else:
+        args = [compiler.coerce(compiler.compile(a), kind, a, what=f"argument {i + 1} of {name}()")
+                for i, (a, kind) in enumerate(zip(arg_nodes, arg_types))]
     fns = [a.fn for a in args]
     impl, strict = spec.impl, spec.strict
 
@@ -267,8 +299,35 @@ _TYPE_ALIASES = {"bigint": "int8", "integer": "int4", "int": "int4", "smallint":
                  '"char"': "char", "string": "text", "bytes": "bytea", "float": "float8"}
 
 
+def _qualified_type(to: exp.Expr) -> str | None:
+    """``text`` for the target of ``x::pg_catalog.text``, else None."""
+    if isinstance(to, exp.DataType) and to.this == exp.DType.USERDEFINED:
+        kind = to.args.get("kind")
+        if (isinstance(kind, exp.Dot) and isinstance(kind.this, exp.Identifier)
+                and identifier_name(kind.this) == "pg_catalog" and isinstance(kind.expression, exp.Identifier)):
+            return identifier_name(kind.expression)
+    return None
+
+
+def _unqualified(to: exp.Expr) -> exp.Expr:
+    """A cast's target without its ``pg_catalog.`` qualifier (a new node; the cached tree is
+    never changed)."""
+    name = _qualified_type(to)
+    if name is None:
+        return to
+    if name.upper() in _OID_TYPES:
+        return exp.ObjectIdentifier(this=name.upper())
+    if name == "char":
+        return exp.DataType(this=exp.DType.USERDEFINED, kind='"char"')
+    try:
+        return exp.DataType.build(name, dialect="postgres")
+    except Exception:   # sqlglot's parse errors are of several kinds; the name is then unknown
+        raise SQLError("undefined_object", f'type "pg_catalog.{name}" does not exist') from None
+
+
 def _pg_type_name(to: exp.Expr) -> str | None:
     """The upper-case name of a cast's target type when it is one only the catalog has."""
+    to = _unqualified(to)
     if isinstance(to, exp.ObjectIdentifier):
         return str(to.this).upper()
     if isinstance(to, exp.DataType):
@@ -284,21 +343,30 @@ def handles_cast(node: exp.Cast) -> bool:
     """True for a cast the catalog compiles (`compile_pg_cast`): to an OID type, ``name``,
     ``"char"``, ``smallint``, or a regclass / regtype cast cast on to text."""
     to = node.args["to"]
-    if _pg_type_name(to) is not None:
+    if _pg_type_name(to) is not None or _qualified_type(to) is not None:
         return True
     inner = node.this
     return (isinstance(to, exp.DataType) and to.this.name in _TEXT_TYPES and isinstance(inner, exp.Cast)
-            and _pg_type_name(inner.args["to"]) in ("REGCLASS", "REGTYPE"))
+            and _pg_type_name(inner.args["to"]) in ("REGCLASS", "REGTYPE", "REGNAMESPACE"))
 
 
 def compile_pg_cast(compiler: Compiler, node: exp.Cast) -> Compiled:
-    to = node.args["to"]
+    to = _unqualified(node.args["to"])
     target = _pg_type_name(to)
+    if target is None and to is not node.args["to"]:   # x::pg_catalog.text: as x::text
+        plain = exp.Cast(this=node.this, to=to)
+        plain.meta.update(node.meta)
+        plain.parent = node.parent
+        return compiler.compile(plain)
     if target is None:   # ::regclass::text or ::regtype::text: the name
         inner = compiler.compile(node.this)
         fn = inner.fn
-        if _pg_type_name(node.this.args["to"]) == "REGCLASS":
+        inner_type = _pg_type_name(node.this.args["to"])
+        if inner_type == "REGCLASS":
             return Compiled(lambda row, ctx: None if (v := fn(row, ctx)) is None else _regclass_text(ctx, v),
+                            T.TEXT, inner.const, "text")
+        if inner_type == "REGNAMESPACE":
+            return Compiled(lambda row, ctx: None if (v := fn(row, ctx)) is None else _NAMESPACE_BY_OID.get(v, str(v)),
                             T.TEXT, inner.const, "text")
         return Compiled(lambda row, ctx: None if (v := fn(row, ctx)) is None else _regtype_text(v), T.TEXT,
                         inner.const, "text")
@@ -323,6 +391,8 @@ def compile_pg_cast(compiler: Compiler, node: exp.Cast) -> Compiled:
         return Compiled(lambda row, ctx: _regclass(ctx, fa(row, ctx)), T.INT, a.const, name)
     if target == "REGTYPE":
         return Compiled(lambda row, ctx: _regtype(fa(row, ctx)), T.INT, a.const, name)
+    if target == "REGNAMESPACE":
+        return Compiled(lambda row, ctx: _regnamespace(fa(row, ctx)), T.INT, a.const, name)
     return Compiled(lambda row, ctx: _oid(fa(row, ctx)), T.INT, a.const, name)
 
 
@@ -348,6 +418,9 @@ def _regclass(ctx: EvalContext, value: object) -> int | None:
         return int(text)
     schema_name, name = _split_qualified(text)
     view = _catalog(ctx, "regclass")
+    relation = relation_name(schema_name, name)
+    if relation is not None:
+        return CATALOG_TABLE_OIDS[relation]
     if schema_name in (None, PUBLIC_SCHEMA):
         schema = view.table(name)
         if schema is not None:
@@ -380,6 +453,21 @@ def _split_qualified(text: str) -> tuple[str | None, str]:
     if len(parts) == 1:
         return None, parts[0]
     return parts[-2], parts[-1]
+
+
+_NAMESPACE_BY_OID = {oid: name for name, oid in NAMESPACE_OIDS.items()}
+
+
+def _regnamespace(value: object) -> int | None:
+    if value is None or isinstance(value, int):
+        return value
+    text = str(value).strip()
+    if text.isdigit():
+        return int(text)
+    name = _split_qualified(text)[1]
+    if name not in NAMESPACE_OIDS:
+        raise SQLError("undefined_object", f'schema "{text}" does not exist')
+    return NAMESPACE_OIDS[name]
 
 
 def _regtype_text(oid: int) -> str:
