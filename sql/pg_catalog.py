@@ -322,7 +322,8 @@ def _pg_settings(kv: KV) -> list[list]:
 
 
 # Catalogs the clients' queries join or probe but that are empty here (no comments, triggers,
-# inheritance, policies, extended statistics, publications, rules, sequences, enums).
+# inheritance, policies, extended statistics, publications, rules, sequences, enums, non-default
+# operator classes, dependencies).
 _empty(PG_CATALOG, "pg_description", "objoid:i classoid:i objsubid:i description:t")
 _empty(PG_CATALOG, "pg_shdescription", "objoid:i classoid:i description:t")
 _empty(PG_CATALOG, "pg_inherits", "inhrelid:i inhparent:i inhseqno:i inhdetachpending:b")
@@ -343,6 +344,8 @@ _empty(PG_CATALOG, "pg_enum", "oid:i enumtypid:i enumsortorder:f enumlabel:t")
 _empty(PG_CATALOG, "pg_foreign_table", "ftrelid:i ftserver:i ftoptions:t")
 _empty(PG_CATALOG, "pg_partitioned_table", "partrelid:i partstrat:t partnatts:i partdefid:i "
        "partattrs:t partclass:t partcollation:t partexprs:t")
+_empty(PG_CATALOG, "pg_opclass", "oid:i opcmethod:i opcname:t opcnamespace:i opcowner:i opcfamily:i "
+       "opcintype:i opcdefault:b opckeytype:i")   # every index uses its type's default operator class
 _empty(PG_CATALOG, "pg_depend", "classid:i objid:i objsubid:i refclassid:i refobjid:i refobjsubid:i "
        "deptype:t")
 
