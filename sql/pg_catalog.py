@@ -335,7 +335,8 @@ _empty(PG_CATALOG, "pg_statistic_ext", "oid:i stxrelid:i stxname:t stxnamespace:
        "stxstattarget:i stxkeys:t stxkind:t")
 _empty(PG_CATALOG, "pg_publication", "oid:i pubname:t pubowner:i puballtables:b pubinsert:b "
        "pubupdate:b pubdelete:b pubtruncate:b pubviaroot:b")
-_empty(PG_CATALOG, "pg_publication_rel", "oid:i prpubid:i prrelid:i")
+_empty(PG_CATALOG, "pg_publication_rel", "oid:i prpubid:i prrelid:i prqual:t prattrs:t")
+_empty(PG_CATALOG, "pg_publication_namespace", "oid:i pnpubid:i pnnspid:i")
 _empty(PG_CATALOG, "pg_rewrite", "oid:i rulename:t ev_class:i ev_type:t ev_enabled:t is_instead:b "
        "ev_qual:t ev_action:t")
 _empty(PG_CATALOG, "pg_sequence", "seqrelid:i seqtypid:i seqstart:i seqincrement:i seqmax:i seqmin:i "

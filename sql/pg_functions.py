@@ -237,7 +237,20 @@ PG_FUNCTIONS.update({
     "pg_collation_is_visible": PgFunction((_OID,), 1, T.BOOL, lambda ctx, a: True),
     "pg_relation_is_publishable": PgFunction((_OID,), 1, T.BOOL, lambda ctx, a: False),
     "quote_ident": PgFunction((T.TEXT,), 1, T.TEXT, lambda ctx, a: quote_identifier(a[0])),
+    # to_regclass / to_regtype: the cast's OID, or NULL where the cast is an error (psycopg's TypeInfo)
+    "to_regclass": PgFunction((T.TEXT,), 1, T.INT, lambda ctx, a: _or_null(_regclass, ctx, a[0])),
+    "to_regtype": PgFunction((T.TEXT,), 1, T.INT, lambda ctx, a: _or_null(lambda c, v: _regtype(v), ctx, a[0])),
+    "pg_get_statisticsobjdef_columns": PgFunction((_OID,), 1, T.TEXT, _constant(None)),
 })
+
+
+def _or_null(cast: Callable[[EvalContext, object], int | None], ctx: EvalContext, value: object) -> int | None:
+    try:
+        return cast(ctx, value)
+    except SQLError as error:
+        if error.code in ("undefined_table", "undefined_object"):
+            return None
+        raise
 
 # sqlglot's own nodes for some of them
 _NODE_FUNCTIONS = {exp.CurrentVersion: "version", exp.CurrentSchema: "current_schema",

@@ -527,3 +527,25 @@ def test_psql_describe_queries_with_inner_joins(db) -> None:
     assert indexes == [["users_pkey", True, True, False, True,
                         "CREATE UNIQUE INDEX users_pkey ON public.users USING btree (id)", "PRIMARY KEY (id)", "p",
                         False, False, False, 0]]
+
+
+def test_psycopg_type_info_and_psql_inheritance_queries(db) -> None:
+    """Verbatim queries: psycopg's TypeInfo.fetch (SQLAlchemy runs it for hstore on connect) and
+    the inheritance footers of psql 15's \\d."""
+    type_info = ("SELECT typname AS name, oid, typarray AS array_oid, oid::regtype::text AS regtype, "
+                 "typdelim AS delimiter FROM pg_type t WHERE t.oid = to_regtype($1) ORDER BY t.oid")
+    assert rows(db, type_info, ["hstore"]) == []
+    assert rows(db, type_info, ["int8"]) == [["int8", 20, 1016, "bigint", ","]]
+    assert rows(db, type_info, ["timestamp without time zone"]) == [["timestamp", 1114, 1115,
+                                                                     "timestamp without time zone", ","]]
+    oid = str(oid_of(db, "users"))
+    assert rows(db, "SELECT c.oid::pg_catalog.regclass FROM pg_catalog.pg_class c, pg_catalog.pg_inherits i "
+                    "WHERE c.oid = i.inhparent AND i.inhrelid = $1 AND c.relkind != 'p' AND c.relkind != 'I' "
+                    "ORDER BY inhseqno", [oid]) == []
+    assert rows(db, "SELECT c.oid::pg_catalog.regclass, c.relkind, inhdetachpending, "
+                    "pg_catalog.pg_get_expr(c.relpartbound, c.oid) FROM pg_catalog.pg_class c, "
+                    "pg_catalog.pg_inherits i WHERE c.oid = i.inhrelid AND i.inhparent = $1 ORDER BY "
+                    "pg_catalog.pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT', "
+                    "c.oid::pg_catalog.regclass::pg_catalog.text", [oid]) == []
+    assert rows(db, "SELECT to_regclass('users'), to_regclass('nope'), to_regtype('nope')") \
+        == [[int(oid), None, None]]
