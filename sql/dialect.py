@@ -324,6 +324,8 @@ class RaftstoreParser(PostgresParser):
 
         if self._match_text_seq("TRANSACTION", "ISOLATION", "LEVEL"):   # PostgreSQL's spelling of one variable
             return self.expression(ShowVar(this="transaction_isolation"))
+        if self._match_text_seq("TIME", "ZONE"):
+            return self.expression(ShowVar(this="timezone"))
         if self._curr and self._curr.text.lower() in SESSION_VARS:
             name = self._curr.text.lower()
             self._advance()

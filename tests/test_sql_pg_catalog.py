@@ -184,6 +184,7 @@ def check_settings_clients_show(db: Session) -> None:
                 "TRANSACTION ISOLATION LEVEL": "serializable", "search_path": '"$user", public',
                 "application_name": "", "extra_float_digits": "1", "integer_datetimes": "on"}
     assert {name: one(db, f"SHOW {name}") for name in expected} == expected
+    assert one(db, "SHOW TIME ZONE") == "UTC"
 
 
 def check_set_and_set_config(db: Session) -> None:
