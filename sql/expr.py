@@ -1171,8 +1171,6 @@ _DISPATCH: dict[type, Callable[[Compiler, exp.Expr], Compiled]] = {
 }
 
 
-
-
 def _pg_function(compiler: Compiler, node: exp.Expr) -> Compiled:
     """The PostgreSQL catalog functions (sql/pg_functions.py), also as ``pg_catalog.f(...)``."""
     from sql.pg_functions import compile_pg_function
