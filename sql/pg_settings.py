@@ -94,6 +94,8 @@ def set_pg_value(name: str, value: str) -> str:
             raise SQLError("invalid_value", f"DateStyle takes ISO (timestamps are always shown as ISO 8601), "
                            f"not {value!r}")
         return "ISO, " + ("DMY" if "dmy" in parts else "YMD" if "ymd" in parts else "MDY")
+    if name == "client_encoding" and word.replace("_", "") == "sqlascii":
+        return "SQL_ASCII"   # no conversion, which is what we do (psql's 'auto' in a C locale asks for it)
     if name in ("transaction_isolation", "default_transaction_isolation"):
         if word not in _ISOLATION_WORDS:
             raise SQLError("invalid_value", f"{name} takes an isolation level, not {value!r}")
@@ -102,3 +104,37 @@ def set_pg_value(name: str, value: str) -> str:
     if word not in allowed:
         raise SQLError("invalid_value", f"{name} can only be {PG_SETTINGS[name]} here, not {value!r}")
     return PG_SETTINGS[name]
+
+
+# The settings a server reports in ParameterStatus after startup (PostgreSQL's GUC_REPORT ones),
+# with the capitalisation PostgreSQL sends; drivers read server_version, client_encoding,
+# standard_conforming_strings and integer_datetimes from these.
+REPORTED_SETTINGS = ("application_name", "client_encoding", "DateStyle", "integer_datetimes", "IntervalStyle",
+                     "is_superuser", "server_encoding", "server_version", "session_authorization",
+                     "standard_conforming_strings", "TimeZone")
+
+
+def parameter_status(settings: dict[str, str]) -> dict[str, str]:
+    """What a pgwire server reports in ParameterStatus for a session with `settings` (its SET
+    values, lower-case names): each REPORTED_SETTINGS name with the session's value or the default."""
+    return {name: settings.get(name.lower(), PG_SETTINGS[name.lower()]) for name in REPORTED_SETTINGS}
+
+
+def startup_settings(parameters: dict[str, str]) -> dict[str, str]:
+    """The session settings a startup packet's parameters ask for (``user``, ``database``,
+    ``options`` and ``replication`` are not settings and are left out), each as SET keeps it;
+    SQLError invalid_value for a value SET would refuse, undefined_object for an unknown
+    setting - PostgreSQL refuses the connection in both cases."""
+    from sql.session_vars import SESSION_VARS, set_value
+
+    kept = {}
+    for name, value in parameters.items():
+        key = name.lower()
+        if key in ("user", "database", "options", "replication"):
+            continue
+        if key not in SESSION_VARS:
+            raise SQLError("undefined_object", f'unrecognized configuration parameter "{name}"')
+        text = set_value(key, value)
+        if text is not None and (key not in PG_SETTINGS or text != PG_SETTINGS[key]):
+            kept[key] = text
+    return kept

@@ -313,6 +313,24 @@ BROKEN_BUILDS = [
 ]
 
 
+def test_a_pgwire_server_reports_and_takes_these_settings() -> None:
+    from sql.pg_settings import parameter_status, startup_settings
+
+    kept = startup_settings({"user": "root", "database": "defaultdb", "client_encoding": "UTF8",
+                             "application_name": "psql", "DateStyle": "ISO", "extra_float_digits": "2"})
+    assert kept == {"application_name": "psql", "extra_float_digits": "2"}   # only what differs from the default
+    reported = parameter_status(kept)
+    assert reported["server_version"] == "13.0.0" and reported["application_name"] == "psql"
+    assert reported["standard_conforming_strings"] == "on" and reported["integer_datetimes"] == "on"
+    assert startup_settings({"client_encoding": "SQL_ASCII"}) == {"client_encoding": "SQL_ASCII"}
+    with pytest.raises(SQLError) as caught:
+        startup_settings({"TimeZone": "Europe/Paris"})
+    assert caught.value.code == "invalid_value"
+    with pytest.raises(SQLError) as caught:
+        startup_settings({"work_mem": "1MB"})
+    assert caught.value.code == "undefined_object"
+
+
 def test_every_checker_has_a_broken_build() -> None:
     assert [check for check, _ in BROKEN_BUILDS] == CHECKS
 
