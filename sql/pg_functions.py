@@ -283,7 +283,7 @@ def compile_pg_function(compiler: Compiler, node: exp.Expr) -> Compiled:
     arg_types = spec.arg_types
     if name in _PRIVILEGE_FUNCTIONS and len(arg_nodes) == 2:
         arg_types = arg_types[1:]     # has_table_privilege(table, privilege): no user
-    if spec.arg_types is VARIADIC:    # any type; a quoted literal is text
+    if spec.arg_types is VARIADIC or name in _PRIVILEGE_FUNCTIONS:   # any type (a table by name or OID)
         args = [compiler.compile(a) for a in arg_nodes]
         args = [compiler.coerce(c, T.TEXT, a) if c.type in (T.UNKNOWN, T.NULL) else c
                 for c, a in zip(args, arg_nodes)]
