@@ -410,7 +410,7 @@ class Session:
 
     def _source_rows(self, access: AccessPath, ctx: EvalContext, first_page=None) -> Iterator[list]:
         if isinstance(access, VirtualAccess):
-            for row in virtual_rows(self.kv, access.schema.name, access.args, ctx, self._table_names()):
+            for row in virtual_rows(self.kv, access.schema.name, access.args, ctx, self._table_names):
                 coop.checkpoint()
                 yield row
             return
