@@ -322,6 +322,10 @@ class RaftstoreParser(PostgresParser):
             return self.expression(ShowCreate(this=self._parse_show_table()))
         from sql.session_vars import SESSION_VARS
 
+        if self._match_text_seq("TRANSACTION", "ISOLATION", "LEVEL"):   # PostgreSQL's spelling of one variable
+            return self.expression(ShowVar(this="transaction_isolation"))
+        if self._match_text_seq("TIME", "ZONE"):
+            return self.expression(ShowVar(this="timezone"))
         if self._curr and self._curr.text.lower() in SESSION_VARS:
             name = self._curr.text.lower()
             self._advance()
@@ -773,6 +777,8 @@ def _check_supported(tree: exp.Expr, sql: str, tokens: list[Token]) -> None:
 
     for node in _walk_checked(tree):
         kind = type(node)
+        if _admit_pg_node(node, sql):   # the PostgreSQL catalog's names, functions and casts
+            continue
         if kind is exp.Table and virtual_table_name(node) is not None:
             _check_virtual_table(node, sql)
             continue
@@ -975,6 +981,8 @@ def identifier_name(node: exp.Expr | str | None) -> str:
         return node.this if node.args.get("quoted") else node.this.lower()
     if isinstance(node, exp.Table) and virtual_table_name(node) is not None:
         return virtual_table_name(node)  # type: ignore[return-value]
+    if isinstance(node, exp.Table) and (relation := catalog_relation_name(node)) is not None:
+        return relation
     if isinstance(node, (exp.Column, exp.Table, exp.TableAlias)):
         return identifier_name(node.args.get("this"))
     return str(node.name).lower()
@@ -986,3 +994,68 @@ def node_position(node: exp.Expr | None) -> int | None:
         return None
     starts = [n.meta["start"] for n in node.walk() if n._meta and "start" in n._meta]
     return min(starts) if starts else None
+
+
+# --- the PostgreSQL catalog: names, functions and casts (sql/pg_catalog.py, sql/pg_functions.py) --
+
+SCHEMA_QUALIFIERS = frozenset({"pg_catalog", "information_schema", "public"})   # what may qualify a name
+PG_FUNCTION_NODES = (exp.CurrentVersion, exp.CurrentSchema, exp.CurrentSchemas, exp.CurrentDatabase,
+                     exp.CurrentCatalog, exp.CurrentUser, exp.SessionUser)
+
+
+def catalog_relation_name(table: exp.Expr) -> str | None:
+    """``pg_catalog.pg_class`` for a FROM item naming a virtual catalog table (``pg_class``,
+    ``pg_catalog.pg_class``, ``information_schema.tables``), else None. An unqualified name
+    means pg_catalog's table first, as in PostgreSQL, whose search path starts there."""
+    if not isinstance(table, exp.Table) or not isinstance(table.this, exp.Identifier) or table.args.get("catalog"):
+        return None
+    from sql.pg_catalog import relation_name   # pg_catalog's tables are defined there
+
+    db = table.args.get("db")
+    return relation_name(identifier_name(db) if db is not None else None, identifier_name(table.this))
+
+
+def _admit_pg_node(node: exp.Expr, sql: str) -> bool:
+    """True for a node of the PostgreSQL catalog's vocabulary that the whitelist admits as it is
+    (its children are still checked): a catalog table read in a FROM, a ``public.``-qualified
+    table, a column qualified by its schema, ``pg_catalog.f(...)``, the catalog functions and the
+    OID casts (``::regclass``). SQLError for a catalog table used other than as a FROM item, or
+    an unknown name in pg_catalog / information_schema."""
+    kind = type(node)
+    if kind is exp.Table:
+        db = node.args.get("db")
+        if catalog_relation_name(node) is not None:
+            parent = node.parent
+            if not (node.arg_key == "this" and isinstance(parent, (exp.From, exp.Join))
+                    and isinstance(parent.parent, exp.Select)):
+                raise SQLError("unsupported", f"not supported: {identifier_name(node)} here; a system catalog "
+                               "table can only be read, as a FROM item of a SELECT", node_position(node), sql)
+            return _only_args(node, {"this", "db", "alias"})
+        if db is None or node.args.get("catalog") or not isinstance(node.this, exp.Identifier):
+            return False
+        schema_name = identifier_name(db)
+        if schema_name in ("pg_catalog", "information_schema"):
+            raise SQLError("undefined_table", f'relation "{schema_name}.{identifier_name(node.this)}" does not exist',
+                           node_position(node), sql)
+        return schema_name == "public" and _only_args(node, {"this", "db", "alias"})
+    if kind is exp.Column:
+        db = node.args.get("db")
+        return (db is not None and identifier_name(db) in SCHEMA_QUALIFIERS and node.args.get("table") is not None
+                and _only_args(node, {"this", "table", "db"}))
+    if kind is exp.Dot:   # pg_catalog.f(...), or the type name of x::pg_catalog.text
+        return (isinstance(node.this, exp.Identifier) and identifier_name(node.this) == "pg_catalog"
+                and (isinstance(node.expression, exp.Func)
+                     or isinstance(node.expression, exp.Identifier) and isinstance(node.parent, exp.DataType)))
+    if kind is exp.Anonymous:
+        from sql.pg_functions import PG_FUNCTIONS
+
+        return str(node.this).lower() in PG_FUNCTIONS
+    if kind in PG_FUNCTION_NODES or kind is exp.ObjectIdentifier:
+        return True
+    if kind is exp.GeneratedAsIdentityColumnConstraint:
+        return _only_args(node, {"this", "on_null"})
+    return False
+
+
+def _only_args(node: exp.Expr, allowed: set[str]) -> bool:
+    return all(key in allowed or value in (None, False, []) for key, value in node.args.items())

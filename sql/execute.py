@@ -69,6 +69,7 @@ from sql.constants import (
     SQL_INLINE_PARSE_CHARS_MAX,
 )
 from sql.asof import FOLLOWER_READS_VAR, read_spec, session_default, with_causality
+from sql.pg_functions import CatalogView
 from sql.session_vars import SESSION_VARS, set_value
 from sql.dialect import Locality, Statement, identifier_name, locality_text, node_position, parse
 from sql.errors import SQLError
@@ -221,6 +222,7 @@ class Session:
             raise error.with_sql(sql) from None
         bound = self._bind(statement, params)
         ctx = EvalContext(bound, self._clock(), self._new_rowid)
+        ctx.catalog = CatalogView(self)   # what catalog functions (::regclass, set_config) read
         if kind in _READS_LATEST:
             # Writes decide at apply, on the versions they read; DDL polls the catalog and waits:
             # their reads see the latest state, each on its own (a query's reads share one
@@ -408,7 +410,7 @@ class Session:
 
     def _source_rows(self, access: AccessPath, ctx: EvalContext, first_page=None) -> Iterator[list]:
         if isinstance(access, VirtualAccess):
-            for row in virtual_rows(self.kv, access.schema.name, access.args, ctx, self._table_names()):
+            for row in virtual_rows(self.kv, access.schema.name, access.args, ctx, self._table_names):
                 coop.checkpoint()
                 yield row
             return

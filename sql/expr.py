@@ -31,7 +31,7 @@ from functools import lru_cache
 from sqlglot import exp
 
 from sql import types as T
-from sql.dialect import identifier_name, node_position
+from sql.dialect import PG_FUNCTION_NODES, SCHEMA_QUALIFIERS, identifier_name, node_position
 from sql.errors import SQLError
 
 Row = Sequence[object]
@@ -44,12 +44,13 @@ class EvalContext:
     statement is its own transaction). `new_rowid` returns a fresh random 63-bit int.
     """
 
-    __slots__ = ("params", "now", "new_rowid")
+    __slots__ = ("params", "now", "new_rowid", "catalog")
 
     def __init__(self, params: Sequence[object], now, new_rowid: Callable[[], int]):
         self.params = params
         self.now = now
         self.new_rowid = new_rowid
+        self.catalog = None   # the session's sql.pg_functions.CatalogView, set by the session running it
 
 
 Fn = Callable[[Row, EvalContext], object]
@@ -121,7 +122,10 @@ class Scope:
         name = identifier_name(column.args.get("this"))
         qualifier = column.args.get("table")
         position = node_position(column)
-        if column.args.get("db") or column.args.get("catalog"):
+        db = column.args.get("db")   # pg_catalog.pg_class.relname: the schema of the table named
+        if db is not None and identifier_name(db) in SCHEMA_QUALIFIERS and qualifier is not None:
+            db = None
+        if db or column.args.get("catalog"):
             raise SQLError(
                 "unsupported", "not supported: schema-qualified column names", position
             )
@@ -898,6 +902,10 @@ class Compiler:
         return Compiled(absolute, a.type if a.type != T.NULL else T.INT, a.const, "abs")
 
     def _cast(self, node: exp.Cast) -> Compiled:
+        from sql.pg_functions import compile_pg_cast, handles_cast   # it imports this module
+
+        if handles_cast(node):   # OID types (::regclass), name, "char", smallint
+            return compile_pg_cast(self, node)
         to_type = column_type(node.args["to"])
         a = self.compile(node.this)
         if not T.castable(a.type, to_type):
@@ -920,6 +928,10 @@ class Compiler:
 
     def _anonymous(self, node: exp.Anonymous) -> Compiled:
         name = str(node.this).lower()
+        from sql.pg_functions import PG_FUNCTIONS   # it imports this module
+
+        if name in PG_FUNCTIONS:
+            return _pg_function(self, node)
         if node.expressions:
             raise SQLError("syntax", f"{name}() takes no arguments", node_position(node))
         if name == "now":
@@ -1159,6 +1171,17 @@ _DISPATCH: dict[type, Callable[[Compiler, exp.Expr], Compiled]] = {
 }
 
 
+def _pg_function(compiler: Compiler, node: exp.Expr) -> Compiled:
+    """The PostgreSQL catalog functions (sql/pg_functions.py), also as ``pg_catalog.f(...)``."""
+    from sql.pg_functions import compile_pg_function
+
+    return compile_pg_function(compiler, node)
+
+
+for _kind in (exp.Dot, *PG_FUNCTION_NODES):
+    _DISPATCH[_kind] = _pg_function
+
+
 # --- names and types of the syntax --------------------------------------------------------------
 
 _TYPE_NAMES = {
@@ -1186,7 +1209,7 @@ def column_type(datatype: exp.Expr) -> str:
         if custom in ("STRING",):
             return T.TEXT
         kind = custom or kind
-    elif datatype.expressions:
+    elif datatype.expressions and kind not in ("VARCHAR",):   # VARCHAR(n) is TEXT: no length check
         raise SQLError(
             "unsupported",
             f"not supported: type parameters ({datatype.sql(dialect='postgres')}); use "

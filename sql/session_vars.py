@@ -16,6 +16,9 @@ The variables (PostgreSQL's and CockroachDB's names and forms):
   ``500ms``, ``1min``, ``0``). A session that sets none runs under its node's default
   (``raftstore start --statement-timeout``, none unless given).
 
+and the PostgreSQL settings of sql/pg_settings.py (``DateStyle``, ``TimeZone``,
+``standard_conforming_strings``, ...), most of them fixed.
+
 ``SET name = DEFAULT`` (or ``TO DEFAULT``) drops the session's value: the variable is its
 default again, on whichever node runs the next statement. Pure: no I/O.
 """
@@ -27,9 +30,11 @@ import re
 from sql.asof import FOLLOWER_READS_VAR, parse_interval_s
 from sql.constants import STATEMENT_TIMEOUT_MS_MAX
 from sql.errors import SQLError
+from sql.pg_settings import PG_SETTINGS, set_pg_value
 
 STATEMENT_TIMEOUT_VAR = "statement_timeout"
 SESSION_VARS = {FOLLOWER_READS_VAR: "off", STATEMENT_TIMEOUT_VAR: "0"}   # name -> built-in default, as SHOW prints it
+SESSION_VARS.update(PG_SETTINGS)   # the PostgreSQL settings clients read and set on connect (sql/pg_settings.py)
 _SHOWN_UNITS_MS = ((86_400_000, "d"), (3_600_000, "h"), (60_000, "min"), (1000, "s"))
 _NUMBER = re.compile(r"\d+(?:\.\d*)?")
 
@@ -44,6 +49,8 @@ def set_value(name: str, value: str) -> str | None:
         return None
     if name == STATEMENT_TIMEOUT_VAR:
         return show_duration_ms(parse_timeout_ms(value))
+    if name in PG_SETTINGS:
+        return set_pg_value(name, value)
     if word in ("on", "true", "yes", "1"):
         return "on"
     if word in ("off", "false", "no", "0"):

@@ -8,7 +8,10 @@ be a user table's) plus a function from the KV and the call's arguments to rows.
 reads it through a `sql.plan.VirtualAccess`; the dialect admits it only as a FROM item of a
 SELECT, so nothing can write to it.
 
-One exists so far:
+The PostgreSQL system catalog's tables (``pg_catalog.pg_class``, ``information_schema.columns``,
+...: sql/pg_catalog.py) are virtual tables too, read by name rather than called.
+
+One table function exists so far:
 
 ``crdb_internal.check_consistency(stats_only BOOL, start_key BYTES, end_key BYTES)`` (or with
 no arguments: every range) runs a consistency check of every range overlapping
@@ -33,6 +36,7 @@ from sql.dialect import CHECK_CONSISTENCY
 from sql.errors import SQLError
 from sql.expr import Compiled, Compiler, EvalContext, Scope
 from sql.kv import KV
+from sql.pg_catalog import CATALOG_TABLES, catalog_rows
 
 __all__ = ["VIRTUAL_TABLES", "VirtualTable", "compile_args", "virtual_rows"]
 
@@ -75,6 +79,15 @@ VIRTUAL_TABLES: dict[str, VirtualTable] = {
 }
 
 
+# The PostgreSQL system catalog (sql/pg_catalog.py): pg_catalog.* and information_schema.*, read by
+# name, without arguments; their rows are built from our catalog when the statement runs.
+def _catalog_table(name: str) -> VirtualTable:
+    return VirtualTable(CATALOG_TABLES[name].schema, name, (), lambda kv, args, names: catalog_rows(kv, name))
+
+
+VIRTUAL_TABLES.update({name: _catalog_table(name) for name in CATALOG_TABLES})
+
+
 def compile_args(name: str, nodes: list, position: int | None) -> list[Compiled]:
     """The call's arguments compiled to the table's types (constants only: no column is in
     scope). SQLError for a wrong number of arguments or a type that does not fit."""
@@ -87,6 +100,12 @@ def compile_args(name: str, nodes: list, position: int | None) -> list[Compiled]
             for i, (node, kind) in enumerate(zip(nodes, table.arg_types))]
 
 
-def virtual_rows(kv: KV, name: str, args: list[Compiled], ctx: EvalContext, names: dict[int, str]) -> list[list]:
-    """The rows of virtual table `name` for this call (arguments evaluated now)."""
-    return VIRTUAL_TABLES[name].rows(kv, [arg.fn((), ctx) for arg in args], names)
+def virtual_rows(kv: KV, name: str, args: list[Compiled], ctx: EvalContext,
+                 table_names: Callable[[], dict[int, str]]) -> list[list]:
+    """The rows of virtual table `name` for this call (arguments evaluated now). `table_names`
+    (table names by id) is called only by a table that shows them. A catalog table's rows are
+    built once per statement (the session's CatalogView keeps them), however often its
+    subqueries read it."""
+    if name in CATALOG_TABLES and ctx.catalog is not None:
+        return ctx.catalog.catalog_rows(name)
+    return VIRTUAL_TABLES[name].rows(kv, [arg.fn((), ctx) for arg in args], table_names())

@@ -177,3 +177,18 @@ def test_a_long_statement_on_a_node_does_not_hold_back_another_clients_statement
     finally:
         thread.join(300)
     assert finished == ["short", "long"]
+
+
+@pytest.mark.slow
+def test_the_pg_catalog_of_every_node_shows_a_table_created_on_one_node_at_once(cluster):
+    first = raftstore.connect(cluster.nodes[0].sql_addr).cursor()
+    first.execute("CREATE TABLE cataloged (k INT PRIMARY KEY, v TEXT NOT NULL, n SERIAL)")
+    for node in cluster.nodes:
+        cur = raftstore.connect(node.sql_addr).cursor()
+        cur.execute("SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull "
+                    "FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+                    "WHERE c.oid = 'cataloged'::regclass ORDER BY a.attnum")
+        assert cur.fetchall() == [("k", "bigint", True), ("v", "text", True), ("n", "bigint", True)]
+        cur.execute("SELECT column_default FROM information_schema.columns WHERE table_name = 'cataloged' "
+                    "AND column_name = 'n'")
+        assert cur.fetchall() == [("unique_rowid()",)]

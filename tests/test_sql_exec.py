@@ -264,7 +264,8 @@ def test_create_table_validation(db) -> None:
     assert error(db, "CREATE TABLE x (a INT PRIMARY KEY, a TEXT)").code == "syntax"
     assert error(db, "CREATE TABLE x (a INT PRIMARY KEY, b INT PRIMARY KEY)").code == "syntax"
     assert error(db, "CREATE TABLE x (a INT, PRIMARY KEY (nope))").code == "undefined_column"
-    assert error(db, "CREATE TABLE x (a VARCHAR(10) PRIMARY KEY)").code == "unsupported"
+    assert error(db, "CREATE TABLE x (a CHAR(10) PRIMARY KEY)").code == "unsupported"
+    assert error(db, "CREATE TABLE x (a NUMERIC(10, 2) PRIMARY KEY)").code == "unsupported"
     assert error(db, "CREATE TABLE x (a TIMESTAMPTZ PRIMARY KEY)").code == "unsupported"
     assert error(db, "CREATE TABLE x (a INT UNIQUE)").code == "unsupported"
 
@@ -629,7 +630,7 @@ def test_set_and_show_the_follower_read_default_of_a_session(users, kv) -> None:
     assert rows(users, "SHOW default_transaction_use_follower_reads") == [["off"]]
     e = error(users, "SET default_transaction_use_follower_reads = maybe")
     assert e.code == "invalid_value" and "on or off" in e.message
-    assert error(users, "SET search_path = public").code == "undefined_object"
+    assert error(users, "SET work_mem = 64").code == "undefined_object"
 
 
 def test_kv_errors_propagate_unwrapped(users, kv) -> None:

@@ -325,7 +325,7 @@ def test_a_session_sent_with_a_statement_joins_the_connections_and_comes_back() 
         newer = _ok(await gateway.handle({"sql": "SHOW default_transaction_use_follower_reads", "session": {"causality": [9, 0], "settings": {}}}, state))
         assert newer["session"]["causality"] == [9, 0] and state["causality"] == (9, 0)
         # A variable SET would refuse, refused the same way; nothing of it is adopted.
-        bad = await gateway.handle({"sql": "SHOW default_transaction_use_follower_reads", "session": {"settings": {"search_path": "x"}}}, state)
+        bad = await gateway.handle({"sql": "SHOW default_transaction_use_follower_reads", "session": {"settings": {"work_mem": "x"}}}, state)
         assert not bad["ok"] and bad["error"]["sql_code"] == "undefined_object", bad
         bad = await gateway.handle({"sql": "SHOW default_transaction_use_follower_reads", "session": {
             "settings": {"default_transaction_use_follower_reads": "maybe"}}}, state)
