@@ -967,6 +967,9 @@ class Compiler:
         hook = CAST_HOOKS.get(cast_type_name(node.args["to"]))
         if hook is not None:
             return hook(self, self.compile(node.this), node)
+        if isinstance(node.args["to"], exp.ObjectIdentifier):
+            raise SQLError("unsupported", f"not supported: type {cast_type_name(node.args['to'])}",
+                           node_position(node))
         to_type = column_type(node.args["to"])
         a = self.compile(node.this)
         if not T.castable(a.type, to_type):
@@ -995,7 +998,7 @@ class Compiler:
         plan = planner(query, self.scope)
         if plan.correlated and self.grouping is not None:
             raise SQLError("unsupported", "not supported: a subquery that reads the columns of a grouped "
-                           f"query in its {self.clause or 'select list'}; move it into a derived table",
+                           f"query, in {self.clause or 'the select list'}; group in a derived table instead",
                            node_position(node))
         return plan
 

@@ -269,7 +269,10 @@ def conjuncts(node: exp.Expr | None) -> list[exp.Expr]:
 
 
 def _has_column(node: exp.Expr) -> bool:
-    return any(isinstance(n, (exp.Column, *AGGREGATES)) for n in node.walk())
+    """Whether `node` may differ from row to row (a column, an aggregate, a subquery, or
+    ANY / ALL, which is no key value)."""
+    return any(isinstance(n, (exp.Column, *AGGREGATES, exp.Subquery, exp.Exists, exp.Any, exp.All))
+               for n in node.walk())
 
 
 def _pk_column(node: exp.Expr, schema: TableSchema, source_number: int, scope: Scope) -> str | None:
@@ -862,14 +865,10 @@ def plan_select(node: exp.Select, tables: dict[str, TableSchema | None],
     select_items = node.expressions
     group_node = node.args.get("group")
     having_node = node.args.get("having")
-    has_aggregates = any(
-        isinstance(n, AGGREGATES) for item in select_items for n in item.walk()
-    ) or (having_node is not None)
+    has_aggregates = any(_has_aggregate(item) for item in select_items) or (having_node is not None)
     order_node = node.args.get("order")
     if order_node is not None and not has_aggregates:
-        has_aggregates = any(
-            isinstance(n, AGGREGATES) for o in order_node.expressions for n in o.walk()
-        )
+        has_aggregates = any(_has_aggregate(o) for o in order_node.expressions)
     grouping = None
     if group_node is not None or has_aggregates:
         keys = []
@@ -959,6 +958,18 @@ def plan_select(node: exp.Select, tables: dict[str, TableSchema | None],
         sources, joins, where, grouping, having, outputs, columns, distinct, order, limit,
         offset, ordered_by_key, used_tables, notes, scope.correlated,
     )
+
+
+def _has_aggregate(node: exp.Expr) -> bool:
+    """Whether `node` calls an aggregate of this query (a subquery's own aggregates are its own)."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, AGGREGATES):
+            return True
+        if not isinstance(current, (exp.Subquery, exp.Exists, exp.Select, exp.Union)):
+            stack.extend(current.iter_expressions())
+    return False
 
 
 def _implied_conjuncts(parts: list[exp.Expr], scope: Scope) -> list[tuple[exp.Expr, set[int]]]:
