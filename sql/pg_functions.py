@@ -304,7 +304,7 @@ def compile_pg_function(compiler: Compiler, node: exp.Expr) -> Compiled:
 
 # --- casts ---------------------------------------------------------------------------------------
 
-_OID_TYPES = frozenset({"REGCLASS", "REGTYPE", "OID", "REGPROC", "REGNAMESPACE", "REGROLE"})
+_OID_TYPES = frozenset({"REGCLASS", "REGTYPE", "OID", "REGNAMESPACE"})
 _TEXT_TYPES = frozenset({"TEXT", "VARCHAR", "NAME"})
 _TYPE_ALIASES = {"bigint": "int8", "integer": "int4", "int": "int4", "smallint": "int2", "boolean": "bool",
                  "double precision": "float8", "real": "float4", "character varying": "varchar",
@@ -383,6 +383,9 @@ def compile_pg_cast(compiler: Compiler, node: exp.Cast) -> Compiled:
                             T.TEXT, inner.const, "text")
         return Compiled(lambda row, ctx: None if (v := fn(row, ctx)) is None else _regtype_text(v), T.TEXT,
                         inner.const, "text")
+    if isinstance(to, exp.ObjectIdentifier) and target not in _OID_TYPES:
+        raise SQLError("unsupported", f"not supported: type {target.lower()}; the OID types here are "
+                       "oid, regclass, regtype and regnamespace", node_position(node))
     a = compiler.compile(node.this)
     name = a.name if isinstance(node.this, exp.Column) else target.lower()
     if target in ("NAME", "CHAR"):

@@ -518,14 +518,17 @@ def _reflect(db: Session, method: str, *args):
     ("get_table_comment", ("users",), {"text": None}),
 ])
 def test_sqlalchemy_reflection_queries(db, method, args, expected) -> None:
-    assert _reflect(db, method, *args) == expected
+    found = _reflect(db, method, *args)
+    if method == "get_table_names":   # its query has no ORDER BY
+        found = sorted(found)
+    assert found == expected
 
 
 def test_sqlalchemy_get_columns(db) -> None:
     columns = _reflect(db, "get_columns", "users")
     assert [(c["name"], str(c["type"]), c["nullable"], c["default"]) for c in columns] == [
         ("id", "BIGINT", False, None), ("name", "TEXT", False, None), ("score", "DOUBLE PRECISION", True, "1.5"),
-        ("born", "TIMESTAMP WITHOUT TIME ZONE", True, None), ("photo", "BYTEA", True, None),
+        ("born", "TIMESTAMP", True, None), ("photo", "BYTEA", True, None),
         ("active", "BOOLEAN", True, "TRUE")]
 
 
