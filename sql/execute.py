@@ -434,7 +434,7 @@ class Session:
             yield from self._query_rows(access.plan, ctx)
             return
         if isinstance(access, VirtualAccess):
-            for row in virtual_rows(self.kv, access.schema.name, access.args, ctx, self._table_names()):
+            for row in virtual_rows(self.kv, access.schema.name, access.args, ctx, self._table_names):
                 coop.checkpoint()
                 yield row
             return

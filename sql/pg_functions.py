@@ -43,6 +43,7 @@ from sql.pg_catalog import (
     ROLE_OID,
     USER_NAME,
     UTF8_ENCODING,
+    catalog_rows,
     constraint_oid,
     format_type,
     index_name,
@@ -64,6 +65,13 @@ class CatalogView:
         self._session = session
         self._by_name: dict[str, TableSchema | None] = {}
         self._by_oid: dict[int, tuple[str, TableSchema]] | None = None
+        self._rows: dict[str, list[list]] = {}
+
+    def catalog_rows(self, name: str) -> list[list]:
+        """The rows of catalog table `name` (sql/pg_catalog.py), built once per statement."""
+        if name not in self._rows:
+            self._rows[name] = catalog_rows(self._session.kv, name)
+        return self._rows[name]
 
     def table(self, name: str) -> TableSchema | None:
         if name not in self._by_name:

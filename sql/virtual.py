@@ -100,6 +100,12 @@ def compile_args(name: str, nodes: list, position: int | None) -> list[Compiled]
             for i, (node, kind) in enumerate(zip(nodes, table.arg_types))]
 
 
-def virtual_rows(kv: KV, name: str, args: list[Compiled], ctx: EvalContext, names: dict[int, str]) -> list[list]:
-    """The rows of virtual table `name` for this call (arguments evaluated now)."""
-    return VIRTUAL_TABLES[name].rows(kv, [arg.fn((), ctx) for arg in args], names)
+def virtual_rows(kv: KV, name: str, args: list[Compiled], ctx: EvalContext,
+                 table_names: Callable[[], dict[int, str]]) -> list[list]:
+    """The rows of virtual table `name` for this call (arguments evaluated now). `table_names`
+    (table names by id) is called only by a table that shows them. A catalog table's rows are
+    built once per statement (the session's CatalogView keeps them), however often its
+    subqueries read it."""
+    if name in CATALOG_TABLES and ctx.catalog is not None:
+        return ctx.catalog.catalog_rows(name)
+    return VIRTUAL_TABLES[name].rows(kv, [arg.fn((), ctx) for arg in args], table_names())

@@ -232,6 +232,24 @@ def check_serial_columns_are_ints_filled_by_unique_rowid(db: Session) -> None:
     assert error(db, "CREATE TABLE t (id SERIAL DEFAULT 5 PRIMARY KEY)").code == "syntax"
 
 
+def check_the_catalog_is_read_once_per_catalog_table_a_statement_names(db: Session) -> None:
+    scans = []
+    real = db.kv.scan
+
+    def counted(*args, **kwargs):
+        scans.append(args[0])
+        return real(*args, **kwargs)
+
+    db.kv.scan = counted
+    try:
+        found = rows(db, "SELECT c.relname, c2.relname FROM pg_class c, pg_class c2, pg_index i "
+                         "WHERE i.indrelid = c.oid AND i.indexrelid = c2.oid ORDER BY 1")
+    finally:
+        del db.kv.scan
+    assert found == [["nokey", "nokey_pkey"], ["pairs", "pairs_pkey"], ["users", "users_pkey"]]
+    assert len(scans) == 2   # pg_class once for both of its uses, pg_index once
+
+
 CHECKS = [check_every_catalog_row_fits_its_columns, check_pg_class_has_each_table_and_its_primary_key_index,
           check_oids_are_stable_and_never_reused, check_pg_attribute_numbers_columns_from_one_with_postgres_types,
           check_pg_type_has_postgres_oids, check_keys_in_pg_index_and_pg_constraint, check_defaults_in_pg_attrdef,
@@ -239,7 +257,8 @@ CHECKS = [check_every_catalog_row_fits_its_columns, check_pg_class_has_each_tabl
           check_regclass_resolves_as_postgres, check_visibility_and_constant_functions,
           check_settings_clients_show, check_set_and_set_config,
           check_unqualified_catalog_names_mean_pg_catalog_and_information_schema_is_qualified,
-          check_serial_columns_are_ints_filled_by_unique_rowid]
+          check_serial_columns_are_ints_filled_by_unique_rowid,
+          check_the_catalog_is_read_once_per_catalog_table_a_statement_names]
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
@@ -338,6 +357,12 @@ def _serial_without_its_default(monkeypatch) -> None:
     monkeypatch.setitem(expr_module._TYPE_NAMES, "SERIAL", "INT")
 
 
+def _catalog_rows_built_per_read(monkeypatch) -> None:
+    """Each read of a catalog table scans the catalog again."""
+    monkeypatch.setattr(pg_functions.CatalogView, "catalog_rows",
+                        lambda self, name: pg_catalog.catalog_rows(self._session.kv, name))
+
+
 BROKEN_BUILDS = [
     (check_every_catalog_row_fits_its_columns, _row_one_short),
     (check_pg_class_has_each_table_and_its_primary_key_index, _index_in_the_catalog_schema),
@@ -354,6 +379,7 @@ BROKEN_BUILDS = [
     (check_set_and_set_config, _set_config_is_never_kept),
     (check_unqualified_catalog_names_mean_pg_catalog_and_information_schema_is_qualified, _no_search_path),
     (check_serial_columns_are_ints_filled_by_unique_rowid, _serial_without_its_default),
+    (check_the_catalog_is_read_once_per_catalog_table_a_statement_names, _catalog_rows_built_per_read),
 ]
 
 
