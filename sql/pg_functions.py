@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from sqlglot import exp
 
 from sql import types as T
-from sql.catalog import TableSchema, list_tables, read_table
+from sql.catalog import ROWID_DEFAULT_SQL, TableSchema, list_tables, read_table
 from sql.dialect import identifier_name, node_position, quote_identifier
 from sql.errors import SQLError
 from sql.expr import Compiled, Compiler, EvalContext
@@ -66,6 +66,7 @@ class CatalogView:
         self._by_name: dict[str, TableSchema | None] = {}
         self._by_oid: dict[int, tuple[str, TableSchema]] | None = None
         self._rows: dict[str, list[list]] = {}
+        self._sequences: set[str] | None = None
 
     def catalog_rows(self, name: str) -> list[list]:
         """The rows of catalog table `name` (sql/pg_catalog.py), built once per statement."""
@@ -87,6 +88,14 @@ class CatalogView:
                 self._by_oid[index_oid(schema.id)] = ("index", schema)
                 self._by_oid[constraint_oid(schema.id)] = ("constraint", schema)
         return self._by_oid.get(oid)
+
+    def is_serial_sequence(self, name: str) -> bool:
+        """True if `name` is ``<table>_<column>_seq`` of a column filled by unique_rowid() (a
+        SERIAL): the sequence PostgreSQL would have made for it."""
+        if self._sequences is None:
+            self._sequences = {f"{schema.name}_{column.name}_seq" for schema in list_tables(self._session.kv)
+                               for column in schema.columns if column.default_sql == ROWID_DEFAULT_SQL}
+        return name in self._sequences
 
     def setting(self, name: str) -> str | None:
         from sql.session_vars import SESSION_VARS
@@ -191,6 +200,17 @@ def _current_setting(ctx: EvalContext, args: list) -> str | None:
     return value
 
 
+def _nextval(ctx: EvalContext, args: list) -> int:
+    """nextval('t_c_seq') of a SERIAL column t.c: a fresh unique_rowid() value, what the column's
+    default would give (there are no sequences: SQLAlchemy asks for this one before an INSERT
+    when it cannot use RETURNING)."""
+    schema_name, name = _split_qualified(args[0])
+    if schema_name not in (None, PUBLIC_SCHEMA) or not _catalog(ctx, "nextval").is_serial_sequence(name):
+        raise SQLError("undefined_table", f'relation "{args[0]}" does not exist; sequences exist here only as '
+                       "the SERIAL column's <table>_<column>_seq, whose nextval is unique_rowid()")
+    return ctx.new_rowid()
+
+
 def _constant(value: object) -> Callable[[EvalContext, list], object]:
     return lambda ctx, args: value
 
@@ -249,6 +269,7 @@ PG_FUNCTIONS.update({
     "to_regclass": PgFunction((T.TEXT,), 1, T.INT, lambda ctx, a: _or_null(_regclass, ctx, a[0])),
     "to_regtype": PgFunction((T.TEXT,), 1, T.INT, lambda ctx, a: _or_null(lambda c, v: _regtype(v), ctx, a[0])),
     "pg_get_statisticsobjdef_columns": PgFunction((_OID,), 1, T.TEXT, _constant(None)),
+    "nextval": PgFunction((T.TEXT,), 1, T.INT, _nextval),
 })
 
 

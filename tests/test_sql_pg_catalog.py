@@ -227,6 +227,9 @@ def check_serial_columns_are_ints_filled_by_unique_rowid(db: Session) -> None:
     assert "id INT NOT NULL DEFAULT unique_rowid()" in create and "d INT NOT NULL DEFAULT unique_rowid()" in create
     assert rows(db, "SELECT column_default, is_nullable FROM information_schema.columns WHERE table_name = 's' "
                     "AND column_name = 'id'") == [["unique_rowid()", "NO"]]
+    value = one(db, "SELECT nextval('s_id_seq')")   # SQLAlchemy's fetch of a SERIAL key without RETURNING
+    assert isinstance(value, int) and value != one(db, "SELECT nextval('public.s_id_seq')")
+    assert error(db, "SELECT nextval('s_v_seq')").code == "undefined_table"
     assert error(db, "CREATE TABLE t (id INT GENERATED ALWAYS AS IDENTITY PRIMARY KEY)").code \
         == "feature_not_supported"
     assert error(db, "CREATE TABLE t (id SERIAL DEFAULT 5 PRIMARY KEY)").code == "syntax"
