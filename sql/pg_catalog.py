@@ -284,10 +284,10 @@ def _pg_collation(kv: KV) -> list[list]:
 @_table(PG_CATALOG, "pg_database",
         "oid:i datname:t datdba:i encoding:i datcollate:t datctype:t datistemplate:b "
         "datallowconn:b datconnlimit:i datlastsysoid:i datfrozenxid:i datminmxid:i "
-        "dattablespace:i datacl:t")
+        "dattablespace:i datacl:t datlocprovider:t daticulocale:t datcollversion:t")
 def _pg_database(kv: KV) -> list[list]:
     return [[DATABASE_OID, DATABASE_NAME, ROLE_OID, UTF8_ENCODING, "C.UTF-8", "C.UTF-8", False, True, -1, 0, 0, 0,
-             DEFAULT_TABLESPACE_OID, None]]
+             DEFAULT_TABLESPACE_OID, None, "c", None, None]]
 
 
 @_table(PG_CATALOG, "pg_roles",
