@@ -166,6 +166,10 @@ SQLSTATE_BY_SQL_CODE = {
     # expression depth) or a result over --max-result-bytes; the message names the limit.
     # PostgreSQL's class 54 (54001 for depth).
     "program_limit_exceeded": "54000",
+    # A scalar subquery that returned more than one row.
+    "cardinality_violation": "21000",
+    # A pattern of ~, ~*, !~, !~* that is not a regular expression.
+    "invalid_regular_expression": "2201B",
 }
 SQL_CODES = frozenset(SQLSTATE_BY_SQL_CODE)
 

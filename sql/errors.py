@@ -33,7 +33,9 @@ CODES = frozenset(
         "serialization_failure",  # 40001: a write conflict before any write applied; may be rerun
         "statement_completion_unknown",  # 40003: failed after some writes applied; never rerun blindly
         "query_canceled",  # 57014: its statement_timeout came before it finished; nothing of it was written
-        "program_limit_exceeded",  # 54000: a statement over a limit of sql/limits.py (size, tokens, depth)
+        "program_limit_exceeded",
+        "cardinality_violation",  # 21000: more than one row from a subquery used as an expression
+        "invalid_regular_expression",  # 2201B: a ~ pattern Python's re cannot compile  # 54000: a statement over a limit of sql/limits.py (size, tokens, depth)
     }
 )
 

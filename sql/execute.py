@@ -83,10 +83,12 @@ from sql.plan import (
     AlterLocalityPlan,
     CreateTablePlan,
     DeletePlan,
+    DerivedAccess,
     DropTablePlan,
     ExplainPlan,
     InsertPlan,
     SelectPlan,
+    UnionPlan,
     check_column_value,
     check_row,
     UpdatePlan,
@@ -221,7 +223,7 @@ class Session:
         except SQLError as error:
             raise error.with_sql(sql) from None
         bound = self._bind(statement, params)
-        ctx = EvalContext(bound, self._clock(), self._new_rowid)
+        ctx = EvalContext(bound, self._clock(), self._new_rowid, self._run_subquery)
         ctx.catalog = CatalogView(self)   # what catalog functions (::regclass, set_config) read
         if kind in _READS_LATEST:
             # Writes decide at apply, on the versions they read; DDL polls the catalog and waits:
@@ -290,7 +292,9 @@ class Session:
                 "invalid_parameter",
                 f"the statement uses {wanted} parameter(s) but {len(params)} were given",
             )
-        return [T.normalize_param(value) for value in params]
+        # A list or tuple is an array (x = ANY($1)): psycopg sends a Python list so.
+        return [[T.normalize_param(v) for v in value] if isinstance(value, (list, tuple))
+                else T.normalize_param(value) for value in params]
 
     def _plan(self, statement: Statement):
         entry = self._cache.get(statement.text)
@@ -408,7 +412,27 @@ class Session:
                 start = batch[-1][0] + b"\x00"
                 page = min(page * 2, SCAN_PAGE_ROWS_MAX)
 
+    def _run_subquery(self, plan, row, ctx: EvalContext) -> list[list]:
+        """A subquery's rows for the outer `row` (EvalContext.run_query): read through the
+        same KV, so at the statement's one timestamp."""
+        return self._query_rows(plan, ctx.inner(row))
+
+    def _query_rows(self, plan, ctx: EvalContext) -> list[list]:
+        """The rows of a SelectPlan or UnionPlan (a subquery, a derived table)."""
+        if isinstance(plan, UnionPlan):
+            rows = []
+            for part, convert in zip(plan.parts, plan.convert):
+                for row in self._query_rows(part, ctx):
+                    coop.checkpoint()
+                    rows.append([v if f is None else f(v) for f, v in zip(convert, row)])
+            return rows
+        return self._select_rows(plan, ctx)
+
     def _source_rows(self, access: AccessPath, ctx: EvalContext, first_page=None) -> Iterator[list]:
+        if isinstance(access, DerivedAccess):
+            # Not ctx.inner(): a derived table reads the enclosing query's row, as this query does.
+            yield from self._query_rows(access.plan, ctx)
+            return
         if isinstance(access, VirtualAccess):
             for row in virtual_rows(self.kv, access.schema.name, access.args, ctx, self._table_names):
                 coop.checkpoint()
@@ -419,6 +443,11 @@ class Session:
             yield decode_row(schema, raw)
 
     def _select(self, plan: SelectPlan, ctx: EvalContext) -> Result:
+        results = self._select_rows(plan, ctx)
+        types = _result_types(plan.outputs, results)
+        return Result(list(plan.columns), types, results, len(results), f"SELECT {len(results)}")
+
+    def _select_rows(self, plan: SelectPlan, ctx: EvalContext) -> list[list]:
         limit = _limit_value(plan.limit, ctx, "LIMIT")
         offset = _limit_value(plan.offset, ctx, "OFFSET") or 0
         if plan.sources:
@@ -470,8 +499,7 @@ class Session:
                 _sort(pairs, plan.order, ctx)
             end = None if limit is None else offset + limit
             results = [out for out, _ in pairs[offset:end]]
-        types = _result_types(plan.outputs, results)
-        return Result(list(plan.columns), types, results, len(results), f"SELECT {len(results)}")
+        return results
 
     def _join(self, left_rows: Iterator[list], plan: SelectPlan, step, ctx) -> Iterator[list]:
         source = plan.sources[step.source]
@@ -482,6 +510,9 @@ class Session:
             if all(f.fn(padded, ctx) is True for f in source.filters):
                 right.append(row)
         filters = [f.fn for f in step.filters]
+        if step.outer:
+            yield from self._left_join(left_rows, right, pad, source.width, step, filters, ctx)
+            return
         if step.left_keys:
             table: dict[tuple, list[list]] = {}
             for row in right:
@@ -507,6 +538,38 @@ class Session:
                     joined = left + row
                     if all(f(joined, ctx) is True for f in filters):
                         yield joined
+
+    def _left_join(self, left_rows, right: list[list], pad: list, width: int, step, filters, ctx) -> Iterator[list]:
+        """LEFT JOIN: each left row with every right row its ON conjuncts (`step.match`) hold
+        for, or once with NULLs when none does; then the WHERE conjuncts placed here."""
+        match = [m.fn for m in step.match]
+        nulls = [None] * width
+        table: dict[tuple, list[list]] | None = None
+        if step.left_keys:
+            table = {}
+            for row in right:
+                coop.checkpoint()
+                key = tuple(k.fn(pad + row, ctx) for k in step.right_keys)
+                if not any(v is None for v in key):
+                    table.setdefault(key, []).append(row)
+        for left in left_rows:
+            if table is not None:
+                key = tuple(k.fn(left, ctx) for k in step.left_keys)
+                candidates = () if any(v is None for v in key) else table.get(key, ())
+            else:
+                candidates = right
+            matched = False
+            for row in candidates:
+                coop.checkpoint()
+                joined = left + row
+                if all(m(joined, ctx) is True for m in match):
+                    matched = True
+                    if all(f(joined, ctx) is True for f in filters):
+                        yield joined
+            if not matched:
+                joined = left + nulls
+                if all(f(joined, ctx) is True for f in filters):
+                    yield joined
 
     # --- writing ---------------------------------------------------------------------------------
 

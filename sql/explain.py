@@ -49,9 +49,11 @@ from sql.plan import (
     AccessPath,
     CreateTablePlan,
     DeletePlan,
+    DerivedAccess,
     DropTablePlan,
     InsertPlan,
     SelectPlan,
+    UnionPlan,
     UpdatePlan,
     VirtualAccess,
 )
@@ -125,6 +127,11 @@ def _read_ops(access: AccessPath, ctx: EvalContext, note: str = "") -> list[Op]:
     if isinstance(access, VirtualAccess):
         return [Op("virtual table", name, access.describe(), None, None,
                    _join("rows computed by the cluster when the statement runs", note))]
+    if isinstance(access, DerivedAccess):
+        inner = access.plan.parts if isinstance(access.plan, UnionPlan) else [access.plan]
+        ops = [op for part in inner for op in _select_ops(part, ctx)]
+        return ops + [Op("evaluate", name, access.describe(), None, None,
+                         _join("the derived table's rows, computed by the steps above", note))]
     kind = access.kind
     table_start, table_end = table_span(schema.id)
     if kind == "full scan":

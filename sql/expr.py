@@ -31,7 +31,7 @@ from functools import lru_cache
 from sqlglot import exp
 
 from sql import types as T
-from sql.dialect import PG_FUNCTION_NODES, SCHEMA_QUALIFIERS, identifier_name, node_position
+from sql.dialect import PG_FUNCTION_NODES, identifier_name, node_position
 from sql.errors import SQLError
 
 Row = Sequence[object]
@@ -42,15 +42,30 @@ class EvalContext:
 
     `now` is fixed for the whole statement (PostgreSQL's now() is fixed per transaction; here a
     statement is its own transaction). `new_rowid` returns a fresh random 63-bit int.
+    `run_query(plan, row, ctx) -> list[list]` runs a subquery's plan (sql/plan.py) for the
+    current `row` (the session sets it; None: subqueries cannot run, e.g. in a DEFAULT);
+    `outer` holds the rows of the enclosing queries, innermost first, that a correlated
+    subquery's outer column references read; `cache` keeps the rows of uncorrelated subqueries
+    for the rest of the statement (they read at the statement's one timestamp, so once is enough).
     """
 
-    __slots__ = ("params", "now", "new_rowid", "catalog")
+    __slots__ = ("params", "now", "new_rowid", "run_query", "outer", "cache", "catalog")
 
-    def __init__(self, params: Sequence[object], now, new_rowid: Callable[[], int]):
+    def __init__(self, params: Sequence[object], now, new_rowid: Callable[[], int],
+                 run_query: Callable | None = None, outer: tuple = (), cache: dict | None = None):
         self.params = params
         self.now = now
         self.new_rowid = new_rowid
+        self.run_query = run_query
+        self.outer = outer
+        self.cache = {} if cache is None else cache
         self.catalog = None   # the session's sql.pg_functions.CatalogView, set by the session running it
+
+    def inner(self, row: Row) -> EvalContext:
+        """The context of a subquery run for the outer `row`."""
+        ctx = EvalContext(self.params, self.now, self.new_rowid, self.run_query, (row, *self.outer), self.cache)
+        ctx.catalog = self.catalog
+        return ctx
 
 
 Fn = Callable[[Row, EvalContext], object]
@@ -100,7 +115,15 @@ class Source:
 
 @dataclass
 class Scope:
+    """The FROM items a query's expressions may name. A subquery's scope has the enclosing
+    query's scope as `parent`: a name not found here is looked up there (a correlated
+    reference; `correlated` is then set on every scope between). `planner(select, scope)`
+    plans a subquery met while compiling (sql/plan.py sets it; None: no subqueries here)."""
+
     sources: list[Source] = field(default_factory=list)
+    parent: Scope | None = None
+    planner: Callable | None = None
+    correlated: bool = False
 
     @property
     def width(self) -> int:
@@ -118,17 +141,45 @@ class Scope:
         return source
 
     def resolve(self, column: exp.Column) -> tuple[int, str, str, int]:
-        """(row index, type, name, source number) of a column reference."""
+        """(row index, type, name, source number) of a column reference; the source number is
+        OUTER (-1) for a column of an enclosing query (see `resolve_ref`)."""
+        index, kind, name, number, depth = self.resolve_ref(column)
+        return (index, kind, name, number if depth == 0 else OUTER)
+
+    def resolve_ref(self, column: exp.Column) -> tuple[int, str, str, int, int]:
+        """(row index, type, name, source number, depth) of a column reference: depth 0 for
+        this query's own FROM items, d > 0 for the query d levels out (its row is
+        `EvalContext.outer[d - 1]` when the expression runs)."""
+        try:
+            return (*self._resolve_here(column), 0)
+        except SQLError as error:
+            if self.parent is None or error.code not in ("undefined_column", "undefined_table"):
+                raise
+            try:
+                found = self.parent.resolve_ref(column)
+            except SQLError:
+                raise error from None
+            self.correlated = True
+            return (*found[:4], found[4] + 1)
+
+    def _resolve_here(self, column: exp.Column) -> tuple[int, str, str, int]:
         name = identifier_name(column.args.get("this"))
         qualifier = column.args.get("table")
         position = node_position(column)
-        db = column.args.get("db")   # pg_catalog.pg_class.relname: the schema of the table named
-        if db is not None and identifier_name(db) in SCHEMA_QUALIFIERS and qualifier is not None:
-            db = None
-        if db or column.args.get("catalog"):
+        if column.args.get("catalog"):
             raise SQLError(
-                "unsupported", "not supported: schema-qualified column names", position
+                "unsupported", "not supported: database-qualified column names", position
             )
+        if column.args.get("db"):
+            # schema.table.column names an unaliased table by its full name.
+            full = f"{identifier_name(column.args['db'])}.{identifier_name(qualifier)}"
+            for number, source in enumerate(self.sources):
+                if source.alias == identifier_name(qualifier) and (source.table or source.alias) in (
+                        full, full.removeprefix("public.")):   # public.t is t
+                    for i, (column_name, kind) in enumerate(source.columns):
+                        if column_name == name:
+                            return source.offset + i, kind, name, number
+            raise SQLError("undefined_column", f"column {full}.{name} does not exist", position)
         if qualifier is not None:
             alias = identifier_name(qualifier)
             for number, source in enumerate(self.sources):
@@ -175,6 +226,9 @@ class Scope:
             f"{self.sources[found[0][3]].alias}.{name})",
             position,
         )
+
+
+OUTER = -1   # Scope.resolve's source number for a column of an enclosing query
 
 
 def _column_list(source: Source) -> str:
@@ -362,7 +416,9 @@ class Compiler:
             if node == key:
                 return self._slot(i, grouping.key_compiled[i], node)
         if isinstance(node, exp.Column) and not isinstance(node.this, exp.Star):
-            index = self.scope.resolve(node)[0]
+            index, _, _, _, depth = self.scope.resolve_ref(node)
+            if depth:
+                return None   # an enclosing query's column: a constant of this grouped query
             for i, key_index in enumerate(grouping.key_columns):
                 if key_index == index:
                     return self._slot(i, grouping.key_compiled[i], node)
@@ -387,7 +443,10 @@ class Compiler:
                 "syntax", f"{identifier_name(node.args.get('table'))}.* is only allowed in a "
                 "select list", node_position(node),
             )
-        index, kind, name, _ = self.scope.resolve(node)
+        index, kind, name, _, depth = self.scope.resolve_ref(node)
+        if depth:
+            # A correlated reference: the enclosing query's row, constant for this subquery run.
+            return Compiled(lambda row, ctx, i=index, d=depth - 1: ctx.outer[d][i], kind, False, name)
         return Compiled(lambda row, ctx, i=index: row[i], kind, False, name)
 
     def _literal(self, node: exp.Literal) -> Compiled:
@@ -458,6 +517,8 @@ class Compiler:
         return a, b
 
     def _comparison(self, node: exp.Expr) -> Compiled:
+        if isinstance(node.expression, (exp.Any, exp.All)):
+            return self._quantified(node)
         a = self.compile(node.this)
         b = self.compile(node.expression)
         a, b = self._unify(a, b, node.this, node.expression)
@@ -556,6 +617,11 @@ class Compiler:
         return result
 
     def _in(self, node: exp.In) -> Compiled:
+        if node.args.get("query") is not None:
+            a = self.compile(node.this)
+            a, elements = self._subquery_elements(a, node.this, node.args["query"])
+            result = _quantified_fn(a, elements, operator.eq, True)
+            return _negated(result) if node.args.get("negate") else result
         a = self.compile(node.this)
         compiled = [(self.compile(n), n) for n in node.expressions]
         if a.type in T.UNTYPED:
@@ -902,10 +968,16 @@ class Compiler:
         return Compiled(absolute, a.type if a.type != T.NULL else T.INT, a.const, "abs")
 
     def _cast(self, node: exp.Cast) -> Compiled:
+        hook = CAST_HOOKS.get(cast_type_name(node.args["to"]))
+        if hook is not None:
+            return hook(self, self.compile(node.this), node)
         from sql.pg_functions import compile_pg_cast, handles_cast   # it imports this module
 
         if handles_cast(node):   # OID types (::regclass), name, "char", smallint
             return compile_pg_cast(self, node)
+        if isinstance(node.args["to"], exp.ObjectIdentifier):
+            raise SQLError("unsupported", f"not supported: type {cast_type_name(node.args['to'])}",
+                           node_position(node))
         to_type = column_type(node.args["to"])
         a = self.compile(node.this)
         if not T.castable(a.type, to_type):
@@ -920,6 +992,124 @@ class Compiler:
         if a.literal:
             return self._fold(result, node)
         return result
+
+    # subqueries, ANY / ALL, regular expressions
+
+    def _plan_subquery(self, node: exp.Expr):
+        """The plan of a subquery (`node`: exp.Subquery or the SELECT / UNION inside one),
+        planned by the scope's planner with this scope as its parent."""
+        query = node.this if isinstance(node, exp.Subquery) else node
+        planner = self.scope.planner
+        if planner is None:
+            raise SQLError("unsupported", f"not supported: subqueries in {self.clause or 'this clause'}",
+                           node_position(node))
+        plan = planner(query, self.scope)
+        if plan.correlated and self.grouping is not None:
+            raise SQLError("unsupported", "not supported: a subquery that reads the columns of a grouped "
+                           f"query, in {self.clause or 'the select list'}; group in a derived table instead",
+                           node_position(node))
+        return plan
+
+    def _subquery(self, node: exp.Subquery) -> Compiled:
+        """A scalar subquery: its one row's one value, NULL with no row, 21000 with more."""
+        plan = self._plan_subquery(node)
+        if len(plan.outputs) != 1:
+            raise SQLError("syntax", "subquery must return only one column", node_position(node))
+        rows = _query_rows(plan)
+
+        def scalar(row, ctx):
+            found = rows(row, ctx)
+            if len(found) > 1:
+                raise SQLError("cardinality_violation",
+                               "more than one row returned by a subquery used as an expression")
+            return found[0][0] if found else None
+
+        kind = plan.outputs[0].type
+        return Compiled(scalar, T.TEXT if kind == T.UNKNOWN else kind, False, plan.columns[0])
+
+    def _exists(self, node: exp.Exists) -> Compiled:
+        rows = _query_rows(self._plan_subquery(node.this))
+        return Compiled(lambda row, ctx: len(rows(row, ctx)) > 0, T.BOOL, False, "exists")
+
+    def _subquery_elements(self, a: Compiled, a_node: exp.Expr, query: exp.Expr):
+        """`a` typed against a one-column subquery, and fn(row, ctx) -> its values."""
+        plan = self._plan_subquery(query)
+        if len(plan.outputs) != 1:
+            raise SQLError("syntax", "subquery has too many columns", node_position(query))
+        kind = plan.outputs[0].type
+        if a.type in T.UNTYPED and kind not in T.UNTYPED:
+            a = self.coerce(a, kind, a_node, comparing=True)
+        elif kind not in T.UNTYPED and not T.comparable(a.type, kind):
+            raise _mismatch(f"cannot compare {a.type} with {kind} (the subquery's column); cast one side",
+                            query)
+        rows = _query_rows(plan)
+        target = a.type
+
+        def elements(row, ctx):
+            return [_element_as(r[0], target) for r in rows(row, ctx)]
+
+        return a, elements
+
+    def _quantified(self, node: exp.Expr) -> Compiled:
+        """``a op ANY (...)`` / ``a op ALL (...)`` over ``ARRAY[...]``, a subquery, or an array
+        value (a parameter bound to a list, or PostgreSQL's array text ``'{a,b}'``)."""
+        quantifier = node.expression
+        op = _COMPARATORS[type(node)]
+        inner = quantifier.this
+        while isinstance(inner, exp.Paren):
+            inner = inner.this
+        a = self.compile(node.this)
+        if isinstance(inner, (exp.Subquery, exp.Select, exp.Union)):
+            a, elements = self._subquery_elements(a, node.this, inner)
+        elif isinstance(inner, exp.Array):
+            compiled = [(self.compile(n), n) for n in inner.expressions]
+            if a.type in T.UNTYPED:
+                typed = next((c for c, _ in compiled if c.type not in T.UNTYPED), None)
+                if typed is not None:
+                    a = self.coerce(a, typed.type, node.this, comparing=True)
+            fns = [self._unify(a, c, node.this, n)[1].fn for c, n in compiled]
+
+            def elements(row, ctx, fns=fns):
+                return [f(row, ctx) for f in fns]
+        else:
+            value = self.compile(inner)
+            if value.type not in T.UNTYPED and value.type != T.TEXT:
+                raise _mismatch(f"op ANY/ALL (array) needs an array, not {value.type}", inner)
+            fv = value.fn
+            target = a.type
+
+            def elements(row, ctx, fv=fv, target=target):
+                found = fv(row, ctx)
+                if found is None:
+                    return None
+                if isinstance(found, str):
+                    found = parse_array_text(found)
+                if not isinstance(found, (list, tuple)):
+                    raise SQLError("datatype_mismatch", f"ANY/ALL needs an array, got {T.value_type(found)}")
+                return [_element_as(v, target) for v in found]
+        return _quantified_fn(a, elements, op, isinstance(quantifier, exp.Any))
+
+    def _regex(self, node: exp.Expr) -> Compiled:
+        """``a ~ pattern`` (RegexpLike) and ``a ~* pattern`` (RegexpILike): a match anywhere in
+        `a`, as PostgreSQL's POSIX regular expressions, with Python's re syntax."""
+        a = self.coerce_text(self.compile(node.this), node.this, "~")
+        pattern = self.coerce_text(self.compile(node.expression), node.expression, "~")
+        flags = re.IGNORECASE if isinstance(node, exp.RegexpILike) else 0
+        fa, fp = a.fn, pattern.fn
+        if pattern.literal and pattern.value is not None:
+            try:
+                _regex_compiled(pattern.value, flags)
+            except SQLError as error:
+                raise SQLError(error.code, error.message, node_position(node.expression)) from None
+
+        def matches(row, ctx):
+            x = fa(row, ctx)
+            p = fp(row, ctx)
+            if x is None or p is None:
+                return None
+            return _regex_compiled(p, flags).search(x) is not None
+
+        return Compiled(matches, T.BOOL, a.const and pattern.const)
 
     def _current_timestamp(self, node: exp.Expr) -> Compiled:
         # Headed as written, as PostgreSQL does: "now" for now(), else "current_timestamp".
@@ -990,6 +1180,123 @@ class Compiler:
             slot = len(grouping.keys) + len(grouping.aggs) - 1
         return Compiled(lambda row, ctx, i=slot: row[i], kind if kind != T.NULL else T.INT,
                         False, name)
+
+
+def _query_rows(plan) -> Callable[[Row, EvalContext], list]:
+    """fn(row, ctx) -> the rows of a subquery's `plan` (correlated: run for each outer row;
+    else run once per statement and kept in `ctx.cache`)."""
+    key = id(plan)
+    correlated = plan.correlated
+
+    def rows(row, ctx):
+        if ctx.run_query is None:
+            raise SQLError("unsupported", "not supported: a subquery here")
+        if correlated:
+            return ctx.run_query(plan, row, ctx)
+        found = ctx.cache.get(key)
+        if found is None:
+            found = ctx.cache[key] = ctx.run_query(plan, row, ctx)
+        return found
+
+    return rows
+
+
+def _element_as(value: object, kind: str) -> object:
+    """An element of an ANY/ALL list or IN subquery compared with a `kind` value: text (an
+    array's text form, an untyped subquery column) is read as `kind`; anything else as it is."""
+    if isinstance(value, str) and kind not in T.UNTYPED and kind != T.TEXT:
+        return T.parse_text(value, kind)
+    return value
+
+
+def _quantified_fn(a: Compiled, elements, op, any_: bool) -> Compiled:
+    """``a op ANY(elements)`` (`any_`) or ``a op ALL(elements)``, three-valued: ANY is TRUE if
+    one comparison is, else NULL if one is NULL, else FALSE (FALSE for no elements); ALL is
+    FALSE if one is, else NULL if one is NULL, else TRUE (TRUE for no elements)."""
+    fa = a.fn
+
+    def quantified(row, ctx):
+        values = elements(row, ctx)
+        if values is None:
+            return None
+        x = fa(row, ctx)
+        saw_null = False
+        for y in values:
+            if x is None or y is None:
+                saw_null = True
+                continue
+            if _compare(op, x, y) is any_:
+                return any_
+        return None if saw_null else not any_
+
+    return Compiled(quantified, T.BOOL, False)
+
+
+def parse_array_text(text: str) -> list:
+    """PostgreSQL's text form of a one-dimensional array, ``{a,"b c",NULL}``, as a list of
+    str (None for an unquoted NULL)."""
+    body = text.strip()
+    if not (body.startswith("{") and body.endswith("}")):
+        raise SQLError("datatype_mismatch", f'malformed array literal: "{text}" (expected {{a,b,...}})')
+    body = body[1:-1]
+    items: list = []
+    if not body.strip():
+        return items
+    i, n = 0, len(body)
+    while i <= n:
+        while i < n and body[i] == " ":
+            i += 1
+        if i < n and body[i] == '"':
+            i += 1
+            out = []
+            while i < n and body[i] != '"':
+                if body[i] == "\\" and i + 1 < n:
+                    i += 1
+                out.append(body[i])
+                i += 1
+            i += 1
+            items.append("".join(out))
+        else:
+            j = body.find(",", i)
+            j = n if j < 0 else j
+            word = body[i:j].strip()
+            if "{" in word:
+                raise SQLError("unsupported", "not supported: arrays of arrays")
+            items.append(None if word.upper() == "NULL" else word)
+            i = j
+        while i < n and body[i] == " ":
+            i += 1
+        if i < n and body[i] != ",":
+            raise SQLError("datatype_mismatch", f'malformed array literal: "{text}"')
+        i += 1
+    return items
+
+
+@lru_cache(maxsize=256)
+def _regex_compiled(pattern: str, flags: int) -> re.Pattern:
+    try:
+        return re.compile(pattern, flags)
+    except re.error as error:
+        raise SQLError("invalid_regular_expression", f"invalid regular expression: {error}") from None
+
+
+# CAST(x AS name) for type names outside our column types (regclass, oid, regtype, name, ...):
+# a module that serves such a type registers `CAST_HOOKS["regclass"] = fn`, where
+# fn(compiler, compiled_operand, cast_node) -> Compiled. The key is `cast_type_name` of the
+# target: the lower-case bare name, without a pg_catalog. schema.
+CAST_HOOKS: dict[str, Callable[["Compiler", Compiled, exp.Cast], Compiled]] = {}
+
+
+def cast_type_name(target: exp.Expr) -> str:
+    """The lower-case name of a CAST target: ``regclass``, ``oid``, ``text``, ``int``..."""
+    if isinstance(target, exp.ObjectIdentifier):
+        return str(target.name).lower()
+    if isinstance(target, exp.DataType):
+        if target.this == exp.DataType.Type.USERDEFINED:
+            kind = target.args.get("kind")
+            return (identifier_name(kind) if isinstance(kind, exp.Expr) else str(kind or "")).lower()
+        return str(target.this.name if hasattr(target.this, "name") else target.this).lower()
+    return str(target.name).lower()
 
 
 def _negated(c: Compiled) -> Compiled:
@@ -1163,6 +1470,10 @@ _DISPATCH: dict[type, Callable[[Compiler, exp.Expr], Compiled]] = {
     exp.Cast: Compiler._cast,
     exp.CurrentTimestamp: Compiler._current_timestamp,
     exp.Anonymous: Compiler._anonymous,
+    exp.Subquery: Compiler._subquery,
+    exp.Exists: Compiler._exists,
+    exp.RegexpLike: Compiler._regex,
+    exp.RegexpILike: Compiler._regex,
     exp.Count: Compiler._aggregate,
     exp.Sum: Compiler._aggregate,
     exp.Min: Compiler._aggregate,
@@ -1187,6 +1498,7 @@ for _kind in (exp.Dot, *PG_FUNCTION_NODES):
 _TYPE_NAMES = {
     "INT": T.INT,
     "BIGINT": T.INT,
+    "SMALLINT": T.INT,
     "FLOAT": T.FLOAT,
     "DOUBLE": T.FLOAT,
     "TEXT": T.TEXT,
@@ -1199,6 +1511,9 @@ _TYPE_NAMES = {
 
 def column_type(datatype: exp.Expr) -> str:
     """Our type for a type name in CREATE TABLE or CAST; unsupported names are errors."""
+    if isinstance(datatype, exp.ObjectIdentifier):
+        raise SQLError("unsupported", f"not supported: type {str(datatype.name).lower()}",
+                       node_position(datatype))
     assert isinstance(datatype, exp.DataType), datatype
     kind = datatype.this.name if hasattr(datatype.this, "name") else str(datatype.this)
     kind = kind.upper()

@@ -52,6 +52,7 @@ from sql.expr import (
     Compiler,
     EvalContext,
     Grouping,
+    OUTER,
     Scope,
     column_type,
     output_name,
@@ -167,6 +168,21 @@ class VirtualAccess(AccessPath):
         return f"{self.schema.name}(...)"
 
 
+@dataclass
+class DerivedAccess(AccessPath):
+    """A derived table's rows, ``FROM (SELECT ...) AS alias``: its `plan` (a SelectPlan or
+    UnionPlan) run in full when the statement runs, at the statement's timestamp."""
+
+    plan: object = None
+
+    @property
+    def kind(self) -> str:
+        return "subquery"
+
+    def describe(self) -> str:
+        return f"({self.schema.name}: subquery)"
+
+
 def _prefix_end(key: bytes) -> bytes:
     from raftstore.keys import prefix_end
 
@@ -253,7 +269,10 @@ def conjuncts(node: exp.Expr | None) -> list[exp.Expr]:
 
 
 def _has_column(node: exp.Expr) -> bool:
-    return any(isinstance(n, (exp.Column, *AGGREGATES)) for n in node.walk())
+    """Whether `node` may differ from row to row (a column, an aggregate, a subquery, or
+    ANY / ALL, which is no key value)."""
+    return any(isinstance(n, (exp.Column, *AGGREGATES, exp.Subquery, exp.Exists, exp.Any, exp.All))
+               for n in node.walk())
 
 
 def _pk_column(node: exp.Expr, schema: TableSchema, source_number: int, scope: Scope) -> str | None:
@@ -372,6 +391,10 @@ class JoinStep:
     right_keys: list[Compiled]
     filters: list[Compiled]
     describe: str
+    # LEFT JOIN: a left row that no right row matches (`match`: the ON conjuncts, all TRUE)
+    # is kept once with NULLs for the right source; `filters` (WHERE) apply after that.
+    outer: bool = False
+    match: list[Compiled] = field(default_factory=list)
 
 
 @dataclass
@@ -398,6 +421,7 @@ class SelectPlan:
     ordered_by_key: bool  # the first source's key order already satisfies ORDER BY
     tables: dict[str, TableSchema]
     notes: list[str] = field(default_factory=list)  # evaluation steps, for EXPLAIN
+    correlated: bool = False   # a subquery that reads an enclosing query's columns
 
     @property
     def streamable(self) -> bool:
@@ -408,6 +432,19 @@ class SelectPlan:
             and not self.distinct
             and (not self.order or self.ordered_by_key)
         )
+
+
+@dataclass
+class UnionPlan:
+    """``q1 UNION ALL q2 ...``: the rows of each part in turn, as the first part's columns;
+    `convert[i][j]` widens part i's column j (INT to FLOAT) or is None."""
+
+    parts: list[SelectPlan]
+    outputs: list[Compiled]
+    columns: list[str]
+    convert: list[list[Callable | None]]
+    tables: dict[str, TableSchema]
+    correlated: bool = False
 
 
 @dataclass
@@ -559,6 +596,8 @@ def _known(tables: dict[str, TableSchema | None]) -> dict[str, TableSchema]:
 def _plan_node(node: exp.Expr, tables: dict[str, TableSchema | None]):
     if isinstance(node, exp.Select):
         return plan_select(node, tables)
+    if isinstance(node, exp.Union):
+        return plan_select(_union_as_select(node), tables)
     if isinstance(node, Upsert):
         return plan_insert(node.this, tables, upsert=True)
     if isinstance(node, exp.Insert):
@@ -615,20 +654,122 @@ def _add_source(scope: Scope, schema: TableSchema, table: exp.Expr):
 # --- SELECT -------------------------------------------------------------------------------------
 
 
-def plan_select(node: exp.Select, tables: dict[str, TableSchema | None]) -> SelectPlan:
-    scope = Scope()
+def plan_query(node: exp.Expr, tables: dict[str, TableSchema | None], parent: Scope | None = None):
+    """The plan of a query that is a part of a statement - a subquery (`parent`: the scope of
+    the query it is in, whose columns it may read) or a derived table: a SelectPlan or a
+    UnionPlan, each with `outputs`, `columns` and `correlated`."""
+    if isinstance(node, exp.Union):
+        if any(node.args.get(k) is not None for k in ("order", "limit", "offset")):
+            return plan_select(_union_as_select(node), tables, parent)
+        return plan_union(node, tables, parent)
+    if not isinstance(node, exp.Select):
+        raise SQLError("unsupported", "not supported: this subquery (a SELECT is expected)",
+                       node_position(node))
+    return plan_select(node, tables, parent)
+
+
+def _union_as_select(node: exp.Union) -> exp.Select:
+    """``q1 UNION ALL q2 ORDER BY ... LIMIT n`` as ``SELECT * FROM (q1 UNION ALL q2) ORDER BY
+    ... LIMIT n``: the ORDER BY names the union's output columns, as a SELECT's does."""
+    inner = node.copy()
+    select = exp.Select(expressions=[exp.Star()])
+    for key in ("order", "limit", "offset"):
+        value = inner.args.get(key)
+        if value is not None:
+            inner.set(key, None)
+            select.set(key, value)
+    select.set("from_", exp.From(this=exp.Subquery(
+        this=inner, alias=exp.TableAlias(this=exp.Identifier(this="union", quoted=True)))))
+    return select
+
+
+def plan_union(node: exp.Union, tables, parent: Scope | None = None) -> UnionPlan:
+    parts_nodes: list[exp.Expr] = []
+    stack: list[exp.Expr] = [node]
+    while stack:   # a UNION ALL chain is left-deep: walk it without recursion
+        current = stack.pop()
+        if isinstance(current, exp.Union) and not any(current.args.get(k) is not None
+                                                       for k in ("order", "limit", "offset")):
+            stack.append(current.expression)
+            stack.append(current.this)
+        else:
+            parts_nodes.append(current.this if isinstance(current, exp.Subquery) else current)
+    parts = [plan_query(p, tables, parent) for p in parts_nodes]
+    width = len(parts[0].outputs)
+    types = []
+    for j in range(width):
+        kinds = []
+        for part, part_node in zip(parts, parts_nodes):
+            if len(part.outputs) != width:
+                raise SQLError("syntax", "each UNION query must have the same number of columns",
+                               node_position(part_node))
+            kinds.append(part.outputs[j].type)
+        typed = [k for k in kinds if k not in T.UNTYPED]
+        target = typed[0] if typed else (T.TEXT if T.UNKNOWN in kinds else kinds[0])
+        if typed and all(k in T.NUMERIC_TYPES for k in typed) and T.FLOAT in typed:
+            target = T.FLOAT
+        for kind, part_node in zip(kinds, parts_nodes):
+            if kind not in T.UNTYPED and kind != target and not (kind == T.INT and target == T.FLOAT):
+                raise SQLError("datatype_mismatch", f"UNION types {target} and {kind} cannot be matched",
+                               node_position(part_node))
+        types.append(target)
+    convert = [[(lambda v: None if v is None else float(v))
+                if types[j] == T.FLOAT and part.outputs[j].type == T.INT else None
+                for j in range(width)] for part in parts]
+    first = parts[0]
+    outputs = [Compiled(c.fn, types[j], False, c.name) for j, c in enumerate(first.outputs)]
+    merged: dict[str, TableSchema] = {}
+    for part in parts:
+        merged.update(part.tables)
+    return UnionPlan(parts, outputs, list(first.columns), convert, merged,
+                     any(part.correlated for part in parts))
+
+
+def _derived_schema(plan, alias: str, item: exp.Expr) -> TableSchema:
+    """The shape of a derived table (never stored): its columns as the subquery names them."""
+    if len(set(plan.columns)) != len(plan.columns):
+        raise SQLError("unsupported", f'not supported: a derived table with two columns of one name ("{alias}"); '
+                       "give them distinct aliases", node_position(item))
+    columns = tuple(ColumnSchema(name, c.type if c.type in T.COLUMN_TYPES else T.TEXT, False, None)
+                    for name, c in zip(plan.columns, plan.outputs))
+    return TableSchema(0, alias, columns, (columns[0].name,))
+
+
+def plan_select(node: exp.Select, tables: dict[str, TableSchema | None],
+                parent: Scope | None = None) -> SelectPlan:
+    scope = Scope(parent=parent)
+    scope.planner = lambda query, outer: plan_query(query, tables, outer)
     schemas: list[tuple[TableSchema, exp.Expr]] = []
+    derived: dict[int, object] = {}   # source number -> the plan of a derived table
     from_ = node.args.get("from_")
     join_conditions: list[exp.Expr] = []
+    left_on: dict[int, list[exp.Expr]] = {}   # LEFT JOINed source number -> its ON conjuncts
     if from_ is not None:
         items = [from_.this] + [j.this for j in node.args.get("joins") or []]
-        for join in node.args.get("joins") or []:
-            if join.args.get("on") is not None:
+        for number, join in enumerate(node.args.get("joins") or [], start=1):
+            if (join.args.get("side") or "").upper() == "LEFT":
+                left_on[number] = conjuncts(join.args.get("on"))
+            elif join.args.get("on") is not None:
                 join_conditions.append(join.args["on"])
         for item in items:
+            if isinstance(item, exp.Subquery):
+                alias_node = item.args.get("alias")
+                if alias_node is None:
+                    raise SQLError("syntax", "subquery in FROM must have an alias, e.g. (SELECT ...) AS t",
+                                   node_position(item))
+                alias = identifier_name(alias_node)
+                # A derived table sees the enclosing query's columns, not its FROM siblings.
+                inner = plan_query(item.this, tables, parent)
+                scope.correlated = scope.correlated or inner.correlated
+                schema = _derived_schema(inner, alias, item)
+                derived[len(schemas)] = inner
+                schemas.append((schema, item))
+                scope.add(alias, [(name, c.type if c.type != T.UNKNOWN else T.TEXT)
+                                  for name, c in zip(inner.columns, inner.outputs)])
+                continue
             if not isinstance(item, exp.Table):
                 raise SQLError(
-                    "unsupported", "not supported: this FROM item (only tables)",
+                    "unsupported", "not supported: this FROM item (only tables and subqueries)",
                     node_position(item),
                 )
             schema = _schema(tables, item)
@@ -647,13 +788,24 @@ def plan_select(node: exp.Select, tables: dict[str, TableSchema | None]) -> Sele
         compiled = compiler.compile_condition(part, clause)
         compiled_parts.append((part, compiled, _sources_of(part, scope)))
 
+    # A LEFT JOINed source's ON conjuncts decide which of its rows match; only those on that
+    # source alone (or constants) may narrow its reads. WHERE never narrows such a source.
+    left_parts: dict[int, list[tuple[exp.Expr, Compiled, set[int]]]] = {
+        number: [(part, compiler.compile_condition(part, "JOIN ON"), _sources_of(part, scope))
+                 for part in parts]
+        for number, parts in left_on.items()
+    }
     sources: list[SourcePlan] = []
-    derived = _implied_conjuncts([p for p, _, _ in compiled_parts], scope)
+    implied = _implied_conjuncts([p for p, _, _ in compiled_parts], scope)
     for number, (schema, item) in enumerate(schemas):
-        own = [part for part, _, used in compiled_parts if used <= {number}]
-        own += [part for part, used in derived if used == {number}]
-        if schema.name in VIRTUAL_TABLES:
-            access: AccessPath = VirtualAccess(schema, args=compile_args(
+        pool = left_parts[number] if number in left_parts else compiled_parts
+        own = [part for part, _, used in pool if used <= {number}]
+        if number not in left_parts:
+            own += [part for part, used in implied if used == {number}]
+        if number in derived:
+            access: AccessPath = DerivedAccess(schema, plan=derived[number])
+        elif schema.name in VIRTUAL_TABLES:
+            access = VirtualAccess(schema, args=compile_args(
                 schema.name, list(item.this.expressions), node_position(item)))
         else:
             access = plan_access(schema, number, own, scope)
@@ -661,7 +813,7 @@ def plan_select(node: exp.Select, tables: dict[str, TableSchema | None]) -> Sele
         sources.append(
             SourcePlan(
                 schema, source.alias, access, source.offset, len(source.columns),
-                [c for part, c, used in compiled_parts if used <= {number} and used],
+                [c for part, c, used in pool if used <= {number} and used],
             )
         )
 
@@ -676,7 +828,8 @@ def plan_select(node: exp.Select, tables: dict[str, TableSchema | None]) -> Sele
         where = _conjunction(first_filters)
         for k in range(1, len(sources)):
             left_keys, right_keys, texts = [], [], []
-            for i, (part, c, used) in enumerate(compiled_parts):
+            on_parts = left_parts.get(k, compiled_parts)
+            for i, (part, c, used) in enumerate(on_parts):
                 if k in used and used - {k} and max(used - {k}) < k and isinstance(part, exp.EQ):
                     left_side, right_side = part.this, part.expression
                     l_used, r_used = _sources_of(left_side, scope), _sources_of(right_side, scope)
@@ -697,6 +850,12 @@ def plan_select(node: exp.Select, tables: dict[str, TableSchema | None]) -> Sele
                 if i not in applied and (max(used) if used else 0) <= k:
                     filters.append(c)
                     applied.add(i)
+            if k in left_parts:
+                describe = (f"left hash join on {' AND '.join(texts)}" if texts
+                            else "left nested loop join")
+                joins.append(JoinStep(k, left_keys, right_keys, filters, describe, True,
+                                      [c for _, c, _ in left_parts[k]]))
+                continue
             describe = (
                 f"hash join on {' AND '.join(texts)}" if texts else "nested loop (cross) join"
             )
@@ -706,14 +865,10 @@ def plan_select(node: exp.Select, tables: dict[str, TableSchema | None]) -> Sele
     select_items = node.expressions
     group_node = node.args.get("group")
     having_node = node.args.get("having")
-    has_aggregates = any(
-        isinstance(n, AGGREGATES) for item in select_items for n in item.walk()
-    ) or (having_node is not None)
+    has_aggregates = any(_has_aggregate(item) for item in select_items) or (having_node is not None)
     order_node = node.args.get("order")
     if order_node is not None and not has_aggregates:
-        has_aggregates = any(
-            isinstance(n, AGGREGATES) for o in order_node.expressions for n in o.walk()
-        )
+        has_aggregates = any(_has_aggregate(o) for o in order_node.expressions)
     grouping = None
     if group_node is not None or has_aggregates:
         keys = []
@@ -793,10 +948,28 @@ def plan_select(node: exp.Select, tables: dict[str, TableSchema | None]) -> Sele
         notes.append("offset: " + node.args["offset"].args["expression"].sql(dialect=DIALECT))
     if node.args.get("limit") is not None and limit is not None:
         notes.append("limit: " + node.args["limit"].args["expression"].sql(dialect=DIALECT))
+    used_tables: dict[str, TableSchema] = {}
+    for number, source_plan in enumerate(sources):
+        if number in derived:
+            used_tables.update(derived[number].tables)   # type: ignore[attr-defined]
+        else:
+            used_tables[source_plan.schema.name] = source_plan.schema
     return SelectPlan(
         sources, joins, where, grouping, having, outputs, columns, distinct, order, limit,
-        offset, ordered_by_key, {s.schema.name: s.schema for s in sources}, notes,
+        offset, ordered_by_key, used_tables, notes, scope.correlated,
     )
+
+
+def _has_aggregate(node: exp.Expr) -> bool:
+    """Whether `node` calls an aggregate of this query (a subquery's own aggregates are its own)."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, AGGREGATES):
+            return True
+        if not isinstance(current, (exp.Subquery, exp.Exists, exp.Select, exp.Union)):
+            stack.extend(current.iter_expressions())
+    return False
 
 
 def _implied_conjuncts(parts: list[exp.Expr], scope: Scope) -> list[tuple[exp.Expr, set[int]]]:
@@ -859,11 +1032,23 @@ def _scope_for_select(node: exp.Select, tables) -> Scope:
 
 
 def _sources_of(node: exp.Expr, scope: Scope) -> set[int]:
+    """The source numbers of `scope` that `node` reads (an enclosing query's columns are not
+    among them). A subquery inside counts as reading every source: it is evaluated once all
+    of them are joined."""
     used = set()
-    for column in node.find_all(exp.Column):
-        if isinstance(column.this, exp.Star):
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, (exp.Subquery, exp.Exists, exp.Select, exp.Union)):
+            used.update(range(len(scope.sources)))
             continue
-        used.add(scope.resolve(column)[3])
+        if isinstance(current, exp.Column):
+            if not isinstance(current.this, exp.Star):
+                number = scope.resolve(current)[3]
+                if number != OUTER:
+                    used.add(number)
+            continue
+        stack.extend(current.iter_expressions())
     return used
 
 
@@ -975,7 +1160,7 @@ def _output_reference(
 
 def _matches_key_order(keys: list[tuple[exp.Expr, bool]], sources: list[SourcePlan],
                        scope: Scope) -> bool:
-    if len(sources) != 1:
+    if len(sources) != 1 or isinstance(sources[0].access, DerivedAccess):
         return False
     pk = sources[0].schema.pk
     if len(keys) > len(pk):
