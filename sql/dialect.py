@@ -530,11 +530,13 @@ def normalize_postgres_forms(tree: exp.Expr) -> exp.Expr:
       only order; another collation stays and is refused)
     * ``x op ALL (...)``                   -> ``exp.All`` (sqlglot reads ALL(...) as a call)
     * ``CAST(x AS pg_catalog.t)``          -> ``CAST(x AS t)``
+    * ``FROM pg_catalog.generate_series(...)`` -> ``FROM generate_series(...)``
 
     Iterative (the tree's depth is bounded by sql/limits.py, but the walk does not recurse);
     a replaced node keeps its source position."""
     replacements = []
     for node in tree.walk():
+        _strip_function_schema(node)
         new = _normalized(node)
         if new is not None:
             replacements.append((node, new))
@@ -596,6 +598,12 @@ def _normalized(node: exp.Expr) -> exp.Expr | None:
         except Exception:   # noqa: BLE001 - sqlglot raises several kinds for a name it does not know
             return exp.DataType(this=exp.DataType.Type.USERDEFINED, kind=name)
     return None
+
+
+def _strip_function_schema(node: exp.Expr) -> None:
+    """``FROM pg_catalog.generate_series(...)``: the table function without its schema."""
+    if isinstance(node, exp.Table) and isinstance(node.this, exp.GenerateSeries) and _is_pg_catalog(node.args.get("db")):
+        node.set("db", None)
 
 
 def _is_pg_catalog(node: exp.Expr | None) -> bool:
@@ -760,7 +768,7 @@ _ALLOWED_ARGS: dict[type, frozenset[str]] = {
     exp.Offset: frozenset({"expression"}),
     exp.Schema: frozenset({"this", "expressions"}),
     exp.ColumnDef: frozenset({"this", "kind", "constraints"}),
-    exp.Order: frozenset({"expressions"}),
+    exp.Order: frozenset({"expressions", "this"}),   # this: the value of array_agg(x ORDER BY k)
     exp.Ordered: frozenset({"this", "desc", "nulls_first"}),
     exp.Values: frozenset({"expressions"}),
     exp.Column: frozenset({"this", "table"}),
@@ -782,11 +790,12 @@ _ALLOWED_NODES: frozenset[type] = frozenset(
         exp.NotNullColumnConstraint, exp.DefaultColumnConstraint, exp.PrimaryKey,
         exp.IndexParameters, exp.DataTypeParam, exp.Ordered, exp.HexString, exp.ByteString,
         exp.Exists, exp.Any, exp.All, exp.Array, exp.RegexpLike, exp.RegexpILike,
-        exp.ObjectIdentifier,
+        exp.ObjectIdentifier, exp.ArrayToString, exp.Bracket, exp.GroupConcat, exp.ArrayAgg,
+        exp.LogicalAnd, exp.LogicalOr, exp.GenerateSeries, exp.ExplodingGenerateSeries,
     }
 )
 
-ANONYMOUS_FUNCTIONS = frozenset({"now", "unique_rowid"})
+ANONYMOUS_FUNCTIONS = frozenset({"now", "unique_rowid", "array_upper"})
 
 # (construct name, keyword to point at, error code)
 _CONSTRUCT_NAMES: dict[type, tuple[str, str | None, str]] = {
@@ -923,17 +932,19 @@ def _check_supported(tree: exp.Expr, sql: str, tokens: list[Token]) -> None:
             if side == "LEFT" and node.args.get("on") is None:
                 raise SQLError("syntax", "LEFT JOIN needs an ON condition",
                                _position(node, tokens, "JOIN", stmt_start), sql)
-        if kind is exp.Union and (node.args.get("distinct") or not isinstance(node.parent, (exp.Subquery, type(None)))
-                                  and not isinstance(node.parent, exp.Union)):
-            what = "UNION (without ALL)" if node.args.get("distinct") else "UNION ALL here"
-            raise SQLError("unsupported", f"not supported: {what}; UNION ALL is served at the top of a "
+        if kind is exp.Union and not isinstance(node.parent, (exp.Subquery, exp.Union, type(None))):
+            raise SQLError("unsupported", "not supported: UNION here; UNION [ALL] is served at the top of a "
                            "statement, in a derived table and in a subquery", _position(node, tokens, "UNION", stmt_start), sql)
         if kind is exp.Subquery and not isinstance(node.this, (exp.Select, exp.Union)):
             raise SQLError("unsupported", "not supported: this subquery (a SELECT or UNION ALL is expected)",
                            _position(node, tokens, None, stmt_start), sql)
-        if kind is exp.Array and not isinstance(node.parent, (exp.Any, exp.All, exp.Paren)):
-            raise SQLError("unsupported", "not supported: arrays other than the list of x = ANY(ARRAY[...]) "
-                           "or x <> ALL(ARRAY[...])", _position(node, tokens, "ARRAY", stmt_start), sql)
+        if kind is exp.Array and not isinstance(node.parent, (exp.Any, exp.All, exp.Paren)) and not (
+                len(node.expressions) == 1 and isinstance(node.expressions[0], (exp.Select, exp.Union))):
+            raise SQLError("unsupported", "not supported: arrays other than ARRAY(SELECT ...) and the list of "
+                           "x = ANY(ARRAY[...]) or x <> ALL(ARRAY[...])", _position(node, tokens, "ARRAY", stmt_start), sql)
+        if isinstance(node, exp.GenerateSeries) and not (node.arg_key == "this" and isinstance(node.parent, exp.Table)):
+            raise SQLError("unsupported", "not supported: generate_series() other than as a FROM item",
+                           _position(node, tokens, None, stmt_start), sql)
         if kind is exp.Select and node.args.get("kind"):
             raise _unsupported_at(f"SELECT {node.args['kind']}", stmt_start, None, sql)
         if kind is exp.Anonymous and str(node.this).lower() not in ANONYMOUS_FUNCTIONS:

@@ -87,6 +87,7 @@ from sql.plan import (
     ExplainPlan,
     InsertPlan,
     SelectPlan,
+    SeriesAccess,
     UnionPlan,
     check_column_value,
     check_row,
@@ -423,10 +424,22 @@ class Session:
                 for row in self._query_rows(part, ctx):
                     coop.checkpoint()
                     rows.append([v if f is None else f(v) for f, v in zip(convert, row)])
+            if plan.distinct:
+                seen: set[tuple] = set()
+                unique = []
+                for row in rows:
+                    marker = tuple((type(v), v) for v in row)
+                    if marker not in seen:
+                        seen.add(marker)
+                        unique.append(row)
+                rows = unique
             return rows
         return self._select_rows(plan, ctx)
 
     def _source_rows(self, access: AccessPath, ctx: EvalContext, first_page=None) -> Iterator[list]:
+        if isinstance(access, SeriesAccess):
+            yield from _series(access, ctx)
+            return
         if isinstance(access, DerivedAccess):
             # Not ctx.inner(): a derived table reads the enclosing query's row, as this query does.
             yield from self._query_rows(access.plan, ctx)
@@ -1061,6 +1074,22 @@ def _limit_value(compiled, ctx: EvalContext, what: str) -> int | None:
     if value < 0:
         raise SQLError("invalid_parameter", f"{what} must not be negative (got {value})")
     return value
+
+
+def _series(access: SeriesAccess, ctx: EvalContext) -> Iterator[list]:
+    """generate_series(start, stop, step): start, start + step, ... while not past stop;
+    nothing when an argument is NULL; a zero step is an error (PostgreSQL)."""
+    values = [None if c is None else c.fn((), ctx) for c in (access.start, access.stop, access.step)]
+    start, stop, step = values[0], values[1], 1 if access.step is None else values[2]
+    if start is None or stop is None or step is None:
+        return
+    if step == 0:
+        raise SQLError("invalid_parameter", "step size cannot equal zero")
+    value = start
+    while (value <= stop) if step > 0 else (value >= stop):
+        coop.checkpoint()
+        yield [value]
+        value += step
 
 
 def _group(plan: SelectPlan, rows: Iterator[list], ctx: EvalContext) -> list[list]:

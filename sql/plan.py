@@ -183,6 +183,23 @@ class DerivedAccess(AccessPath):
         return f"({self.schema.name}: subquery)"
 
 
+@dataclass
+class SeriesAccess(AccessPath):
+    """``FROM generate_series(start, stop [, step]) AS s``: one INT column, computed when the
+    statement runs (its arguments may read an enclosing query's row, never a FROM sibling)."""
+
+    start: Compiled | None = None
+    stop: Compiled | None = None
+    step: Compiled | None = None
+
+    @property
+    def kind(self) -> str:
+        return "generate_series"
+
+    def describe(self) -> str:
+        return f"generate_series(...) AS {self.schema.name}"
+
+
 def _prefix_end(key: bytes) -> bytes:
     from raftstore.keys import prefix_end
 
@@ -436,7 +453,8 @@ class SelectPlan:
 
 @dataclass
 class UnionPlan:
-    """``q1 UNION ALL q2 ...``: the rows of each part in turn, as the first part's columns;
+    """``q1 UNION ALL q2 ...``: the rows of each part in turn, as the first part's columns
+    (``UNION``: each distinct row once, in the order first met);
     `convert[i][j]` widens part i's column j (INT to FLOAT) or is None."""
 
     parts: list[SelectPlan]
@@ -445,6 +463,7 @@ class UnionPlan:
     convert: list[list[Callable | None]]
     tables: dict[str, TableSchema]
     correlated: bool = False
+    distinct: bool = False   # UNION (each row once) rather than UNION ALL
 
 
 @dataclass
@@ -684,12 +703,13 @@ def _union_as_select(node: exp.Union) -> exp.Select:
 
 
 def plan_union(node: exp.Union, tables, parent: Scope | None = None) -> UnionPlan:
+    distinct = bool(node.args.get("distinct"))
     parts_nodes: list[exp.Expr] = []
     stack: list[exp.Expr] = [node]
-    while stack:   # a UNION ALL chain is left-deep: walk it without recursion
+    while stack:   # a chain of one kind (UNION or UNION ALL) is left-deep: walk it without recursion
         current = stack.pop()
-        if isinstance(current, exp.Union) and not any(current.args.get(k) is not None
-                                                       for k in ("order", "limit", "offset")):
+        if isinstance(current, exp.Union) and bool(current.args.get("distinct")) == distinct and not any(
+                current.args.get(k) is not None for k in ("order", "limit", "offset")):
             stack.append(current.expression)
             stack.append(current.this)
         else:
@@ -722,7 +742,36 @@ def plan_union(node: exp.Union, tables, parent: Scope | None = None) -> UnionPla
     for part in parts:
         merged.update(part.tables)
     return UnionPlan(parts, outputs, list(first.columns), convert, merged,
-                     any(part.correlated for part in parts))
+                     any(part.correlated for part in parts), distinct)
+
+
+def _plan_series(item: exp.Table, parent: Scope | None) -> tuple[SeriesAccess, TableSchema]:
+    """A generate_series FROM item: its arguments compiled where the enclosing query's columns
+    are visible (a correlated series), and its one column named as its alias (PostgreSQL)."""
+    alias_node = item.args.get("alias")
+    alias = identifier_name(alias_node) if alias_node is not None else "generate_series"
+    if alias_node is not None and alias_node.args.get("columns"):
+        raise SQLError("unsupported", "not supported: column aliases on generate_series", node_position(item))
+    scope = Scope(parent=parent)
+    compiler = Compiler(scope, clause="generate_series()")
+    call = item.this
+    args = []
+    for key in ("start", "end", "step"):
+        node = call.args.get(key)
+        if node is None:
+            args.append(None)
+            continue
+        compiled = compiler.compile(node)
+        if compiled.type in T.UNTYPED:
+            compiled = compiler.coerce(compiled, T.INT, node, "generate_series argument")
+        if compiled.type != T.INT:
+            raise SQLError("unsupported", f"not supported: generate_series over {compiled.type} (INT only)",
+                           node_position(node))
+        args.append(compiled)
+    schema = TableSchema(0, alias, (ColumnSchema(alias, T.INT, False, None),), (alias,))
+    access = SeriesAccess(schema, start=args[0], stop=args[1], step=args[2])
+    access.correlated = scope.correlated   # type: ignore[attr-defined]
+    return access, schema
 
 
 def _derived_schema(plan, alias: str, item: exp.Expr) -> TableSchema:
@@ -767,6 +816,13 @@ def plan_select(node: exp.Select, tables: dict[str, TableSchema | None],
                 scope.add(alias, [(name, c.type if c.type != T.UNKNOWN else T.TEXT)
                                   for name, c in zip(inner.columns, inner.outputs)])
                 continue
+            if isinstance(item, exp.Table) and isinstance(item.this, exp.GenerateSeries):
+                series, schema = _plan_series(item, parent)
+                scope.correlated = scope.correlated or series.correlated
+                derived[len(schemas)] = series
+                schemas.append((schema, item))
+                scope.add(schema.name, [(schema.columns[0].name, T.INT)])
+                continue
             if not isinstance(item, exp.Table):
                 raise SQLError(
                     "unsupported", "not supported: this FROM item (only tables and subqueries)",
@@ -802,8 +858,10 @@ def plan_select(node: exp.Select, tables: dict[str, TableSchema | None],
         own = [part for part, _, used in pool if used <= {number}]
         if number not in left_parts:
             own += [part for part, used in implied if used == {number}]
-        if number in derived:
-            access: AccessPath = DerivedAccess(schema, plan=derived[number])
+        if isinstance(derived.get(number), SeriesAccess):
+            access: AccessPath = derived[number]   # type: ignore[assignment]
+        elif number in derived:
+            access = DerivedAccess(schema, plan=derived[number])
         elif schema.name in VIRTUAL_TABLES:
             access = VirtualAccess(schema, args=compile_args(
                 schema.name, list(item.this.expressions), node_position(item)))
@@ -950,6 +1008,8 @@ def plan_select(node: exp.Select, tables: dict[str, TableSchema | None],
         notes.append("limit: " + node.args["limit"].args["expression"].sql(dialect=DIALECT))
     used_tables: dict[str, TableSchema] = {}
     for number, source_plan in enumerate(sources):
+        if isinstance(derived.get(number), SeriesAccess):
+            continue
         if number in derived:
             used_tables.update(derived[number].tables)   # type: ignore[attr-defined]
         else:
@@ -1160,7 +1220,7 @@ def _output_reference(
 
 def _matches_key_order(keys: list[tuple[exp.Expr, bool]], sources: list[SourcePlan],
                        scope: Scope) -> bool:
-    if len(sources) != 1 or isinstance(sources[0].access, DerivedAccess):
+    if len(sources) != 1 or isinstance(sources[0].access, (DerivedAccess, SeriesAccess)):
         return False
     pk = sources[0].schema.pk
     if len(keys) > len(pk):
