@@ -792,10 +792,11 @@ _ALLOWED_NODES: frozenset[type] = frozenset(
         exp.Exists, exp.Any, exp.All, exp.Array, exp.RegexpLike, exp.RegexpILike,
         exp.ObjectIdentifier, exp.ArrayToString, exp.Bracket, exp.GroupConcat, exp.ArrayAgg,
         exp.LogicalAnd, exp.LogicalOr, exp.GenerateSeries, exp.ExplodingGenerateSeries,
+        exp.Explode,
     }
 )
 
-ANONYMOUS_FUNCTIONS = frozenset({"now", "unique_rowid", "array_upper"})
+ANONYMOUS_FUNCTIONS = frozenset({"now", "unique_rowid", "array_upper", "generate_subscripts"})
 
 # (construct name, keyword to point at, error code)
 _CONSTRUCT_NAMES: dict[type, tuple[str, str | None, str]] = {

@@ -473,6 +473,8 @@ class Session:
             rows = (row for row in rows if where(row, ctx) is True)
         for step in plan.joins:
             rows = self._join(rows, plan, step, ctx)
+        if plan.srfs:
+            rows = _expand_srfs(rows, plan.srfs, ctx)
 
         if plan.grouping is not None:
             rows = iter(_group(plan, rows, ctx))
@@ -1074,6 +1076,19 @@ def _limit_value(compiled, ctx: EvalContext, what: str) -> int | None:
     if value < 0:
         raise SQLError("invalid_parameter", f"{what} must not be negative (got {value})")
     return value
+
+
+def _expand_srfs(rows: Iterator[list], srfs, ctx: EvalContext) -> Iterator[list]:
+    """Each row once per element of the longest array of its set-returning functions, with
+    their values appended: unnest's element, generate_subscripts' index (from 1); a function
+    whose array is shorter (or NULL) gives NULL there. A row whose arrays are all empty goes."""
+    for row in rows:
+        arrays = [fn.fn(row, ctx) or [] for _, fn in srfs]
+        for j in range(max(len(a) for a in arrays)):
+            coop.checkpoint()
+            extra = [(a[j] if kind == "unnest" else j + 1) if j < len(a) else None
+                     for (kind, _), a in zip(srfs, arrays)]
+            yield row + extra
 
 
 def _series(access: SeriesAccess, ctx: EvalContext) -> Iterator[list]:

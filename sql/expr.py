@@ -1087,6 +1087,9 @@ class Compiler:
         inner = quantifier.this
         while isinstance(inner, exp.Paren):
             inner = inner.this
+        if isinstance(inner, exp.Array) and len(inner.expressions) == 1 and isinstance(
+                inner.expressions[0], (exp.Select, exp.Union)):
+            inner = inner.expressions[0]   # ANY (ARRAY(SELECT ...)) is ANY (SELECT ...)
         a = self.compile(node.this)
         if isinstance(inner, (exp.Subquery, exp.Select, exp.Union)):
             a, elements = self._subquery_elements(a, node.this, inner)
@@ -1131,6 +1134,11 @@ class Compiler:
         rows = _query_rows(plan)
         return Compiled(lambda row, ctx: [r[0] for r in rows(row, ctx)], ARRAY, False, "array")
 
+    def array_operand(self, node: exp.Expr) -> Compiled:
+        """`node` compiled as an array: fn(row, ctx) -> list or None (sql/plan.py's
+        set-returning functions)."""
+        return self._array_value(node)
+
     def _array_value(self, node: exp.Expr) -> Compiled:
         """An array operand: ARRAY-typed, or text in PostgreSQL's array form ``{a,b}``."""
         a = self.compile(node)
@@ -1163,8 +1171,13 @@ class Compiler:
             raise SQLError("unsupported", "not supported: slices and multi-dimensional subscripts",
                            node_position(node))
         arr = self._array_value(node.this).fn
-        index = self._numeric_operand(self.compile(node.expressions[0]), node.expressions[0], "subscript")
+        index_node = node.expressions[0]
+        index = self._numeric_operand(self.compile(index_node), index_node, "subscript")
         fi = index.fn
+        if isinstance(index_node, exp.Literal) and not index_node.is_string:
+            # sqlglot stores a literal subscript 0-based (PostgreSQL's 1 is written 0), any
+            # other expression as written.
+            fi = (lambda f: lambda row, ctx: None if (i := f(row, ctx)) is None else i + 1)(index.fn)
 
         def element(row, ctx):
             items, i = arr(row, ctx), fi(row, ctx)

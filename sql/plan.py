@@ -439,6 +439,9 @@ class SelectPlan:
     tables: dict[str, TableSchema]
     notes: list[str] = field(default_factory=list)  # evaluation steps, for EXPLAIN
     correlated: bool = False   # a subquery that reads an enclosing query's columns
+    # unnest() / generate_subscripts() in the select list: (kind, array operand); each row is
+    # expanded per element after the joins and WHERE, its values appended (see _plan_srfs)
+    srfs: list[tuple[str, Compiled]] = field(default_factory=list)
 
     @property
     def streamable(self) -> bool:
@@ -923,6 +926,9 @@ def plan_select(node: exp.Select, tables: dict[str, TableSchema | None],
     select_items = node.expressions
     group_node = node.args.get("group")
     having_node = node.args.get("having")
+    srfs: list[tuple[str, Compiled]] = []
+    if any(_srf_call(item) is not None for item in select_items):
+        select_items, srfs = _plan_srfs(select_items, scope, group_node is not None or having_node is not None)
     has_aggregates = any(_has_aggregate(item) for item in select_items) or (having_node is not None)
     order_node = node.args.get("order")
     if order_node is not None and not has_aggregates:
@@ -1014,10 +1020,59 @@ def plan_select(node: exp.Select, tables: dict[str, TableSchema | None],
             used_tables.update(derived[number].tables)   # type: ignore[attr-defined]
         else:
             used_tables[source_plan.schema.name] = source_plan.schema
+    if srfs:
+        notes.insert(0, "one row per element of " + ", ".join(f"{kind}()" for kind, _ in srfs))
     return SelectPlan(
         sources, joins, where, grouping, having, outputs, columns, distinct, order, limit,
-        offset, ordered_by_key, used_tables, notes, scope.correlated,
+        offset, ordered_by_key, used_tables, notes, scope.correlated, srfs,
     )
+
+
+_SRF_SOURCE = "\x00srf"   # the pseudo source of set-returning functions' values (no SQL name)
+
+
+def _srf_call(item: exp.Expr) -> exp.Expr | None:
+    """The set-returning call a select item is (``unnest(a)``, ``generate_subscripts(a, 1)``,
+    aliased or not), else None."""
+    node = item.this if isinstance(item, exp.Alias) else item
+    if isinstance(node, exp.Explode) or (isinstance(node, exp.Anonymous)
+                                         and str(node.this).lower() == "generate_subscripts"):
+        return node
+    return None
+
+
+def _plan_srfs(select_items: list[exp.Expr], scope: Scope, grouped: bool):
+    """Set-returning functions in the select list, as PostgreSQL 10+ runs them: each input row
+    becomes as many rows as the longest of its arrays, the functions side by side (a shorter
+    one gives NULLs). Their values are appended to the row as a hidden source; each item is
+    rewritten (new nodes: the parsed tree is shared) to read its slot."""
+    if grouped:
+        raise SQLError("unsupported", "not supported: set-returning functions in a grouped query; "
+                       "group in an outer query over a derived table", node_position(select_items[0]))
+    compiler = Compiler(scope, clause="the select list")
+    srfs: list[tuple[str, Compiled]] = []
+    items: list[exp.Expr] = []
+    for item in select_items:
+        call = _srf_call(item)
+        if call is None:
+            items.append(item)
+            continue
+        if isinstance(call, exp.Explode):
+            kind, args = "unnest", [call.this]
+        else:
+            kind, args = "generate_subscripts", list(call.expressions)
+            if len(args) != 2 or not (isinstance(args[1], exp.Literal) and args[1].this == "1"):
+                raise SQLError("unsupported", "not supported: generate_subscripts(a, d) other than d = 1",
+                               node_position(call))
+        srfs.append((kind, compiler.array_operand(args[0])))
+        slot = exp.Column(this=exp.Identifier(this=f"{_SRF_SOURCE}{len(srfs) - 1}", quoted=True),
+                          table=exp.Identifier(this=_SRF_SOURCE, quoted=True))
+        alias = item.args.get("alias") if isinstance(item, exp.Alias) else exp.Identifier(this=kind, quoted=True)
+        items.append(exp.Alias(this=slot, alias=alias))
+    names = [(f"{_SRF_SOURCE}{i}", T.INT if kind == "generate_subscripts" else T.PARAM)
+             for i, (kind, _) in enumerate(srfs)]
+    scope.add(_SRF_SOURCE, names, frozenset(name for name, _ in names))
+    return items, srfs
 
 
 def _has_aggregate(node: exp.Expr) -> bool:
