@@ -28,6 +28,9 @@ What it adds to sqlglot's PostgreSQL dialect:
   natively (an ``exp.Table`` whose ``this`` is the call and ``db`` is ``crdb_internal``); the
   whitelist admits it as a FROM / JOIN item of a SELECT only, and `identifier_name` names it
   ``crdb_internal.check_consistency`` so the planner finds its virtual table (sql/virtual.py).
+* PostgreSQL clients' spellings - ``OPERATOR(pg_catalog.~)``, ``pg_catalog.f(...)``, ``COLLATE "C"``
+  / ``pg_catalog.default``, ``x op ALL (...)``, ``pg_catalog.``-qualified cast types and table
+  functions - are read as the plain forms after the parse (`normalize_postgres_forms`).
 * Parameters: ``$1, $2, ...`` and ``%s`` (DB-API "format" style, numbered left to right; ``%%``
   is a literal ``%``) both become ``exp.Parameter`` with a 1-based number. A statement uses
   one style only.

@@ -15,6 +15,8 @@ Semantics follow PostgreSQL unless sql/DIFFERENCES.md says otherwise:
 * Quoted literals and parameters take the type their context needs (sql/types.py).
 * ``||`` on TEXT converts a non-text side to text; LIKE is case-sensitive, ILIKE not, ``\\`` is
   the default escape.
+* A subquery compiles to a closure that runs its own plan through ``EvalContext.run_query``; a
+  column of an enclosing query reads ``EvalContext.outer`` (see `Scope.resolve_ref`).
 
 Pure: no I/O. The clock and random source reach expressions only through `EvalContext`.
 """
