@@ -774,7 +774,7 @@ _ALLOWED_ARGS: dict[type, frozenset[str]] = {
     exp.Order: frozenset({"expressions", "this"}),   # this: the value of array_agg(x ORDER BY k)
     exp.Ordered: frozenset({"this", "desc", "nulls_first"}),
     exp.Values: frozenset({"expressions"}),
-    exp.Column: frozenset({"this", "table"}),
+    exp.Column: frozenset({"this", "table", "db"}),   # db: schema.table.column (expr.Scope)
     exp.DataType: frozenset({"this", "nested", "kind", "expressions"}),
 }
 

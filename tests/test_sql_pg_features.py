@@ -493,3 +493,18 @@ def test_a_broken_engine_is_caught(monkeypatch, breakage) -> None:
             test_a_scalar_subquery_with_two_rows_is_error_21000(_pair()[0])
         caught += 1
     assert caught > 0
+
+
+def test_schema_qualified_column_names_an_unaliased_catalog_table() -> None:
+    """SQLAlchemy writes ``pg_catalog.pg_class.relname``: schema.table.column resolves to the
+    source whose full name is schema.table and that has no alias of its own."""
+    scope = sql_expr.Scope()
+    scope.add("pg_class", [("oid", "INT"), ("relname", "TEXT")], table="pg_catalog.pg_class")
+    scope.add("c", [("relname", "TEXT")], table="pg_catalog.pg_class")
+    (statement,) = sql_dialect.parse("SELECT pg_catalog.pg_class.relname, c.relname")
+    full, aliased = statement.ast.expressions
+    assert scope.resolve(full) == (1, "TEXT", "relname", 0)
+    assert scope.resolve(aliased) == (2, "TEXT", "relname", 1)
+    with pytest.raises(SQLError) as caught:
+        scope.resolve(sql_dialect.parse("SELECT pg_catalog.c.relname")[0].ast.expressions[0])
+    assert caught.value.code == "undefined_column"
