@@ -1061,10 +1061,20 @@ def _plan_srfs(select_items: list[exp.Expr], scope: Scope, grouped: bool):
             kind, args = "unnest", [call.this]
         else:
             kind, args = "generate_subscripts", list(call.expressions)
-            if len(args) != 2 or not (isinstance(args[1], exp.Literal) and args[1].this == "1"):
-                raise SQLError("unsupported", "not supported: generate_subscripts(a, d) other than d = 1",
+            if len(args) != 2:
+                raise SQLError("syntax", "generate_subscripts takes an array and a dimension",
                                node_position(call))
-        srfs.append((kind, compiler.array_operand(args[0])))
+            dimension = compiler.compile(args[1])
+            if dimension.type in T.UNTYPED:
+                dimension = compiler.coerce(dimension, T.INT, args[1], "dimension")
+            array = compiler.array_operand(args[0])
+            fa, fd = array.fn, dimension.fn
+            # Arrays here have one dimension: any other has no subscripts.
+            array = Compiled(lambda row, ctx, fa=fa, fd=fd: fa(row, ctx) if fd(row, ctx) == 1 else None,
+                             array.type, False)
+            srfs.append((kind, array))
+        if kind == "unnest":
+            srfs.append((kind, compiler.array_operand(args[0])))
         slot = exp.Column(this=exp.Identifier(this=f"{_SRF_SOURCE}{len(srfs) - 1}", quoted=True),
                           table=exp.Identifier(this=_SRF_SOURCE, quoted=True))
         alias = item.args.get("alias") if isinstance(item, exp.Alias) else exp.Identifier(this=kind, quoted=True)

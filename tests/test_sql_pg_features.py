@@ -508,3 +508,30 @@ def test_schema_qualified_column_names_an_unaliased_catalog_table() -> None:
     with pytest.raises(SQLError) as caught:
         scope.resolve(sql_dialect.parse("SELECT pg_catalog.c.relname")[0].ast.expressions[0])
     assert caught.value.code == "undefined_column"
+
+
+def test_sqlalchemy_pk_constraint_query_shape(catalog: Session, monkeypatch) -> None:
+    """SQLAlchemy 2's get_pk_constraint, as recorded (derived tables two deep, joined; unnest and
+    generate_subscripts side by side; array_agg(... ORDER BY ...); bool_and; a regclass cast),
+    over ordinary tables shaped like the catalog's."""
+    for sql in [
+        "CREATE TABLE pg_constraint (oid INT PRIMARY KEY, conrelid INT, conname TEXT, contype TEXT, conindid INT)",
+        "CREATE TABLE pg_index (indexrelid INT PRIMARY KEY, indkey TEXT, indnkeyatts INT, indnullsnotdistinct BOOL)",
+        "INSERT INTO pg_constraint VALUES (900, 16384, 'users_pkey', 'p', 901), (910, 16390, 'orders_pkey', 'p', 911)",
+        "INSERT INTO pg_index VALUES (901, '{2,1}', 2, false), (911, '{1}', 1, false)",
+        # this query's pg_description has the classoid column the fixture's lacks
+        "CREATE TABLE pg_description2 (objoid INT PRIMARY KEY, classoid INT, description TEXT)",
+    ]:
+        catalog.execute(sql)
+
+    def regclass(compiler, operand, node):   # what the catalog's hook does, in miniature
+        return sql_expr.Compiled(lambda row, ctx: 2606, "INT", True)
+
+    monkeypatch.setitem(sql_expr.CAST_HOOKS, "regclass", regclass)
+    sql = next(q for q in _recorded("sqlalchemy21_reflection.sql") if q.startswith("-- get_pk_constraint"))
+    sql = re.sub(r"pg_catalog\.(pg_\w+)", r"\1", sql).replace("pg_description", "pg_description2")
+    # the recorded text has one %s per expanded IN list: bind one oid to each
+    params = [1, "pg_catalog.pg_constraint", "p", 16384, 16384]
+    result = catalog.execute(sql, params)
+    assert result.columns == ["conrelid", "cols", "conname", "description", "indnkeyatts", "indnullsnotdistinct"]
+    assert result.rows == [[16384, ["name", "id"], "users_pkey", None, 2, False]]
