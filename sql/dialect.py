@@ -140,6 +140,21 @@ class Locality(exp.Expression):
     arg_types = {"region": False}
 
 
+class ArrayUpper(exp.Expression):
+    """``array_upper(a, d)`` (read from the call sqlglot leaves anonymous)."""
+
+    arg_types = {"this": True, "expression": True}
+
+
+class GenerateSubscripts(exp.Expression):
+    """``generate_subscripts(a, d)``, a set-returning function of the select list."""
+
+    arg_types = {"this": True, "expression": True}
+
+
+_ARRAY_FUNCTIONS = {"array_upper": ArrayUpper, "generate_subscripts": GenerateSubscripts}
+
+
 class Upsert(exp.Expression):
     """``UPSERT INTO ...``: ``this`` is the exp.Insert it would be without the word UPSERT."""
 
@@ -401,7 +416,9 @@ def locality_sql(region: str | None) -> str:
 
 class RaftstoreGenerator(Postgres.Generator):
     TRANSFORMS = {**Postgres.Generator.TRANSFORMS,
-                  Locality: lambda self, e: locality_sql(e.args.get("region"))}
+                  Locality: lambda self, e: locality_sql(e.args.get("region")),
+                  ArrayUpper: lambda self, e: self.func("array_upper", e.this, e.expression),
+                  GenerateSubscripts: lambda self, e: self.func("generate_subscripts", e.this, e.expression)}
     PROPERTIES_LOCATION = {**Postgres.Generator.PROPERTIES_LOCATION,
                            Locality: exp.Properties.Location.POST_SCHEMA}
 
@@ -534,6 +551,7 @@ def normalize_postgres_forms(tree: exp.Expr) -> exp.Expr:
     * ``x op ALL (...)``                   -> ``exp.All`` (sqlglot reads ALL(...) as a call)
     * ``CAST(x AS pg_catalog.t)``          -> ``CAST(x AS t)``
     * ``FROM pg_catalog.generate_series(...)`` -> ``FROM generate_series(...)``
+    * ``array_upper(a, d)``, ``generate_subscripts(a, d)`` -> `ArrayUpper`, `GenerateSubscripts`
 
     Iterative (the tree's depth is bounded by sql/limits.py, but the walk does not recurse);
     a replaced node keeps its source position."""
@@ -554,6 +572,9 @@ def normalize_postgres_forms(tree: exp.Expr) -> exp.Expr:
 
 
 def _normalized(node: exp.Expr) -> exp.Expr | None:
+    if isinstance(node, exp.Anonymous) and str(node.this).lower() in _ARRAY_FUNCTIONS and len(node.expressions) == 2:
+        this, expression = node.expressions
+        return _ARRAY_FUNCTIONS[str(node.this).lower()](this=this, expression=expression)
     if isinstance(node, exp.Dot) and _is_pg_catalog(node.this):
         inner = node.expression
         if isinstance(inner, exp.Anonymous):
@@ -564,7 +585,7 @@ def _normalized(node: exp.Expr) -> exp.Expr | None:
                     return builder(args)
                 except TypeError:
                     return builder(args, dialect=DIALECT)
-            return inner
+            return _normalized(inner) or inner
         if isinstance(inner, exp.Func):
             return inner
         return None
@@ -795,11 +816,11 @@ _ALLOWED_NODES: frozenset[type] = frozenset(
         exp.Exists, exp.Any, exp.All, exp.Array, exp.RegexpLike, exp.RegexpILike,
         exp.ObjectIdentifier, exp.ArrayToString, exp.Bracket, exp.GroupConcat, exp.ArrayAgg,
         exp.LogicalAnd, exp.LogicalOr, exp.GenerateSeries, exp.ExplodingGenerateSeries,
-        exp.Explode,
+        exp.Explode, ArrayUpper, GenerateSubscripts,
     }
 )
 
-ANONYMOUS_FUNCTIONS = frozenset({"now", "unique_rowid", "array_upper", "generate_subscripts"})
+ANONYMOUS_FUNCTIONS = frozenset({"now", "unique_rowid"})
 
 # (construct name, keyword to point at, error code)
 _CONSTRUCT_NAMES: dict[type, tuple[str, str | None, str]] = {

@@ -33,7 +33,7 @@ from functools import lru_cache
 from sqlglot import exp
 
 from sql import types as T
-from sql.dialect import identifier_name, node_position
+from sql.dialect import ArrayUpper, identifier_name, node_position
 from sql.errors import SQLError
 
 Row = Sequence[object]
@@ -1167,6 +1167,16 @@ class Compiler:
 
         return Compiled(joined, T.TEXT, False, "array_to_string")
 
+    def _array_upper(self, node: ArrayUpper) -> Compiled:
+        arr = self._array_value(node.this).fn
+        dim = self._numeric_operand(self.compile(node.expression), node.expression, "array_upper").fn
+
+        def upper(row, ctx):
+            items, d = arr(row, ctx), dim(row, ctx)
+            return len(items) if items and d == 1 else None
+
+        return Compiled(upper, T.INT, False, "array_upper")
+
     def _bracket(self, node: exp.Bracket) -> Compiled:
         """``arr[i]``: the i-th element (from 1), NULL outside the array."""
         if len(node.expressions) != 1:
@@ -1232,15 +1242,6 @@ class Compiler:
 
     def _anonymous(self, node: exp.Anonymous) -> Compiled:
         name = str(node.this).lower()
-        if name == "array_upper" and len(node.expressions) == 2:
-            arr = self._array_value(node.expressions[0]).fn
-            dim = self._numeric_operand(self.compile(node.expressions[1]), node.expressions[1], "array_upper").fn
-
-            def upper(row, ctx):
-                items, d = arr(row, ctx), dim(row, ctx)
-                return len(items) if items and d == 1 else None
-
-            return Compiled(upper, T.INT, False, "array_upper")
         if node.expressions:
             raise SQLError("syntax", f"{name}() takes no arguments", node_position(node))
         if name == "now":
@@ -1612,23 +1613,29 @@ _DISPATCH: dict[type, Callable[[Compiler, exp.Expr], Compiled]] = {
     exp.Cast: Compiler._cast,
     exp.CurrentTimestamp: Compiler._current_timestamp,
     exp.Anonymous: Compiler._anonymous,
-    exp.Subquery: Compiler._subquery,
-    exp.Array: Compiler._array,
-    exp.ArrayToString: Compiler._array_to_string,
-    exp.Bracket: Compiler._bracket,
-    exp.GroupConcat: Compiler._aggregate,
-    exp.ArrayAgg: Compiler._aggregate,
-    exp.LogicalAnd: Compiler._aggregate,
-    exp.LogicalOr: Compiler._aggregate,
-    exp.Exists: Compiler._exists,
-    exp.RegexpLike: Compiler._regex,
-    exp.RegexpILike: Compiler._regex,
     exp.Count: Compiler._aggregate,
     exp.Sum: Compiler._aggregate,
     exp.Min: Compiler._aggregate,
     exp.Max: Compiler._aggregate,
     exp.Avg: Compiler._aggregate,
 }
+
+
+# Subqueries, arrays, regular expressions and the aggregates the catalog queries of clients use.
+_DISPATCH.update({
+    exp.Subquery: Compiler._subquery,
+    exp.Exists: Compiler._exists,
+    exp.Array: Compiler._array,
+    exp.ArrayToString: Compiler._array_to_string,
+    ArrayUpper: Compiler._array_upper,
+    exp.Bracket: Compiler._bracket,
+    exp.RegexpLike: Compiler._regex,
+    exp.RegexpILike: Compiler._regex,
+    exp.GroupConcat: Compiler._aggregate,
+    exp.ArrayAgg: Compiler._aggregate,
+    exp.LogicalAnd: Compiler._aggregate,
+    exp.LogicalOr: Compiler._aggregate,
+})
 
 
 # --- names and types of the syntax --------------------------------------------------------------

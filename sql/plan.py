@@ -36,6 +36,7 @@ from sql.catalog import ROWID_COLUMN, ROWID_DEFAULT_SQL, ColumnSchema, TableSche
 from sql.constants import IDENTIFIER_LENGTH_MAX, KEY_POINTS_MAX, STATEMENT_ROWS_MAX
 from sql.dialect import (
     DIALECT,
+    GenerateSubscripts,
     alter_locality,
     Explain,
     ExplainAnalyze,
@@ -1035,10 +1036,7 @@ def _srf_call(item: exp.Expr) -> exp.Expr | None:
     """The set-returning call a select item is (``unnest(a)``, ``generate_subscripts(a, 1)``,
     aliased or not), else None."""
     node = item.this if isinstance(item, exp.Alias) else item
-    if isinstance(node, exp.Explode) or (isinstance(node, exp.Anonymous)
-                                         and str(node.this).lower() == "generate_subscripts"):
-        return node
-    return None
+    return node if isinstance(node, (exp.Explode, GenerateSubscripts)) else None
 
 
 def _plan_srfs(select_items: list[exp.Expr], scope: Scope, grouped: bool):
@@ -1060,10 +1058,7 @@ def _plan_srfs(select_items: list[exp.Expr], scope: Scope, grouped: bool):
         if isinstance(call, exp.Explode):
             kind, args = "unnest", [call.this]
         else:
-            kind, args = "generate_subscripts", list(call.expressions)
-            if len(args) != 2:
-                raise SQLError("syntax", "generate_subscripts takes an array and a dimension",
-                               node_position(call))
+            kind, args = "generate_subscripts", [call.this, call.expression]
             dimension = compiler.compile(args[1])
             if dimension.type in T.UNTYPED:
                 dimension = compiler.coerce(dimension, T.INT, args[1], "dimension")
