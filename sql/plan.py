@@ -1099,7 +1099,8 @@ def _implied_conjuncts(parts: list[exp.Expr], scope: Scope) -> list[tuple[exp.Ex
     def column_id(node: exp.Expr):
         if isinstance(node, exp.Column) and not isinstance(node.this, exp.Star):
             index, _, _, number = scope.resolve(node)
-            return index, number
+            # An enclosing query's column is no column of this row (its index is another row's).
+            return (index, number) if number != OUTER else None
         return None
 
     links: dict[tuple, list[exp.Column]] = {}
@@ -1288,7 +1289,8 @@ def _matches_key_order(keys: list[tuple[exp.Expr, bool]], sources: list[SourcePl
     for (node, desc), column in zip(keys, pk):
         if desc or not isinstance(node, exp.Column) or isinstance(node.this, exp.Star):
             return False
-        if scope.resolve(node)[2] != column:
+        _, _, name, number = scope.resolve(node)
+        if name != column or number != 0:
             return False
     return True
 
