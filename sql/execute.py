@@ -256,7 +256,7 @@ class Session:
         closed its timestamp (a bounded read never below the session's causality token)."""
         node = statement.ast.this if statement.kind in ("explain", "explain_analyze") else statement.ast
         if statement.as_of is None and not (statement.kind in ("select", "explain", "explain_analyze")
-                                            and isinstance(node, exp.Select)):
+                                            and isinstance(node, (exp.Select, exp.Union))):
             return
         if statement.as_of is None and self.settings.get(FOLLOWER_READS_VAR) != "on":
             return

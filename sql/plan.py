@@ -293,6 +293,17 @@ def _has_column(node: exp.Expr) -> bool:
                for n in node.walk())
 
 
+def _only_outer_columns(node: exp.Expr, scope: Scope) -> bool:
+    """Whether every column `node` reads is an enclosing query's (and it reads no aggregate,
+    subquery or ANY / ALL): then it is constant while a subquery runs once."""
+    for n in node.walk():
+        if isinstance(n, (*AGGREGATES, exp.Subquery, exp.Exists, exp.Any, exp.All)):
+            return False
+        if isinstance(n, exp.Column) and (isinstance(n.this, exp.Star) or scope.resolve(n)[3] != OUTER):
+            return False
+    return True
+
+
 def _pk_column(node: exp.Expr, schema: TableSchema, source_number: int, scope: Scope) -> str | None:
     """The primary-key column of source `source_number` that `node` names, or None."""
     if not isinstance(node, exp.Column) or isinstance(node.this, exp.Star):
@@ -316,7 +327,9 @@ def plan_access(
         return _pk_column(node, schema, source_number, scope)
 
     def constant(node: exp.Expr, column: str) -> Compiled | None:
-        if _has_column(node):
+        # An enclosing query's column is a constant here: a correlated subquery's
+        # `pk = outer.col` is a point get per outer row.
+        if _has_column(node) and not _only_outer_columns(node, scope):
             return None
         compiled = compiler.compile(node)
         kind = schema.column(column).type  # type: ignore[union-attr]

@@ -539,3 +539,28 @@ def test_sqlalchemy_pk_constraint_query_shape(catalog: Session, monkeypatch) -> 
     result = catalog.execute(sql, params)
     assert result.columns == ["conrelid", "cols", "conname", "description", "indnkeyatts", "indnullsnotdistinct"]
     assert result.rows == [[16384, ["name", "id"], "users_pkey", None, 2, False]]
+
+
+def test_a_correlated_key_lookup_is_a_point_get_per_outer_row() -> None:
+    """``u.x = t.a`` inside a subquery: the outer column is a constant while the subquery runs,
+    so u is read by point get (one per row of t), never scanned."""
+    calls = []
+
+    class Counting(MemKV):
+        def scan(self, start, end, limit):
+            calls.append("scan")
+            return super().scan(start, end, limit)
+
+        def get(self, key):
+            calls.append("get")
+            return super().get(key)
+
+    session = Session(Counting())
+    for sql, _ in SCHEMA:
+        session.execute(sql)
+    for sql in ROWS:
+        session.execute(sql)
+    calls.clear()
+    rows = session.execute("SELECT a, (SELECT v FROM u WHERE u.x = t.a) FROM t ORDER BY a").rows
+    assert rows == [[1, "p"], [2, "q"], [3, None], [4, "z"], [5, "p"]]
+    assert calls.count("scan") == 1 and calls.count("get") >= 5   # t scanned once; u by key
