@@ -1,3 +1,5 @@
+-- psql 15.18's queries for \dt and \d users, as psql sent them to a server reporting version 15.0
+-- (captured from psql itself; tests/test_sql_pg_features.py parses each). Queries are separated by a line of five = signs.
 =====
 SELECT n.nspname as "Schema",
   c.relname as "Name",

@@ -1,3 +1,5 @@
+-- SQLAlchemy 2.1 PGDialect reflection queries (server 15), compiled for psycopg with one %s per
+-- bound value and per expanded IN list (tests/test_sql_pg_features.py parses each). Separated by a line of five = signs.
 -- has_table
 SELECT pg_catalog.pg_class.relname 
 FROM pg_catalog.pg_class JOIN pg_catalog.pg_namespace ON pg_catalog.pg_namespace.oid = pg_catalog.pg_class.relnamespace 
