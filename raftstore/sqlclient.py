@@ -214,6 +214,8 @@ _CLASS_BY_SQL_CODE: dict[str, type[Error]] = {
     "unsatisfiable_bounded_staleness": OperationalError,
     "query_canceled": OperationalError,
     "program_limit_exceeded": OperationalError,   # as psycopg2 maps SQLSTATE class 54
+    "cardinality_violation": ProgrammingError,    # psycopg2's CardinalityViolation (21000)
+    "invalid_regular_expression": DataError,      # SQLSTATE class 22
 }
 
 

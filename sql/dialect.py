@@ -28,6 +28,9 @@ What it adds to sqlglot's PostgreSQL dialect:
   natively (an ``exp.Table`` whose ``this`` is the call and ``db`` is ``crdb_internal``); the
   whitelist admits it as a FROM / JOIN item of a SELECT only, and `identifier_name` names it
   ``crdb_internal.check_consistency`` so the planner finds its virtual table (sql/virtual.py).
+* PostgreSQL clients' spellings - ``OPERATOR(pg_catalog.~)``, ``pg_catalog.f(...)``, ``COLLATE "C"``
+  / ``pg_catalog.default``, ``x op ALL (...)``, ``pg_catalog.``-qualified cast types and table
+  functions - are read as the plain forms after the parse (`normalize_postgres_forms`).
 * Parameters: ``$1, $2, ...`` and ``%s`` (DB-API "format" style, numbered left to right; ``%%``
   is a literal ``%``) both become ``exp.Parameter`` with a 1-based number. A statement uses
   one style only.
@@ -135,6 +138,21 @@ class Locality(exp.Expression):
     without it (``IN PRIMARY REGION`` or no IN), the cluster's primary region."""
 
     arg_types = {"region": False}
+
+
+class ArrayUpper(exp.Expression):
+    """``array_upper(a, d)`` (read from the call sqlglot leaves anonymous)."""
+
+    arg_types = {"this": True, "expression": True}
+
+
+class GenerateSubscripts(exp.Expression):
+    """``generate_subscripts(a, d)``, a set-returning function of the select list."""
+
+    arg_types = {"this": True, "expression": True}
+
+
+_ARRAY_FUNCTIONS = {"array_upper": ArrayUpper, "generate_subscripts": GenerateSubscripts}
 
 
 class Upsert(exp.Expression):
@@ -402,7 +420,9 @@ def locality_sql(region: str | None) -> str:
 
 class RaftstoreGenerator(Postgres.Generator):
     TRANSFORMS = {**Postgres.Generator.TRANSFORMS,
-                  Locality: lambda self, e: locality_sql(e.args.get("region"))}
+                  Locality: lambda self, e: locality_sql(e.args.get("region")),
+                  ArrayUpper: lambda self, e: self.func("array_upper", e.this, e.expression),
+                  GenerateSubscripts: lambda self, e: self.func("generate_subscripts", e.this, e.expression)}
     PROPERTIES_LOCATION = {**Postgres.Generator.PROPERTIES_LOCATION,
                            Locality: exp.Properties.Location.POST_SCHEMA}
 
@@ -534,11 +554,14 @@ def normalize_postgres_forms(tree: exp.Expr) -> exp.Expr:
       only order; another collation stays and is refused)
     * ``x op ALL (...)``                   -> ``exp.All`` (sqlglot reads ALL(...) as a call)
     * ``CAST(x AS pg_catalog.t)``          -> ``CAST(x AS t)``
+    * ``FROM pg_catalog.generate_series(...)`` -> ``FROM generate_series(...)``
+    * ``array_upper(a, d)``, ``generate_subscripts(a, d)`` -> `ArrayUpper`, `GenerateSubscripts`
 
     Iterative (the tree's depth is bounded by sql/limits.py, but the walk does not recurse);
     a replaced node keeps its source position."""
     replacements = []
     for node in tree.walk():
+        _strip_function_schema(node)
         new = _normalized(node)
         if new is not None:
             replacements.append((node, new))
@@ -553,6 +576,9 @@ def normalize_postgres_forms(tree: exp.Expr) -> exp.Expr:
 
 
 def _normalized(node: exp.Expr) -> exp.Expr | None:
+    if isinstance(node, exp.Anonymous) and str(node.this).lower() in _ARRAY_FUNCTIONS and len(node.expressions) == 2:
+        this, expression = node.expressions
+        return _ARRAY_FUNCTIONS[str(node.this).lower()](this=this, expression=expression)
     if isinstance(node, exp.Dot) and _is_pg_catalog(node.this):
         inner = node.expression
         if isinstance(inner, exp.Anonymous):
@@ -563,7 +589,7 @@ def _normalized(node: exp.Expr) -> exp.Expr | None:
                     return builder(args)
                 except TypeError:
                     return builder(args, dialect=DIALECT)
-            return inner
+            return _normalized(inner) or inner
         if isinstance(inner, exp.Func):
             return inner
         return None
@@ -600,6 +626,12 @@ def _normalized(node: exp.Expr) -> exp.Expr | None:
         except Exception:   # noqa: BLE001 - sqlglot raises several kinds for a name it does not know
             return exp.DataType(this=exp.DataType.Type.USERDEFINED, kind=name)
     return None
+
+
+def _strip_function_schema(node: exp.Expr) -> None:
+    """``FROM pg_catalog.generate_series(...)``: the table function without its schema."""
+    if isinstance(node, exp.Table) and isinstance(node.this, exp.GenerateSeries) and _is_pg_catalog(node.args.get("db")):
+        node.set("db", None)
 
 
 def _is_pg_catalog(node: exp.Expr | None) -> bool:
@@ -764,10 +796,10 @@ _ALLOWED_ARGS: dict[type, frozenset[str]] = {
     exp.Offset: frozenset({"expression"}),
     exp.Schema: frozenset({"this", "expressions"}),
     exp.ColumnDef: frozenset({"this", "kind", "constraints"}),
-    exp.Order: frozenset({"expressions"}),
+    exp.Order: frozenset({"expressions", "this"}),   # this: the value of array_agg(x ORDER BY k)
     exp.Ordered: frozenset({"this", "desc", "nulls_first"}),
     exp.Values: frozenset({"expressions"}),
-    exp.Column: frozenset({"this", "table"}),
+    exp.Column: frozenset({"this", "table", "db"}),   # db: schema.table.column (expr.Scope)
     exp.DataType: frozenset({"this", "nested", "kind", "expressions"}),
 }
 
@@ -786,7 +818,9 @@ _ALLOWED_NODES: frozenset[type] = frozenset(
         exp.NotNullColumnConstraint, exp.DefaultColumnConstraint, exp.PrimaryKey,
         exp.IndexParameters, exp.DataTypeParam, exp.Ordered, exp.HexString, exp.ByteString,
         exp.Exists, exp.Any, exp.All, exp.Array, exp.RegexpLike, exp.RegexpILike,
-        exp.ObjectIdentifier,
+        exp.ObjectIdentifier, exp.ArrayToString, exp.Bracket, exp.GroupConcat, exp.ArrayAgg,
+        exp.LogicalAnd, exp.LogicalOr, exp.GenerateSeries, exp.ExplodingGenerateSeries,
+        exp.Explode, ArrayUpper, GenerateSubscripts,
     }
 )
 
@@ -929,17 +963,19 @@ def _check_supported(tree: exp.Expr, sql: str, tokens: list[Token]) -> None:
             if side == "LEFT" and node.args.get("on") is None:
                 raise SQLError("syntax", "LEFT JOIN needs an ON condition",
                                _position(node, tokens, "JOIN", stmt_start), sql)
-        if kind is exp.Union and (node.args.get("distinct") or not isinstance(node.parent, (exp.Subquery, type(None)))
-                                  and not isinstance(node.parent, exp.Union)):
-            what = "UNION (without ALL)" if node.args.get("distinct") else "UNION ALL here"
-            raise SQLError("unsupported", f"not supported: {what}; UNION ALL is served at the top of a "
+        if kind is exp.Union and not isinstance(node.parent, (exp.Subquery, exp.Union, type(None))):
+            raise SQLError("unsupported", "not supported: UNION here; UNION [ALL] is served at the top of a "
                            "statement, in a derived table and in a subquery", _position(node, tokens, "UNION", stmt_start), sql)
         if kind is exp.Subquery and not isinstance(node.this, (exp.Select, exp.Union)):
             raise SQLError("unsupported", "not supported: this subquery (a SELECT or UNION ALL is expected)",
                            _position(node, tokens, None, stmt_start), sql)
-        if kind is exp.Array and not isinstance(node.parent, (exp.Any, exp.All, exp.Paren)):
-            raise SQLError("unsupported", "not supported: arrays other than the list of x = ANY(ARRAY[...]) "
-                           "or x <> ALL(ARRAY[...])", _position(node, tokens, "ARRAY", stmt_start), sql)
+        if kind is exp.Array and not isinstance(node.parent, (exp.Any, exp.All, exp.Paren)) and not (
+                len(node.expressions) == 1 and isinstance(node.expressions[0], (exp.Select, exp.Union))):
+            raise SQLError("unsupported", "not supported: arrays other than ARRAY(SELECT ...) and the list of "
+                           "x = ANY(ARRAY[...]) or x <> ALL(ARRAY[...])", _position(node, tokens, "ARRAY", stmt_start), sql)
+        if isinstance(node, exp.GenerateSeries) and not (node.arg_key == "this" and isinstance(node.parent, exp.Table)):
+            raise SQLError("unsupported", "not supported: generate_series() other than as a FROM item",
+                           _position(node, tokens, None, stmt_start), sql)
         if kind is exp.Select and node.args.get("kind"):
             raise _unsupported_at(f"SELECT {node.args['kind']}", stmt_start, None, sql)
         if kind is exp.Anonymous and str(node.this).lower() not in ANONYMOUS_FUNCTIONS:

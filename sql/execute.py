@@ -88,6 +88,7 @@ from sql.plan import (
     ExplainPlan,
     InsertPlan,
     SelectPlan,
+    SeriesAccess,
     UnionPlan,
     check_column_value,
     check_row,
@@ -257,7 +258,7 @@ class Session:
         closed its timestamp (a bounded read never below the session's causality token)."""
         node = statement.ast.this if statement.kind in ("explain", "explain_analyze") else statement.ast
         if statement.as_of is None and not (statement.kind in ("select", "explain", "explain_analyze")
-                                            and isinstance(node, exp.Select)):
+                                            and isinstance(node, (exp.Select, exp.Union))):
             return
         if statement.as_of is None and self.settings.get(FOLLOWER_READS_VAR) != "on":
             return
@@ -425,10 +426,22 @@ class Session:
                 for row in self._query_rows(part, ctx):
                     coop.checkpoint()
                     rows.append([v if f is None else f(v) for f, v in zip(convert, row)])
+            if plan.distinct:
+                seen: set[tuple] = set()
+                unique = []
+                for row in rows:
+                    marker = tuple((type(v), v) for v in row)
+                    if marker not in seen:
+                        seen.add(marker)
+                        unique.append(row)
+                rows = unique
             return rows
         return self._select_rows(plan, ctx)
 
     def _source_rows(self, access: AccessPath, ctx: EvalContext, first_page=None) -> Iterator[list]:
+        if isinstance(access, SeriesAccess):
+            yield from _series(access, ctx)
+            return
         if isinstance(access, DerivedAccess):
             # Not ctx.inner(): a derived table reads the enclosing query's row, as this query does.
             yield from self._query_rows(access.plan, ctx)
@@ -462,6 +475,8 @@ class Session:
             rows = (row for row in rows if where(row, ctx) is True)
         for step in plan.joins:
             rows = self._join(rows, plan, step, ctx)
+        if plan.srfs:
+            rows = _expand_srfs(rows, plan.srfs, ctx)
 
         if plan.grouping is not None:
             rows = iter(_group(plan, rows, ctx))
@@ -1063,6 +1078,35 @@ def _limit_value(compiled, ctx: EvalContext, what: str) -> int | None:
     if value < 0:
         raise SQLError("invalid_parameter", f"{what} must not be negative (got {value})")
     return value
+
+
+def _expand_srfs(rows: Iterator[list], srfs, ctx: EvalContext) -> Iterator[list]:
+    """Each row once per element of the longest array of its set-returning functions, with
+    their values appended: unnest's element, generate_subscripts' index (from 1); a function
+    whose array is shorter (or NULL) gives NULL there. A row whose arrays are all empty goes."""
+    for row in rows:
+        arrays = [fn.fn(row, ctx) or [] for _, fn in srfs]
+        for j in range(max(len(a) for a in arrays)):
+            coop.checkpoint()
+            extra = [(a[j] if kind == "unnest" else j + 1) if j < len(a) else None
+                     for (kind, _), a in zip(srfs, arrays)]
+            yield row + extra
+
+
+def _series(access: SeriesAccess, ctx: EvalContext) -> Iterator[list]:
+    """generate_series(start, stop, step): start, start + step, ... while not past stop;
+    nothing when an argument is NULL; a zero step is an error (PostgreSQL)."""
+    values = [None if c is None else c.fn((), ctx) for c in (access.start, access.stop, access.step)]
+    start, stop, step = values[0], values[1], 1 if access.step is None else values[2]
+    if start is None or stop is None or step is None:
+        return
+    if step == 0:
+        raise SQLError("invalid_parameter", "step size cannot equal zero")
+    value = start
+    while (value <= stop) if step > 0 else (value >= stop):
+        coop.checkpoint()
+        yield [value]
+        value += step
 
 
 def _group(plan: SelectPlan, rows: Iterator[list], ctx: EvalContext) -> list[list]:

@@ -53,6 +53,7 @@ from sql.plan import (
     DropTablePlan,
     InsertPlan,
     SelectPlan,
+    SeriesAccess,
     UnionPlan,
     UpdatePlan,
     VirtualAccess,
@@ -127,6 +128,8 @@ def _read_ops(access: AccessPath, ctx: EvalContext, note: str = "") -> list[Op]:
     if isinstance(access, VirtualAccess):
         return [Op("virtual table", name, access.describe(), None, None,
                    _join("rows computed by the cluster when the statement runs", note))]
+    if isinstance(access, SeriesAccess):
+        return [Op("evaluate", name, access.describe(), None, None, _join("a series of INTs", note))]
     if isinstance(access, DerivedAccess):
         inner = access.plan.parts if isinstance(access.plan, UnionPlan) else [access.plan]
         ops = [op for part in inner for op in _select_ops(part, ctx)]

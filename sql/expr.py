@@ -15,6 +15,8 @@ Semantics follow PostgreSQL unless sql/DIFFERENCES.md says otherwise:
 * Quoted literals and parameters take the type their context needs (sql/types.py).
 * ``||`` on TEXT converts a non-text side to text; LIKE is case-sensitive, ILIKE not, ``\\`` is
   the default escape.
+* A subquery compiles to a closure that runs its own plan through ``EvalContext.run_query``; a
+  column of an enclosing query reads ``EvalContext.outer`` (see `Scope.resolve_ref`).
 
 Pure: no I/O. The clock and random source reach expressions only through `EvalContext`.
 """
@@ -31,7 +33,7 @@ from functools import lru_cache
 from sqlglot import exp
 
 from sql import types as T
-from sql.dialect import PG_FUNCTION_NODES, identifier_name, node_position
+from sql.dialect import PG_FUNCTION_NODES, ArrayUpper, identifier_name, node_position
 from sql.errors import SQLError
 
 Row = Sequence[object]
@@ -237,15 +239,24 @@ def _column_list(source: Source) -> str:
 
 # --- aggregates ---------------------------------------------------------------------------------
 
-AGGREGATES = (exp.Count, exp.Sum, exp.Min, exp.Max, exp.Avg)
+AGGREGATES = (exp.Count, exp.Sum, exp.Min, exp.Max, exp.Avg,
+              exp.GroupConcat, exp.ArrayAgg, exp.LogicalAnd, exp.LogicalOr)
+# The aggregates whose PostgreSQL name is not sqlglot's class name.
+_AGGREGATE_NAMES = {exp.GroupConcat: "string_agg", exp.ArrayAgg: "array_agg",
+                    exp.LogicalAnd: "bool_and", exp.LogicalOr: "bool_or"}
+# A value of ARRAY(subquery), array_agg or a cast to an array type: a Python list. It is no
+# column type: arrays are served only as far as the catalog queries of clients use them.
+ARRAY = "ARRAY"
 
 
 @dataclass
 class AggSpec:
-    kind: str  # count_star, count, sum, min, max, avg
+    kind: str  # count_star, count, sum, min, max, avg, string_agg, array_agg, bool_and, bool_or
     arg: Compiled | None
     distinct: bool
     node: exp.Expr
+    separator: Compiled | None = None          # string_agg's
+    order: list[tuple[Compiled, bool]] = field(default_factory=list)   # array_agg(x ORDER BY k [DESC])
 
 
 @dataclass
@@ -269,6 +280,15 @@ def accumulate(spec: AggSpec, state: list, row: Row, ctx: EvalContext) -> None:
         return
     assert spec.arg is not None
     value = spec.arg.fn(row, ctx)
+    if spec.kind in ("string_agg", "array_agg"):
+        if value is None and spec.kind == "string_agg":
+            return
+        if state[1] is None:
+            state[1] = []
+        separator = spec.separator.fn(row, ctx) if spec.separator is not None else None
+        state[1].append((value, [k.fn(row, ctx) for k, _ in spec.order], separator))
+        state[0] += 1
+        return
     if value is None:
         return
     seen = state[2]
@@ -286,6 +306,10 @@ def accumulate(spec: AggSpec, state: list, row: Row, ctx: EvalContext) -> None:
                 f"{spec.kind.upper()} needs INT or FLOAT values, got {T.value_type(value)}",
             )
         state[1] = value if current is None else current + value
+    elif spec.kind in ("bool_and", "bool_or"):
+        if not isinstance(value, bool):
+            raise SQLError("datatype_mismatch", f"{spec.kind} needs BOOL values, got {T.value_type(value)}")
+        state[1] = value if current is None else (current and value if spec.kind == "bool_and" else current or value)
     elif current is None:
         state[1] = value
     elif spec.kind == "min":
@@ -301,6 +325,18 @@ def aggregate_result(spec: AggSpec, state: list) -> object:
         return state[0]
     if spec.kind == "avg":
         return None if state[0] == 0 else state[1] / state[0]
+    if spec.kind in ("string_agg", "array_agg"):
+        items = state[1]
+        if not items:
+            return None
+        for i, (_, desc) in reversed(list(enumerate(spec.order))):
+            items = sorted(items, key=lambda item, i=i: (item[1][i] is None, item[1][i]), reverse=desc)
+        if spec.kind == "array_agg":
+            return [value for value, _, _ in items]
+        out = items[0][0]
+        for value, _, separator in items[1:]:
+            out += (separator or "") + value
+        return out
     return state[1]
 
 
@@ -975,6 +1011,9 @@ class Compiler:
 
         if handles_cast(node):   # OID types (::regclass), name, "char", smallint
             return compile_pg_cast(self, node)
+        to = node.args["to"]
+        if isinstance(to, exp.DataType) and to.this == exp.DataType.Type.ARRAY:
+            return self._cast_to_array(node)
         if isinstance(node.args["to"], exp.ObjectIdentifier):
             raise SQLError("unsupported", f"not supported: type {cast_type_name(node.args['to'])}",
                            node_position(node))
@@ -1058,6 +1097,9 @@ class Compiler:
         inner = quantifier.this
         while isinstance(inner, exp.Paren):
             inner = inner.this
+        if isinstance(inner, exp.Array) and len(inner.expressions) == 1 and isinstance(
+                inner.expressions[0], (exp.Select, exp.Union)):
+            inner = inner.expressions[0]   # ANY (ARRAY(SELECT ...)) is ANY (SELECT ...)
         a = self.compile(node.this)
         if isinstance(inner, (exp.Subquery, exp.Select, exp.Union)):
             a, elements = self._subquery_elements(a, node.this, inner)
@@ -1073,7 +1115,7 @@ class Compiler:
                 return [f(row, ctx) for f in fns]
         else:
             value = self.compile(inner)
-            if value.type not in T.UNTYPED and value.type != T.TEXT:
+            if value.type not in T.UNTYPED and value.type not in (T.TEXT, ARRAY):
                 raise _mismatch(f"op ANY/ALL (array) needs an array, not {value.type}", inner)
             fv = value.fn
             target = a.type
@@ -1088,6 +1130,82 @@ class Compiler:
                     raise SQLError("datatype_mismatch", f"ANY/ALL needs an array, got {T.value_type(found)}")
                 return [_element_as(v, target) for v in found]
         return _quantified_fn(a, elements, op, isinstance(quantifier, exp.Any))
+
+    def _array(self, node: exp.Array) -> Compiled:
+        """``ARRAY(SELECT ...)``: the subquery's one column as a list (ARRAY[...] itself is
+        served only as the list of ANY / ALL)."""
+        if len(node.expressions) != 1 or not isinstance(node.expressions[0], (exp.Select, exp.Union)):
+            raise SQLError("unsupported", "not supported: arrays other than ARRAY(SELECT ...) and the list of "
+                           "x = ANY(ARRAY[...])", node_position(node))
+        query = node.expressions[0]
+        plan = self._plan_subquery(query)
+        if len(plan.outputs) != 1:
+            raise SQLError("syntax", "subquery must return only one column", node_position(query))
+        rows = _query_rows(plan)
+        return Compiled(lambda row, ctx: [r[0] for r in rows(row, ctx)], ARRAY, False, "array")
+
+    def array_operand(self, node: exp.Expr) -> Compiled:
+        """`node` compiled as an array: fn(row, ctx) -> list or None (sql/plan.py's
+        set-returning functions)."""
+        return self._array_value(node)
+
+    def _array_value(self, node: exp.Expr) -> Compiled:
+        """An array operand: ARRAY-typed, or text in PostgreSQL's array form ``{a,b}``."""
+        a = self.compile(node)
+        if a.type not in (ARRAY, T.TEXT) and a.type not in T.UNTYPED:
+            raise _mismatch(f"an array is expected, not {a.type}", node)
+        fa = a.fn
+
+        def value(row, ctx):
+            found = fa(row, ctx)
+            return parse_array_text(found) if isinstance(found, str) else found
+
+        return Compiled(value, ARRAY, a.const)
+
+    def _array_to_string(self, node: exp.ArrayToString) -> Compiled:
+        arr = self._array_value(node.this).fn
+        separator = self.coerce_text(self.compile(node.expression), node.expression, "array_to_string").fn
+
+        def joined(row, ctx):
+            items, sep = arr(row, ctx), separator(row, ctx)
+            if items is None or sep is None:
+                return None
+            return sep.join(v if isinstance(v, str) else T.format_text(v, T.value_type(v))
+                            for v in items if v is not None)
+
+        return Compiled(joined, T.TEXT, False, "array_to_string")
+
+    def _array_upper(self, node: ArrayUpper) -> Compiled:
+        arr = self._array_value(node.this).fn
+        dim = self._numeric_operand(self.compile(node.expression), node.expression, "array_upper").fn
+
+        def upper(row, ctx):
+            items, d = arr(row, ctx), dim(row, ctx)
+            return len(items) if items and d == 1 else None
+
+        return Compiled(upper, T.INT, False, "array_upper")
+
+    def _bracket(self, node: exp.Bracket) -> Compiled:
+        """``arr[i]``: the i-th element (from 1), NULL outside the array."""
+        if len(node.expressions) != 1:
+            raise SQLError("unsupported", "not supported: slices and multi-dimensional subscripts",
+                           node_position(node))
+        arr = self._array_value(node.this).fn
+        index_node = node.expressions[0]
+        index = self._numeric_operand(self.compile(index_node), index_node, "subscript")
+        fi = index.fn
+        if isinstance(index_node, exp.Literal) and not index_node.is_string:
+            # sqlglot stores a literal subscript 0-based (PostgreSQL's 1 is written 0), any
+            # other expression as written.
+            fi = (lambda f: lambda row, ctx: None if (i := f(row, ctx)) is None else i + 1)(index.fn)
+
+        def element(row, ctx):
+            items, i = arr(row, ctx), fi(row, ctx)
+            if items is None or i is None or not 1 <= i <= len(items):
+                return None
+            return items[i - 1]
+
+        return Compiled(element, T.PARAM, False)   # typed by its value, like a parameter
 
     def _regex(self, node: exp.Expr) -> Compiled:
         """``a ~ pattern`` (RegexpLike) and ``a ~* pattern`` (RegexpILike): a match anywhere in
@@ -1111,6 +1229,20 @@ class Compiler:
 
         return Compiled(matches, T.BOOL, a.const and pattern.const)
 
+    def _cast_to_array(self, node: exp.Cast) -> Compiled:
+        """``x::int2[]``: an array (or its text form) with each element read as the element type."""
+        element_type = column_type(node.args["to"].expressions[0])
+        arr = self._array_value(node.this).fn
+
+        def cast(row, ctx):
+            items = arr(row, ctx)
+            if items is None:
+                return None
+            return [v if v is None else T.cast_value(v, element_type) if not isinstance(v, str)
+                    else T.parse_text(v, element_type) for v in items]
+
+        return Compiled(cast, ARRAY, False, "array")
+
     def _current_timestamp(self, node: exp.Expr) -> Compiled:
         # Headed as written, as PostgreSQL does: "now" for now(), else "current_timestamp".
         name = node.meta.get("output_name", "current_timestamp")
@@ -1131,7 +1263,7 @@ class Compiler:
         raise SQLError("unsupported", f"not supported: function {name}()", node_position(node))
 
     def _aggregate(self, node: exp.Expr) -> Compiled:
-        name = type(node).__name__.lower()
+        name = _AGGREGATE_NAMES.get(type(node), type(node).__name__.lower())
         if self._in_aggregate:
             raise SQLError(
                 "syntax", "aggregate function calls cannot be nested", node_position(node)
@@ -1143,6 +1275,9 @@ class Compiler:
             )
         arg_node = node.this
         distinct = False
+        order_node = None
+        if isinstance(arg_node, exp.Order):   # array_agg(x ORDER BY k): sqlglot wraps x
+            order_node, arg_node = arg_node, arg_node.this
         if isinstance(arg_node, exp.Distinct):
             if len(arg_node.expressions) != 1:
                 raise SQLError(
@@ -1166,9 +1301,29 @@ class Compiler:
                 if arg.type not in T.NUMERIC_TYPES and arg.type not in (T.PARAM, T.NULL):
                     raise _mismatch(f"{name.upper()} needs INT or FLOAT, not {arg.type}", arg_node)
                 kind = T.FLOAT if isinstance(node, exp.Avg) else arg.type
+            elif isinstance(node, exp.GroupConcat):
+                arg = self.coerce_text(arg, arg_node, "string_agg")
+                kind = T.TEXT
+            elif isinstance(node, exp.ArrayAgg):
+                kind = ARRAY
+            elif isinstance(node, (exp.LogicalAnd, exp.LogicalOr)):
+                if arg.type not in (T.BOOL, T.NULL, T.PARAM):
+                    raise _mismatch(f"{name} needs BOOL, not {arg.type}", arg_node)
+                kind = T.BOOL
             else:
                 kind = arg.type
             spec = AggSpec(name, arg, distinct, node)
+            if isinstance(node, exp.GroupConcat):
+                separator = node.args.get("separator")
+                if separator is None:
+                    raise SQLError("syntax", "string_agg takes a separator: string_agg(x, ', ')",
+                                   node_position(node))
+                spec.separator = self.coerce_text(inner.compile(separator), separator, "string_agg")
+            if order_node is not None:
+                if not isinstance(node, (exp.ArrayAgg, exp.GroupConcat)):
+                    raise SQLError("unsupported", f"not supported: ORDER BY inside {name}()",
+                                   node_position(node))
+                spec.order = [(inner.compile(o.this), bool(o.args.get("desc"))) for o in order_node.expressions]
         grouping = self.grouping
         assert grouping is not None
         for i, existing in enumerate(grouping.aggs):
@@ -1232,10 +1387,16 @@ def _quantified_fn(a: Compiled, elements, op, any_: bool) -> Compiled:
     return Compiled(quantified, T.BOOL, False)
 
 
+_VECTOR_TEXT = re.compile(r"-?\d+(?: +-?\d+)*")
+
+
 def parse_array_text(text: str) -> list:
     """PostgreSQL's text form of a one-dimensional array, ``{a,"b c",NULL}``, as a list of
-    str (None for an unquoted NULL)."""
+    str (None for an unquoted NULL); also the form of the catalog's ``int2vector`` and
+    ``oidvector`` columns (``indkey``: ``1 2``), numbers separated by spaces."""
     body = text.strip()
+    if _VECTOR_TEXT.fullmatch(body):
+        return body.split()
     if not (body.startswith("{") and body.endswith("}")):
         raise SQLError("datatype_mismatch", f'malformed array literal: "{text}" (expected {{a,b,...}})')
     body = body[1:-1]
@@ -1470,10 +1631,6 @@ _DISPATCH: dict[type, Callable[[Compiler, exp.Expr], Compiled]] = {
     exp.Cast: Compiler._cast,
     exp.CurrentTimestamp: Compiler._current_timestamp,
     exp.Anonymous: Compiler._anonymous,
-    exp.Subquery: Compiler._subquery,
-    exp.Exists: Compiler._exists,
-    exp.RegexpLike: Compiler._regex,
-    exp.RegexpILike: Compiler._regex,
     exp.Count: Compiler._aggregate,
     exp.Sum: Compiler._aggregate,
     exp.Min: Compiler._aggregate,
@@ -1491,6 +1648,23 @@ def _pg_function(compiler: Compiler, node: exp.Expr) -> Compiled:
 
 for _kind in (exp.Dot, *PG_FUNCTION_NODES):
     _DISPATCH[_kind] = _pg_function
+
+
+# Subqueries, arrays, regular expressions and the aggregates the catalog queries of clients use.
+_DISPATCH.update({
+    exp.Subquery: Compiler._subquery,
+    exp.Exists: Compiler._exists,
+    exp.Array: Compiler._array,
+    exp.ArrayToString: Compiler._array_to_string,
+    ArrayUpper: Compiler._array_upper,
+    exp.Bracket: Compiler._bracket,
+    exp.RegexpLike: Compiler._regex,
+    exp.RegexpILike: Compiler._regex,
+    exp.GroupConcat: Compiler._aggregate,
+    exp.ArrayAgg: Compiler._aggregate,
+    exp.LogicalAnd: Compiler._aggregate,
+    exp.LogicalOr: Compiler._aggregate,
+})
 
 
 # --- names and types of the syntax --------------------------------------------------------------

@@ -36,6 +36,7 @@ from sql.catalog import ROWID_COLUMN, ROWID_DEFAULT_SQL, ColumnSchema, TableSche
 from sql.constants import IDENTIFIER_LENGTH_MAX, KEY_POINTS_MAX, STATEMENT_ROWS_MAX
 from sql.dialect import (
     DIALECT,
+    GenerateSubscripts,
     alter_locality,
     Explain,
     ExplainAnalyze,
@@ -183,6 +184,23 @@ class DerivedAccess(AccessPath):
         return f"({self.schema.name}: subquery)"
 
 
+@dataclass
+class SeriesAccess(AccessPath):
+    """``FROM generate_series(start, stop [, step]) AS s``: one INT column, computed when the
+    statement runs (its arguments may read an enclosing query's row, never a FROM sibling)."""
+
+    start: Compiled | None = None
+    stop: Compiled | None = None
+    step: Compiled | None = None
+
+    @property
+    def kind(self) -> str:
+        return "generate_series"
+
+    def describe(self) -> str:
+        return f"generate_series(...) AS {self.schema.name}"
+
+
 def _prefix_end(key: bytes) -> bytes:
     from raftstore.keys import prefix_end
 
@@ -275,6 +293,17 @@ def _has_column(node: exp.Expr) -> bool:
                for n in node.walk())
 
 
+def _only_outer_columns(node: exp.Expr, scope: Scope) -> bool:
+    """Whether every column `node` reads is an enclosing query's (and it reads no aggregate,
+    subquery or ANY / ALL): then it is constant while a subquery runs once."""
+    for n in node.walk():
+        if isinstance(n, (*AGGREGATES, exp.Subquery, exp.Exists, exp.Any, exp.All)):
+            return False
+        if isinstance(n, exp.Column) and (isinstance(n.this, exp.Star) or scope.resolve(n)[3] != OUTER):
+            return False
+    return True
+
+
 def _pk_column(node: exp.Expr, schema: TableSchema, source_number: int, scope: Scope) -> str | None:
     """The primary-key column of source `source_number` that `node` names, or None."""
     if not isinstance(node, exp.Column) or isinstance(node.this, exp.Star):
@@ -298,7 +327,9 @@ def plan_access(
         return _pk_column(node, schema, source_number, scope)
 
     def constant(node: exp.Expr, column: str) -> Compiled | None:
-        if _has_column(node):
+        # An enclosing query's column is a constant here: a correlated subquery's
+        # `pk = outer.col` is a point get per outer row.
+        if _has_column(node) and not _only_outer_columns(node, scope):
             return None
         compiled = compiler.compile(node)
         kind = schema.column(column).type  # type: ignore[union-attr]
@@ -422,6 +453,9 @@ class SelectPlan:
     tables: dict[str, TableSchema]
     notes: list[str] = field(default_factory=list)  # evaluation steps, for EXPLAIN
     correlated: bool = False   # a subquery that reads an enclosing query's columns
+    # unnest() / generate_subscripts() in the select list: (kind, array operand); each row is
+    # expanded per element after the joins and WHERE, its values appended (see _plan_srfs)
+    srfs: list[tuple[str, Compiled]] = field(default_factory=list)
 
     @property
     def streamable(self) -> bool:
@@ -436,7 +470,8 @@ class SelectPlan:
 
 @dataclass
 class UnionPlan:
-    """``q1 UNION ALL q2 ...``: the rows of each part in turn, as the first part's columns;
+    """``q1 UNION ALL q2 ...``: the rows of each part in turn, as the first part's columns
+    (``UNION``: each distinct row once, in the order first met);
     `convert[i][j]` widens part i's column j (INT to FLOAT) or is None."""
 
     parts: list[SelectPlan]
@@ -445,6 +480,7 @@ class UnionPlan:
     convert: list[list[Callable | None]]
     tables: dict[str, TableSchema]
     correlated: bool = False
+    distinct: bool = False   # UNION (each row once) rather than UNION ALL
 
 
 @dataclass
@@ -684,12 +720,13 @@ def _union_as_select(node: exp.Union) -> exp.Select:
 
 
 def plan_union(node: exp.Union, tables, parent: Scope | None = None) -> UnionPlan:
+    distinct = bool(node.args.get("distinct"))
     parts_nodes: list[exp.Expr] = []
     stack: list[exp.Expr] = [node]
-    while stack:   # a UNION ALL chain is left-deep: walk it without recursion
+    while stack:   # a chain of one kind (UNION or UNION ALL) is left-deep: walk it without recursion
         current = stack.pop()
-        if isinstance(current, exp.Union) and not any(current.args.get(k) is not None
-                                                       for k in ("order", "limit", "offset")):
+        if isinstance(current, exp.Union) and bool(current.args.get("distinct")) == distinct and not any(
+                current.args.get(k) is not None for k in ("order", "limit", "offset")):
             stack.append(current.expression)
             stack.append(current.this)
         else:
@@ -722,7 +759,36 @@ def plan_union(node: exp.Union, tables, parent: Scope | None = None) -> UnionPla
     for part in parts:
         merged.update(part.tables)
     return UnionPlan(parts, outputs, list(first.columns), convert, merged,
-                     any(part.correlated for part in parts))
+                     any(part.correlated for part in parts), distinct)
+
+
+def _plan_series(item: exp.Table, parent: Scope | None) -> tuple[SeriesAccess, TableSchema]:
+    """A generate_series FROM item: its arguments compiled where the enclosing query's columns
+    are visible (a correlated series), and its one column named as its alias (PostgreSQL)."""
+    alias_node = item.args.get("alias")
+    alias = identifier_name(alias_node) if alias_node is not None else "generate_series"
+    if alias_node is not None and alias_node.args.get("columns"):
+        raise SQLError("unsupported", "not supported: column aliases on generate_series", node_position(item))
+    scope = Scope(parent=parent)
+    compiler = Compiler(scope, clause="generate_series()")
+    call = item.this
+    args = []
+    for key in ("start", "end", "step"):
+        node = call.args.get(key)
+        if node is None:
+            args.append(None)
+            continue
+        compiled = compiler.compile(node)
+        if compiled.type in T.UNTYPED:
+            compiled = compiler.coerce(compiled, T.INT, node, "generate_series argument")
+        if compiled.type != T.INT:
+            raise SQLError("unsupported", f"not supported: generate_series over {compiled.type} (INT only)",
+                           node_position(node))
+        args.append(compiled)
+    schema = TableSchema(0, alias, (ColumnSchema(alias, T.INT, False, None),), (alias,))
+    access = SeriesAccess(schema, start=args[0], stop=args[1], step=args[2])
+    access.correlated = scope.correlated   # type: ignore[attr-defined]
+    return access, schema
 
 
 def _derived_schema(plan, alias: str, item: exp.Expr) -> TableSchema:
@@ -767,6 +833,13 @@ def plan_select(node: exp.Select, tables: dict[str, TableSchema | None],
                 scope.add(alias, [(name, c.type if c.type != T.UNKNOWN else T.TEXT)
                                   for name, c in zip(inner.columns, inner.outputs)])
                 continue
+            if isinstance(item, exp.Table) and isinstance(item.this, exp.GenerateSeries):
+                series, schema = _plan_series(item, parent)
+                scope.correlated = scope.correlated or series.correlated
+                derived[len(schemas)] = series
+                schemas.append((schema, item))
+                scope.add(schema.name, [(schema.columns[0].name, T.INT)])
+                continue
             if not isinstance(item, exp.Table):
                 raise SQLError(
                     "unsupported", "not supported: this FROM item (only tables and subqueries)",
@@ -802,8 +875,10 @@ def plan_select(node: exp.Select, tables: dict[str, TableSchema | None],
         own = [part for part, _, used in pool if used <= {number}]
         if number not in left_parts:
             own += [part for part, used in implied if used == {number}]
-        if number in derived:
-            access: AccessPath = DerivedAccess(schema, plan=derived[number])
+        if isinstance(derived.get(number), SeriesAccess):
+            access: AccessPath = derived[number]   # type: ignore[assignment]
+        elif number in derived:
+            access = DerivedAccess(schema, plan=derived[number])
         elif schema.name in VIRTUAL_TABLES:
             access = VirtualAccess(schema, args=compile_args(
                 schema.name, list(item.this.expressions), node_position(item)))
@@ -865,6 +940,9 @@ def plan_select(node: exp.Select, tables: dict[str, TableSchema | None],
     select_items = node.expressions
     group_node = node.args.get("group")
     having_node = node.args.get("having")
+    srfs: list[tuple[str, Compiled]] = []
+    if any(_srf_call(item) is not None for item in select_items):
+        select_items, srfs = _plan_srfs(select_items, scope, group_node is not None or having_node is not None)
     has_aggregates = any(_has_aggregate(item) for item in select_items) or (having_node is not None)
     order_node = node.args.get("order")
     if order_node is not None and not has_aggregates:
@@ -950,14 +1028,69 @@ def plan_select(node: exp.Select, tables: dict[str, TableSchema | None],
         notes.append("limit: " + node.args["limit"].args["expression"].sql(dialect=DIALECT))
     used_tables: dict[str, TableSchema] = {}
     for number, source_plan in enumerate(sources):
+        if isinstance(derived.get(number), SeriesAccess):
+            continue
         if number in derived:
             used_tables.update(derived[number].tables)   # type: ignore[attr-defined]
         else:
             used_tables[source_plan.schema.name] = source_plan.schema
+    if srfs:
+        notes.insert(0, "one row per element of " + ", ".join(f"{kind}()" for kind, _ in srfs))
     return SelectPlan(
         sources, joins, where, grouping, having, outputs, columns, distinct, order, limit,
-        offset, ordered_by_key, used_tables, notes, scope.correlated,
+        offset, ordered_by_key, used_tables, notes, scope.correlated, srfs,
     )
+
+
+_SRF_SOURCE = "\x00srf"   # the pseudo source of set-returning functions' values (no SQL name)
+
+
+def _srf_call(item: exp.Expr) -> exp.Expr | None:
+    """The set-returning call a select item is (``unnest(a)``, ``generate_subscripts(a, 1)``,
+    aliased or not), else None."""
+    node = item.this if isinstance(item, exp.Alias) else item
+    return node if isinstance(node, (exp.Explode, GenerateSubscripts)) else None
+
+
+def _plan_srfs(select_items: list[exp.Expr], scope: Scope, grouped: bool):
+    """Set-returning functions in the select list, as PostgreSQL 10+ runs them: each input row
+    becomes as many rows as the longest of its arrays, the functions side by side (a shorter
+    one gives NULLs). Their values are appended to the row as a hidden source; each item is
+    rewritten (new nodes: the parsed tree is shared) to read its slot."""
+    if grouped:
+        raise SQLError("unsupported", "not supported: set-returning functions in a grouped query; "
+                       "group in an outer query over a derived table", node_position(select_items[0]))
+    compiler = Compiler(scope, clause="the select list")
+    srfs: list[tuple[str, Compiled]] = []
+    items: list[exp.Expr] = []
+    for item in select_items:
+        call = _srf_call(item)
+        if call is None:
+            items.append(item)
+            continue
+        if isinstance(call, exp.Explode):
+            kind, args = "unnest", [call.this]
+        else:
+            kind, args = "generate_subscripts", [call.this, call.expression]
+            dimension = compiler.compile(args[1])
+            if dimension.type in T.UNTYPED:
+                dimension = compiler.coerce(dimension, T.INT, args[1], "dimension")
+            array = compiler.array_operand(args[0])
+            fa, fd = array.fn, dimension.fn
+            # Arrays here have one dimension: any other has no subscripts.
+            array = Compiled(lambda row, ctx, fa=fa, fd=fd: fa(row, ctx) if fd(row, ctx) == 1 else None,
+                             array.type, False)
+            srfs.append((kind, array))
+        if kind == "unnest":
+            srfs.append((kind, compiler.array_operand(args[0])))
+        slot = exp.Column(this=exp.Identifier(this=f"{_SRF_SOURCE}{len(srfs) - 1}", quoted=True),
+                          table=exp.Identifier(this=_SRF_SOURCE, quoted=True))
+        alias = item.args.get("alias") if isinstance(item, exp.Alias) else exp.Identifier(this=kind, quoted=True)
+        items.append(exp.Alias(this=slot, alias=alias))
+    names = [(f"{_SRF_SOURCE}{i}", T.INT if kind == "generate_subscripts" else T.PARAM)
+             for i, (kind, _) in enumerate(srfs)]
+    scope.add(_SRF_SOURCE, names, frozenset(name for name, _ in names))
+    return items, srfs
 
 
 def _has_aggregate(node: exp.Expr) -> bool:
@@ -979,7 +1112,8 @@ def _implied_conjuncts(parts: list[exp.Expr], scope: Scope) -> list[tuple[exp.Ex
     def column_id(node: exp.Expr):
         if isinstance(node, exp.Column) and not isinstance(node.this, exp.Star):
             index, _, _, number = scope.resolve(node)
-            return index, number
+            # An enclosing query's column is no column of this row (its index is another row's).
+            return (index, number) if number != OUTER else None
         return None
 
     links: dict[tuple, list[exp.Column]] = {}
@@ -1160,7 +1294,7 @@ def _output_reference(
 
 def _matches_key_order(keys: list[tuple[exp.Expr, bool]], sources: list[SourcePlan],
                        scope: Scope) -> bool:
-    if len(sources) != 1 or isinstance(sources[0].access, DerivedAccess):
+    if len(sources) != 1 or isinstance(sources[0].access, (DerivedAccess, SeriesAccess)):
         return False
     pk = sources[0].schema.pk
     if len(keys) > len(pk):
@@ -1168,7 +1302,8 @@ def _matches_key_order(keys: list[tuple[exp.Expr, bool]], sources: list[SourcePl
     for (node, desc), column in zip(keys, pk):
         if desc or not isinstance(node, exp.Column) or isinstance(node.this, exp.Star):
             return False
-        if scope.resolve(node)[2] != column:
+        _, _, name, number = scope.resolve(node)
+        if name != column or number != 0:
             return False
     return True
 

@@ -2,7 +2,8 @@
 
 Hypothesis draws schemas (1-3 tables; INT/TEXT/FLOAT/BOOL columns; single or composite primary
 keys; some NOT NULL), then a sequence of INSERTs (multi-row, some colliding), ON CONFLICT /
-UPSERT, UPDATEs, DELETEs and SELECTs (filters, expressions, joins, GROUP BY / HAVING,
+UPSERT, UPDATEs, DELETEs and SELECTs (filters, expressions, inner and LEFT joins, subqueries
+(EXISTS, IN / NOT IN, correlated scalar counts), GROUP BY / HAVING,
 DISTINCT, ORDER BY with explicit NULLS FIRST/LAST, LIMIT / OFFSET, parameters in both
 styles), runs each statement on both engines, and requires the same outcome: the same rows
 (in order when the query orders - it then orders by every output column, so the order is
@@ -434,6 +435,7 @@ def gen_select(draw, all_tables: list[Table]) -> Stmt:
     table = draw(st.sampled_from(all_tables))
     sources = [(table, "a")]
     join_on = None
+    sqlite_from = None   # the FROM clause in SQLite's spelling, where it differs (parameters)
     if len(all_tables) > 1 and draw(st.integers(0, 2)) == 0:
         other = draw(st.sampled_from([t for t in all_tables if t is not table] or [table]))
         pairs = [
@@ -452,8 +454,16 @@ def gen_select(draw, all_tables: list[Table]) -> Stmt:
         from_ = f"{table.name} AS a"
     if join_on is not None:
         other = sources[1][0]
-        if draw(st.booleans()):
+        how = draw(st.sampled_from(["join", "comma", "left", "left"]))
+        if how == "join":
             from_ += f" JOIN {other.name} AS b ON {join_on}"
+        elif how == "left":   # ON may also test the right side alone: it narrows what matches
+            if draw(st.booleans()):
+                extra = g.condition([(f"b.{c.name}", c.type) for c in other.columns], 1)
+                from_ += f" LEFT JOIN {other.name} AS b ON {join_on} AND {extra[0]}"
+                sqlite_from = from_.replace(extra[0], extra[1])
+            else:
+                from_ += f" LEFT JOIN {other.name} AS b ON {join_on}"
         else:
             from_ += f", {other.name} AS b"
             join_on = "WHERE"  # the join condition goes into WHERE below
@@ -464,6 +474,12 @@ def gen_select(draw, all_tables: list[Table]) -> Stmt:
     if join_on == "WHERE":
         cond = f"({sources[0][1]}.{c1.name} = {sources[1][1]}.{c2.name})"
         where = (f"{cond} AND {where[0]}", f"{cond} AND {where[1]}") if where else (cond, cond)
+    # The subquery names the outer column qualified: bare, it could mean a column of its own.
+    outer = "a" if " AS a" in from_ else table.name
+    subquery = _subquery_condition(draw, g, all_tables,
+                                   [(n if "." in n else f"{outer}.{n}", k) for n, k in cols])
+    if subquery is not None:
+        where = (f"{where[0]} AND {subquery[0]}", f"{where[1]} AND {subquery[1]}") if where else subquery
 
     aggregate = draw(st.integers(0, 9)) < 3
     outputs: list[tuple[str, str]] = []
@@ -500,7 +516,7 @@ def gen_select(draw, all_tables: list[Table]) -> Stmt:
 
     def render(side: int) -> str:
         sql = "SELECT " + ("DISTINCT " if distinct else "")
-        sql += ", ".join(o[side] for o in outputs) + f" FROM {from_}"
+        sql += ", ".join(o[side] for o in outputs) + f" FROM {sqlite_from if side and sqlite_from else from_}"
         if where:
             sql += f" WHERE {where[side]}"
         if group:
@@ -510,6 +526,41 @@ def gen_select(draw, all_tables: list[Table]) -> Stmt:
         return sql + order
 
     return Stmt(render(0), render(1), g.params, ordered=ordered)
+
+
+def _subquery_condition(draw, g: Gen, all_tables: list[Table], cols) -> tuple[str, str] | None:
+    """Sometimes a condition with a subquery over some table `s`: EXISTS correlated on a column
+    pair, IN / NOT IN over a column, or a correlated scalar count compared with a constant."""
+    if draw(st.integers(0, 4)) != 0:
+        return None
+    other = draw(st.sampled_from(all_tables))
+    name, kind = draw(st.sampled_from(cols))
+    family = [INT, FLOAT] if kind in (INT, FLOAT) else [kind]
+    matching = [c for c in other.columns if c.type in family]
+    if not matching:
+        return None
+    inner = draw(st.sampled_from(matching)).name
+    shape = draw(st.sampled_from(["exists", "not exists", "in", "not in", "count"]))
+    inner_where = ""
+    if draw(st.booleans()):
+        cond = g.condition([(f"s.{c.name}", c.type) for c in other.columns], 1)
+        inner_where = cond
+    def where(side: int, correlated: bool) -> str:
+        parts = [f"s.{inner} = {name}"] if correlated else []
+        if inner_where:
+            parts.append(inner_where[side])
+        return (" WHERE " + " AND ".join(parts)) if parts else ""
+    if shape in ("exists", "not exists"):
+        word = "EXISTS" if shape == "exists" else "NOT EXISTS"
+        return tuple(f"({word} (SELECT 1 FROM {other.name} AS s{where(side, True)}))"
+                     for side in (0, 1))  # type: ignore[return-value]
+    if shape in ("in", "not in"):
+        word = "IN" if shape == "in" else "NOT IN"
+        return tuple(f"({name} {word} (SELECT s.{inner} FROM {other.name} AS s{where(side, False)}))"
+                     for side in (0, 1))  # type: ignore[return-value]
+    k = draw(st.integers(0, 2))
+    return tuple(f"((SELECT count(*) FROM {other.name} AS s{where(side, True)}) >= {k})"
+                 for side in (0, 1))  # type: ignore[return-value]
 
 
 def _where(draw, g: Gen, table: Table, qualifier: str, cols) -> tuple[str, str]:

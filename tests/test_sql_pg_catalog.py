@@ -5,9 +5,8 @@ checked against its PostgreSQL meaning for a catalog made here, over the in-memo
 The checks are plain functions (`check_*`) run once against this build and once against a
 deliberately broken one each (`BROKEN_BUILDS`), which must fail them: a checker that cannot
 fail checks nothing. SQLAlchemy's own reflection queries are compiled offline with its
-PostgreSQL dialect and run through the engine with their bound parameters; those that need a
-planner feature of the parallel branch (ANY(ARRAY[...]), LEFT JOIN, subqueries, `~`) are
-xfailed naming the feature, and checked for their answers once it is there.
+PostgreSQL dialect and run through the engine with their bound parameters, each checked for
+its answer.
 """
 
 from __future__ import annotations
@@ -475,13 +474,6 @@ def test_sqlalchemy_core_ddl_runs() -> None:
 
 # --- SQLAlchemy's reflection queries, compiled by its PostgreSQL dialect ---------------------------
 
-# What the parallel planner branch adds (ANY(ARRAY[...]), LEFT JOIN, subqueries, `~`) and what arrays
-# bring (array_agg, unnest, generate_subscripts over pg_index.indkey); a query needing one of these is
-# xfailed until it lands, then checked for its answer.
-PENDING_FEATURES = re.compile(r"ARRAY|arrays|outer joins|LEFT|subquer|RegexpLike|REGEXP|ANY|"
-                              r"function (array_agg|unnest|generate_subscripts|bool_and)\(\)")
-
-
 def _reflect(db: Session, method: str, *args):
     """Run `dialect.<method>(connection, *args)` with a connection that compiles each query with
     SQLAlchemy's PostgreSQL dialect and runs its text and bound parameters here."""
@@ -526,12 +518,7 @@ def _reflect(db: Session, method: str, *args):
             result = self.execute(query, params)
             return type("Scalars", (), {"all": lambda _: [row[0] for row in result.all()]})()
 
-    try:
-        return getattr(dialect, method)(Recording(), *args)
-    except SQLError as e:
-        if e.code == "unsupported" and PENDING_FEATURES.search(e.message):
-            pytest.xfail(f"needs the planner branch: {e.message}")
-        raise
+    return getattr(dialect, method)(Recording(), *args)
 
 
 @pytest.mark.parametrize("method, args, expected", [
@@ -540,7 +527,8 @@ def _reflect(db: Session, method: str, *args):
     ("has_table", ("users",), True),
     ("has_table", ("nope",), False),
     ("get_table_names", (), ["nokey", "pairs", "users"]),
-    ("get_pk_constraint", ("pairs",), {"constrained_columns": ["a", "b"], "name": "pairs_pkey", "comment": None}),
+    ("get_pk_constraint", ("pairs",), {"constrained_columns": ["a", "b"], "name": "pairs_pkey", "comment": None,
+                                              "dialect_options": {"postgresql_include": []}}),
     ("get_foreign_keys", ("users",), []),
     ("get_indexes", ("users",), []),
     ("get_unique_constraints", ("users",), []),
