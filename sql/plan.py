@@ -633,7 +633,7 @@ def _plan_node(node: exp.Expr, tables: dict[str, TableSchema | None]):
     if isinstance(node, exp.Select):
         return plan_select(node, tables)
     if isinstance(node, exp.Union):
-        return plan_select(_union_as_select(node), tables)
+        return _plan_union_select(node, tables)
     if isinstance(node, Upsert):
         return plan_insert(node.this, tables, upsert=True)
     if isinstance(node, exp.Insert):
@@ -696,7 +696,7 @@ def plan_query(node: exp.Expr, tables: dict[str, TableSchema | None], parent: Sc
     UnionPlan, each with `outputs`, `columns` and `correlated`."""
     if isinstance(node, exp.Union):
         if any(node.args.get(k) is not None for k in ("order", "limit", "offset")):
-            return plan_select(_union_as_select(node), tables, parent)
+            return _plan_union_select(node, tables, parent)
         return plan_union(node, tables, parent)
     if not isinstance(node, exp.Select):
         raise SQLError("unsupported", "not supported: this subquery (a SELECT is expected)",
@@ -714,9 +714,19 @@ def _union_as_select(node: exp.Union) -> exp.Select:
         if value is not None:
             inner.set(key, None)
             select.set(key, value)
-    select.set("from_", exp.From(this=exp.Subquery(
-        this=inner, alias=exp.TableAlias(this=exp.Identifier(this="union", quoted=True)))))
+    wrapped = exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.Identifier(this="union", quoted=True)))
+    wrapped.meta["union_wrapper"] = True   # its columns may repeat a name (`_derived_schema`)
+    select.set("from_", exp.From(this=wrapped))
     return select
+
+
+def _plan_union_select(node: exp.Union, tables, parent: Scope | None = None) -> SelectPlan:
+    """A UNION with ORDER BY / LIMIT / OFFSET: a SELECT over it (`_union_as_select`) whose
+    output columns are named as the union's, repeated names included (psql's `SELECT pubname,
+    NULL, NULL ... UNION ... ORDER BY 1`)."""
+    plan = plan_select(_union_as_select(node), tables, parent)
+    plan.columns = [name.split(_DUPLICATE_MARK)[0] for name in plan.columns]
+    return plan
 
 
 def plan_union(node: exp.Union, tables, parent: Scope | None = None) -> UnionPlan:
@@ -791,13 +801,21 @@ def _plan_series(item: exp.Table, parent: Scope | None) -> tuple[SeriesAccess, T
     return access, schema
 
 
+_DUPLICATE_MARK = "#repeat"   # a UNION wrapper's repeated column name, made distinct: name + mark + position
+
+
 def _derived_schema(plan, alias: str, item: exp.Expr) -> TableSchema:
-    """The shape of a derived table (never stored): its columns as the subquery names them."""
-    if len(set(plan.columns)) != len(plan.columns):
-        raise SQLError("unsupported", f'not supported: a derived table with two columns of one name ("{alias}"); '
-                       "give them distinct aliases", node_position(item))
+    """The shape of a derived table (never stored): its columns as the subquery names them. The
+    table `_union_as_select` wraps a UNION in may repeat a name: the repeats get hidden distinct
+    names (an ORDER BY names the first), given back by `_plan_union_select`."""
+    names = list(plan.columns)
+    if len(set(names)) != len(names):
+        if not item.meta.get("union_wrapper"):
+            raise SQLError("unsupported", f'not supported: a derived table with two columns of one name ("{alias}"); '
+                           "give them distinct aliases", node_position(item))
+        names = [name if name not in names[:j] else "%s%s%d" % (name, _DUPLICATE_MARK, j) for j, name in enumerate(names)]
     columns = tuple(ColumnSchema(name, c.type if c.type in T.COLUMN_TYPES else T.TEXT, False, None)
-                    for name, c in zip(plan.columns, plan.outputs))
+                    for name, c in zip(names, plan.outputs))
     return TableSchema(0, alias, columns, (columns[0].name,))
 
 
@@ -830,8 +848,8 @@ def plan_select(node: exp.Select, tables: dict[str, TableSchema | None],
                 schema = _derived_schema(inner, alias, item)
                 derived[len(schemas)] = inner
                 schemas.append((schema, item))
-                scope.add(alias, [(name, c.type if c.type != T.UNKNOWN else T.TEXT)
-                                  for name, c in zip(inner.columns, inner.outputs)])
+                scope.add(alias, [(column.name, c.type if c.type != T.UNKNOWN else T.TEXT)
+                                  for column, c in zip(schema.columns, inner.outputs)])
                 continue
             if isinstance(item, exp.Table) and isinstance(item.this, exp.GenerateSeries):
                 series, schema = _plan_series(item, parent)

@@ -166,6 +166,10 @@ def _rows(db: Session, sql: str, params=None) -> list:
 
 
 PG_CASES = [
+    # a UNION with ORDER BY whose columns repeat a name (psql's publications query: pubname, NULL, NULL)
+    ("SELECT 1, NULL, NULL UNION SELECT 2, NULL, 'x' UNION SELECT 1, NULL, NULL ORDER BY 1",
+     [[1, None, None], [2, None, "x"]]),
+    ("SELECT a, NULL AS a FROM t WHERE a < 2 UNION ALL SELECT 9, 'z' ORDER BY 1 DESC", [[9, "z"], [1, None]]),
     # x op ANY / ALL over ARRAY[...], a subquery, array text; three-valued like IN
     ("SELECT a FROM t WHERE b = ANY (ARRAY['one', 'five']) ORDER BY a", [[1], [5]]),
     ("SELECT a FROM t WHERE c <> ALL (ARRAY[10, 30]) ORDER BY a", [[5]]),
@@ -406,6 +410,22 @@ def test_client_catalog_queries_parse(sql: str, monkeypatch) -> None:
     monkeypatch.setattr(sql_dialect, "ANONYMOUS_FUNCTIONS", sql_dialect.ANONYMOUS_FUNCTIONS | CATALOG_FUNCTIONS)
     (statement,) = sql_dialect.parse(re.sub(r"pg_catalog\.(pg_\w+)", r"\1", sql))
     assert statement.kind == "select"
+
+
+def test_psql_describe_queries_run_over_the_catalog() -> None:
+    """psql 15's \\dt and \\d users, every query as recorded, over the virtual catalog (the
+    recorded OID replaced by the table's): each runs, and those whose answers psql prints say
+    what PostgreSQL would."""
+    session = Session(MemKV())
+    session.execute("CREATE TABLE users (id INT PRIMARY KEY, name TEXT NOT NULL, score FLOAT DEFAULT 1.5)")
+    [[oid]] = session.execute("SELECT 'users'::regclass::oid").rows
+    answers = [session.execute(q.replace("'16384'", "'%d'" % oid)).rows for q in _recorded("psql15_describe.sql")]
+    assert answers[0] == [["public", "users", "table", "root"]]              # \dt
+    assert answers[1] == [[oid, "public", "users"]]                          # \d users: which table
+    assert [row[:4] for row in answers[3]] == [["id", "bigint", None, True], ["name", "text", None, True],
+                                               ["score", "double precision", "1.5", False]]   # its columns
+    assert answers[4][0][:2] == ["users_pkey", True] and "PRIMARY KEY (id)" in answers[4][0]   # its index
+    assert all(a == [] for a in answers[5:])   # no policies, statistics, publications, inheritance
 
 
 # --- broken builds: the checks above catch them -------------------------------------------------
