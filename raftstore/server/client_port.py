@@ -214,6 +214,7 @@ class ClientServer:
         self.draining = False
         self.server: asyncio.base_events.Server | None = None
         self.metrics = node.metrics
+        self.pg_status: Callable[[], dict] | None = None   # the PostgreSQL port's, when the node serves one
         self.limits = limits or ClientLimits()
         self.budget = MemoryBudget(self.limits.memory_bytes)
         # Open connections, least recently active first; and those never answered, oldest first
@@ -323,7 +324,7 @@ class ClientServer:
                 try:
                     requests = decoder.feed(data)
                 except FrameError as exc:
-                    self._log_limit.log(logger, logging.WARNING, ("bad frame", _host(writer)),
+                    self._log_limit.log(logger, logging.WARNING, ("bad frame", peer_host(writer)),
                                         "client %s sent a bad frame (%s); closing", writer.get_extra_info("peername"), exc)
                     break
                 partial = decoder.buffered_bytes
@@ -337,7 +338,7 @@ class ClientServer:
                 self._start_queued(conn)
                 self._hold_partial(conn, decoder.held_bytes + len(getattr(reader, "_buffer", b"")))
         except _Closing as why:
-            self._log_limit.log(logger, logging.INFO, ("limit", why.args[0].split(" ")[0], _host(writer)),
+            self._log_limit.log(logger, logging.INFO, ("limit", why.args[0].split(" ")[0], peer_host(writer)),
                                 "client %s: %s; closing", writer.get_extra_info("peername"), why)
         except (ConnectionError, OSError):
             pass
@@ -546,7 +547,7 @@ class ClientServer:
                         await asyncio.wait_for(writer.drain(), self.limits.write_timeout_s)
                     except asyncio.TimeoutError:
                         self.stats["write_timeout_closed"] += 1
-                        self._log_limit.log(logger, logging.INFO, ("unread", _host(writer)),
+                        self._log_limit.log(logger, logging.INFO, ("unread", peer_host(writer)),
                                             "client %s left an answer unread for %g s; closing",
                                             writer.get_extra_info("peername"), self.limits.write_timeout_s)
                         writer.transport.abort()   # drop what is buffered for it: its bytes come back now
@@ -586,6 +587,8 @@ class ClientServer:
             status = await self.node.status()
             status["requests"] = self.metrics.counts()
             status["clients"] = self.limits_status()
+            if self.pg_status is not None:
+                status["pg"] = self.pg_status()
             return {"ok": True, "result": status}
         if self.node.clock_unfit is not None:
             return _error("unavailable", "node %d does not serve: %s; use another node"
@@ -690,7 +693,7 @@ class ClientServer:
 _ANSWERED = {"get": ("value", "ts", "read_ts", "served_by"), "put": ("ts",), "delete": ("ts",), "cas": ("swapped", "ts")}   # what a KV op answers
 
 
-def _host(writer: asyncio.StreamWriter) -> str | None:
+def peer_host(writer: asyncio.StreamWriter) -> str | None:
     """A client's host, without its port (which changes with each connection): a log key."""
     peer = writer.get_extra_info("peername")
     return peer[0] if isinstance(peer, tuple) and peer else None
