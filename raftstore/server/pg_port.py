@@ -74,6 +74,7 @@ from raftstore import constants, coop
 from raftstore.errors import SQLSTATE_BY_SQL_CODE
 from raftstore.loglimit import LogLimiter
 from raftstore.server.client_port import ClientLimits, MemoryBudget, peer_host
+from raftstore.sqltext import leading_keywords, statement_is_read, statements as split_statements
 
 logger = logging.getLogger(__name__)
 
@@ -284,68 +285,6 @@ def decode_param(raw: bytes, oid: int, binary: bool) -> Any:
                                 "22P03" if binary else "22P02") from None
 
 
-def split_statements(sql: str) -> list[tuple[int, str]]:
-    """The statements of a simple Query, split at the semicolons outside quotes ('...', "...",
-    E'...', $tag$...$tag$) and comments, each with its offset in `sql`; the empty ones (only
-    blanks and comments) left out."""
-    out, start, i, n = [], 0, 0, len(sql)
-    meaningful = False
-    while i < n:
-        c = sql[i]
-        if c == "'" or c == '"':
-            escapes = c == "'" and i > 0 and sql[i - 1] in "eE" and (i < 2 or not (sql[i - 2].isalnum() or sql[i - 2] == "_"))
-            i += 1
-            while i < n:
-                if escapes and sql[i] == "\\":
-                    i += 2
-                    continue
-                if sql[i] == c:
-                    if i + 1 < n and sql[i + 1] == c:
-                        i += 2
-                        continue
-                    break
-                i += 1
-            i += 1
-            meaningful = True
-        elif c == "-" and sql.startswith("--", i):
-            end = sql.find("\n", i)
-            i = n if end < 0 else end + 1
-        elif c == "/" and sql.startswith("/*", i):
-            depth, i = 1, i + 2
-            while i < n and depth:
-                if sql.startswith("/*", i):
-                    depth, i = depth + 1, i + 2
-                elif sql.startswith("*/", i):
-                    depth, i = depth - 1, i + 2
-                else:
-                    i += 1
-        elif c == "$" and (i == 0 or not (sql[i - 1].isalnum() or sql[i - 1] == "_")):
-            end = sql.find("$", i + 1)
-            tag = sql[i:end + 1] if end > 0 else ""
-            if tag and all(ch.isalnum() or ch == "_" for ch in tag[1:-1]) and not tag[1:2].isdigit():
-                close = sql.find(tag, end + 1)
-                i = n if close < 0 else close + len(tag)
-            else:
-                i += 1
-            meaningful = True
-        elif c == ";":
-            if meaningful:
-                out.append((start, sql[start:i]))
-            start, i, meaningful = i + 1, i + 1, False
-        else:
-            if not c.isspace():
-                meaningful = True
-            i += 1
-    if meaningful:
-        out.append((start, sql[start:]))
-    return out
-
-
-def _first_word(sql: str) -> str:
-    words = sql.split(None, 1)
-    return words[0].upper().rstrip(";") if words else ""
-
-
 def error_of(answer: dict, sql: str, offset: int = 0) -> bytes:
     """The ErrorResponse of a gateway's error answer to `sql` (which starts at `offset` of the
     text the client sent: positions are in that)."""
@@ -353,9 +292,7 @@ def error_of(answer: dict, sql: str, offset: int = 0) -> bytes:
     code = error.get("code")
     sql_code = error.get("sql_code")
     sqlstate = SQLSTATE_BY_SQL_CODE.get(sql_code) if code == "sql_error" else _SQLSTATE_BY_CODE.get(code)
-    hint = None
-    if sqlstate == "0A000" and _first_word(sql) in _TRANSACTION_WORDS:
-        hint = AUTOCOMMIT_HINT
+    hint = AUTOCOMMIT_HINT if sqlstate == "0A000" and set(leading_keywords(sql, 1)) & _TRANSACTION_WORDS else None
     position = error.get("position")
     return error_response(sqlstate or "XX000", str(error.get("message") or code),
                           hint, position + 1 + offset if isinstance(position, int) else None)
@@ -371,11 +308,9 @@ class _Prepared:
     described: dict | None = None   # Gateway.describe's result, once asked
 
     def params_free_read(self) -> bool:
-        """A SHOW or EXPLAIN (not ANALYZE): a read whose columns only running it tells, run at
-        a Describe (its rows kept for a portal's Execute)."""
-        words = self.sql.split(None, 2)
-        first = words[0].upper() if words else ""
-        return first == "SHOW" or (first == "EXPLAIN" and (len(words) < 2 or words[1].upper() != "ANALYZE"))
+        """A read (SHOW, EXPLAIN but not ANALYZE) whose columns only running it tells: run at
+        a Describe (a portal keeps its rows for its Execute)."""
+        return statement_is_read(self.sql)
 
 
 @dataclass(eq=False)
