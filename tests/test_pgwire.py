@@ -162,6 +162,7 @@ def test_psycopg_runs_prepared_statements_with_text_and_binary_results(port):
         assert cur.rowcount == 2 and cur.statusmessage == "INSERT 0 2"
         assert conn.execute("SELECT b FROM t WHERE a = %s", (101,)).fetchone() == (None,)
         assert conn.execute("SELECT %s::FLOAT, %s", (float("inf"), "text")).fetchone() == (float("inf"), "text")
+        assert conn.execute("SELECT %s + 1, %s", (41, "x")).fetchone() == (42, "x")   # typed by its parameters
 
 
 def test_psycopg_errors_carry_sqlstate_message_and_position(port):
@@ -502,3 +503,188 @@ def test_a_client_that_does_not_read_its_results_is_not_read_and_holds_little(po
     wait_until(lambda: p.status()["write_timeout_closed"] == 1, 30, "the unread answer closes it")
     assert p.status()["memory_peak"] < 4 * constants.pg_batch_bytes + 64 * 1024
     wait_until(lambda: p.status()["memory_used"] == 0, 10, "its bytes come back")
+
+
+# --- real node processes -------------------------------------------------------------------------
+
+BUDGET = 32 * 1024 * 1024   # the cluster's --max-client-memory
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    from raftstore.localcluster import Cluster
+
+    root = str(tmp_path_factory.mktemp("pgwire"))
+    with Cluster(root, extra_args=["--max-client-memory", str(BUDGET), "--client-idle-timeout", "20"]) as c:
+        c.wait_leader(timeout=60)
+        yield c
+
+
+def _rss_bytes(pid: int) -> int:
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS for %d" % pid)
+
+
+def _node_connect(node, **kwargs) -> psycopg.Connection:
+    return psycopg.connect(node.pg_url, autocommit=True, connect_timeout=30, **kwargs)
+
+
+def _wait_sql(node) -> None:
+    def ready() -> bool:
+        try:
+            with _node_connect(node) as conn:
+                conn.execute("SHOW TABLES")
+            return True
+        except psycopg.Error:
+            return False
+    wait_until(ready, 60, "n%d serves SQL on its pg port" % node.node_id)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(PSQL is None, reason="psql is not installed (apt-get install postgresql-client)")
+def test_psql_psycopg_and_pg8000_on_three_nodes_see_one_table(cluster, tmp_path):
+    n1, n2, n3 = cluster.nodes
+    _wait_sql(n1)
+    script = tmp_path / "users.sql"
+    script.write_text("CREATE TABLE users (id INT PRIMARY KEY, name TEXT, score FLOAT, active BOOL, "
+                      "avatar BYTES, joined TIMESTAMP);\n"
+                      "INSERT INTO users VALUES (1, 'ada', 9.5, true, '\\x01ff', '2024-01-02 03:04:05.25');\n")
+    ran = subprocess.run([PSQL, n1.pg_url, "-v", "ON_ERROR_STOP=1", "-f", str(script)], capture_output=True,
+                         text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    with _node_connect(n2) as conn:
+        conn.cursor().executemany("INSERT INTO users VALUES (%s, %s, %s, %s, %s, %s)",
+                                  [(i, "u%d" % i, i / 2, i % 2 == 0, bytes([i]), datetime.datetime(2024, 2, 1, 0, 0, i))
+                                   for i in range(2, 12)])
+        cur = conn.cursor(binary=True)
+        cur.execute("SELECT * FROM users WHERE id = %s", (1,), prepare=True)
+        assert cur.fetchall() == [(1, "ada", 9.5, True, b"\x01\xff", datetime.datetime(2024, 1, 2, 3, 4, 5, 250000))]
+    pg = pg8000.native.Connection("root", host=n3.pg_addr.split(":")[0], port=int(n3.pg_addr.split(":")[1]),
+                                  database="defaultdb", timeout=30)
+    try:
+        assert pg.run("SELECT count(*) FROM users WHERE active = :a", a=True) == [[6]]
+    finally:
+        pg.close()
+    ran = subprocess.run([PSQL, n3.pg_url, "-At", "-c", "SELECT name FROM users WHERE id <= 2 ORDER BY id"],
+                         capture_output=True, text=True, timeout=60)
+    assert (ran.returncode, ran.stdout) == (0, "ada\nu2\n"), ran.stderr
+    ran = subprocess.run([PSQL, n1.pg_url, "-v", "VERBOSITY=verbose", "-c", "INSERT INTO users (id) VALUES (1)"],
+                         capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 1 and "ERROR:  23505:" in ran.stderr, ran.stderr
+    with cluster.client(n2) as client:
+        assert client.status()["pg"]["addr"] == n2.pg_addr
+
+
+@pytest.mark.slow
+def test_psycopg_cancel_stops_a_long_statement_on_a_node(cluster):
+    node = cluster.nodes[1]
+    _wait_sql(node)
+    with _node_connect(node) as conn:
+        conn.execute("CREATE TABLE hundred (k INT PRIMARY KEY)")
+        conn.execute("INSERT INTO hundred VALUES " + ", ".join("(%d)" % k for k in range(100)))
+        errors = []
+
+        def run() -> None:
+            try:
+                conn.execute("SELECT count(*) FROM hundred a, hundred b, hundred c, hundred d")   # 10^8 rows
+            except psycopg.Error as exc:
+                errors.append(exc)
+        runner = threading.Thread(target=run)
+        runner.start()
+        wait_until(lambda: _statement_running(node), 30, "the statement runs")
+        conn.cancel()
+        runner.join(60)
+        assert not runner.is_alive()
+        assert len(errors) == 1 and isinstance(errors[0], psycopg.errors.QueryCanceled), errors
+        assert conn.execute("SELECT count(*) FROM hundred").fetchone() == (100,)
+
+
+def _statement_running(node) -> bool:
+    """Whether a pg connection of `node` runs a statement now (the node's status: `pg`)."""
+    from raftstore.kv import Client
+
+    with Client([node.sql_addr], timeout_s=10) as client:
+        return client.status()["pg"]["running"] > 0
+
+
+@pytest.mark.slow
+def test_hostile_pg_bytes_leave_the_node_up_in_budget_and_an_honest_client_served(cluster):
+    node = cluster.nodes[2]
+    _wait_sql(node)
+    host, port_ = node.pg_addr.split(":")
+    honest_errors, latencies = [], []
+    stop = threading.Event()
+    rss = []
+
+    def honest() -> None:
+        with _node_connect(node) as conn:
+            while not stop.is_set():
+                began = time.monotonic()
+                try:
+                    assert conn.execute("SELECT %s + 1", (41,), prepare=True).fetchone() == (42,)
+                    latencies.append(time.monotonic() - began)
+                except Exception as exc:   # noqa: BLE001 - every failure is a finding
+                    honest_errors.append(repr(exc))
+                rss.append(_rss_bytes(node.pid))
+                stop.wait(0.05)
+
+    def sock() -> socket.socket:
+        return socket.create_connection((host, int(port_)), timeout=10)
+
+    baseline = _rss_bytes(node.pid)
+    rng = random.Random(1515)
+    watcher = threading.Thread(target=honest)
+    watcher.start()
+    try:
+        for round_ in range(3):
+            socks = []
+            for _ in range(20):   # random bytes, before and after a startup
+                s = sock()
+                if rng.random() < 0.5:
+                    s.sendall(_startup())
+                s.sendall(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 2000))))
+                socks.append(s)
+            s = sock()
+            s.sendall(struct.pack(">ii", 1 << 30, pg_port.PROTOCOL_3_0))   # a startup packet claiming 1 GiB
+            socks.append(s)
+            s = sock()
+            s.sendall(_startup() + b"Q" + struct.pack(">i", (1 << 30) + 4))   # a query claiming 1 GiB
+            socks.append(s)
+            floods = []
+            for _ in range(16):   # floods of Parse never followed by Sync, 12 MB each: 6 budgets' worth
+                s = sock()
+                s.settimeout(60)
+                s.sendall(_startup())
+                text = b"SELECT '" + b"p" * 8000 + b"'"
+                flood = b"".join(_msg(b"P", b"f%d\0" % i + text + b"\0\0\0") for i in range(1500))
+                floods.append(threading.Thread(target=s.sendall, args=(flood,)))
+                floods[-1].start()
+                socks.append(s)
+            for thread in floods:
+                thread.join(60)
+            rss.append(_rss_bytes(node.pid))   # all of it sent (and read, or held back by the budget)
+            for _ in range(10):   # truncated messages: a header, then nothing
+                s = sock()
+                s.sendall(_startup() + b"P" + struct.pack(">i", 100000) + b"x" * 100)
+                socks.append(s)
+            for s in socks:
+                s.close()
+            assert node.pid is not None, "the node died"
+
+            def settled() -> bool:
+                with cluster.client(node) as client:
+                    status = client.status()
+                return status["pg"]["connections"] <= 1 and status["clients"]["memory_used"] < 256 * 1024
+            wait_until(settled, 60, "the hostile connections end and their bytes come back")
+    finally:
+        stop.set()
+        watcher.join(30)
+    assert not honest_errors, honest_errors[:3]
+    assert latencies and max(latencies) < 5.0
+    peak = max(rss)
+    print("\nhostile pg bytes: honest p99 %.1f ms over %d answers; RSS baseline %.0f MB, peak %.0f MB"
+          % (sorted(latencies)[int(len(latencies) * 0.99)] * 1000, len(latencies), baseline / 2**20, peak / 2**20))
+    assert peak <= (baseline + BUDGET) * 1.2, (peak, baseline)

@@ -25,8 +25,10 @@ Supported (insecure mode only, today's only mode: trust authentication for any u
     and RowDescription/NoData; portal: RowDescription/NoData), Execute (a row limit suspends
     the portal: PortalSuspended, and the next Execute goes on), Close, Sync, Flush. After an
     error every message up to Sync is skipped, as PostgreSQL does. A SELECT is described by
-    planning it (Gateway.describe, nothing run); a statement whose columns only running tells
-    (SHOW, EXPLAIN) is run at a portal's Describe and its rows kept for the Execute.
+    planning it (Gateway.describe, nothing run); a read whose columns only running tells (SHOW,
+    EXPLAIN) or whose column types hang on its parameters (`SELECT $1 + 1`) is run at a
+    portal's Describe and its rows kept for the Execute. A statement's Describe (before Bind)
+    sends such a column as text, and each parameter as the type the client declared, else text.
   * types: INT int8 (20), FLOAT float8 (701), TEXT text (25), BOOL (16), BYTES bytea (17),
     TIMESTAMP (1114), in text and binary both ways; parameters sent as int2/int4/int8,
     float4/float8, bool, bytea, text/varchar/unknown, timestamp/timestamptz/date are taken;
@@ -52,8 +54,9 @@ either (backpressure); an answer unread write_timeout_s closes it. Results strea
 encoded and written pg_batch_bytes at a time, each batch charged and drained before the next; a
 result past result_bytes_max stops with 54000 (the rows sent before stand, as when PostgreSQL
 fails mid-result). Prepared statements and portals are capped per connection in number
-(pg_prepared_max) and bytes (pg_prepared_bytes_max, charged to the budget): a flood of Parse
-messages without Sync gets 54000 and is then skipped to the Sync.
+(pg_prepared_max) and bytes (pg_prepared_bytes_max), and charged to the budget, none kept while
+it is spent (53200): a flood of Parse messages without Sync gets an error and is then skipped
+to the Sync, so the floods of many connections stay within the budget together.
 """
 
 from __future__ import annotations
@@ -308,8 +311,9 @@ class _Prepared:
     described: dict | None = None   # Gateway.describe's result, once asked
 
     def params_free_read(self) -> bool:
-        """A read (SHOW, EXPLAIN but not ANALYZE) whose columns only running it tells: run at
-        a Describe (a portal keeps its rows for its Execute)."""
+        """A read (SELECT, SHOW, EXPLAIN but not ANALYZE), which a Describe may run when only
+        running it tells its columns or their types (`SELECT $1 + 1`: the parameter's type
+        decides); a portal keeps the rows for its Execute."""
         return statement_is_read(self.sql)
 
 
@@ -380,7 +384,8 @@ class PgServer:
     def limits_status(self) -> dict:
         """What the node's status shows of this port (`pg`)."""
         return dict(self.stats, addr=self.address(), connections=len(self._connections),
-                    connections_max=self.limits.connections_max)
+                    connections_max=self.limits.connections_max,
+                    running=sum(1 for c in self._connections.values() if c.cancel is not None))
 
     async def drain(self, timeout_s: float) -> None:
         """Stop accepting, let running statements answer (within timeout_s), close the rest."""
@@ -746,6 +751,11 @@ class PgServer:
                 "54000", "this connection holds %d prepared statements and portals (%d bytes): at most %d and %d "
                 "bytes; Close some, or Sync" % (len(conn.statements) + len(conn.portals), conn.named_bytes,
                                                 constants.pg_prepared_max, constants.pg_prepared_bytes_max)))
+        if self.budget.spent():
+            self.stats["budget_refused"] += 1
+            raise _ExtendedError(error_response(
+                "53200", "node %d's client memory budget (%d bytes, --max-client-memory) is spent: no prepared "
+                "statement or portal can be kept now; Close some, or retry" % (self.node.node_id, self.limits.memory_bytes)))
         conn.named_bytes += size
         self.budget.take(size)
 
@@ -846,7 +856,8 @@ class PgServer:
         if portal is None:
             raise _ExtendedError(error_response("34000", "portal %r does not exist" % name))
         described = await self._described(conn, portal.statement)
-        if described["columns"] is not None:
+        planned = described["columns"] is not None and all(t in OID_BY_TYPE for t in described["types"])
+        if planned:
             portal.types = described["types"]
             self._queue(conn, row_description(described["columns"], described["types"], portal.formats))
         elif portal.statement.params_free_read():
