@@ -11,6 +11,7 @@ import datetime
 import math
 import os
 import random
+import re
 import shutil
 import socket
 import struct
@@ -24,6 +25,7 @@ import pytest
 
 from raftstore import constants
 from raftstore.localcluster import free_ports
+from raftstore.raft.commands import Outcome
 from raftstore.server import pg_port
 from raftstore.server.client_port import ClientLimits, MemoryBudget
 from raftstore.server.nodekv import NodeKV
@@ -82,6 +84,18 @@ class StubNode:
     node_id = 1
 
 
+class PgMemNode(MemNode):
+    """test_sql_gateway's MemNode, whose deletes also say whether the key was there (a blind
+    DELETE by primary key counts its row by it, as a node's answer does)."""
+
+    async def propose_key(self, op, key, args, command_id):
+        if op == "delete":
+            found = self.kv.get(key) is not None
+            self.kv.delete(key)
+            return Outcome.COMMITTED, {"ts": [2, 0], "found": found}
+        return await super().propose_key(op, key, args, command_id)
+
+
 class Port:
     """A PgServer over the real SQL gateway on a MemNode, on its own loop thread."""
 
@@ -95,7 +109,7 @@ class Port:
 
         async def setup() -> None:
             loop = asyncio.get_running_loop()
-            node = MemNode()
+            node = PgMemNode()
             self.server = pg_port.PgServer(StubNode(), Gateway(lambda: NodeKV(node, loop), loop), limits,
                                            self.budget, self.sock)
             await self.server.start()
@@ -688,3 +702,51 @@ def test_hostile_pg_bytes_leave_the_node_up_in_budget_and_an_honest_client_serve
     print("\nhostile pg bytes: honest p99 %.1f ms over %d answers; RSS baseline %.0f MB, peak %.0f MB"
           % (sorted(latencies)[int(len(latencies) * 0.99)] * 1000, len(latencies), baseline / 2**20, peak / 2**20))
     assert peak <= (baseline + BUDGET) * 1.2, (peak, baseline)
+
+
+# --- the differential test (tests/test_sql_differential.py) through the PostgreSQL port ---------------
+
+_CODE_BY_SQLSTATE = {"23505": "unique_violation", "23502": "not_null_violation"}
+
+
+class PgSession:
+    """sql.Session's execute() contract through psycopg on the PostgreSQL port: rows and counts,
+    SQLError (with our code where the differential test compares it) for a refused statement."""
+
+    keep_tables = True   # a DROP waits out the schema leases (~2 s each); names are unique per example
+
+    def __init__(self, url: str) -> None:
+        self.conn = psycopg.connect(url, autocommit=True, cursor_factory=psycopg.RawCursor)
+
+    def execute(self, sql: str, params=None):
+        from types import SimpleNamespace
+
+        from sql import SQLError
+
+        count = iter(range(1, 10**6))
+        text = re.sub(r"%s", lambda _: "$%d" % next(count), sql)   # the generator's %s style, as $n
+        cur = self.conn.cursor()
+        try:
+            cur.execute(text, list(params) if params else None, prepare=bool(params))
+        except psycopg.errors.QueryCanceled:
+            raise
+        except psycopg.Error as exc:
+            raise SQLError(_CODE_BY_SQLSTATE.get(exc.sqlstate, "syntax"), str(exc)) from None
+        rows = [list(r) for r in cur.fetchall()] if cur.description else []
+        return SimpleNamespace(rows=rows, rowcount=cur.rowcount, columns=[d.name for d in cur.description or []])
+
+
+def test_the_differential_sql_test_passes_through_the_pg_port(port):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from test_sql_differential import test_same_results_as_sqlite as differential
+
+    p = port()
+
+    @settings(max_examples=100, deadline=None, report_multiple_bugs=False,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(data=st.data())
+    def through_pg(data) -> None:   # the same test, fewer examples: each statement is a round trip
+        differential.hypothesis.inner_test(session_factory=lambda: PgSession(p.url), data=data)
+    through_pg()
