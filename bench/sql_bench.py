@@ -759,6 +759,11 @@ def main(argv: list[str] | None = None, prog: str = "raftstore bench") -> int:
         raise SystemExit("%s: error: --rows, --value-bytes and --load-procs must be >= 1" % prog)
     if args.url and args.nodes:
         raise SystemExit("%s: error: --nodes starts a local cluster; with --url the cluster is given" % prog)
+    if "pg" in args.driver:
+        try:
+            import psycopg  # noqa: F401 - the pg driver's client, an optional dependency
+        except ImportError:
+            raise SystemExit("%s: error: --driver pg needs psycopg: pip install 'psycopg[binary]'" % prog) from None
     # SIGTERM / SIGHUP unwind like Ctrl-C, so every `with` and `finally` stops what it started.
     signal.signal(signal.SIGTERM, _raise_exit)
     signal.signal(signal.SIGHUP, _raise_exit)

@@ -25,6 +25,7 @@ import pytest
 
 from raftstore import constants
 from raftstore.localcluster import free_ports
+from raftstore.node.metrics import NodeMetrics
 from raftstore.raft.commands import Outcome
 from raftstore.server import pg_port
 from raftstore.server.client_port import ClientLimits, MemoryBudget
@@ -82,6 +83,7 @@ def test_a_text_parameter_of_no_declared_type_stays_a_string_for_the_engine_to_t
 
 class StubNode:
     node_id = 1
+    metrics = NodeMetrics()
 
 
 class PgMemNode(MemNode):

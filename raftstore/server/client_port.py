@@ -80,10 +80,12 @@ class ClientLimits:
     result_bytes_max: int = constants.sql_result_bytes_max
 
 
-def fit_to_open_files(limits: ClientLimits) -> tuple[ClientLimits, str | None]:
+def fit_to_open_files(limits: ClientLimits, ports: int = 1) -> tuple[ClientLimits, str | None]:
     """`limits` with connections_max within this process's file-descriptor limit (raised to its
     hard limit first), leaving room for every range's journal, the peers and SQLite: half the
-    limit and at least 1,024 descriptors are kept for them. Returns (limits, a warning or None)."""
+    limit and at least 1,024 descriptors are kept for them; `ports` client ports (the native one,
+    and the PostgreSQL one if served) each count up to connections_max. Returns (limits, a
+    warning or None)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard > soft:
         try:
@@ -92,13 +94,14 @@ def fit_to_open_files(limits: ClientLimits) -> tuple[ClientLimits, str | None]:
             soft = target
         except (ValueError, OSError):
             pass
-    room = max(soft - max(1024, soft // 2), 16)
+    room = max((soft - max(1024, soft // 2)) // ports, 16)
     if limits.connections_max <= room:
         return limits, None
     fitted = ClientLimits(**{**limits.__dict__, "connections_max": room})
     return fitted, ("--max-client-connections %d does not fit the open-file limit %d (half of it, and at least "
-                    "1,024, stays for range journals, peers and SQLite): at most %d client connections"
-                    % (limits.connections_max, soft, room))
+                    "1,024, stays for range journals, peers and SQLite%s): at most %d client connections"
+                    % (limits.connections_max, soft, ", the rest shared by %d client ports" % ports if ports > 1 else "",
+                       room))
 
 
 class MemoryBudget:

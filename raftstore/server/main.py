@@ -47,7 +47,8 @@ def run_node(cfg: NodeConfig, warnings: tuple[str, ...] = ()) -> int:
     _fixed_mmap_threshold()
     limits, too_many = fit_to_open_files(ClientLimits(
         connections_max=cfg.client_connections_max, idle_timeout_s=cfg.client_idle_timeout_s,
-        memory_bytes=cfg.client_memory_bytes, result_bytes_max=cfg.sql_result_bytes_max))
+        memory_bytes=cfg.client_memory_bytes, result_bytes_max=cfg.sql_result_bytes_max),
+        ports=2 if cfg.pg_addr is not None else 1)
     if too_many is not None:
         warnings = warnings + (too_many,)
     node = Node(cfg)

@@ -41,7 +41,7 @@ Not supported: TLS, passwords, COPY, FunctionCall, NOTIFY, NoticeResponse, trans
 
 Limits (README "Limits"): the client port's ClientLimits and the node's one MemoryBudget (the
 native port's, shared). This port counts its connections apart from the native port's, each
-up to --max-client-connections (fit_to_open_files leaves room for both); past it the idle
+up to --max-client-connections (fit_to_open_files shares the descriptors among both); past it the idle
 connection inactive the longest is closed (FATAL 57P01) or, none idle, the newcomer refused
 (FATAL 53300). A connection idle for idle_timeout_s is closed; a message begun must be whole
 within frame_deadline_s; a message longer than pg_message_bytes_max (or a startup packet longer
@@ -76,6 +76,7 @@ from typing import Any, Protocol
 from raftstore import constants, coop
 from raftstore.errors import SQLSTATE_BY_SQL_CODE
 from raftstore.loglimit import LogLimiter
+from raftstore.node.metrics import outcome_label, statement_type
 from raftstore.server.client_port import ClientLimits, MemoryBudget, peer_host
 from raftstore.sqltext import leading_keywords, statement_is_read, statements as split_statements
 
@@ -702,18 +703,28 @@ class PgServer:
             self._queue(conn, message(b"C", _cstr(command_tag(result["status"]))))
 
     async def _run(self, conn: _PgConn, sql: str, params: list) -> dict:
+        """Run one statement of `conn` (cancellable by its CancelRequest), counted and timed in
+        the node's metrics as the native port counts its statements."""
         conn.cancel = coop.Cancel()
+        began = time.perf_counter()
         try:
             if self.draining:
-                return {"ok": False, "error": {"code": "draining", "message": "node %d is shutting down; "
-                                               "retry on another node" % self.node.node_id}}
-            return await self.sql_gateway.handle({"sql": sql, "params": params}, conn.session, cancel=conn.cancel)
+                answer = {"ok": False, "error": {"code": "draining", "message": "node %d is shutting down; "
+                                                 "retry on another node" % self.node.node_id}}
+            else:
+                answer = await self.sql_gateway.handle({"sql": sql, "params": params}, conn.session,
+                                                       cancel=conn.cancel)
         except Exception as exc:
             self._log_limit.log(logger, logging.ERROR, ("pg statement failed", type(exc).__qualname__),
                                 "statement failed", exc_info=True)
-            return {"ok": False, "error": {"code": "internal", "message": "internal error: %s" % exc}}
+            answer = {"ok": False, "error": {"code": "internal", "message": "internal error: %s" % exc}}
         finally:
             conn.cancel = None
+        error = answer.get("error") if not answer.get("ok") else None
+        outcome = "ok" if error is None else (error.get("sql_code") if error.get("sql_code") in SQLSTATE_BY_SQL_CODE
+                                              else outcome_label(error.get("code")))
+        self.node.metrics.observe_sql(statement_type(sql), outcome, time.perf_counter() - began)
+        return answer
 
     async def _rows(self, conn: _PgConn, result: dict, types: list[str], formats: list[int], start: int,
                     limit: int) -> bool:
