@@ -179,6 +179,11 @@ def test_psycopg_runs_prepared_statements_with_text_and_binary_results(port):
         assert conn.execute("SELECT b FROM t WHERE a = %s", (101,)).fetchone() == (None,)
         assert conn.execute("SELECT %s::FLOAT, %s", (float("inf"), "text")).fetchone() == (float("inf"), "text")
         assert conn.execute("SELECT %s + 1, %s", (41, "x")).fetchone() == (42, "x")   # typed by its parameters
+        aware = datetime.datetime(2024, 6, 1, 14, 0, tzinfo=datetime.timezone(datetime.timedelta(hours=2)))
+        for binary in (False, True):   # a timestamptz parameter is an instant: stored as its UTC time
+            conn.execute("INSERT INTO t (a, f) VALUES (%s, %s)", (200 + binary, aware), binary=binary)
+            assert conn.execute("SELECT f FROM t WHERE a = %s", (200 + binary,)).fetchone() == (
+                datetime.datetime(2024, 6, 1, 12, 0),)
 
 
 def test_psycopg_errors_carry_sqlstate_message_and_position(port):
@@ -354,6 +359,8 @@ def _sqlstate(body: bytes) -> str:
 def test_startup_answers_ssl_with_n_and_reports_the_parameters_drivers_read(port):
     p = port()
     raw = Raw(p.port)
+    raw.send(struct.pack(">ii", 8, pg_port.GSSENC_REQUEST))
+    assert raw.sock.recv(1) == b"N"
     raw.send(struct.pack(">ii", 8, pg_port.SSL_REQUEST))
     assert raw.sock.recv(1) == b"N"
     raw.send(_startup())
@@ -409,6 +416,9 @@ def test_describe_tells_parameters_and_columns_before_anything_runs(port):
     assert got[2][0] == b"T" and b"a\0" in got[2][1] and b"b\0" in got[2][1]
     raw.send(_msg(b"P", b"s2\0INSERT INTO t (a) VALUES ($1)\0\0\0") + _msg(b"D", b"Ss2\0") + _msg(b"S"))
     assert [k for k, _ in raw.until(b"Z")] == [b"1", b"t", b"n", b"Z"]
+    raw.send(_msg(b"C", b"Ss1\0") + _msg(b"B", b"\0s1\0\0\0\0\0\0\0") + _msg(b"S"))   # closed: gone
+    got = raw.until(b"Z")
+    assert [k for k, _ in got] == [b"3", b"E", b"Z"] and _sqlstate(got[1][1]) == "26000"
 
 
 # --- limits and hostile bytes -------------------------------------------------------------------

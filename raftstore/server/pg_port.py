@@ -283,6 +283,8 @@ def decode_param(raw: bytes, oid: int, binary: bool) -> Any:
             raise ValueError("not a boolean: %r" % text)
         if oid == 17:
             return bytes.fromhex(text[2:]) if text.startswith("\\x") else text.encode("utf-8")
+        if oid == 1184:   # an instant: the engine takes it to UTC (a TIMESTAMP's text would drop its zone)
+            return datetime.datetime.fromisoformat(text.strip())
         return text
     except (struct.error, ValueError, UnicodeDecodeError, OverflowError) as exc:
         raise ProtocolViolation("parameter of type OID %d is malformed: %s" % (oid, exc),
