@@ -32,6 +32,7 @@ from raftstore.server.client_port import ClientLimits, MemoryBudget
 from raftstore.server.nodekv import NodeKV
 from sql.gateway import Gateway
 from cluster import wait_until
+from test_overload import rss_bytes
 from test_sql_gateway import MemNode
 
 PSQL = shutil.which("psql")
@@ -87,13 +88,17 @@ class StubNode:
 
 
 class PgMemNode(MemNode):
-    """test_sql_gateway's MemNode, whose deletes also say whether the key was there (a blind
-    DELETE by primary key counts its row by it, as a node's answer does)."""
+    """test_sql_gateway's MemNode, with the blind one-row writes a node answers too: a delete
+    and a set_fields say whether the row was there (a blind DELETE or UPDATE by primary key
+    counts its row by it)."""
 
     async def propose_key(self, op, key, args, command_id):
         if op == "delete":
             found = self.kv.get(key) is not None
             self.kv.delete(key)
+            return Outcome.COMMITTED, {"ts": [2, 0], "found": found}
+        if op == "set_fields":
+            found = self.kv.set_fields(key, args["width"], [tuple(f) for f in args["fields"]])
             return Outcome.COMMITTED, {"ts": [2, 0], "found": found}
         return await super().propose_key(op, key, args, command_id)
 
@@ -214,30 +219,36 @@ def test_a_simple_query_runs_its_statements_in_order_and_stops_at_the_first_erro
         assert cur.pgresult.status == psycopg.pq.ExecStatus.EMPTY_QUERY
 
 
+def cancel_a_long_statement(conn: psycopg.Connection, running, cancel) -> None:
+    """Run a statement of 10^8 rows on `conn` in a thread; once `running()`, `cancel()`: the
+    statement fails QueryCanceled ("user request") and the connection goes on."""
+    conn.execute("CREATE TABLE hundred (k INT PRIMARY KEY)")
+    conn.execute("INSERT INTO hundred VALUES " + ", ".join("(%d)" % k for k in range(100)))
+    errors = []
+
+    def run() -> None:
+        try:
+            conn.execute("SELECT count(*) FROM hundred a, hundred b, hundred c, hundred d")
+        except psycopg.Error as exc:
+            errors.append(exc)
+    runner = threading.Thread(target=run)
+    runner.start()
+    wait_until(running, 30, "the statement runs")
+    cancel()
+    runner.join(60)
+    assert not runner.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], psycopg.errors.QueryCanceled), errors
+    assert "user request" in str(errors[0])
+    assert conn.execute("SELECT count(*) FROM hundred").fetchone() == (100,)
+
+
 def test_psycopg_cancels_a_long_statement_and_the_connection_goes_on(port):
     p = port()
     with p.connect() as conn:
-        conn.execute("CREATE TABLE h (k INT PRIMARY KEY)")
-        conn.execute("INSERT INTO h VALUES " + ", ".join("(%d)" % k for k in range(100)))
-        errors = []
-
-        def run() -> None:
-            try:
-                conn.execute("SELECT count(*) FROM h a, h b, h c, h d")   # 10^8 rows
-            except psycopg.Error as exc:
-                errors.append(exc)
-        runner = threading.Thread(target=run)
-        runner.start()
-        wait_until(lambda: any(c.cancel is not None for c in p.server._connections.values()), 10, "the statement runs")
         # cancel_safe: psycopg's cancel() holds the GIL while it waits for the server, which
         # here runs in this process (the cluster test uses cancel() against a node process).
-        conn.cancel_safe()
-        runner.join(30)
-        assert not runner.is_alive()
-        assert len(errors) == 1 and isinstance(errors[0], psycopg.errors.QueryCanceled), errors
-        assert "user request" in str(errors[0])
-        assert conn.execute("SELECT count(*) FROM h").fetchone() == (100,)
-        assert p.status()["cancels"] == 1
+        cancel_a_long_statement(conn, lambda: p.status()["running"] == 1, conn.cancel_safe)
+    assert p.status()["cancels"] == 1
 
 
 def test_a_cancel_with_the_wrong_secret_cancels_nothing(port):
@@ -546,14 +557,6 @@ def cluster(tmp_path_factory):
         yield c
 
 
-def _rss_bytes(pid: int) -> int:
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS for %d" % pid)
-
-
 def _node_connect(node, **kwargs) -> psycopg.Connection:
     return psycopg.connect(node.pg_url, autocommit=True, connect_timeout=30, **kwargs)
 
@@ -609,23 +612,7 @@ def test_psycopg_cancel_stops_a_long_statement_on_a_node(cluster):
     node = cluster.nodes[1]
     _wait_sql(node)
     with _node_connect(node) as conn:
-        conn.execute("CREATE TABLE hundred (k INT PRIMARY KEY)")
-        conn.execute("INSERT INTO hundred VALUES " + ", ".join("(%d)" % k for k in range(100)))
-        errors = []
-
-        def run() -> None:
-            try:
-                conn.execute("SELECT count(*) FROM hundred a, hundred b, hundred c, hundred d")   # 10^8 rows
-            except psycopg.Error as exc:
-                errors.append(exc)
-        runner = threading.Thread(target=run)
-        runner.start()
-        wait_until(lambda: _statement_running(node), 30, "the statement runs")
-        conn.cancel()
-        runner.join(60)
-        assert not runner.is_alive()
-        assert len(errors) == 1 and isinstance(errors[0], psycopg.errors.QueryCanceled), errors
-        assert conn.execute("SELECT count(*) FROM hundred").fetchone() == (100,)
+        cancel_a_long_statement(conn, lambda: _statement_running(node), conn.cancel)
 
 
 def _statement_running(node) -> bool:
@@ -654,13 +641,13 @@ def test_hostile_pg_bytes_leave_the_node_up_in_budget_and_an_honest_client_serve
                     latencies.append(time.monotonic() - began)
                 except Exception as exc:   # noqa: BLE001 - every failure is a finding
                     honest_errors.append(repr(exc))
-                rss.append(_rss_bytes(node.pid))
+                rss.append(rss_bytes(node.pid))
                 stop.wait(0.05)
 
     def sock() -> socket.socket:
         return socket.create_connection((host, int(port_)), timeout=10)
 
-    baseline = _rss_bytes(node.pid)
+    baseline = rss_bytes(node.pid)
     rng = random.Random(1515)
     watcher = threading.Thread(target=honest)
     watcher.start()
@@ -691,7 +678,7 @@ def test_hostile_pg_bytes_leave_the_node_up_in_budget_and_an_honest_client_serve
                 socks.append(s)
             for thread in floods:
                 thread.join(60)
-            rss.append(_rss_bytes(node.pid))   # all of it sent (and read, or held back by the budget)
+            rss.append(rss_bytes(node.pid))   # all of it sent (and read, or held back by the budget)
             for _ in range(10):   # truncated messages: a header, then nothing
                 s = sock()
                 s.sendall(_startup() + b"P" + struct.pack(">i", 100000) + b"x" * 100)
