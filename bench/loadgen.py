@@ -16,9 +16,11 @@ What one step measures (the same rules as bench/kv_latency.py):
 
 What a client does is an *operation spec*, a plain dict that crosses the process boundary:
 
-    {"kind": "sql", "addr": "127.0.0.1:26257", "workload": "insert" | "update" | "read" |
+    {"kind": "sql", "addr": "127.0.0.1:26267", "workload": "insert" | "update" | "read" |
      "stale_read" | "bounded_read" | "multirow", "table": "bench_kv", "rows": 10, "key_base": 10**12,
      "value_bytes": 100}
+    {"kind": "pg", "addr": "127.0.0.1:26257", ...}   (the same, through a node's PostgreSQL port
+     with psycopg: server-side prepared statements, autocommit)
     {"kind": "etcd", "addr": "127.0.0.1:2379", "workload": "put" | "get", "key_prefix": "bench/x/",
      "value_bytes": 100}
 
@@ -163,6 +165,21 @@ class SqlClientOp:
         self.conn.close()
 
 
+class PgClientOp(SqlClientOp):
+    """One psycopg connection to a node's PostgreSQL port (--pg-addr) running one workload's
+    statement over and over as a server-side prepared statement ($n placeholders: RawCursor)."""
+
+    def __init__(self, spec: dict, client_id: int) -> None:
+        import psycopg
+        self.spec, self.client_id = spec, client_id
+        self.statement = sql_statement(spec["workload"], spec["table"], spec.get("rows", 1))
+        self.value = "v" * spec.get("value_bytes", 100)
+        self.conn = psycopg.connect("postgresql://bench@%s/defaultdb?sslmode=disable" % spec["addr"],
+                                    autocommit=True, connect_timeout=int(client_timeout_s),
+                                    prepare_threshold=0, cursor_factory=psycopg.RawCursor)
+        self.cursor = self.conn.cursor()
+
+
 class EtcdHttpError(Exception):
     """The etcd gateway answered with a non-200 status."""
 
@@ -207,6 +224,8 @@ class EtcdClientOp:
 def make_op(spec: dict, client_id: int):
     if spec["kind"] == "sql":
         return SqlClientOp(spec, client_id)
+    if spec["kind"] == "pg":
+        return PgClientOp(spec, client_id)
     if spec["kind"] == "etcd":
         return EtcdClientOp(spec, client_id)
     raise ValueError("unknown operation kind %r" % spec.get("kind"))

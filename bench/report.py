@@ -221,6 +221,12 @@ def markdown_report(report: dict) -> str:
         lines += ["", "#### CPU milliseconds per statement, by process", "", CPU_INTRO, ""]
         lines += _md_table(CPU_COLUMNS, rows, _CPU_RIGHT)
 
+    if rs.get("pg_cells"):
+        lines += ["", "#### The same cells through the PostgreSQL port", "",
+                  "psycopg 3 on each node's `--pg-addr`, autocommit, every statement a server-side prepared "
+                  "statement (`prepare_threshold=0`), run right after the native client's cell of the same name:", ""]
+        lines += _md_table(CELL_COLUMNS, [cell_row(c) for c in rs["pg_cells"]], _RIGHT)
+
     etcd = report.get("etcd")
     if etcd is not None:
         lines += ["", "#### etcd under the same latency", ""]

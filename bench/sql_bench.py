@@ -244,6 +244,7 @@ class Gateway:
     region: str
     sql_addr: str
     pid: int | None = None     # known for a cluster this run started
+    pg_addr: str | None = None   # its PostgreSQL port, if it serves one
 
 
 class Deployment:
@@ -279,7 +280,8 @@ def url_deployment(urls: list[str]) -> Deployment:
                 st = c.status()
         except Exception as exc:
             raise BenchError("cannot read the status of %s: %s" % (addr, exc)) from None
-        gateways.append(Gateway(int(st["node_id"]), str(st["region"]), addr))
+        gateways.append(Gateway(int(st["node_id"]), str(st["region"]), addr,
+                                pg_addr=(st.get("pg") or {}).get("addr")))
     return Deployment(gateways, "running cluster at %s" % ",".join(urls), local=False)
 
 
@@ -356,7 +358,7 @@ class Runner:
 
     def __init__(self, args: argparse.Namespace, progress, console, out_dir: str) -> None:
         self.args, self.progress, self.console, self.out_dir = args, progress, console, out_dir
-        self.samples_ms: dict[str, dict[str, list[float]]] = {"raftstore": {}, "etcd": {}}
+        self.samples_ms: dict[str, dict[str, list[float]]] = {"raftstore": {}, "raftstore-pg": {}, "etcd": {}}
         self.step_index = 0
         self.overall = progress.add_task("cells", total=0)
         self.current = progress.add_task("", total=1.0, visible=False)
@@ -393,20 +395,25 @@ class Runner:
 
 
 def run_sql_cell(runner: Runner, plan: dict, deployment: Deployment, conn, table: str, rtt: bounds.RttFn,
-                 profile_path: str | None = None) -> tuple[dict, list[float], dict | None]:
-    """Run one raftstore cell; return (cell, samples in s, profile info or None)."""
+                 profile_path: str | None = None, driver: str = "native") -> tuple[dict, list[float], dict | None]:
+    """Run one raftstore cell through `driver` (native: raftstore.connect on the client port;
+    pg: psycopg on the PostgreSQL port, system "raftstore-pg"); return (cell, samples in s,
+    profile info or None)."""
     from bench.kv_latency import _finish_profile, _start_profile
 
     args = runner.args
     placement = read_placement(conn, table)
     bound = bound_for(plan["workload"], rtt, plan["client_region"], placement)
     workload = "insert" if plan["workload"] == "sweep" else plan["workload"]
-    spec = {"kind": "sql", "addr": deployment.in_region(plan["client_region"]).sql_addr, "workload": workload,
+    gateway = deployment.in_region(plan["client_region"])
+    if driver == "pg" and gateway.pg_addr is None:
+        raise BenchError("n%d serves no PostgreSQL port (--pg-addr): --driver pg cannot reach it" % gateway.node_id)
+    spec = {"kind": "sql" if driver == "native" else "pg",
+            "addr": gateway.sql_addr if driver == "native" else gateway.pg_addr, "workload": workload,
             "table": table, "rows": plan["rows_per_op"], "key_base": loadgen.key_base_for_step(runner.step_index),
             "value_bytes": args.value_bytes}
     runner.step_index += 1
     leader_pid = deployment.pid_of(placement.leaseholder)
-    gateway = deployment.in_region(plan["client_region"])
     gateway_path = None
     if profile_path is not None and gateway.node_id != placement.leaseholder:
         gateway_path = profile_path.replace(".speedscope.json", "-gateway.speedscope.json")
@@ -434,7 +441,7 @@ def run_sql_cell(runner: Runner, plan: dict, deployment: Deployment, conn, table
         return finish
 
     try:
-        result = runner.load("%s %s" % ("profiling" if profile_path else "raftstore", plan["name"]),
+        result = runner.load("%s %s" % ("profiling" if profile_path else DRIVER_SYSTEMS[driver], plan["name"]),
                              spec, plan["clients"], during_window)
         if pyspy:
             profile = _finish_profile(pyspy, profile, args.duration)
@@ -454,7 +461,7 @@ def run_sql_cell(runner: Runner, plan: dict, deployment: Deployment, conn, table
             profile["gateway_profile"] = {k: profile_gw.get(k) for k in ("available", "reason", "speedscope_path",
                                                                          "wall_speedscope_path")}
     after = read_placement(conn, table)
-    cell = finish_cell(plan, result, placement, after, bound, "raftstore")
+    cell = finish_cell(plan, result, placement, after, bound, DRIVER_SYSTEMS[driver])
     meta = read_meta_placement(conn)
     cell["meta_leaseholder_region"] = meta.leaseholder_region if meta else None
     if deployment.local and "before" in snaps and "after" in snaps:
@@ -493,9 +500,9 @@ def run_raftstore(runner: Runner, deployment: Deployment, table: str, rtt: bound
         meta = read_meta_placement(conn)
         meta_text = "n%d (%s)" % (meta.leaseholder, meta.leaseholder_region) if meta else "unknown"
         plans = plan_cells(args.workloads, deployment.regions, placement.leaseholder_region, args.clients, args.rows)
-        runner.add_cells(len(plans))
+        runner.add_cells(len(plans) * len(args.driver))
         stale_unsupported = probe_stale_reads(conn, table) if "stale_read" in args.workloads else None
-        cells = []
+        cells, pg_cells = [], []   # the native client's (judged against the targets) and the pg driver's
         for plan in plans:
             if plan["workload"] == "stale_read" and stale_unsupported is not None:
                 bound = bound_for("stale_read", rtt, plan["client_region"], placement)
@@ -506,9 +513,10 @@ def run_raftstore(runner: Runner, deployment: Deployment, table: str, rtt: bound
                 cells.append(cell)
                 runner.done(cell, None)
                 continue
-            cell, samples, _ = run_sql_cell(runner, plan, deployment, conn, table, rtt)
-            cells.append(cell)
-            runner.done(cell, samples)
+            for driver in args.driver:
+                cell, samples, _ = run_sql_cell(runner, plan, deployment, conn, table, rtt, driver=driver)
+                (cells if driver == "native" else pg_cells).append(cell)
+                runner.done(cell, samples)
         verdicts = targets.evaluate(cells, etcd_cells, latency_emulated=latency_emulated,
                                     local_cluster=deployment.local)
         profiles = []
@@ -525,7 +533,8 @@ def run_raftstore(runner: Runner, deployment: Deployment, table: str, rtt: bound
     if stale_unsupported is not None:
         notes.append("stale_read cells are not available yet: the server answers feature_not_supported: %s"
                      % stale_unsupported)
-    return {"description": deployment.description, "table": table, "cells": cells, "targets": verdicts,
+    return {"description": deployment.description, "table": table, "cells": cells, "pg_cells": pg_cells,
+            "targets": verdicts,
             "notes": notes, "meta_leaseholder_text": meta_text,
             "profiles": profiles, "replica_regions": list(placement.replica_regions),
             "leaseholder_text": "n%d (%s)" % (placement.leaseholder, placement.leaseholder_region),
@@ -635,6 +644,17 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+DRIVER_SYSTEMS = {"native": "raftstore", "pg": "raftstore-pg"}   # a cell's `system`, by driver
+
+
+def _drivers(text: str) -> list[str]:
+    drivers = [d.strip() for d in text.split(",") if d.strip()]
+    unknown = [d for d in drivers if d not in DRIVER_SYSTEMS]
+    if not drivers or unknown:
+        raise argparse.ArgumentTypeError("unknown driver(s) %s (known: native, pg)" % ", ".join(unknown or [text]))
+    return sorted(set(drivers), key=list(DRIVER_SYSTEMS).index)
+
+
 def _workloads(text: str) -> list[str]:
     names = [w.strip() for w in text.split(",") if w.strip()]
     unknown = [w for w in names if w not in WORKLOADS]
@@ -689,6 +709,10 @@ def build_parser(prog: str = "raftstore bench") -> argparse.ArgumentParser:
                    help="bytes of the text column per row (default %d)" % value_bytes_default)
     p.add_argument("--load-procs", type=int, default=loadgen.procs_max_default, metavar="N",
                    help="most load-generator processes per cell (default %d)" % loadgen.procs_max_default)
+    p.add_argument("--driver", type=_drivers, default=["native"], metavar="D[,...]",
+                   help="clients to drive the nodes with: native (raftstore.connect on --sql-addr), pg (psycopg "
+                        "on the PostgreSQL port, --pg-addr: server-side prepared statements), or native,pg: each "
+                        "cell run with both, reported side by side (default native)")
     p.add_argument("--compare-etcd", action="store_true",
                    help="also run etcd (if on PATH) under the same symmetric latency, side by side")
     p.add_argument("--profile", action="store_true",
@@ -735,6 +759,11 @@ def main(argv: list[str] | None = None, prog: str = "raftstore bench") -> int:
         raise SystemExit("%s: error: --rows, --value-bytes and --load-procs must be >= 1" % prog)
     if args.url and args.nodes:
         raise SystemExit("%s: error: --nodes starts a local cluster; with --url the cluster is given" % prog)
+    if "pg" in args.driver:
+        try:
+            import psycopg  # noqa: F401 - the pg driver's client, an optional dependency
+        except ImportError:
+            raise SystemExit("%s: error: --driver pg needs psycopg: pip install 'psycopg[binary]'" % prog) from None
     # SIGTERM / SIGHUP unwind like Ctrl-C, so every `with` and `finally` stops what it started.
     signal.signal(signal.SIGTERM, _raise_exit)
     signal.signal(signal.SIGHUP, _raise_exit)
@@ -795,7 +824,7 @@ def main(argv: list[str] | None = None, prog: str = "raftstore bench") -> int:
                     except AssertionError as exc:
                         raise BenchError(str(exc)) from None
                     deployment = Deployment(
-                        [Gateway(n.node_id, n.region, n.sql_addr, n.pid) for n in cluster.nodes],
+                        [Gateway(n.node_id, n.region, n.sql_addr, n.pid, n.pg_addr) for n in cluster.nodes],
                         "%d `raftstore start` processes on 127.0.0.1, one per region (%s)" % (
                             nodes, ", ".join(n.region for n in cluster.nodes)), local=True)
                     rs = run_raftstore(runner, deployment, table_local, rtt, etcd_cells, matrix is not None)
@@ -854,6 +883,9 @@ def main(argv: list[str] | None = None, prog: str = "raftstore bench") -> int:
         console.print(render.rich_cells_table("etcd %s, %d members, %g ms RTT" % (
             etcd["version"], etcd["members"], etcd["rtt_ms"]), etcd["cells"]))
         console.print(render.rich_comparison_table(report["raftstore"]["cells"], etcd["cells"]))
+    if report["raftstore"].get("pg_cells"):
+        console.print(render.rich_cells_table("the same cells through the PostgreSQL port (psycopg, prepared)",
+                                              report["raftstore"]["pg_cells"]))
     console.print(render.rich_targets_table(report["targets"]))
     from bench.kv_latency import machine_line
     console.print("machine: " + machine_line(machine))

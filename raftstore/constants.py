@@ -131,6 +131,13 @@ client_conn_bytes = 16 * 1024         # what an open connection costs of its own
 client_budget_wait_s = 1.0            # a frame begun that the spent budget keeps unread this long is refused
 client_page_bytes = 1024 * 1024       # a larger SQL result goes out in pages of about this size
 sql_result_bytes_max = 64 * 1024 * 1024   # --max-result-bytes: a SQL result larger than this is refused
+# --- PostgreSQL wire protocol port (raftstore/server/pg_port.py; --pg-addr) ------------------------
+# The same ClientLimits and node-wide MemoryBudget as the client port; these bound what only pgwire has.
+pg_startup_bytes_max = 10_000         # a startup packet (PostgreSQL's MAX_STARTUP_PACKET_LENGTH)
+pg_message_bytes_max = client_frame_bytes_max   # one message (Parse, Bind, Query...): past it, an error and close
+pg_prepared_max = 256                 # prepared statements plus portals one connection holds
+pg_prepared_bytes_max = 4 * 1024 * 1024   # bytes of their texts and bound parameters, per connection
+pg_batch_bytes = 64 * 1024            # answer bytes written (and drained) at a time: a result streams in batches
 
 # --- Metrics and health (raftstore/node/metrics.py, raftstore/server/http_port.py) -------------------
 # A scrape asks the node loop for the figures only it may read (ranges, leaders, Raft counters);

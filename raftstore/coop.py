@@ -26,6 +26,11 @@ statement does after it (taking back what it wrote, releasing a latch) runs on, 
 anything else is. What a wait cut short leaves behind is the caller's to say: a KV read's answer
 is simply dropped, a write may still apply (raftstore.server.nodekv reports it ambiguous).
 
+Cancel (a PostgreSQL client's CancelRequest, raftstore.server.pg_port): `run(fn, cancel=handle)`
+lets another task stop the statement through `handle.cancel(message)`: its deadline becomes now,
+so it stops the same way, at its next checkpoint or at the wait it is in (cut short at once);
+the DeadlineExceeded it gets says `requested`.
+
 Outside a statement (a plain thread, a test), `wait` is refused: such callers block on the loop
 by their own means (asyncio.run_coroutine_threadsafe), as they did before.
 """
@@ -45,9 +50,10 @@ class DeadlineExceeded(Exception):
     """A statement ran past the deadline `run` gave it; raised inside it, once, at a checkpoint
     or at a wait the deadline cut short. `message` is the one `run` was given."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, requested: bool = False) -> None:
         super().__init__(message)
         self.message = message
+        self.requested = requested   # a Cancel stopped it, not its own deadline
 
 
 class _Statement(greenlet.greenlet):
@@ -58,11 +64,33 @@ class _Statement(greenlet.greenlet):
     resumed_at = 0.0
     deadline: float | None = None
     deadline_message = ""
+    requested = False          # the deadline is a Cancel's
+    timeout: asyncio.Timeout | None = None   # the wait it is in, while one is (reschedulable)
 
     def expire(self) -> DeadlineExceeded:
         """The deadline has come: disarm it (it fires once) and return the error to raise."""
         self.deadline = None
-        return DeadlineExceeded(self.deadline_message)
+        return DeadlineExceeded(self.deadline_message, self.requested)
+
+
+class Cancel:
+    """A handle on the statement `run(..., cancel=handle)` runs: `cancel(message)` stops it as
+    its deadline would (module docstring). Made per statement by its caller; one that is not
+    running (not started yet, or finished) ignores a cancel."""
+
+    def __init__(self) -> None:
+        self._statement: _Statement | None = None
+
+    def cancel(self, message: str) -> bool:
+        """Stop the running statement with DeadlineExceeded(message, requested=True) at its next
+        checkpoint or at once if it waits. False if no statement runs. Call on the loop's thread."""
+        g = self._statement
+        if g is None or g.dead:
+            return False
+        g.deadline, g.deadline_message, g.requested = time.perf_counter(), message, True
+        if g.timeout is not None and not g.timeout.expired():
+            g.timeout.reschedule(asyncio.get_running_loop().time())
+        return True
 
 
 _slice_max_s = 0.0
@@ -76,7 +104,7 @@ def _note_slice(g: _Statement) -> None:
 
 
 async def run(fn: Callable[..., Any], *args: Any, deadline_s: float | None = None,
-              deadline_message: str = "the statement ran past its deadline") -> Any:
+              deadline_message: str = "the statement ran past its deadline", cancel: Cancel | None = None) -> Any:
     """fn(*args) run on this asyncio loop in its own greenlet; each `wait` inside it suspends
     it (not the loop) until the awaitable it waits on is done. Returns fn's result or raises
     its exception. If this coroutine is cancelled while the statement waits, the statement gets
@@ -84,16 +112,28 @@ async def run(fn: Callable[..., Any], *args: Any, deadline_s: float | None = Non
 
     With `deadline_s`, the statement gets DeadlineExceeded(deadline_message) at its first
     checkpoint or wait once that many seconds have passed, a wait being cut short then (see the
-    module docstring); what it does with it is its own affair (it may take back its writes)."""
+    module docstring); what it does with it is its own affair (it may take back its writes).
+    With `cancel`, `cancel.cancel(message)` does the same at once, while the statement runs."""
     g = _Statement(fn, greenlet.getcurrent())
     g.resumed_at = time.perf_counter()
     if deadline_s is not None:
         g.deadline, g.deadline_message = g.resumed_at + deadline_s, deadline_message
+    if cancel is not None:
+        cancel._statement = g
+    try:
+        return await _drive(g, args, cancel is not None)
+    finally:
+        if cancel is not None:
+            cancel._statement = None
+
+
+async def _drive(g: _Statement, args: tuple, cancellable: bool) -> Any:
+    """Run `g` to its end (run's body): each wait it asks for is awaited here."""
     request = g.switch(*args)
     while not g.dead:
         _note_slice(g)
         try:
-            if g.deadline is None:
+            if g.deadline is None and not cancellable:
                 value = await request
             else:
                 value = await _until_deadline(g, request)
@@ -108,10 +148,11 @@ async def run(fn: Callable[..., Any], *args: Any, deadline_s: float | None = Non
 
 
 async def _until_deadline(g: _Statement, awaitable: Awaitable) -> Any:
-    """The awaitable's result, unless `g`'s deadline comes first: then it is cancelled and
-    DeadlineExceeded raised (a deadline already past cancels it at its first suspension)."""
-    assert g.deadline is not None
-    timeout = asyncio.timeout(g.deadline - time.perf_counter())
+    """The awaitable's result, unless `g`'s deadline (or a Cancel) comes first: then it is
+    cancelled and DeadlineExceeded raised (a deadline already past cancels it at its first
+    suspension). No deadline: only a Cancel ends the wait early."""
+    timeout = asyncio.timeout(None if g.deadline is None else g.deadline - time.perf_counter())
+    g.timeout = timeout
     try:
         async with timeout:
             return await awaitable
@@ -119,6 +160,8 @@ async def _until_deadline(g: _Statement, awaitable: Awaitable) -> Any:
         if not timeout.expired():   # the awaitable's own TimeoutError, not the deadline's
             raise
         raise g.expire() from None
+    finally:
+        g.timeout = None
 
 
 def in_statement() -> bool:

@@ -69,6 +69,12 @@ class NodeProc:
     log_path: str
     proc: subprocess.Popen | None = None
     http_addr: str | None = None   # /metrics and /health (None: the node serves no HTTP)
+    pg_addr: str | None = None     # the PostgreSQL port (None: not served)
+
+    @property
+    def pg_url(self) -> str | None:
+        """A libpq connection URL for its PostgreSQL port (insecure: any user, no password)."""
+        return None if self.pg_addr is None else "postgresql://root@%s/defaultdb?sslmode=disable" % self.pg_addr
 
     @property
     def pid(self) -> int | None:
@@ -96,16 +102,17 @@ class Cluster:
 
     def __post_init__(self) -> None:
         assert 1 <= self.size <= len(REGIONS), self.size
-        ports = free_ports(3 * self.size)
+        ports = free_ports(4 * self.size)
         self.secret_path = os.path.join(self.root, "secret")
         fd = os.open(self.secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write("local-cluster-secret-%s\n" % secrets.token_hex(16))
         for i in range(self.size):
             nid = i + 1
-            self.nodes.append(NodeProc(nid, REGIONS[i], "127.0.0.1:%d" % ports[3 * i], "127.0.0.1:%d" % ports[3 * i + 1],
+            self.nodes.append(NodeProc(nid, REGIONS[i], "127.0.0.1:%d" % ports[4 * i], "127.0.0.1:%d" % ports[4 * i + 1],
                                        os.path.join(self.root, "n%d" % nid), os.path.join(self.root, "n%d.log" % nid),
-                                       http_addr="127.0.0.1:%d" % ports[3 * i + 2]))
+                                       http_addr="127.0.0.1:%d" % ports[4 * i + 2],
+                                       pg_addr="127.0.0.1:%d" % ports[4 * i + 3]))
         self.join = ",".join(n.peer_addr for n in self.nodes)
 
     # --- context manager: start everything, always clean up ---------------------------------
@@ -127,7 +134,8 @@ class Cluster:
         auth = ["--cluster-secret-file", self.secret_path] if self.secure else ["--insecure"]
         return ([sys.executable, "-m", "raftstore.cli", "start", "--node-id", str(n.node_id), "--region", n.region,
                 "--peer-addr", n.peer_addr, "--sql-addr", n.sql_addr, "--join", self.join,
-                "--data-dir", n.data_dir] + (["--http-addr", n.http_addr] if n.http_addr else []) + auth
+                "--data-dir", n.data_dir] + (["--http-addr", n.http_addr] if n.http_addr else [])
+                + (["--pg-addr", n.pg_addr] if n.pg_addr else []) + auth
                 + list(SCRATCH_DISK_ARGS) + list(self.extra_args))
 
     def start(self, n: NodeProc, *, wait: bool = True) -> None:

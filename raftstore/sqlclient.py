@@ -67,12 +67,12 @@ machinery it reuses); `statement_is_read` and `leading_keywords` are pure.
 from __future__ import annotations
 
 import datetime
-import re
 import time
 from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 from hlc import Timestamp as HLCTimestamp
 from raftstore import constants, kv, wire
+from raftstore.sqltext import leading_keywords, statement_is_read
 from raftstore.errors import (
     SQLSTATE_BY_SQL_CODE,
     AmbiguousCommitError,
@@ -313,50 +313,7 @@ class Column(NamedTuple):
 
 # --- statement text (pure) ------------------------------------------------------------------
 
-_WORD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
-_READ_KEYWORDS = frozenset({"SELECT", "SHOW", "EXPLAIN"})
-
-
-def leading_keywords(sql: str, count: int = 2) -> list[str]:
-    """The first `count` words of `sql`, upper-cased, skipping whitespace, ``--`` and ``/* */``
-    comments and opening parentheses (fewer if the text ends, or reaches anything else first).
-    """
-    words: list[str] = []
-    pos, end = 0, len(sql)
-    while pos < end and len(words) < count:
-        ch = sql[pos]
-        if ch.isspace() or ch == "(":
-            pos += 1
-        elif sql.startswith("--", pos):
-            newline = sql.find("\n", pos)
-            pos = end if newline < 0 else newline + 1
-        elif sql.startswith("/*", pos):
-            depth, pos = 1, pos + 2  # PostgreSQL block comments nest
-            while pos < end and depth:
-                if sql.startswith("/*", pos):
-                    depth, pos = depth + 1, pos + 2
-                elif sql.startswith("*/", pos):
-                    depth, pos = depth - 1, pos + 2
-                else:
-                    pos += 1
-        else:
-            match = _WORD_RE.match(sql, pos)
-            if match is None:
-                break
-            words.append(match.group().upper())
-            pos = match.end()
-    return words
-
-
-def statement_is_read(sql: str) -> bool:
-    """True if `sql` only reads, so that sending it twice is harmless: it starts with SELECT,
-    SHOW or EXPLAIN (but not EXPLAIN ANALYZE, which runs the statement). Anything else, and
-    anything unrecognised, counts as a write."""
-    words = leading_keywords(sql, 2)
-    if not words or words[0] not in _READ_KEYWORDS:
-        return False
-    return not (words[0] == "EXPLAIN" and len(words) > 1 and words[1] in ("ANALYZE", "ANALYSE"))
-
+# leading_keywords and statement_is_read live in raftstore.sqltext (the pgwire port uses them too).
 
 # --- parameters and results -----------------------------------------------------------------
 

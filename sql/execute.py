@@ -252,6 +252,17 @@ class Session:
         except SQLError as error:
             raise error.with_sql(sql) from None
 
+    def describe(self, sql: str) -> tuple[int, list[str] | None, list[str] | None]:
+        """(parameter count, columns, types) of `sql` without running it: the columns and types
+        of a SELECT as planned; None, None for other statements (sql.gateway.Gateway.describe)."""
+        statements = parse(sql)
+        if len(statements) != 1 or statements[0].kind != "select":
+            return (statements[0].param_count if len(statements) == 1 else 0), None, None
+        plan = self._plan(statements[0])
+        if not isinstance(plan, SelectPlan):
+            return statements[0].param_count, None, None
+        return statements[0].param_count, list(plan.columns), [o.type for o in plan.outputs]
+
     def _follower_read(self, statement: Statement) -> None:
         """A SELECT with AS OF SYSTEM TIME, or any SELECT of a session that made follower reads
         its default, reads as sql.asof says: the KV serves it from the nearest replica that has

@@ -110,6 +110,7 @@ def _canceled(timeout_ms: int, node_default: bool) -> str:
     return "canceling statement due to statement timeout (statement_timeout = %s)" % shown
 
 
+_CANCEL_REQUESTED_HINT = "; nothing of it was written"   # a client's cancel (coop.Cancel)
 _CANCELED_HINT = ("; nothing of it was written. SET statement_timeout to a longer duration (or 0 for no limit) "
                   "to let it finish")
 
@@ -177,7 +178,8 @@ class Gateway:
             # Its statement_timeout (coop.run's deadline) came: at a row, a KV wait or a backoff.
             if kv.wrote:
                 raise _completion_unknown(SQLError("query_canceled", exc.message)) from None
-            raise SQLError("query_canceled", exc.message + _CANCELED_HINT) from None
+            raise SQLError("query_canceled", exc.message + (_CANCEL_REQUESTED_HINT if exc.requested
+                                                             else _CANCELED_HINT)) from None
         finally:
             kv.end_statement()   # a read outside a statement (a schema lease renewal) is its own
 
@@ -222,11 +224,37 @@ class Gateway:
             coop.sleep(backoff_delay_s(attempt, self._rng, constants.sql_conflict_backoff_s_min,
                                        constants.sql_conflict_backoff_s_max))
 
-    async def handle(self, args: dict, state: dict | None = None) -> dict:
+    async def describe(self, sql: str) -> dict:
+        """What a PostgreSQL client's Describe asks before it runs `sql` (raftstore.server.pg_port):
+        ``{"ok": True, "result": {"params": n, "columns": [str] | None, "types": [str] | None}}``,
+        the columns of a SELECT as planned (nothing run); None for a statement whose columns only
+        running it tells (SHOW, EXPLAIN) or that returns none. Or an error answer as `handle`'s."""
+        from sql.errors import SQLError
+
+        def run():
+            session = self._take_session()
+            try:
+                session.kv.begin_statement()
+                try:
+                    return session.describe(sql)
+                finally:
+                    session.kv.end_statement()
+            finally:
+                self._give_back(session)
+        try:
+            params, columns, types = await coop.run(run)
+        except SQLError as exc:
+            return _sql_error(exc)
+        except RaftstoreError as exc:
+            return {"ok": False, "error": exc.to_wire()}
+        return {"ok": True, "result": {"params": params, "columns": columns, "types": types}}
+
+    async def handle(self, args: dict, state: dict | None = None, cancel: coop.Cancel | None = None) -> dict:
         """The `sql` op: run one statement, answer with columns, types, rows and the timestamp.
         `state` is the client connection's session: its variables (SET) and causality token
         (the newest timestamp a statement of it answered: its bounded-staleness reads never read
-        below it), kept between its statements (sessions themselves are pooled)."""
+        below it), kept between its statements (sessions themselves are pooled). `cancel` lets
+        the caller stop it (coop.Cancel; a PostgreSQL CancelRequest): it answers 57014."""
         state = state if state is not None else {}
         from sql.errors import SQLError
 
@@ -265,7 +293,7 @@ class Gateway:
             "deadline_s": timeout_ms / 1000,
             "deadline_message": _canceled(timeout_ms, STATEMENT_TIMEOUT_VAR not in settings)}
         try:
-            result, ts = await coop.run(run, **deadline)
+            result, ts = await coop.run(run, cancel=cancel, **deadline)
         except SQLError as exc:
             return _sql_error(exc)
         except RaftstoreError as exc:

@@ -174,3 +174,29 @@ def test_a_long_statement_does_not_hold_back_a_short_one_on_the_same_gateway() -
         await _close(gateway)
         return order
     assert asyncio.run(main()) == ["short", "long"]
+
+
+def test_a_cancel_stops_a_statement_at_its_wait_and_at_its_checkpoints() -> None:
+    async def main():
+        waiting, spinning = coop.Cancel(), coop.Cancel()
+        assert not waiting.cancel("nothing runs yet")
+
+        def wait_long() -> None:
+            coop.wait(asyncio.sleep(60))   # no deadline: only the cancel ends the wait
+
+        def spin() -> None:
+            while True:
+                coop.checkpoint()
+        tasks = [asyncio.create_task(coop.run(wait_long, cancel=waiting)),
+                 asyncio.create_task(coop.run(spin, cancel=spinning))]
+        await asyncio.sleep(0.05)
+        began = time.monotonic()
+        assert waiting.cancel("canceling statement due to user request")
+        assert spinning.cancel("canceling statement due to user request")
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+        assert time.monotonic() - began < 1.0
+        for exc in results:
+            assert isinstance(exc, coop.DeadlineExceeded) and exc.requested, exc
+            assert exc.message == "canceling statement due to user request"
+        assert not waiting.cancel("it has finished")
+    asyncio.run(main())

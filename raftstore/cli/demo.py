@@ -87,7 +87,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 print("raftstore demo: %d regions, one node each%s" % (
                     args.nodes, "" if matrix_name is None else ", WAN latency emulated (%s)" % matrix_name), file=log)
                 for n in cluster.nodes:
-                    print("  n%d %-22s sql %s" % (n.node_id, n.region, n.sql_addr), file=log)
+                    print("  n%d %-22s sql %s  psql \"%s\"" % (n.node_id, n.region, n.sql_addr, n.pg_url), file=log)
                 print("sample tables: %s. Connected to n%d (%s). \\q to quit." % (
                     ", ".join(SAMPLE_TABLES), first.node_id, first.region), file=log)
                 return run_repl(conn, history_path=HISTORY_PATH_DEFAULT)

@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--sql-addr", type=_addr, required=True, metavar="HOST:PORT", help="address for clients")
     start.add_argument("--http-addr", type=_addr, default=None, metavar="HOST:PORT",
                        help="serve /metrics (Prometheus text format) and /health here (default: not served)")
+    start.add_argument("--pg-addr", type=_addr, default=None, metavar="HOST:PORT",
+                       help="serve the PostgreSQL wire protocol here, for psql, psycopg, pg8000, SQLAlchemy "
+                            "(insecure: trust authentication, any user; default: not served)")
     start.add_argument("--join", type=_addr_list, required=True, metavar="HOST:PORT[,...]",
                        help="peer addresses of the nodes that form the cluster on first start")
     start.add_argument("--data-dir", required=True, metavar="DIR")
@@ -299,7 +302,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
                       faults_file=os.environ.get(FAULTS_FILE_ENV),
                       ignore_stasis=os.environ.get(IGNORE_STASIS_ENV) == "1",
                       disk_reserve_bytes=args.disk_reserve_bytes, disk_ballast_bytes=args.disk_ballast_bytes,
-                      http_addr=args.http_addr, unavailable_s=args.unavailable_timeout,
+                      http_addr=args.http_addr, pg_addr=args.pg_addr, unavailable_s=args.unavailable_timeout,
                       lease_s=args.lease_duration, primary_region=args.primary_region, gc_ttl_s=args.gc_ttl,
                       gc_interval_s=args.gc_interval, client_connections_max=args.max_client_connections,
                       client_idle_timeout_s=args.client_idle_timeout, client_memory_bytes=args.max_client_memory,

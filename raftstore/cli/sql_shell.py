@@ -49,6 +49,7 @@ import time
 from typing import Any, Iterable, Iterator, TextIO
 
 from raftstore import constants, sqlclient
+from raftstore.sqltext import ScannedInput
 from raftstore.cli.client_args import add_timeout_argument, add_url_argument
 
 HISTORY_PATH_DEFAULT = "~/.raftstore_sql_history"
@@ -60,130 +61,7 @@ _ERROR_LINE_CHARS_MAX = 100       # the error's source line is shown in a window
 
 _OK, _ERROR, _QUIT = "ok", "error", "quit"
 
-# --- splitting input into statements (pure) --------------------------------------------------
-
-_DOLLAR_TAG_RE = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
-
-
-def _is_ident_char(ch: str) -> bool:
-    return ch.isalnum() or ch in "_$"
-
-
-def _end_of_quoted(text: str, start: int, quote: str, backslash_escapes: bool) -> int:
-    """Index just past the quote closing the one at `start` (doubled quotes stay inside), or -1
-    if the text ends first."""
-    pos, end = start + 1, len(text)
-    while pos < end:
-        ch = text[pos]
-        if backslash_escapes and ch == "\\":
-            pos += 2
-        elif ch == quote:
-            if pos + 1 < end and text[pos + 1] == quote:
-                pos += 2
-            else:
-                return pos + 1
-        else:
-            pos += 1
-    return -1
-
-
-def _end_of_block_comment(text: str, start: int) -> int:
-    """Index just past the ``*/`` closing the ``/*`` at `start` (they nest), or -1."""
-    depth, pos, end = 1, start + 2, len(text)
-    while pos < end:
-        if text.startswith("/*", pos):
-            depth, pos = depth + 1, pos + 2
-        elif text.startswith("*/", pos):
-            depth, pos = depth - 1, pos + 2
-            if depth == 0:
-                return pos
-        else:
-            pos += 1
-    return -1
-
-
-class ScannedInput:
-    """Input text cut into complete items and an unfinished rest.
-
-    `items`: complete statements (text without the ending ``;``, leading comments kept) and
-    meta commands (a line starting with ``\\`` where a statement could start), in order.
-    `rest`: the text after the last complete item. `rest_has_code`: the rest holds more than
-    whitespace and comments. `open_token`: the text ends inside a string, quoted identifier,
-    dollar-quoted string or block comment.
-    """
-
-    def __init__(self, text: str):
-        self.items: list[str] = []
-        self.rest = ""
-        self.rest_has_code = False
-        self.open_token = False
-        self._scan(text)
-
-    @property
-    def complete(self) -> bool:
-        """True if nothing is pending: no unterminated statement, quote or comment."""
-        return not self.rest_has_code and not self.open_token
-
-    def _scan(self, text: str) -> None:
-        start, pos, end = 0, 0, len(text)
-        has_code = False
-        while pos < end:
-            ch = text[pos]
-            if ch == ";":
-                if has_code:
-                    self.items.append(text[start:pos].strip())
-                start, pos, has_code = pos + 1, pos + 1, False
-            elif ch.isspace():
-                pos += 1
-            elif text.startswith("--", pos):
-                newline = text.find("\n", pos)
-                pos = end if newline < 0 else newline + 1
-            elif text.startswith("/*", pos):
-                pos = _end_of_block_comment(text, pos)
-                if pos < 0:
-                    self._finish(text[start:], has_code, open_token=True)
-                    return
-            elif ch == "\\" and not has_code:
-                newline = text.find("\n", pos)
-                line_end = end if newline < 0 else newline
-                self.items.append(text[pos:line_end].strip())
-                start = pos = line_end
-            else:
-                has_code = True
-                closing = self._skip_token(text, pos)
-                if closing < 0:
-                    self._finish(text[start:], has_code, open_token=True)
-                    return
-                pos = closing
-        self._finish(text[start:], has_code, open_token=False)
-
-    @staticmethod
-    def _skip_token(text: str, pos: int) -> int:
-        """Index past the quoted token at `pos` (or past the one character there); -1 if the
-        quoted token does not end."""
-        ch = text[pos]
-        if ch == "'":
-            # E'...' strings take backslash escapes; the E must start a token of its own.
-            escapes = (
-                pos >= 1
-                and text[pos - 1] in "eE"
-                and (pos < 2 or not _is_ident_char(text[pos - 2]))
-            )
-            return _end_of_quoted(text, pos, "'", escapes)
-        if ch == '"':
-            return _end_of_quoted(text, pos, '"', False)
-        if ch == "$" and (pos == 0 or not _is_ident_char(text[pos - 1])):
-            match = _DOLLAR_TAG_RE.match(text, pos)
-            if match is not None:  # $tag$ ... $tag$ (a $1 parameter never matches)
-                closing = text.find(match.group(), match.end())
-                return -1 if closing < 0 else closing + len(match.group())
-        return pos + 1
-
-    def _finish(self, rest: str, has_code: bool, *, open_token: bool) -> None:
-        self.rest = rest.strip()
-        self.rest_has_code = has_code
-        self.open_token = open_token
-
+# --- splitting input into statements (pure: raftstore.sqltext) ---------------------------------
 
 def split_statements(text: str) -> list[str]:
     """Every statement and meta command in `text`, in order (see `ScannedInput`); an

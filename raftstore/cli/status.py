@@ -372,6 +372,10 @@ def _print_tables(status: dict, nodes: list[NodeRow], ranges: list[RangeRow]) ->
         if disk.get("low"):
             line.append("; NOT TAKING WRITES: %s" % _one_line(str(disk["low"])), style="bold red")
         console.print(line)
+    pg = status.get("pg")
+    if isinstance(pg, dict) and isinstance(pg.get("addr"), str):
+        console.print(Text("PostgreSQL clients of n%d: psql \"postgresql://root@%s/defaultdb?sslmode=disable\" "
+                           "(%s connection(s))" % (answered.node_id, pg["addr"], pg.get("connections", "?"))))
     for line in render_totals(status):
         console.print(Text(line))
 

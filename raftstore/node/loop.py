@@ -107,6 +107,7 @@ class NodeConfig:
     disk_ballast_bytes: int | None = None      # ballast file size; None: the default, 0: none
     refuse_writes: tuple[bytes, bytes] | None = None   # tests only: [start, end) whose writes act leaderless here
     http_addr: str | None = None               # /metrics and /health (raftstore.server.http_port); None: not served
+    pg_addr: str | None = None                 # the PostgreSQL port (raftstore.server.pg_port); None: not served
     statement_timeout_ms: int = 0              # the SQL gateway's default statement_timeout (sql/gateway.py); 0: none
 
 
@@ -231,6 +232,7 @@ class Node:
         self.peer_sock = self._bind(cfg.peer_addr, "--peer-addr")
         self.sql_sock = self._bind(cfg.sql_addr, "--sql-addr")
         self.http_sock = self._bind(cfg.http_addr, "--http-addr") if cfg.http_addr is not None else None
+        self.pg_sock = self._bind(cfg.pg_addr, "--pg-addr") if cfg.pg_addr is not None else None
         meta_path = os.path.join(cfg.data_dir, "node.json")
         if os.path.exists(meta_path):
             try:
@@ -810,6 +812,8 @@ class Node:
         self.sql_sock.close()
         if self.http_sock is not None:
             self.http_sock.close()
+        if self.pg_sock is not None:
+            self.pg_sock.close()
         self._lock.close()
 
     # --- requests from the client side (asyncio thread) ----------------------------------------------

@@ -80,10 +80,12 @@ class ClientLimits:
     result_bytes_max: int = constants.sql_result_bytes_max
 
 
-def fit_to_open_files(limits: ClientLimits) -> tuple[ClientLimits, str | None]:
+def fit_to_open_files(limits: ClientLimits, ports: int = 1) -> tuple[ClientLimits, str | None]:
     """`limits` with connections_max within this process's file-descriptor limit (raised to its
     hard limit first), leaving room for every range's journal, the peers and SQLite: half the
-    limit and at least 1,024 descriptors are kept for them. Returns (limits, a warning or None)."""
+    limit and at least 1,024 descriptors are kept for them; `ports` client ports (the native one,
+    and the PostgreSQL one if served) each count up to connections_max. Returns (limits, a
+    warning or None)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard > soft:
         try:
@@ -92,13 +94,14 @@ def fit_to_open_files(limits: ClientLimits) -> tuple[ClientLimits, str | None]:
             soft = target
         except (ValueError, OSError):
             pass
-    room = max(soft - max(1024, soft // 2), 16)
+    room = max((soft - max(1024, soft // 2)) // ports, 16)
     if limits.connections_max <= room:
         return limits, None
     fitted = ClientLimits(**{**limits.__dict__, "connections_max": room})
     return fitted, ("--max-client-connections %d does not fit the open-file limit %d (half of it, and at least "
-                    "1,024, stays for range journals, peers and SQLite): at most %d client connections"
-                    % (limits.connections_max, soft, room))
+                    "1,024, stays for range journals, peers and SQLite%s): at most %d client connections"
+                    % (limits.connections_max, soft, ", the rest shared by %d client ports" % ports if ports > 1 else "",
+                       room))
 
 
 class MemoryBudget:
@@ -214,6 +217,7 @@ class ClientServer:
         self.draining = False
         self.server: asyncio.base_events.Server | None = None
         self.metrics = node.metrics
+        self.pg_status: Callable[[], dict] | None = None   # the PostgreSQL port's, when the node serves one
         self.limits = limits or ClientLimits()
         self.budget = MemoryBudget(self.limits.memory_bytes)
         # Open connections, least recently active first; and those never answered, oldest first
@@ -323,7 +327,7 @@ class ClientServer:
                 try:
                     requests = decoder.feed(data)
                 except FrameError as exc:
-                    self._log_limit.log(logger, logging.WARNING, ("bad frame", _host(writer)),
+                    self._log_limit.log(logger, logging.WARNING, ("bad frame", peer_host(writer)),
                                         "client %s sent a bad frame (%s); closing", writer.get_extra_info("peername"), exc)
                     break
                 partial = decoder.buffered_bytes
@@ -337,7 +341,7 @@ class ClientServer:
                 self._start_queued(conn)
                 self._hold_partial(conn, decoder.held_bytes + len(getattr(reader, "_buffer", b"")))
         except _Closing as why:
-            self._log_limit.log(logger, logging.INFO, ("limit", why.args[0].split(" ")[0], _host(writer)),
+            self._log_limit.log(logger, logging.INFO, ("limit", why.args[0].split(" ")[0], peer_host(writer)),
                                 "client %s: %s; closing", writer.get_extra_info("peername"), why)
         except (ConnectionError, OSError):
             pass
@@ -546,7 +550,7 @@ class ClientServer:
                         await asyncio.wait_for(writer.drain(), self.limits.write_timeout_s)
                     except asyncio.TimeoutError:
                         self.stats["write_timeout_closed"] += 1
-                        self._log_limit.log(logger, logging.INFO, ("unread", _host(writer)),
+                        self._log_limit.log(logger, logging.INFO, ("unread", peer_host(writer)),
                                             "client %s left an answer unread for %g s; closing",
                                             writer.get_extra_info("peername"), self.limits.write_timeout_s)
                         writer.transport.abort()   # drop what is buffered for it: its bytes come back now
@@ -586,6 +590,8 @@ class ClientServer:
             status = await self.node.status()
             status["requests"] = self.metrics.counts()
             status["clients"] = self.limits_status()
+            if self.pg_status is not None:
+                status["pg"] = self.pg_status()
             return {"ok": True, "result": status}
         if self.node.clock_unfit is not None:
             return _error("unavailable", "node %d does not serve: %s; use another node"
@@ -690,7 +696,7 @@ class ClientServer:
 _ANSWERED = {"get": ("value", "ts", "read_ts", "served_by"), "put": ("ts",), "delete": ("ts",), "cas": ("swapped", "ts")}   # what a KV op answers
 
 
-def _host(writer: asyncio.StreamWriter) -> str | None:
+def peer_host(writer: asyncio.StreamWriter) -> str | None:
     """A client's host, without its port (which changes with each connection): a log key."""
     peer = writer.get_extra_info("peername")
     return peer[0] if isinstance(peer, tuple) and peer else None

@@ -17,6 +17,7 @@ from raftstore.node.loop import Node, NodeConfig, StartupError
 from raftstore.node.metrics import LoopSample
 from raftstore.server.client_port import ClientLimits, ClientServer, fit_to_open_files
 from raftstore.server.http_port import HttpPort
+from raftstore.server.pg_port import PgServer
 from raftstore.server.nodekv import NodeKV
 from sql.gateway import Gateway
 
@@ -46,7 +47,8 @@ def run_node(cfg: NodeConfig, warnings: tuple[str, ...] = ()) -> int:
     _fixed_mmap_threshold()
     limits, too_many = fit_to_open_files(ClientLimits(
         connections_max=cfg.client_connections_max, idle_timeout_s=cfg.client_idle_timeout_s,
-        memory_bytes=cfg.client_memory_bytes, result_bytes_max=cfg.sql_result_bytes_max))
+        memory_bytes=cfg.client_memory_bytes, result_bytes_max=cfg.sql_result_bytes_max),
+        ports=2 if cfg.pg_addr is not None else 1)
     if too_many is not None:
         warnings = warnings + (too_many,)
     node = Node(cfg)
@@ -57,17 +59,23 @@ def run_node(cfg: NodeConfig, warnings: tuple[str, ...] = ()) -> int:
     async def main() -> int:
         nonlocal http
         loop = asyncio.get_running_loop()
-        server = ClientServer(node, Gateway(lambda: NodeKV(node, loop), loop,
-                                            statement_timeout_ms=cfg.statement_timeout_ms), limits)
+        gateway = Gateway(lambda: NodeKV(node, loop), loop, statement_timeout_ms=cfg.statement_timeout_ms)
+        server = ClientServer(node, gateway, limits)
         await server.start()
+        pg = None
+        if node.pg_sock is not None:   # the same gateway, limits and memory budget as the client port
+            pg = PgServer(node, gateway, limits, server.budget, node.pg_sock)
+            await pg.start()
+            server.pg_status = pg.limits_status
         if node.http_sock is not None:
             http = HttpPort(node.http_sock, node.metrics.registry, server.not_ready)
             http.start()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        logger.info("node %d (%s) serving: peers on %s, clients on %s%s; logs in %s", cfg.node_id, cfg.region,
-                    cfg.peer_addr, cfg.sql_addr, ", metrics and health on http://%s" % cfg.http_addr if http is not None
+        logger.info("node %d (%s) serving: peers on %s, clients on %s%s%s; logs in %s", cfg.node_id, cfg.region,
+                    cfg.peer_addr, cfg.sql_addr, ", PostgreSQL clients on %s" % cfg.pg_addr if pg is not None else "",
+                    ", metrics and health on http://%s" % cfg.http_addr if http is not None
                     else "", os.path.join(cfg.data_dir, "logs"))
         for warning in warnings:
             logger.warning("%s", warning)
@@ -78,7 +86,8 @@ def run_node(cfg: NodeConfig, warnings: tuple[str, ...] = ()) -> int:
                 await asyncio.wait_for(stop.wait(), 0.2)
             except asyncio.TimeoutError:
                 pass
-        await server.drain(constants.drain_timeout_s)
+        await asyncio.gather(server.drain(constants.drain_timeout_s),
+                             *([pg.drain(constants.drain_timeout_s)] if pg is not None else []))
         left = await node.drain_leases(constants.drain_timeout_s)   # their ranges serve on elsewhere at once
         if left:
             logger.warning("node %d stops still holding %d lease(s): they run out on their own", cfg.node_id, left)
