@@ -54,6 +54,7 @@ import logging
 import re
 from dataclasses import dataclass
 
+import sqlglot
 from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import ErrorLevel, ParseError, TokenError
@@ -576,6 +577,10 @@ def normalize_postgres_forms(tree: exp.Expr) -> exp.Expr:
 
 
 def _normalized(node: exp.Expr) -> exp.Expr | None:
+    if isinstance(node, exp.Unnest) and isinstance(node.parent, (exp.From, exp.Join)) and node.arg_key == "this" \
+            and len(node.expressions) == 1 and not node.args.get("offset"):
+        # ``FROM unnest(a) AS s(x)`` as sqlglot reads ``FROM pg_catalog.unnest(a) AS s(x)``
+        return exp.Table(this=exp.Explode(this=node.expressions[0]), alias=node.args.get("alias"))
     if isinstance(node, exp.Anonymous) and str(node.this).lower() in _ARRAY_FUNCTIONS and len(node.expressions) == 2:
         this, expression = node.expressions
         return _ARRAY_FUNCTIONS[str(node.this).lower()](this=this, expression=expression)
@@ -583,6 +588,11 @@ def _normalized(node: exp.Expr) -> exp.Expr | None:
         inner = node.expression
         if isinstance(inner, exp.Anonymous):
             builder = RaftstoreParser.FUNCTIONS.get(str(inner.this).upper())
+            if str(inner.this).upper() in RaftstoreParser.FUNCTION_PARSERS or any(
+                    isinstance(a, exp.Order) for a in inner.expressions):
+                # an aggregate's own ORDER BY (``pg_catalog.string_agg(x, ', ' ORDER BY y)``) is
+                # parsed by the dialect's parser for the plain name: read the call again as that
+                return sqlglot.parse_one("SELECT " + inner.sql(dialect=DIALECT), dialect=DIALECT).expressions[0]
             if builder is not None:
                 args = list(inner.expressions)
                 try:
@@ -629,8 +639,9 @@ def _normalized(node: exp.Expr) -> exp.Expr | None:
 
 
 def _strip_function_schema(node: exp.Expr) -> None:
-    """``FROM pg_catalog.generate_series(...)``: the table function without its schema."""
-    if isinstance(node, exp.Table) and isinstance(node.this, exp.GenerateSeries) and _is_pg_catalog(node.args.get("db")):
+    """``FROM pg_catalog.generate_series(...)`` / ``unnest(...)``: the table function without its schema."""
+    if isinstance(node, exp.Table) and isinstance(node.this, (exp.GenerateSeries, exp.Explode)) \
+            and _is_pg_catalog(node.args.get("db")):
         node.set("db", None)
 
 
@@ -939,6 +950,9 @@ def _check_supported(tree: exp.Expr, sql: str, tokens: list[Token]) -> None:
             for key, value in node.args.items():
                 if key in allowed or value is None or value is False or value == []:
                     continue
+                if key == "columns" and kind is exp.TableAlias and isinstance(node.parent, exp.Table) \
+                        and isinstance(node.parent.this, exp.Explode):
+                    continue   # unnest(a) AS s(x): its one column's name (sql.plan._plan_unnest)
                 name, keyword = _ARG_NAMES.get(key, (f"{key.rstrip('_').upper()}", None))
                 if isinstance(value, str) and value.strip():
                     keyword = value.split()[0].upper()  # e.g. LEFT for a join side

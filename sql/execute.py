@@ -90,6 +90,7 @@ from sql.plan import (
     SelectPlan,
     SeriesAccess,
     UnionPlan,
+    UnnestAccess,
     check_column_value,
     check_row,
     UpdatePlan,
@@ -452,6 +453,11 @@ class Session:
     def _source_rows(self, access: AccessPath, ctx: EvalContext, first_page=None) -> Iterator[list]:
         if isinstance(access, SeriesAccess):
             yield from _series(access, ctx)
+            return
+        if isinstance(access, UnnestAccess):
+            for value in access.array.fn((), ctx) or []:
+                coop.checkpoint()
+                yield [value]
             return
         if isinstance(access, DerivedAccess):
             # Not ctx.inner(): a derived table reads the enclosing query's row, as this query does.

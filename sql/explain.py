@@ -54,6 +54,7 @@ from sql.plan import (
     InsertPlan,
     SelectPlan,
     SeriesAccess,
+    UnnestAccess,
     UnionPlan,
     UpdatePlan,
     VirtualAccess,
@@ -130,6 +131,8 @@ def _read_ops(access: AccessPath, ctx: EvalContext, note: str = "") -> list[Op]:
                    _join("rows computed by the cluster when the statement runs", note))]
     if isinstance(access, SeriesAccess):
         return [Op("evaluate", name, access.describe(), None, None, _join("a series of INTs", note))]
+    if isinstance(access, UnnestAccess):
+        return [Op("evaluate", name, access.describe(), None, None, _join("an array's elements", note))]
     if isinstance(access, DerivedAccess):
         inner = access.plan.parts if isinstance(access.plan, UnionPlan) else [access.plan]
         ops = [op for part in inner for op in _select_ops(part, ctx)]

@@ -32,6 +32,7 @@ PG_SETTINGS: dict[str, str] = {
     "client_encoding": "UTF8",
     "client_min_messages": "notice",
     "datestyle": "ISO, MDY",
+    "default_table_access_method": "heap",   # SQLAlchemy's get_columns reads it (pg_am's one method)
     "default_transaction_isolation": ISOLATION_LEVEL,
     "default_transaction_read_only": "off",
     "extra_float_digits": "1",
@@ -52,7 +53,7 @@ PG_SETTINGS: dict[str, str] = {
     "transaction_read_only": "off",
 }
 
-_READ_ONLY = frozenset({"server_version", "server_version_num", "server_encoding", "integer_datetimes",
+_READ_ONLY = frozenset({"default_table_access_method", "server_version", "server_version_num", "server_encoding", "integer_datetimes",
                         "lc_collate", "lc_ctype", "max_identifier_length", "is_superuser", "session_authorization"})
 _ANY_TEXT = frozenset({"application_name", "search_path"})
 _ISOLATION_WORDS = frozenset({"serializable", "repeatable read", "read committed", "read uncommitted", "default"})

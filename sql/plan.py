@@ -185,6 +185,21 @@ class DerivedAccess(AccessPath):
 
 
 @dataclass
+class UnnestAccess(AccessPath):
+    """``FROM unnest(array) AS s(x)``: one row per element, computed when the statement runs
+    (the array may read an enclosing query's row, never a FROM sibling)."""
+
+    array: Compiled | None = None
+
+    @property
+    def kind(self) -> str:
+        return "unnest"
+
+    def describe(self) -> str:
+        return f"unnest(...) AS {self.schema.name}"
+
+
+@dataclass
 class SeriesAccess(AccessPath):
     """``FROM generate_series(start, stop [, step]) AS s``: one INT column, computed when the
     statement runs (its arguments may read an enclosing query's row, never a FROM sibling)."""
@@ -804,6 +819,24 @@ def _plan_series(item: exp.Table, parent: Scope | None) -> tuple[SeriesAccess, T
 _DUPLICATE_MARK = "#repeat"   # a UNION wrapper's repeated column name, made distinct: name + mark + position
 
 
+def _plan_unnest(item: exp.Table, parent: Scope | None) -> tuple[UnnestAccess, TableSchema]:
+    """An unnest FROM item: its array compiled where the enclosing query's columns are visible,
+    its one column named by the alias's column list, else by the alias, else ``unnest``
+    (PostgreSQL)."""
+    alias_node = item.args.get("alias")
+    alias = identifier_name(alias_node) if alias_node is not None else "unnest"
+    columns = alias_node.args.get("columns") if alias_node is not None else None
+    if columns and len(columns) > 1:
+        raise SQLError("unsupported", "not supported: unnest of one array gives one column", node_position(item))
+    column = identifier_name(columns[0]) if columns else alias
+    scope = Scope(parent=parent)
+    array = Compiler(scope, clause="unnest()").array_operand(item.this.this)
+    schema = TableSchema(0, alias, (ColumnSchema(column, T.TEXT, False, None),), (column,))
+    access = UnnestAccess(schema, array=array)
+    access.correlated = scope.correlated   # type: ignore[attr-defined]
+    return access, schema
+
+
 def _derived_schema(plan, alias: str, item: exp.Expr) -> TableSchema:
     """The shape of a derived table (never stored): its columns as the subquery names them. The
     table `_union_as_select` wraps a UNION in may repeat a name: the repeats get hidden distinct
@@ -851,6 +884,13 @@ def plan_select(node: exp.Select, tables: dict[str, TableSchema | None],
                 scope.add(alias, [(column.name, c.type if c.type != T.UNKNOWN else T.TEXT)
                                   for column, c in zip(schema.columns, inner.outputs)])
                 continue
+            if isinstance(item, exp.Table) and isinstance(item.this, exp.Explode):
+                unnest, schema = _plan_unnest(item, parent)
+                scope.correlated = scope.correlated or unnest.correlated
+                derived[len(schemas)] = unnest
+                schemas.append((schema, item))
+                scope.add(schema.name, [(schema.columns[0].name, T.PARAM)])
+                continue
             if isinstance(item, exp.Table) and isinstance(item.this, exp.GenerateSeries):
                 series, schema = _plan_series(item, parent)
                 scope.correlated = scope.correlated or series.correlated
@@ -893,7 +933,7 @@ def plan_select(node: exp.Select, tables: dict[str, TableSchema | None],
         own = [part for part, _, used in pool if used <= {number}]
         if number not in left_parts:
             own += [part for part, used in implied if used == {number}]
-        if isinstance(derived.get(number), SeriesAccess):
+        if isinstance(derived.get(number), (SeriesAccess, UnnestAccess)):
             access: AccessPath = derived[number]   # type: ignore[assignment]
         elif number in derived:
             access = DerivedAccess(schema, plan=derived[number])
@@ -1046,7 +1086,7 @@ def plan_select(node: exp.Select, tables: dict[str, TableSchema | None],
         notes.append("limit: " + node.args["limit"].args["expression"].sql(dialect=DIALECT))
     used_tables: dict[str, TableSchema] = {}
     for number, source_plan in enumerate(sources):
-        if isinstance(derived.get(number), SeriesAccess):
+        if isinstance(derived.get(number), (SeriesAccess, UnnestAccess)):
             continue
         if number in derived:
             used_tables.update(derived[number].tables)   # type: ignore[attr-defined]
@@ -1312,7 +1352,7 @@ def _output_reference(
 
 def _matches_key_order(keys: list[tuple[exp.Expr, bool]], sources: list[SourcePlan],
                        scope: Scope) -> bool:
-    if len(sources) != 1 or isinstance(sources[0].access, (DerivedAccess, SeriesAccess)):
+    if len(sources) != 1 or isinstance(sources[0].access, (DerivedAccess, SeriesAccess, UnnestAccess)):
         return False
     pk = sources[0].schema.pk
     if len(keys) > len(pk):

@@ -303,6 +303,73 @@ def test_psql_runs_statements_and_files_and_reports_errors(port, tmp_path):
     assert ran.returncode == 1 and "ERROR:  42703:" in ran.stderr, ran.stderr
 
 
+def test_psql_lists_and_describes_tables_through_the_catalog(port):
+    """psql's \\dt and \\d users: its own catalog queries (for the server version we report),
+    answered by the engine over the virtual pg_catalog."""
+    p = port()
+    setup = subprocess.run([PSQL, p.url, "-c", "CREATE TABLE users (id INT PRIMARY KEY, name TEXT NOT NULL, "
+                            "score FLOAT DEFAULT 1.5)"], capture_output=True, text=True, timeout=60)
+    assert setup.returncode == 0, setup.stderr
+    listed = subprocess.run([PSQL, p.url, "-c", "\\dt"], capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split("|") for line in listed.stdout.splitlines() if "users" in line] == [
+        [" public ", " users ", " table ", " root"]]
+    described = subprocess.run([PSQL, p.url, "-c", "\\d users"], capture_output=True, text=True, timeout=60)
+    assert described.returncode == 0 and not described.stderr, described.stderr
+    lines = [" ".join(line.replace("|", " ").split()) for line in described.stdout.splitlines()]
+    assert 'Table "public.users"' in lines
+    assert ["id bigint not null", "name text not null", "score double precision 1.5"] == [
+        line for line in lines if line.split(" ")[0] in ("id", "name", "score")]
+    assert '"users_pkey" PRIMARY KEY, btree (id)' in lines
+
+
+def test_sqlalchemy_core_creates_inserts_selects_and_reflects(port):
+    """SQLAlchemy 2 through its PostgreSQL dialect (psycopg 3 driver) in autocommit: CREATE TABLE
+    as the dialect spells it, inserts and a select with bound parameters, and reflection."""
+    sa = pytest.importorskip("sqlalchemy")
+    p = port()
+    # AUTOCOMMIT: there are no transactions yet; use_native_hstore=False: the psycopg dialect
+    # otherwise looks the hstore type up inside a transaction (BEGIN) when it first connects.
+    engine = sa.create_engine(p.url.replace("postgresql://", "postgresql+psycopg://"),
+                              isolation_level="AUTOCOMMIT", use_native_hstore=False)
+    try:
+        metadata = sa.MetaData()
+        things = sa.Table("things", metadata, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+                          sa.Column("name", sa.String(50), nullable=False), sa.Column("score", sa.Float),
+                          sa.Column("seen", sa.DateTime))
+        metadata.create_all(engine)
+        seen = datetime.datetime(2026, 1, 2, 3, 4, 5, 600000)
+        with engine.connect() as conn:
+            conn.execute(things.insert(), [{"id": 1, "name": "a", "score": 1.5, "seen": seen},
+                                           {"id": 2, "name": "b", "score": 2.5, "seen": None}])
+            found = conn.execute(sa.select(things.c.id, things.c.name, things.c.seen)
+                                 .where(things.c.score > sa.bindparam("least")).order_by(things.c.id),
+                                 {"least": 1.0}).all()
+        assert [tuple(row) for row in found] == [(1, "a", seen), (2, "b", None)]
+        inspector = sa.inspect(engine)
+        assert inspector.has_table("things") and not inspector.has_table("nope")
+        assert [(c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns("things")] == [
+            ("id", "BIGINT", False), ("name", "TEXT", False), ("score", "DOUBLE PRECISION", True),
+            ("seen", "TIMESTAMP", True)]
+        assert inspector.get_pk_constraint("things")["constrained_columns"] == ["id"]
+        reflected = sa.Table("things", sa.MetaData(), autoload_with=engine)
+        assert [c.name for c in reflected.primary_key] == ["id"]
+    finally:
+        engine.dispose()
+
+
+def test_arrays_go_out_as_text_arrays_in_both_formats(port):
+    p = port()
+    with p.connect() as conn:
+        conn.execute("CREATE TABLE k (a INT PRIMARY KEY, b TEXT)")
+        conn.execute("INSERT INTO k VALUES (1, 'x y'), (2, NULL), (3, 'q\"r')")
+        for binary in (False, True):
+            cur = conn.cursor(binary=binary)
+            cur.execute("SELECT array_agg(b ORDER BY a) FROM k")
+            assert cur.fetchall() == [(["x y", None, 'q"r'],)]
+            assert cur.description[0].type_code == 1009
+
+
 # --- the extended protocol, byte by byte ---------------------------------------------------------
 
 def _msg(kind: bytes, body: bytes = b"") -> bytes:

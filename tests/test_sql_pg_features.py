@@ -166,6 +166,14 @@ def _rows(db: Session, sql: str, params=None) -> list:
 
 
 PG_CASES = [
+    # unnest as a FROM item (psql's extended-statistics query: FROM pg_catalog.unnest(stxkeys) s(attnum)),
+    # joined, correlated inside a subquery; and an aggregate's ORDER BY under its pg_catalog. name
+    ("SELECT s.n, t.b FROM pg_catalog.unnest('{1,2,7}'::int[]) s(n) LEFT JOIN t ON t.a = s.n ORDER BY 1",
+     [[1, "one"], [2, "two"], [7, None]]),
+    ("SELECT u FROM unnest('{b,NULL,a}'::text[]) AS u ORDER BY 1 NULLS LAST", [["a"], ["b"], [None]]),
+    ("SELECT a, (SELECT count(*) FROM unnest('{1,2,3}'::int[]) AS u WHERE u <= t.a) FROM t WHERE a < 5 ORDER BY a",
+     [[1, 1], [2, 2], [3, 3], [4, 3]]),
+    ("SELECT pg_catalog.string_agg(b, ', ' ORDER BY a DESC) FROM t WHERE a < 3", [["two, one"]]),
     # a UNION with ORDER BY whose columns repeat a name (psql's publications query: pubname, NULL, NULL)
     ("SELECT 1, NULL, NULL UNION SELECT 2, NULL, 'x' UNION SELECT 1, NULL, NULL ORDER BY 1",
      [[1, None, None], [2, None, "x"]]),

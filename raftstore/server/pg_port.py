@@ -89,7 +89,9 @@ CANCEL_REQUEST = 80877102
 SERVER_VERSION = "13.0.0"    # what drivers parse to pick their SQL; raftstore speaks a subset
 
 # Our SQL types and the PostgreSQL type OIDs they are sent as; anything untyped goes as text.
-OID_BY_TYPE = {"INT": 20, "FLOAT": 701, "TEXT": 25, "BOOL": 16, "BYTES": 17, "TIMESTAMP": 1114}
+OID_BY_TYPE = {"INT": 20, "FLOAT": 701, "TEXT": 25, "BOOL": 16, "BYTES": 17, "TIMESTAMP": 1114,
+               "ARRAY": 1009}   # an array (catalog queries: array_agg, ARRAY(SELECT ...)) goes out as text[]
+TEXT_ARRAY_OID = 1009
 TEXT_OID = 25
 TYPE_SIZE = {20: 8, 701: 8, 25: -1, 16: 1, 17: -1, 1114: 8}
 _INT_OIDS = {20: ">q", 23: ">i", 21: ">h"}
@@ -100,7 +102,7 @@ _DATE_OID = 1082
 _PG_EPOCH = datetime.datetime(2000, 1, 1)
 _TRANSACTION_WORDS = frozenset({"BEGIN", "START", "COMMIT", "ROLLBACK", "END", "ABORT", "SAVEPOINT", "RELEASE"})
 AUTOCOMMIT_HINT = ('raftstore has no transactions yet: use autocommit (psycopg: autocommit=True; '
-                   'SQLAlchemy: isolation_level="AUTOCOMMIT")')
+                   'SQLAlchemy: isolation_level="AUTOCOMMIT", use_native_hstore=False)')
 # Error codes of the native protocol (raftstore.errors) that are not SQL errors, as SQLSTATEs.
 _SQLSTATE_BY_CODE = {"unavailable": "57P03", "draining": "57P01", "ambiguous": "40003", "too_large": "54000",
                      "bad_request": "08P01"}
@@ -203,8 +205,36 @@ def _as_datetime(value: Any) -> datetime.datetime:
     return value if isinstance(value, datetime.datetime) else datetime.datetime.fromisoformat(str(value))
 
 
+def _array_element_text(value: Any) -> str:
+    """One element of an array's text form: NULL bare; quoted when empty, NULL-like, or holding
+    a delimiter, a brace, a quote, a backslash or white space (PostgreSQL's array_out)."""
+    if value is None:
+        return "NULL"
+    text = _text_value(value)
+    if text == "" or text.upper() == "NULL" or any(c in text for c in '{},"\\ \t\n\r'):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
+
+
+def encode_array(value: list, binary: bool) -> bytes:
+    """A one-dimensional array as text[]: ``{a,"b c",NULL}``, or the binary array form (one
+    dimension, lower bound 1, text elements)."""
+    if not binary:
+        return ("{" + ",".join(_array_element_text(v) for v in value) + "}").encode("utf-8")
+    parts = [struct.pack(">iiiii", 1, int(any(v is None for v in value)), TEXT_OID, len(value), 1)]
+    for v in value:
+        if v is None:
+            parts.append(b"\xff\xff\xff\xff")
+        else:
+            encoded = _text_value(v).encode("utf-8")
+            parts.append(_I32.pack(len(encoded)) + encoded)
+    return b"".join(parts)
+
+
 def encode_value(value: Any, oid: int, binary: bool) -> bytes:
     """A result value in the text or binary form of `oid`."""
+    if oid == TEXT_ARRAY_OID and isinstance(value, (list, tuple)):
+        return encode_array(list(value), binary)
     if binary:
         if oid == 20:
             return struct.pack(">q", value)
