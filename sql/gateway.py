@@ -278,6 +278,7 @@ class Gateway:
             session.settings = settings
             session.defaults = self.defaults
             session.causality = state.get("causality")
+            session.backend_pid = state.get("backend_pid")   # the PostgreSQL port's, for pg_backend_pid()
             try:
                 try:
                     return self._execute(session, args["sql"], params)

@@ -358,6 +358,15 @@ def test_sqlalchemy_core_creates_inserts_selects_and_reflects(port):
         engine.dispose()
 
 
+def test_startup_settings_are_the_sessions_and_the_backend_pid_is_the_key_datas(port):
+    p = port()
+    with psycopg.connect(p.url, autocommit=True, application_name="myapp") as conn:
+        assert conn.info.parameter_status("application_name") == "myapp"
+        assert conn.info.parameter_status("server_version") == "13.0.0"
+        assert conn.execute("SELECT pg_backend_pid(), current_setting('application_name')").fetchall() == [
+            (conn.info.backend_pid, "myapp")]
+
+
 def test_arrays_go_out_as_text_arrays_in_both_formats(port):
     p = port()
     with p.connect() as conn:

@@ -86,7 +86,6 @@ PROTOCOL_3_0 = 3 << 16
 SSL_REQUEST = 80877103
 GSSENC_REQUEST = 80877104
 CANCEL_REQUEST = 80877102
-SERVER_VERSION = "13.0.0"    # what drivers parse to pick their SQL; raftstore speaks a subset
 
 # Our SQL types and the PostgreSQL type OIDs they are sent as; anything untyped goes as text.
 OID_BY_TYPE = {"INT": 20, "FLOAT": 701, "TEXT": 25, "BOOL": 16, "BYTES": 17, "TIMESTAMP": 1114,
@@ -536,11 +535,16 @@ class PgServer:
         for key, value in zip(fields[0::2], fields[1::2]):
             if key:
                 params[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
-        statuses = {"server_version": SERVER_VERSION, "server_encoding": "UTF8", "client_encoding": "UTF8",
-                    "DateStyle": "ISO, MDY", "TimeZone": "UTC", "integer_datetimes": "on",
-                    "standard_conforming_strings": "on", "IntervalStyle": "postgres",
-                    "application_name": params.get("application_name", ""), "is_superuser": "on",
-                    "session_authorization": params.get("user", "root")}
+        from sql.errors import SQLError
+        from sql.pg_settings import parameter_status, startup_settings
+
+        try:   # the startup's settings (application_name, client_encoding, ...) are its session's
+            settings = startup_settings(params)
+        except SQLError as exc:   # PostgreSQL refuses the connection for a setting SET would refuse
+            raise ProtocolViolation(exc.message, SQLSTATE_BY_SQL_CODE.get(exc.code, "22023")) from None
+        conn.session["settings"] = dict(settings)
+        conn.session["backend_pid"] = conn.pid   # pg_backend_pid() says what BackendKeyData said
+        statuses = dict(parameter_status(settings), session_authorization=params.get("user", "root"))
         out = [message(b"R", _I32.pack(0))]
         out += [message(b"S", _cstr(k) + _cstr(v)) for k, v in statuses.items()]
         out.append(message(b"K", struct.pack(">ii", conn.pid, conn.secret)))
