@@ -681,6 +681,20 @@ def test_psql_psycopg_and_pg8000_on_three_nodes_see_one_table(cluster, tmp_path)
     assert ran.returncode == 1 and "ERROR:  23505:" in ran.stderr, ran.stderr
     with cluster.client(n2) as client:
         assert client.status()["pg"]["addr"] == n2.pg_addr
+    described = subprocess.run([PSQL, n3.pg_url, "-c", "\\d users"], capture_output=True, text=True, timeout=60)
+    assert described.returncode == 0 and not described.stderr, described.stderr
+    assert '"users_pkey" PRIMARY KEY, btree (id)' in described.stdout
+    sa = pytest.importorskip("sqlalchemy")
+    engine = sa.create_engine(n2.pg_url.replace("postgresql://", "postgresql+psycopg://"),
+                              isolation_level="AUTOCOMMIT", use_native_hstore=False)
+    try:
+        reflected = sa.Table("users", sa.MetaData(), autoload_with=engine)
+        assert [c.name for c in reflected.columns] == ["id", "name", "score", "active", "avatar", "joined"]
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(reflected)
+                                .where(reflected.c.id > sa.bindparam("n")), {"n": 5}).scalar() == 6
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.slow
