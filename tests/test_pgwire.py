@@ -285,6 +285,34 @@ def test_pg8000_native_runs_parameterised_and_prepared_statements(port):
         conn.close()
 
 
+def test_a_pg8000_statement_is_cancelled_by_its_backend_key(port):
+    """pg8000 has no cancel call of its own: a CancelRequest carrying the BackendKeyData its
+    connection received (what any client's cancel sends) stops its running statement."""
+    p = port()
+    conn = pg8000.native.Connection("root", host="127.0.0.1", port=p.port, database="defaultdb")
+    try:
+        conn.run("CREATE TABLE hundred (k INT PRIMARY KEY)")
+        conn.run("INSERT INTO hundred VALUES " + ", ".join("(%d)" % k for k in range(100)))
+        errors = []
+
+        def run() -> None:
+            try:
+                conn.run("SELECT count(*) FROM hundred a, hundred b, hundred c, hundred d")
+            except pg8000.native.DatabaseError as exc:
+                errors.append(exc)
+        runner = threading.Thread(target=run)
+        runner.start()
+        wait_until(lambda: p.status()["running"] == 1, 30, "the statement runs")
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+            s.sendall(struct.pack(">ii", 16, 80877102) + conn._backend_key_data)
+        runner.join(60)
+        assert not runner.is_alive()
+        assert len(errors) == 1 and errors[0].args[0]["C"] == "57014", errors
+        assert conn.run("SELECT count(*) FROM hundred") == [[100]]
+    finally:
+        conn.close()
+
+
 @pytest.mark.skipif(PSQL is None, reason="psql is not installed (apt-get install postgresql-client)")
 def test_psql_runs_statements_and_files_and_reports_errors(port, tmp_path):
     p = port()
