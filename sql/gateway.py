@@ -249,6 +249,20 @@ class Gateway:
             return {"ok": False, "error": exc.to_wire()}
         return {"ok": True, "result": {"params": params, "columns": columns, "types": types}}
 
+    @staticmethod
+    def pg_startup(parameters: dict[str, str]) -> dict:
+        """A PostgreSQL startup packet's parameters as a session: {"settings": what the session
+        starts with, "status": the ParameterStatus values to report}, or {"error": {code,
+        message}} for a setting SET would refuse (sql.pg_settings)."""
+        from sql.errors import SQLError
+        from sql.pg_settings import parameter_status, startup_settings
+
+        try:
+            settings = startup_settings(parameters)
+        except SQLError as exc:
+            return {"error": {"code": exc.code, "message": exc.message}}
+        return {"settings": dict(settings), "status": parameter_status(settings)}
+
     async def handle(self, args: dict, state: dict | None = None, cancel: coop.Cancel | None = None) -> dict:
         """The `sql` op: run one statement, answer with columns, types, rows and the timestamp.
         `state` is the client connection's session: its variables (SET) and causality token

@@ -121,6 +121,10 @@ class PgGateway(Protocol):
         """The parameter count and, for a SELECT, the columns and types of `sql`, not run."""
         ...
 
+    def pg_startup(self, parameters: dict[str, str]) -> dict:
+        """A startup packet's parameters as a session: {"settings", "status"} or {"error"}."""
+        ...
+
 
 class ProtocolViolation(Exception):
     """The client broke the protocol: it is told (FATAL 08P01, or the code given) and closed."""
@@ -535,16 +539,14 @@ class PgServer:
         for key, value in zip(fields[0::2], fields[1::2]):
             if key:
                 params[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
-        from sql.errors import SQLError
-        from sql.pg_settings import parameter_status, startup_settings
-
-        try:   # the startup's settings (application_name, client_encoding, ...) are its session's
-            settings = startup_settings(params)
-        except SQLError as exc:   # PostgreSQL refuses the connection for a setting SET would refuse
-            raise ProtocolViolation(exc.message, SQLSTATE_BY_SQL_CODE.get(exc.code, "22023")) from None
-        conn.session["settings"] = dict(settings)
+        # The startup's settings (application_name, client_encoding, ...) are its session's; one
+        # SET would refuse refuses the connection, as in PostgreSQL.
+        started = self.sql_gateway.pg_startup(params)
+        if "error" in started:
+            raise ProtocolViolation(started["error"]["message"], SQLSTATE_BY_SQL_CODE.get(started["error"]["code"], "22023"))
+        conn.session["settings"] = started["settings"]
         conn.session["backend_pid"] = conn.pid   # pg_backend_pid() says what BackendKeyData said
-        statuses = dict(parameter_status(settings), session_authorization=params.get("user", "root"))
+        statuses = dict(started["status"], session_authorization=params.get("user", "root"))
         out = [message(b"R", _I32.pack(0))]
         out += [message(b"S", _cstr(k) + _cstr(v)) for k, v in statuses.items()]
         out.append(message(b"K", struct.pack(">ii", conn.pid, conn.secret)))
