@@ -219,27 +219,38 @@ def test_a_simple_query_runs_its_statements_in_order_and_stops_at_the_first_erro
         assert cur.pgresult.status == psycopg.pq.ExecStatus.EMPTY_QUERY
 
 
-def cancel_a_long_statement(conn: psycopg.Connection, running, cancel) -> None:
-    """Run a statement of 10^8 rows on `conn` in a thread; once `running()`, `cancel()`: the
-    statement fails QueryCanceled ("user request") and the connection goes on."""
-    conn.execute("CREATE TABLE hundred (k INT PRIMARY KEY)")
-    conn.execute("INSERT INTO hundred VALUES " + ", ".join("(%d)" % k for k in range(100)))
+def cancel_a_long_statement(run, error: type, running, cancel, canceled) -> None:
+    """With `run(sql)` (a client's way to run a statement and get its rows), run a statement of
+    10^8 rows in a thread; once `running()`, `cancel()`: the statement fails with an `error`
+    that is `canceled(...)`, and the connection goes on."""
+    run("CREATE TABLE hundred (k INT PRIMARY KEY)")
+    run("INSERT INTO hundred VALUES " + ", ".join("(%d)" % k for k in range(100)))
     errors = []
 
-    def run() -> None:
+    def long_statement() -> None:
         try:
-            conn.execute("SELECT count(*) FROM hundred a, hundred b, hundred c, hundred d")
-        except psycopg.Error as exc:
+            run("SELECT count(*) FROM hundred a, hundred b, hundred c, hundred d")
+        except error as exc:
             errors.append(exc)
-    runner = threading.Thread(target=run)
+    runner = threading.Thread(target=long_statement)
     runner.start()
     wait_until(running, 30, "the statement runs")
     cancel()
     runner.join(60)
     assert not runner.is_alive()
-    assert len(errors) == 1 and isinstance(errors[0], psycopg.errors.QueryCanceled), errors
-    assert "user request" in str(errors[0])
-    assert conn.execute("SELECT count(*) FROM hundred").fetchone() == (100,)
+    assert len(errors) == 1 and canceled(errors[0]), errors
+    assert [list(row) for row in run("SELECT count(*) FROM hundred")] == [[100]]
+
+
+def _psycopg_run(conn: psycopg.Connection):
+    def run(sql: str):
+        cur = conn.execute(sql)
+        return cur.fetchall() if cur.description else None
+    return run
+
+
+def _psycopg_canceled(exc: Exception) -> bool:
+    return isinstance(exc, psycopg.errors.QueryCanceled) and "user request" in str(exc)
 
 
 def test_psycopg_cancels_a_long_statement_and_the_connection_goes_on(port):
@@ -247,7 +258,8 @@ def test_psycopg_cancels_a_long_statement_and_the_connection_goes_on(port):
     with p.connect() as conn:
         # cancel_safe: psycopg's cancel() holds the GIL while it waits for the server, which
         # here runs in this process (the cluster test uses cancel() against a node process).
-        cancel_a_long_statement(conn, lambda: p.status()["running"] == 1, conn.cancel_safe)
+        cancel_a_long_statement(_psycopg_run(conn), psycopg.Error, lambda: p.status()["running"] == 1,
+                                conn.cancel_safe, _psycopg_canceled)
     assert p.status()["cancels"] == 1
 
 
@@ -290,25 +302,13 @@ def test_a_pg8000_statement_is_cancelled_by_its_backend_key(port):
     connection received (what any client's cancel sends) stops its running statement."""
     p = port()
     conn = pg8000.native.Connection("root", host="127.0.0.1", port=p.port, database="defaultdb")
-    try:
-        conn.run("CREATE TABLE hundred (k INT PRIMARY KEY)")
-        conn.run("INSERT INTO hundred VALUES " + ", ".join("(%d)" % k for k in range(100)))
-        errors = []
 
-        def run() -> None:
-            try:
-                conn.run("SELECT count(*) FROM hundred a, hundred b, hundred c, hundred d")
-            except pg8000.native.DatabaseError as exc:
-                errors.append(exc)
-        runner = threading.Thread(target=run)
-        runner.start()
-        wait_until(lambda: p.status()["running"] == 1, 30, "the statement runs")
+    def cancel() -> None:
         with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
             s.sendall(struct.pack(">ii", 16, 80877102) + conn._backend_key_data)
-        runner.join(60)
-        assert not runner.is_alive()
-        assert len(errors) == 1 and errors[0].args[0]["C"] == "57014", errors
-        assert conn.run("SELECT count(*) FROM hundred") == [[100]]
+    try:
+        cancel_a_long_statement(conn.run, pg8000.native.DatabaseError, lambda: p.status()["running"] == 1, cancel,
+                                lambda exc: exc.args[0]["C"] == "57014")
     finally:
         conn.close()
 
@@ -730,7 +730,8 @@ def test_psycopg_cancel_stops_a_long_statement_on_a_node(cluster):
     node = cluster.nodes[1]
     _wait_sql(node)
     with _node_connect(node) as conn:
-        cancel_a_long_statement(conn, lambda: _statement_running(node), conn.cancel)
+        cancel_a_long_statement(_psycopg_run(conn), psycopg.Error, lambda: _statement_running(node), conn.cancel,
+                                _psycopg_canceled)
 
 
 def _statement_running(node) -> bool:
