@@ -8,8 +8,11 @@ iterates sets of node ids and that order must not change between runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import logging
+import multiprocessing
 import os
 import sys
 import time
@@ -19,7 +22,6 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("PYTHONHASHSEED") != "0":
         os.environ["PYTHONHASHSEED"] = "0"
         os.execv(sys.executable, [sys.executable, "-m", "raftstore.sim"] + (argv if argv is not None else sys.argv[1:]))
-    from raftstore.sim.world import SimConfig, Violation, run_seed
 
     p = argparse.ArgumentParser(prog="python -m raftstore.sim", description=__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, help="run this one seed (replay)")
@@ -47,40 +49,61 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --splits --quiesce: pysyncobj's leaderFallbackTimeout")
     p.add_argument("--crash-point", default=None, help="with --splits: the split step to crash at ('none': no crash)")
     p.add_argument("--keep-going", action="store_true", help="count violations instead of stopping at the first")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="seeds run in this many processes at once (default: one per CPU this process may use)")
     p.add_argument("-v", "--verbose", action="store_true", help="print each seed's summary")
     args = p.parse_args(argv)
+    if args.jobs < 0:
+        p.error("--jobs must be 0 (one per CPU) or more, not %d" % args.jobs)
     logging.disable(logging.CRITICAL)  # pysyncobj's own complaints would drown the summary
     seeds = [args.seed] if args.seed is not None else range(args.first_seed, args.first_seed + args.seeds)
+    jobs = max(1, min(args.jobs or _cpus(), len(seeds)))
     started = time.monotonic()
     failed = []
-    for seed in seeds:
-        if args.splits:
-            from raftstore.sim.split_world import SplitSimConfig, run_split_seed
-            run = lambda seed=seed: run_split_seed(SplitSimConfig(seed=seed, lagging=args.lagging,
-                                                                           storage_faults=args.storage_faults,
-                                                                           quiesce=args.quiesce,
-                                                                           partition_s=args.partition_s,
-                                                                           leader_fallback_s=args.leader_fallback_s,
-                                                                           crash_point=args.crash_point))  # noqa: E731
+    with contextlib.ExitStack() as stack:
+        if jobs == 1:
+            outcomes = (_run_one(args, seed) for seed in seeds)
         else:
-            cfg = SimConfig(seed=seed, target=args.target, fsync_works=not args.fsync_off,
-                            write_through=args.write_through, crashes=not args.no_crashes,
-                            partitions=not args.no_partitions, proposals=args.proposals,
-                            storage_faults=args.storage_faults)
-            run = lambda cfg=cfg: run_seed(cfg)  # noqa: E731
-        try:
-            summary = run()
-            if args.verbose or args.seed is not None:
+            # Seeds run in worker processes (fork: each inherits the pinned hash seed and patches
+            # pysyncobj on its own), but their outcomes are taken in seed order, so the output and
+            # the first violation are the same as with one process.
+            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(jobs))
+            outcomes = pool.imap(functools.partial(_run_one, args), seeds)
+        for seed, summary, violation in outcomes:
+            if violation is not None:
+                print("FAIL %s" % violation, flush=True)
+                failed.append(seed)
+                if not args.keep_going:
+                    break
+            elif args.verbose or args.seed is not None:
                 print(json.dumps(summary), flush=True)
-        except Violation as exc:
-            print("FAIL %s" % exc, flush=True)
-            failed.append(seed)
-            if not args.keep_going:
-                break
     ran = len(seeds) if args.keep_going or not failed else list(seeds).index(failed[0]) + 1
     what = ", ".join(["splits"] + ["lagging"] * args.lagging + ["quiesce"] * args.quiesce) if args.splits else args.target
     print("%d seeds, %d violations (%s), %.1f s wall" % (ran, len(failed), what, time.monotonic() - started))
     return 1 if failed else 0
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _run_one(args: argparse.Namespace, seed: int) -> tuple[int, dict | None, str | None]:
+    """One seed: (seed, its summary, None) or (seed, None, the violation)."""
+    from raftstore.sim.world import SimConfig, Violation, run_seed
+    try:
+        if args.splits:
+            from raftstore.sim.split_world import SplitSimConfig, run_split_seed
+            return seed, run_split_seed(SplitSimConfig(seed=seed, lagging=args.lagging,
+                                                       storage_faults=args.storage_faults, quiesce=args.quiesce,
+                                                       partition_s=args.partition_s,
+                                                       leader_fallback_s=args.leader_fallback_s,
+                                                       crash_point=args.crash_point)), None
+        return seed, run_seed(SimConfig(seed=seed, target=args.target, fsync_works=not args.fsync_off,
+                                        write_through=args.write_through, crashes=not args.no_crashes,
+                                        partitions=not args.no_partitions, proposals=args.proposals,
+                                        storage_faults=args.storage_faults)), None
+    except Violation as exc:
+        return seed, None, str(exc)
 
 
 if __name__ == "__main__":
