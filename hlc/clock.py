@@ -212,6 +212,29 @@ class HLC:
         with self._lock:
             return self._last
 
+    def ceiling_ahead(self) -> int | None:
+        """The ceiling to save now, away from the callers of `now` and `update`, or None.
+
+        Once physical time or the last issued wall is within half a window of the durable
+        ceiling, the next timestamp may soon have to wait for a save (an fsync) in `now`. A
+        caller that saves the returned value on a thread of its own and then reports it with
+        `ceiling_saved` keeps those saves off the clock's callers: they save only when physical
+        time outruns that caller by half a window."""
+        with self._lock:
+            if self._ceiling_ns is None:
+                return None
+            wall_ns = max(self._last.wall_ns, self._physical.now_ns())
+            if wall_ns < self._ceiling_ns - self._window_ns // 2:
+                return None
+            return wall_ns + self._window_ns
+
+    def ceiling_saved(self, ns: int) -> None:
+        """``ns``, returned by `ceiling_ahead`, is durable in the ceiling store (saved by the
+        caller): timestamps below it are issued without another save."""
+        with self._lock:
+            if self._ceiling_ns is not None and ns > self._ceiling_ns:
+                self._ceiling_ns = ns
+
     def _persist_ceiling_for(self, wall_ns: int) -> None:
         # Called with the lock held, before a timestamp with this wall is issued or accepted.
         if self._ceiling_ns is None or wall_ns < self._ceiling_ns:

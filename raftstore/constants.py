@@ -50,6 +50,8 @@ gc_ttl_s = 4 * 3600.0
 gc_interval_s = 60.0
 gc_batch_versions = 2000
 gc_step_min_s = 1.0                    # the threshold moves only when it would move at least this
+lease_read_inline_keys_max = 16        # a leaseholder read of at most this many point keys (no scan) runs on the
+                                       # node loop, on its own connection: two thread hand-offs less than a reader's
 lease_readers = 2                      # threads (each with its own SQLite read connection) serving leaseholder reads
 leader_wait_s = 2.0                     # a client command for a range with no leader known waits this long for one
 proposals_in_flight_max = 10_000        # per group; beyond it a proposal is refused at once
@@ -101,6 +103,9 @@ peer_redial_interval_s = 0.5
 # would leave 0.5 ms late on average (1 ms per round trip, measured as probes' 61.5 ms under a 60
 # ms matrix); released from half a millisecond before their time, they leave on time on average.
 wan_release_slack_s = 0.0005
+# ... and from that much earlier again, learnt: the timer's own lateness (waking a virtual machine's
+# idle CPU can take 0.1-0.3 ms), measured on the frames released (PeerNetwork.release_lead_s), at most:
+wan_release_lead_max_s = 0.002
 peer_connect_timeout_s = 3.0
 peer_stranger_log_interval_s = 60.0   # a non-peer on the peer port is logged once per host this often
 peer_stranger_hosts_max = 1024        # ... hosts remembered for that

@@ -101,6 +101,13 @@ class HLCNode(RuleBasedStateMachine):
         assert self.hlc.last() == last_before
         assert (self.store.load(), self.store.save_count) == (ceiling_before, saves_before)
 
+    @rule()
+    def a_ceiling_saved_ahead_by_the_caller(self) -> None:
+        ahead = self.hlc.ceiling_ahead()
+        if ahead is not None and ahead > (self.store.load() or 0):
+            self.store.save(ahead)
+            self.hlc.ceiling_saved(ahead)
+
     @rule(back_ns=st.integers(0, 20 * WINDOW_NS))
     def restart_with_physical_clock_moved_back(self, back_ns: int) -> None:
         # The process dies (its HLC object is gone); the machine's clock may now read earlier.
@@ -221,6 +228,35 @@ def test_ceiling_saves_are_rare_about_one_per_window():
         physical.advance(step_ns)
         hlc.now()
     assert store.save_count <= elapsed_ns // WINDOW_NS + 1
+
+
+def _saves_inside_now(physical: ManualClock, store: MemoryCeilingStore, hlc: HLC, windows: int = 10) -> int:
+    """Saves `now` made itself while a caller saved the ceiling ahead before each call, as the
+    node does on a thread of its own (raftstore.node.loop: Node._save_ceiling_ahead)."""
+    hlc.now()   # the first timestamp saves a ceiling: nothing is durable yet
+    inside = 0
+    for _ in range(windows * WINDOW_NS // 5_000_000):
+        physical.advance(5_000_000)
+        ahead = hlc.ceiling_ahead()
+        if ahead is not None:
+            store.save(ahead)
+            hlc.ceiling_saved(ahead)
+        before = store.save_count
+        hlc.now()
+        inside += store.save_count - before
+    return inside
+
+
+def test_a_ceiling_saved_ahead_keeps_every_save_out_of_now():
+    physical, store = ManualClock(START_NS), MemoryCeilingStore()
+    assert _saves_inside_now(physical, store, new_hlc(physical, store)) == 0
+    assert store.save_count <= 2 * 10 + 2   # one every half window
+
+
+def test_broken_a_clock_that_ignores_a_ceiling_saved_ahead_saves_inside_now(monkeypatch):
+    monkeypatch.setattr(HLC, "ceiling_saved", lambda self, ns: None)
+    physical, store = ManualClock(START_NS), MemoryCeilingStore()
+    assert _saves_inside_now(physical, store, new_hlc(physical, store)) >= 9
 
 
 class DiskThatFills(MemoryCeilingStore):

@@ -446,7 +446,7 @@ def _read_racing_an_apply(tmp_path) -> list:
     write of its key is applied in the open apply transaction: what it answered."""
     h = Harness(tmp_path)
     reader = h.mvcc.reader()
-    h.store.read_executor = lambda job: job(reader)()
+    h.store.read_executor = lambda job, points=None: job(reader)()
     try:
         h.store.evaluate_and_propose(R, BATCH_OP, BatchRequest(Header(), (Put(b"ka", b"2"),)).to_wire(),
                                      lambda o, r: None, command_id=b"p" * 16)

@@ -103,7 +103,7 @@ class Store:
                  snapshot_executor: Executor = run_inline, checksums: ChecksumRegistry | None = None,
                  propose_at_leader: Callable[[int, str, dict, Callable[[Outcome, Any], None]], None] | None = None,
                  peer_rtt_s: Callable[[int], float | None] = lambda peer: None,
-                 read_executor: Callable[[Callable[[Any], None]], None] | None = None,
+                 read_executor: Callable[..., None] | None = None,
                  observe_ts: Callable[[tuple[int, int]], None] = lambda ts: None,
                  max_offset_ns: int = constants.max_clock_offset_ns, stasis_ns: int | None = None,
                  lease_ns: int = int(constants.lease_duration_s * 1e9),
@@ -119,9 +119,10 @@ class Store:
         to the leader's node over the peer link, so pysyncobj never forwards a proposal; the
         default proposes here (the simulator). `peer_rtt_s(node_id)` is the round trip the node
         last measured to a peer (None: not known), for the quorum round trip an answer reports.
-        `read_executor(job)` runs `job(reader)` with a reader of the MVCC file (an MVCCReader, or
+        `read_executor(job, points)` runs `job(reader)` with a reader of the MVCC file (an MVCCReader, or
         the store itself) and then, on this store's thread, the function the job returns:
-        the node runs leaseholder reads on reader threads, the default (the simulator) inline.
+        the node runs leaseholder reads on reader threads, but for a read of a few point keys
+        (`points`, None for a read with a scan) inline; the default (the simulator) runs every one inline.
         `observe_ts(ts)` tells the node's clock of a commit timestamp applied here (an HLC
         update); `max_offset_ns` is the clock offset leases and uncertainty allow for."""
         self.cfg = cfg
@@ -179,7 +180,7 @@ class Store:
         # process: its timestamp cache is gone), a lease command of its own in flight, the last use
         # of its lease (a lease in use is extended, an idle one lapses) and ranges whose lease
         # this node should take.
-        self.read_executor = read_executor or (lambda job: job(self.mvcc)())
+        self.read_executor = read_executor or (lambda job, points=None: job(self.mvcc)())
         self.observe_ts = observe_ts
         self.max_offset_ns = max_offset_ns
         self.stasis_ns = max_offset_ns if stasis_ns is None else stasis_ns   # 0 only in a test's broken build
@@ -1361,7 +1362,8 @@ class Store:
                         why = "n%d could not read r%d: %s" % (self.cfg.node_id, range_id, exc)
                         return lambda: callback(Outcome.NOT_COMMITTED, why)
                     return lambda: callback(Outcome.COMMITTED, dict(result, read_ts=list(ts), closed_ts=list(closed)))
-                self.read_executor(job)
+                scans = any(isinstance(op, Scan) for op in request.ops)
+                self.read_executor(job, None if scans else len({op.key for op in request.ops}))
             self._when_committed(run)   # what it adopted is committed once the tick's applies are
             return
         if group is not None and group.is_leader():
@@ -1458,7 +1460,7 @@ class Store:
                     why = "n%d could not read r%d: %s" % (self.cfg.node_id, range_id, exc)
                     return lambda: callback(Outcome.NOT_COMMITTED, why)
                 return lambda: callback(Outcome.COMMITTED, dict(result, read_ts=list(ts), lease_seq=lease.seq))
-            self.read_executor(job)
+            self.read_executor(job, None if spans else len(points))
         held = self.latches.held(on_keys)
         if not held:
             self._when_committed(run)

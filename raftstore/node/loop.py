@@ -140,19 +140,28 @@ class GroupTransport(Transport):
 class _CrashOnlyCeiling:
     """The HLC's ceiling file (hlc.FileCeilingStore), crash-only like every other storage write:
     a save that fails stops the node (FailStop, on the node loop, which alone uses the clock).
-    No timestamp may be issued above a ceiling that is not on disk, and the loop needs them."""
+    No timestamp may be issued above a ceiling that is not on disk, and the loop needs them.
+    Saves come from the clock (a timestamp at the ceiling) and from the node's save-ahead thread
+    (Node._save_ceiling_ahead): one at a time, and one not above what is on disk is not written
+    again (the file only grows)."""
 
     def __init__(self, inner: FileCeilingStore) -> None:
         self._inner = inner
+        self._lock = threading.Lock()
+        self._saved: int | None = None
 
     def load(self) -> int | None:
         return self._inner.load()
 
     def save(self, ns: int) -> None:
-        try:
-            self._inner.save(ns)
-        except OSError as exc:
-            raise FailStop("HLC ceiling %s: saving failed: %s" % (self._inner.path, exc)) from exc
+        with self._lock:
+            if self._saved is not None and ns <= self._saved:
+                return
+            try:
+                self._inner.save(ns)
+            except OSError as exc:
+                raise FailStop("HLC ceiling %s: saving failed: %s" % (self._inner.path, exc)) from exc
+            self._saved = ns
 
 
 def _write_json_durably(path: str, obj: Any) -> None:
@@ -257,7 +266,9 @@ class Node:
             self.disk.ensure_ballast()
             self.mvcc = MVCCStore(os.path.join(cfg.data_dir, "store.sqlite"))
             self.phys = SystemClock(skew_ns=cfg.clock_skew_ns)
-            self.hlc = HLC(self.phys, ceiling_store=_CrashOnlyCeiling(FileCeilingStore(os.path.join(cfg.data_dir, "hlc.ceiling"))))
+            self.hlc_ceiling = _CrashOnlyCeiling(FileCeilingStore(os.path.join(cfg.data_dir, "hlc.ceiling")))
+            self.hlc = HLC(self.phys, ceiling_store=self.hlc_ceiling)
+            self._ceiling_saving = False   # a save ahead is under way (_save_ceiling_ahead)
         except Exception as exc:
             raise StartupError("data dir %s: %s" % (cfg.data_dir, exc)) from None
         self.net = PeerNetwork(listen_sock=self.peer_sock, secret=self.cfg.secret, hello=self._hello,
@@ -395,10 +406,17 @@ class Node:
                 return nid
         return None
 
-    def _read_on_reader(self, job: Callable[[Any], Callable[[], None]]) -> None:
+    def _read_on_reader(self, job: Callable[[Any], Callable[[], None]], points: int | None = None) -> None:
         """The store's read executor: a leaseholder read runs on one of lease_readers threads,
         each with its own read-only SQLite connection (WAL: it reads the committed state and
-        never holds up the node loop's writes), and its answer is handed back to the node loop."""
+        never holds up the node loop's writes), and its answer is handed back to the node loop.
+        A read of `points` point keys, at most lease_read_inline_keys_max and no scan, runs here
+        on the node loop's own connection instead (the store runs it only when no apply
+        transaction is open: it reads the committed state too): it costs less than the two
+        thread hand-offs it saves, so it delays the loop's heartbeats by no more than a message does."""
+        if points is not None and points <= constants.lease_read_inline_keys_max:
+            job(self.mvcc)()
+            return
         if self._readers is None:
             self._readers = concurrent.futures.ThreadPoolExecutor(constants.lease_readers,
                                                                   thread_name_prefix="lease-reader")
@@ -522,7 +540,10 @@ class Node:
             store.evaluate_and_propose(range_id, op, args, done, command_id=command_id)   # (answers a range not hosted)
             return
         cid = command_id if command_id is not None else new_command_id()
-        if waited_from is None:   # checked once, before anything waits or is sent
+        if waited_from is None and not (op == BATCH_OP and writes_nothing(op, args)):
+            # Checked once, before anything waits or is sent; a read batch is never replicated
+            # (its leaseholder serves it, Store._serve_read): a frame too large for the peer link
+            # is refused when it is sent.
             store.check_command_size(op, args, cid)
         leader = group.leader_id()
         if leader is None:
@@ -682,10 +703,12 @@ class Node:
         while not self._stop.is_set():
             wake_at = next_tick
             release = self.net.next_release()
-            if release is not None and release - constants.wan_release_slack_s < wake_at:
-                wake_at = release - constants.wan_release_slack_s   # flush() releases it then (peer.py)
+            if release is not None and release - self.net.release_ahead_s() < wake_at:
+                wake_at = release - self.net.release_ahead_s()   # release_synced() releases it then (peer.py)
             busy_from = time.monotonic()
             self.net.poll(max(0.0, wake_at - time.monotonic()))
+            if release is not None:
+                self.net.release_synced()   # WAN emulation: what is due leaves now, not after this iteration's work
             while self._calls:
                 fn = self._calls.popleft()
                 try:
@@ -693,6 +716,11 @@ class Node:
                 except Exception as exc:   # a bug in one request's call: one line per kind, not per request
                     self.log_limit.log(logger, logging.ERROR, ("call failed", type(exc).__qualname__),
                                        "call on the node loop failed", exc_info=True)
+            if self._replies and self._nothing_unsynced():
+                # Replies made by what poll and the calls brought (a peer's answer, a read of
+                # committed state) rest on nothing this iteration has yet to sync or commit:
+                # they leave now, not after the groups' ticks.
+                self._deliver_replies()
             now = time.monotonic()
             if now >= next_disk_check:   # before the tick, so no entry is taken below the reserve
                 next_disk_check = now + constants.disk_check_interval_s
@@ -705,6 +733,7 @@ class Node:
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + constants.tick_interval_s
+                self._save_ceiling_ahead()
                 self._dial()
                 self._check_faults(now)
                 self._say_whom_we_wait_for(now)
@@ -742,6 +771,28 @@ class Node:
         if self.store is not None:
             self.store.sync()
         self._deliver_replies()
+
+    def _save_ceiling_ahead(self) -> None:
+        """Save the HLC's ceiling half a window before a timestamp would reach it, on a thread
+        (HLC.ceiling_ahead): its two fsyncs, once every half second, then never stall the
+        node loop or a client's request that asks the clock for a timestamp. A failed save
+        stops the node, as it would on the loop."""
+        if self._ceiling_saving:
+            return
+        ahead = self.hlc.ceiling_ahead()
+        if ahead is None:
+            return
+        self._ceiling_saving = True
+
+        def save() -> None:
+            try:
+                self.hlc_ceiling.save(ahead)
+                self.hlc.ceiling_saved(ahead)
+            except FailStop as exc:
+                exit_now(exc)
+            finally:
+                self._ceiling_saving = False
+        threading.Thread(target=save, name="hlc-ceiling", daemon=True).start()
 
     def _check_faults(self, now: float) -> None:
         """Tests only: every faults_check_interval_s, the partition the file named by
@@ -915,6 +966,12 @@ class Node:
                 self._reply(fut, exc)
         self.call_in_loop(run)
 
+    def _nothing_unsynced(self) -> bool:
+        """No journal written since the last sync and no apply transaction open: everything the
+        node has done so far is durable, so any reply made so far may leave."""
+        store = self.store
+        return store is None or (not store.dirty and not store.mvcc.in_batch)
+
     def _reply(self, fut: asyncio.Future, value: Any) -> None:
         """On the node loop: complete an asyncio future (with `value`, or raise it if it is an
         exception) once this loop iteration ends, with every other reply of the iteration in one
@@ -943,15 +1000,25 @@ class Node:
         but for a cancellation: a batch refused before anything was sent (too large, breaking
         a batch's rules) answers (NOT_COMMITTED, the ValueError) for every op; an op with no
         answer by the deadline answers AMBIGUOUS if it writes (it may still commit), else
-        NOT_COMMITTED. Every proposal is answered by the Raft layer's own timeout long before."""
+        NOT_COMMITTED. Every proposal is answered by the Raft layer's own timeout long before.
+        The caller awaits the node loop's future itself (a timer answers it at the deadline), not
+        through asyncio.wait_for's task: two turns of the asyncio loop less per batch."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def expire() -> None:
+            if not fut.done():
+                why = "no answer in %.0f s" % timeout_s
+                fut.set_result([(Outcome.AMBIGUOUS, why + "; it may still commit") if op.writes
+                                else (Outcome.NOT_COMMITTED, why) for op in ops])
+        timer = loop.call_later(timeout_s, expire)
+        self._send_batch(ops, header, None, fut)
         try:
-            return await asyncio.wait_for(self.batch(ops, header), timeout_s)
+            return await fut
         except ValueError as exc:
             return [(Outcome.NOT_COMMITTED, exc)] * len(ops)
-        except asyncio.TimeoutError:
-            why = "no answer in %.0f s" % timeout_s
-            return [(Outcome.AMBIGUOUS, why + "; it may still commit") if op.writes else (Outcome.NOT_COMMITTED, why)
-                    for op in ops]
+        finally:
+            timer.cancel()
 
     async def scan_keys(self, start: bytes, end: bytes | None, limit: int, max_bytes: int = 0,
                         header: Header | None = None) -> tuple:
@@ -1041,6 +1108,9 @@ class Node:
                 "latches": {"held": len(self.store.latches), "waiting": self.store.latches.waiting()} if self.store is not None else None,
                 "router": dict(self.router.stats, cached=len(self.router.cache)),
                 "test_cut": sorted(self.net.cut), "primary_region": self.cfg.primary_region,
+                "wan_emulation": {"release_lead_ms": round(self.net.release_lead_s * 1000, 3),
+                                  "last_release_late_ms": round(self.net.release_late_s * 1000, 3)}
+                if self.cfg.latency is not None else None,
                 "leases": dict(self.store.lease_stats, serving=len(self.store.tscache)) if self.store is not None else None,
                 "gc": dict(self.store.gc_stats, protected=self.store.gc_protected()) if self.store is not None else None,
                 "closed": dict(self.store.closed_stats, group=len(self.store.closed_sender.members),

@@ -153,6 +153,7 @@ class _Conn:
     wbuf: bytearray = field(default_factory=bytearray)
     outq: list = field(default_factory=list)    # (release time, frame bytes): not yet written
     outq_bytes: int = 0
+    outq_synced: int = 0    # the first this many of outq were queued before the last flush (so synced)
     nonce_d: bytes = b""
     nonce_a: bytes = b""
     decoder: FrameDecoder | None = None
@@ -196,6 +197,10 @@ class PeerNetwork:
         self.on_peer_up, self.on_peer_down, self.on_reject = on_peer_up, on_peer_down, on_reject
         self.on_heartbeat = on_heartbeat
         self.delay_s = delay_s          # WAN emulation: one-way delay to each peer (raftstore.node.wan)
+        # How much earlier than wan_release_slack_s delayed frames are released so that, on
+        # average, they leave when due: learnt from their lateness (`_learn_lateness`).
+        self.release_lead_s = 0.0
+        self.release_late_s = 0.0       # the last released frame's lateness (negative: early), for status
         self.sel = selectors.DefaultSelector()
         self.last_wait_s = 0.0   # how long the last poll waited in select (node loop idle time)
         self.listen_sock = listen_sock
@@ -274,17 +279,45 @@ class PeerNetwork:
 
     def flush(self) -> None:
         """Release queued frames to the sockets. Call only after syncing the journals."""
-        due = time.monotonic() + constants.wan_release_slack_s
+        self._release(synced_only=False)
+
+    def release_synced(self) -> None:
+        """Release the delayed frames now due that were queued before the last `flush` (so
+        before the journal sync that preceded it), without waiting for a sync: the node loop
+        calls it as soon as its poll returns, so under WAN emulation a frame leaves when it is
+        due, not once the loop has done the rest of an iteration's work. Frames queued since
+        the last flush (a follower's answer to an append not yet synced) stay for `flush`."""
+        self._release(synced_only=True)
+
+    def release_ahead_s(self) -> float:
+        """How long before a delayed frame is due the node loop wakes to release it."""
+        return constants.wan_release_slack_s + self.release_lead_s
+
+    def _learn_lateness(self, late_s: float) -> None:
+        """Move the release lead a twentieth of the way to cancel a released frame's lateness
+        (each sample clipped to 1 ms, so one stalled iteration does not swing it): the frames'
+        mean lateness settles at zero, whatever the machine's timer wake-up costs."""
+        self.release_late_s = late_s
+        step = max(-0.001, min(0.001, late_s)) / 20
+        self.release_lead_s = max(0.0, min(constants.wan_release_lead_max_s, self.release_lead_s + step))
+
+    def _release(self, synced_only: bool) -> None:
+        now = time.monotonic()
+        due = now + self.release_ahead_s()
         for conn in list(self.peers.values()):
             if conn.outq:
+                limit = conn.outq_synced if synced_only else len(conn.outq)
                 n = 0
-                while n < len(conn.outq) and conn.outq[n][0] <= due:   # FIFO: delays are per peer
+                while n < limit and conn.outq[n][0] <= due:   # FIFO: delays are per peer
                     n += 1
+                if n and conn.outq[0][0] > 0.0:
+                    self._learn_lateness(now - conn.outq[0][0])   # the earliest: the one the loop woke for
                 if n:
                     released = [data for _, data in conn.outq[:n]]
                     del conn.outq[:n]
                     conn.wbuf += b"".join(released)
                     conn.outq_bytes -= sum(len(d) for d in released)
+                conn.outq_synced = len(conn.outq) if not synced_only else conn.outq_synced - n
             if conn.wbuf:
                 self._write(conn)
 

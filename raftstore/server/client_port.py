@@ -420,8 +420,9 @@ class ClientServer:
                 await self.budget.freed(min(wait_s, 1.0))
             else:
                 try:
-                    await asyncio.wait_for(conn.wake.wait(), min(wait_s, 1.0))
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(min(wait_s, 1.0)):
+                        await conn.wake.wait()
+                except TimeoutError:
                     pass
         while True:
             if conn.frame_began is not None:
@@ -429,8 +430,9 @@ class ClientServer:
             else:
                 timeout = max(0.0, conn.last_active + self.limits.idle_timeout_s - time.monotonic())
             try:
-                return await asyncio.wait_for(reader.read(self.READ_CHUNK), timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(timeout):   # not wait_for: no task of its own per read
+                    return await reader.read(self.READ_CHUNK)
+            except TimeoutError:
                 pass
             now = time.monotonic()
             if conn.frame_began is not None:
@@ -547,8 +549,10 @@ class ClientServer:
                         return   # the connection is gone: nobody to answer (asyncio would warn on each write)
                     try:
                         writer.write(frame)
-                        await asyncio.wait_for(writer.drain(), self.limits.write_timeout_s)
-                    except asyncio.TimeoutError:
+                        if writer.transport.get_write_buffer_size():   # what the kernel did not take at once
+                            async with asyncio.timeout(self.limits.write_timeout_s):
+                                await writer.drain()
+                    except TimeoutError:
                         self.stats["write_timeout_closed"] += 1
                         self._log_limit.log(logger, logging.INFO, ("unread", peer_host(writer)),
                                             "client %s left an answer unread for %g s; closing",
