@@ -8,6 +8,7 @@ honest client's p99 and the RSS figures (the README's "Limits" table comes from 
 from __future__ import annotations
 
 import resource
+import statistics
 import socket
 import struct
 import threading
@@ -114,10 +115,7 @@ def creep(after: list[int]) -> float:
     slope over the repetitions, times their span): a leak grows it every repetition, while the
     allocator's fragmentation moves single samples up and down by a few MB (a CI run measured
     79, 84, 82, 82, 87 MB, last over first +10.2 %, trend +7 %)."""
-    n = len(after)
-    mean_x, mean_y = (n - 1) / 2, sum(after) / n
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(after)) / sum((x - mean_x) ** 2 for x in range(n))
-    return slope * (n - 1)
+    return statistics.linear_regression(range(len(after)), after).slope * (len(after) - 1)
 
 
 def test_the_creep_check_passes_fragmentation_noise_and_catches_a_leak():

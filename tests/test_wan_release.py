@@ -10,26 +10,31 @@ import statistics
 import socket
 import time
 
-import msgpack
+import pytest
 
 from raftstore.node.peer import HEARTBEAT, PeerNetwork, _Conn
+from raftstore.wire import FrameDecoder
 
 DELAY_S = 0.05
 
 
-def _network(delay_s: float) -> tuple[PeerNetwork, socket.socket, list]:
+@pytest.fixture
+def network():
+    """A PeerNetwork delaying frames to peer 2 by DELAY_S, and the socket peer 2 reads them on."""
     listen = socket.socket()
     listen.bind(("127.0.0.1", 0))
     net = PeerNetwork(listen_sock=listen, secret=b"s", hello=lambda: {}, on_hello=lambda h: None,
                       on_raft=lambda *a: None, on_peer_up=lambda p: None, on_peer_down=lambda p: None,
-                      on_reject=lambda r: None, node_id=1, delay_s=lambda peer: delay_s)
+                      on_reject=lambda r: None, node_id=1, delay_s=lambda peer: DELAY_S)
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     theirs.settimeout(0.0)
     conn = _Conn(ours, "peer", True, "open", math.inf)
     net.conns.add(conn)
     net.peers[2] = conn
-    return net, theirs, [listen, ours, theirs]
+    yield net, theirs
+    for s in (listen, ours, theirs):
+        s.close()
 
 
 def _sent(theirs: socket.socket) -> list[int]:
@@ -38,12 +43,7 @@ def _sent(theirs: socket.socket) -> list[int]:
         data = theirs.recv(1 << 16)
     except BlockingIOError:
         return []
-    marks = []
-    while data:
-        n = int.from_bytes(data[:4], "little")
-        marks.append(msgpack.unpackb(data[4:4 + n])[1])
-        data = data[4 + n:]
-    return marks
+    return [frame[1] for frame in FrameDecoder().feed(data)]
 
 
 def _release_order(net: PeerNetwork, theirs: socket.socket) -> tuple[list[int], list[int]]:
@@ -57,23 +57,13 @@ def _release_order(net: PeerNetwork, theirs: socket.socket) -> tuple[list[int], 
     return early, _sent(theirs)
 
 
-def test_a_due_frame_leaves_at_once_but_one_queued_since_the_last_flush_waits_for_it():
-    net, theirs, socks = _network(DELAY_S)
-    try:
-        assert _release_order(net, theirs) == ([1], [2])
-    finally:
-        for s in socks:
-            s.close()
+def test_a_due_frame_leaves_at_once_but_one_queued_since_the_last_flush_waits_for_it(network):
+    assert _release_order(*network) == ([1], [2])
 
 
-def test_broken_a_release_that_ignores_the_last_flush_sends_an_unsynced_frame_early(monkeypatch):
+def test_broken_a_release_that_ignores_the_last_flush_sends_an_unsynced_frame_early(network, monkeypatch):
     monkeypatch.setattr(PeerNetwork, "release_synced", PeerNetwork.flush)
-    net, theirs, socks = _network(DELAY_S)
-    try:
-        assert _release_order(net, theirs) == ([1, 2], [])
-    finally:
-        for s in socks:
-            s.close()
+    assert _release_order(*network) == ([1, 2], [])
 
 
 def _lateness_under_a_late_timer(net: PeerNetwork, timer_late_s: float, frames: int = 3000) -> list[float]:
@@ -90,22 +80,14 @@ def _lateness_under_a_late_timer(net: PeerNetwork, timer_late_s: float, frames: 
     return lates[-1000:]
 
 
-def test_delayed_frames_leave_on_time_on_average_though_the_timer_wakes_late():
-    net, _, socks = _network(DELAY_S)
-    try:
-        lates = _lateness_under_a_late_timer(net, timer_late_s=0.0003)
-        assert abs(statistics.mean(lates)) < 0.00005, statistics.mean(lates)
-        assert 0.0002 < net.release_lead_s < 0.0004, net.release_lead_s
-    finally:
-        for s in socks:
-            s.close()
+def test_delayed_frames_leave_on_time_on_average_though_the_timer_wakes_late(network):
+    net, _ = network
+    lates = _lateness_under_a_late_timer(net, timer_late_s=0.0003)
+    assert abs(statistics.mean(lates)) < 0.00005, statistics.mean(lates)
+    assert 0.0002 < net.release_lead_s < 0.0004, net.release_lead_s
 
 
-def test_broken_without_learning_the_timers_lateness_every_frame_leaves_late(monkeypatch):
+def test_broken_without_learning_the_timers_lateness_every_frame_leaves_late(network, monkeypatch):
     monkeypatch.setattr(PeerNetwork, "_learn_lateness", lambda self, late_s: None)
-    net, _, socks = _network(DELAY_S)
-    try:
-        assert statistics.mean(_lateness_under_a_late_timer(net, timer_late_s=0.0003)) > 0.00025
-    finally:
-        for s in socks:
-            s.close()
+    net, _ = network
+    assert statistics.mean(_lateness_under_a_late_timer(net, timer_late_s=0.0003)) > 0.00025
