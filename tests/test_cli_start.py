@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -10,7 +11,7 @@ import time
 
 import pytest
 
-from cluster import Cluster, free_ports
+from cluster import LIVENESS_MARGIN_S, Cluster, free_ports, wait_until
 
 
 def _start(*args, timeout=20):
@@ -88,6 +89,19 @@ def test_a_wiped_node_cannot_rejoin_under_its_old_id(tmp_path):
         with c.client() as cl:
             cl.put(b"k", b"v")
         victim = c.nodes[2]
+        # A member remembers another as running with its data (node.json's "active") once it
+        # has had a Raft message or a formed node's heartbeat from it; one killed before any
+        # member saw it run acknowledged nothing, and may rejoin. One member that saw it is
+        # enough, whichever of the two the wiped node reaches first (test_membership_wipe.py).
+        def seen_running_by_a_member():
+            def active(n):
+                try:
+                    with open(os.path.join(n.data_dir, "node.json")) as f:
+                        return json.load(f).get("active", {})
+                except (OSError, ValueError):
+                    return {}
+            return any(str(victim.node_id) in active(n) for n in c.nodes if n is not victim)
+        wait_until(seen_running_by_a_member, LIVENESS_MARGIN_S, "a member to have seen node 3 running")
         c.kill9(victim)
         import shutil
         shutil.rmtree(victim.data_dir)

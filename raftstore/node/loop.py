@@ -9,7 +9,9 @@ Each loop iteration: read peer frames and dispatch them to groups, tick the grou
 dirty journal, then release queued frames (peer.PeerNetwork.flush): no acknowledgement leaves
 before what it acknowledges is on disk, and all groups share one round of syncs.
 
-Data directory: `node.json` (identity and cluster members, written once the cluster forms),
+Data directory: `node.json` (identity, cluster members, this directory's incarnation and the
+one each member was seen running with -- a wiped node id cannot rejoin: Node._on_hello --
+written once the cluster forms),
 `hlc.ceiling`, `store.sqlite` (MVCC data and applied indexes), `raft/` (journals and
 snapshots) and `LOCK` (held while the node runs).
 """
@@ -26,6 +28,7 @@ import itertools
 import json
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
@@ -183,7 +186,11 @@ class Node:
         self._calls: collections.deque = collections.deque()
         self._replies: list = []   # (asyncio future, answer) completed this iteration (_reply)
         self.members: dict[int, dict] | None = None   # node id -> {"addr", "region"}
-        self.active: set[int] = set()                 # members seen running with their data
+        # Members seen running with their data: node id -> the incarnation (the id of its data
+        # directory, made when it was empty) they ran with; None: seen before incarnations were kept.
+        self.active: dict[int, str | None] = {}
+        self.incarnation = secrets.token_hex(8)      # this data directory's (node.json keeps it)
+        self._peer_incarnation: dict[int, str | None] = {}   # what each connected peer's HELLO said
         self.fatal: str | None = None
         self.clock_offset_errors = 0
         self.offsets = OffsetMonitor(MAX_OFFSET_NS_DEFAULT)
@@ -257,10 +264,18 @@ class Node:
                 raise StartupError("data dir %s was created for region %s, not --region %s: a node keeps its region "
                                    "(start it with --region %s)" % (cfg.data_dir, meta["region"], cfg.region, meta["region"]))
             self.members = members
-            self.active = set(meta.get("active", []))
+            active = meta.get("active", [])
+            # A list: written before incarnations were kept (no data directory's id is known).
+            self.active = ({int(k): v for k, v in active.items()} if isinstance(active, dict)
+                           else dict.fromkeys(active))
         elif os.listdir(os.path.join(cfg.data_dir, "raft")):
             raise StartupError("data dir %s has Raft data but no node.json; refusing to guess" % cfg.data_dir)
         self.meta_path = meta_path
+        if self.members is not None:
+            if isinstance(meta.get("incarnation"), str):
+                self.incarnation = meta["incarnation"]
+            else:
+                self._persist_meta()   # keep the one just made: peers will remember it
         try:
             self.disk = DiskGuard(cfg.data_dir, reserve_bytes=cfg.disk_reserve_bytes, ballast_bytes=cfg.disk_ballast_bytes)
             self.disk.ensure_ballast()
@@ -299,23 +314,37 @@ class Node:
 
     # --- membership ------------------------------------------------------------------------------
     def _hello(self) -> dict:
+        active = {str(k): v for k, v in self.active.items()}
+        if self.members:
+            active[str(self.node_id)] = self.incarnation
         return {"node_id": self.node_id, "region": self.cfg.region, "addr": self.cfg.peer_addr,
-                "fresh": self.members is None,
+                "fresh": self.members is None, "incarnation": self.incarnation,
                 "members": {str(k): v for k, v in self.members.items()} if self.members else None,
-                "active": sorted(self.active | ({self.node_id} if self.members else set()))}
+                "active": active}
 
     def _on_hello(self, hello: dict) -> str | None:
+        """Admit a peer's connection (None) or say why not. A member's data directory has an
+        incarnation, made when it was empty; once any member has seen a node run with one, that
+        node id never runs with another: a wiped directory lost what it acknowledged. Both sides
+        check, so which of the two connects first does not matter."""
         pid = hello["node_id"]
         if pid == self.node_id:
             return "node id %d is already used by the node at %s" % (pid, self.cfg.peer_addr)
+        incarnation = hello.get("incarnation") if isinstance(hello.get("incarnation"), str) else None
+        if self._saw_us_with_other_data(hello):
+            self.fatal = ("node %d's data directory was wiped: it cannot rejoin under its old id; "
+                          "start it with a new --node-id" % self.node_id)
+            return "wiped"
         if self.members is not None:
             if pid not in self.members:
                 return "node %d is not a member of this cluster (members: %s)" % (pid, sorted(self.members))
-            if hello.get("fresh") and pid in self.active:
+            if pid in self.active and (hello.get("fresh") if self.active[pid] is None
+                                       else incarnation != self.active[pid]):
                 return ("node %d's data directory was wiped: it cannot rejoin under its old id "
                         "(its acknowledged writes are gone); start it with a new --node-id" % pid)
-            if not hello.get("fresh") and pid not in self.active:
-                self._mark_active(pid)
+            self._peer_incarnation[pid] = incarnation
+            if not hello.get("fresh"):
+                self._seen_running(pid)
             return None
         # Still forming: remember who answered; adopt an already-formed cluster's members.
         members = hello.get("members")
@@ -323,15 +352,30 @@ class Node:
             if str(self.node_id) not in members:
                 self.fatal = "the cluster at %s was formed without node %d" % (hello["addr"], self.node_id)
                 return "not a member"
-            if self.node_id in set(hello.get("active") or []):
-                self.fatal = ("node %d's data directory was wiped: it cannot rejoin under its old id; "
-                              "start it with a new --node-id" % self.node_id)
-                return "wiped"
+            self._peer_incarnation[pid] = incarnation
             self._form({int(k): v for k, v in members.items()})
             return None
+        self._peer_incarnation[pid] = incarnation
         self.join_hellos[hello["addr"]] = hello
         self._maybe_form()
         return None
+
+    def _saw_us_with_other_data(self, hello: dict) -> bool:
+        """Whether a peer's HELLO remembers this node id running with another data directory
+        (one recorded before incarnations were kept counts when this one started empty)."""
+        active = hello.get("active")
+        if not isinstance(active, dict) or str(self.node_id) not in active:
+            return False
+        seen = active[str(self.node_id)]
+        return self.members is None if seen is None else seen != self.incarnation
+
+    def _seen_running(self, pid: int) -> None:
+        """A member sent what only a formed node sends (a Raft message, a heartbeat naming its
+        leaderships, a HELLO that is not fresh): remember the data directory it runs with."""
+        incarnation = self._peer_incarnation.get(pid)
+        if self.members is not None and pid in self.members and self.active.get(pid, "") != incarnation:
+            self.active[pid] = incarnation
+            self._persist_meta()
 
     def _say_whom_we_wait_for(self, now: float) -> None:
         """While the cluster has not formed, say so now and then, naming the peers not heard from."""
@@ -357,14 +401,11 @@ class Node:
         logger.info("cluster formed: %s", {k: v["region"] for k, v in sorted(members.items())})
         self._start_groups()
 
-    def _mark_active(self, pid: int) -> None:
-        self.active.add(pid)
-        self._persist_meta()
-
     def _persist_meta(self) -> None:
         _write_json_durably(self.meta_path, {"node_id": self.node_id, "region": self.cfg.region,
                                              "members": {str(k): v for k, v in self.members.items()},
-                                             "active": sorted(self.active)})
+                                             "incarnation": self.incarnation,
+                                             "active": {str(k): v for k, v in sorted(self.active.items())}})
 
     def _on_reject(self, reason: str) -> None:
         if "wiped" in reason or "not a member" in reason or "already used" in reason:
@@ -436,8 +477,8 @@ class Node:
             transport = self.transports.get(group_id)
         if transport is None or peer_id not in transport.peers:
             return
-        if peer_id not in self.active:
-            self._mark_active(peer_id)
+        if self.active.get(peer_id, "") != self._peer_incarnation.get(peer_id):
+            self._seen_running(peer_id)
         self.store.on_message(group_id, message)
         transport._onMessageReceived(transport.peers[peer_id], message)
 
@@ -454,6 +495,8 @@ class Node:
         return self.cfg.latency.one_way_s(self.cfg.region, self.members[peer_id]["region"])
 
     def _on_heartbeat(self, peer_id: int, stamp, probe=None, claims=None, disputes=None) -> None:
+        if claims is not None and self.active.get(peer_id, "") != self._peer_incarnation.get(peer_id):
+            self._seen_running(peer_id)   # only a formed node names its leaderships (even none)
         if probe is not None:
             if probe_is_valid(probe):   # judged with the others at our next heartbeat (_check_clock)
                 m = self.offsets.on_probe(peer_id, probe, self.phys.now_ns(), time.monotonic())
