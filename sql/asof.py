@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from sqlglot import exp
 
 from raftstore import constants
+from raftstore.durations import parse_interval_s
 from sql.errors import SQLError
 
 Version = tuple[int, int]
@@ -39,11 +40,6 @@ EXACT, BOUNDED = "exact", "bounded"
 # clocks: old enough that every caught-up replica has closed it.
 FOLLOWER_READ_LAG_S = constants.closed_lag_s + 2 * constants.closed_side_interval_s + 1.1
 FOLLOWER_READS_VAR = "default_transaction_use_follower_reads"   # a session variable (sql.session_vars)
-_UNITS = {"ms": 1e-3, "millisecond": 1e-3, "milliseconds": 1e-3, "s": 1.0, "sec": 1.0, "second": 1.0,
-          "seconds": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0, "minutes": 60.0, "h": 3600.0,
-          "hour": 3600.0, "hours": 3600.0}
-_INTERVAL = re.compile(r"\s*(-?)\s*((?:\d+(?:\.\d*)?\s*[a-z]*\s*)+)", re.IGNORECASE)
-_PART = re.compile(r"(\d+(?:\.\d*)?)\s*([a-z]*)", re.IGNORECASE)
 _HLC_DECIMAL = re.compile(r"\s*(\d+)(?:\.(\d{1,10}))?\s*")
 
 
@@ -64,20 +60,6 @@ def _error(code: str, message: str, node: exp.Expr | None = None) -> SQLError:
     from sql.dialect import node_position
 
     return SQLError(code, message, node_position(node) if node is not None else None)
-
-
-def parse_interval_s(text: str) -> float | None:
-    """'10s', '500ms', '1m30s', '2 minutes', '-5s' -> seconds (signed); None if it is not one."""
-    match = _INTERVAL.fullmatch(text)
-    if match is None:
-        return None
-    total = 0.0
-    for number, unit in _PART.findall(match.group(2)):
-        factor = _UNITS.get(unit.lower() or "s")
-        if factor is None:
-            return None
-        total += float(number) * factor
-    return -total if match.group(1) else total
 
 
 def _timestamp_text(text: str, node: exp.Expr, now_ns: int) -> Version:

@@ -126,3 +126,17 @@ def test_follower_reads_from_the_shell_and_their_flags_named_when_wrong(cluster)
                          (["--as-of", ts, "--max-staleness", "1s"], "not allowed with")):
         wrong = kv_cli(url, "get", "stale-k", *flags)
         assert wrong.returncode == cli_kv.EXIT_USAGE and named in wrong.stderr.decode(), wrong.stderr
+
+
+def test_max_staleness_reads_durations_as_sql_does():
+    """`--max-staleness` takes what `with_max_staleness('...')` takes (raftstore.durations),
+    within 1 ms .. 7 days."""
+    import argparse
+
+    from raftstore.durations import parse_interval_s
+    for text, seconds in (("10s", 10.0), ("500ms", 0.5), ("1m30s", 90.0), ("2 minutes", 120.0), ("1.5h", 5400.0),
+                          ("3", 3.0)):
+        assert cli_kv._duration_type(text) == seconds == parse_interval_s(text)
+    for text in ("soon", "-5s", "0", "8 days", "0.5ms", "", "10 parsecs"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--max-staleness must be a duration"):
+            cli_kv._duration_type(text)

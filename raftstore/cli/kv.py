@@ -35,6 +35,7 @@ from typing import Any
 
 from raftstore import constants
 from raftstore.cli.client_args import add_timeout_argument, add_url_argument
+from raftstore.durations import parse_interval_s
 from raftstore.errors import AmbiguousCommitError, RaftstoreError, UnavailableError
 from raftstore.kv import Client
 from hlc.timestamp import Timestamp
@@ -60,21 +61,11 @@ def _limit_type(text: str) -> int:
     return value
 
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
 def _duration_type(text: str) -> float:
-    """A staleness bound: ``10s``, ``500ms``, ``2m``, ``1h`` or plain seconds."""
-    number, unit = text, "s"
-    for suffix in sorted(_UNITS, key=len, reverse=True):
-        if text.endswith(suffix):
-            number, unit = text[: -len(suffix)], suffix
-            break
-    try:
-        seconds = float(number) * _UNITS[unit]
-    except ValueError:
-        seconds = -1.0
-    if not 0.001 <= seconds <= 7 * 24 * 3600:
+    """A staleness bound: ``10s``, ``500ms``, ``2m``, ``1h``, ``1m30s`` or plain seconds
+    (raftstore.durations)."""
+    seconds = parse_interval_s(text)
+    if seconds is None or not 0.001 <= seconds <= 7 * 24 * 3600:
         raise argparse.ArgumentTypeError(
             f"--max-staleness must be a duration from 1ms to 7 days like 10s, 500ms or 2m, got {text!r}")
     return seconds
