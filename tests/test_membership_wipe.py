@@ -1,5 +1,5 @@
 """A node id never runs again with another data directory once a member saw it run (Node._on_hello):
-a wiped directory lost what it acknowledged, so it must rejoin under a new --node-id. Each data
+a wiped directory lost what it acknowledged, so it may not come back under its old id. Each data
 directory has an incarnation, made when it was empty and kept in node.json; every member remembers
 the incarnation it saw each other member run with. The check holds whichever side connects first,
 and whichever member the wiped node reaches first. In-process nodes over real data directories;
@@ -54,7 +54,7 @@ def test_a_member_refuses_a_node_id_back_with_another_data_directory(make_node):
     # other member answered first): either way its data directory is not the one seen.
     for fresh in (True, False):
         said = one._on_hello(_hello(3, "three-after-wipe", fresh))
-        assert said is not None and "node 3's data directory was wiped" in said and "new --node-id" in said
+        assert said is not None and "node 3's data directory was wiped" in said and "cannot rejoin under its old id" in said
     assert one._on_hello(_hello(3, "three", fresh=False)) is None   # the same directory, reconnecting
 
 

@@ -78,6 +78,13 @@ def _complete(replies: list) -> None:
             fut.set_result(value)
 
 
+def _wiped(node_id: int) -> str:
+    """Why a node id seen running with another data directory is refused (Node._on_hello)."""
+    return ("node %d's data directory was wiped: it cannot rejoin under its old id (what it acknowledged is "
+            "gone); a cluster's members are fixed when it forms, so the others go on without it: "
+            "a replacement node cannot join yet" % node_id)
+
+
 class StartupError(Exception):
     """The node cannot start; the message is the one line the user sees."""
 
@@ -332,16 +339,14 @@ class Node:
             return "node id %d is already used by the node at %s" % (pid, self.cfg.peer_addr)
         incarnation = hello.get("incarnation") if isinstance(hello.get("incarnation"), str) else None
         if self._saw_us_with_other_data(hello):
-            self.fatal = ("node %d's data directory was wiped: it cannot rejoin under its old id; "
-                          "start it with a new --node-id" % self.node_id)
+            self.fatal = _wiped(self.node_id)
             return "wiped"
         if self.members is not None:
             if pid not in self.members:
                 return "node %d is not a member of this cluster (members: %s)" % (pid, sorted(self.members))
             if pid in self.active and (hello.get("fresh") if self.active[pid] is None
                                        else incarnation != self.active[pid]):
-                return ("node %d's data directory was wiped: it cannot rejoin under its old id "
-                        "(its acknowledged writes are gone); start it with a new --node-id" % pid)
+                return _wiped(pid)
             self._peer_incarnation[pid] = incarnation
             if not hello.get("fresh"):
                 self._seen_running(pid)
