@@ -78,6 +78,9 @@ def _complete(replies: list) -> None:
             fut.set_result(value)
 
 
+_UNSEEN = object()   # Node.active's answer for a member not seen running yet
+
+
 def _wiped(node_id: int) -> str:
     """Why a node id seen running with another data directory is refused (Node._on_hello)."""
     return ("node %d's data directory was wiped: it cannot rejoin under its old id (what it acknowledged is "
@@ -378,7 +381,7 @@ class Node:
         """A member sent what only a formed node sends (a Raft message, a heartbeat naming its
         leaderships, a HELLO that is not fresh): remember the data directory it runs with."""
         incarnation = self._peer_incarnation.get(pid)
-        if self.members is not None and pid in self.members and self.active.get(pid, "") != incarnation:
+        if self.members is not None and pid in self.members and self.active.get(pid, _UNSEEN) != incarnation:
             self.active[pid] = incarnation
             self._persist_meta()
 
@@ -482,7 +485,7 @@ class Node:
             transport = self.transports.get(group_id)
         if transport is None or peer_id not in transport.peers:
             return
-        if self.active.get(peer_id, "") != self._peer_incarnation.get(peer_id):
+        if self.active.get(peer_id, _UNSEEN) != self._peer_incarnation.get(peer_id):   # the hot path: no call
             self._seen_running(peer_id)
         self.store.on_message(group_id, message)
         transport._onMessageReceived(transport.peers[peer_id], message)
@@ -500,7 +503,7 @@ class Node:
         return self.cfg.latency.one_way_s(self.cfg.region, self.members[peer_id]["region"])
 
     def _on_heartbeat(self, peer_id: int, stamp, probe=None, claims=None, disputes=None) -> None:
-        if claims is not None and self.active.get(peer_id, "") != self._peer_incarnation.get(peer_id):
+        if claims is not None:
             self._seen_running(peer_id)   # only a formed node names its leaderships (even none)
         if probe is not None:
             if probe_is_valid(probe):   # judged with the others at our next heartbeat (_check_clock)
