@@ -18,15 +18,21 @@ MS = 1_000_000
 MAX = 500 * MS
 
 
-def exchange(offset_ns: int, there_ns: int, back_ns: int, gap_ns: int = 100 * MS, base: int = 10**18):
+A_MONO, B_MONO = 5 * 10**12, 7 * 10**12    # the two nodes' monotonic clocks: unrelated origins
+
+
+def exchange(offset_ns: int, there_ns: int, back_ns: int, gap_ns: int = 100 * MS, base: int = 10**18,
+             a_step_ns: int = 0, b_step_ns: int = 0):
     """Node A (true time = A's clock) probes B, whose clock reads true time + offset_ns; B
-    answers gap_ns later. Returns A's monitor after B's answer arrived."""
+    answers gap_ns later. A's wall clock is stepped by a_step_ns while the probe is out, B's by
+    b_step_ns while B holds it (their monotonic clocks are not). Returns A's monitor after B's
+    answer arrived, and the measurement."""
     a, b = OffsetMonitor(MAX), OffsetMonitor(MAX)
     t = base
-    probe = a.probe_for(2, t)                                  # A sends at true time t
-    assert b.on_probe(1, probe, t + there_ns + offset_ns, 0.0) is None   # first contact: nothing echoed
-    reply = b.probe_for(1, t + there_ns + gap_ns + offset_ns)  # B answers gap later, in its clock
-    m = a.on_probe(2, reply, t + there_ns + gap_ns + back_ns, 1.0)
+    probe = a.probe_for(2, t, A_MONO)                          # A sends at true time t
+    assert b.on_probe(1, probe, t + there_ns + offset_ns, B_MONO + there_ns) is None   # first contact: nothing echoed
+    reply = b.probe_for(1, t + there_ns + gap_ns + offset_ns + b_step_ns, B_MONO + there_ns + gap_ns)   # B answers gap later
+    m = a.on_probe(2, reply, t + there_ns + gap_ns + back_ns + a_step_ns, A_MONO + there_ns + gap_ns + back_ns)
     return a, m
 
 
@@ -55,18 +61,38 @@ def test_a_clock_beyond_bounds_is_far_when_the_delay_is_small():
 
 def test_a_peers_round_trip_is_the_least_of_its_last_probes_and_forgets_older_ones():
     a, b = OffsetMonitor(MAX), OffsetMonitor(MAX)
-    t, mono = 10**18, 0.0
-    b.on_probe(1, a.probe_for(2, t), t + 30 * MS, mono)
+    t = 10**18                                   # true time: both wall clocks, A's monotonic clock
+    b.on_probe(1, a.probe_for(2, t, t), t + 30 * MS, t + 30 * MS)
     rtts = []
-    for i, extra in enumerate([7, 2, 9] + [5] * constants.peer_rtt_probes_kept):   # one-way 30 ms + queueing
+    for extra in [7, 2, 9] + [5] * constants.peer_rtt_probes_kept:   # one-way 30 ms + queueing
         t += 250 * MS
-        m = a.on_probe(2, b.probe_for(1, t), t + (30 + extra) * MS, mono + i)
-        b.on_probe(1, a.probe_for(2, t + (30 + extra) * MS), t + (60 + extra) * MS, mono + i)
+        m = a.on_probe(2, b.probe_for(1, t, t), t + (30 + extra) * MS, t + (30 + extra) * MS)
+        b.on_probe(1, a.probe_for(2, t + (30 + extra) * MS, t + (30 + extra) * MS), t + (60 + extra) * MS,
+                   t + (60 + extra) * MS)
         rtts.append((m.rtt_ns, m.rtt_min_ns))
     assert rtts[:3] == [(67 * MS, 67 * MS), (62 * MS, 62 * MS), (69 * MS, 62 * MS)]
     assert rtts[-1] == (65 * MS, 65 * MS)                    # the 62 ms probe is no longer among the last
-    assert a.latest(2, mono + len(rtts)) is a.measurements[2]
-    assert a.latest(2, mono + len(rtts) + a.stale_s) is None and a.latest(3, mono) is None
+    mono = t / 1e9
+    assert a.latest(2, mono) is a.measurements[2]
+    assert a.latest(2, mono + a.stale_s + 1) is None and a.latest(3, mono) is None
+
+
+@pytest.mark.parametrize("a_step_ms, b_step_ms", [(-26, 0), (0, 26), (40, 0), (0, -40), (-15, 15)])
+def test_a_wall_clock_stepped_during_a_probe_does_not_change_its_round_trip(a_step_ms, b_step_ms):
+    """The round trip is timed by monotonic clocks: a step of either wall clock mid-exchange (NTP,
+    a resumed VM) leaves it at the link's 60 ms plus the peer's hold excluded. (Timed by the
+    wall stamps, a 26 ms step put 34 ms into the peer's minimum round trip for ~4 s, and
+    EXPLAIN ANALYZE's bound with it.)"""
+    _, m = exchange(0, 30 * MS, 30 * MS, a_step_ns=a_step_ms * MS, b_step_ns=b_step_ms * MS)
+    assert m is not None and m.rtt_ns == m.rtt_min_ns == 60 * MS
+
+
+def test_an_older_peers_probe_without_monotonic_stamps_is_timed_by_the_wall_stamps():
+    a = OffsetMonitor(MAX)
+    now = 10**18
+    a.on_probe(2, {"t": now, "echo_t": None, "echo_rx": None}, now, 0)
+    m = a.on_probe(2, {"t": now + 50 * MS, "echo_t": now - 10 * MS, "echo_rx": now + 10 * MS}, now + 70 * MS, 10**9)
+    assert m.rtt_ns == 40 * MS and m.uncertainty_ns == 20 * MS + 1
 
 
 def _monitor_with(offsets_ms: dict[int, int], at: float = 1.0) -> OffsetMonitor:
@@ -97,13 +123,25 @@ def test_a_probe_that_echoes_nothing_we_sent_is_ignored():
     a = OffsetMonitor(MAX)
     now = 10**18
     # Echo from the future, from long ago, and a reply sent before it was received.
-    assert a.on_probe(2, {"t": now, "echo_t": now + MS, "echo_rx": now}, now, 0.0) is None
-    assert a.on_probe(2, {"t": now, "echo_t": now - 3600 * 10**9, "echo_rx": now}, now, 0.0) is None
-    assert a.on_probe(2, {"t": now - MS, "echo_t": now - 2 * MS, "echo_rx": now}, now, 0.0) is None
+    assert a.on_probe(2, {"t": now, "echo_t": now + MS, "echo_rx": now}, now, 0) is None
+    assert a.on_probe(2, {"t": now, "echo_t": now - 3600 * 10**9, "echo_rx": now}, now, 0) is None
+    assert a.on_probe(2, {"t": now - MS, "echo_t": now - 2 * MS, "echo_rx": now}, now, 0) is None
+    # A monotonic echo from our future, from long ago, or a negative hold.
+    mono = 10**13
+    echo = {"t": now, "echo_t": now - 50 * MS, "echo_rx": now - 40 * MS}
+    assert a.on_probe(2, {**echo, "echo_m": mono + MS, "echo_hold": 0}, now, mono) is None
+    assert a.on_probe(2, {**echo, "echo_m": mono - 3600 * 10**9, "echo_hold": 0}, now, mono) is None
+    assert a.on_probe(2, {**echo, "echo_m": mono - 50 * MS, "echo_hold": -MS}, now, mono) is None
+    assert a.on_probe(2, {**echo, "echo_m": mono - 50 * MS, "echo_hold": 60 * MS}, now, mono) is None   # rtt < 0
     assert a.measurements == {}
-    for bad in (None, [], {"t": "x"}, {"t": 1, "echo_t": 2}, {"t": 1, "echo_t": "a", "echo_rx": 3}):
+    for bad in (None, [], {"t": "x"}, {"t": True}, {"t": 1, "echo_t": 2}, {"t": 1, "echo_t": "a", "echo_rx": 3},
+                {"t": 1, "m": "x", "echo_t": None, "echo_rx": None},
+                {"t": 1, "m": 1, "echo_t": 2, "echo_rx": 3, "echo_m": 4, "echo_hold": None},
+                {"t": 1, "m": 1, "echo_t": 2, "echo_rx": 3, "echo_m": 4, "echo_hold": 1.5}):
         assert not probe_is_valid(bad)
     assert probe_is_valid({"t": 1, "echo_t": None, "echo_rx": None})
+    assert probe_is_valid({"t": 1, "m": 5, "echo_t": None, "echo_rx": None, "echo_m": None, "echo_hold": None})
+    assert probe_is_valid({"t": 1, "m": 5, "echo_t": 2, "echo_rx": 3, "echo_m": 4, "echo_hold": 0})
 
 
 # --- real nodes ------------------------------------------------------------------------------------

@@ -28,7 +28,13 @@ resumes by itself once the measurements are back within bounds.
 The same probes give each peer's round trip (`Measurement.rtt_min_ns`): the least of the last
 `peer_rtt_probes_kept` probes, what the link itself costs without the queueing and the loop
 wake-ups any one probe may meet - the round trip a request cannot avoid, which EXPLAIN ANALYZE's
-bound is made of.
+bound is made of. That round trip is timed with monotonic clocks, not the four wall stamps: a
+probe also carries the sender's monotonic send time `m` (echoed back to it untouched as
+`echo_m`) and how long it held the probe it echoes (`echo_hold`, by its own monotonic clock),
+so `rtt = (now_m - echo_m) - echo_hold`. A wall clock stepped or slewed during one exchange
+(NTP, a VM resumed) would otherwise put a round trip far below the link's into the minimum for
+the next `peer_rtt_probes_kept` probes. Probes without these fields (an older node) fall back to
+the wall stamps.
 
 Everything here is pure: times come in as arguments, so tests drive it without a real clock.
 """
@@ -48,19 +54,29 @@ class Measurement:
     offset_ns: int          # peer's clock minus ours
     uncertainty_ns: int     # rtt / 2
     at: float               # our monotonic time of the measurement
-    rtt_ns: int = 0         # the probe's round trip, less the peer's time holding it
+    rtt_ns: int = 0         # the probe's round trip, less the peer's time holding it (monotonic clocks)
     rtt_min_ns: int = 0     # the least rtt_ns of the peer's last peer_rtt_probes_kept probes, this one's included
 
     def far(self, max_offset_ns: int) -> bool:
         return abs(self.offset_ns) - self.uncertainty_ns > max_offset_ns
 
 
+def _int_or_none(value: object) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool))
+
+
 def probe_is_valid(probe: object) -> bool:
-    """A heartbeat's clock probe: {"t": int, "echo_t": int | None, "echo_rx": int | None}."""
-    if not isinstance(probe, dict) or not isinstance(probe.get("t"), int):
+    """A heartbeat's clock probe: {"t": int, "echo_t": int | None, "echo_rx": int | None} and,
+    from nodes that time round trips monotonically, "m": int, "echo_m" and "echo_hold": int | None
+    (absent from an older node's probes)."""
+    if not isinstance(probe, dict) or not isinstance(probe.get("t"), int) or isinstance(probe.get("t"), bool):
         return False
     echo_t, echo_rx = probe.get("echo_t"), probe.get("echo_rx")
-    return (echo_t is None and echo_rx is None) or (isinstance(echo_t, int) and isinstance(echo_rx, int))
+    if not ((echo_t is None and echo_rx is None) or (isinstance(echo_t, int) and isinstance(echo_rx, int))):
+        return False
+    echo_m, echo_hold = probe.get("echo_m"), probe.get("echo_hold")
+    return (_int_or_none(probe.get("m")) and _int_or_none(echo_m) and _int_or_none(echo_hold)
+            and (echo_m is None) == (echo_hold is None))
 
 
 class OffsetMonitor:
@@ -70,32 +86,45 @@ class OffsetMonitor:
         self.max_offset_ns = max_offset_ns
         self.stale_s = stale_s
         self.measurements: dict[int, Measurement] = {}
-        self._last_from: dict[int, tuple[int, int]] = {}   # peer -> (its send time t, our receive time)
-        self._sent: dict[int, int] = {}                    # peer -> send time of our last probe to it
+        # peer -> (its wall send time t, our wall receive time, its monotonic send time m or None,
+        #          our monotonic receive time)
+        self._last_from: dict[int, tuple[int, int, int | None, int]] = {}
         self._rtts: dict[int, deque] = {}                  # peer -> its last probes' round trips (ns)
 
-    def probe_for(self, peer_id: int, now_ns: int) -> dict:
-        """The probe to put in our next heartbeat to peer_id (sent at physical time now_ns)."""
-        self._sent[peer_id] = now_ns
+    def probe_for(self, peer_id: int, now_ns: int, mono_ns: int) -> dict:
+        """The probe to put in our next heartbeat to peer_id, sent at physical time now_ns and
+        monotonic time mono_ns."""
         echo = self._last_from.get(peer_id)
-        return {"t": now_ns, "echo_t": echo[0] if echo else None, "echo_rx": echo[1] if echo else None}
+        if echo is None:
+            return {"t": now_ns, "m": mono_ns, "echo_t": None, "echo_rx": None, "echo_m": None, "echo_hold": None}
+        t, rx, m, rx_mono = echo
+        return {"t": now_ns, "m": mono_ns, "echo_t": t, "echo_rx": rx,
+                "echo_m": m, "echo_hold": mono_ns - rx_mono if m is not None else None}
 
-    def on_probe(self, peer_id: int, probe: dict, now_ns: int, mono: float) -> Measurement | None:
-        """A heartbeat from peer_id carrying `probe` arrived at physical time now_ns (monotonic
-        `mono`). Returns the new measurement, if the probe completes one."""
-        self._last_from[peer_id] = (probe["t"], now_ns)
+    def on_probe(self, peer_id: int, probe: dict, now_ns: int, mono_ns: int) -> Measurement | None:
+        """A heartbeat from peer_id carrying `probe` arrived at physical time now_ns and
+        monotonic time mono_ns. Returns the new measurement, if the probe completes one."""
+        self._last_from[peer_id] = (probe["t"], now_ns, probe.get("m"), mono_ns)
         t1, t2, t3, t4 = probe["echo_t"], probe["echo_rx"], probe["t"], now_ns
+        stale_ns = int(self.stale_s * 1e9)
         # The echo must be of a probe we really sent it (not forged, not from before a restart).
-        if t1 is None or t1 > t4 or t1 < t4 - int(self.stale_s * 1e9) or t3 < t2:
+        if t1 is None or t1 > t4 or t1 < t4 - stale_ns or t3 < t2:
             return None
-        rtt = (t4 - t1) - (t3 - t2)
-        if rtt < 0:
+        wall_rtt = (t4 - t1) - (t3 - t2)     # what the offset's interval is made of (the same stamps)
+        if wall_rtt < 0:
             return None
-        # rtt // 2 + 1: the halving rounds, so the interval is widened by the rounding error.
+        echo_m, hold = probe.get("echo_m"), probe.get("echo_hold")
+        if echo_m is None:
+            rtt = wall_rtt                   # an older peer: wall stamps only
+        else:
+            rtt = (mono_ns - echo_m) - hold
+            if echo_m > mono_ns or echo_m < mono_ns - stale_ns or hold < 0 or rtt < 0:
+                return None
+        # wall_rtt // 2 + 1: the halving rounds, so the interval is widened by the rounding error.
         rtts = self._rtts.setdefault(peer_id, deque(maxlen=constants.peer_rtt_probes_kept))
         rtts.append(rtt)
-        m = Measurement(offset_ns=((t2 - t1) + (t3 - t4)) // 2, uncertainty_ns=rtt // 2 + 1, at=mono, rtt_ns=rtt,
-                        rtt_min_ns=min(rtts))
+        m = Measurement(offset_ns=((t2 - t1) + (t3 - t4)) // 2, uncertainty_ns=wall_rtt // 2 + 1, at=mono_ns / 1e9,
+                        rtt_ns=rtt, rtt_min_ns=min(rtts))
         self.measurements[peer_id] = m
         return m
 

@@ -507,7 +507,7 @@ class Node:
             self._seen_running(peer_id)   # only a formed node names its leaderships (even none)
         if probe is not None:
             if probe_is_valid(probe):   # judged with the others at our next heartbeat (_check_clock)
-                m = self.offsets.on_probe(peer_id, probe, self.phys.now_ns(), time.monotonic())
+                m = self.offsets.on_probe(peer_id, probe, self.phys.now_ns(), time.monotonic_ns())
                 if m is not None:
                     self.metrics.peer_rtt_seconds.observe(m.rtt_ns / 1e9)
             else:
@@ -806,7 +806,7 @@ class Node:
                 claims = self.store.leader_claims() if self.store is not None else None
                 for pid in list(self.net.peers):
                     disputes = self.store.disputes_to(pid) if self.store is not None else None
-                    self.net.send(pid, [HEARTBEAT, stamp, self.offsets.probe_for(pid, self.phys.now_ns()), claims, disputes])
+                    self.net.send(pid, [HEARTBEAT, stamp, self.offsets.probe_for(pid, self.phys.now_ns(), time.monotonic_ns()), claims, disputes])
                 self._check_clock()
             if self.store is not None:
                 self.store.sync()
