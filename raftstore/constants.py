@@ -54,6 +54,9 @@ lease_read_inline_keys_max = 16        # a leaseholder read of at most this many
                                        # node loop, on its own connection: two thread hand-offs less than a reader's
 lease_readers = 2                      # threads (each with its own SQLite read connection) serving leaseholder reads
 leader_wait_s = 2.0                     # a client command for a range with no leader known waits this long for one
+# A gateway holds a request for a range with no leader it can reach (an election, a leader down)
+# until this long before the request's --unavailable-timeout, then answers it definitely (Node._propose_at_leader).
+leader_wait_margin_s = 1.0
 proposals_in_flight_max = 10_000        # per group; beyond it a proposal is refused at once
 
 # --- pysyncobj configuration we always run with ---------------------------------------------
@@ -174,6 +177,7 @@ zones_max = 10_000                     # zones read at most (one per table with 
 group_active_s = 2.0            # a group with traffic this recent keeps fast timers
 active_tick_interval_s = 0.02   # periodic tick of a busy group (events tick it at once)
 idle_tick_interval_s = 1.0      # an idle group ticks this often
+election_tick_slack_s = 0.001   # a follower ticks this long after its election timer runs out (Store.tick)
 idle_heartbeat_interval_s = 1.0 # a leader not busy and not caught up sends appends this often (pysyncobj's
                                 # appendEntriesPeriod); a caught-up one sends none (Store._quiesce)
 node_heartbeat_interval_s = 0.25  # one frame per peer keeps every idle group's followers patient

@@ -245,3 +245,38 @@ def test_a_range_size_is_measured_once_then_kept_by_adding_writes_and_a_split_is
     h.store._on_write(R, 1)
     h.store.maintain()
     assert h.store.size_measurements == 2
+
+
+class _Follower(FakeGroup):
+    """A follower whose election timer runs out at `deadline` (pysyncobj's monotonic time)."""
+
+    def __init__(self, deadline: float) -> None:
+        super().__init__(leader=False, leader_id="2")
+        self.deadline, self.term, self.ticks = deadline, 5, 0
+
+    def election_due(self) -> float:
+        return self.deadline
+
+    def doTick(self, _wait: float) -> None:
+        self.ticks += 1
+
+    def set_append_entries_period(self, _seconds: float) -> None:
+        pass
+
+
+def test_an_idle_follower_ticks_when_its_election_timer_runs_out_not_at_its_next_idle_tick(h):
+    """Idle ticks run in step on every replica (one period per range, begun by the same append):
+    a follower waiting for its next idle tick to notice its timer stood together with the other
+    followers, and their votes split (another 1-2 s to elect after a leaseholder died). A timer
+    not due before the next idle tick changes nothing, nor does one already past (a follower no
+    peer is connected to does not stand: ticking it every iteration would spin)."""
+    from raftstore.kvserver import store as store_mod
+    idle = store_mod._idle_period(R)
+    for deadline, expected in [(h.t + 0.37, h.t + 0.37 + constants.election_tick_slack_s),
+                               (h.t + idle + 0.5, h.t + idle), (h.t - 1.0, h.t + idle)]:
+        h.store.groups[R] = group = _Follower(deadline)
+        h.store.active_until.pop(R, None)
+        h.store.tick_soon = {R}          # this range alone (the others' FakeGroups have no timers)
+        h.store.tick()
+        assert group.ticks == 1
+        assert h.store.timer_at[R] == pytest.approx(expected), deadline - h.t

@@ -214,3 +214,23 @@ def test_a_ticks_proposals_go_to_each_follower_in_one_append_at_once(world):
     followers = sorted(n for n in world.ids if n != leader)
     assert sorted(dst for dst, _, _ in appends) == followers, appends   # one append each
     assert all(n == 20 and t <= proposed_at + world.cfg.tick_s for _, t, n in appends), appends
+
+
+def test_a_followers_election_timeout_is_one_draw_per_term_however_often_its_leader_is_heard(world):
+    """The node heartbeat postpones a follower's election every tick (Store._follow). Each
+    postponement drawing afresh and keeping the later deadline made the timeout the greatest of
+    hundreds of draws: every follower's timer ran out ~raftMaxTimeout after the leader was last
+    heard, together, and their votes split (a failover took 3.3 s to elect instead of 1-2)."""
+    leader = world.leader()
+    for nid in [n for n in world.ids if n != leader]:
+        group = world.nodes[nid]
+        conf = group._SyncObj__conf
+        group._SyncObj__raftElectionDeadline = 0.0
+        group.postpone_election(100.0)
+        timeout = group._SyncObj__raftElectionDeadline - 100.0
+        assert conf.raftMinTimeout <= timeout <= conf.raftMaxTimeout
+        for _ in range(200):
+            group.postpone_election(100.0)
+        assert group._SyncObj__raftElectionDeadline - 100.0 == timeout
+        group.postpone_election(101.0)                 # heard later: the same timeout, from then
+        assert group._SyncObj__raftElectionDeadline == 101.0 + timeout

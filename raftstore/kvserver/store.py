@@ -701,6 +701,14 @@ class Store:
                 # heartbeats (a proposal or an ack ticks it). Hundreds of ranges written in the
                 # last group_active_s would otherwise tick 50 times a second each.
                 self._schedule(rid, now + _idle_period(rid))
+            if self.cfg.quiesce and not group.is_leader():
+                # A follower's election timer runs out at its own random time, so it ticks then,
+                # not at its next idle tick: idle ticks run in step on every replica (the same
+                # period, begun by the same append), so followers whose timers ran out between
+                # two ticks stood together and split the vote (another 1-2 s to elect).
+                due_at = group.election_due() + constants.election_tick_slack_s
+                if now < due_at < self.timer_at.get(rid, float("inf")):
+                    self._schedule(rid, due_at)
         if self.awaiting_lead:
             self._run_awaiting_lead(now)
         self.run_deferred_reads()

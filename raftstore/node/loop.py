@@ -221,7 +221,8 @@ class Node:
         # (callback, leader node id, deadline, read-only). Answered by PROPOSE_REPLY, or at the
         # deadline or when the link to the leader drops: ambiguous (it may have been proposed),
         # or, for a read, not committed (it changed nothing either way; retry).
-        self._forwarded: dict[int, tuple[Callable[[Outcome, Any], None], int, float, bool]] = {}
+        # request id -> (done, peer, deadline, read only, range id)
+        self._forwarded: dict[int, tuple[Callable[[Outcome, Any], None], int, float, bool, int]] = {}
         self._forward_ids = itertools.count(1)
         self.proposals = {"here": 0, "forwarded": 0, "for_peers": 0, "near_here": 0}   # client commands, by where proposed
         self._deferred: list[tuple[float, Callable[[], None]]] = []   # (due, fn): run again on the loop later
@@ -576,6 +577,14 @@ class Node:
         if self.store is not None:
             self.store.on_peer_down(peer_id)
         for req in [r for r, entry in self._forwarded.items() if entry[1] == peer_id]:
+            entry = self._forwarded[req]
+            if entry[3] and self.store is not None:
+                # A read changes nothing: sent again (the router, after a not-leader answer) to
+                # the leader this node finds next, rather than failed.
+                del self._forwarded[req]
+                entry[0](Outcome.NOT_COMMITTED, self.store.not_leader(
+                    entry[4], "lost its link to n%d, r%d's leader, before it answered a read" % (peer_id, entry[4])))
+                continue
             self._forward_unanswered(req, "the link to n%d, the range's leader, dropped before it answered" % peer_id)
 
     # --- only a range's leader proposes a client's command (on the node loop) ---------------------
@@ -597,12 +606,18 @@ class Node:
             # is refused when it is sent.
             store.check_command_size(op, args, cid)
         leader = group.leader_id()
-        if leader is None:
-            # A range just split off, or an election: wait for a leader, a bounded while.
+        if leader is None or int(leader) not in self.net.peers:
+            # A range just split off, an election, or a leader this node has no link to (it
+            # died, or is cut off; the group believes in it until its election timeout): wait
+            # for a leader it can reach, as CockroachDB's gateway does, rather than fail a
+            # request the next leaseholder serves within seconds. Then a definite answer: nothing
+            # was sent (a write surely did not apply), given a second before the request's own
+            # bound (`unavailable_s`, _send_batch), which could only say "may still commit".
             waited_from = waited_from if waited_from is not None else time.monotonic()
-            if time.monotonic() - waited_from >= constants.leader_wait_s:
-                done(Outcome.NOT_COMMITTED, "r%d has had no leader for %.0f s (an election is under way); retry"
-                     % (range_id, constants.leader_wait_s))
+            wait_s = max(self.cfg.unavailable_s / 2, self.cfg.unavailable_s - constants.leader_wait_margin_s)
+            if time.monotonic() - waited_from >= wait_s:
+                done(Outcome.NOT_COMMITTED, "unavailable: n%d has found no leader of r%d it can reach in %.1f s (an "
+                     "election is under way, or the leader is down or cut off); retry" % (self.node_id, range_id, wait_s))
             else:
                 self._later(0.0, done, lambda: self._propose_at_leader(store, range_id, op, args, done, cid,
                                                                        waited_from=waited_from))
@@ -617,7 +632,7 @@ class Node:
             return
         self.proposals["forwarded"] += 1
         self._forwarded[req] = (done, peer, time.monotonic() + constants.forwarded_proposal_timeout_s,
-                               writes_nothing(op, args))
+                               writes_nothing(op, args), range_id)
 
     def _send_near(self, desc, op: str, args: dict, done: Callable[[Outcome, Any], None],
                    command_id: bytes | None) -> None:
@@ -692,7 +707,7 @@ class Node:
                                      % (self._forwarded[req][1], constants.forwarded_proposal_timeout_s))
 
     def _forward_unanswered(self, request_id: int, why: str) -> None:
-        done, _, _, read_only = self._forwarded.pop(request_id)
+        done, _, _, read_only, _ = self._forwarded.pop(request_id)
         if read_only:
             done(Outcome.NOT_COMMITTED, "%s; a read changes nothing, retry" % why)
         else:
