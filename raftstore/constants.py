@@ -178,6 +178,8 @@ group_active_s = 2.0            # a group with traffic this recent keeps fast ti
 active_tick_interval_s = 0.02   # periodic tick of a busy group (events tick it at once)
 idle_tick_interval_s = 1.0      # an idle group ticks this often
 election_tick_slack_s = 0.001   # a follower ticks this long after its election timer runs out (Store.tick)
+leader_silent_s = 0.6           # a leader's node not heard this long (node heartbeats every 0.25 s): its followers watch their timers
+silence_check_interval_s = 0.1  # how often a store looks for peers newly silent
 idle_heartbeat_interval_s = 1.0 # a leader not busy and not caught up sends appends this often (pysyncobj's
                                 # appendEntriesPeriod); a caught-up one sends none (Store._quiesce)
 node_heartbeat_interval_s = 0.25  # one frame per peer keeps every idle group's followers patient

@@ -264,19 +264,44 @@ class _Follower(FakeGroup):
         pass
 
 
-def test_an_idle_follower_ticks_when_its_election_timer_runs_out_not_at_its_next_idle_tick(h):
+def test_a_follower_whose_leader_went_silent_ticks_when_its_election_timer_runs_out(h):
     """Idle ticks run in step on every replica (one period per range, begun by the same append):
     a follower waiting for its next idle tick to notice its timer stood together with the other
-    followers, and their votes split (another 1-2 s to elect after a leaseholder died). A timer
-    not due before the next idle tick changes nothing, nor does one already past (a follower no
-    peer is connected to does not stand: ticking it every iteration would spin)."""
+    followers, and their votes split (another 1-2 s to elect after a leaseholder died). So once
+    its leader's node is silent, a follower ticks when its timer runs out. A timer not due
+    before the next idle tick changes nothing, nor does one already past (a follower no peer is
+    connected to does not stand: ticking it every iteration would spin), nor one whose leader
+    is heard (idle followers tick no more often)."""
     from raftstore.kvserver import store as store_mod
     idle = store_mod._idle_period(R)
-    for deadline, expected in [(h.t + 0.37, h.t + 0.37 + constants.election_tick_slack_s),
-                               (h.t + idle + 0.5, h.t + idle), (h.t - 1.0, h.t + idle)]:
+    slack = constants.election_tick_slack_s
+    silent, heard = h.t - constants.leader_silent_s - 0.1, h.t - 0.1
+    for last_heard, deadline, expected in [(silent, h.t + 0.37, h.t + 0.37 + slack), (None, h.t + 0.37, h.t + 0.37 + slack),
+                                           (silent, h.t + idle + 0.5, h.t + idle), (silent, h.t - 1.0, h.t + idle),
+                                           (heard, h.t + 0.37, h.t + idle)]:
         h.store.groups[R] = group = _Follower(deadline)
+        h.store.node_heard = {} if last_heard is None else {2: last_heard}
         h.store.active_until.pop(R, None)
         h.store.tick_soon = {R}          # this range alone (the others' FakeGroups have no timers)
         h.store.tick()
         assert group.ticks == 1
-        assert h.store.timer_at[R] == pytest.approx(expected), deadline - h.t
+        assert h.store.timer_at[R] == pytest.approx(expected), (last_heard, deadline - h.t)
+
+
+def test_a_peer_newly_silent_makes_the_groups_it_leads_tick_at_once(h):
+    h.store.replicas[R].lease = None                 # node 2 leads R here: the harness's lease of node 1 would move
+    h.store.groups[R] = group = _Follower(h.t + 0.8)
+    h.store.led_by = {"2": {R}}
+    h.store.node_heard = {2: h.t - 0.1}
+    h.store.tick_soon = set()
+    h.store.tick()
+    assert group.ticks == 0                          # heard: nothing to do
+    h.t += constants.leader_silent_s
+    h.store.tick()
+    assert group.ticks == 1 and h.store.timer_at[R] == pytest.approx(h.t - constants.leader_silent_s + 0.8
+                                                                    + constants.election_tick_slack_s)
+    h.t += constants.silence_check_interval_s
+    h.store.tick()
+    assert group.ticks == 1                          # once per silence, not at every check
+    h.store.on_node_heartbeat(2, [])
+    assert 2 not in h.store.silent_peers

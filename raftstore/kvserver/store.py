@@ -168,6 +168,8 @@ class Store:
         self.disputes_for: dict[int, set[int]] = {}
         self.disputes_from: dict[int, set[int]] = {}
         self.claims_from: dict[int, dict[int, int]] = {}   # peer -> {range id: term} it leads, from its last heartbeat
+        self.silent_peers: set[int] = set()            # peers not heard for leader_silent_s (their groups' followers watch their timers)
+        self.next_silence_check = 0.0
         self.wake_now: dict[int, bool] = {}
         self.snapshot_executor = snapshot_executor
         self.woken: collections.deque[int] = collections.deque()   # snapshot job done (any thread)
@@ -678,6 +680,14 @@ class Store:
                 at, rid = heapq.heappop(self.timers)
                 if self.timer_at.get(rid) == at:
                     due.add(rid)
+            if now >= self.next_silence_check:
+                # A peer newly silent (dead, cut off): the groups it leads tick now, and from then
+                # on when their election timers run out (below).
+                self.next_silence_check = now + constants.silence_check_interval_s
+                for peer, at in self.node_heard.items():
+                    if peer not in self.silent_peers and now - at > constants.leader_silent_s:
+                        self.silent_peers.add(peer)
+                        due.update(rid for rid in self.led_by.get(str(peer), ()) if rid in self.groups)
         for rid in sorted(due):
             group = self.groups.get(rid)
             if group is None:
@@ -701,11 +711,13 @@ class Store:
                 # heartbeats (a proposal or an ack ticks it). Hundreds of ranges written in the
                 # last group_active_s would otherwise tick 50 times a second each.
                 self._schedule(rid, now + _idle_period(rid))
-            if self.cfg.quiesce and not group.is_leader():
-                # A follower's election timer runs out at its own random time, so it ticks then,
-                # not at its next idle tick: idle ticks run in step on every replica (the same
-                # period, begun by the same append), so followers whose timers ran out between
-                # two ticks stood together and split the vote (another 1-2 s to elect).
+            if self.cfg.quiesce and not group.is_leader() and self._leader_silent(group, now):
+                # A follower whose leader has gone silent ticks when its election timer runs out
+                # (its own random time), not at its next idle tick: idle ticks run in step on
+                # every replica (the same period, begun by the same append), so followers whose
+                # timers ran out between two ticks stood together and split the vote (another
+                # 1-2 s to elect). While the leader is heard, the idle tick is enough (the timer
+                # keeps moving away), and idle followers tick no more often than that.
                 due_at = group.election_due() + constants.election_tick_slack_s
                 if now < due_at < self.timer_at.get(rid, float("inf")):
                     self._schedule(rid, due_at)
@@ -815,6 +827,12 @@ class Store:
                 self.lease_wanted.add(rid)   # and takes the lease once it is ready (_lease_upkeep)
             self.sizes.pop(rid, None)        # measured again by its next leader (a snapshot may have replaced it)
 
+    def _leader_silent(self, group: RaftGroup, now: float) -> bool:
+        """Whether the group's leader (as this replica knows it) has not been heard from for
+        leader_silent_s, or there is none."""
+        leader = group.leader_id()
+        return leader is None or now - self.node_heard.get(int(leader), float("-inf")) > constants.leader_silent_s
+
     def _quiesce(self, rid: int, group: RaftGroup) -> None:
         """Before a leader's tick: hold its heartbeats if every follower is caught up and none
         disputes its lead; else send appends, at this tick if they were held, a peer disputes
@@ -878,6 +896,7 @@ class Store:
         not a walk of every group. Without claims (an older peer): the groups this node
         believes peer_id leads, at their terms."""
         self.node_heard[peer_id] = self.clock()
+        self.silent_peers.discard(peer_id)
         if claims is None:
             self.claims_from[peer_id] = {rid: self.groups[rid].term for rid in self.led_by.get(str(peer_id), ())
                                          if rid in self.groups}
@@ -1242,8 +1261,14 @@ class Store:
         sender = self.closed_sender
         target = max(sender.ts, (now[0] - self.closed_lag_ns, 0))
         current: dict[int, tuple[int, int] | None] = {}
+        me = self.cfg.node_id
         for rid in set(sender.members) | set(self.tscache):
-            lease, group = self.serving_lease(rid, now), self.groups.get(rid)
+            # The applied lease first (most idle ranges' leases have lapsed): only one of ours
+            # reaching the target can pass, and only then is it worth serving_lease's checks.
+            rep = self.replicas.get(rid)
+            applied = rep.lease if rep is not None else None
+            fits = applied is not None and applied.holder == me and applied.expiration >= target
+            lease, group = self.serving_lease(rid, now) if fits else None, self.groups.get(rid)
             if lease is not None and group is not None and lease.expiration >= target and not group.queued():
                 current[rid] = (lease.seq, group.last_log_index())
             else:
