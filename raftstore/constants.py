@@ -177,6 +177,7 @@ zones_max = 10_000                     # zones read at most (one per table with 
 group_active_s = 2.0            # a group with traffic this recent keeps fast timers
 active_tick_interval_s = 0.02   # periodic tick of a busy group (events tick it at once)
 idle_tick_interval_s = 1.0      # an idle group ticks this often
+resting_tick_periods = 4        # ... and this many times less often while nothing of its own is timed (Store._may_rest)
 election_tick_slack_s = 0.001   # a follower ticks this long after its election timer runs out (Store.tick)
 leader_silent_s = 0.6           # a leader's node not heard this long (node heartbeats every 0.25 s): its followers watch their timers
 silence_check_interval_s = 0.1  # how often a store looks for peers newly silent

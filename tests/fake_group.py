@@ -29,3 +29,6 @@ class FakeGroup:
     def transfer_leadership(self, to: str | None) -> bool:
         self.offered.append(to)
         return True
+
+    def queued(self) -> int:
+        return 0

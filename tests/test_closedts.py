@@ -469,3 +469,43 @@ def test_a_closed_frames_extra_is_checked():
     assert "extra must be" in closedts.frame_problem(frame + [{"wanted": [], "other": 1}])
     assert "wanted must be" in closedts.frame_problem(frame + [{"wanted": ["x"]}])
     assert "protect must be" in closedts.frame_problem(frame + [{"protect": [1]}])
+
+
+def _lapse_then_extend(pair) -> list[bool]:
+    """Range R in the side transport's group after each frame: under its lease, once the lease
+    lapsed below the target (the walk drops it), and after an extension of the same lease
+    applies. The side transport walks only the ranges a lease of ours applied to since they
+    last fell out (`Store.closable`), so a lease applied again must bring its range back."""
+    seen = []
+    pair.wall = T0 + 10 * SEC
+    pair.side_transport(full=True)
+    seen.append(R in pair.leader.closed_sender.members)
+    pair.wall = pair.lease.expiration[0] + LAG + 5 * SEC          # the lease ended below the target
+    pair.side_transport()
+    seen.append(R in pair.leader.closed_sender.members)
+    extended = Lease(pair.lease.seq, 1, pair.lease.start, (pair.wall + 3600 * SEC, 0))
+    got = []
+    pair.commit("lease", dict(Store._lease_args(pair.lease, extended), ts=[pair.wall, 0]),
+                lambda o, r: got.append(o), os.urandom(16))
+    assert got == [Outcome.COMMITTED] and pair.leader.replicas[R].lease == extended
+    pair.wall += SEC
+    pair.side_transport()
+    seen.append(R in pair.leader.closed_sender.members)
+    return seen
+
+
+def test_a_range_whose_lease_lapsed_leaves_the_side_transport_and_returns_when_a_lease_applies(pair):
+    assert _lapse_then_extend(pair) == [True, False, True]
+    assert R in pair.leader.closable
+
+
+def test_broken_a_side_transport_that_forgets_a_lapsed_range_for_good_is_caught(pair, monkeypatch):
+    real = Store._on_lease
+
+    def on_lease_forgetting(self, range_id, lease):
+        real(self, range_id, lease)
+        if self.closed_sender.ts > (0, 0):   # after the first frame: never walked again
+            self.closable.discard(range_id)
+    monkeypatch.setattr(Store, "_on_lease", on_lease_forgetting)
+    pair.leader.replicas[R].on_lease = pair.leader._on_lease
+    assert _lapse_then_extend(pair) == [True, False, False]

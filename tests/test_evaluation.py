@@ -257,6 +257,9 @@ class _Follower(FakeGroup):
     def election_due(self) -> float:
         return self.deadline
 
+    def postpone_election(self, _heard: float) -> None:
+        pass
+
     def doTick(self, _wait: float) -> None:
         self.ticks += 1
 
@@ -305,3 +308,94 @@ def test_a_peer_newly_silent_makes_the_groups_it_leads_tick_at_once(h):
     assert group.ticks == 1                          # once per silence, not at every check
     h.store.on_node_heartbeat(2, [])
     assert 2 not in h.store.silent_peers
+
+
+# --- resting groups: an idle group with nothing of its own on a timer ticks less often ---------
+
+
+def test_an_idle_follower_whose_leader_is_heard_and_claims_it_rests(h):
+    """An idle follower ticks every idle period so that its election timer is postponed from
+    its leader's node's last heartbeat; while that node is heard and claims the group at the
+    follower's term, a tick resting_tick_periods idle periods on does the same (nothing else of
+    its own is timed). A claim at another term, none, or a silent node: the idle tick as before."""
+    from raftstore.kvserver import store as store_mod
+    idle = store_mod._idle_period(R)
+    h.store.replicas[R].lease = None                  # not this node's lease: nothing to hand over
+    for claims, expected in [({R: 5}, h.t + idle * constants.resting_tick_periods), ({R: 4}, h.t + idle),
+                             ({}, h.t + idle)]:
+        h.store.groups[R] = group = _Follower(h.t + 1.5)
+        h.store.node_heard = {2: h.t - 0.1}
+        h.store.claims_from = {2: claims}
+        h.store.active_until.pop(R, None)
+        h.store.tick_soon = {R}
+        h.store.tick()
+        assert group.ticks == 1
+        assert h.store.timer_at[R] == pytest.approx(expected), claims
+
+
+def test_a_claim_withdrawn_or_at_another_term_ticks_its_followers_at_once(h):
+    """A resting follower would notice its leader stepping down (no claim) only at its next
+    tick, seconds later; the heartbeat that stops claiming the group ticks it now instead."""
+    h.store.on_node_heartbeat(2, [R, 5, R + 1, 5])
+    h.store.tick_soon = set()
+    h.store.on_node_heartbeat(2, [R, 5, R + 1, 5])   # the same claims: nothing to do
+    assert h.store.tick_soon == set()
+    h.store.on_node_heartbeat(2, [R + 1, 5, R + 2, 5])   # R withdrawn, R+2 new
+    assert h.store.tick_soon == {R}
+    h.store.on_node_heartbeat(2, [R + 1, 6, R + 2, 5])   # R+1 at a new term
+    assert h.store.tick_soon == {R, R + 1}
+
+
+class _HeldLeader(FakeGroup):
+    """A leader whose followers are caught up (its appends held) unless told otherwise."""
+
+    def __init__(self, held: bool = True) -> None:
+        super().__init__(leader=True, leader_id="1")
+        self.held, self.term, self.ticks = held, 5, 0
+
+    def heard_from(self, _peer: str, _at: float) -> None:
+        pass
+
+    def unsent(self) -> bool:
+        return False
+
+    def caught_up(self) -> bool:
+        return self.held
+
+    def hold_appends(self) -> None:
+        pass
+
+    def resume_appends(self, now: bool = False) -> None:
+        self.held = False
+
+    def appends_held(self) -> bool:
+        return self.held
+
+    def doTick(self, _wait: float) -> None:
+        self.ticks += 1
+
+    def set_append_entries_period(self, _seconds: float) -> None:
+        pass
+
+
+def test_an_idle_leader_rests_only_once_its_own_lease_has_run_out_and_it_stays_home(h):
+    """A leader holding its appends rests, but not while a lease of its own runs (one in use is
+    extended at its ticks, past half its life: resting would let it lapse under its readers),
+    nor while its followers lack entries, nor while the lease should move to its home region."""
+    from raftstore.kvserver import store as store_mod
+    idle = store_mod._idle_period(R)
+    running, lapsed = Lease(1, 1, (0, 0), (1 << 62, 0)), Lease(1, 1, (0, 0), (1, 0))
+    for lease, held, home, expected in [(running, True, None, h.t + idle),
+                                        (lapsed, True, None, h.t + idle * constants.resting_tick_periods),
+                                        (None, True, None, h.t + idle * constants.resting_tick_periods),
+                                        (lapsed, False, None, h.t + idle),
+                                        (lapsed, True, 2, h.t + idle)]:
+        h.store.replicas[R].lease = lease
+        h.store.groups[R] = group = _HeldLeader(held)
+        h.store.leader_of[R] = "1"                    # its lead is not news (a new leader wants the lease)
+        h.store.preferred_holder = lambda replicas, region, home=home: home
+        h.store.active_until.pop(R, None)
+        h.store.tick_soon = {R}
+        h.store.tick()
+        assert group.ticks == 1
+        assert h.store.timer_at[R] == pytest.approx(expected), (lease, held, home)

@@ -194,6 +194,12 @@ class Store:
         self.next_zone_refresh = 0.0
         self.tscache: dict[int, TimestampCache] = {}
         self.tscache_seq: dict[int, int] = {}
+        # Ranges whose applied lease is this node's and may still reach the side transport's
+        # target: each new cache and each lease applied here adds one, the side transport drops
+        # one once its applied lease is another's or ends below the target (only a lease
+        # applied later, which adds it again, can change that), so it walks the leases in use,
+        # not every range this node ever served.
+        self.closable: set[int] = set()
         # range -> the highest timestamp this process served (a read) or proposed (a write) in
         # it under any lease of its own: kept for the life of the process, through transfers
         # that may never apply and splits, so no lease of its own starts below it (`_served`).
@@ -334,6 +340,7 @@ class Store:
             inherited.points = {k: t for k, t in cache.points.items() if right.contains(k)}
             inherited.spans = list(cache.spans)
             self.tscache[right.range_id] = inherited
+            self.closable.add(right.range_id)
             self.tscache_seq[right.range_id] = 1   # RangeReplica._op_split: the inherited lease's seq
         # What was closed for the parent's keys stays closed for them (the new range starts under
         # the parent's lease): its holder writes above it, its followers may read below it.
@@ -393,6 +400,7 @@ class Store:
             self._drop_cache(range_id)
             return
         self.lease_wanted.discard(range_id)
+        self.closable.add(range_id)
         if self.tscache_seq.get(range_id) != lease.seq:   # a new lease, not an extension
             self.paused.pop(range_id, None)
             self._drop_cache(range_id)
@@ -696,7 +704,8 @@ class Store:
             if not busy and group.leader_id() is None:   # no leader: elect one promptly
                 self.active_until[rid] = now + constants.group_active_s
                 busy = True
-            self._schedule(rid, now + (constants.active_tick_interval_s if busy else _idle_period(rid)))
+            planned = now + (constants.active_tick_interval_s if busy else _idle_period(rid))
+            self._schedule(rid, planned)
             group.set_append_entries_period(active_period if busy else constants.idle_heartbeat_interval_s)
             if self.cfg.quiesce:
                 self._quiesce(rid, group) if group.is_leader() else self._follow(rid, group)
@@ -721,6 +730,9 @@ class Store:
                 due_at = group.election_due() + constants.election_tick_slack_s
                 if now < due_at < self.timer_at.get(rid, float("inf")):
                     self._schedule(rid, due_at)
+            elif (not busy and self.cfg.quiesce and self.timer_at.get(rid) == planned and rid not in self.tick_soon
+                    and self._may_rest(rid, group, hlc_now)):
+                self._schedule(rid, now + _idle_period(rid) * constants.resting_tick_periods)
         if self.awaiting_lead:
             self._run_awaiting_lead(now)
         self.run_deferred_reads()
@@ -827,6 +839,33 @@ class Store:
                 self.lease_wanted.add(rid)   # and takes the lease once it is ready (_lease_upkeep)
             self.sizes.pop(rid, None)        # measured again by its next leader (a snapshot may have replaced it)
 
+    def _may_rest(self, rid: int, group: RaftGroup, now: tuple[int, int]) -> bool:
+        """Whether an idle group's next tick may wait resting_tick_periods idle periods: nothing
+        it does on a timer can fall due sooner. A follower rests while its leader's node is
+        heard and claims the group at its term (each tick postpones its election from that
+        node's last heartbeat; the node falling silent, or its claim withdrawn, ticks it at once:
+        the silence check, on_node_heartbeat). A leader rests while it holds its appends, holds
+        no running lease of its own (one in use is extended on ticks), and the lease is neither
+        wanted, asked for, nor due to move (drain, home region). A message, a proposal or a
+        request ticks any group at once, resting or not."""
+        if rid in self.lease_asked or rid in self.lease_wanted or self.shedding or group.queued():
+            return False
+        rep = self.replicas.get(rid)
+        if rep is None or rep.desc is None:
+            return False
+        lease, me = rep.lease, self.cfg.node_id
+        mine = lease is not None and lease.holder == me and self.given_away.get(rid) != lease.seq
+        if group.is_leader():
+            if not group.appends_held() or (mine and lease.expiration[0] >= now[0]):
+                return False
+            home = self.preferred_holder(rep.desc.replicas, self.zones.region_for(rep.desc.start))
+            return home is None or home == me
+        leader = group.leader_id()
+        if mine or leader is None:
+            return False
+        peer = int(leader)
+        return peer not in self.silent_peers and self.claims_from.get(peer, {}).get(rid) == group.term
+
     def _leader_silent(self, group: RaftGroup, now: float) -> bool:
         """Whether the group's leader (as this replica knows it) has not been heard from for
         leader_silent_s, or there is none."""
@@ -902,7 +941,12 @@ class Store:
                                          if rid in self.groups}
         else:
             it = iter(claims)
-            self.claims_from[peer_id] = dict(zip(it, it))
+            before, self.claims_from[peer_id] = self.claims_from.get(peer_id), dict(zip(it, it))
+            if before is not None and before != self.claims_from[peer_id]:
+                # A claim withdrawn or at another term: its followers here tick now (a resting
+                # one would otherwise notice only at its next tick; `_may_rest`).
+                after = self.claims_from[peer_id]
+                self.tick_soon.update(rid for rid, term in before.items() if after.get(rid) != term)
         if disputes is not None:
             self.disputes_from[peer_id] = set(disputes)
             for rid in disputes:
@@ -1262,12 +1306,14 @@ class Store:
         target = max(sender.ts, (now[0] - self.closed_lag_ns, 0))
         current: dict[int, tuple[int, int] | None] = {}
         me = self.cfg.node_id
-        for rid in set(sender.members) | set(self.tscache):
+        for rid in set(sender.members) | self.closable:
             # The applied lease first (most idle ranges' leases have lapsed): only one of ours
             # reaching the target can pass, and only then is it worth serving_lease's checks.
             rep = self.replicas.get(rid)
             applied = rep.lease if rep is not None else None
             fits = applied is not None and applied.holder == me and applied.expiration >= target
+            if not fits:
+                self.closable.discard(rid)   # the target only rises: back when a lease applies
             lease, group = self.serving_lease(rid, now) if fits else None, self.groups.get(rid)
             if lease is not None and group is not None and lease.expiration >= target and not group.queued():
                 current[rid] = (lease.seq, group.last_log_index())
