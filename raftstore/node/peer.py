@@ -35,6 +35,7 @@ import logging
 import os
 import selectors
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -203,6 +204,9 @@ class PeerNetwork:
         self.release_late_s = 0.0       # the last released frame's lateness (negative: early), for status
         self.sel = selectors.DefaultSelector()
         self.last_wait_s = 0.0   # how long the last poll waited in select (node loop idle time)
+        # Held by the node loop except while it waits in select (Node._loop_lock): another
+        # thread that takes it meanwhile may run the loop's work itself (Node._call_soon).
+        self.idle_lock: threading.Lock | None = None
         self.listen_sock = listen_sock
         listen_sock.setblocking(False)
         self.sel.register(listen_sock, selectors.EVENT_READ, None)
@@ -329,7 +333,15 @@ class PeerNetwork:
     # --- the loop's read side -----------------------------------------------------------------
     def poll(self, timeout: float) -> None:
         waited_from = time.monotonic()
-        events = self.sel.select(timeout)
+        lock = self.idle_lock
+        if lock is None:
+            events = self.sel.select(timeout)
+        else:
+            lock.release()
+            try:
+                events = self.sel.select(timeout)
+            finally:
+                lock.acquire()
         self.last_wait_s = time.monotonic() - waited_from   # the node loop's idle time
         for key, mask in events:
             if key.data is None:
