@@ -134,3 +134,23 @@ def test_a_call_that_leaves_a_group_to_tick_wakes_the_loop():
         node._call_soon(lambda: node.store.tick_soon.add(3))
         assert node.net.wakes == 1 and not node._calls
     _in_loop(go)
+
+
+def test_a_storage_error_in_a_call_run_here_ends_the_process_as_on_the_node_loop(monkeypatch):
+    """Crash-only: a FailStop (the clock's ceiling or a journal could not be saved) ends the
+    node wherever the loop's work runs; thrown into the statement instead, the node would go
+    on over a disk it no longer trusts."""
+    from raftstore.node import loop as loop_mod
+    from raftstore.raft.failstop import FailStop
+    exits = []
+    monkeypatch.setattr(loop_mod, "exit_now", exits.append)
+
+    async def go():
+        node = _node()
+        failure = FailStop("HLC ceiling: saving failed")
+
+        def call() -> None:
+            raise failure
+        node._call_soon(call)
+        assert exits == [failure] and not node._loop_lock.locked()
+    _in_loop(go)

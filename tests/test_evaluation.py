@@ -257,8 +257,8 @@ class _Follower(FakeGroup):
     def election_due(self) -> float:
         return self.deadline
 
-    def postpone_election(self, _heard: float) -> None:
-        pass
+    def postpone_election(self, heard: float) -> None:
+        self.postponed = heard
 
     def doTick(self, _wait: float) -> None:
         self.ticks += 1
@@ -274,16 +274,20 @@ def test_a_follower_whose_leader_went_silent_ticks_when_its_election_timer_runs_
     its leader's node is silent, a follower ticks when its timer runs out. A timer not due
     before the next idle tick changes nothing, nor does one already past (a follower no peer is
     connected to does not stand: ticking it every iteration would spin), nor one whose leader
-    is heard (idle followers tick no more often)."""
+    is heard and claims the group (idle followers tick no more often). A leader heard that does
+    not claim it (it stepped down) is waited for like a silent one."""
     from raftstore.kvserver import store as store_mod
     idle = store_mod._idle_period(R)
     slack = constants.election_tick_slack_s
     silent, heard = h.t - constants.leader_silent_s - 0.1, h.t - 0.1
-    for last_heard, deadline, expected in [(silent, h.t + 0.37, h.t + 0.37 + slack), (None, h.t + 0.37, h.t + 0.37 + slack),
-                                           (silent, h.t + idle + 0.5, h.t + idle), (silent, h.t - 1.0, h.t + idle),
-                                           (heard, h.t + 0.37, h.t + idle)]:
+    claim, none = {R: 5}, {}
+    for last_heard, claims, deadline, expected in [
+            (silent, claim, h.t + 0.37, h.t + 0.37 + slack), (None, none, h.t + 0.37, h.t + 0.37 + slack),
+            (silent, claim, h.t + idle + 0.5, h.t + idle), (silent, claim, h.t - 1.0, h.t + idle),
+            (heard, claim, h.t + 0.37, h.t + idle), (heard, none, h.t + 0.37, h.t + 0.37 + slack)]:
         h.store.groups[R] = group = _Follower(deadline)
         h.store.node_heard = {} if last_heard is None else {2: last_heard}
+        h.store.claims_from = {} if last_heard is None else {2: claims}
         h.store.active_until.pop(R, None)
         h.store.tick_soon = {R}          # this range alone (the others' FakeGroups have no timers)
         h.store.tick()
@@ -336,12 +340,17 @@ def test_an_idle_follower_whose_leader_is_heard_and_claims_it_rests(h):
 def test_a_claim_withdrawn_or_at_another_term_ticks_its_followers_at_once(h):
     """A resting follower would notice its leader stepping down (no claim) only at its next
     tick, seconds later; the heartbeat that stops claiming the group ticks it now instead."""
+    h.store.groups[R] = group = _Follower(h.t - 3.0)   # its timer ran out while it rested
     h.store.on_node_heartbeat(2, [R, 5, R + 1, 5])
     h.store.tick_soon = set()
     h.store.on_node_heartbeat(2, [R, 5, R + 1, 5])   # the same claims: nothing to do
-    assert h.store.tick_soon == set()
+    assert h.store.tick_soon == set() and not hasattr(group, "postponed")
+    h.t += 0.25
     h.store.on_node_heartbeat(2, [R + 1, 5, R + 2, 5])   # R withdrawn, R+2 new
     assert h.store.tick_soon == {R}
+    # It waits an election timeout from the withdrawal (the leader's last word on the group)
+    # instead of standing at once with every other follower whose timer ran out meanwhile.
+    assert group.postponed == h.t
     h.store.on_node_heartbeat(2, [R + 1, 6, R + 2, 5])   # R+1 at a new term
     assert h.store.tick_soon == {R, R + 1}
 

@@ -720,13 +720,15 @@ class Store:
                 # heartbeats (a proposal or an ack ticks it). Hundreds of ranges written in the
                 # last group_active_s would otherwise tick 50 times a second each.
                 self._schedule(rid, now + _idle_period(rid))
-            if self.cfg.quiesce and not group.is_leader() and self._leader_silent(group, now):
-                # A follower whose leader has gone silent ticks when its election timer runs out
-                # (its own random time), not at its next idle tick: idle ticks run in step on
-                # every replica (the same period, begun by the same append), so followers whose
-                # timers ran out between two ticks stood together and split the vote (another
-                # 1-2 s to elect). While the leader is heard, the idle tick is enough (the timer
-                # keeps moving away), and idle followers tick no more often than that.
+            if self.cfg.quiesce and not group.is_leader() and (self._leader_silent(group, now)
+                                                                or not self._claimed(rid, group)):
+                # A follower whose leader has gone silent, or is heard but does not claim the
+                # group at its term (it stepped down, or its claims are not in yet), ticks when
+                # its election timer runs out (its own random time), not at its next idle tick:
+                # idle ticks run in step on every replica (the same period, begun by the same
+                # append), so followers whose timers ran out between two ticks stood together
+                # and split the vote (another 1-2 s to elect). While the leader is heard and
+                # claims it, each tick moves the timer away, and idle followers rest (below).
                 due_at = group.election_due() + constants.election_tick_slack_s
                 if now < due_at < self.timer_at.get(rid, float("inf")):
                     self._schedule(rid, due_at)
@@ -860,11 +862,14 @@ class Store:
                 return False
             home = self.preferred_holder(rep.desc.replicas, self.zones.region_for(rep.desc.start))
             return home is None or home == me
+        return not mine and group.leader_id() is not None and int(group.leader_id()) not in self.silent_peers \
+            and self._claimed(rid, group)
+
+    def _claimed(self, rid: int, group: RaftGroup) -> bool:
+        """Whether this follower's leader's node claims the group at the follower's term (in its
+        last heartbeat)."""
         leader = group.leader_id()
-        if mine or leader is None:
-            return False
-        peer = int(leader)
-        return peer not in self.silent_peers and self.claims_from.get(peer, {}).get(rid) == group.term
+        return leader is not None and self.claims_from.get(int(leader), {}).get(rid) == group.term
 
     def _leader_silent(self, group: RaftGroup, now: float) -> bool:
         """Whether the group's leader (as this replica knows it) has not been heard from for
@@ -943,10 +948,19 @@ class Store:
             it = iter(claims)
             before, self.claims_from[peer_id] = self.claims_from.get(peer_id), dict(zip(it, it))
             if before is not None and before != self.claims_from[peer_id]:
-                # A claim withdrawn or at another term: its followers here tick now (a resting
-                # one would otherwise notice only at its next tick; `_may_rest`).
+                # A claim withdrawn or at another term: its followers here wait one election
+                # timeout from now, the leader's last word on it (as from a Raft heartbeat: a
+                # resting follower's timer may have run out long ago, and every follower standing
+                # at once would split the vote, or cut across a lead transfer's target), and tick
+                # now to watch that timer (`Store.tick`) instead of at their next resting tick.
                 after = self.claims_from[peer_id]
-                self.tick_soon.update(rid for rid, term in before.items() if after.get(rid) != term)
+                for rid, term in before.items():
+                    if after.get(rid) == term:
+                        continue
+                    group = self.groups.get(rid)
+                    if group is not None and group.leader_id() == str(peer_id) and group.term == term:
+                        group.postpone_election(self.node_heard[peer_id])
+                    self.tick_soon.add(rid)
         if disputes is not None:
             self.disputes_from[peer_id] = set(disputes)
             for rid in disputes:

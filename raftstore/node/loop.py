@@ -963,6 +963,18 @@ class Node:
             if self._calls or not self._loop_running:
                 self.call_in_loop(fn)
                 return
+            wake = self._run_here(fn)
+        finally:
+            lock.release()
+        if wake:
+            self.net.wake()
+
+    def _run_here(self, fn: Callable[[], None]) -> bool:
+        """`_call_soon`'s work on a statement's thread, under `_loop_lock`: fn as the node loop
+        runs a call, then what the loop does after its calls (frames out; replies for this asyncio
+        loop out, once nothing they rest on waits for a sync). Whether the loop must wake for what
+        is left. A failure outside fn ends the process, as on the node loop (`_loop`)."""
+        try:
             try:
                 fn()
             except Exception as exc:   # as on the node loop: a bug in one request's call
@@ -975,12 +987,14 @@ class Node:
                 self._replies = [(fut, value) for fut, value in self._replies if fut.get_loop() is not here]
                 _complete(mine)
             store = self.store
-            wake = bool(self._replies or self._calls or self.net.next_release() is not None
+            return bool(self._replies or self._calls or self.net.next_release() is not None
                         or (store is not None and (store.tick_soon or store.dirty)))
-        finally:
-            lock.release()
-        if wake:
-            self.net.wake()
+        except FailStop as exc:   # a storage error (the clock's ceiling, a journal): crash-only
+            exit_now(exc)
+        except Exception as exc:   # outside the call: the loop's state is unknown
+            logger.exception("node loop work on a statement's thread failed")
+            exit_now("node loop (on a statement's thread): %s: %s" % (type(exc).__name__, exc))
+        return True   # not reached: exit_now ends the process
 
     def ask_loop(self, fn: Callable[[], Any], timeout_s: float) -> Any:
         """fn() run on the node loop, for another thread that may wait at most timeout_s;

@@ -332,17 +332,16 @@ class PeerNetwork:
 
     # --- the loop's read side -----------------------------------------------------------------
     def poll(self, timeout: float) -> None:
-        waited_from = time.monotonic()
         lock = self.idle_lock
-        if lock is None:
-            events = self.sel.select(timeout)
-        else:
+        if lock is not None:
             lock.release()
-            try:
-                events = self.sel.select(timeout)
-            finally:
-                lock.acquire()
-        self.last_wait_s = time.monotonic() - waited_from   # the node loop's idle time
+        try:
+            waited_from = time.monotonic()
+            events = self.sel.select(timeout)
+            self.last_wait_s = time.monotonic() - waited_from   # the node loop's idle time
+        finally:
+            if lock is not None:
+                lock.acquire()   # after a statement's thread that ran loop work meanwhile: busy time
         for key, mask in events:
             if key.data is None:
                 self._accept()
