@@ -408,3 +408,20 @@ def test_an_idle_leader_rests_only_once_its_own_lease_has_run_out_and_it_stays_h
         h.store.tick()
         assert group.ticks == 1
         assert h.store.timer_at[R] == pytest.approx(expected), (lease, held, home)
+
+
+def test_a_silent_leaders_followers_wait_from_its_last_heartbeat_not_from_their_last_rest(h):
+    """A resting follower last postponed its election seconds ago, and a link that dropped (a
+    `kill -9`) took the claims its next tick would postpone by: with its stale timer long run
+    out, every follower would stand the moment the silence is noticed, together, and split the
+    vote. The silence check postpones each one's election from the leader's last heartbeat."""
+    h.store.replicas[R].lease = None
+    h.store.groups[R] = group = _Follower(h.t - 3.0)   # ran out during its rest
+    h.store.led_by = {"2": {R}}
+    last = h.t - 0.1
+    h.store.node_heard = {2: last}
+    h.store.on_peer_down(2)                            # the link dropped with the process
+    h.t += constants.leader_silent_s
+    h.store.tick_soon = set()
+    h.store.tick()
+    assert group.ticks == 1 and group.postponed == last

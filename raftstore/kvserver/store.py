@@ -695,7 +695,17 @@ class Store:
                 for peer, at in self.node_heard.items():
                     if peer not in self.silent_peers and now - at > constants.leader_silent_s:
                         self.silent_peers.add(peer)
-                        due.update(rid for rid in self.led_by.get(str(peer), ()) if rid in self.groups)
+                        for rid in self.led_by.get(str(peer), ()):
+                            group = self.groups.get(rid)
+                            if group is None:
+                                continue
+                            if not group.is_leader():
+                                # Its election waits from the leader's last heartbeat, not from
+                                # this follower's last tick (a resting one's was seconds ago, and
+                                # a dropped link took the claims that tick would postpone by):
+                                # followers whose stale timers all ran out would stand together.
+                                group.postpone_election(at)
+                            due.add(rid)
         for rid in sorted(due):
             group = self.groups.get(rid)
             if group is None:
