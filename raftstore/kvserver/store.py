@@ -443,6 +443,15 @@ class Store:
         now = now or tuple(self.now_ts())
         return lease if lease.usable(now, self.stasis_ns) else None
 
+    def _own_unhanded(self, range_id: int, lease: Lease | None) -> bool:
+        """Whether `lease` (the range's applied lease) is this node's and not handed over."""
+        return lease is not None and lease.holder == self.cfg.node_id and self.given_away.get(range_id) != lease.seq
+
+    def _home(self, rep) -> int | None:
+        """The node the range's lease should move to (its zone's region, else the primary
+        region), or None: where it is."""
+        return self.preferred_holder(rep.desc.replicas, self.zones.region_for(rep.desc.start))
+
     def _lease_upkeep(self, range_id: int, group: RaftGroup, now: tuple[int, int]) -> None:
         """On a group's tick: hand this node's lease to the new leader at once if this replica lost
         the lead; extend a lease in use past half its life; take the lease as the ready leader
@@ -451,7 +460,7 @@ class Store:
         if rep is None or rep.desc is None or range_id in self.lease_asked:
             return
         lease, me = rep.lease, self.cfg.node_id
-        mine = lease is not None and lease.holder == me and self.given_away.get(range_id) != lease.seq
+        mine = self._own_unhanded(range_id, lease)
         if mine and not group.is_leader():
             leader = group.leader_id()
             if leader is not None and leader != str(me):
@@ -466,7 +475,7 @@ class Store:
                 self._offer_lead(range_id, group, None)
             self.tick_soon.add(range_id)
             return
-        home = self.preferred_holder(rep.desc.replicas, self.zones.region_for(rep.desc.start))
+        home = self._home(rep)
         if home is not None and home != me:
             # The range's home is elsewhere (its zone's region, else --primary-region): offer
             # the lead to its replica there; the lease follows the lead (above). A down home
@@ -536,8 +545,7 @@ class Store:
                 or self.paused.get(range_id, -1.0) > self.clock()):
             return None
         lease = rep.lease
-        if (lease is not None and lease.holder == self.cfg.node_id and self.given_away.get(range_id) != lease.seq
-                and self.tscache_seq.get(range_id) == lease.seq):
+        if self._own_unhanded(range_id, lease) and self.tscache_seq.get(range_id) == lease.seq:
             return lease   # its own lease, lapsed or in stasis: the write carries the extension (`lease_until`)
         if range_id in self.lease_asked:
             return None
@@ -633,8 +641,7 @@ class Store:
     def _holds_unhanded(self, range_id: int) -> bool:
         rep = self.replicas.get(range_id)
         lease = rep.lease if rep is not None else None
-        return (lease is not None and lease.holder == self.cfg.node_id
-                and self.given_away.get(range_id) != lease.seq and lease.usable(tuple(self.now_ts()), 0))
+        return self._own_unhanded(range_id, lease) and lease.usable(tuple(self.now_ts()), 0)
 
     def on_unknown_group(self, range_id: int) -> RaftGroup | None:
         """A peer talks about a range we do not host: create an uninitialized replica if meta
@@ -866,11 +873,11 @@ class Store:
         if rep is None or rep.desc is None:
             return False
         lease, me = rep.lease, self.cfg.node_id
-        mine = lease is not None and lease.holder == me and self.given_away.get(rid) != lease.seq
+        mine = self._own_unhanded(rid, lease)
         if group.is_leader():
             if not group.appends_held() or (mine and lease.expiration[0] >= now[0]):
                 return False
-            home = self.preferred_holder(rep.desc.replicas, self.zones.region_for(rep.desc.start))
+            home = self._home(rep)
             return home is None or home == me
         return not mine and group.leader_id() is not None and int(group.leader_id()) not in self.silent_peers \
             and self._claimed(rid, group)
