@@ -139,6 +139,7 @@ class SplitWorld:
         self.cfg = cfg
         self.workdir = workdir
         self.rng = random.Random(cfg.seed)
+        self.link_rngs: dict[tuple[int, int], random.Random] = {}
         self.clock = _Clock()
         self.ids = [1, 2, 3]
         self.disks = {i: SimDisk() for i in self.ids}
@@ -293,7 +294,10 @@ class SplitWorld:
         elif message.get("type") == "request_vote":
             self.votes_asked.append(self.clock.t)
         payload = msgpack.packb(message, use_bin_type=True)
-        self.push(self.clock.t + 0.002 + 0.003 * self.rng.random(), "msg", (src, dst, gid, self.incarnation[dst], payload))
+        rng = self.link_rngs.get((src, dst))   # each link's own delays: see World._link_rng
+        if rng is None:
+            rng = self.link_rngs[(src, dst)] = random.Random("%d/%s/%s" % (self.cfg.seed, src, dst))
+        self.push(self.clock.t + 0.002 + 0.003 * rng.random(), "msg", (src, dst, gid, self.incarnation[dst], payload))
         return True
 
     def _heartbeat(self, src: int) -> None:
