@@ -66,6 +66,11 @@ append_entries_batch_bytes = 2 * 1024 * 1024
 append_entries_period_s = 0.05
 raft_min_timeout_s = 1.0
 raft_max_timeout_s = 2.0
+# Each replica's election timeout falls in its own slot of [min, max] (1/n of it for n replicas,
+# by the group's election order for the term; raftstore.raft.group.election_rank), randomised
+# over this fraction of the slot: the rest is the gap that lets the first candidate's vote
+# requests arrive before the next replica's timer runs out (0.27 s at 3 replicas, 1-2 s).
+election_slot_jitter = 0.2
 log_compaction_entries_min = 5000
 log_compaction_time_min_s = 300
 

@@ -234,3 +234,48 @@ def test_a_followers_election_timeout_is_one_draw_per_term_however_often_its_lea
         assert group._SyncObj__raftElectionDeadline - 100.0 == timeout
         group.postpone_election(101.0)                 # heard later: the same timeout, from then
         assert group._SyncObj__raftElectionDeadline == 101.0 + timeout
+
+
+def _election_timeouts_by_term(world, terms=range(1, 201)):
+    """Each term's election timeouts of the group's replicas, as drawn at that term."""
+    groups = [world.nodes[nid] for nid in world.ids]
+    saved = [g._SyncObj__raftCurrentTerm for g in groups]
+    try:
+        drawn = []
+        for term in terms:
+            for g in groups:
+                g._SyncObj__raftCurrentTerm = term
+            drawn.append({g._SyncObj__selfNode.id: g._SyncObj__generateRaftTimeout() for g in groups})
+        return drawn
+    finally:
+        for g, term in zip(groups, saved):
+            g._SyncObj__raftCurrentTerm = term
+
+
+def _closest_two(drawn):
+    return min(b - a for timeouts in drawn for a, b in zip(sorted(timeouts.values()), sorted(timeouts.values())[1:]))
+
+
+def test_replicas_election_timeouts_fall_in_slots_so_the_first_candidate_is_heard_before_the_next_stands(world):
+    """Two followers of a dead leader whose timers ran out within a message's flight of each
+    other both stood and split the vote (1-2 s more, and the next term could split again).
+    Each replica's timeout now lies in its own slot, in an order that changes with the term."""
+    conf = world.nodes[world.ids[0]]._SyncObj__conf
+    drawn = _election_timeouts_by_term(world)
+    slot = (conf.raftMaxTimeout - conf.raftMinTimeout) / len(world.ids)
+    assert all(conf.raftMinTimeout <= t < conf.raftMaxTimeout for ts in drawn for t in ts.values())
+    assert _closest_two(drawn) >= slot * (1 - group_mod.constants.election_slot_jitter) - 1e-9
+    firsts = [min(ts, key=ts.get) for ts in drawn]
+    assert {n: firsts.count(n) for n in world.ids} == {n: pytest.approx(len(drawn) / 3, rel=0.4) for n in world.ids}
+    assert any(a != b for a, b in zip(firsts, firsts[1:]))   # the order moves from term to term
+    # every replica computes the same order: the ranks are a permutation in every term
+    for term in (1, 2, 3):
+        ranks = sorted(group_mod.election_rank("sim", term, n, tuple(sorted(world.ids))) for n in world.ids)
+        assert ranks == list(range(len(world.ids)))
+
+
+def test_broken_uniform_election_timeouts_are_caught(world, monkeypatch):
+    conf = world.nodes[world.ids[0]]._SyncObj__conf
+    monkeypatch.setattr(group_mod.RaftGroup, "_SyncObj__generateRaftTimeout", SyncObj._SyncObj__generateRaftTimeout)
+    slot = (conf.raftMaxTimeout - conf.raftMinTimeout) / len(world.ids)
+    assert _closest_two(_election_timeouts_by_term(world)) < slot * (1 - group_mod.constants.election_slot_jitter)

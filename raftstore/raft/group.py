@@ -35,6 +35,7 @@ names are checked when this module is imported.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import heapq
 import itertools
 import logging
@@ -238,6 +239,14 @@ class _SyncingTransport:
         return getattr(self._inner, name)
 
 
+def election_rank(group_key: str, term: int, member: str, members: tuple[str, ...]) -> int:
+    """`member`'s place (0 first) in the order in which `members` stand for election in `term`:
+    the same permutation on every replica, a different one for each group and term."""
+    def key(m: str) -> bytes:
+        return hashlib.blake2b(b"%s\0%d\0%s" % (group_key.encode(), term, m.encode()), digest_size=8).digest()
+    return sorted(members, key=key).index(member)
+
+
 class RaftGroup(SyncObj):
     """One Raft group (one range's replicas), durable and with the log-matching fix.
 
@@ -249,8 +258,11 @@ class RaftGroup(SyncObj):
                  state_machine: StateMachine, transport_class=None, transport=None,
                  conf: dict | None = None, name: str = "", snapshot_executor: Executor = run_inline,
                  on_snapshot_job_done: Callable[[], None] | None = None,
-                 refuse_entries: Callable[[], str | None] = lambda: None) -> None:
-        """`refuse_entries()` returns why this replica must take no new log entries now (its
+                 refuse_entries: Callable[[], str | None] = lambda: None, group_key: str | None = None) -> None:
+        """`group_key` names the group alike on every replica (default `name`); it orders the
+        replicas' election timeouts (`_SyncObj__generateRaftTimeout`).
+
+        `refuse_entries()` returns why this replica must take no new log entries now (its
         disk is nearly full: raftstore.storage.diskspace), or None: proposals are then refused at once
         (NOT_COMMITTED with that reason), proposals forwarded by followers are denied, and as a
         follower it takes only the heartbeat of an append -- what it already holds stays
@@ -261,6 +273,9 @@ class RaftGroup(SyncObj):
         # __init__, which may load a snapshot.
         self._log_limit = LogLimiter()
         self._patience: tuple[int, float] | None = None   # (term, this replica's election timeout in it)
+        self._members = tuple(sorted({self_id, *peer_ids}))
+        self._group_key = self.name if group_key is None else group_key
+        self._rank: tuple[int, int] = (-1, 0)   # (term, this replica's place in its election order)
         self._refuse_entries = refuse_entries
         self._sm = state_machine
         self._executor = snapshot_executor
@@ -439,6 +454,24 @@ class RaftGroup(SyncObj):
         deadline = (_so.monotonicTime() if alive_at is None else alive_at) + self._patience[1]
         if deadline > self._SyncObj__raftElectionDeadline:
             self._SyncObj__raftElectionDeadline = deadline
+
+    def _SyncObj__generateRaftTimeout(self) -> float:
+        """This replica's election timeout: a slot of [raftMinTimeout, raftMaxTimeout] by its place
+        in the group's election order for the current term (`election_rank`), with a little
+        randomness inside the slot. pysyncobj draws uniformly over the whole span: two followers
+        of a dead leader whose draws fell within a message's flight of each other both stood
+        and split the vote (one failover in ~16 under symmetric60, more over longer links), and
+        the next term's draws could split again, each round 1-2 s. With slots, the first
+        follower's request for votes arrives well before the next one's timer runs out. The
+        order is a permutation every replica computes alike, different for each group and term,
+        so no node is everyone's first choice and a candidate that cannot win (its log behind)
+        is not first again in the next term."""
+        conf = self._SyncObj__conf
+        term = getattr(self, "_SyncObj__raftCurrentTerm", 0)
+        if self._rank[0] != term:
+            self._rank = (term, election_rank(self._group_key, term, self._SyncObj__selfNode.id, self._members))
+        slot = (conf.raftMaxTimeout - conf.raftMinTimeout) / len(self._members)
+        return conf.raftMinTimeout + slot * (self._rank[1] + constants.election_slot_jitter * _so.random.random())
 
     def election_due(self) -> float:
         """When this follower's election timer runs out (pysyncobj's monotonic time; 0: at the

@@ -323,7 +323,7 @@ class World:
             conf["logCompactionMinEntries"] = self.cfg.compaction_entries
             os.makedirs(os.path.join(self.workdir, nid), exist_ok=True)
             node = RaftGroup(nid, peers, journal_file=jfile, dump_path=os.path.join(self.workdir, nid, "dump"),
-                             state_machine=self.sms[nid], conf=conf, name=nid,
+                             state_machine=self.sms[nid], conf=conf, name=nid, group_key="sim",
                              transport_class=lambda so, s, o: SimTransport(self, so, s, o),
                              snapshot_executor=lambda job, nid=nid: self.push(
                                  self.clock.t + self.rng.uniform(0.005, 0.3), "job", (nid, self.incarnation[nid], job)))
