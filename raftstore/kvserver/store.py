@@ -311,7 +311,7 @@ class Store:
         peers = [str(r) for r in self.cfg.replicas if r != self.cfg.node_id]
         conf = dict(self.cfg.raft_conf or {})
         group = RaftGroup(me, peers, journal_file=self.open_journal(journal_path), dump_path=dump_path,
-                          state_machine=replica, conf=conf, name="r%d" % range_id,
+                          state_machine=replica, conf=conf, name="r%d" % range_id, group_key="r%d" % range_id,
                           transport_class=self.transport_class(range_id), snapshot_executor=self.snapshot_executor,
                           on_snapshot_job_done=lambda: self.woken.append(range_id),
                           refuse_entries=lambda: self.disk_low)
