@@ -310,8 +310,9 @@ class Store:
         me = str(self.cfg.node_id)
         peers = [str(r) for r in self.cfg.replicas if r != self.cfg.node_id]
         conf = dict(self.cfg.raft_conf or {})
+        name = "r%d" % range_id   # the same on every replica: also the group's election order key
         group = RaftGroup(me, peers, journal_file=self.open_journal(journal_path), dump_path=dump_path,
-                          state_machine=replica, conf=conf, name="r%d" % range_id, group_key="r%d" % range_id,
+                          state_machine=replica, conf=conf, name=name, group_key=name,
                           transport_class=self.transport_class(range_id), snapshot_executor=self.snapshot_executor,
                           on_snapshot_job_done=lambda: self.woken.append(range_id),
                           refuse_entries=lambda: self.disk_low)

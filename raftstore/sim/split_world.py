@@ -44,7 +44,7 @@ from raftstore.raft.failstop import FailStop
 from raftstore.kvserver.batch import BOUNDED_STALENESS, EXACT, Get, Header, Put, verdict
 from raftstore.router import Router
 from raftstore.sim.disk import SimDisk
-from raftstore.sim.world import Violation, _Clock, patched_pysyncobj
+from raftstore.sim.world import LinkRandom, Violation, _Clock, patched_pysyncobj
 from raftstore.storage.mvcc import MVCCStore, StoreError
 
 logger = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class SplitWorld:
         self.cfg = cfg
         self.workdir = workdir
         self.rng = random.Random(cfg.seed)
-        self.link_rngs: dict[tuple[int, int], random.Random] = {}
+        self.link_random = LinkRandom(cfg.seed)
         self.clock = _Clock()
         self.ids = [1, 2, 3]
         self.disks = {i: SimDisk() for i in self.ids}
@@ -294,10 +294,7 @@ class SplitWorld:
         elif message.get("type") == "request_vote":
             self.votes_asked.append(self.clock.t)
         payload = msgpack.packb(message, use_bin_type=True)
-        rng = self.link_rngs.get((src, dst))   # each link's own delays: see World._link_rng
-        if rng is None:
-            rng = self.link_rngs[(src, dst)] = random.Random("%d/%s/%s" % (self.cfg.seed, src, dst))
-        self.push(self.clock.t + 0.002 + 0.003 * rng.random(), "msg", (src, dst, gid, self.incarnation[dst], payload))
+        self.push(self.clock.t + 0.002 + 0.003 * self.link_random(src, dst), "msg", (src, dst, gid, self.incarnation[dst], payload))
         return True
 
     def _heartbeat(self, src: int) -> None:

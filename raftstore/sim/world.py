@@ -106,6 +106,24 @@ class SimConfig:
         return "PYTHONHASHSEED=0 python -m raftstore.sim " + " ".join(flags)
 
 
+class LinkRandom:
+    """Each link's own random numbers, drawn in that link's send order. One generator for all
+    links would hand out its numbers in the order pysyncobj iterates its sets of peers, which
+    depends on PYTHONHASHSEED: a seed would then replay only under the hash seed it ran with
+    (the replay command's PYTHONHASHSEED=0), not under pytest's own, nor after other seeds run in
+    the same process."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.rngs: dict[tuple, random.Random] = {}
+
+    def __call__(self, src, dst) -> float:
+        rng = self.rngs.get((src, dst))
+        if rng is None:
+            rng = self.rngs[(src, dst)] = random.Random("%d/%s/%s" % (self.seed, src, dst))
+        return rng.random()
+
+
 class _Clock:
     def __init__(self) -> None:
         self.t = 1000.0
@@ -277,7 +295,7 @@ class World:
         self.down_links: set[frozenset] = set()
         self.link_epoch: dict[frozenset, int] = {}
         self.link_last: dict[tuple[str, str], float] = {}
-        self.link_rngs: dict[tuple[str, str], random.Random] = {}
+        self.link_random = LinkRandom(cfg.seed)
         self.queue: list = []
         self.seq = itertools.count()
         self.trace = hashlib.sha256()
@@ -423,21 +441,11 @@ class World:
         if not self.link_up(src, dst):
             return False
         base = ONE_WAY_S[frozenset((REGIONS[src], REGIONS[dst]))]
-        t = self.clock.t + base * (1.0 + self.cfg.jitter * self._link_rng(src, dst).random())
+        t = self.clock.t + base * (1.0 + self.cfg.jitter * self.link_random(src, dst))
         t = max(t, self.link_last.get((src, dst), 0.0))   # FIFO per link, like TCP
         self.link_last[(src, dst)] = t
         self.push(t, "msg", (src, dst, self.link_epoch.get(frozenset((src, dst)), 0), payload))
         return True
-
-    def _link_rng(self, src: str, dst: str) -> random.Random:
-        """Each link's own delays, drawn in that link's send order. One generator for all links
-        would hand out its numbers in the order pysyncobj iterates its sets of peers, which
-        depends on PYTHONHASHSEED: a seed would then replay only under the hash seed it ran with
-        (the replay command's PYTHONHASHSEED=0), not under pytest's own."""
-        rng = self.link_rngs.get((src, dst))
-        if rng is None:
-            rng = self.link_rngs[(src, dst)] = random.Random("%d/%s/%s" % (self.cfg.seed, src, dst))
-        return rng
 
     # --- clients -----------------------------------------------------------------------------
     def propose(self, i: int) -> None:
